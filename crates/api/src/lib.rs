@@ -1,0 +1,26 @@
+//! skylift's Kubernetes API: the `OAPServer`, `Satellite` and `Proxy` custom resources
+//! (group `skylift.io`, version `v1alpha1`) and the constants and formats that cross the
+//! boundary between the operator, the proxy and the adapter.
+
+pub mod common;
+pub mod constants;
+pub mod endpoints;
+pub mod metric_selector;
+pub mod oapserver;
+pub mod pool;
+pub mod proxy;
+pub mod satellite;
+
+pub use common::{PodTemplateOverrides, ServiceOptions};
+pub use endpoints::{UpstreamEndpoint, UpstreamEndpoints};
+pub use oapserver::{OAPServer, OAPServerSpec, OAPServerStatus};
+pub use proxy::{Proxy, ProxySpec};
+pub use satellite::{Satellite, SatelliteSpec};
+
+use kube::CustomResourceExt;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
+/// Every CRD skylift defines, in the order they are printed by `skylift-operator crd`.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![OAPServer::crd(), Satellite::crd(), Proxy::crd()]
+}
