@@ -47,9 +47,6 @@ pub mod labels {
     pub const WEIGHT_ANNOTATION: &str = "skylift.io/weight";
     /// Annotation holding the hash of the configuration the operator last applied.
     pub const APPLIED_HASH_ANNOTATION: &str = "skylift.io/applied-hash";
-    /// Pod-template annotation carrying the hash of the proxy configuration, so a change in
-    /// flags rolls the pods.
-    pub const CONFIG_HASH_ANNOTATION: &str = "skylift.io/config-hash";
 }
 
 /// The published upstream list.

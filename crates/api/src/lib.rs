@@ -2,6 +2,10 @@
 //! (group `skylift.io`, version `v1alpha1`) and the constants and formats that cross the
 //! boundary between the operator, the proxy and the adapter.
 
+// Repeated `printcolumn(...)` arguments of the CustomResource derive look like duplicated
+// attributes to clippy; they are distinct columns.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod common;
 pub mod constants;
 pub mod endpoints;
@@ -17,8 +21,8 @@ pub use oapserver::{OAPServer, OAPServerSpec, OAPServerStatus};
 pub use proxy::{Proxy, ProxySpec};
 pub use satellite::{Satellite, SatelliteSpec};
 
-use kube::CustomResourceExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
 
 /// Every CRD skylift defines, in the order they are printed by `skylift-operator crd`.
 pub fn crds() -> Vec<CustomResourceDefinition> {

@@ -203,7 +203,10 @@ mod tests {
     #[test]
     fn malformed_pieces_are_reported() {
         let cases: &[(&[(&str, &str)], &str)] = &[
-            (&[("service.str.0", "a"), ("service.str.2", "b")], "piece 1 is missing"),
+            (
+                &[("service.str.0", "a"), ("service.str.2", "b")],
+                "piece 1 is missing",
+            ),
             (&[("service.byte.0", "zz")], "not one byte"),
             (&[("service.word.0", "a")], "must be `str` or `byte`"),
             (&[("service.str.x", "a")], "must be a number"),

@@ -30,12 +30,19 @@ use crate::common::{PodTemplateOverrides, ServiceAddress, ServiceOptions, defaul
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
     printcolumn(name = "Version", type_ = "string", json_path = ".spec.version"),
     printcolumn(name = "Address", type_ = "string", json_path = ".status.address.grpc"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct OAPServerSpec {
     /// SkyWalking OAP version, e.g. `10.2.0`. Sets the default image tag.
-    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"))]
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    )]
     pub version: String,
     /// Container image. Default: `apache/skywalking-oap-server:<version>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

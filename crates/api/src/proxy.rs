@@ -28,9 +28,21 @@ use crate::pool::{Autoscaling, ConnectionLimit, PodSelectorUpstream, PoolStatus,
     ),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
-    printcolumn(name = "Upstreams", type_ = "integer", json_path = ".status.upstreamCount"),
-    printcolumn(name = "Max Conns", type_ = "integer", json_path = ".spec.connectionLimit.maxConnections"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Upstreams",
+        type_ = "integer",
+        json_path = ".status.upstreamCount"
+    ),
+    printcolumn(
+        name = "Max Conns",
+        type_ = "integer",
+        json_path = ".spec.connectionLimit.maxConnections"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("!has(self.autoscaling) || has(self.telemetry)").message("autoscaling needs telemetry: the autoscaler scales on the connection count the proxies report to OAP").reason(Reason::FieldValueRequired))]
 #[x_kube(validation = Rule::new("!has(self.autoscaling) || !has(self.connectionLimit) || self.autoscaling.targetConnectionsPerReplica <= self.connectionLimit.maxConnections").message("autoscaling.targetConnectionsPerReplica must not be greater than connectionLimit.maxConnections: a replica could never reach its target").reason(Reason::FieldValueInvalid))]
@@ -83,7 +95,12 @@ pub struct ProxyUpstream {
     pub selector: Option<PodSelectorUpstream>,
     /// Fixed `host:port` addresses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 256), inner(regex(pattern = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?):[0-9]{1,5}$")))]
+    #[schemars(
+        length(min = 1, max = 256),
+        inner(regex(
+            pattern = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?):[0-9]{1,5}$"
+        ))
+    )]
     pub addresses: Option<Vec<String>>,
 }
 
@@ -98,12 +115,17 @@ pub struct ProxyRouting {
     /// Request header whose value is consistently hashed to pick the upstream (with
     /// `default: hash`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 256), regex(pattern = r"^[a-z0-9!#$%&'*+.^_`|~-]+$"))]
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
+    )]
     pub hash_header: Option<String>,
 }
 
 /// Per-request balancing policies of a Proxy.
-#[derive(schemars::JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    schemars::JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum ProxyBalancePolicy {
     #[default]
@@ -134,6 +156,8 @@ pub struct ProxyTelemetry {
     /// OAP gRPC address (`host:port`) the telemetry goes to. Default: through the pool's
     /// own upstreams (when they are OAP nodes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?):[0-9]{1,5}$"))]
+    #[schemars(regex(
+        pattern = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?):[0-9]{1,5}$"
+    ))]
     pub oap_address: Option<String>,
 }

@@ -28,9 +28,21 @@ use crate::pool::{Autoscaling, ConnectionLimit, PodSelectorUpstream, PoolStatus,
     ),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
-    printcolumn(name = "Upstreams", type_ = "integer", json_path = ".status.upstreamCount"),
-    printcolumn(name = "Max Conns", type_ = "integer", json_path = ".spec.connectionLimit.maxConnections"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Upstreams",
+        type_ = "integer",
+        json_path = ".status.upstreamCount"
+    ),
+    printcolumn(
+        name = "Max Conns",
+        type_ = "integer",
+        json_path = ".spec.connectionLimit.maxConnections"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("!has(self.autoscaling) || !has(self.connectionLimit) || self.autoscaling.targetConnectionsPerReplica <= self.connectionLimit.maxConnections").message("autoscaling.targetConnectionsPerReplica must not be greater than connectionLimit.maxConnections: a replica could never reach its target").reason(Reason::FieldValueInvalid))]
 #[serde(rename_all = "camelCase")]
@@ -85,7 +97,12 @@ pub struct SatelliteUpstream {
     pub selector: Option<PodSelectorUpstream>,
     /// Fixed `host:port` addresses (for OAP outside the cluster).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 256), inner(regex(pattern = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?):[0-9]{1,5}$")))]
+    #[schemars(
+        length(min = 1, max = 256),
+        inner(regex(
+            pattern = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?):[0-9]{1,5}$"
+        ))
+    )]
     pub addresses: Option<Vec<String>>,
 }
 
@@ -111,7 +128,9 @@ pub struct SatelliteRouting {
 }
 
 /// Per-message balancing policies.
-#[derive(schemars::JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    schemars::JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum BalancePolicy {
     #[default]
@@ -130,7 +149,9 @@ impl BalancePolicy {
 }
 
 /// Meter routing policies.
-#[derive(schemars::JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    schemars::JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum MeterRouting {
     #[default]

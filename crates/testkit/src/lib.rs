@@ -1,1 +1,8 @@
-pub fn x(){}
+//! Test doubles for skylift's tests and benchmarks. Nothing here ships in the product.
+//!
+//! - [`apiserver`]: a stateful Kubernetes API-server double that follows kube-apiserver's
+//!   semantics for what skylift uses (CRUD, label selectors, watches with resource
+//!   versions, server-side apply, status and scale subresources, conflicts, garbage
+//!   collection, CRD schema defaulting, pruning and validation including CEL rules).
+
+pub mod apiserver;

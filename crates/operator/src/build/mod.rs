@@ -1,0 +1,10 @@
+//! Pure construction of the Kubernetes objects each resource is made of. Nothing here
+//! talks to the API server: a resource (plus what was read about it) goes in, objects come
+//! out, so what a user would check in the generated objects is tested directly.
+
+mod meta;
+pub mod oapserver;
+mod podspec;
+pub mod pool;
+
+pub use meta::{ObjectMetaExt, child_meta, owner_reference, selector_string};

@@ -1,0 +1,116 @@
+//! The pod template of a generated Deployment: the main container plus the user's
+//! `podTemplate` overrides, on secure defaults.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile,
+    SecurityContext,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use skylift_api::PodTemplateOverrides;
+
+use super::meta::Labels;
+
+/// How locked down the pods can be by default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Hardening {
+    /// skylift's own image: non-root user, read-only root filesystem.
+    SkyliftImage,
+    /// A third-party image (OAP) that may run as root and write to its filesystem:
+    /// only privilege escalation and capabilities are taken away.
+    ThirdPartyImage,
+}
+
+pub(crate) struct PodParts {
+    pub labels: Labels,
+    pub service_account: String,
+    pub container: Container,
+    /// Annotations the operator adds to the pod template (e.g. a configuration hash that
+    /// rolls the pods when the configuration changes).
+    pub annotations: BTreeMap<String, String>,
+    pub hardening: Hardening,
+    pub termination_grace_period_seconds: i64,
+}
+
+pub(crate) fn pod_template(
+    parts: PodParts,
+    overrides: Option<&PodTemplateOverrides>,
+) -> PodTemplateSpec {
+    let empty = PodTemplateOverrides::default();
+    let overrides = overrides.unwrap_or(&empty);
+
+    // User labels first, so the selector labels the Deployment relies on always win.
+    let mut labels = overrides.labels.clone();
+    labels.extend(parts.labels.all());
+    let mut annotations = overrides.annotations.clone();
+    annotations.extend(parts.annotations);
+
+    let mut container = parts.container;
+    container.security_context = Some(
+        overrides
+            .container_security_context
+            .clone()
+            .unwrap_or_else(|| container_security_context(parts.hardening)),
+    );
+
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels),
+            annotations: (!annotations.is_empty()).then_some(annotations),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            service_account_name: Some(parts.service_account),
+            automount_service_account_token: Some(true),
+            containers: vec![container],
+            node_selector: (!overrides.node_selector.is_empty())
+                .then(|| overrides.node_selector.clone()),
+            tolerations: (!overrides.tolerations.is_empty()).then(|| overrides.tolerations.clone()),
+            affinity: overrides.affinity.clone(),
+            image_pull_secrets: (!overrides.image_pull_secrets.is_empty())
+                .then(|| overrides.image_pull_secrets.clone()),
+            priority_class_name: overrides.priority_class_name.clone(),
+            security_context: Some(
+                overrides
+                    .security_context
+                    .clone()
+                    .unwrap_or_else(|| pod_security_context(parts.hardening)),
+            ),
+            termination_grace_period_seconds: Some(parts.termination_grace_period_seconds),
+            ..PodSpec::default()
+        }),
+    }
+}
+
+fn pod_security_context(hardening: Hardening) -> PodSecurityContext {
+    let seccomp = Some(SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        ..SeccompProfile::default()
+    });
+    match hardening {
+        Hardening::SkyliftImage => PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(65532),
+            run_as_group: Some(65532),
+            seccomp_profile: seccomp,
+            ..PodSecurityContext::default()
+        },
+        Hardening::ThirdPartyImage => PodSecurityContext {
+            seccomp_profile: seccomp,
+            ..PodSecurityContext::default()
+        },
+    }
+}
+
+fn container_security_context(hardening: Hardening) -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        read_only_root_filesystem: Some(hardening == Hardening::SkyliftImage),
+        ..SecurityContext::default()
+    }
+}

@@ -1,0 +1,831 @@
+//! The objects a `Satellite` or `Proxy` pool is made of. Both kinds are first reduced to a
+//! [`PoolView`], so the two share one builder.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, ExternalMetricSource, HPAScalingRules, HorizontalPodAutoscaler,
+    HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec, MetricIdentifier, MetricSpec,
+    MetricTarget,
+};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, HTTPGetAction, Probe, ResourceRequirements, Service, ServiceAccount,
+};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+use skylift_api::common::ServiceAddress;
+use skylift_api::constants::{self, metrics, ports, proxy_flags as flag, upstreams};
+use skylift_api::pool::{Autoscaling, QueueSpec};
+use skylift_api::{PodTemplateOverrides, Proxy, Satellite, ServiceOptions, UpstreamEndpoints};
+
+use super::meta::{Labels, child_meta};
+use super::oapserver::{container_port, field_ref, service_for, service_port};
+use super::podspec::{Hardening, PodParts, pod_template};
+
+/// Which resource a pool comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PoolKind {
+    Satellite,
+    Proxy,
+}
+
+impl PoolKind {
+    /// `app.kubernetes.io/name` of the pool's pods, and the suffix of its object names.
+    pub fn app_name(self) -> &'static str {
+        match self {
+            PoolKind::Satellite => "satellite",
+            PoolKind::Proxy => "proxy",
+        }
+    }
+}
+
+/// Where a pool's upstream endpoints come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum UpstreamSource {
+    /// The ready pods of an OAPServer in the same namespace.
+    OapServer(String),
+    /// Ready pods with these labels, on this port.
+    Selector {
+        labels: BTreeMap<String, String>,
+        port: i32,
+    },
+    /// Fixed addresses.
+    Addresses(Vec<String>),
+}
+
+/// Self-telemetry settings of a pool.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TelemetryView {
+    /// Service name the proxies report as (OAP shows `satellite::<service>`).
+    pub service: String,
+    /// A separate OAP address for telemetry, instead of the pool's upstreams.
+    pub upstream: Option<String>,
+}
+
+/// What the builder needs from a Satellite or a Proxy.
+#[derive(Clone, Debug)]
+pub struct PoolView {
+    pub kind: PoolKind,
+    pub name: String,
+    pub namespace: String,
+    pub image: String,
+    pub replicas: i32,
+    pub upstream: UpstreamSource,
+    pub max_connections: Option<i32>,
+    pub autoscaling: Option<Autoscaling>,
+    pub queue: Option<QueueSpec>,
+    /// Routing flags and their values, in the order they are passed.
+    pub routing: Vec<(&'static str, String)>,
+    pub telemetry: Option<TelemetryView>,
+    pub service: Option<ServiceOptions>,
+    pub resources: Option<ResourceRequirements>,
+    pub pod_template: Option<PodTemplateOverrides>,
+}
+
+impl From<&Satellite> for PoolView {
+    fn from(sat: &Satellite) -> Self {
+        let spec = &sat.spec;
+        let upstream = match (
+            &spec.upstream.oap_server_ref,
+            &spec.upstream.selector,
+            &spec.upstream.addresses,
+        ) {
+            (Some(oap), _, _) => UpstreamSource::OapServer(oap.name.clone()),
+            (None, Some(selector), _) => UpstreamSource::Selector {
+                labels: selector.match_labels.clone(),
+                port: selector.port,
+            },
+            (None, None, addresses) => {
+                UpstreamSource::Addresses(addresses.clone().unwrap_or_default())
+            }
+        };
+        let routing = spec.routing.clone().unwrap_or_default();
+        PoolView {
+            kind: PoolKind::Satellite,
+            name: sat.metadata.name.clone().unwrap_or_default(),
+            namespace: sat.metadata.namespace.clone().unwrap_or_default(),
+            image: spec
+                .image
+                .clone()
+                .unwrap_or_else(constants::default_proxy_image),
+            replicas: spec.replicas,
+            upstream,
+            max_connections: spec.connection_limit.as_ref().map(|l| l.max_connections),
+            autoscaling: spec.autoscaling.clone(),
+            queue: spec.queue.clone(),
+            routing: vec![
+                (flag::ROUTING, routing.default.as_flag_value().into()),
+                (flag::METER_ROUTING, routing.meter.as_flag_value().into()),
+            ],
+            telemetry: Some(TelemetryView {
+                service: sat.telemetry_service(),
+                upstream: None,
+            }),
+            service: spec.service.clone(),
+            resources: spec.resources.clone(),
+            pod_template: spec.pod_template.clone(),
+        }
+    }
+}
+
+impl From<&Proxy> for PoolView {
+    fn from(proxy: &Proxy) -> Self {
+        let spec = &proxy.spec;
+        let upstream = match (&spec.upstream.selector, &spec.upstream.addresses) {
+            (Some(selector), _) => UpstreamSource::Selector {
+                labels: selector.match_labels.clone(),
+                port: selector.port,
+            },
+            (None, addresses) => UpstreamSource::Addresses(addresses.clone().unwrap_or_default()),
+        };
+        let routing = spec.routing.clone().unwrap_or_default();
+        let mut routing_flags = vec![(flag::ROUTING, routing.default.as_flag_value().to_string())];
+        if let Some(header) = routing.hash_header {
+            routing_flags.push((flag::HASH_HEADER, header));
+        }
+        PoolView {
+            kind: PoolKind::Proxy,
+            name: proxy.metadata.name.clone().unwrap_or_default(),
+            namespace: proxy.metadata.namespace.clone().unwrap_or_default(),
+            image: spec
+                .image
+                .clone()
+                .unwrap_or_else(constants::default_proxy_image),
+            replicas: spec.replicas,
+            upstream,
+            max_connections: spec.connection_limit.as_ref().map(|l| l.max_connections),
+            autoscaling: spec.autoscaling.clone(),
+            queue: spec.queue.clone(),
+            routing: routing_flags,
+            telemetry: spec.telemetry.as_ref().map(|t| TelemetryView {
+                service: t.service.clone(),
+                upstream: t.oap_address.clone(),
+            }),
+            service: spec.service.clone(),
+            resources: spec.resources.clone(),
+            pod_template: spec.pod_template.clone(),
+        }
+    }
+}
+
+impl PoolView {
+    /// Name of the Deployment, Service, ServiceAccount, Role, RoleBinding and HPA.
+    pub fn workload_name(&self) -> String {
+        workload_name(self.kind, &self.name)
+    }
+
+    /// Name of the ConfigMap the endpoints are published in.
+    pub fn configmap_name(&self) -> String {
+        configmap_name(&self.name)
+    }
+
+    fn labels(&self) -> Labels {
+        Labels {
+            name: self.kind.app_name(),
+            instance: self.name.clone(),
+            component: "proxy",
+            version: constants::SKYLIFT_VERSION.into(),
+        }
+    }
+
+    /// Labels selecting the pool's own pods.
+    pub fn pod_selector(&self) -> BTreeMap<String, String> {
+        self.labels().selector()
+    }
+
+    /// Where clients reach the pool.
+    pub fn address(&self) -> ServiceAddress {
+        ServiceAddress {
+            grpc: format!(
+                "{}.{}.svc:{}",
+                self.workload_name(),
+                self.namespace,
+                ports::GRPC
+            ),
+            http: None,
+        }
+    }
+
+    /// The arguments skylift-proxy runs with.
+    pub fn proxy_args(&self) -> Vec<String> {
+        let mut args = vec![
+            format!("{}=0.0.0.0:{}", flag::LISTEN, ports::GRPC),
+            format!("{}=0.0.0.0:{}", flag::ADMIN_LISTEN, ports::ADMIN),
+            format!(
+                "{}={}/{}",
+                flag::UPSTREAMS_CONFIGMAP,
+                self.namespace,
+                self.configmap_name()
+            ),
+        ];
+        if let Some(max) = self.max_connections {
+            args.push(format!("{}={max}", flag::MAX_CONNECTIONS));
+        }
+        if let Some(queue) = &self.queue {
+            let mut push = |name: &str, value: Option<String>| {
+                if let Some(value) = value {
+                    args.push(format!("{name}={value}"));
+                }
+            };
+            push(
+                flag::QUEUE_PARTITIONS,
+                queue.partitions.map(|v| v.to_string()),
+            );
+            push(
+                flag::QUEUE_CAPACITY,
+                queue.capacity_per_partition.map(|v| v.to_string()),
+            );
+            push(flag::BATCH_SIZE, queue.batch_size.map(|v| v.to_string()));
+            push(flag::FLUSH_INTERVAL, queue.flush_interval.clone());
+            push(
+                flag::OVERFLOW,
+                queue.overflow.map(|o| o.as_flag_value().to_string()),
+            );
+        }
+        for (name, value) in &self.routing {
+            args.push(format!("{name}={value}"));
+        }
+        if let Some(telemetry) = &self.telemetry {
+            args.push(format!("{}={}", flag::TELEMETRY_SERVICE, telemetry.service));
+            args.push(format!("{}=$(POD_NAME)", flag::TELEMETRY_INSTANCE));
+            if let Some(upstream) = &telemetry.upstream {
+                args.push(format!("{}={upstream}", flag::TELEMETRY_UPSTREAM));
+            }
+        }
+        args.push(format!("{}=json", flag::LOG_FORMAT));
+        args
+    }
+}
+
+pub fn workload_name(kind: PoolKind, name: &str) -> String {
+    format!("{name}-{}", kind.app_name())
+}
+
+pub fn configmap_name(name: &str) -> String {
+    format!("{name}{}", upstreams::CONFIGMAP_SUFFIX)
+}
+
+/// Every object of one pool.
+#[derive(Clone, Debug)]
+pub struct PoolObjects {
+    pub service_account: ServiceAccount,
+    pub role: Role,
+    pub role_binding: RoleBinding,
+    pub config_map: ConfigMap,
+    pub deployment: Deployment,
+    pub service: Service,
+    /// Present when `spec.autoscaling` is set.
+    pub hpa: Option<HorizontalPodAutoscaler>,
+}
+
+/// Builds the pool's objects; `endpoints` is what the ConfigMap publishes.
+pub fn build<K: Resource<DynamicType = ()>>(
+    owner: &K,
+    pool: &PoolView,
+    endpoints: &UpstreamEndpoints,
+) -> PoolObjects {
+    let labels = pool.labels();
+    let workload = pool.workload_name();
+    let meta = |name: String| child_meta(owner, name, labels.all());
+
+    let service_account = ServiceAccount {
+        metadata: meta(workload.clone()),
+        ..ServiceAccount::default()
+    };
+    // The proxies read their own upstream list and nothing else: no pod access at all.
+    let role = Role {
+        metadata: meta(workload.clone()),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["configmaps".into()]),
+            resource_names: Some(vec![pool.configmap_name()]),
+            // `list` is needed, with a metadata.name field selector, to start a watch.
+            verbs: vec!["get".into(), "list".into(), "watch".into()],
+            ..PolicyRule::default()
+        }]),
+    };
+    let role_binding = RoleBinding {
+        metadata: meta(workload.clone()),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: workload.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: workload.clone(),
+            namespace: Some(pool.namespace.clone()),
+            ..Subject::default()
+        }]),
+    };
+    let config_map = ConfigMap {
+        metadata: meta(pool.configmap_name()),
+        data: Some(BTreeMap::from([(
+            upstreams::CONFIGMAP_KEY.to_string(),
+            endpoints.to_json(),
+        )])),
+        ..ConfigMap::default()
+    };
+
+    let container = Container {
+        name: "proxy".into(),
+        image: Some(pool.image.clone()),
+        args: Some(pool.proxy_args()),
+        env: Some(vec![field_ref("POD_NAME", "metadata.name")]),
+        ports: Some(vec![
+            container_port("grpc", ports::GRPC),
+            container_port("admin", ports::ADMIN),
+        ]),
+        resources: Some(
+            pool.resources
+                .clone()
+                .unwrap_or_else(default_proxy_resources),
+        ),
+        readiness_probe: Some(http_probe("/readyz", 5, 2)),
+        liveness_probe: Some(http_probe("/healthz", 10, 3)),
+        ..Container::default()
+    };
+    let template = pod_template(
+        PodParts {
+            labels: pool.labels(),
+            service_account: workload.clone(),
+            container,
+            annotations: BTreeMap::new(),
+            hardening: Hardening::SkyliftImage,
+            // Time to stop accepting, send GOAWAY and flush the queues.
+            termination_grace_period_seconds: 30,
+        },
+        pool.pod_template.as_ref(),
+    );
+    let deployment = Deployment {
+        metadata: meta(workload.clone()),
+        spec: Some(DeploymentSpec {
+            replicas: Some(pool.replicas),
+            selector: LabelSelector {
+                match_labels: Some(labels.selector()),
+                ..LabelSelector::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::String("25%".into())),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template,
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    };
+    let service = service_for(
+        meta(workload.clone()),
+        pool.service.as_ref(),
+        labels.selector(),
+        vec![
+            service_port("grpc", ports::GRPC),
+            service_port("admin", ports::ADMIN),
+        ],
+    );
+    let hpa =
+        pool.autoscaling
+            .as_ref()
+            .zip(pool.telemetry.as_ref())
+            .map(|(autoscaling, telemetry)| HorizontalPodAutoscaler {
+                metadata: meta(workload.clone()),
+                spec: Some(hpa_spec::<K>(pool, autoscaling, telemetry)),
+                status: None,
+            });
+
+    PoolObjects {
+        service_account,
+        role,
+        role_binding,
+        config_map,
+        deployment,
+        service,
+        hpa,
+    }
+}
+
+/// The autoscaler: it scales the resource itself (through `/scale`) on the connection
+/// count the pool reports to OAP, read through skylift-adapter as an External metric.
+fn hpa_spec<K: Resource<DynamicType = ()>>(
+    pool: &PoolView,
+    autoscaling: &Autoscaling,
+    telemetry: &TelemetryView,
+) -> HorizontalPodAutoscalerSpec {
+    let oap_service = metrics::satellite_oap_service(&telemetry.service);
+    HorizontalPodAutoscalerSpec {
+        scale_target_ref: CrossVersionObjectReference {
+            api_version: Some(K::api_version(&()).into_owned()),
+            kind: K::kind(&()).into_owned(),
+            name: pool.name.clone(),
+        },
+        min_replicas: Some(autoscaling.min_replicas),
+        max_replicas: autoscaling.max_replicas,
+        metrics: Some(vec![MetricSpec {
+            type_: "External".into(),
+            external: Some(ExternalMetricSource {
+                metric: MetricIdentifier {
+                    name: metrics::external_metric_name(
+                        metrics::EXTERNAL_METRIC_PREFIX,
+                        metrics::SATELLITE_CONNECTION_COUNT,
+                    ),
+                    selector: Some(LabelSelector {
+                        match_labels: Some(skylift_api::metric_selector::escape(
+                            "service",
+                            &oap_service,
+                        )),
+                        ..LabelSelector::default()
+                    }),
+                },
+                target: MetricTarget {
+                    type_: "Value".into(),
+                    value: Some(Quantity(
+                        autoscaling.target_connections_per_replica.to_string(),
+                    )),
+                    ..MetricTarget::default()
+                },
+            }),
+            ..MetricSpec::default()
+        }]),
+        behavior: Some(
+            autoscaling
+                .behavior
+                .clone()
+                .unwrap_or_else(default_behavior),
+        ),
+    }
+}
+
+/// Scale up only after connections stayed high for a minute, by the smallest step the
+/// policies allow: new replicas only get new connections, so overshooting is costly.
+fn default_behavior() -> HorizontalPodAutoscalerBehavior {
+    HorizontalPodAutoscalerBehavior {
+        scale_up: Some(HPAScalingRules {
+            stabilization_window_seconds: Some(60),
+            select_policy: Some("Min".into()),
+            ..HPAScalingRules::default()
+        }),
+        scale_down: None,
+    }
+}
+
+fn default_proxy_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity("100m".into())),
+            ("memory".to_string(), Quantity("64Mi".into())),
+        ])),
+        ..ResourceRequirements::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("admin".into()),
+            scheme: Some("HTTP".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::ObjectMetaExt;
+    use kube::api::ObjectMeta;
+    use skylift_api::{ProxySpec, SatelliteSpec, UpstreamEndpoint};
+
+    fn meta(name: &str, uid: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("obs".into()),
+            uid: Some(uid.into()),
+            generation: Some(1),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn satellite(spec: serde_json::Value) -> Satellite {
+        let mut sat = Satellite::new(
+            "ingest",
+            serde_json::from_value::<SatelliteSpec>(spec).unwrap(),
+        );
+        sat.metadata = meta("ingest", "uid-sat");
+        sat
+    }
+
+    fn proxy(spec: serde_json::Value) -> Proxy {
+        let mut proxy = Proxy::new("otlp", serde_json::from_value::<ProxySpec>(spec).unwrap());
+        proxy.metadata = meta("otlp", "uid-proxy");
+        proxy
+    }
+
+    fn endpoints() -> UpstreamEndpoints {
+        UpstreamEndpoints {
+            endpoints: vec![UpstreamEndpoint {
+                address: "10.1.2.3:11800".into(),
+                weight: 1,
+                pod: Some("skywalking-oap-7c9f-x2".into()),
+                zone: None,
+            }],
+        }
+    }
+
+    fn build_satellite(spec: serde_json::Value) -> PoolObjects {
+        let sat = satellite(spec);
+        build(&sat, &PoolView::from(&sat), &endpoints())
+    }
+
+    fn args(objects: &PoolObjects) -> Vec<String> {
+        objects
+            .deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+            .args
+            .clone()
+            .unwrap()
+    }
+
+    #[test]
+    fn satellite_runs_skylift_proxy_with_flags_from_the_spec() {
+        let objects = build_satellite(serde_json::json!({
+            "replicas": 2,
+            "upstream": {"oapServerRef": {"name": "skywalking"}},
+            "connectionLimit": {"maxConnections": 11},
+            "queue": {"partitions": 4, "capacityPerPartition": 5000, "flushInterval": "500ms",
+                      "batchSize": 200, "overflow": "reject"},
+            "routing": {"default": "weightedRoundRobin", "meter": "fixed"}
+        }));
+        let deployment = &objects.deployment;
+        assert_eq!(
+            deployment.metadata.name.as_deref(),
+            Some("ingest-satellite")
+        );
+        assert_eq!(deployment.spec.as_ref().unwrap().replicas, Some(2));
+        let container = &deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0];
+        assert_eq!(
+            container.image.as_deref(),
+            Some(constants::default_proxy_image().as_str())
+        );
+        assert_eq!(
+            args(&objects),
+            vec![
+                "--listen=0.0.0.0:11800",
+                "--admin-listen=0.0.0.0:1234",
+                "--upstreams-configmap=obs/ingest-upstreams",
+                "--max-connections=11",
+                "--queue-partitions=4",
+                "--queue-capacity=5000",
+                "--batch-size=200",
+                "--flush-interval=500ms",
+                "--overflow=reject",
+                "--routing=weighted-round-robin",
+                "--meter-routing=fixed",
+                "--telemetry-service=obs-ingest",
+                "--telemetry-instance=$(POD_NAME)",
+                "--log-format=json",
+            ]
+        );
+        let probe = container
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(probe.path.as_deref(), Some("/readyz"));
+        let security = container.security_context.as_ref().unwrap();
+        assert_eq!(security.read_only_root_filesystem, Some(true));
+        assert_eq!(security.allow_privilege_escalation, Some(false));
+    }
+
+    #[test]
+    fn proxies_may_read_their_own_upstream_configmap_and_nothing_else() {
+        let objects = build_satellite(
+            serde_json::json!({"upstream": {"oapServerRef": {"name": "skywalking"}}}),
+        );
+        let rules = objects.role.rules.as_ref().unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(
+            rules[0].resources.as_deref(),
+            Some(&["configmaps".to_string()][..])
+        );
+        assert_eq!(
+            rules[0].resource_names.as_deref(),
+            Some(&["ingest-upstreams".to_string()][..])
+        );
+        assert!(
+            rules[0]
+                .verbs
+                .iter()
+                .all(|v| ["get", "list", "watch"].contains(&v.as_str()))
+        );
+        let pod = objects
+            .deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            pod.service_account_name.as_deref(),
+            Some("ingest-satellite")
+        );
+        assert_eq!(
+            objects.role_binding.subjects.as_ref().unwrap()[0].name,
+            "ingest-satellite"
+        );
+    }
+
+    #[test]
+    fn configmap_publishes_the_endpoints_document() {
+        let objects = build_satellite(
+            serde_json::json!({"upstream": {"oapServerRef": {"name": "skywalking"}}}),
+        );
+        assert_eq!(
+            objects.config_map.metadata.name.as_deref(),
+            Some("ingest-upstreams")
+        );
+        assert_eq!(
+            objects.config_map.data.as_ref().unwrap()["endpoints.json"],
+            r#"{"endpoints":[{"address":"10.1.2.3:11800","weight":1,"pod":"skywalking-oap-7c9f-x2"}]}"#
+        );
+        assert!(objects.config_map.metadata.is_controlled_by("uid-sat"));
+    }
+
+    #[test]
+    fn autoscaling_creates_an_hpa_on_the_satellite_itself_with_the_swck_selector() {
+        let objects = build_satellite(serde_json::json!({
+            "upstream": {"oapServerRef": {"name": "skywalking"}},
+            "telemetry": {"service": "satellite-service"},
+            "autoscaling": {"minReplicas": 1, "maxReplicas": 3, "targetConnectionsPerReplica": 10}
+        }));
+        let hpa = objects.hpa.expect("autoscaling makes an HPA");
+        let spec = hpa.spec.unwrap();
+        assert_eq!(
+            spec.scale_target_ref.api_version.as_deref(),
+            Some("skylift.io/v1alpha1")
+        );
+        assert_eq!(spec.scale_target_ref.kind, "Satellite");
+        assert_eq!(spec.scale_target_ref.name, "ingest");
+        assert_eq!((spec.min_replicas, spec.max_replicas), (Some(1), 3));
+        let metrics = spec.metrics.unwrap();
+        let external = metrics[0].external.as_ref().unwrap();
+        assert_eq!(
+            external.metric.name,
+            "skywalking.apache.org|satellite_service_grpc_connect_count"
+        );
+        // Exactly the selector of SWCK's walk-through for `satellite::satellite-service`.
+        let selector = external
+            .metric
+            .selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .clone()
+            .unwrap();
+        let expected: BTreeMap<String, String> = [
+            ("service.str.0", "satellite"),
+            ("service.byte.1", "3a"),
+            ("service.byte.2", "3a"),
+            ("service.str.3", "satellite"),
+            ("service.byte.4", "2d"),
+            ("service.str.5", "service"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(selector, expected);
+        assert_eq!(external.target.type_, "Value");
+        assert_eq!(external.target.value, Some(Quantity("10".into())));
+        let scale_up = spec.behavior.unwrap().scale_up.unwrap();
+        assert_eq!(scale_up.stabilization_window_seconds, Some(60));
+        assert_eq!(scale_up.select_policy.as_deref(), Some("Min"));
+    }
+
+    #[test]
+    fn user_behavior_is_passed_through_and_no_autoscaling_means_no_hpa() {
+        let objects = build_satellite(serde_json::json!({
+            "upstream": {"oapServerRef": {"name": "skywalking"}},
+            "autoscaling": {"maxReplicas": 5, "targetConnectionsPerReplica": 100,
+                            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 600}}}
+        }));
+        let behavior = objects.hpa.unwrap().spec.unwrap().behavior.unwrap();
+        assert_eq!(
+            behavior.scale_down.unwrap().stabilization_window_seconds,
+            Some(600)
+        );
+        assert!(behavior.scale_up.is_none());
+        let objects = build_satellite(
+            serde_json::json!({"upstream": {"oapServerRef": {"name": "skywalking"}}}),
+        );
+        assert!(objects.hpa.is_none());
+    }
+
+    #[test]
+    fn proxy_hashes_on_a_header_and_reports_telemetry_only_when_asked() {
+        let plain = proxy(serde_json::json!({
+            "upstream": {"selector": {"matchLabels": {"app": "otel-collector"}, "port": 4317}},
+            "routing": {"default": "hash", "hashHeader": "x-tenant"}
+        }));
+        let objects = build(
+            &plain,
+            &PoolView::from(&plain),
+            &UpstreamEndpoints::default(),
+        );
+        let args = args(&objects);
+        assert!(args.contains(&"--routing=hash".to_string()));
+        assert!(args.contains(&"--hash-header=x-tenant".to_string()));
+        assert!(
+            !args
+                .iter()
+                .any(|a| a.starts_with("--telemetry") || a.starts_with("--meter-routing"))
+        );
+        assert_eq!(
+            objects.deployment.metadata.name.as_deref(),
+            Some("otlp-proxy")
+        );
+
+        let scaled = proxy(serde_json::json!({
+            "upstream": {"addresses": ["collector.obs:4317"]},
+            "telemetry": {"service": "otlp-gw", "oapAddress": "oap.obs:11800"},
+            "autoscaling": {"maxReplicas": 4, "targetConnectionsPerReplica": 50}
+        }));
+        let objects = build(
+            &scaled,
+            &PoolView::from(&scaled),
+            &UpstreamEndpoints::default(),
+        );
+        let args = self::args(&objects);
+        assert!(args.contains(&"--telemetry-service=otlp-gw".to_string()));
+        assert!(args.contains(&"--telemetry-upstream=oap.obs:11800".to_string()));
+        assert_eq!(
+            objects.hpa.unwrap().spec.unwrap().scale_target_ref.kind,
+            "Proxy"
+        );
+    }
+
+    #[test]
+    fn pool_service_exposes_grpc_and_admin_to_the_pool_pods() {
+        let objects = build_satellite(serde_json::json!({
+            "upstream": {"addresses": ["oap.example.com:11800"]},
+            "service": {"type": "NodePort"}
+        }));
+        let spec = objects.service.spec.as_ref().unwrap();
+        assert_eq!(spec.type_.as_deref(), Some("NodePort"));
+        let ports: Vec<(i32, Option<&str>)> = spec
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| (p.port, p.app_protocol.as_deref()))
+            .collect();
+        assert_eq!(
+            ports,
+            vec![(11800, Some("kubernetes.io/h2c")), (1234, None)]
+        );
+        let selector = spec.selector.as_ref().unwrap();
+        let pod_labels = objects
+            .deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels
+            .as_ref()
+            .unwrap();
+        assert!(selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)));
+        assert_eq!(selector["app.kubernetes.io/name"], "satellite");
+    }
+}

@@ -1,0 +1,135 @@
+//! Server-side apply with one field manager, skipped when the object is already as desired.
+
+use std::fmt::Debug;
+
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use skylift_api::constants::{FIELD_MANAGER, labels::APPLIED_HASH_ANNOTATION};
+
+use super::{Context, Error};
+use crate::build::ObjectMetaExt;
+use crate::diff::{config_hash, needs_apply};
+
+/// What applying one object did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    Unchanged,
+    Created,
+    Updated,
+}
+
+impl Context {
+    /// Applies `desired` unless the cached object already matches it. `owner_uid` is the
+    /// resource the object belongs to: an object of the same name controlled by anything
+    /// else is never taken over.
+    pub(crate) async fn apply<K>(
+        &self,
+        store: &Store<K>,
+        owner_uid: &str,
+        desired: K,
+    ) -> Result<Applied, Error>
+    where
+        K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + Debug
+            + Serialize
+            + DeserializeOwned,
+    {
+        let kind = kind_of::<K>();
+        let name = desired.name_any();
+        let namespace = desired.namespace().unwrap_or_default();
+        let current = store.get(&ObjectRef::new(&name).within(&namespace));
+        if let Some(current) = &current
+            && let Some(owner) = current.meta().controller()
+            && owner.uid != owner_uid
+        {
+            return Err(Error::NameConflict {
+                kind,
+                name,
+                owner: format!("{} {}", owner.kind, owner.name),
+            });
+        }
+
+        let mut value =
+            serde_json::to_value(&desired).expect("Kubernetes objects serialize to JSON");
+        let hash = config_hash(&value);
+        value["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] = hash.clone().into();
+        let current_value = current.as_ref().map(|c| {
+            serde_json::to_value(c.as_ref()).expect("Kubernetes objects serialize to JSON")
+        });
+        if !needs_apply(
+            &value,
+            &hash,
+            current_value.as_ref(),
+            APPLIED_HASH_ANNOTATION,
+        ) {
+            return Ok(Applied::Unchanged);
+        }
+
+        let api: Api<K> = Api::namespaced(self.client.clone(), &namespace);
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&value),
+        )
+        .await
+        .map_err(|source| Error::Apply {
+            kind,
+            name: name.clone(),
+            source,
+        })?;
+        self.metrics.record_write(kind);
+        Ok(if current.is_some() {
+            Applied::Updated
+        } else {
+            Applied::Created
+        })
+    }
+
+    /// Deletes the object named like `name` if the cache holds it and `owner_uid` controls it.
+    pub(crate) async fn delete_owned<K>(
+        &self,
+        store: &Store<K>,
+        owner_uid: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<bool, Error>
+    where
+        K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + Debug
+            + DeserializeOwned,
+    {
+        let Some(current) = store.get(&ObjectRef::new(name).within(namespace)) else {
+            return Ok(false);
+        };
+        if !current.meta().is_controlled_by(owner_uid) {
+            return Ok(false);
+        }
+        let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
+        match api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(source) => {
+                return Err(Error::Delete {
+                    kind: kind_of::<K>(),
+                    name: name.into(),
+                    source,
+                });
+            }
+        }
+        self.metrics.record_write(kind_of::<K>());
+        Ok(true)
+    }
+}
+
+pub(crate) fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
+    // Kinds are static strings in k8s-openapi and kube-derive types.
+    match K::kind(&()) {
+        std::borrow::Cow::Borrowed(kind) => kind,
+        std::borrow::Cow::Owned(_) => "Object",
+    }
+}

@@ -1,0 +1,205 @@
+//! Starting the operator: caches, routing, controllers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::channel::mpsc;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use skylift_api::{OAPServer, Proxy, Satellite};
+
+use crate::controller::pool as pool_controller;
+use crate::controller::watch::{Triggers, watch_oapserver_references, watch_owned, watch_pods};
+use crate::controller::{Context, Error, Stores, oapserver};
+use crate::metrics::Metrics;
+
+/// How the operator runs.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Only watch this namespace (None: all namespaces).
+    pub namespace: Option<String>,
+    /// Reconciles run at once per kind.
+    pub concurrency: u16,
+    /// Name reported on Events.
+    pub instance: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            namespace: None,
+            concurrency: 16,
+            instance: "skylift-operator".into(),
+        }
+    }
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs every controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let ns = settings.namespace.as_deref();
+    let (oap_tx, oap_rx) = mpsc::unbounded();
+    let (sat_tx, sat_rx) = mpsc::unbounded();
+    let (proxy_tx, proxy_rx) = mpsc::unbounded();
+    let triggers = Triggers {
+        oapservers: oap_tx,
+        satellites: sat_tx,
+        proxies: proxy_tx,
+    };
+    let config = controller::Config::default().concurrency(settings.concurrency);
+    let shutdown = shutdown.shared();
+
+    let oap_controller = Controller::new(api::<OAPServer>(&client, ns), watcher::Config::default())
+        .with_config(config.clone())
+        .reconcile_on(oap_rx)
+        .graceful_shutdown_on(shutdown.clone());
+    let sat_controller = Controller::new(api::<Satellite>(&client, ns), watcher::Config::default())
+        .with_config(config.clone())
+        .reconcile_on(sat_rx)
+        .graceful_shutdown_on(shutdown.clone());
+    let proxy_controller = Controller::new(api::<Proxy>(&client, ns), watcher::Config::default())
+        .with_config(config)
+        .reconcile_on(proxy_rx)
+        .graceful_shutdown_on(shutdown.clone());
+
+    let mut tasks = Vec::new();
+    macro_rules! owned {
+        ($kind:ty) => {{
+            let (store, task) = watch_owned(api::<$kind>(&client, ns), triggers.clone());
+            tasks.push(tokio::spawn(task));
+            store
+        }};
+    }
+    let deployments = owned!(Deployment);
+    let services = owned!(Service);
+    let service_accounts = owned!(ServiceAccount);
+    let roles = owned!(Role);
+    let role_bindings = owned!(RoleBinding);
+    let config_maps = owned!(ConfigMap);
+    let hpas = owned!(HorizontalPodAutoscaler);
+    let (pods, pod_task) = watch_pods(
+        api::<Pod>(&client, ns),
+        sat_controller.store(),
+        proxy_controller.store(),
+        triggers.clone(),
+    );
+    tasks.push(tokio::spawn(pod_task));
+    tasks.push(tokio::spawn(watch_oapserver_references(
+        api::<OAPServer>(&client, ns),
+        sat_controller.store(),
+        triggers.clone(),
+    )));
+
+    let stores = Stores {
+        oapservers: oap_controller.store(),
+        satellites: sat_controller.store(),
+        proxies: proxy_controller.store(),
+        pods,
+        deployments,
+        services,
+        service_accounts,
+        roles,
+        role_bindings,
+        config_maps,
+        hpas,
+    };
+    // Reconciling before the caches are filled would re-apply objects that already exist.
+    let owned_ready = {
+        let s = stores.clone();
+        async move {
+            let _ = futures::join!(
+                s.deployments.wait_until_ready(),
+                s.services.wait_until_ready(),
+                s.service_accounts.wait_until_ready(),
+                s.roles.wait_until_ready(),
+                s.role_bindings.wait_until_ready(),
+                s.config_maps.wait_until_ready(),
+                s.hpas.wait_until_ready(),
+                s.pods.wait_until_ready(),
+            );
+        }
+    };
+    tokio::select! {
+        _ = owned_ready => {}
+        _ = shutdown.clone() => return,
+    }
+    metrics.set_ready();
+    tracing::info!("caches filled; reconciling");
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "skylift-operator".into(),
+            instance: Some(settings.instance.clone()),
+        },
+    );
+    let context = Arc::new(Context {
+        client,
+        stores,
+        metrics: metrics.clone(),
+        recorder,
+    });
+
+    let oap = oap_controller
+        .run(
+            oapserver::reconcile,
+            error_policy::<OAPServer>,
+            context.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
+    let sat = sat_controller
+        .run(
+            pool_controller::reconcile::<Satellite>,
+            error_policy::<Satellite>,
+            context.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
+    let proxy = proxy_controller
+        .run(
+            pool_controller::reconcile::<Proxy>,
+            error_policy::<Proxy>,
+            context.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
+    futures::join!(oap, sat, proxy);
+    for task in tasks {
+        task.abort();
+    }
+}
+
+/// Failed reconciles are retried after a pause, and counted by reason.
+fn error_policy<K: Resource<DynamicType = ()>>(
+    resource: Arc<K>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let kind = K::kind(&());
+    ctx.metrics.record_error(&kind, error.category());
+    tracing::warn!(%kind, name = %resource.name_any(), namespace = ?resource.namespace(), error = %error, "reconcile failed");
+    Action::requeue(Duration::from_secs(5))
+}

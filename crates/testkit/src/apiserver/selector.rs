@@ -1,0 +1,161 @@
+//! Label and field selectors as kube-apiserver parses them.
+
+use serde_json::Value;
+
+#[derive(Clone, Debug, PartialEq)]
+enum Requirement {
+    Equals(String, String),
+    NotEquals(String, String),
+    In(String, Vec<String>),
+    NotIn(String, Vec<String>),
+    Exists(String),
+    DoesNotExist(String),
+}
+
+/// A parsed label selector (`a=b,c!=d,e in (x,y),f notin (z),g,!h`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LabelSelector(Vec<Requirement>);
+
+/// Splits on commas outside parentheses.
+fn split_requirements(text: &str) -> Vec<String> {
+    let (mut parts, mut current, mut depth) = (Vec::new(), String::new(), 0);
+    for c in text.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(std::mem::take(&mut current));
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    parts.push(current);
+    parts
+        .into_iter()
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+fn set_values(text: &str) -> Result<Vec<String>, String> {
+    let inner = text
+        .trim()
+        .strip_prefix('(')
+        .and_then(|t| t.strip_suffix(')'))
+        .ok_or_else(|| format!("expected a parenthesised set of values, found {text:?}"))?;
+    Ok(inner.split(',').map(|v| v.trim().to_string()).collect())
+}
+
+impl LabelSelector {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut requirements = Vec::new();
+        for part in split_requirements(text) {
+            let requirement = if let Some(key) = part.strip_prefix('!') {
+                Requirement::DoesNotExist(key.trim().into())
+            } else if let Some((key, values)) = part.split_once(" notin ") {
+                Requirement::NotIn(key.trim().into(), set_values(values)?)
+            } else if let Some((key, values)) = part.split_once(" in ") {
+                Requirement::In(key.trim().into(), set_values(values)?)
+            } else if let Some((key, value)) = part.split_once("!=") {
+                Requirement::NotEquals(key.trim().into(), value.trim().into())
+            } else if let Some((key, value)) = part.split_once("==") {
+                Requirement::Equals(key.trim().into(), value.trim().into())
+            } else if let Some((key, value)) = part.split_once('=') {
+                Requirement::Equals(key.trim().into(), value.trim().into())
+            } else if part.contains(|c: char| c.is_whitespace() || c == '(' || c == ')') {
+                return Err(format!("unable to parse requirement: {part:?}"));
+            } else {
+                Requirement::Exists(part)
+            };
+            requirements.push(requirement);
+        }
+        Ok(LabelSelector(requirements))
+    }
+
+    pub fn matches(&self, object: &Value) -> bool {
+        let labels = &object["metadata"]["labels"];
+        let get = |key: &str| labels.get(key).and_then(Value::as_str);
+        self.0.iter().all(|r| match r {
+            Requirement::Equals(k, v) => get(k) == Some(v.as_str()),
+            Requirement::NotEquals(k, v) => get(k) != Some(v.as_str()),
+            Requirement::In(k, vs) => get(k).is_some_and(|l| vs.iter().any(|v| v == l)),
+            Requirement::NotIn(k, vs) => get(k).is_none_or(|l| !vs.iter().any(|v| v == l)),
+            Requirement::Exists(k) => get(k).is_some(),
+            Requirement::DoesNotExist(k) => get(k).is_none(),
+        })
+    }
+}
+
+/// A field selector; kube-apiserver supports `metadata.name` and `metadata.namespace` for
+/// every kind.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FieldSelector(Vec<(String, bool, String)>);
+
+impl FieldSelector {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut terms = Vec::new();
+        for part in split_requirements(text) {
+            let (field, equal, value) = if let Some((f, v)) = part.split_once("!=") {
+                (f, false, v)
+            } else if let Some((f, v)) = part.split_once("==") {
+                (f, true, v)
+            } else if let Some((f, v)) = part.split_once('=') {
+                (f, true, v)
+            } else {
+                return Err(format!("invalid field selector {part:?}"));
+            };
+            if !matches!(field.trim(), "metadata.name" | "metadata.namespace") {
+                return Err(format!("field label not supported: {}", field.trim()));
+            }
+            terms.push((field.trim().to_string(), equal, value.trim().to_string()));
+        }
+        Ok(FieldSelector(terms))
+    }
+
+    pub fn matches(&self, object: &Value) -> bool {
+        self.0.iter().all(|(field, equal, value)| {
+            let actual = match field.as_str() {
+                "metadata.name" => object["metadata"]["name"].as_str(),
+                _ => object["metadata"]["namespace"].as_str(),
+            };
+            (actual == Some(value.as_str())) == *equal
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_operator_is_understood() {
+        let pod = json!({"metadata": {"labels": {"app": "oap", "tier": "backend"}}});
+        for (selector, expected) in [
+            ("app=oap", true),
+            ("app==oap,tier=backend", true),
+            ("app!=oap", false),
+            ("tier in (backend, frontend)", true),
+            ("tier notin (backend)", false),
+            ("app", true),
+            ("!app", false),
+            ("!zone", true),
+            ("", true),
+        ] {
+            assert_eq!(
+                LabelSelector::parse(selector).unwrap().matches(&pod),
+                expected,
+                "{selector}"
+            );
+        }
+        assert!(LabelSelector::parse("app in oap").is_err());
+        assert!(
+            FieldSelector::parse("metadata.name=x")
+                .unwrap()
+                .matches(&json!({"metadata": {"name": "x"}}))
+        );
+        assert!(FieldSelector::parse("spec.nodeName=x").is_err());
+    }
+}

@@ -1,0 +1,194 @@
+//! `kubectl apply` of a bad skylift resource fails with a message a user understands:
+//! the CRDs' OpenAPI bounds and CEL rules, enforced the way kube-apiserver enforces them.
+
+use kube::api::{Api, PostParams};
+use serde_json::{Value, json};
+use skylift_testkit::apiserver::ApiServer;
+
+async fn server() -> ApiServer {
+    let crds: Vec<Value> = skylift_api::crds()
+        .iter()
+        .map(|c| serde_json::to_value(c).unwrap())
+        .collect();
+    ApiServer::start(&crds).await.unwrap()
+}
+
+async fn create(server: &ApiServer, kind: &str, spec: Value) -> Result<Value, String> {
+    let plural = match kind {
+        "Satellite" => "satellites",
+        "Proxy" => "proxies",
+        _ => "oapservers",
+    };
+    let resource = kube::api::ApiResource {
+        group: "skylift.io".into(),
+        version: "v1alpha1".into(),
+        api_version: "skylift.io/v1alpha1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    };
+    let api: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(server.client(), "default", &resource);
+    let object: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "skylift.io/v1alpha1", "kind": kind,
+        "metadata": {"name": "example"}, "spec": spec,
+    }))
+    .unwrap();
+    match api.create(&PostParams::default(), &object).await {
+        Ok(created) => Ok(serde_json::to_value(created).unwrap()),
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 422, "{status:?}");
+            Err(status.message)
+        }
+        Err(other) => panic!("unexpected error: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn upstream_must_name_exactly_one_source() {
+    let server = server().await;
+    let none = create(&server, "Satellite", json!({"upstream": {}}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        none,
+        "Satellite.skylift.io \"example\" is invalid: spec.upstream: Invalid value: \"object\": upstream needs exactly one of oapServerRef, selector or addresses"
+    );
+    let two = create(
+        &server,
+        "Satellite",
+        json!({"upstream": {"oapServerRef": {"name": "oap"}, "addresses": ["oap:11800"]}}),
+    )
+    .await
+    .unwrap_err();
+    assert!(two.contains("exactly one of"), "{two}");
+}
+
+#[tokio::test]
+async fn autoscaling_bounds_are_checked() {
+    let server = server().await;
+    let inverted = create(
+        &server,
+        "Satellite",
+        json!({"upstream": {"oapServerRef": {"name": "oap"}},
+               "autoscaling": {"minReplicas": 5, "maxReplicas": 2, "targetConnectionsPerReplica": 10}}),
+    )
+    .await
+    .unwrap_err();
+    assert!(inverted.contains("spec.autoscaling"), "{inverted}");
+    assert!(
+        inverted.contains("minReplicas must not be greater than autoscaling.maxReplicas"),
+        "{inverted}"
+    );
+
+    let unreachable_target = create(
+        &server,
+        "Satellite",
+        json!({"upstream": {"oapServerRef": {"name": "oap"}}, "connectionLimit": {"maxConnections": 10},
+               "autoscaling": {"maxReplicas": 3, "targetConnectionsPerReplica": 50}}),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        unreachable_target.contains("must not be greater than connectionLimit.maxConnections"),
+        "{unreachable_target}"
+    );
+
+    let zero = create(
+        &server,
+        "Satellite",
+        json!({"upstream": {"oapServerRef": {"name": "oap"}}, "connectionLimit": {"maxConnections": 0}}),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        zero.contains("spec.connectionLimit.maxConnections: Invalid value: 0: spec.connectionLimit.maxConnections in body should be greater than or equal to 1"),
+        "{zero}"
+    );
+}
+
+#[tokio::test]
+async fn enums_patterns_and_required_fields_are_explained() {
+    let server = server().await;
+    let routing = create(
+        &server,
+        "Satellite",
+        json!({"upstream": {"oapServerRef": {"name": "oap"}}, "routing": {"default": "random"}}),
+    )
+    .await
+    .unwrap_err();
+    assert!(routing.contains("spec.routing.default: Unsupported value: \"random\": supported values: \"roundRobin\", \"weightedRoundRobin\""), "{routing}");
+
+    let address = create(
+        &server,
+        "Satellite",
+        json!({"upstream": {"addresses": ["no port"]}}),
+    )
+    .await
+    .unwrap_err();
+    assert!(address.contains("spec.upstream.addresses[0]"), "{address}");
+
+    let missing = create(&server, "Satellite", json!({"replicas": 2}))
+        .await
+        .unwrap_err();
+    assert!(
+        missing.contains("spec.upstream: Required value"),
+        "{missing}"
+    );
+
+    let hash = create(
+        &server,
+        "Proxy",
+        json!({"upstream": {"addresses": ["a:1"]}, "routing": {"default": "hash"}}),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        hash.contains("routing.hashHeader is required when routing.default is hash"),
+        "{hash}"
+    );
+
+    let proxy_scaling = create(
+        &server,
+        "Proxy",
+        json!({"upstream": {"addresses": ["a:1"]}, "autoscaling": {"maxReplicas": 3, "targetConnectionsPerReplica": 5}}),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        proxy_scaling.contains("autoscaling needs telemetry"),
+        "{proxy_scaling}"
+    );
+
+    let storage = create(
+        &server,
+        "OAPServer",
+        json!({"version": "10.2.0", "storage": {"type": "banyandb"}}),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        storage.contains("storage.address is required for banyandb and elasticsearch"),
+        "{storage}"
+    );
+}
+
+#[tokio::test]
+async fn a_valid_resource_is_stored_with_its_defaults() {
+    let server = server().await;
+    let created = create(
+        &server,
+        "Satellite",
+        json!({"upstream": {"oapServerRef": {"name": "oap"}},
+               "autoscaling": {"maxReplicas": 3, "targetConnectionsPerReplica": 10},
+               "unknownField": true}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(created["spec"]["replicas"], 1);
+    assert_eq!(created["spec"]["autoscaling"]["minReplicas"], 1);
+    assert!(
+        created["spec"].get("unknownField").is_none(),
+        "unknown fields are pruned"
+    );
+    assert_eq!(created["metadata"]["generation"], 1);
+}

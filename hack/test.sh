@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The project's test command: formatting, lints, CRD drift, then every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "CRD drift"
+hack/gen-crds.sh --check
+
+step "cargo test"
+cargo test --workspace --locked
