@@ -150,6 +150,13 @@ impl Metrics {
         .sum()
     }
 
+    /// Reconciles run so far for one kind.
+    pub fn reconciles(&self, kind: &str) -> u64 {
+        self.reconciles
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .get()
+    }
+
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
     }

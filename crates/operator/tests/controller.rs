@@ -1,0 +1,636 @@
+//! The real controllers against the API-server double: what a user sees happen in the
+//! cluster after they apply skylift resources.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{DeleteParams, Patch, PatchParams};
+use serde_json::{Value, json};
+use skylift_api::{OAPServer, Proxy, Satellite, UpstreamEndpoints};
+use support::{Cluster, eventually, eventually_within};
+
+fn oapserver(name: &str) -> Value {
+    json!({"apiVersion": "skylift.io/v1alpha1", "kind": "OAPServer",
+           "metadata": {"name": name}, "spec": {"version": "10.2.0", "replicas": 2}})
+}
+
+fn satellite(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "skylift.io/v1alpha1", "kind": "Satellite", "metadata": {"name": name}, "spec": spec})
+}
+
+fn oap_pod_labels(oap: &str) -> Value {
+    json!({"app.kubernetes.io/name": "oap-server", "app.kubernetes.io/instance": oap, "pod-template-hash": "7c9f"})
+}
+
+async fn published(cluster: &Cluster, configmap: &str) -> Option<Vec<String>> {
+    let cm = cluster.get::<ConfigMap>(configmap).await?;
+    let text = cm.data?.get("endpoints.json")?.clone();
+    Some(
+        UpstreamEndpoints::from_json(&text)
+            .unwrap()
+            .endpoints
+            .into_iter()
+            .map(|e| e.address)
+            .collect(),
+    )
+}
+
+async fn status_upstreams(cluster: &Cluster, satellite: &str) -> Option<Vec<String>> {
+    let sat = cluster.get::<Satellite>(satellite).await?;
+    Some(
+        sat.status?
+            .upstreams
+            .into_iter()
+            .map(|u| u.address)
+            .collect(),
+    )
+}
+
+/// Waits until the operator has stopped writing (two quiet half-seconds in a row).
+async fn settled(cluster: &Cluster) {
+    let mut last = cluster.server.writes().total();
+    let mut quiet = 0;
+    while quiet < 2 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = cluster.server.writes().total();
+        quiet = if now == last { quiet + 1 } else { 0 };
+        last = now;
+    }
+}
+
+#[tokio::test]
+async fn oapserver_and_satellite_become_running_objects_with_the_right_content() {
+    let cluster = Cluster::start().await;
+    cluster.create::<OAPServer>(oapserver("skywalking")).await;
+    cluster
+        .create::<Satellite>(satellite(
+            "ingest",
+            json!({"upstream": {"oapServerRef": {"name": "skywalking"}},
+                   "connectionLimit": {"maxConnections": 11},
+                   "telemetry": {"service": "satellite-service"},
+                   "autoscaling": {"minReplicas": 1, "maxReplicas": 3, "targetConnectionsPerReplica": 10}}),
+        ))
+        .await;
+
+    let oap: Deployment = eventually("the OAP Deployment", || {
+        cluster.get::<Deployment>("skywalking-oap")
+    })
+    .await;
+    assert_eq!(oap.spec.as_ref().unwrap().replicas, Some(2));
+    for name in ["skywalking-oap", "skywalking-oap-headless"] {
+        eventually(name, || cluster.get::<Service>(name)).await;
+    }
+    let oap_role: Role = eventually("OAP's Role", || cluster.get::<Role>("skywalking-oap")).await;
+    assert_eq!(
+        oap_role.rules.unwrap()[0].resources.as_deref(),
+        Some(&["pods".to_string()][..])
+    );
+    eventually("OAP's RoleBinding", || {
+        cluster.get::<RoleBinding>("skywalking-oap")
+    })
+    .await;
+    eventually("OAP's ServiceAccount", || {
+        cluster.get::<ServiceAccount>("skywalking-oap")
+    })
+    .await;
+
+    let proxy: Deployment = eventually("the Satellite Deployment", || {
+        cluster.get::<Deployment>("ingest-satellite")
+    })
+    .await;
+    let args = proxy.spec.unwrap().template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert!(
+        args.contains(&"--max-connections=11".to_string()),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(&"--upstreams-configmap=observability/ingest-upstreams".to_string()),
+        "{args:?}"
+    );
+    eventually("the Satellite Service", || {
+        cluster.get::<Service>("ingest-satellite")
+    })
+    .await;
+    let hpa: HorizontalPodAutoscaler = eventually("the HPA", || {
+        cluster.get::<HorizontalPodAutoscaler>("ingest-satellite")
+    })
+    .await;
+    let spec = hpa.spec.unwrap();
+    assert_eq!(
+        (
+            spec.scale_target_ref.kind.as_str(),
+            spec.scale_target_ref.name.as_str()
+        ),
+        ("Satellite", "ingest")
+    );
+    assert_eq!(published(&cluster, "ingest-upstreams").await, Some(vec![]));
+
+    // The Deployment controller reports the rollout done; the resource tells the user.
+    cluster.deployment_ready("skywalking-oap").await;
+    let oap: OAPServer = eventually("OAPServer ready", || async {
+        cluster
+            .get::<OAPServer>("skywalking")
+            .await
+            .filter(|o| o.status.as_ref().is_some_and(|s| s.ready_replicas == 2))
+    })
+    .await;
+    let status = oap.status.unwrap();
+    assert_eq!(
+        status.address.unwrap().grpc,
+        "skywalking-oap.observability.svc:11800"
+    );
+    assert_eq!(status.observed_generation, Some(1));
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "AllReplicasReady")
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn ready_oap_pod_is_published_within_a_second_and_removed_when_it_goes() {
+    let cluster = Cluster::start().await;
+    cluster.create::<OAPServer>(oapserver("skywalking")).await;
+    cluster
+        .create::<Satellite>(satellite(
+            "ingest",
+            json!({"upstream": {"oapServerRef": {"name": "skywalking"}}}),
+        ))
+        .await;
+    eventually("an empty list", || async {
+        published(&cluster, "ingest-upstreams")
+            .await
+            .filter(Vec::is_empty)
+    })
+    .await;
+
+    cluster
+        .pod(
+            "skywalking-oap-7c9f-a",
+            oap_pod_labels("skywalking"),
+            "10.1.0.1",
+            false,
+        )
+        .await;
+    cluster
+        .pod("unrelated", json!({"app": "web"}), "10.1.0.9", true)
+        .await;
+    settled(&cluster).await;
+    assert_eq!(
+        published(&cluster, "ingest-upstreams").await,
+        Some(vec![]),
+        "a pod that is not Ready gets no traffic"
+    );
+
+    let turned_ready = Instant::now();
+    cluster
+        .pod(
+            "skywalking-oap-7c9f-a",
+            oap_pod_labels("skywalking"),
+            "10.1.0.1",
+            true,
+        )
+        .await;
+    let expected = vec!["10.1.0.1:11800".to_string()];
+    eventually_within(
+        "the ConfigMap to list the ready pod",
+        Duration::from_secs(1),
+        || async {
+            published(&cluster, "ingest-upstreams")
+                .await
+                .filter(|p| *p == expected)
+        },
+    )
+    .await;
+    eventually_within(
+        "status.upstreams to list the ready pod",
+        Duration::from_secs(1),
+        || async {
+            status_upstreams(&cluster, "ingest")
+                .await
+                .filter(|p| *p == expected)
+        },
+    )
+    .await;
+    eprintln!("ready pod published after {:?}", turned_ready.elapsed());
+
+    cluster
+        .pod(
+            "skywalking-oap-7c9f-b",
+            oap_pod_labels("skywalking"),
+            "10.1.0.2",
+            true,
+        )
+        .await;
+    eventually("both pods, in name order", || async {
+        published(&cluster, "ingest-upstreams")
+            .await
+            .filter(|p| *p == ["10.1.0.1:11800", "10.1.0.2:11800"])
+    })
+    .await;
+
+    let deleted = Instant::now();
+    cluster
+        .api::<Pod>()
+        .delete("skywalking-oap-7c9f-a", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually_within(
+        "the deleted pod to leave the ConfigMap",
+        Duration::from_secs(1),
+        || async {
+            published(&cluster, "ingest-upstreams")
+                .await
+                .filter(|p| *p == ["10.1.0.2:11800"])
+        },
+    )
+    .await;
+    eventually_within(
+        "the deleted pod to leave status.upstreams",
+        Duration::from_secs(1),
+        || async {
+            status_upstreams(&cluster, "ingest")
+                .await
+                .filter(|p| *p == ["10.1.0.2:11800"])
+        },
+    )
+    .await;
+    eprintln!("deleted pod unpublished after {:?}", deleted.elapsed());
+
+    // Relabelling a pod out of the OAP cluster also takes it out of rotation.
+    let relabel = json!({"metadata": {"labels": {"app.kubernetes.io/instance": "other"}}});
+    cluster
+        .api::<Pod>()
+        .patch(
+            "skywalking-oap-7c9f-b",
+            &PatchParams::default(),
+            &Patch::Merge(&relabel),
+        )
+        .await
+        .unwrap();
+    eventually("the relabelled pod to leave", || async {
+        published(&cluster, "ingest-upstreams")
+            .await
+            .filter(Vec::is_empty)
+    })
+    .await;
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn spec_changes_update_the_objects_and_removing_autoscaling_removes_the_hpa() {
+    let cluster = Cluster::start().await;
+    cluster
+        .create::<Satellite>(satellite(
+            "ingest",
+            json!({"upstream": {"addresses": ["oap-a.example:11800"]},
+                   "autoscaling": {"maxReplicas": 4, "targetConnectionsPerReplica": 100}}),
+        ))
+        .await;
+    eventually("the HPA", || {
+        cluster.get::<HorizontalPodAutoscaler>("ingest-satellite")
+    })
+    .await;
+    assert_eq!(
+        published(&cluster, "ingest-upstreams").await,
+        Some(vec!["oap-a.example:11800".to_string()])
+    );
+
+    let change = json!({"spec": {"connectionLimit": {"maxConnections": 500},
+                                 "upstream": {"addresses": ["oap-a.example:11800", "oap-b.example:11800"]},
+                                 "autoscaling": null}});
+    cluster
+        .api::<Satellite>()
+        .patch("ingest", &PatchParams::default(), &Patch::Merge(&change))
+        .await
+        .unwrap();
+    eventually("the new connection limit in the proxy's flags", || async {
+        let deployment = cluster.get::<Deployment>("ingest-satellite").await?;
+        let args = deployment.spec?.template.spec?.containers[0].args.clone()?;
+        args.contains(&"--max-connections=500".to_string())
+            .then_some(())
+    })
+    .await;
+    eventually("both addresses published", || async {
+        published(&cluster, "ingest-upstreams")
+            .await
+            .filter(|p| p.len() == 2)
+    })
+    .await;
+    eventually("the HPA to be gone", || async {
+        cluster
+            .get::<HorizontalPodAutoscaler>("ingest-satellite")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let sat: Satellite = eventually("status for generation 2", || async {
+        cluster
+            .get::<Satellite>("ingest")
+            .await
+            .filter(|s| s.status.as_ref().and_then(|s| s.observed_generation) == Some(2))
+    })
+    .await;
+    assert!(sat.status.unwrap().hpa.is_none());
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_operator_writes_nothing() {
+    let cluster = Cluster::start().await;
+    cluster.create::<OAPServer>(oapserver("skywalking")).await;
+    cluster
+        .create::<Satellite>(satellite(
+            "ingest",
+            json!({"upstream": {"oapServerRef": {"name": "skywalking"}},
+                   "autoscaling": {"maxReplicas": 3, "targetConnectionsPerReplica": 10}}),
+        ))
+        .await;
+    cluster
+        .pod(
+            "skywalking-oap-7c9f-a",
+            oap_pod_labels("skywalking"),
+            "10.1.0.1",
+            true,
+        )
+        .await;
+    eventually("the pod published", || async {
+        published(&cluster, "ingest-upstreams")
+            .await
+            .filter(|p| p.len() == 1)
+    })
+    .await;
+    eventually("the OAP Deployment", || {
+        cluster.get::<Deployment>("skywalking-oap")
+    })
+    .await;
+    cluster.deployment_ready("skywalking-oap").await;
+    cluster.deployment_ready("ingest-satellite").await;
+    settled(&cluster).await;
+
+    let before = cluster.server.writes();
+    let reconciles_before =
+        cluster.metrics.reconciles("Satellite") + cluster.metrics.reconciles("OAPServer");
+
+    // Things that wake the reconcilers but change nothing they own: a user's annotation on
+    // the resources, a new condition on a Deployment's status, a relabelled upstream pod.
+    let note = json!({"metadata": {"annotations": {"team": "observability"}}});
+    cluster
+        .api::<Satellite>()
+        .patch("ingest", &PatchParams::default(), &Patch::Merge(&note))
+        .await
+        .unwrap();
+    cluster
+        .api::<OAPServer>()
+        .patch("skywalking", &PatchParams::default(), &Patch::Merge(&note))
+        .await
+        .unwrap();
+    let condition = json!({"status": {"conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}]}});
+    cluster
+        .api::<Deployment>()
+        .patch_status(
+            "ingest-satellite",
+            &PatchParams::default(),
+            &Patch::Merge(&condition),
+        )
+        .await
+        .unwrap();
+    let relabel = json!({"metadata": {"labels": {"restarted": "yes"}}});
+    cluster
+        .api::<Pod>()
+        .patch(
+            "skywalking-oap-7c9f-a",
+            &PatchParams::default(),
+            &Patch::Merge(&relabel),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let after = cluster.server.writes();
+    let reconciles_after =
+        cluster.metrics.reconciles("Satellite") + cluster.metrics.reconciles("OAPServer");
+    assert!(
+        reconciles_after >= reconciles_before + 3,
+        "the noise must have woken the reconcilers ({reconciles_before} → {reconciles_after})"
+    );
+    // The four writes above are the test's own.
+    assert_eq!(
+        after.total(),
+        before.total() + 4,
+        "operator writes while nothing changed: {:?} → {:?}",
+        before.by_request,
+        after.by_request
+    );
+    assert_eq!(after.no_ops, before.no_ops, "not even no-op writes");
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_missing_oapserver_degrades_the_satellite_until_it_appears() {
+    let cluster = Cluster::start().await;
+    cluster
+        .create::<Satellite>(satellite(
+            "ingest",
+            json!({"upstream": {"oapServerRef": {"name": "skywalking"}}}),
+        ))
+        .await;
+    let sat: Satellite = eventually("a Degraded condition", || async {
+        cluster.get::<Satellite>("ingest").await.filter(|s| {
+            s.status.as_ref().is_some_and(|st| {
+                st.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Degraded" && c.reason == "OAPServerNotFound")
+            })
+        })
+    })
+    .await;
+    let degraded = sat
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap();
+    assert_eq!(degraded.status, "True");
+    assert!(
+        degraded
+            .message
+            .contains("OAPServer \"skywalking\" does not exist"),
+        "{}",
+        degraded.message
+    );
+
+    cluster.create::<OAPServer>(oapserver("skywalking")).await;
+    cluster
+        .pod(
+            "skywalking-oap-7c9f-a",
+            oap_pod_labels("skywalking"),
+            "10.1.0.1",
+            true,
+        )
+        .await;
+    eventually("the Satellite to recover", || async {
+        let sat = cluster.get::<Satellite>("ingest").await?;
+        let degraded = sat
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Degraded")?;
+        (degraded.status == "False").then_some(())
+    })
+    .await;
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn the_hpa_scales_the_satellite_through_scale_and_the_deployment_follows() {
+    let cluster = Cluster::start().await;
+    cluster
+        .create::<Satellite>(satellite(
+            "ingest",
+            json!({"upstream": {"addresses": ["oap:11800"]}}),
+        ))
+        .await;
+    eventually("the Deployment", || {
+        cluster.get::<Deployment>("ingest-satellite")
+    })
+    .await;
+
+    // What the HPA controller (and `kubectl scale satellite ingest --replicas=3`) does.
+    let scale = json!({"spec": {"replicas": 3}});
+    cluster
+        .api::<Satellite>()
+        .patch_scale("ingest", &PatchParams::default(), &Patch::Merge(&scale))
+        .await
+        .unwrap();
+    eventually("the Deployment at 3 replicas", || async {
+        cluster
+            .get::<Deployment>("ingest-satellite")
+            .await
+            .filter(|d| d.spec.as_ref().and_then(|s| s.replicas) == Some(3))
+    })
+    .await;
+    cluster.deployment_ready("ingest-satellite").await;
+    let scale = eventually(
+        "/scale to report 3 ready replicas and the selector",
+        || async {
+            let scale = cluster.api::<Satellite>().get_scale("ingest").await.ok()?;
+            (scale.status.as_ref()?.replicas == 3).then_some(scale)
+        },
+    )
+    .await;
+    assert_eq!(
+        scale.status.unwrap().selector.as_deref(),
+        Some("app.kubernetes.io/instance=ingest,app.kubernetes.io/name=satellite")
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn edits_to_generated_objects_are_repaired_and_deletion_collects_everything() {
+    let cluster = Cluster::start().await;
+    cluster
+        .create::<Satellite>(satellite(
+            "ingest",
+            json!({"upstream": {"addresses": ["oap:11800"]}}),
+        ))
+        .await;
+    eventually("the Deployment", || {
+        cluster.get::<Deployment>("ingest-satellite")
+    })
+    .await;
+
+    let tamper = json!({"spec": {"replicas": 7}});
+    cluster
+        .api::<Deployment>()
+        .patch(
+            "ingest-satellite",
+            &PatchParams::default(),
+            &Patch::Merge(&tamper),
+        )
+        .await
+        .unwrap();
+    eventually("replicas restored to the Satellite's", || async {
+        cluster
+            .get::<Deployment>("ingest-satellite")
+            .await
+            .filter(|d| d.spec.as_ref().and_then(|s| s.replicas) == Some(1))
+    })
+    .await;
+    cluster
+        .api::<Service>()
+        .delete("ingest-satellite", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the deleted Service to come back", || {
+        cluster.get::<Service>("ingest-satellite")
+    })
+    .await;
+
+    cluster
+        .api::<Satellite>()
+        .delete("ingest", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("every generated object to be collected", || async {
+        let gone = cluster
+            .get::<Deployment>("ingest-satellite")
+            .await
+            .is_none()
+            && cluster.get::<Service>("ingest-satellite").await.is_none()
+            && cluster.get::<ConfigMap>("ingest-upstreams").await.is_none()
+            && cluster.get::<Role>("ingest-satellite").await.is_none();
+        gone.then_some(())
+    })
+    .await;
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_proxy_publishes_the_pods_its_selector_picks_with_their_weights() {
+    let cluster = Cluster::start().await;
+    cluster
+        .create::<Proxy>(json!({"apiVersion": "skylift.io/v1alpha1", "kind": "Proxy", "metadata": {"name": "otlp"},
+            "spec": {"upstream": {"selector": {"matchLabels": {"app": "collector"}, "port": 4317}}}}))
+        .await;
+    cluster
+        .pod("collector-1", json!({"app": "collector"}), "10.2.0.1", true)
+        .await;
+    cluster
+        .pod("collector-2", json!({"app": "collector"}), "10.2.0.2", true)
+        .await;
+    let weight = json!({"metadata": {"annotations": {"skylift.io/weight": "5"}}});
+    cluster
+        .api::<Pod>()
+        .patch(
+            "collector-2",
+            &PatchParams::default(),
+            &Patch::Merge(&weight),
+        )
+        .await
+        .unwrap();
+    let endpoints = eventually("both collectors with their weights", || async {
+        let cm = cluster.get::<ConfigMap>("otlp-upstreams").await?;
+        let doc = UpstreamEndpoints::from_json(cm.data?.get("endpoints.json")?).unwrap();
+        (doc.endpoints.len() == 2 && doc.endpoints[1].weight == 5).then_some(doc)
+    })
+    .await;
+    assert_eq!(endpoints.endpoints[0].address, "10.2.0.1:4317");
+    assert_eq!(endpoints.endpoints[1].pod.as_deref(), Some("collector-2"));
+    cluster.stop().await;
+}
