@@ -3,14 +3,14 @@
 use std::fmt::Debug;
 
 use kube::api::{DeleteParams, Patch, PatchParams};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::core::NamespaceResourceScope;
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use skylift_api::constants::{FIELD_MANAGER, labels::APPLIED_HASH_ANNOTATION};
 
+use super::cache::OwnedCache;
 use super::{Context, Error};
-use crate::build::ObjectMetaExt;
 use crate::diff::{config_hash, needs_apply};
 
 /// What applying one object did.
@@ -27,12 +27,12 @@ impl Context {
     /// else is never taken over.
     pub(crate) async fn apply<K>(
         &self,
-        store: &Store<K>,
+        cache: &OwnedCache,
         owner_uid: &str,
         desired: K,
     ) -> Result<Applied, Error>
     where
-        K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
             + Clone
             + Debug
             + Serialize
@@ -41,9 +41,8 @@ impl Context {
         let kind = kind_of::<K>();
         let name = desired.name_any();
         let namespace = desired.namespace().unwrap_or_default();
-        let current = store.get(&ObjectRef::new(&name).within(&namespace));
-        if let Some(current) = &current
-            && let Some(owner) = current.meta().controller()
+        let current = cache.get(&namespace, &name);
+        if let Some(owner) = current.as_ref().and_then(|c| c.controller.as_ref())
             && owner.uid != owner_uid
         {
             return Err(Error::NameConflict {
@@ -57,9 +56,7 @@ impl Context {
             serde_json::to_value(&desired).expect("Kubernetes objects serialize to JSON");
         let hash = config_hash(&value);
         value["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] = hash.clone().into();
-        let current_value = current.as_ref().map(|c| {
-            serde_json::to_value(c.as_ref()).expect("Kubernetes objects serialize to JSON")
-        });
+        let current_value = current.as_ref().map(|c| c.value());
         if !needs_apply(
             &value,
             &hash,
@@ -89,24 +86,25 @@ impl Context {
         })
     }
 
-    /// Deletes the object named like `name` if the cache holds it and `owner_uid` controls it.
+    /// Deletes the cached object `namespace/name` if `owner_uid` controls it.
     pub(crate) async fn delete_owned<K>(
         &self,
-        store: &Store<K>,
+        cache: &OwnedCache,
         owner_uid: &str,
         namespace: &str,
         name: &str,
     ) -> Result<bool, Error>
     where
-        K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
             + Clone
             + Debug
             + DeserializeOwned,
     {
-        let Some(current) = store.get(&ObjectRef::new(name).within(namespace)) else {
-            return Ok(false);
-        };
-        if !current.meta().is_controlled_by(owner_uid) {
+        let controlled = cache
+            .get(namespace, name)
+            .and_then(|c| c.controller)
+            .is_some_and(|c| c.uid == owner_uid);
+        if !controlled {
             return Ok(false);
         }
         let api: Api<K> = Api::namespaced(self.client.clone(), namespace);

@@ -2,16 +2,14 @@
 //! recorder), the error type, and the apply step.
 
 mod apply;
+pub mod cache;
 pub mod oapserver;
 pub mod pool;
 pub mod watch;
 
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
@@ -20,22 +18,24 @@ use skylift_api::{OAPServer, Proxy, Satellite};
 use crate::metrics::Metrics;
 
 pub use apply::Applied;
+use cache::OwnedCache;
 
 /// Caches of everything the reconcilers read. Reconcilers never list or get from the API
-/// server; they read these and write only what differs.
+/// server; they read these and write only what differs. Generated objects are cached as
+/// JSON text ([`cache`]); the resources and pods, which are read field by field, typed.
 #[derive(Clone)]
 pub struct Stores {
     pub oapservers: Store<OAPServer>,
     pub satellites: Store<Satellite>,
     pub proxies: Store<Proxy>,
     pub pods: Store<Pod>,
-    pub deployments: Store<Deployment>,
-    pub services: Store<Service>,
-    pub service_accounts: Store<ServiceAccount>,
-    pub roles: Store<Role>,
-    pub role_bindings: Store<RoleBinding>,
-    pub config_maps: Store<ConfigMap>,
-    pub hpas: Store<HorizontalPodAutoscaler>,
+    pub deployments: OwnedCache,
+    pub services: OwnedCache,
+    pub service_accounts: OwnedCache,
+    pub roles: OwnedCache,
+    pub role_bindings: OwnedCache,
+    pub config_maps: OwnedCache,
+    pub hpas: OwnedCache,
 }
 
 /// What every reconcile gets.

@@ -3,11 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use skylift_api::constants::FIELD_MANAGER;
@@ -72,10 +72,11 @@ pub async fn reconcile(oap: Arc<OAPServer>, ctx: Arc<Context>) -> Result<Action,
     }
     publish_changes(&ctx, oap.as_ref(), &changes).await;
 
-    let deployment = stores
+    let deployment: Option<Deployment> = stores
         .deployments
-        .get(&ObjectRef::new(&deployment_name).within(&oap.namespace().unwrap_or_default()));
-    let rollout = Rollout::of(deployment.as_deref(), oap.spec.replicas);
+        .get(&oap.namespace().unwrap_or_default(), &deployment_name)
+        .and_then(|cached| cached.typed());
+    let rollout = Rollout::of(deployment.as_ref(), oap.spec.replicas);
     let previous = oap.status.clone().unwrap_or_default();
     let status = OAPServerStatus {
         replicas: rollout.replicas,

@@ -4,6 +4,7 @@
 use std::fmt::Debug;
 use std::sync::Arc;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::core::NamespaceResourceScope;
 use kube::runtime::controller::Action;
@@ -20,7 +21,7 @@ use skylift_api::{Proxy, Satellite, UpstreamEndpoints};
 use super::oapserver::{RESYNC, now, publish, publish_changes, write_status};
 use super::{Applied, Context, Error};
 use crate::build::oapserver::pod_selector as oap_pod_selector;
-use crate::build::pool::{PoolView, UpstreamSource, build};
+use crate::build::pool::{PoolView, UpstreamSource, build, proxy_upstream, satellite_upstream};
 use crate::build::selector_string;
 use crate::publish::{pod_endpoints, static_endpoints};
 use crate::status::{Observed, Problem, Rollout, conditions};
@@ -38,6 +39,8 @@ pub trait PoolResource:
 {
     const KIND: &'static str;
     fn view(&self) -> PoolView;
+    /// Just the upstream source (cheaper than the whole view, for routing pod events).
+    fn upstream(&self) -> UpstreamSource;
     fn pool_status(&self) -> Option<&PoolStatus>;
 }
 
@@ -45,6 +48,9 @@ impl PoolResource for Satellite {
     const KIND: &'static str = "Satellite";
     fn view(&self) -> PoolView {
         PoolView::from(self)
+    }
+    fn upstream(&self) -> UpstreamSource {
+        satellite_upstream(self)
     }
     fn pool_status(&self) -> Option<&PoolStatus> {
         self.status.as_ref()
@@ -55,6 +61,9 @@ impl PoolResource for Proxy {
     const KIND: &'static str = "Proxy";
     fn view(&self) -> PoolView {
         PoolView::from(self)
+    }
+    fn upstream(&self) -> UpstreamSource {
+        proxy_upstream(self)
     }
     fn pool_status(&self) -> Option<&PoolStatus> {
         self.status.as_ref()
@@ -140,7 +149,12 @@ pub async fn reconcile<K: PoolResource>(pool: Arc<K>, ctx: Arc<Context>) -> Resu
             match hpa {
                 Some(hpa) => ctx.apply(&stores.hpas, &uid, hpa).await,
                 None => ctx
-                    .delete_owned(&stores.hpas, &uid, &namespace, &workload)
+                    .delete_owned::<HorizontalPodAutoscaler>(
+                        &stores.hpas,
+                        &uid,
+                        &namespace,
+                        &workload,
+                    )
                     .await
                     .map(|deleted| {
                         if deleted {
@@ -201,18 +215,17 @@ pub async fn reconcile<K: PoolResource>(pool: Arc<K>, ctx: Arc<Context>) -> Resu
         }
     }
 
-    let deployment = stores
+    let deployment: Option<Deployment> = stores
         .deployments
-        .get(&ObjectRef::new(&workload).within(&namespace));
-    let rollout = Rollout::of(deployment.as_deref(), view.replicas);
+        .get(&namespace, &workload)
+        .and_then(|cached| cached.typed());
+    let rollout = Rollout::of(deployment.as_ref(), view.replicas);
     let hpa = view.autoscaling.as_ref().map(|_| {
-        hpa_status(
-            &workload,
-            stores
-                .hpas
-                .get(&ObjectRef::new(&workload).within(&namespace))
-                .as_deref(),
-        )
+        let current: Option<HorizontalPodAutoscaler> = stores
+            .hpas
+            .get(&namespace, &workload)
+            .and_then(|cached| cached.typed());
+        hpa_status(&workload, current.as_ref())
     });
     let conditions = conditions(
         &previous.conditions,

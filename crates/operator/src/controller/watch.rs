@@ -19,10 +19,12 @@ use serde::de::DeserializeOwned;
 use skylift_api::constants::labels;
 use skylift_api::{OAPServer, Proxy, Satellite};
 
+use super::cache::{OwnedCache, owned_cache};
 use super::pool::PoolResource;
 use crate::build::oapserver::pod_selector as oap_pod_selector;
 use crate::build::pool::UpstreamSource;
 use crate::publish::matches;
+use serde::Serialize;
 
 /// Where reconcile requests go, one channel per controller.
 #[derive(Clone)]
@@ -77,21 +79,20 @@ pub fn managed_objects() -> watcher::Config {
 pub fn watch_owned<K>(
     api: Api<K>,
     triggers: Triggers,
-) -> (Store<K>, impl Future<Output = ()> + Send)
+) -> (OwnedCache, impl Future<Output = ()> + Send)
 where
-    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
 {
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, managed_objects())
-        .default_backoff()
-        .modify(|obj: &mut K| obj.meta_mut().managed_fields = None);
-    let task = reflector::reflector(writer, stream).for_each(move |event| {
-        if let Ok(event) = event {
-            for_each_object(&event, |obj: &K| triggers.owner_of(obj.meta()));
-        }
-        future::ready(())
-    });
-    (reader, task)
+    owned_cache(api, managed_objects(), move |obj: &K| {
+        triggers.owner_of(obj.meta())
+    })
 }
 
 /// Caches pods (only the fields endpoint publication reads) and routes their changes to the
@@ -173,7 +174,7 @@ pub fn pools_of_pod<K: PoolResource>(pools: &Store<K>, pod: &Pod) -> Vec<ObjectR
         .into_iter()
         .filter(|pool| pool.meta().namespace.as_deref() == namespace)
         .filter(|pool| {
-            let selected = match pool.view().upstream {
+            let selected = match pool.upstream() {
                 UpstreamSource::OapServer(name) => matches(pod, &oap_pod_selector(&name)),
                 UpstreamSource::Selector { labels, .. } => matches(pod, &labels),
                 UpstreamSource::Addresses(_) => false,
