@@ -12,7 +12,8 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use skylift_api::{OAPServer, Proxy, Satellite, UpstreamEndpoints};
-use support::{Cluster, eventually, eventually_within};
+use skylift_operator::run::Settings;
+use support::{Cluster, NS, eventually, eventually_within};
 
 fn oapserver(name: &str) -> Value {
     json!({"apiVersion": "skylift.io/v1alpha1", "kind": "OAPServer",
@@ -632,5 +633,49 @@ async fn a_proxy_publishes_the_pods_its_selector_picks_with_their_weights() {
     .await;
     assert_eq!(endpoints.endpoints[0].address, "10.2.0.1:4317");
     assert_eq!(endpoints.endpoints[1].pod.as_deref(), Some("collector-2"));
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn an_operator_limited_to_one_namespace_leaves_the_others_alone() {
+    let cluster = Cluster::start_with(Settings {
+        namespace: Some(NS.into()),
+        ..Settings::default()
+    })
+    .await;
+    cluster.namespace("elsewhere").await;
+    let elsewhere: kube::Api<Satellite> =
+        kube::Api::namespaced(cluster.client.clone(), "elsewhere");
+    let other: Satellite = serde_json::from_value(satellite(
+        "other",
+        json!({"upstream": {"addresses": ["oap:11800"]}}),
+    ))
+    .unwrap();
+    elsewhere
+        .create(&kube::api::PostParams::default(), &other)
+        .await
+        .unwrap();
+    cluster
+        .create::<Satellite>(satellite(
+            "ingest",
+            json!({"upstream": {"addresses": ["oap:11800"]}}),
+        ))
+        .await;
+
+    eventually("the watched namespace to be reconciled", || {
+        cluster.get::<Deployment>("ingest-satellite")
+    })
+    .await;
+    settled(&cluster).await;
+    let untouched: kube::Api<Deployment> =
+        kube::Api::namespaced(cluster.client.clone(), "elsewhere");
+    assert!(
+        untouched
+            .get_opt("other-satellite")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(elsewhere.get("other").await.unwrap().status.is_none());
     cluster.stop().await;
 }

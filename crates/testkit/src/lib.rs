@@ -3,6 +3,8 @@
 //! - [`apiserver`]: a stateful Kubernetes API-server double that follows kube-apiserver's
 //!   semantics for what skylift uses (CRUD, label selectors, watches with resource
 //!   versions, server-side apply, status and scale subresources, conflicts, garbage
-//!   collection, CRD schema defaulting, pruning and validation including CEL rules).
+//!   collection, CRD schema defaulting, pruning and validation including CEL rules);
+//! - [`http`]: a minimal HTTP GET for reading local endpoints in tests and load tools.
 
 pub mod apiserver;
+pub mod http;

@@ -88,23 +88,41 @@ pub struct PoolView {
     pub pod_template: Option<PodTemplateOverrides>,
 }
 
+/// Where a Satellite's upstreams come from.
+pub fn satellite_upstream(sat: &Satellite) -> UpstreamSource {
+    let upstream = &sat.spec.upstream;
+    match (
+        &upstream.oap_server_ref,
+        &upstream.selector,
+        &upstream.addresses,
+    ) {
+        (Some(oap), _, _) => UpstreamSource::OapServer(oap.name.clone()),
+        (None, Some(selector), _) => UpstreamSource::Selector {
+            labels: selector.match_labels.clone(),
+            port: selector.port,
+        },
+        (None, None, addresses) => UpstreamSource::Addresses(addresses.clone().unwrap_or_default()),
+    }
+}
+
+/// Where a Proxy's upstreams come from.
+pub fn proxy_upstream(proxy: &Proxy) -> UpstreamSource {
+    match (
+        &proxy.spec.upstream.selector,
+        &proxy.spec.upstream.addresses,
+    ) {
+        (Some(selector), _) => UpstreamSource::Selector {
+            labels: selector.match_labels.clone(),
+            port: selector.port,
+        },
+        (None, addresses) => UpstreamSource::Addresses(addresses.clone().unwrap_or_default()),
+    }
+}
+
 impl From<&Satellite> for PoolView {
     fn from(sat: &Satellite) -> Self {
         let spec = &sat.spec;
-        let upstream = match (
-            &spec.upstream.oap_server_ref,
-            &spec.upstream.selector,
-            &spec.upstream.addresses,
-        ) {
-            (Some(oap), _, _) => UpstreamSource::OapServer(oap.name.clone()),
-            (None, Some(selector), _) => UpstreamSource::Selector {
-                labels: selector.match_labels.clone(),
-                port: selector.port,
-            },
-            (None, None, addresses) => {
-                UpstreamSource::Addresses(addresses.clone().unwrap_or_default())
-            }
-        };
+        let upstream = satellite_upstream(sat);
         let routing = spec.routing.clone().unwrap_or_default();
         PoolView {
             kind: PoolKind::Satellite,
@@ -137,13 +155,7 @@ impl From<&Satellite> for PoolView {
 impl From<&Proxy> for PoolView {
     fn from(proxy: &Proxy) -> Self {
         let spec = &proxy.spec;
-        let upstream = match (&spec.upstream.selector, &spec.upstream.addresses) {
-            (Some(selector), _) => UpstreamSource::Selector {
-                labels: selector.match_labels.clone(),
-                port: selector.port,
-            },
-            (None, addresses) => UpstreamSource::Addresses(addresses.clone().unwrap_or_default()),
-        };
+        let upstream = proxy_upstream(proxy);
         let routing = spec.routing.clone().unwrap_or_default();
         let mut routing_flags = vec![(flag::ROUTING, routing.default.as_flag_value().to_string())];
         if let Some(header) = routing.hash_header {

@@ -31,7 +31,11 @@ pub struct Cluster {
 impl Cluster {
     /// A double with skylift's CRDs and namespace `observability`, and the operator running.
     pub async fn start() -> Cluster {
-        let _ = tracing_subscriber_init();
+        Self::start_with(Settings::default()).await
+    }
+
+    /// Like [`Cluster::start`], with the operator's settings given.
+    pub async fn start_with(settings: Settings) -> Cluster {
         let crds: Vec<Value> = skylift_api::crds()
             .iter()
             .map(|c| serde_json::to_value(c).unwrap())
@@ -48,14 +52,9 @@ impl Cluster {
             .unwrap();
         let metrics = Arc::new(Metrics::default());
         let (stop, stopped) = oneshot::channel::<()>();
-        let operator = tokio::spawn(run(
-            client.clone(),
-            Settings::default(),
-            metrics.clone(),
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let operator = tokio::spawn(run(client.clone(), settings, metrics.clone(), async {
+            let _ = stopped.await;
+        }));
         let cluster = Cluster {
             server,
             client,
@@ -68,6 +67,16 @@ impl Cluster {
         })
         .await;
         cluster
+    }
+
+    /// Creates another namespace.
+    pub async fn namespace(&self, name: &str) {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        namespaces
+            .create(&PostParams::default(), &namespace)
+            .await
+            .unwrap();
     }
 
     pub fn api<K>(&self) -> Api<K>
@@ -152,10 +161,6 @@ impl Cluster {
             let _ = tokio::time::timeout(Duration::from_secs(10), operator).await;
         }
     }
-}
-
-fn tracing_subscriber_init() -> Result<(), ()> {
-    Ok(())
 }
 
 /// Polls `check` until it gives a value, failing the test after 10 seconds with `what`.
