@@ -124,32 +124,6 @@ impl Metrics {
             .inc();
     }
 
-    /// Writes recorded so far, over all kinds.
-    pub fn writes_total(&self) -> u64 {
-        [
-            "ServiceAccount",
-            "Role",
-            "RoleBinding",
-            "ConfigMap",
-            "Service",
-            "Deployment",
-            "HorizontalPodAutoscaler",
-            "OAPServer",
-            "Satellite",
-            "Proxy",
-            "Event",
-        ]
-        .iter()
-        .map(|kind| {
-            self.writes
-                .get_or_create(&KindLabels {
-                    kind: (*kind).into(),
-                })
-                .get()
-        })
-        .sum()
-    }
-
     /// Reconciles run so far for one kind.
     pub fn reconciles(&self, kind: &str) -> u64 {
         self.reconciles

@@ -2,15 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{
-    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
-};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, EnvVarSource, GRPCAction, ObjectFieldSelector, Probe,
     SecretKeySelector, Service, ServiceAccount, ServicePort, ServiceSpec, TCPSocketAction,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use skylift_api::common::ServiceAddress;
 use skylift_api::constants::{default_oap_image, ports};
@@ -18,7 +15,7 @@ use skylift_api::oapserver::{OAPStorage, StorageType};
 use skylift_api::{OAPServer, ServiceOptions};
 
 use super::meta::{Labels, child_meta, selector_string};
-use super::podspec::{Hardening, PodParts, pod_template};
+use super::podspec::{Hardening, PodParts, deployment_spec, pod_template};
 
 /// `app.kubernetes.io/name` of OAP pods.
 pub const OAP_APP_NAME: &str = "oap-server";
@@ -178,22 +175,11 @@ pub fn build(oap: &OAPServer) -> OapObjects {
 
     let deployment = Deployment {
         metadata: meta(workload.clone()),
-        spec: Some(DeploymentSpec {
-            replicas: Some(oap.spec.replicas),
-            selector: LabelSelector {
-                match_labels: Some(labels.selector()),
-                ..LabelSelector::default()
-            },
-            strategy: Some(DeploymentStrategy {
-                type_: Some("RollingUpdate".into()),
-                rolling_update: Some(RollingUpdateDeployment {
-                    max_surge: Some(IntOrString::String("25%".into())),
-                    max_unavailable: Some(IntOrString::Int(0)),
-                }),
-            }),
+        spec: Some(deployment_spec(
+            oap.spec.replicas,
+            labels.selector(),
             template,
-            ..DeploymentSpec::default()
-        }),
+        )),
         status: None,
     };
 

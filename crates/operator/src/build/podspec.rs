@@ -3,11 +3,13 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile,
     SecurityContext,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use skylift_api::PodTemplateOverrides;
 
 use super::meta::Labels;
@@ -112,5 +114,30 @@ fn container_security_context(hardening: Hardening) -> SecurityContext {
         }),
         read_only_root_filesystem: Some(hardening == Hardening::SkyliftImage),
         ..SecurityContext::default()
+    }
+}
+
+/// A Deployment spec whose rollouts never lower capacity: new pods come up (25% surge)
+/// before old ones go.
+pub(crate) fn deployment_spec(
+    replicas: i32,
+    selector: BTreeMap<String, String>,
+    template: PodTemplateSpec,
+) -> DeploymentSpec {
+    DeploymentSpec {
+        replicas: Some(replicas),
+        selector: LabelSelector {
+            match_labels: Some(selector),
+            ..LabelSelector::default()
+        },
+        strategy: Some(DeploymentStrategy {
+            type_: Some("RollingUpdate".into()),
+            rolling_update: Some(RollingUpdateDeployment {
+                max_surge: Some(IntOrString::String("25%".into())),
+                max_unavailable: Some(IntOrString::Int(0)),
+            }),
+        }),
+        template,
+        ..DeploymentSpec::default()
     }
 }

@@ -3,9 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{
-    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
-};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, ExternalMetricSource, HPAScalingRules, HorizontalPodAutoscaler,
     HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec, MetricIdentifier, MetricSpec,
@@ -26,7 +24,7 @@ use skylift_api::{PodTemplateOverrides, Proxy, Satellite, ServiceOptions, Upstre
 
 use super::meta::{Labels, child_meta};
 use super::oapserver::{container_port, field_ref, service_for, service_port};
-use super::podspec::{Hardening, PodParts, pod_template};
+use super::podspec::{Hardening, PodParts, deployment_spec, pod_template};
 
 /// Which resource a pool comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -377,22 +375,7 @@ pub fn build<K: Resource<DynamicType = ()>>(
     );
     let deployment = Deployment {
         metadata: meta(workload.clone()),
-        spec: Some(DeploymentSpec {
-            replicas: Some(pool.replicas),
-            selector: LabelSelector {
-                match_labels: Some(labels.selector()),
-                ..LabelSelector::default()
-            },
-            strategy: Some(DeploymentStrategy {
-                type_: Some("RollingUpdate".into()),
-                rolling_update: Some(RollingUpdateDeployment {
-                    max_surge: Some(IntOrString::String("25%".into())),
-                    max_unavailable: Some(IntOrString::Int(0)),
-                }),
-            }),
-            template,
-            ..DeploymentSpec::default()
-        }),
+        spec: Some(deployment_spec(pool.replicas, labels.selector(), template)),
         status: None,
     };
     let service = service_for(

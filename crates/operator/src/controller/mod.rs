@@ -5,6 +5,7 @@ mod apply;
 pub mod cache;
 pub mod oapserver;
 pub mod pool;
+mod report;
 pub mod watch;
 
 use std::sync::Arc;

@@ -18,7 +18,7 @@ use skylift_api::constants::ports;
 use skylift_api::pool::{HpaStatus, PoolStatus};
 use skylift_api::{Proxy, Satellite, UpstreamEndpoints};
 
-use super::oapserver::{RESYNC, now, publish, publish_changes, write_status};
+use super::report::{RESYNC, now, publish, publish_changes, sort_results, write_status};
 use super::{Applied, Context, Error};
 use crate::build::oapserver::pod_selector as oap_pod_selector;
 use crate::build::pool::{PoolView, UpstreamSource, build, proxy_upstream, satellite_upstream};
@@ -166,17 +166,7 @@ pub async fn reconcile<K: PoolResource>(pool: Arc<K>, ctx: Arc<Context>) -> Resu
             },
         ),
     ];
-    for (kind, result) in results {
-        match result {
-            Ok(Applied::Unchanged) => {}
-            Ok(applied) => changes.push((kind, applied)),
-            Err(Error::NameConflict { kind, name, owner }) => problems.push(Problem {
-                reason: "NameConflict",
-                message: format!("{kind} {name} already exists and is controlled by {owner}"),
-            }),
-            Err(err) => return Err(err),
-        }
-    }
+    sort_results(results, &mut changes, &mut problems)?;
     publish_changes(&ctx, pool.as_ref(), &changes).await;
 
     let previous = pool.pool_status().cloned().unwrap_or_default();

@@ -570,35 +570,14 @@ impl State {
         rt: &ResourceType,
         sub: Subresource,
         old: &Value,
-        mut new: Value,
+        new: Value,
     ) -> Value {
         if !rt.status_subresource {
             return new;
         }
         match sub {
-            Subresource::Main => {
-                match old.get("status") {
-                    Some(status) => new["status"] = status.clone(),
-                    None => {
-                        if let Some(fields) = new.as_object_mut() {
-                            fields.remove("status");
-                        }
-                    }
-                }
-                new
-            }
-            Subresource::Status => {
-                let mut result = old.clone();
-                match new.get("status") {
-                    Some(status) => result["status"] = status.clone(),
-                    None => {
-                        if let Some(fields) = result.as_object_mut() {
-                            fields.remove("status");
-                        }
-                    }
-                }
-                result
-            }
+            Subresource::Main => with_status_of(new, old),
+            Subresource::Status => with_status_of(old.clone(), &new),
             Subresource::Scale => new,
         }
     }
@@ -859,6 +838,19 @@ impl State {
             }
         }
     }
+}
+
+/// `target` with the status of `source` (or none, if `source` has none).
+fn with_status_of(mut target: Value, source: &Value) -> Value {
+    match source.get("status") {
+        Some(status) => target["status"] = status.clone(),
+        None => {
+            if let Some(fields) = target.as_object_mut() {
+                fields.remove("status");
+            }
+        }
+    }
+    target
 }
 
 fn check_resource_version(
