@@ -6,5 +6,6 @@ mod meta;
 pub mod oapserver;
 mod podspec;
 pub mod pool;
+mod rbac;
 
 pub use meta::{ObjectMetaExt, child_meta, owner_reference, selector_string};

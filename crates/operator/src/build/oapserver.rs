@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, EnvVarSource, GRPCAction, ObjectFieldSelector, Probe,
     SecretKeySelector, Service, ServiceAccount, ServicePort, ServiceSpec, TCPSocketAction,
 };
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use skylift_api::common::ServiceAddress;
 use skylift_api::constants::{default_oap_image, ports};
@@ -16,6 +16,7 @@ use skylift_api::{OAPServer, ServiceOptions};
 
 use super::meta::{Labels, child_meta, selector_string};
 use super::podspec::{Hardening, PodParts, deployment_spec, pod_template};
+use super::rbac::{read_rule, workload_identity};
 
 /// `app.kubernetes.io/name` of OAP pods.
 pub const OAP_APP_NAME: &str = "oap-server";
@@ -84,35 +85,9 @@ pub fn build(oap: &OAPServer) -> OapObjects {
     let workload = workload_name(&name);
     let meta = |object_name: String| child_meta(oap, object_name, labels.all());
 
-    let service_account = ServiceAccount {
-        metadata: meta(workload.clone()),
-        ..ServiceAccount::default()
-    };
     // OAP's kubernetes coordinator lists and watches the pods of its own cluster in its own
     // namespace; a namespaced Role named after the resource is all it needs.
-    let role = Role {
-        metadata: meta(workload.clone()),
-        rules: Some(vec![PolicyRule {
-            api_groups: Some(vec![String::new()]),
-            resources: Some(vec!["pods".into()]),
-            verbs: vec!["get".into(), "list".into(), "watch".into()],
-            ..PolicyRule::default()
-        }]),
-    };
-    let role_binding = RoleBinding {
-        metadata: meta(workload.clone()),
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".into(),
-            kind: "Role".into(),
-            name: workload.clone(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name: workload.clone(),
-            namespace: oap.metadata.namespace.clone(),
-            ..Subject::default()
-        }]),
-    };
+    let identity = workload_identity(meta(workload.clone()), read_rule("pods", None));
 
     let container = Container {
         name: "oap".into(),
@@ -207,9 +182,9 @@ pub fn build(oap: &OAPServer) -> OapObjects {
     };
 
     OapObjects {
-        service_account,
-        role,
-        role_binding,
+        service_account: identity.service_account,
+        role: identity.role,
+        role_binding: identity.role_binding,
         deployment,
         service,
         headless_service,

@@ -12,7 +12,7 @@ use k8s_openapi::api::autoscaling::v2::{
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, HTTPGetAction, Probe, ResourceRequirements, Service, ServiceAccount,
 };
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -25,6 +25,7 @@ use skylift_api::{PodTemplateOverrides, Proxy, Satellite, ServiceOptions, Upstre
 use super::meta::{Labels, child_meta};
 use super::oapserver::{container_port, field_ref, service_for, service_port};
 use super::podspec::{Hardening, PodParts, deployment_spec, pod_template};
+use super::rbac::{read_rule, workload_identity};
 
 /// Which resource a pool comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -304,36 +305,12 @@ pub fn build<K: Resource<DynamicType = ()>>(
     let workload = pool.workload_name();
     let meta = |name: String| child_meta(owner, name, labels.all());
 
-    let service_account = ServiceAccount {
-        metadata: meta(workload.clone()),
-        ..ServiceAccount::default()
-    };
     // The proxies read their own upstream list and nothing else: no pod access at all.
-    let role = Role {
-        metadata: meta(workload.clone()),
-        rules: Some(vec![PolicyRule {
-            api_groups: Some(vec![String::new()]),
-            resources: Some(vec!["configmaps".into()]),
-            resource_names: Some(vec![pool.configmap_name()]),
-            // `list` is needed, with a metadata.name field selector, to start a watch.
-            verbs: vec!["get".into(), "list".into(), "watch".into()],
-            ..PolicyRule::default()
-        }]),
-    };
-    let role_binding = RoleBinding {
-        metadata: meta(workload.clone()),
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".into(),
-            kind: "Role".into(),
-            name: workload.clone(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name: workload.clone(),
-            namespace: Some(pool.namespace.clone()),
-            ..Subject::default()
-        }]),
-    };
+    // (`list` is needed, with a metadata.name field selector, to start a watch.)
+    let identity = workload_identity(
+        meta(workload.clone()),
+        read_rule("configmaps", Some(vec![pool.configmap_name()])),
+    );
     let config_map = ConfigMap {
         metadata: meta(pool.configmap_name()),
         data: Some(BTreeMap::from([(
@@ -398,9 +375,9 @@ pub fn build<K: Resource<DynamicType = ()>>(
             });
 
     PoolObjects {
-        service_account,
-        role,
-        role_binding,
+        service_account: identity.service_account,
+        role: identity.role,
+        role_binding: identity.role_binding,
         config_map,
         deployment,
         service,

@@ -1,0 +1,53 @@
+//! The identity a generated workload runs as: a ServiceAccount, a namespaced Role holding
+//! exactly one rule, and the RoleBinding between them, all named after the workload.
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+/// What a workload's pods may do.
+pub(crate) struct WorkloadIdentity {
+    pub service_account: ServiceAccount,
+    pub role: Role,
+    pub role_binding: RoleBinding,
+}
+
+/// `metadata` names all three objects (and gives their namespace, labels and owner).
+pub(crate) fn workload_identity(metadata: ObjectMeta, rule: PolicyRule) -> WorkloadIdentity {
+    let name = metadata.name.clone().unwrap_or_default();
+    WorkloadIdentity {
+        service_account: ServiceAccount {
+            metadata: metadata.clone(),
+            ..ServiceAccount::default()
+        },
+        role: Role {
+            metadata: metadata.clone(),
+            rules: Some(vec![rule]),
+        },
+        role_binding: RoleBinding {
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "Role".into(),
+                name: name.clone(),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name,
+                namespace: metadata.namespace.clone(),
+                ..Subject::default()
+            }]),
+            metadata,
+        },
+    }
+}
+
+/// Read access to one core resource, optionally limited to named objects.
+pub(crate) fn read_rule(resource: &str, names: Option<Vec<String>>) -> PolicyRule {
+    PolicyRule {
+        api_groups: Some(vec![String::new()]),
+        resources: Some(vec![resource.into()]),
+        resource_names: names,
+        verbs: vec!["get".into(), "list".into(), "watch".into()],
+        ..PolicyRule::default()
+    }
+}
