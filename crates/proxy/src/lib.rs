@@ -1,0 +1,13 @@
+//! skylift-proxy: sits between SkyWalking agents / Envoy sidecars and the OAP pool and
+//! balances every message, not every connection.
+//!
+//! - [`framing`]: gRPC length-prefixed messages, decoded without decoding protobuf;
+//! - [`protocol`]: which policy each SkyWalking / Envoy method gets (async batch, sync, pass-through);
+//! - [`wire`]: the few protobuf fields read for routing keys;
+//! - [`route`]: round-robin, smooth weighted round-robin and rendezvous hashing with a
+//!   sticky LRU for meter data.
+
+pub mod framing;
+pub mod protocol;
+pub mod route;
+pub mod wire;
