@@ -3,11 +3,13 @@
 //!
 //! - [`framing`]: gRPC length-prefixed messages, decoded without decoding protobuf;
 //! - [`protocol`]: which policy each SkyWalking / Envoy method gets (async batch, sync, pass-through);
+//! - [`queue`]: bounded per-partition queues that account for every event;
 //! - [`wire`]: the few protobuf fields read for routing keys;
 //! - [`route`]: round-robin, smooth weighted round-robin and rendezvous hashing with a
 //!   sticky LRU for meter data.
 
 pub mod framing;
 pub mod protocol;
+pub mod queue;
 pub mod route;
 pub mod wire;

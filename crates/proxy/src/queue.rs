@@ -1,0 +1,485 @@
+//! Per-partition bounded queues between receiving a report and sending it upstream.
+//!
+//! Every event offered is accounted for: at any moment
+//! `received = forwarded + pending + dropped` (dropped by reason), where pending counts the
+//! events in a partition *and* those taken for a send that has not finished. Capacity is
+//! charged on pending, so a failed batch can always be put back in front of its partition.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+/// One report message, still encoded, with what sending it needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// The gRPC path it arrived on; the batch is sent upstream on the same method.
+    pub path: Arc<str>,
+    /// Protocol name for metrics (`segment`, `log`, `meter`, ...).
+    pub protocol: &'static str,
+    /// `grpc-encoding` of the message when compressed.
+    pub encoding: Option<Arc<str>>,
+    /// Fixed-routing key (service and instance) for meter data.
+    pub key: Option<Arc<str>>,
+    pub message: Bytes,
+}
+
+impl Event {
+    fn cost(&self) -> usize {
+        self.message.len() + 64
+    }
+}
+
+/// What a full partition does with a new event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overflow {
+    /// Refuse it: the client is answered `RESOURCE_EXHAUSTED` and keeps its data.
+    Reject,
+    /// Acknowledge and drop it.
+    Drop,
+}
+
+/// Why an event was not forwarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Partition full, client told `RESOURCE_EXHAUSTED`.
+    QueueFullRejected,
+    /// Partition full, acknowledged and dropped.
+    QueueFull,
+    /// Every upstream attempt failed and it could not be kept.
+    UpstreamFailed,
+    /// Still queued when a shutdown's drain time ran out.
+    ShutdownTimeout,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 4] = [
+        DropReason::QueueFullRejected,
+        DropReason::QueueFull,
+        DropReason::UpstreamFailed,
+        DropReason::ShutdownTimeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::QueueFullRejected => "queue_full_rejected",
+            DropReason::QueueFull => "queue_full",
+            DropReason::UpstreamFailed => "upstream_failed",
+            DropReason::ShutdownTimeout => "shutdown_timeout",
+        }
+    }
+}
+
+/// How the queue is sized and flushed.
+#[derive(Clone, Debug)]
+pub struct QueueConfig {
+    pub partitions: usize,
+    /// Events one partition holds (pending, so in-flight included).
+    pub capacity: usize,
+    /// Bytes one partition holds.
+    pub max_bytes: usize,
+    pub batch_size: usize,
+    pub flush_interval: Duration,
+    pub overflow: Overflow,
+}
+
+/// The outcome of offering an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offered {
+    Queued,
+    /// The client must be told `RESOURCE_EXHAUSTED`.
+    Rejected,
+    /// Acknowledged, but dropped.
+    Dropped,
+}
+
+#[derive(Default)]
+struct Partition {
+    events: Mutex<VecDeque<Event>>,
+    /// Events and bytes in the partition or in flight from it.
+    pending: AtomicUsize,
+    pending_bytes: AtomicUsize,
+    ready: Notify,
+}
+
+/// Counters of the accounting identity.
+#[derive(Debug, Default)]
+pub struct Accounting {
+    received: AtomicU64,
+    forwarded: AtomicU64,
+    dropped: [AtomicU64; 4],
+}
+
+/// A snapshot of the accounting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub received: u64,
+    pub forwarded: u64,
+    pub pending: u64,
+    pub dropped: [u64; 4],
+}
+
+impl Totals {
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().sum()
+    }
+
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped[reason as usize]
+    }
+
+    /// `received = forwarded + pending + dropped`.
+    pub fn balances(&self) -> bool {
+        self.received == self.forwarded + self.pending + self.dropped_total()
+    }
+}
+
+/// Events taken from one partition for one send.
+#[derive(Debug)]
+pub struct Batch {
+    pub partition: usize,
+    pub events: Vec<Event>,
+}
+
+/// The queues of all partitions.
+pub struct Queue {
+    config: QueueConfig,
+    partitions: Vec<Partition>,
+    next_partition: AtomicUsize,
+    accounting: Accounting,
+}
+
+impl Queue {
+    pub fn new(config: QueueConfig) -> Self {
+        let partitions = (0..config.partitions.max(1))
+            .map(|_| Partition::default())
+            .collect();
+        Queue {
+            config,
+            partitions,
+            next_partition: AtomicUsize::new(0),
+            accounting: Accounting::default(),
+        }
+    }
+
+    pub fn partitions(&self) -> usize {
+        self.partitions.len()
+    }
+
+    pub fn config(&self) -> &QueueConfig {
+        &self.config
+    }
+
+    /// Keyed events always share a partition (their order is kept); others are spread.
+    fn partition_for(&self, event: &Event) -> usize {
+        match &event.key {
+            Some(key) => {
+                (crate::route::stable_hash(key.as_bytes()) % self.partitions.len() as u64) as usize
+            }
+            None => self.next_partition.fetch_add(1, Ordering::Relaxed) % self.partitions.len(),
+        }
+    }
+
+    /// Queues `event`, or applies the overflow policy when its partition is full. Never waits.
+    pub fn offer(&self, event: Event) -> Offered {
+        self.accounting.received.fetch_add(1, Ordering::Relaxed);
+        let index = self.partition_for(&event);
+        let partition = &self.partitions[index];
+        let cost = event.cost();
+        let mut events = partition
+            .events
+            .lock()
+            .expect("queue lock is never poisoned");
+        let full = partition.pending.load(Ordering::Relaxed) >= self.config.capacity
+            || partition.pending_bytes.load(Ordering::Relaxed) + cost > self.config.max_bytes;
+        if full {
+            drop(events);
+            return match self.config.overflow {
+                Overflow::Reject => {
+                    self.count_drop(DropReason::QueueFullRejected, 1);
+                    Offered::Rejected
+                }
+                Overflow::Drop => {
+                    self.count_drop(DropReason::QueueFull, 1);
+                    Offered::Dropped
+                }
+            };
+        }
+        partition.pending.fetch_add(1, Ordering::Relaxed);
+        partition.pending_bytes.fetch_add(cost, Ordering::Relaxed);
+        events.push_back(event);
+        // Wake the sender when the partition stops being empty (its flush timer starts) and
+        // when a batch is full; Notify keeps a permit, so no wake-up is lost.
+        let wake = events.len() == 1 || events.len() >= self.config.batch_size;
+        drop(events);
+        if wake {
+            partition.ready.notify_one();
+        }
+        Offered::Queued
+    }
+
+    /// Waits for the next batch of `partition`: as soon as it holds `batch_size` events, or
+    /// `flush_interval` after it became non-empty. Returns `None` once `closed` resolves
+    /// and the partition is empty.
+    pub async fn next_batch(
+        &self,
+        partition: usize,
+        closed: &tokio::sync::watch::Receiver<bool>,
+    ) -> Option<Batch> {
+        let part = &self.partitions[partition];
+        let mut closed = closed.clone();
+        loop {
+            let queued = part
+                .events
+                .lock()
+                .expect("queue lock is never poisoned")
+                .len();
+            if queued >= self.config.batch_size || (queued > 0 && *closed.borrow()) {
+                return Some(self.take(partition));
+            }
+            if queued == 0 && *closed.borrow() {
+                return None;
+            }
+            if queued > 0 {
+                // Something waits: flush at the interval unless the batch fills first.
+                tokio::select! {
+                    _ = tokio::time::sleep(self.config.flush_interval) => return Some(self.take(partition)),
+                    _ = part.ready.notified() => continue,
+                    _ = closed.changed() => continue,
+                }
+            }
+            tokio::select! {
+                _ = part.ready.notified() => {}
+                _ = closed.changed() => {}
+            }
+        }
+    }
+
+    fn take(&self, partition: usize) -> Batch {
+        let mut events = self.partitions[partition]
+            .events
+            .lock()
+            .expect("queue lock is never poisoned");
+        let n = events.len().min(self.config.batch_size);
+        Batch {
+            partition,
+            events: events.drain(..n).collect(),
+        }
+    }
+
+    fn release(&self, partition: usize, events: &[Event]) {
+        let part = &self.partitions[partition];
+        part.pending.fetch_sub(events.len(), Ordering::Relaxed);
+        part.pending_bytes
+            .fetch_sub(events.iter().map(Event::cost).sum(), Ordering::Relaxed);
+    }
+
+    /// The batch reached an upstream that acknowledged it.
+    pub fn forwarded(&self, batch: Batch) {
+        self.release(batch.partition, &batch.events);
+        self.accounting
+            .forwarded
+            .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
+    }
+
+    /// The batch could not be sent now: back to the front of its partition, in order, to be
+    /// sent again. Room is guaranteed: its events never stopped being counted.
+    pub fn put_back(&self, batch: Batch) {
+        let part = &self.partitions[batch.partition];
+        let mut events = part.events.lock().expect("queue lock is never poisoned");
+        for event in batch.events.into_iter().rev() {
+            events.push_front(event);
+        }
+        drop(events);
+        part.ready.notify_one();
+    }
+
+    /// The batch is given up on.
+    pub fn dropped(&self, batch: Batch, reason: DropReason) {
+        self.release(batch.partition, &batch.events);
+        self.count_drop(reason, batch.events.len() as u64);
+    }
+
+    fn count_drop(&self, reason: DropReason, n: u64) {
+        self.accounting.dropped[reason as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Events in or taken from `partition`.
+    pub fn pending(&self, partition: usize) -> usize {
+        self.partitions[partition].pending.load(Ordering::Relaxed)
+    }
+
+    pub fn totals(&self) -> Totals {
+        let mut dropped = [0; 4];
+        for (i, counter) in self.accounting.dropped.iter().enumerate() {
+            dropped[i] = counter.load(Ordering::Relaxed);
+        }
+        Totals {
+            received: self.accounting.received.load(Ordering::Relaxed),
+            forwarded: self.accounting.forwarded.load(Ordering::Relaxed),
+            pending: self
+                .partitions
+                .iter()
+                .map(|p| p.pending.load(Ordering::Relaxed) as u64)
+                .sum(),
+            dropped,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(overflow: Overflow) -> QueueConfig {
+        QueueConfig {
+            partitions: 2,
+            capacity: 3,
+            max_bytes: 1 << 20,
+            batch_size: 2,
+            flush_interval: Duration::from_millis(100),
+            overflow,
+        }
+    }
+
+    fn event(key: Option<&str>) -> Event {
+        Event {
+            path: "/skywalking.v3.TraceSegmentReportService/collect".into(),
+            protocol: "segment",
+            encoding: None,
+            key: key.map(Into::into),
+            message: Bytes::from_static(b"segment"),
+        }
+    }
+
+    #[test]
+    fn a_full_partition_rejects_or_drops_and_every_event_is_accounted_for() {
+        for (overflow, outcome, reason) in [
+            (
+                Overflow::Reject,
+                Offered::Rejected,
+                DropReason::QueueFullRejected,
+            ),
+            (Overflow::Drop, Offered::Dropped, DropReason::QueueFull),
+        ] {
+            let queue = Queue::new(config(overflow));
+            // Keyed events share a partition: three fit, the fourth overflows.
+            let results: Vec<_> = (0..4).map(|_| queue.offer(event(Some("svc\0a")))).collect();
+            assert_eq!(
+                results,
+                vec![Offered::Queued, Offered::Queued, Offered::Queued, outcome]
+            );
+            let totals = queue.totals();
+            assert_eq!(
+                (totals.received, totals.pending, totals.dropped(reason)),
+                (4, 3, 1)
+            );
+            assert!(totals.balances());
+        }
+    }
+
+    #[test]
+    fn the_byte_cap_applies_too() {
+        let queue = Queue::new(QueueConfig {
+            max_bytes: 150,
+            ..config(Overflow::Drop)
+        });
+        let big = Event {
+            message: Bytes::from(vec![0; 60]),
+            ..event(Some("k"))
+        };
+        assert_eq!(queue.offer(big.clone()), Offered::Queued);
+        assert_eq!(queue.offer(big), Offered::Dropped);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_flush_at_size_or_interval_and_failed_ones_come_back_first() {
+        let queue = Queue::new(QueueConfig {
+            partitions: 1,
+            capacity: 10,
+            ..config(Overflow::Reject)
+        });
+        let (_close, closed) = tokio::sync::watch::channel(false);
+        for _ in 0..3 {
+            queue.offer(event(None));
+        }
+        let full = queue.next_batch(0, &closed).await.unwrap();
+        assert_eq!(full.events.len(), 2, "a full batch goes at once");
+
+        let started = tokio::time::Instant::now();
+        let rest = queue.next_batch(0, &closed).await.unwrap();
+        assert_eq!(rest.events.len(), 1);
+        assert!(
+            started.elapsed() >= Duration::from_millis(100),
+            "a partial batch waits for the flush interval"
+        );
+
+        queue.put_back(rest);
+        let totals = queue.totals();
+        assert_eq!(
+            totals.pending, 3,
+            "in-flight and returned events are still pending"
+        );
+        assert!(totals.balances());
+        queue.forwarded(full);
+        let again = queue.next_batch(0, &closed).await.unwrap();
+        queue.dropped(again, DropReason::UpstreamFailed);
+        let totals = queue.totals();
+        assert_eq!(
+            (
+                totals.forwarded,
+                totals.pending,
+                totals.dropped(DropReason::UpstreamFailed)
+            ),
+            (2, 0, 1)
+        );
+        assert!(totals.balances());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_sender_wakes_for_the_first_event_and_flushes_it_after_the_interval() {
+        let queue = std::sync::Arc::new(Queue::new(QueueConfig {
+            partitions: 1,
+            ..config(Overflow::Reject)
+        }));
+        let (_close, closed) = tokio::sync::watch::channel(false);
+        let waiting = {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                (
+                    queue.next_batch(0, &closed).await,
+                    tokio::time::Instant::now(),
+                )
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let offered_at = tokio::time::Instant::now();
+        queue.offer(event(None));
+        let (batch, flushed_at) = waiting.await.unwrap();
+        assert_eq!(batch.unwrap().events.len(), 1);
+        assert_eq!(
+            flushed_at - offered_at,
+            Duration::from_millis(100),
+            "exactly one flush interval"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_queue_hands_out_what_is_left_then_ends() {
+        let queue = Queue::new(QueueConfig {
+            partitions: 1,
+            ..config(Overflow::Reject)
+        });
+        let (close, closed) = tokio::sync::watch::channel(false);
+        queue.offer(event(None));
+        close.send(true).unwrap();
+        let last = queue.next_batch(0, &closed).await.unwrap();
+        assert_eq!(last.events.len(), 1);
+        queue.forwarded(last);
+        assert!(queue.next_batch(0, &closed).await.is_none());
+    }
+}
