@@ -4,6 +4,7 @@
 //! - [`framing`]: gRPC length-prefixed messages, decoded without decoding protobuf;
 //! - [`protocol`]: which policy each SkyWalking / Envoy method gets (async batch, sync, pass-through);
 //! - [`queue`]: bounded per-partition queues that account for every event;
+//! - [`upstreams`]: the upstream set, from flags, a watched file or the operator's ConfigMap;
 //! - [`wire`]: the few protobuf fields read for routing keys;
 //! - [`route`]: round-robin, smooth weighted round-robin and rendezvous hashing with a
 //!   sticky LRU for meter data.
@@ -12,4 +13,5 @@ pub mod framing;
 pub mod protocol;
 pub mod queue;
 pub mod route;
+pub mod upstreams;
 pub mod wire;
