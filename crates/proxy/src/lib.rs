@@ -6,12 +6,14 @@
 //! - [`queue`]: bounded per-partition queues that account for every event;
 //! - [`upstreams`]: the upstream set, from flags, a watched file or the operator's ConfigMap;
 //! - [`wire`]: the few protobuf fields read for routing keys;
+//! - [`refuse`]: turning away a connection over the limit with an HTTP/2 GOAWAY and a reason;
 //! - [`route`]: round-robin, smooth weighted round-robin and rendezvous hashing with a
 //!   sticky LRU for meter data.
 
 pub mod framing;
 pub mod protocol;
 pub mod queue;
+pub mod refuse;
 pub mod route;
 pub mod upstreams;
 pub mod wire;
