@@ -1,7 +1,11 @@
 //! skylift-proxy: sits between SkyWalking agents / Envoy sidecars and the OAP pool and
 //! balances every message, not every connection.
 //!
+//! - [`balance`]: picking among healthy upstreams; ejecting failing ones;
+//! - [`server`], [`ingest`], [`forward`], [`send`], [`state`]: accepting clients, queueing
+//!   reports, forwarding sync and unknown calls, sending batches upstream;
 //! - [`framing`]: gRPC length-prefixed messages, decoded without decoding protobuf;
+//! - [`grpc`]: status codes, trailers-only answers, the empty `Commands` acknowledgement;
 //! - [`protocol`]: which policy each SkyWalking / Envoy method gets (async batch, sync, pass-through);
 //! - [`queue`]: bounded per-partition queues that account for every event;
 //! - [`upstreams`]: the upstream set, from flags, a watched file or the operator's ConfigMap;
@@ -10,10 +14,17 @@
 //! - [`route`]: round-robin, smooth weighted round-robin and rendezvous hashing with a
 //!   sticky LRU for meter data.
 
+pub mod balance;
+pub mod forward;
 pub mod framing;
+pub mod grpc;
+pub mod ingest;
 pub mod protocol;
 pub mod queue;
 pub mod refuse;
 pub mod route;
+pub mod send;
+pub mod server;
+pub mod state;
 pub mod upstreams;
 pub mod wire;

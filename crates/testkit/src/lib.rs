@@ -4,7 +4,9 @@
 //!   semantics for what skylift uses (CRUD, label selectors, watches with resource
 //!   versions, server-side apply, status and scale subresources, conflicts, garbage
 //!   collection, CRD schema defaulting, pruning and validation including CEL rules);
+//! - [`sink`]: a gRPC upstream standing in for an OAP node's gRPC port, recording what arrives;
 //! - [`http`]: a minimal HTTP GET for reading local endpoints in tests and load tools.
 
 pub mod apiserver;
 pub mod http;
+pub mod sink;

@@ -1,0 +1,178 @@
+//! Choosing among the current upstreams: the configured policy over the healthy ones, and
+//! ejection of upstreams that fail (for a growing interval, then probed again).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::route::{RoundRobin, SmoothWeighted, StickyKeys, Upstream};
+
+/// The balancing policy for unkeyed messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    RoundRobin,
+    WeightedRoundRobin,
+}
+
+#[derive(Default)]
+struct Health {
+    failures: u32,
+    ejected_until: Option<Instant>,
+}
+
+/// Picks upstreams and remembers which ones fail.
+pub struct Balancer {
+    policy: Policy,
+    round_robin: RoundRobin,
+    weighted: SmoothWeighted,
+    sticky: StickyKeys,
+    health: Mutex<HashMap<String, Health>>,
+}
+
+/// Longest an upstream stays ejected.
+const MAX_EJECTION: Duration = Duration::from_secs(30);
+
+impl Balancer {
+    pub fn new(policy: Policy, sticky: StickyKeys) -> Self {
+        Balancer {
+            policy,
+            round_robin: RoundRobin::default(),
+            weighted: SmoothWeighted::default(),
+            sticky,
+            health: Mutex::default(),
+        }
+    }
+
+    /// The upstreams not ejected at `now`; all of them when every one is ejected (so they
+    /// are probed rather than nothing being tried).
+    pub fn healthy(&self, upstreams: &[Upstream], now: Instant) -> Vec<Upstream> {
+        let health = self.health.lock().expect("health lock is never poisoned");
+        let ok: Vec<Upstream> = upstreams
+            .iter()
+            .filter(|u| {
+                health
+                    .get(&u.address)
+                    .and_then(|h| h.ejected_until)
+                    .is_none_or(|t| t <= now)
+            })
+            .cloned()
+            .collect();
+        if ok.is_empty() {
+            upstreams.to_vec()
+        } else {
+            ok
+        }
+    }
+
+    /// The upstream for a message: by key when it has one, by policy otherwise.
+    pub fn pick(
+        &self,
+        key: Option<&str>,
+        upstreams: &[Upstream],
+        now: Instant,
+    ) -> Option<Upstream> {
+        let candidates = self.healthy(upstreams, now);
+        let index = match key {
+            Some(key) => self.sticky.pick(key, &candidates, now)?,
+            None => match self.policy {
+                Policy::RoundRobin => self.round_robin.pick(candidates.len())?,
+                Policy::WeightedRoundRobin => self.weighted.pick(&candidates)?,
+            },
+        };
+        candidates.get(index).cloned()
+    }
+
+    /// A send to `address` failed: eject it for 1 s, doubling with each further failure.
+    pub fn failed(&self, address: &str, now: Instant) -> Duration {
+        let mut health = self.health.lock().expect("health lock is never poisoned");
+        let entry = health.entry(address.to_string()).or_default();
+        entry.failures = entry.failures.saturating_add(1);
+        let ejection = Duration::from_secs(1)
+            .checked_mul(1 << entry.failures.saturating_sub(1).min(5))
+            .unwrap_or(MAX_EJECTION)
+            .min(MAX_EJECTION);
+        entry.ejected_until = Some(now + ejection);
+        ejection
+    }
+
+    /// A send to `address` succeeded: it is healthy again.
+    pub fn succeeded(&self, address: &str) {
+        self.health
+            .lock()
+            .expect("health lock is never poisoned")
+            .remove(address);
+    }
+
+    /// Whether `address` is ejected at `now`.
+    pub fn is_ejected(&self, address: &str, now: Instant) -> bool {
+        self.health
+            .lock()
+            .expect("health lock is never poisoned")
+            .get(address)
+            .and_then(|h| h.ejected_until)
+            .is_some_and(|t| t > now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set() -> Vec<Upstream> {
+        ["a:1", "b:1", "c:1"]
+            .iter()
+            .map(|a| Upstream {
+                address: a.to_string(),
+                weight: 1,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_failing_upstream_is_left_out_for_a_growing_interval_then_probed() {
+        let balancer = Balancer::new(
+            Policy::RoundRobin,
+            StickyKeys::new(10, Duration::from_secs(60)),
+        );
+        let now = Instant::now();
+        assert_eq!(balancer.failed("b:1", now), Duration::from_secs(1));
+        assert_eq!(balancer.failed("b:1", now), Duration::from_secs(2));
+        assert_eq!(balancer.failed("b:1", now), Duration::from_secs(4));
+        let picks: Vec<String> = (0..4)
+            .map(|_| balancer.pick(None, &set(), now).unwrap().address)
+            .collect();
+        assert!(!picks.contains(&"b:1".to_string()), "{picks:?}");
+        assert!(
+            !balancer.is_ejected("b:1", now + Duration::from_secs(5)),
+            "back after the interval"
+        );
+        balancer.succeeded("b:1");
+        assert_eq!(
+            balancer.failed("b:1", now),
+            Duration::from_secs(1),
+            "success resets the interval"
+        );
+        for _ in 0..20 {
+            balancer.failed("c:1", now);
+        }
+        assert!(balancer.is_ejected("c:1", now + Duration::from_secs(29)));
+        assert!(
+            !balancer.is_ejected("c:1", now + Duration::from_secs(31)),
+            "capped at 30 s"
+        );
+    }
+
+    #[test]
+    fn when_every_upstream_is_ejected_they_are_all_tried() {
+        let balancer = Balancer::new(
+            Policy::RoundRobin,
+            StickyKeys::new(10, Duration::from_secs(60)),
+        );
+        let now = Instant::now();
+        for u in set() {
+            balancer.failed(&u.address, now);
+        }
+        assert_eq!(balancer.healthy(&set(), now).len(), 3);
+        assert!(balancer.pick(Some("svc\0pod"), &set(), now).is_some());
+    }
+}

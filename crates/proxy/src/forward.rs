@@ -1,0 +1,143 @@
+//! Forwarding a request to one upstream and relaying its answer: streaming both ways with
+//! headers, trailers and status kept (unknown services, bidirectional tasks), or buffered
+//! and retried on another upstream when the upstream cannot be reached (sync calls).
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+
+use crate::grpc::{self, Body, BoxError, Code};
+use crate::state::State;
+
+fn upstream_uri(upstream: &str, original: &Uri) -> Option<Uri> {
+    let path = original.path_and_query().map_or("/", |p| p.as_str());
+    format!("http://{upstream}{path}").parse().ok()
+}
+
+fn relay(response: Response<Incoming>) -> Response<Body> {
+    response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed())
+}
+
+/// Streams the request to one upstream (no retry: the body is not kept).
+pub async fn pass_through(state: &State, request: Request<Incoming>) -> Response<Body> {
+    let deadline = grpc::timeout(request.headers());
+    let upstreams = state.upstreams.snapshot();
+    let Some(upstream) = state.balancer.pick(None, &upstreams, Instant::now()) else {
+        return grpc::error(Code::Unavailable, "skylift-proxy: no upstream is available");
+    };
+    let (mut parts, body) = request.into_parts();
+    let Some(uri) = upstream_uri(&upstream.address, &parts.uri) else {
+        return grpc::error(Code::Internal, "skylift-proxy: cannot address the upstream");
+    };
+    parts.uri = uri;
+    let outgoing = Request::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed());
+    let call = state.client.request(outgoing);
+    let result = match deadline {
+        Some(limit) => match tokio::time::timeout(limit, call).await {
+            Ok(result) => result,
+            Err(_) => {
+                return grpc::error(
+                    Code::DeadlineExceeded,
+                    "skylift-proxy: deadline exceeded waiting for the upstream",
+                );
+            }
+        },
+        None => call.await,
+    };
+    match result {
+        Ok(response) => {
+            state.balancer.succeeded(&upstream.address);
+            relay(response)
+        }
+        Err(err) => {
+            state.balancer.failed(&upstream.address, Instant::now());
+            grpc::error(
+                Code::Unavailable,
+                &format!("skylift-proxy: upstream {} failed: {err}", upstream.address),
+            )
+        }
+    }
+}
+
+/// Sends a unary or short client-streaming call to an upstream and relays its answer; an
+/// upstream that cannot be reached is skipped for the next (up to three), within the
+/// call's `grpc-timeout`.
+pub async fn sync_call(state: &State, request: Request<Incoming>) -> Response<Body> {
+    let deadline = grpc::timeout(request.headers()).map(|d| tokio::time::Instant::now() + d);
+    let (parts, body) = request.into_parts();
+    let body = match Limited::new(body, state.limits.max_message_bytes + 5)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+            return grpc::error(
+                Code::ResourceExhausted,
+                "skylift-proxy: request larger than --max-message-bytes",
+            );
+        }
+        Err(err) => {
+            return grpc::error(
+                Code::Internal,
+                &format!("skylift-proxy: reading the request: {err}"),
+            );
+        }
+    };
+    let mut tried: Vec<String> = Vec::new();
+    let mut last_error = String::from("no upstream is available");
+    for _ in 0..3 {
+        let upstreams = state.upstreams.snapshot();
+        let remaining: Vec<_> = upstreams
+            .iter()
+            .filter(|u| !tried.contains(&u.address))
+            .cloned()
+            .collect();
+        let Some(upstream) = state.balancer.pick(None, &remaining, Instant::now()) else {
+            break;
+        };
+        tried.push(upstream.address.clone());
+        let Some(uri) = upstream_uri(&upstream.address, &parts.uri) else {
+            continue;
+        };
+        let mut outgoing = Request::new(
+            Full::new(body.clone())
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        *outgoing.method_mut() = parts.method.clone();
+        *outgoing.uri_mut() = uri;
+        *outgoing.headers_mut() = parts.headers.clone();
+        let call = state.client.request(outgoing);
+        let result = match deadline {
+            Some(at) => match tokio::time::timeout_at(at, call).await {
+                Ok(result) => result,
+                Err(_) => {
+                    return grpc::error(
+                        Code::DeadlineExceeded,
+                        "skylift-proxy: deadline exceeded waiting for the upstream",
+                    );
+                }
+            },
+            None => call.await,
+        };
+        match result {
+            Ok(response) => {
+                state.balancer.succeeded(&upstream.address);
+                return relay(response);
+            }
+            Err(err) => {
+                state.balancer.failed(&upstream.address, Instant::now());
+                last_error = format!("upstream {} failed: {err}", upstream.address);
+            }
+        }
+    }
+    grpc::error(Code::Unavailable, &format!("skylift-proxy: {last_error}"))
+}
+
+/// A request body from bytes (for batches sent upstream).
+pub fn bytes_body(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}

@@ -1,0 +1,168 @@
+//! gRPC over HTTP/2 at the level the proxy needs: status codes, trailers-only answers,
+//! the empty `Commands` acknowledgement, `grpc-timeout`.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, StreamBody};
+use hyper::body::Frame;
+
+use crate::framing;
+
+/// The body type the proxy serves and sends.
+pub type Body = BoxBody<Bytes, BoxError>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// gRPC status codes the proxy answers with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+pub enum Code {
+    Ok = 0,
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    ResourceExhausted = 8,
+    Internal = 13,
+    Unavailable = 14,
+    Unimplemented = 12,
+}
+
+pub fn empty_body() -> Body {
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A body of the given data frames followed by trailers.
+pub fn body_with_trailers(data: Vec<Bytes>, trailers: HeaderMap) -> Body {
+    let frames = data
+        .into_iter()
+        .map(|d| Ok::<_, BoxError>(Frame::data(d)))
+        .chain(std::iter::once(Ok(Frame::trailers(trailers))));
+    StreamBody::new(futures::stream::iter(frames)).boxed()
+}
+
+fn status_headers(code: Code, message: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("grpc-status", HeaderValue::from(code as u16));
+    if !message.is_empty() {
+        // grpc-message is percent-encoded; keep it to safe printable ASCII.
+        let encoded: String = message
+            .bytes()
+            .map(|b| {
+                if (0x20..0x7f).contains(&b) && b != b'%' {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        if let Ok(value) = HeaderValue::from_str(&encoded) {
+            headers.insert("grpc-message", value);
+        }
+    }
+    headers
+}
+
+/// A trailers-only error answer.
+pub fn error(code: Code, message: &str) -> Response<Body> {
+    let mut response = Response::new(empty_body());
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.extend(status_headers(code, message));
+    response
+}
+
+/// The answer to a report: one empty `skywalking.v3.Commands` message and status OK.
+pub fn empty_commands() -> Response<Body> {
+    let mut frame = BytesMut::new();
+    framing::encode(false, &[], &mut frame);
+    let mut response = Response::new(body_with_trailers(
+        vec![frame.freeze()],
+        status_headers(Code::Ok, ""),
+    ));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    response
+}
+
+/// Parses `grpc-timeout` (`<digits><unit>`, units H M S m u n).
+pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The grpc-status of a finished call: from the trailers, or from the headers of a
+/// trailers-only answer.
+pub fn status_of(headers: &HeaderMap, trailers: Option<&HeaderMap>) -> Option<u16> {
+    trailers
+        .and_then(|t| t.get("grpc-status"))
+        .or_else(|| headers.get("grpc-status"))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_are_read_in_every_unit() {
+        let mut headers = HeaderMap::new();
+        for (value, expected) in [
+            ("5S", Duration::from_secs(5)),
+            ("250m", Duration::from_millis(250)),
+            ("2M", Duration::from_secs(120)),
+            ("1H", Duration::from_secs(3600)),
+            ("700u", Duration::from_micros(700)),
+            ("30n", Duration::from_nanos(30)),
+        ] {
+            headers.insert("grpc-timeout", HeaderValue::from_static(value));
+            assert_eq!(timeout(&headers), Some(expected), "{value}");
+        }
+        for bad in ["S", "5", "5x", "1234567890S"] {
+            headers.insert("grpc-timeout", HeaderValue::from_static(bad));
+            assert_eq!(timeout(&headers), None, "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_report_is_acknowledged_with_one_empty_commands_message() {
+        let response = empty_commands();
+        let collected = response.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap();
+        assert_eq!(collected.to_bytes().as_ref(), &[0, 0, 0, 0, 0]);
+        assert_eq!(status_of(&HeaderMap::new(), Some(&trailers)), Some(0));
+    }
+
+    #[test]
+    fn errors_are_trailers_only_with_a_readable_message() {
+        let response = error(Code::ResourceExhausted, "queue full: 100% used");
+        assert_eq!(response.headers()["grpc-status"], "8");
+        assert_eq!(
+            response.headers()["grpc-message"],
+            "queue full: 100%25 used"
+        );
+        assert_eq!(status_of(response.headers(), None), Some(8));
+    }
+}

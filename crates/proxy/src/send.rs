@@ -1,0 +1,181 @@
+//! Sending queued reports: each partition takes a batch, groups it by method and target
+//! upstream, and sends each group as one client stream of that method. A group that fails
+//! is tried on another upstream (three attempts, with backoff); one that still fails goes
+//! back to the front of its partition, so nothing acknowledged is lost while an upstream is
+//! up.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use http::{HeaderValue, Request};
+use http_body_util::BodyExt;
+
+use crate::forward::bytes_body;
+use crate::framing;
+use crate::grpc;
+use crate::queue::{Batch, DropReason, Event};
+use crate::state::State;
+
+/// Attempts on different upstreams before a group is put back.
+const ATTEMPTS: usize = 3;
+
+/// Runs one partition's sender until the queue is closed and empty.
+pub async fn run_partition(
+    state: State,
+    partition: usize,
+    closed: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    while let Some(batch) = state.queue.next_batch(partition, &closed).await {
+        if send_batch(&state, batch).await {
+            backoff = Duration::from_millis(100);
+        } else {
+            // Nothing could be sent: wait before taking the same events again.
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+/// What events must share to go in one upstream stream: the method, the encoding and the
+/// routing key.
+type GroupKey = (Arc<str>, Option<Arc<str>>, Option<Arc<str>>);
+
+/// Sends a batch; false when some of it had to be put back.
+async fn send_batch(state: &State, batch: Batch) -> bool {
+    let partition = batch.partition;
+    let mut groups: HashMap<GroupKey, Vec<Event>> = HashMap::new();
+    let mut order = Vec::new();
+    for event in batch.events {
+        let group = (
+            event.path.clone(),
+            event.encoding.clone(),
+            event.key.clone(),
+        );
+        if !groups.contains_key(&group) {
+            order.push(group.clone());
+        }
+        groups.entry(group).or_default().push(event);
+    }
+    let mut all_sent = true;
+    for group in order {
+        let events = groups.remove(&group).unwrap_or_default();
+        let sub = Batch { partition, events };
+        all_sent &= send_group(state, sub).await;
+    }
+    all_sent
+}
+
+enum Outcome {
+    Sent,
+    /// The upstream refused the data itself (it would refuse it anywhere).
+    Refused(u16),
+    Failed,
+}
+
+async fn send_group(state: &State, group: Batch) -> bool {
+    let first = &group.events[0];
+    let (path, encoding, key) = (
+        first.path.clone(),
+        first.encoding.clone(),
+        first.key.clone(),
+    );
+    let mut body = BytesMut::new();
+    for event in &group.events {
+        framing::encode(encoding.is_some(), &event.message, &mut body);
+    }
+    let body = body.freeze();
+    let mut tried: Vec<String> = Vec::new();
+    for attempt in 0..ATTEMPTS {
+        let upstreams = state.upstreams.snapshot();
+        let remaining: Vec<_> = upstreams
+            .iter()
+            .filter(|u| !tried.contains(&u.address))
+            .cloned()
+            .collect();
+        let candidates = if remaining.is_empty() {
+            upstreams.to_vec()
+        } else {
+            remaining
+        };
+        let Some(upstream) = state
+            .balancer
+            .pick(key.as_deref(), &candidates, Instant::now())
+        else {
+            break;
+        };
+        tried.push(upstream.address.clone());
+        match send_stream(
+            state,
+            &upstream.address,
+            &path,
+            encoding.as_deref(),
+            body.clone(),
+        )
+        .await
+        {
+            Outcome::Sent => {
+                state.balancer.succeeded(&upstream.address);
+                state.queue.forwarded(group);
+                return true;
+            }
+            Outcome::Refused(code) => {
+                tracing::warn!(upstream = %upstream.address, %path, code, events = group.events.len(), "upstream refused the data; dropping it");
+                state.queue.dropped(group, DropReason::UpstreamFailed);
+                return true;
+            }
+            Outcome::Failed => {
+                state.balancer.failed(&upstream.address, Instant::now());
+                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+            }
+        }
+    }
+    state.queue.put_back(group);
+    false
+}
+
+async fn send_stream(
+    state: &State,
+    upstream: &str,
+    path: &str,
+    encoding: Option<&str>,
+    body: bytes::Bytes,
+) -> Outcome {
+    let Ok(uri) = format!("http://{upstream}{path}").parse::<http::Uri>() else {
+        return Outcome::Failed;
+    };
+    let mut request = Request::post(uri)
+        .body(bytes_body(body))
+        .expect("a valid request");
+    let headers = request.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    if let Some(encoding) = encoding.and_then(|e| HeaderValue::from_str(e).ok()) {
+        headers.insert("grpc-encoding", encoding);
+    }
+    let response =
+        match tokio::time::timeout(Duration::from_secs(10), state.client.request(request)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(err)) => {
+                tracing::debug!(%upstream, error = %err, "sending a batch failed");
+                return Outcome::Failed;
+            }
+            Err(_) => return Outcome::Failed,
+        };
+    let (parts, body) = response.into_parts();
+    let collected = match tokio::time::timeout(Duration::from_secs(10), body.collect()).await {
+        Ok(Ok(collected)) => collected,
+        _ => return Outcome::Failed,
+    };
+    match grpc::status_of(&parts.headers, collected.trailers()) {
+        Some(0) => Outcome::Sent,
+        // Bad data is refused by every upstream alike: retrying elsewhere cannot help.
+        Some(code @ (3 | 12)) => Outcome::Refused(code),
+        _ => Outcome::Failed,
+    }
+}

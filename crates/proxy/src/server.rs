@@ -1,0 +1,85 @@
+//! Accepting clients: gRPC over cleartext HTTP/2, at most `--max-connections` at once;
+//! each request goes to its method's policy.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use crate::grpc::Body;
+use crate::protocol::{self, Policy};
+use crate::refuse::refuse;
+use crate::state::State;
+use crate::{forward, ingest};
+
+/// Routes one request by its method's policy.
+pub async fn handle(state: State, request: Request<Incoming>) -> Response<Body> {
+    match protocol::lookup(request.uri().path()) {
+        Some(method) => match method.policy {
+            Policy::AsyncStream | Policy::AsyncUnary => {
+                ingest::report(&state, method, request).await
+            }
+            Policy::Sync => forward::sync_call(&state, request).await,
+            Policy::PassThrough => forward::pass_through(&state, request).await,
+        },
+        None => forward::pass_through(&state, request).await,
+    }
+}
+
+/// Serves until `shutdown` turns true (then stops accepting; open connections finish).
+pub async fn serve(
+    listener: TcpListener,
+    state: State,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let open = state.connections.fetch_add(1, Ordering::AcqRel) + 1;
+        if let Some(max) = state.limits.max_connections
+            && open > max
+        {
+            state.connections.fetch_sub(1, Ordering::AcqRel);
+            let reason = format!(
+                "skylift-proxy: connection limit of {max} reached; reconnect to another replica"
+            );
+            tokio::spawn(async move {
+                let refusal = refuse(stream, &reason, Duration::from_secs(5)).await;
+                tracing::info!(%peer, ?refusal, "refused a connection over the limit");
+            });
+            continue;
+        }
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn({
+                let state = state.clone();
+                move |request| {
+                    let state = state.clone();
+                    async move { Ok::<_, std::convert::Infallible>(handle(state, request).await) }
+                }
+            });
+            let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(err) = served {
+                tracing::debug!(%peer, error = %err, "connection ended with an error");
+            }
+            state.connections.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+}

@@ -1,0 +1,45 @@
+//! What every connection and sender shares.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::balance::Balancer;
+use crate::grpc::Body;
+use crate::queue::Queue;
+use crate::upstreams::UpstreamSet;
+
+/// The HTTP/2 client to the upstreams: one multiplexed connection per upstream.
+pub type UpstreamClient = Client<HttpConnector, Body>;
+
+pub fn upstream_client() -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(std::time::Duration::from_secs(3)));
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(connector)
+}
+
+/// Limits of the inbound side.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_connections: Option<usize>,
+    pub max_message_bytes: usize,
+}
+
+/// Shared by all connections and senders.
+pub struct Shared {
+    pub queue: Queue,
+    pub upstreams: UpstreamSet,
+    pub balancer: Balancer,
+    pub client: UpstreamClient,
+    pub limits: Limits,
+    /// Open client connections (the number reported to OAP and limited).
+    pub connections: AtomicUsize,
+}
+
+pub type State = Arc<Shared>;

@@ -1,0 +1,402 @@
+//! skylift-proxy on loopback between a gRPC client and recording upstream sinks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use skylift_proxy::balance::{Balancer, Policy};
+use skylift_proxy::queue::{Overflow, Queue, QueueConfig};
+use skylift_proxy::route::{StickyKeys, Upstream};
+use skylift_proxy::state::{Limits, Shared, State, upstream_client};
+use skylift_proxy::upstreams::UpstreamSet;
+use skylift_proxy::{framing, send, server};
+use skylift_testkit::sink::Sink;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SEGMENTS: &str = "/skywalking.v3.TraceSegmentReportService/collect";
+const METERS: &str = "/skywalking.v3.MeterReportService/collectBatch";
+
+struct Proxy {
+    address: SocketAddr,
+    state: State,
+    _close: tokio::sync::watch::Sender<bool>,
+}
+
+async fn proxy(upstreams: &[&Sink], max_connections: Option<usize>) -> Proxy {
+    let set = upstreams
+        .iter()
+        .map(|s| Upstream {
+            address: s.address(),
+            weight: 1,
+        })
+        .collect();
+    let state: State = Arc::new(Shared {
+        queue: Queue::new(QueueConfig {
+            partitions: 2,
+            capacity: 10_000,
+            max_bytes: 64 << 20,
+            batch_size: 50,
+            flush_interval: Duration::from_millis(20),
+            overflow: Overflow::Reject,
+        }),
+        upstreams: UpstreamSet::new(set),
+        balancer: Balancer::new(
+            Policy::RoundRobin,
+            StickyKeys::new(5000, Duration::from_secs(180)),
+        ),
+        client: upstream_client(),
+        limits: Limits {
+            max_connections,
+            max_message_bytes: 64 * 1024,
+        },
+        connections: AtomicUsize::new(0),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (close, closed) = tokio::sync::watch::channel(false);
+    tokio::spawn(server::serve(listener, state.clone(), closed.clone()));
+    for partition in 0..state.queue.partitions() {
+        tokio::spawn(send::run_partition(
+            state.clone(),
+            partition,
+            closed.clone(),
+        ));
+    }
+    Proxy {
+        address,
+        state,
+        _close: close,
+    }
+}
+
+fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+fn framed(messages: &[Vec<u8>]) -> Bytes {
+    let mut out = BytesMut::new();
+    for m in messages {
+        framing::encode(false, m, &mut out);
+    }
+    out.freeze()
+}
+
+/// One call: (grpc-status, response messages, trailers).
+async fn call(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    proxy: SocketAddr,
+    path: &str,
+    body: Bytes,
+    headers: &[(&str, &str)],
+) -> (u16, Bytes, http::HeaderMap) {
+    let mut request = Request::post(format!("http://{proxy}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = client
+        .request(request.body(Full::new(body)).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = response.into_parts();
+    let collected = body.collect().await.unwrap();
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let status = trailers
+        .get("grpc-status")
+        .or_else(|| parts.headers.get("grpc-status"))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    (status, collected.to_bytes(), trailers)
+}
+
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// A MeterData with service and instance (fields 3 and 4), as protobuf.
+fn meter_data(service: &str, instance: &str) -> Vec<u8> {
+    let mut out = vec![1 << 3 | 2, 3, 0x0a, 1, b'm'];
+    for (field, value) in [(3u8, service), (4u8, instance)] {
+        out.push(field << 3 | 2);
+        out.push(value.len() as u8);
+        out.extend_from_slice(value.as_bytes());
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_segment_is_acknowledged_delivered_once_and_spread_over_the_upstreams() {
+    let (a, b) = (Sink::start().await.unwrap(), Sink::start().await.unwrap());
+    let proxy = proxy(&[&a, &b], None).await;
+    let client = client();
+    let mut calls = Vec::new();
+    for stream in 0..20 {
+        let messages: Vec<Vec<u8>> = (0..10)
+            .map(|i| format!("segment {stream}-{i}").into_bytes())
+            .collect();
+        let (client, address) = (client.clone(), proxy.address);
+        calls.push(tokio::spawn(async move {
+            call(&client, address, SEGMENTS, framed(&messages), &[]).await
+        }));
+    }
+    for c in calls {
+        let (status, body, _) = c.await.unwrap();
+        assert_eq!(status, 0);
+        assert_eq!(
+            body.as_ref(),
+            &[0, 0, 0, 0, 0],
+            "one empty Commands message"
+        );
+    }
+    eventually("all 200 segments upstream", || {
+        a.messages(SEGMENTS).len() + b.messages(SEGMENTS).len() == 200
+    })
+    .await;
+    assert!(
+        !a.messages(SEGMENTS).is_empty() && !b.messages(SEGMENTS).is_empty(),
+        "both OAP nodes get traffic"
+    );
+    let mut all: Vec<Bytes> = a
+        .messages(SEGMENTS)
+        .into_iter()
+        .chain(b.messages(SEGMENTS))
+        .collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 200, "no duplicates");
+    let totals = proxy.state.queue.totals();
+    assert_eq!(
+        (
+            totals.received,
+            totals.forwarded,
+            totals.pending,
+            totals.dropped_total()
+        ),
+        (200, 200, 0, 0)
+    );
+}
+
+#[tokio::test]
+async fn one_instances_meters_always_reach_the_same_upstream() {
+    let (a, b) = (Sink::start().await.unwrap(), Sink::start().await.unwrap());
+    let proxy = proxy(&[&a, &b], None).await;
+    let client = client();
+    for round in 0..10 {
+        // collectBatch: each message a MeterDataCollection whose first MeterData names the instance.
+        let collection = |instance: &str| {
+            let data = meter_data("checkout", instance);
+            let mut out = vec![1 << 3 | 2, data.len() as u8];
+            out.extend_from_slice(&data);
+            out
+        };
+        let body = framed(&[
+            collection("pod-1"),
+            collection("pod-2"),
+            collection("pod-3"),
+        ]);
+        let (status, _, _) = call(&client, proxy.address, METERS, body, &[]).await;
+        assert_eq!(status, 0, "round {round}");
+    }
+    eventually("30 meter collections upstream", || {
+        a.messages(METERS).len() + b.messages(METERS).len() == 30
+    })
+    .await;
+    for instance in ["pod-1", "pod-2", "pod-3"] {
+        let at = |s: &Sink| {
+            s.messages(METERS)
+                .iter()
+                .filter(|m| m.windows(5).any(|w| w == instance.as_bytes()))
+                .count()
+        };
+        let (on_a, on_b) = (at(&a), at(&b));
+        assert!(
+            on_a == 0 || on_b == 0,
+            "{instance} split over both upstreams: {on_a} + {on_b}"
+        );
+        assert_eq!(on_a + on_b, 10);
+    }
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_told_why_and_the_others_keep_working() {
+    let a = Sink::start().await.unwrap();
+    let proxy = proxy(&[&a], Some(2)).await;
+    let (first, second) = (client(), client());
+    assert_eq!(
+        call(
+            &first,
+            proxy.address,
+            SEGMENTS,
+            framed(&[b"1".to_vec()]),
+            &[]
+        )
+        .await
+        .0,
+        0
+    );
+    assert_eq!(
+        call(
+            &second,
+            proxy.address,
+            SEGMENTS,
+            framed(&[b"2".to_vec()]),
+            &[]
+        )
+        .await
+        .0,
+        0
+    );
+
+    let mut third = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
+    third
+        .write_all(skylift_proxy::refuse::PREFACE)
+        .await
+        .unwrap();
+    third.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    let mut received = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut received))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&received);
+    assert!(
+        text.contains("connection limit of 2 reached; reconnect to another replica"),
+        "{text:?}"
+    );
+
+    assert_eq!(
+        call(
+            &first,
+            proxy.address,
+            SEGMENTS,
+            framed(&[b"3".to_vec()]),
+            &[]
+        )
+        .await
+        .0,
+        0,
+        "existing connections are untouched"
+    );
+    eventually("three segments upstream", || {
+        a.messages(SEGMENTS).len() == 3
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn oversized_and_malformed_streams_get_a_status_and_disturb_nothing_else() {
+    let a = Sink::start().await.unwrap();
+    let proxy = proxy(&[&a], None).await;
+    let client = client();
+    let (status, _, _) = call(
+        &client,
+        proxy.address,
+        SEGMENTS,
+        framed(&[vec![0; 100 * 1024]]),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 8, "RESOURCE_EXHAUSTED");
+    let (status, _, _) = call(
+        &client,
+        proxy.address,
+        SEGMENTS,
+        Bytes::from_static(&[0, 0, 0, 0, 9, 1]),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 13, "INTERNAL for a truncated message");
+    let (status, _, _) = call(
+        &client,
+        proxy.address,
+        METERS,
+        framed(&[vec![3 << 3 | 2, 50, 1]]),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        status, 3,
+        "INVALID_ARGUMENT for a meter message that is not protobuf"
+    );
+    assert_eq!(
+        call(
+            &client,
+            proxy.address,
+            SEGMENTS,
+            framed(&[b"fine".to_vec()]),
+            &[]
+        )
+        .await
+        .0,
+        0
+    );
+    eventually("the good segment upstream", || {
+        a.messages(SEGMENTS).len() == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unknown_services_pass_through_with_their_trailers_and_status() {
+    let a = Sink::start().await.unwrap();
+    let proxy = proxy(&[&a], None).await;
+    let client = client();
+    let (status, body, trailers) = call(
+        &client,
+        proxy.address,
+        "/test.Echo/Say",
+        framed(&[b"hello".to_vec()]),
+        &[("x-echo-status", "7")],
+    )
+    .await;
+    assert_eq!(status, 7, "the upstream's status comes back");
+    assert_eq!(
+        trailers.get("x-sink-echo").map(|v| v.to_str().unwrap()),
+        Some("yes")
+    );
+    assert_eq!(body, framed(&[b"hello".to_vec()]));
+}
+
+#[tokio::test]
+async fn a_failing_upstream_loses_nothing_while_another_is_up() {
+    let (a, b) = (Sink::start().await.unwrap(), Sink::start().await.unwrap());
+    a.set_failing(true);
+    let proxy = proxy(&[&a, &b], None).await;
+    let client = client();
+    for stream in 0..10 {
+        let messages: Vec<Vec<u8>> = (0..10)
+            .map(|i| format!("s{stream}-{i}").into_bytes())
+            .collect();
+        assert_eq!(
+            call(&client, proxy.address, SEGMENTS, framed(&messages), &[])
+                .await
+                .0,
+            0
+        );
+    }
+    eventually("all 100 segments at the healthy upstream", || {
+        b.messages(SEGMENTS).len() == 100
+    })
+    .await;
+    assert!(a.messages(SEGMENTS).is_empty());
+    let totals = proxy.state.queue.totals();
+    assert!(totals.balances());
+    assert_eq!((totals.forwarded, totals.dropped_total()), (100, 0));
+}

@@ -1,0 +1,205 @@
+//! An upstream gRPC sink standing in for an OAP node's gRPC port: it accepts every method
+//! over cleartext HTTP/2, records each message it receives per method, and answers reports
+//! the way OAP does (one empty `Commands` message, status OK). Unknown methods are echoed
+//! back with a trailer, so pass-through can be checked. It can be told to fail
+//! (`UNAVAILABLE`) to play a broken OAP.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// Splits a gRPC body into its messages (the sink's own reading of the framing).
+pub fn split_messages(mut body: &[u8]) -> Result<Vec<Bytes>, String> {
+    let mut messages = Vec::new();
+    while !body.is_empty() {
+        if body.len() < 5 {
+            return Err(format!("{} stray bytes after the last message", body.len()));
+        }
+        let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+        if body.len() < 5 + len {
+            return Err("truncated message".into());
+        }
+        messages.push(Bytes::copy_from_slice(&body[5..5 + len]));
+        body = &body[5 + len..];
+    }
+    Ok(messages)
+}
+
+#[derive(Default)]
+struct Recorded {
+    by_path: BTreeMap<String, Vec<Bytes>>,
+    streams: u64,
+}
+
+/// A running sink.
+pub struct Sink {
+    address: SocketAddr,
+    recorded: Arc<Mutex<Recorded>>,
+    failing: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn trailers_only(status: u16, message: &str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::new()).boxed());
+    let headers = response.headers_mut();
+    headers.insert("content-type", "application/grpc".parse().expect("static"));
+    headers.insert("grpc-status", status.into());
+    if let Ok(value) = message.parse() {
+        headers.insert("grpc-message", value);
+    }
+    response
+}
+
+fn answer(messages: Vec<Bytes>, trailers: http::HeaderMap) -> Response<Body> {
+    let frames = messages
+        .into_iter()
+        .map(|m| {
+            let mut framed = Vec::with_capacity(5 + m.len());
+            framed.push(0);
+            framed.extend_from_slice(&u32::try_from(m.len()).unwrap_or(u32::MAX).to_be_bytes());
+            framed.extend_from_slice(&m);
+            Ok::<_, Infallible>(Frame::data(Bytes::from(framed)))
+        })
+        .chain(std::iter::once(Ok(Frame::trailers(trailers))));
+    let mut response = Response::new(StreamBody::new(futures::stream::iter(frames)).boxed());
+    response
+        .headers_mut()
+        .insert("content-type", "application/grpc".parse().expect("static"));
+    response
+}
+
+impl Sink {
+    pub async fn start() -> std::io::Result<Sink> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let recorded: Arc<Mutex<Recorded>> = Arc::default();
+        let failing = Arc::new(AtomicBool::new(false));
+        let (rec, fail) = (recorded.clone(), failing.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (rec, fail) = (rec.clone(), fail.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |request: Request<hyper::body::Incoming>| {
+                            let (rec, fail) = (rec.clone(), fail.clone());
+                            async move { Ok::<_, Infallible>(Self::serve(request, &rec, &fail).await) }
+                        },
+                    );
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Sink {
+            address,
+            recorded,
+            failing,
+            task,
+        })
+    }
+
+    async fn serve(
+        request: Request<hyper::body::Incoming>,
+        recorded: &Mutex<Recorded>,
+        failing: &AtomicBool,
+    ) -> Response<Body> {
+        let path = request.uri().path().to_string();
+        let echo_status = request
+            .headers()
+            .get("x-echo-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u16>().ok());
+        let body = match request.into_body().collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(_) => return trailers_only(13, "sink: reading the request failed"),
+        };
+        if failing.load(Ordering::Relaxed) {
+            return trailers_only(14, "sink: failing on purpose");
+        }
+        let messages = match split_messages(&body) {
+            Ok(messages) => messages,
+            Err(err) => return trailers_only(13, &format!("sink: {err}")),
+        };
+        let is_report = path.starts_with("/skywalking.")
+            || path.starts_with("/envoy.")
+            || !path[1..].contains('.');
+        {
+            let mut recorded = recorded.lock().expect("sink lock is never poisoned");
+            recorded.streams += 1;
+            recorded
+                .by_path
+                .entry(path.clone())
+                .or_default()
+                .extend(messages.iter().cloned());
+        }
+        let mut trailers = http::HeaderMap::new();
+        if is_report {
+            trailers.insert("grpc-status", 0u16.into());
+            answer(vec![Bytes::new()], trailers)
+        } else {
+            // Echo service: the messages back, a trailer of its own, the status asked for.
+            trailers.insert("grpc-status", echo_status.unwrap_or(0).into());
+            trailers.insert("x-sink-echo", "yes".parse().expect("static"));
+            answer(messages, trailers)
+        }
+    }
+
+    pub fn address(&self) -> String {
+        self.address.to_string()
+    }
+
+    /// Messages received on `path`.
+    pub fn messages(&self, path: &str) -> Vec<Bytes> {
+        self.recorded
+            .lock()
+            .expect("sink lock is never poisoned")
+            .by_path
+            .get(path)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Messages received on every path.
+    pub fn total(&self) -> usize {
+        self.recorded
+            .lock()
+            .expect("sink lock is never poisoned")
+            .by_path
+            .values()
+            .map(Vec::len)
+            .sum()
+    }
+
+    /// Client streams (calls) received.
+    pub fn streams(&self) -> u64 {
+        self.recorded
+            .lock()
+            .expect("sink lock is never poisoned")
+            .streams
+    }
+
+    /// From now on, answer every call with `UNAVAILABLE` (or stop doing so).
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
