@@ -96,6 +96,20 @@ impl Process {
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+
+    /// The process id, for sending signals.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit code once the process has exited.
+    pub fn exit_code(&mut self) -> Option<i32> {
+        self.child
+            .try_wait()
+            .ok()
+            .flatten()
+            .and_then(|status| status.code())
+    }
 }
 
 impl Drop for Process {

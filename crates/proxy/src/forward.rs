@@ -25,7 +25,11 @@ fn relay(response: Response<Incoming>) -> Response<Body> {
 pub async fn pass_through(state: &State, request: Request<Incoming>) -> Response<Body> {
     let deadline = grpc::timeout(request.headers());
     let upstreams = state.upstreams.snapshot();
-    let Some(upstream) = state.balancer.pick(None, &upstreams, Instant::now()) else {
+    let key = state.hash_key(request.headers());
+    let Some(upstream) = state
+        .balancer
+        .pick(key.as_deref(), &upstreams, Instant::now())
+    else {
         return grpc::error(Code::Unavailable, "skylift-proxy: no upstream is available");
     };
     let (mut parts, body) = request.into_parts();
@@ -67,6 +71,7 @@ pub async fn pass_through(state: &State, request: Request<Incoming>) -> Response
 /// call's `grpc-timeout`.
 pub async fn sync_call(state: &State, request: Request<Incoming>) -> Response<Body> {
     let deadline = grpc::timeout(request.headers()).map(|d| tokio::time::Instant::now() + d);
+    let key = state.hash_key(request.headers());
     let (parts, body) = request.into_parts();
     let body = match Limited::new(body, state.limits.max_message_bytes + 5)
         .collect()
@@ -95,7 +100,10 @@ pub async fn sync_call(state: &State, request: Request<Incoming>) -> Response<Bo
             .filter(|u| !tried.contains(&u.address))
             .cloned()
             .collect();
-        let Some(upstream) = state.balancer.pick(None, &remaining, Instant::now()) else {
+        let Some(upstream) = state
+            .balancer
+            .pick(key.as_deref(), &remaining, Instant::now())
+        else {
             break;
         };
         tried.push(upstream.address.clone());

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use crate::framing::Decoder;
 use crate::grpc::{self, Body, Code};
 use crate::protocol::{KeyPolicy, Method};
-use crate::queue::{Event, Offered};
+use crate::queue::{DropReason, Event, Offered};
 use crate::state::State;
 use crate::wire;
 
@@ -27,6 +27,8 @@ pub async fn report(
         .and_then(|v| v.to_str().ok())
         .filter(|e| *e != "identity")
         .map(Into::into);
+    // With --routing hash, the request header decides for the whole stream.
+    let header_key: Option<Arc<str>> = state.hash_key(request.headers()).map(Into::into);
     let mut body = request.into_body();
     let mut decoder = Decoder::new(state.limits.max_message_bytes);
     let mut stream_key: Option<Arc<str>> = None;
@@ -60,8 +62,9 @@ pub async fn report(
                     return grpc::error(code, &format!("skylift-proxy: {err}"));
                 }
             };
-            // A compressed message cannot be read for its key; it is balanced like any other.
-            let key = if message.compressed {
+            // A compressed message cannot be read for its key, and with round-robin meter
+            // routing no key is wanted: either way it is balanced like any other.
+            let key = if message.compressed || !state.fixed_meter_routing {
                 None
             } else {
                 let read = match method.key {
@@ -91,6 +94,7 @@ pub async fn report(
                 stream_key = key.clone();
             }
             first = false;
+            let key = header_key.clone().or(key);
             let event = Event {
                 path: path.clone(),
                 protocol: method.protocol,
@@ -98,11 +102,23 @@ pub async fn report(
                 key,
                 message: message.message,
             };
-            if state.queue.offer(event) == Offered::Rejected {
-                return grpc::error(
-                    Code::ResourceExhausted,
-                    "skylift-proxy: queue full; retry later",
-                );
+            state.metrics.received(method.protocol);
+            match state.queue.offer(event) {
+                Offered::Queued => {}
+                Offered::Dropped => {
+                    state
+                        .metrics
+                        .dropped(method.protocol, DropReason::QueueFull, 1)
+                }
+                Offered::Rejected => {
+                    state
+                        .metrics
+                        .dropped(method.protocol, DropReason::QueueFullRejected, 1);
+                    return grpc::error(
+                        Code::ResourceExhausted,
+                        "skylift-proxy: queue full; retry later",
+                    );
+                }
             }
         }
     }

@@ -14,17 +14,22 @@
 //! - [`route`]: round-robin, smooth weighted round-robin and rendezvous hashing with a
 //!   sticky LRU for meter data.
 
+pub mod admin;
 pub mod balance;
+pub mod configmap;
 pub mod forward;
 pub mod framing;
 pub mod grpc;
 pub mod ingest;
+pub mod metrics;
 pub mod protocol;
 pub mod queue;
 pub mod refuse;
 pub mod route;
+pub mod run;
 pub mod send;
 pub mod server;
 pub mod state;
+pub mod telemetry;
 pub mod upstreams;
 pub mod wire;

@@ -82,6 +82,7 @@ async fn send_group(state: &State, group: Batch) -> bool {
         first.encoding.clone(),
         first.key.clone(),
     );
+    let protocol = first.protocol;
     let mut body = BytesMut::new();
     for event in &group.events {
         framing::encode(encoding.is_some(), &event.message, &mut body);
@@ -107,22 +108,32 @@ async fn send_group(state: &State, group: Batch) -> bool {
             break;
         };
         tried.push(upstream.address.clone());
-        match send_stream(
+        let started = Instant::now();
+        let outcome = send_stream(
             state,
             &upstream.address,
             &path,
             encoding.as_deref(),
             body.clone(),
         )
-        .await
-        {
+        .await;
+        state
+            .metrics
+            .sent(&upstream.address, started.elapsed().as_secs_f64());
+        match outcome {
             Outcome::Sent => {
                 state.balancer.succeeded(&upstream.address);
+                state.metrics.forwarded(protocol, group.events.len() as u64);
                 state.queue.forwarded(group);
                 return true;
             }
             Outcome::Refused(code) => {
                 tracing::warn!(upstream = %upstream.address, %path, code, events = group.events.len(), "upstream refused the data; dropping it");
+                state.metrics.dropped(
+                    protocol,
+                    DropReason::UpstreamFailed,
+                    group.events.len() as u64,
+                );
                 state.queue.dropped(group, DropReason::UpstreamFailed);
                 return true;
             }

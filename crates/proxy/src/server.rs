@@ -55,6 +55,7 @@ pub async fn serve(
             && open > max
         {
             state.connections.fetch_sub(1, Ordering::AcqRel);
+            state.metrics.refused();
             let reason = format!(
                 "skylift-proxy: connection limit of {max} reached; reconnect to another replica"
             );

@@ -9,6 +9,7 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::balance::Balancer;
 use crate::grpc::Body;
+use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::upstreams::UpstreamSet;
 
@@ -40,6 +41,22 @@ pub struct Shared {
     pub limits: Limits,
     /// Open client connections (the number reported to OAP and limited).
     pub connections: AtomicUsize,
+    pub metrics: Metrics,
+    /// Meter data keeps to one upstream per service instance (else it is balanced).
+    pub fixed_meter_routing: bool,
+    /// With `--routing hash`: the request header whose value picks the upstream.
+    pub hash_header: Option<http::HeaderName>,
 }
 
 pub type State = Arc<Shared>;
+
+impl Shared {
+    /// The hash key a request carries, with `--routing hash`.
+    pub fn hash_key(&self, headers: &http::HeaderMap) -> Option<String> {
+        let name = self.hash_header.as_ref()?;
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    }
+}

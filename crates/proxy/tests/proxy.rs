@@ -57,6 +57,9 @@ async fn proxy(upstreams: &[&Sink], max_connections: Option<usize>) -> Proxy {
             max_message_bytes: 64 * 1024,
         },
         connections: AtomicUsize::new(0),
+        metrics: Default::default(),
+        fixed_meter_routing: true,
+        hash_header: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();

@@ -1,0 +1,78 @@
+//! The admin server: `/metrics`, `/healthz`, `/readyz` (ready while at least one upstream
+//! is known and not ejected).
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::State as AxumState;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::state::State;
+
+pub fn router(state: State) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+fn upstream_health(state: &State) -> Vec<(String, bool)> {
+    let now = Instant::now();
+    state
+        .upstreams
+        .snapshot()
+        .iter()
+        .map(|u| {
+            (
+                u.address.clone(),
+                !state.balancer.is_ejected(&u.address, now),
+            )
+        })
+        .collect()
+}
+
+async fn metrics(AxumState(state): AxumState<State>) -> impl IntoResponse {
+    let m = &state.metrics;
+    m.connections
+        .set(i64::try_from(state.connections.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+    let sizes: Vec<usize> = (0..state.queue.partitions())
+        .map(|p| state.queue.pending(p))
+        .collect();
+    m.set_queue(&sizes, state.queue.config().capacity);
+    m.set_upstreams(&upstream_health(&state));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
+}
+
+async fn readyz(AxumState(state): AxumState<State>) -> impl IntoResponse {
+    let health = upstream_health(&state);
+    if health.iter().any(|(_, up)| *up) {
+        (
+            StatusCode::OK,
+            format!(
+                "ready: {} of {} upstreams up",
+                health.iter().filter(|(_, up)| *up).count(),
+                health.len()
+            ),
+        )
+    } else if health.is_empty() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no upstream is known yet".to_string(),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "every upstream is failing".to_string(),
+        )
+    }
+}

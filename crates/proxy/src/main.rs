@@ -1,0 +1,317 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use skylift_proxy::balance::Policy;
+use skylift_proxy::queue::{Overflow, QueueConfig};
+use skylift_proxy::run::{Config, UpstreamSource, run};
+use skylift_proxy::state::Limits;
+use skylift_proxy::telemetry::TelemetryConfig;
+
+/// Balances every SkyWalking message (and any gRPC call) across all upstreams.
+#[derive(Parser, Debug)]
+#[command(name = "skylift-proxy", version)]
+struct Args {
+    /// Client-facing gRPC address (cleartext HTTP/2).
+    #[arg(long, env = "SKYLIFT_PROXY_LISTEN", default_value = "0.0.0.0:11800")]
+    listen: SocketAddr,
+    /// Admin address: /metrics, /healthz, /readyz.
+    #[arg(
+        long,
+        env = "SKYLIFT_PROXY_ADMIN_LISTEN",
+        default_value = "0.0.0.0:1234"
+    )]
+    admin_listen: SocketAddr,
+    /// An upstream HOST:PORT (repeatable).
+    #[arg(
+        long = "upstream",
+        env = "SKYLIFT_PROXY_UPSTREAM",
+        value_delimiter = ','
+    )]
+    upstreams: Vec<String>,
+    /// A file in the operator's endpoints.json format, followed for changes.
+    #[arg(long, env = "SKYLIFT_PROXY_UPSTREAMS_FILE")]
+    upstreams_file: Option<PathBuf>,
+    /// The operator's upstreams ConfigMap, NAMESPACE/NAME (key endpoints.json).
+    #[arg(long, env = "SKYLIFT_PROXY_UPSTREAMS_CONFIGMAP")]
+    upstreams_configmap: Option<String>,
+    /// Client connections accepted at once; more are sent away with a GOAWAY.
+    #[arg(long, env = "SKYLIFT_PROXY_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Largest gRPC message accepted.
+    #[arg(long, env = "SKYLIFT_PROXY_MAX_MESSAGE_BYTES", default_value_t = 4 << 20)]
+    max_message_bytes: usize,
+    /// Queue partitions (parallel senders). Default: one per core.
+    #[arg(long, env = "SKYLIFT_PROXY_QUEUE_PARTITIONS")]
+    queue_partitions: Option<usize>,
+    /// Messages one partition holds.
+    #[arg(long, env = "SKYLIFT_PROXY_QUEUE_CAPACITY", default_value_t = 5000)]
+    queue_capacity: usize,
+    /// Bytes one partition holds.
+    #[arg(long, env = "SKYLIFT_PROXY_QUEUE_MAX_BYTES", default_value_t = 64 << 20)]
+    queue_max_bytes: usize,
+    /// Messages sent upstream in one stream.
+    #[arg(long, env = "SKYLIFT_PROXY_BATCH_SIZE", default_value_t = 200)]
+    batch_size: usize,
+    /// Longest a message waits for its batch (e.g. 500ms, 1s).
+    #[arg(long, env = "SKYLIFT_PROXY_FLUSH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    flush_interval: Duration,
+    /// What a full partition does: reject (client told RESOURCE_EXHAUSTED) or drop.
+    #[arg(long, env = "SKYLIFT_PROXY_OVERFLOW", value_enum, default_value_t = OverflowArg::Reject)]
+    overflow: OverflowArg,
+    /// Balancing of messages without a routing key.
+    #[arg(long, env = "SKYLIFT_PROXY_ROUTING", value_enum, default_value_t = RoutingArg::RoundRobin)]
+    routing: RoutingArg,
+    /// Request header hashed to pick the upstream, with --routing hash.
+    #[arg(long, env = "SKYLIFT_PROXY_HASH_HEADER")]
+    hash_header: Option<String>,
+    /// Meter data: fixed (one upstream per service instance) or round-robin.
+    #[arg(long, env = "SKYLIFT_PROXY_METER_ROUTING", value_enum, default_value_t = MeterRoutingArg::Fixed)]
+    meter_routing: MeterRoutingArg,
+    /// Service name the proxy reports its telemetry as (OAP shows satellite::<service>).
+    #[arg(long, env = "SKYLIFT_PROXY_TELEMETRY_SERVICE")]
+    telemetry_service: Option<String>,
+    /// Instance name in the telemetry. Default: the host name.
+    #[arg(long, env = "SKYLIFT_PROXY_TELEMETRY_INSTANCE")]
+    telemetry_instance: Option<String>,
+    /// How often telemetry is reported.
+    #[arg(long, env = "SKYLIFT_PROXY_TELEMETRY_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    telemetry_interval: Duration,
+    /// OAP address for telemetry. Default: through the upstreams.
+    #[arg(long, env = "SKYLIFT_PROXY_TELEMETRY_UPSTREAM")]
+    telemetry_upstream: Option<String>,
+    /// Longest a shutdown waits for the queues to drain.
+    #[arg(long, env = "SKYLIFT_PROXY_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// Log format.
+    #[arg(long, env = "SKYLIFT_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum OverflowArg {
+    Reject,
+    Drop,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum RoutingArg {
+    RoundRobin,
+    WeightedRoundRobin,
+    Hash,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum MeterRoutingArg {
+    Fixed,
+    RoundRobin,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `500ms`, `1s`, `2m`, or combinations such as `1m30s`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let mut total = Duration::ZERO;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("{text:?}: expected a number, e.g. 500ms or 1s"))?;
+        rest = &rest[digits..];
+        let unit = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        total += match &rest[..unit] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            other => return Err(format!("{text:?}: unknown unit {other:?} (ms, s or m)")),
+        };
+        rest = &rest[unit..];
+    }
+    Ok(total)
+}
+
+fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
+    let upstreams = match (
+        args.upstreams.is_empty(),
+        &args.upstreams_file,
+        &args.upstreams_configmap,
+    ) {
+        (false, None, None) => UpstreamSource::Static(args.upstreams),
+        (true, Some(path), None) => UpstreamSource::File(path.clone()),
+        (true, None, Some(reference)) => {
+            let (namespace, name) = reference
+                .split_once('/')
+                .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
+                .context("--upstreams-configmap must be NAMESPACE/NAME")?;
+            UpstreamSource::ConfigMap {
+                namespace: namespace.into(),
+                name: name.into(),
+            }
+        }
+        _ => bail!(
+            "give exactly one upstream source: --upstream, --upstreams-file or --upstreams-configmap"
+        ),
+    };
+    let policy = match args.routing {
+        RoutingArg::RoundRobin | RoutingArg::Hash => Policy::RoundRobin,
+        RoutingArg::WeightedRoundRobin => Policy::WeightedRoundRobin,
+    };
+    let hash_header = match (args.routing, args.hash_header) {
+        (RoutingArg::Hash, Some(header)) => {
+            Some(http::HeaderName::try_from(header.as_str()).context("--hash-header")?)
+        }
+        (RoutingArg::Hash, None) => bail!("--routing hash needs --hash-header"),
+        (_, _) => None,
+    };
+    let partitions = args
+        .queue_partitions
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if args.batch_size == 0 || args.queue_capacity == 0 || partitions == 0 {
+        bail!("--batch-size, --queue-capacity and --queue-partitions must be at least 1");
+    }
+    let telemetry = args.telemetry_service.map(|service| TelemetryConfig {
+        service,
+        instance: args
+            .telemetry_instance
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "skylift-proxy".into()),
+        interval: args.telemetry_interval,
+        upstream: args.telemetry_upstream,
+    });
+    Ok((
+        Config {
+            listen: args.listen,
+            admin_listen: args.admin_listen,
+            upstreams,
+            limits: Limits {
+                max_connections: args.max_connections,
+                max_message_bytes: args.max_message_bytes,
+            },
+            queue: QueueConfig {
+                partitions,
+                capacity: args.queue_capacity,
+                max_bytes: args.queue_max_bytes,
+                batch_size: args.batch_size,
+                flush_interval: args.flush_interval,
+                overflow: match args.overflow {
+                    OverflowArg::Reject => Overflow::Reject,
+                    OverflowArg::Drop => Overflow::Drop,
+                },
+            },
+            policy,
+            fixed_meter_routing: matches!(args.meter_routing, MeterRoutingArg::Fixed),
+            hash_header,
+            sticky_keys: 5000,
+            sticky_ttl: Duration::from_secs(180),
+            drain_timeout: args.drain_timeout,
+            telemetry,
+        },
+        args.log_format,
+    ))
+}
+
+fn main() -> anyhow::Result<()> {
+    let (config, log_format) = config(Args::parse())?;
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing the SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        run(config, shutdown).await.context("skylift-proxy")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_kubernetes_users_write_them() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5h").is_err());
+    }
+
+    #[test]
+    fn the_operators_arguments_are_accepted() {
+        let args = Args::try_parse_from([
+            "skylift-proxy",
+            "--listen=0.0.0.0:11800",
+            "--admin-listen=0.0.0.0:1234",
+            "--upstreams-configmap=observability/ingest-upstreams",
+            "--max-connections=11",
+            "--queue-partitions=4",
+            "--queue-capacity=5000",
+            "--batch-size=200",
+            "--flush-interval=500ms",
+            "--overflow=reject",
+            "--routing=weighted-round-robin",
+            "--meter-routing=fixed",
+            "--telemetry-service=obs-ingest",
+            "--telemetry-instance=ingest-satellite-7c9f-x2",
+            "--log-format=json",
+        ])
+        .unwrap();
+        let (config, _) = config(args).unwrap();
+        assert!(
+            matches!(config.upstreams, UpstreamSource::ConfigMap { ref namespace, ref name } if namespace == "observability" && name == "ingest-upstreams")
+        );
+        assert_eq!(config.limits.max_connections, Some(11));
+        assert_eq!(config.policy, Policy::WeightedRoundRobin);
+        assert_eq!(config.telemetry.unwrap().service, "obs-ingest");
+    }
+
+    #[test]
+    fn contradictory_upstream_sources_and_hash_without_header_are_refused() {
+        let both =
+            Args::try_parse_from(["skylift-proxy", "--upstream=a:1", "--upstreams-file=/tmp/x"])
+                .unwrap();
+        assert!(
+            config(both)
+                .unwrap_err()
+                .to_string()
+                .contains("exactly one upstream source")
+        );
+        let hash =
+            Args::try_parse_from(["skylift-proxy", "--upstream=a:1", "--routing=hash"]).unwrap();
+        assert!(
+            config(hash)
+                .unwrap_err()
+                .to_string()
+                .contains("--hash-header")
+        );
+    }
+}

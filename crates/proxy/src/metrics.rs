@@ -1,0 +1,185 @@
+//! Prometheus metrics of the proxy: connections, what was received / forwarded / dropped
+//! per protocol and reason, queue fill, upstream health and send latency.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::queue::DropReason;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabels {
+    protocol: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    protocol: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabels {
+    partition: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+}
+
+/// Every metric the proxy exports.
+pub struct Metrics {
+    registry: Registry,
+    pub connections: Gauge,
+    refused: Counter,
+    received: Family<ProtocolLabels, Counter>,
+    forwarded: Family<ProtocolLabels, Counter>,
+    dropped: Family<DropLabels, Counter>,
+    queue_size: Family<PartitionLabels, Gauge>,
+    queue_capacity: Gauge,
+    upstream_up: Family<UpstreamLabels, Gauge>,
+    send_seconds: Family<UpstreamLabels, Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("skylift_proxy");
+        let metrics = Metrics {
+            connections: Gauge::default(),
+            refused: Counter::default(),
+            received: Family::default(),
+            forwarded: Family::default(),
+            dropped: Family::default(),
+            queue_size: Family::default(),
+            queue_capacity: Gauge::default(),
+            upstream_up: Family::default(),
+            send_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+            }),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections",
+            "Open client connections",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections refused over --max-connections",
+            metrics.refused.clone(),
+        );
+        registry.register(
+            "received",
+            "Report messages received, per protocol",
+            metrics.received.clone(),
+        );
+        registry.register(
+            "forwarded",
+            "Report messages acknowledged by an upstream, per protocol",
+            metrics.forwarded.clone(),
+        );
+        registry.register(
+            "dropped",
+            "Report messages not forwarded, per protocol and reason",
+            metrics.dropped.clone(),
+        );
+        registry.register(
+            "queue_size",
+            "Messages queued or in flight, per partition",
+            metrics.queue_size.clone(),
+        );
+        registry.register(
+            "queue_capacity",
+            "Messages each partition holds",
+            metrics.queue_capacity.clone(),
+        );
+        registry.register(
+            "upstream_up",
+            "1 while an upstream is not ejected",
+            metrics.upstream_up.clone(),
+        );
+        registry.register(
+            "upstream_send_seconds",
+            "Time to send one batch stream, per upstream",
+            metrics.send_seconds.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+}
+
+impl Metrics {
+    pub fn received(&self, protocol: &str) {
+        self.received
+            .get_or_create(&ProtocolLabels {
+                protocol: protocol.into(),
+            })
+            .inc();
+    }
+
+    pub fn forwarded(&self, protocol: &str, n: u64) {
+        self.forwarded
+            .get_or_create(&ProtocolLabels {
+                protocol: protocol.into(),
+            })
+            .inc_by(n);
+    }
+
+    pub fn dropped(&self, protocol: &str, reason: DropReason, n: u64) {
+        self.dropped
+            .get_or_create(&DropLabels {
+                protocol: protocol.into(),
+                reason: reason.as_str().into(),
+            })
+            .inc_by(n);
+    }
+
+    pub fn refused(&self) {
+        self.refused.inc();
+    }
+
+    pub fn sent(&self, upstream: &str, seconds: f64) {
+        self.send_seconds
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.into(),
+            })
+            .observe(seconds);
+    }
+
+    /// Sets the gauges read at scrape time.
+    pub fn set_queue(&self, sizes: &[usize], capacity: usize) {
+        for (partition, size) in sizes.iter().enumerate() {
+            self.queue_size
+                .get_or_create(&PartitionLabels {
+                    partition: partition.to_string(),
+                })
+                .set(i64::try_from(*size).unwrap_or(i64::MAX));
+        }
+        self.queue_capacity
+            .set(i64::try_from(capacity).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_upstreams(&self, upstreams: &[(String, bool)]) {
+        self.upstream_up.clear();
+        for (address, up) in upstreams {
+            self.upstream_up
+                .get_or_create(&UpstreamLabels {
+                    upstream: address.clone(),
+                })
+                .set(i64::from(*up));
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

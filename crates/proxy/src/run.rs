@@ -1,0 +1,163 @@
+//! Running the proxy: wiring the queue, upstream sources, server, senders and admin server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use crate::balance::{Balancer, Policy};
+use crate::queue::{Queue, QueueConfig};
+use crate::route::{StickyKeys, Upstream};
+use crate::state::{Limits, Shared, State, upstream_client};
+use crate::upstreams::{UpstreamSet, UpstreamsError, follow_file, parse_address};
+use crate::{admin, configmap, send, server};
+
+/// Where the upstream list comes from.
+#[derive(Clone, Debug)]
+pub enum UpstreamSource {
+    Static(Vec<String>),
+    File(PathBuf),
+    ConfigMap { namespace: String, name: String },
+}
+
+/// Everything the proxy runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub upstreams: UpstreamSource,
+    pub limits: Limits,
+    pub queue: QueueConfig,
+    pub policy: Policy,
+    /// Fixed routing of meter data by service and instance.
+    pub fixed_meter_routing: bool,
+    /// With hash routing: the request header hashed to pick the upstream.
+    pub hash_header: Option<http::HeaderName>,
+    pub sticky_keys: usize,
+    pub sticky_ttl: Duration,
+    /// How long a shutdown waits for the queues to drain.
+    pub drain_timeout: Duration,
+    /// Self-telemetry to OAP, when a service name is given.
+    pub telemetry: Option<crate::telemetry::TelemetryConfig>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Upstreams(#[from] UpstreamsError),
+    #[error("listening on {address}: {source}")]
+    Listen {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connecting to the Kubernetes API for the upstreams ConfigMap: {0}")]
+    Kubernetes(#[from] kube::Error),
+}
+
+/// Builds the shared state from the configuration.
+pub fn state(config: &Config) -> Result<State, RunError> {
+    let initial = match &config.upstreams {
+        UpstreamSource::Static(addresses) => addresses
+            .iter()
+            .map(|a| parse_address(a).map(|address| Upstream { address, weight: 1 }))
+            .collect::<Result<Vec<_>, _>>()?,
+        UpstreamSource::File(path) => crate::upstreams::read_file(path)?,
+        UpstreamSource::ConfigMap { .. } => Vec::new(),
+    };
+    Ok(Arc::new(Shared {
+        queue: Queue::new(config.queue.clone()),
+        upstreams: UpstreamSet::new(initial),
+        balancer: Balancer::new(
+            config.policy,
+            StickyKeys::new(config.sticky_keys, config.sticky_ttl),
+        ),
+        client: upstream_client(),
+        limits: config.limits.clone(),
+        connections: AtomicUsize::new(0),
+        metrics: Default::default(),
+        fixed_meter_routing: config.fixed_meter_routing,
+        hash_header: config.hash_header.clone(),
+    }))
+}
+
+/// Runs until `shutdown` resolves, then stops accepting, lets the queues drain for at most
+/// `drain_timeout`, and returns.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), RunError> {
+    let state = state(&config)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| RunError::Listen {
+            address: config.listen,
+            source,
+        })?;
+    let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|source| RunError::Listen {
+            address: config.admin_listen,
+            source,
+        })?;
+    tracing::info!(listen = %config.listen, admin = %config.admin_listen, upstreams = ?config.upstreams, "skylift-proxy listening");
+
+    let mut background = Vec::new();
+    match &config.upstreams {
+        UpstreamSource::Static(_) => {}
+        UpstreamSource::File(path) => background.push(tokio::spawn(follow_file(
+            state.upstreams.clone(),
+            path.clone(),
+            Duration::from_millis(250),
+            |err| tracing::warn!(error = %err, "upstreams file unusable; keeping the last good list"),
+        ))),
+        UpstreamSource::ConfigMap { namespace, name } => {
+            let client = kube::Client::try_default().await?;
+            background.push(tokio::spawn(configmap::follow(client, namespace.clone(), name.clone(), state.upstreams.clone())));
+        }
+    }
+    if let Some(telemetry) = config.telemetry.clone() {
+        background.push(tokio::spawn(crate::telemetry::report(
+            state.clone(),
+            telemetry,
+        )));
+    }
+    let admin = admin::router(state.clone());
+    background.push(tokio::spawn(async move {
+        if let Err(err) = axum::serve(admin_listener, admin).await {
+            tracing::error!(error = %err, "admin server stopped");
+        }
+    }));
+
+    let (close, closed) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(server::serve(listener, state.clone(), closed.clone()));
+    let senders: Vec<_> = (0..state.queue.partitions())
+        .map(|p| tokio::spawn(send::run_partition(state.clone(), p, closed.clone())))
+        .collect();
+
+    shutdown.await;
+    tracing::info!("shutting down: no new connections; draining the queues");
+    let _ = close.send(true);
+    let _ = server.await;
+    let drained =
+        tokio::time::timeout(config.drain_timeout, futures::future::join_all(senders)).await;
+    let totals = state.queue.totals();
+    if drained.is_err() {
+        tracing::warn!(
+            pending = totals.pending,
+            "drain timeout reached with messages still queued"
+        );
+    }
+    tracing::info!(
+        received = totals.received,
+        forwarded = totals.forwarded,
+        dropped = totals.dropped_total(),
+        pending = totals.pending,
+        "stopped"
+    );
+    for task in background {
+        task.abort();
+    }
+    Ok(())
+}

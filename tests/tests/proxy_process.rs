@@ -1,0 +1,157 @@
+//! skylift-proxy as a process: upstreams from a followed file, telemetry to OAP, admin
+//! endpoints, and a SIGTERM that flushes what was acknowledged before exiting.
+
+use std::process::Command;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use skylift_e2e::{Process, Scratch, binary, free_port, wait_for};
+use skylift_testkit::http;
+use skylift_testkit::sink::Sink;
+
+const SEGMENTS: &str = "/skywalking.v3.TraceSegmentReportService/collect";
+const METERS: &str = "/skywalking.v3.MeterReportService/collectBatch";
+
+fn framed(messages: &[&[u8]]) -> Bytes {
+    let mut out = BytesMut::new();
+    for m in messages {
+        out.extend_from_slice(&[0]);
+        out.extend_from_slice(&(m.len() as u32).to_be_bytes());
+        out.extend_from_slice(m);
+    }
+    out.freeze()
+}
+
+async fn report(port: u16, messages: &[&[u8]]) -> Option<String> {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let request = hyper::Request::post(format!("http://127.0.0.1:{port}{SEGMENTS}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(framed(messages)))
+        .unwrap();
+    let response = client.request(request).await.ok()?;
+    let collected = response.into_body().collect().await.ok()?;
+    collected
+        .trailers()?
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap().to_string())
+}
+
+fn endpoints(addresses: &[String]) -> String {
+    let list: Vec<String> = addresses
+        .iter()
+        .map(|a| format!(r#"{{"address":"{a}","weight":1}}"#))
+        .collect();
+    format!(r#"{{"endpoints":[{}]}}"#, list.join(","))
+}
+
+#[tokio::test]
+async fn the_proxy_follows_its_upstreams_reports_telemetry_and_drains_on_sigterm() {
+    let (a, b) = (Sink::start().await.unwrap(), Sink::start().await.unwrap());
+    let scratch = Scratch::new("proxy");
+    let file = scratch.path().join("endpoints.json");
+    std::fs::write(&file, endpoints(&[a.address()])).unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let mut command = Command::new(binary("skylift-proxy"));
+    command
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .arg(format!("--upstreams-file={}", file.display()))
+        .args(["--flush-interval", "10s", "--batch-size", "1000"])
+        .args([
+            "--telemetry-service",
+            "e2e-pool",
+            "--telemetry-instance",
+            "proxy-0",
+            "--telemetry-interval",
+            "200ms",
+        ])
+        .args(["--log-format", "json"]);
+    let mut proxy = Process::spawn("skylift-proxy", command, scratch.path());
+
+    wait_for("/readyz", Duration::from_secs(20), || async {
+        let (code, _) = http::get(&format!("http://127.0.0.1:{admin}/readyz"))
+            .await
+            .ok()?;
+        (code == 200).then_some(())
+    })
+    .await;
+
+    // The telemetry reaches OAP's gRPC port as native meters with the connection gauge.
+    wait_for(
+        "telemetry at the upstream",
+        Duration::from_secs(10),
+        || async {
+            a.messages(METERS)
+                .iter()
+                .any(|m| {
+                    m.windows(35)
+                        .any(|w| w == b"sw_stl_grpc_server_connection_count")
+                })
+                .then_some(())
+        },
+    )
+    .await;
+
+    // A second upstream appears in the file: traffic reaches it within a second.
+    std::fs::write(&file, endpoints(&[a.address(), b.address()])).unwrap();
+    wait_for(
+        "the new upstream on /metrics",
+        Duration::from_secs(2),
+        || async {
+            let (_, body) = http::get(&format!("http://127.0.0.1:{admin}/metrics"))
+                .await
+                .ok()?;
+            body.contains(&format!("upstream=\"{}\"", b.address()))
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Acknowledged but still queued (10 s flush interval) when SIGTERM arrives.
+    for i in 0..20 {
+        let message = format!("segment {i}");
+        assert_eq!(
+            report(port, &[message.as_bytes()]).await.as_deref(),
+            Some("0")
+        );
+    }
+    let (_, metrics) = http::get(&format!("http://127.0.0.1:{admin}/metrics"))
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("skylift_proxy_received_total{protocol=\"segment\"} 20"),
+        "{metrics}"
+    );
+
+    let pid = proxy.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(code) = proxy.exit_code() {
+            break code;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the proxy did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, 0, "a clean shutdown exits 0:\n{}", proxy.output());
+    let delivered = a.messages(SEGMENTS).len() + b.messages(SEGMENTS).len();
+    assert_eq!(
+        delivered, 20,
+        "nothing acknowledged is lost on a clean shutdown"
+    );
+}
