@@ -14,5 +14,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "CRD drift"
 hack/gen-crds.sh --check
 
+step "SkyWalking Python agent (a real client for the proxy tests)"
+hack/python-agent.sh
+export SKYLIFT_PYTHON_AGENT="$PWD/target/python-agent/bin/python"
+
 step "cargo test"
 cargo test --workspace --locked
