@@ -15,10 +15,11 @@ use crate::queue::{DropReason, Event, Offered};
 use crate::state::State;
 use crate::wire;
 
-pub async fn report(
+async fn read_stream(
     state: &State,
     method: &'static Method,
     request: Request<Incoming>,
+    received: &mut u64,
 ) -> http::Response<Body> {
     let path: Arc<str> = request.uri().path().into();
     let encoding: Option<Arc<str>> = request
@@ -102,7 +103,7 @@ pub async fn report(
                 key,
                 message: message.message,
             };
-            state.metrics.received(method.protocol);
+            *received += 1;
             match state.queue.offer(event) {
                 Offered::Queued => {}
                 Offered::Dropped => {
@@ -126,4 +127,17 @@ pub async fn report(
         return grpc::error(Code::Internal, &format!("skylift-proxy: {err}"));
     }
     grpc::empty_commands()
+}
+
+/// Receives one report stream; the messages received are counted once per stream (a
+/// metrics lookup per message would cost more than the rest of handling it).
+pub async fn report(
+    state: &State,
+    method: &'static Method,
+    request: Request<Incoming>,
+) -> http::Response<Body> {
+    let mut received = 0;
+    let response = read_stream(state, method, request, &mut received).await;
+    state.metrics.received_many(method.protocol, received);
+    response
 }

@@ -116,12 +116,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn received(&self, protocol: &str) {
-        self.received
-            .get_or_create(&ProtocolLabels {
-                protocol: protocol.into(),
-            })
-            .inc();
+    pub fn received_many(&self, protocol: &str, n: u64) {
+        if n > 0 {
+            self.received
+                .get_or_create(&ProtocolLabels {
+                    protocol: protocol.into(),
+                })
+                .inc_by(n);
+        }
     }
 
     pub fn forwarded(&self, protocol: &str, n: u64) {

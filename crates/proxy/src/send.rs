@@ -4,8 +4,6 @@
 //! back to the front of its partition, so nothing acknowledged is lost while an upstream is
 //! up.
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -39,31 +37,26 @@ pub async fn run_partition(
     }
 }
 
-/// What events must share to go in one upstream stream: the method, the encoding and the
-/// routing key.
-type GroupKey = (Arc<str>, Option<Arc<str>>, Option<Arc<str>>);
+/// Whether two events can go in the same upstream stream: same method, encoding and
+/// routing key. Consecutive events nearly always share the method, so comparing with the
+/// groups found so far (a handful) is cheaper than hashing every event's path.
+fn same_stream(a: &Event, b: &Event) -> bool {
+    a.path == b.path && a.encoding == b.encoding && a.key == b.key
+}
 
 /// Sends a batch; false when some of it had to be put back.
 async fn send_batch(state: &State, batch: Batch) -> bool {
     let partition = batch.partition;
-    let mut groups: HashMap<GroupKey, Vec<Event>> = HashMap::new();
-    let mut order = Vec::new();
+    let mut groups: Vec<Vec<Event>> = Vec::new();
     for event in batch.events {
-        let group = (
-            event.path.clone(),
-            event.encoding.clone(),
-            event.key.clone(),
-        );
-        if !groups.contains_key(&group) {
-            order.push(group.clone());
+        match groups.iter_mut().rev().find(|g| same_stream(&g[0], &event)) {
+            Some(group) => group.push(event),
+            None => groups.push(vec![event]),
         }
-        groups.entry(group).or_default().push(event);
     }
     let mut all_sent = true;
-    for group in order {
-        let events = groups.remove(&group).unwrap_or_default();
-        let sub = Batch { partition, events };
-        all_sent &= send_group(state, sub).await;
+    for events in groups {
+        all_sent &= send_group(state, Batch { partition, events }).await;
     }
     all_sent
 }

@@ -39,6 +39,9 @@ pub fn split_messages(mut body: &[u8]) -> Result<Vec<Bytes>, String> {
 struct Recorded {
     by_path: BTreeMap<String, Vec<Bytes>>,
     streams: u64,
+    /// Messages counted but not kept (see [`Sink::start_counting`]).
+    counted: u64,
+    keep: bool,
 }
 
 /// A running sink.
@@ -79,10 +82,24 @@ fn answer(messages: Vec<Bytes>, trailers: http::HeaderMap) -> Response<Body> {
 }
 
 impl Sink {
+    /// A sink on a free loopback port that keeps every message.
     pub async fn start() -> std::io::Result<Sink> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on("127.0.0.1:0".parse().expect("a valid address"), true).await
+    }
+
+    /// A sink that only counts messages (for load tests, where keeping them would measure
+    /// the sink's memory instead of the proxy).
+    pub async fn start_counting(address: SocketAddr) -> std::io::Result<Sink> {
+        Self::start_on(address, false).await
+    }
+
+    async fn start_on(address: SocketAddr, keep: bool) -> std::io::Result<Sink> {
+        let listener = tokio::net::TcpListener::bind(address).await?;
         let address = listener.local_addr()?;
-        let recorded: Arc<Mutex<Recorded>> = Arc::default();
+        let recorded: Arc<Mutex<Recorded>> = Arc::new(Mutex::new(Recorded {
+            keep,
+            ..Recorded::default()
+        }));
         let failing = Arc::new(AtomicBool::new(false));
         let (rec, fail) = (recorded.clone(), failing.clone());
         let task = tokio::spawn(async move {
@@ -140,11 +157,14 @@ impl Sink {
         {
             let mut recorded = recorded.lock().expect("sink lock is never poisoned");
             recorded.streams += 1;
-            recorded
-                .by_path
-                .entry(path.clone())
-                .or_default()
-                .extend(messages.iter().cloned());
+            recorded.counted += messages.len() as u64;
+            if recorded.keep {
+                recorded
+                    .by_path
+                    .entry(path.clone())
+                    .or_default()
+                    .extend(messages.iter().cloned());
+            }
         }
         let mut trailers = http::HeaderMap::new();
         if is_report {
@@ -173,15 +193,12 @@ impl Sink {
             .unwrap_or_default()
     }
 
-    /// Messages received on every path.
-    pub fn total(&self) -> usize {
+    /// Messages received on every path (counted, whether kept or not).
+    pub fn total(&self) -> u64 {
         self.recorded
             .lock()
             .expect("sink lock is never poisoned")
-            .by_path
-            .values()
-            .map(Vec::len)
-            .sum()
+            .counted
     }
 
     /// Client streams (calls) received.

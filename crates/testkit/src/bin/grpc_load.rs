@@ -1,0 +1,185 @@
+//! A gRPC load generator for the proxy benchmark: N client connections (each its own
+//! HTTP/2 connection), each sending back-to-back calls for a fixed time, either client
+//! streams of SkyWalking segments or unary reports. Prints one JSON object: calls,
+//! messages, wall time and latency percentiles.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use clap::{Parser, ValueEnum};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Mode {
+    /// `TraceSegmentReportService/collect` client streams of `--messages` segments.
+    Segments,
+    /// Unary `JVMMetricReportService/collect` calls.
+    Unary,
+    /// Open `--connections` HTTP/2 connections and hold them idle for `--seconds`.
+    Idle,
+}
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long)]
+    target: SocketAddr,
+    #[arg(long, value_enum)]
+    mode: Mode,
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Calls in flight per connection.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 100)]
+    messages: usize,
+    #[arg(long, default_value_t = 1024)]
+    message_bytes: usize,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+}
+
+fn body(messages: usize, size: usize) -> Bytes {
+    let mut out = BytesMut::new();
+    // A segment-shaped message: traceId (1), segmentId (2), service (4), instance (5), padding.
+    let mut message = Vec::with_capacity(size);
+    for (field, value) in [
+        (1u8, "trace-0001"),
+        (2, "segment-0001"),
+        (4, "bench-service"),
+        (5, "bench-1"),
+    ] {
+        message.push(field << 3 | 2);
+        message.push(value.len() as u8);
+        message.extend_from_slice(value.as_bytes());
+    }
+    while message.len() < size {
+        let chunk = (size - message.len()).saturating_sub(3).min(120);
+        message.push(3 << 3 | 2); // spans
+        message.push(chunk as u8);
+        message.extend(std::iter::repeat_n(b'x', chunk));
+    }
+    for _ in 0..messages {
+        out.extend_from_slice(&[0]);
+        out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        out.extend_from_slice(&message);
+    }
+    out.freeze()
+}
+
+/// Opens idle HTTP/2 connections (handshake done, no calls) and holds them.
+async fn hold_idle(args: &Args) -> anyhow::Result<()> {
+    let mut held = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections {
+        let stream = tokio::net::TcpStream::connect(args.target).await?;
+        let (sender, connection) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+            TokioExecutor::new(),
+            TokioIo::new(stream),
+        )
+        .await?;
+        held.push((sender, tokio::spawn(connection)));
+    }
+    println!(
+        "{}",
+        serde_json::json!({"mode": "idle", "connections": held.len()})
+    );
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    Ok(())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index].as_secs_f64() * 1000.0
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let (path, per_call) = match args.mode {
+        Mode::Segments => (
+            "/skywalking.v3.TraceSegmentReportService/collect",
+            args.messages,
+        ),
+        Mode::Unary => ("/skywalking.v3.JVMMetricReportService/collect", 1),
+        Mode::Idle => return hold_idle(&args).await,
+    };
+    let payload = body(per_call, args.message_bytes);
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.connections {
+        let stream = tokio::net::TcpStream::connect(args.target).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+            TokioExecutor::new(),
+            TokioIo::new(stream),
+        )
+        .await?;
+        tokio::spawn(connection);
+        for _ in 0..args.concurrency {
+            let mut sender = sender.clone();
+            let (payload, target) = (payload.clone(), args.target);
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut failures = 0u64;
+                while Instant::now() < deadline {
+                    let request = hyper::Request::post(format!("http://{target}{path}"))
+                        .header("content-type", "application/grpc")
+                        .header("te", "trailers")
+                        .body(Full::new(payload.clone()))
+                        .expect("a valid request");
+                    let sent = Instant::now();
+                    if sender.ready().await.is_err() {
+                        failures += 1;
+                        break;
+                    }
+                    let ok = match sender.send_request(request).await {
+                        Ok(response) => match response.into_body().collect().await {
+                            Ok(body) => body
+                                .trailers()
+                                .and_then(|t| t.get("grpc-status"))
+                                .is_some_and(|s| s == "0"),
+                            Err(_) => false,
+                        },
+                        Err(_) => false,
+                    };
+                    if ok {
+                        latencies.push(sent.elapsed());
+                    } else {
+                        failures += 1;
+                    }
+                }
+                (latencies, failures)
+            }));
+        }
+    }
+    let mut latencies = Vec::new();
+    let mut failures = 0;
+    for task in tasks {
+        let (l, f) = task.await?;
+        latencies.extend(l);
+        failures += f;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let calls = latencies.len();
+    println!(
+        "{}",
+        serde_json::json!({
+            "mode": format!("{:?}", args.mode).to_lowercase(),
+            "connections": args.connections,
+            "calls": calls,
+            "failed_calls": failures,
+            "messages": calls * per_call,
+            "seconds": elapsed,
+            "messages_per_second": (calls * per_call) as f64 / elapsed,
+            "p50_ms": percentile(&latencies, 0.50),
+            "p99_ms": percentile(&latencies, 0.99),
+        })
+    );
+    Ok(())
+}

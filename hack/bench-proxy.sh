@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Proxy benchmark: skylift-proxy beside Debian's nginx (grpc_pass, per-request balancing)
+# over the same two counting sinks, in one run. The proxy under test is pinned to CPU 0,
+# the load generator and the sinks to CPU 1. On two cores the load generator can be the
+# bottleneck, so the figure to compare is messages per CPU-second of the proxy process
+# (utime + stime from /proc), printed beside wall-clock messages/s and p99.
+#
+#   hack/bench-proxy.sh                 # 10 s per run, 16 connections
+#   SECONDS_PER_RUN=5 hack/bench-proxy.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUN=${SECONDS_PER_RUN:-10}
+CONNECTIONS=${CONNECTIONS:-16}
+IDLE=${IDLE_CONNECTIONS:-10000}
+BASE=${PORT:-19400}
+
+if ! command -v nginx >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+fi
+cargo build --release --locked -p skylift-proxy -p skylift-testkit
+bin=target/release
+# Room for the idle connections: the soft descriptor limit up to the hard one.
+ulimit -n "$(ulimit -Hn)"
+if (( $(ulimit -n) < IDLE + 1000 )); then
+  echo "open-file limit $(ulimit -n) is below $IDLE idle connections; measuring $(( $(ulimit -n) - 1000 ))" >&2
+  IDLE=$(( $(ulimit -n) - 1000 ))
+fi
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  [[ -f "$work/nginx.pid" ]] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+sink_a=$BASE; sink_b=$((BASE + 2)); skylift=$((BASE + 10)); admin=$((BASE + 11)); nginx_port=$((BASE + 20))
+taskset -c 1 "$bin/skylift-grpc-sink" --listen "127.0.0.1:$sink_a" & pids+=($!)
+taskset -c 1 "$bin/skylift-grpc-sink" --listen "127.0.0.1:$sink_b" & pids+=($!)
+
+taskset -c 0 "$bin/skylift-proxy" --listen "127.0.0.1:$skylift" --admin-listen "127.0.0.1:$admin" \
+  --upstream "127.0.0.1:$sink_a,127.0.0.1:$sink_b" --queue-partitions 2 --queue-capacity 100000 \
+  --batch-size 500 --flush-interval 100ms >"$work/skylift.log" 2>&1 &
+skylift_pid=$!; pids+=("$skylift_pid")
+
+cat >"$work/nginx.conf" <<NGINX
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 30000; }
+http {
+  access_log off;
+  client_body_temp_path $work;
+  upstream sinks { server 127.0.0.1:$sink_a; server 127.0.0.1:$sink_b; keepalive 64; }
+  server {
+    listen 127.0.0.1:$nginx_port http2;
+    location / { grpc_pass grpc://sinks; }
+  }
+}
+NGINX
+taskset -c 0 nginx -c "$work/nginx.conf" -p "$work" -e "$work/nginx-error.log" 2>/dev/null
+for _ in $(seq 50); do [[ -s "$work/nginx.pid" ]] && break; sleep 0.1; done
+sleep 1
+
+cpu_of() { # utime + stime in seconds, summed over the given pids
+  local total=0
+  for pid in "$@"; do
+    read -r ut st < <(awk '{print $14, $15}' "/proc/$pid/stat")
+    total=$((total + ut + st))
+  done
+  python3 -c "print($total / $(getconf CLK_TCK))"
+}
+nginx_pids() { pgrep -P "$(cat "$work/nginx.pid")" | tr '\n' ' '; cat "$work/nginx.pid"; }
+
+results="$work/results.txt"
+for mode in segments unary; do
+  for target in skylift nginx; do
+    if [[ $target == skylift ]]; then port=$skylift; procs=$skylift_pid; else port=$nginx_port; procs=$(nginx_pids); fi
+    before=$(cpu_of $procs)
+    out=$(taskset -c 1 "$bin/skylift-grpc-load" --target "127.0.0.1:$port" --mode "$mode" \
+      --connections "$CONNECTIONS" --seconds "$RUN")
+    sleep 0.5 # let the proxy flush what it acknowledged
+    after=$(cpu_of $procs)
+    echo "$mode $target $(python3 -c "print($after - $before)") $out" >>"$results"
+  done
+done
+
+# Memory with idle client connections.
+taskset -c 1 "$bin/skylift-grpc-load" --target "127.0.0.1:$skylift" --mode idle \
+  --connections "$IDLE" --seconds 30 >"$work/idle.json" &
+idle_loader=$!; pids+=("$idle_loader")
+for _ in $(seq 300); do [[ -s "$work/idle.json" ]] && break; sleep 0.1; done
+sleep 1
+idle_rss_kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$skylift_pid/status")
+idle_open=$(curl -s "http://127.0.0.1:$admin/metrics" | awk '/^skylift_proxy_connections / {print $2}')
+kill "$idle_loader" 2>/dev/null || true
+
+python3 - "$results" "$idle_rss_kb" "$idle_open" "$IDLE" <<'PY'
+import json, sys
+rows = {}
+for line in open(sys.argv[1]):
+    mode, target, cpu, data = line.split(" ", 3)
+    rows[(mode, target)] = (float(cpu), json.loads(data))
+print(f"{'mode':9} {'proxy':8} {'msgs/s':>10} {'p99 ms':>8} {'proxy CPU s':>12} {'msgs/CPU-s':>12} {'failed':>7}")
+for mode in ("segments", "unary"):
+    per_cpu = {}
+    for target in ("skylift", "nginx"):
+        cpu, d = rows[(mode, target)]
+        per_cpu[target] = d["messages"] / cpu if cpu > 0 else float("inf")
+        print(f"{mode:9} {target:8} {d['messages_per_second']:>10.0f} {d['p99_ms']:>8.2f} {cpu:>12.2f} {per_cpu[target]:>12.0f} {d['failed_calls']:>7}")
+    target = 1.5 if mode == "segments" else 3.0
+    ratio = per_cpu["skylift"] / per_cpu["nginx"]
+    print(f"{mode:9} skylift / nginx messages per CPU-second: {ratio:.2f}x (target >= {target}x)")
+rss_mb = int(sys.argv[2]) / 1024
+print(f"skylift-proxy RSS with {sys.argv[3]} of {sys.argv[4]} idle connections open: {rss_mb:.1f} MB (target <= 64 MB)")
+PY
