@@ -39,10 +39,14 @@ impl FrameError {
     }
 }
 
-/// Splits a byte stream into frames as data arrives.
+/// Splits a byte stream into frames as data arrives. Whole messages inside a received
+/// chunk are sliced out of it without copying; only a message split across chunks is
+/// gathered in a buffer.
 #[derive(Debug)]
 pub struct Decoder {
     buffer: BytesMut,
+    /// The received chunk not yet looked at, when the buffer is empty.
+    chunk: Bytes,
     limit: usize,
 }
 
@@ -51,36 +55,72 @@ impl Decoder {
     pub fn new(limit: usize) -> Self {
         Decoder {
             buffer: BytesMut::new(),
+            chunk: Bytes::new(),
             limit,
         }
     }
 
     /// Adds received bytes.
     pub fn push(&mut self, data: &[u8]) {
-        self.buffer.extend_from_slice(data);
+        self.push_bytes(Bytes::copy_from_slice(data));
     }
 
-    /// The next complete frame, `None` until one has fully arrived.
-    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
-        if self.buffer.len() < HEADER_LEN {
+    /// Adds a received chunk, keeping it shared (no copy) while whole messages are in it.
+    pub fn push_bytes(&mut self, data: Bytes) {
+        if self.buffer.is_empty() && self.chunk.is_empty() {
+            self.chunk = data;
+        } else {
+            self.gather();
+            self.buffer.extend_from_slice(&data);
+        }
+    }
+
+    /// Moves the unread part of the current chunk into the buffer.
+    fn gather(&mut self) {
+        if !self.chunk.is_empty() {
+            self.buffer.extend_from_slice(&self.chunk);
+            self.chunk = Bytes::new();
+        }
+    }
+
+    /// The header of the next frame in `bytes`: (compressed flag, size), checked.
+    fn header(&self, bytes: &[u8]) -> Result<Option<(bool, usize)>, FrameError> {
+        if bytes.len() < HEADER_LEN {
             return Ok(None);
         }
-        let flag = self.buffer[0];
+        let flag = bytes[0];
         if flag > 1 {
             return Err(FrameError::BadFlag(flag));
         }
-        let size = u32::from_be_bytes([
-            self.buffer[1],
-            self.buffer[2],
-            self.buffer[3],
-            self.buffer[4],
-        ]) as usize;
+        let size = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
         if size > self.limit {
             return Err(FrameError::TooLarge {
                 size,
                 limit: self.limit,
             });
         }
+        Ok(Some((flag == 1, size)))
+    }
+
+    /// The next complete frame, `None` until one has fully arrived.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        if self.buffer.is_empty() && !self.chunk.is_empty() {
+            match self.header(&self.chunk)? {
+                Some((compressed, size)) if self.chunk.len() >= HEADER_LEN + size => {
+                    let message = self.chunk.slice(HEADER_LEN..HEADER_LEN + size);
+                    self.chunk.advance(HEADER_LEN + size);
+                    return Ok(Some(Frame {
+                        compressed,
+                        message,
+                    }));
+                }
+                // A message continues in the next chunk: gather it.
+                _ => self.gather(),
+            }
+        }
+        let Some((compressed, size)) = self.header(&self.buffer)? else {
+            return Ok(None);
+        };
         if self.buffer.len() < HEADER_LEN + size {
             // Reserve once, so a large message is not reallocated per chunk.
             self.buffer.reserve(HEADER_LEN + size - self.buffer.len());
@@ -89,25 +129,25 @@ impl Decoder {
         self.buffer.advance(HEADER_LEN);
         let message = self.buffer.split_to(size).freeze();
         Ok(Some(Frame {
-            compressed: flag == 1,
+            compressed,
             message,
         }))
     }
 
     /// At the end of the stream: an error if a frame was left incomplete.
     pub fn finish(&self) -> Result<(), FrameError> {
-        match self.buffer.len() {
+        let rest: &[u8] = if self.buffer.is_empty() {
+            &self.chunk
+        } else {
+            &self.buffer
+        };
+        match rest.len() {
             0 => Ok(()),
             n if n < HEADER_LEN => Err(FrameError::Truncated {
                 missing: HEADER_LEN - n,
             }),
             n => {
-                let size = u32::from_be_bytes([
-                    self.buffer[1],
-                    self.buffer[2],
-                    self.buffer[3],
-                    self.buffer[4],
-                ]) as usize;
+                let size = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
                 Err(FrameError::Truncated {
                     missing: HEADER_LEN + size - n,
                 })
@@ -158,6 +198,30 @@ mod tests {
                 ]
             );
         }
+    }
+
+    #[test]
+    fn whole_messages_are_sliced_from_the_received_chunk_without_copying() {
+        let wire = Bytes::from(framed(&[b"one", b"two", b"three-part"]));
+        let mut decoder = Decoder::new(1024);
+        // The first chunk ends inside the third message.
+        decoder.push_bytes(wire.slice(..20));
+        let one = decoder.next_frame().unwrap().unwrap();
+        let two = decoder.next_frame().unwrap().unwrap();
+        assert_eq!(decoder.next_frame().unwrap(), None);
+        assert_eq!(
+            one.message.as_ptr(),
+            wire[5..].as_ptr(),
+            "sliced, not copied"
+        );
+        assert_eq!(two.message, Bytes::from_static(b"two"));
+        decoder.push_bytes(wire.slice(20..));
+        assert_eq!(
+            decoder.next_frame().unwrap().unwrap().message,
+            Bytes::from_static(b"three-part")
+        );
+        assert_eq!(decoder.next_frame().unwrap(), None);
+        decoder.finish().unwrap();
     }
 
     #[test]

@@ -46,10 +46,10 @@ async fn read_stream(
                 );
             }
         };
-        let Some(data) = frame.data_ref() else {
+        let Ok(data) = frame.into_data() else {
             continue;
         };
-        decoder.push(data);
+        decoder.push_bytes(data);
         loop {
             let message = match decoder.next_frame() {
                 Ok(Some(message)) => message,
