@@ -23,7 +23,7 @@ fn relay(response: Response<Incoming>) -> Response<Body> {
 
 /// Streams the request to one upstream (no retry: the body is not kept).
 pub async fn pass_through(state: &State, request: Request<Incoming>) -> Response<Body> {
-    let deadline = grpc::timeout(request.headers());
+    let deadline = grpc::timeout(request.headers()).map(|d| tokio::time::Instant::now() + d);
     let upstreams = state.upstreams.snapshot();
     let key = state.hash_key(request.headers());
     let Some(upstream) = state
@@ -38,32 +38,56 @@ pub async fn pass_through(state: &State, request: Request<Incoming>) -> Response
     };
     parts.uri = uri;
     let outgoing = Request::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed());
-    let call = state.client.request(outgoing);
+    match attempt(state, &upstream.address, outgoing, deadline).await {
+        Attempt::Answered(response) => response,
+        Attempt::DeadlineExceeded => deadline_exceeded(),
+        Attempt::Failed(reason) => {
+            grpc::error(Code::Unavailable, &format!("skylift-proxy: {reason}"))
+        }
+    }
+}
+
+/// What one try at an upstream gave.
+enum Attempt {
+    Answered(Response<Body>),
+    DeadlineExceeded,
+    /// The upstream could not be reached or broke off; the reason says which.
+    Failed(String),
+}
+
+/// Sends `request` to `upstream` within `deadline`, records the upstream's health, and
+/// relays its answer.
+async fn attempt(
+    state: &State,
+    upstream: &str,
+    request: Request<Body>,
+    deadline: Option<tokio::time::Instant>,
+) -> Attempt {
+    let call = state.client.request(request);
     let result = match deadline {
-        Some(limit) => match tokio::time::timeout(limit, call).await {
+        Some(at) => match tokio::time::timeout_at(at, call).await {
             Ok(result) => result,
-            Err(_) => {
-                return grpc::error(
-                    Code::DeadlineExceeded,
-                    "skylift-proxy: deadline exceeded waiting for the upstream",
-                );
-            }
+            Err(_) => return Attempt::DeadlineExceeded,
         },
         None => call.await,
     };
     match result {
         Ok(response) => {
-            state.balancer.succeeded(&upstream.address);
-            relay(response)
+            state.balancer.succeeded(upstream);
+            Attempt::Answered(relay(response))
         }
         Err(err) => {
-            state.balancer.failed(&upstream.address, Instant::now());
-            grpc::error(
-                Code::Unavailable,
-                &format!("skylift-proxy: upstream {} failed: {err}", upstream.address),
-            )
+            state.balancer.failed(upstream, Instant::now());
+            Attempt::Failed(format!("upstream {upstream} failed: {err}"))
         }
     }
+}
+
+fn deadline_exceeded() -> Response<Body> {
+    grpc::error(
+        Code::DeadlineExceeded,
+        "skylift-proxy: deadline exceeded waiting for the upstream",
+    )
 }
 
 /// Sends a unary or short client-streaming call to an upstream and relays its answer; an
@@ -118,28 +142,10 @@ pub async fn sync_call(state: &State, request: Request<Incoming>) -> Response<Bo
         *outgoing.method_mut() = parts.method.clone();
         *outgoing.uri_mut() = uri;
         *outgoing.headers_mut() = parts.headers.clone();
-        let call = state.client.request(outgoing);
-        let result = match deadline {
-            Some(at) => match tokio::time::timeout_at(at, call).await {
-                Ok(result) => result,
-                Err(_) => {
-                    return grpc::error(
-                        Code::DeadlineExceeded,
-                        "skylift-proxy: deadline exceeded waiting for the upstream",
-                    );
-                }
-            },
-            None => call.await,
-        };
-        match result {
-            Ok(response) => {
-                state.balancer.succeeded(&upstream.address);
-                return relay(response);
-            }
-            Err(err) => {
-                state.balancer.failed(&upstream.address, Instant::now());
-                last_error = format!("upstream {} failed: {err}", upstream.address);
-            }
+        match attempt(state, &upstream.address, outgoing, deadline).await {
+            Attempt::Answered(response) => return response,
+            Attempt::DeadlineExceeded => return deadline_exceeded(),
+            Attempt::Failed(reason) => last_error = reason,
         }
     }
     grpc::error(Code::Unavailable, &format!("skylift-proxy: {last_error}"))

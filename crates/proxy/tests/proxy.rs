@@ -403,3 +403,49 @@ async fn a_failing_upstream_loses_nothing_while_another_is_up() {
     assert!(totals.balances());
     assert_eq!((totals.forwarded, totals.dropped_total()), (100, 0));
 }
+
+#[tokio::test]
+async fn sync_and_pass_through_calls_honour_grpc_timeout() {
+    // An upstream that accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_address = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    let sink = Sink::start().await.unwrap();
+    let proxy = proxy(&[&sink], None).await;
+    proxy.state.upstreams.replace(vec![Upstream {
+        address: silent_address.to_string(),
+        weight: 1,
+    }]);
+    let client = client();
+    for path in [
+        "/skywalking.v3.ConfigurationDiscoveryService/fetchConfigurations",
+        "/test.Echo/Say",
+    ] {
+        let started = std::time::Instant::now();
+        let answered = tokio::time::timeout(
+            Duration::from_secs(5),
+            call(
+                &client,
+                proxy.address,
+                path,
+                framed(&[b"q".to_vec()]),
+                &[("grpc-timeout", "300m")],
+            ),
+        )
+        .await;
+        let (status, _, _) =
+            answered.unwrap_or_else(|_| panic!("{path}: no answer at all within 5 s"));
+        assert_eq!(status, 4, "{path}: DEADLINE_EXCEEDED");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{path}: answered after {:?}",
+            started.elapsed()
+        );
+    }
+    held.abort();
+}
