@@ -151,6 +151,16 @@ struct Inner {
     writes: WriteStats,
 }
 
+impl Inner {
+    /// The stored object at `key`, or kube-apiserver's NotFound for it.
+    fn existing(&self, rt: &ResourceType, key: &ObjectKey) -> Result<Value, ApiError> {
+        self.objects
+            .get(key)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(rt, &key.3))
+    }
+}
+
 /// Shared state of one API-server double.
 pub struct State {
     inner: Mutex<Inner>,
@@ -278,11 +288,7 @@ impl State {
         name: &str,
     ) -> Result<Value, ApiError> {
         let rt = self.type_of(group, plural)?;
-        self.inner()
-            .objects
-            .get(&Self::key(&rt, namespace, name))
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(&rt, name))
+        self.inner().existing(&rt, &Self::key(&rt, namespace, name))
     }
 
     /// Objects of a type (in a namespace or all), filtered by selectors, with the list's
@@ -553,11 +559,7 @@ impl State {
         }
         let mut inner = self.inner();
         let key = Self::key(&rt, namespace, name);
-        let old = inner
-            .objects
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(&rt, name))?;
+        let old = inner.existing(&rt, &key)?;
         check_resource_version(&rt, name, &body, &old)?;
         let new = self.with_subresource_rules(&rt, sub, &old, body);
         self.update_locked(&mut inner, &rt, key, old, new)
@@ -611,11 +613,7 @@ impl State {
         }
         let mut inner = self.inner();
         let key = Self::key(&rt, namespace, name);
-        let old = inner
-            .objects
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(&rt, name))?;
+        let old = inner.existing(&rt, &key)?;
         check_resource_version(&rt, name, &body, &old)?;
         let mut patched = old.clone();
         merge_patch(&mut patched, &body);
@@ -724,11 +722,7 @@ impl State {
         })?;
         let mut inner = self.inner();
         let key = Self::key(rt, namespace, name);
-        let old = inner
-            .objects
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(rt, name))?;
+        let old = inner.existing(rt, &key)?;
         let mut scale = scale_of(rt, &old)?;
         change(&mut scale);
         let replicas = scale["spec"]["replicas"].as_i64().ok_or_else(|| {
@@ -763,11 +757,7 @@ impl State {
         let rt = self.type_of(group, plural)?;
         let mut inner = self.inner();
         let key = Self::key(&rt, namespace, name);
-        let old = inner
-            .objects
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(&rt, name))?;
+        let old = inner.existing(&rt, &key)?;
         if old["metadata"]["finalizers"]
             .as_array()
             .is_some_and(|f| !f.is_empty())
