@@ -41,11 +41,12 @@ impl FrameError {
 
 /// Splits a byte stream into frames as data arrives. Whole messages inside a received
 /// chunk are sliced out of it without copying; only a message split across chunks is
-/// gathered in a buffer.
+/// gathered in a buffer, and only its own bytes are copied there.
 #[derive(Debug)]
 pub struct Decoder {
+    /// The start of a frame that continues in later chunks (empty when none).
     buffer: BytesMut,
-    /// The received chunk not yet looked at, when the buffer is empty.
+    /// The received chunk not yet looked at; it follows the buffer's bytes.
     chunk: Bytes,
     limit: usize,
 }
@@ -67,20 +68,18 @@ impl Decoder {
 
     /// Adds a received chunk, keeping it shared (no copy) while whole messages are in it.
     pub fn push_bytes(&mut self, data: Bytes) {
-        if self.buffer.is_empty() && self.chunk.is_empty() {
-            self.chunk = data;
-        } else {
-            self.gather();
-            self.buffer.extend_from_slice(&data);
+        if !self.chunk.is_empty() {
+            // The rest of the previous chunk is the start of a frame: it is gathered.
+            self.move_to_buffer(self.chunk.len());
         }
+        self.chunk = data;
     }
 
-    /// Moves the unread part of the current chunk into the buffer.
-    fn gather(&mut self) {
-        if !self.chunk.is_empty() {
-            self.buffer.extend_from_slice(&self.chunk);
-            self.chunk = Bytes::new();
-        }
+    /// Moves the first `n` bytes of the chunk to the end of the buffer.
+    fn move_to_buffer(&mut self, n: usize) {
+        let n = n.min(self.chunk.len());
+        self.buffer.extend_from_slice(&self.chunk[..n]);
+        self.chunk.advance(n);
     }
 
     /// The header of the next frame in `bytes`: (compressed flag, size), checked.
@@ -104,26 +103,46 @@ impl Decoder {
 
     /// The next complete frame, `None` until one has fully arrived.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
-        if self.buffer.is_empty() && !self.chunk.is_empty() {
-            match self.header(&self.chunk)? {
-                Some((compressed, size)) if self.chunk.len() >= HEADER_LEN + size => {
-                    let message = self.chunk.slice(HEADER_LEN..HEADER_LEN + size);
-                    self.chunk.advance(HEADER_LEN + size);
-                    return Ok(Some(Frame {
-                        compressed,
-                        message,
-                    }));
-                }
-                // A message continues in the next chunk: gather it.
-                _ => self.gather(),
+        if !self.buffer.is_empty() {
+            return self.complete_buffered();
+        }
+        match self.header(&self.chunk)? {
+            Some((compressed, size)) if self.chunk.len() >= HEADER_LEN + size => {
+                let message = self.chunk.slice(HEADER_LEN..HEADER_LEN + size);
+                self.chunk.advance(HEADER_LEN + size);
+                Ok(Some(Frame {
+                    compressed,
+                    message,
+                }))
             }
+            // A frame continues in the next chunk: its start is gathered.
+            _ => {
+                if !self.chunk.is_empty() {
+                    self.move_to_buffer(self.chunk.len());
+                    if let Some((_, size)) = self.header(&self.buffer)? {
+                        // Reserve once, so a large message is not reallocated per chunk.
+                        self.buffer.reserve(HEADER_LEN + size - self.buffer.len());
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Completes the buffered frame with exactly the bytes it lacks from the chunk.
+    fn complete_buffered(&mut self) -> Result<Option<Frame>, FrameError> {
+        if self.buffer.len() < HEADER_LEN {
+            self.move_to_buffer(HEADER_LEN - self.buffer.len());
         }
         let Some((compressed, size)) = self.header(&self.buffer)? else {
             return Ok(None);
         };
+        let missing = HEADER_LEN + size - self.buffer.len();
+        if missing > 0 {
+            self.buffer.reserve(missing);
+            self.move_to_buffer(missing);
+        }
         if self.buffer.len() < HEADER_LEN + size {
-            // Reserve once, so a large message is not reallocated per chunk.
-            self.buffer.reserve(HEADER_LEN + size - self.buffer.len());
             return Ok(None);
         }
         self.buffer.advance(HEADER_LEN);
@@ -136,11 +155,8 @@ impl Decoder {
 
     /// At the end of the stream: an error if a frame was left incomplete.
     pub fn finish(&self) -> Result<(), FrameError> {
-        let rest: &[u8] = if self.buffer.is_empty() {
-            &self.chunk
-        } else {
-            &self.buffer
-        };
+        let mut rest = self.buffer.to_vec();
+        rest.extend_from_slice(&self.chunk);
         match rest.len() {
             0 => Ok(()),
             n if n < HEADER_LEN => Err(FrameError::Truncated {
@@ -149,7 +165,7 @@ impl Decoder {
             n => {
                 let size = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
                 Err(FrameError::Truncated {
-                    missing: HEADER_LEN + size - n,
+                    missing: (HEADER_LEN + size).saturating_sub(n),
                 })
             }
         }
@@ -219,6 +235,29 @@ mod tests {
         assert_eq!(
             decoder.next_frame().unwrap().unwrap().message,
             Bytes::from_static(b"three-part")
+        );
+        assert_eq!(decoder.next_frame().unwrap(), None);
+        decoder.finish().unwrap();
+    }
+
+    #[test]
+    fn after_a_split_message_the_next_chunk_is_sliced_again() {
+        let wire = Bytes::from(framed(&[b"split-message", b"after", b"last"]));
+        let mut decoder = Decoder::new(1024);
+        decoder.push_bytes(wire.slice(..9));
+        assert_eq!(decoder.next_frame().unwrap(), None);
+        decoder.push_bytes(wire.slice(9..));
+        let split = decoder.next_frame().unwrap().unwrap();
+        assert_eq!(split.message, Bytes::from_static(b"split-message"));
+        let after = decoder.next_frame().unwrap().unwrap();
+        assert_eq!(
+            after.message.as_ptr(),
+            wire[23..].as_ptr(),
+            "sliced, not copied"
+        );
+        assert_eq!(
+            decoder.next_frame().unwrap().unwrap().message,
+            Bytes::from_static(b"last")
         );
         assert_eq!(decoder.next_frame().unwrap(), None);
         decoder.finish().unwrap();

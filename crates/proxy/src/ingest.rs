@@ -104,7 +104,7 @@ async fn read_stream(
                 message: message.message,
             };
             *received += 1;
-            match state.queue.offer(event) {
+            match state.queue.offer_waiting(event).await {
                 Offered::Queued => {}
                 Offered::Dropped => {
                     state

@@ -10,6 +10,12 @@ use skylift_proxy::run::{Config, UpstreamSource, run};
 use skylift_proxy::state::Limits;
 use skylift_proxy::telemetry::TelemetryConfig;
 
+// Every message passes through short-lived buffers of a few KiB: glibc's per-thread arenas
+// grow and trim their heaps for them (mprotect and page faults per buffer); jemalloc keeps
+// freed pages for reuse.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Balances every SkyWalking message (and any gRPC call) across all upstreams.
 #[derive(Parser, Debug)]
 #[command(name = "skylift-proxy", version)]
@@ -61,6 +67,13 @@ struct Args {
     /// What a full partition does: reject (client told RESOURCE_EXHAUSTED) or drop.
     #[arg(long, env = "SKYLIFT_PROXY_OVERFLOW", value_enum, default_value_t = OverflowArg::Reject)]
     overflow: OverflowArg,
+    /// How long a client is held back (its stream not read) waiting for room in a full
+    /// queue before --overflow applies.
+    #[arg(long, env = "SKYLIFT_PROXY_OVERFLOW_WAIT", default_value = "1s", value_parser = parse_duration)]
+    overflow_wait: Duration,
+    /// Batches each partition sends at once, each on its own upstream stream.
+    #[arg(long, env = "SKYLIFT_PROXY_SEND_CONCURRENCY", default_value_t = 4)]
+    send_concurrency: usize,
     /// Balancing of messages without a routing key.
     #[arg(long, env = "SKYLIFT_PROXY_ROUTING", value_enum, default_value_t = RoutingArg::RoundRobin)]
     routing: RoutingArg,
@@ -180,8 +193,14 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
     let partitions = args
         .queue_partitions
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    if args.batch_size == 0 || args.queue_capacity == 0 || partitions == 0 {
-        bail!("--batch-size, --queue-capacity and --queue-partitions must be at least 1");
+    if args.batch_size == 0
+        || args.queue_capacity == 0
+        || partitions == 0
+        || args.send_concurrency == 0
+    {
+        bail!(
+            "--batch-size, --queue-capacity, --queue-partitions and --send-concurrency must be at least 1"
+        );
     }
     let telemetry = args.telemetry_service.map(|service| TelemetryConfig {
         service,
@@ -211,6 +230,8 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
                     OverflowArg::Reject => Overflow::Reject,
                     OverflowArg::Drop => Overflow::Drop,
                 },
+                overflow_wait: args.overflow_wait,
+                in_flight: args.send_concurrency,
             },
             policy,
             fixed_meter_routing: matches!(args.meter_routing, MeterRoutingArg::Fixed),

@@ -85,6 +85,11 @@ pub struct QueueConfig {
     pub batch_size: usize,
     pub flush_interval: Duration,
     pub overflow: Overflow,
+    /// How long a client waits for room in a full queue (its stream is not read
+    /// meanwhile, so HTTP/2 flow control holds the client back) before `overflow` applies.
+    pub overflow_wait: Duration,
+    /// Batches one partition sends at once (each its own upstream stream).
+    pub in_flight: usize,
 }
 
 /// The outcome of offering an event.
@@ -151,6 +156,8 @@ pub struct Queue {
     partitions: Vec<Partition>,
     next_partition: AtomicUsize,
     accounting: Accounting,
+    /// Woken whenever events leave the queue, for clients waiting for room.
+    room: Notify,
 }
 
 impl Queue {
@@ -163,6 +170,7 @@ impl Queue {
             partitions,
             next_partition: AtomicUsize::new(0),
             accounting: Accounting::default(),
+            room: Notify::new(),
         }
     }
 
@@ -184,9 +192,8 @@ impl Queue {
         }
     }
 
-    /// Queues `event`, or applies the overflow policy when its partition is full. Never waits.
-    pub fn offer(&self, event: Event) -> Offered {
-        self.accounting.received.fetch_add(1, Ordering::Relaxed);
+    /// Queues `event` if its partition has room; gives it back otherwise. Counts nothing.
+    fn try_queue(&self, event: Event) -> Result<(), Event> {
         let index = self.partition_for(&event);
         let partition = &self.partitions[index];
         let cost = event.cost();
@@ -197,29 +204,77 @@ impl Queue {
         let full = partition.pending.load(Ordering::Relaxed) >= self.config.capacity
             || partition.pending_bytes.load(Ordering::Relaxed) + cost > self.config.max_bytes;
         if full {
-            drop(events);
-            return match self.config.overflow {
-                Overflow::Reject => {
-                    self.count_drop(DropReason::QueueFullRejected, 1);
-                    Offered::Rejected
-                }
-                Overflow::Drop => {
-                    self.count_drop(DropReason::QueueFull, 1);
-                    Offered::Dropped
-                }
-            };
+            return Err(event);
         }
         partition.pending.fetch_add(1, Ordering::Relaxed);
         partition.pending_bytes.fetch_add(cost, Ordering::Relaxed);
         events.push_back(event);
-        // Wake the sender when the partition stops being empty (its flush timer starts) and
-        // when a batch is full; Notify keeps a permit, so no wake-up is lost.
-        let wake = events.len() == 1 || events.len() >= self.config.batch_size;
+        // Wake a sender when the partition stops being empty (its flush timer starts) and
+        // when a batch fills up; Notify keeps a permit, so no wake-up is lost. A sender that
+        // takes a batch wakes the next one itself while full batches remain.
+        let wake = events.len() == 1 || events.len() == self.config.batch_size;
         drop(events);
         if wake {
             partition.ready.notify_one();
         }
-        Offered::Queued
+        Ok(())
+    }
+
+    /// Applies the overflow policy to an event that found no room.
+    fn overflow(&self) -> Offered {
+        self.accounting.received.fetch_add(1, Ordering::Relaxed);
+        match self.config.overflow {
+            Overflow::Reject => {
+                self.count_drop(DropReason::QueueFullRejected, 1);
+                Offered::Rejected
+            }
+            Overflow::Drop => {
+                self.count_drop(DropReason::QueueFull, 1);
+                Offered::Dropped
+            }
+        }
+    }
+
+    /// Queues `event`, or applies the overflow policy at once when its partition is full.
+    pub fn offer(&self, event: Event) -> Offered {
+        match self.try_queue(event) {
+            Ok(()) => {
+                self.accounting.received.fetch_add(1, Ordering::Relaxed);
+                Offered::Queued
+            }
+            Err(_) => self.overflow(),
+        }
+    }
+
+    /// Queues `event`, waiting up to `overflow_wait` for room when the queue is full, then
+    /// applies the overflow policy. The caller stops reading its client meanwhile, which is
+    /// the backpressure: a client that can wait is slowed down rather than refused.
+    pub async fn offer_waiting(&self, event: Event) -> Offered {
+        // The common case, without registering for wake-ups.
+        let mut event = match self.try_queue(event) {
+            Ok(()) => {
+                self.accounting.received.fetch_add(1, Ordering::Relaxed);
+                return Offered::Queued;
+            }
+            Err(back) => back,
+        };
+        let deadline = tokio::time::Instant::now() + self.config.overflow_wait;
+        loop {
+            // Registered before trying, so room made in between is not missed.
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.try_queue(event) {
+                Ok(()) => {
+                    self.accounting.received.fetch_add(1, Ordering::Relaxed);
+                    return Offered::Queued;
+                }
+                Err(back) => event = back,
+            }
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return self.overflow();
+            }
+        }
     }
 
     /// Waits for the next batch of `partition`: as soon as it holds `batch_size` events, or
@@ -265,10 +320,15 @@ impl Queue {
             .lock()
             .expect("queue lock is never poisoned");
         let n = events.len().min(self.config.batch_size);
-        Batch {
+        let batch = Batch {
             partition,
             events: events.drain(..n).collect(),
+        };
+        // Another full batch waits: let another of the partition's senders take it.
+        if events.len() >= self.config.batch_size {
+            self.partitions[partition].ready.notify_one();
         }
+        batch
     }
 
     fn release(&self, partition: usize, events: &[Event]) {
@@ -276,6 +336,7 @@ impl Queue {
         part.pending.fetch_sub(events.len(), Ordering::Relaxed);
         part.pending_bytes
             .fetch_sub(events.iter().map(Event::cost).sum(), Ordering::Relaxed);
+        self.room.notify_waiters();
     }
 
     /// The batch reached an upstream that acknowledged it.
@@ -343,6 +404,8 @@ mod tests {
             batch_size: 2,
             flush_interval: Duration::from_millis(100),
             overflow,
+            overflow_wait: Duration::ZERO,
+            in_flight: 1,
         }
     }
 
@@ -380,6 +443,47 @@ mod tests {
             );
             assert!(totals.balances());
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_waits_for_room_before_the_overflow_policy_applies() {
+        let queue = std::sync::Arc::new(Queue::new(QueueConfig {
+            partitions: 1,
+            capacity: 2,
+            overflow_wait: Duration::from_secs(1),
+            ..config(Overflow::Reject)
+        }));
+        let (_close, closed) = tokio::sync::watch::channel(false);
+        assert_eq!(queue.offer(event(None)), Offered::Queued);
+        assert_eq!(queue.offer(event(None)), Offered::Queued);
+
+        // Room made while the client waits: its event is queued, not refused.
+        let waiting = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.offer_waiting(event(None)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "a full queue holds the client back");
+        let batch = queue.next_batch(0, &closed).await.unwrap();
+        queue.forwarded(batch);
+        assert_eq!(waiting.await.unwrap(), Offered::Queued);
+
+        // No room within the wait: the policy applies, after exactly the wait.
+        assert_eq!(queue.offer(event(None)), Offered::Queued);
+        let started = tokio::time::Instant::now();
+        assert_eq!(queue.offer_waiting(event(None)).await, Offered::Rejected);
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        let totals = queue.totals();
+        assert_eq!(
+            (
+                totals.received,
+                totals.forwarded,
+                totals.pending,
+                totals.dropped_total()
+            ),
+            (5, 2, 2, 1)
+        );
+        assert!(totals.balances());
     }
 
     #[test]

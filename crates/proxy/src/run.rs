@@ -132,9 +132,7 @@ pub async fn run(
 
     let (close, closed) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(server::serve(listener, state.clone(), closed.clone()));
-    let senders: Vec<_> = (0..state.queue.partitions())
-        .map(|p| tokio::spawn(send::run_partition(state.clone(), p, closed.clone())))
-        .collect();
+    let senders = send::spawn_senders(&state, &closed);
 
     shutdown.await;
     tracing::info!("shutting down: no new connections; draining the queues");

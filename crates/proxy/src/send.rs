@@ -19,12 +19,22 @@ use crate::state::State;
 /// Attempts on different upstreams before a group is put back.
 const ATTEMPTS: usize = 3;
 
-/// Runs one partition's sender until the queue is closed and empty.
-pub async fn run_partition(
-    state: State,
-    partition: usize,
-    closed: tokio::sync::watch::Receiver<bool>,
-) {
+/// Starts the senders: `in_flight` per partition, each sending one batch at a time, so a
+/// partition keeps that many upstream streams busy. They end once `closed` turns true and
+/// the queue is empty.
+pub fn spawn_senders(
+    state: &State,
+    closed: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let in_flight = state.queue.config().in_flight.max(1);
+    (0..state.queue.partitions())
+        .flat_map(|partition| std::iter::repeat_n(partition, in_flight))
+        .map(|partition| tokio::spawn(run_partition(state.clone(), partition, closed.clone())))
+        .collect()
+}
+
+/// Runs one of a partition's senders until the queue is closed and empty.
+async fn run_partition(state: State, partition: usize, closed: tokio::sync::watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(100);
     while let Some(batch) = state.queue.next_batch(partition, &closed).await {
         if send_batch(&state, batch).await {
@@ -47,6 +57,14 @@ fn same_stream(a: &Event, b: &Event) -> bool {
 /// Sends a batch; false when some of it had to be put back.
 async fn send_batch(state: &State, batch: Batch) -> bool {
     let partition = batch.partition;
+    // Usually the whole batch is one stream: no regrouping then.
+    if batch
+        .events
+        .iter()
+        .all(|e| same_stream(&batch.events[0], e))
+    {
+        return send_group(state, batch).await;
+    }
     let mut groups: Vec<Vec<Event>> = Vec::new();
     for event in batch.events {
         match groups.iter_mut().rev().find(|g| same_stream(&g[0], &event)) {
@@ -76,7 +94,13 @@ async fn send_group(state: &State, group: Batch) -> bool {
         first.key.clone(),
     );
     let protocol = first.protocol;
-    let mut body = BytesMut::new();
+    let mut body = BytesMut::with_capacity(
+        group
+            .events
+            .iter()
+            .map(|e| framing::HEADER_LEN + e.message.len())
+            .sum(),
+    );
     for event in &group.events {
         framing::encode(encoding.is_some(), &event.message, &mut body);
     }

@@ -45,6 +45,8 @@ async fn proxy(upstreams: &[&Sink], max_connections: Option<usize>) -> Proxy {
             batch_size: 50,
             flush_interval: Duration::from_millis(20),
             overflow: Overflow::Reject,
+            overflow_wait: Duration::ZERO,
+            in_flight: 2,
         }),
         upstreams: UpstreamSet::new(set),
         balancer: Balancer::new(
@@ -65,13 +67,7 @@ async fn proxy(upstreams: &[&Sink], max_connections: Option<usize>) -> Proxy {
     let address = listener.local_addr().unwrap();
     let (close, closed) = tokio::sync::watch::channel(false);
     tokio::spawn(server::serve(listener, state.clone(), closed.clone()));
-    for partition in 0..state.queue.partitions() {
-        tokio::spawn(send::run_partition(
-            state.clone(),
-            partition,
-            closed.clone(),
-        ));
-    }
+    send::spawn_senders(&state, &closed);
     Proxy {
         address,
         state,
@@ -184,6 +180,11 @@ async fn every_segment_is_acknowledged_delivered_once_and_spread_over_the_upstre
     all.sort();
     all.dedup();
     assert_eq!(all.len(), 200, "no duplicates");
+    // The sinks record a stream before the proxy reads their answer.
+    eventually("the proxy counts all 200 as forwarded", || {
+        proxy.state.queue.totals().forwarded == 200
+    })
+    .await;
     let totals = proxy.state.queue.totals();
     assert_eq!(
         (
@@ -395,7 +396,7 @@ async fn a_failing_upstream_loses_nothing_while_another_is_up() {
         );
     }
     eventually("all 100 segments at the healthy upstream", || {
-        b.messages(SEGMENTS).len() == 100
+        b.messages(SEGMENTS).len() == 100 && proxy.state.queue.totals().forwarded == 100
     })
     .await;
     assert!(a.messages(SEGMENTS).is_empty());
