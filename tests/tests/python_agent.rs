@@ -11,7 +11,10 @@ use skylift_testkit::sink::Sink;
 
 const SEGMENTS: &str = "/skywalking.v3.TraceSegmentReportService/collect";
 const LOGS: &str = "/skywalking.v3.LogReportService/collect";
-const METERS: &str = "/skywalking.v3.MeterReportService/collect";
+/// The agent reports meters with `collect` streams (one set each); the proxy forwards each
+/// set as one `collectBatch` message.
+const METER_STREAMS: &str = "/skywalking.v3.MeterReportService/collect";
+const METER_SETS: &str = "/skywalking.v3.MeterReportService/collectBatch";
 const ORDERS: usize = 40;
 
 /// The Python with the agent installed (hack/test.sh makes it).
@@ -101,10 +104,22 @@ async fn a_python_agents_traces_logs_and_meters_are_balanced_and_meters_stay_tog
             "both OAP stand-ins get traces"
         );
     }
-    let meters = (a.messages(METERS).len(), b.messages(METERS).len());
+    let meters = (a.messages(METER_SETS).len(), b.messages(METER_SETS).len());
     assert!(meters.0 + meters.1 > 0, "the agent's meters arrive");
     assert!(
         meters.0 == 0 || meters.1 == 0,
         "one instance's meters stay on one upstream: {meters:?}"
     );
+    for sink in [&a, &b] {
+        assert!(
+            sink.messages(METER_STREAMS).is_empty(),
+            "no set is sent split"
+        );
+        for set in sink.messages(METER_SETS) {
+            assert!(
+                set.windows(10).any(|w| w == b"checkout-1"),
+                "each set names its instance"
+            );
+        }
+    }
 }

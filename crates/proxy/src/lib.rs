@@ -9,7 +9,8 @@
 //! - [`protocol`]: which policy each SkyWalking / Envoy method gets (async batch, sync, pass-through);
 //! - [`queue`]: bounded per-partition queues that account for every event;
 //! - [`upstreams`]: the upstream set, from flags, a watched file or the operator's ConfigMap;
-//! - [`wire`]: the few protobuf fields read for routing keys;
+//! - [`wire`]: the few protobuf fields read for routing keys or spliced by [`reshape`];
+//! - [`reshape`]: meter sets and Envoy streams made self-contained, so they can be batched;
 //! - [`refuse`]: turning away a connection over the limit with an HTTP/2 GOAWAY and a reason;
 //! - [`route`]: round-robin, smooth weighted round-robin and rendezvous hashing with a
 //!   sticky LRU for meter data.
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod queue;
 pub mod refuse;
+pub mod reshape;
 pub mod route;
 pub mod run;
 pub mod send;

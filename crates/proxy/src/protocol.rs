@@ -17,17 +17,25 @@ pub enum Policy {
     PassThrough,
 }
 
-/// Which routing key a method's messages carry.
+/// How a stream's messages relate to each other, which decides how they may be split into
+/// batches and mixed with other clients' messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KeyPolicy {
-    /// Balanced message by message.
-    None,
-    /// `MeterReportService/collect`: service and instance on the stream's first message
-    /// only; the whole stream is one set and goes to one upstream.
-    MeterStream,
+pub enum Shape {
+    /// Every message stands alone; balanced message by message.
+    Independent,
+    /// `MeterReportService/collect`: the whole stream is one set, with service, instance and
+    /// timestamp on its first message only. OAP reads them from the first message of each
+    /// stream it gets, so the set is turned into one `MeterDataCollection` and sent with
+    /// `collectBatch`, where every message is a set of its own; the service and instance
+    /// are its routing key.
+    MeterSet,
     /// `MeterReportService/collectBatch`: each message is a `MeterDataCollection` whose first
-    /// `MeterData` names the service and instance.
+    /// `MeterData` names the service and instance (the routing key).
     MeterBatch,
+    /// Envoy's streams: the first message's `identifier` (field 1) names the sending proxy
+    /// and OAP reads it from the first message of each stream only. Every later message gets
+    /// the identifier written in, and an upstream stream only carries one sender's messages.
+    Identified,
 }
 
 /// A method the proxy knows.
@@ -37,7 +45,7 @@ pub struct Method {
     pub service: &'static str,
     pub method: &'static str,
     pub policy: Policy,
-    pub key: KeyPolicy,
+    pub shape: Shape,
     /// Short protocol name for metrics labels, e.g. `segment`.
     pub protocol: &'static str,
 }
@@ -52,7 +60,7 @@ const fn m(
         service,
         method,
         policy,
-        key: KeyPolicy::None,
+        shape: Shape::Independent,
         protocol,
     }
 }
@@ -89,14 +97,14 @@ pub static METHODS: &[Method] = &[
         service: "skywalking.v3.MeterReportService",
         method: "collect",
         policy: AsyncStream,
-        key: KeyPolicy::MeterStream,
+        shape: Shape::MeterSet,
         protocol: "meter",
     },
     Method {
         service: "skywalking.v3.MeterReportService",
         method: "collectBatch",
         policy: AsyncStream,
-        key: KeyPolicy::MeterBatch,
+        shape: Shape::MeterBatch,
         protocol: "meter",
     },
     m(
@@ -256,18 +264,20 @@ pub static METHODS: &[Method] = &[
         Sync,
         "pprof",
     ),
-    m(
-        "envoy.service.accesslog.v3.AccessLogService",
-        "StreamAccessLogs",
-        AsyncStream,
-        "envoy_als",
-    ),
-    m(
-        "envoy.service.metrics.v3.MetricsService",
-        "StreamMetrics",
-        AsyncStream,
-        "envoy_metrics",
-    ),
+    Method {
+        service: "envoy.service.accesslog.v3.AccessLogService",
+        method: "StreamAccessLogs",
+        policy: AsyncStream,
+        shape: Shape::Identified,
+        protocol: "envoy_als",
+    },
+    Method {
+        service: "envoy.service.metrics.v3.MetricsService",
+        method: "StreamMetrics",
+        policy: AsyncStream,
+        shape: Shape::Identified,
+        protocol: "envoy_metrics",
+    },
 ];
 
 /// Package older agents leave out (`/TraceSegmentReportService/collect`).
@@ -311,8 +321,8 @@ mod tests {
         assert_eq!(
             lookup("/skywalking.v3.MeterReportService/collectBatch")
                 .unwrap()
-                .key,
-            KeyPolicy::MeterBatch
+                .shape,
+            Shape::MeterBatch
         );
         assert_eq!(
             lookup("/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs")

@@ -14,17 +14,28 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+/// Where a client stream's messages go upstream: shared by all of that stream's events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The gRPC path the batch is sent on (that of the client's stream, or `collectBatch`
+    /// for a meter set).
+    pub path: String,
+    /// Protocol name for metrics (`segment`, `log`, `meter`, ...).
+    pub protocol: &'static str,
+    /// `grpc-encoding` of the messages when compressed.
+    pub encoding: Option<String>,
+}
+
 /// One report message, still encoded, with what sending it needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
-    /// The gRPC path it arrived on; the batch is sent upstream on the same method.
-    pub path: Arc<str>,
-    /// Protocol name for metrics (`segment`, `log`, `meter`, ...).
-    pub protocol: &'static str,
-    /// `grpc-encoding` of the message when compressed.
-    pub encoding: Option<Arc<str>>,
+    pub route: Arc<Route>,
     /// Fixed-routing key (service and instance) for meter data.
     pub key: Option<Arc<str>>,
+    /// The sender an upstream stream must be about, for streams whose receiver reads the
+    /// sender from the first message (Envoy's identifier): events of different origins
+    /// never share an upstream stream.
+    pub origin: Option<Bytes>,
     pub message: Bytes,
 }
 
@@ -411,10 +422,13 @@ mod tests {
 
     fn event(key: Option<&str>) -> Event {
         Event {
-            path: "/skywalking.v3.TraceSegmentReportService/collect".into(),
-            protocol: "segment",
-            encoding: None,
+            route: Arc::new(Route {
+                path: "/skywalking.v3.TraceSegmentReportService/collect".into(),
+                protocol: "segment",
+                encoding: None,
+            }),
             key: key.map(Into::into),
+            origin: None,
             message: Bytes::from_static(b"segment"),
         }
     }

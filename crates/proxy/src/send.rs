@@ -4,6 +4,7 @@
 //! back to the front of its partition, so nothing acknowledged is lost while an upstream is
 //! up.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -47,11 +48,13 @@ async fn run_partition(state: State, partition: usize, closed: tokio::sync::watc
     }
 }
 
-/// Whether two events can go in the same upstream stream: same method, encoding and
-/// routing key. Consecutive events nearly always share the method, so comparing with the
-/// groups found so far (a handful) is cheaper than hashing every event's path.
+/// Whether two events can go in the same upstream stream: same method, encoding, routing
+/// key and origin. Consecutive events nearly always share the method, so comparing with
+/// the groups found so far (a handful) is cheaper than hashing every event's path.
 fn same_stream(a: &Event, b: &Event) -> bool {
-    a.path == b.path && a.encoding == b.encoding && a.key == b.key
+    (Arc::ptr_eq(&a.route, &b.route) || a.route == b.route)
+        && a.key == b.key
+        && a.origin == b.origin
 }
 
 /// Sends a batch; false when some of it had to be put back.
@@ -89,11 +92,11 @@ enum Outcome {
 async fn send_group(state: &State, group: Batch) -> bool {
     let first = &group.events[0];
     let (path, encoding, key) = (
-        first.path.clone(),
-        first.encoding.clone(),
+        first.route.path.clone(),
+        first.route.encoding.clone(),
         first.key.clone(),
     );
-    let protocol = first.protocol;
+    let protocol = first.route.protocol;
     let mut body = BytesMut::with_capacity(
         group
             .events

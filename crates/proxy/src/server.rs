@@ -20,8 +20,13 @@ use crate::{forward, ingest};
 pub async fn handle(state: State, request: Request<Incoming>) -> Response<Body> {
     match protocol::lookup(request.uri().path()) {
         Some(method) => match method.policy {
-            Policy::AsyncStream | Policy::AsyncUnary => {
+            Policy::AsyncStream | Policy::AsyncUnary
+                if ingest::can_reshape(method, request.headers()) =>
+            {
                 ingest::report(&state, method, request).await
+            }
+            Policy::AsyncStream | Policy::AsyncUnary => {
+                forward::pass_through(&state, request).await
             }
             Policy::Sync => forward::sync_call(&state, request).await,
             Policy::PassThrough => forward::pass_through(&state, request).await,

@@ -1,5 +1,6 @@
-//! The few protobuf fields the proxy reads: the service and instance of meter data, for
-//! fixed routing. Only the wire format is walked; nothing else is decoded.
+//! The few protobuf fields the proxy reads or writes: the service and instance of meter
+//! data (fixed routing), the set header of a meter stream, Envoy's identifier. Only the wire
+//! format is walked and spliced; nothing else is decoded.
 
 /// Why bytes are not a protobuf message (answered with `INVALID_ARGUMENT`).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -28,14 +29,22 @@ fn varint(bytes: &[u8], at: &mut usize) -> Result<u64, WireError> {
     Err(WireError::Varint(start))
 }
 
-/// The fields of a message, in order: `(field number, value)` where length-delimited
-/// values are their bytes and scalars are empty.
-fn fields(message: &[u8]) -> impl Iterator<Item = Result<(u64, &[u8]), WireError>> {
+/// One field of a message: its number, its value (the bytes of a length-delimited value,
+/// empty for scalars) and where its whole encoding (key included) lies in the message.
+struct Field<'a> {
+    number: u64,
+    value: &'a [u8],
+    span: std::ops::Range<usize>,
+}
+
+/// The fields of a message, in order.
+fn spans(message: &[u8]) -> impl Iterator<Item = Result<Field<'_>, WireError>> {
     let mut at = 0usize;
     std::iter::from_fn(move || {
         if at >= message.len() {
             return None;
         }
+        let start = at;
         let step = (|| {
             let key = varint(message, &mut at)?;
             let (field, wire_type) = (key >> 3, key & 7);
@@ -65,13 +74,69 @@ fn fields(message: &[u8]) -> impl Iterator<Item = Result<(u64, &[u8]), WireError
                 }
                 _ => return Err(WireError::WireType { field, wire_type }),
             };
-            Ok((field, value))
+            Ok(Field {
+                number: field,
+                value,
+                span: start..at,
+            })
         })();
         if step.is_err() {
             at = message.len();
         }
         Some(step)
     })
+}
+
+/// The fields of a message, in order: `(field number, value)` where length-delimited
+/// values are their bytes and scalars are empty.
+fn fields(message: &[u8]) -> impl Iterator<Item = Result<(u64, &[u8]), WireError>> {
+    spans(message).map(|field| field.map(|f| (f.number, f.value)))
+}
+
+/// The encodings (keys included) of every occurrence of the given fields, in order:
+/// bytes that, put in front of another message of the same type, give it those fields.
+pub fn encoded_fields(message: &[u8], numbers: &[u64]) -> Result<Vec<u8>, WireError> {
+    let mut out = Vec::new();
+    for field in spans(message) {
+        let field = field?;
+        if numbers.contains(&field.number) {
+            out.extend_from_slice(&message[field.span]);
+        }
+    }
+    Ok(out)
+}
+
+/// Whether field `number` occurs in the message.
+pub fn has_field(message: &[u8], number: u64) -> Result<bool, WireError> {
+    for field in fields(message) {
+        if field?.0 == number {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Appends a length-delimited field `number` whose value is `parts` one after another.
+pub fn put_length_delimited(out: &mut bytes::BytesMut, number: u64, parts: &[&[u8]]) {
+    put_varint(out, number << 3 | 2);
+    put_varint(out, parts.iter().map(|p| p.len() as u64).sum());
+    for part in parts {
+        out.extend_from_slice(part);
+    }
+}
+
+fn put_varint(out: &mut bytes::BytesMut, mut value: u64) {
+    while value >= 0x80 {
+        out.extend_from_slice(&[(value as u8) | 0x80]);
+        value >>= 7;
+    }
+    out.extend_from_slice(&[value as u8]);
+}
+
+/// The encoded length of a length-delimited field with a value of `len` bytes.
+pub fn length_delimited_len(number: u64, len: usize) -> usize {
+    let varint_len = |v: u64| (64 - (v | 1).leading_zeros() as usize).div_ceil(7);
+    varint_len(number << 3 | 2) + varint_len(len as u64) + len
 }
 
 /// The last value of string field `number` (protobuf's "last one wins"), if present.
@@ -97,11 +162,20 @@ pub fn first_message(message: &[u8], number: u64) -> Result<Option<&[u8]>, WireE
     Ok(None)
 }
 
-/// MeterData: service = 3, serviceInstance = 4.
+/// MeterData: service = 3, serviceInstance = 4, timestamp = 5.
 const METER_SERVICE: u64 = 3;
 const METER_INSTANCE: u64 = 4;
+const METER_TIMESTAMP: u64 = 5;
 /// MeterDataCollection: meterData = 1.
-const COLLECTION_METER_DATA: u64 = 1;
+pub const COLLECTION_METER_DATA: u64 = 1;
+/// Envoy's StreamAccessLogsMessage and StreamMetricsMessage: identifier = 1.
+pub const ENVOY_IDENTIFIER: u64 = 1;
+
+/// The fields of a `collect` stream's first MeterData that describe the whole set
+/// (service, instance, timestamp), encoded.
+pub fn meter_set_header(first: &[u8]) -> Result<Vec<u8>, WireError> {
+    encoded_fields(first, &[METER_SERVICE, METER_INSTANCE, METER_TIMESTAMP])
+}
 
 /// The fixed-routing key `service\0instance` of a `MeterData` (the first message of a
 /// `collect` stream), or `None` when it names no service.
@@ -171,6 +245,35 @@ pub(crate) mod tests {
             Some("checkout\0pod-7")
         );
         assert_eq!(meter_batch_key(&[]).unwrap(), None);
+    }
+
+    #[test]
+    fn fields_are_copied_with_their_keys_and_written_back_as_readable_fields() {
+        let data = meter_data("checkout", "pod-7");
+        let header = meter_set_header(&data).unwrap();
+        // A later message of the stream, with the set header put in front, names the set.
+        let later = message(&[(1, b"value")]);
+        let mut both = header.clone();
+        both.extend_from_slice(&later);
+        assert_eq!(
+            meter_key(&both).unwrap().as_deref(),
+            Some("checkout\0pod-7")
+        );
+        assert!(has_field(&both, 5).unwrap(), "the timestamp comes along");
+        assert!(!has_field(&later, 3).unwrap());
+
+        let mut out = bytes::BytesMut::new();
+        put_length_delimited(&mut out, 1, &[&header, &later]);
+        assert_eq!(
+            out.len(),
+            length_delimited_len(1, header.len() + later.len())
+        );
+        assert_eq!(first_message(&out, 1).unwrap(), Some(&both[..]));
+        for len in [0, 127, 128, 16_383, 16_384, 3 << 20] {
+            let mut out = bytes::BytesMut::new();
+            put_length_delimited(&mut out, 1, &[&vec![0; len]]);
+            assert_eq!(out.len(), length_delimited_len(1, len));
+        }
     }
 
     #[test]

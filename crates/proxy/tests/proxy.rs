@@ -238,6 +238,117 @@ async fn one_instances_meters_always_reach_the_same_upstream() {
     }
 }
 
+/// A length-delimited protobuf field (values here are short).
+fn field(number: u8, value: &[u8]) -> Vec<u8> {
+    assert!(value.len() < 128);
+    let mut out = vec![number << 3 | 2, value.len() as u8];
+    out.extend_from_slice(value);
+    out
+}
+
+/// The value of the first occurrence of length-delimited field `number` (short values).
+fn read_field(message: &[u8], number: u8) -> Option<&[u8]> {
+    let mut at = 0;
+    while at + 1 < message.len() {
+        let (key, len) = (message[at], message[at + 1] as usize);
+        let value = &message[at + 2..at + 2 + len];
+        if key == number << 3 | 2 {
+            return Some(value);
+        }
+        at += 2 + len;
+    }
+    None
+}
+
+#[tokio::test]
+async fn streams_whose_receiver_reads_the_first_message_stay_whole_when_batched() {
+    let (a, b) = (Sink::start().await.unwrap(), Sink::start().await.unwrap());
+    let proxy = proxy(&[&a, &b], None).await;
+    let client = client();
+    const METER_STREAM: &str = "/skywalking.v3.MeterReportService/collect";
+    const ALS: &str = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs";
+    // Three agents' meter streams and two Envoys' access-log streams, 120 messages each
+    // (batches hold 50), all at once: batches mix them.
+    let mut calls = Vec::new();
+    for instance in ["pod-1", "pod-2", "pod-3"] {
+        let mut messages = vec![meter_data("checkout", instance)];
+        messages.extend((1..120).map(|i| field(1, format!("{instance} value {i}").as_bytes())));
+        let (client, address) = (client.clone(), proxy.address);
+        calls.push(tokio::spawn(async move {
+            call(&client, address, METER_STREAM, framed(&messages), &[])
+                .await
+                .0
+        }));
+    }
+    for node in ["envoy-a", "envoy-b"] {
+        let identifier = field(1, node.as_bytes());
+        let mut messages = vec![
+            [
+                field(1, &identifier),
+                field(2, format!("{node} log 0").as_bytes()),
+            ]
+            .concat(),
+        ];
+        messages.extend((1..120).map(|i| field(2, format!("{node} log {i}").as_bytes())));
+        let (client, address) = (client.clone(), proxy.address);
+        calls.push(tokio::spawn(async move {
+            call(&client, address, ALS, framed(&messages), &[]).await.0
+        }));
+    }
+    for c in calls {
+        assert_eq!(c.await.unwrap(), 0);
+    }
+    let streams = |path: &str| [a.streams_on(path), b.streams_on(path)].concat();
+    eventually("every set and log upstream", || {
+        streams(METERS).len() == 3 && streams(ALS).iter().map(Vec::len).sum::<usize>() == 240
+    })
+    .await;
+
+    // Each meter stream became one collectBatch message: the whole set, in order, its first
+    // MeterData naming the instance.
+    assert!(streams(METER_STREAM).is_empty(), "no set is sent split");
+    let mut instances = Vec::new();
+    for collection in streams(METERS).concat() {
+        let mut items = Vec::new();
+        let mut rest = &collection[..];
+        while !rest.is_empty() {
+            assert_eq!(rest[0], 1 << 3 | 2);
+            // Lengths under 16 384: a one- or two-byte varint.
+            let (len, skip) = if rest[1] & 0x80 == 0 {
+                (rest[1] as usize, 2)
+            } else {
+                ((rest[1] & 0x7f) as usize | (rest[2] as usize) << 7, 3)
+            };
+            items.push(&rest[skip..skip + len]);
+            rest = &rest[skip + len..];
+        }
+        assert_eq!(items.len(), 120);
+        let instance = std::str::from_utf8(read_field(items[0], 4).unwrap()).unwrap();
+        for (i, item) in items.iter().enumerate().skip(1) {
+            assert_eq!(
+                read_field(item, 1).unwrap(),
+                format!("{instance} value {i}").as_bytes()
+            );
+        }
+        instances.push(instance.to_string());
+    }
+    instances.sort();
+    assert_eq!(instances, ["pod-1", "pod-2", "pod-3"]);
+
+    // Every upstream access-log stream is about one Envoy, and names it in its first message.
+    for stream in streams(ALS) {
+        let identifier = read_field(&stream[0], 1).expect("the first message names the sender");
+        let node = std::str::from_utf8(read_field(identifier, 1).unwrap()).unwrap();
+        for message in &stream {
+            assert_eq!(read_field(message, 1), Some(identifier));
+            let log = std::str::from_utf8(read_field(message, 2).unwrap()).unwrap();
+            assert!(log.starts_with(node), "{log} in a stream of {node}");
+        }
+    }
+    let totals = proxy.state.queue.totals();
+    assert!(totals.balances());
+}
+
 #[tokio::test]
 async fn connections_over_the_limit_are_told_why_and_the_others_keep_working() {
     let a = Sink::start().await.unwrap();

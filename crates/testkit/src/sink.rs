@@ -38,6 +38,8 @@ pub fn split_messages(mut body: &[u8]) -> Result<Vec<Bytes>, String> {
 #[derive(Default)]
 struct Recorded {
     by_path: BTreeMap<String, Vec<Bytes>>,
+    /// The same messages, stream by stream (OAP reads some facts per stream).
+    streams_by_path: BTreeMap<String, Vec<Vec<Bytes>>>,
     streams: u64,
     /// Messages counted but not kept (see [`Sink::start_counting`]).
     counted: u64,
@@ -164,6 +166,11 @@ impl Sink {
                     .entry(path.clone())
                     .or_default()
                     .extend(messages.iter().cloned());
+                recorded
+                    .streams_by_path
+                    .entry(path.clone())
+                    .or_default()
+                    .push(messages.clone());
             }
         }
         let mut trailers = http::HeaderMap::new();
@@ -188,6 +195,17 @@ impl Sink {
             .lock()
             .expect("sink lock is never poisoned")
             .by_path
+            .get(path)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The streams received on `path`, each as its messages in order.
+    pub fn streams_on(&self, path: &str) -> Vec<Vec<Bytes>> {
+        self.recorded
+            .lock()
+            .expect("sink lock is never poisoned")
+            .streams_by_path
             .get(path)
             .cloned()
             .unwrap_or_default()
