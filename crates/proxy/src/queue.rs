@@ -304,8 +304,11 @@ impl Queue {
                 .lock()
                 .expect("queue lock is never poisoned")
                 .len();
-            if queued >= self.config.batch_size || (queued > 0 && *closed.borrow()) {
-                return Some(self.take(partition));
+            // Another sender of the partition may have taken the events meanwhile.
+            if (queued >= self.config.batch_size || (queued > 0 && *closed.borrow()))
+                && let Some(batch) = self.take(partition)
+            {
+                return Some(batch);
             }
             if queued == 0 && *closed.borrow() {
                 return None;
@@ -313,7 +316,10 @@ impl Queue {
             if queued > 0 {
                 // Something waits: flush at the interval unless the batch fills first.
                 tokio::select! {
-                    _ = tokio::time::sleep(self.config.flush_interval) => return Some(self.take(partition)),
+                    _ = tokio::time::sleep(self.config.flush_interval) => match self.take(partition) {
+                        Some(batch) => return Some(batch),
+                        None => continue,
+                    },
                     _ = part.ready.notified() => continue,
                     _ = closed.changed() => continue,
                 }
@@ -325,11 +331,15 @@ impl Queue {
         }
     }
 
-    fn take(&self, partition: usize) -> Batch {
+    /// Up to a batch of the partition's events; `None` when it is empty.
+    fn take(&self, partition: usize) -> Option<Batch> {
         let mut events = self.partitions[partition]
             .events
             .lock()
             .expect("queue lock is never poisoned");
+        if events.is_empty() {
+            return None;
+        }
         let n = events.len().min(self.config.batch_size);
         let batch = Batch {
             partition,
@@ -339,7 +349,7 @@ impl Queue {
         if events.len() >= self.config.batch_size {
             self.partitions[partition].ready.notify_one();
         }
-        batch
+        Some(batch)
     }
 
     fn release(&self, partition: usize, events: &[Event]) {
@@ -584,6 +594,33 @@ mod tests {
             Duration::from_millis(100),
             "exactly one flush interval"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn senders_sharing_a_partition_never_get_an_empty_batch() {
+        let queue = std::sync::Arc::new(Queue::new(QueueConfig {
+            partitions: 1,
+            ..config(Overflow::Reject)
+        }));
+        let (_close, closed) = tokio::sync::watch::channel(false);
+        queue.offer(event(None));
+        // Both senders see the event and wait out the flush interval; one takes it.
+        let senders: Vec<_> = (0..2)
+            .map(|_| {
+                let (queue, closed) = (queue.clone(), closed.clone());
+                tokio::spawn(async move { queue.next_batch(0, &closed).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let finished: Vec<_> = senders.iter().filter(|s| s.is_finished()).collect();
+        assert_eq!(finished.len(), 1, "the other sender keeps waiting");
+        for sender in senders {
+            if sender.is_finished() {
+                assert_eq!(sender.await.unwrap().unwrap().events.len(), 1);
+            } else {
+                sender.abort();
+            }
+        }
     }
 
     #[tokio::test(start_paused = true)]

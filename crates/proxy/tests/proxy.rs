@@ -29,7 +29,28 @@ struct Proxy {
     _close: tokio::sync::watch::Sender<bool>,
 }
 
+fn queue_config() -> QueueConfig {
+    QueueConfig {
+        partitions: 2,
+        capacity: 10_000,
+        max_bytes: 64 << 20,
+        batch_size: 50,
+        flush_interval: Duration::from_millis(20),
+        overflow: Overflow::Reject,
+        overflow_wait: Duration::ZERO,
+        in_flight: 2,
+    }
+}
+
 async fn proxy(upstreams: &[&Sink], max_connections: Option<usize>) -> Proxy {
+    proxy_with(upstreams, max_connections, queue_config()).await
+}
+
+async fn proxy_with(
+    upstreams: &[&Sink],
+    max_connections: Option<usize>,
+    queue: QueueConfig,
+) -> Proxy {
     let set = upstreams
         .iter()
         .map(|s| Upstream {
@@ -38,16 +59,7 @@ async fn proxy(upstreams: &[&Sink], max_connections: Option<usize>) -> Proxy {
         })
         .collect();
     let state: State = Arc::new(Shared {
-        queue: Queue::new(QueueConfig {
-            partitions: 2,
-            capacity: 10_000,
-            max_bytes: 64 << 20,
-            batch_size: 50,
-            flush_interval: Duration::from_millis(20),
-            overflow: Overflow::Reject,
-            overflow_wait: Duration::ZERO,
-            in_flight: 2,
-        }),
+        queue: Queue::new(queue),
         upstreams: UpstreamSet::new(set),
         balancer: Balancer::new(
             Policy::RoundRobin,
@@ -109,7 +121,11 @@ async fn call(
         .unwrap();
     let (parts, body) = response.into_parts();
     let collected = body.collect().await.unwrap();
-    let trailers = collected.trailers().cloned().unwrap_or_default();
+    // A trailers-only answer carries its status in the headers.
+    let trailers = collected
+        .trailers()
+        .cloned()
+        .unwrap_or_else(|| parts.headers.clone());
     let status = trailers
         .get("grpc-status")
         .or_else(|| parts.headers.get("grpc-status"))
@@ -560,4 +576,202 @@ async fn sync_and_pass_through_calls_honour_grpc_timeout() {
         );
     }
     held.abort();
+}
+
+/// `clients` clients reporting uniquely numbered segments, 20 per stream, until `stop` turns
+/// true; returns the segments the proxy acknowledged.
+async fn report_until(
+    proxy: SocketAddr,
+    clients: usize,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<Bytes> {
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = client();
+            let mut acknowledged = Vec::new();
+            let mut call_number = 0;
+            while !*stop.borrow() {
+                let messages: Vec<Vec<u8>> = (0..20)
+                    .map(|i| format!("client {c} call {call_number} segment {i}").into_bytes())
+                    .collect();
+                call_number += 1;
+                let (status, _, _) = call(&client, proxy, SEGMENTS, framed(&messages), &[]).await;
+                if status == 0 {
+                    acknowledged.extend(messages.into_iter().map(Bytes::from));
+                }
+            }
+            acknowledged
+        }));
+    }
+    let mut acknowledged = Vec::new();
+    for task in tasks {
+        acknowledged.extend(task.await.unwrap());
+    }
+    acknowledged
+}
+
+/// Every acknowledged segment reached some sink (duplicates allowed, counted): returns the
+/// number of duplicates.
+fn every_acknowledged_segment_delivered(acknowledged: &[Bytes], sinks: &[&Sink]) -> usize {
+    let delivered: Vec<Bytes> = sinks.iter().flat_map(|s| s.messages(SEGMENTS)).collect();
+    let unique: std::collections::HashSet<&Bytes> = delivered.iter().collect();
+    let lost: Vec<_> = acknowledged
+        .iter()
+        .filter(|m| !unique.contains(m))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged segments lost, e.g. {:?}",
+        lost.len(),
+        acknowledged.len(),
+        lost.first()
+    );
+    delivered.len() - unique.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_killed_under_load_loses_no_acknowledged_segment() {
+    let (a, b) = (Sink::start().await.unwrap(), Sink::start().await.unwrap());
+    let proxy = proxy(&[&a, &b], None).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let load = tokio::spawn(report_until(proxy.address, 8, stopped));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let before_kill = b.messages(SEGMENTS).len();
+    a.kill();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    stop.send(true).unwrap();
+    let acknowledged = load.await.unwrap();
+    eventually("the queue to drain", || {
+        proxy.state.queue.totals().pending == 0
+    })
+    .await;
+
+    assert!(
+        acknowledged.len() > 1000,
+        "load ran: {}",
+        acknowledged.len()
+    );
+    assert!(
+        b.messages(SEGMENTS).len() > before_kill,
+        "the survivor takes over"
+    );
+    let duplicates = every_acknowledged_segment_delivered(&acknowledged, &[&a, &b]);
+    let totals = proxy.state.queue.totals();
+    assert!(totals.balances(), "{totals:?}");
+    assert_eq!(
+        totals.dropped_total(),
+        0,
+        "nothing dropped while an upstream is up"
+    );
+    assert_eq!(totals.forwarded, acknowledged.len() as u64);
+    eprintln!(
+        "killed upstream: {} acknowledged, {duplicates} delivered twice (sent again after the cut)",
+        acknowledged.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstreams_added_and_removed_under_load_lose_nothing_and_removed_ones_get_no_more() {
+    let (a, b, c) = (
+        Sink::start().await.unwrap(),
+        Sink::start().await.unwrap(),
+        Sink::start().await.unwrap(),
+    );
+    let proxy = proxy(&[&a], None).await;
+    let set = |sinks: &[&Sink]| {
+        sinks
+            .iter()
+            .map(|s| Upstream {
+                address: s.address(),
+                weight: 1,
+            })
+            .collect::<Vec<_>>()
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let load = tokio::spawn(report_until(proxy.address, 8, stopped));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.state.upstreams.replace(set(&[&a, &b]));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.state.upstreams.replace(set(&[&b, &c]));
+    // Sends already under way to the removed upstream finish; then it gets nothing more.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let removed_streams = a.streams();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stop.send(true).unwrap();
+    let acknowledged = load.await.unwrap();
+    eventually("the queue to drain", || {
+        proxy.state.queue.totals().pending == 0
+    })
+    .await;
+
+    assert_eq!(
+        a.streams(),
+        removed_streams,
+        "a removed upstream gets no new streams"
+    );
+    for (name, sink) in [("added", &b), ("added later", &c)] {
+        assert!(
+            !sink.messages(SEGMENTS).is_empty(),
+            "the {name} upstream gets traffic"
+        );
+    }
+    let duplicates = every_acknowledged_segment_delivered(&acknowledged, &[&a, &b, &c]);
+    assert_eq!(duplicates, 0, "healthy upstreams never get a batch twice");
+    let totals = proxy.state.queue.totals();
+    assert!(totals.balances(), "{totals:?}");
+    assert_eq!(
+        (totals.forwarded, totals.dropped_total()),
+        (acknowledged.len() as u64, 0)
+    );
+}
+
+#[tokio::test]
+async fn a_full_queue_holds_clients_back_then_refuses_or_drops_and_counts_it() {
+    use skylift_proxy::queue::DropReason;
+    let down = Sink::start().await.unwrap();
+    down.set_failing(true);
+    for (overflow, status, reason) in [
+        (Overflow::Reject, 8, DropReason::QueueFullRejected),
+        (Overflow::Drop, 0, DropReason::QueueFull),
+    ] {
+        let proxy = proxy_with(
+            &[&down],
+            None,
+            QueueConfig {
+                partitions: 1,
+                capacity: 30,
+                overflow,
+                overflow_wait: Duration::from_millis(300),
+                ..queue_config()
+            },
+        )
+        .await;
+        let client = client();
+        let messages: Vec<Vec<u8>> = (0..20).map(|i| format!("s{i}").into_bytes()).collect();
+        let (first, _, _) = call(&client, proxy.address, SEGMENTS, framed(&messages), &[]).await;
+        assert_eq!(first, 0, "room for the first 20");
+        // The upstream is down, so nothing leaves: 10 more fit, the rest wait, then overflow.
+        let started = std::time::Instant::now();
+        let (second, _, trailers) =
+            call(&client, proxy.address, SEGMENTS, framed(&messages), &[]).await;
+        assert_eq!(second, status, "{overflow:?}: {trailers:?}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "{overflow:?}: the client was held back first"
+        );
+        if overflow == Overflow::Reject {
+            assert_eq!(
+                trailers.get("grpc-message").unwrap(),
+                "skylift-proxy: queue full; retry later"
+            );
+        }
+        let totals = proxy.state.queue.totals();
+        assert!(totals.balances(), "{totals:?}");
+        assert_eq!(totals.pending, 30);
+        // Reject stops reading the stream at the first refused message; drop reads it all.
+        let expected_drops = if overflow == Overflow::Reject { 1 } else { 10 };
+        assert_eq!(totals.dropped(reason), expected_drops, "{overflow:?}");
+    }
 }

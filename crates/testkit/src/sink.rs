@@ -2,7 +2,8 @@
 //! over cleartext HTTP/2, records each message it receives per method, and answers reports
 //! the way OAP does (one empty `Commands` message, status OK). Unknown methods are echoed
 //! back with a trailer, so pass-through can be checked. It can be told to fail
-//! (`UNAVAILABLE`) to play a broken OAP.
+//! (`UNAVAILABLE`) to play a broken OAP, or killed: every connection cut at once, as when
+//! an OAP pod dies.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -52,6 +53,8 @@ pub struct Sink {
     recorded: Arc<Mutex<Recorded>>,
     failing: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
+    /// Turns true when the sink is killed; every connection task watches it.
+    killed: tokio::sync::watch::Sender<bool>,
 }
 
 fn trailers_only(status: u16, message: &str) -> Response<Body> {
@@ -103,6 +106,7 @@ impl Sink {
             ..Recorded::default()
         }));
         let failing = Arc::new(AtomicBool::new(false));
+        let (killed, kill_signal) = tokio::sync::watch::channel(false);
         let (rec, fail) = (recorded.clone(), failing.clone());
         let task = tokio::spawn(async move {
             loop {
@@ -110,6 +114,7 @@ impl Sink {
                     continue;
                 };
                 let (rec, fail) = (rec.clone(), fail.clone());
+                let mut kill_signal = kill_signal.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(
                         move |request: Request<hyper::body::Incoming>| {
@@ -117,9 +122,13 @@ impl Sink {
                             async move { Ok::<_, Infallible>(Self::serve(request, &rec, &fail).await) }
                         },
                     );
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service);
+                    // Killed: the connection is dropped mid-whatever, without a GOAWAY.
+                    tokio::select! {
+                        _ = connection => {}
+                        _ = kill_signal.wait_for(|killed| *killed) => {}
+                    }
                 });
             }
         });
@@ -128,6 +137,7 @@ impl Sink {
             recorded,
             failing,
             task,
+            killed,
         })
     }
 
@@ -227,6 +237,13 @@ impl Sink {
             .streams
     }
 
+    /// Dies like a killed OAP: stops accepting and cuts every open connection. What it
+    /// recorded before stays readable.
+    pub fn kill(&self) {
+        self.task.abort();
+        let _ = self.killed.send(true);
+    }
+
     /// From now on, answer every call with `UNAVAILABLE` (or stop doing so).
     pub fn set_failing(&self, failing: bool) {
         self.failing.store(failing, Ordering::Relaxed);
@@ -235,6 +252,6 @@ impl Sink {
 
 impl Drop for Sink {
     fn drop(&mut self) {
-        self.task.abort();
+        self.kill();
     }
 }
