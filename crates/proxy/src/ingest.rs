@@ -188,7 +188,13 @@ fn next_event(
 
 async fn queue(state: &State, event: Event) -> Result<(), Refusal> {
     let protocol = event.route.protocol;
-    match state.queue.offer_waiting(event).await {
+    // The wait for room is the rare path; boxed, its timer and wake-up registration do not
+    // weigh on every stream's future.
+    let event = match state.queue.try_offer(event) {
+        Ok(()) => return Ok(()),
+        Err(event) => event,
+    };
+    match Box::pin(state.queue.offer_waiting(event)).await {
         Offered::Queued => Ok(()),
         Offered::Dropped => {
             state.metrics.dropped(protocol, DropReason::QueueFull, 1);

@@ -4,6 +4,7 @@
 //! - [`balance`]: picking among healthy upstreams; ejecting failing ones;
 //! - [`server`], [`ingest`], [`forward`], [`send`], [`state`]: accepting clients, queueing
 //!   reports, forwarding sync and unknown calls, sending batches upstream;
+//! - [`coalesce`]: answers to concurrent calls on one connection written together;
 //! - [`framing`]: gRPC length-prefixed messages, decoded without decoding protobuf;
 //! - [`grpc`]: status codes, trailers-only answers, the empty `Commands` acknowledgement;
 //! - [`protocol`]: which policy each SkyWalking / Envoy method gets (async batch, sync, pass-through);
@@ -17,6 +18,7 @@
 
 pub mod admin;
 pub mod balance;
+pub mod coalesce;
 pub mod configmap;
 pub mod forward;
 pub mod framing;

@@ -257,6 +257,13 @@ impl Queue {
         }
     }
 
+    /// Queues `event` if there is room now, without waiting; gives it back otherwise.
+    pub fn try_offer(&self, event: Event) -> Result<(), Event> {
+        self.try_queue(event)?;
+        self.accounting.received.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Queues `event`, waiting up to `overflow_wait` for room when the queue is full, then
     /// applies the overflow policy. The caller stops reading its client meanwhile, which is
     /// the backpressure: a client that can wait is slowed down rather than refused.

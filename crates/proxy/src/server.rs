@@ -10,13 +10,15 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
+use crate::coalesce::Coalescing;
 use crate::grpc::Body;
 use crate::protocol::{self, Policy};
 use crate::refuse::refuse;
 use crate::state::State;
 use crate::{forward, ingest};
 
-/// Routes one request by its method's policy.
+/// Routes one request by its method's policy. The forwarding paths, whose futures hold an
+/// upstream call, are boxed so that a report's future does not carry their size.
 pub async fn handle(state: State, request: Request<Incoming>) -> Response<Body> {
     match protocol::lookup(request.uri().path()) {
         Some(method) => match method.policy {
@@ -25,13 +27,12 @@ pub async fn handle(state: State, request: Request<Incoming>) -> Response<Body> 
             {
                 ingest::report(&state, method, request).await
             }
-            Policy::AsyncStream | Policy::AsyncUnary => {
-                forward::pass_through(&state, request).await
+            Policy::Sync => Box::pin(forward::sync_call(&state, request)).await,
+            Policy::AsyncStream | Policy::AsyncUnary | Policy::PassThrough => {
+                Box::pin(forward::pass_through(&state, request)).await
             }
-            Policy::Sync => forward::sync_call(&state, request).await,
-            Policy::PassThrough => forward::pass_through(&state, request).await,
         },
-        None => forward::pass_through(&state, request).await,
+        None => Box::pin(forward::pass_through(&state, request)).await,
     }
 }
 
@@ -76,11 +77,15 @@ pub async fn serve(
                 let state = state.clone();
                 move |request| {
                     let state = state.clone();
-                    async move { Ok::<_, std::convert::Infallible>(handle(state, request).await) }
+                    // Boxed: hyper moves each request's future into a task of its own, and
+                    // moving a pointer is cheaper than moving a KiB-sized state machine.
+                    async move {
+                        Ok::<_, std::convert::Infallible>(Box::pin(handle(state, request)).await)
+                    }
                 }
             });
             let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(Coalescing::new(stream)), service)
                 .await;
             if let Err(err) = served {
                 tracing::debug!(%peer, error = %err, "connection ended with an error");
