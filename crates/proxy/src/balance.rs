@@ -103,6 +103,16 @@ impl Balancer {
             .remove(address);
     }
 
+    /// Whether `address` failed and its ejection has run out: time to try it again.
+    pub fn due_for_probe(&self, address: &str, now: Instant) -> bool {
+        self.health
+            .lock()
+            .expect("health lock is never poisoned")
+            .get(address)
+            .and_then(|h| h.ejected_until)
+            .is_some_and(|t| t <= now)
+    }
+
     /// Whether `address` is ejected at `now`.
     pub fn is_ejected(&self, address: &str, now: Instant) -> bool {
         self.health

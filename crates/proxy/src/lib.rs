@@ -9,6 +9,7 @@
 //! - [`grpc`]: status codes, trailers-only answers, the empty `Commands` acknowledgement;
 //! - [`protocol`]: which policy each SkyWalking / Envoy method gets (async batch, sync, pass-through);
 //! - [`queue`]: bounded per-partition queues that account for every event;
+//! - [`warm`]: upstream connections opened before data needs them, failed ones probed back;
 //! - [`upstreams`]: the upstream set, from flags, a watched file or the operator's ConfigMap;
 //! - [`wire`]: the few protobuf fields read for routing keys or spliced by [`reshape`];
 //! - [`reshape`]: meter sets and Envoy streams made self-contained, so they can be batched;
@@ -36,4 +37,5 @@ pub mod server;
 pub mod state;
 pub mod telemetry;
 pub mod upstreams;
+pub mod warm;
 pub mod wire;

@@ -117,6 +117,10 @@ pub async fn run(
             background.push(tokio::spawn(configmap::follow(client, namespace.clone(), name.clone(), state.upstreams.clone())));
         }
     }
+    background.push(tokio::spawn(crate::warm::keep_connected(
+        state.clone(),
+        Duration::from_secs(1),
+    )));
     if let Some(telemetry) = config.telemetry.clone() {
         background.push(tokio::spawn(crate::telemetry::report(
             state.clone(),

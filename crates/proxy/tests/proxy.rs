@@ -80,6 +80,10 @@ async fn proxy_with(
     let (close, closed) = tokio::sync::watch::channel(false);
     tokio::spawn(server::serve(listener, state.clone(), closed.clone()));
     send::spawn_senders(&state, &closed);
+    tokio::spawn(skylift_proxy::warm::keep_connected(
+        state.clone(),
+        Duration::from_millis(100),
+    ));
     Proxy {
         address,
         state,
@@ -774,4 +778,52 @@ async fn a_full_queue_holds_clients_back_then_refuses_or_drops_and_counts_it() {
         let expected_drops = if overflow == Overflow::Reject { 1 } else { 10 };
         assert_eq!(totals.dropped(reason), expected_drops, "{overflow:?}");
     }
+}
+
+#[tokio::test]
+async fn upstream_connections_open_before_data_and_unreachable_upstreams_are_ejected_first() {
+    let sink = Sink::start().await.unwrap();
+    // A port nothing listens on.
+    let unreachable = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let proxy = proxy(&[&sink], None).await;
+    proxy.state.upstreams.replace(vec![
+        Upstream {
+            address: sink.address(),
+            weight: 1,
+        },
+        Upstream {
+            address: unreachable.clone(),
+            weight: 1,
+        },
+    ]);
+    eventually("a connection to the upstream before any data", || {
+        sink.connections() == 1
+    })
+    .await;
+    eventually("the unreachable upstream ejected before any data", || {
+        proxy
+            .state
+            .balancer
+            .is_ejected(&unreachable, std::time::Instant::now())
+    })
+    .await;
+
+    let client = client();
+    for round in 0..5 {
+        let messages = vec![format!("segment {round}").into_bytes()];
+        let (status, _, _) = call(&client, proxy.address, SEGMENTS, framed(&messages), &[]).await;
+        assert_eq!(status, 0);
+    }
+    eventually("every segment at the reachable upstream", || {
+        sink.messages(SEGMENTS).len() == 5
+    })
+    .await;
+    assert_eq!(
+        sink.connections(),
+        1,
+        "the data reuses the opened connection"
+    );
 }

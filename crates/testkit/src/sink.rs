@@ -42,6 +42,8 @@ struct Recorded {
     /// The same messages, stream by stream (OAP reads some facts per stream).
     streams_by_path: BTreeMap<String, Vec<Vec<Bytes>>>,
     streams: u64,
+    /// Connections accepted.
+    connections: u64,
     /// Messages counted but not kept (see [`Sink::start_counting`]).
     counted: u64,
     keep: bool,
@@ -113,6 +115,7 @@ impl Sink {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                rec.lock().expect("sink lock is never poisoned").connections += 1;
                 let (rec, fail) = (rec.clone(), fail.clone());
                 let mut kill_signal = kill_signal.clone();
                 tokio::spawn(async move {
@@ -235,6 +238,14 @@ impl Sink {
             .lock()
             .expect("sink lock is never poisoned")
             .streams
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.recorded
+            .lock()
+            .expect("sink lock is never poisoned")
+            .connections
     }
 
     /// Dies like a killed OAP: stops accepting and cuts every open connection. What it
