@@ -54,7 +54,13 @@ events { worker_connections 30000; }
 http {
   access_log off;
   client_body_temp_path $work;
-  upstream sinks { server 127.0.0.1:$sink_a; server 127.0.0.1:$sink_b; keepalive 64; }
+  # nginx closes a connection after 1000 requests by default; the load generator keeps its
+  # connections for the whole run.
+  keepalive_requests 100000000;
+  upstream sinks {
+    server 127.0.0.1:$sink_a; server 127.0.0.1:$sink_b;
+    keepalive 64; keepalive_requests 100000000;
+  }
   server {
     listen 127.0.0.1:$nginx_port http2;
     location / { grpc_pass grpc://sinks; }
