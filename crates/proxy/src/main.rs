@@ -46,6 +46,10 @@ struct Args {
     /// Client connections accepted at once; more are sent away with a GOAWAY.
     #[arg(long, env = "SKYLIFT_PROXY_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// How often idle client connections are pinged; one that does not answer within the
+    /// same time (at most 20 s) is closed, so dead clients stop counting. 0s: never.
+    #[arg(long, env = "SKYLIFT_PROXY_KEEPALIVE_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    keepalive_interval: Duration,
     /// Largest gRPC message accepted.
     #[arg(long, env = "SKYLIFT_PROXY_MAX_MESSAGE_BYTES", default_value_t = 4 << 20)]
     max_message_bytes: usize,
@@ -219,6 +223,7 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
             limits: Limits {
                 max_connections: args.max_connections,
                 max_message_bytes: args.max_message_bytes,
+                keepalive: (!args.keepalive_interval.is_zero()).then_some(args.keepalive_interval),
             },
             queue: QueueConfig {
                 partitions,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::coalesce::Coalescing;
@@ -16,6 +16,9 @@ use crate::protocol::{self, Policy};
 use crate::refuse::refuse;
 use crate::state::State;
 use crate::{forward, ingest};
+
+/// Longest wait for the answer to a keep-alive ping.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Routes one request by its method's policy. The forwarding paths, whose futures hold an
 /// upstream call, are boxed so that a report's future does not carry their size.
@@ -84,7 +87,14 @@ pub async fn serve(
                     }
                 }
             });
-            let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            if let Some(interval) = state.limits.keepalive {
+                builder
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(interval)
+                    .keep_alive_timeout(interval.min(KEEPALIVE_TIMEOUT));
+            }
+            let served = builder
                 .serve_connection(TokioIo::new(Coalescing::new(stream)), service)
                 .await;
             if let Err(err) = served {

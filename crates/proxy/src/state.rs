@@ -30,6 +30,10 @@ pub fn upstream_client() -> UpstreamClient {
 pub struct Limits {
     pub max_connections: Option<usize>,
     pub max_message_bytes: usize,
+    /// How often an idle client connection is pinged; one that does not answer within the
+    /// same time (at most 20 s) is closed. A client whose host died would otherwise count
+    /// as connected forever, and the connection count drives autoscaling.
+    pub keepalive: Option<std::time::Duration>,
 }
 
 /// Shared by all connections and senders.

@@ -69,6 +69,7 @@ async fn proxy_with(
         limits: Limits {
             max_connections,
             max_message_bytes: 64 * 1024,
+            keepalive: Some(Duration::from_millis(300)),
         },
         connections: AtomicUsize::new(0),
         metrics: Default::default(),
@@ -826,4 +827,49 @@ async fn upstream_connections_open_before_data_and_unreachable_upstreams_are_eje
         1,
         "the data reuses the opened connection"
     );
+}
+
+#[tokio::test]
+async fn a_client_that_stops_answering_pings_stops_counting_and_live_ones_stay() {
+    use std::sync::atomic::Ordering;
+    let sink = Sink::start().await.unwrap();
+    let proxy = proxy(&[&sink], None).await; // keep-alive pings every 300 ms
+    let live = client();
+    let (status, _, _) = call(
+        &live,
+        proxy.address,
+        SEGMENTS,
+        framed(&[b"one".to_vec()]),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 0);
+
+    // A client whose host went away: the HTTP/2 handshake, then silence.
+    let mut silent = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
+    silent
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    eventually("both clients counted", || {
+        proxy.state.connections.load(Ordering::Relaxed) == 2
+    })
+    .await;
+    eventually("the silent client no longer counted", || {
+        proxy.state.connections.load(Ordering::Relaxed) == 1
+    })
+    .await;
+
+    // The live client answered every ping: its connection is still the one in use.
+    let (status, _, _) = call(
+        &live,
+        proxy.address,
+        SEGMENTS,
+        framed(&[b"two".to_vec()]),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 0);
+    assert_eq!(proxy.state.connections.load(Ordering::Relaxed), 1);
+    drop(silent);
 }
