@@ -4,13 +4,13 @@
 
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::{Request, Response, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::grpc::{self, Body, BoxError, Code};
 use crate::state::State;
+use crate::upstreams::untried;
 
 fn upstream_uri(upstream: &str, original: &Uri) -> Option<Uri> {
     let path = original.path_and_query().map_or("/", |p| p.as_str());
@@ -118,12 +118,7 @@ pub async fn sync_call(state: &State, request: Request<Incoming>) -> Response<Bo
     let mut tried: Vec<String> = Vec::new();
     let mut last_error = String::from("no upstream is available");
     for _ in 0..3 {
-        let upstreams = state.upstreams.snapshot();
-        let remaining: Vec<_> = upstreams
-            .iter()
-            .filter(|u| !tried.contains(&u.address))
-            .cloned()
-            .collect();
+        let remaining = untried(&state.upstreams.snapshot(), &tried);
         let Some(upstream) = state
             .balancer
             .pick(key.as_deref(), &remaining, Instant::now())
@@ -134,11 +129,7 @@ pub async fn sync_call(state: &State, request: Request<Incoming>) -> Response<Bo
         let Some(uri) = upstream_uri(&upstream.address, &parts.uri) else {
             continue;
         };
-        let mut outgoing = Request::new(
-            Full::new(body.clone())
-                .map_err(|never| match never {})
-                .boxed(),
-        );
+        let mut outgoing = Request::new(grpc::bytes_body(body.clone()));
         *outgoing.method_mut() = parts.method.clone();
         *outgoing.uri_mut() = uri;
         *outgoing.headers_mut() = parts.headers.clone();
@@ -149,9 +140,4 @@ pub async fn sync_call(state: &State, request: Request<Incoming>) -> Response<Bo
         }
     }
     grpc::error(Code::Unavailable, &format!("skylift-proxy: {last_error}"))
-}
-
-/// A request body from bytes (for batches sent upstream).
-pub fn bytes_body(bytes: Bytes) -> Body {
-    Full::new(bytes).map_err(|never| match never {}).boxed()
 }

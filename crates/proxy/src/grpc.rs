@@ -65,6 +65,38 @@ fn status_headers(code: Code, message: &str) -> HeaderMap {
     headers
 }
 
+/// A body of the given bytes.
+pub fn bytes_body(bytes: Bytes) -> Body {
+    http_body_util::Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A gRPC call the proxy makes itself (a batch, a health probe, its telemetry): `POST` of
+/// `body` (already framed) to `path` on `upstream`, `grpc-encoding` set when the messages
+/// are compressed. `None` when the two do not make a URI.
+pub fn request(
+    upstream: &str,
+    path: &str,
+    encoding: Option<&str>,
+    body: Bytes,
+) -> Option<http::Request<Body>> {
+    let uri: http::Uri = format!("http://{upstream}{path}").parse().ok()?;
+    let mut request = http::Request::post(uri)
+        .body(bytes_body(body))
+        .expect("a URI and a method make a valid request");
+    let headers = request.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    if let Some(encoding) = encoding.and_then(|e| HeaderValue::from_str(e).ok()) {
+        headers.insert("grpc-encoding", encoding);
+    }
+    Some(request)
+}
+
 /// A trailers-only error answer.
 pub fn error(code: Code, message: &str) -> Response<Body> {
     let mut response = Response::new(empty_body());

@@ -248,11 +248,8 @@ impl Queue {
 
     /// Queues `event`, or applies the overflow policy at once when its partition is full.
     pub fn offer(&self, event: Event) -> Offered {
-        match self.try_queue(event) {
-            Ok(()) => {
-                self.accounting.received.fetch_add(1, Ordering::Relaxed);
-                Offered::Queued
-            }
+        match self.try_offer(event) {
+            Ok(()) => Offered::Queued,
             Err(_) => self.overflow(),
         }
     }
@@ -269,11 +266,8 @@ impl Queue {
     /// the backpressure: a client that can wait is slowed down rather than refused.
     pub async fn offer_waiting(&self, event: Event) -> Offered {
         // The common case, without registering for wake-ups.
-        let mut event = match self.try_queue(event) {
-            Ok(()) => {
-                self.accounting.received.fetch_add(1, Ordering::Relaxed);
-                return Offered::Queued;
-            }
+        let mut event = match self.try_offer(event) {
+            Ok(()) => return Offered::Queued,
             Err(back) => back,
         };
         let deadline = tokio::time::Instant::now() + self.config.overflow_wait;
@@ -282,11 +276,8 @@ impl Queue {
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            match self.try_queue(event) {
-                Ok(()) => {
-                    self.accounting.received.fetch_add(1, Ordering::Relaxed);
-                    return Offered::Queued;
-                }
+            match self.try_offer(event) {
+                Ok(()) => return Offered::Queued,
                 Err(back) => event = back,
             }
             if tokio::time::timeout_at(deadline, room).await.is_err() {

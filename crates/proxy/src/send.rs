@@ -8,14 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use http::{HeaderValue, Request};
 use http_body_util::BodyExt;
 
-use crate::forward::bytes_body;
 use crate::framing;
 use crate::grpc;
 use crate::queue::{Batch, DropReason, Event};
 use crate::state::State;
+use crate::upstreams::untried;
 
 /// Attempts on different upstreams before a group is put back.
 const ATTEMPTS: usize = 3;
@@ -90,13 +89,8 @@ enum Outcome {
 }
 
 async fn send_group(state: &State, group: Batch) -> bool {
-    let first = &group.events[0];
-    let (path, encoding, key) = (
-        first.route.path.clone(),
-        first.route.encoding.clone(),
-        first.key.clone(),
-    );
-    let protocol = first.route.protocol;
+    let (route, key) = (group.events[0].route.clone(), group.events[0].key.clone());
+    let (path, encoding, protocol) = (&route.path, route.encoding.as_deref(), route.protocol);
     let mut body = BytesMut::with_capacity(
         group
             .events
@@ -111,11 +105,8 @@ async fn send_group(state: &State, group: Batch) -> bool {
     let mut tried: Vec<String> = Vec::new();
     for attempt in 0..ATTEMPTS {
         let upstreams = state.upstreams.snapshot();
-        let remaining: Vec<_> = upstreams
-            .iter()
-            .filter(|u| !tried.contains(&u.address))
-            .cloned()
-            .collect();
+        let remaining = untried(&upstreams, &tried);
+        // With fewer upstreams than attempts, those tried are tried again.
         let candidates = if remaining.is_empty() {
             upstreams.to_vec()
         } else {
@@ -129,14 +120,7 @@ async fn send_group(state: &State, group: Batch) -> bool {
         };
         tried.push(upstream.address.clone());
         let started = Instant::now();
-        let outcome = send_stream(
-            state,
-            &upstream.address,
-            &path,
-            encoding.as_deref(),
-            body.clone(),
-        )
-        .await;
+        let outcome = send_stream(state, &upstream.address, path, encoding, body.clone()).await;
         state
             .metrics
             .sent(&upstream.address, started.elapsed().as_secs_f64());
@@ -174,21 +158,9 @@ async fn send_stream(
     encoding: Option<&str>,
     body: bytes::Bytes,
 ) -> Outcome {
-    let Ok(uri) = format!("http://{upstream}{path}").parse::<http::Uri>() else {
+    let Some(request) = grpc::request(upstream, path, encoding, body) else {
         return Outcome::Failed;
     };
-    let mut request = Request::post(uri)
-        .body(bytes_body(body))
-        .expect("a valid request");
-    let headers = request.headers_mut();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
-    if let Some(encoding) = encoding.and_then(|e| HeaderValue::from_str(e).ok()) {
-        headers.insert("grpc-encoding", encoding);
-    }
     let response =
         match tokio::time::timeout(Duration::from_secs(10), state.client.request(request)).await {
             Ok(Ok(response)) => response,

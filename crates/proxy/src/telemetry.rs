@@ -9,10 +9,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
-use http::{HeaderValue, Request};
 use http_body_util::BodyExt;
 
-use crate::forward::bytes_body;
 use crate::queue::DropReason;
 use crate::state::State;
 use crate::{framing, grpc};
@@ -197,19 +195,8 @@ pub async fn report(state: State, config: TelemetryConfig) {
 async fn send(state: &State, upstream: &str, message: &[u8]) -> Result<(), String> {
     let mut body = BytesMut::new();
     framing::encode(false, message, &mut body);
-    let uri: http::Uri = format!("http://{upstream}{PATH}")
-        .parse()
-        .map_err(|e| format!("{e}"))?;
-    let mut request = Request::post(uri)
-        .body(bytes_body(body.freeze()))
-        .map_err(|e| e.to_string())?;
-    request.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    request
-        .headers_mut()
-        .insert(http::header::TE, HeaderValue::from_static("trailers"));
+    let request = grpc::request(upstream, PATH, None, body.freeze())
+        .ok_or_else(|| format!("{upstream} is not an address"))?;
     let response = tokio::time::timeout(Duration::from_secs(5), state.client.request(request))
         .await
         .map_err(|_| "timed out".to_string())?

@@ -80,6 +80,15 @@ pub fn read_file(path: &Path) -> Result<Vec<Upstream>, UpstreamsError> {
     Ok(from_endpoints(&document))
 }
 
+/// The upstreams not among those `tried` (addresses), for a retry elsewhere.
+pub fn untried(upstreams: &[Upstream], tried: &[String]) -> Vec<Upstream> {
+    upstreams
+        .iter()
+        .filter(|u| !tried.contains(&u.address))
+        .cloned()
+        .collect()
+}
+
 /// What changed between two upstream sets.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Change {

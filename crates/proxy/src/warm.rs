@@ -10,10 +10,8 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request};
 use http_body_util::BodyExt;
 
-use crate::forward::bytes_body;
 use crate::grpc;
 use crate::state::State;
 
@@ -48,20 +46,11 @@ pub async fn keep_connected(state: State, interval: Duration) {
 /// `SERVING` or it has none (`UNIMPLEMENTED`); `UNAVAILABLE`, `NOT_SERVING`, a broken
 /// connection or no answer in time count as down.
 async fn probe(state: &State, address: &str) {
-    let Ok(uri) = format!("http://{address}/grpc.health.v1.Health/Check").parse::<http::Uri>()
-    else {
+    // An empty HealthCheckRequest (the server as a whole), framed.
+    let empty = Bytes::from_static(&[0, 0, 0, 0, 0]);
+    let Some(request) = grpc::request(address, "/grpc.health.v1.Health/Check", None, empty) else {
         return;
     };
-    // An empty HealthCheckRequest (the server as a whole), framed.
-    let mut request = Request::post(uri)
-        .body(bytes_body(Bytes::from_static(&[0, 0, 0, 0, 0])))
-        .expect("a valid request");
-    let headers = request.headers_mut();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
     let answer = tokio::time::timeout(PROBE_TIMEOUT, async {
         let response = state
             .client
