@@ -112,6 +112,25 @@ impl OwnedCache {
     }
 }
 
+/// What a watch over a kind of object needs of its type: a cluster-typed resource that
+/// (de)serializes and moves between tasks.
+pub trait Watched:
+    Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Fills an [`OwnedCache`] from a watch; `on_change` sees every applied or deleted object
 /// (typed, before it is stored as text).
 pub fn owned_cache<K>(
@@ -120,14 +139,7 @@ pub fn owned_cache<K>(
     on_change: impl Fn(&K) + Send + 'static,
 ) -> (OwnedCache, impl Future<Output = ()> + Send)
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + Debug
-        + Serialize
-        + DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     let objects: Arc<RwLock<HashMap<Key, CachedObject>>> = Arc::default();
     let (ready_tx, ready) = watch::channel(false);

@@ -1,7 +1,6 @@
 //! Reconciling a `Satellite` or `Proxy` pool: resolve its upstream endpoints, apply its
 //! objects (publishing the endpoints), and report its status.
 
-use std::fmt::Debug;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -11,13 +10,12 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::json;
 use skylift_api::constants::ports;
 use skylift_api::pool::{HpaStatus, PoolStatus};
 use skylift_api::{Proxy, Satellite, UpstreamEndpoints};
 
+use super::cache::Watched;
 use super::report::{RESYNC, now, publish, publish_changes, sort_results, write_status};
 use super::{Applied, Context, Error};
 use crate::build::oapserver::pod_selector as oap_pod_selector;
@@ -27,16 +25,7 @@ use crate::publish::{pod_endpoints, static_endpoints};
 use crate::status::{Observed, Problem, Rollout, conditions};
 
 /// A resource that runs a skylift-proxy pool.
-pub trait PoolResource:
-    Resource<DynamicType = (), Scope = NamespaceResourceScope>
-    + Clone
-    + Debug
-    + Serialize
-    + DeserializeOwned
-    + Send
-    + Sync
-    + 'static
-{
+pub trait PoolResource: Watched + Resource<Scope = NamespaceResourceScope> {
     const KIND: &'static str;
     fn view(&self) -> PoolView;
     /// Just the upstream source (cheaper than the whole view, for routing pod events).

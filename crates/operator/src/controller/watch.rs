@@ -5,7 +5,6 @@
 //! pool whose upstream selector matches it (or that publishes it), an OAPServer to the
 //! Satellites that refer to it.
 
-use std::fmt::Debug;
 use std::future::Future;
 
 use futures::channel::mpsc::UnboundedSender;
@@ -14,17 +13,15 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
+use kube::{Api, ResourceExt};
 use skylift_api::constants::labels;
 use skylift_api::{OAPServer, Proxy, Satellite};
 
-use super::cache::{OwnedCache, owned_cache};
+use super::cache::{OwnedCache, Watched, owned_cache};
 use super::pool::PoolResource;
 use crate::build::oapserver::pod_selector as oap_pod_selector;
 use crate::build::pool::UpstreamSource;
 use crate::publish::matches;
-use serde::Serialize;
 
 /// Where reconcile requests go, one channel per controller.
 #[derive(Clone)]
@@ -81,14 +78,7 @@ pub fn watch_owned<K>(
     triggers: Triggers,
 ) -> (OwnedCache, impl Future<Output = ()> + Send)
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + Debug
-        + Serialize
-        + DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     owned_cache(api, managed_objects(), move |obj: &K| {
         triggers.owner_of(obj.meta())
