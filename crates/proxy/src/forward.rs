@@ -9,6 +9,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::grpc::{self, Body, BoxError, Code};
+use crate::inbound::RequestBody;
 use crate::state::State;
 use crate::upstreams::untried;
 
@@ -22,7 +23,7 @@ fn relay(response: Response<Incoming>) -> Response<Body> {
 }
 
 /// Streams the request to one upstream (no retry: the body is not kept).
-pub async fn pass_through(state: &State, request: Request<Incoming>) -> Response<Body> {
+pub async fn pass_through(state: &State, request: Request<RequestBody>) -> Response<Body> {
     let deadline = grpc::timeout(request.headers()).map(|d| tokio::time::Instant::now() + d);
     let upstreams = state.upstreams.snapshot();
     let key = state.hash_key(request.headers());
@@ -37,7 +38,7 @@ pub async fn pass_through(state: &State, request: Request<Incoming>) -> Response
         return grpc::error(Code::Internal, "skylift-proxy: cannot address the upstream");
     };
     parts.uri = uri;
-    let outgoing = Request::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed());
+    let outgoing = Request::from_parts(parts, body.map_err(|never| match never {}).boxed());
     match attempt(state, &upstream.address, outgoing, deadline).await {
         Attempt::Answered(response) => response,
         Attempt::DeadlineExceeded => deadline_exceeded(),
@@ -93,7 +94,7 @@ fn deadline_exceeded() -> Response<Body> {
 /// Sends a unary or short client-streaming call to an upstream and relays its answer; an
 /// upstream that cannot be reached is skipped for the next (up to three), within the
 /// call's `grpc-timeout`.
-pub async fn sync_call(state: &State, request: Request<Incoming>) -> Response<Body> {
+pub async fn sync_call(state: &State, request: Request<RequestBody>) -> Response<Body> {
     let deadline = grpc::timeout(request.headers()).map(|d| tokio::time::Instant::now() + d);
     let key = state.hash_key(request.headers());
     let (parts, body) = request.into_parts();

@@ -7,11 +7,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::Request;
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use crate::framing::{Decoder, Frame};
-use crate::grpc::{self, Body, Code};
+use crate::grpc::Code;
 use crate::protocol::{Method, Shape};
 use crate::queue::{DropReason, Event, Offered, Route};
 use crate::reshape::{Identified, MeterSet};
@@ -53,62 +51,67 @@ struct Destination {
 }
 
 /// Why a stream is answered with an error.
-struct Refusal(Code, String);
+#[derive(Debug)]
+pub struct Refusal(pub Code, pub String);
 
-async fn read_stream(
-    state: &State,
+/// One report stream being received: its messages become events as its data arrives.
+pub struct ReportStream {
     method: &'static Method,
-    request: Request<Incoming>,
-    received: &mut u64,
-) -> Result<(), Refusal> {
-    let path = request.uri().path();
-    let destination = Destination {
-        route: Arc::new(Route {
-            path: match method.shape {
-                // A meter set goes upstream as one collectBatch message.
-                Shape::MeterSet => format!("{path}Batch"),
-                _ => path.to_string(),
-            },
-            protocol: method.protocol,
-            encoding: encoding(request.headers()).map(Into::into),
-        }),
-        header_key: state.hash_key(request.headers()).map(Into::into),
-    };
-    let mut stream = match method.shape {
-        Shape::Independent => StreamState::Independent,
-        Shape::MeterBatch => StreamState::MeterBatch,
-        Shape::MeterSet => StreamState::MeterSet {
-            set: MeterSet::new(state.limits.max_message_bytes),
-            key: None,
-        },
-        Shape::Identified => StreamState::Identified(Identified::default()),
-    };
-    let malformed = |err: WireError| {
-        Refusal(
-            Code::InvalidArgument,
-            format!(
-                "skylift-proxy: malformed {} message: {err}",
-                method.protocol
-            ),
-        )
-    };
-    let mut body = request.into_body();
-    let mut decoder = Decoder::new(state.limits.max_message_bytes);
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|err| {
-            Refusal(
-                Code::Internal,
-                format!("skylift-proxy: reading the stream: {err}"),
-            )
-        })?;
-        let Ok(data) = frame.into_data() else {
-            continue;
+    destination: Destination,
+    shape: StreamState,
+    decoder: Decoder,
+    /// Events made so far (a meter set counts once).
+    pub received: u64,
+}
+
+impl ReportStream {
+    pub fn open<B>(state: &State, method: &'static Method, request: &Request<B>) -> ReportStream {
+        let path = request.uri().path();
+        let destination = Destination {
+            route: Arc::new(Route {
+                path: match method.shape {
+                    // A meter set goes upstream as one collectBatch message.
+                    Shape::MeterSet => format!("{path}Batch"),
+                    _ => path.to_string(),
+                },
+                protocol: method.protocol,
+                encoding: encoding(request.headers()).map(Into::into),
+            }),
+            header_key: state.hash_key(request.headers()).map(Into::into),
         };
-        decoder.push_bytes(data);
+        let shape = match method.shape {
+            Shape::Independent => StreamState::Independent,
+            Shape::MeterBatch => StreamState::MeterBatch,
+            Shape::MeterSet => StreamState::MeterSet {
+                set: MeterSet::new(state.limits.max_message_bytes),
+                key: None,
+            },
+            Shape::Identified => StreamState::Identified(Identified::default()),
+        };
+        ReportStream {
+            method,
+            destination,
+            shape,
+            decoder: Decoder::new(state.limits.max_message_bytes),
+            received: 0,
+        }
+    }
+
+    pub fn protocol(&self) -> &'static str {
+        self.method.protocol
+    }
+
+    /// Data received on the stream.
+    pub fn push(&mut self, data: Bytes) {
+        self.decoder.push_bytes(data);
+    }
+
+    /// The next event the data received so far makes, if any.
+    pub fn next_event(&mut self, state: &State) -> Result<Option<Event>, Refusal> {
         loop {
-            let message = match decoder.next_frame() {
+            let message = match self.decoder.next_frame() {
                 Ok(Some(message)) => message,
-                Ok(None) => break,
+                Ok(None) => return Ok(None),
                 Err(err) => {
                     let code = if err.grpc_code() == 8 {
                         Code::ResourceExhausted
@@ -118,24 +121,41 @@ async fn read_stream(
                     return Err(Refusal(code, format!("skylift-proxy: {err}")));
                 }
             };
-            if let Some(event) =
-                next_event(state, &destination, &mut stream, message).map_err(malformed)?
-            {
-                *received += 1;
-                queue(state, event).await?;
+            let made =
+                next_event(state, &self.destination, &mut self.shape, message).map_err(|err| {
+                    Refusal(
+                        Code::InvalidArgument,
+                        format!(
+                            "skylift-proxy: malformed {} message: {err}",
+                            self.method.protocol
+                        ),
+                    )
+                })?;
+            if made.is_some() {
+                self.received += 1;
+                return Ok(made);
             }
         }
     }
-    if let Err(err) = decoder.finish() {
-        return Err(Refusal(Code::Internal, format!("skylift-proxy: {err}")));
+
+    /// The stream ended: the last event, if one was still being gathered.
+    pub fn finish(&mut self) -> Result<Option<Event>, Refusal> {
+        if let Err(err) = self.decoder.finish() {
+            return Err(Refusal(Code::Internal, format!("skylift-proxy: {err}")));
+        }
+        if let StreamState::MeterSet { set, key } = &mut self.shape
+            && let Some(collection) = set.finish()
+        {
+            self.received += 1;
+            return Ok(Some(event(
+                &self.destination,
+                key.clone(),
+                None,
+                collection,
+            )));
+        }
+        Ok(None)
     }
-    if let StreamState::MeterSet { set, key } = &mut stream
-        && let Some(collection) = set.finish()
-    {
-        *received += 1;
-        queue(state, event(&destination, key.clone(), None, collection)).await?;
-    }
-    Ok(())
 }
 
 fn event(
@@ -186,15 +206,11 @@ fn next_event(
     })
 }
 
-async fn queue(state: &State, event: Event) -> Result<(), Refusal> {
+/// Queues an event that did not fit at once: waits for room up to `--overflow-wait`, then
+/// applies the overflow policy.
+pub async fn queue_waiting(state: &State, event: Event) -> Result<(), Refusal> {
     let protocol = event.route.protocol;
-    // The wait for room is the rare path; boxed, its timer and wake-up registration do not
-    // weigh on every stream's future.
-    let event = match state.queue.try_offer(event) {
-        Ok(()) => return Ok(()),
-        Err(event) => event,
-    };
-    match Box::pin(state.queue.offer_waiting(event)).await {
+    match state.queue.offer_waiting(event).await {
         Offered::Queued => Ok(()),
         Offered::Dropped => {
             state.metrics.dropped(protocol, DropReason::QueueFull, 1);
@@ -209,22 +225,5 @@ async fn queue(state: &State, event: Event) -> Result<(), Refusal> {
                 "skylift-proxy: queue full; retry later".into(),
             ))
         }
-    }
-}
-
-/// Receives one report stream; the events queued are counted once per stream (a metrics
-/// lookup per message would cost more than the rest of handling it). A meter `collect`
-/// stream counts as the sets it was queued as.
-pub async fn report(
-    state: &State,
-    method: &'static Method,
-    request: Request<Incoming>,
-) -> http::Response<Body> {
-    let mut received = 0;
-    let outcome = read_stream(state, method, request, &mut received).await;
-    state.metrics.received_many(method.protocol, received);
-    match outcome {
-        Ok(()) => grpc::empty_commands(),
-        Err(Refusal(code, message)) => grpc::error(code, &message),
     }
 }

@@ -4,7 +4,7 @@
 //! - [`balance`]: picking among healthy upstreams; ejecting failing ones;
 //! - [`server`], [`ingest`], [`forward`], [`send`], [`state`]: accepting clients, queueing
 //!   reports, forwarding sync and unknown calls, sending batches upstream;
-//! - [`coalesce`]: answers to concurrent calls on one connection written together;
+//! - [`inbound`]: HTTP/2 for clients, with report streams received in the connection's loop;
 //! - [`framing`]: gRPC length-prefixed messages, decoded without decoding protobuf;
 //! - [`grpc`]: status codes, trailers-only answers, the empty `Commands` acknowledgement;
 //! - [`protocol`]: which policy each SkyWalking / Envoy method gets (async batch, sync, pass-through);
@@ -19,11 +19,11 @@
 
 pub mod admin;
 pub mod balance;
-pub mod coalesce;
 pub mod configmap;
 pub mod forward;
 pub mod framing;
 pub mod grpc;
+pub mod inbound;
 pub mod ingest;
 pub mod metrics;
 pub mod protocol;

@@ -8,13 +8,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// The client connection preface every HTTP/2 connection starts with.
-pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-const FRAME_SETTINGS: u8 = 0x4;
-const FRAME_GOAWAY: u8 = 0x7;
-/// GOAWAY error code NO_ERROR: nothing was processed, the client may retry elsewhere.
-const NO_ERROR: u32 = 0;
+pub use crate::inbound::frame::PREFACE;
+use crate::inbound::frame::{self, Reason};
 
 /// What happened to a refused connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,25 +22,13 @@ pub enum Refusal {
     Silent,
 }
 
-fn frame(kind: u8, payload: &[u8], out: &mut Vec<u8>) {
-    let len = u32::try_from(payload.len()).expect("small frames");
-    out.extend_from_slice(&len.to_be_bytes()[1..]);
-    out.push(kind);
-    out.push(0); // flags
-    out.extend_from_slice(&0u32.to_be_bytes()); // stream 0: the connection
-    out.extend_from_slice(payload);
-}
-
-/// The SETTINGS and GOAWAY frames sent to a refused client.
+/// The SETTINGS and GOAWAY frames sent to a refused client: last stream 0 (nothing was
+/// processed), NO_ERROR (the client may retry elsewhere).
 pub fn goaway_frames(reason: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    frame(FRAME_SETTINGS, &[], &mut out);
-    let mut payload = Vec::with_capacity(8 + reason.len());
-    payload.extend_from_slice(&0u32.to_be_bytes()); // last stream id: none processed
-    payload.extend_from_slice(&NO_ERROR.to_be_bytes());
-    payload.extend_from_slice(reason.as_bytes());
-    frame(FRAME_GOAWAY, &payload, &mut out);
-    out
+    let mut out = bytes::BytesMut::new();
+    frame::settings(&[], &mut out);
+    frame::goaway(0, Reason::NoError, reason.as_bytes(), &mut out);
+    out.to_vec()
 }
 
 /// Refuses `io` with `reason`, waiting at most `patience` for the client's preface.
@@ -80,6 +63,7 @@ pub async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inbound::frame::kind::{GOAWAY as FRAME_GOAWAY, SETTINGS as FRAME_SETTINGS};
 
     /// Parses frames as an HTTP/2 client would: (type, payload).
     fn frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {

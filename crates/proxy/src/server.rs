@@ -5,37 +5,25 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use crate::coalesce::Coalescing;
+use crate::forward;
 use crate::grpc::Body;
+use crate::inbound::{self, RequestBody};
 use crate::protocol::{self, Policy};
 use crate::refuse::refuse;
 use crate::state::State;
-use crate::{forward, ingest};
 
 /// Longest wait for the answer to a keep-alive ping.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Routes one request by its method's policy. The forwarding paths, whose futures hold an
-/// upstream call, are boxed so that a report's future does not carry their size.
-pub async fn handle(state: State, request: Request<Incoming>) -> Response<Body> {
-    match protocol::lookup(request.uri().path()) {
-        Some(method) => match method.policy {
-            Policy::AsyncStream | Policy::AsyncUnary
-                if ingest::can_reshape(method, request.headers()) =>
-            {
-                ingest::report(&state, method, request).await
-            }
-            Policy::Sync => Box::pin(forward::sync_call(&state, request)).await,
-            Policy::AsyncStream | Policy::AsyncUnary | Policy::PassThrough => {
-                Box::pin(forward::pass_through(&state, request)).await
-            }
-        },
-        None => Box::pin(forward::pass_through(&state, request)).await,
+/// Answers a call that is not a report taken apart on its connection (see
+/// [`crate::inbound`]): sync calls, compressed streams that cannot be reshaped, and every
+/// method the proxy does not know, which is passed through.
+pub async fn dispatch(state: State, request: Request<RequestBody>) -> Response<Body> {
+    match protocol::lookup(request.uri().path()).map(|method| method.policy) {
+        Some(Policy::Sync) => forward::sync_call(&state, request).await,
+        _ => forward::pass_through(&state, request).await,
     }
 }
 
@@ -76,30 +64,18 @@ pub async fn serve(
         }
         let state = state.clone();
         tokio::spawn(async move {
-            let service = service_fn({
-                let state = state.clone();
-                move |request| {
-                    let state = state.clone();
-                    // Boxed: hyper moves each request's future into a task of its own, and
-                    // moving a pointer is cheaper than moving a KiB-sized state machine.
-                    async move {
-                        Ok::<_, std::convert::Infallible>(Box::pin(handle(state, request)).await)
-                    }
-                }
-            });
-            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-            if let Some(interval) = state.limits.keepalive {
-                builder
-                    .timer(TokioTimer::new())
-                    .keep_alive_interval(interval)
-                    .keep_alive_timeout(interval.min(KEEPALIVE_TIMEOUT));
-            }
-            let served = builder
-                .serve_connection(TokioIo::new(Coalescing::new(stream)), service)
-                .await;
-            if let Err(err) = served {
-                tracing::debug!(%peer, error = %err, "connection ended with an error");
-            }
+            let config = inbound::Config {
+                keepalive: state.limits.keepalive,
+                keepalive_timeout: state
+                    .limits
+                    .keepalive
+                    .map_or(KEEPALIVE_TIMEOUT, |interval| {
+                        interval.min(KEEPALIVE_TIMEOUT)
+                    }),
+                ..inbound::Config::default()
+            };
+            inbound::serve(stream, state.clone(), config).await;
+            tracing::trace!(%peer, "connection closed");
             state.connections.fetch_sub(1, Ordering::AcqRel);
         });
     }

@@ -1,0 +1,280 @@
+//! Header blocks: requests decoded with HPACK (RFC 7541) into `http` types, and responses
+//! encoded. The encoder never indexes, so every block stands alone: a block can be encoded
+//! away from the connection (in a handler's task) and the client's table size never
+//! matters.
+
+use bytes::{BufMut, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
+use loona_hpack::Decoder;
+
+/// The decoder's table could not follow the block: the connection cannot go on.
+#[derive(Debug)]
+pub struct CompressionError;
+
+/// A request block that decodes but is not a valid request (a stream error).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Malformed(pub &'static str);
+
+/// Longest header block (compressed) a client may send.
+pub const MAX_BLOCK: usize = 64 * 1024;
+
+/// The decoder a connection keeps, with the table size this server advertises (4096).
+pub fn decoder() -> Decoder<'static> {
+    let mut decoder = Decoder::new();
+    decoder.set_max_allowed_table_size(4096);
+    decoder
+}
+
+fn decode(
+    decoder: &mut Decoder<'static>,
+    block: &[u8],
+    mut field: impl FnMut(&[u8], &[u8]),
+) -> Result<(), CompressionError> {
+    decoder
+        .decode_with_cb(block, |name, value| field(&name, &value))
+        .map_err(|_| CompressionError)
+}
+
+/// Connection-specific fields are not allowed in HTTP/2 (RFC 9113 §8.2.2).
+fn connection_specific(name: &[u8], value: &[u8]) -> bool {
+    matches!(
+        name,
+        b"connection" | b"keep-alive" | b"proxy-connection" | b"transfer-encoding" | b"upgrade"
+    ) || (name == b"te" && value != b"trailers")
+}
+
+/// A request's header block as a request without a body.
+pub fn decode_request(
+    decoder: &mut Decoder<'static>,
+    block: &[u8],
+) -> Result<Result<Request<()>, Malformed>, CompressionError> {
+    let mut method = None;
+    let mut path = None;
+    let mut scheme = false;
+    let mut headers = HeaderMap::new();
+    let mut malformed = None;
+    decode(decoder, block, |name, value| {
+        if malformed.is_some() {
+            return;
+        }
+        if let Some(pseudo) = name.strip_prefix(b":") {
+            if !headers.is_empty() {
+                malformed = Some("a pseudo-header after a regular header");
+                return;
+            }
+            match pseudo {
+                b"method" if method.is_none() => method = Method::from_bytes(value).ok(),
+                b"path" if path.is_none() => path = Some(value.to_vec()),
+                b"scheme" => scheme = true,
+                b"authority" => {}
+                _ => malformed = Some("an unknown or repeated pseudo-header"),
+            }
+            return;
+        }
+        if connection_specific(name, value) {
+            malformed = Some("a connection-specific header");
+            return;
+        }
+        match (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            (Ok(name), Ok(value)) => {
+                headers.append(name, value);
+            }
+            _ => malformed = Some("an invalid header name or value"),
+        }
+    })?;
+    if let Some(reason) = malformed {
+        return Ok(Err(Malformed(reason)));
+    }
+    let (Some(method), Some(path), true) = (method, path, scheme) else {
+        return Ok(Err(Malformed(":method, :scheme or :path is missing")));
+    };
+    let Ok(uri) = Uri::try_from(path) else {
+        return Ok(Err(Malformed("an invalid :path")));
+    };
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    Ok(Ok(request))
+}
+
+/// A trailer block (no pseudo-headers) as a header map; invalid fields are left out.
+pub fn decode_trailers(
+    decoder: &mut Decoder<'static>,
+    block: &[u8],
+) -> Result<HeaderMap, CompressionError> {
+    let mut trailers = HeaderMap::new();
+    decode(decoder, block, |name, value| {
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+        {
+            trailers.append(name, value);
+        }
+    })?;
+    Ok(trailers)
+}
+
+fn integer(value: usize, prefix_bits: u8, first: u8, out: &mut BytesMut) {
+    let max = (1usize << prefix_bits) - 1;
+    if value < max {
+        out.put_u8(first | value as u8);
+        return;
+    }
+    out.put_u8(first | max as u8);
+    let mut rest = value - max;
+    while rest >= 128 {
+        out.put_u8((rest % 128) as u8 | 0x80);
+        rest /= 128;
+    }
+    out.put_u8(rest as u8);
+}
+
+fn string(bytes: &[u8], out: &mut BytesMut) {
+    integer(bytes.len(), 7, 0, out);
+    out.put_slice(bytes);
+}
+
+/// A field as "literal without indexing, new name".
+fn literal(name: &[u8], value: &[u8], out: &mut BytesMut) {
+    out.put_u8(0);
+    string(name, out);
+    string(value, out);
+}
+
+/// Encodes a response's status and headers.
+pub fn encode_response(status: StatusCode, headers: &HeaderMap, out: &mut BytesMut) {
+    // Static table entries 8..=14 are the common statuses.
+    let indexed = match status.as_u16() {
+        200 => Some(8),
+        204 => Some(9),
+        206 => Some(10),
+        304 => Some(11),
+        400 => Some(12),
+        404 => Some(13),
+        500 => Some(14),
+        _ => None,
+    };
+    match indexed {
+        Some(index) => out.put_u8(0x80 | index),
+        None => {
+            // Literal without indexing, name from static entry 8 (`:status`).
+            integer(8, 4, 0, out);
+            string(status.as_str().as_bytes(), out);
+        }
+    }
+    encode_fields(headers, out);
+}
+
+/// Encodes header fields (trailers, or a response's regular headers).
+pub fn encode_fields(headers: &HeaderMap, out: &mut BytesMut) {
+    for (name, value) in headers {
+        if connection_specific(name.as_str().as_bytes(), value.as_bytes()) {
+            continue;
+        }
+        literal(name.as_str().as_bytes(), value.as_bytes(), out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response_fields(block: &[u8]) -> Vec<(String, String)> {
+        let mut fields = Vec::new();
+        decode(&mut decoder(), block, |n, v| {
+            fields.push((
+                String::from_utf8(n.to_vec()).unwrap(),
+                String::from_utf8(v.to_vec()).unwrap(),
+            ));
+        })
+        .unwrap();
+        fields
+    }
+
+    #[test]
+    fn responses_decode_back_with_common_and_uncommon_statuses() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/grpc"));
+        headers.insert("x-long", HeaderValue::from_str(&"v".repeat(300)).unwrap());
+        for status in [StatusCode::OK, StatusCode::BAD_GATEWAY] {
+            let mut block = BytesMut::new();
+            encode_response(status, &headers, &mut block);
+            let fields = response_fields(&block);
+            assert_eq!(fields[0], (":status".into(), status.as_str().into()));
+            assert_eq!(
+                fields[1],
+                ("content-type".into(), "application/grpc".into())
+            );
+            assert_eq!(fields[2].1.len(), 300);
+        }
+    }
+
+    /// A request block as grpc clients write it: indexed and incrementally indexed fields.
+    fn request_block(path: &str) -> Vec<u8> {
+        let mut encoder = loona_hpack::Encoder::new();
+        encoder.encode([
+            (&b":method"[..], &b"POST"[..]),
+            (b":scheme", b"http"),
+            (b":path", path.as_bytes()),
+            (b":authority", b"oap:11800"),
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+        ])
+    }
+
+    #[test]
+    fn requests_decode_with_the_table_carried_between_blocks() {
+        let mut encoder_side = loona_hpack::Encoder::new();
+        let mut decoder = decoder();
+        for path in ["/skywalking.v3.TraceSegmentReportService/collect"; 2] {
+            let block = encoder_side.encode([
+                (&b":method"[..], &b"POST"[..]),
+                (b":scheme", b"http"),
+                (b":path", path.as_bytes()),
+                (b"content-type", b"application/grpc"),
+            ]);
+            let request = decode_request(&mut decoder, &block).unwrap().unwrap();
+            assert_eq!(request.method(), Method::POST);
+            assert_eq!(request.uri().path(), path);
+            assert_eq!(request.headers()["content-type"], "application/grpc");
+        }
+        let request = decode_request(&mut decoder, &request_block("/a/b?x=1"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(request.uri().path_and_query().unwrap(), "/a/b?x=1");
+    }
+
+    #[test]
+    fn malformed_requests_are_stream_errors_and_garbage_is_a_connection_error() {
+        let mut encoder = loona_hpack::Encoder::new();
+        let missing_path = encoder.encode([(&b":method"[..], &b"POST"[..]), (b":scheme", b"http")]);
+        assert!(
+            decode_request(&mut decoder(), &missing_path)
+                .unwrap()
+                .is_err()
+        );
+        let late_pseudo = encoder.encode([
+            (&b":method"[..], &b"POST"[..]),
+            (b"x", b"y"),
+            (b":path", b"/"),
+        ]);
+        assert!(
+            decode_request(&mut decoder(), &late_pseudo)
+                .unwrap()
+                .is_err()
+        );
+        let connection = encoder.encode([
+            (&b":method"[..], &b"POST"[..]),
+            (b":scheme", b"http"),
+            (b":path", b"/"),
+            (b"connection", b"close"),
+        ]);
+        assert!(
+            decode_request(&mut decoder(), &connection)
+                .unwrap()
+                .is_err()
+        );
+        // Index 127 does not exist in an empty table.
+        assert!(decode_request(&mut decoder(), &[0xff, 0x40]).is_err());
+    }
+}
