@@ -873,3 +873,185 @@ async fn a_client_that_stops_answering_pings_stops_counting_and_live_ones_stay()
     assert_eq!(proxy.state.connections.load(Ordering::Relaxed), 1);
     drop(silent);
 }
+
+/// A client whose windows are far smaller than the calls it makes: both directions of a
+/// passed-through call must wait for window updates instead of overrunning or stalling.
+#[tokio::test]
+async fn large_calls_pass_through_under_tight_flow_control_beside_reports() {
+    let a = Sink::start().await.unwrap();
+    let proxy = proxy(&[&a], None).await;
+    let tight: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .http2_initial_stream_window_size(16 * 1024)
+        .http2_initial_connection_window_size(32 * 1024)
+        .build_http();
+    let messages: Vec<Vec<u8>> = (0..300u32)
+        .map(|i| {
+            let mut m = vec![(i % 251) as u8; 10_000];
+            m[..4].copy_from_slice(&i.to_be_bytes());
+            m
+        })
+        .collect();
+    let large = framed(&messages);
+    let echoes = (0..3).map(|_| call(&tight, proxy.address, "/test.Echo/Say", large.clone(), &[]));
+    let reports = (0..20).map(|i| {
+        call(
+            &tight,
+            proxy.address,
+            SEGMENTS,
+            framed(&[format!("segment-{i}").into_bytes()]),
+            &[],
+        )
+    });
+    let (echoed, reported) = tokio::join!(
+        futures::future::join_all(echoes),
+        futures::future::join_all(reports)
+    );
+    for (status, body, _) in echoed {
+        assert_eq!(status, 0);
+        assert_eq!(body.len(), large.len(), "3 MB echoed whole");
+        assert!(body == large, "echoed in order, unchanged");
+    }
+    assert!(reported.iter().all(|(status, _, _)| *status == 0));
+    eventually("the reports arrive", || a.messages(SEGMENTS).len() == 20).await;
+}
+
+/// Raw HTTP/2 on one connection: (frame type, flags, stream, payload) of each frame read
+/// until the peer closes or `until` matches.
+async fn read_frames(
+    stream: &mut tokio::net::TcpStream,
+    until: impl Fn(&(u8, u8, u32, Vec<u8>)) -> bool,
+) -> Vec<(u8, u8, u32, Vec<u8>)> {
+    let mut frames = Vec::new();
+    let mut buffer = Vec::new();
+    loop {
+        while buffer.len() >= 9 {
+            let len = u32::from_be_bytes([0, buffer[0], buffer[1], buffer[2]]) as usize;
+            if buffer.len() < 9 + len {
+                break;
+            }
+            let stream_id = u32::from_be_bytes([buffer[5], buffer[6], buffer[7], buffer[8]]);
+            let frame = (buffer[3], buffer[4], stream_id, buffer[9..9 + len].to_vec());
+            buffer.drain(..9 + len);
+            let done = until(&frame);
+            frames.push(frame);
+            if done {
+                return frames;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buffer.extend_from_slice(&chunk[..n]),
+            _ => return frames,
+        }
+    }
+}
+
+fn raw_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    out.extend_from_slice(&[kind, flags]);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+#[tokio::test]
+async fn pings_are_answered_and_protocol_errors_close_with_a_reason() {
+    let a = Sink::start().await.unwrap();
+    let proxy = proxy(&[&a], None).await;
+
+    let mut raw = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
+    let mut hello = skylift_proxy::refuse::PREFACE.to_vec();
+    hello.extend(raw_frame(0x4, 0, 0, &[]));
+    hello.extend(raw_frame(0x6, 0, 0, b"12345678"));
+    raw.write_all(&hello).await.unwrap();
+    let frames = read_frames(&mut raw, |f| f.0 == 0x6).await;
+    assert_eq!(frames[0].0, 0x4, "the server's SETTINGS come first");
+    assert!(
+        frames.iter().any(|f| f.0 == 0x4 && f.1 == 0x1),
+        "SETTINGS acknowledged"
+    );
+    let pong = frames.last().unwrap();
+    assert_eq!((pong.0, pong.1, &pong.3[..]), (0x6, 0x1, &b"12345678"[..]));
+
+    // DATA on a stream never opened is a connection error: GOAWAY PROTOCOL_ERROR.
+    raw.write_all(&raw_frame(0x0, 0, 7, b"hello"))
+        .await
+        .unwrap();
+    let frames = read_frames(&mut raw, |f| f.0 == 0x7).await;
+    let goaway = frames.last().expect("a GOAWAY");
+    assert_eq!(goaway.0, 0x7);
+    assert_eq!(&goaway.3[4..8], &1u32.to_be_bytes(), "PROTOCOL_ERROR");
+    assert!(String::from_utf8_lossy(&goaway.3[8..]).contains("idle stream"));
+
+    // An HTTP/1.1 client is closed, and the proxy goes on serving.
+    let mut http1 = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
+    http1
+        .write_all(b"GET / HTTP/1.1\r\nHost: proxy\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), http1.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(_))), "closed");
+    let (status, _, _) = call(
+        &client(),
+        proxy.address,
+        SEGMENTS,
+        framed(&[b"s".to_vec()]),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 0);
+}
+
+#[tokio::test]
+async fn a_stream_the_client_resets_keeps_what_it_sent_and_the_connection_goes_on() {
+    let a = Sink::start().await.unwrap();
+    let proxy = proxy(&[&a], None).await;
+    let mut client = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
+    // A request header block, literal fields without indexing.
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", SEGMENTS),
+        ("content-type", "application/grpc"),
+    ] {
+        block.push(0);
+        block.push(name.len() as u8);
+        block.extend_from_slice(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    let mut out = skylift_proxy::refuse::PREFACE.to_vec();
+    out.extend(raw_frame(0x4, 0, 0, &[]));
+    out.extend(raw_frame(0x1, 0x4, 1, &block));
+    out.extend(raw_frame(0x0, 0, 1, &framed(&[b"kept".to_vec()])));
+    out.extend(raw_frame(0x3, 0, 1, &8u32.to_be_bytes())); // RST_STREAM CANCEL
+    // The same connection then sends a whole report on stream 3.
+    out.extend(raw_frame(0x1, 0x4, 3, &block));
+    out.extend(raw_frame(0x0, 0x1, 3, &framed(&[b"after".to_vec()])));
+    client.write_all(&out).await.unwrap();
+    let frames = read_frames(&mut client, |f| f.2 == 3 && f.1 & 0x1 != 0).await;
+    assert!(
+        frames.iter().all(|f| f.2 != 1 || f.0 == 0x8),
+        "nothing is answered on the reset stream"
+    );
+    let trailers = frames.last().unwrap();
+    assert_eq!(
+        (trailers.0, trailers.2),
+        (0x1, 3),
+        "stream 3 ends with trailers"
+    );
+    eventually("both messages are forwarded", || {
+        a.messages(SEGMENTS).len() == 2
+    })
+    .await;
+    let metrics = proxy.state.metrics.encode();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.contains("received") && l.contains("\"segment\"") && l.ends_with(" 2")),
+        "a reset stream's message counts as received: {metrics}"
+    );
+}

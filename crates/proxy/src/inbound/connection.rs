@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, StatusCode};
-use loona_hpack::Decoder as HpackDecoder;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
@@ -25,6 +24,7 @@ use tokio::time::{Instant, Sleep};
 use super::body::{Chunk, RequestBody};
 use super::frame::{self, Head, Reason, flag, kind, setting};
 use super::headers::{self, Malformed};
+use super::hpack;
 use super::signal::{self, RESPONSE_CREDIT, Signal};
 use crate::grpc::{self, Code};
 use crate::ingest::{self, Refusal, ReportStream};
@@ -170,7 +170,7 @@ struct Connection {
     eof: bool,
     /// The client sent GOAWAY: no new streams; close when the last one is done.
     going_away: bool,
-    decoder: HpackDecoder<'static>,
+    decoder: hpack::Decoder,
     continuation: Option<Continuation>,
     streams: HashMap<u32, Stream>,
     highest_stream: u32,
@@ -1010,7 +1010,8 @@ impl Connection {
     async fn close(mut self, outcome: Result<(), ConnectionError>) {
         if let Err(error) = &outcome {
             tracing::debug!(reason = ?error.reason, message = %error.message, "closing a client connection");
-            if error.reason != Reason::NoError || self.preface_seen {
+            // A client that never spoke HTTP/2 would not understand a GOAWAY.
+            if self.preface_seen {
                 frame::goaway(
                     self.highest_stream,
                     error.reason,

@@ -5,7 +5,8 @@
 
 use bytes::{BufMut, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
-use loona_hpack::Decoder;
+
+use super::hpack::Decoder;
 
 /// The decoder's table could not follow the block: the connection cannot go on.
 #[derive(Debug)]
@@ -18,21 +19,18 @@ pub struct Malformed(pub &'static str);
 /// Longest header block (compressed) a client may send.
 pub const MAX_BLOCK: usize = 64 * 1024;
 
-/// The decoder a connection keeps, with the table size this server advertises (4096).
-pub fn decoder() -> Decoder<'static> {
-    let mut decoder = Decoder::new();
-    decoder.set_max_allowed_table_size(4096);
-    decoder
+/// The decoder a connection keeps, with the table size this server leaves at its default
+/// (4096).
+pub fn decoder() -> Decoder {
+    Decoder::new(4096)
 }
 
 fn decode(
-    decoder: &mut Decoder<'static>,
+    decoder: &mut Decoder,
     block: &[u8],
-    mut field: impl FnMut(&[u8], &[u8]),
+    field: impl FnMut(&[u8], &[u8]),
 ) -> Result<(), CompressionError> {
-    decoder
-        .decode_with_cb(block, |name, value| field(&name, &value))
-        .map_err(|_| CompressionError)
+    decoder.decode(block, field).map_err(|_| CompressionError)
 }
 
 /// Connection-specific fields are not allowed in HTTP/2 (RFC 9113 §8.2.2).
@@ -45,7 +43,7 @@ fn connection_specific(name: &[u8], value: &[u8]) -> bool {
 
 /// A request's header block as a request without a body.
 pub fn decode_request(
-    decoder: &mut Decoder<'static>,
+    decoder: &mut Decoder,
     block: &[u8],
 ) -> Result<Result<Request<()>, Malformed>, CompressionError> {
     let mut method = None;
@@ -99,10 +97,7 @@ pub fn decode_request(
 }
 
 /// A trailer block (no pseudo-headers) as a header map; invalid fields are left out.
-pub fn decode_trailers(
-    decoder: &mut Decoder<'static>,
-    block: &[u8],
-) -> Result<HeaderMap, CompressionError> {
+pub fn decode_trailers(decoder: &mut Decoder, block: &[u8]) -> Result<HeaderMap, CompressionError> {
     let mut trailers = HeaderMap::new();
     decode(decoder, block, |name, value| {
         if let (Ok(name), Ok(value)) =

@@ -6,7 +6,8 @@
 //! server's per-frame work, and an idle connection holds no buffers at all.
 //!
 //! - [`frame`]: frame headers and the frames a server writes;
-//! - [`headers`]: HPACK request decoding and response encoding;
+//! - [`hpack`]: the HPACK decoder (static and dynamic tables, Huffman strings);
+//! - [`headers`]: requests from decoded header blocks, responses encoded;
 //! - [`connection`]: one connection's loop, flow control, report streams;
 //! - [`signal`], [`body`]: handler tasks for forwarded calls and their request bodies.
 
@@ -14,6 +15,7 @@ pub mod body;
 pub mod connection;
 pub mod frame;
 pub mod headers;
+pub mod hpack;
 pub mod signal;
 
 pub use body::RequestBody;
