@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 
+use crate::client::Relayed;
 use crate::grpc::{self, Body, BoxError, Code};
 use crate::inbound::RequestBody;
 use crate::state::State;
@@ -18,7 +18,7 @@ fn upstream_uri(upstream: &str, original: &Uri) -> Option<Uri> {
     format!("http://{upstream}{path}").parse().ok()
 }
 
-fn relay(response: Response<Incoming>) -> Response<Body> {
+fn relay(response: Response<Relayed>) -> Response<Body> {
     response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed())
 }
 

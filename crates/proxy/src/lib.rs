@@ -2,6 +2,7 @@
 //! balances every message, not every connection.
 //!
 //! - [`balance`]: picking among healthy upstreams; ejecting failing ones;
+//! - [`client`]: the HTTP/2 client to upstreams, more connections when streams saturate;
 //! - [`server`], [`ingest`], [`forward`], [`send`], [`state`]: accepting clients, queueing
 //!   reports, forwarding sync and unknown calls, sending batches upstream;
 //! - [`inbound`]: HTTP/2 for clients, with report streams received in the connection's loop;
@@ -19,6 +20,7 @@
 
 pub mod admin;
 pub mod balance;
+pub mod client;
 pub mod configmap;
 pub mod forward;
 pub mod framing;

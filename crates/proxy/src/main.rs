@@ -78,6 +78,12 @@ struct Args {
     /// Batches each partition sends at once, each on its own upstream stream.
     #[arg(long, env = "SKYLIFT_PROXY_SEND_CONCURRENCY", default_value_t = 4)]
     send_concurrency: usize,
+    /// Most HTTP/2 connections the proxy opens to one upstream.
+    #[arg(long, env = "SKYLIFT_PROXY_UPSTREAM_CONNECTIONS", default_value_t = 4)]
+    upstream_connections: usize,
+    /// Streams one upstream connection carries at once before the next connection opens.
+    #[arg(long, env = "SKYLIFT_PROXY_UPSTREAM_STREAMS", default_value_t = 100)]
+    upstream_streams: usize,
     /// Balancing of messages without a routing key.
     #[arg(long, env = "SKYLIFT_PROXY_ROUTING", value_enum, default_value_t = RoutingArg::RoundRobin)]
     routing: RoutingArg,
@@ -201,9 +207,11 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
         || args.queue_capacity == 0
         || partitions == 0
         || args.send_concurrency == 0
+        || args.upstream_connections == 0
+        || args.upstream_streams == 0
     {
         bail!(
-            "--batch-size, --queue-capacity, --queue-partitions and --send-concurrency must be at least 1"
+            "--batch-size, --queue-capacity, --queue-partitions, --send-concurrency, --upstream-connections and --upstream-streams must be at least 1"
         );
     }
     let telemetry = args.telemetry_service.map(|service| TelemetryConfig {
@@ -242,6 +250,8 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
             fixed_meter_routing: matches!(args.meter_routing, MeterRoutingArg::Fixed),
             hash_header,
             sticky_keys: 5000,
+            upstream_connections: args.upstream_connections,
+            upstream_streams: args.upstream_streams,
             sticky_ttl: Duration::from_secs(180),
             drain_timeout: args.drain_timeout,
             telemetry,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::balance::{Balancer, Policy};
 use crate::queue::{Queue, QueueConfig};
 use crate::route::{StickyKeys, Upstream};
-use crate::state::{Limits, Shared, State, upstream_client};
+use crate::state::{Limits, Shared, State, UpstreamClient};
 use crate::upstreams::{UpstreamSet, UpstreamsError, follow_file, parse_address};
 use crate::{admin, configmap, send, server};
 
@@ -35,6 +35,9 @@ pub struct Config {
     /// With hash routing: the request header hashed to pick the upstream.
     pub hash_header: Option<http::HeaderName>,
     pub sticky_keys: usize,
+    /// Most connections per upstream, and streams per connection before the next opens.
+    pub upstream_connections: usize,
+    pub upstream_streams: usize,
     pub sticky_ttl: Duration,
     /// How long a shutdown waits for the queues to drain.
     pub drain_timeout: Duration,
@@ -73,7 +76,7 @@ pub fn state(config: &Config) -> Result<State, RunError> {
             config.policy,
             StickyKeys::new(config.sticky_keys, config.sticky_ttl),
         ),
-        client: upstream_client(),
+        client: UpstreamClient::new(config.upstream_connections, config.upstream_streams),
         limits: config.limits.clone(),
         connections: AtomicUsize::new(0),
         metrics: Default::default(),

@@ -3,27 +3,11 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-
 use crate::balance::Balancer;
-use crate::grpc::Body;
+pub use crate::client::UpstreamClient;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::upstreams::UpstreamSet;
-
-/// The HTTP/2 client to the upstreams: one multiplexed connection per upstream.
-pub type UpstreamClient = Client<HttpConnector, Body>;
-
-pub fn upstream_client() -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(std::time::Duration::from_secs(3)));
-    Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build(connector)
-}
 
 /// Limits of the inbound side.
 #[derive(Clone, Debug)]

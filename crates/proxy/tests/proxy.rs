@@ -14,7 +14,7 @@ use hyper_util::rt::TokioExecutor;
 use skylift_proxy::balance::{Balancer, Policy};
 use skylift_proxy::queue::{Overflow, Queue, QueueConfig};
 use skylift_proxy::route::{StickyKeys, Upstream};
-use skylift_proxy::state::{Limits, Shared, State, upstream_client};
+use skylift_proxy::state::{Limits, Shared, State, UpstreamClient};
 use skylift_proxy::upstreams::UpstreamSet;
 use skylift_proxy::{framing, send, server};
 use skylift_testkit::sink::Sink;
@@ -51,6 +51,21 @@ async fn proxy_with(
     max_connections: Option<usize>,
     queue: QueueConfig,
 ) -> Proxy {
+    proxy_with_client(
+        upstreams,
+        max_connections,
+        queue,
+        UpstreamClient::new(4, 100),
+    )
+    .await
+}
+
+async fn proxy_with_client(
+    upstreams: &[&Sink],
+    max_connections: Option<usize>,
+    queue: QueueConfig,
+    client: UpstreamClient,
+) -> Proxy {
     let set = upstreams
         .iter()
         .map(|s| Upstream {
@@ -65,7 +80,7 @@ async fn proxy_with(
             Policy::RoundRobin,
             StickyKeys::new(5000, Duration::from_secs(180)),
         ),
-        client: upstream_client(),
+        client,
         limits: Limits {
             max_connections,
             max_message_bytes: 64 * 1024,
@@ -1054,4 +1069,59 @@ async fn a_stream_the_client_resets_keeps_what_it_sent_and_the_connection_goes_o
             .any(|l| l.contains("received") && l.contains("\"segment\"") && l.ends_with(" 2")),
         "a reset stream's message counts as received: {metrics}"
     );
+}
+
+#[tokio::test]
+async fn streams_beyond_a_connections_share_open_more_connections_to_the_upstream() {
+    let a = Sink::start().await.unwrap();
+    let proxy = proxy_with_client(&[&a], None, queue_config(), UpstreamClient::new(3, 2)).await;
+    eventually("the first connection is opened eagerly", || {
+        a.connections() == 1
+    })
+    .await;
+    // Five calls held open (their request bodies never end) keep five upstream streams busy.
+    let client: Client<HttpConnector, http_body_util::StreamBody<_>> =
+        Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let mut senders = Vec::new();
+    let mut calls = Vec::new();
+    for _ in 0..5 {
+        let (tx, rx) = tokio::sync::mpsc::channel::<
+            Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
+        >(1);
+        let body = http_body_util::StreamBody::new(tokio_stream_from(rx));
+        let request = Request::post(format!("http://{}/test.Echo/Say", proxy.address))
+            .header("content-type", "application/grpc")
+            .body(body)
+            .unwrap();
+        tx.send(Ok(hyper::body::Frame::data(framed(&[b"held".to_vec()]))))
+            .await
+            .unwrap();
+        senders.push(tx);
+        calls.push(tokio::spawn(client.request(request)));
+    }
+    eventually("two streams per connection: three connections", || {
+        proxy.state.client.in_flight(&a.address()) == [2, 2, 1]
+    })
+    .await;
+    assert_eq!(a.connections(), 3, "the sink sees three connections");
+    // Ending the calls frees the streams; the connections stay for later streams.
+    drop(senders);
+    for call in calls {
+        let response = call.await.unwrap().unwrap();
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.unwrap();
+    }
+    eventually("no stream counted any more", || {
+        proxy.state.client.in_flight(&a.address()).is_empty()
+    })
+    .await;
+}
+
+/// A stream of a channel's items.
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }

@@ -1,0 +1,177 @@
+//! The HTTP/2 client to the upstreams: one multiplexed connection per upstream, and more
+//! when its streams saturate. A connection carries up to `--upstream-streams` streams at
+//! once; a stream beyond that opens (or uses) the upstream's next connection, up to
+//! `--upstream-connections`, so a busy OAP's per-connection stream limit (and its
+//! head-of-line blocking in one TCP connection) does not cap the proxy.
+//!
+//! Each connection of an upstream comes from its own connection pool; a stream counts
+//! against its connection until its answer has been read to the end.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::grpc::Body;
+
+/// Streams counted per upstream, per connection.
+type InFlightCounts = Arc<Mutex<HashMap<String, Vec<usize>>>>;
+
+pub struct UpstreamClient {
+    pools: Vec<Client<HttpConnector, Body>>,
+    streams_per_connection: usize,
+    in_flight: InFlightCounts,
+}
+
+/// Which connection a new stream goes on: the first with room, else the least busy.
+pub fn choose_connection(in_flight: &[usize], streams_per_connection: usize) -> usize {
+    in_flight
+        .iter()
+        .position(|&n| n < streams_per_connection)
+        .unwrap_or_else(|| {
+            (0..in_flight.len())
+                .min_by_key(|&i| in_flight[i])
+                .unwrap_or(0)
+        })
+}
+
+impl UpstreamClient {
+    /// `connections`: the most connections per upstream (at least 1).
+    pub fn new(connections: usize, streams_per_connection: usize) -> UpstreamClient {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(std::time::Duration::from_secs(3)));
+        let pools = (0..connections.max(1))
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .http2_only(true)
+                    .build(connector.clone())
+            })
+            .collect();
+        UpstreamClient {
+            pools,
+            streams_per_connection: streams_per_connection.max(1),
+            in_flight: Arc::default(),
+        }
+    }
+
+    /// Counts a new stream to `upstream` on the connection it goes on.
+    fn lease(&self, upstream: &str) -> InFlight {
+        let mut counts = self.in_flight.lock().expect("never poisoned");
+        let per_connection = counts
+            .entry(upstream.to_string())
+            .or_insert_with(|| vec![0; self.pools.len()]);
+        let index = choose_connection(per_connection, self.streams_per_connection);
+        per_connection[index] += 1;
+        InFlight {
+            counts: self.in_flight.clone(),
+            upstream: upstream.to_string(),
+            index,
+        }
+    }
+
+    /// Sends `request` (its URI names the upstream) and gives its answer, whose body keeps
+    /// the stream counted until it is read or dropped.
+    pub async fn request(
+        &self,
+        request: Request<Body>,
+    ) -> Result<Response<Relayed>, hyper_util::client::legacy::Error> {
+        let upstream = request
+            .uri()
+            .authority()
+            .map_or_else(String::new, |a| a.to_string());
+        let lease = self.lease(&upstream);
+        let response = self.pools[lease.index].request(request).await?;
+        Ok(response.map(|body| Relayed {
+            body,
+            _lease: lease,
+        }))
+    }
+
+    /// Streams open per connection to `upstream` (for tests and metrics).
+    pub fn in_flight(&self, upstream: &str) -> Vec<usize> {
+        self.in_flight
+            .lock()
+            .expect("never poisoned")
+            .get(upstream)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// A stream counted against its connection; uncounted when dropped.
+struct InFlight {
+    counts: InFlightCounts,
+    upstream: String,
+    index: usize,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().expect("never poisoned");
+        if let Some(per_connection) = counts.get_mut(&self.upstream) {
+            per_connection[self.index] = per_connection[self.index].saturating_sub(1);
+            if per_connection.iter().all(|&n| n == 0) {
+                counts.remove(&self.upstream);
+            }
+        }
+    }
+}
+
+/// An upstream's answer body; its stream stays counted until this is dropped.
+pub struct Relayed {
+    body: Incoming,
+    _lease: InFlight,
+}
+
+impl HttpBody for Relayed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_fill_the_first_connection_before_the_next_opens() {
+        assert_eq!(choose_connection(&[0, 0, 0], 100), 0);
+        assert_eq!(choose_connection(&[99, 0, 0], 100), 0);
+        assert_eq!(choose_connection(&[100, 0, 0], 100), 1);
+        assert_eq!(choose_connection(&[100, 100, 7], 100), 2);
+        // All saturated: the least busy takes the stream.
+        assert_eq!(choose_connection(&[130, 101, 120], 100), 1);
+    }
+
+    #[test]
+    fn leases_are_counted_per_connection_and_returned() {
+        let client = UpstreamClient::new(3, 2);
+        let leases: Vec<_> = (0..5).map(|_| client.lease("oap-0:11800")).collect();
+        assert_eq!(client.in_flight("oap-0:11800"), [2, 2, 1]);
+        assert_eq!(client.in_flight("oap-1:11800"), Vec::<usize>::new());
+        drop(leases);
+        assert_eq!(client.in_flight("oap-0:11800"), Vec::<usize>::new());
+    }
+}
