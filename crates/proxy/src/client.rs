@@ -19,13 +19,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::grpc::Body;
+use crate::grpc::UpstreamBody;
 
 /// Streams counted per upstream, per connection.
 type InFlightCounts = Arc<Mutex<HashMap<String, Vec<usize>>>>;
 
 pub struct UpstreamClient {
-    pools: Vec<Client<HttpConnector, Body>>,
+    pools: Vec<Client<HttpConnector, UpstreamBody>>,
     streams_per_connection: usize,
     in_flight: InFlightCounts,
 }
@@ -81,7 +81,7 @@ impl UpstreamClient {
     /// the stream counted until it is read or dropped.
     pub async fn request(
         &self,
-        request: Request<Body>,
+        request: Request<UpstreamBody>,
     ) -> Result<Response<Relayed>, hyper_util::client::legacy::Error> {
         let upstream = request
             .uri()

@@ -8,8 +8,9 @@ use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Limited};
 
 use crate::client::Relayed;
-use crate::grpc::{self, Body, BoxError, Code};
+use crate::grpc::{self, Body, BoxError, Code, UpstreamBody};
 use crate::inbound::RequestBody;
+use crate::payload::Payload;
 use crate::state::State;
 use crate::upstreams::untried;
 
@@ -38,7 +39,11 @@ pub async fn pass_through(state: &State, request: Request<RequestBody>) -> Respo
         return grpc::error(Code::Internal, "skylift-proxy: cannot address the upstream");
     };
     parts.uri = uri;
-    let outgoing = Request::from_parts(parts, body.map_err(|never| match never {}).boxed());
+    let body = body
+        .map_frame(|frame| frame.map_data(Payload::from))
+        .map_err(|never| match never {})
+        .boxed();
+    let outgoing = Request::from_parts(parts, body);
     match attempt(state, &upstream.address, outgoing, deadline).await {
         Attempt::Answered(response) => response,
         Attempt::DeadlineExceeded => deadline_exceeded(),
@@ -61,7 +66,7 @@ enum Attempt {
 async fn attempt(
     state: &State,
     upstream: &str,
-    request: Request<Body>,
+    request: Request<UpstreamBody>,
     deadline: Option<tokio::time::Instant>,
 ) -> Attempt {
     let call = state.client.request(request);
@@ -130,7 +135,7 @@ pub async fn sync_call(state: &State, request: Request<RequestBody>) -> Response
         let Some(uri) = upstream_uri(&upstream.address, &parts.uri) else {
             continue;
         };
-        let mut outgoing = Request::new(grpc::bytes_body(body.clone()));
+        let mut outgoing = Request::new(grpc::upstream_body(body.clone()));
         *outgoing.method_mut() = parts.method.clone();
         *outgoing.uri_mut() = uri;
         *outgoing.headers_mut() = parts.headers.clone();

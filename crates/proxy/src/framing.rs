@@ -13,6 +13,8 @@ pub struct Frame {
     /// The message is compressed with the stream's `grpc-encoding`.
     pub compressed: bool,
     pub message: Bytes,
+    /// The frame as received: header and message (the message is a slice of it).
+    pub framed: Bytes,
 }
 
 /// Why a stream's framing cannot be read. Each maps to the gRPC status a client gets.
@@ -108,11 +110,11 @@ impl Decoder {
         }
         match self.header(&self.chunk)? {
             Some((compressed, size)) if self.chunk.len() >= HEADER_LEN + size => {
-                let message = self.chunk.slice(HEADER_LEN..HEADER_LEN + size);
-                self.chunk.advance(HEADER_LEN + size);
+                let framed = self.chunk.split_to(HEADER_LEN + size);
                 Ok(Some(Frame {
                     compressed,
-                    message,
+                    message: framed.slice(HEADER_LEN..),
+                    framed,
                 }))
             }
             // A frame continues in the next chunk: its start is gathered.
@@ -145,11 +147,11 @@ impl Decoder {
         if self.buffer.len() < HEADER_LEN + size {
             return Ok(None);
         }
-        self.buffer.advance(HEADER_LEN);
-        let message = self.buffer.split_to(size).freeze();
+        let framed = self.buffer.split_to(HEADER_LEN + size).freeze();
         Ok(Some(Frame {
             compressed,
-            message,
+            message: framed.slice(HEADER_LEN..),
+            framed,
         }))
     }
 
@@ -198,13 +200,17 @@ mod tests {
         for chunk in 1..wire.len() {
             let mut decoder = Decoder::new(1024);
             let mut got = Vec::new();
+            let mut framed_again = Vec::new();
             for piece in wire.chunks(chunk) {
                 decoder.push(piece);
                 while let Some(frame) = decoder.next_frame().unwrap() {
+                    // The frame as received is kept whole, header included.
+                    framed_again.extend_from_slice(&frame.framed);
                     got.push(frame.message);
                 }
             }
             decoder.finish().unwrap();
+            assert_eq!(framed_again, wire, "chunks of {chunk}");
             assert_eq!(
                 got,
                 vec![

@@ -10,9 +10,12 @@ use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::Frame;
 
 use crate::framing;
+use crate::payload::Payload;
 
-/// The body type the proxy serves and sends.
+/// The body type the proxy serves (and relays from upstreams).
 pub type Body = BoxBody<Bytes, BoxError>;
+/// The body type the proxy sends upstream.
+pub type UpstreamBody = BoxBody<Payload, BoxError>;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// gRPC status codes the proxy answers with.
@@ -65,9 +68,9 @@ fn status_headers(code: Code, message: &str) -> HeaderMap {
     headers
 }
 
-/// A body of the given bytes.
-pub fn bytes_body(bytes: Bytes) -> Body {
-    http_body_util::Full::new(bytes)
+/// An upstream request body of the given data.
+pub fn upstream_body(payload: impl Into<Payload>) -> UpstreamBody {
+    http_body_util::Full::new(payload.into())
         .map_err(|never| match never {})
         .boxed()
 }
@@ -79,11 +82,11 @@ pub fn request(
     upstream: &str,
     path: &str,
     encoding: Option<&str>,
-    body: Bytes,
-) -> Option<http::Request<Body>> {
+    body: impl Into<Payload>,
+) -> Option<http::Request<UpstreamBody>> {
     let uri: http::Uri = format!("http://{upstream}{path}").parse().ok()?;
     let mut request = http::Request::post(uri)
-        .body(bytes_body(body))
+        .body(upstream_body(body))
         .expect("a URI and a method make a valid request");
     let headers = request.headers_mut();
     headers.insert(

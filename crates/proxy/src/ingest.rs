@@ -62,6 +62,9 @@ pub struct ReportStream {
     decoder: Decoder,
     /// Events made so far (a meter set counts once).
     pub received: u64,
+    /// The chunk last received, and the run number its events share.
+    chunk: Bytes,
+    run: usize,
 }
 
 impl ReportStream {
@@ -94,6 +97,8 @@ impl ReportStream {
             shape,
             decoder: Decoder::new(state.limits.max_message_bytes),
             received: 0,
+            chunk: Bytes::new(),
+            run: 0,
         }
     }
 
@@ -102,8 +107,24 @@ impl ReportStream {
     }
 
     /// Data received on the stream.
-    pub fn push(&mut self, data: Bytes) {
+    pub fn push(&mut self, state: &State, data: Bytes) {
+        self.chunk = data.clone();
+        self.run = state.queue.next_run();
         self.decoder.push_bytes(data);
+    }
+
+    /// Ties an event to the chunk it was sliced from, if it was.
+    fn tie_to_chunk(&self, mut event: Event) -> Event {
+        event.run = Some(self.run);
+        let (start, end) = (
+            self.chunk.as_ptr() as usize,
+            self.chunk.as_ptr() as usize + self.chunk.len(),
+        );
+        let framed = event.framed.as_ptr() as usize;
+        if framed >= start && framed + event.framed.len() <= end {
+            event.chunk = self.chunk.clone();
+        }
+        event
     }
 
     /// The next event the data received so far makes, if any.
@@ -131,9 +152,9 @@ impl ReportStream {
                         ),
                     )
                 })?;
-            if made.is_some() {
+            if let Some(event) = made {
                 self.received += 1;
-                return Ok(made);
+                return Ok(Some(self.tie_to_chunk(event)));
             }
         }
     }
@@ -151,7 +172,7 @@ impl ReportStream {
                 &self.destination,
                 key.clone(),
                 None,
-                collection,
+                frame_new(&collection),
             )));
         }
         Ok(None)
@@ -162,14 +183,23 @@ fn event(
     destination: &Destination,
     key: Option<Arc<str>>,
     origin: Option<Bytes>,
-    message: Bytes,
+    framed: Bytes,
 ) -> Event {
     Event {
         route: destination.route.clone(),
         key: destination.header_key.clone().or(key),
         origin,
-        message,
+        chunk: framed.clone(),
+        framed,
+        run: None,
     }
+}
+
+/// A message the proxy made (reshaped), framed.
+fn frame_new(message: &[u8]) -> Bytes {
+    let mut framed = bytes::BytesMut::with_capacity(crate::framing::HEADER_LEN + message.len());
+    crate::framing::encode(false, message, &mut framed);
+    framed.freeze()
 }
 
 /// The event a received message makes, if any yet (a meter set is queued in parts).
@@ -179,29 +209,37 @@ fn next_event(
     stream: &mut StreamState,
     frame: Frame,
 ) -> Result<Option<Event>, WireError> {
-    let message = frame.message;
+    let Frame {
+        message, framed, ..
+    } = frame;
     // With round-robin meter routing no key is wanted; a compressed message cannot be read.
     let keyed = state.fixed_meter_routing && !frame.compressed;
     Ok(match stream {
-        StreamState::Independent => Some(event(destination, None, None, message)),
+        StreamState::Independent => Some(event(destination, None, None, framed)),
         StreamState::MeterBatch => {
             let key = if keyed {
                 wire::meter_batch_key(&message)?.map(Arc::<str>::from)
             } else {
                 None
             };
-            Some(event(destination, key, None, message))
+            Some(event(destination, key, None, framed))
         }
         StreamState::MeterSet { set, key } => {
             if keyed && key.is_none() {
                 *key = wire::meter_key(&message)?.map(Arc::<str>::from);
             }
             set.add(&message)?
-                .map(|collection| event(destination, key.clone(), None, collection))
+                .map(|collection| event(destination, key.clone(), None, frame_new(&collection)))
         }
         StreamState::Identified(identified) => {
-            let (message, origin) = identified.message(message)?;
-            Some(event(destination, None, origin, message))
+            let (queued, origin) = identified.message(message.clone())?;
+            // Only messages that had the identifier written in are new.
+            let framed = if queued == message {
+                framed
+            } else {
+                frame_new(&queued)
+            };
+            Some(event(destination, None, origin, framed))
         }
     })
 }

@@ -6,6 +6,7 @@
 //! - [`server`], [`ingest`], [`forward`], [`send`], [`state`]: accepting clients, queueing
 //!   reports, forwarding sync and unknown calls, sending batches upstream;
 //! - [`inbound`]: HTTP/2 for clients, with report streams received in the connection's loop;
+//! - [`payload`]: upstream request data, a batch gathered without copying;
 //! - [`framing`]: gRPC length-prefixed messages, decoded without decoding protobuf;
 //! - [`grpc`]: status codes, trailers-only answers, the empty `Commands` acknowledgement;
 //! - [`protocol`]: which policy each SkyWalking / Envoy method gets (async batch, sync, pass-through);
@@ -28,6 +29,7 @@ pub mod grpc;
 pub mod inbound;
 pub mod ingest;
 pub mod metrics;
+pub mod payload;
 pub mod protocol;
 pub mod queue;
 pub mod refuse;

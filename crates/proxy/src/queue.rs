@@ -36,12 +36,18 @@ pub struct Event {
     /// sender from the first message (Envoy's identifier): events of different origins
     /// never share an upstream stream.
     pub origin: Option<Bytes>,
-    pub message: Bytes,
+    /// The message as sent upstream: gRPC's 5-byte header, then the message.
+    pub framed: Bytes,
+    /// The received chunk `framed` is a slice of (or `framed` itself): messages that
+    /// arrived side by side are written upstream as one piece.
+    pub chunk: Bytes,
+    /// Events received together share this number and, without a key, their partition.
+    pub run: Option<usize>,
 }
 
 impl Event {
     fn cost(&self) -> usize {
-        self.message.len() + 64
+        self.framed.len() + 64
     }
 }
 
@@ -199,11 +205,24 @@ impl Queue {
             Some(key) => {
                 (crate::route::stable_hash(key.as_bytes()) % self.partitions.len() as u64) as usize
             }
-            None => self.next_partition.fetch_add(1, Ordering::Relaxed) % self.partitions.len(),
+            None => {
+                let run = event
+                    .run
+                    .unwrap_or_else(|| self.next_partition.fetch_add(1, Ordering::Relaxed));
+                run % self.partitions.len()
+            }
         }
     }
 
+    /// A number for events received together (see [`Event::run`]).
+    pub fn next_run(&self) -> usize {
+        self.next_partition.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Queues `event` if its partition has room; gives it back otherwise. Counts nothing.
+    // The event comes back only when there is no room (rare); boxing it to shrink the
+    // error would cost an allocation for every event instead.
+    #[allow(clippy::result_large_err)]
     fn try_queue(&self, event: Event) -> Result<(), Event> {
         let index = self.partition_for(&event);
         let partition = &self.partitions[index];
@@ -255,6 +274,7 @@ impl Queue {
     }
 
     /// Queues `event` if there is room now, without waiting; gives it back otherwise.
+    #[allow(clippy::result_large_err)] // see try_queue
     pub fn try_offer(&self, event: Event) -> Result<(), Event> {
         self.try_queue(event)?;
         self.accounting.received.fetch_add(1, Ordering::Relaxed);
@@ -437,7 +457,9 @@ mod tests {
             }),
             key: key.map(Into::into),
             origin: None,
-            message: Bytes::from_static(b"segment"),
+            framed: Bytes::from_static(b"segment"),
+            chunk: Bytes::from_static(b"segment"),
+            run: None,
         }
     }
 
@@ -515,7 +537,9 @@ mod tests {
             ..config(Overflow::Drop)
         });
         let big = Event {
-            message: Bytes::from(vec![0; 60]),
+            framed: Bytes::from(vec![0; 60]),
+            chunk: Bytes::new(),
+            run: None,
             ..event(Some("k"))
         };
         assert_eq!(queue.offer(big.clone()), Offered::Queued);

@@ -7,11 +7,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use http_body_util::BodyExt;
 
-use crate::framing;
 use crate::grpc;
+use crate::payload::{Joiner, Payload};
 use crate::queue::{Batch, DropReason, Event};
 use crate::state::State;
 use crate::upstreams::untried;
@@ -91,17 +90,12 @@ enum Outcome {
 async fn send_group(state: &State, group: Batch) -> bool {
     let (route, key) = (group.events[0].route.clone(), group.events[0].key.clone());
     let (path, encoding, protocol) = (&route.path, route.encoding.as_deref(), route.protocol);
-    let mut body = BytesMut::with_capacity(
-        group
-            .events
-            .iter()
-            .map(|e| framing::HEADER_LEN + e.message.len())
-            .sum(),
-    );
+    // Gathered, not copied: each message is written from the buffer it arrived in.
+    let mut joiner = Joiner::default();
     for event in &group.events {
-        framing::encode(encoding.is_some(), &event.message, &mut body);
+        joiner.push(&event.framed, &event.chunk);
     }
-    let body = body.freeze();
+    let body = Payload::Gathered(joiner.finish());
     let mut tried: Vec<String> = Vec::new();
     for attempt in 0..ATTEMPTS {
         let upstreams = state.upstreams.snapshot();
@@ -156,7 +150,7 @@ async fn send_stream(
     upstream: &str,
     path: &str,
     encoding: Option<&str>,
-    body: bytes::Bytes,
+    body: Payload,
 ) -> Outcome {
     let Some(request) = grpc::request(upstream, path, encoding, body) else {
         return Outcome::Failed;

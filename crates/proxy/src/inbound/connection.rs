@@ -735,7 +735,7 @@ impl Connection {
                 if stream.end_queued {
                     // Already answered (refused): discarded.
                 } else {
-                    report.push(data);
+                    report.push(&self.state, data);
                     if let Err(refusal) = self.pump(id).await {
                         self.refuse(id, refusal);
                         return Ok(());
