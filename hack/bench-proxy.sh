@@ -5,12 +5,17 @@
 # bottleneck, so the figure to compare is messages per CPU-second of the proxy process
 # (utime + stime from /proc), printed beside wall-clock messages/s and p99.
 #
-#   hack/bench-proxy.sh                 # 10 s per run, 16 connections
-#   SECONDS_PER_RUN=5 hack/bench-proxy.sh
+# Each case runs ROUNDS times (default 3), skylift-proxy and nginx alternating, and the
+# medians are compared: this machine's noise between runs is larger than the differences
+# worth measuring. Idle memory is measured on a fresh skylift-proxy.
+#
+#   hack/bench-proxy.sh                 # 10 s per run, 16 connections, 3 rounds
+#   SECONDS_PER_RUN=5 ROUNDS=1 hack/bench-proxy.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUN=${SECONDS_PER_RUN:-10}
+ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-16}
 IDLE=${IDLE_CONNECTIONS:-10000}
 BASE=${PORT:-19400}
@@ -83,7 +88,7 @@ nginx_pids() { pgrep -P "$(cat "$work/nginx.pid")" | tr '\n' ' '; cat "$work/ngi
 
 results="$work/results.txt"
 for mode in segments unary; do
-  for target in skylift nginx; do
+  for round in $(seq "$ROUNDS"); do for target in skylift nginx; do
     if [[ $target == skylift ]]; then port=$skylift; procs=$skylift_pid; else port=$nginx_port; procs=$(nginx_pids); fi
     before=$(cpu_of $procs)
     out=$(taskset -c 1 "$bin/skylift-grpc-load" --target "127.0.0.1:$port" --mode "$mode" \
@@ -91,10 +96,17 @@ for mode in segments unary; do
     sleep 0.5 # let the proxy flush what it acknowledged
     after=$(cpu_of $procs)
     echo "$mode $target $(python3 -c "print($after - $before)") $out" >>"$results"
-  done
+  done; done
 done
+loaded_rss_kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$skylift_pid/status")
 
-# Memory with idle client connections.
+# Memory with idle client connections, on a fresh proxy.
+kill "$skylift_pid"; wait "$skylift_pid" 2>/dev/null || true
+taskset -c 0 "$bin/skylift-proxy" --listen "127.0.0.1:$skylift" --admin-listen "127.0.0.1:$admin" \
+  --upstream "127.0.0.1:$sink_a,127.0.0.1:$sink_b" >>"$work/skylift.log" 2>&1 &
+skylift_pid=$!; pids+=("$skylift_pid")
+for _ in $(seq 50); do curl -sf "http://127.0.0.1:$admin/healthz" >/dev/null && break; sleep 0.1; done
+
 taskset -c 1 "$bin/skylift-grpc-load" --target "127.0.0.1:$skylift" --mode idle \
   --connections "$IDLE" --seconds 30 >"$work/idle.json" &
 idle_loader=$!; pids+=("$idle_loader")
@@ -104,22 +116,29 @@ idle_rss_kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$skylift_pid/status")
 idle_open=$(curl -s "http://127.0.0.1:$admin/metrics" | awk '/^skylift_proxy_connections / {print $2}')
 kill "$idle_loader" 2>/dev/null || true
 
-python3 - "$results" "$idle_rss_kb" "$idle_open" "$IDLE" <<'PY'
-import json, sys
+python3 - "$results" "$idle_rss_kb" "$idle_open" "$IDLE" "$loaded_rss_kb" <<'PY'
+import json, statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
     mode, target, cpu, data = line.split(" ", 3)
-    rows[(mode, target)] = (float(cpu), json.loads(data))
+    rows.setdefault((mode, target), []).append((float(cpu), json.loads(data)))
+median = statistics.median
+print(f"medians of {len(rows[('segments', 'skylift')])} rounds")
 print(f"{'mode':9} {'proxy':8} {'msgs/s':>10} {'p99 ms':>8} {'proxy CPU s':>12} {'msgs/CPU-s':>12} {'failed':>7}")
 for mode in ("segments", "unary"):
     per_cpu = {}
     for target in ("skylift", "nginx"):
-        cpu, d = rows[(mode, target)]
-        per_cpu[target] = d["messages"] / cpu if cpu > 0 else float("inf")
-        print(f"{mode:9} {target:8} {d['messages_per_second']:>10.0f} {d['p99_ms']:>8.2f} {cpu:>12.2f} {per_cpu[target]:>12.0f} {d['failed_calls']:>7}")
+        runs = rows[(mode, target)]
+        per_cpu[target] = median(d["messages"] / cpu if cpu > 0 else float("inf") for cpu, d in runs)
+        rate = median(d["messages_per_second"] for _, d in runs)
+        p99 = median(d["p99_ms"] for _, d in runs)
+        cpu = median(cpu for cpu, _ in runs)
+        failed = sum(d["failed_calls"] for _, d in runs)
+        print(f"{mode:9} {target:8} {rate:>10.0f} {p99:>8.2f} {cpu:>12.2f} {per_cpu[target]:>12.0f} {failed:>7}")
     target = 1.5 if mode == "segments" else 3.0
     ratio = per_cpu["skylift"] / per_cpu["nginx"]
     print(f"{mode:9} skylift / nginx messages per CPU-second: {ratio:.2f}x (target >= {target}x)")
 rss_mb = int(sys.argv[2]) / 1024
 print(f"skylift-proxy RSS with {sys.argv[3]} of {sys.argv[4]} idle connections open: {rss_mb:.1f} MB (target <= 64 MB)")
+print(f"(the benchmarked skylift-proxy's RSS after its load runs: {int(sys.argv[5]) / 1024:.1f} MB)")
 PY
