@@ -1,0 +1,17 @@
+//! skylift-adapter: serves `external.metrics.k8s.io/v1beta1` from OAP's GraphQL metrics,
+//! so the Horizontal Pod Autoscaler can scale on SkyWalking metrics.
+//!
+//! The pure parts, each tested directly:
+//! - [`metric`]: external metric names (`<prefix>|<oap metric>`, `<prefix>|mqe|<name>`);
+//! - [`selector`]: Kubernetes label selectors as the HPA sends them;
+//! - [`entity`]: the SkyWalking entity a selector names, plain or SWCK-escaped;
+//! - [`oap`]: OAP GraphQL requests (MQE, metrics v2, time info) and their answers;
+//! - [`quantity`]: values as exact Kubernetes Quantities;
+//! - [`answer`]: discovery, `ExternalMetricValueList` and `Status` JSON.
+
+pub mod answer;
+pub mod entity;
+pub mod metric;
+pub mod oap;
+pub mod quantity;
+pub mod selector;

@@ -1,0 +1,111 @@
+//! External metric names: `<prefix>|<oap metric>` (SWCK's form, so existing HPA objects
+//! keep working) and `<prefix>|mqe|<name>` for a named MQE expression from
+//! `--expressions`.
+
+/// What a metric name asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Metric {
+    /// An OAP metric, read with `latest(<name>)`.
+    Oap(String),
+    /// A named expression.
+    Expression(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MetricError {
+    #[error(
+        "metric {name:?} is not served here: names are {prefix}|<oap metric> or {prefix}|mqe|<expression name>"
+    )]
+    OtherPrefix { name: String, prefix: String },
+    #[error(
+        "metric {0:?}: an OAP metric name has only letters, digits and underscores, starting with a letter or underscore"
+    )]
+    BadOapName(String),
+    #[error("metric {0:?}: an expression name has only letters, digits, '_', '-' and '.'")]
+    BadExpressionName(String),
+}
+
+fn is_oap_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn is_expression_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// Reads an external metric name (already percent-decoded).
+pub fn parse(prefix: &str, name: &str) -> Result<Metric, MetricError> {
+    let Some(rest) = name
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('|'))
+    else {
+        return Err(MetricError::OtherPrefix {
+            name: name.to_string(),
+            prefix: prefix.to_string(),
+        });
+    };
+    if let Some(expression) = rest.strip_prefix("mqe|") {
+        return if is_expression_name(expression) {
+            Ok(Metric::Expression(expression.to_string()))
+        } else {
+            Err(MetricError::BadExpressionName(name.to_string()))
+        };
+    }
+    // Checked strictly: the name is written into an MQE expression.
+    if is_oap_name(rest) {
+        Ok(Metric::Oap(rest.to_string()))
+    } else {
+        Err(MetricError::BadOapName(name.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PREFIX: &str = "skywalking.apache.org";
+
+    #[test]
+    fn swck_names_and_expression_names_are_read() {
+        assert_eq!(
+            parse(
+                PREFIX,
+                "skywalking.apache.org|satellite_service_grpc_connect_count"
+            ),
+            Ok(Metric::Oap("satellite_service_grpc_connect_count".into()))
+        );
+        assert_eq!(
+            parse(PREFIX, "skywalking.apache.org|mqe|p95-latency"),
+            Ok(Metric::Expression("p95-latency".into()))
+        );
+    }
+
+    #[test]
+    fn other_names_and_injection_attempts_are_refused() {
+        assert!(matches!(
+            parse(PREFIX, "example.com|service_cpm"),
+            Err(MetricError::OtherPrefix { .. })
+        ));
+        assert!(matches!(
+            parse(PREFIX, "skywalking.apache.orgservice_cpm"),
+            Err(MetricError::OtherPrefix { .. })
+        ));
+        for bad in ["service_cpm)+avg(x", "1cpm", "", "a b"] {
+            assert_eq!(
+                parse(PREFIX, &format!("{PREFIX}|{bad}")),
+                Err(MetricError::BadOapName(format!("{PREFIX}|{bad}")))
+            );
+        }
+        assert!(matches!(
+            parse(PREFIX, "skywalking.apache.org|mqe|a'b"),
+            Err(MetricError::BadExpressionName(_))
+        ));
+    }
+}
