@@ -8,10 +8,18 @@
 //! - [`oap`]: OAP GraphQL requests (MQE, metrics v2, time info) and their answers;
 //! - [`quantity`]: values as exact Kubernetes Quantities;
 //! - [`answer`]: discovery, `ExternalMetricValueList` and `Status` JSON.
+//!
+//! With I/O:
+//! - [`reader`]: OAP over GraphQL (MQE, else metrics v2), in the OAP's time zone;
+//! - [`cache`]: one query per (metric, entity) per refresh interval, misses coalesced;
+//! - [`server`]: the routes the aggregator and the HPA call.
 
 pub mod answer;
+pub mod cache;
 pub mod entity;
 pub mod metric;
 pub mod oap;
 pub mod quantity;
+pub mod reader;
 pub mod selector;
+pub mod server;

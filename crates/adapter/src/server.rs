@@ -1,0 +1,173 @@
+//! The API the aggregator and the HPA call: discovery, health, and metric reads
+//! (`/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/{metric}?labelSelector=...`).
+//! Transport security and the caller's authentication and authorization wrap this router
+//! (see the binary); here a read goes from the request to OAP and back.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::FutureExt;
+use serde_json::Value;
+
+use crate::answer::{self, MetricValue};
+use crate::cache::Cache;
+use crate::entity::{self, Entity};
+use crate::metric::{self, Metric};
+use crate::oap::Reading;
+use crate::quantity;
+use crate::reader::{OapReader, ReadError, Target};
+use crate::selector;
+
+/// What reads share.
+pub struct Adapter {
+    /// `--metric-prefix`.
+    pub prefix: String,
+    /// `--expressions`: name → MQE expression.
+    pub expressions: HashMap<String, String>,
+    pub reader: Arc<OapReader>,
+    pub cache: Cache<(Target, Entity), Result<Reading, ReadError>>,
+}
+
+impl Adapter {
+    pub fn new(
+        prefix: String,
+        expressions: HashMap<String, String>,
+        reader: OapReader,
+        refresh: Duration,
+    ) -> Adapter {
+        Adapter {
+            prefix,
+            expressions,
+            reader: Arc::new(reader),
+            cache: Cache::new(refresh),
+        }
+    }
+}
+
+/// An answer with a JSON body.
+fn json(status: StatusCode, body: Value) -> Response {
+    (status, Json(body)).into_response()
+}
+
+pub fn failure(status: StatusCode, message: &str) -> Response {
+    json(status, answer::status(status.as_u16(), message))
+}
+
+pub fn router(adapter: Arc<Adapter>) -> Router {
+    Router::new()
+        .route("/apis", get(|| async { Json(answer::api_group_list()) }))
+        .route(
+            "/apis/external.metrics.k8s.io",
+            get(|| async { Json(answer::api_group()) }),
+        )
+        .route(
+            "/apis/external.metrics.k8s.io/v1beta1",
+            get(|| async { Json(answer::api_resource_list()) }),
+        )
+        .route(
+            "/apis/external.metrics.k8s.io/v1beta1/namespaces/{namespace}/{metric}",
+            get(read),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        // The aggregator tolerates a missing OpenAPI document.
+        .fallback(|| async { failure(StatusCode::NOT_FOUND, "not found") })
+        .with_state(adapter)
+}
+
+async fn read(
+    State(adapter): State<Arc<Adapter>>,
+    Path((namespace, name)): Path<(String, String)>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Response {
+    let selector = query.get("labelSelector").map_or("", String::as_str);
+    read_metric(&adapter, &namespace, &name, selector).await
+}
+
+/// Reads one external metric for the HPA.
+pub async fn read_metric(
+    adapter: &Adapter,
+    namespace: &str,
+    name: &str,
+    selector: &str,
+) -> Response {
+    let target = match metric::parse(&adapter.prefix, name) {
+        Ok(Metric::Oap(metric)) => Target::Metric(metric),
+        Ok(Metric::Expression(expression_name)) => {
+            match adapter.expressions.get(&expression_name) {
+                Some(expression) => Target::Expression {
+                    name: expression_name,
+                    expression: expression.clone(),
+                },
+                None => {
+                    return failure(
+                        StatusCode::NOT_FOUND,
+                        &format!(
+                            "metric {name:?}: no expression named {expression_name:?} in --expressions"
+                        ),
+                    );
+                }
+            }
+        }
+        Err(err) => return failure(StatusCode::NOT_FOUND, &err.to_string()),
+    };
+    let requirements = match selector::parse(selector) {
+        Ok(requirements) => requirements,
+        Err(err) => return failure(StatusCode::BAD_REQUEST, &err.to_string()),
+    };
+    let entity = match entity::from_requirements(&requirements) {
+        Ok(entity) => entity,
+        Err(err) => {
+            return failure(
+                StatusCode::BAD_REQUEST,
+                &format!("metric {name:?}, selector {selector:?}: {err}"),
+            );
+        }
+    };
+    let reader = adapter.reader.clone();
+    let key = (target.clone(), entity.clone());
+    let reading = adapter
+        .cache
+        .get(key, move || {
+            async move { reader.read(&target, &entity).await }.boxed()
+        })
+        .await;
+    let entity = entity::from_requirements(&requirements).expect("decoded above");
+    match reading {
+        Ok(Reading::Value(value)) => match quantity::quantity(&value) {
+            Ok(value) => json(
+                StatusCode::OK,
+                answer::value_list(&[MetricValue {
+                    metric_name: name.to_string(),
+                    labels: entity.labels(),
+                    timestamp: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                    window_seconds: 60,
+                    value,
+                }]),
+            ),
+            Err(err) => failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("OAP answered {name:?} with a value that is not a number: {err}"),
+            ),
+        },
+        Ok(Reading::NoData(reason)) => {
+            tracing::info!(%namespace, metric = %name, service = %entity.service, %reason, "no value to answer");
+            json(StatusCode::OK, answer::value_list(&[]))
+        }
+        Err(err @ ReadError::Unavailable { .. }) => {
+            failure(StatusCode::SERVICE_UNAVAILABLE, &err.to_string())
+        }
+        Err(err) => failure(
+            StatusCode::NOT_FOUND,
+            &format!("metric {name:?} for service {:?}: {err}", entity.service),
+        ),
+    }
+}

@@ -1,0 +1,287 @@
+//! skylift-adapter's reads end to end on loopback: an HPA-style request in, GraphQL to a
+//! stand-in OAP, an ExternalMetricValueList or a Status out.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::routing::post;
+use serde_json::{Value, json};
+use skylift_adapter::reader::{OapConfig, OapReader};
+use skylift_adapter::server::{Adapter, router};
+
+/// A stand-in OAP GraphQL endpoint: MQE or not, values by expression / metric.
+#[derive(Default)]
+struct FakeOap {
+    mqe: bool,
+    /// MQE expression → newest value (None: no data).
+    expressions: HashMap<String, Option<String>>,
+    /// metrics-v2 metric → the window's points (value, empty).
+    series: HashMap<String, Vec<(i64, bool)>>,
+    asked: Vec<Value>,
+}
+
+async fn graphql(State(oap): State<Arc<Mutex<FakeOap>>>, Json(body): Json<Value>) -> Json<Value> {
+    let mut oap = oap.lock().unwrap();
+    oap.asked.push(body.clone());
+    let query = body["query"].as_str().unwrap_or_default();
+    let vars = &body["variables"];
+    if query.contains("getTimeInfo") {
+        return Json(json!({"data": {"result": {"timezone": "+0800",
+            "currentTimestamp": chrono::Utc::now().timestamp_millis()}}}));
+    }
+    if query.contains("execExpression") {
+        if !oap.mqe {
+            return Json(json!({"data": null, "errors": [{"message":
+                "Validation error (FieldUndefined@[result]) : Field 'execExpression' in type 'Query' is undefined"}]}));
+        }
+        let expression = vars["expression"].as_str().unwrap();
+        return Json(match oap.expressions.get(expression) {
+            Some(value) => json!({"data": {"result": {"type": "SINGLE_VALUE", "error": null,
+                "results": [{"metric": {"labels": []}, "values": [{"id": null, "value": value}]}]}}}),
+            None => json!({"data": {"result": {"type": "UNKNOWN", "results": [],
+                "error": format!("Metric: [{expression}] dose not exist.")}}}),
+        });
+    }
+    let metric = vars["condition"]["name"].as_str().unwrap();
+    let points: Vec<Value> = oap
+        .series
+        .get(metric)
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(value, empty)| json!({"id": "x", "value": value, "isEmptyValue": empty}))
+        .collect();
+    Json(json!({"data": {"result": {"label": null, "values": {"values": points}}}}))
+}
+
+/// The one crypto provider, as the binaries install it at start.
+fn crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+async fn serve(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    address
+}
+
+async fn start(oap: FakeOap, oap_url: Option<String>) -> (SocketAddr, Arc<Mutex<FakeOap>>) {
+    crypto();
+    let oap = Arc::new(Mutex::new(oap));
+    let oap_address = serve(
+        axum::Router::new()
+            .route("/graphql", post(graphql))
+            .with_state(oap.clone()),
+    )
+    .await;
+    let reader = OapReader::new(OapConfig {
+        url: oap_url.unwrap_or_else(|| format!("http://{oap_address}/graphql")),
+        timeout: Duration::from_secs(2),
+        basic_auth: None,
+    })
+    .unwrap();
+    let expressions = HashMap::from([(
+        "p95".to_string(),
+        "latest(service_percentile{label='2'})".to_string(),
+    )]);
+    let adapter = Arc::new(Adapter::new(
+        "skywalking.apache.org".into(),
+        expressions,
+        reader,
+        Duration::from_secs(10),
+    ));
+    (serve(router(adapter)).await, oap)
+}
+
+const CONNECTIONS: &str = "skywalking.apache.org%7Csatellite_service_grpc_connect_count";
+const SWCK_SELECTOR: &str = "service.str.0%3Dsatellite%2Cservice.byte.1%3D3a%2Cservice.byte.2%3D3a%2Cservice.str.3%3Dsatellite%2Cservice.byte.4%3D2d%2Cservice.str.5%3Dservice";
+
+async fn get(adapter: SocketAddr, metric: &str, selector: &str) -> (u16, Value) {
+    let url = format!(
+        "http://{adapter}/apis/external.metrics.k8s.io/v1beta1/namespaces/skywalking/{metric}?labelSelector={selector}"
+    );
+    let response = reqwest::get(url).await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn an_hpa_read_in_swck_form_is_answered_from_one_mqe_query() {
+    let oap = FakeOap {
+        mqe: true,
+        expressions: HashMap::from([(
+            "latest(satellite_service_grpc_connect_count)".to_string(),
+            Some("11".to_string()),
+        )]),
+        ..FakeOap::default()
+    };
+    let (adapter, oap) = start(oap, None).await;
+    let reads = (0..10).map(|_| get(adapter, CONNECTIONS, SWCK_SELECTOR));
+    for (status, body) in futures::future::join_all(reads).await {
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["kind"], "ExternalMetricValueList");
+        let item = &body["items"][0];
+        assert_eq!(
+            item["metricName"],
+            "skywalking.apache.org|satellite_service_grpc_connect_count"
+        );
+        assert_eq!(item["value"], "11");
+        assert_eq!(item["metricLabels"]["service.byte.1"], "3a");
+    }
+    let asked = oap.lock().unwrap().asked.clone();
+    let mqe: Vec<&Value> = asked
+        .iter()
+        .filter(|b| b["query"].as_str().unwrap().contains("execExpression"))
+        .collect();
+    assert_eq!(mqe.len(), 1, "ten concurrent reads, one query");
+    let vars = &mqe[0]["variables"];
+    assert_eq!(
+        vars["entity"]["serviceName"],
+        "satellite::satellite-service"
+    );
+    assert_eq!(vars["entity"]["normal"], true);
+    // The window is in the OAP's zone (+0800): its end is OAP's local minute.
+    let local = (chrono::Utc::now() + chrono::Duration::hours(8))
+        .format("%Y-%m-%d %H")
+        .to_string();
+    assert!(
+        vars["duration"]["end"]
+            .as_str()
+            .unwrap()
+            .starts_with(&local),
+        "{vars}"
+    );
+}
+
+#[tokio::test]
+async fn an_oap_without_mqe_is_read_with_metrics_v2_and_expressions_say_why_not() {
+    let oap = FakeOap {
+        mqe: false,
+        series: HashMap::from([(
+            "service_cpm".to_string(),
+            vec![(40, false), (42, false), (3, false)],
+        )]),
+        ..FakeOap::default()
+    };
+    let (adapter, _oap) = start(oap, None).await;
+    let (status, body) = get(
+        adapter,
+        "skywalking.apache.org%7Cservice_cpm",
+        "service%3Dcheckout",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["items"][0]["value"], "42", "the last complete minute");
+    let (status, body) = get(
+        adapter,
+        "skywalking.apache.org%7Cmqe%7Cp95",
+        "service%3Dcheckout",
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(
+        body["message"].as_str().unwrap().contains("OAP 9.5"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn failures_are_statuses_that_say_what_to_fix_and_no_data_is_an_empty_list() {
+    let oap = FakeOap {
+        mqe: true,
+        expressions: HashMap::from([("latest(service_cpm)".to_string(), None)]),
+        ..FakeOap::default()
+    };
+    let (adapter, _oap) = start(oap, None).await;
+    let (status, body) = get(
+        adapter,
+        "skywalking.apache.org%7Cservice_cpm",
+        "service%3Dcheckout",
+    )
+    .await;
+    assert_eq!(
+        (status, body["items"].clone()),
+        (200, json!([])),
+        "no data: no items, never a made-up 0"
+    );
+    let cases = [
+        ("skywalking.apache.org%7Cnope", "service%3Da", 404, "nope"),
+        (
+            "example.com%7Cservice_cpm",
+            "service%3Da",
+            404,
+            "skywalking.apache.org|<oap metric>",
+        ),
+        (
+            "skywalking.apache.org%7Cmqe%7Cunknown",
+            "service%3Da",
+            404,
+            "--expressions",
+        ),
+        (
+            "skywalking.apache.org%7Cservice_cpm",
+            "service%3Da%2C",
+            400,
+            "label selector",
+        ),
+        (
+            "skywalking.apache.org%7Cservice_cpm",
+            "instance%3Di",
+            400,
+            "service=<name>",
+        ),
+    ];
+    for (metric, selector, code, says) in cases {
+        let (status, body) = get(adapter, metric, selector).await;
+        assert_eq!(status, code, "{metric} {selector}: {body}");
+        assert_eq!(body["kind"], "Status");
+        assert_eq!(body["code"], code);
+        assert!(body["message"].as_str().unwrap().contains(says), "{body}");
+    }
+
+    // OAP unreachable: 503.
+    let (adapter, _oap) = start(
+        FakeOap::default(),
+        Some("http://127.0.0.1:9/graphql".into()),
+    )
+    .await;
+    let (status, body) = get(
+        adapter,
+        "skywalking.apache.org%7Cservice_cpm",
+        "service%3Da",
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["reason"], "ServiceUnavailable");
+}
+
+#[tokio::test]
+async fn discovery_answers_as_the_aggregator_expects() {
+    let (adapter, _oap) = start(FakeOap::default(), None).await;
+    for (path, kind) in [
+        ("/apis", "APIGroupList"),
+        ("/apis/external.metrics.k8s.io", "APIGroup"),
+        ("/apis/external.metrics.k8s.io/v1beta1", "APIResourceList"),
+    ] {
+        let body: Value = reqwest::get(format!("http://{adapter}{path}"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body["kind"], kind, "{path}");
+    }
+    let openapi = reqwest::get(format!("http://{adapter}/openapi/v2"))
+        .await
+        .unwrap();
+    assert_eq!(openapi.status(), 404, "tolerated by the aggregator");
+    let health = reqwest::get(format!("http://{adapter}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
