@@ -7,7 +7,8 @@
 //! - [`entity`]: the SkyWalking entity a selector names, plain or SWCK-escaped;
 //! - [`oap`]: OAP GraphQL requests (MQE, metrics v2, time info) and their answers;
 //! - [`quantity`]: values as exact Kubernetes Quantities;
-//! - [`answer`]: discovery, `ExternalMetricValueList` and `Status` JSON.
+//! - [`answer`]: discovery, `ExternalMetricValueList` and `Status` JSON;
+//! - [`auth`]: front-proxy settings, `X-Remote-*` identities, the access review of a read.
 //!
 //! With I/O:
 //! - [`reader`]: OAP over GraphQL (MQE, else metrics v2), in the OAP's time zone;
@@ -15,6 +16,7 @@
 //! - [`server`]: the routes the aggregator and the HPA call.
 
 pub mod answer;
+pub mod auth;
 pub mod cache;
 pub mod entity;
 pub mod metric;
