@@ -174,6 +174,13 @@ impl Decoder {
     }
 }
 
+/// One uncompressed message as a frame of its own.
+pub fn frame(message: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(HEADER_LEN + message.len());
+    encode(false, message, &mut out);
+    out.freeze()
+}
+
 /// Appends `message` as one frame.
 pub fn encode(compressed: bool, message: &[u8], out: &mut BytesMut) {
     out.reserve(HEADER_LEN + message.len());

@@ -3,13 +3,11 @@
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, StreamBody};
-use hyper::body::Frame;
+use http_body_util::{BodyExt, Empty};
 
-use crate::framing;
 use crate::payload::Payload;
 
 /// The body type the proxy serves (and relays from upstreams).
@@ -37,16 +35,8 @@ pub fn empty_body() -> Body {
         .boxed()
 }
 
-/// A body of the given data frames followed by trailers.
-pub fn body_with_trailers(data: Vec<Bytes>, trailers: HeaderMap) -> Body {
-    let frames = data
-        .into_iter()
-        .map(|d| Ok::<_, BoxError>(Frame::data(d)))
-        .chain(std::iter::once(Ok(Frame::trailers(trailers))));
-    StreamBody::new(futures::stream::iter(frames)).boxed()
-}
-
-fn status_headers(code: Code, message: &str) -> HeaderMap {
+/// The `grpc-status` (and `grpc-message`) fields that end a call.
+pub fn status_headers(code: Code, message: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert("grpc-status", HeaderValue::from(code as u16));
     if !message.is_empty() {
@@ -100,31 +90,22 @@ pub fn request(
     Some(request)
 }
 
-/// A trailers-only error answer.
-pub fn error(code: Code, message: &str) -> Response<Body> {
-    let mut response = Response::new(empty_body());
-    *response.status_mut() = StatusCode::OK;
-    let headers = response.headers_mut();
+/// The fields of a trailers-only error answer: gRPC content type and the status.
+pub fn error_headers(code: Code, message: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
     headers.insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
     headers.extend(status_headers(code, message));
-    response
+    headers
 }
 
-/// The answer to a report: one empty `skywalking.v3.Commands` message and status OK.
-pub fn empty_commands() -> Response<Body> {
-    let mut frame = BytesMut::new();
-    framing::encode(false, &[], &mut frame);
-    let mut response = Response::new(body_with_trailers(
-        vec![frame.freeze()],
-        status_headers(Code::Ok, ""),
-    ));
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
+/// A trailers-only error answer.
+pub fn error(code: Code, message: &str) -> Response<Body> {
+    let mut response = Response::new(empty_body());
+    *response.status_mut() = StatusCode::OK;
+    *response.headers_mut() = error_headers(code, message);
     response
 }
 
@@ -179,15 +160,6 @@ mod tests {
             headers.insert("grpc-timeout", HeaderValue::from_static(bad));
             assert_eq!(timeout(&headers), None, "{bad}");
         }
-    }
-
-    #[tokio::test]
-    async fn a_report_is_acknowledged_with_one_empty_commands_message() {
-        let response = empty_commands();
-        let collected = response.into_body().collect().await.unwrap();
-        let trailers = collected.trailers().cloned().unwrap();
-        assert_eq!(collected.to_bytes().as_ref(), &[0, 0, 0, 0, 0]);
-        assert_eq!(status_of(&HeaderMap::new(), Some(&trailers)), Some(0));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::Request;
 
-use crate::framing::{Decoder, Frame};
+use crate::framing::{self, Decoder, Frame};
 use crate::grpc::Code;
 use crate::protocol::{Method, Shape};
 use crate::queue::{DropReason, Event, Offered, Route};
@@ -172,7 +172,7 @@ impl ReportStream {
                 &self.destination,
                 key.clone(),
                 None,
-                frame_new(&collection),
+                framing::frame(&collection),
             )));
         }
         Ok(None)
@@ -193,13 +193,6 @@ fn event(
         framed,
         run: None,
     }
-}
-
-/// A message the proxy made (reshaped), framed.
-fn frame_new(message: &[u8]) -> Bytes {
-    let mut framed = bytes::BytesMut::with_capacity(crate::framing::HEADER_LEN + message.len());
-    crate::framing::encode(false, message, &mut framed);
-    framed.freeze()
 }
 
 /// The event a received message makes, if any yet (a meter set is queued in parts).
@@ -228,8 +221,9 @@ fn next_event(
             if keyed && key.is_none() {
                 *key = wire::meter_key(&message)?.map(Arc::<str>::from);
             }
-            set.add(&message)?
-                .map(|collection| event(destination, key.clone(), None, frame_new(&collection)))
+            set.add(&message)?.map(|collection| {
+                event(destination, key.clone(), None, framing::frame(&collection))
+            })
         }
         StreamState::Identified(identified) => {
             let (queued, origin) = identified.message(message.clone())?;
@@ -237,7 +231,7 @@ fn next_event(
             let framed = if queued == message {
                 framed
             } else {
-                frame_new(&queued)
+                framing::frame(&queued)
             };
             Some(event(destination, None, origin, framed))
         }

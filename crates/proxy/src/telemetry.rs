@@ -8,7 +8,6 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::BytesMut;
 use http_body_util::BodyExt;
 
 use crate::queue::DropReason;
@@ -193,9 +192,7 @@ pub async fn report(state: State, config: TelemetryConfig) {
 }
 
 async fn send(state: &State, upstream: &str, message: &[u8]) -> Result<(), String> {
-    let mut body = BytesMut::new();
-    framing::encode(false, message, &mut body);
-    let request = grpc::request(upstream, PATH, None, body.freeze())
+    let request = grpc::request(upstream, PATH, None, framing::frame(message))
         .ok_or_else(|| format!("{upstream} is not an address"))?;
     let response = tokio::time::timeout(Duration::from_secs(5), state.client.request(request))
         .await

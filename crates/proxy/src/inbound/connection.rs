@@ -79,10 +79,8 @@ static REPORT_HEAD: LazyLock<Bytes> = LazyLock::new(|| {
 });
 /// The trailers of every accepted report: status OK.
 static REPORT_TRAILERS: LazyLock<Bytes> = LazyLock::new(|| {
-    let mut trailers = HeaderMap::new();
-    trailers.insert("grpc-status", HeaderValue::from_static("0"));
     let mut block = BytesMut::new();
-    headers::encode_fields(&trailers, &mut block);
+    headers::encode_fields(&grpc::status_headers(Code::Ok, ""), &mut block);
     block.freeze()
 });
 /// One empty `Commands` message.
@@ -1059,8 +1057,11 @@ async fn keepalive(sleep: &mut Option<Pin<Box<Sleep>>>) {
 
 /// A trailers-only gRPC error's header block.
 fn error_block(code: Code, message: &str) -> Bytes {
-    let response = grpc::error(code, message);
     let mut block = BytesMut::new();
-    headers::encode_response(response.status(), response.headers(), &mut block);
+    headers::encode_response(
+        StatusCode::OK,
+        &grpc::error_headers(code, message),
+        &mut block,
+    );
     block.freeze()
 }
