@@ -113,17 +113,11 @@ impl ReportStream {
         self.decoder.push_bytes(data);
     }
 
-    /// Ties an event to the chunk it was sliced from, if it was.
+    /// Ties an event to the chunk being received (whether its message is a slice of it
+    /// is for the batch that joins them to find out, see [`crate::payload::Joiner`]).
     fn tie_to_chunk(&self, mut event: Event) -> Event {
         event.run = Some(self.run);
-        let (start, end) = (
-            self.chunk.as_ptr() as usize,
-            self.chunk.as_ptr() as usize + self.chunk.len(),
-        );
-        let framed = event.framed.as_ptr() as usize;
-        if framed >= start && framed + event.framed.len() <= end {
-            event.chunk = self.chunk.clone();
-        }
+        event.chunk = self.chunk.clone();
         event
     }
 

@@ -38,8 +38,8 @@ pub struct Event {
     pub origin: Option<Bytes>,
     /// The message as sent upstream: gRPC's 5-byte header, then the message.
     pub framed: Bytes,
-    /// The received chunk `framed` is a slice of (or `framed` itself): messages that
-    /// arrived side by side are written upstream as one piece.
+    /// The received chunk `framed` was (usually) sliced from, or `framed` itself:
+    /// messages that arrived side by side are written upstream as one piece.
     pub chunk: Bytes,
     /// Events received together share this number and, without a key, their partition.
     pub run: Option<usize>,
