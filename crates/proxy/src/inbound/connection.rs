@@ -93,11 +93,15 @@ pub struct ConnectionError {
     pub message: String,
 }
 
-fn protocol_error(message: impl Into<String>) -> ConnectionError {
+fn connection_error(reason: Reason, message: impl Into<String>) -> ConnectionError {
     ConnectionError {
-        reason: Reason::Protocol,
+        reason,
         message: message.into(),
     }
+}
+
+fn protocol_error(message: impl Into<String>) -> ConnectionError {
+    connection_error(Reason::Protocol, message)
 }
 
 /// Serves one connection until the client leaves or breaks the protocol.
@@ -220,10 +224,7 @@ impl Connection {
     }
 
     fn out(&mut self) -> &mut BytesMut {
-        if self.output.capacity() == 0 {
-            self.output.reserve(OUTPUT_CHUNK);
-        }
-        &mut self.output
+        with_room(&mut self.output)
     }
 
     async fn run(&mut self) -> Result<(), ConnectionError> {
@@ -317,10 +318,10 @@ impl Connection {
         let next = match self.ping_sent {
             Some(sent) if self.last_heard < sent => {
                 if now >= sent + self.config.keepalive_timeout {
-                    return Err(ConnectionError {
-                        reason: Reason::NoError,
-                        message: "keep-alive ping not answered".into(),
-                    });
+                    return Err(connection_error(
+                        Reason::NoError,
+                        "keep-alive ping not answered",
+                    ));
                 }
                 sent + self.config.keepalive_timeout
             }
@@ -356,10 +357,10 @@ impl Connection {
         while self.input.len() >= frame::HEADER_LEN && self.output.len() < MAX_OUTPUT {
             let head = Head::parse(&self.input);
             if head.len > frame::DEFAULT_MAX_FRAME {
-                return Err(ConnectionError {
-                    reason: Reason::FrameSize,
-                    message: format!("frame of {} bytes exceeds 16384", head.len),
-                });
+                return Err(connection_error(
+                    Reason::FrameSize,
+                    format!("frame of {} bytes exceeds 16384", head.len),
+                ));
             }
             if self.input.len() < frame::HEADER_LEN + head.len {
                 break;
@@ -400,10 +401,7 @@ impl Connection {
             kind::SETTINGS => self.on_settings(head, &payload),
             kind::PING => {
                 if head.stream != 0 || payload.len() != 8 {
-                    return Err(ConnectionError {
-                        reason: Reason::FrameSize,
-                        message: "malformed PING".into(),
-                    });
+                    return Err(connection_error(Reason::FrameSize, "malformed PING"));
                 }
                 if head.has(flag::ACK) {
                     self.ping_sent = None;
@@ -436,37 +434,37 @@ impl Connection {
             return if payload.is_empty() {
                 Ok(())
             } else {
-                Err(ConnectionError {
-                    reason: Reason::FrameSize,
-                    message: "SETTINGS ACK with a payload".into(),
-                })
+                Err(connection_error(
+                    Reason::FrameSize,
+                    "SETTINGS ACK with a payload",
+                ))
             };
         }
         let Some(settings) = frame::parse_settings(payload) else {
-            return Err(ConnectionError {
-                reason: Reason::FrameSize,
-                message: "SETTINGS length is not a multiple of 6".into(),
-            });
+            return Err(connection_error(
+                Reason::FrameSize,
+                "SETTINGS length is not a multiple of 6",
+            ));
         };
         for (id, value) in settings {
             match id {
                 setting::INITIAL_WINDOW_SIZE => {
                     let value = i64::from(value);
                     if value > frame::MAX_WINDOW {
-                        return Err(ConnectionError {
-                            reason: Reason::FlowControl,
-                            message: "SETTINGS_INITIAL_WINDOW_SIZE above 2^31-1".into(),
-                        });
+                        return Err(connection_error(
+                            Reason::FlowControl,
+                            "SETTINGS_INITIAL_WINDOW_SIZE above 2^31-1",
+                        ));
                     }
                     let delta = value - self.peer_initial_window;
                     self.peer_initial_window = value;
                     for stream in self.streams.values_mut() {
                         stream.send_window += delta;
                         if stream.send_window > frame::MAX_WINDOW {
-                            return Err(ConnectionError {
-                                reason: Reason::FlowControl,
-                                message: "a stream window above 2^31-1".into(),
-                            });
+                            return Err(connection_error(
+                                Reason::FlowControl,
+                                "a stream window above 2^31-1",
+                            ));
                         }
                     }
                 }
@@ -489,10 +487,10 @@ impl Connection {
 
     fn on_window_update(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnectionError> {
         let Ok(bytes) = <[u8; 4]>::try_from(payload) else {
-            return Err(ConnectionError {
-                reason: Reason::FrameSize,
-                message: "malformed WINDOW_UPDATE".into(),
-            });
+            return Err(connection_error(
+                Reason::FrameSize,
+                "malformed WINDOW_UPDATE",
+            ));
         };
         let increment = i64::from(u32::from_be_bytes(bytes) & 0x7fff_ffff);
         if head.stream == 0 {
@@ -501,10 +499,10 @@ impl Connection {
             }
             self.send_window += increment;
             if self.send_window > frame::MAX_WINDOW {
-                return Err(ConnectionError {
-                    reason: Reason::FlowControl,
-                    message: "connection window above 2^31-1".into(),
-                });
+                return Err(connection_error(
+                    Reason::FlowControl,
+                    "connection window above 2^31-1",
+                ));
             }
             self.retry_blocked();
             return Ok(());
@@ -550,10 +548,10 @@ impl Connection {
         };
         continuation.block.extend_from_slice(&payload);
         if continuation.block.len() > headers::MAX_BLOCK {
-            return Err(ConnectionError {
-                reason: Reason::EnhanceYourCalm,
-                message: "header block too large".into(),
-            });
+            return Err(connection_error(
+                Reason::EnhanceYourCalm,
+                "header block too large",
+            ));
         }
         if !head.has(flag::END_HEADERS) {
             return Ok(());
@@ -573,10 +571,7 @@ impl Connection {
         end_stream: bool,
         block: &[u8],
     ) -> Result<(), ConnectionError> {
-        let compression = |_| ConnectionError {
-            reason: Reason::Compression,
-            message: "undecodable header block".into(),
-        };
+        let compression = |_| connection_error(Reason::Compression, "undecodable header block");
         if let Some(stream) = self.streams.get_mut(&id) {
             // Trailers.
             let trailers =
@@ -601,15 +596,18 @@ impl Connection {
             self.close_if_done(id);
             return Ok(());
         }
-        if id.is_multiple_of(2) || id <= self.highest_stream {
-            return Err(ConnectionError {
-                reason: if id.is_multiple_of(2) {
-                    Reason::Protocol
-                } else {
-                    Reason::StreamClosed
-                },
-                message: format!("HEADERS on stream {id}, which cannot be opened"),
-            });
+        let unopenable = if id.is_multiple_of(2) {
+            Some(Reason::Protocol)
+        } else if id <= self.highest_stream {
+            Some(Reason::StreamClosed)
+        } else {
+            None
+        };
+        if let Some(reason) = unopenable {
+            return Err(connection_error(
+                reason,
+                format!("HEADERS on stream {id}, which cannot be opened"),
+            ));
         }
         let request = headers::decode_request(&mut self.decoder, block).map_err(compression)?;
         self.highest_stream = id;
@@ -695,10 +693,10 @@ impl Connection {
         let counted = i64::try_from(payload.len()).expect("frames are small");
         self.recv_window -= counted;
         if self.recv_window < 0 {
-            return Err(ConnectionError {
-                reason: Reason::FlowControl,
-                message: "DATA beyond the connection window".into(),
-            });
+            return Err(connection_error(
+                Reason::FlowControl,
+                "DATA beyond the connection window",
+            ));
         }
         // The connection window is given back at once: each stream's own window bounds
         // what waits for a handler.
@@ -905,9 +903,8 @@ impl Connection {
 
     /// Writes a stream's pending frames as far as the windows allow.
     fn write_stream(&mut self, id: u32) {
-        if self.output.capacity() == 0 {
-            self.output.reserve(OUTPUT_CHUNK);
-        }
+        // The write buffer is taken by field, beside the stream it writes for.
+        with_room(&mut self.output);
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
         };
@@ -1032,11 +1029,16 @@ impl Connection {
     }
 }
 
-fn io_error(err: io::Error) -> ConnectionError {
-    ConnectionError {
-        reason: Reason::NoError,
-        message: format!("connection failed: {err}"),
+/// The write buffer, given room again after it was dropped while idle.
+fn with_room(output: &mut BytesMut) -> &mut BytesMut {
+    if output.capacity() == 0 {
+        output.reserve(OUTPUT_CHUNK);
     }
+    output
+}
+
+fn io_error(err: io::Error) -> ConnectionError {
+    connection_error(Reason::NoError, format!("connection failed: {err}"))
 }
 
 async fn next_signal(
