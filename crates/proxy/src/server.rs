@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use crate::forward;
 use crate::grpc::Body;
 use crate::inbound::{self, RequestBody};
-use crate::protocol::{self, Policy};
+use crate::protocol::Policy;
 use crate::refuse::refuse;
 use crate::state::State;
 
@@ -19,9 +19,13 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Answers a call that is not a report taken apart on its connection (see
 /// [`crate::inbound`]): sync calls, compressed streams that cannot be reshaped, and every
-/// method the proxy does not know, which is passed through.
-pub async fn dispatch(state: State, request: Request<RequestBody>) -> Response<Body> {
-    match protocol::lookup(request.uri().path()).map(|method| method.policy) {
+/// method the proxy does not know (`policy` None), which is passed through.
+pub async fn dispatch(
+    state: State,
+    policy: Option<Policy>,
+    request: Request<RequestBody>,
+) -> Response<Body> {
+    match policy {
         Some(Policy::Sync) => forward::sync_call(&state, request).await,
         _ => forward::pass_through(&state, request).await,
     }

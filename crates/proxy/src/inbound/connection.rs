@@ -629,7 +629,8 @@ impl Connection {
 
     /// Starts a stream: a report is received here, anything else goes to a handler task.
     async fn open(&mut self, id: u32, request: Request<()>, end_stream: bool) {
-        let report = protocol::lookup(request.uri().path()).filter(|method| {
+        let method = protocol::lookup(request.uri().path());
+        let report = method.filter(|method| {
             matches!(method.policy, Policy::AsyncStream | Policy::AsyncUnary)
                 && ingest::can_reshape(method, request.headers())
         });
@@ -637,7 +638,10 @@ impl Connection {
             Some(method) => {
                 Kind::Report(Box::new(ReportStream::open(&self.state, method, &request)))
             }
-            None => self.spawn_handler(id, request, end_stream),
+            None => {
+                let policy = method.map(|method| method.policy);
+                self.spawn_handler(id, request, policy, end_stream)
+            }
         };
         self.streams.insert(
             id,
@@ -665,7 +669,13 @@ impl Connection {
             .clone()
     }
 
-    fn spawn_handler(&mut self, id: u32, request: Request<()>, end_stream: bool) -> Kind {
+    fn spawn_handler(
+        &mut self,
+        id: u32,
+        request: Request<()>,
+        policy: Option<Policy>,
+        end_stream: bool,
+    ) -> Kind {
         let signals = self.signal_sender();
         let (body, chunks) = if end_stream {
             (None, None)
@@ -675,7 +685,7 @@ impl Connection {
         };
         let request = request.map(|()| RequestBody::new(id, chunks, signals.clone()));
         let credits = Arc::new(Semaphore::new(RESPONSE_CREDIT));
-        let response = Box::pin(server::dispatch(self.state.clone(), request));
+        let response = Box::pin(server::dispatch(self.state.clone(), policy, request));
         let task = tokio::spawn(signal::respond(id, response, signals, credits.clone()));
         Kind::Handled {
             body,
