@@ -145,7 +145,7 @@ impl Decoder {
         }
     }
 
-    fn insert(&mut self, name: &[u8], value: &[u8]) {
+    fn insert(&mut self, name: Box<[u8]>, value: Box<[u8]>) {
         let size = name.len() + value.len() + ENTRY_OVERHEAD;
         if size > self.max_size {
             // An entry larger than the table empties it (RFC 7541 §4.4).
@@ -153,7 +153,7 @@ impl Decoder {
             return;
         }
         self.evict_to(self.max_size - size);
-        self.table.push_front((name.into(), value.into()));
+        self.table.push_front((name, value));
         self.size += size;
     }
 
@@ -207,19 +207,21 @@ impl Decoder {
                 Text::Scratch(start, end) => &scratch[start..end],
             };
             let value = resolve(value_text);
-            let name: Box<[u8]>;
-            let name_ref: &[u8] = match name_text {
+            let dynamic_name: Box<[u8]>;
+            let name: &[u8] = match name_text {
                 Some(text) => resolve(text),
+                // The usual case (`:path`, `content-type`, ...): a static name, no copy.
+                None if name_index <= STATIC_TABLE.len() => self.entry(name_index)?.0,
+                // A name from the dynamic table is copied: inserting may evict it.
                 None => {
-                    name = self.entry(name_index)?.0.into();
-                    &name
+                    dynamic_name = self.entry(name_index)?.0.into();
+                    &dynamic_name
                 }
             };
-            field(name_ref, value);
+            field(name, value);
             fields_seen = true;
             if index_it {
-                let (name, value) = (name_ref.to_vec(), value.to_vec());
-                self.insert(&name, &value);
+                self.insert(name.into(), value.into());
             }
         }
         Ok(())
