@@ -42,18 +42,18 @@ where
     ) -> Result<T, E> {
         let pending = {
             let mut slots = self.slots.lock().expect("never poisoned");
-            // Entries nobody asked for in a while go.
-            let ttl = self.ttl;
-            slots.retain(|_, slot| match slot {
-                Slot::Ready { at, .. } => at.elapsed() < ttl * 10,
-                Slot::Pending(_) => true,
-            });
             match slots.get(&key) {
                 Some(Slot::Ready { value, at }) if at.elapsed() < self.ttl => {
                     return value.clone();
                 }
                 Some(Slot::Pending(pending)) => pending.clone(),
                 _ => {
+                    // A new query: entries nobody asked for in a while go first.
+                    let ttl = self.ttl;
+                    slots.retain(|_, slot| match slot {
+                        Slot::Ready { at, .. } => at.elapsed() < ttl * 10,
+                        Slot::Pending(_) => true,
+                    });
                     let pending = fetch().shared();
                     slots.insert(key.clone(), Slot::Pending(pending.clone()));
                     pending

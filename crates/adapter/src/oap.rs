@@ -218,12 +218,7 @@ pub fn mqe_reading(answer: &Value, expression: &str) -> Result<Reading, QueryErr
 /// A metrics-v2 answer: the last complete minute (the second-to-last point), as SWCK
 /// reads it.
 pub fn v2_reading(answer: &Value, metric: &str) -> Result<Reading, QueryError> {
-    let field = if answer.to_string().contains("readLabeledMetricsValues") {
-        "readLabeledMetricsValues"
-    } else {
-        "readMetricsValues"
-    };
-    let result = checked(answer, field)?;
+    let result = checked(answer, "readMetricsValues")?;
     // readLabeledMetricsValues answers a list (one per label), readMetricsValues one.
     let series = match result {
         Value::Array(list) => list.first(),

@@ -133,14 +133,14 @@ pub async fn read_metric(
         }
     };
     let reader = adapter.reader.clone();
-    let key = (target.clone(), entity.clone());
+    let key = (target, entity.clone());
+    let query = key.clone();
     let reading = adapter
         .cache
         .get(key, move || {
-            async move { reader.read(&target, &entity).await }.boxed()
+            async move { reader.read(&query.0, &query.1).await }.boxed()
         })
         .await;
-    let entity = entity::from_requirements(&requirements).expect("decoded above");
     match reading {
         Ok(Reading::Value(value)) => match quantity::quantity(&value) {
             Ok(value) => json(
