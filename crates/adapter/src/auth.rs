@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use http::HeaderMap;
 use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    NonResourceAttributes, ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 
 use crate::answer::{GROUP, VERSION};
@@ -64,7 +64,7 @@ pub fn front_proxy(data: &BTreeMap<String, String>) -> Result<Option<FrontProxy>
 }
 
 /// A caller, as authenticated.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Identity {
     pub user: String,
     pub groups: Vec<String>,
@@ -140,25 +140,84 @@ pub fn is_public(path: &str) -> bool {
     matches!(path, "/healthz" | "/livez" | "/readyz")
 }
 
-/// The review that decides whether `identity` may read `metric` in `namespace`: verb get
-/// on resource `<metric>` of external.metrics.k8s.io, as RBAC rules for the HPA name it.
-pub fn access_review(identity: &Identity, namespace: &str, metric: &str) -> SubjectAccessReview {
+/// What a request asks to do, as authorization sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Attributes {
+    /// Reading an external metric: verb get on resource `<metric>` of
+    /// external.metrics.k8s.io in `namespace`, as RBAC rules for the HPA name it.
+    Metric { namespace: String, metric: String },
+    /// Anything else (discovery, OpenAPI, `/metrics`): a non-resource URL.
+    Path(String),
+}
+
+/// The attributes of a GET of `path` (as received, percent-encoded).
+pub fn attributes(path: &str) -> Attributes {
+    let prefix = format!("/apis/{GROUP}/{VERSION}/namespaces/");
+    if let Some(rest) = path.strip_prefix(&prefix)
+        && let Some((namespace, metric)) = rest.split_once('/')
+        && !namespace.is_empty()
+        && !metric.is_empty()
+        && !metric.contains('/')
+    {
+        return Attributes::Metric {
+            namespace: percent_decode(namespace),
+            metric: percent_decode(metric),
+        };
+    }
+    Attributes::Path(path.to_string())
+}
+
+/// The review that decides whether `identity` may do what `attributes` say.
+pub fn access_review(identity: &Identity, attributes: &Attributes) -> SubjectAccessReview {
+    let (resource_attributes, non_resource_attributes) = match attributes {
+        Attributes::Metric { namespace, metric } => (
+            Some(ResourceAttributes {
+                group: Some(GROUP.into()),
+                version: Some(VERSION.into()),
+                resource: Some(metric.clone()),
+                namespace: Some(namespace.clone()),
+                verb: Some("get".into()),
+                ..ResourceAttributes::default()
+            }),
+            None,
+        ),
+        Attributes::Path(path) => (
+            None,
+            Some(NonResourceAttributes {
+                path: Some(path.clone()),
+                verb: Some("get".into()),
+            }),
+        ),
+    };
     SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
             user: Some(identity.user.clone()),
             groups: Some(identity.groups.clone()),
             extra: (!identity.extra.is_empty()).then(|| identity.extra.clone()),
-            resource_attributes: Some(ResourceAttributes {
-                group: Some(GROUP.into()),
-                version: Some(VERSION.into()),
-                resource: Some(metric.into()),
-                namespace: Some(namespace.into()),
-                verb: Some("get".into()),
-                ..ResourceAttributes::default()
-            }),
+            resource_attributes,
+            non_resource_attributes,
             ..SubjectAccessReviewSpec::default()
         },
         ..SubjectAccessReview::default()
+    }
+}
+
+/// The message of a 403, in kube-apiserver's words, with the authorizer's reason if any.
+pub fn forbidden_message(identity: &Identity, attributes: &Attributes, reason: &str) -> String {
+    let what = match attributes {
+        Attributes::Metric { namespace, metric } => format!(
+            "externalmetrics.{GROUP} \"{metric}\" is forbidden: User \"{}\" cannot get resource \"{metric}\" in API group \"{GROUP}\" in the namespace \"{namespace}\"",
+            identity.user
+        ),
+        Attributes::Path(path) => format!(
+            "forbidden: User \"{}\" cannot get path \"{path}\"",
+            identity.user
+        ),
+    };
+    if reason.is_empty() {
+        what
+    } else {
+        format!("{what}: {reason}")
     }
 }
 
@@ -260,16 +319,48 @@ mod tests {
             groups: vec!["g".into()],
             extra: BTreeMap::new(),
         };
-        let review = access_review(&identity, "skywalking", "skywalking.apache.org|service_cpm");
-        let attributes = review.spec.resource_attributes.unwrap();
-        assert_eq!(attributes.group.as_deref(), Some("external.metrics.k8s.io"));
+        let read = attributes(
+            "/apis/external.metrics.k8s.io/v1beta1/namespaces/skywalking/skywalking.apache.org%7Cservice_cpm",
+        );
         assert_eq!(
-            attributes.resource.as_deref(),
+            read,
+            Attributes::Metric {
+                namespace: "skywalking".into(),
+                metric: "skywalking.apache.org|service_cpm".into()
+            }
+        );
+        let review = access_review(&identity, &read);
+        let resource = review.spec.resource_attributes.unwrap();
+        assert_eq!(resource.group.as_deref(), Some("external.metrics.k8s.io"));
+        assert_eq!(
+            resource.resource.as_deref(),
             Some("skywalking.apache.org|service_cpm")
         );
-        assert_eq!(attributes.namespace.as_deref(), Some("skywalking"));
-        assert_eq!(attributes.verb.as_deref(), Some("get"));
+        assert_eq!(resource.namespace.as_deref(), Some("skywalking"));
+        assert_eq!(resource.verb.as_deref(), Some("get"));
         assert_eq!(review.spec.user.as_deref(), Some("hpa"));
-        assert!(is_public("/healthz") && !is_public("/apis"));
+        assert!(
+            forbidden_message(&identity, &read, "").contains(
+                "User \"hpa\" cannot get resource \"skywalking.apache.org|service_cpm\" in API group \"external.metrics.k8s.io\" in the namespace \"skywalking\""
+            )
+        );
+    }
+
+    #[test]
+    fn other_paths_are_reviewed_as_non_resource_urls() {
+        for path in [
+            "/apis",
+            "/apis/external.metrics.k8s.io/v1beta1",
+            "/metrics",
+            "/apis/external.metrics.k8s.io/v1beta1/namespaces/ns",
+            "/apis/external.metrics.k8s.io/v1beta1/namespaces/ns/m/extra",
+        ] {
+            assert_eq!(attributes(path), Attributes::Path(path.into()), "{path}");
+        }
+        let review = access_review(&Identity::default(), &Attributes::Path("/metrics".into()));
+        let non_resource = review.spec.non_resource_attributes.unwrap();
+        assert_eq!(non_resource.path.as_deref(), Some("/metrics"));
+        assert!(review.spec.resource_attributes.is_none());
+        assert!(is_public("/healthz") && !is_public("/apis") && !is_public("/metrics"));
     }
 }

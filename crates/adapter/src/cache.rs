@@ -16,6 +16,27 @@ enum Slot<V: Clone> {
     Pending(Shared<BoxFuture<'static, V>>),
 }
 
+/// How a lookup was answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// From a kept answer.
+    Hit,
+    /// By joining a query another caller started.
+    Shared,
+    /// By a new query.
+    Miss,
+}
+
+impl Lookup {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lookup::Hit => "hit",
+            Lookup::Shared => "shared",
+            Lookup::Miss => "miss",
+        }
+    }
+}
+
 pub struct Cache<K, V: Clone> {
     ttl: Duration,
     slots: Mutex<HashMap<K, Slot<V>>>,
@@ -40,13 +61,22 @@ where
         key: K,
         fetch: impl FnOnce() -> BoxFuture<'static, Result<T, E>>,
     ) -> Result<T, E> {
-        let pending = {
+        self.lookup(key, fetch).await.0
+    }
+
+    /// As [`Cache::get`], also saying how the value was found.
+    pub async fn lookup(
+        &self,
+        key: K,
+        fetch: impl FnOnce() -> BoxFuture<'static, Result<T, E>>,
+    ) -> (Result<T, E>, Lookup) {
+        let (pending, lookup) = {
             let mut slots = self.slots.lock().expect("never poisoned");
             match slots.get(&key) {
                 Some(Slot::Ready { value, at }) if at.elapsed() < self.ttl => {
-                    return value.clone();
+                    return (value.clone(), Lookup::Hit);
                 }
-                Some(Slot::Pending(pending)) => pending.clone(),
+                Some(Slot::Pending(pending)) => (pending.clone(), Lookup::Shared),
                 _ => {
                     // A new query: entries nobody asked for in a while go first.
                     let ttl = self.ttl;
@@ -56,7 +86,7 @@ where
                     });
                     let pending = fetch().shared();
                     slots.insert(key.clone(), Slot::Pending(pending.clone()));
-                    pending
+                    (pending, Lookup::Miss)
                 }
             }
         };
@@ -81,7 +111,7 @@ where
                 }
             }
         }
-        value
+        (value, lookup)
     }
 }
 
@@ -117,6 +147,10 @@ mod tests {
         let answers = futures::future::join_all(asks).await;
         assert!(answers.iter().all(|a| *a == Ok(7)));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            cache.lookup("m", counting(&calls, Ok(8))).await,
+            (Ok(7), Lookup::Hit)
+        );
         assert_eq!(cache.get("m", counting(&calls, Ok(8))).await, Ok(7));
         assert_eq!(calls.load(Ordering::SeqCst), 1, "kept for the interval");
         assert_eq!(cache.get("other", counting(&calls, Ok(9))).await, Ok(9));

@@ -8,20 +8,35 @@
 //! - [`oap`]: OAP GraphQL requests (MQE, metrics v2, time info) and their answers;
 //! - [`quantity`]: values as exact Kubernetes Quantities;
 //! - [`answer`]: discovery, `ExternalMetricValueList` and `Status` JSON;
-//! - [`auth`]: front-proxy settings, `X-Remote-*` identities, the access review of a read.
+//! - [`auth`]: front-proxy settings, `X-Remote-*` identities, the access review of a request;
+//! - [`certs`]: making a CA and serving certificate, reading certificates.
 //!
 //! With I/O:
 //! - [`reader`]: OAP over GraphQL (MQE, else metrics v2), in the OAP's time zone;
 //! - [`cache`]: one query per (metric, entity) per refresh interval, misses coalesced;
-//! - [`server`]: the routes the aggregator and the HPA call.
+//! - [`server`]: the routes the aggregator and the HPA call;
+//! - [`access`]: TokenReview, SubjectAccessReview, the watched front-proxy settings;
+//! - [`guard`]: authentication and authorization in front of every route;
+//! - [`tls`]: the serving certificate and client CA, changeable at run time;
+//! - [`bootstrap`]: a self-managed CA and serving certificate in a Secret, and the
+//!   APIService's `caBundle`;
+//! - [`serve`]: the HTTPS listener;
+//! - [`metrics`]: Prometheus metrics.
 
+pub mod access;
 pub mod answer;
 pub mod auth;
+pub mod bootstrap;
 pub mod cache;
+pub mod certs;
 pub mod entity;
+pub mod guard;
 pub mod metric;
+pub mod metrics;
 pub mod oap;
 pub mod quantity;
 pub mod reader;
 pub mod selector;
+pub mod serve;
 pub mod server;
+pub mod tls;

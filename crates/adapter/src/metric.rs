@@ -40,6 +40,39 @@ fn is_expression_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum ExpressionsError {
+    #[error("the expressions file is not a YAML map of name to MQE expression: {0}")]
+    NotAMap(String),
+    #[error("expression name {0:?}: only letters, digits, '_', '-' and '.' are allowed")]
+    BadName(String),
+    #[error("expression {0:?} is empty")]
+    Empty(String),
+}
+
+/// Reads the `--expressions` file: a YAML map of name → MQE expression.
+pub fn parse_expressions(
+    yaml: &str,
+) -> Result<std::collections::HashMap<String, String>, ExpressionsError> {
+    let map: std::collections::BTreeMap<String, String> = if yaml.trim().is_empty() {
+        Default::default()
+    } else {
+        serde_yaml::from_str(yaml).map_err(|e| ExpressionsError::NotAMap(e.to_string()))?
+    };
+    map.into_iter()
+        .map(|(name, expression)| {
+            if !is_expression_name(&name) {
+                return Err(ExpressionsError::BadName(name));
+            }
+            let expression = expression.trim().to_string();
+            if expression.is_empty() {
+                return Err(ExpressionsError::Empty(name));
+            }
+            Ok((name, expression))
+        })
+        .collect()
+}
+
 /// Reads an external metric name (already percent-decoded).
 pub fn parse(prefix: &str, name: &str) -> Result<Metric, MetricError> {
     let Some(rest) = name
@@ -69,6 +102,32 @@ pub fn parse(prefix: &str, name: &str) -> Result<Metric, MetricError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_expressions_file_maps_names_to_expressions() {
+        let expressions = parse_expressions(
+            "p95: latest(service_percentile{p='95'})\nerror-ratio: |\n  latest(100 - service_sla / 100)\n",
+        )
+        .unwrap();
+        assert_eq!(expressions["p95"], "latest(service_percentile{p='95'})");
+        assert_eq!(
+            expressions["error-ratio"],
+            "latest(100 - service_sla / 100)"
+        );
+        assert!(parse_expressions("").unwrap().is_empty());
+        assert!(matches!(
+            parse_expressions("- a\n- b\n"),
+            Err(ExpressionsError::NotAMap(_))
+        ));
+        assert!(matches!(
+            parse_expressions("\"a b\": x\n"),
+            Err(ExpressionsError::BadName(_))
+        ));
+        assert!(matches!(
+            parse_expressions("a: \" \"\n"),
+            Err(ExpressionsError::Empty(_))
+        ));
+    }
 
     const PREFIX: &str = "skywalking.apache.org";
 

@@ -20,6 +20,7 @@ use crate::answer::{self, MetricValue};
 use crate::cache::Cache;
 use crate::entity::{self, Entity};
 use crate::metric::{self, Metric};
+use crate::metrics::Metrics;
 use crate::oap::Reading;
 use crate::quantity;
 use crate::reader::{OapReader, ReadError, Target};
@@ -33,6 +34,7 @@ pub struct Adapter {
     pub expressions: HashMap<String, String>,
     pub reader: Arc<OapReader>,
     pub cache: Cache<(Target, Entity), Result<Reading, ReadError>>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Adapter {
@@ -41,12 +43,14 @@ impl Adapter {
         expressions: HashMap<String, String>,
         reader: OapReader,
         refresh: Duration,
+        metrics: Arc<Metrics>,
     ) -> Adapter {
         Adapter {
             prefix,
             expressions,
             reader: Arc::new(reader),
             cache: Cache::new(refresh),
+            metrics,
         }
     }
 }
@@ -78,7 +82,19 @@ pub fn router(adapter: Arc<Adapter>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
-        // The aggregator tolerates a missing OpenAPI document.
+        .route(
+            "/metrics",
+            get(|State(adapter): State<Arc<Adapter>>| async move {
+                (
+                    [(
+                        http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    adapter.metrics.render(),
+                )
+            }),
+        )
+        // The aggregator tolerates a missing OpenAPI document (404 on /openapi/v2 and v3).
         .fallback(|| async { failure(StatusCode::NOT_FOUND, "not found") })
         .with_state(adapter)
 }
@@ -133,14 +149,28 @@ pub async fn read_metric(
         }
     };
     let reader = adapter.reader.clone();
+    let metrics = adapter.metrics.clone();
     let key = (target, entity.clone());
     let query = key.clone();
-    let reading = adapter
+    let (reading, lookup) = adapter
         .cache
-        .get(key, move || {
-            async move { reader.read(&query.0, &query.1).await }.boxed()
+        .lookup(key, move || {
+            async move {
+                let started = std::time::Instant::now();
+                let reading = reader.read(&query.0, &query.1).await;
+                let outcome = match &reading {
+                    Ok(Reading::Value(_)) => "value",
+                    Ok(Reading::NoData(_)) => "no_data",
+                    Err(ReadError::Unavailable { .. }) => "unavailable",
+                    Err(_) => "refused",
+                };
+                metrics.oap_query(outcome, started.elapsed());
+                reading
+            }
+            .boxed()
         })
         .await;
+    adapter.metrics.cache_lookup(lookup.as_str());
     match reading {
         Ok(Reading::Value(value)) => match quantity::quantity(&value) {
             Ok(value) => json(

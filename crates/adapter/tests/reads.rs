@@ -3,60 +3,14 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
-use axum::extract::State;
-use axum::routing::post;
 use serde_json::{Value, json};
+use skylift_adapter::metrics::Metrics;
 use skylift_adapter::reader::{OapConfig, OapReader};
 use skylift_adapter::server::{Adapter, router};
-
-/// A stand-in OAP GraphQL endpoint: MQE or not, values by expression / metric.
-#[derive(Default)]
-struct FakeOap {
-    mqe: bool,
-    /// MQE expression → newest value (None: no data).
-    expressions: HashMap<String, Option<String>>,
-    /// metrics-v2 metric → the window's points (value, empty).
-    series: HashMap<String, Vec<(i64, bool)>>,
-    asked: Vec<Value>,
-}
-
-async fn graphql(State(oap): State<Arc<Mutex<FakeOap>>>, Json(body): Json<Value>) -> Json<Value> {
-    let mut oap = oap.lock().unwrap();
-    oap.asked.push(body.clone());
-    let query = body["query"].as_str().unwrap_or_default();
-    let vars = &body["variables"];
-    if query.contains("getTimeInfo") {
-        return Json(json!({"data": {"result": {"timezone": "+0800",
-            "currentTimestamp": chrono::Utc::now().timestamp_millis()}}}));
-    }
-    if query.contains("execExpression") {
-        if !oap.mqe {
-            return Json(json!({"data": null, "errors": [{"message":
-                "Validation error (FieldUndefined@[result]) : Field 'execExpression' in type 'Query' is undefined"}]}));
-        }
-        let expression = vars["expression"].as_str().unwrap();
-        return Json(match oap.expressions.get(expression) {
-            Some(value) => json!({"data": {"result": {"type": "SINGLE_VALUE", "error": null,
-                "results": [{"metric": {"labels": []}, "values": [{"id": null, "value": value}]}]}}}),
-            None => json!({"data": {"result": {"type": "UNKNOWN", "results": [],
-                "error": format!("Metric: [{expression}] dose not exist.")}}}),
-        });
-    }
-    let metric = vars["condition"]["name"].as_str().unwrap();
-    let points: Vec<Value> = oap
-        .series
-        .get(metric)
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(value, empty)| json!({"id": "x", "value": value, "isEmptyValue": empty}))
-        .collect();
-    Json(json!({"data": {"result": {"label": null, "values": {"values": points}}}}))
-}
+use skylift_testkit::oap_graphql::{GraphqlOap, OapData};
 
 /// The one crypto provider, as the binaries install it at start.
 fn crypto() {
@@ -70,17 +24,13 @@ async fn serve(app: axum::Router) -> SocketAddr {
     address
 }
 
-async fn start(oap: FakeOap, oap_url: Option<String>) -> (SocketAddr, Arc<Mutex<FakeOap>>) {
+/// The adapter's routes (without TLS and authentication, which `secure.rs` covers) in
+/// front of a stand-in OAP.
+async fn start(data: OapData, oap_url: Option<String>) -> (SocketAddr, GraphqlOap) {
     crypto();
-    let oap = Arc::new(Mutex::new(oap));
-    let oap_address = serve(
-        axum::Router::new()
-            .route("/graphql", post(graphql))
-            .with_state(oap.clone()),
-    )
-    .await;
+    let oap = GraphqlOap::start(data).await.unwrap();
     let reader = OapReader::new(OapConfig {
-        url: oap_url.unwrap_or_else(|| format!("http://{oap_address}/graphql")),
+        url: oap_url.unwrap_or_else(|| oap.url()),
         timeout: Duration::from_secs(2),
         basic_auth: None,
     })
@@ -94,6 +44,7 @@ async fn start(oap: FakeOap, oap_url: Option<String>) -> (SocketAddr, Arc<Mutex<
         expressions,
         reader,
         Duration::from_secs(10),
+        Arc::new(Metrics::default()),
     ));
     (serve(router(adapter)).await, oap)
 }
@@ -112,13 +63,13 @@ async fn get(adapter: SocketAddr, metric: &str, selector: &str) -> (u16, Value) 
 
 #[tokio::test]
 async fn an_hpa_read_in_swck_form_is_answered_from_one_mqe_query() {
-    let oap = FakeOap {
-        mqe: true,
+    let oap = OapData {
+        timezone: "+0800".into(),
         expressions: HashMap::from([(
             "latest(satellite_service_grpc_connect_count)".to_string(),
             Some("11".to_string()),
         )]),
-        ..FakeOap::default()
+        ..OapData::default()
     };
     let (adapter, oap) = start(oap, None).await;
     let reads = (0..10).map(|_| get(adapter, CONNECTIONS, SWCK_SELECTOR));
@@ -133,7 +84,7 @@ async fn an_hpa_read_in_swck_form_is_answered_from_one_mqe_query() {
         assert_eq!(item["value"], "11");
         assert_eq!(item["metricLabels"]["service.byte.1"], "3a");
     }
-    let asked = oap.lock().unwrap().asked.clone();
+    let asked = oap.asked();
     let mqe: Vec<&Value> = asked
         .iter()
         .filter(|b| b["query"].as_str().unwrap().contains("execExpression"))
@@ -160,13 +111,13 @@ async fn an_hpa_read_in_swck_form_is_answered_from_one_mqe_query() {
 
 #[tokio::test]
 async fn an_oap_without_mqe_is_read_with_metrics_v2_and_expressions_say_why_not() {
-    let oap = FakeOap {
+    let oap = OapData {
         mqe: false,
         series: HashMap::from([(
             "service_cpm".to_string(),
             vec![(40, false), (42, false), (3, false)],
         )]),
-        ..FakeOap::default()
+        ..OapData::default()
     };
     let (adapter, _oap) = start(oap, None).await;
     let (status, body) = get(
@@ -192,10 +143,10 @@ async fn an_oap_without_mqe_is_read_with_metrics_v2_and_expressions_say_why_not(
 
 #[tokio::test]
 async fn failures_are_statuses_that_say_what_to_fix_and_no_data_is_an_empty_list() {
-    let oap = FakeOap {
+    let oap = OapData {
         mqe: true,
         expressions: HashMap::from([("latest(service_cpm)".to_string(), None)]),
-        ..FakeOap::default()
+        ..OapData::default()
     };
     let (adapter, _oap) = start(oap, None).await;
     let (status, body) = get(
@@ -246,7 +197,7 @@ async fn failures_are_statuses_that_say_what_to_fix_and_no_data_is_an_empty_list
 
     // OAP unreachable: 503.
     let (adapter, _oap) = start(
-        FakeOap::default(),
+        OapData::default(),
         Some("http://127.0.0.1:9/graphql".into()),
     )
     .await;
@@ -262,7 +213,7 @@ async fn failures_are_statuses_that_say_what_to_fix_and_no_data_is_an_empty_list
 
 #[tokio::test]
 async fn discovery_answers_as_the_aggregator_expects() {
-    let (adapter, _oap) = start(FakeOap::default(), None).await;
+    let (adapter, _oap) = start(OapData::default(), None).await;
     for (path, kind) in [
         ("/apis", "APIGroupList"),
         ("/apis/external.metrics.k8s.io", "APIGroup"),

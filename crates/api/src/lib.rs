@@ -8,6 +8,7 @@
 
 pub mod common;
 pub mod constants;
+pub mod duration;
 pub mod endpoints;
 pub mod metric_selector;
 pub mod oapserver;

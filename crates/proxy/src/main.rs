@@ -48,7 +48,7 @@ struct Args {
     max_connections: Option<usize>,
     /// How often idle client connections are pinged; one that does not answer within the
     /// same time (at most 20 s) is closed, so dead clients stop counting. 0s: never.
-    #[arg(long, env = "SKYLIFT_PROXY_KEEPALIVE_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "SKYLIFT_PROXY_KEEPALIVE_INTERVAL", default_value = "60s", value_parser = skylift_api::duration::parse)]
     keepalive_interval: Duration,
     /// Largest gRPC message accepted.
     #[arg(long, env = "SKYLIFT_PROXY_MAX_MESSAGE_BYTES", default_value_t = 4 << 20)]
@@ -66,14 +66,14 @@ struct Args {
     #[arg(long, env = "SKYLIFT_PROXY_BATCH_SIZE", default_value_t = 200)]
     batch_size: usize,
     /// Longest a message waits for its batch (e.g. 500ms, 1s).
-    #[arg(long, env = "SKYLIFT_PROXY_FLUSH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "SKYLIFT_PROXY_FLUSH_INTERVAL", default_value = "1s", value_parser = skylift_api::duration::parse)]
     flush_interval: Duration,
     /// What a full partition does: reject (client told RESOURCE_EXHAUSTED) or drop.
     #[arg(long, env = "SKYLIFT_PROXY_OVERFLOW", value_enum, default_value_t = OverflowArg::Reject)]
     overflow: OverflowArg,
     /// How long a client is held back (its stream not read) waiting for room in a full
     /// queue before --overflow applies.
-    #[arg(long, env = "SKYLIFT_PROXY_OVERFLOW_WAIT", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "SKYLIFT_PROXY_OVERFLOW_WAIT", default_value = "1s", value_parser = skylift_api::duration::parse)]
     overflow_wait: Duration,
     /// Batches each partition sends at once, each on its own upstream stream.
     #[arg(long, env = "SKYLIFT_PROXY_SEND_CONCURRENCY", default_value_t = 4)]
@@ -100,13 +100,13 @@ struct Args {
     #[arg(long, env = "SKYLIFT_PROXY_TELEMETRY_INSTANCE")]
     telemetry_instance: Option<String>,
     /// How often telemetry is reported.
-    #[arg(long, env = "SKYLIFT_PROXY_TELEMETRY_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "SKYLIFT_PROXY_TELEMETRY_INTERVAL", default_value = "10s", value_parser = skylift_api::duration::parse)]
     telemetry_interval: Duration,
     /// OAP address for telemetry. Default: through the upstreams.
     #[arg(long, env = "SKYLIFT_PROXY_TELEMETRY_UPSTREAM")]
     telemetry_upstream: Option<String>,
     /// Longest a shutdown waits for the queues to drain.
-    #[arg(long, env = "SKYLIFT_PROXY_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, env = "SKYLIFT_PROXY_DRAIN_TIMEOUT", default_value = "20s", value_parser = skylift_api::duration::parse)]
     drain_timeout: Duration,
     /// Log format.
     #[arg(long, env = "SKYLIFT_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -136,35 +136,6 @@ enum MeterRoutingArg {
 enum LogFormat {
     Text,
     Json,
-}
-
-/// `500ms`, `1s`, `2m`, or combinations such as `1m30s`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let mut total = Duration::ZERO;
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return Err("empty duration".into());
-    }
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("{text:?}: expected a number, e.g. 500ms or 1s"))?;
-        rest = &rest[digits..];
-        let unit = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        total += match &rest[..unit] {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            other => return Err(format!("{text:?}: unknown unit {other:?} (ms, s or m)")),
-        };
-        rest = &rest[unit..];
-    }
-    Ok(total)
 }
 
 fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
@@ -292,14 +263,6 @@ fn main() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_read_like_kubernetes_users_write_them() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert!(parse_duration("5").is_err());
-        assert!(parse_duration("5h").is_err());
-    }
 
     #[test]
     fn the_operators_arguments_are_accepted() {

@@ -5,8 +5,10 @@
 //!   versions, server-side apply, status and scale subresources, conflicts, garbage
 //!   collection, CRD schema defaulting, pruning and validation including CEL rules);
 //! - [`sink`]: a gRPC upstream standing in for an OAP node's gRPC port, recording what arrives;
-//! - [`http`]: a minimal HTTP GET for reading local endpoints in tests and load tools.
+//! - [`http`]: a minimal HTTP GET for reading local endpoints in tests and load tools;
+//! - [`oap_graphql`]: OAP's GraphQL endpoint as the adapter queries it.
 
 pub mod apiserver;
 pub mod http;
+pub mod oap_graphql;
 pub mod sink;

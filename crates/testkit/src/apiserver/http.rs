@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::resources::ResourceType;
+use super::reviews;
 use super::selector::{FieldSelector, LabelSelector};
 use super::state::{ApiError, Change, ChangeKind, PatchKind, State, Subresource};
 
@@ -103,6 +104,23 @@ async fn handle(
         }
         "/apis" => return json_response(StatusCode::OK, &group_list(&state)),
         "/healthz" | "/readyz" | "/livez" => return (StatusCode::OK, "ok").into_response(),
+        "/apis/authentication.k8s.io/v1/tokenreviews" if method == Method::POST => {
+            return match parse_body(&body) {
+                Ok(review) => {
+                    json_response(StatusCode::CREATED, &reviews::review_token(&state, &review))
+                }
+                Err(error) => error_response(&error),
+            };
+        }
+        "/apis/authorization.k8s.io/v1/subjectaccessreviews" if method == Method::POST => {
+            return match parse_body(&body) {
+                Ok(review) => json_response(
+                    StatusCode::CREATED,
+                    &reviews::review_access(&state, &review),
+                ),
+                Err(error) => error_response(&error),
+            };
+        }
         _ => {}
     }
     let Some(target) = parse_path(&state, uri.path()) else {

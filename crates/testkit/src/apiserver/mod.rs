@@ -8,12 +8,15 @@
 //! concurrency (409 Conflict), no-op writes that keep the resourceVersion, garbage
 //! collection of owned objects, namespaces that must exist, and CRD admission: defaults,
 //! pruning, OpenAPI constraints and CEL rules, rejected with kube-apiserver's messages.
+//! Delegating servers get `TokenReview` (for tokens a test registers) and
+//! `SubjectAccessReview` decided from the stored RBAC objects.
 //! It does not run kube-controller-manager's workload controllers: tests play the
 //! Deployment controller and the kubelet by writing status and pods themselves.
 
 mod http;
 mod merge;
 mod resources;
+mod reviews;
 mod schema;
 mod selector;
 mod state;

@@ -165,6 +165,8 @@ impl Inner {
 pub struct State {
     inner: Mutex<Inner>,
     changes: broadcast::Sender<Arc<Change>>,
+    /// Bearer tokens TokenReview accepts: token → (user name, groups).
+    tokens: Mutex<HashMap<String, (String, Vec<String>)>>,
 }
 
 const LOG_LIMIT: usize = 1_000_000;
@@ -183,6 +185,7 @@ impl Default for State {
                 writes: WriteStats::default(),
             }),
             changes,
+            tokens: Mutex::new(HashMap::new()),
         };
         for ns in ["default", "kube-system", "kube-public"] {
             let namespace =
@@ -225,6 +228,26 @@ fn spec_part(object: &Value) -> Value {
 impl State {
     fn inner(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().expect("state lock is never poisoned")
+    }
+
+    /// Makes TokenReview accept `token` as `user` in `groups` (plus `system:authenticated`,
+    /// as kube-apiserver adds).
+    pub fn add_token(&self, token: &str, user: &str, groups: &[&str]) {
+        let mut groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        groups.push("system:authenticated".into());
+        self.tokens
+            .lock()
+            .expect("never poisoned")
+            .insert(token.into(), (user.into(), groups));
+    }
+
+    /// The user a bearer token belongs to.
+    pub fn token_user(&self, token: &str) -> Option<(String, Vec<String>)> {
+        self.tokens
+            .lock()
+            .expect("never poisoned")
+            .get(token)
+            .cloned()
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {

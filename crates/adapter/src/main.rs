@@ -1,0 +1,237 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, ValueEnum};
+use skylift_adapter::access::{self, Access};
+use skylift_adapter::bootstrap;
+use skylift_adapter::guard::guarded;
+use skylift_adapter::metrics::Metrics;
+use skylift_adapter::reader::{OapConfig, OapReader};
+use skylift_adapter::serve::serve;
+use skylift_adapter::server::{Adapter, router};
+use skylift_adapter::tls::{self, TlsState};
+
+/// Serves external.metrics.k8s.io from SkyWalking OAP, for the Horizontal Pod Autoscaler.
+#[derive(Parser, Debug)]
+#[command(name = "skylift-adapter", version)]
+struct Args {
+    /// HTTPS address the aggregator and probes call.
+    #[arg(
+        long,
+        env = "SKYLIFT_ADAPTER_SECURE_LISTEN",
+        default_value = "0.0.0.0:6443"
+    )]
+    secure_listen: SocketAddr,
+    /// Serving certificate (PEM chain), reloaded when it changes. Without it the adapter
+    /// keeps its own CA and certificate in --tls-secret.
+    #[arg(
+        long,
+        env = "SKYLIFT_ADAPTER_TLS_CERT_FILE",
+        requires = "tls_private_key_file"
+    )]
+    tls_cert_file: Option<PathBuf>,
+    /// Private key of --tls-cert-file (PEM).
+    #[arg(
+        long,
+        env = "SKYLIFT_ADAPTER_TLS_PRIVATE_KEY_FILE",
+        requires = "tls_cert_file"
+    )]
+    tls_private_key_file: Option<PathBuf>,
+    /// NAMESPACE/NAME of the Secret holding the self-managed CA and serving certificate
+    /// (default: <namespace>/skylift-adapter-tls).
+    #[arg(long, env = "SKYLIFT_ADAPTER_TLS_SECRET")]
+    tls_secret: Option<String>,
+    /// The adapter's Service; the serving certificate is for <service>.<namespace>.svc.
+    #[arg(
+        long,
+        env = "SKYLIFT_ADAPTER_SERVICE_NAME",
+        default_value = "skylift-adapter"
+    )]
+    service_name: String,
+    /// The adapter's namespace (default: $POD_NAMESPACE, else skylift-system).
+    #[arg(long, env = "SKYLIFT_ADAPTER_NAMESPACE")]
+    namespace: Option<String>,
+    /// APIService whose caBundle the adapter keeps (self-managed certificates only); empty
+    /// to leave it alone.
+    #[arg(
+        long,
+        env = "SKYLIFT_ADAPTER_APISERVICE_NAME",
+        default_value = "v1beta1.external.metrics.k8s.io"
+    )]
+    apiservice_name: String,
+    /// Prefix of the external metric names (`<prefix>|<oap metric>`).
+    #[arg(
+        long,
+        env = "SKYLIFT_ADAPTER_METRIC_PREFIX",
+        default_value = "skywalking.apache.org"
+    )]
+    metric_prefix: String,
+    /// YAML file of name → MQE expression, served as `<prefix>|mqe|<name>`.
+    #[arg(long, env = "SKYLIFT_ADAPTER_EXPRESSIONS")]
+    expressions: Option<PathBuf>,
+    /// OAP's GraphQL endpoint. Basic auth: SKYLIFT_ADAPTER_OAP_USERNAME and
+    /// SKYLIFT_ADAPTER_OAP_PASSWORD in the environment.
+    #[arg(
+        long,
+        env = "SKYLIFT_ADAPTER_OAP_URL",
+        default_value = "http://oap:12800/graphql"
+    )]
+    oap_url: String,
+    /// Time allowed for one OAP query.
+    #[arg(long, env = "SKYLIFT_ADAPTER_OAP_TIMEOUT", default_value = "5s", value_parser = skylift_api::duration::parse)]
+    oap_timeout: Duration,
+    /// How long a value read from OAP is served before OAP is asked again.
+    #[arg(long, env = "SKYLIFT_ADAPTER_REFRESH_INTERVAL", default_value = "10s", value_parser = skylift_api::duration::parse)]
+    refresh_interval: Duration,
+    /// How long token reviews and authorization decisions are kept.
+    #[arg(long, env = "SKYLIFT_ADAPTER_AUTH_CACHE_TTL", default_value = "10s", value_parser = skylift_api::duration::parse)]
+    auth_cache_ttl: Duration,
+    /// Log format.
+    #[arg(long, env = "SKYLIFT_ADAPTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn basic_auth() -> anyhow::Result<Option<(String, String)>> {
+    let user = std::env::var("SKYLIFT_ADAPTER_OAP_USERNAME").ok();
+    let password = std::env::var("SKYLIFT_ADAPTER_OAP_PASSWORD").ok();
+    match (user, password) {
+        (None, None) => Ok(None),
+        (Some(user), Some(password)) => Ok(Some((user, password))),
+        _ => bail!(
+            "set both SKYLIFT_ADAPTER_OAP_USERNAME and SKYLIFT_ADAPTER_OAP_PASSWORD, or neither"
+        ),
+    }
+}
+
+fn split_secret(text: &str) -> anyhow::Result<(String, String)> {
+    match text.split_once('/') {
+        Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => {
+            Ok((namespace.to_string(), name.to_string()))
+        }
+        _ => bail!("--tls-secret {text:?}: expected NAMESPACE/NAME"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
+    init_logging(args.log_format);
+
+    let expressions = match &args.expressions {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --expressions {}", path.display()))?;
+            skylift_adapter::metric::parse_expressions(&text)
+                .with_context(|| format!("--expressions {}", path.display()))?
+        }
+        None => Default::default(),
+    };
+    let namespace = args
+        .namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .unwrap_or_else(|| "skylift-system".into());
+    let reader = OapReader::new(OapConfig {
+        url: args.oap_url.clone(),
+        timeout: args.oap_timeout,
+        basic_auth: basic_auth()?,
+    })
+    .context("building the OAP client")?;
+
+    // In-cluster, or from KUBECONFIG / ~/.kube/config.
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API server")?;
+    let metrics = Arc::new(Metrics::default());
+    let tls = TlsState::new();
+    let access = Access::new(client.clone(), args.auth_cache_ttl);
+    tokio::spawn(access::watch_front_proxy(
+        client.clone(),
+        access.clone(),
+        tls.clone(),
+    ));
+    let certificates = match (&args.tls_cert_file, &args.tls_private_key_file) {
+        (Some(cert), Some(key)) => {
+            let files = tls::serve_files(tls.clone(), cert.clone(), key.clone());
+            tokio::spawn(async move {
+                let Err(err) = files.await;
+                tracing::error!(error = %err, "serving certificate files");
+                std::process::exit(1);
+            })
+        }
+        _ => {
+            let secret = match &args.tls_secret {
+                Some(text) => split_secret(text)?,
+                None => (namespace.clone(), "skylift-adapter-tls".into()),
+            };
+            let mut settings = bootstrap::Settings::new(&args.service_name, &namespace, secret);
+            settings.apiservice = Some(args.apiservice_name.clone()).filter(|n| !n.is_empty());
+            tokio::spawn(bootstrap::run(client.clone(), settings, tls.clone()))
+        }
+    };
+
+    let adapter = Arc::new(Adapter::new(
+        args.metric_prefix.clone(),
+        expressions,
+        reader,
+        args.refresh_interval,
+        metrics.clone(),
+    ));
+    let app = guarded(router(adapter), access, metrics);
+    let listener = tokio::net::TcpListener::bind(args.secure_listen)
+        .await
+        .with_context(|| format!("listening on {}", args.secure_listen))?;
+    tracing::info!(listen = %args.secure_listen, oap = %args.oap_url, "skylift-adapter serving");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = serve(listener, tls, app) => {}
+        _ = certificates => bail!("the certificate task stopped"),
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_have_the_documented_defaults_and_secrets_are_namespaced() {
+        let args = Args::try_parse_from(["skylift-adapter"]).unwrap();
+        assert_eq!(args.secure_listen.port(), 6443);
+        assert_eq!(args.refresh_interval, Duration::from_secs(10));
+        assert_eq!(args.oap_url, "http://oap:12800/graphql");
+        assert_eq!(args.apiservice_name, "v1beta1.external.metrics.k8s.io");
+        assert!(Args::try_parse_from(["skylift-adapter", "--tls-cert-file=/c"]).is_err());
+        assert_eq!(
+            split_secret("skylift-system/tls").unwrap(),
+            ("skylift-system".into(), "tls".into())
+        );
+        assert!(split_secret("tls").is_err());
+    }
+}

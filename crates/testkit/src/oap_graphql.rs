@@ -1,0 +1,175 @@
+//! A stand-in for OAP's GraphQL endpoint (`POST /graphql`), answering the queries skylift's
+//! adapter sends the way OAP does: `getTimeInfo`, `version`, MQE `execExpression` (or, for
+//! an OAP older than 9.5, the validation error OAP gives for it), and the metrics-v2
+//! `readMetricsValues` / `readLabeledMetricsValues`. Values are set by the test; every
+//! query is recorded, and each answer can be made to take a while, like a busy OAP.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::extract::State;
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+/// What the stand-in serves.
+#[derive(Clone, Debug)]
+pub struct OapData {
+    /// Whether `execExpression` exists (OAP 9.5+).
+    pub mqe: bool,
+    /// MQE expression → newest value (`None`: the metric exists but has no data).
+    /// Expressions not listed answer OAP's "does not exist" error.
+    pub expressions: HashMap<String, Option<String>>,
+    /// Metric → the window's points for metrics v2: (value, isEmptyValue).
+    pub series: HashMap<String, Vec<(i64, bool)>>,
+    /// The OAP's time zone, as `getTimeInfo` gives it (`+0800`).
+    pub timezone: String,
+    pub version: String,
+    /// How long each answer takes.
+    pub latency: Duration,
+}
+
+impl Default for OapData {
+    fn default() -> Self {
+        OapData {
+            mqe: true,
+            expressions: HashMap::new(),
+            series: HashMap::new(),
+            timezone: "+0000".into(),
+            version: "10.2.0-standin".into(),
+            latency: Duration::ZERO,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    data: Mutex<OapData>,
+    asked: Mutex<Vec<Value>>,
+}
+
+/// A running stand-in on a loopback port.
+pub struct GraphqlOap {
+    address: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis()
+}
+
+async fn graphql(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> Json<Value> {
+    shared
+        .asked
+        .lock()
+        .expect("never poisoned")
+        .push(body.clone());
+    let data = shared.data.lock().expect("never poisoned").clone();
+    if !data.latency.is_zero() {
+        tokio::time::sleep(data.latency).await;
+    }
+    let query = body["query"].as_str().unwrap_or_default();
+    let vars = &body["variables"];
+    if query.contains("getTimeInfo") {
+        return Json(json!({"data": {"result": {"timezone": data.timezone,
+            "currentTimestamp": now_ms() as u64}}}));
+    }
+    if query.contains("version") && !query.contains("execExpression") {
+        return Json(json!({"data": {"version": data.version}}));
+    }
+    if query.contains("execExpression") {
+        if !data.mqe {
+            return Json(json!({"data": null, "errors": [{"message":
+                "Validation error (FieldUndefined@[result]) : Field 'execExpression' in type 'Query' is undefined"}]}));
+        }
+        let expression = vars["expression"].as_str().unwrap_or_default();
+        return Json(match data.expressions.get(expression) {
+            Some(Some(value)) => {
+                json!({"data": {"result": {"type": "SINGLE_VALUE", "error": null,
+                "results": [{"metric": {"labels": []}, "values": [{"id": null, "value": value}]}]}}})
+            }
+            Some(None) => {
+                json!({"data": {"result": {"type": "SINGLE_VALUE", "error": null,
+                "results": [{"metric": {"labels": []}, "values": [{"id": null, "value": null}]}]}}})
+            }
+            None => json!({"data": {"result": {"type": "UNKNOWN", "results": [],
+                "error": format!("Metric: [{expression}] dose not exist.")}}}),
+        });
+    }
+    if query.contains("readMetricsValues") || query.contains("readLabeledMetricsValues") {
+        let metric = vars["condition"]["name"].as_str().unwrap_or_default();
+        let points: Vec<Value> = data
+            .series
+            .get(metric)
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(value, empty)| json!({"id": "x", "value": value, "isEmptyValue": empty}))
+            .collect();
+        return Json(json!({"data": {"result": {"label": null, "values": {"values": points}}}}));
+    }
+    Json(
+        json!({"data": null, "errors": [{"message": "Invalid Syntax : the stand-in does not serve this query"}]}),
+    )
+}
+
+impl GraphqlOap {
+    pub async fn start(data: OapData) -> std::io::Result<GraphqlOap> {
+        let shared = Arc::new(Shared {
+            data: Mutex::new(data),
+            asked: Mutex::new(Vec::new()),
+        });
+        let app = axum::Router::new()
+            .route("/graphql", post(graphql))
+            .route("/healthcheck", get(|| async { "ok" }))
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(GraphqlOap {
+            address,
+            shared,
+            task,
+        })
+    }
+
+    /// The GraphQL endpoint's URL.
+    pub fn url(&self) -> String {
+        format!("http://{}/graphql", self.address)
+    }
+
+    /// Changes what is served.
+    pub fn update(&self, change: impl FnOnce(&mut OapData)) {
+        change(&mut self.shared.data.lock().expect("never poisoned"));
+    }
+
+    /// Every request body received, in order.
+    pub fn asked(&self) -> Vec<Value> {
+        self.shared.asked.lock().expect("never poisoned").clone()
+    }
+
+    /// How many metric queries (MQE or metrics v2) were received.
+    pub fn metric_queries(&self) -> usize {
+        self.asked()
+            .iter()
+            .filter(|body| {
+                let query = body["query"].as_str().unwrap_or_default();
+                query.contains("execExpression") || query.contains("MetricsValues")
+            })
+            .count()
+    }
+}
+
+impl Drop for GraphqlOap {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
