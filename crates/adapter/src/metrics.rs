@@ -94,7 +94,7 @@ impl Default for Metrics {
         );
         registry.register(
             "cache_lookups",
-            "Metric reads per cache result: hit (kept answer), shared (joined a query in flight), miss (new query)",
+            "Metric reads per cache result: hit (kept answer), stale (kept answer being refreshed), shared (joined a query in flight), miss (new query)",
             cache.clone(),
         );
         registry.register(

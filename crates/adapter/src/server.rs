@@ -49,7 +49,7 @@ impl Adapter {
             prefix,
             expressions,
             reader: Arc::new(reader),
-            cache: Cache::new(refresh),
+            cache: Cache::with_refresh_ahead(refresh),
             metrics,
         }
     }

@@ -16,7 +16,6 @@ use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use skylift_adapter::access::{self, Access};
 use skylift_adapter::bootstrap;
-use skylift_adapter::certs::{self, KeyedCert};
 use skylift_adapter::guard::guarded;
 use skylift_adapter::metrics::Metrics;
 use skylift_adapter::reader::{OapConfig, OapReader};
@@ -25,32 +24,16 @@ use skylift_adapter::server::{Adapter, router};
 use skylift_adapter::tls::TlsState;
 use skylift_testkit::apiserver::ApiServer;
 use skylift_testkit::oap_graphql::{GraphqlOap, OapData};
+use skylift_testkit::pki::TestCa;
 
 const SERVICE_HOST: &str = "skylift-adapter.skylift-system.svc";
 const APISERVICE: &str = "v1beta1.external.metrics.k8s.io";
 const HPA: &str = "system:serviceaccount:kube-system:horizontal-pod-autoscaler";
 const READ: &str = "/apis/external.metrics.k8s.io/v1beta1/namespaces/skywalking/skywalking.apache.org%7Cservice_cpm?labelSelector=service%3Dcheckout";
 
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
 /// A client certificate (clientAuth) for `common_name`, signed by `ca`.
-fn client_cert(ca: &KeyedCert, common_name: &str) -> reqwest::Identity {
-    let issuer = rcgen::Issuer::from_ca_cert_pem(
-        &ca.cert_pem,
-        rcgen::KeyPair::from_pem(&ca.key_pem).unwrap(),
-    )
-    .unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, common_name);
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    reqwest::Identity::from_pem(format!("{}{}", key.serialize_pem(), cert.pem()).as_bytes())
-        .unwrap()
+fn client_cert(ca: &TestCa, common_name: &str) -> reqwest::Identity {
+    reqwest::Identity::from_pem(ca.client_identity_pem(common_name).as_bytes()).unwrap()
 }
 
 fn authentication_configmap(front_proxy_ca: &str) -> Value {
@@ -71,7 +54,7 @@ fn authentication_configmap(front_proxy_ca: &str) -> Value {
 struct Cluster {
     api: ApiServer,
     oap: GraphqlOap,
-    front_proxy_ca: KeyedCert,
+    front_proxy_ca: TestCa,
     adapter: SocketAddr,
 }
 
@@ -119,8 +102,7 @@ async fn start_adapter(client: kube::Client, oap_url: String) -> (SocketAddr, Ar
 async fn cluster() -> Cluster {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let api = ApiServer::start(&[]).await.unwrap();
-    let front_proxy_ca =
-        certs::new_authority("front-proxy-ca", now(), Duration::from_secs(86_400)).unwrap();
+    let front_proxy_ca = TestCa::new("front-proxy-ca");
     create(
         &api,
         "",
@@ -369,15 +351,14 @@ async fn only_allowed_front_proxy_certificates_count_and_a_rotated_ca_is_followe
     let (status, _) = get(as_user(&intruder, READ, HPA, &["system:masters"])).await;
     assert_eq!(status, 401);
     // Signed by some other CA: refused at the handshake.
-    let stranger_ca = certs::new_authority("stranger", now(), Duration::from_secs(86_400)).unwrap();
+    let stranger_ca = TestCa::new("stranger");
     let stranger = cluster
         .client(Some(client_cert(&stranger_ca, "front-proxy-client")))
         .await;
     assert!(as_user(&stranger, READ, HPA, &[]).send().await.is_err());
 
     // The cluster rotates the front-proxy CA: new certificates work, old ones stop.
-    let rotated =
-        certs::new_authority("front-proxy-ca-2", now(), Duration::from_secs(86_400)).unwrap();
+    let rotated = TestCa::new("front-proxy-ca-2");
     let configmaps: Api<ConfigMap> = Api::namespaced(cluster.api.client(), "kube-system");
     configmaps
         .patch(

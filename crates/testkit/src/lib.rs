@@ -6,9 +6,11 @@
 //!   collection, CRD schema defaulting, pruning and validation including CEL rules);
 //! - [`sink`]: a gRPC upstream standing in for an OAP node's gRPC port, recording what arrives;
 //! - [`http`]: a minimal HTTP GET for reading local endpoints in tests and load tools;
-//! - [`oap_graphql`]: OAP's GraphQL endpoint as the adapter queries it.
+//! - [`oap_graphql`]: OAP's GraphQL endpoint as the adapter queries it;
+//! - [`pki`]: client certificates signed by a test CA.
 
 pub mod apiserver;
 pub mod http;
 pub mod oap_graphql;
+pub mod pki;
 pub mod sink;

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::extract::State;
@@ -44,10 +44,10 @@ impl Default for OapData {
     }
 }
 
-#[derive(Default)]
 struct Shared {
     data: Mutex<OapData>,
-    asked: Mutex<Vec<Value>>,
+    /// Every request body, with when it arrived.
+    asked: Mutex<Vec<(Instant, Value)>>,
 }
 
 /// A running stand-in on a loopback port.
@@ -69,7 +69,7 @@ async fn graphql(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> 
         .asked
         .lock()
         .expect("never poisoned")
-        .push(body.clone());
+        .push((Instant::now(), body.clone()));
     let data = shared.data.lock().expect("never poisoned").clone();
     if !data.latency.is_zero() {
         tokio::time::sleep(data.latency).await;
@@ -153,18 +153,26 @@ impl GraphqlOap {
 
     /// Every request body received, in order.
     pub fn asked(&self) -> Vec<Value> {
-        self.shared.asked.lock().expect("never poisoned").clone()
+        let asked = self.shared.asked.lock().expect("never poisoned");
+        asked.iter().map(|(_, body)| body.clone()).collect()
+    }
+
+    /// When each metric query (MQE or metrics v2) arrived.
+    pub fn metric_query_times(&self) -> Vec<Instant> {
+        let asked = self.shared.asked.lock().expect("never poisoned");
+        asked
+            .iter()
+            .filter(|(_, body)| {
+                let query = body["query"].as_str().unwrap_or_default();
+                query.contains("execExpression") || query.contains("MetricsValues")
+            })
+            .map(|(at, _)| *at)
+            .collect()
     }
 
     /// How many metric queries (MQE or metrics v2) were received.
     pub fn metric_queries(&self) -> usize {
-        self.asked()
-            .iter()
-            .filter(|body| {
-                let query = body["query"].as_str().unwrap_or_default();
-                query.contains("execExpression") || query.contains("MetricsValues")
-            })
-            .count()
+        self.metric_query_times().len()
     }
 }
 
