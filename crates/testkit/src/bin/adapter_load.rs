@@ -45,6 +45,12 @@ struct Args {
     /// The adapter's port.
     #[arg(long, default_value_t = 19_543)]
     port: u16,
+    /// Reads per second of each caller; 0 reads back to back (the adapter's saturation).
+    #[arg(long, default_value_t = 0.0)]
+    rate_per_caller: f64,
+    /// Pin the adapter to this CPU (with taskset), away from the load.
+    #[arg(long)]
+    adapter_cpu: Option<usize>,
 }
 
 fn setup(api: &ApiServer, front_proxy: &TestCa) -> anyhow::Result<()> {
@@ -166,7 +172,18 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&work)?;
     let kubeconfig = work.join("kubeconfig");
     std::fs::File::create(&kubeconfig)?.write_all(api.kubeconfig().as_bytes())?;
-    let child = Command::new(&args.adapter_bin)
+    let mut command = match args.adapter_cpu {
+        Some(cpu) => {
+            let mut taskset = Command::new("taskset");
+            taskset
+                .arg("-c")
+                .arg(cpu.to_string())
+                .arg(&args.adapter_bin);
+            taskset
+        }
+        None => Command::new(&args.adapter_bin),
+    };
+    let child = command
         .args([
             format!("--secure-listen=127.0.0.1:{}", args.port),
             "--namespace=skylift-system".into(),
@@ -243,13 +260,23 @@ async fn main() -> anyhow::Result<()> {
     let cpu_before = cpu_seconds(pid);
     let started = Instant::now();
     let until = started + Duration::from_secs(args.seconds);
+    let n = args.callers as f64;
+    let pace =
+        (args.rate_per_caller > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate_per_caller));
     let tasks: Vec<_> = callers
         .into_iter()
-        .map(|client| {
+        .enumerate()
+        .map(|(i, client)| {
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut errors = 0u64;
+                // Paced callers start spread over one period, as independent HPAs would.
+                let mut next = pace.map(|p| started + p.mul_f64(i as f64 / n));
                 while Instant::now() < until {
+                    if let (Some(at), Some(pace)) = (next.as_mut(), pace) {
+                        tokio::time::sleep_until((*at).into()).await;
+                        *at += pace;
+                    }
                     let sent = Instant::now();
                     match read(&client).await {
                         Ok(response) if response.status() == 200 => {
@@ -291,6 +318,7 @@ async fn main() -> anyhow::Result<()> {
         "{}",
         json!({
             "callers": args.callers,
+            "rate_per_caller": args.rate_per_caller,
             "seconds": wall,
             "oap_latency_ms": args.oap_latency.as_millis() as u64,
             "refresh_interval_s": args.refresh_interval.as_secs_f64(),
