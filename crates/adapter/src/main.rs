@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use skylift_adapter::access::{self, Access};
 use skylift_adapter::bootstrap;
 use skylift_adapter::guard::guarded;
@@ -13,6 +13,7 @@ use skylift_adapter::reader::{OapConfig, OapReader};
 use skylift_adapter::serve::serve;
 use skylift_adapter::server::{Adapter, router};
 use skylift_adapter::tls::{self, TlsState};
+use skylift_api::logging::LogFormat;
 
 // Every request allocates and frees small buffers across tokio's worker threads (headers,
 // HTTP/2 frames, TLS records); glibc's malloc spent about a fifth of the adapter's CPU on
@@ -100,22 +101,6 @@ struct Args {
     log_format: LogFormat,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-}
-
 fn basic_auth() -> anyhow::Result<Option<(String, String)>> {
     let user = std::env::var("SKYLIFT_ADAPTER_OAP_USERNAME").ok();
     let password = std::env::var("SKYLIFT_ADAPTER_OAP_PASSWORD").ok();
@@ -143,7 +128,7 @@ async fn main() -> anyhow::Result<()> {
     rustls::crypto::ring::default_provider()
         .install_default()
         .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
-    init_logging(args.log_format);
+    skylift_api::logging::init(args.log_format);
 
     let expressions = match &args.expressions {
         Some(path) => {

@@ -10,6 +10,8 @@ pub mod common;
 pub mod constants;
 pub mod duration;
 pub mod endpoints;
+#[cfg(feature = "logging")]
+pub mod logging;
 pub mod metric_selector;
 pub mod oapserver;
 pub mod pool;

@@ -3,7 +3,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use skylift_api::logging::LogFormat;
 use skylift_operator::leader::{self, LeaseSettings};
 use skylift_operator::metrics::Metrics;
 use skylift_operator::run::{Settings, run};
@@ -62,22 +63,6 @@ struct RunArgs {
     concurrency: u16,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-}
-
 // One thread: the operator waits on the API server almost all the time, and a single
 // allocator arena keeps its memory flat (about a third less peak RSS than the
 // multi-threaded runtime at 1000 Satellites, with the same time to reconcile them).
@@ -92,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
         .install_default()
         .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
     let args = cli.run;
-    init_logging(args.log_format);
+    skylift_api::logging::init(args.log_format);
 
     // In-cluster, or from KUBECONFIG / ~/.kube/config.
     let client = kube::Client::try_default()

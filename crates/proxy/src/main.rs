@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
+use skylift_api::logging::LogFormat;
 use skylift_proxy::balance::Policy;
 use skylift_proxy::queue::{Overflow, QueueConfig};
 use skylift_proxy::run::{Config, UpstreamSource, run};
@@ -132,12 +133,6 @@ enum MeterRoutingArg {
     RoundRobin,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
     let upstreams = match (
         args.upstreams.is_empty(),
@@ -236,13 +231,7 @@ fn main() -> anyhow::Result<()> {
     rustls::crypto::ring::default_provider()
         .install_default()
         .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
-    match log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().flatten_event(true).init(),
-    }
+    skylift_api::logging::init(log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
