@@ -134,9 +134,12 @@ impl Access {
         attributes: &Attributes,
     ) -> Result<Decision, AccessError> {
         let client = self.client.clone();
-        let review = auth::access_review(identity, attributes);
+        let key = (identity.clone(), attributes.clone());
+        let asked = key.clone();
         self.decisions
-            .get((identity.clone(), attributes.clone()), move || {
+            .get(key, move || {
+                // Built only when the review is sent, not on every cached decision.
+                let review = auth::access_review(&asked.0, &asked.1);
                 async move {
                     let answer = Api::<SubjectAccessReview>::all(client)
                         .create(&PostParams::default(), &review)

@@ -8,6 +8,8 @@ use serde_json::{Value, json};
 pub const GROUP: &str = "external.metrics.k8s.io";
 pub const VERSION: &str = "v1beta1";
 pub const GROUP_VERSION: &str = "external.metrics.k8s.io/v1beta1";
+/// Where metric reads are: `<prefix><namespace>/<metric>`.
+pub const READ_PATH_PREFIX: &str = "/apis/external.metrics.k8s.io/v1beta1/namespaces/";
 
 /// `GET /apis`.
 pub fn api_group_list() -> Value {
@@ -117,6 +119,10 @@ mod tests {
         );
         let resources: APIResourceList = serde_json::from_value(api_resource_list()).unwrap();
         assert_eq!(resources.resources[0].kind, "ExternalMetricValueList");
+        assert_eq!(
+            READ_PATH_PREFIX,
+            format!("/apis/{GROUP_VERSION}/namespaces/")
+        );
         assert!(resources.resources[0].namespaced);
     }
 

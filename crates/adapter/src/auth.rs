@@ -10,7 +10,7 @@ use k8s_openapi::api::authorization::v1::{
     NonResourceAttributes, ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 
-use crate::answer::{GROUP, VERSION};
+use crate::answer::{GROUP, READ_PATH_PREFIX, VERSION};
 
 /// The ConfigMap the apiserver publishes for extension servers.
 pub const AUTHENTICATION_CONFIGMAP: (&str, &str) =
@@ -59,7 +59,11 @@ pub fn front_proxy(data: &BTreeMap<String, String>) -> Result<Option<FrontProxy>
         allowed_names: list(data, "requestheader-allowed-names")?,
         username_headers: list(data, "requestheader-username-headers")?,
         group_headers: list(data, "requestheader-group-headers")?,
-        extra_headers_prefixes: list(data, "requestheader-extra-headers-prefix")?,
+        // Header names arrive lower-cased; the prefixes are matched against them as such.
+        extra_headers_prefixes: list(data, "requestheader-extra-headers-prefix")?
+            .into_iter()
+            .map(|prefix| prefix.to_ascii_lowercase())
+            .collect(),
     }))
 }
 
@@ -95,7 +99,7 @@ impl FrontProxy {
         let mut extra: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (name, value) in headers {
             for prefix in &self.extra_headers_prefixes {
-                let Some(key) = name.as_str().strip_prefix(&prefix.to_ascii_lowercase()) else {
+                let Some(key) = name.as_str().strip_prefix(prefix.as_str()) else {
                     continue;
                 };
                 if let Ok(value) = value.to_str() {
@@ -152,8 +156,7 @@ pub enum Attributes {
 
 /// The attributes of a GET of `path` (as received, percent-encoded).
 pub fn attributes(path: &str) -> Attributes {
-    let prefix = format!("/apis/{GROUP}/{VERSION}/namespaces/");
-    if let Some(rest) = path.strip_prefix(&prefix)
+    if let Some(rest) = path.strip_prefix(READ_PATH_PREFIX)
         && let Some((namespace, metric)) = rest.split_once('/')
         && !namespace.is_empty()
         && !metric.is_empty()

@@ -32,17 +32,13 @@ pub fn guarded(router: Router, access: Arc<Access>, metrics: Arc<Metrics>) -> Ro
 async fn gate_request(State(gate): State<Arc<Gate>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let kind = request_kind(request.uri().path());
-    // Only what the checks need is taken along, so the request itself is not held across
-    // the reviews.
-    let path = request.uri().path().to_string();
-    let cert = request
-        .extensions()
-        .get::<ClientCert>()
-        .cloned()
-        .unwrap_or_default();
-    let headers = request.headers().clone();
-    let response = match check(&gate, &path, &cert, &headers).await {
-        Ok(()) => next.run(request).await,
+    // The body is set aside during the reviews: a borrowed request could not be held
+    // across them (its body is not Sync), and copying its headers would cost every request.
+    let (parts, body) = request.into_parts();
+    let no_cert = ClientCert::default();
+    let cert = parts.extensions.get::<ClientCert>().unwrap_or(&no_cert);
+    let response = match check(&gate, parts.uri.path(), cert, &parts.headers).await {
+        Ok(()) => next.run(Request::from_parts(parts, body)).await,
         Err(refusal) => refusal,
     };
     gate.metrics

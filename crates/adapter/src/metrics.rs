@@ -56,7 +56,7 @@ pub fn request_kind(path: &str) -> &'static str {
         "/apis" | "/apis/external.metrics.k8s.io" | "/apis/external.metrics.k8s.io/v1beta1" => {
             "discovery"
         }
-        p if p.starts_with("/apis/external.metrics.k8s.io/v1beta1/namespaces/") => "read",
+        p if p.starts_with(crate::answer::READ_PATH_PREFIX) => "read",
         _ => "other",
     }
 }

@@ -31,7 +31,7 @@ pub enum TlsError {
 }
 
 /// What the configuration is made from.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Parts {
     /// (certificate chain PEM, private key PEM).
     serving: Option<(String, String)>,
@@ -91,10 +91,7 @@ impl TlsState {
     /// Applies a change; a change that does not build keeps the previous configuration.
     fn change(&self, edit: impl FnOnce(&mut Parts)) -> Result<(), TlsError> {
         let mut parts = self.parts.lock().expect("never poisoned");
-        let mut next = Parts {
-            serving: parts.serving.clone(),
-            client_ca: parts.client_ca.clone(),
-        };
+        let mut next = parts.clone();
         edit(&mut next);
         let config = build(&next)?;
         *parts = next;
