@@ -22,13 +22,13 @@ use skylift_adapter::reader::{OapConfig, OapReader};
 use skylift_adapter::serve::serve;
 use skylift_adapter::server::{Adapter, router};
 use skylift_adapter::tls::TlsState;
+use skylift_testkit::aggregation::{self, APISERVICE};
 use skylift_testkit::apiserver::ApiServer;
 use skylift_testkit::oap_graphql::{GraphqlOap, OapData};
 use skylift_testkit::pki::TestCa;
 
-const SERVICE_HOST: &str = "skylift-adapter.skylift-system.svc";
-const APISERVICE: &str = "v1beta1.external.metrics.k8s.io";
-const HPA: &str = "system:serviceaccount:kube-system:horizontal-pod-autoscaler";
+const SERVICE_HOST: &str = aggregation::ADAPTER_HOST;
+const HPA: &str = aggregation::HPA_USER;
 const READ: &str = "/apis/external.metrics.k8s.io/v1beta1/namespaces/skywalking/skywalking.apache.org%7Cservice_cpm?labelSelector=service%3Dcheckout";
 
 /// A client certificate (clientAuth) for `common_name`, signed by `ca`.
@@ -36,30 +36,11 @@ fn client_cert(ca: &TestCa, common_name: &str) -> reqwest::Identity {
     reqwest::Identity::from_pem(ca.client_identity_pem(common_name).as_bytes()).unwrap()
 }
 
-fn authentication_configmap(front_proxy_ca: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "extension-apiserver-authentication", "namespace": "kube-system"},
-        "data": {
-            "client-ca-file": "unused here",
-            "requestheader-client-ca-file": front_proxy_ca,
-            "requestheader-allowed-names": "[\"front-proxy-client\"]",
-            "requestheader-username-headers": "[\"X-Remote-User\"]",
-            "requestheader-group-headers": "[\"X-Remote-Group\"]",
-            "requestheader-extra-headers-prefix": "[\"X-Remote-Extra-\"]",
-        },
-    })
-}
-
 struct Cluster {
     api: ApiServer,
     oap: GraphqlOap,
     front_proxy_ca: TestCa,
     adapter: SocketAddr,
-}
-
-async fn create(api: &ApiServer, group: &str, plural: &str, ns: Option<&str>, object: Value) {
-    api.state().create(group, plural, ns, object).unwrap();
 }
 
 async fn start_adapter(client: kube::Client, oap_url: String) -> (SocketAddr, Arc<TlsState>) {
@@ -103,41 +84,7 @@ async fn cluster() -> Cluster {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let api = ApiServer::start(&[]).await.unwrap();
     let front_proxy_ca = TestCa::new("front-proxy-ca");
-    create(
-        &api,
-        "",
-        "namespaces",
-        None,
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "skylift-system"}}),
-    )
-    .await;
-    create(
-        &api,
-        "",
-        "configmaps",
-        Some("kube-system"),
-        authentication_configmap(&front_proxy_ca.cert_pem),
-    )
-    .await;
-    create(&api, "apiregistration.k8s.io", "apiservices", None, json!({
-        "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
-        "metadata": {"name": APISERVICE},
-        "spec": {"group": "external.metrics.k8s.io", "version": "v1beta1",
-                 "service": {"name": "skylift-adapter", "namespace": "skylift-system", "port": 443},
-                 "groupPriorityMinimum": 100, "versionPriority": 100},
-    })).await;
-    // The HPA controller's bootstrap role reads external metrics.
-    create(&api, "rbac.authorization.k8s.io", "clusterroles", None, json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-        "metadata": {"name": "system:controller:horizontal-pod-autoscaler"},
-        "rules": [{"apiGroups": ["external.metrics.k8s.io"], "resources": ["*"], "verbs": ["get", "list"]}],
-    })).await;
-    create(&api, "rbac.authorization.k8s.io", "clusterrolebindings", None, json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": "system:controller:horizontal-pod-autoscaler"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:controller:horizontal-pod-autoscaler"},
-        "subjects": [{"kind": "ServiceAccount", "name": "horizontal-pod-autoscaler", "namespace": "kube-system"}],
-    })).await;
+    aggregation::install(api.state(), &front_proxy_ca.cert_pem);
     api.state()
         .add_token("hpa-token", HPA, &["system:serviceaccounts"]);
     api.state().add_token("jane-token", "jane", &[]);

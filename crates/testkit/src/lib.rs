@@ -1,5 +1,6 @@
 //! Test doubles for skylift's tests and benchmarks. Nothing here ships in the product.
 //!
+//! - [`aggregation`]: what a cluster gives skylift-adapter, for the API-server double;
 //! - [`apiserver`]: a stateful Kubernetes API-server double that follows kube-apiserver's
 //!   semantics for what skylift uses (CRUD, label selectors, watches with resource
 //!   versions, server-side apply, status and scale subresources, conflicts, garbage
@@ -9,6 +10,7 @@
 //! - [`oap_graphql`]: OAP's GraphQL endpoint as the adapter queries it;
 //! - [`pki`]: client certificates signed by a test CA.
 
+pub mod aggregation;
 pub mod apiserver;
 pub mod http;
 pub mod oap_graphql;

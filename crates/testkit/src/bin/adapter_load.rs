@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
-use serde_json::{Value, json};
+use serde_json::json;
+use skylift_testkit::aggregation::{self, ADAPTER_HOST, APISERVICE, HPA_USER};
 use skylift_testkit::apiserver::ApiServer;
 use skylift_testkit::oap_graphql::{GraphqlOap, OapData};
 use skylift_testkit::pki::TestCa;
 
-const APISERVICE: &str = "v1beta1.external.metrics.k8s.io";
-const HOST: &str = "skylift-adapter.skylift-system.svc";
-const HPA: &str = "system:serviceaccount:kube-system:horizontal-pod-autoscaler";
+const HOST: &str = ADAPTER_HOST;
+const HPA: &str = HPA_USER;
 /// What the operator's HPA for a Satellite reads: the connection gauge of
 /// `satellite::satellite-service`, in SWCK's escaped selector form.
 const READ: &str = "/apis/external.metrics.k8s.io/v1beta1/namespaces/skywalking/skywalking.apache.org%7Csatellite_service_grpc_connect_count?labelSelector=service.str.0%3Dsatellite%2Cservice.byte.1%3D3a%2Cservice.byte.2%3D3a%2Cservice.str.3%3Dsatellite%2Cservice.byte.4%3D2d%2Cservice.str.5%3Dservice";
@@ -51,72 +51,6 @@ struct Args {
     /// Pin the adapter to this CPU (with taskset), away from the load.
     #[arg(long)]
     adapter_cpu: Option<usize>,
-}
-
-fn setup(api: &ApiServer, front_proxy: &TestCa) -> anyhow::Result<()> {
-    let state = api.state();
-    let create = |group: &str, plural: &str, ns: Option<&str>, object: Value| {
-        state
-            .create(group, plural, ns, object)
-            .map_err(|e| anyhow::anyhow!("{}", e.message))
-    };
-    create(
-        "",
-        "namespaces",
-        None,
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "skylift-system"}}),
-    )?;
-    create(
-        "",
-        "configmaps",
-        Some("kube-system"),
-        json!({
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "extension-apiserver-authentication", "namespace": "kube-system"},
-            "data": {
-                "requestheader-client-ca-file": front_proxy.cert_pem,
-                "requestheader-allowed-names": "[\"front-proxy-client\"]",
-                "requestheader-username-headers": "[\"X-Remote-User\"]",
-                "requestheader-group-headers": "[\"X-Remote-Group\"]",
-                "requestheader-extra-headers-prefix": "[\"X-Remote-Extra-\"]",
-            },
-        }),
-    )?;
-    create(
-        "apiregistration.k8s.io",
-        "apiservices",
-        None,
-        json!({
-            "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
-            "metadata": {"name": APISERVICE},
-            "spec": {"group": "external.metrics.k8s.io", "version": "v1beta1",
-                     "service": {"name": "skylift-adapter", "namespace": "skylift-system", "port": 443},
-                     "groupPriorityMinimum": 100, "versionPriority": 100},
-        }),
-    )?;
-    create(
-        "rbac.authorization.k8s.io",
-        "clusterroles",
-        None,
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-            "metadata": {"name": "system:controller:horizontal-pod-autoscaler"},
-            "rules": [{"apiGroups": ["external.metrics.k8s.io"], "resources": ["*"], "verbs": ["get", "list"]}],
-        }),
-    )?;
-    create(
-        "rbac.authorization.k8s.io",
-        "clusterrolebindings",
-        None,
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": {"name": "system:controller:horizontal-pod-autoscaler"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                        "name": "system:controller:horizontal-pod-autoscaler"},
-            "subjects": [{"kind": "ServiceAccount", "name": "horizontal-pod-autoscaler", "namespace": "kube-system"}],
-        }),
-    )?;
-    Ok(())
 }
 
 /// User + system CPU seconds of a process so far.
@@ -157,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let api = ApiServer::start(&[]).await?;
     let front_proxy = TestCa::new("front-proxy-ca");
-    setup(&api, &front_proxy)?;
+    aggregation::install(api.state(), &front_proxy.cert_pem);
     let oap = GraphqlOap::start(OapData {
         latency: args.oap_latency,
         expressions: HashMap::from([(
