@@ -39,6 +39,8 @@ async fn metrics(AxumState(state): AxumState<State>) -> impl IntoResponse {
     let m = &state.metrics;
     m.connections
         .set(i64::try_from(state.connections.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+    m.turned_away
+        .set(i64::try_from(state.turned_away.count(std::time::Instant::now())).unwrap_or(i64::MAX));
     let sizes: Vec<usize> = (0..state.queue.partitions())
         .map(|p| state.queue.pending(p))
         .collect();

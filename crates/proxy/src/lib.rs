@@ -16,6 +16,7 @@
 //! - [`wire`]: the few protobuf fields read for routing keys or spliced by [`reshape`];
 //! - [`reshape`]: meter sets and Envoy streams made self-contained, so they can be batched;
 //! - [`refuse`]: turning away a connection over the limit with an HTTP/2 GOAWAY and a reason;
+//! - [`demand`]: clients turned away lately, reported to OAP beside the open connections;
 //! - [`route`]: round-robin, smooth weighted round-robin and rendezvous hashing with a
 //!   sticky LRU for meter data.
 
@@ -23,6 +24,7 @@ pub mod admin;
 pub mod balance;
 pub mod client;
 pub mod configmap;
+pub mod demand;
 pub mod forward;
 pub mod framing;
 pub mod grpc;

@@ -36,6 +36,7 @@ struct UpstreamLabels {
 pub struct Metrics {
     registry: Registry,
     pub connections: Gauge,
+    pub turned_away: Gauge,
     refused: Counter,
     received: Family<ProtocolLabels, Counter>,
     forwarded: Family<ProtocolLabels, Counter>,
@@ -51,6 +52,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("skylift_proxy");
         let metrics = Metrics {
             connections: Gauge::default(),
+            turned_away: Gauge::default(),
             refused: Counter::default(),
             received: Family::default(),
             forwarded: Family::default(),
@@ -67,6 +69,11 @@ impl Default for Metrics {
             "connections",
             "Open client connections",
             metrics.connections.clone(),
+        );
+        registry.register(
+            "clients_turned_away",
+            "Client addresses refused at --max-connections lately (reported to OAP with the open connections)",
+            metrics.turned_away.clone(),
         );
         registry.register(
             "connections_refused",

@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use crate::balance::{Balancer, Policy};
+use crate::demand::TurnedAway;
 use crate::queue::{Queue, QueueConfig};
 use crate::route::{StickyKeys, Upstream};
 use crate::state::{Limits, Shared, State, UpstreamClient};
@@ -79,6 +80,13 @@ pub fn state(config: &Config) -> Result<State, RunError> {
         client: UpstreamClient::new(config.upstream_connections, config.upstream_streams),
         limits: config.limits.clone(),
         connections: AtomicUsize::new(0),
+        // Refused clients count until the next report or two has carried them to OAP.
+        turned_away: TurnedAway::new(
+            config
+                .telemetry
+                .as_ref()
+                .map_or(Duration::ZERO, |t| t.interval * 2),
+        ),
         metrics: Default::default(),
         fixed_meter_routing: config.fixed_meter_routing,
         hash_header: config.hash_header.clone(),

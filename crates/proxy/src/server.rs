@@ -57,6 +57,9 @@ pub async fn serve(
         {
             state.connections.fetch_sub(1, Ordering::AcqRel);
             state.metrics.refused();
+            state
+                .turned_away
+                .record(peer.ip(), std::time::Instant::now());
             let reason = format!(
                 "skylift-proxy: connection limit of {max} reached; reconnect to another replica"
             );

@@ -5,6 +5,7 @@ use std::sync::atomic::AtomicUsize;
 
 use crate::balance::Balancer;
 pub use crate::client::UpstreamClient;
+use crate::demand::TurnedAway;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::upstreams::UpstreamSet;
@@ -27,8 +28,10 @@ pub struct Shared {
     pub balancer: Balancer,
     pub client: UpstreamClient,
     pub limits: Limits,
-    /// Open client connections (the number reported to OAP and limited).
+    /// Open client connections (limited, and reported to OAP).
     pub connections: AtomicUsize,
+    /// Clients refused at the limit lately (reported to OAP with the open connections).
+    pub turned_away: TurnedAway,
     pub metrics: Metrics,
     /// Meter data keeps to one upstream per service instance (else it is balanced).
     pub fixed_meter_routing: bool,

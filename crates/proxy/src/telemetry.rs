@@ -95,6 +95,8 @@ fn cpu_seconds() -> Option<f64> {
 }
 
 /// The meters of this moment; `cpu_percent` is measured by the caller over the interval.
+/// The connection count includes the clients turned away at the limit lately (see
+/// [`crate::demand`]), so the autoscaler sees demand above the limit.
 pub fn snapshot(state: &State, cpu_percent: f64) -> Vec<Meter> {
     let totals = state.queue.totals();
     let pipe = || ("pipe", "skylift".to_string());
@@ -102,7 +104,8 @@ pub fn snapshot(state: &State, cpu_percent: f64) -> Vec<Meter> {
         Meter {
             name: "sw_stl_grpc_server_connection_count",
             labels: vec![],
-            value: state.connections.load(Ordering::Relaxed) as f64,
+            value: (state.connections.load(Ordering::Relaxed)
+                + state.turned_away.count(Instant::now())) as f64,
         },
         Meter {
             name: "sw_stl_grpc_server_cpu_gauge",

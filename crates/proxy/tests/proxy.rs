@@ -87,6 +87,7 @@ async fn proxy_with_client(
             keepalive: Some(Duration::from_millis(300)),
         },
         connections: AtomicUsize::new(0),
+        turned_away: skylift_proxy::demand::TurnedAway::new(Duration::ZERO),
         metrics: Default::default(),
         fixed_meter_routing: true,
         hash_header: None,
