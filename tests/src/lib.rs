@@ -1,4 +1,14 @@
 //! Support for end-to-end tests that run skylift's binaries as processes.
+//!
+//! - [`agents`]: segment-reporting clients that hold one connection each;
+//! - [`aggregator`]: kube-aggregator's side of an External metric read;
+//! - [`hpa`]: the HPA's arithmetic for External metrics;
+//! - [`standin`]: the OAP stand-in process.
+
+pub mod agents;
+pub mod aggregator;
+pub mod hpa;
+pub mod standin;
 
 use std::fs::File;
 use std::net::TcpListener;
@@ -135,4 +145,15 @@ where
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The sum of every sample of `metric` (all label sets) in a Prometheus text exposition.
+pub fn prometheus_sum(text: &str, metric: &str) -> f64 {
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

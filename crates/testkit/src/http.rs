@@ -1,5 +1,6 @@
-//! A minimal HTTP/1.1 GET for test and load tools that read small local endpoints
-//! (`/metrics`, `/healthz`, the double's write counters) without an HTTP client crate.
+//! A minimal HTTP/1.1 client for test and load tools that read small local endpoints
+//! (`/metrics`, `/healthz`, the double's write counters, the OAP stand-in's control API)
+//! without an HTTP client crate.
 
 use std::time::Duration;
 
@@ -7,6 +8,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Status code and body of `GET url` (`http://host:port/path` only).
 pub async fn get(url: &str) -> std::io::Result<(u16, String)> {
+    request("GET", url).await
+}
+
+/// Status code and body of an empty `POST url`.
+pub async fn post(url: &str) -> std::io::Result<(u16, String)> {
+    request("POST", url).await
+}
+
+async fn request(method: &str, url: &str) -> std::io::Result<(u16, String)> {
     let invalid = |what: &str| {
         std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{what}: {url}"))
     };
@@ -19,7 +29,9 @@ pub async fn get(url: &str) -> std::io::Result<(u16, String)> {
     };
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(host).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
         stream.write_all(request.as_bytes()).await?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await?;
@@ -28,7 +40,10 @@ pub async fn get(url: &str) -> std::io::Result<(u16, String)> {
     let response = tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
         .map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::TimedOut, format!("GET {url} timed out"))
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{method} {url} timed out"),
+            )
         })??;
     let (head, body) = response
         .split_once("\r\n\r\n")

@@ -7,12 +7,15 @@
 //!   collection, CRD schema defaulting, pruning and validation including CEL rules);
 //! - [`sink`]: a gRPC upstream standing in for an OAP node's gRPC port, recording what arrives;
 //! - [`http`]: a minimal HTTP GET for reading local endpoints in tests and load tools;
+//! - [`oap`]: an OAP cluster stand-in (reports counted, the meter pipeline, GraphQL),
+//!   also the binary `skylift-oap-standin`;
 //! - [`oap_graphql`]: OAP's GraphQL endpoint as the adapter queries it;
 //! - [`pki`]: client certificates signed by a test CA.
 
 pub mod aggregation;
 pub mod apiserver;
 pub mod http;
+pub mod oap;
 pub mod oap_graphql;
 pub mod pki;
 pub mod sink;

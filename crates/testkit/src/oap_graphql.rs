@@ -1,7 +1,8 @@
 //! A stand-in for OAP's GraphQL endpoint (`POST /graphql`), answering the queries skylift's
 //! adapter sends the way OAP does: `getTimeInfo`, `version`, MQE `execExpression` (or, for
 //! an OAP older than 9.5, the validation error OAP gives for it), and the metrics-v2
-//! `readMetricsValues` / `readLabeledMetricsValues`. Values are set by the test; every
+//! `readMetricsValues` / `readLabeledMetricsValues`, `listMetrics`. Values are set by the
+//! test, or come from a [`MetricStore`] filled by the OAP stand-in's meter pipeline; every
 //! query is recorded, and each answer can be made to take a while, like a busy OAP.
 
 use std::collections::HashMap;
@@ -13,6 +14,9 @@ use axum::Json;
 use axum::extract::State;
 use axum::routing::{get, post};
 use serde_json::{Value, json};
+
+use crate::oap::query;
+use crate::oap::store::MetricStore;
 
 /// What the stand-in serves.
 #[derive(Clone, Debug)]
@@ -46,6 +50,8 @@ impl Default for OapData {
 
 struct Shared {
     data: Mutex<OapData>,
+    /// Where metrics not set in `data` are read from.
+    store: Option<Arc<MetricStore>>,
     /// Every request body, with when it arrived.
     asked: Mutex<Vec<(Instant, Value)>>,
 }
@@ -62,6 +68,44 @@ fn now_ms() -> u128 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis()
+}
+
+/// `+0800` → minutes east of UTC.
+fn offset_minutes(timezone: &str) -> i32 {
+    let sign = if timezone.starts_with('-') { -1 } else { 1 };
+    let digits = timezone.trim_start_matches(['+', '-']);
+    let hours: i32 = digits.get(..2).and_then(|h| h.parse().ok()).unwrap_or(0);
+    let minutes: i32 = digits.get(2..4).and_then(|m| m.parse().ok()).unwrap_or(0);
+    sign * (hours * 60 + minutes)
+}
+
+fn error(message: impl std::fmt::Display) -> Json<Value> {
+    Json(json!({"data": null, "errors": [{"message": message.to_string()}]}))
+}
+
+/// The answer from the store, for what `data` does not set.
+fn from_store(store: &MetricStore, query: &str, vars: &Value, data: &OapData) -> Json<Value> {
+    let offset = offset_minutes(&data.timezone);
+    let window = match query::window(&vars["duration"], offset) {
+        Ok(window) => window,
+        Err(message) => return error(message),
+    };
+    if query.contains("execExpression") {
+        let entity = vars["entity"]["serviceName"].as_str().unwrap_or_default();
+        let expression = vars["expression"].as_str().unwrap_or_default();
+        return Json(json!({"data": {"result": query::exec(store, expression, entity, window)}}));
+    }
+    let condition = &vars["condition"];
+    let metric = condition["name"].as_str().unwrap_or_default();
+    let entity = condition["entity"]["serviceName"]
+        .as_str()
+        .unwrap_or_default();
+    let labels: Option<Vec<String>> = query
+        .contains("readLabeledMetricsValues")
+        .then(|| serde_json::from_value(vars["labels"].clone()).unwrap_or_default());
+    Json(
+        json!({"data": {"result": query::read_v2(store, metric, entity, labels.as_deref(), window)}}),
+    )
 }
 
 async fn graphql(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> Json<Value> {
@@ -83,12 +127,23 @@ async fn graphql(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> 
     if query.contains("version") && !query.contains("execExpression") {
         return Json(json!({"data": {"version": data.version}}));
     }
+    if query.contains("listMetrics") {
+        let empty = MetricStore::default();
+        let store = shared.store.as_deref().unwrap_or(&empty);
+        return match query::list_metrics(store, vars["regex"].as_str()) {
+            Ok(list) => Json(json!({"data": {"result": list}})),
+            Err(message) => error(message),
+        };
+    }
     if query.contains("execExpression") {
         if !data.mqe {
             return Json(json!({"data": null, "errors": [{"message":
                 "Validation error (FieldUndefined@[result]) : Field 'execExpression' in type 'Query' is undefined"}]}));
         }
         let expression = vars["expression"].as_str().unwrap_or_default();
+        if let (None, Some(store)) = (data.expressions.get(expression), &shared.store) {
+            return from_store(store, query, vars, &data);
+        }
         return Json(match data.expressions.get(expression) {
             Some(Some(value)) => {
                 json!({"data": {"result": {"type": "SINGLE_VALUE", "error": null,
@@ -104,6 +159,9 @@ async fn graphql(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> 
     }
     if query.contains("readMetricsValues") || query.contains("readLabeledMetricsValues") {
         let metric = vars["condition"]["name"].as_str().unwrap_or_default();
+        if let (None, Some(store)) = (data.series.get(metric), &shared.store) {
+            return from_store(store, query, vars, &data);
+        }
         let points: Vec<Value> = data
             .series
             .get(metric)
@@ -114,22 +172,34 @@ async fn graphql(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> 
             .collect();
         return Json(json!({"data": {"result": {"label": null, "values": {"values": points}}}}));
     }
-    Json(
-        json!({"data": null, "errors": [{"message": "Invalid Syntax : the stand-in does not serve this query"}]}),
-    )
+    error("Invalid Syntax : the stand-in does not serve this query")
 }
 
 impl GraphqlOap {
+    /// On a free loopback port, answering from `data` only.
     pub async fn start(data: OapData) -> std::io::Result<GraphqlOap> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::serve(listener, data, None, axum::Router::new())
+    }
+
+    /// On `listener`, answering from `data` and then `store`, with `extra` routes beside
+    /// `/graphql` and `/healthcheck`.
+    pub fn serve(
+        listener: tokio::net::TcpListener,
+        data: OapData,
+        store: Option<Arc<MetricStore>>,
+        extra: axum::Router,
+    ) -> std::io::Result<GraphqlOap> {
         let shared = Arc::new(Shared {
             data: Mutex::new(data),
+            store,
             asked: Mutex::new(Vec::new()),
         });
         let app = axum::Router::new()
             .route("/graphql", post(graphql))
             .route("/healthcheck", get(|| async { "ok" }))
-            .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            .with_state(shared.clone())
+            .merge(extra);
         let address = listener.local_addr()?;
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;

@@ -1,7 +1,8 @@
 //! An upstream gRPC sink standing in for an OAP node's gRPC port: it accepts every method
 //! over cleartext HTTP/2, records each message it receives per method, and answers reports
-//! the way OAP does (one empty `Commands` message, status OK). Unknown methods are echoed
-//! back with a trailer, so pass-through can be checked. It can be told to fail
+//! the way OAP does (one empty `Commands` message, status OK; `grpc.health.v1` answers
+//! SERVING). Unknown methods are echoed back with a trailer, so pass-through can be checked.
+//! An observer can be told of every call (the OAP stand-in reads its reports that way). It can be told to fail
 //! (`UNAVAILABLE`) to play a broken OAP, or killed: every connection cut at once, as when
 //! an OAP pod dies.
 
@@ -18,6 +19,13 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// Told of every call the sink accepts: its path and messages.
+pub type Observer = Arc<dyn Fn(&str, &[Bytes]) + Send + Sync>;
+
+const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+/// `HealthCheckResponse { status: SERVING }`.
+const SERVING: &[u8] = &[0x08, 0x01];
 
 /// Splits a gRPC body into its messages (the sink's own reading of the framing).
 pub fn split_messages(mut body: &[u8]) -> Result<Vec<Bytes>, String> {
@@ -91,16 +99,25 @@ fn answer(messages: Vec<Bytes>, trailers: http::HeaderMap) -> Response<Body> {
 impl Sink {
     /// A sink on a free loopback port that keeps every message.
     pub async fn start() -> std::io::Result<Sink> {
-        Self::start_on("127.0.0.1:0".parse().expect("a valid address"), true).await
+        Self::start_on("127.0.0.1:0".parse().expect("a valid address"), true, None).await
     }
 
     /// A sink that only counts messages (for load tests, where keeping them would measure
     /// the sink's memory instead of the proxy).
     pub async fn start_counting(address: SocketAddr) -> std::io::Result<Sink> {
-        Self::start_on(address, false).await
+        Self::start_on(address, false, None).await
     }
 
-    async fn start_on(address: SocketAddr, keep: bool) -> std::io::Result<Sink> {
+    /// A counting sink that tells `observer` of every call.
+    pub async fn start_observed(address: SocketAddr, observer: Observer) -> std::io::Result<Sink> {
+        Self::start_on(address, false, Some(observer)).await
+    }
+
+    async fn start_on(
+        address: SocketAddr,
+        keep: bool,
+        observer: Option<Observer>,
+    ) -> std::io::Result<Sink> {
         let listener = tokio::net::TcpListener::bind(address).await?;
         let address = listener.local_addr()?;
         let recorded: Arc<Mutex<Recorded>> = Arc::new(Mutex::new(Recorded {
@@ -116,13 +133,18 @@ impl Sink {
                     continue;
                 };
                 rec.lock().expect("sink lock is never poisoned").connections += 1;
-                let (rec, fail) = (rec.clone(), fail.clone());
+                let (rec, fail, observer) = (rec.clone(), fail.clone(), observer.clone());
                 let mut kill_signal = kill_signal.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(
                         move |request: Request<hyper::body::Incoming>| {
-                            let (rec, fail) = (rec.clone(), fail.clone());
-                            async move { Ok::<_, Infallible>(Self::serve(request, &rec, &fail).await) }
+                            let (rec, fail, observer) =
+                                (rec.clone(), fail.clone(), observer.clone());
+                            async move {
+                                Ok::<_, Infallible>(
+                                    Self::serve(request, &rec, &fail, observer.as_ref()).await,
+                                )
+                            }
                         },
                     );
                     let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -148,6 +170,7 @@ impl Sink {
         request: Request<hyper::body::Incoming>,
         recorded: &Mutex<Recorded>,
         failing: &AtomicBool,
+        observer: Option<&Observer>,
     ) -> Response<Body> {
         let path = request.uri().path().to_string();
         let echo_status = request
@@ -166,6 +189,9 @@ impl Sink {
             Ok(messages) => messages,
             Err(err) => return trailers_only(13, &format!("sink: {err}")),
         };
+        if let Some(observer) = observer {
+            observer(&path, &messages);
+        }
         let is_report = path.starts_with("/skywalking.")
             || path.starts_with("/envoy.")
             || !path[1..].contains('.');
@@ -187,7 +213,10 @@ impl Sink {
             }
         }
         let mut trailers = http::HeaderMap::new();
-        if is_report {
+        if path == HEALTH_CHECK {
+            trailers.insert("grpc-status", 0u16.into());
+            answer(vec![Bytes::from_static(SERVING)], trailers)
+        } else if is_report {
             trailers.insert("grpc-status", 0u16.into());
             answer(vec![Bytes::new()], trailers)
         } else {

@@ -1,0 +1,286 @@
+//! OAP's meter analyzer, for what skylift reports: the stock `satellite` rules turn the
+//! proxy's `sw_stl_*` meters into `satellite_service_*` metrics of the entity
+//! `satellite::<service>`; any other meter becomes a metric of its own name for the service
+//! that reported it, with its labels.
+//!
+//! The rules, as the reference gives them: gauges are kept as they come (several proxy
+//! instances of one service average into one value per minute); queue sizes are summed
+//! over a report's partitions; counters are read as their increase over the last minute,
+//! per instance and label set, and summed over a report.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+
+use super::reports::MeterReport;
+use super::store::{Labels, MetricStore, whole};
+
+/// How a `sw_stl_*` meter becomes an OAP metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rule {
+    Gauge,
+    Sum,
+    IncreaseOverMinute,
+}
+
+fn satellite_rule(meter: &str) -> Option<(&'static str, Rule)> {
+    Some(match meter {
+        "sw_stl_grpc_server_connection_count" => {
+            ("satellite_service_grpc_connect_count", Rule::Gauge)
+        }
+        "sw_stl_grpc_server_cpu_gauge" => ("satellite_service_server_cpu_utilization", Rule::Gauge),
+        "sw_stl_pipeline_queue_partition_size" => ("satellite_service_queue_used_count", Rule::Sum),
+        "sw_stl_pipeline_queue_total_capacity" => {
+            ("satellite_service_queue_total_capacity", Rule::Sum)
+        }
+        "sw_stl_gatherer_receive_count" => (
+            "satellite_service_receive_event_count",
+            Rule::IncreaseOverMinute,
+        ),
+        "sw_stl_gatherer_fetch_count" => (
+            "satellite_service_fetch_event_count",
+            Rule::IncreaseOverMinute,
+        ),
+        "sw_stl_queue_output_count" => (
+            "satellite_service_queue_input_count",
+            Rule::IncreaseOverMinute,
+        ),
+        "sw_stl_sender_output_count" => (
+            "satellite_service_send_event_count",
+            Rule::IncreaseOverMinute,
+        ),
+        _ => return None,
+    })
+}
+
+/// The OAP entity name of a proxy's service.
+pub fn satellite_entity(service: &str) -> String {
+    format!("satellite::{service}")
+}
+
+const INCREASE_WINDOW_MS: i64 = 60_000;
+
+/// A counter series: one instance's samples of one meter and label set.
+type SeriesKey = (String, String, String, Labels);
+
+#[derive(Default)]
+pub struct MeterAnalyzer {
+    /// Recent samples of each counter series, for `increase("PT1M")`.
+    counters: Mutex<HashMap<SeriesKey, VecDeque<(i64, f64)>>>,
+}
+
+impl MeterAnalyzer {
+    /// Analyzes one report into `store`.
+    pub fn analyze(&self, report: &MeterReport, store: &MetricStore) {
+        let at = report.timestamp_ms;
+        // metric → labels → summed value, for the rules that sum over the report.
+        let mut sums: BTreeMap<(&'static str, Labels), f64> = BTreeMap::new();
+        for sample in &report.samples {
+            let mut labels = sample.labels.clone();
+            labels.sort();
+            let Some((metric, rule)) = satellite_rule(&sample.name) else {
+                if !sample.name.starts_with("sw_stl_") {
+                    store.observe(
+                        &sample.name,
+                        &report.service,
+                        labels,
+                        at,
+                        whole(sample.value),
+                    );
+                }
+                continue;
+            };
+            match rule {
+                Rule::Gauge => store.observe(
+                    metric,
+                    &satellite_entity(&report.service),
+                    Labels::new(),
+                    at,
+                    whole(sample.value),
+                ),
+                Rule::Sum => *sums.entry((metric, Labels::new())).or_default() += sample.value,
+                Rule::IncreaseOverMinute => {
+                    let key = (
+                        report.instance.clone(),
+                        sample.name.clone(),
+                        report.service.clone(),
+                        labels.clone(),
+                    );
+                    if let Some(increase) = self.increase(key, at, sample.value) {
+                        *sums.entry((metric, labels)).or_default() += increase;
+                    }
+                }
+            }
+        }
+        for ((metric, labels), value) in sums {
+            store.observe(
+                metric,
+                &satellite_entity(&report.service),
+                labels,
+                at,
+                whole(value),
+            );
+        }
+    }
+
+    /// The counter's increase since its oldest sample within the last minute; `None` for
+    /// a series' first sample. A counter that went down (the process restarted) counts from 0.
+    fn increase(&self, key: SeriesKey, at: i64, value: f64) -> Option<f64> {
+        let mut counters = self.counters.lock().expect("never poisoned");
+        let history = counters.entry(key).or_default();
+        while history
+            .front()
+            .is_some_and(|(t, _)| at - t > INCREASE_WINDOW_MS)
+            && history.len() > 1
+        {
+            history.pop_front();
+        }
+        let increase = history.front().map(|(_, first)| {
+            if value >= *first {
+                value - first
+            } else {
+                value
+            }
+        });
+        history.push_back((at, value));
+        increase
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oap::reports::Sample;
+    use crate::oap::store::Window;
+
+    const T0: i64 = 1_700_000_040_000;
+
+    fn report(instance: &str, at: i64, samples: &[(&str, &[(&str, &str)], f64)]) -> MeterReport {
+        MeterReport {
+            service: "satellite-service".into(),
+            instance: instance.into(),
+            timestamp_ms: at,
+            samples: samples
+                .iter()
+                .map(|(name, labels, value)| Sample {
+                    name: name.to_string(),
+                    labels: labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    value: *value,
+                })
+                .collect(),
+        }
+    }
+
+    fn newest(store: &MetricStore, metric: &str, entity: &str, labels: Labels) -> Option<i64> {
+        let window = Window {
+            start_ms: T0,
+            end_ms: T0,
+            step_ms: 60_000,
+            offset_ms: 0,
+        };
+        store.points(metric, entity, window)?.get(&labels)?[0].1
+    }
+
+    #[test]
+    fn connection_gauges_of_two_instances_average_per_minute() {
+        let (analyzer, store) = (MeterAnalyzer::default(), MetricStore::default());
+        for second in 0..4 {
+            let at = T0 + second * 1_000;
+            analyzer.analyze(
+                &report(
+                    "a",
+                    at,
+                    &[("sw_stl_grpc_server_connection_count", &[], 7.0)],
+                ),
+                &store,
+            );
+            analyzer.analyze(
+                &report(
+                    "b",
+                    at,
+                    &[("sw_stl_grpc_server_connection_count", &[], 5.0)],
+                ),
+                &store,
+            );
+        }
+        assert_eq!(
+            newest(
+                &store,
+                "satellite_service_grpc_connect_count",
+                "satellite::satellite-service",
+                vec![]
+            ),
+            Some(6)
+        );
+    }
+
+    #[test]
+    fn counters_become_their_increase_and_partitions_their_sum() {
+        let (analyzer, store) = (MeterAnalyzer::default(), MetricStore::default());
+        let all: &[(&str, &str)] = &[("pipe", "skylift"), ("status", "all")];
+        for (second, received) in [(0, 100.0), (10, 160.0), (20, 250.0)] {
+            analyzer.analyze(
+                &report(
+                    "a",
+                    T0 + second * 1_000,
+                    &[
+                        ("sw_stl_gatherer_receive_count", all, received),
+                        (
+                            "sw_stl_pipeline_queue_partition_size",
+                            &[("partition", "0")],
+                            3.0,
+                        ),
+                        (
+                            "sw_stl_pipeline_queue_partition_size",
+                            &[("partition", "1")],
+                            4.0,
+                        ),
+                    ],
+                ),
+                &store,
+            );
+        }
+        let labels = vec![
+            ("pipe".to_string(), "skylift".to_string()),
+            ("status".to_string(), "all".to_string()),
+        ];
+        // Increases 60 and 150 (the first sample only starts the series): average 105.
+        assert_eq!(
+            newest(
+                &store,
+                "satellite_service_receive_event_count",
+                "satellite::satellite-service",
+                labels
+            ),
+            Some(105)
+        );
+        assert_eq!(
+            newest(
+                &store,
+                "satellite_service_queue_used_count",
+                "satellite::satellite-service",
+                vec![]
+            ),
+            Some(7)
+        );
+    }
+
+    #[test]
+    fn other_meters_keep_their_name_service_and_labels() {
+        let (analyzer, store) = (MeterAnalyzer::default(), MetricStore::default());
+        let mut checkout = report("a", T0, &[("orders_in_flight", &[("region", "eu")], 12.0)]);
+        checkout.service = "checkout".into();
+        analyzer.analyze(&checkout, &store);
+        assert_eq!(
+            newest(
+                &store,
+                "orders_in_flight",
+                "checkout",
+                vec![("region".into(), "eu".into())]
+            ),
+            Some(12)
+        );
+    }
+}

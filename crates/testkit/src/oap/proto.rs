@@ -1,0 +1,103 @@
+//! Just enough protobuf reading for the stand-in to see what OAP sees: the fields of a
+//! message, by number. The stand-in keeps its own reader (it shares nothing with the
+//! proxy's), so a wrong field number in the product shows up as a wrong count here.
+
+/// One field's value, by wire type.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Value<'a> {
+    Varint(u64),
+    Fixed64(u64),
+    Bytes(&'a [u8]),
+    Fixed32(u32),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("malformed protobuf at byte {0}")]
+pub struct Malformed(pub usize);
+
+fn varint(buf: &[u8], at: &mut usize) -> Result<u64, Malformed> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *buf.get(*at).ok_or(Malformed(*at))?;
+        *at += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err(Malformed(*at))
+}
+
+fn take<'a>(buf: &'a [u8], at: &mut usize, len: usize) -> Result<&'a [u8], Malformed> {
+    let end = at.checked_add(len).ok_or(Malformed(*at))?;
+    let bytes = buf.get(*at..end).ok_or(Malformed(*at))?;
+    *at = end;
+    Ok(bytes)
+}
+
+/// Every field of `message`, in order: (field number, value).
+pub fn fields(message: &[u8]) -> Result<Vec<(u64, Value<'_>)>, Malformed> {
+    let mut at = 0;
+    let mut out = Vec::new();
+    while at < message.len() {
+        let key = varint(message, &mut at)?;
+        let value = match key & 7 {
+            0 => Value::Varint(varint(message, &mut at)?),
+            1 => Value::Fixed64(u64::from_le_bytes(
+                take(message, &mut at, 8)?.try_into().expect("8 bytes"),
+            )),
+            2 => {
+                let len = usize::try_from(varint(message, &mut at)?).map_err(|_| Malformed(at))?;
+                Value::Bytes(take(message, &mut at, len)?)
+            }
+            5 => Value::Fixed32(u32::from_le_bytes(
+                take(message, &mut at, 4)?.try_into().expect("4 bytes"),
+            )),
+            _ => return Err(Malformed(at)),
+        };
+        out.push((key >> 3, value));
+    }
+    Ok(out)
+}
+
+/// The last value of string field `number` (protobuf's rule for repeated scalars).
+pub fn string(message: &[u8], number: u64) -> Result<Option<String>, Malformed> {
+    Ok(fields(message)?
+        .into_iter()
+        .filter_map(|(n, v)| match v {
+            Value::Bytes(b) if n == number => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        })
+        .next_back())
+}
+
+/// Every embedded message in field `number`.
+pub fn messages(message: &[u8], number: u64) -> Result<Vec<&[u8]>, Malformed> {
+    Ok(fields(message)?
+        .into_iter()
+        .filter_map(|(n, v)| match v {
+            Value::Bytes(b) if n == number => Some(b),
+            _ => None,
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_each_wire_type_and_refuses_truncation() {
+        // field 1 varint 150, field 2 "hi", field 3 double 1.5, field 4 fixed32 7
+        let mut message = vec![0x08, 0x96, 0x01, 0x12, 2, b'h', b'i', 0x19];
+        message.extend_from_slice(&1.5f64.to_le_bytes());
+        message.extend_from_slice(&[0x25, 7, 0, 0, 0]);
+        let read = fields(&message).unwrap();
+        assert_eq!(read[0], (1, Value::Varint(150)));
+        assert_eq!(read[1], (2, Value::Bytes(b"hi")));
+        assert_eq!(read[2], (3, Value::Fixed64(1.5f64.to_bits())));
+        assert_eq!(read[3], (4, Value::Fixed32(7)));
+        assert_eq!(string(&message, 2).unwrap().as_deref(), Some("hi"));
+        assert!(fields(&message[..5]).is_err());
+    }
+}

@@ -1,0 +1,104 @@
+//! What kube-aggregator does for the HPA controller when it reads an External metric: it
+//! reaches the adapter by its Service name, trusts only the APIService's `caBundle`, presents
+//! its front-proxy client certificate and names the caller in `X-Remote-*` headers.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+use kube::Api;
+use serde_json::Value;
+use skylift_testkit::aggregation::{ADAPTER_HOST, APISERVICE, HPA_USER};
+use skylift_testkit::pki::TestCa;
+
+use crate::wait_for;
+
+pub struct Aggregator {
+    client: reqwest::Client,
+}
+
+/// `k=v,k2=v2`, percent-encoded for a query string.
+fn selector_query(selector: &BTreeMap<String, String>) -> String {
+    let joined: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    joined
+        .join(",")
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+impl Aggregator {
+    /// Waits for the adapter to publish its `caBundle`, then trusts that only.
+    pub async fn new(
+        api: kube::Client,
+        front_proxy_ca: &TestCa,
+        adapter: SocketAddr,
+    ) -> Aggregator {
+        let apiservices: Api<APIService> = Api::all(api);
+        let bundle = wait_for(
+            "the APIService's caBundle",
+            Duration::from_secs(30),
+            || async {
+                let bundle = apiservices.get(APISERVICE).await.ok()?.spec?.ca_bundle?;
+                String::from_utf8(bundle.0).ok()
+            },
+        )
+        .await;
+        let identity = reqwest::Identity::from_pem(
+            front_proxy_ca
+                .client_identity_pem("front-proxy-client")
+                .as_bytes(),
+        )
+        .expect("a client identity");
+        let client = reqwest::Client::builder()
+            .tls_certs_only(
+                reqwest::Certificate::from_pem_bundle(bundle.as_bytes()).expect("a PEM bundle"),
+            )
+            .identity(identity)
+            .resolve(ADAPTER_HOST, adapter)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("a client");
+        Aggregator { client }
+    }
+
+    /// The HPA controller's read of `metric` in `namespace`: the items' values, or the
+    /// status code and body of a refusal.
+    pub async fn read(
+        &self,
+        namespace: &str,
+        metric: &str,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<Vec<String>, String> {
+        let url = format!(
+            "https://{ADAPTER_HOST}:443/apis/external.metrics.k8s.io/v1beta1/namespaces/{namespace}/{}?labelSelector={}",
+            metric.replace('|', "%7C"),
+            selector_query(selector)
+        );
+        let response = self
+            .client
+            .get(url)
+            .header("X-Remote-User", HPA_USER)
+            .header("X-Remote-Group", "system:serviceaccounts")
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body: Value = response.json().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("{status}: {body}"));
+        }
+        Ok(body["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|item| item["value"].as_str().map(String::from))
+            .collect())
+    }
+}
