@@ -1,30 +1,50 @@
 """A small program instrumented with the real SkyWalking Python agent (apache-skywalking).
 
 It reports through whatever SW_AGENT_COLLECTOR_BACKEND_SERVICES names (skylift-proxy in the
-tests): one trace segment and one warning log per order, and the agent's own process (PVM)
-meters every SW_AGENT_METER_REPORTER_PERIOD seconds. Usage: instrumented_app.py ORDERS
+tests and the demo): one trace segment and one warning log per order, and the agent's own
+process (PVM) meters every SW_AGENT_METER_REPORTER_PERIOD seconds.
+
+Usage: instrumented_app.py ORDERS [PAUSE]
+  ORDERS  orders to place, then stop; 0 places orders until SIGTERM or SIGINT
+  PAUSE   seconds between orders (default 0)
 """
 
 import logging
+import signal
 import sys
 import time
 
 from skywalking.agent import agent
 from skywalking.trace.context import get_context
 
+stopping = False
+
+
+def stop(_signum, _frame) -> None:
+    global stopping
+    stopping = True
+
 
 def main() -> None:
     orders = int(sys.argv[1])
+    pause = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     agent.start()
     log = logging.getLogger("checkout")
-    for order in range(orders):
+    order = 0
+    while not stopping and (orders == 0 or order < orders):
         context = get_context()
         with context.new_entry_span(op=f"/checkout/{order}"):
             with context.new_local_span(op="price"):
                 pass
             log.warning("order %d placed", order)
-    # Let the meter reporter run a few periods before shutting down.
-    time.sleep(3)
+        order += 1
+        if pause:
+            time.sleep(pause)
+    if orders:
+        # Let the meter reporter run a few periods before shutting down.
+        time.sleep(3)
     agent.stop()
 
 

@@ -1,13 +1,9 @@
 //! Support for end-to-end tests that run skylift's binaries as processes.
 //!
 //! - [`agents`]: segment-reporting clients that hold one connection each;
-//! - [`aggregator`]: kube-aggregator's side of an External metric read;
-//! - [`hpa`]: the HPA's arithmetic for External metrics;
 //! - [`standin`]: the OAP stand-in process.
 
 pub mod agents;
-pub mod aggregator;
-pub mod hpa;
 pub mod standin;
 
 use std::fs::File;

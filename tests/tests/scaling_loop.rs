@@ -15,13 +15,13 @@ use serde_json::json;
 use skylift_api::endpoints::{UpstreamEndpoint, UpstreamEndpoints};
 use skylift_api::satellite::Satellite;
 use skylift_e2e::agents::Agent;
-use skylift_e2e::aggregator::Aggregator;
-use skylift_e2e::hpa::{self, Target};
 use skylift_e2e::standin::OapStandin;
 use skylift_e2e::{Process, Scratch, binary, free_port, prometheus_sum, wait_for};
 use skylift_operator::build::pool::{PoolView, build};
 use skylift_testkit::aggregation;
+use skylift_testkit::aggregator::Aggregator;
 use skylift_testkit::apiserver::ApiServer;
+use skylift_testkit::hpa::{self, Target};
 use skylift_testkit::http;
 use skylift_testkit::pki::TestCa;
 
@@ -308,10 +308,7 @@ async fn clients_proxies_oap_adapter_and_hpa_close_the_loop() {
     )
     .await;
     let second = hpa::proposal(value, Target::Value(hpa_reading.target_milli), replicas, 2);
-    assert!(
-        second <= 2,
-        "{value}m on two replicas proposes {second}: no further scale-out"
-    );
+    assert_eq!(second, 2, "{value}m on two replicas proposes {second}");
     assert_eq!(
         hpa::stabilized(&[first, second], replicas, hpa_reading.min, hpa_reading.max),
         2,

@@ -11,9 +11,9 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// The shortest memory of a refused client: longer than a gRPC client's first reconnect
-/// backoffs, so a client that keeps retrying keeps counting between its attempts.
-pub const MIN_MEMORY: Duration = Duration::from_secs(30);
+/// The shortest memory of a refused client: gRPC clients back off between reconnects up to
+/// 120 s, so a client that keeps retrying at that pace keeps counting between attempts.
+pub const MIN_MEMORY: Duration = Duration::from_secs(120);
 
 pub struct TurnedAway {
     memory: Duration,
@@ -55,13 +55,14 @@ mod tests {
         let turned_away = TurnedAway::new(Duration::from_secs(1));
         let start = Instant::now();
         let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        let at = |seconds: u64| start + Duration::from_secs(seconds);
         for retry in 0..5 {
-            turned_away.record(a, start + Duration::from_secs(retry));
+            turned_away.record(a, at(retry * 10));
         }
         turned_away.record(b, start);
-        assert_eq!(turned_away.count(start + Duration::from_secs(5)), 2);
-        // b was last refused 31 s ago, a 27 s ago.
-        assert_eq!(turned_away.count(start + Duration::from_secs(31)), 1);
-        assert_eq!(turned_away.count(start + Duration::from_secs(40)), 0);
+        assert_eq!(turned_away.count(at(50)), 2);
+        // b was last refused 121 s ago, a 81 s ago.
+        assert_eq!(turned_away.count(at(121)), 1);
+        assert_eq!(turned_away.count(at(161)), 0);
     }
 }

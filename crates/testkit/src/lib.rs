@@ -1,6 +1,8 @@
 //! Test doubles for skylift's tests and benchmarks. Nothing here ships in the product.
 //!
 //! - [`aggregation`]: what a cluster gives skylift-adapter, for the API-server double;
+//! - [`aggregator`]: kube-aggregator's side of an External metric read;
+//! - [`hpa`]: the HPA's arithmetic for External metrics;
 //! - [`apiserver`]: a stateful Kubernetes API-server double that follows kube-apiserver's
 //!   semantics for what skylift uses (CRUD, label selectors, watches with resource
 //!   versions, server-side apply, status and scale subresources, conflicts, garbage
@@ -13,7 +15,9 @@
 //! - [`pki`]: client certificates signed by a test CA.
 
 pub mod aggregation;
+pub mod aggregator;
 pub mod apiserver;
+pub mod hpa;
 pub mod http;
 pub mod oap;
 pub mod oap_graphql;

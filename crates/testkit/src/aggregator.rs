@@ -6,13 +6,11 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::aggregation::{ADAPTER_HOST, APISERVICE, HPA_USER};
+use crate::pki::TestCa;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::Api;
 use serde_json::Value;
-use skylift_testkit::aggregation::{ADAPTER_HOST, APISERVICE, HPA_USER};
-use skylift_testkit::pki::TestCa;
-
-use crate::wait_for;
 
 pub struct Aggregator {
     client: reqwest::Client,
@@ -41,15 +39,23 @@ impl Aggregator {
         adapter: SocketAddr,
     ) -> Aggregator {
         let apiservices: Api<APIService> = Api::all(api);
-        let bundle = wait_for(
-            "the APIService's caBundle",
-            Duration::from_secs(30),
-            || async {
-                let bundle = apiservices.get(APISERVICE).await.ok()?.spec?.ca_bundle?;
-                String::from_utf8(bundle.0).ok()
-            },
-        )
-        .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let bundle = loop {
+            let published = apiservices
+                .get(APISERVICE)
+                .await
+                .ok()
+                .and_then(|s| s.spec?.ca_bundle)
+                .and_then(|b| String::from_utf8(b.0).ok());
+            if let Some(bundle) = published {
+                break bundle;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the adapter did not publish its caBundle in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         let identity = reqwest::Identity::from_pem(
             front_proxy_ca
                 .client_identity_pem("front-proxy-client")

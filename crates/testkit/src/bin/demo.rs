@@ -1,0 +1,370 @@
+//! `skylift-demo`: the scaling loop on one machine, for a newcomer (`hack/demo.sh` runs it).
+//!
+//! Starts two OAP stand-in nodes, one skylift-proxy, skylift-adapter (on an in-process
+//! API-server double, as a cluster would host it) and instrumented Python programs reporting
+//! through the proxy with the real SkyWalking agent. Every few seconds it prints the
+//! connections per proxy, the events each OAP node received, and the external metric the
+//! HPA would read with what it would do; after a while it adds a third OAP node and traffic
+//! moves onto it. Ctrl-C stops everything it started.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use serde::Deserialize;
+use skylift_api::constants::metrics;
+use skylift_api::endpoints::{UpstreamEndpoint, UpstreamEndpoints};
+use skylift_testkit::aggregation;
+use skylift_testkit::aggregator::Aggregator;
+use skylift_testkit::apiserver::ApiServer;
+use skylift_testkit::hpa::{self, Target};
+use skylift_testkit::http;
+use skylift_testkit::oap::NodeStats;
+use skylift_testkit::pki::TestCa;
+use tokio::process::{Child, Command};
+
+#[derive(Parser)]
+#[command(name = "skylift-demo", about = "skylift's scaling loop on one machine")]
+struct Args {
+    /// Python with the SkyWalking agent installed (hack/python-agent.sh makes one).
+    #[arg(long)]
+    python: PathBuf,
+    /// The instrumented program the agents run.
+    #[arg(long)]
+    app: PathBuf,
+    /// Where the demo's processes write their logs.
+    #[arg(long, default_value = "target/demo")]
+    logs: PathBuf,
+    /// Instrumented programs (each one agent, one connection).
+    #[arg(long, default_value_t = 4)]
+    agents: usize,
+    /// The proxy's client port (point your own agents here too).
+    #[arg(long, default_value_t = 11800)]
+    proxy_port: u16,
+    #[arg(long, default_value_t = 10)]
+    max_connections: u32,
+    /// When the third OAP node joins.
+    #[arg(long, default_value = "30s", value_parser = skylift_api::duration::parse)]
+    third_node_after: Duration,
+    /// How often the view is printed.
+    #[arg(long, default_value = "3s", value_parser = skylift_api::duration::parse)]
+    every: Duration,
+    /// Stop by itself after this long (default: run until Ctrl-C).
+    #[arg(long, value_parser = skylift_api::duration::parse)]
+    run_for: Option<Duration>,
+}
+
+const TELEMETRY_SERVICE: &str = "satellite-service";
+const TARGET_CONNECTIONS: i64 = 10;
+
+#[derive(Deserialize)]
+struct Announced {
+    control: String,
+    nodes: Vec<Announcednode>,
+}
+
+#[derive(Deserialize)]
+struct Announcednode {
+    grpc: SocketAddr,
+}
+
+#[derive(Deserialize)]
+struct NodeState {
+    node: usize,
+    running: bool,
+    stats: NodeStats,
+}
+
+/// A child process killed when the demo ends, its output in `<logs>/<name>.log`.
+fn spawn(name: &str, command: &mut Command, logs: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
+    command
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {name}"))
+}
+
+fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::current_exe()?
+        .parent()
+        .context("the demo's directory")?
+        .to_path_buf();
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!("{} is not built (hack/demo.sh builds it)", path.display());
+    }
+    Ok(path)
+}
+
+fn endpoints(nodes: &[SocketAddr]) -> String {
+    UpstreamEndpoints {
+        endpoints: nodes
+            .iter()
+            .enumerate()
+            .map(|(i, address)| UpstreamEndpoint {
+                address: address.to_string(),
+                weight: 1,
+                pod: Some(format!("oap-{i}")),
+                zone: None,
+            })
+            .collect(),
+    }
+    .to_json()
+}
+
+async fn wait_until(
+    what: &str,
+    limit: Duration,
+    mut ready: impl AsyncFnMut() -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while !ready().await {
+        if Instant::now() > deadline {
+            bail!("{what} did not happen within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// Events a node received: every report, not health checks.
+fn events(stats: &NodeStats) -> u64 {
+    stats
+        .methods
+        .iter()
+        .filter(|(method, _)| !method.starts_with("grpc.health"))
+        .map(|(_, m)| m.messages)
+        .sum()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    std::fs::create_dir_all(&args.logs)?;
+    let logs = args.logs.canonicalize()?;
+    println!("skylift demo: logs in {}", logs.display());
+
+    // OAP: two nodes sharing their storage, as an OAP cluster shares its database.
+    let mut standin = Command::new(binary("skylift-oap-standin")?);
+    standin.args([
+        "--grpc-port=0",
+        "--http-port=0",
+        "--control-listen=127.0.0.1:0",
+        "--instances=2",
+    ]);
+    let _standin = spawn("oap-standin", &mut standin, &logs)?;
+    let mut announced: Option<Announced> = None;
+    wait_until(
+        "the OAP stand-in starting",
+        Duration::from_secs(20),
+        async || {
+            let text = std::fs::read_to_string(logs.join("oap-standin.log")).unwrap_or_default();
+            announced = text
+                .lines()
+                .next()
+                .and_then(|l| serde_json::from_str(l).ok());
+            announced.is_some()
+        },
+    )
+    .await?;
+    let announced = announced.expect("announced");
+    let control = announced.control.clone();
+    let mut oap_nodes: Vec<SocketAddr> = announced.nodes.iter().map(|n| n.grpc).collect();
+    let nodes_url = format!("{control}/nodes");
+    let (_, listed) = http::get(&nodes_url).await?;
+    let graphql = serde_json::from_str::<serde_json::Value>(&listed)?[0]["http"]
+        .as_str()
+        .map(|http| format!("http://{http}/graphql"))
+        .context("node 0's HTTP address")?;
+    println!("OAP stand-in: nodes {oap_nodes:?}, GraphQL {graphql}");
+
+    // The proxy: its upstreams from a file in the operator's endpoints.json format.
+    let endpoints_file = logs.join("endpoints.json");
+    std::fs::write(&endpoints_file, endpoints(&oap_nodes))?;
+    let proxy_address = format!("127.0.0.1:{}", args.proxy_port);
+    let admin_port = portpicker()?;
+    let mut proxy = Command::new(binary("skylift-proxy")?);
+    proxy
+        .arg(format!("--listen={proxy_address}"))
+        .arg(format!("--admin-listen=127.0.0.1:{admin_port}"))
+        .arg(format!("--upstreams-file={}", endpoints_file.display()))
+        .arg(format!("--max-connections={}", args.max_connections))
+        .arg(format!("--telemetry-service={TELEMETRY_SERVICE}"))
+        .args([
+            "--telemetry-instance=satellite-0",
+            "--telemetry-interval=2s",
+        ]);
+    let _proxy = spawn("skylift-proxy", &mut proxy, &logs)?;
+    wait_until(
+        "the proxy becoming ready",
+        Duration::from_secs(20),
+        async || {
+            matches!(
+                http::get(&format!("http://127.0.0.1:{admin_port}/readyz")).await,
+                Ok((200, _))
+            )
+        },
+    )
+    .await?;
+    println!(
+        "skylift-proxy: clients connect to {proxy_address} (at most {} at once)",
+        args.max_connections
+    );
+
+    // The adapter, in a "cluster": the API-server double with what kube-apiserver gives
+    // extension API servers; the demo reads it as kube-aggregator does for the HPA.
+    let api = ApiServer::start(&[]).await?;
+    let front_proxy_ca = TestCa::new("front-proxy-ca");
+    aggregation::install(api.state(), &front_proxy_ca.cert_pem);
+    let kubeconfig = logs.join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig())?;
+    let adapter_address: SocketAddr = format!("127.0.0.1:{}", portpicker()?).parse()?;
+    let mut adapter = Command::new(binary("skylift-adapter")?);
+    adapter
+        .env("KUBECONFIG", &kubeconfig)
+        .arg(format!("--secure-listen={adapter_address}"))
+        .args([
+            "--namespace=skylift-system",
+            "--service-name=skylift-adapter",
+        ])
+        .arg("--tls-secret=skylift-system/skylift-adapter-tls")
+        .arg(format!("--apiservice-name={}", aggregation::APISERVICE))
+        .arg(format!("--oap-url={graphql}"))
+        .arg("--refresh-interval=2s");
+    let _adapter = spawn("skylift-adapter", &mut adapter, &logs)?;
+    let aggregator = Aggregator::new(api.client(), &front_proxy_ca, adapter_address).await;
+    let metric = metrics::external_metric_name(
+        metrics::EXTERNAL_METRIC_PREFIX,
+        metrics::SATELLITE_CONNECTION_COUNT,
+    );
+    let selector: BTreeMap<String, String> = skylift_api::metric_selector::escape(
+        "service",
+        &metrics::satellite_oap_service(TELEMETRY_SERVICE),
+    );
+    println!("skylift-adapter: serving external.metrics.k8s.io on {adapter_address}");
+
+    // The agents: instrumented programs, one connection each.
+    let mut agents = Vec::new();
+    for i in 1..=args.agents {
+        let mut app = Command::new(&args.python);
+        app.arg(&args.app)
+            .args(["0", "0.05"])
+            .env("SW_AGENT_COLLECTOR_BACKEND_SERVICES", &proxy_address)
+            .env("SW_AGENT_PROTOCOL", "grpc")
+            .env("SW_AGENT_NAME", "demo-shop")
+            .env("SW_AGENT_INSTANCE_NAME", format!("shop-{i}"))
+            .env("SW_AGENT_METER_REPORTER_PERIOD", "5")
+            .env("SW_AGENT_LOG_REPORTER_LEVEL", "WARNING");
+        agents.push(spawn(&format!("agent-shop-{i}"), &mut app, &logs)?);
+    }
+    println!(
+        "{} SkyWalking Python agents report traces, logs and meters through the proxy",
+        args.agents
+    );
+    println!("Ctrl-C stops everything.\n");
+
+    let started = Instant::now();
+    let mut third_added = false;
+    let mut previous: BTreeMap<usize, (u64, Instant)> = BTreeMap::new();
+    let mut proposals: Vec<(Instant, u32)> = Vec::new();
+    let mut ticker = tokio::time::interval(args.every);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        if args.run_for.is_some_and(|limit| started.elapsed() >= limit) {
+            break;
+        }
+        if !third_added && started.elapsed() >= args.third_node_after {
+            third_added = true;
+            let (code, body) = http::post(&nodes_url).await?;
+            if code != 201 {
+                bail!("adding an OAP node: {code} {body}");
+            }
+            let added: serde_json::Value = serde_json::from_str(&body)?;
+            let address: SocketAddr = added["grpc"]
+                .as_str()
+                .context("the new node's address")?
+                .parse()?;
+            oap_nodes.push(address);
+            std::fs::write(&endpoints_file, endpoints(&oap_nodes))?;
+            println!(
+                "==> added OAP node {} at {address}; the proxy follows its endpoint list\n",
+                added["node"]
+            );
+        }
+
+        let elapsed = started.elapsed().as_secs();
+        let (_, text) = http::get(&format!("http://127.0.0.1:{admin_port}/metrics")).await?;
+        let connections = prometheus_value(&text, "skylift_proxy_connections");
+        println!("[{elapsed:>4}s] connections per proxy:  satellite-0 = {connections}");
+
+        let (_, listed) = http::get(&nodes_url).await?;
+        let states: Vec<NodeState> = serde_json::from_str(&listed)?;
+        let now = Instant::now();
+        let mut line = String::from("       events per OAP node:  ");
+        for state in &states {
+            let total = events(&state.stats);
+            let rate = previous
+                .get(&state.node)
+                .map(|(before, at)| (total - before) as f64 / now.duration_since(*at).as_secs_f64())
+                .unwrap_or(0.0);
+            previous.insert(state.node, (total, now));
+            let down = if state.running { "" } else { " (stopped)" };
+            line.push_str(&format!(
+                "node {} = {total:>6} ({rate:>5.0}/s){down}   ",
+                state.node
+            ));
+        }
+        println!("{line}");
+
+        match aggregator.read("skywalking", &metric, &selector).await {
+            Ok(values) if !values.is_empty() => {
+                let sum: i64 = values.iter().filter_map(|v| hpa::milli_value(v)).sum();
+                let raw = hpa::proposal(sum, Target::Value(TARGET_CONNECTIONS * 1000), 1, 1);
+                proposals.retain(|(at, _)| now.duration_since(*at) < hpa::SCALE_DOWN_WINDOW);
+                proposals.push((now, raw));
+                let recent: Vec<u32> = proposals.iter().map(|(_, p)| *p).collect();
+                let replicas = hpa::stabilized(&recent, 1, 1, 3);
+                println!(
+                    "       HPA reads {metric} = {} (target {TARGET_CONNECTIONS} per replica) -> {replicas} replica(s)\n",
+                    values.join(",")
+                );
+            }
+            Ok(_) => {
+                println!("       HPA reads {metric}: no value yet (OAP has no minute for it)\n")
+            }
+            Err(err) => println!("       HPA read failed: {err}\n"),
+        }
+    }
+    println!("stopping everything the demo started");
+    drop(agents);
+    Ok(())
+}
+
+/// A free loopback port.
+fn portpicker() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The value of an unlabelled sample.
+fn prometheus_value(text: &str, name: &str) -> String {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "?".into())
+}
