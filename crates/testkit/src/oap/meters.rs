@@ -154,7 +154,10 @@ mod tests {
 
     const T0: i64 = 1_700_000_040_000;
 
-    fn report(instance: &str, at: i64, samples: &[(&str, &[(&str, &str)], f64)]) -> MeterReport {
+    /// A sample as (meter name, labels, value).
+    type Raw<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
+
+    fn report(instance: &str, at: i64, samples: &[Raw<'_>]) -> MeterReport {
         MeterReport {
             service: "satellite-service".into(),
             instance: instance.into(),

@@ -52,6 +52,8 @@ pub fn whole(value: f64) -> i64 {
 const MINUTE_MS: i64 = 60_000;
 
 type Buckets = BTreeMap<i64, Avg>;
+/// One metric: entity → labels → minutes.
+type ByEntity = BTreeMap<String, BTreeMap<Labels, Buckets>>;
 
 /// One metric's data points, for one entity: per label set, one optional value per step.
 pub type Points = BTreeMap<Labels, Vec<(i64, Option<i64>)>>;
@@ -59,7 +61,7 @@ pub type Points = BTreeMap<Labels, Vec<(i64, Option<i64>)>>;
 #[derive(Default)]
 pub struct MetricStore {
     /// metric → entity → labels → minute start (ms since the epoch) → value.
-    metrics: Mutex<BTreeMap<String, BTreeMap<String, BTreeMap<Labels, Buckets>>>>,
+    metrics: Mutex<BTreeMap<String, ByEntity>>,
 }
 
 /// A query window: `[start, end]` in ms since the epoch, `step` ms per point, and the OAP's
