@@ -172,15 +172,11 @@ async fn clients_proxies_oap_adapter_and_hpa_close_the_loop() {
     let mut adapter = Command::new(binary("skylift-adapter"));
     adapter
         .env("KUBECONFIG", &kubeconfig)
-        .arg(format!("--secure-listen={adapter_address}"))
-        .args([
-            "--namespace=skylift-system",
-            "--service-name=skylift-adapter",
-        ])
-        .arg("--tls-secret=skylift-system/skylift-adapter-tls")
-        .arg(format!("--apiservice-name={}", aggregation::APISERVICE))
-        .arg(format!("--oap-url={}", oap.graphql(0)))
-        .arg("--refresh-interval=1s");
+        .args(aggregation::adapter_args(
+            adapter_address,
+            &oap.graphql(0),
+            "1s",
+        ));
     let _adapter = Process::spawn("skylift-adapter", adapter, scratch.path());
     let aggregator = Aggregator::new(api.client(), &front_proxy_ca, adapter_address).await;
 

@@ -14,6 +14,22 @@ pub const ADAPTER_HOST: &str = "skylift-adapter.skylift-system.svc";
 /// The HPA controller's identity.
 pub const HPA_USER: &str = "system:serviceaccount:kube-system:horizontal-pod-autoscaler";
 
+/// The arguments skylift-adapter runs with in this cluster: serving on `listen`, named as the
+/// APIService's Service, keeping its certificate in `skylift-system/skylift-adapter-tls` and
+/// its CA in the APIService, reading OAP at `oap_url` every `refresh` (`1s`). The process
+/// also needs `KUBECONFIG` naming the API-server double.
+pub fn adapter_args(listen: std::net::SocketAddr, oap_url: &str, refresh: &str) -> Vec<String> {
+    vec![
+        format!("--secure-listen={listen}"),
+        "--namespace=skylift-system".into(),
+        "--service-name=skylift-adapter".into(),
+        "--tls-secret=skylift-system/skylift-adapter-tls".into(),
+        format!("--apiservice-name={APISERVICE}"),
+        format!("--oap-url={oap_url}"),
+        format!("--refresh-interval={refresh}"),
+    ]
+}
+
 fn create(state: &State, group: &str, plural: &str, namespace: Option<&str>, object: Value) {
     if let Err(err) = state.create(group, plural, namespace, object) {
         panic!("creating {plural}: {}", err.message);

@@ -2,9 +2,9 @@
 //! over cleartext HTTP/2, records each message it receives per method, and answers reports
 //! the way OAP does (one empty `Commands` message, status OK; `grpc.health.v1` answers
 //! SERVING). Unknown methods are echoed back with a trailer, so pass-through can be checked.
-//! An observer can be told of every call (the OAP stand-in reads its reports that way). It can be told to fail
-//! (`UNAVAILABLE`) to play a broken OAP, or killed: every connection cut at once, as when
-//! an OAP pod dies.
+//! An observer can be told of every call (the OAP stand-in reads its reports that way).
+//! It can be told to fail (`UNAVAILABLE`) to play a broken OAP, or killed: every
+//! connection cut at once, as when an OAP pod dies.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

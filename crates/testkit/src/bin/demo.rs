@@ -64,11 +64,11 @@ const TARGET_CONNECTIONS: i64 = 10;
 #[derive(Deserialize)]
 struct Announced {
     control: String,
-    nodes: Vec<Announcednode>,
+    nodes: Vec<AnnouncedNode>,
 }
 
 #[derive(Deserialize)]
-struct Announcednode {
+struct AnnouncedNode {
     grpc: SocketAddr,
 }
 
@@ -230,15 +230,7 @@ async fn main() -> anyhow::Result<()> {
     let mut adapter = Command::new(binary("skylift-adapter")?);
     adapter
         .env("KUBECONFIG", &kubeconfig)
-        .arg(format!("--secure-listen={adapter_address}"))
-        .args([
-            "--namespace=skylift-system",
-            "--service-name=skylift-adapter",
-        ])
-        .arg("--tls-secret=skylift-system/skylift-adapter-tls")
-        .arg(format!("--apiservice-name={}", aggregation::APISERVICE))
-        .arg(format!("--oap-url={graphql}"))
-        .arg("--refresh-interval=2s");
+        .args(aggregation::adapter_args(adapter_address, &graphql, "2s"));
     let _adapter = spawn("skylift-adapter", &mut adapter, &logs)?;
     let aggregator = Aggregator::new(api.client(), &front_proxy_ca, adapter_address).await;
     let metric = metrics::external_metric_name(
@@ -343,6 +335,10 @@ async fn main() -> anyhow::Result<()> {
             Ok(_) => {
                 println!("       HPA reads {metric}: no value yet (OAP has no minute for it)\n")
             }
+            // OAP knows the metric once the proxy's first report arrived.
+            Err(err) if err.starts_with("404") => println!(
+                "       HPA reads {metric}: not yet (OAP has no report from the proxy yet)\n"
+            ),
             Err(err) => println!("       HPA read failed: {err}\n"),
         }
     }
