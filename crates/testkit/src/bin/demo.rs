@@ -147,6 +147,19 @@ fn events(stats: &NodeStats) -> u64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // On Ctrl-C or SIGTERM the demo's future is dropped, and with it every child process
+    // (each is killed on drop), wherever the demo was.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let result = tokio::select! {
+        result = run(args) => result,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = terminate.recv() => Ok(()),
+    };
+    println!("stopping everything the demo started");
+    result
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     std::fs::create_dir_all(&args.logs)?;
     let logs = args.logs.canonicalize()?;
@@ -269,10 +282,7 @@ async fn main() -> anyhow::Result<()> {
     let mut proposals: Vec<(Instant, u32)> = Vec::new();
     let mut ticker = tokio::time::interval(args.every);
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = tokio::signal::ctrl_c() => break,
-        }
+        ticker.tick().await;
         if args.run_for.is_some_and(|limit| started.elapsed() >= limit) {
             break;
         }
@@ -342,7 +352,6 @@ async fn main() -> anyhow::Result<()> {
             Err(err) => println!("       HPA read failed: {err}\n"),
         }
     }
-    println!("stopping everything the demo started");
     drop(agents);
     Ok(())
 }
