@@ -71,11 +71,23 @@ impl Balancer {
         upstreams: &[Upstream],
         now: Instant,
     ) -> Option<Upstream> {
+        self.pick_in_lane(0, key, upstreams, now)
+    }
+
+    /// [`Balancer::pick`] for one lane of round-robin (see [`route::lane`]): each lane
+    /// cycles through the upstreams on its own.
+    pub fn pick_in_lane(
+        &self,
+        lane: usize,
+        key: Option<&str>,
+        upstreams: &[Upstream],
+        now: Instant,
+    ) -> Option<Upstream> {
         let candidates = self.healthy(upstreams, now);
         let index = match key {
             Some(key) => self.sticky.pick(key, &candidates, now)?,
             None => match self.policy {
-                Policy::RoundRobin => self.round_robin.pick(candidates.len())?,
+                Policy::RoundRobin => self.round_robin.pick(lane, candidates.len())?,
                 Policy::WeightedRoundRobin => self.weighted.pick(&candidates)?,
             },
         };

@@ -19,17 +19,43 @@ pub struct Upstream {
     pub weight: u32,
 }
 
-/// Plain round-robin over the current upstreams.
-#[derive(Debug, Default)]
+/// Lanes of [`RoundRobin`]; lanes beyond this share cursors, which costs nothing but the
+/// guarantee below.
+const LANES: usize = 64;
+
+/// Plain round-robin over the current upstreams, in lanes.
+///
+/// Each lane (one queue partition's batches of one method, or one method's calls) cycles
+/// through every upstream on a cursor of its own. One shared cursor phase-locks: when the
+/// picks of several lanes repeat in a cycle whose length is a multiple of the upstream
+/// count, one lane's batches keep landing on the same upstream, and since lanes carry
+/// batches of different sizes the messages are no longer spread evenly.
+#[derive(Debug)]
 pub struct RoundRobin {
-    next: AtomicUsize,
+    lanes: [AtomicUsize; LANES],
+}
+
+impl Default for RoundRobin {
+    fn default() -> Self {
+        RoundRobin {
+            // Staggered starts, so lanes that begin together do not all pick the first.
+            lanes: std::array::from_fn(AtomicUsize::new),
+        }
+    }
 }
 
 impl RoundRobin {
-    /// Index of the upstream for the next message (`None` when there is none).
-    pub fn pick(&self, count: usize) -> Option<usize> {
-        (count > 0).then(|| self.next.fetch_add(1, Ordering::Relaxed) % count)
+    /// Index of the upstream for `lane`'s next batch (`None` when there is none).
+    pub fn pick(&self, lane: usize, count: usize) -> Option<usize> {
+        (count > 0).then(|| self.lanes[lane % LANES].fetch_add(1, Ordering::Relaxed) % count)
     }
+}
+
+/// The lane of `partition`'s batches on `path`.
+pub fn lane(partition: usize, path: &str) -> usize {
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&(partition, path), &mut hasher);
+    std::hash::Hasher::finish(&hasher) as usize
 }
 
 /// Smooth weighted round-robin: every pick adds each upstream's weight to its running
@@ -208,9 +234,28 @@ mod tests {
     #[test]
     fn round_robin_visits_every_upstream_in_turn() {
         let rr = RoundRobin::default();
-        let picks: Vec<_> = (0..6).map(|_| rr.pick(3).unwrap()).collect();
+        let picks: Vec<_> = (0..6).map(|_| rr.pick(0, 3).unwrap()).collect();
         assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
-        assert_eq!(rr.pick(0), None);
+        assert_eq!(rr.pick(0, 0), None);
+    }
+
+    #[test]
+    fn lanes_of_different_batch_sizes_spread_messages_evenly() {
+        // Per flush: partition 0's segments (100 messages), partition 1's segments (10),
+        // and one keep-alive (1): three picks a cycle over three upstreams. A single
+        // cursor would send every 100-message batch to the same upstream.
+        let rr = RoundRobin::default();
+        let lanes = [(0, 100), (1, 10), (2, 1)];
+        let mut messages = [0u64; 3];
+        for _ in 0..300 {
+            for (lane, size) in lanes {
+                messages[rr.pick(lane, 3).unwrap()] += size;
+            }
+        }
+        let total: u64 = messages.iter().sum();
+        for count in messages {
+            assert_eq!(count, total / 3, "{messages:?}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ use http_body_util::BodyExt;
 use crate::grpc;
 use crate::payload::{Joiner, Payload};
 use crate::queue::{Batch, DropReason, Event};
+use crate::route;
 use crate::state::State;
 use crate::upstreams::untried;
 
@@ -106,10 +107,12 @@ async fn send_group(state: &State, group: Batch) -> bool {
         } else {
             remaining
         };
-        let Some(upstream) = state
-            .balancer
-            .pick(key.as_deref(), &candidates, Instant::now())
-        else {
+        let Some(upstream) = state.balancer.pick_in_lane(
+            route::lane(group.partition, path),
+            key.as_deref(),
+            &candidates,
+            Instant::now(),
+        ) else {
             break;
         };
         tried.push(upstream.address.clone());
