@@ -10,9 +10,10 @@ use super::proto::{self, Malformed, Value};
 /// (`/skywalking.v3.LogReportService/collect` → `LogReportService/collect`).
 pub fn method(path: &str) -> &str {
     let path = path.trim_start_matches('/');
-    let (service, rpc) = path.split_once('/').unwrap_or((path, ""));
-    let short = service.rsplit('.').next().unwrap_or(service);
-    &path[path.len() - rpc.len() - 1 - short.len()..]
+    match path.split_once('/') {
+        Some((service, _)) => &path[service.rfind('.').map_or(0, |dot| dot + 1)..],
+        None => path,
+    }
 }
 
 /// Where a method's messages name their service and instance.
