@@ -142,14 +142,3 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
-
-/// The sum of every sample of `metric` (all label sets) in a Prometheus text exposition.
-pub fn prometheus_sum(text: &str, metric: &str) -> f64 {
-    text.lines()
-        .filter(|line| {
-            line.strip_prefix(metric)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}

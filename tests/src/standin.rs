@@ -1,36 +1,13 @@
 //! `skylift-oap-standin` as a process: its addresses, per-node counts, and node control.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use serde::Deserialize;
 use skylift_testkit::http;
-use skylift_testkit::oap::NodeStats;
+use skylift_testkit::oap::{Announcement, NodeAddresses, NodeView};
 
 use crate::{Process, binary, wait_for};
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct NodeAddresses {
-    pub node: usize,
-    pub grpc: SocketAddr,
-    pub http: SocketAddr,
-}
-
-#[derive(Debug, Deserialize)]
-struct Announcement {
-    control: String,
-    nodes: Vec<NodeAddresses>,
-}
-
-/// One node as the control API lists it.
-#[derive(Clone, Debug, Deserialize)]
-pub struct NodeState {
-    pub node: usize,
-    pub running: bool,
-    pub stats: NodeStats,
-}
 
 pub struct OapStandin {
     pub process: Process,
@@ -71,7 +48,7 @@ impl OapStandin {
     }
 
     /// Every node with its counts.
-    pub async fn states(&self) -> Vec<NodeState> {
+    pub async fn states(&self) -> Vec<NodeView> {
         let (code, body) = http::get(&format!("{}/nodes", self.control))
             .await
             .expect("the stand-in's control API answers");

@@ -16,13 +16,13 @@ use skylift_api::endpoints::{UpstreamEndpoint, UpstreamEndpoints};
 use skylift_api::satellite::Satellite;
 use skylift_e2e::agents::Agent;
 use skylift_e2e::standin::OapStandin;
-use skylift_e2e::{Process, Scratch, binary, free_port, prometheus_sum, wait_for};
+use skylift_e2e::{Process, Scratch, binary, free_port, wait_for};
 use skylift_operator::build::pool::{PoolView, build};
 use skylift_testkit::aggregation;
 use skylift_testkit::aggregator::Aggregator;
 use skylift_testkit::apiserver::ApiServer;
 use skylift_testkit::hpa::{self, Target};
-use skylift_testkit::http;
+use skylift_testkit::http::{self, prometheus_sum};
 use skylift_testkit::pki::TestCa;
 
 const NAMESPACE: &str = "skywalking";
@@ -202,19 +202,7 @@ async fn clients_proxies_oap_adapter_and_hpa_close_the_loop() {
         &objects.config_map.data.as_ref().unwrap()["endpoints.json"],
     )
     .unwrap();
-    let args = objects
-        .deployment
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0]
-        .args
-        .clone()
-        .unwrap();
+    let args = objects.proxy_container_args().to_vec();
     let hpa_reading = reading(objects.hpa.as_ref().expect("the Satellite autoscales"));
     let read_value = async || -> Option<i64> {
         let values = aggregator

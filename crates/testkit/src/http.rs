@@ -79,3 +79,15 @@ fn dechunk(mut body: &str) -> String {
     }
     out
 }
+
+/// The sum of every sample of `metric` (all label sets) in a Prometheus text exposition,
+/// as `GET /metrics` answers it.
+pub fn prometheus_sum(text: &str, metric: &str) -> f64 {
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

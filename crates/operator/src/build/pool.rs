@@ -295,6 +295,19 @@ pub struct PoolObjects {
     pub hpa: Option<HorizontalPodAutoscaler>,
 }
 
+impl PoolObjects {
+    /// The arguments the Deployment runs skylift-proxy with.
+    pub fn proxy_container_args(&self) -> &[String] {
+        self.deployment
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.template.spec.as_ref())
+            .and_then(|pod| pod.containers.first())
+            .and_then(|container| container.args.as_deref())
+            .unwrap_or_default()
+    }
+}
+
 /// Builds the pool's objects; `endpoints` is what the ConfigMap publishes.
 pub fn build<K: Resource<DynamicType = ()>>(
     owner: &K,
@@ -522,19 +535,7 @@ mod tests {
     }
 
     fn args(objects: &PoolObjects) -> Vec<String> {
-        objects
-            .deployment
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap()
-            .containers[0]
-            .args
-            .clone()
-            .unwrap()
+        objects.proxy_container_args().to_vec()
     }
 
     #[test]

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use serde::Deserialize;
 use skylift_api::constants::metrics;
 use skylift_api::endpoints::{UpstreamEndpoint, UpstreamEndpoints};
 use skylift_testkit::aggregation;
@@ -23,7 +22,7 @@ use skylift_testkit::aggregator::Aggregator;
 use skylift_testkit::apiserver::ApiServer;
 use skylift_testkit::hpa::{self, Target};
 use skylift_testkit::http;
-use skylift_testkit::oap::NodeStats;
+use skylift_testkit::oap::{Announcement, NodeStats, NodeView};
 use skylift_testkit::pki::TestCa;
 use tokio::process::{Child, Command};
 
@@ -60,24 +59,6 @@ struct Args {
 
 const TELEMETRY_SERVICE: &str = "satellite-service";
 const TARGET_CONNECTIONS: i64 = 10;
-
-#[derive(Deserialize)]
-struct Announced {
-    control: String,
-    nodes: Vec<AnnouncedNode>,
-}
-
-#[derive(Deserialize)]
-struct AnnouncedNode {
-    grpc: SocketAddr,
-}
-
-#[derive(Deserialize)]
-struct NodeState {
-    node: usize,
-    running: bool,
-    stats: NodeStats,
-}
 
 /// A child process killed when the demo ends, its output in `<logs>/<name>.log`.
 fn spawn(name: &str, command: &mut Command, logs: &Path) -> anyhow::Result<Child> {
@@ -174,7 +155,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "--instances=2",
     ]);
     let _standin = spawn("oap-standin", &mut standin, &logs)?;
-    let mut announced: Option<Announced> = None;
+    let mut announced: Option<Announcement> = None;
     wait_until(
         "the OAP stand-in starting",
         Duration::from_secs(20),
@@ -189,14 +170,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await?;
     let announced = announced.expect("announced");
-    let control = announced.control.clone();
     let mut oap_nodes: Vec<SocketAddr> = announced.nodes.iter().map(|n| n.grpc).collect();
-    let nodes_url = format!("{control}/nodes");
-    let (_, listed) = http::get(&nodes_url).await?;
-    let graphql = serde_json::from_str::<serde_json::Value>(&listed)?[0]["http"]
-        .as_str()
-        .map(|http| format!("http://{http}/graphql"))
-        .context("node 0's HTTP address")?;
+    let nodes_url = format!("{}/nodes", announced.control);
+    let graphql = format!("http://{}/graphql", announced.nodes[0].http);
     println!("OAP stand-in: nodes {oap_nodes:?}, GraphQL {graphql}");
 
     // The proxy: its upstreams from a file in the operator's endpoints.json format.
@@ -307,11 +283,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
         let elapsed = started.elapsed().as_secs();
         let (_, text) = http::get(&format!("http://127.0.0.1:{admin_port}/metrics")).await?;
-        let connections = prometheus_value(&text, "skylift_proxy_connections");
+        let connections = http::prometheus_sum(&text, "skylift_proxy_connections");
         println!("[{elapsed:>4}s] connections per proxy:  satellite-0 = {connections}");
 
         let (_, listed) = http::get(&nodes_url).await?;
-        let states: Vec<NodeState> = serde_json::from_str(&listed)?;
+        let states: Vec<NodeView> = serde_json::from_str(&listed)?;
         let now = Instant::now();
         let mut line = String::from("       events per OAP node:  ");
         for state in &states {
@@ -361,15 +337,4 @@ fn portpicker() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
-}
-
-/// The value of an unlabelled sample.
-fn prometheus_value(text: &str, name: &str) -> String {
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(name)?
-                .strip_prefix(' ')
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| "?".into())
 }

@@ -7,7 +7,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use clap::Parser;
-use skylift_testkit::oap::{Cluster, ClusterConfig};
+use skylift_testkit::oap::{Announcement, Cluster, ClusterConfig, NodeAddresses};
 
 #[derive(Parser)]
 #[command(
@@ -47,16 +47,20 @@ async fn main() -> anyhow::Result<()> {
     };
     let cluster = Cluster::start(config, args.instances).await?;
     let control = tokio::net::TcpListener::bind(args.control_listen).await?;
-    let nodes: Vec<_> = cluster
-        .nodes()
-        .await
-        .into_iter()
-        .map(|n| serde_json::json!({"node": n.node, "grpc": n.grpc, "http": n.http}))
-        .collect();
-    println!(
-        "{}",
-        serde_json::json!({"control": format!("http://{}", control.local_addr()?), "nodes": nodes})
-    );
+    let announcement = Announcement {
+        control: format!("http://{}", control.local_addr()?),
+        nodes: cluster
+            .nodes()
+            .await
+            .into_iter()
+            .map(|n| NodeAddresses {
+                node: n.node,
+                grpc: n.grpc,
+                http: n.http,
+            })
+            .collect(),
+    };
+    println!("{}", serde_json::to_string(&announcement)?);
     let app = cluster.control();
     tokio::select! {
         served = axum::serve(control, app) => served?,

@@ -101,7 +101,7 @@ struct Node {
 }
 
 /// A node as `GET /nodes` lists it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct NodeView {
     pub node: usize,
     pub grpc: SocketAddr,
@@ -109,6 +109,22 @@ pub struct NodeView {
     pub running: bool,
     pub connections_accepted: u64,
     pub stats: NodeStats,
+}
+
+/// Where one node listens.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct NodeAddresses {
+    pub node: usize,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
+/// The line `skylift-oap-standin` prints once it listens.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct Announcement {
+    /// The control API's base URL.
+    pub control: String,
+    pub nodes: Vec<NodeAddresses>,
 }
 
 /// A running stand-in cluster.

@@ -6,7 +6,7 @@
 use chrono::NaiveDateTime;
 use serde_json::{Value, json};
 
-use super::store::{Labels, MetricStore, Points, Window};
+use super::store::{Labels, MetricStore, Window};
 
 /// A parsed MQE expression of the forms the stand-in evaluates.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -177,10 +177,6 @@ fn v2_values(values: &[(i64, Option<i64>)]) -> Value {
     json!({"values": points})
 }
 
-fn unlabeled(points: &Points) -> Option<&Vec<(i64, Option<i64>)>> {
-    points.get(&Labels::new())
-}
-
 /// `readMetricsValues` (labels `None`) or `readLabeledMetricsValues`.
 pub fn read_v2(
     store: &MetricStore,
@@ -192,8 +188,7 @@ pub fn read_v2(
     let points = store.points(metric, entity, window).unwrap_or_default();
     match labels {
         None => {
-            let empty = Vec::new();
-            let values = unlabeled(&points).unwrap_or(&empty);
+            let values = points.get(&Labels::new()).map_or(&[][..], Vec::as_slice);
             json!({"label": null, "values": v2_values(values)})
         }
         Some(wanted) => Value::Array(
