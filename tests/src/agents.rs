@@ -25,6 +25,8 @@ pub struct AgentCounts {
     /// Connections turned away or lost.
     pub disconnects: AtomicU64,
     pub connected: AtomicBool,
+    /// The segment numbers of every call answered OK, as ranges.
+    pub acknowledged_numbers: std::sync::Mutex<Vec<std::ops::Range<u64>>>,
 }
 
 /// A running agent.
@@ -36,6 +38,7 @@ pub struct Agent {
 }
 
 /// A `SegmentObject`: traceId = 1, traceSegmentId = 2, spans = 3, service = 4, instance = 5.
+/// Its segment id is `segment-<instance>-<number>` (see [`segment_id`]).
 fn segment(service: &str, instance: &str, number: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     let mut field = |tag: u8, value: &[u8]| {
@@ -49,6 +52,20 @@ fn segment(service: &str, instance: &str, number: u64) -> Vec<u8> {
     field(4, service.as_bytes());
     field(5, instance.as_bytes());
     out
+}
+
+/// The segment id of a segment an agent made (`segment-<instance>-<number>`).
+pub fn segment_id(message: &[u8]) -> Option<&str> {
+    let mut rest = message;
+    while rest.len() >= 2 {
+        let (tag, len) = (rest[0] >> 3, usize::from(rest[1]));
+        let value = rest.get(2..2 + len)?;
+        if tag == 2 {
+            return std::str::from_utf8(value).ok();
+        }
+        rest = &rest[2 + len..];
+    }
+    None
 }
 
 fn stream_body(service: &str, instance: &str, first: u64, count: u64) -> Bytes {
@@ -123,6 +140,13 @@ impl Agent {
                             Some(status) => {
                                 counts.connected.store(true, Ordering::Relaxed);
                                 next += per_call;
+                                if status == 0 {
+                                    counts
+                                        .acknowledged_numbers
+                                        .lock()
+                                        .expect("never poisoned")
+                                        .push(next - per_call..next);
+                                }
                                 let counter = if status == 0 {
                                     &counts.acknowledged
                                 } else {

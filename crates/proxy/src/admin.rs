@@ -45,6 +45,10 @@ async fn metrics(AxumState(state): AxumState<State>) -> impl IntoResponse {
         .map(|p| state.queue.pending(p))
         .collect();
     m.set_queue(&sizes, state.queue.config().capacity);
+    if let Some(journal) = state.queue.journal() {
+        let (corrupt, recovered, refused) = journal.counts();
+        m.set_journal(&journal.disk_bytes(), corrupt, recovered, refused);
+    }
     m.set_upstreams(&upstream_health(&state));
     (
         [(

@@ -186,6 +186,7 @@ fn event(
         chunk: framed.clone(),
         framed,
         run: None,
+        seq: None,
     }
 }
 

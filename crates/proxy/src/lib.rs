@@ -11,6 +11,7 @@
 //! - [`grpc`]: status codes, trailers-only answers, the empty `Commands` acknowledgement;
 //! - [`protocol`]: which policy each SkyWalking / Envoy method gets (async batch, sync, pass-through);
 //! - [`queue`]: bounded per-partition queues that account for every event;
+//! - [`journal`]: the queue's events on disk (`--queue disk`), replayed after a restart;
 //! - [`warm`]: upstream connections opened before data needs them, failed ones probed back;
 //! - [`upstreams`]: the upstream set, from flags, a watched file or the operator's ConfigMap;
 //! - [`wire`]: the few protobuf fields read for routing keys or spliced by [`reshape`];
@@ -30,6 +31,7 @@ pub mod framing;
 pub mod grpc;
 pub mod inbound;
 pub mod ingest;
+pub mod journal;
 pub mod metrics;
 pub mod payload;
 pub mod protocol;

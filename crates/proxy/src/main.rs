@@ -6,6 +6,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use skylift_api::logging::LogFormat;
 use skylift_proxy::balance::Policy;
+use skylift_proxy::journal::{Fsync, JournalConfig};
 use skylift_proxy::queue::{Overflow, QueueConfig};
 use skylift_proxy::run::{Config, UpstreamSource, run};
 use skylift_proxy::state::Limits;
@@ -60,9 +61,23 @@ struct Args {
     /// Messages one partition holds.
     #[arg(long, env = "SKYLIFT_PROXY_QUEUE_CAPACITY", default_value_t = 5000)]
     queue_capacity: usize,
-    /// Bytes one partition holds.
+    /// Bytes one partition holds (in memory, and on disk with --queue disk).
     #[arg(long, env = "SKYLIFT_PROXY_QUEUE_MAX_BYTES", default_value_t = 64 << 20)]
     queue_max_bytes: usize,
+    /// Where queued messages are kept: memory, or disk (journaled in --queue-dir before
+    /// they are acknowledged, replayed after a restart).
+    #[arg(long, env = "SKYLIFT_PROXY_QUEUE", value_enum, default_value_t = QueueArg::Memory)]
+    queue: QueueArg,
+    /// The journal's folder, with --queue disk (a volume of its own in production).
+    #[arg(long, env = "SKYLIFT_PROXY_QUEUE_DIR")]
+    queue_dir: Option<PathBuf>,
+    /// When the journal is synced to disk: every --fsync-interval, or always before a
+    /// client is acknowledged.
+    #[arg(long, env = "SKYLIFT_PROXY_FSYNC", value_enum, default_value_t = FsyncArg::Interval)]
+    fsync: FsyncArg,
+    /// How often the journal is synced with --fsync interval.
+    #[arg(long, env = "SKYLIFT_PROXY_FSYNC_INTERVAL", default_value = "1s", value_parser = skylift_api::duration::parse)]
+    fsync_interval: Duration,
     /// Messages sent upstream in one stream.
     #[arg(long, env = "SKYLIFT_PROXY_BATCH_SIZE", default_value_t = 200)]
     batch_size: usize,
@@ -118,6 +133,18 @@ struct Args {
 enum OverflowArg {
     Reject,
     Drop,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum QueueArg {
+    Memory,
+    Disk,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum FsyncArg {
+    Interval,
+    Always,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -180,6 +207,22 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
             "--batch-size, --queue-capacity, --queue-partitions, --send-concurrency, --upstream-connections and --upstream-streams must be at least 1"
         );
     }
+    let journal = match (args.queue, args.queue_dir) {
+        (QueueArg::Memory, None) => None,
+        (QueueArg::Memory, Some(_)) => bail!("--queue-dir needs --queue disk"),
+        (QueueArg::Disk, None) => bail!("--queue disk needs --queue-dir"),
+        (QueueArg::Disk, Some(dir)) => Some(JournalConfig {
+            dir,
+            fsync: match args.fsync {
+                FsyncArg::Interval if args.fsync_interval.is_zero() => {
+                    bail!("--fsync-interval must be above 0 (or use --fsync always)")
+                }
+                FsyncArg::Interval => Fsync::Interval(args.fsync_interval),
+                FsyncArg::Always => Fsync::Always,
+            },
+            max_bytes: args.queue_max_bytes as u64,
+        }),
+    };
     let telemetry = args.telemetry_service.map(|service| TelemetryConfig {
         service,
         instance: args
@@ -220,6 +263,7 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
             upstream_streams: args.upstream_streams,
             sticky_ttl: Duration::from_secs(180),
             drain_timeout: args.drain_timeout,
+            journal,
             telemetry,
         },
         args.log_format,

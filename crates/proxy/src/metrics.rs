@@ -45,6 +45,10 @@ pub struct Metrics {
     queue_capacity: Gauge,
     upstream_up: Family<UpstreamLabels, Gauge>,
     send_seconds: Family<UpstreamLabels, Histogram>,
+    journal_bytes: Family<PartitionLabels, Gauge>,
+    journal_corrupt: Counter,
+    journal_recovered: Counter,
+    journal_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -63,6 +67,10 @@ impl Default for Metrics {
             send_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
             }),
+            journal_bytes: Family::default(),
+            journal_corrupt: Counter::default(),
+            journal_recovered: Counter::default(),
+            journal_refused: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -114,6 +122,26 @@ impl Default for Metrics {
             "upstream_send_seconds",
             "Time to send one batch stream, per upstream",
             metrics.send_seconds.clone(),
+        );
+        registry.register(
+            "journal_bytes",
+            "Bytes the queue journal takes on disk, per partition (--queue disk)",
+            metrics.journal_bytes.clone(),
+        );
+        registry.register(
+            "journal_corrupt_records",
+            "Damaged journal records skipped when reading the journal back",
+            metrics.journal_corrupt.clone(),
+        );
+        registry.register(
+            "journal_recovered",
+            "Unacknowledged messages read back from the journal at start",
+            metrics.journal_recovered.clone(),
+        );
+        registry.register(
+            "journal_append_refused",
+            "Messages the journal refused (out of room or failing); the overflow policy applied",
+            metrics.journal_refused.clone(),
         );
         Metrics {
             registry,
@@ -173,6 +201,24 @@ impl Metrics {
         }
         self.queue_capacity
             .set(i64::try_from(capacity).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the journal's figures read at scrape time (its counters only ever grow).
+    pub fn set_journal(&self, bytes: &[u64], corrupt: u64, recovered: u64, refused: u64) {
+        for (partition, size) in bytes.iter().enumerate() {
+            self.journal_bytes
+                .get_or_create(&PartitionLabels {
+                    partition: partition.to_string(),
+                })
+                .set(i64::try_from(*size).unwrap_or(i64::MAX));
+        }
+        for (counter, value) in [
+            (&self.journal_corrupt, corrupt),
+            (&self.journal_recovered, recovered),
+            (&self.journal_refused, refused),
+        ] {
+            counter.inc_by(value.saturating_sub(counter.get()));
+        }
     }
 
     pub fn set_upstreams(&self, upstreams: &[(String, bool)]) {

@@ -14,6 +14,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use crate::journal::Journal;
+
 /// Where a client stream's messages go upstream: shared by all of that stream's events.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
@@ -43,6 +45,8 @@ pub struct Event {
     pub chunk: Bytes,
     /// Events received together share this number and, without a key, their partition.
     pub run: Option<usize>,
+    /// Its record's number in its partition's journal (with `--queue disk`).
+    pub seq: Option<u64>,
 }
 
 impl Event {
@@ -175,6 +179,8 @@ pub struct Queue {
     accounting: Accounting,
     /// Woken whenever events leave the queue, for clients waiting for room.
     room: Notify,
+    /// With `--queue disk`: every queued event is journaled first.
+    journal: Option<Arc<Journal>>,
 }
 
 impl Queue {
@@ -188,7 +194,49 @@ impl Queue {
             next_partition: AtomicUsize::new(0),
             accounting: Accounting::default(),
             room: Notify::new(),
+            journal: None,
         }
+    }
+
+    /// A queue whose events are journaled on disk (its partitions must match the
+    /// journal's).
+    pub fn with_journal(config: QueueConfig, journal: Arc<Journal>) -> Self {
+        Queue {
+            journal: Some(journal),
+            ..Queue::new(config)
+        }
+    }
+
+    pub fn journal(&self) -> Option<&Arc<Journal>> {
+        self.journal.as_ref()
+    }
+
+    /// Queues an event recovered from the journal at start, whatever the room: it was
+    /// acknowledged to its client by an earlier run. Journaled again in its new partition.
+    pub fn restore(&self, mut event: Event) {
+        let index = self.partition_for(&event);
+        let partition = &self.partitions[index];
+        let mut events = partition
+            .events
+            .lock()
+            .expect("queue lock is never poisoned");
+        if let Some(journal) = &self.journal {
+            match journal.append(index, &event) {
+                Ok(seq) => event.seq = Some(seq),
+                // Kept in memory all the same: sent if this run lives long enough.
+                Err(err) => {
+                    tracing::warn!(error = %err, "a recovered event could not be journaled again")
+                }
+            }
+        }
+        partition.pending.fetch_add(1, Ordering::Relaxed);
+        partition
+            .pending_bytes
+            .fetch_add(event.cost(), Ordering::Relaxed);
+        events.push_back(event);
+        drop(events);
+        self.accounting.received.fetch_add(1, Ordering::Relaxed);
+        partition.ready.notify_one();
     }
 
     pub fn partitions(&self) -> usize {
@@ -223,7 +271,7 @@ impl Queue {
     // The event comes back only when there is no room (rare); boxing it to shrink the
     // error would cost an allocation for every event instead.
     #[allow(clippy::result_large_err)]
-    fn try_queue(&self, event: Event) -> Result<(), Event> {
+    fn try_queue(&self, mut event: Event) -> Result<(), Event> {
         let index = self.partition_for(&event);
         let partition = &self.partitions[index];
         let cost = event.cost();
@@ -235,6 +283,14 @@ impl Queue {
             || partition.pending_bytes.load(Ordering::Relaxed) + cost > self.config.max_bytes;
         if full {
             return Err(event);
+        }
+        // On disk before it is queued (and so before its client hears it was taken); a
+        // journal out of room or failing is a full queue to the client.
+        if let Some(journal) = &self.journal {
+            match journal.append(index, &event) {
+                Ok(seq) => event.seq = Some(seq),
+                Err(_) => return Err(event),
+            }
         }
         partition.pending.fetch_add(1, Ordering::Relaxed);
         partition.pending_bytes.fetch_add(cost, Ordering::Relaxed);
@@ -371,6 +427,9 @@ impl Queue {
     }
 
     fn release(&self, partition: usize, events: &[Event]) {
+        if let Some(journal) = &self.journal {
+            journal.done(partition, events.iter().filter_map(|e| e.seq));
+        }
         let part = &self.partitions[partition];
         part.pending.fetch_sub(events.len(), Ordering::Relaxed);
         part.pending_bytes
@@ -402,6 +461,38 @@ impl Queue {
     pub fn dropped(&self, batch: Batch, reason: DropReason) {
         self.release(batch.partition, &batch.events);
         self.count_drop(reason, batch.events.len() as u64);
+    }
+
+    /// Gives up on everything still pending, once a shutdown's drain time ran out and the
+    /// senders are stopped: counted as dropped for `reason`. Returns how many per protocol
+    /// (events taken by a stopped sender are under `in_flight`).
+    pub fn abandon(&self, reason: DropReason) -> Vec<(&'static str, u64)> {
+        let mut counts: Vec<(&'static str, u64)> = Vec::new();
+        for part in &self.partitions {
+            let waiting: Vec<Event> = part
+                .events
+                .lock()
+                .expect("queue lock is never poisoned")
+                .drain(..)
+                .collect();
+            let pending = part.pending.swap(0, Ordering::Relaxed) as u64;
+            part.pending_bytes.store(0, Ordering::Relaxed);
+            for event in &waiting {
+                match counts.iter_mut().find(|(p, _)| *p == event.route.protocol) {
+                    Some((_, n)) => *n += 1,
+                    None => counts.push((event.route.protocol, 1)),
+                }
+            }
+            let in_flight = pending.saturating_sub(waiting.len() as u64);
+            if in_flight > 0 {
+                match counts.iter_mut().find(|(p, _)| *p == "in_flight") {
+                    Some((_, n)) => *n += in_flight,
+                    None => counts.push(("in_flight", in_flight)),
+                }
+            }
+            self.count_drop(reason, pending);
+        }
+        counts
     }
 
     fn count_drop(&self, reason: DropReason, n: u64) {
@@ -460,6 +551,7 @@ mod tests {
             framed: Bytes::from_static(b"segment"),
             chunk: Bytes::from_static(b"segment"),
             run: None,
+            seq: None,
         }
     }
 

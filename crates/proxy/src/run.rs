@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use crate::balance::{Balancer, Policy};
 use crate::demand::TurnedAway;
-use crate::queue::{Queue, QueueConfig};
+use crate::journal::{Journal, JournalConfig, Recovery};
+use crate::queue::{DropReason, Queue, QueueConfig};
 use crate::route::{StickyKeys, Upstream};
 use crate::state::{Limits, Shared, State, UpstreamClient};
 use crate::upstreams::{UpstreamSet, UpstreamsError, follow_file, parse_address};
@@ -42,6 +43,8 @@ pub struct Config {
     pub sticky_ttl: Duration,
     /// How long a shutdown waits for the queues to drain.
     pub drain_timeout: Duration,
+    /// With `--queue disk`: where and how the queue is journaled.
+    pub journal: Option<JournalConfig>,
     /// Self-telemetry to OAP, when a service name is given.
     pub telemetry: Option<crate::telemetry::TelemetryConfig>,
 }
@@ -58,10 +61,19 @@ pub enum RunError {
     },
     #[error("connecting to the Kubernetes API for the upstreams ConfigMap: {0}")]
     Kubernetes(#[from] kube::Error),
+    #[error("opening the queue journal in {dir}: {source}")]
+    Journal {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the recovered journal could not be synced to disk")]
+    JournalSync(#[from] crate::journal::SyncFailed),
 }
 
-/// Builds the shared state from the configuration.
-pub fn state(config: &Config) -> Result<State, RunError> {
+/// Builds the shared state from the configuration; with a journal, also what an earlier
+/// run left in it (already queued again; see [`Journal::forget_old`]).
+pub fn state(config: &Config) -> Result<(State, Option<Recovery>), RunError> {
     let initial = match &config.upstreams {
         UpstreamSource::Static(addresses) => addresses
             .iter()
@@ -70,8 +82,30 @@ pub fn state(config: &Config) -> Result<State, RunError> {
         UpstreamSource::File(path) => crate::upstreams::read_file(path)?,
         UpstreamSource::ConfigMap { .. } => Vec::new(),
     };
-    Ok(Arc::new(Shared {
-        queue: Queue::new(config.queue.clone()),
+    let (queue, recovery) = match &config.journal {
+        None => (Queue::new(config.queue.clone()), None),
+        Some(journal) => {
+            let (opened, recovery) = Journal::open(journal, config.queue.partitions.max(1))
+                .map_err(|source| RunError::Journal {
+                    dir: journal.dir.clone(),
+                    source,
+                })?;
+            (
+                Queue::with_journal(config.queue.clone(), Arc::new(opened)),
+                Some(recovery),
+            )
+        }
+    };
+    if let Some(recovery) = &recovery {
+        tracing::info!(
+            dir = %config.journal.as_ref().map(|j| j.dir.display().to_string()).unwrap_or_default(),
+            events = recovery.events.len(),
+            corrupt = recovery.corrupt,
+            "queue journal opened; unacknowledged events of the last run are queued again"
+        );
+    }
+    let state = Arc::new(Shared {
+        queue,
         upstreams: UpstreamSet::new(initial),
         balancer: Balancer::new(
             config.policy,
@@ -90,7 +124,14 @@ pub fn state(config: &Config) -> Result<State, RunError> {
         metrics: Default::default(),
         fixed_meter_routing: config.fixed_meter_routing,
         hash_header: config.hash_header.clone(),
-    }))
+    });
+    let recovery = recovery.map(|mut recovery| {
+        for event in std::mem::take(&mut recovery.events) {
+            state.queue.restore(event);
+        }
+        recovery
+    });
+    Ok((state, recovery))
 }
 
 /// Runs until `shutdown` resolves, then stops accepting, lets the queues drain for at most
@@ -99,7 +140,10 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let state = state(&config)?;
+    let (state, recovery) = state(&config)?;
+    if let (Some(journal), Some(recovery)) = (state.queue.journal(), recovery) {
+        journal.forget_old(recovery).await?;
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| RunError::Listen {
@@ -146,8 +190,15 @@ pub async fn run(
     }));
 
     let (close, closed) = tokio::sync::watch::channel(false);
+    // The journal keeps syncing while the queues drain.
+    let (stop_syncer, syncer_stopped) = tokio::sync::watch::channel(false);
+    let syncer = state
+        .queue
+        .journal()
+        .map(|journal| tokio::spawn(journal.clone().run_syncer(syncer_stopped)));
     let server = tokio::spawn(server::serve(listener, state.clone(), closed.clone()));
     let senders = send::spawn_senders(&state, &closed);
+    let stop_senders: Vec<_> = senders.iter().map(|s| s.abort_handle()).collect();
 
     shutdown.await;
     tracing::info!("shutting down: no new connections; draining the queues");
@@ -155,13 +206,33 @@ pub async fn run(
     let _ = server.await;
     let drained =
         tokio::time::timeout(config.drain_timeout, futures::future::join_all(senders)).await;
-    let totals = state.queue.totals();
     if drained.is_err() {
-        tracing::warn!(
-            pending = totals.pending,
-            "drain timeout reached with messages still queued"
-        );
+        for sender in stop_senders {
+            sender.abort();
+        }
+        let pending = state.queue.totals().pending;
+        if state.queue.journal().is_some() {
+            tracing::warn!(
+                pending,
+                "drain timeout reached; the unsent messages stay in the journal for the next start"
+            );
+        } else {
+            for (protocol, n) in state.queue.abandon(DropReason::ShutdownTimeout) {
+                state
+                    .metrics
+                    .dropped(protocol, DropReason::ShutdownTimeout, n);
+            }
+            tracing::warn!(
+                dropped = pending,
+                "drain timeout reached; the messages still queued are dropped"
+            );
+        }
     }
+    let _ = stop_syncer.send(true);
+    if let Some(syncer) = syncer {
+        let _ = syncer.await;
+    }
+    let totals = state.queue.totals();
     tracing::info!(
         received = totals.received,
         forwarded = totals.forwarded,

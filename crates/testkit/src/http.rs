@@ -89,5 +89,7 @@ pub fn prometheus_sum(text: &str, metric: &str) -> f64 {
                 .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
         })
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .sum::<f64>()
+        // An empty sum is -0.0; reported as 0.
+        + 0.0
 }

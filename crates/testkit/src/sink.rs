@@ -102,6 +102,11 @@ impl Sink {
         Self::start_on("127.0.0.1:0".parse().expect("a valid address"), true, None).await
     }
 
+    /// A sink on `address` that keeps every message (a restarted upstream, say).
+    pub async fn start_keeping(address: SocketAddr) -> std::io::Result<Sink> {
+        Self::start_on(address, true, None).await
+    }
+
     /// A sink that only counts messages (for load tests, where keeping them would measure
     /// the sink's memory instead of the proxy).
     pub async fn start_counting(address: SocketAddr) -> std::io::Result<Sink> {

@@ -28,6 +28,7 @@ use super::hpack;
 use super::signal::{self, RESPONSE_CREDIT, Signal};
 use crate::grpc::{self, Code};
 use crate::ingest::{self, Refusal, ReportStream};
+use crate::journal::Fsync;
 use crate::protocol::{self, Policy};
 use crate::server;
 use crate::state::State;
@@ -804,12 +805,32 @@ impl Connection {
             Ok(last) => last,
             Err(refusal) => return self.refuse(id, refusal),
         };
+        let queued_any = report.received > 0;
         if let Some(event) = last
             && let Err(event) = self.state.queue.try_offer(event)
         {
             let _ = self.flush();
             if let Err(refusal) = Box::pin(ingest::queue_waiting(&self.state, event)).await {
                 return self.refuse(id, refusal);
+            }
+        }
+        // With `--fsync always` the client hears its data was taken only once it is on
+        // disk; one sync serves every client waiting at the time.
+        if queued_any
+            && let Some(journal) = self.state.queue.journal()
+            && journal.fsync() == Fsync::Always
+        {
+            let journal = journal.clone();
+            let _ = self.flush();
+            if Box::pin(journal.durable()).await.is_err() {
+                return self.refuse(
+                    id,
+                    Refusal(
+                        Code::Unavailable,
+                        "skylift-proxy: the queue journal could not be written to disk; retry"
+                            .into(),
+                    ),
+                );
             }
         }
         self.send(
