@@ -61,7 +61,9 @@ async fn metrics(AxumState(state): AxumState<State>) -> impl IntoResponse {
 
 async fn readyz(AxumState(state): AxumState<State>) -> impl IntoResponse {
     let health = upstream_health(&state);
-    if health.iter().any(|(_, up)| *up) {
+    if state.shutting_down.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_string())
+    } else if health.iter().any(|(_, up)| *up) {
         (
             StatusCode::OK,
             format!(

@@ -52,6 +52,13 @@ struct Args {
     /// same time (at most 20 s) is closed, so dead clients stop counting. 0s: never.
     #[arg(long, env = "SKYLIFT_PROXY_KEEPALIVE_INTERVAL", default_value = "60s", value_parser = skylift_api::duration::parse)]
     keepalive_interval: Duration,
+    /// Ask clients to reconnect (GOAWAY) once their connection is this old, so that
+    /// long-lived connections spread onto replicas added since (e.g. 10m). 0s: never.
+    #[arg(long, env = "SKYLIFT_PROXY_MAX_CONNECTION_AGE", default_value = "0s", value_parser = skylift_api::duration::parse)]
+    max_connection_age: Duration,
+    /// How long streams may go on after that GOAWAY before the connection is closed.
+    #[arg(long, env = "SKYLIFT_PROXY_MAX_CONNECTION_AGE_GRACE", default_value = "30s", value_parser = skylift_api::duration::parse)]
+    max_connection_age_grace: Duration,
     /// Largest gRPC message accepted.
     #[arg(long, env = "SKYLIFT_PROXY_MAX_MESSAGE_BYTES", default_value_t = 4 << 20)]
     max_message_bytes: usize,
@@ -121,7 +128,9 @@ struct Args {
     /// OAP address for telemetry. Default: through the upstreams.
     #[arg(long, env = "SKYLIFT_PROXY_TELEMETRY_UPSTREAM")]
     telemetry_upstream: Option<String>,
-    /// Longest a shutdown waits for the queues to drain.
+    /// Longest a shutdown (SIGTERM) takes: clients are sent GOAWAY and finish their open
+    /// streams, then the queues are sent upstream; what is left after this is dropped
+    /// (counted) with the memory queue, or kept in the journal with --queue disk.
     #[arg(long, env = "SKYLIFT_PROXY_DRAIN_TIMEOUT", default_value = "20s", value_parser = skylift_api::duration::parse)]
     drain_timeout: Duration,
     /// Log format.
@@ -241,6 +250,9 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
                 max_connections: args.max_connections,
                 max_message_bytes: args.max_message_bytes,
                 keepalive: (!args.keepalive_interval.is_zero()).then_some(args.keepalive_interval),
+                max_connection_age: (!args.max_connection_age.is_zero())
+                    .then_some(args.max_connection_age),
+                max_connection_age_grace: args.max_connection_age_grace,
             },
             queue: QueueConfig {
                 partitions,

@@ -38,6 +38,7 @@ pub struct Metrics {
     pub connections: Gauge,
     pub turned_away: Gauge,
     refused: Counter,
+    aged_out: Counter,
     received: Family<ProtocolLabels, Counter>,
     forwarded: Family<ProtocolLabels, Counter>,
     dropped: Family<DropLabels, Counter>,
@@ -58,6 +59,7 @@ impl Default for Metrics {
             connections: Gauge::default(),
             turned_away: Gauge::default(),
             refused: Counter::default(),
+            aged_out: Counter::default(),
             received: Family::default(),
             forwarded: Family::default(),
             dropped: Family::default(),
@@ -87,6 +89,11 @@ impl Default for Metrics {
             "connections_refused",
             "Connections refused over --max-connections",
             metrics.refused.clone(),
+        );
+        registry.register(
+            "connections_aged_out",
+            "Client connections asked to reconnect at --max-connection-age",
+            metrics.aged_out.clone(),
         );
         registry.register(
             "received",
@@ -180,6 +187,10 @@ impl Metrics {
 
     pub fn refused(&self) {
         self.refused.inc();
+    }
+
+    pub fn aged_out(&self) {
+        self.aged_out.inc();
     }
 
     pub fn sent(&self, upstream: &str, seconds: f64) {

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::balance::{Balancer, Policy};
@@ -114,6 +114,7 @@ pub fn state(config: &Config) -> Result<(State, Option<Recovery>), RunError> {
         client: UpstreamClient::new(config.upstream_connections, config.upstream_streams),
         limits: config.limits.clone(),
         connections: AtomicUsize::new(0),
+        shutting_down: Default::default(),
         // Refused clients count until the next report or two has carried them to OAP.
         turned_away: TurnedAway::new(
             config
@@ -189,6 +190,8 @@ pub async fn run(
         }
     }));
 
+    // Two steps: clients are told to go away first, the queues close once they have.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let (close, closed) = tokio::sync::watch::channel(false);
     // The journal keeps syncing while the queues drain.
     let (stop_syncer, syncer_stopped) = tokio::sync::watch::channel(false);
@@ -196,16 +199,31 @@ pub async fn run(
         .queue
         .journal()
         .map(|journal| tokio::spawn(journal.clone().run_syncer(syncer_stopped)));
-    let server = tokio::spawn(server::serve(listener, state.clone(), closed.clone()));
+    let server = tokio::spawn(server::serve(listener, state.clone(), stopped));
     let senders = send::spawn_senders(&state, &closed);
     let stop_senders: Vec<_> = senders.iter().map(|s| s.abort_handle()).collect();
 
     shutdown.await;
-    tracing::info!("shutting down: no new connections; draining the queues");
-    let _ = close.send(true);
+    let deadline = tokio::time::Instant::now() + config.drain_timeout;
+    state.shutting_down.store(true, Ordering::Relaxed);
+    tracing::info!(
+        connections = state.connections.load(Ordering::Relaxed),
+        "shutting down: no new connections; clients are sent GOAWAY"
+    );
+    let _ = stop.send(true);
     let _ = server.await;
-    let drained =
-        tokio::time::timeout(config.drain_timeout, futures::future::join_all(senders)).await;
+    // Clients finish the streams they have open (and are answered) before the queues
+    // close: whatever they still send is queued and sent too.
+    while state.connections.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!(
+        pending = state.queue.totals().pending,
+        connections = state.connections.load(Ordering::Relaxed),
+        "draining the queues"
+    );
+    let _ = close.send(true);
+    let drained = tokio::time::timeout_at(deadline, futures::future::join_all(senders)).await;
     if drained.is_err() {
         for sender in stop_senders {
             sender.abort();

@@ -31,7 +31,8 @@ pub async fn dispatch(
     }
 }
 
-/// Serves until `shutdown` turns true (then stops accepting; open connections finish).
+/// Serves until `shutdown` turns true; then stops accepting, and every open connection
+/// is sent a GOAWAY and ends once its streams are answered.
 pub async fn serve(
     listener: TcpListener,
     state: State,
@@ -69,7 +70,7 @@ pub async fn serve(
             });
             continue;
         }
-        let state = state.clone();
+        let (state, shutdown) = (state.clone(), shutdown.clone());
         tokio::spawn(async move {
             let config = inbound::Config {
                 keepalive: state.limits.keepalive,
@@ -79,9 +80,11 @@ pub async fn serve(
                     .map_or(KEEPALIVE_TIMEOUT, |interval| {
                         interval.min(KEEPALIVE_TIMEOUT)
                     }),
+                max_age: state.limits.max_connection_age,
+                drain_grace: state.limits.max_connection_age_grace,
                 ..inbound::Config::default()
             };
-            inbound::serve(stream, state.clone(), config).await;
+            inbound::serve(stream, state.clone(), config, shutdown).await;
             tracing::trace!(%peer, "connection closed");
             state.connections.fetch_sub(1, Ordering::AcqRel);
         });

@@ -19,6 +19,11 @@ pub struct Limits {
     /// same time (at most 20 s) is closed. A client whose host died would otherwise count
     /// as connected forever, and the connection count drives autoscaling.
     pub keepalive: Option<std::time::Duration>,
+    /// Client connections are asked to reconnect (GOAWAY) at this age, so that they spread
+    /// onto replicas added since they connected.
+    pub max_connection_age: Option<std::time::Duration>,
+    /// How long streams may go on after such a GOAWAY (or a shutdown's).
+    pub max_connection_age_grace: std::time::Duration,
 }
 
 /// Shared by all connections and senders.
@@ -30,6 +35,8 @@ pub struct Shared {
     pub limits: Limits,
     /// Open client connections (limited, and reported to OAP).
     pub connections: AtomicUsize,
+    /// A shutdown has begun: not ready for new clients.
+    pub shutting_down: std::sync::atomic::AtomicBool,
     /// Clients refused at the limit lately (reported to OAP with the open connections).
     pub turned_away: TurnedAway,
     pub metrics: Metrics,

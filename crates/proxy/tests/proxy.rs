@@ -66,6 +66,22 @@ async fn proxy_with_client(
     queue: QueueConfig,
     client: UpstreamClient,
 ) -> Proxy {
+    let limits = Limits {
+        max_connections,
+        max_message_bytes: 64 * 1024,
+        keepalive: Some(Duration::from_millis(300)),
+        max_connection_age: None,
+        max_connection_age_grace: Duration::from_secs(5),
+    };
+    proxy_with_limits(upstreams, queue, client, limits).await
+}
+
+async fn proxy_with_limits(
+    upstreams: &[&Sink],
+    queue: QueueConfig,
+    client: UpstreamClient,
+    limits: Limits,
+) -> Proxy {
     let set = upstreams
         .iter()
         .map(|s| Upstream {
@@ -81,12 +97,9 @@ async fn proxy_with_client(
             StickyKeys::new(5000, Duration::from_secs(180)),
         ),
         client,
-        limits: Limits {
-            max_connections,
-            max_message_bytes: 64 * 1024,
-            keepalive: Some(Duration::from_millis(300)),
-        },
+        limits,
         connections: AtomicUsize::new(0),
+        shutting_down: Default::default(),
         turned_away: skylift_proxy::demand::TurnedAway::new(Duration::ZERO),
         metrics: Default::default(),
         fixed_meter_routing: true,
@@ -1125,4 +1138,146 @@ fn tokio_stream_from<T: Send + 'static>(
     mut rx: tokio::sync::mpsc::Receiver<T>,
 ) -> impl futures::Stream<Item = T> + Send + 'static {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// A client connection of its own (not pooled), whose end can be watched.
+async fn raw_connection(
+    proxy: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::StreamBody<ChunkStream>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    (
+        sender,
+        tokio::spawn(async move {
+            let _ = connection.await;
+        }),
+    )
+}
+
+type ChunkStream = futures::stream::BoxStream<
+    'static,
+    Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
+>;
+
+/// A report stream whose body is sent chunk by chunk through the returned channel.
+fn open_stream(
+    proxy: SocketAddr,
+) -> (
+    tokio::sync::mpsc::UnboundedSender<Bytes>,
+    Request<http_body_util::StreamBody<ChunkStream>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    let chunks: ChunkStream = Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+        let chunk = rx.recv().await?;
+        Some((Ok(hyper::body::Frame::data(chunk)), rx))
+    }));
+    let request = Request::post(format!("http://{proxy}{SEGMENTS}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::StreamBody::new(chunks))
+        .unwrap();
+    (tx, request)
+}
+
+async fn grpc_status_of(response: hyper::Response<hyper::body::Incoming>) -> Option<String> {
+    let collected = response.into_body().collect().await.ok()?;
+    Some(
+        collected
+            .trailers()?
+            .get("grpc-status")?
+            .to_str()
+            .ok()?
+            .to_string(),
+    )
+}
+
+#[tokio::test]
+async fn an_aged_connection_is_asked_to_reconnect_and_its_open_stream_is_still_answered() {
+    let a = Sink::start().await.unwrap();
+    let limits = Limits {
+        max_connections: None,
+        max_message_bytes: 64 * 1024,
+        keepalive: None,
+        max_connection_age: Some(Duration::from_millis(400)),
+        max_connection_age_grace: Duration::from_secs(5),
+    };
+    let proxy = proxy_with_limits(&[&a], queue_config(), UpstreamClient::new(4, 100), limits).await;
+    let (mut sender, connection) = raw_connection(proxy.address).await;
+    let (chunks, request) = open_stream(proxy.address);
+    sender.ready().await.unwrap();
+    let response = tokio::spawn(sender.send_request(request));
+    chunks
+        .send(framed(&[b"before the goaway".to_vec()]))
+        .unwrap();
+
+    // The connection ages out while the stream is open: GOAWAY, not a cut.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (_, late) = open_stream(proxy.address);
+    assert!(
+        sender.send_request(late).await.is_err(),
+        "no new streams after the GOAWAY"
+    );
+    chunks
+        .send(framed(&[b"after the goaway".to_vec()]))
+        .unwrap();
+    drop(chunks);
+    let response = response.await.unwrap().unwrap();
+    assert_eq!(grpc_status_of(response).await.as_deref(), Some("0"));
+    tokio::time::timeout(Duration::from_secs(2), connection)
+        .await
+        .expect("the connection ends once its last stream is answered")
+        .unwrap();
+    wait_until(Duration::from_secs(5), || a.messages(SEGMENTS).len() == 2).await;
+    let metrics = proxy.state.metrics.encode();
+    assert!(
+        metrics.contains("skylift_proxy_connections_aged_out_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_shutdown_sends_goaway_and_answers_the_streams_already_open() {
+    let a = Sink::start().await.unwrap();
+    let proxy = proxy(&[&a], None).await;
+    let (mut sender, connection) = raw_connection(proxy.address).await;
+    let (chunks, request) = open_stream(proxy.address);
+    sender.ready().await.unwrap();
+    let response = tokio::spawn(sender.send_request(request));
+    chunks.send(framed(&[b"first".to_vec()])).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    proxy._close.send(true).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, late) = open_stream(proxy.address);
+    assert!(
+        sender.send_request(late).await.is_err(),
+        "no new streams after the GOAWAY"
+    );
+    let fresh = tokio::net::TcpStream::connect(proxy.address).await;
+    assert!(fresh.is_err(), "no new connections are accepted");
+    chunks.send(framed(&[b"second".to_vec()])).unwrap();
+    drop(chunks);
+    let response = response.await.unwrap().unwrap();
+    assert_eq!(grpc_status_of(response).await.as_deref(), Some("0"));
+    tokio::time::timeout(Duration::from_secs(2), connection)
+        .await
+        .expect("the connection ends once its last stream is answered")
+        .unwrap();
+    assert_eq!(proxy.state.queue.totals().received, 2);
+}
+
+async fn wait_until(limit: Duration, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

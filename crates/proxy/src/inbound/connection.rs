@@ -16,8 +16,8 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, StatusCode};
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep};
 
@@ -45,6 +45,11 @@ pub struct Config {
     pub keepalive: Option<Duration>,
     /// Close a pinged connection that stays silent this long.
     pub keepalive_timeout: Duration,
+    /// Ask the client to reconnect (GOAWAY) once the connection is this old (less up to
+    /// a tenth, so connections made together do not all go at once).
+    pub max_age: Option<Duration>,
+    /// How long streams may go on after a GOAWAY for age or shutdown.
+    pub drain_grace: Duration,
 }
 
 impl Default for Config {
@@ -55,6 +60,8 @@ impl Default for Config {
             connection_window: 16 * 1024 * 1024,
             keepalive: None,
             keepalive_timeout: Duration::from_secs(20),
+            max_age: None,
+            drain_grace: Duration::from_secs(30),
         }
     }
 }
@@ -106,8 +113,8 @@ fn protocol_error(message: impl Into<String>) -> ConnectionError {
 }
 
 /// Serves one connection until the client leaves or breaks the protocol.
-pub async fn serve(io: TcpStream, state: State, config: Config) {
-    let mut connection = Connection::new(io, state, config);
+pub async fn serve(io: TcpStream, state: State, config: Config, shutdown: watch::Receiver<bool>) {
+    let mut connection = Connection::new(io, state, config, shutdown);
     let outcome = connection.run().await;
     connection.close(outcome).await;
 }
@@ -160,7 +167,26 @@ enum Wake {
     Readable(io::Result<()>),
     Writable(io::Result<()>),
     Keepalive,
+    Shutdown,
+    Drain,
 }
+
+/// Where a connection is in going away on its own initiative (shutdown or age), done as
+/// RFC 9113 §6.8 suggests: a first GOAWAY that refuses nothing yet, a PING, and once the
+/// client answered (so every stream it opened before the first GOAWAY has arrived) the
+/// GOAWAY naming the last stream that will be served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Drain {
+    /// Serving; the timer (if any) is the connection's age limit.
+    No,
+    /// First GOAWAY and PING sent; the timer bounds the wait for the PING's answer.
+    Announced,
+    /// Final GOAWAY sent; the timer is the end of the grace period.
+    Final,
+}
+
+/// The PING payload of a drain.
+const DRAIN_PING: [u8; 8] = *b"draining";
 
 struct Connection {
     io: TcpStream,
@@ -189,14 +215,26 @@ struct Connection {
     last_heard: Instant,
     ping_sent: Option<Instant>,
     keepalive: Option<Pin<Box<Sleep>>>,
+    shutdown: watch::Receiver<bool>,
+    drain: Drain,
+    drain_reason: &'static str,
+    drain_timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Connection {
-    fn new(io: TcpStream, state: State, config: Config) -> Connection {
+    fn new(
+        io: TcpStream,
+        state: State,
+        config: Config,
+        shutdown: watch::Receiver<bool>,
+    ) -> Connection {
         let now = Instant::now();
         let keepalive = config
             .keepalive
             .map(|interval| Box::pin(tokio::time::sleep_until(now + interval)));
+        let drain_timer = config
+            .max_age
+            .map(|age| Box::pin(tokio::time::sleep_until(now + jittered(age))));
         Connection {
             io,
             state,
@@ -220,7 +258,67 @@ impl Connection {
             last_heard: now,
             ping_sent: None,
             keepalive,
+            shutdown,
+            drain: Drain::No,
+            drain_reason: "",
+            drain_timer,
             config,
+        }
+    }
+
+    /// Starts going away: streams already opened are served, new ones are refused once
+    /// the client has seen the final GOAWAY.
+    fn start_drain(&mut self, reason: &'static str) {
+        if self.drain != Drain::No {
+            return;
+        }
+        self.drain = Drain::Announced;
+        self.drain_reason = reason;
+        frame::goaway(
+            i32::MAX as u32,
+            Reason::NoError,
+            reason.as_bytes(),
+            self.out(),
+        );
+        frame::ping(DRAIN_PING, false, self.out());
+        self.set_drain_timer(Duration::from_secs(1));
+    }
+
+    /// The client has had time to see the first GOAWAY: the last stream is fixed now.
+    fn final_goaway(&mut self) {
+        if self.drain != Drain::Announced {
+            return;
+        }
+        self.drain = Drain::Final;
+        self.going_away = true;
+        frame::goaway(
+            self.highest_stream,
+            Reason::NoError,
+            self.drain_reason.as_bytes(),
+            self.out(),
+        );
+        self.set_drain_timer(self.config.drain_grace);
+    }
+
+    fn set_drain_timer(&mut self, after: Duration) {
+        self.drain_timer = Some(Box::pin(tokio::time::sleep_until(Instant::now() + after)));
+    }
+
+    fn on_drain_timer(&mut self) -> Result<(), ConnectionError> {
+        match self.drain {
+            Drain::No => {
+                self.state.metrics.aged_out();
+                self.start_drain("skylift-proxy: max connection age reached; reconnect");
+                Ok(())
+            }
+            Drain::Announced => {
+                self.final_goaway();
+                Ok(())
+            }
+            Drain::Final => Err(connection_error(
+                Reason::NoError,
+                "streams still open when the grace period ended",
+            )),
         }
     }
 
@@ -261,12 +359,20 @@ impl Connection {
             }
             let reading = self.output.len() < MAX_OUTPUT;
             let writing = !self.output.is_empty();
+            let draining = self.drain != Drain::No;
             let wake = tokio::select! {
                 biased;
                 signal = next_signal(&mut self.signals) => Wake::Signal(signal),
                 ready = self.io.writable(), if writing => Wake::Writable(ready),
                 ready = self.io.readable(), if reading => Wake::Readable(ready),
-                () = keepalive(&mut self.keepalive) => Wake::Keepalive,
+                () = timer(&mut self.keepalive) => Wake::Keepalive,
+                changed = self.shutdown.changed(), if !draining => match changed {
+                    Ok(()) if *self.shutdown.borrow() => Wake::Shutdown,
+                    Ok(()) => Wake::Signal(None),
+                    // The proxy is gone without a shutdown: nothing to wait for.
+                    Err(_) => Wake::Shutdown,
+                },
+                () = timer(&mut self.drain_timer) => Wake::Drain,
             };
             match wake {
                 Wake::Signal(Some(signal)) => {
@@ -284,6 +390,8 @@ impl Connection {
                 }
                 Wake::Writable(ready) => ready.map_err(io_error)?,
                 Wake::Keepalive => self.on_keepalive()?,
+                Wake::Shutdown => self.start_drain("skylift-proxy: shutting down; reconnect"),
+                Wake::Drain => self.on_drain_timer()?,
             }
         }
     }
@@ -405,7 +513,11 @@ impl Connection {
                     return Err(connection_error(Reason::FrameSize, "malformed PING"));
                 }
                 if head.has(flag::ACK) {
-                    self.ping_sent = None;
+                    if payload[..] == DRAIN_PING {
+                        self.final_goaway();
+                    } else {
+                        self.ping_sent = None;
+                    }
                 } else {
                     let mut echo = [0u8; 8];
                     echo.copy_from_slice(&payload);
@@ -1060,6 +1172,13 @@ impl Connection {
     }
 }
 
+/// `age` less up to a tenth, different for every connection.
+fn jittered(age: Duration) -> Duration {
+    use std::hash::BuildHasher;
+    let random = std::collections::hash_map::RandomState::new().hash_one(Instant::now());
+    age - age.mul_f64((random % 1000) as f64 / 10_000.0)
+}
+
 /// The write buffer, given room again after it was dropped while idle.
 fn with_room(output: &mut BytesMut) -> &mut BytesMut {
     if output.capacity() == 0 {
@@ -1081,7 +1200,8 @@ async fn next_signal(
     }
 }
 
-async fn keepalive(sleep: &mut Option<Pin<Box<Sleep>>>) {
+/// Waits for a timer that may not be set.
+async fn timer(sleep: &mut Option<Pin<Box<Sleep>>>) {
     match sleep {
         Some(sleep) => sleep.as_mut().await,
         None => std::future::pending().await,
