@@ -9,8 +9,12 @@
 # medians are compared: this machine's noise between runs is larger than the differences
 # worth measuring. Idle memory is measured on a fresh skylift-proxy.
 #
+# The durable queue is measured beside the memory queue with QUEUES (skylift-proxy once
+# per queue, each on its own port and journal folder; MODES picks the load):
+#
 #   hack/bench-proxy.sh                 # 10 s per run, 16 connections, 3 rounds
 #   SECONDS_PER_RUN=5 ROUNDS=1 hack/bench-proxy.sh
+#   QUEUES="memory disk-interval disk-always" MODES=segments IDLE_CONNECTIONS=0 hack/bench-proxy.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +23,8 @@ ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-16}
 IDLE=${IDLE_CONNECTIONS:-10000}
 BASE=${PORT:-19400}
+QUEUES=${QUEUES:-memory}
+MODES=${MODES:-segments unary}
 
 if ! command -v nginx >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
@@ -27,7 +33,7 @@ cargo build --release --locked -p skylift-proxy -p skylift-testkit
 bin=target/release
 # Room for the idle connections: the soft descriptor limit up to the hard one.
 ulimit -n "$(ulimit -Hn)"
-if (( $(ulimit -n) < IDLE + 1000 )); then
+if (( IDLE > 0 && $(ulimit -n) < IDLE + 1000 )); then
   echo "open-file limit $(ulimit -n) is below $IDLE idle connections; measuring $(( $(ulimit -n) - 1000 ))" >&2
   IDLE=$(( $(ulimit -n) - 1000 ))
 fi
@@ -46,10 +52,26 @@ sink_a=$BASE; sink_b=$((BASE + 2)); skylift=$((BASE + 10)); admin=$((BASE + 11))
 taskset -c 1 "$bin/skylift-grpc-sink" --listen "127.0.0.1:$sink_a" & pids+=($!)
 taskset -c 1 "$bin/skylift-grpc-sink" --listen "127.0.0.1:$sink_b" & pids+=($!)
 
-taskset -c 0 "$bin/skylift-proxy" --listen "127.0.0.1:$skylift" --admin-listen "127.0.0.1:$admin" \
-  --upstream "127.0.0.1:$sink_a,127.0.0.1:$sink_b" --queue-partitions 2 --queue-capacity 100000 \
-  --batch-size 500 --flush-interval 100ms >"$work/skylift.log" 2>&1 &
-skylift_pid=$!; pids+=("$skylift_pid")
+# One skylift-proxy per queue kind; "skylift" is the memory queue.
+declare -A proxy_port proxy_pid
+offset=0
+for queue in $QUEUES; do
+  case $queue in
+    memory) name=skylift; queue_args=() ;;
+    disk-interval) name=skylift-disk-interval
+      queue_args=(--queue disk --queue-dir "$work/journal-interval" --fsync interval --fsync-interval 1s) ;;
+    disk-always) name=skylift-disk-always
+      queue_args=(--queue disk --queue-dir "$work/journal-always" --fsync always) ;;
+    *) echo "unknown queue $queue (memory, disk-interval, disk-always)" >&2; exit 2 ;;
+  esac
+  port=$((skylift + offset)); offset=$((offset + 2))
+  taskset -c 0 "$bin/skylift-proxy" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$((port + 1))" \
+    --upstream "127.0.0.1:$sink_a,127.0.0.1:$sink_b" --queue-partitions 2 --queue-capacity 100000 \
+    --queue-max-bytes $((512 << 20)) --batch-size 500 --flush-interval 100ms "${queue_args[@]}" \
+    >"$work/$name.log" 2>&1 &
+  proxy_pid[$name]=$!; proxy_port[$name]=$port; pids+=("$!")
+done
+skylift_pid=${proxy_pid[skylift]:-}
 
 cat >"$work/nginx.conf" <<NGINX
 worker_processes 1;
@@ -87,9 +109,9 @@ cpu_of() { # utime + stime in seconds, summed over the given pids
 nginx_pids() { pgrep -P "$(cat "$work/nginx.pid")" | tr '\n' ' '; cat "$work/nginx.pid"; }
 
 results="$work/results.txt"
-for mode in segments unary; do
-  for round in $(seq "$ROUNDS"); do for target in skylift nginx; do
-    if [[ $target == skylift ]]; then port=$skylift; procs=$skylift_pid; else port=$nginx_port; procs=$(nginx_pids); fi
+for mode in $MODES; do
+  for round in $(seq "$ROUNDS"); do for target in "${!proxy_port[@]}" nginx; do
+    if [[ $target == nginx ]]; then port=$nginx_port; procs=$(nginx_pids); else port=${proxy_port[$target]}; procs=${proxy_pid[$target]}; fi
     before=$(cpu_of $procs)
     out=$(taskset -c 1 "$bin/skylift-grpc-load" --target "127.0.0.1:$port" --mode "$mode" \
       --connections "$CONNECTIONS" --seconds "$RUN")
@@ -98,10 +120,12 @@ for mode in segments unary; do
     echo "$mode $target $(python3 -c "print($after - $before)") $out" >>"$results"
   done; done
 done
-loaded_rss_kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$skylift_pid/status")
+loaded_rss_kb=0; idle_rss_kb=0; idle_open=0
+[[ -n $skylift_pid ]] && loaded_rss_kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$skylift_pid/status")
 
 # Memory with idle client connections, on a fresh proxy.
-kill "$skylift_pid"; wait "$skylift_pid" 2>/dev/null || true
+if (( IDLE > 0 )); then
+[[ -n $skylift_pid ]] && { kill "$skylift_pid"; wait "$skylift_pid" 2>/dev/null || true; }
 taskset -c 0 "$bin/skylift-proxy" --listen "127.0.0.1:$skylift" --admin-listen "127.0.0.1:$admin" \
   --upstream "127.0.0.1:$sink_a,127.0.0.1:$sink_b" >>"$work/skylift.log" 2>&1 &
 skylift_pid=$!; pids+=("$skylift_pid")
@@ -115,6 +139,7 @@ sleep 1
 idle_rss_kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$skylift_pid/status")
 idle_open=$(curl -s "http://127.0.0.1:$admin/metrics" | awk '/^skylift_proxy_connections / {print $2}')
 kill "$idle_loader" 2>/dev/null || true
+fi
 
 python3 - "$results" "$idle_rss_kb" "$idle_open" "$IDLE" "$loaded_rss_kb" <<'PY'
 import json, statistics, sys
@@ -123,21 +148,25 @@ for line in open(sys.argv[1]):
     mode, target, cpu, data = line.split(" ", 3)
     rows.setdefault((mode, target), []).append((float(cpu), json.loads(data)))
 median = statistics.median
-print(f"medians of {len(rows[('segments', 'skylift')])} rounds")
-print(f"{'mode':9} {'proxy':8} {'msgs/s':>10} {'p99 ms':>8} {'proxy CPU s':>12} {'msgs/CPU-s':>12} {'failed':>7}")
+order = ["skylift", "skylift-disk-interval", "skylift-disk-always", "nginx"]
+print(f"medians of {len(next(iter(rows.values())))} rounds")
+print(f"{'mode':9} {'proxy':22} {'msgs/s':>10} {'p99 ms':>8} {'proxy CPU s':>12} {'msgs/CPU-s':>12} {'failed':>7}")
 for mode in ("segments", "unary"):
     per_cpu = {}
-    for target in ("skylift", "nginx"):
+    for target in (t for t in order if (mode, t) in rows):
         runs = rows[(mode, target)]
         per_cpu[target] = median(d["messages"] / cpu if cpu > 0 else float("inf") for cpu, d in runs)
         rate = median(d["messages_per_second"] for _, d in runs)
         p99 = median(d["p99_ms"] for _, d in runs)
         cpu = median(cpu for cpu, _ in runs)
         failed = sum(d["failed_calls"] for _, d in runs)
-        print(f"{mode:9} {target:8} {rate:>10.0f} {p99:>8.2f} {cpu:>12.2f} {per_cpu[target]:>12.0f} {failed:>7}")
-    target = 1.5 if mode == "segments" else 3.0
-    ratio = per_cpu["skylift"] / per_cpu["nginx"]
-    print(f"{mode:9} skylift / nginx messages per CPU-second: {ratio:.2f}x (target >= {target}x)")
+        print(f"{mode:9} {target:22} {rate:>10.0f} {p99:>8.2f} {cpu:>12.2f} {per_cpu[target]:>12.0f} {failed:>7}")
+    if "skylift" in per_cpu and "nginx" in per_cpu:
+        target = 1.5 if mode == "segments" else 3.0
+        ratio = per_cpu["skylift"] / per_cpu["nginx"]
+        print(f"{mode:9} skylift / nginx messages per CPU-second: {ratio:.2f}x (target >= {target}x)")
+if int(sys.argv[4]) == 0:
+    sys.exit(0)
 rss_mb = int(sys.argv[2]) / 1024
 print(f"skylift-proxy RSS with {sys.argv[3]} of {sys.argv[4]} idle connections open: {rss_mb:.1f} MB (target <= 64 MB)")
 print(f"(the benchmarked skylift-proxy's RSS after its load runs: {int(sys.argv[5]) / 1024:.1f} MB)")

@@ -133,6 +133,16 @@ struct Args {
     /// (counted) with the memory queue, or kept in the journal with --queue disk.
     #[arg(long, env = "SKYLIFT_PROXY_DRAIN_TIMEOUT", default_value = "20s", value_parser = skylift_api::duration::parse)]
     drain_timeout: Duration,
+    /// How often each upstream in use is health-checked (grpc.health.v1). 0s: only new
+    /// and ejected upstreams are.
+    #[arg(long, env = "SKYLIFT_PROXY_HEALTH_CHECK_INTERVAL", default_value = "5s", value_parser = skylift_api::duration::parse)]
+    health_check_interval: Duration,
+    /// How long a health check may take before it counts as failed.
+    #[arg(long, env = "SKYLIFT_PROXY_HEALTH_CHECK_TIMEOUT", default_value = "3s", value_parser = skylift_api::duration::parse)]
+    health_check_timeout: Duration,
+    /// Health checks in a row that must fail before an upstream in use is ejected.
+    #[arg(long, env = "SKYLIFT_PROXY_HEALTH_CHECK_FAILURES", default_value_t = 2)]
+    health_check_failures: u32,
     /// Log format.
     #[arg(long, env = "SKYLIFT_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -275,6 +285,12 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
             upstream_streams: args.upstream_streams,
             sticky_ttl: Duration::from_secs(180),
             drain_timeout: args.drain_timeout,
+            health_checks: skylift_proxy::warm::HealthChecks {
+                interval: (!args.health_check_interval.is_zero())
+                    .then_some(args.health_check_interval),
+                timeout: args.health_check_timeout,
+                failures: args.health_check_failures.max(1),
+            },
             journal,
             telemetry,
         },

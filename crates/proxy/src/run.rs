@@ -43,6 +43,8 @@ pub struct Config {
     pub sticky_ttl: Duration,
     /// How long a shutdown waits for the queues to drain.
     pub drain_timeout: Duration,
+    /// Active health checks of the upstreams.
+    pub health_checks: crate::warm::HealthChecks,
     /// With `--queue disk`: where and how the queue is journaled.
     pub journal: Option<JournalConfig>,
     /// Self-telemetry to OAP, when a service name is given.
@@ -176,6 +178,7 @@ pub async fn run(
     background.push(tokio::spawn(crate::warm::keep_connected(
         state.clone(),
         Duration::from_secs(1),
+        config.health_checks,
     )));
     if let Some(telemetry) = config.telemetry.clone() {
         background.push(tokio::spawn(crate::telemetry::report(

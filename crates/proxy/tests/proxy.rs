@@ -113,6 +113,11 @@ async fn proxy_with_limits(
     tokio::spawn(skylift_proxy::warm::keep_connected(
         state.clone(),
         Duration::from_millis(100),
+        skylift_proxy::warm::HealthChecks {
+            interval: Some(Duration::from_millis(200)),
+            timeout: Duration::from_millis(500),
+            failures: 2,
+        },
     ));
     Proxy {
         address,
@@ -1280,4 +1285,60 @@ async fn wait_until(limit: Duration, done: impl Fn() -> bool) {
         assert!(tokio::time::Instant::now() < deadline, "timed out");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn an_upstream_that_stops_serving_is_ejected_by_health_checks_before_data_fails_on_it() {
+    let (a, b) = (Sink::start().await.unwrap(), Sink::start().await.unwrap());
+    let proxy = proxy(&[&a, &b], None).await;
+    let address_a = a.address();
+    let ejected = |state: &State| {
+        state
+            .balancer
+            .is_ejected(&address_a, std::time::Instant::now())
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!ejected(&proxy.state));
+
+    // No traffic at all: the routine checks (every 200 ms here, two failures in a row)
+    // find it.
+    a.set_failing(true);
+    let started = std::time::Instant::now();
+    wait_until(Duration::from_secs(3), || ejected(&proxy.state)).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "one failed check is not enough"
+    );
+    let sends_to_a = |state: &State| {
+        let metrics = state.metrics.encode();
+        let line =
+            format!("skylift_proxy_upstream_send_seconds_count{{upstream=\"{address_a}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .map_or(0, |n| n.trim().parse::<u64>().unwrap())
+    };
+    let before = sends_to_a(&proxy.state);
+    let client = client();
+    for i in 0..10u8 {
+        let (status, _, _) = call(
+            &client,
+            proxy.address,
+            SEGMENTS,
+            framed(&[vec![i; 20]]),
+            &[],
+        )
+        .await;
+        assert_eq!(status, 0);
+    }
+    wait_until(Duration::from_secs(5), || b.messages(SEGMENTS).len() == 10).await;
+    assert_eq!(
+        sends_to_a(&proxy.state),
+        before,
+        "no batch was tried on the ejected upstream"
+    );
+
+    // Serving again: probed back when its ejection runs out.
+    a.set_failing(false);
+    wait_until(Duration::from_secs(5), || !ejected(&proxy.state)).await;
 }

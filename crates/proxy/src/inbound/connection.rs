@@ -926,15 +926,21 @@ impl Connection {
                 return self.refuse(id, refusal);
             }
         }
-        // With `--fsync always` the client hears its data was taken only once it is on
-        // disk; one sync serves every client waiting at the time.
-        if queued_any
-            && let Some(journal) = self.state.queue.journal()
-            && journal.fsync() == Fsync::Always
-        {
+        // With the disk queue the client hears its data was taken only once it is written
+        // to the journal (and with `--fsync always`, synced: one sync serves every client
+        // waiting at the time).
+        if queued_any && let Some(journal) = self.state.queue.journal() {
             let journal = journal.clone();
-            let _ = self.flush();
-            if Box::pin(journal.durable()).await.is_err() {
+            let written = journal.write_out();
+            let durable = match (written, journal.fsync()) {
+                (Err(failed), _) => Err(failed),
+                (Ok(()), Fsync::Always) => {
+                    let _ = self.flush();
+                    Box::pin(journal.durable()).await
+                }
+                (Ok(()), Fsync::Interval(_)) => Ok(()),
+            };
+            if durable.is_err() {
                 return self.refuse(
                     id,
                     Refusal(

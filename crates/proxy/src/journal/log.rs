@@ -57,7 +57,12 @@ pub struct PartitionLog {
     disk_bytes: u64,
     /// Files written since the last sync.
     unsynced: Vec<Arc<File>>,
+    /// Records appended but not yet written to the active segment: written in one go when
+    /// a client is about to be acknowledged ([`PartitionLog::write_out`]), so a stream's
+    /// messages cost one write, not one each. Kept until a write succeeds.
     buffer: Vec<u8>,
+    /// Bytes of the active segment in its file (the rest is in `buffer`).
+    written: u64,
 }
 
 /// The name of a segment starting at `first`.
@@ -134,6 +139,7 @@ impl PartitionLog {
             ahead: BTreeSet::new(),
             mark_written: 0,
             buffer: Vec::new(),
+            written: 0,
         })
     }
 
@@ -151,10 +157,10 @@ impl PartitionLog {
             return Err(AppendError::Full);
         }
         if self.active.bytes > 0 && self.active.bytes + len > self.segment_bytes {
+            self.write_out()?;
             self.rotate()?;
         }
         let seq = self.next_seq;
-        self.buffer.clear();
         record::encode(
             seq,
             &route.path,
@@ -164,19 +170,26 @@ impl PartitionLog {
             &event.framed,
             &mut self.buffer,
         );
-        if let Err(err) = (&*self.active.file).write_all(&self.buffer) {
-            // Disk full, most likely: a part-written record is cut off again, so the next
-            // append starts on a clean boundary.
-            let _ = self.active.file.set_len(self.active.bytes);
-            return Err(if err.raw_os_error() == Some(28) {
-                AppendError::Full
-            } else {
-                AppendError::Io(err)
-            });
-        }
         self.active.bytes += len;
         self.disk_bytes += len;
         self.next_seq += 1;
+        Ok(seq)
+    }
+
+    /// Writes the appended records to the active segment's file (the kernel's page cache:
+    /// from there they survive a crash of the process). On failure (a full or failing
+    /// disk) a part-written tail is cut off again and the records stay to be written by
+    /// the next call.
+    pub fn write_out(&mut self) -> io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        if let Err(err) = (&*self.active.file).write_all(&self.buffer) {
+            let _ = self.active.file.set_len(self.written);
+            return Err(err);
+        }
+        self.written += self.buffer.len() as u64;
+        self.buffer.clear();
         if !self
             .unsynced
             .last()
@@ -184,11 +197,12 @@ impl PartitionLog {
         {
             self.unsynced.push(self.active.file.clone());
         }
-        Ok(seq)
+        Ok(())
     }
 
     fn rotate(&mut self) -> io::Result<()> {
         let next = open_segment(&self.dir, self.next_seq)?;
+        self.written = next.bytes;
         let full = std::mem::replace(&mut self.active, next);
         self.closed.push_back(full);
         Ok(())
@@ -224,16 +238,17 @@ impl PartitionLog {
         self.disk_bytes
     }
 
-    /// What a sync has to do now.
-    pub fn take_sync_work(&mut self) -> SyncWork {
+    /// What a sync has to do now (the records not yet written are written first).
+    pub fn take_sync_work(&mut self) -> io::Result<SyncWork> {
+        self.write_out()?;
         let mark = (self.mark != self.mark_written).then(|| {
             self.mark_written = self.mark;
             (self.dir.clone(), self.mark)
         });
-        SyncWork {
+        Ok(SyncWork {
             files: std::mem::take(&mut self.unsynced),
             mark,
-        }
+        })
     }
 }
 
@@ -274,6 +289,7 @@ pub(crate) mod tests {
         let record = record::encoded_len(&event(100).route.path, None, None, None, &[0; 100]);
         let mut log = PartitionLog::create(dir.clone(), 10, 3 * record as u64, 1 << 20).unwrap();
         let seqs: Vec<u64> = (0..7).map(|_| log.append(&event(100)).unwrap()).collect();
+        log.write_out().unwrap();
         assert_eq!(seqs, (10..17).collect::<Vec<_>>());
         assert_eq!(
             segments(&dir),
@@ -292,7 +308,7 @@ pub(crate) mod tests {
         log.done(15);
         assert_eq!(segments(&dir), vec![16], "the active segment stays");
         assert_eq!(log.disk_bytes(), record as u64);
-        let work = log.take_sync_work();
+        let work = log.take_sync_work().unwrap();
         assert_eq!(work.mark.map(|(_, m)| m), Some(16));
         write_mark(&dir, 16).unwrap();
         assert_eq!(read_mark(&dir), 16);

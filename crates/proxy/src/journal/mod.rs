@@ -53,7 +53,7 @@ struct Synced {
 
 /// The sync covering a client's events failed: the client must not be acknowledged.
 #[derive(Debug, thiserror::Error)]
-#[error("the journal could not be synced to disk")]
+#[error("the journal could not be written or synced to disk")]
 pub struct SyncFailed;
 
 /// What the last run left behind, read back on start.
@@ -175,6 +175,26 @@ impl Journal {
         }
     }
 
+    /// Writes every partition's appended records to its file: before a client is
+    /// acknowledged, so that its messages survive a crash of the process.
+    pub fn write_out(&self) -> Result<(), SyncFailed> {
+        let mut failed = false;
+        for (partition, log) in self.logs.iter().enumerate() {
+            let mut log = log.lock().expect("journal lock is never poisoned");
+            if let Err(err) = log.write_out() {
+                failed = true;
+                if self
+                    .append_errors
+                    .fetch_add(1, Ordering::Relaxed)
+                    .is_multiple_of(1000)
+                {
+                    tracing::warn!(partition, error = %err, "writing the journal failed");
+                }
+            }
+        }
+        if failed { Err(SyncFailed) } else { Ok(()) }
+    }
+
     /// Waits until everything appended so far is on disk (with `--fsync always`, before a
     /// client is acknowledged).
     pub async fn durable(&self) -> Result<(), SyncFailed> {
@@ -198,7 +218,7 @@ impl Journal {
     /// Syncs every partition's new writes and acknowledgement mark now.
     pub async fn sync(&self) -> Result<(), SyncFailed> {
         let target = self.appended.load(Ordering::SeqCst);
-        let work: Vec<_> = self
+        let work: std::io::Result<Vec<_>> = self
             .logs
             .iter()
             .map(|log| {
@@ -208,6 +228,7 @@ impl Journal {
             })
             .collect();
         let outcome = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let work = work?;
             for work in &work {
                 for file in &work.files {
                     file.sync_data()?;
