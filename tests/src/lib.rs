@@ -142,3 +142,13 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The operator's `endpoints.json` for these upstream addresses (weight 1 each), as the
+/// proxy's `--upstreams-file` reads it.
+pub fn endpoints_json(addresses: &[String]) -> String {
+    let list: Vec<String> = addresses
+        .iter()
+        .map(|a| format!(r#"{{"address":"{a}","weight":1}}"#))
+        .collect();
+    format!(r#"{{"endpoints":[{}]}}"#, list.join(","))
+}

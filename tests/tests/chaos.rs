@@ -19,14 +19,6 @@ const AGENTS: usize = 6;
 const PER_CALL: u64 = 20;
 const PERIOD: Duration = Duration::from_millis(50);
 
-fn endpoints(addresses: &[String]) -> String {
-    let list: Vec<String> = addresses
-        .iter()
-        .map(|a| format!(r#"{{"address":"{a}","weight":1}}"#))
-        .collect();
-    format!(r#"{{"endpoints":[{}]}}"#, list.join(","))
-}
-
 struct ProxyArgs {
     fsync: &'static str,
     port: u16,
@@ -130,7 +122,7 @@ async fn chaos(fsync: &'static str) {
         file: scratch.path().join("endpoints.json"),
         journal: scratch.path().join("journal"),
     };
-    std::fs::write(&args.file, endpoints(&addresses)).unwrap();
+    std::fs::write(&args.file, skylift_e2e::endpoints_json(&addresses)).unwrap();
     let mut proxy = start_proxy(&args, &scratch, "proxy-1").await;
 
     let target: SocketAddr = format!("127.0.0.1:{}", args.port).parse().unwrap();

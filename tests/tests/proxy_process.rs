@@ -42,20 +42,12 @@ async fn report(port: u16, messages: &[&[u8]]) -> Option<String> {
         .map(|v| v.to_str().unwrap().to_string())
 }
 
-fn endpoints(addresses: &[String]) -> String {
-    let list: Vec<String> = addresses
-        .iter()
-        .map(|a| format!(r#"{{"address":"{a}","weight":1}}"#))
-        .collect();
-    format!(r#"{{"endpoints":[{}]}}"#, list.join(","))
-}
-
 #[tokio::test]
 async fn the_proxy_follows_its_upstreams_reports_telemetry_and_drains_on_sigterm() {
     let (a, b) = (Sink::start().await.unwrap(), Sink::start().await.unwrap());
     let scratch = Scratch::new("proxy");
     let file = scratch.path().join("endpoints.json");
-    std::fs::write(&file, endpoints(&[a.address()])).unwrap();
+    std::fs::write(&file, skylift_e2e::endpoints_json(&[a.address()])).unwrap();
     let (port, admin) = (free_port(), free_port());
     let mut command = Command::new(binary("skylift-proxy"));
     command
@@ -99,7 +91,11 @@ async fn the_proxy_follows_its_upstreams_reports_telemetry_and_drains_on_sigterm
     .await;
 
     // A second upstream appears in the file: traffic reaches it within a second.
-    std::fs::write(&file, endpoints(&[a.address(), b.address()])).unwrap();
+    std::fs::write(
+        &file,
+        skylift_e2e::endpoints_json(&[a.address(), b.address()]),
+    )
+    .unwrap();
     wait_for(
         "the new upstream on /metrics",
         Duration::from_secs(2),

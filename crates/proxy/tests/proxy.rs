@@ -1204,6 +1204,50 @@ async fn grpc_status_of(response: hyper::Response<hyper::body::Incoming>) -> Opt
     )
 }
 
+/// A report stream left open on a connection of its own while the proxy sends GOAWAY.
+struct OpenReport {
+    proxy: SocketAddr,
+    sender: hyper::client::conn::http2::SendRequest<http_body_util::StreamBody<ChunkStream>>,
+    chunks: tokio::sync::mpsc::UnboundedSender<Bytes>,
+    response: tokio::task::JoinHandle<hyper::Result<hyper::Response<hyper::body::Incoming>>>,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl OpenReport {
+    async fn start(proxy: SocketAddr, first: &[u8]) -> OpenReport {
+        let (mut sender, connection) = raw_connection(proxy).await;
+        let (chunks, request) = open_stream(proxy);
+        sender.ready().await.unwrap();
+        let response = tokio::spawn(sender.send_request(request));
+        chunks.send(framed(&[first.to_vec()])).unwrap();
+        OpenReport {
+            proxy,
+            sender,
+            chunks,
+            response,
+            connection,
+        }
+    }
+
+    /// After the GOAWAY: no new stream is taken, the open one still is and is answered
+    /// OK, and the connection then ends.
+    async fn finish_after_goaway(mut self, last: &[u8]) {
+        let (_, late) = open_stream(self.proxy);
+        assert!(
+            self.sender.send_request(late).await.is_err(),
+            "no new streams after the GOAWAY"
+        );
+        self.chunks.send(framed(&[last.to_vec()])).unwrap();
+        drop(self.chunks);
+        let response = self.response.await.unwrap().unwrap();
+        assert_eq!(grpc_status_of(response).await.as_deref(), Some("0"));
+        tokio::time::timeout(Duration::from_secs(2), self.connection)
+            .await
+            .expect("the connection ends once its last stream is answered")
+            .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn an_aged_connection_is_asked_to_reconnect_and_its_open_stream_is_still_answered() {
     let a = Sink::start().await.unwrap();
@@ -1215,31 +1259,11 @@ async fn an_aged_connection_is_asked_to_reconnect_and_its_open_stream_is_still_a
         max_connection_age_grace: Duration::from_secs(5),
     };
     let proxy = proxy_with_limits(&[&a], queue_config(), UpstreamClient::new(4, 100), limits).await;
-    let (mut sender, connection) = raw_connection(proxy.address).await;
-    let (chunks, request) = open_stream(proxy.address);
-    sender.ready().await.unwrap();
-    let response = tokio::spawn(sender.send_request(request));
-    chunks
-        .send(framed(&[b"before the goaway".to_vec()]))
-        .unwrap();
+    let report = OpenReport::start(proxy.address, b"before the goaway").await;
 
     // The connection ages out while the stream is open: GOAWAY, not a cut.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let (_, late) = open_stream(proxy.address);
-    assert!(
-        sender.send_request(late).await.is_err(),
-        "no new streams after the GOAWAY"
-    );
-    chunks
-        .send(framed(&[b"after the goaway".to_vec()]))
-        .unwrap();
-    drop(chunks);
-    let response = response.await.unwrap().unwrap();
-    assert_eq!(grpc_status_of(response).await.as_deref(), Some("0"));
-    tokio::time::timeout(Duration::from_secs(2), connection)
-        .await
-        .expect("the connection ends once its last stream is answered")
-        .unwrap();
+    report.finish_after_goaway(b"after the goaway").await;
     wait_until(Duration::from_secs(5), || a.messages(SEGMENTS).len() == 2).await;
     let metrics = proxy.state.metrics.encode();
     assert!(
@@ -1252,30 +1276,14 @@ async fn an_aged_connection_is_asked_to_reconnect_and_its_open_stream_is_still_a
 async fn a_shutdown_sends_goaway_and_answers_the_streams_already_open() {
     let a = Sink::start().await.unwrap();
     let proxy = proxy(&[&a], None).await;
-    let (mut sender, connection) = raw_connection(proxy.address).await;
-    let (chunks, request) = open_stream(proxy.address);
-    sender.ready().await.unwrap();
-    let response = tokio::spawn(sender.send_request(request));
-    chunks.send(framed(&[b"first".to_vec()])).unwrap();
+    let report = OpenReport::start(proxy.address, b"first").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     proxy._close.send(true).unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (_, late) = open_stream(proxy.address);
-    assert!(
-        sender.send_request(late).await.is_err(),
-        "no new streams after the GOAWAY"
-    );
     let fresh = tokio::net::TcpStream::connect(proxy.address).await;
     assert!(fresh.is_err(), "no new connections are accepted");
-    chunks.send(framed(&[b"second".to_vec()])).unwrap();
-    drop(chunks);
-    let response = response.await.unwrap().unwrap();
-    assert_eq!(grpc_status_of(response).await.as_deref(), Some("0"));
-    tokio::time::timeout(Duration::from_secs(2), connection)
-        .await
-        .expect("the connection ends once its last stream is answered")
-        .unwrap();
+    report.finish_after_goaway(b"second").await;
     assert_eq!(proxy.state.queue.totals().received, 2);
 }
 
