@@ -59,6 +59,10 @@ struct Args {
     /// How long streams may go on after that GOAWAY before the connection is closed.
     #[arg(long, env = "SKYLIFT_PROXY_MAX_CONNECTION_AGE_GRACE", default_value = "30s", value_parser = skylift_api::duration::parse)]
     max_connection_age_grace: Duration,
+    /// How long a client may take to send its HTTP/2 preface and SETTINGS, or to finish a
+    /// header block; slower ones are closed (slowloris).
+    #[arg(long, env = "SKYLIFT_PROXY_HEADER_TIMEOUT", default_value = "10s", value_parser = skylift_api::duration::parse)]
+    header_timeout: Duration,
     /// Largest gRPC message accepted.
     #[arg(long, env = "SKYLIFT_PROXY_MAX_MESSAGE_BYTES", default_value_t = 4 << 20)]
     max_message_bytes: usize,
@@ -212,6 +216,9 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
         (RoutingArg::Hash, None) => bail!("--routing hash needs --hash-header"),
         (_, _) => None,
     };
+    if args.header_timeout.is_zero() {
+        bail!("--header-timeout must be above 0");
+    }
     let partitions = args
         .queue_partitions
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -263,6 +270,7 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
                 max_connection_age: (!args.max_connection_age.is_zero())
                     .then_some(args.max_connection_age),
                 max_connection_age_grace: args.max_connection_age_grace,
+                header_timeout: args.header_timeout,
             },
             queue: QueueConfig {
                 partitions,

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub turned_away: Gauge,
     refused: Counter,
     aged_out: Counter,
+    timed_out: Counter,
     received: Family<ProtocolLabels, Counter>,
     forwarded: Family<ProtocolLabels, Counter>,
     dropped: Family<DropLabels, Counter>,
@@ -60,6 +61,7 @@ impl Default for Metrics {
             turned_away: Gauge::default(),
             refused: Counter::default(),
             aged_out: Counter::default(),
+            timed_out: Counter::default(),
             received: Family::default(),
             forwarded: Family::default(),
             dropped: Family::default(),
@@ -94,6 +96,11 @@ impl Default for Metrics {
             "connections_aged_out",
             "Client connections asked to reconnect at --max-connection-age",
             metrics.aged_out.clone(),
+        );
+        registry.register(
+            "connections_header_timeouts",
+            "Client connections closed for not completing their preface or a header block in time",
+            metrics.timed_out.clone(),
         );
         registry.register(
             "received",
@@ -191,6 +198,10 @@ impl Metrics {
 
     pub fn aged_out(&self) {
         self.aged_out.inc();
+    }
+
+    pub fn timed_out(&self) {
+        self.timed_out.inc();
     }
 
     pub fn sent(&self, upstream: &str, seconds: f64) {

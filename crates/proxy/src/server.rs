@@ -82,6 +82,7 @@ pub async fn serve(
                     }),
                 max_age: state.limits.max_connection_age,
                 drain_grace: state.limits.max_connection_age_grace,
+                header_timeout: state.limits.header_timeout,
                 ..inbound::Config::default()
             };
             inbound::serve(stream, state.clone(), config, shutdown).await;

@@ -24,6 +24,8 @@ pub struct Limits {
     pub max_connection_age: Option<std::time::Duration>,
     /// How long streams may go on after such a GOAWAY (or a shutdown's).
     pub max_connection_age_grace: std::time::Duration,
+    /// How long a client may take over its preface and SETTINGS, or over a header block.
+    pub header_timeout: std::time::Duration,
 }
 
 /// Shared by all connections and senders.

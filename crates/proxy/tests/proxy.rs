@@ -72,6 +72,7 @@ async fn proxy_with_client(
         keepalive: Some(Duration::from_millis(300)),
         max_connection_age: None,
         max_connection_age_grace: Duration::from_secs(5),
+        header_timeout: Duration::from_millis(500),
     };
     proxy_with_limits(upstreams, queue, client, limits).await
 }
@@ -981,6 +982,24 @@ async fn read_frames(
     }
 }
 
+/// A request header block for `path`, literal fields without indexing.
+fn request_block(path: &str) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", path),
+        ("content-type", "application/grpc"),
+    ] {
+        block.push(0);
+        block.push(name.len() as u8);
+        block.extend_from_slice(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    block
+}
+
 fn raw_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
     out.extend_from_slice(&[kind, flags]);
@@ -1043,20 +1062,7 @@ async fn a_stream_the_client_resets_keeps_what_it_sent_and_the_connection_goes_o
     let a = Sink::start().await.unwrap();
     let proxy = proxy(&[&a], None).await;
     let mut client = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
-    // A request header block, literal fields without indexing.
-    let mut block = Vec::new();
-    for (name, value) in [
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":path", SEGMENTS),
-        ("content-type", "application/grpc"),
-    ] {
-        block.push(0);
-        block.push(name.len() as u8);
-        block.extend_from_slice(name.as_bytes());
-        block.push(value.len() as u8);
-        block.extend_from_slice(value.as_bytes());
-    }
+    let block = request_block(SEGMENTS);
     let mut out = skylift_proxy::refuse::PREFACE.to_vec();
     out.extend(raw_frame(0x4, 0, 0, &[]));
     out.extend(raw_frame(0x1, 0x4, 1, &block));
@@ -1257,6 +1263,7 @@ async fn an_aged_connection_is_asked_to_reconnect_and_its_open_stream_is_still_a
         keepalive: None,
         max_connection_age: Some(Duration::from_millis(400)),
         max_connection_age_grace: Duration::from_secs(5),
+        header_timeout: Duration::from_millis(500),
     };
     let proxy = proxy_with_limits(&[&a], queue_config(), UpstreamClient::new(4, 100), limits).await;
     let report = OpenReport::start(proxy.address, b"before the goaway").await;
@@ -1349,4 +1356,101 @@ async fn an_upstream_that_stops_serving_is_ejected_by_health_checks_before_data_
     // Serving again: probed back when its ejection runs out.
     a.set_failing(false);
     wait_until(Duration::from_secs(5), || !ejected(&proxy.state)).await;
+}
+
+/// Reads until the proxy closes the connection; how long that took, or `None` if it did
+/// not within 5 s.
+async fn closed_after(stream: &mut tokio::net::TcpStream) -> Option<Duration> {
+    let started = std::time::Instant::now();
+    let mut sink = Vec::new();
+    match tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut sink)).await {
+        Ok(_) => Some(started.elapsed()),
+        Err(_) => None,
+    }
+}
+
+fn goaway_code(frames: &[(u8, u8, u32, Vec<u8>)]) -> Option<(u32, String)> {
+    let goaway = frames.iter().find(|f| f.0 == 0x7)?;
+    let code = u32::from_be_bytes(goaway.3[4..8].try_into().unwrap());
+    Some((code, String::from_utf8_lossy(&goaway.3[8..]).into_owned()))
+}
+
+#[tokio::test]
+async fn slow_flooding_and_oversized_clients_are_cut_off_and_the_others_keep_working() {
+    let a = Sink::start().await.unwrap();
+    let proxy = proxy(&[&a], None).await;
+    let preface = skylift_proxy::refuse::PREFACE;
+
+    // A socket that never speaks, and one that stops halfway through the preface: closed
+    // after the header timeout (500 ms here), without a GOAWAY it would not understand.
+    for sent in [&[][..], &preface[..10]] {
+        let mut slow = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
+        slow.write_all(sent).await.unwrap();
+        let took = closed_after(&mut slow).await.expect("closed");
+        assert!(
+            took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+            "closed after {took:?}"
+        );
+    }
+
+    // A header block begun and never finished (no END_HEADERS, no CONTINUATION).
+    let mut slow = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
+    let mut out = preface.to_vec();
+    out.extend(raw_frame(0x4, 0, 0, &[]));
+    out.extend(raw_frame(0x1, 0, 1, &request_block(SEGMENTS)[..10]));
+    slow.write_all(&out).await.unwrap();
+    let frames = read_frames(&mut slow, |f| f.0 == 0x7).await;
+    let (code, message) = goaway_code(&frames).expect("a GOAWAY");
+    assert_eq!(code, 0xb, "ENHANCE_YOUR_CALM");
+    assert!(message.contains("header block"), "{message}");
+
+    // A stream flood: beyond the 256 concurrent streams the proxy advertises, streams are
+    // refused (REFUSED_STREAM, which clients may retry) and the connection stays.
+    let mut flood = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
+    let mut out = preface.to_vec();
+    out.extend(raw_frame(0x4, 0, 0, &[]));
+    let block = request_block(SEGMENTS);
+    for i in 0..300u32 {
+        out.extend(raw_frame(0x1, 0x4, 2 * i + 1, &block));
+    }
+    out.extend(raw_frame(0x6, 0, 0, b"stillok!"));
+    flood.write_all(&out).await.unwrap();
+    let frames = read_frames(&mut flood, |f| f.0 == 0x6 && f.1 == 0x1).await;
+    let refused = frames
+        .iter()
+        .filter(|f| f.0 == 0x3 && f.3 == 7u32.to_be_bytes())
+        .count();
+    assert_eq!(refused, 300 - 256);
+    assert!(goaway_code(&frames).is_none(), "the connection stays");
+    assert_eq!(frames.last().unwrap().3, b"stillok!", "and answers pings");
+
+    // A frame above the 16 KiB the proxy accepts: FRAME_SIZE_ERROR.
+    let mut big = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
+    let mut out = preface.to_vec();
+    out.extend(raw_frame(0x4, 0, 0, &[]));
+    out.extend(raw_frame(0x1, 0x4, 1, &block));
+    out.extend(raw_frame(0x0, 0, 1, &vec![0; 20_000]));
+    big.write_all(&out).await.unwrap();
+    let frames = read_frames(&mut big, |f| f.0 == 0x7).await;
+    assert_eq!(
+        goaway_code(&frames).expect("a GOAWAY").0,
+        0x6,
+        "FRAME_SIZE_ERROR"
+    );
+
+    // Meanwhile a well-behaved client is served as usual.
+    let (status, _, _) = call(
+        &client(),
+        proxy.address,
+        SEGMENTS,
+        framed(&[b"fine".to_vec()]),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 0);
+    let metrics = proxy.state.metrics.encode();
+    assert!(
+        metrics.contains("skylift_proxy_connections_header_timeouts_total 3"),
+        "{metrics}"
+    );
 }

@@ -50,6 +50,10 @@ pub struct Config {
     pub max_age: Option<Duration>,
     /// How long streams may go on after a GOAWAY for age or shutdown.
     pub drain_grace: Duration,
+    /// How long a client may take to send its preface and SETTINGS, or to finish a
+    /// header block it began: a client that opens a socket (or a request) and trickles
+    /// bytes holds a connection slot (slowloris) and is closed after this.
+    pub header_timeout: Duration,
 }
 
 impl Default for Config {
@@ -62,6 +66,7 @@ impl Default for Config {
             keepalive_timeout: Duration::from_secs(20),
             max_age: None,
             drain_grace: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -169,6 +174,7 @@ enum Wake {
     Keepalive,
     Shutdown,
     Drain,
+    HeaderTimeout,
 }
 
 /// Where a connection is in going away on its own initiative (shutdown or age), done as
@@ -219,6 +225,9 @@ struct Connection {
     drain: Drain,
     drain_reason: &'static str,
     drain_timer: Option<Pin<Box<Sleep>>>,
+    /// Set while the preface and SETTINGS, or a header block's CONTINUATION frames, are
+    /// awaited.
+    header_timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Connection {
@@ -262,6 +271,9 @@ impl Connection {
             drain: Drain::No,
             drain_reason: "",
             drain_timer,
+            header_timer: Some(Box::pin(tokio::time::sleep_until(
+                now + config.header_timeout,
+            ))),
             config,
         }
     }
@@ -373,6 +385,7 @@ impl Connection {
                     Err(_) => Wake::Shutdown,
                 },
                 () = timer(&mut self.drain_timer) => Wake::Drain,
+                () = timer(&mut self.header_timer) => Wake::HeaderTimeout,
             };
             match wake {
                 Wake::Signal(Some(signal)) => {
@@ -392,6 +405,22 @@ impl Connection {
                 Wake::Keepalive => self.on_keepalive()?,
                 Wake::Shutdown => self.start_drain("skylift-proxy: shutting down; reconnect"),
                 Wake::Drain => self.on_drain_timer()?,
+                Wake::HeaderTimeout => {
+                    self.header_timer = None;
+                    let what = if self.settings_seen {
+                        "a header block"
+                    } else {
+                        "the HTTP/2 preface and SETTINGS"
+                    };
+                    self.state.metrics.timed_out();
+                    return Err(connection_error(
+                        Reason::EnhanceYourCalm,
+                        format!(
+                            "{what} not complete within {:?}",
+                            self.config.header_timeout
+                        ),
+                    ));
+                }
             }
         }
     }
@@ -487,6 +516,7 @@ impl Connection {
                 return Err(protocol_error("the first frame must be SETTINGS"));
             }
             self.settings_seen = true;
+            self.header_timer = None;
         }
         if let Some(continuation) = &self.continuation
             && (head.kind != kind::CONTINUATION || head.stream != continuation.stream)
@@ -647,6 +677,9 @@ impl Connection {
         if head.has(flag::END_HEADERS) {
             return self.on_header_block(head.stream, end_stream, &block).await;
         }
+        self.header_timer = Some(Box::pin(tokio::time::sleep_until(
+            Instant::now() + self.config.header_timeout,
+        )));
         self.continuation = Some(Continuation {
             stream: head.stream,
             end_stream,
@@ -670,6 +703,7 @@ impl Connection {
             return Ok(());
         }
         let continuation = self.continuation.take().expect("checked above");
+        self.header_timer = None;
         self.on_header_block(
             continuation.stream,
             continuation.end_stream,
