@@ -8,6 +8,7 @@
 //! - [`inbound`]: HTTP/2 for clients, with report streams received in the connection's loop;
 //! - [`payload`]: upstream request data, a batch gathered without copying;
 //! - [`framing`]: gRPC length-prefixed messages, decoded without decoding protobuf;
+//! - [`fuzzing`]: the properties the fuzz targets check, also run on the inputs they found;
 //! - [`grpc`]: status codes, trailers-only answers, the empty `Commands` acknowledgement;
 //! - [`protocol`]: which policy each SkyWalking / Envoy method gets (async batch, sync, pass-through);
 //! - [`queue`]: bounded per-partition queues that account for every event;
@@ -28,6 +29,7 @@ pub mod configmap;
 pub mod demand;
 pub mod forward;
 pub mod framing;
+pub mod fuzzing;
 pub mod grpc;
 pub mod inbound;
 pub mod ingest;

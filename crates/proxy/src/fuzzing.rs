@@ -1,0 +1,111 @@
+//! What the fuzz targets (`fuzz/`, run by `hack/fuzz.sh`) check on arbitrary input, kept
+//! here so that the inputs they once failed on (`fuzz/regressions/<target>/`) are checked
+//! by the same code in every test run. Each function panics when a property fails.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::framing::Decoder;
+use crate::inbound::headers;
+use crate::journal::record;
+use crate::reshape::{Identified, MeterSet};
+use crate::wire;
+
+/// The gRPC framing decoder, fed `input` in chunks of `chunk` bytes with a message limit
+/// of `limit`: it never panics, and the messages it returns are the input's frames, in
+/// order, each within the limit.
+pub fn grpc_framing(data: &[u8]) {
+    let (chunk, limit, input) = match data {
+        [c, l, rest @ ..] => (usize::from(*c % 64) + 1, usize::from(*l) * 16, rest),
+        _ => return,
+    };
+    let mut decoder = Decoder::new(limit);
+    let mut rebuilt = BytesMut::new();
+    let mut failed = false;
+    'input: for piece in input.chunks(chunk) {
+        decoder.push_bytes(Bytes::copy_from_slice(piece));
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(frame)) => {
+                    assert!(frame.message.len() <= limit, "a message above the limit");
+                    assert_eq!(&frame.framed[5..], &frame.message[..]);
+                    rebuilt.put_slice(&frame.framed);
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    failed = true;
+                    break 'input;
+                }
+            }
+        }
+    }
+    if !failed && decoder.finish().is_ok() {
+        assert_eq!(
+            &rebuilt[..],
+            input,
+            "every byte belongs to a returned frame"
+        );
+    } else {
+        assert!(
+            input.starts_with(&rebuilt),
+            "frames come from the input, in order"
+        );
+    }
+}
+
+/// The protobuf fields read for routing keys and spliced when streams are reshaped:
+/// errors on bad input, never panics.
+pub fn routing_key(data: &[u8]) {
+    let _ = wire::meter_key(data);
+    let _ = wire::meter_batch_key(data);
+    let _ = wire::meter_set_header(data);
+    let mut set = MeterSet::new(4096);
+    let mut identified = Identified::default();
+    for message in data.split(|b| *b == 0xff) {
+        let _ = set.add(message);
+        let _ = identified.message(Bytes::copy_from_slice(message));
+    }
+    let _ = set.finish();
+}
+
+/// Request header blocks (split at 0xfe) decoded in sequence on one HPACK decoder, as on
+/// a connection: a request, a malformed-request answer or a compression error.
+pub fn request_headers(data: &[u8]) {
+    let mut decoder = headers::decoder();
+    for block in data.split(|b| *b == 0xfe) {
+        if headers::decode_request(&mut decoder, block).is_err() {
+            // A compression error ends the connection: the decoder is not used again.
+            break;
+        }
+    }
+}
+
+/// A journal segment read back: good records and a damage count, never a panic; every
+/// record reported good encodes to bytes that read back as itself.
+pub fn journal_records(data: &[u8]) {
+    let scan = record::scan(&Bytes::copy_from_slice(data));
+    assert!(scan.good_len <= data.len());
+    for found in scan.records {
+        let mut again = Vec::new();
+        record::encode(
+            found.seq,
+            &found.path,
+            found.encoding.as_deref(),
+            found.key.as_deref(),
+            found.origin.as_deref(),
+            &found.framed,
+            &mut again,
+        );
+        assert_eq!(record::scan(&Bytes::from(again)).records, vec![found]);
+    }
+}
+
+/// A property checked on arbitrary input.
+pub type Check = fn(&[u8]);
+
+/// The targets by name, as `fuzz/` and `fuzz/regressions/` name them.
+pub const TARGETS: [(&str, Check); 4] = [
+    ("grpc_framing", grpc_framing),
+    ("routing_key", routing_key),
+    ("request_headers", request_headers),
+    ("journal_records", journal_records),
+];
