@@ -28,6 +28,8 @@ pub struct UpstreamClient {
     pools: Vec<Client<HttpConnector, UpstreamBody>>,
     streams_per_connection: usize,
     in_flight: InFlightCounts,
+    /// SkyWalking's `authentication` metadata, set on every request when configured.
+    authentication: Option<std::sync::Arc<crate::authentication::Authentication>>,
 }
 
 /// Which connection a new stream goes on: the first with room, else the least busy.
@@ -59,6 +61,7 @@ impl UpstreamClient {
             pools,
             streams_per_connection: streams_per_connection.max(1),
             in_flight: Arc::default(),
+            authentication: None,
         }
     }
 
@@ -79,10 +82,28 @@ impl UpstreamClient {
 
     /// Sends `request` (its URI names the upstream) and gives its answer, whose body keeps
     /// the stream counted until it is read or dropped.
+    /// Sends `authentication` on every request from now on.
+    pub fn with_authentication(
+        mut self,
+        authentication: std::sync::Arc<crate::authentication::Authentication>,
+    ) -> UpstreamClient {
+        self.authentication = Some(authentication);
+        self
+    }
+
+    pub fn authentication(&self) -> Option<&std::sync::Arc<crate::authentication::Authentication>> {
+        self.authentication.as_ref()
+    }
+
     pub async fn request(
         &self,
-        request: Request<UpstreamBody>,
+        mut request: Request<UpstreamBody>,
     ) -> Result<Response<Relayed>, hyper_util::client::legacy::Error> {
+        if let Some(authentication) = &self.authentication {
+            request
+                .headers_mut()
+                .insert("authentication", authentication.current());
+        }
         let upstream = request
             .uri()
             .authority()

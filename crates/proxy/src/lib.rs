@@ -2,6 +2,7 @@
 //! balances every message, not every connection.
 //!
 //! - [`balance`]: picking among healthy upstreams; ejecting failing ones;
+//! - [`authentication`]: SkyWalking's `authentication` token on every upstream call;
 //! - [`client`]: the HTTP/2 client to upstreams, more connections when streams saturate;
 //! - [`server`], [`ingest`], [`forward`], [`send`], [`state`]: accepting clients, queueing
 //!   reports, forwarding sync and unknown calls, sending batches upstream;
@@ -18,11 +19,13 @@
 //! - [`wire`]: the few protobuf fields read for routing keys or spliced by [`reshape`];
 //! - [`reshape`]: meter sets and Envoy streams made self-contained, so they can be batched;
 //! - [`refuse`]: turning away a connection over the limit with an HTTP/2 GOAWAY and a reason;
+//! - [`tls`]: TLS termination for clients, its files followed for renewals;
 //! - [`demand`]: clients turned away lately, reported to OAP beside the open connections;
 //! - [`route`]: round-robin, smooth weighted round-robin and rendezvous hashing with a
 //!   sticky LRU for meter data.
 
 pub mod admin;
+pub mod authentication;
 pub mod balance;
 pub mod client;
 pub mod configmap;
@@ -46,6 +49,7 @@ pub mod send;
 pub mod server;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 pub mod upstreams;
 pub mod warm;
 pub mod wire;

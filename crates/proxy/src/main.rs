@@ -22,9 +22,26 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[derive(Parser, Debug)]
 #[command(name = "skylift-proxy", version)]
 struct Args {
-    /// Client-facing gRPC address (cleartext HTTP/2).
+    /// Client-facing gRPC address (HTTP/2: cleartext, or TLS with --tls-cert-file).
     #[arg(long, env = "SKYLIFT_PROXY_LISTEN", default_value = "0.0.0.0:11800")]
     listen: SocketAddr,
+    /// Serve clients over TLS with this certificate chain (PEM); read again when it changes.
+    #[arg(long, env = "SKYLIFT_PROXY_TLS_CERT_FILE", requires = "tls_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// The TLS private key (PEM).
+    #[arg(long, env = "SKYLIFT_PROXY_TLS_KEY_FILE", requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
+    /// Require client certificates that chain to this CA bundle (PEM): mutual TLS.
+    #[arg(
+        long,
+        env = "SKYLIFT_PROXY_TLS_CLIENT_CA_FILE",
+        requires = "tls_cert_file"
+    )]
+    tls_client_ca_file: Option<PathBuf>,
+    /// A file holding the token OAP's `authentication` setting expects (a mounted Secret):
+    /// sent as `authentication` metadata on every call upstream, read again when it changes.
+    #[arg(long, env = "SKYLIFT_PROXY_AUTHENTICATION_FILE")]
+    authentication_file: Option<PathBuf>,
     /// Admin address: /metrics, /healthz, /readyz.
     #[arg(
         long,
@@ -293,6 +310,15 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
             upstream_streams: args.upstream_streams,
             sticky_ttl: Duration::from_secs(180),
             drain_timeout: args.drain_timeout,
+            authentication_file: args.authentication_file,
+            tls: match (args.tls_cert_file, args.tls_key_file) {
+                (Some(cert), Some(key)) => Some(skylift_proxy::tls::TlsFiles {
+                    cert,
+                    key,
+                    client_ca: args.tls_client_ca_file,
+                }),
+                _ => None,
+            },
             health_checks: skylift_proxy::warm::HealthChecks {
                 interval: (!args.health_check_interval.is_zero())
                     .then_some(args.health_check_interval),

@@ -40,6 +40,7 @@ pub struct Metrics {
     refused: Counter,
     aged_out: Counter,
     timed_out: Counter,
+    tls_failed: Counter,
     received: Family<ProtocolLabels, Counter>,
     forwarded: Family<ProtocolLabels, Counter>,
     dropped: Family<DropLabels, Counter>,
@@ -62,6 +63,7 @@ impl Default for Metrics {
             refused: Counter::default(),
             aged_out: Counter::default(),
             timed_out: Counter::default(),
+            tls_failed: Counter::default(),
             received: Family::default(),
             forwarded: Family::default(),
             dropped: Family::default(),
@@ -101,6 +103,11 @@ impl Default for Metrics {
             "connections_header_timeouts",
             "Client connections closed for not completing their preface or a header block in time",
             metrics.timed_out.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "Client connections whose TLS handshake failed or did not finish within --header-timeout",
+            metrics.tls_failed.clone(),
         );
         registry.register(
             "received",
@@ -202,6 +209,10 @@ impl Metrics {
 
     pub fn timed_out(&self) {
         self.timed_out.inc();
+    }
+
+    pub fn tls_failed(&self) {
+        self.tls_failed.inc();
     }
 
     pub fn sent(&self, upstream: &str, seconds: f64) {

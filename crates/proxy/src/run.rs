@@ -43,6 +43,10 @@ pub struct Config {
     pub sticky_ttl: Duration,
     /// How long a shutdown waits for the queues to drain.
     pub drain_timeout: Duration,
+    /// TLS termination for clients.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// The file holding the `authentication` token sent upstream.
+    pub authentication_file: Option<PathBuf>,
     /// Active health checks of the upstreams.
     pub health_checks: crate::warm::HealthChecks,
     /// With `--queue disk`: where and how the queue is journaled.
@@ -69,6 +73,10 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Authentication(#[from] crate::authentication::AuthenticationError),
+    #[error("client TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("the recovered journal could not be synced to disk")]
     JournalSync(#[from] crate::journal::SyncFailed),
 }
@@ -106,6 +114,12 @@ pub fn state(config: &Config) -> Result<(State, Option<Recovery>), RunError> {
             "queue journal opened; unacknowledged events of the last run are queued again"
         );
     }
+    let authentication = config
+        .authentication_file
+        .clone()
+        .map(crate::authentication::Authentication::load)
+        .transpose()?
+        .map(Arc::new);
     let state = Arc::new(Shared {
         queue,
         upstreams: UpstreamSet::new(initial),
@@ -113,9 +127,21 @@ pub fn state(config: &Config) -> Result<(State, Option<Recovery>), RunError> {
             config.policy,
             StickyKeys::new(config.sticky_keys, config.sticky_ttl),
         ),
-        client: UpstreamClient::new(config.upstream_connections, config.upstream_streams),
+        client: match &authentication {
+            None => UpstreamClient::new(config.upstream_connections, config.upstream_streams),
+            Some(authentication) => {
+                UpstreamClient::new(config.upstream_connections, config.upstream_streams)
+                    .with_authentication(authentication.clone())
+            }
+        },
         limits: config.limits.clone(),
         connections: AtomicUsize::new(0),
+        tls: config
+            .tls
+            .clone()
+            .map(crate::tls::Termination::load)
+            .transpose()?
+            .map(Arc::new),
         shutting_down: Default::default(),
         // Refused clients count until the next report or two has carried them to OAP.
         turned_away: TurnedAway::new(
@@ -174,6 +200,14 @@ pub async fn run(
             let client = kube::Client::try_default().await?;
             background.push(tokio::spawn(configmap::follow(client, namespace.clone(), name.clone(), state.upstreams.clone())));
         }
+    }
+    if let Some(tls) = &state.tls {
+        background.push(tokio::spawn(tls.clone().follow(Duration::from_secs(1))));
+    }
+    if let Some(authentication) = state.client.authentication() {
+        background.push(tokio::spawn(
+            authentication.clone().follow(Duration::from_secs(1)),
+        ));
     }
     background.push(tokio::spawn(crate::warm::keep_connected(
         state.clone(),

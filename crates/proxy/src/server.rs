@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 
 use crate::forward;
 use crate::grpc::Body;
-use crate::inbound::{self, RequestBody};
+use crate::inbound::{self, RequestBody, Transport};
 use crate::protocol::Policy;
 use crate::refuse::refuse;
 use crate::state::State;
@@ -64,8 +64,19 @@ pub async fn serve(
             let reason = format!(
                 "skylift-proxy: connection limit of {max} reached; reconnect to another replica"
             );
+            let tls = state.tls.clone();
             tokio::spawn(async move {
-                let refusal = refuse(stream, &reason, Duration::from_secs(5)).await;
+                let patience = Duration::from_secs(5);
+                // A TLS client is told why inside TLS, which it can read.
+                let refusal = match tls {
+                    None => refuse(stream, &reason, patience).await,
+                    Some(tls) => {
+                        match tokio::time::timeout(patience, tls.acceptor().accept(stream)).await {
+                            Ok(Ok(stream)) => refuse(stream, &reason, patience).await,
+                            _ => return,
+                        }
+                    }
+                };
                 tracing::info!(%peer, ?refusal, "refused a connection over the limit");
             });
             continue;
@@ -85,7 +96,26 @@ pub async fn serve(
                 header_timeout: state.limits.header_timeout,
                 ..inbound::Config::default()
             };
-            inbound::serve(stream, state.clone(), config, shutdown).await;
+            let transport = match &state.tls {
+                None => Transport::Plain(stream),
+                Some(tls) => {
+                    match tokio::time::timeout(config.header_timeout, tls.acceptor().accept(stream))
+                        .await
+                    {
+                        Ok(Ok(stream)) => {
+                            let (tcp, connection) = stream.into_inner();
+                            Transport::tls(tcp, connection)
+                        }
+                        outcome => {
+                            state.metrics.tls_failed();
+                            tracing::debug!(%peer, ?outcome, "TLS handshake failed");
+                            state.connections.fetch_sub(1, Ordering::AcqRel);
+                            return;
+                        }
+                    }
+                }
+            };
+            inbound::serve(transport, state.clone(), config, shutdown).await;
             tracing::trace!(%peer, "connection closed");
             state.connections.fetch_sub(1, Ordering::AcqRel);
         });

@@ -37,6 +37,8 @@ pub struct Shared {
     pub limits: Limits,
     /// Open client connections (limited, and reported to OAP).
     pub connections: AtomicUsize,
+    /// TLS termination for clients, when configured.
+    pub tls: Option<std::sync::Arc<crate::tls::Termination>>,
     /// A shutdown has begun: not ready for new clients.
     pub shutting_down: std::sync::atomic::AtomicBool,
     /// Clients refused at the limit lately (reported to OAP with the open connections).

@@ -28,6 +28,22 @@ impl TestCa {
         }
     }
 
+    /// A server certificate for `names` (DNS names or IP addresses) signed by this CA:
+    /// (certificate PEM, private key PEM).
+    pub fn server_identity(&self, names: &[&str]) -> (String, String) {
+        let ca_key = rcgen::KeyPair::from_pem(&self.key_pem).expect("the CA's key");
+        let issuer =
+            rcgen::Issuer::from_ca_cert_pem(&self.cert_pem, ca_key).expect("the CA's certificate");
+        let key = rcgen::KeyPair::generate().expect("a new key");
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).expect("valid names");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params
+            .signed_by(&key, &issuer)
+            .expect("a signed certificate");
+        (cert.pem(), key.serialize_pem())
+    }
+
     /// A client certificate (extended key usage clientAuth) for `common_name`: the private
     /// key and then the certificate, PEM, as `reqwest::Identity::from_pem` reads them.
     pub fn client_identity_pem(&self, common_name: &str) -> String {

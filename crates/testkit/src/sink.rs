@@ -55,6 +55,11 @@ struct Recorded {
     /// Messages counted but not kept (see [`Sink::start_counting`]).
     counted: u64,
     keep: bool,
+    /// Calls must carry this `authentication` metadata, as OAP checks it when its
+    /// `authentication` setting is on (UNAUTHENTICATED otherwise).
+    required_token: Option<String>,
+    /// Calls refused for a missing or wrong token.
+    unauthenticated: u64,
 }
 
 /// A running sink.
@@ -183,10 +188,22 @@ impl Sink {
             .get("x-echo-status")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u16>().ok());
+        let token = request
+            .headers()
+            .get("authentication")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
         let body = match request.into_body().collect().await {
             Ok(body) => body.to_bytes(),
             Err(_) => return trailers_only(13, "sink: reading the request failed"),
         };
+        {
+            let mut recorded = recorded.lock().expect("sink lock is never poisoned");
+            if recorded.required_token.is_some() && recorded.required_token != token {
+                recorded.unauthenticated += 1;
+                return trailers_only(16, "sink: unauthenticated");
+            }
+        }
         if failing.load(Ordering::Relaxed) {
             return trailers_only(14, "sink: failing on purpose");
         }
@@ -287,6 +304,23 @@ impl Sink {
     pub fn kill(&self) {
         self.task.abort();
         let _ = self.killed.send(true);
+    }
+
+    /// From now on, answer calls without this `authentication` metadata with
+    /// `UNAUTHENTICATED`, as OAP does with its `authentication` setting (`None`: stop).
+    pub fn require_authentication(&self, token: Option<&str>) {
+        self.recorded
+            .lock()
+            .expect("sink lock is never poisoned")
+            .required_token = token.map(String::from);
+    }
+
+    /// Calls refused for a missing or wrong `authentication`.
+    pub fn unauthenticated(&self) -> u64 {
+        self.recorded
+            .lock()
+            .expect("sink lock is never poisoned")
+            .unauthenticated
     }
 
     /// From now on, answer every call with `UNAVAILABLE` (or stop doing so).

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, StatusCode};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::AbortHandle;
@@ -26,6 +25,7 @@ use super::frame::{self, Head, Reason, flag, kind, setting};
 use super::headers::{self, Malformed};
 use super::hpack;
 use super::signal::{self, RESPONSE_CREDIT, Signal};
+use super::transport::Transport;
 use crate::grpc::{self, Code};
 use crate::ingest::{self, Refusal, ReportStream};
 use crate::journal::Fsync;
@@ -118,7 +118,7 @@ fn protocol_error(message: impl Into<String>) -> ConnectionError {
 }
 
 /// Serves one connection until the client leaves or breaks the protocol.
-pub async fn serve(io: TcpStream, state: State, config: Config, shutdown: watch::Receiver<bool>) {
+pub async fn serve(io: Transport, state: State, config: Config, shutdown: watch::Receiver<bool>) {
     let mut connection = Connection::new(io, state, config, shutdown);
     let outcome = connection.run().await;
     connection.close(outcome).await;
@@ -195,7 +195,7 @@ enum Drain {
 const DRAIN_PING: [u8; 8] = *b"draining";
 
 struct Connection {
-    io: TcpStream,
+    io: Transport,
     state: State,
     config: Config,
     input: BytesMut,
@@ -232,7 +232,7 @@ struct Connection {
 
 impl Connection {
     fn new(
-        io: TcpStream,
+        io: Transport,
         state: State,
         config: Config,
         shutdown: watch::Receiver<bool>,
@@ -359,7 +359,12 @@ impl Connection {
             self.process_input().await?;
             self.give_back_connection_window();
             self.flush()?;
-            if self.eof || (self.going_away && self.streams.is_empty() && self.output.is_empty()) {
+            if self.eof
+                || (self.going_away
+                    && self.streams.is_empty()
+                    && self.output.is_empty()
+                    && !self.io.wants_write())
+            {
                 return Ok(());
             }
             // An idle connection keeps no buffers.
@@ -370,7 +375,7 @@ impl Connection {
                 self.output = BytesMut::new();
             }
             let reading = self.output.len() < MAX_OUTPUT;
-            let writing = !self.output.is_empty();
+            let writing = !self.output.is_empty() || self.io.wants_write();
             let draining = self.drain != Drain::No;
             let wake = tokio::select! {
                 biased;
@@ -438,6 +443,11 @@ impl Connection {
 
     /// Writes what it can without waiting.
     fn flush(&mut self) -> Result<(), ConnectionError> {
+        match self.io.flush_pending() {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(err) => return Err(io_error(err)),
+        }
         while !self.output.is_empty() {
             match self.io.try_write(&self.output) {
                 Ok(n) => self.output.advance(n),
@@ -1198,7 +1208,7 @@ impl Connection {
                 );
             }
             let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                while !self.output.is_empty() {
+                while !self.output.is_empty() || self.io.wants_write() {
                     if self.io.writable().await.is_err() || self.flush().is_err() {
                         break;
                     }

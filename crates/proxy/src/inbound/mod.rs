@@ -9,7 +9,8 @@
 //! - [`hpack`]: the HPACK decoder (static and dynamic tables, Huffman strings);
 //! - [`headers`]: requests from decoded header blocks, responses encoded;
 //! - [`connection`]: one connection's loop, flow control, report streams;
-//! - [`signal`], [`body`]: handler tasks for forwarded calls and their request bodies.
+//! - [`signal`], [`body`]: handler tasks for forwarded calls and their request bodies;
+//! - [`transport`]: the socket, or TLS on it, read and written by readiness.
 
 pub mod body;
 pub mod connection;
@@ -17,6 +18,8 @@ pub mod frame;
 pub mod headers;
 pub mod hpack;
 pub mod signal;
+pub mod transport;
 
 pub use body::RequestBody;
 pub use connection::{Config, serve};
+pub use transport::Transport;
