@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 use std::sync::RwLock;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::HeaderValue;
 
@@ -46,11 +46,6 @@ fn read(path: &PathBuf) -> Result<HeaderValue, AuthenticationError> {
     Ok(value)
 }
 
-fn stamp(path: &PathBuf) -> Option<(SystemTime, u64)> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
-}
-
 impl Authentication {
     pub fn load(path: PathBuf) -> Result<Authentication, AuthenticationError> {
         let token = read(&path)?;
@@ -68,23 +63,15 @@ impl Authentication {
     /// Reads the file again whenever it changes, looking every `every`; an unusable
     /// change is reported and the last good token kept. Runs until aborted.
     pub async fn follow(self: std::sync::Arc<Self>, every: Duration) {
-        let mut last = stamp(&self.path);
-        loop {
-            tokio::time::sleep(every).await;
-            let now = stamp(&self.path);
-            if now == last {
-                continue;
+        crate::watched::on_change(vec![self.path.clone()], every, || match read(&self.path) {
+            Ok(token) => {
+                *self.token.write().expect("never poisoned") = token;
+                tracing::info!(file = %self.path.display(), "authentication token reloaded");
             }
-            last = now;
-            match read(&self.path) {
-                Ok(token) => {
-                    *self.token.write().expect("never poisoned") = token;
-                    tracing::info!(file = %self.path.display(), "authentication token reloaded");
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "authentication file unusable; keeping the last token")
-                }
+            Err(err) => {
+                tracing::warn!(error = %err, "authentication file unusable; keeping the last token")
             }
-        }
+        })
+        .await
     }
 }

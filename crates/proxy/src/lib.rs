@@ -20,6 +20,7 @@
 //! - [`reshape`]: meter sets and Envoy streams made self-contained, so they can be batched;
 //! - [`refuse`]: turning away a connection over the limit with an HTTP/2 GOAWAY and a reason;
 //! - [`tls`]: TLS termination for clients, its files followed for renewals;
+//! - [`watched`]: files (certificates, tokens) read again when they change;
 //! - [`demand`]: clients turned away lately, reported to OAP beside the open connections;
 //! - [`route`]: round-robin, smooth weighted round-robin and rendezvous hashing with a
 //!   sticky LRU for meter data.
@@ -52,4 +53,5 @@ pub mod telemetry;
 pub mod tls;
 pub mod upstreams;
 pub mod warm;
+pub mod watched;
 pub mod wire;

@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
@@ -96,22 +96,6 @@ pub fn build(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
-/// The files' modification times and sizes: what tells that they changed.
-fn stamp(files: &TlsFiles) -> Vec<Option<(SystemTime, u64)>> {
-    [
-        Some(&files.cert),
-        Some(&files.key),
-        files.client_ca.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|path| {
-        let meta = std::fs::metadata(path).ok()?;
-        Some((meta.modified().ok()?, meta.len()))
-    })
-    .collect()
-}
-
 /// The configuration new connections are accepted with, kept current with the files.
 pub struct Termination {
     files: TlsFiles,
@@ -136,23 +120,25 @@ impl Termination {
     /// Reads the files again whenever they change, looking every `every`. Runs until
     /// aborted.
     pub async fn follow(self: Arc<Self>, every: Duration) {
-        let mut last = stamp(&self.files);
-        loop {
-            tokio::time::sleep(every).await;
-            let now = stamp(&self.files);
-            if now == last {
-                continue;
+        let files = &self.files;
+        let paths = [
+            Some(&files.cert),
+            Some(&files.key),
+            files.client_ca.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+        crate::watched::on_change(paths, every, || match build(files) {
+            Ok(config) => {
+                *self.current.write().expect("never poisoned") = config;
+                tracing::info!(cert = %files.cert.display(), "TLS files reloaded");
             }
-            last = now;
-            match build(&self.files) {
-                Ok(config) => {
-                    *self.current.write().expect("never poisoned") = config;
-                    tracing::info!(cert = %self.files.cert.display(), "TLS files reloaded");
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "changed TLS files unusable; keeping the last good ones")
-                }
+            Err(err) => {
+                tracing::warn!(error = %err, "changed TLS files unusable; keeping the last good ones")
             }
-        }
+        })
+        .await
     }
 }
