@@ -86,15 +86,7 @@ pub fn journal_records(data: &[u8]) {
     assert!(scan.good_len <= data.len());
     for found in scan.records {
         let mut again = Vec::new();
-        record::encode(
-            found.seq,
-            &found.path,
-            found.encoding.as_deref(),
-            found.key.as_deref(),
-            found.origin.as_deref(),
-            &found.framed,
-            &mut again,
-        );
+        found.parts().encode(found.seq, &mut again);
         assert_eq!(record::scan(&Bytes::from(again)).records, vec![found]);
     }
 }

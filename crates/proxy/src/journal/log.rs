@@ -145,14 +145,8 @@ impl PartitionLog {
 
     /// Appends `event` and returns its sequence number.
     pub fn append(&mut self, event: &Event) -> Result<u64, AppendError> {
-        let route = &event.route;
-        let len = record::encoded_len(
-            &route.path,
-            route.encoding.as_deref(),
-            event.key.as_deref(),
-            event.origin.as_deref(),
-            &event.framed,
-        ) as u64;
+        let parts = record::Parts::of_event(event);
+        let len = parts.encoded_len() as u64;
         if self.disk_bytes + len > self.max_bytes {
             return Err(AppendError::Full);
         }
@@ -161,15 +155,7 @@ impl PartitionLog {
             self.rotate()?;
         }
         let seq = self.next_seq;
-        record::encode(
-            seq,
-            &route.path,
-            route.encoding.as_deref(),
-            event.key.as_deref(),
-            event.origin.as_deref(),
-            &event.framed,
-            &mut self.buffer,
-        );
+        parts.encode(seq, &mut self.buffer);
         self.active.bytes += len;
         self.disk_bytes += len;
         self.next_seq += 1;
@@ -286,7 +272,7 @@ pub(crate) mod tests {
     #[test]
     fn segments_roll_over_and_go_once_every_record_in_them_is_acknowledged() {
         let dir = tempdir("roll");
-        let record = record::encoded_len(&event(100).route.path, None, None, None, &[0; 100]);
+        let record = record::Parts::of_event(&event(100)).encoded_len();
         let mut log = PartitionLog::create(dir.clone(), 10, 3 * record as u64, 1 << 20).unwrap();
         let seqs: Vec<u64> = (0..7).map(|_| log.append(&event(100)).unwrap()).collect();
         log.write_out().unwrap();
@@ -317,7 +303,7 @@ pub(crate) mod tests {
     #[test]
     fn the_byte_cap_refuses_what_does_not_fit() {
         let dir = tempdir("cap");
-        let record = record::encoded_len(&event(100).route.path, None, None, None, &[0; 100]);
+        let record = record::Parts::of_event(&event(100)).encoded_len();
         let mut log = PartitionLog::create(dir, 0, 1 << 20, 2 * record as u64).unwrap();
         log.append(&event(100)).unwrap();
         log.append(&event(100)).unwrap();

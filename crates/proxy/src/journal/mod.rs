@@ -506,13 +506,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_journal_is_a_full_queue() {
         let dir = log::tests::tempdir("full");
-        let record = record::encoded_len(
-            &event(0, None).route.path,
-            None,
-            None,
-            None,
-            &event(0, None).framed,
-        ) as u64;
+        let record = record::Parts::of_event(&event(0, None)).encoded_len() as u64;
         let (journal, _) = Journal::open(
             &JournalConfig {
                 max_bytes: 3 * record,

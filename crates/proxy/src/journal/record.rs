@@ -31,64 +31,91 @@ pub struct Record {
     pub framed: Bytes,
 }
 
-/// Bytes a record of these parts takes on disk.
-pub fn encoded_len(
-    path: &str,
-    encoding: Option<&str>,
-    key: Option<&str>,
-    origin: Option<&[u8]>,
-    framed: &[u8],
-) -> usize {
-    HEADER
-        + 8
-        + 2
-        + path.len()
-        + 1
-        + encoding.map_or(0, str::len)
-        + 4
-        + key.map_or(0, str::len)
-        + 4
-        + origin.map_or(0, <[u8]>::len)
-        + framed.len()
-}
-
-/// Appends one record to `out`. Parts too long for their length field are cut short
-/// (paths of 64 KiB or encodings of 256 bytes do not occur: HTTP/2 header limits are far
-/// lower).
-pub fn encode(
-    seq: u64,
-    path: &str,
-    encoding: Option<&str>,
-    key: Option<&str>,
-    origin: Option<&[u8]>,
-    framed: &[u8],
-    out: &mut Vec<u8>,
-) {
-    let start = out.len();
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&[0; 8]);
-    out.extend_from_slice(&seq.to_le_bytes());
-    let path = &path.as_bytes()[..path.len().min(usize::from(u16::MAX))];
-    out.extend_from_slice(&(path.len() as u16).to_le_bytes());
-    out.extend_from_slice(path);
-    let encoding = encoding.map_or(&[][..], |e| &e.as_bytes()[..e.len().min(255)]);
-    out.push(encoding.len() as u8);
-    out.extend_from_slice(encoding);
-    for part in [key.map(str::as_bytes), origin] {
-        match part {
-            Some(bytes) => {
-                out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-                out.extend_from_slice(bytes);
-            }
-            None => out.extend_from_slice(&NONE.to_le_bytes()),
+impl Record {
+    pub fn parts(&self) -> Parts<'_> {
+        Parts {
+            path: &self.path,
+            encoding: self.encoding.as_deref(),
+            key: self.key.as_deref(),
+            origin: self.origin.as_deref(),
+            framed: &self.framed,
         }
     }
-    out.extend_from_slice(framed);
-    let body = start + HEADER;
-    let len = (out.len() - body) as u32;
-    let crc = crc32fast::hash(&out[body..]);
-    out[start + 4..start + 8].copy_from_slice(&len.to_le_bytes());
-    out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// What a record is written from: a queued event's parts, or a record read back.
+#[derive(Clone, Copy, Debug)]
+pub struct Parts<'a> {
+    pub path: &'a str,
+    pub encoding: Option<&'a str>,
+    pub key: Option<&'a str>,
+    pub origin: Option<&'a [u8]>,
+    pub framed: &'a [u8],
+}
+
+impl<'a> Parts<'a> {
+    pub fn of_event(event: &'a crate::queue::Event) -> Parts<'a> {
+        Parts {
+            path: &event.route.path,
+            encoding: event.route.encoding.as_deref(),
+            key: event.key.as_deref(),
+            origin: event.origin.as_deref(),
+            framed: &event.framed,
+        }
+    }
+
+    /// Bytes the record takes on disk.
+    pub fn encoded_len(&self) -> usize {
+        HEADER
+            + 8
+            + 2
+            + self.path.len()
+            + 1
+            + self.encoding.map_or(0, str::len)
+            + 4
+            + self.key.map_or(0, str::len)
+            + 4
+            + self.origin.map_or(0, <[u8]>::len)
+            + self.framed.len()
+    }
+
+    /// Appends the record, numbered `seq`, to `out`. Parts too long for their length
+    /// field are cut short (paths of 64 KiB or encodings of 256 bytes do not occur: HTTP/2
+    /// header limits are far lower).
+    pub fn encode(&self, seq: u64, out: &mut Vec<u8>) {
+        let Parts {
+            path,
+            encoding,
+            key,
+            origin,
+            framed,
+        } = *self;
+        let start = out.len();
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&[0; 8]);
+        out.extend_from_slice(&seq.to_le_bytes());
+        let path = &path.as_bytes()[..path.len().min(usize::from(u16::MAX))];
+        out.extend_from_slice(&(path.len() as u16).to_le_bytes());
+        out.extend_from_slice(path);
+        let encoding = encoding.map_or(&[][..], |e| &e.as_bytes()[..e.len().min(255)]);
+        out.push(encoding.len() as u8);
+        out.extend_from_slice(encoding);
+        for part in [key.map(str::as_bytes), origin] {
+            match part {
+                Some(bytes) => {
+                    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                    out.extend_from_slice(bytes);
+                }
+                None => out.extend_from_slice(&NONE.to_le_bytes()),
+            }
+        }
+        out.extend_from_slice(framed);
+        let body = start + HEADER;
+        let len = (out.len() - body) as u32;
+        let crc = crc32fast::hash(&out[body..]);
+        out[start + 4..start + 8].copy_from_slice(&len.to_le_bytes());
+        out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
+    }
 }
 
 /// What reading a segment found.
@@ -245,15 +272,7 @@ mod tests {
     fn encoded(records: &[Record]) -> Vec<u8> {
         let mut out = Vec::new();
         for r in records {
-            encode(
-                r.seq,
-                &r.path,
-                r.encoding.as_deref(),
-                r.key.as_deref(),
-                r.origin.as_deref(),
-                &r.framed,
-                &mut out,
-            );
+            r.parts().encode(r.seq, &mut out);
         }
         out
     }
@@ -269,15 +288,8 @@ mod tests {
             },
         ];
         let bytes = encoded(&records);
-        let r = &records[0];
         assert_eq!(
-            encoded_len(
-                &r.path,
-                None,
-                r.key.as_deref(),
-                r.origin.as_deref(),
-                &r.framed
-            ),
+            records[0].parts().encoded_len(),
             encoded(&records[..1]).len()
         );
         let scan = scan(&Bytes::from(bytes.clone()));
