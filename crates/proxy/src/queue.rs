@@ -113,6 +113,16 @@ pub struct QueueConfig {
     pub in_flight: usize,
 }
 
+/// Whether an event must find room in its partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Admission {
+    /// A client's: only if there is room (capacity, bytes, journal).
+    IfRoom,
+    /// Read back from the journal at start, acknowledged by an earlier run: whatever the
+    /// room, even if it cannot be journaled again.
+    Recovered,
+}
+
 /// The outcome of offering an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Offered {
@@ -213,30 +223,10 @@ impl Queue {
 
     /// Queues an event recovered from the journal at start, whatever the room: it was
     /// acknowledged to its client by an earlier run. Journaled again in its new partition.
-    pub fn restore(&self, mut event: Event) {
-        let index = self.partition_for(&event);
-        let partition = &self.partitions[index];
-        let mut events = partition
-            .events
-            .lock()
-            .expect("queue lock is never poisoned");
-        if let Some(journal) = &self.journal {
-            match journal.append(index, &event) {
-                Ok(seq) => event.seq = Some(seq),
-                // Kept in memory all the same: sent if this run lives long enough.
-                Err(err) => {
-                    tracing::warn!(error = %err, "a recovered event could not be journaled again")
-                }
-            }
-        }
-        partition.pending.fetch_add(1, Ordering::Relaxed);
-        partition
-            .pending_bytes
-            .fetch_add(event.cost(), Ordering::Relaxed);
-        events.push_back(event);
-        drop(events);
+    pub fn restore(&self, event: Event) {
+        let admitted = self.admit(event, Admission::Recovered);
+        debug_assert!(admitted.is_ok(), "a recovered event is always queued");
         self.accounting.received.fetch_add(1, Ordering::Relaxed);
-        partition.ready.notify_one();
     }
 
     pub fn partitions(&self) -> usize {
@@ -271,7 +261,13 @@ impl Queue {
     // The event comes back only when there is no room (rare); boxing it to shrink the
     // error would cost an allocation for every event instead.
     #[allow(clippy::result_large_err)]
-    fn try_queue(&self, mut event: Event) -> Result<(), Event> {
+    fn try_queue(&self, event: Event) -> Result<(), Event> {
+        self.admit(event, Admission::IfRoom)
+    }
+
+    /// Puts `event` at the back of its partition, journaled first with a journal.
+    #[allow(clippy::result_large_err)] // see try_queue
+    fn admit(&self, mut event: Event, admission: Admission) -> Result<(), Event> {
         let index = self.partition_for(&event);
         let partition = &self.partitions[index];
         let cost = event.cost();
@@ -281,15 +277,19 @@ impl Queue {
             .expect("queue lock is never poisoned");
         let full = partition.pending.load(Ordering::Relaxed) >= self.config.capacity
             || partition.pending_bytes.load(Ordering::Relaxed) + cost > self.config.max_bytes;
-        if full {
+        if full && admission == Admission::IfRoom {
             return Err(event);
         }
         // On disk before it is queued (and so before its client hears it was taken); a
         // journal out of room or failing is a full queue to the client.
         if let Some(journal) = &self.journal {
-            match journal.append(index, &event) {
-                Ok(seq) => event.seq = Some(seq),
-                Err(_) => return Err(event),
+            match (journal.append(index, &event), admission) {
+                (Ok(seq), _) => event.seq = Some(seq),
+                (Err(_), Admission::IfRoom) => return Err(event),
+                // Kept in memory all the same: sent if this run lives long enough.
+                (Err(err), Admission::Recovered) => {
+                    tracing::warn!(error = %err, "a recovered event could not be journaled again")
+                }
             }
         }
         partition.pending.fetch_add(1, Ordering::Relaxed);
