@@ -34,10 +34,10 @@ for target in "${targets[@]}"; do
   mkdir -p "fuzz/corpus/$target"
   rm -rf "fuzz/artifacts/$target"
   echo "== $target: ${SECONDS_PER_TARGET}s"
-  if ! cargo fuzz run --sanitizer none "$target" "fuzz/corpus/$target" "fuzz/regressions/$target" -- \
-      -max_total_time="$SECONDS_PER_TARGET" -print_final_stats=1 2>&1 | grep -E "^(Done|stat::number_of_executed_units|stat::new_units_added)|panicked|SUMMARY|Test unit written"; then
-    :
-  fi
+  # A failing input ends the run with an artifact, checked below.
+  cargo fuzz run --sanitizer none "$target" "fuzz/corpus/$target" "fuzz/regressions/$target" -- \
+      -max_total_time="$SECONDS_PER_TARGET" -print_final_stats=1 2>&1 |
+    grep -E "^(Done|stat::number_of_executed_units|stat::new_units_added)|panicked|SUMMARY|Test unit written" || true
   if compgen -G "fuzz/artifacts/$target/*" >/dev/null; then
     failed+=("$target")
   fi

@@ -100,20 +100,18 @@ pub fn state(config: &Config) -> Result<(State, Option<Recovery>), RunError> {
                     dir: journal.dir.clone(),
                     source,
                 })?;
+            tracing::info!(
+                dir = %journal.dir.display(),
+                events = recovery.events.len(),
+                corrupt = recovery.corrupt,
+                "queue journal opened; unacknowledged events of the last run are queued again"
+            );
             (
                 Queue::with_journal(config.queue.clone(), Arc::new(opened)),
                 Some(recovery),
             )
         }
     };
-    if let Some(recovery) = &recovery {
-        tracing::info!(
-            dir = %config.journal.as_ref().map(|j| j.dir.display().to_string()).unwrap_or_default(),
-            events = recovery.events.len(),
-            corrupt = recovery.corrupt,
-            "queue journal opened; unacknowledged events of the last run are queued again"
-        );
-    }
     let authentication = config
         .authentication_file
         .clone()
