@@ -46,8 +46,7 @@ async fn metrics(AxumState(state): AxumState<State>) -> impl IntoResponse {
         .collect();
     m.set_queue(&sizes, state.queue.config().capacity);
     if let Some(journal) = state.queue.journal() {
-        let (corrupt, recovered, refused) = journal.counts();
-        m.set_journal(&journal.disk_bytes(), corrupt, recovered, refused);
+        m.set_journal_bytes(&journal.disk_bytes());
     }
     m.set_upstreams(&upstream_health(&state));
     (

@@ -9,6 +9,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::journal::JournalCounters;
 use crate::queue::DropReason;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -49,9 +50,8 @@ pub struct Metrics {
     upstream_up: Family<UpstreamLabels, Gauge>,
     send_seconds: Family<UpstreamLabels, Histogram>,
     journal_bytes: Family<PartitionLabels, Gauge>,
-    journal_corrupt: Counter,
-    journal_recovered: Counter,
-    journal_refused: Counter,
+    /// Counted by the journal itself.
+    pub journal: JournalCounters,
 }
 
 impl Default for Metrics {
@@ -74,9 +74,7 @@ impl Default for Metrics {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
             }),
             journal_bytes: Family::default(),
-            journal_corrupt: Counter::default(),
-            journal_recovered: Counter::default(),
-            journal_refused: Counter::default(),
+            journal: JournalCounters::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -152,17 +150,17 @@ impl Default for Metrics {
         registry.register(
             "journal_corrupt_records",
             "Damaged journal records skipped when reading the journal back",
-            metrics.journal_corrupt.clone(),
+            metrics.journal.corrupt.clone(),
         );
         registry.register(
             "journal_recovered",
             "Unacknowledged messages read back from the journal at start",
-            metrics.journal_recovered.clone(),
+            metrics.journal.recovered.clone(),
         );
         registry.register(
             "journal_append_refused",
             "Messages the journal refused (out of room or failing); the overflow policy applied",
-            metrics.journal_refused.clone(),
+            metrics.journal.refused.clone(),
         );
         Metrics {
             registry,
@@ -236,21 +234,14 @@ impl Metrics {
             .set(i64::try_from(capacity).unwrap_or(i64::MAX));
     }
 
-    /// Sets the journal's figures read at scrape time (its counters only ever grow).
-    pub fn set_journal(&self, bytes: &[u64], corrupt: u64, recovered: u64, refused: u64) {
+    /// Sets the journal's size per partition, read at scrape time.
+    pub fn set_journal_bytes(&self, bytes: &[u64]) {
         for (partition, size) in bytes.iter().enumerate() {
             self.journal_bytes
                 .get_or_create(&PartitionLabels {
                     partition: partition.to_string(),
                 })
                 .set(i64::try_from(*size).unwrap_or(i64::MAX));
-        }
-        for (counter, value) in [
-            (&self.journal_corrupt, corrupt),
-            (&self.journal_recovered, recovered),
-            (&self.journal_refused, refused),
-        ] {
-            counter.inc_by(value.saturating_sub(counter.get()));
         }
     }
 

@@ -92,14 +92,19 @@ pub fn state(config: &Config) -> Result<(State, Option<Recovery>), RunError> {
         UpstreamSource::File(path) => crate::upstreams::read_file(path)?,
         UpstreamSource::ConfigMap { .. } => Vec::new(),
     };
+    let metrics = crate::metrics::Metrics::default();
     let (queue, recovery) = match &config.journal {
         None => (Queue::new(config.queue.clone()), None),
         Some(journal) => {
-            let (opened, recovery) = Journal::open(journal, config.queue.partitions.max(1))
-                .map_err(|source| RunError::Journal {
-                    dir: journal.dir.clone(),
-                    source,
-                })?;
+            let (opened, recovery) = Journal::open(
+                journal,
+                config.queue.partitions.max(1),
+                metrics.journal.clone(),
+            )
+            .map_err(|source| RunError::Journal {
+                dir: journal.dir.clone(),
+                source,
+            })?;
             tracing::info!(
                 dir = %journal.dir.display(),
                 events = recovery.events.len(),
@@ -148,7 +153,7 @@ pub fn state(config: &Config) -> Result<(State, Option<Recovery>), RunError> {
                 .as_ref()
                 .map_or(Duration::ZERO, |t| t.interval * 2),
         ),
-        metrics: Default::default(),
+        metrics,
         fixed_meter_routing: config.fixed_meter_routing,
         hash_header: config.hash_header.clone(),
     });

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{Notify, watch};
 
 use self::log::{AppendError, PartitionLog};
@@ -69,6 +70,17 @@ pub struct Recovery {
     old_dirs: Vec<PathBuf>,
 }
 
+/// What the journal counts, exported as metrics (shared with [`crate::metrics::Metrics`]).
+#[derive(Clone, Debug, Default)]
+pub struct JournalCounters {
+    /// Damaged stretches skipped when reading the journal back.
+    pub corrupt: Counter,
+    /// Unacknowledged events read back at start.
+    pub recovered: Counter,
+    /// Appends and writes refused (out of room, or the disk failing).
+    pub refused: Counter,
+}
+
 /// The journals of all partitions.
 pub struct Journal {
     logs: Vec<Mutex<PartitionLog>>,
@@ -77,9 +89,7 @@ pub struct Journal {
     appended: AtomicU64,
     synced: watch::Sender<Synced>,
     wanted: Notify,
-    corrupt: AtomicU64,
-    recovered: AtomicU64,
-    append_errors: AtomicU64,
+    counters: JournalCounters,
 }
 
 fn partition_dir(dir: &Path, partition: usize) -> PathBuf {
@@ -95,7 +105,11 @@ impl Journal {
     /// Opens the journal in `config.dir`, reading back what an earlier run left
     /// unacknowledged. The caller queues the recovered events again (they are journaled
     /// anew) and then calls [`Journal::forget_old`].
-    pub fn open(config: &JournalConfig, partitions: usize) -> std::io::Result<(Journal, Recovery)> {
+    pub fn open(
+        config: &JournalConfig,
+        partitions: usize,
+        counters: JournalCounters,
+    ) -> std::io::Result<(Journal, Recovery)> {
         std::fs::create_dir_all(&config.dir)?;
         let (recovery, next_seq) = recover(&config.dir, partitions)?;
         let logs = (0..partitions)
@@ -109,15 +123,15 @@ impl Journal {
                 .map(Mutex::new)
             })
             .collect::<std::io::Result<Vec<_>>>()?;
+        counters.corrupt.inc_by(recovery.corrupt);
+        counters.recovered.inc_by(recovery.events.len() as u64);
         let journal = Journal {
             logs,
             fsync: config.fsync,
             appended: AtomicU64::new(0),
             synced: watch::Sender::new(Synced::default()),
             wanted: Notify::new(),
-            corrupt: AtomicU64::new(recovery.corrupt),
-            recovered: AtomicU64::new(recovery.events.len() as u64),
-            append_errors: AtomicU64::new(0),
+            counters,
         };
         Ok((journal, recovery))
     }
@@ -153,11 +167,7 @@ impl Journal {
             }
             Err(err) => {
                 // Counted, and said once in a while: the overflow policy answers the client.
-                if self
-                    .append_errors
-                    .fetch_add(1, Ordering::Relaxed)
-                    .is_multiple_of(1000)
-                {
+                if self.counters.refused.inc().is_multiple_of(1000) {
                     tracing::warn!(partition, error = %err, "journal refused an event");
                 }
             }
@@ -183,11 +193,7 @@ impl Journal {
             let mut log = log.lock().expect("journal lock is never poisoned");
             if let Err(err) = log.write_out() {
                 failed = true;
-                if self
-                    .append_errors
-                    .fetch_add(1, Ordering::Relaxed)
-                    .is_multiple_of(1000)
-                {
+                if self.counters.refused.inc().is_multiple_of(1000) {
                     tracing::warn!(partition, error = %err, "writing the journal failed");
                 }
             }
@@ -282,15 +288,6 @@ impl Journal {
                     .disk_bytes()
             })
             .collect()
-    }
-
-    /// Damaged records skipped, events recovered at start, appends refused.
-    pub fn counts(&self) -> (u64, u64, u64) {
-        (
-            self.corrupt.load(Ordering::Relaxed),
-            self.recovered.load(Ordering::Relaxed),
-            self.append_errors.load(Ordering::Relaxed),
-        )
     }
 }
 
@@ -422,7 +419,8 @@ mod tests {
     }
 
     async fn open(dir: &Path, partitions: usize) -> (Arc<Queue>, Vec<String>, u64) {
-        let (journal, mut recovery) = Journal::open(&journal_config(dir), partitions).unwrap();
+        let (journal, mut recovery) =
+            Journal::open(&journal_config(dir), partitions, JournalCounters::default()).unwrap();
         let queue = Arc::new(Queue::with_journal(
             queue_config(partitions),
             Arc::new(journal),
@@ -507,12 +505,14 @@ mod tests {
     async fn a_full_journal_is_a_full_queue() {
         let dir = log::tests::tempdir("full");
         let record = record::Parts::of_event(&event(0, None)).encoded_len() as u64;
+        let counters = JournalCounters::default();
         let (journal, _) = Journal::open(
             &JournalConfig {
                 max_bytes: 3 * record,
                 ..journal_config(&dir)
             },
             1,
+            counters.clone(),
         )
         .unwrap();
         let queue = Queue::with_journal(queue_config(1), Arc::new(journal));
@@ -520,6 +520,6 @@ mod tests {
         use crate::queue::Offered::{Queued, Rejected};
         assert_eq!(outcomes, vec![Queued, Queued, Queued, Rejected]);
         assert!(queue.totals().balances());
-        assert_eq!(queue.journal().unwrap().counts().2, 1);
+        assert_eq!(counters.refused.get(), 1);
     }
 }
