@@ -70,12 +70,10 @@ pub async fn serve(
                 // A TLS client is told why inside TLS, which it can read.
                 let refusal = match tls {
                     None => refuse(stream, &reason, patience).await,
-                    Some(tls) => {
-                        match tokio::time::timeout(patience, tls.acceptor().accept(stream)).await {
-                            Ok(Ok(stream)) => refuse(stream, &reason, patience).await,
-                            _ => return,
-                        }
-                    }
+                    Some(tls) => match tls.handshake(stream, patience).await {
+                        Ok(stream) => refuse(stream, &reason, patience).await,
+                        Err(_) => return,
+                    },
                 };
                 tracing::info!(%peer, ?refusal, "refused a connection over the limit");
             });
@@ -97,26 +95,23 @@ pub async fn serve(
                 ..inbound::Config::default()
             };
             let transport = match &state.tls {
-                None => Transport::Plain(stream),
-                Some(tls) => {
-                    match tokio::time::timeout(config.header_timeout, tls.acceptor().accept(stream))
-                        .await
-                    {
-                        Ok(Ok(stream)) => {
-                            let (tcp, connection) = stream.into_inner();
-                            Transport::tls(tcp, connection)
-                        }
-                        outcome => {
-                            state.metrics.tls_failed();
-                            tracing::debug!(%peer, ?outcome, "TLS handshake failed");
-                            state.connections.fetch_sub(1, Ordering::AcqRel);
-                            return;
-                        }
+                None => Some(Transport::Plain(stream)),
+                Some(tls) => match tls.handshake(stream, config.header_timeout).await {
+                    Ok(stream) => {
+                        let (tcp, connection) = stream.into_inner();
+                        Some(Transport::tls(tcp, connection))
                     }
-                }
+                    Err(err) => {
+                        state.metrics.tls_failed();
+                        tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                        None
+                    }
+                },
             };
-            inbound::serve(transport, state.clone(), config, shutdown).await;
-            tracing::trace!(%peer, "connection closed");
+            if let Some(transport) = transport {
+                inbound::serve(transport, state.clone(), config, shutdown).await;
+                tracing::trace!(%peer, "connection closed");
+            }
             state.connections.fetch_sub(1, Ordering::AcqRel);
         });
     }

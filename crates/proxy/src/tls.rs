@@ -112,9 +112,18 @@ impl Termination {
         })
     }
 
-    /// What the next connection is accepted with.
-    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(self.current.read().expect("never poisoned").clone())
+    /// The TLS handshake of a new connection, with the configuration current now; at
+    /// most `within`.
+    pub async fn handshake(
+        &self,
+        stream: tokio::net::TcpStream,
+        within: Duration,
+    ) -> std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+        let config = self.current.read().expect("never poisoned").clone();
+        let accepting = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+        tokio::time::timeout(within, accepting)
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
     }
 
     /// Reads the files again whenever they change, looking every `every`. Runs until
