@@ -16,20 +16,36 @@ use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use crate::connector::UpstreamConnector;
 use crate::grpc::UpstreamBody;
+use crate::origination::Origination;
 
 /// Streams counted per upstream, per connection.
 type InFlightCounts = Arc<Mutex<HashMap<String, Vec<usize>>>>;
 
 pub struct UpstreamClient {
-    pools: Vec<Client<HttpConnector, UpstreamBody>>,
+    pools: Vec<Client<UpstreamConnector, UpstreamBody>>,
     streams_per_connection: usize,
+    /// Requests go over TLS (and say `https`).
+    tls: Option<Arc<Origination>>,
     in_flight: InFlightCounts,
     /// SkyWalking's `authentication` metadata, set on every request when configured.
     authentication: Option<std::sync::Arc<crate::authentication::Authentication>>,
+}
+
+/// An error with its causes, `a: b: c` (hyper's own message says only "client error
+/// (Connect)"; the cause says which certificate or address was wrong).
+pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Which connection a new stream goes on: the first with room, else the least busy.
@@ -47,9 +63,16 @@ pub fn choose_connection(in_flight: &[usize], streams_per_connection: usize) -> 
 impl UpstreamClient {
     /// `connections`: the most connections per upstream (at least 1).
     pub fn new(connections: usize, streams_per_connection: usize) -> UpstreamClient {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(std::time::Duration::from_secs(3)));
+        UpstreamClient::with_tls(connections, streams_per_connection, None)
+    }
+
+    /// [`UpstreamClient::new`], over TLS when `tls` is given.
+    pub fn with_tls(
+        connections: usize,
+        streams_per_connection: usize,
+        tls: Option<Arc<Origination>>,
+    ) -> UpstreamClient {
+        let connector = UpstreamConnector::new(tls.clone());
         let pools = (0..connections.max(1))
             .map(|_| {
                 Client::builder(TokioExecutor::new())
@@ -60,6 +83,7 @@ impl UpstreamClient {
         UpstreamClient {
             pools,
             streams_per_connection: streams_per_connection.max(1),
+            tls,
             in_flight: Arc::default(),
             authentication: None,
         }
@@ -80,8 +104,6 @@ impl UpstreamClient {
         }
     }
 
-    /// Sends `request` (its URI names the upstream) and gives its answer, whose body keeps
-    /// the stream counted until it is read or dropped.
     /// Sends `authentication` on every request from now on.
     pub fn with_authentication(
         mut self,
@@ -95,10 +117,22 @@ impl UpstreamClient {
         self.authentication.as_ref()
     }
 
+    /// Sends `request` (its URI names the upstream) and gives its answer, whose body keeps
+    /// the stream counted until it is read or dropped.
+    /// The upstream TLS configuration, when requests go over TLS.
+    pub fn origination(&self) -> Option<&Arc<Origination>> {
+        self.tls.as_ref()
+    }
+
     pub async fn request(
         &self,
         mut request: Request<UpstreamBody>,
     ) -> Result<Response<Relayed>, hyper_util::client::legacy::Error> {
+        if self.tls.is_some() {
+            let mut parts = std::mem::take(request.uri_mut()).into_parts();
+            parts.scheme = Some(http::uri::Scheme::HTTPS);
+            *request.uri_mut() = http::Uri::from_parts(parts).expect("only the scheme changed");
+        }
         if let Some(authentication) = &self.authentication {
             request
                 .headers_mut()

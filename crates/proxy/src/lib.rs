@@ -4,6 +4,7 @@
 //! - [`balance`]: picking among healthy upstreams; ejecting failing ones;
 //! - [`authentication`]: SkyWalking's `authentication` token on every upstream call;
 //! - [`client`]: the HTTP/2 client to upstreams, more connections when streams saturate;
+//! - [`connector`], [`origination`]: its connections, in cleartext or TLS (mutual TLS);
 //! - [`server`], [`ingest`], [`forward`], [`send`], [`state`]: accepting clients, queueing
 //!   reports, forwarding sync and unknown calls, sending batches upstream;
 //! - [`inbound`]: HTTP/2 for clients, with report streams received in the connection's loop;
@@ -30,6 +31,7 @@ pub mod authentication;
 pub mod balance;
 pub mod client;
 pub mod configmap;
+pub mod connector;
 pub mod demand;
 pub mod forward;
 pub mod framing;
@@ -39,6 +41,7 @@ pub mod inbound;
 pub mod ingest;
 pub mod journal;
 pub mod metrics;
+pub mod origination;
 pub mod payload;
 pub mod protocol;
 pub mod queue;

@@ -42,6 +42,32 @@ struct Args {
     /// sent as `authentication` metadata on every call upstream, read again when it changes.
     #[arg(long, env = "SKYLIFT_PROXY_AUTHENTICATION_FILE")]
     authentication_file: Option<PathBuf>,
+    /// Connect to upstreams over TLS, verifying their certificates against this CA
+    /// bundle (PEM); read again when it changes.
+    #[arg(long, env = "SKYLIFT_PROXY_UPSTREAM_TLS_CA_FILE")]
+    upstream_tls_ca_file: Option<PathBuf>,
+    /// The name upstream certificates are verified against (and sent as SNI), e.g. the
+    /// OAP Service's DNS name; default: each upstream's own host or IP.
+    #[arg(
+        long,
+        env = "SKYLIFT_PROXY_UPSTREAM_TLS_SERVER_NAME",
+        requires = "upstream_tls_ca_file"
+    )]
+    upstream_tls_server_name: Option<String>,
+    /// A client certificate chain (PEM) presented to upstreams: mutual TLS.
+    #[arg(
+        long,
+        env = "SKYLIFT_PROXY_UPSTREAM_TLS_CERT_FILE",
+        requires_all = ["upstream_tls_ca_file", "upstream_tls_key_file"]
+    )]
+    upstream_tls_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        env = "SKYLIFT_PROXY_UPSTREAM_TLS_KEY_FILE",
+        requires = "upstream_tls_cert_file"
+    )]
+    upstream_tls_key_file: Option<PathBuf>,
     /// Admin address: /metrics, /healthz, /readyz.
     #[arg(
         long,
@@ -311,6 +337,13 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
             sticky_ttl: Duration::from_secs(180),
             drain_timeout: args.drain_timeout,
             authentication_file: args.authentication_file,
+            upstream_tls: args.upstream_tls_ca_file.map(|ca| {
+                skylift_proxy::origination::UpstreamTlsFiles {
+                    ca,
+                    client_cert: args.upstream_tls_cert_file.zip(args.upstream_tls_key_file),
+                    server_name: args.upstream_tls_server_name,
+                }
+            }),
             tls: match (args.tls_cert_file, args.tls_key_file) {
                 (Some(cert), Some(key)) => Some(skylift_proxy::tls::TlsFiles {
                     cert,
@@ -386,6 +419,32 @@ mod tests {
         assert_eq!(config.limits.max_connections, Some(11));
         assert_eq!(config.policy, Policy::WeightedRoundRobin);
         assert_eq!(config.telemetry.unwrap().service, "obs-ingest");
+    }
+
+    #[test]
+    fn upstream_tls_needs_its_ca_and_a_client_certificate_needs_its_key() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+        let args = Args::try_parse_from([
+            "skylift-proxy",
+            "--upstream=10.0.0.7:11800",
+            "--upstream-tls-ca-file=/etc/skylift/upstream-tls/ca.crt",
+            "--upstream-tls-server-name=oap.obs.svc",
+            "--upstream-tls-cert-file=/etc/skylift/upstream-tls/tls.crt",
+            "--upstream-tls-key-file=/etc/skylift/upstream-tls/tls.key",
+        ])
+        .unwrap();
+        let tls = config(args).unwrap().0.upstream_tls.unwrap();
+        assert_eq!(tls.server_name.as_deref(), Some("oap.obs.svc"));
+        assert!(tls.client_cert.is_some());
+        for incomplete in [
+            &["--upstream-tls-server-name=oap"][..],
+            &["--upstream-tls-ca-file=ca", "--upstream-tls-cert-file=c"][..],
+            &["--upstream-tls-ca-file=ca", "--upstream-tls-key-file=k"][..],
+        ] {
+            let argv = ["skylift-proxy", "--upstream=a:1"].iter().chain(incomplete);
+            assert!(Args::try_parse_from(argv).is_err(), "{incomplete:?}");
+        }
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsFiles>,
     /// The file holding the `authentication` token sent upstream.
     pub authentication_file: Option<PathBuf>,
+    /// TLS (mutual TLS) to the upstreams.
+    pub upstream_tls: Option<crate::origination::UpstreamTlsFiles>,
     /// Active health checks of the upstreams.
     pub health_checks: crate::warm::HealthChecks,
     /// With `--queue disk`: where and how the queue is journaled.
@@ -77,6 +79,8 @@ pub enum RunError {
     Authentication(#[from] crate::authentication::AuthenticationError),
     #[error("client TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("upstream TLS: {0}")]
+    UpstreamTls(#[source] crate::tls::TlsError),
     #[error("the recovered journal could not be synced to disk")]
     JournalSync(#[from] crate::journal::SyncFailed),
 }
@@ -123,6 +127,21 @@ pub fn state(config: &Config) -> Result<(State, Option<Recovery>), RunError> {
         .map(crate::authentication::Authentication::load)
         .transpose()?
         .map(Arc::new);
+    let origination = config
+        .upstream_tls
+        .clone()
+        .map(crate::origination::Origination::load)
+        .transpose()
+        .map_err(RunError::UpstreamTls)?
+        .map(Arc::new);
+    let mut client = UpstreamClient::with_tls(
+        config.upstream_connections,
+        config.upstream_streams,
+        origination,
+    );
+    if let Some(authentication) = &authentication {
+        client = client.with_authentication(authentication.clone());
+    }
     let state = Arc::new(Shared {
         queue,
         upstreams: UpstreamSet::new(initial),
@@ -130,13 +149,7 @@ pub fn state(config: &Config) -> Result<(State, Option<Recovery>), RunError> {
             config.policy,
             StickyKeys::new(config.sticky_keys, config.sticky_ttl),
         ),
-        client: match &authentication {
-            None => UpstreamClient::new(config.upstream_connections, config.upstream_streams),
-            Some(authentication) => {
-                UpstreamClient::new(config.upstream_connections, config.upstream_streams)
-                    .with_authentication(authentication.clone())
-            }
-        },
+        client,
         limits: config.limits.clone(),
         connections: AtomicUsize::new(0),
         tls: config
@@ -206,6 +219,11 @@ pub async fn run(
     }
     if let Some(tls) = &state.tls {
         background.push(tokio::spawn(tls.clone().follow(Duration::from_secs(1))));
+    }
+    if let Some(origination) = state.client.origination() {
+        background.push(tokio::spawn(
+            origination.clone().follow(Duration::from_secs(1)),
+        ));
     }
     if let Some(authentication) = state.client.authentication() {
         background.push(tokio::spawn(

@@ -158,15 +158,19 @@ async fn send_stream(
     let Some(request) = grpc::request(upstream, path, encoding, body) else {
         return Outcome::Failed;
     };
-    let response =
-        match tokio::time::timeout(Duration::from_secs(10), state.client.request(request)).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(err)) => {
-                tracing::debug!(%upstream, error = %err, "sending a batch failed");
-                return Outcome::Failed;
-            }
-            Err(_) => return Outcome::Failed,
-        };
+    let response = match tokio::time::timeout(
+        Duration::from_secs(10),
+        state.client.request(request),
+    )
+    .await
+    {
+        Ok(Ok(response)) => response,
+        Ok(Err(err)) => {
+            tracing::debug!(%upstream, error = %crate::client::describe(&err), "sending a batch failed");
+            return Outcome::Failed;
+        }
+        Err(_) => return Outcome::Failed,
+    };
     let (parts, body) = response.into_parts();
     let collected = match tokio::time::timeout(Duration::from_secs(10), body.collect()).await {
         Ok(Ok(collected)) => collected,

@@ -44,14 +44,14 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
 }
 
-fn read(path: &PathBuf) -> Result<Vec<u8>, TlsError> {
+pub(crate) fn read(path: &PathBuf) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read {
         path: path.clone(),
         source,
     })
 }
 
-fn certificates(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn certificates(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(path)?;
     let chain: Vec<_> = CertificateDer::pem_slice_iter(&pem)
         .filter_map(Result::ok)

@@ -125,7 +125,7 @@ async fn check(state: &State, address: &str, timeout: Duration) -> Option<String
             .client
             .request(request)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| crate::client::describe(&e))?;
         let (parts, body) = response.into_parts();
         let body = body.collect().await.map_err(|e| e.to_string())?;
         Ok::<_, String>((

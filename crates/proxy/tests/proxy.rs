@@ -1721,3 +1721,115 @@ async fn the_authentication_token_from_a_file_goes_with_every_call_and_follows_t
     wait_until(Duration::from_secs(5), || a.messages(SEGMENTS).len() == 2).await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A sink serving TLS with a certificate for `names` from `server_ca`, requiring client
+/// certificates from `client_ca`.
+async fn mutual_tls_sink(
+    server_ca: &skylift_testkit::pki::TestCa,
+    names: &[&str],
+    client_ca: &skylift_testkit::pki::TestCa,
+) -> Sink {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert, key) = server_ca.server_identity(names);
+    let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(client_ca.cert_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+        .build()
+        .unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    Sink::start_tls(Arc::new(config)).await.unwrap()
+}
+
+#[tokio::test]
+async fn upstreams_are_reached_over_mutual_tls_verified_by_the_configured_name() {
+    use skylift_proxy::origination::{Origination, UpstreamTlsFiles};
+    let dir = std::env::temp_dir().join(format!("skylift-upstream-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (server_ca, client_ca) = (
+        skylift_testkit::pki::TestCa::new("oap ca"),
+        skylift_testkit::pki::TestCa::new("proxy client ca"),
+    );
+    // OAP's certificate names its Service, not the pod IP the proxy connects to.
+    let oap = mutual_tls_sink(&server_ca, &["oap.obs.svc"], &client_ca).await;
+    std::fs::write(dir.join("ca.crt"), &server_ca.cert_pem).unwrap();
+    let identity = client_ca.client_identity_pem("skylift-proxy");
+    std::fs::write(dir.join("tls.crt"), &identity).unwrap();
+    std::fs::write(dir.join("tls.key"), &identity).unwrap();
+    let files = |server_name: Option<&str>, with_client_cert: bool| UpstreamTlsFiles {
+        ca: dir.join("ca.crt"),
+        client_cert: with_client_cert.then(|| (dir.join("tls.crt"), dir.join("tls.key"))),
+        server_name: server_name.map(str::to_string),
+    };
+    let over_tls = |files: UpstreamTlsFiles| {
+        let origination = Arc::new(Origination::load(files).unwrap());
+        UpstreamClient::with_tls(2, 100, Some(origination))
+    };
+
+    // Verified as the Service name, with the proxy's client certificate: reports are
+    // batched upstream and a pass-through call comes back, both over mutual TLS.
+    let proxy = proxy_with_client(
+        &[&oap],
+        None,
+        queue_config(),
+        over_tls(files(Some("oap.obs.svc"), true)),
+    )
+    .await;
+    let (status, _, _) = call(
+        &client(),
+        proxy.address,
+        SEGMENTS,
+        framed(&[b"one".to_vec(), b"two".to_vec()]),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 0);
+    wait_until(Duration::from_secs(5), || oap.messages(SEGMENTS).len() == 2).await;
+    let (status, body, trailers) = call(
+        &client(),
+        proxy.address,
+        "/test.Echo/Call",
+        framed(&[b"echo".to_vec()]),
+        &[],
+    )
+    .await;
+    assert_eq!((status, body), (0, framed(&[b"echo".to_vec()])));
+    assert_eq!(trailers.get("x-sink-echo").unwrap(), "yes");
+    assert_eq!(oap.tls_failures(), 0);
+
+    // Verified as its IP (the certificate has no IP SAN), or without a client
+    // certificate: no connection is made, and the data is kept rather than sent in the
+    // clear or to an unverified server.
+    for wrong in [files(None, true), files(Some("oap.obs.svc"), false)] {
+        let refused_before = oap.tls_failures();
+        let delivered_before = oap.messages(SEGMENTS).len();
+        let proxy = proxy_with_client(&[&oap], None, queue_config(), over_tls(wrong)).await;
+        let (status, _, _) = call(
+            &client(),
+            proxy.address,
+            SEGMENTS,
+            framed(&[b"kept".to_vec()]),
+            &[],
+        )
+        .await;
+        assert_eq!(status, 0, "acknowledged: it is queued");
+        wait_until(Duration::from_secs(5), || {
+            oap.tls_failures() > refused_before
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(oap.messages(SEGMENTS).len(), delivered_before);
+        let totals = proxy.state.queue.totals();
+        assert_eq!((totals.pending, totals.forwarded), (1, 0), "still queued");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,5 +1,5 @@
 //! An upstream gRPC sink standing in for an OAP node's gRPC port: it accepts every method
-//! over cleartext HTTP/2, records each message it receives per method, and answers reports
+//! over cleartext HTTP/2 (or TLS, see `Sink::start_tls`), records each message it receives per method, and answers reports
 //! the way OAP does (one empty `Commands` message, status OK; `grpc.health.v1` answers
 //! SERVING). Unknown methods are echoed back with a trailer, so pass-through can be checked.
 //! An observer can be told of every call (the OAP stand-in reads its reports that way).
@@ -60,6 +60,8 @@ struct Recorded {
     required_token: Option<String>,
     /// Calls refused for a missing or wrong token.
     unauthenticated: u64,
+    /// TLS handshakes that failed (see [`Sink::start_tls`]).
+    tls_failures: u64,
 }
 
 /// A running sink.
@@ -123,10 +125,33 @@ impl Sink {
         Self::start_on(address, false, Some(observer)).await
     }
 
+    /// A sink that keeps every message and serves TLS with `tls` (ALPN `h2`), as an OAP
+    /// with its gRPC TLS settings does; failed handshakes are counted.
+    pub async fn start_tls(tls: Arc<rustls::ServerConfig>) -> std::io::Result<Sink> {
+        let mut tls = (*tls).clone();
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        Self::start_with(
+            "127.0.0.1:0".parse().expect("a valid address"),
+            true,
+            None,
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls))),
+        )
+        .await
+    }
+
     async fn start_on(
         address: SocketAddr,
         keep: bool,
         observer: Option<Observer>,
+    ) -> std::io::Result<Sink> {
+        Self::start_with(address, keep, observer, None).await
+    }
+
+    async fn start_with(
+        address: SocketAddr,
+        keep: bool,
+        observer: Option<Observer>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
     ) -> std::io::Result<Sink> {
         let listener = tokio::net::TcpListener::bind(address).await?;
         let address = listener.local_addr()?;
@@ -142,26 +167,39 @@ impl Sink {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                rec.lock().expect("sink lock is never poisoned").connections += 1;
                 let (rec, fail, observer) = (rec.clone(), fail.clone(), observer.clone());
                 let mut kill_signal = kill_signal.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(
-                        move |request: Request<hyper::body::Incoming>| {
-                            let (rec, fail, observer) =
-                                (rec.clone(), fail.clone(), observer.clone());
-                            async move {
-                                Ok::<_, Infallible>(
-                                    Self::serve(request, &rec, &fail, observer.as_ref()).await,
-                                )
+                    let served = async {
+                        match tls {
+                            None => {
+                                Self::count_connection(&rec);
+                                Self::serve_connection(TokioIo::new(stream), rec, fail, observer)
+                                    .await
                             }
-                        },
-                    );
-                    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service);
+                            Some(acceptor) => match acceptor.accept(stream).await {
+                                Ok(stream) => {
+                                    Self::count_connection(&rec);
+                                    Self::serve_connection(
+                                        TokioIo::new(stream),
+                                        rec,
+                                        fail,
+                                        observer,
+                                    )
+                                    .await
+                                }
+                                Err(_) => {
+                                    rec.lock()
+                                        .expect("sink lock is never poisoned")
+                                        .tls_failures += 1;
+                                }
+                            },
+                        }
+                    };
                     // Killed: the connection is dropped mid-whatever, without a GOAWAY.
                     tokio::select! {
-                        _ = connection => {}
+                        _ = served => {}
                         _ = kill_signal.wait_for(|killed| *killed) => {}
                     }
                 });
@@ -174,6 +212,32 @@ impl Sink {
             task,
             killed,
         })
+    }
+
+    fn count_connection(recorded: &Mutex<Recorded>) {
+        recorded
+            .lock()
+            .expect("sink lock is never poisoned")
+            .connections += 1;
+    }
+
+    async fn serve_connection<I>(
+        io: I,
+        rec: Arc<Mutex<Recorded>>,
+        fail: Arc<AtomicBool>,
+        observer: Option<Observer>,
+    ) where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+            let (rec, fail, observer) = (rec.clone(), fail.clone(), observer.clone());
+            async move {
+                Ok::<_, Infallible>(Self::serve(request, &rec, &fail, observer.as_ref()).await)
+            }
+        });
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, service)
+            .await;
     }
 
     async fn serve(
@@ -321,6 +385,15 @@ impl Sink {
             .lock()
             .expect("sink lock is never poisoned")
             .unauthenticated
+    }
+
+    /// TLS handshakes that failed (a client that did not trust the sink, or presented no
+    /// certificate when one was required).
+    pub fn tls_failures(&self) -> u64 {
+        self.recorded
+            .lock()
+            .expect("sink lock is never poisoned")
+            .tls_failures
     }
 
     /// From now on, answer every call with `UNAVAILABLE` (or stop doing so).
