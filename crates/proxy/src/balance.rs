@@ -17,7 +17,21 @@ pub enum Policy {
 #[derive(Default)]
 struct Health {
     failures: u32,
+    /// Ejected for failing, until then.
     ejected_until: Option<Instant>,
+    /// Ejected for being slow, until then: a success (a slow node still answers) does not
+    /// end this one.
+    slow_until: Option<Instant>,
+}
+
+impl Health {
+    /// When the ejection in force ends.
+    fn until(&self) -> Option<Instant> {
+        match (self.ejected_until, self.slow_until) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// Picks upstreams and remembers which ones fail.
@@ -52,7 +66,7 @@ impl Balancer {
             .filter(|u| {
                 health
                     .get(&u.address)
-                    .and_then(|h| h.ejected_until)
+                    .and_then(Health::until)
                     .is_none_or(|t| t <= now)
             })
             .cloned()
@@ -107,12 +121,23 @@ impl Balancer {
         ejection
     }
 
-    /// A send to `address` succeeded: it is healthy again.
+    /// Leaves `address` out until `until` (a latency outlier: see [`crate::outlier`]); its
+    /// count of failures is left as it is.
+    pub fn eject(&self, address: &str, until: Instant) {
+        let mut health = self.health.lock().expect("health lock is never poisoned");
+        health.entry(address.to_string()).or_default().slow_until = Some(until);
+    }
+
+    /// A send to `address` succeeded: it is not failing (a latency ejection stays).
     pub fn succeeded(&self, address: &str) {
-        self.health
-            .lock()
-            .expect("health lock is never poisoned")
-            .remove(address);
+        let mut health = self.health.lock().expect("health lock is never poisoned");
+        if let Some(entry) = health.get_mut(address) {
+            entry.failures = 0;
+            entry.ejected_until = None;
+            if entry.slow_until.is_none_or(|t| t <= Instant::now()) {
+                health.remove(address);
+            }
+        }
     }
 
     /// Whether `address` failed and its ejection has run out: time to try it again.
@@ -121,7 +146,7 @@ impl Balancer {
             .lock()
             .expect("health lock is never poisoned")
             .get(address)
-            .and_then(|h| h.ejected_until)
+            .and_then(Health::until)
             .is_some_and(|t| t <= now)
     }
 
@@ -131,7 +156,7 @@ impl Balancer {
             .lock()
             .expect("health lock is never poisoned")
             .get(address)
-            .and_then(|h| h.ejected_until)
+            .and_then(Health::until)
             .is_some_and(|t| t > now)
     }
 }
@@ -182,6 +207,23 @@ mod tests {
             !balancer.is_ejected("c:1", now + Duration::from_secs(31)),
             "capped at 30 s"
         );
+    }
+
+    #[test]
+    fn a_latency_ejection_outlasts_the_slow_nodes_successes() {
+        let balancer = Balancer::new(
+            Policy::RoundRobin,
+            StickyKeys::new(10, Duration::from_secs(60)),
+        );
+        let now = Instant::now();
+        balancer.eject("b:1", now + Duration::from_secs(10));
+        balancer.succeeded("b:1");
+        assert!(balancer.is_ejected("b:1", now + Duration::from_secs(9)));
+        assert!(!balancer.due_for_probe("b:1", now + Duration::from_secs(9)));
+        assert!(balancer.due_for_probe("b:1", now + Duration::from_secs(11)));
+        // A failure meanwhile does not shorten it.
+        balancer.failed("b:1", now);
+        assert!(balancer.is_ejected("b:1", now + Duration::from_secs(9)));
     }
 
     #[test]

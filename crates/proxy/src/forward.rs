@@ -84,6 +84,7 @@ async fn attempt(
         }
         Err(err) => {
             state.balancer.failed(upstream, Instant::now());
+            state.metrics.ejected("failure");
             Attempt::Failed(format!("upstream {upstream} failed: {err}"))
         }
     }

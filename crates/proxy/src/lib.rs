@@ -2,6 +2,7 @@
 //! balances every message, not every connection.
 //!
 //! - [`balance`]: picking among healthy upstreams; ejecting failing ones;
+//! - [`outlier`]: ejecting upstreams much slower than the rest of the pool;
 //! - [`authentication`]: SkyWalking's `authentication` token on every upstream call;
 //! - [`client`]: the HTTP/2 client to upstreams, more connections when streams saturate;
 //! - [`connector`], [`origination`]: its connections, in cleartext or TLS (mutual TLS);
@@ -42,6 +43,7 @@ pub mod ingest;
 pub mod journal;
 pub mod metrics;
 pub mod origination;
+pub mod outlier;
 pub mod payload;
 pub mod protocol;
 pub mod queue;

@@ -190,6 +190,20 @@ struct Args {
     /// Health checks in a row that must fail before an upstream in use is ejected.
     #[arg(long, env = "SKYLIFT_PROXY_HEALTH_CHECK_FAILURES", default_value_t = 2)]
     health_check_failures: u32,
+    /// Eject an upstream whose batches take this many times longer than the median of the
+    /// others' (moving averages; needs 3 upstreams, ejects at most a third). 0: never.
+    #[arg(
+        long,
+        env = "SKYLIFT_PROXY_OUTLIER_LATENCY_FACTOR",
+        default_value_t = 3.0
+    )]
+    outlier_latency_factor: f64,
+    /// ... and longer than this, so a pool of fast upstreams is left alone.
+    #[arg(long, env = "SKYLIFT_PROXY_OUTLIER_MIN_LATENCY", default_value = "100ms", value_parser = skylift_api::duration::parse)]
+    outlier_min_latency: Duration,
+    /// How long a slow upstream is ejected; doubled while it stays slow (at most 5m).
+    #[arg(long, env = "SKYLIFT_PROXY_OUTLIER_EJECTION", default_value = "10s", value_parser = skylift_api::duration::parse)]
+    outlier_ejection: Duration,
     /// Log format.
     #[arg(long, env = "SKYLIFT_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -357,6 +371,11 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
                     .then_some(args.health_check_interval),
                 timeout: args.health_check_timeout,
                 failures: args.health_check_failures.max(1),
+            },
+            outlier_detection: skylift_proxy::outlier::OutlierDetection {
+                factor: args.outlier_latency_factor,
+                min_latency: args.outlier_min_latency,
+                ejection: args.outlier_ejection,
             },
             journal,
             telemetry,

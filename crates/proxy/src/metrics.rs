@@ -33,6 +33,11 @@ struct UpstreamLabels {
     upstream: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EjectionLabels {
+    reason: String,
+}
+
 /// Every metric the proxy exports.
 pub struct Metrics {
     registry: Registry,
@@ -48,6 +53,7 @@ pub struct Metrics {
     queue_size: Family<PartitionLabels, Gauge>,
     queue_capacity: Gauge,
     upstream_up: Family<UpstreamLabels, Gauge>,
+    ejections: Family<EjectionLabels, Counter>,
     send_seconds: Family<UpstreamLabels, Histogram>,
     journal_bytes: Family<PartitionLabels, Gauge>,
     /// Counted by the journal itself.
@@ -70,6 +76,7 @@ impl Default for Metrics {
             queue_size: Family::default(),
             queue_capacity: Gauge::default(),
             upstream_up: Family::default(),
+            ejections: Family::default(),
             send_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
             }),
@@ -136,6 +143,11 @@ impl Default for Metrics {
             "upstream_up",
             "1 while an upstream is not ejected",
             metrics.upstream_up.clone(),
+        );
+        registry.register(
+            "upstream_ejections",
+            "Upstreams ejected, per reason (failure, health_check, latency)",
+            metrics.ejections.clone(),
         );
         registry.register(
             "upstream_send_seconds",
@@ -243,6 +255,17 @@ impl Metrics {
                 })
                 .set(i64::try_from(*size).unwrap_or(i64::MAX));
         }
+    }
+
+    /// An upstream was ejected: `failure` (a send or call to it failed), `health_check`
+    /// or `latency`. Not labelled by upstream: pod addresses come and go, and the log
+    /// names it.
+    pub fn ejected(&self, reason: &'static str) {
+        self.ejections
+            .get_or_create(&EjectionLabels {
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     pub fn set_upstreams(&self, upstreams: &[(String, bool)]) {

@@ -51,6 +51,8 @@ pub struct Config {
     pub upstream_tls: Option<crate::origination::UpstreamTlsFiles>,
     /// Active health checks of the upstreams.
     pub health_checks: crate::warm::HealthChecks,
+    /// Passive ejection of slow upstreams.
+    pub outlier_detection: crate::outlier::OutlierDetection,
     /// With `--queue disk`: where and how the queue is journaled.
     pub journal: Option<JournalConfig>,
     /// Self-telemetry to OAP, when a service name is given.
@@ -149,6 +151,7 @@ pub fn state(config: &Config) -> Result<(State, Option<Recovery>), RunError> {
             config.policy,
             StickyKeys::new(config.sticky_keys, config.sticky_ttl),
         ),
+        outliers: crate::outlier::LatencyOutliers::new(config.outlier_detection),
         client,
         limits: config.limits.clone(),
         connections: AtomicUsize::new(0),
@@ -234,6 +237,10 @@ pub async fn run(
         state.clone(),
         Duration::from_secs(1),
         config.health_checks,
+    )));
+    background.push(tokio::spawn(crate::outlier::LatencyOutliers::run(
+        state.clone(),
+        Duration::from_secs(1),
     )));
     if let Some(telemetry) = config.telemetry.clone() {
         background.push(tokio::spawn(crate::telemetry::report(

@@ -118,12 +118,12 @@ async fn send_group(state: &State, group: Batch) -> bool {
         tried.push(upstream.address.clone());
         let started = Instant::now();
         let outcome = send_stream(state, &upstream.address, path, encoding, body.clone()).await;
-        state
-            .metrics
-            .sent(&upstream.address, started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        state.metrics.sent(&upstream.address, took.as_secs_f64());
         match outcome {
             Outcome::Sent => {
                 state.balancer.succeeded(&upstream.address);
+                state.outliers.observe(&upstream.address, took);
                 state.metrics.forwarded(protocol, group.events.len() as u64);
                 state.queue.forwarded(group);
                 return true;
@@ -140,6 +140,7 @@ async fn send_group(state: &State, group: Batch) -> bool {
             }
             Outcome::Failed => {
                 state.balancer.failed(&upstream.address, Instant::now());
+                state.metrics.ejected("failure");
                 tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
             }
         }

@@ -33,6 +33,8 @@ pub struct Shared {
     pub queue: Queue,
     pub upstreams: UpstreamSet,
     pub balancer: Balancer,
+    /// Batch latency per upstream, for ejecting slow ones.
+    pub outliers: crate::outlier::LatencyOutliers,
     pub client: UpstreamClient,
     pub limits: Limits,
     /// Open client connections (limited, and reported to OAP).

@@ -94,6 +94,7 @@ pub async fn keep_connected(state: State, tick: Duration, checks: HealthChecks) 
                     *in_a_row += 1;
                     if kind == Check::Probe || *in_a_row >= checks.failures.max(1) {
                         let ejected = state.balancer.failed(&address, Instant::now());
+                        state.metrics.ejected("health_check");
                         tracing::warn!(upstream = %address, %reason, failed_in_a_row = *in_a_row, ?ejected, "upstream down");
                     } else {
                         tracing::info!(upstream = %address, %reason, failed_in_a_row = *in_a_row, "health check failed");

@@ -29,6 +29,14 @@ struct Proxy {
     _close: tokio::sync::watch::Sender<bool>,
 }
 
+/// Latency ejection in tests: as in production, but over 50 ms rather than 100.
+const OUTLIERS: skylift_proxy::outlier::OutlierDetection =
+    skylift_proxy::outlier::OutlierDetection {
+        factor: 3.0,
+        min_latency: Duration::from_millis(50),
+        ejection: Duration::from_secs(10),
+    };
+
 fn queue_config() -> QueueConfig {
     QueueConfig {
         partitions: 2,
@@ -98,6 +106,7 @@ async fn proxy_with_limits(
             Policy::RoundRobin,
             StickyKeys::new(5000, Duration::from_secs(180)),
         ),
+        outliers: skylift_proxy::outlier::LatencyOutliers::new(OUTLIERS),
         client,
         limits,
         connections: AtomicUsize::new(0),
@@ -113,6 +122,10 @@ async fn proxy_with_limits(
     let (close, closed) = tokio::sync::watch::channel(false);
     tokio::spawn(server::serve(listener, state.clone(), closed.clone()));
     send::spawn_senders(&state, &closed);
+    tokio::spawn(skylift_proxy::outlier::LatencyOutliers::run(
+        state.clone(),
+        Duration::from_millis(100),
+    ));
     tokio::spawn(skylift_proxy::warm::keep_connected(
         state.clone(),
         Duration::from_millis(100),
@@ -1832,4 +1845,78 @@ async fn upstreams_are_reached_over_mutual_tls_verified_by_the_configured_name()
         assert_eq!((totals.pending, totals.forwarded), (1, 0), "still queued");
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn an_upstream_much_slower_than_the_others_is_ejected_and_the_rest_take_its_share() {
+    let sinks = [
+        Sink::start().await.unwrap(),
+        Sink::start().await.unwrap(),
+        Sink::start().await.unwrap(),
+        Sink::start().await.unwrap(),
+    ];
+    let slow = &sinks[3];
+    slow.set_delay(Duration::from_millis(150));
+    let refs: Vec<&Sink> = sinks.iter().collect();
+    let proxy = proxy(&refs, None).await;
+    let client = client();
+    let report = |i: u32| {
+        let client = client.clone();
+        async move {
+            let (status, _, _) = call(
+                &client,
+                proxy.address,
+                SEGMENTS,
+                framed(&[format!("segment {i}").into_bytes()]),
+                &[],
+            )
+            .await;
+            assert_eq!(status, 0);
+        }
+    };
+    // Enough batches for every upstream to be judged (20 each), a few at a time.
+    let mut i = 0;
+    let ejected = |proxy: &Proxy| {
+        proxy
+            .state
+            .metrics
+            .encode()
+            .contains(r#"skylift_proxy_upstream_ejections_total{reason="latency"} 1"#)
+    };
+    let started = std::time::Instant::now();
+    while !ejected(&proxy) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the slow upstream was never ejected"
+        );
+        futures::future::join_all((0..8).map(|_| {
+            i += 1;
+            report(i)
+        }))
+        .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // From now on the three fast ones share everything; the slow one's batches in flight
+    // when it was ejected still complete.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let slow_before = slow.messages(SEGMENTS).len();
+    let fast_before: Vec<usize> = sinks[..3]
+        .iter()
+        .map(|s| s.messages(SEGMENTS).len())
+        .collect();
+    for _ in 0..30 {
+        i += 1;
+        report(i).await;
+    }
+    wait_until(Duration::from_secs(5), || {
+        proxy.state.queue.totals().forwarded == u64::from(i)
+    })
+    .await;
+    assert_eq!(slow.messages(SEGMENTS).len(), slow_before);
+    for (sink, before) in sinks[..3].iter().zip(fast_before) {
+        assert!(sink.messages(SEGMENTS).len() >= before + 5, "an even share");
+    }
+    let totals = proxy.state.queue.totals();
+    assert_eq!(totals.pending, 0);
+    assert_eq!(totals.dropped, [0; 4]);
 }

@@ -62,6 +62,8 @@ struct Recorded {
     unauthenticated: u64,
     /// TLS handshakes that failed (see [`Sink::start_tls`]).
     tls_failures: u64,
+    /// How long each answer is held back (a node in a long GC pause, say).
+    delay: std::time::Duration,
 }
 
 /// A running sink.
@@ -271,6 +273,10 @@ impl Sink {
         if failing.load(Ordering::Relaxed) {
             return trailers_only(14, "sink: failing on purpose");
         }
+        let delay = recorded.lock().expect("sink lock is never poisoned").delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let messages = match split_messages(&body) {
             Ok(messages) => messages,
             Err(err) => return trailers_only(13, &format!("sink: {err}")),
@@ -394,6 +400,14 @@ impl Sink {
             .lock()
             .expect("sink lock is never poisoned")
             .tls_failures
+    }
+
+    /// From now on, hold every answer back by `delay` (a slow but working node).
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        self.recorded
+            .lock()
+            .expect("sink lock is never poisoned")
+            .delay = delay;
     }
 
     /// From now on, answer every call with `UNAVAILABLE` (or stop doing so).
