@@ -192,6 +192,7 @@ async fn clients_proxies_oap_adapter_and_hpa_close_the_loop() {
                 weight: 1,
                 pod: Some(format!("skywalking-oap-{}", n.node)),
                 zone: None,
+                draining: false,
             })
             .collect(),
     };

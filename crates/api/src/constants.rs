@@ -45,6 +45,9 @@ pub mod labels {
     pub const PART_OF_VALUE: &str = "skylift";
     /// Pod annotation giving an upstream endpoint's weight for weighted round-robin.
     pub const WEIGHT_ANNOTATION: &str = "skylift.io/weight";
+    /// Pod annotation (`"true"`) that drains an upstream endpoint: published as draining,
+    /// so proxies send it no new work, while the pod keeps running (before maintenance).
+    pub const DRAINING_ANNOTATION: &str = "skylift.io/draining";
     /// Annotation holding the hash of the configuration the operator last applied.
     pub const APPLIED_HASH_ANNOTATION: &str = "skylift.io/applied-hash";
 }

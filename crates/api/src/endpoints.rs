@@ -20,6 +20,10 @@ pub struct UpstreamEndpoint {
     /// Topology zone of the pod's node, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
+    /// Going away (its pod is terminating, or annotated `skylift.io/draining: "true"`):
+    /// proxies send it no new work and let what it has in flight finish.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 /// The document stored under `endpoints.json`:
@@ -61,6 +65,7 @@ mod tests {
                 weight: 1,
                 pod: Some("oap-7c9f-x2".into()),
                 zone: None,
+                draining: false,
             }],
         };
         assert_eq!(
@@ -68,6 +73,16 @@ mod tests {
             r#"{"endpoints":[{"address":"10.1.2.3:11800","weight":1,"pod":"oap-7c9f-x2"}]}"#
         );
         assert_eq!(UpstreamEndpoints::from_json(&doc.to_json()).unwrap(), doc);
+        let mut draining = doc.clone();
+        draining.endpoints[0].draining = true;
+        assert_eq!(
+            draining.to_json(),
+            r#"{"endpoints":[{"address":"10.1.2.3:11800","weight":1,"pod":"oap-7c9f-x2","draining":true}]}"#
+        );
+        assert_eq!(
+            UpstreamEndpoints::from_json(&draining.to_json()).unwrap(),
+            draining
+        );
     }
 
     #[test]

@@ -138,7 +138,7 @@ pub struct PoolStatus {
     /// The upstream endpoints currently published to the pool.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upstreams: Vec<UpstreamEndpoint>,
-    /// Number of published upstream endpoints.
+    /// Number of published upstream endpoints that take new work (draining ones excluded).
     #[serde(default)]
     pub upstream_count: i32,
     /// The autoscaler, when `spec.autoscaling` is set.

@@ -3,25 +3,51 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
-use skylift_api::constants::{labels::WEIGHT_ANNOTATION, upstreams::DEFAULT_WEIGHT};
+use skylift_api::constants::labels::{DRAINING_ANNOTATION, WEIGHT_ANNOTATION};
+use skylift_api::constants::upstreams::DEFAULT_WEIGHT;
 use skylift_api::endpoints::socket_address;
 use skylift_api::{UpstreamEndpoint, UpstreamEndpoints};
 
 /// Whether `pod` may receive traffic: Ready, not being deleted, and with an IP.
 pub fn is_serving(pod: &Pod) -> bool {
-    if pod.metadata.deletion_timestamp.is_some() {
+    pod.metadata.deletion_timestamp.is_none() && pod_ip(pod).is_some() && is_ready(pod)
+}
+
+fn pod_ip(pod: &Pod) -> Option<&str> {
+    pod.status
+        .as_ref()?
+        .pod_ip
+        .as_deref()
+        .filter(|ip| !ip.is_empty())
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+/// Whether `pod` is going away while still reachable: terminating with its IP, or
+/// serving and annotated `skylift.io/draining: "true"`. Published as draining, so proxies
+/// let its work in flight finish but send it nothing new (a pod that just disappeared
+/// from the list looks the same as one that was never there).
+pub fn is_draining(pod: &Pod) -> bool {
+    if pod_ip(pod).is_none() {
         return false;
     }
-    let Some(status) = &pod.status else {
-        return false;
-    };
-    let has_ip = status.pod_ip.as_deref().is_some_and(|ip| !ip.is_empty());
-    let ready = status
-        .conditions
-        .iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
-    has_ip && ready
+    if pod.metadata.deletion_timestamp.is_some() {
+        return true;
+    }
+    let annotated = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(DRAINING_ANNOTATION))
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    annotated && is_serving(pod)
 }
 
 /// Whether the pod's labels contain every `selector` label.
@@ -43,8 +69,9 @@ pub fn weight(pod: &Pod) -> u32 {
         .unwrap_or(DEFAULT_WEIGHT)
 }
 
-/// The endpoints of the serving pods among `pods` that match `selector`, in a stable order
-/// (by pod name), so the published list only changes when the set of pods does.
+/// The endpoints of the serving (and draining) pods among `pods` that match `selector`,
+/// in a stable order (by pod name), so the published list only changes when the set of
+/// pods does.
 pub fn pod_endpoints<'a>(
     pods: impl IntoIterator<Item = &'a Pod>,
     namespace: &str,
@@ -54,18 +81,16 @@ pub fn pod_endpoints<'a>(
     let mut endpoints: Vec<UpstreamEndpoint> = pods
         .into_iter()
         .filter(|pod| pod.metadata.namespace.as_deref() == Some(namespace))
-        .filter(|pod| matches(pod, selector) && is_serving(pod))
-        .map(|pod| UpstreamEndpoint {
-            address: socket_address(
-                pod.status
-                    .as_ref()
-                    .and_then(|s| s.pod_ip.as_deref())
-                    .unwrap_or_default(),
-                port,
-            ),
-            weight: weight(pod),
-            pod: pod.metadata.name.clone(),
-            zone: None,
+        .filter(|pod| matches(pod, selector))
+        .filter_map(|pod| {
+            let draining = is_draining(pod);
+            (draining || is_serving(pod)).then(|| UpstreamEndpoint {
+                address: socket_address(pod_ip(pod).unwrap_or_default(), port),
+                weight: weight(pod),
+                pod: pod.metadata.name.clone(),
+                zone: None,
+                draining,
+            })
         })
         .collect();
     endpoints.sort_by(|a, b| (&a.pod, &a.address).cmp(&(&b.pod, &b.address)));
@@ -82,6 +107,7 @@ pub fn static_endpoints(addresses: &[String]) -> UpstreamEndpoints {
                 weight: DEFAULT_WEIGHT,
                 pod: None,
                 zone: None,
+                draining: false,
             })
             .collect(),
     }
@@ -119,7 +145,7 @@ mod tests {
     }
 
     #[test]
-    fn only_ready_running_pods_with_an_ip_are_published_in_name_order() {
+    fn ready_pods_with_an_ip_are_published_in_name_order_and_terminating_ones_as_draining() {
         let mut terminating = pod("oap-d", "10.0.0.4", true);
         terminating.metadata.deletion_timestamp = Some(Time(Default::default()));
         let mut other_app = pod("web-1", "10.0.0.9", true);
@@ -141,8 +167,37 @@ mod tests {
             .iter()
             .map(|e| e.address.as_str())
             .collect();
-        assert_eq!(addresses, vec!["10.0.0.1:11800", "10.0.0.3:11800"]);
+        assert_eq!(
+            addresses,
+            vec!["10.0.0.1:11800", "10.0.0.3:11800", "10.0.0.4:11800"]
+        );
         assert_eq!(published.endpoints[0].pod.as_deref(), Some("oap-a"));
+        let draining: Vec<bool> = published.endpoints.iter().map(|e| e.draining).collect();
+        assert_eq!(draining, [false, false, true], "oap-d is terminating");
+    }
+
+    #[test]
+    fn an_annotated_pod_drains_while_it_keeps_running() {
+        let annotate = |mut pod: Pod, value: &str| {
+            pod.metadata.annotations = Some(BTreeMap::from([(
+                DRAINING_ANNOTATION.to_string(),
+                value.to_string(),
+            )]));
+            pod
+        };
+        let pods = [
+            annotate(pod("oap-a", "10.0.0.1", true), "true"),
+            annotate(pod("oap-b", "10.0.0.2", true), "false"),
+            // Not ready and not terminating: not published, annotation or not.
+            annotate(pod("oap-c", "10.0.0.3", false), "True"),
+        ];
+        let published = pod_endpoints(&pods, "obs", &selector(), 11800);
+        let draining: Vec<(&str, bool)> = published
+            .endpoints
+            .iter()
+            .map(|e| (e.pod.as_deref().unwrap(), e.draining))
+            .collect();
+        assert_eq!(draining, [("oap-a", true), ("oap-b", false)]);
     }
 
     #[test]

@@ -36,7 +36,13 @@ async fn published(cluster: &Cluster, configmap: &str) -> Option<Vec<String>> {
             .unwrap()
             .endpoints
             .into_iter()
-            .map(|e| e.address)
+            .map(|e| {
+                if e.draining {
+                    format!("{} (draining)", e.address)
+                } else {
+                    e.address
+                }
+            })
             .collect(),
     )
 }
@@ -270,6 +276,32 @@ async fn ready_oap_pod_is_published_within_a_second_and_removed_when_it_goes() {
     )
     .await;
     eprintln!("deleted pod unpublished after {:?}", deleted.elapsed());
+
+    // Annotated draining: still published, marked, and not counted as an upstream.
+    let drain = json!({"metadata": {"annotations": {"skylift.io/draining": "true"}}});
+    cluster
+        .api::<Pod>()
+        .patch(
+            "skywalking-oap-7c9f-b",
+            &PatchParams::default(),
+            &Patch::Merge(&drain),
+        )
+        .await
+        .unwrap();
+    eventually("the annotated pod to be published as draining", || async {
+        published(&cluster, "ingest-upstreams")
+            .await
+            .filter(|p| *p == ["10.1.0.2:11800 (draining)"])
+    })
+    .await;
+    eventually("status.upstreamCount to leave it out", || async {
+        cluster
+            .get::<Satellite>("ingest")
+            .await
+            .and_then(|s| s.status)
+            .filter(|s| s.upstream_count == 0 && s.upstreams.len() == 1)
+    })
+    .await;
 
     // Relabelling a pod out of the OAP cluster also takes it out of rotation.
     let relabel = json!({"metadata": {"labels": {"app.kubernetes.io/instance": "other"}}});

@@ -49,6 +49,8 @@ async fn metrics(AxumState(state): AxumState<State>) -> impl IntoResponse {
         m.set_journal_bytes(&journal.disk_bytes());
     }
     m.set_upstreams(&upstream_health(&state));
+    m.upstreams_draining
+        .set(i64::try_from(state.upstreams.draining().len()).unwrap_or(i64::MAX));
     (
         [(
             header::CONTENT_TYPE,

@@ -9,7 +9,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use skylift_api::UpstreamEndpoints;
 use skylift_api::constants::upstreams::CONFIGMAP_KEY;
 
-use crate::upstreams::{UpstreamSet, from_endpoints};
+use crate::upstreams::{UpstreamSet, log_change};
 
 /// Keeps `set` equal to the ConfigMap's endpoint list. A missing key or a document that
 /// does not parse keeps the last good set (and is logged); a deleted ConfigMap too, as the
@@ -29,12 +29,7 @@ pub async fn follow(client: kube::Client, namespace: String, name: String, set: 
                     continue;
                 };
                 match UpstreamEndpoints::from_json(text) {
-                    Ok(document) => {
-                        let change = set.replace(from_endpoints(&document));
-                        if !change.added.is_empty() || !change.removed.is_empty() {
-                            tracing::info!(added = ?change.added, removed = ?change.removed, "upstreams changed");
-                        }
-                    }
+                    Ok(document) => log_change(&set.publish(&document)),
                     Err(err) => {
                         tracing::warn!(%namespace, %name, error = %err, "{CONFIGMAP_KEY} does not parse; keeping the upstreams")
                     }

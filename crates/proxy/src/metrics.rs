@@ -53,6 +53,7 @@ pub struct Metrics {
     queue_size: Family<PartitionLabels, Gauge>,
     queue_capacity: Gauge,
     upstream_up: Family<UpstreamLabels, Gauge>,
+    pub upstreams_draining: Gauge,
     ejections: Family<EjectionLabels, Counter>,
     send_seconds: Family<UpstreamLabels, Histogram>,
     journal_bytes: Family<PartitionLabels, Gauge>,
@@ -76,6 +77,7 @@ impl Default for Metrics {
             queue_size: Family::default(),
             queue_capacity: Gauge::default(),
             upstream_up: Family::default(),
+            upstreams_draining: Gauge::default(),
             ejections: Family::default(),
             send_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -143,6 +145,11 @@ impl Default for Metrics {
             "upstream_up",
             "1 while an upstream is not ejected",
             metrics.upstream_up.clone(),
+        );
+        registry.register(
+            "upstreams_draining",
+            "Upstreams the operator marks draining: no new work goes to them",
+            metrics.upstreams_draining.clone(),
         );
         registry.register(
             "upstream_ejections",

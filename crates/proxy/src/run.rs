@@ -90,13 +90,15 @@ pub enum RunError {
 /// Builds the shared state from the configuration; with a journal, also what an earlier
 /// run left in it (already queued again; see [`Journal::forget_old`]).
 pub fn state(config: &Config) -> Result<(State, Option<Recovery>), RunError> {
-    let initial = match &config.upstreams {
-        UpstreamSource::Static(addresses) => addresses
-            .iter()
-            .map(|a| parse_address(a).map(|address| Upstream { address, weight: 1 }))
-            .collect::<Result<Vec<_>, _>>()?,
-        UpstreamSource::File(path) => crate::upstreams::read_file(path)?,
-        UpstreamSource::ConfigMap { .. } => Vec::new(),
+    let upstreams = match &config.upstreams {
+        UpstreamSource::Static(addresses) => UpstreamSet::new(
+            addresses
+                .iter()
+                .map(|a| parse_address(a).map(|address| Upstream { address, weight: 1 }))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        UpstreamSource::File(path) => UpstreamSet::of_document(&crate::upstreams::read_file(path)?),
+        UpstreamSource::ConfigMap { .. } => UpstreamSet::new(Vec::new()),
     };
     let metrics = crate::metrics::Metrics::default();
     let (queue, recovery) = match &config.journal {
@@ -146,7 +148,7 @@ pub fn state(config: &Config) -> Result<(State, Option<Recovery>), RunError> {
     }
     let state = Arc::new(Shared {
         queue,
-        upstreams: UpstreamSet::new(initial),
+        upstreams,
         balancer: Balancer::new(
             config.policy,
             StickyKeys::new(config.sticky_keys, config.sticky_ttl),

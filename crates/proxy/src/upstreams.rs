@@ -50,14 +50,19 @@ pub fn parse_address(address: &str) -> Result<String, UpstreamsError> {
     Ok(address.to_string())
 }
 
-/// The upstreams of an endpoint document, in its order, without duplicates.
+/// The upstreams of an endpoint document that take new work, in its order, without
+/// duplicates. Draining endpoints are left out: work already sent to them finishes (the
+/// client keeps their connections while streams are open), nothing new goes there.
 pub fn from_endpoints(document: &UpstreamEndpoints) -> Vec<Upstream> {
     let mut upstreams: Vec<Upstream> = Vec::with_capacity(document.endpoints.len());
     for UpstreamEndpoint {
-        address, weight, ..
+        address,
+        weight,
+        draining,
+        ..
     } in &document.endpoints
     {
-        if !upstreams.iter().any(|u| u.address == *address) {
+        if !draining && !upstreams.iter().any(|u| u.address == *address) {
             upstreams.push(Upstream {
                 address: address.clone(),
                 weight: *weight,
@@ -67,8 +72,21 @@ pub fn from_endpoints(document: &UpstreamEndpoints) -> Vec<Upstream> {
     upstreams
 }
 
+/// The draining endpoints of a document (and not also listed as taking work).
+pub fn draining(document: &UpstreamEndpoints) -> Vec<String> {
+    let routable = from_endpoints(document);
+    let mut draining: Vec<String> = document
+        .endpoints
+        .iter()
+        .filter(|e| e.draining && !routable.iter().any(|u| u.address == e.address))
+        .map(|e| e.address.clone())
+        .collect();
+    draining.dedup();
+    draining
+}
+
 /// Reads an endpoint document from a file.
-pub fn read_file(path: &Path) -> Result<Vec<Upstream>, UpstreamsError> {
+pub fn read_file(path: &Path) -> Result<UpstreamEndpoints, UpstreamsError> {
     let text = std::fs::read_to_string(path).map_err(|source| UpstreamsError::Read {
         path: path.to_path_buf(),
         source,
@@ -77,7 +95,7 @@ pub fn read_file(path: &Path) -> Result<Vec<Upstream>, UpstreamsError> {
         path: path.to_path_buf(),
         source,
     })?;
-    Ok(from_endpoints(&document))
+    Ok(document)
 }
 
 /// The upstreams not among those `tried` (addresses), for a retry elsewhere.
@@ -94,6 +112,14 @@ pub fn untried(upstreams: &[Upstream], tried: &[String]) -> Vec<Upstream> {
 pub struct Change {
     pub added: Vec<String>,
     pub removed: Vec<String>,
+    /// Marked draining since the last document.
+    pub draining: Vec<String>,
+}
+
+impl Change {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.draining.is_empty()
+    }
 }
 
 pub fn diff(before: &[Upstream], after: &[Upstream]) -> Change {
@@ -108,6 +134,7 @@ pub fn diff(before: &[Upstream], after: &[Upstream]) -> Change {
             .filter(|b| !after.iter().any(|a| a.address == b.address))
             .map(|b| b.address.clone())
             .collect(),
+        draining: Vec::new(),
     }
 }
 
@@ -115,13 +142,48 @@ pub fn diff(before: &[Upstream], after: &[Upstream]) -> Change {
 #[derive(Clone)]
 pub struct UpstreamSet {
     current: watch::Sender<Arc<Vec<Upstream>>>,
+    /// Endpoints listed as draining (for metrics and logs; they get no new work).
+    draining: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl UpstreamSet {
     pub fn new(initial: Vec<Upstream>) -> Self {
         UpstreamSet {
             current: watch::Sender::new(Arc::new(initial)),
+            draining: Arc::default(),
         }
+    }
+
+    /// A set made from an endpoint document.
+    pub fn of_document(document: &UpstreamEndpoints) -> Self {
+        let set = UpstreamSet::new(Vec::new());
+        set.publish(document);
+        set
+    }
+
+    /// Replaces the set with an endpoint document's, returning what changed; upstreams
+    /// marked draining leave the set as removed ones do, and are reported as draining.
+    pub fn publish(&self, document: &UpstreamEndpoints) -> Change {
+        let draining = draining(document);
+        let newly_draining: Vec<String> = {
+            let mut listed = self.draining.lock().expect("never poisoned");
+            let newly = draining
+                .iter()
+                .filter(|a| !listed.contains(a))
+                .cloned()
+                .collect();
+            *listed = draining;
+            newly
+        };
+        let mut change = self.replace(from_endpoints(document));
+        change.removed.retain(|a| !newly_draining.contains(a));
+        change.draining = newly_draining;
+        change
+    }
+
+    /// The endpoints listed as draining.
+    pub fn draining(&self) -> Vec<String> {
+        self.draining.lock().expect("never poisoned").clone()
     }
 
     /// The set now.
@@ -149,6 +211,13 @@ impl UpstreamSet {
     }
 }
 
+/// Logs what changed in the upstream set, if anything.
+pub fn log_change(change: &Change) {
+    if !change.is_empty() {
+        tracing::info!(added = ?change.added, removed = ?change.removed, draining = ?change.draining, "upstreams changed");
+    }
+}
+
 /// Keeps `set` equal to the file at `path`, checking every `every` (250 ms keeps a change
 /// well within a second). An unreadable or invalid file keeps the last good set and is
 /// reported through `on_error`.
@@ -167,9 +236,7 @@ pub async fn follow_file(
         // Each new state of the file is read (and an error reported) once.
         if seen != Some(stamp) {
             match read_file(&path) {
-                Ok(upstreams) => {
-                    set.replace(upstreams);
-                }
+                Ok(document) => log_change(&set.publish(&document)),
                 Err(err) => on_error(&err),
             }
             seen = Some(stamp);
@@ -217,13 +284,40 @@ mod tests {
         let document = UpstreamEndpoints::from_json(
             r#"{"endpoints":[{"address":"10.1.2.3:11800","weight":1,"pod":"oap-7c9f-x2"},
                              {"address":"10.1.2.4:11800","weight":3},
-                             {"address":"10.1.2.3:11800","weight":1}]}"#,
+                             {"address":"10.1.2.3:11800","weight":1},
+                             {"address":"10.1.2.5:11800","weight":1,"draining":true}]}"#,
         )
         .unwrap();
         assert_eq!(
             from_endpoints(&document),
             vec![up("10.1.2.3:11800", 1), up("10.1.2.4:11800", 3)]
         );
+        assert_eq!(draining(&document), ["10.1.2.5:11800"]);
+    }
+
+    #[test]
+    fn an_endpoint_marked_draining_leaves_the_set_and_is_reported_as_draining() {
+        let document = |text: &str| UpstreamEndpoints::from_json(text).unwrap();
+        let set = UpstreamSet::of_document(&document(
+            r#"{"endpoints":[{"address":"a:1","weight":1},{"address":"b:1","weight":1}]}"#,
+        ));
+        let change = set.publish(&document(
+            r#"{"endpoints":[{"address":"a:1","weight":1},{"address":"b:1","weight":1,"draining":true}]}"#,
+        ));
+        assert_eq!(
+            change,
+            Change {
+                added: vec![],
+                removed: vec![],
+                draining: vec!["b:1".into()]
+            }
+        );
+        assert_eq!(*set.snapshot(), vec![up("a:1", 1)]);
+        assert_eq!(set.draining(), ["b:1"]);
+        // Then gone from the document: nothing more to report, nothing draining.
+        let change = set.publish(&document(r#"{"endpoints":[{"address":"a:1","weight":1}]}"#));
+        assert!(change.is_empty(), "{change:?}");
+        assert!(set.draining().is_empty());
     }
 
     #[test]
@@ -241,7 +335,8 @@ mod tests {
             change,
             Change {
                 added: vec!["c:1".into()],
-                removed: vec!["a:1".into()]
+                removed: vec!["a:1".into()],
+                draining: vec![],
             }
         );
         assert!(changes.has_changed().unwrap());

@@ -1920,3 +1920,60 @@ async fn an_upstream_much_slower_than_the_others_is_ejected_and_the_rest_take_it
     assert_eq!(totals.pending, 0);
     assert_eq!(totals.dropped, [0; 4]);
 }
+
+#[tokio::test]
+async fn a_draining_upstream_finishes_its_work_in_flight_and_gets_nothing_new() {
+    let (a, b) = (Sink::start().await.unwrap(), Sink::start().await.unwrap());
+    // Slow, yet within the health checks' 500 ms.
+    b.set_delay(Duration::from_millis(400));
+    let proxy = proxy(&[&a, &b], None).await;
+    let client = client();
+    let mut sent = 0u64;
+    for i in 0..4 {
+        let message = format!("before {i}").into_bytes();
+        let (status, _, _) = call(&client, proxy.address, SEGMENTS, framed(&[message]), &[]).await;
+        assert_eq!(status, 0);
+        sent += 1;
+    }
+    // A batch is on its way to b when the operator marks b draining.
+    wait_until(Duration::from_secs(5), || {
+        proxy
+            .state
+            .client
+            .in_flight(&b.address())
+            .iter()
+            .sum::<usize>()
+            > 0
+    })
+    .await;
+    let document = skylift_api::UpstreamEndpoints::from_json(&format!(
+        r#"{{"endpoints":[{{"address":"{}","weight":1}},{{"address":"{}","weight":1,"draining":true}}]}}"#,
+        a.address(),
+        b.address()
+    ))
+    .unwrap();
+    let change = proxy.state.upstreams.publish(&document);
+    assert_eq!(change.draining, [b.address()]);
+    for i in 0..10 {
+        let message = format!("after {i}").into_bytes();
+        let (status, _, _) = call(&client, proxy.address, SEGMENTS, framed(&[message]), &[]).await;
+        assert_eq!(status, 0);
+        sent += 1;
+    }
+    wait_until(Duration::from_secs(5), || {
+        proxy.state.queue.totals().forwarded == sent
+    })
+    .await;
+    let (at_a, at_b) = (a.messages(SEGMENTS), b.messages(SEGMENTS));
+    assert!(!at_b.is_empty(), "the batch in flight to b was delivered");
+    assert_eq!(at_a.len() + at_b.len(), sent as usize, "each exactly once");
+    assert!(
+        at_b.iter().all(|m| m.starts_with(b"before")),
+        "nothing new went to b"
+    );
+    let metrics = proxy.state.metrics.encode();
+    assert!(
+        !metrics.contains("skylift_proxy_upstream_ejections_total{"),
+        "draining is not a failure: {metrics}"
+    );
+}

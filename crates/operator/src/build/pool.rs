@@ -525,6 +525,7 @@ mod tests {
                 weight: 1,
                 pod: Some("skywalking-oap-7c9f-x2".into()),
                 zone: None,
+                draining: false,
             }],
         }
     }

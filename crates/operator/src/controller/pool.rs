@@ -160,10 +160,16 @@ pub async fn reconcile<K: PoolResource>(pool: Arc<K>, ctx: Arc<Context>) -> Resu
 
     let previous = pool.pool_status().cloned().unwrap_or_default();
     if previous.upstreams != endpoints.endpoints && pool.pool_status().is_some() {
-        let addresses: Vec<&str> = endpoints
+        let addresses: Vec<String> = endpoints
             .endpoints
             .iter()
-            .map(|e| e.address.as_str())
+            .map(|e| {
+                if e.draining {
+                    format!("{} (draining)", e.address)
+                } else {
+                    e.address.clone()
+                }
+            })
             .collect();
         publish(
             &ctx,
@@ -194,6 +200,8 @@ pub async fn reconcile<K: PoolResource>(pool: Arc<K>, ctx: Arc<Context>) -> Resu
         }
     }
 
+    // Draining endpoints take no new work: they do not count as upstreams.
+    let serving = endpoints.endpoints.iter().filter(|e| !e.draining).count();
     let deployment: Option<Deployment> = stores
         .deployments
         .get(&namespace, &workload)
@@ -211,7 +219,7 @@ pub async fn reconcile<K: PoolResource>(pool: Arc<K>, ctx: Arc<Context>) -> Resu
         &Observed {
             generation: pool.meta().generation,
             rollout,
-            upstreams: Some(endpoints.endpoints.len()),
+            upstreams: Some(serving),
             problems: &problems,
         },
         now(),
@@ -221,7 +229,7 @@ pub async fn reconcile<K: PoolResource>(pool: Arc<K>, ctx: Arc<Context>) -> Resu
         ready_replicas: rollout.ready,
         selector: Some(selector_string(&view.pod_selector())),
         address: Some(view.address()),
-        upstream_count: i32::try_from(endpoints.endpoints.len()).unwrap_or(i32::MAX),
+        upstream_count: i32::try_from(serving).unwrap_or(i32::MAX),
         upstreams: endpoints.endpoints,
         hpa,
         conditions,

@@ -184,7 +184,8 @@ fn prune_pod(pod: &mut Pod) {
     pod.metadata.owner_references = None;
     pod.metadata.generate_name = None;
     if let Some(annotations) = &mut pod.metadata.annotations {
-        annotations.retain(|k, _| k == labels::WEIGHT_ANNOTATION);
+        annotations
+            .retain(|k, _| k == labels::WEIGHT_ANNOTATION || k == labels::DRAINING_ANNOTATION);
     }
     pod.spec = None;
     if let Some(status) = &mut pod.status {

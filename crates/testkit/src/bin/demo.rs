@@ -94,6 +94,7 @@ fn endpoints(nodes: &[SocketAddr]) -> String {
                 weight: 1,
                 pod: Some(format!("oap-{i}")),
                 zone: None,
+                draining: false,
             })
             .collect(),
     }
