@@ -100,4 +100,35 @@ pub mod proxy_flags {
     pub const TELEMETRY_INSTANCE: &str = "--telemetry-instance";
     pub const TELEMETRY_UPSTREAM: &str = "--telemetry-upstream";
     pub const LOG_FORMAT: &str = "--log-format";
+    pub const QUEUE: &str = "--queue";
+    pub const QUEUE_DIR: &str = "--queue-dir";
+    pub const QUEUE_MAX_DISK_BYTES: &str = "--queue-max-disk-bytes";
+    pub const FSYNC: &str = "--fsync";
+    pub const FSYNC_INTERVAL: &str = "--fsync-interval";
+    pub const TLS_CERT_FILE: &str = "--tls-cert-file";
+    pub const TLS_KEY_FILE: &str = "--tls-key-file";
+    pub const TLS_CLIENT_CA_FILE: &str = "--tls-client-ca-file";
+    pub const UPSTREAM_TLS_CA_FILE: &str = "--upstream-tls-ca-file";
+    pub const UPSTREAM_TLS_SERVER_NAME: &str = "--upstream-tls-server-name";
+    pub const UPSTREAM_TLS_CERT_FILE: &str = "--upstream-tls-cert-file";
+    pub const UPSTREAM_TLS_KEY_FILE: &str = "--upstream-tls-key-file";
+    pub const AUTHENTICATION_FILE: &str = "--authentication-file";
+    pub const MAX_CONNECTION_AGE: &str = "--max-connection-age";
+    pub const MAX_CONNECTION_AGE_GRACE: &str = "--max-connection-age-grace";
+    pub const HEALTH_CHECK_INTERVAL: &str = "--health-check-interval";
+    pub const HEALTH_CHECK_TIMEOUT: &str = "--health-check-timeout";
+    pub const HEALTH_CHECK_FAILURES: &str = "--health-check-failures";
+    pub const OUTLIER_LATENCY_FACTOR: &str = "--outlier-latency-factor";
+    pub const OUTLIER_MIN_LATENCY: &str = "--outlier-min-latency";
+    pub const OUTLIER_EJECTION: &str = "--outlier-ejection";
+}
+
+/// Where a pool's volumes are mounted in the proxy container.
+pub mod proxy_paths {
+    pub const QUEUE_DIR: &str = "/var/lib/skylift/queue";
+    pub const TLS_DIR: &str = "/etc/skylift/tls";
+    pub const UPSTREAM_TLS_DIR: &str = "/etc/skylift/upstream-tls";
+    pub const AUTHENTICATION_DIR: &str = "/etc/skylift/authentication";
+    /// The file the token is mounted as, inside `AUTHENTICATION_DIR`.
+    pub const AUTHENTICATION_FILE: &str = "token";
 }

@@ -81,6 +81,176 @@ pub struct QueueSpec {
     /// What happens when a partition is full.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overflow: Option<OverflowPolicy>,
+    /// Journal the queue on disk: reports are written down before clients are
+    /// acknowledged and replayed when the proxy restarts. Default: in memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskQueue>,
+}
+
+/// A queue journaled on a volume of the pod (an `emptyDir`): it survives the proxy
+/// process being killed or restarted in its pod (OOM, crash, failed liveness probe); a
+/// pod that is deleted first drains its queue (graceful shutdown).
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.fsyncInterval) || !has(self.fsync) || self.fsync == 'interval'").message("queue.disk.fsyncInterval applies only with fsync: interval").reason(Reason::FieldValueInvalid))]
+pub struct DiskQueue {
+    /// Size of the journal volume (the `emptyDir`'s `sizeLimit`), e.g. `1Gi`; the
+    /// journal keeps within 90 % of it, beyond which the overflow policy applies.
+    #[schemars(regex(pattern = r"^[1-9][0-9]*(Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
+    pub size_limit: String,
+    /// When the journal is synced: `interval` (every `fsyncInterval`; a killed node can
+    /// lose that much) or `always` (before each client is acknowledged; slower).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fsync: Option<FsyncPolicy>,
+    /// How often the journal is synced with `fsync: interval`, e.g. `1s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m))+$"))]
+    pub fsync_interval: Option<String>,
+}
+
+/// When a disk queue is synced.
+#[derive(schemars::JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum FsyncPolicy {
+    Interval,
+    Always,
+}
+
+impl FsyncPolicy {
+    pub fn as_flag_value(self) -> &'static str {
+        match self {
+            FsyncPolicy::Interval => "interval",
+            FsyncPolicy::Always => "always",
+        }
+    }
+}
+
+/// Bytes in a Kubernetes quantity of the form `DiskQueue::size_limit` allows (`512Mi`,
+/// `2G`, `1000000`).
+pub fn quantity_bytes(quantity: &str) -> Option<u64> {
+    let digits = quantity.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let factor: u64 = match &quantity[digits.len()..] {
+        "" => 1,
+        "k" => 1000,
+        "M" => 1000_u64.pow(2),
+        "G" => 1000_u64.pow(3),
+        "T" => 1000_u64.pow(4),
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => return None,
+    };
+    digits.parse::<u64>().ok()?.checked_mul(factor)
+}
+
+/// TLS for the pool's clients, from a `kubernetes.io/tls` Secret (as cert-manager writes
+/// it); renewals are picked up without a restart.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientTls {
+    /// Secret in the pool's namespace with `tls.crt` and `tls.key` (and `ca.crt` with
+    /// `requireClientCertificates`).
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+    /// Accept only clients presenting a certificate signed by the Secret's `ca.crt`
+    /// (mutual TLS).
+    #[serde(default)]
+    pub require_client_certificates: bool,
+}
+
+/// TLS to the upstreams.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpstreamTls {
+    /// Secret in the pool's namespace whose `ca.crt` upstream certificates must chain to
+    /// (and whose `tls.crt` / `tls.key` are presented with `clientCertificate`).
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+    /// The name upstream certificates are verified against, e.g. the OAP Service's DNS
+    /// name. Default: each upstream's own address (pod IPs then need IP SANs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub server_name: Option<String>,
+    /// Present the Secret's `tls.crt` / `tls.key` to the upstreams (mutual TLS).
+    #[serde(default)]
+    pub client_certificate: bool,
+}
+
+/// The token OAP's `authentication` setting expects, sent with every call upstream.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthenticationSecret {
+    /// Secret in the pool's namespace holding the token.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+    /// Key of the token in the Secret.
+    #[serde(default = "default_token_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_token_key() -> String {
+    "token".into()
+}
+
+/// Asking long-lived client connections to reconnect, so they spread over replicas added
+/// since they connected (an HTTP/2 GOAWAY; clients reconnect through the Service).
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rebalancing {
+    /// Age at which a client connection is asked to reconnect (less up to 10 % jitter),
+    /// e.g. `10m`.
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub max_connection_age: String,
+    /// How long its open streams may go on after that, e.g. `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m))+$"))]
+    pub grace: Option<String>,
+}
+
+/// How upstreams are checked and when they are ejected. Every field defaults to the
+/// proxy's own default.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpstreamHealth {
+    /// How often each upstream is checked with `grpc.health.v1` (default `5s`; `0s`:
+    /// only new and ejected ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m))+$"))]
+    pub check_interval: Option<String>,
+    /// How long a check may take (default `3s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m))+$"))]
+    pub check_timeout: Option<String>,
+    /// Checks in a row that must fail before an upstream is ejected (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub check_failures: Option<i32>,
+    /// Eject an upstream whose batches take this many times longer than the median of
+    /// the others' (default 3; `0`: never). Needs three upstreams; at most a third are
+    /// ejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub slow_factor: Option<i32>,
+    /// ... and longer than this (default `100ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m))+$"))]
+    pub slow_min_latency: Option<String>,
+    /// How long a slow upstream is ejected, doubled while it stays slow (default `10s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m))+$"))]
+    pub slow_ejection: Option<String>,
+}
+
+/// What a pool's proxies are hardened with; the same for `Satellite` and `Proxy`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PoolHardening {
+    pub tls: Option<ClientTls>,
+    pub upstream_tls: Option<UpstreamTls>,
+    pub authentication: Option<AuthenticationSecret>,
+    pub rebalancing: Option<Rebalancing>,
+    pub upstream_health: Option<UpstreamHealth>,
 }
 
 /// What a full queue does with a new event.
@@ -149,4 +319,21 @@ pub struct PoolStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_are_read_in_binary_and_decimal_units() {
+        assert_eq!(quantity_bytes("1Gi"), Some(1 << 30));
+        assert_eq!(quantity_bytes("512Mi"), Some(512 << 20));
+        assert_eq!(quantity_bytes("2G"), Some(2_000_000_000));
+        assert_eq!(quantity_bytes("1000000"), Some(1_000_000));
+        assert_eq!(quantity_bytes("3k"), Some(3000));
+        for bad in ["", "Gi", "1.5Gi", "1Ei", "1gi", "99999999999999999999Ti"] {
+            assert_eq!(quantity_bytes(bad), None, "{bad}");
+        }
+    }
 }

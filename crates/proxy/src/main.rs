@@ -125,6 +125,14 @@ struct Args {
     /// The journal's folder, with --queue disk (a volume of its own in production).
     #[arg(long, env = "SKYLIFT_PROXY_QUEUE_DIR")]
     queue_dir: Option<PathBuf>,
+    /// Bytes the whole journal may take (the volume's size, less a margin): shared among
+    /// the partitions, each also capped by --queue-max-bytes.
+    #[arg(
+        long,
+        env = "SKYLIFT_PROXY_QUEUE_MAX_DISK_BYTES",
+        requires = "queue_dir"
+    )]
+    queue_max_disk_bytes: Option<u64>,
     /// When the journal is synced to disk: every --fsync-interval, or always before a
     /// client is acknowledged.
     #[arg(long, env = "SKYLIFT_PROXY_FSYNC", value_enum, default_value_t = FsyncArg::Interval)]
@@ -303,7 +311,11 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
                 FsyncArg::Interval => Fsync::Interval(args.fsync_interval),
                 FsyncArg::Always => Fsync::Always,
             },
-            max_bytes: args.queue_max_bytes as u64,
+            // Each partition's share of the volume, when its size is given.
+            max_bytes: match args.queue_max_disk_bytes {
+                Some(total) => (total / partitions as u64).min(args.queue_max_bytes as u64),
+                None => args.queue_max_bytes as u64,
+            },
         }),
     };
     let telemetry = args.telemetry_service.map(|service| TelemetryConfig {
@@ -429,6 +441,24 @@ mod tests {
             "--telemetry-service=obs-ingest",
             "--telemetry-instance=ingest-satellite-7c9f-x2",
             "--log-format=json",
+            // What a hardened Satellite adds (the operator's test pins the same list).
+            "--queue=disk",
+            "--queue-dir=/var/lib/skylift/queue",
+            "--queue-max-disk-bytes=966367638",
+            "--fsync=always",
+            "--tls-cert-file=/etc/skylift/tls/tls.crt",
+            "--tls-key-file=/etc/skylift/tls/tls.key",
+            "--tls-client-ca-file=/etc/skylift/tls/ca.crt",
+            "--upstream-tls-ca-file=/etc/skylift/upstream-tls/ca.crt",
+            "--upstream-tls-server-name=skywalking-oap.obs.svc",
+            "--upstream-tls-cert-file=/etc/skylift/upstream-tls/tls.crt",
+            "--upstream-tls-key-file=/etc/skylift/upstream-tls/tls.key",
+            "--authentication-file=/etc/skylift/authentication/token",
+            "--max-connection-age=10m",
+            "--health-check-interval=2s",
+            "--health-check-failures=3",
+            "--outlier-latency-factor=4",
+            "--outlier-ejection=30s",
         ])
         .unwrap();
         let (config, _) = config(args).unwrap();
@@ -438,6 +468,15 @@ mod tests {
         assert_eq!(config.limits.max_connections, Some(11));
         assert_eq!(config.policy, Policy::WeightedRoundRobin);
         assert_eq!(config.telemetry.unwrap().service, "obs-ingest");
+        // The journal's share of the volume: 90 % of 1 GiB over 4 partitions, capped by
+        // what a partition holds in memory (64 MiB).
+        assert_eq!(config.journal.unwrap().max_bytes, 64 << 20);
+        assert_eq!(config.health_checks.failures, 3);
+        assert_eq!(config.outlier_detection.factor, 4.0);
+        assert_eq!(
+            config.limits.max_connection_age,
+            Some(Duration::from_secs(600))
+        );
     }
 
     #[test]

@@ -192,3 +192,67 @@ async fn a_valid_resource_is_stored_with_its_defaults() {
     );
     assert_eq!(created["metadata"]["generation"], 1);
 }
+
+#[tokio::test]
+async fn hardening_settings_are_checked() {
+    let server = server().await;
+    let upstream = json!({"oapServerRef": {"name": "oap"}});
+    let full = json!({
+        "upstream": upstream,
+        "queue": {"disk": {"sizeLimit": "1Gi", "fsync": "interval", "fsyncInterval": "500ms"}},
+        "tls": {"secretName": "ingest-tls", "requireClientCertificates": true},
+        "upstreamTls": {"secretName": "oap-tls", "serverName": "oap.obs.svc", "clientCertificate": true},
+        "authentication": {"secretName": "oap-token"},
+        "rebalancing": {"maxConnectionAge": "10m", "grace": "30s"},
+        "upstreamHealth": {"checkInterval": "2s", "checkTimeout": "1s", "checkFailures": 3,
+                           "slowFactor": 0, "slowMinLatency": "200ms", "slowEjection": "1m"}
+    });
+    let created = create(&server, "Satellite", full).await.unwrap();
+    assert_eq!(
+        created["spec"]["authentication"]["key"], "token",
+        "the token's key defaults"
+    );
+
+    let size = create(
+        &server,
+        "Satellite",
+        json!({"upstream": upstream, "queue": {"disk": {"sizeLimit": "lots"}}}),
+    )
+    .await
+    .unwrap_err();
+    assert!(size.contains("spec.queue.disk.sizeLimit"), "{size}");
+
+    let fsync = create(
+        &server,
+        "Proxy",
+        json!({"upstream": {"addresses": ["otel:4317"]},
+               "queue": {"disk": {"sizeLimit": "1Gi", "fsync": "always", "fsyncInterval": "1s"}}}),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        fsync.contains("fsyncInterval applies only with fsync: interval"),
+        "{fsync}"
+    );
+
+    let secret = create(
+        &server,
+        "Satellite",
+        json!({"upstream": upstream, "upstreamTls": {"serverName": "oap"}}),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        secret.contains("spec.upstreamTls.secretName: Required value"),
+        "{secret}"
+    );
+
+    let age = create(
+        &server,
+        "Proxy",
+        json!({"upstream": {"addresses": ["otel:4317"]}, "rebalancing": {"maxConnectionAge": "soon"}}),
+    )
+    .await
+    .unwrap_err();
+    assert!(age.contains("spec.rebalancing.maxConnectionAge"), "{age}");
+}

@@ -144,6 +144,7 @@ pub fn build(oap: &OAPServer) -> OapObjects {
             annotations: BTreeMap::new(),
             hardening: Hardening::ThirdPartyImage,
             termination_grace_period_seconds: 60,
+            volumes: Vec::new(),
         },
         oap.spec.pod_template.as_ref(),
     );

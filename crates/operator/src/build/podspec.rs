@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile,
-    SecurityContext,
+    SecurityContext, Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -33,6 +33,8 @@ pub(crate) struct PodParts {
     pub annotations: BTreeMap<String, String>,
     pub hardening: Hardening,
     pub termination_grace_period_seconds: i64,
+    /// Volumes the container mounts.
+    pub volumes: Vec<Volume>,
 }
 
 pub(crate) fn pod_template(
@@ -80,6 +82,7 @@ pub(crate) fn pod_template(
                     .unwrap_or_else(|| pod_security_context(parts.hardening)),
             ),
             termination_grace_period_seconds: Some(parts.termination_grace_period_seconds),
+            volumes: (!parts.volumes.is_empty()).then_some(parts.volumes),
             ..PodSpec::default()
         }),
     }
@@ -95,6 +98,8 @@ fn pod_security_context(hardening: Hardening) -> PodSecurityContext {
             run_as_non_root: Some(true),
             run_as_user: Some(65532),
             run_as_group: Some(65532),
+            // Mounted Secrets (mode 0440) and the journal's volume belong to this group.
+            fs_group: Some(65532),
             seccomp_profile: seccomp,
             ..PodSecurityContext::default()
         },

@@ -10,7 +10,8 @@ use k8s_openapi::api::autoscaling::v2::{
     MetricTarget,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, HTTPGetAction, Probe, ResourceRequirements, Service, ServiceAccount,
+    ConfigMap, Container, EmptyDirVolumeSource, HTTPGetAction, KeyToPath, Probe,
+    ResourceRequirements, SecretVolumeSource, Service, ServiceAccount, Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -18,8 +19,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use skylift_api::common::ServiceAddress;
+use skylift_api::constants::proxy_paths as path;
 use skylift_api::constants::{self, metrics, ports, proxy_flags as flag, upstreams};
-use skylift_api::pool::{Autoscaling, QueueSpec};
+use skylift_api::pool::{Autoscaling, PoolHardening, QueueSpec, quantity_bytes};
 use skylift_api::{PodTemplateOverrides, Proxy, Satellite, ServiceOptions, UpstreamEndpoints};
 
 use super::meta::{Labels, child_meta};
@@ -85,6 +87,8 @@ pub struct PoolView {
     pub service: Option<ServiceOptions>,
     pub resources: Option<ResourceRequirements>,
     pub pod_template: Option<PodTemplateOverrides>,
+    /// TLS, authentication, rebalancing and upstream health.
+    pub hardening: PoolHardening,
 }
 
 /// Where a Satellite's upstreams come from.
@@ -147,6 +151,7 @@ impl From<&Satellite> for PoolView {
             service: spec.service.clone(),
             resources: spec.resources.clone(),
             pod_template: spec.pod_template.clone(),
+            hardening: spec.hardening(),
         }
     }
 }
@@ -181,6 +186,7 @@ impl From<&Proxy> for PoolView {
             service: spec.service.clone(),
             resources: spec.resources.clone(),
             pod_template: spec.pod_template.clone(),
+            hardening: spec.hardening(),
         }
     }
 }
@@ -258,10 +264,23 @@ impl PoolView {
                 flag::OVERFLOW,
                 queue.overflow.map(|o| o.as_flag_value().to_string()),
             );
+            if let Some(disk) = &queue.disk {
+                push(flag::QUEUE, Some("disk".into()));
+                push(flag::QUEUE_DIR, Some(path::QUEUE_DIR.into()));
+                // A margin below the volume's limit: the kubelet evicts a pod whose
+                // emptyDir outgrows it.
+                push(
+                    flag::QUEUE_MAX_DISK_BYTES,
+                    quantity_bytes(&disk.size_limit).map(|b| (b / 10 * 9).to_string()),
+                );
+                push(flag::FSYNC, disk.fsync.map(|f| f.as_flag_value().into()));
+                push(flag::FSYNC_INTERVAL, disk.fsync_interval.clone());
+            }
         }
         for (name, value) in &self.routing {
             args.push(format!("{name}={value}"));
         }
+        self.push_hardening_args(&mut args);
         if let Some(telemetry) = &self.telemetry {
             args.push(format!("{}={}", flag::TELEMETRY_SERVICE, telemetry.service));
             args.push(format!("{}=$(POD_NAME)", flag::TELEMETRY_INSTANCE));
@@ -271,6 +290,135 @@ impl PoolView {
         }
         args.push(format!("{}=json", flag::LOG_FORMAT));
         args
+    }
+}
+
+impl PoolView {
+    fn push_hardening_args(&self, args: &mut Vec<String>) {
+        let mut push = |name: &str, value: String| args.push(format!("{name}={value}"));
+        let hardening = &self.hardening;
+        if let Some(tls) = &hardening.tls {
+            push(flag::TLS_CERT_FILE, format!("{}/tls.crt", path::TLS_DIR));
+            push(flag::TLS_KEY_FILE, format!("{}/tls.key", path::TLS_DIR));
+            if tls.require_client_certificates {
+                push(
+                    flag::TLS_CLIENT_CA_FILE,
+                    format!("{}/ca.crt", path::TLS_DIR),
+                );
+            }
+        }
+        if let Some(tls) = &hardening.upstream_tls {
+            let dir = path::UPSTREAM_TLS_DIR;
+            push(flag::UPSTREAM_TLS_CA_FILE, format!("{dir}/ca.crt"));
+            if let Some(name) = &tls.server_name {
+                push(flag::UPSTREAM_TLS_SERVER_NAME, name.clone());
+            }
+            if tls.client_certificate {
+                push(flag::UPSTREAM_TLS_CERT_FILE, format!("{dir}/tls.crt"));
+                push(flag::UPSTREAM_TLS_KEY_FILE, format!("{dir}/tls.key"));
+            }
+        }
+        if hardening.authentication.is_some() {
+            push(
+                flag::AUTHENTICATION_FILE,
+                format!("{}/{}", path::AUTHENTICATION_DIR, path::AUTHENTICATION_FILE),
+            );
+        }
+        if let Some(rebalancing) = &hardening.rebalancing {
+            push(
+                flag::MAX_CONNECTION_AGE,
+                rebalancing.max_connection_age.clone(),
+            );
+            if let Some(grace) = &rebalancing.grace {
+                push(flag::MAX_CONNECTION_AGE_GRACE, grace.clone());
+            }
+        }
+        if let Some(health) = &hardening.upstream_health {
+            let settings = [
+                (flag::HEALTH_CHECK_INTERVAL, health.check_interval.clone()),
+                (flag::HEALTH_CHECK_TIMEOUT, health.check_timeout.clone()),
+                (
+                    flag::HEALTH_CHECK_FAILURES,
+                    health.check_failures.map(|n| n.to_string()),
+                ),
+                (
+                    flag::OUTLIER_LATENCY_FACTOR,
+                    health.slow_factor.map(|n| n.to_string()),
+                ),
+                (flag::OUTLIER_MIN_LATENCY, health.slow_min_latency.clone()),
+                (flag::OUTLIER_EJECTION, health.slow_ejection.clone()),
+            ];
+            for (name, value) in settings {
+                if let Some(value) = value {
+                    push(name, value);
+                }
+            }
+        }
+    }
+
+    /// The volumes the proxy needs (journal, TLS and token Secrets) and where they are
+    /// mounted.
+    pub fn proxy_volumes(&self) -> (Vec<Volume>, Vec<VolumeMount>) {
+        let mut volumes = Vec::new();
+        let mut mounts = Vec::new();
+        let mut mount = |name: &str, at: &str, read_only: bool| {
+            mounts.push(VolumeMount {
+                name: name.into(),
+                mount_path: at.into(),
+                read_only: Some(read_only),
+                ..VolumeMount::default()
+            })
+        };
+        if let Some(disk) = self.queue.as_ref().and_then(|q| q.disk.as_ref()) {
+            volumes.push(Volume {
+                name: "queue".into(),
+                empty_dir: Some(EmptyDirVolumeSource {
+                    size_limit: Some(Quantity(disk.size_limit.clone())),
+                    ..EmptyDirVolumeSource::default()
+                }),
+                ..Volume::default()
+            });
+            mount("queue", path::QUEUE_DIR, false);
+        }
+        let hardening = &self.hardening;
+        if let Some(tls) = &hardening.tls {
+            volumes.push(secret_volume("tls", &tls.secret_name, None));
+            mount("tls", path::TLS_DIR, true);
+        }
+        if let Some(tls) = &hardening.upstream_tls {
+            volumes.push(secret_volume("upstream-tls", &tls.secret_name, None));
+            mount("upstream-tls", path::UPSTREAM_TLS_DIR, true);
+        }
+        if let Some(authentication) = &hardening.authentication {
+            volumes.push(secret_volume(
+                "authentication",
+                &authentication.secret_name,
+                Some((&authentication.key, path::AUTHENTICATION_FILE)),
+            ));
+            mount("authentication", path::AUTHENTICATION_DIR, true);
+        }
+        (volumes, mounts)
+    }
+}
+
+/// A Secret as a volume, readable by the proxy's group only; `item`: one key, mounted
+/// under another name. Not a `subPath` mount, so renewals reach the files.
+fn secret_volume(name: &str, secret: &str, item: Option<(&str, &str)>) -> Volume {
+    Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            default_mode: Some(0o440),
+            items: item.map(|(key, file)| {
+                vec![KeyToPath {
+                    key: key.into(),
+                    path: file.into(),
+                    mode: None,
+                }]
+            }),
+            optional: Some(false),
+        }),
+        ..Volume::default()
     }
 }
 
@@ -333,10 +481,12 @@ pub fn build<K: Resource<DynamicType = ()>>(
         ..ConfigMap::default()
     };
 
+    let (volumes, volume_mounts) = pool.proxy_volumes();
     let container = Container {
         name: "proxy".into(),
         image: Some(pool.image.clone()),
         args: Some(pool.proxy_args()),
+        volume_mounts: (!volume_mounts.is_empty()).then_some(volume_mounts),
         env: Some(vec![field_ref("POD_NAME", "metadata.name")]),
         ports: Some(vec![
             container_port("grpc", ports::GRPC),
@@ -360,6 +510,7 @@ pub fn build<K: Resource<DynamicType = ()>>(
             hardening: Hardening::SkyliftImage,
             // Time to stop accepting, send GOAWAY and flush the queues.
             termination_grace_period_seconds: 30,
+            volumes,
         },
         pool.pod_template.as_ref(),
     );
@@ -537,6 +688,86 @@ mod tests {
 
     fn args(objects: &PoolObjects) -> Vec<String> {
         objects.proxy_container_args().to_vec()
+    }
+
+    /// The hardened Satellite of the docs: disk queue, mutual TLS both ways, the OAP
+    /// token, rebalancing and upstream health settings.
+    pub(crate) fn hardened_spec() -> serde_json::Value {
+        serde_json::json!({
+            "upstream": {"oapServerRef": {"name": "skywalking"}},
+            "queue": {"partitions": 2, "disk": {"sizeLimit": "1Gi", "fsync": "always"}},
+            "tls": {"secretName": "ingest-tls", "requireClientCertificates": true},
+            "upstreamTls": {"secretName": "oap-tls", "serverName": "skywalking-oap.obs.svc",
+                            "clientCertificate": true},
+            "authentication": {"secretName": "oap-token"},
+            "rebalancing": {"maxConnectionAge": "10m"},
+            "upstreamHealth": {"checkInterval": "2s", "checkFailures": 3, "slowFactor": 4,
+                               "slowEjection": "30s"}
+        })
+    }
+
+    #[test]
+    fn hardening_settings_become_flags_and_volumes() {
+        let objects = build_satellite(hardened_spec());
+        let args = args(&objects);
+        let expected = [
+            "--queue=disk",
+            "--queue-dir=/var/lib/skylift/queue",
+            // 90 % of 1 GiB.
+            "--queue-max-disk-bytes=966367638",
+            "--fsync=always",
+            "--tls-cert-file=/etc/skylift/tls/tls.crt",
+            "--tls-key-file=/etc/skylift/tls/tls.key",
+            "--tls-client-ca-file=/etc/skylift/tls/ca.crt",
+            "--upstream-tls-ca-file=/etc/skylift/upstream-tls/ca.crt",
+            "--upstream-tls-server-name=skywalking-oap.obs.svc",
+            "--upstream-tls-cert-file=/etc/skylift/upstream-tls/tls.crt",
+            "--upstream-tls-key-file=/etc/skylift/upstream-tls/tls.key",
+            "--authentication-file=/etc/skylift/authentication/token",
+            "--max-connection-age=10m",
+            "--health-check-interval=2s",
+            "--health-check-failures=3",
+            "--outlier-latency-factor=4",
+            "--outlier-ejection=30s",
+        ];
+        for flag in expected {
+            assert!(args.contains(&flag.to_string()), "{flag} in {args:?}");
+        }
+        let pod = objects
+            .deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap();
+        let volumes = pod.volumes.as_ref().unwrap();
+        let names: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["queue", "tls", "upstream-tls", "authentication"]);
+        assert_eq!(
+            volumes[0].empty_dir.as_ref().unwrap().size_limit,
+            Some(Quantity("1Gi".into()))
+        );
+        let token = volumes[3].secret.as_ref().unwrap();
+        assert_eq!(token.secret_name.as_deref(), Some("oap-token"));
+        let item = &token.items.as_ref().unwrap()[0];
+        assert_eq!((item.key.as_str(), item.path.as_str()), ("token", "token"));
+        let mounts = pod.containers[0].volume_mounts.as_ref().unwrap();
+        let writable: Vec<&str> = mounts
+            .iter()
+            .filter(|m| m.read_only != Some(true))
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        assert_eq!(writable, ["/var/lib/skylift/queue"], "only the journal");
+        assert_eq!(pod.security_context.as_ref().unwrap().fs_group, Some(65532));
+
+        // Nothing of it by default.
+        let plain = build_satellite(serde_json::json!({
+            "upstream": {"oapServerRef": {"name": "skywalking"}}
+        }));
+        let pod = plain.deployment.spec.unwrap().template.spec.unwrap();
+        assert!(pod.volumes.is_none() && pod.containers[0].volume_mounts.is_none());
     }
 
     #[test]

@@ -476,13 +476,6 @@ impl State {
             object["metadata"]["namespace"] = json!(ns);
         }
         let key = Self::key(&rt, namespace.as_deref(), &name);
-        if inner.objects.contains_key(&key) {
-            return Err(ApiError::new(
-                409,
-                "AlreadyExists",
-                format!("{} \"{name}\" already exists", qualified(&rt)),
-            ));
-        }
         object["apiVersion"] = json!(rt.api_version());
         object["kind"] = json!(rt.kind);
         inner.uid_counter += 1;
@@ -504,7 +497,16 @@ impl State {
             // A create never sets status where status has its own subresource.
             fields.remove("status");
         }
+        // As in kube-apiserver, an invalid object is refused (422) before storage finds
+        // the name taken (409).
         Self::admit(&rt, &name, &mut object, None)?;
+        if inner.objects.contains_key(&key) {
+            return Err(ApiError::new(
+                409,
+                "AlreadyExists",
+                format!("{} \"{name}\" already exists", qualified(&rt)),
+            ));
+        }
         Ok(self.commit(&mut inner, &rt, key, ChangeKind::Added, object, None))
     }
 
