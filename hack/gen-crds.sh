@@ -1,16 +1,28 @@
 #!/usr/bin/env bash
-# Regenerates crds/ from the Rust types (`skylift-operator crd`).
-# With --check, fails when the committed CRDs are stale instead of writing them.
+# Regenerates, from the Rust types: crds/skylift.io.yaml (`skylift-operator crd`), its
+# copy in the Helm chart, and docs/reference.md (`skylift-operator reference`).
+# With --check, fails when any of them is stale instead of writing them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-generated=$(cargo run --quiet --locked -p skylift-operator -- crd)
+crds=$(cargo run --quiet --locked -p skylift-operator -- crd)
+reference=$(cargo run --quiet --locked -p skylift-operator -- reference)
+targets=(crds/skylift.io.yaml charts/skylift/crds/skylift.io.yaml docs/reference.md)
+contents=("$crds" "$crds" "$reference")
 if [[ "${1:-}" == "--check" ]]; then
-  if ! diff -u crds/skylift.io.yaml <(printf '%s\n' "$generated"); then
-    echo "crds/ is stale: run hack/gen-crds.sh and commit the result" >&2
+  stale=0
+  for i in "${!targets[@]}"; do
+    if ! diff -u "${targets[$i]}" <(printf '%s\n' "${contents[$i]}"); then
+      stale=1
+    fi
+  done
+  if (( stale )); then
+    echo "generated files are stale: run hack/gen-crds.sh and commit the result" >&2
     exit 1
   fi
-  echo "crds/ matches the Rust types"
+  echo "crds/, the chart's CRDs and docs/reference.md match the Rust types"
 else
-  printf '%s\n' "$generated" > crds/skylift.io.yaml
-  echo "wrote crds/skylift.io.yaml"
+  for i in "${!targets[@]}"; do
+    printf '%s\n' "${contents[$i]}" > "${targets[$i]}"
+  done
+  echo "wrote ${targets[*]}"
 fi

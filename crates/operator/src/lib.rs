@@ -5,6 +5,7 @@
 //! - [`publish`]: which pods become upstream endpoints;
 //! - [`status`]: conditions from what was observed;
 //! - [`diff`]: whether anything needs writing;
+//! - [`reference`]: the resource reference in `docs/`, from the CRDs' schemas;
 //! - [`controller`]: the reconcilers, their caches and the watch routing;
 //! - [`leader`], [`metrics`], [`admin`], [`run`]: running it as a process.
 
@@ -15,6 +16,7 @@ pub mod diff;
 pub mod leader;
 pub mod metrics;
 pub mod publish;
+pub mod reference;
 pub mod run;
 pub mod status;
 

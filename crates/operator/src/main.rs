@@ -25,6 +25,8 @@ enum Command {
     Run,
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
+    /// Print the resource reference (Markdown) written from the CRDs' schemas.
+    Reference,
 }
 
 #[derive(clap::Args, Debug)]
@@ -69,9 +71,19 @@ struct RunArgs {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::Crd) = cli.command {
-        print!("{}", skylift_operator::crds_yaml());
-        return Ok(());
+    match cli.command {
+        Some(Command::Crd) => {
+            print!("{}", skylift_operator::crds_yaml());
+            return Ok(());
+        }
+        Some(Command::Reference) => {
+            print!(
+                "{}",
+                skylift_operator::reference::markdown(&skylift_api::crds())
+            );
+            return Ok(());
+        }
+        Some(Command::Run) | None => {}
     }
     rustls::crypto::ring::default_provider()
         .install_default()
