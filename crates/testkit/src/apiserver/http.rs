@@ -17,7 +17,9 @@ use tokio::sync::broadcast::error::RecvError;
 use super::resources::ResourceType;
 use super::reviews;
 use super::selector::{FieldSelector, LabelSelector};
-use super::state::{ApiError, Change, ChangeKind, PatchKind, State, Subresource};
+use super::state::{
+    ApiError, Change, ChangeKind, PatchKind, RequestAttributes, State, Subresource,
+};
 
 pub fn router(state: Arc<State>) -> Router {
     Router::new().fallback(handle).with_state(state)
@@ -105,6 +107,14 @@ async fn handle(
         "/apis" => return json_response(StatusCode::OK, &group_list(&state)),
         "/healthz" | "/readyz" | "/livez" => return (StatusCode::OK, "ok").into_response(),
         "/apis/authentication.k8s.io/v1/tokenreviews" if method == Method::POST => {
+            state.record_request(attributes(
+                &headers,
+                "create",
+                "authentication.k8s.io",
+                "tokenreviews",
+                None,
+                None,
+            ));
             return match parse_body(&body) {
                 Ok(review) => {
                     json_response(StatusCode::CREATED, &reviews::review_token(&state, &review))
@@ -113,6 +123,14 @@ async fn handle(
             };
         }
         "/apis/authorization.k8s.io/v1/subjectaccessreviews" if method == Method::POST => {
+            state.record_request(attributes(
+                &headers,
+                "create",
+                "authorization.k8s.io",
+                "subjectaccessreviews",
+                None,
+                None,
+            ));
             return match parse_body(&body) {
                 Ok(review) => json_response(
                     StatusCode::CREATED,
@@ -145,6 +163,31 @@ async fn handle(
             details: None,
         });
     };
+    let verb = match (&method, &target.name) {
+        (&Method::GET, Some(_)) => "get",
+        (&Method::GET, None) if query.get("watch").is_some_and(|w| w == "true" || w == "1") => {
+            "watch"
+        }
+        (&Method::GET, None) => "list",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, Some(_)) => "delete",
+        (&Method::DELETE, None) => "deletecollection",
+        _ => "unknown",
+    };
+    let resource = match &target.subresource {
+        Some(sub) => format!("{plural}/{sub}"),
+        None => plural.clone(),
+    };
+    state.record_request(attributes(
+        &headers,
+        verb,
+        &target.group,
+        &resource,
+        target.namespace.clone(),
+        target.name.clone(),
+    ));
     if method != Method::GET {
         let what = match &target.subresource {
             Some(sub) => format!("{} {plural}/{sub}", method.as_str()),
@@ -156,6 +199,29 @@ async fn handle(
     match result {
         Ok(response) => response,
         Err(error) => error_response(&error),
+    }
+}
+
+/// A request's RBAC attributes; the bearer token stands for the user.
+fn attributes(
+    headers: &HeaderMap,
+    verb: &str,
+    group: &str,
+    resource: &str,
+    namespace: Option<String>,
+    name: Option<String>,
+) -> RequestAttributes {
+    RequestAttributes {
+        user: headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(String::from),
+        verb: verb.into(),
+        group: group.into(),
+        resource: resource.into(),
+        namespace,
+        name,
     }
 }
 

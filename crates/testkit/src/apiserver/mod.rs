@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde_json::Value;
-pub use state::{ApiError, State, WriteStats};
+pub use state::{ApiError, RequestAttributes, State, WriteStats};
 
 /// A running double on a loopback port.
 pub struct ApiServer {
@@ -94,6 +94,18 @@ impl ApiServer {
 
     pub fn writes(&self) -> WriteStats {
         self.state.write_stats()
+    }
+
+    /// Every distinct request served so far, with its RBAC attributes.
+    pub fn requests(&self) -> Vec<RequestAttributes> {
+        self.state.requests()
+    }
+
+    /// A kubeconfig whose user presents `token`: requests made with it are recorded as
+    /// that user's (see [`ApiServer::requests`]).
+    pub fn kubeconfig_with_token(&self, token: &str) -> String {
+        self.kubeconfig()
+            .replace("  user: {}\n", &format!("  user:\n    token: {token}\n"))
     }
 }
 

@@ -116,6 +116,20 @@ pub enum PatchKind {
 
 type ObjectKey = (String, String, String, String); // group, plural, namespace, name
 
+/// What kube-apiserver authorizes a request by (its RBAC attributes), and who made it:
+/// the bearer token, when the client sent one (the double takes the token for the user).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestAttributes {
+    pub user: Option<String>,
+    /// get, list, watch, create, update, patch, delete.
+    pub verb: String,
+    pub group: String,
+    /// The plural, with `/subresource` when there is one.
+    pub resource: String,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+}
+
 /// Counters of mutating requests, for tests and benchmarks ("zero writes when idle").
 #[derive(Clone, Debug, Default)]
 pub struct WriteStats {
@@ -149,6 +163,8 @@ struct Inner {
     log: VecDeque<Arc<Change>>,
     uid_counter: u64,
     writes: WriteStats,
+    /// Every resource request served, once per distinct set of attributes.
+    requests: std::collections::BTreeSet<RequestAttributes>,
 }
 
 impl Inner {
@@ -183,6 +199,7 @@ impl Default for State {
                 log: VecDeque::new(),
                 uid_counter: 0,
                 writes: WriteStats::default(),
+                requests: Default::default(),
             }),
             changes,
             tokens: Mutex::new(HashMap::new()),
@@ -256,6 +273,16 @@ impl State {
 
     pub fn write_stats(&self) -> WriteStats {
         self.inner().writes.clone()
+    }
+
+    /// Remembers a request's authorization attributes.
+    pub fn record_request(&self, attributes: RequestAttributes) {
+        self.inner().requests.insert(attributes);
+    }
+
+    /// The distinct requests served so far.
+    pub fn requests(&self) -> Vec<RequestAttributes> {
+        self.inner().requests.iter().cloned().collect()
     }
 
     pub fn count_write(&self, request: String) {
