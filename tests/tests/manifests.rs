@@ -1,0 +1,318 @@
+//! Everything a user installs reads back as the typed Kubernetes objects, with no field
+//! the types do not know, so a misspelt setting is an error here rather than something
+//! the API server drops in silence: `manifests/`, `crds/`, the chart rendered with its
+//! defaults and with every option, and `examples/`. Every image is the one the operator
+//! defaults to. The examples are also created on the API-server double, which enforces
+//! the CRDs' schemas and CEL rules as kube-apiserver does.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use skylift_api::{OAPServer, Proxy, Satellite};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The documents of a YAML stream, empty ones left out.
+fn documents(text: &str, origin: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|document| {
+            serde::Deserialize::deserialize(document)
+                .unwrap_or_else(|e| panic!("{origin}: not YAML: {e}"))
+        })
+        .filter(|document: &Value| !document.is_null())
+        .collect()
+}
+
+/// Paths of fields in `original` that did not survive the typed round trip.
+fn unknown_fields(original: &Value, typed: &Value, path: &str, found: &mut Vec<String>) {
+    match (original, typed) {
+        (Value::Object(fields), Value::Object(kept)) => {
+            for (key, value) in fields {
+                let here = format!("{path}.{key}");
+                match kept.get(key) {
+                    Some(inner) => unknown_fields(value, inner, &here, found),
+                    None => found.push(here),
+                }
+            }
+        }
+        (Value::Array(items), Value::Array(kept)) => {
+            for (i, (item, inner)) in items.iter().zip(kept).enumerate() {
+                unknown_fields(item, inner, &format!("{path}[{i}]"), found);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn round_trip<T: DeserializeOwned + Serialize>(document: &Value) -> Result<(), String> {
+    let typed: T = serde_json::from_value(document.clone()).map_err(|e| e.to_string())?;
+    let back = serde_json::to_value(&typed).expect("typed objects serialize");
+    let mut unknown = Vec::new();
+    unknown_fields(document, &back, "", &mut unknown);
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("unknown fields {unknown:?}"))
+    }
+}
+
+/// Reads `document` as the type its apiVersion and kind name.
+fn check_typed(document: &Value) -> Result<(), String> {
+    let api_version = document["apiVersion"].as_str().unwrap_or_default();
+    let kind = document["kind"].as_str().unwrap_or_default();
+    match (api_version, kind) {
+        ("v1", "Namespace") => round_trip::<Namespace>(document),
+        ("v1", "ServiceAccount") => round_trip::<ServiceAccount>(document),
+        ("v1", "Service") => round_trip::<Service>(document),
+        ("v1", "Secret") => round_trip::<Secret>(document),
+        ("v1", "ConfigMap") => round_trip::<ConfigMap>(document),
+        ("apps/v1", "Deployment") => round_trip::<Deployment>(document),
+        ("policy/v1", "PodDisruptionBudget") => round_trip::<PodDisruptionBudget>(document),
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => round_trip::<ClusterRole>(document),
+        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+            round_trip::<ClusterRoleBinding>(document)
+        }
+        ("rbac.authorization.k8s.io/v1", "Role") => round_trip::<Role>(document),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding") => round_trip::<RoleBinding>(document),
+        ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
+            round_trip::<CustomResourceDefinition>(document)
+        }
+        ("apiregistration.k8s.io/v1", "APIService") => round_trip::<APIService>(document),
+        ("autoscaling/v2", "HorizontalPodAutoscaler") => {
+            round_trip::<HorizontalPodAutoscaler>(document)
+        }
+        ("skylift.io/v1alpha1", "OAPServer") => round_trip::<OAPServer>(document),
+        ("skylift.io/v1alpha1", "Satellite") => round_trip::<Satellite>(document),
+        ("skylift.io/v1alpha1", "Proxy") => round_trip::<Proxy>(document),
+        _ => Err(format!("no type for {api_version} {kind}")),
+    }
+}
+
+/// Checks every document; returns them.
+fn check_all(text: &str, origin: &str) -> Vec<Value> {
+    let documents = documents(text, origin);
+    assert!(!documents.is_empty(), "{origin} holds no object");
+    let problems: Vec<String> = documents
+        .iter()
+        .filter_map(|d| {
+            check_typed(d).err().map(|e| {
+                format!(
+                    "{origin}: {} {}: {e}",
+                    d["kind"].as_str().unwrap_or("?"),
+                    d["metadata"]["name"].as_str().unwrap_or("?")
+                )
+            })
+        })
+        .collect();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    documents
+}
+
+fn images(documents: &[Value]) -> Vec<String> {
+    documents
+        .iter()
+        .filter(|d| d["kind"] == "Deployment")
+        .flat_map(|d| {
+            d["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|c| c["image"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The chart rendered with `settings` (`--set` values).
+fn render_chart(settings: &[&str]) -> String {
+    let helm = Command::new(repo().join("hack/helm.sh"))
+        .output()
+        .expect("hack/helm.sh runs");
+    assert!(
+        helm.status.success(),
+        "hack/helm.sh could not provide helm: {}",
+        String::from_utf8_lossy(&helm.stderr)
+    );
+    let helm = String::from_utf8(helm.stdout).unwrap();
+    let mut command = Command::new(helm.trim());
+    command
+        .args(["template", "skylift"])
+        .arg(repo().join("charts/skylift"))
+        .args(["--namespace", "skylift-system", "--include-crds"]);
+    for setting in settings {
+        command.args(["--set", setting]);
+    }
+    let rendered = command.output().expect("helm runs");
+    assert!(
+        rendered.status.success(),
+        "helm template {settings:?}: {}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    String::from_utf8(rendered.stdout).unwrap()
+}
+
+fn read(relative: &str) -> String {
+    std::fs::read_to_string(repo().join(relative)).unwrap_or_else(|e| panic!("{relative}: {e}"))
+}
+
+#[test]
+fn the_bundles_and_crds_are_typed_objects_running_the_operators_default_image() {
+    let image = skylift_api::constants::default_proxy_image();
+    let operator = check_all(
+        &read("manifests/operator-bundle.yaml"),
+        "operator-bundle.yaml",
+    );
+    let adapter = check_all(
+        &read("manifests/adapter-bundle.yaml"),
+        "adapter-bundle.yaml",
+    );
+    check_all(&read("crds/skylift.io.yaml"), "crds/skylift.io.yaml");
+    for (bundle, documents) in [("operator", &operator), ("adapter", &adapter)] {
+        let images = images(documents);
+        assert!(!images.is_empty(), "{bundle}: no workload");
+        assert!(images.iter().all(|i| *i == image), "{bundle}: {images:?}");
+    }
+    let kinds = |documents: &[Value]| -> Vec<String> {
+        documents
+            .iter()
+            .map(|d| d["kind"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let operator_kinds = kinds(&operator);
+    for kind in [
+        "Namespace",
+        "CustomResourceDefinition",
+        "ServiceAccount",
+        "ClusterRole",
+        "Role",
+        "Deployment",
+    ] {
+        assert!(
+            operator_kinds.iter().any(|k| k == kind),
+            "operator bundle lacks a {kind}"
+        );
+    }
+    // The walk-through applies the adapter after the operator: no CRD twice, no operator.
+    assert!(
+        !kinds(&adapter)
+            .iter()
+            .any(|k| k == "CustomResourceDefinition")
+    );
+    let apiservice = adapter.iter().find(|d| d["kind"] == "APIService").unwrap();
+    assert!(apiservice["spec"].get("insecureSkipTLSVerify").is_none());
+    assert!(
+        apiservice["spec"].get("caBundle").is_none(),
+        "the adapter writes it"
+    );
+}
+
+#[test]
+fn the_chart_renders_typed_objects_with_defaults_and_with_every_option() {
+    let image = skylift_api::constants::default_proxy_image();
+    let defaults = check_all(&render_chart(&[]), "helm template (defaults)");
+    assert_eq!(images(&defaults), [image.clone(), image.clone()]);
+    let everything = check_all(
+        &render_chart(&[
+            "createNamespace=true",
+            "operator.watchNamespace=shop",
+            "adapter.expressions.p95=latest(service_percentile{p='95'})",
+            "adapter.oapCredentialsSecret=oap-basic",
+            "imagePullSecrets[0].name=regcred",
+            "operator.nodeSelector.pool=system",
+            "adapter.tolerations[0].operator=Exists",
+            "adapter.priorityClassName=system-cluster-critical",
+            "image.tag=0.1.0-rc.1",
+        ]),
+        "helm template (every option)",
+    );
+    // Watching one namespace: a Role there instead of a ClusterRole.
+    let operator_role = everything
+        .iter()
+        .find(|d| d["metadata"]["name"] == "skylift-operator" && d["kind"] == "Role")
+        .expect("a namespaced Role");
+    assert_eq!(operator_role["metadata"]["namespace"], "shop");
+    assert!(
+        !everything
+            .iter()
+            .any(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "skylift-operator")
+    );
+    let adapter = everything
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "skylift-adapter")
+        .unwrap();
+    let args = adapter["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap();
+    assert!(
+        args.iter()
+            .any(|a| a.as_str().unwrap().starts_with("--expressions="))
+    );
+    let expressions = everything
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap")
+        .unwrap();
+    assert!(
+        expressions["data"]["expressions.yaml"]
+            .as_str()
+            .unwrap()
+            .contains("p95: latest(service_percentile{p='95'})")
+    );
+}
+
+#[tokio::test]
+async fn the_examples_are_typed_and_accepted_by_the_crd_schemas() {
+    use kube::api::{Api, DynamicObject, PostParams};
+    let crds: Vec<Value> = skylift_api::crds()
+        .iter()
+        .map(|c| serde_json::to_value(c).unwrap())
+        .collect();
+    let server = skylift_testkit::apiserver::ApiServer::start(&crds)
+        .await
+        .unwrap();
+    let mut examples: Vec<PathBuf> = std::fs::read_dir(repo().join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    examples.sort();
+    assert!(examples.len() >= 4, "{examples:?}");
+    let discovery = kube::Discovery::new(server.client()).run().await.unwrap();
+    for namespace in ["observability", "shop"] {
+        let ns: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}})).unwrap();
+        let _ = Api::<Namespace>::all(server.client())
+            .create(&PostParams::default(), &ns)
+            .await;
+    }
+    for path in examples {
+        let origin = path.file_name().unwrap().to_string_lossy().to_string();
+        for document in check_all(&std::fs::read_to_string(&path).unwrap(), &origin) {
+            if document["kind"] == "Namespace" {
+                continue;
+            }
+            let object: DynamicObject = serde_json::from_value(document.clone()).unwrap();
+            let gvk =
+                kube::api::GroupVersionKind::try_from(object.types.as_ref().unwrap()).unwrap();
+            let (resource, _) = discovery.resolve_gvk(&gvk).unwrap();
+            let api: Api<DynamicObject> = Api::namespaced_with(
+                server.client(),
+                document["metadata"]["namespace"].as_str().unwrap(),
+                &resource,
+            );
+            if let Err(err) = api.create(&PostParams::default(), &object).await {
+                panic!("{origin}: {} refused: {err}", gvk.kind);
+            }
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! The operator's RBAC in `manifests/operator-bundle.yaml` is exactly what it uses: the
+//! operator runs as a process through its whole repertoire (OAPServer, Satellite with and
+//! then without autoscaling, Proxy, upstream pods, leader election) against the
+//! API-server double, which records every request's RBAC attributes. Every request must
+//! be allowed by the bundle's rules, and every rule must have been used, but for the few
+//! kube-apiserver checks without a call (each named below with its reason).
+
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::api::rbac::v1::PolicyRule;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use skylift_e2e::{Process, Scratch, binary, free_port, wait_for};
+use skylift_testkit::apiserver::{ApiServer, RequestAttributes};
+
+const USER: &str = "system:serviceaccount:skylift-system:skylift-operator";
+
+/// Rules granted without a call: (group, resource, verb) and why.
+const GRANTED_NOT_CALLED: &[(&str, &str, &str, &str)] = &[
+    (
+        "",
+        "pods",
+        "get",
+        "OAP's Role grants it; kube-apiserver lets a Role be written only by who holds what it grants",
+    ),
+    (
+        "",
+        "configmaps",
+        "get",
+        "each pool's Role grants it (same escalation check)",
+    ),
+    (
+        "skylift.io",
+        "oapservers/finalizers",
+        "update",
+        "blockOwnerDeletion (OwnerReferencesPermissionEnforcement)",
+    ),
+    (
+        "skylift.io",
+        "satellites/finalizers",
+        "update",
+        "blockOwnerDeletion",
+    ),
+    (
+        "skylift.io",
+        "proxies/finalizers",
+        "update",
+        "blockOwnerDeletion",
+    ),
+    (
+        "events.k8s.io",
+        "events",
+        "patch",
+        "the event recorder patches an event that repeats within its series window",
+    ),
+];
+
+/// A rule and where it applies (`None`: every namespace).
+struct Grant {
+    rule: PolicyRule,
+    namespace: Option<String>,
+}
+
+fn matches(grant: &Grant, request: &RequestAttributes) -> bool {
+    let rule = &grant.rule;
+    let any = |list: &Option<Vec<String>>, value: &str| {
+        list.as_ref()
+            .is_some_and(|l| l.iter().any(|v| v == "*" || v == value))
+    };
+    let in_namespace = match (&grant.namespace, &request.namespace) {
+        (None, _) => true,
+        (Some(granted), Some(asked)) => granted == asked,
+        (Some(_), None) => false,
+    };
+    let named = match &rule.resource_names {
+        None => true,
+        Some(names) if names.is_empty() => true,
+        Some(names) => request.name.as_ref().is_some_and(|n| names.contains(n)),
+    };
+    in_namespace
+        && any(&rule.api_groups, &request.group)
+        && any(&rule.resources, &request.resource)
+        && rule.verbs.iter().any(|v| v == "*" || *v == request.verb)
+        && named
+}
+
+/// The operator's grants in the bundle.
+fn bundle_grants() -> Vec<Grant> {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../manifests/operator-bundle.yaml"
+    ))
+    .unwrap();
+    let mut grants = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let value: Value = serde::Deserialize::deserialize(document).unwrap();
+        let kind = value["kind"].as_str().unwrap_or_default();
+        let name = value["metadata"]["name"].as_str().unwrap_or_default();
+        if !(kind == "ClusterRole" || kind == "Role") || !name.starts_with("skylift-operator") {
+            continue;
+        }
+        let namespace = value["metadata"]["namespace"].as_str().map(String::from);
+        for rule in value["rules"].as_array().unwrap() {
+            grants.push(Grant {
+                rule: serde_json::from_value(rule.clone()).unwrap(),
+                namespace: namespace.clone(),
+            });
+        }
+    }
+    assert!(grants.len() > 5, "the bundle's operator rules");
+    grants
+}
+
+async fn ready_pod(client: &kube::Client, name: &str, labels: Value, ip: &str) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "obs");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"containers": [{"name": "oap", "image": "apache/skywalking-oap-server:10.2.0"}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let status = json!({"status": {"podIP": ip, "phase": "Running",
+        "conditions": [{"type": "Ready", "status": "True"}]}});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+}
+
+async fn create(client: &kube::Client, plural: &str, kind: &str, spec: Value) {
+    let resource = kube::api::ApiResource {
+        group: "skylift.io".into(),
+        version: "v1alpha1".into(),
+        api_version: "skylift.io/v1alpha1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    };
+    let object: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "skylift.io/v1alpha1", "kind": kind,
+        "metadata": {"name": spec["name"], "namespace": "obs"}, "spec": spec["spec"],
+    }))
+    .unwrap();
+    Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), "obs", &resource)
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_bundles_operator_rbac_is_exactly_what_the_operator_uses() {
+    let crds: Vec<Value> = skylift_api::crds()
+        .iter()
+        .map(|c| serde_json::to_value(c).unwrap())
+        .collect();
+    let server = ApiServer::start(&crds).await.unwrap();
+    let client = server.client();
+    for namespace in ["skylift-system", "obs"] {
+        let ns: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap();
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap();
+    }
+    let scratch = Scratch::new("rbac");
+    let kubeconfig = scratch.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, server.kubeconfig_with_token(USER)).unwrap();
+    let mut command = Command::new(binary("skylift-operator"));
+    command
+        .env("KUBECONFIG", &kubeconfig)
+        .env("POD_NAMESPACE", "skylift-system")
+        .args(["--identity", "operator-0"])
+        .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())]);
+    let mut operator = Process::spawn("operator", command, scratch.path());
+
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "skylift-system");
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), "obs");
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "obs");
+    wait_for("the Lease", Duration::from_secs(20), || async {
+        leases.get_opt("skylift-operator").await.ok()?
+    })
+    .await;
+
+    create(
+        &client,
+        "oapservers",
+        "OAPServer",
+        json!({"name": "skywalking", "spec": {"version": "10.2.0", "replicas": 1}}),
+    )
+    .await;
+    create(
+        &client,
+        "satellites",
+        "Satellite",
+        json!({"name": "ingest", "spec": {
+        "upstream": {"oapServerRef": {"name": "skywalking"}},
+        "connectionLimit": {"maxConnections": 11},
+        "autoscaling": {"maxReplicas": 3, "targetConnectionsPerReplica": 10}}}),
+    )
+    .await;
+    create(
+        &client,
+        "proxies",
+        "Proxy",
+        json!({"name": "otlp", "spec": {
+        "upstream": {"selector": {"matchLabels": {"app": "collector"}, "port": 4317}}}}),
+    )
+    .await;
+    ready_pod(
+        &client,
+        "skywalking-oap-7c9f-a",
+        json!({"app.kubernetes.io/name": "oap-server", "app.kubernetes.io/instance": "skywalking"}),
+        "10.1.0.1",
+    )
+    .await;
+    ready_pod(
+        &client,
+        "collector-0",
+        json!({"app": "collector"}),
+        "10.1.0.9",
+    )
+    .await;
+    wait_for(
+        "the HPA and both upstream lists",
+        Duration::from_secs(20),
+        || async {
+            hpas.get_opt("ingest-satellite").await.ok()??;
+            let ingest = config_maps.get_opt("ingest-upstreams").await.ok()??;
+            let otlp = config_maps.get_opt("otlp-upstreams").await.ok()??;
+            let listed = |cm: &ConfigMap, ip: &str| {
+                cm.data
+                    .as_ref()
+                    .is_some_and(|d| d.values().any(|v| v.contains(ip)))
+            };
+            (listed(&ingest, "10.1.0.1") && listed(&otlp, "10.1.0.9")).then_some(())
+        },
+    )
+    .await;
+
+    // Autoscaling removed: the HPA is deleted.
+    let satellites = kube::api::ApiResource {
+        group: "skylift.io".into(),
+        version: "v1alpha1".into(),
+        api_version: "skylift.io/v1alpha1".into(),
+        kind: "Satellite".into(),
+        plural: "satellites".into(),
+    };
+    Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), "obs", &satellites)
+        .patch(
+            "ingest",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"autoscaling": null}})),
+        )
+        .await
+        .unwrap();
+    wait_for("the HPA to go", Duration::from_secs(20), || async {
+        hpas.get_opt("ingest-satellite")
+            .await
+            .ok()
+            .filter(Option::is_none)
+            .map(|_| ())
+    })
+    .await;
+    // Long enough for the Lease to be renewed (every 5 s).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(operator.is_running(), "{}", operator.output());
+    operator.kill();
+
+    let used: Vec<RequestAttributes> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.user.as_deref() == Some(USER))
+        .collect();
+    let grants = bundle_grants();
+    let refused: Vec<&RequestAttributes> = used
+        .iter()
+        .filter(|r| !grants.iter().any(|g| matches(g, r)))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "the operator made requests its RBAC does not allow:\n{refused:#?}"
+    );
+    let mut unused = Vec::new();
+    for grant in &grants {
+        let rule = &grant.rule;
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                for verb in &rule.verbs {
+                    let called = used
+                        .iter()
+                        .any(|r| r.group == *group && r.resource == *resource && r.verb == *verb);
+                    let excused = GRANTED_NOT_CALLED
+                        .iter()
+                        .any(|(g, res, v, _)| g == group && res == resource && v == verb);
+                    if !called && !excused {
+                        unused.push(format!("{verb} {group}/{resource}"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        unused.is_empty(),
+        "granted but never used (least privilege): {unused:?}"
+    );
+}
