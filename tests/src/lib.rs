@@ -1,9 +1,11 @@
 //! Support for end-to-end tests that run skylift's binaries as processes.
 //!
 //! - [`agents`]: segment-reporting clients that hold one connection each;
+//! - [`rbac`]: recorded requests held against a bundle's RBAC rules;
 //! - [`standin`]: the OAP stand-in process.
 
 pub mod agents;
+pub mod rbac;
 pub mod standin;
 
 use std::fs::File;

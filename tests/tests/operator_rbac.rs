@@ -11,9 +11,9 @@ use std::time::Duration;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
-use k8s_openapi::api::rbac::v1::PolicyRule;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
+use skylift_e2e::rbac::{bundle_grants, refused, unused};
 use skylift_e2e::{Process, Scratch, binary, free_port, wait_for};
 use skylift_testkit::apiserver::{ApiServer, RequestAttributes};
 
@@ -58,62 +58,6 @@ const GRANTED_NOT_CALLED: &[(&str, &str, &str, &str)] = &[
         "the event recorder patches an event that repeats within its series window",
     ),
 ];
-
-/// A rule and where it applies (`None`: every namespace).
-struct Grant {
-    rule: PolicyRule,
-    namespace: Option<String>,
-}
-
-fn matches(grant: &Grant, request: &RequestAttributes) -> bool {
-    let rule = &grant.rule;
-    let any = |list: &Option<Vec<String>>, value: &str| {
-        list.as_ref()
-            .is_some_and(|l| l.iter().any(|v| v == "*" || v == value))
-    };
-    let in_namespace = match (&grant.namespace, &request.namespace) {
-        (None, _) => true,
-        (Some(granted), Some(asked)) => granted == asked,
-        (Some(_), None) => false,
-    };
-    let named = match &rule.resource_names {
-        None => true,
-        Some(names) if names.is_empty() => true,
-        Some(names) => request.name.as_ref().is_some_and(|n| names.contains(n)),
-    };
-    in_namespace
-        && any(&rule.api_groups, &request.group)
-        && any(&rule.resources, &request.resource)
-        && rule.verbs.iter().any(|v| v == "*" || *v == request.verb)
-        && named
-}
-
-/// The operator's grants in the bundle.
-fn bundle_grants() -> Vec<Grant> {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../manifests/operator-bundle.yaml"
-    ))
-    .unwrap();
-    let mut grants = Vec::new();
-    for document in serde_yaml::Deserializer::from_str(&text) {
-        let value: Value = serde::Deserialize::deserialize(document).unwrap();
-        let kind = value["kind"].as_str().unwrap_or_default();
-        let name = value["metadata"]["name"].as_str().unwrap_or_default();
-        if !(kind == "ClusterRole" || kind == "Role") || !name.starts_with("skylift-operator") {
-            continue;
-        }
-        let namespace = value["metadata"]["namespace"].as_str().map(String::from);
-        for rule in value["rules"].as_array().unwrap() {
-            grants.push(Grant {
-                rule: serde_json::from_value(rule.clone()).unwrap(),
-                namespace: namespace.clone(),
-            });
-        }
-    }
-    assert!(grants.len() > 5, "the bundle's operator rules");
-    grants
-}
 
 async fn ready_pod(client: &kube::Client, name: &str, labels: Value, ip: &str) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "obs");
@@ -274,34 +218,18 @@ async fn the_bundles_operator_rbac_is_exactly_what_the_operator_uses() {
         .into_iter()
         .filter(|r| r.user.as_deref() == Some(USER))
         .collect();
-    let grants = bundle_grants();
-    let refused: Vec<&RequestAttributes> = used
-        .iter()
-        .filter(|r| !grants.iter().any(|g| matches(g, r)))
-        .collect();
+    let grants = bundle_grants("manifests/operator-bundle.yaml", "skylift-operator");
+    assert!(grants.len() > 5, "the bundle's operator rules");
+    let refused = refused(&used, &grants);
     assert!(
         refused.is_empty(),
         "the operator made requests its RBAC does not allow:\n{refused:#?}"
     );
-    let mut unused = Vec::new();
-    for grant in &grants {
-        let rule = &grant.rule;
-        for group in rule.api_groups.iter().flatten() {
-            for resource in rule.resources.iter().flatten() {
-                for verb in &rule.verbs {
-                    let called = used
-                        .iter()
-                        .any(|r| r.group == *group && r.resource == *resource && r.verb == *verb);
-                    let excused = GRANTED_NOT_CALLED
-                        .iter()
-                        .any(|(g, res, v, _)| g == group && res == resource && v == verb);
-                    if !called && !excused {
-                        unused.push(format!("{verb} {group}/{resource}"));
-                    }
-                }
-            }
-        }
-    }
+    let excused: Vec<(&str, &str, &str)> = GRANTED_NOT_CALLED
+        .iter()
+        .map(|(g, r, v, _)| (*g, *r, *v))
+        .collect();
+    let unused = unused(&used, &grants, &excused);
     assert!(
         unused.is_empty(),
         "granted but never used (least privilege): {unused:?}"

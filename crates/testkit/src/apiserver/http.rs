@@ -180,13 +180,22 @@ async fn handle(
         Some(sub) => format!("{plural}/{sub}"),
         None => plural.clone(),
     };
+    // As kube-apiserver's RequestInfo: a list or watch of one name (a `metadata.name`
+    // field selector) is authorized as a request for that name.
+    let name = target.name.clone().or_else(|| {
+        query
+            .get("fieldSelector")
+            .and_then(|f| f.strip_prefix("metadata.name="))
+            .filter(|n| !n.contains(','))
+            .map(String::from)
+    });
     state.record_request(attributes(
         &headers,
         verb,
         &target.group,
         &resource,
         target.namespace.clone(),
-        target.name.clone(),
+        name,
     ));
     if method != Method::GET {
         let what = match &target.subresource {

@@ -1,0 +1,112 @@
+//! Holding the requests a program made (recorded by the API-server double) against RBAC
+//! rules, as kube-apiserver's RBAC authorizer does: apiGroups, resources (with
+//! `/subresource`), verbs and resourceNames, a Role only in its namespace.
+
+use k8s_openapi::api::rbac::v1::PolicyRule;
+use serde_json::Value;
+use skylift_testkit::apiserver::RequestAttributes;
+
+/// A rule and where it applies (`None`: every namespace).
+pub struct Grant {
+    pub rule: PolicyRule,
+    pub namespace: Option<String>,
+}
+
+impl Grant {
+    /// A rule of Kubernetes' own (a built-in role a bundle binds to).
+    pub fn builtin(rule: Value, namespace: Option<&str>) -> Grant {
+        Grant {
+            rule: serde_json::from_value(rule).expect("a PolicyRule"),
+            namespace: namespace.map(String::from),
+        }
+    }
+
+    pub fn allows(&self, request: &RequestAttributes) -> bool {
+        let rule = &self.rule;
+        let any = |list: &Option<Vec<String>>, value: &str| {
+            list.as_ref()
+                .is_some_and(|l| l.iter().any(|v| v == "*" || v == value))
+        };
+        let in_namespace = match (&self.namespace, &request.namespace) {
+            (None, _) => true,
+            (Some(granted), Some(asked)) => granted == asked,
+            (Some(_), None) => false,
+        };
+        let named = match &rule.resource_names {
+            None => true,
+            Some(names) if names.is_empty() => true,
+            Some(names) => request.name.as_ref().is_some_and(|n| names.contains(n)),
+        };
+        in_namespace
+            && any(&rule.api_groups, &request.group)
+            && any(&rule.resources, &request.resource)
+            && rule.verbs.iter().any(|v| v == "*" || *v == request.verb)
+            && named
+    }
+}
+
+/// The rules of the Roles and ClusterRoles named `<prefix>...` in a bundle (path from
+/// the repository root).
+pub fn bundle_grants(bundle: &str, prefix: &str) -> Vec<Grant> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(bundle);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{bundle}: {e}"));
+    let mut grants = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let value: Value = serde::Deserialize::deserialize(document).expect("YAML");
+        let kind = value["kind"].as_str().unwrap_or_default();
+        let name = value["metadata"]["name"].as_str().unwrap_or_default();
+        if !(kind == "ClusterRole" || kind == "Role") || !name.starts_with(prefix) {
+            continue;
+        }
+        let namespace = value["metadata"]["namespace"].as_str().map(String::from);
+        for rule in value["rules"].as_array().into_iter().flatten() {
+            grants.push(Grant {
+                rule: serde_json::from_value(rule.clone()).expect("a PolicyRule"),
+                namespace: namespace.clone(),
+            });
+        }
+    }
+    grants
+}
+
+/// Requests no grant allows.
+pub fn refused<'a>(
+    requests: &'a [RequestAttributes],
+    grants: &[Grant],
+) -> Vec<&'a RequestAttributes> {
+    requests
+        .iter()
+        .filter(|r| !grants.iter().any(|g| g.allows(r)))
+        .collect()
+}
+
+/// `verb group/resource` of every grant that no request used, but those `excused`
+/// (`(group, resource, verb)`).
+pub fn unused(
+    requests: &[RequestAttributes],
+    grants: &[Grant],
+    excused: &[(&str, &str, &str)],
+) -> Vec<String> {
+    let mut unused = Vec::new();
+    for grant in grants {
+        let rule = &grant.rule;
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                for verb in &rule.verbs {
+                    let called = requests
+                        .iter()
+                        .any(|r| r.group == *group && r.resource == *resource && r.verb == *verb);
+                    let excused = excused
+                        .iter()
+                        .any(|(g, res, v)| g == group && res == resource && v == verb);
+                    if !called && !excused {
+                        unused.push(format!("{verb} {group}/{resource}"));
+                    }
+                }
+            }
+        }
+    }
+    unused
+}
