@@ -203,6 +203,19 @@ fn the_bundles_and_crds_are_typed_objects_running_the_operators_default_image() 
             "operator bundle lacks a {kind}"
         );
     }
+    // Pools run the operator's own image (a mirror set in the chart reaches them too).
+    let operator_args = operator
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .map(|d| d["spec"]["template"]["spec"]["containers"][0]["args"].clone())
+        .unwrap();
+    assert!(
+        operator_args
+            .as_array()
+            .unwrap()
+            .contains(&Value::String(format!("--proxy-image={image}"))),
+        "{operator_args}"
+    );
     // The walk-through applies the adapter after the operator: no CRD twice, no operator.
     assert!(
         !kinds(&adapter)

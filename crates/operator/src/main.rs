@@ -60,6 +60,10 @@ struct RunArgs {
     /// This replica's identity in the election (default: the host name).
     #[arg(long, env = "SKYLIFT_OPERATOR_IDENTITY")]
     identity: Option<String>,
+    /// The image Satellites and Proxies run unless their `spec.image` is set (a mirror of
+    /// skylift's image, say). Default: skylift's image of this release.
+    #[arg(long, env = "SKYLIFT_OPERATOR_PROXY_IMAGE", default_value_t = skylift_api::constants::default_proxy_image())]
+    proxy_image: String,
     /// Reconciles run at once per resource kind.
     #[arg(long, env = "SKYLIFT_OPERATOR_CONCURRENCY", default_value_t = 16)]
     concurrency: u16,
@@ -110,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
         namespace: args.namespace,
         concurrency: args.concurrency,
         instance: identity.clone(),
+        proxy_image: args.proxy_image,
     };
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

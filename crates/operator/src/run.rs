@@ -30,6 +30,8 @@ pub struct Settings {
     pub concurrency: u16,
     /// Name reported on Events.
     pub instance: String,
+    /// The image Satellites and Proxies run unless `spec.image` is set.
+    pub proxy_image: String,
 }
 
 impl Default for Settings {
@@ -38,6 +40,7 @@ impl Default for Settings {
             namespace: None,
             concurrency: 16,
             instance: "skylift-operator".into(),
+            proxy_image: skylift_api::constants::default_proxy_image(),
         }
     }
 }
@@ -159,6 +162,7 @@ pub async fn run(
         },
     );
     let context = Arc::new(Context {
+        proxy_image: settings.proxy_image.clone(),
         client,
         stores,
         metrics: metrics.clone(),

@@ -670,8 +670,11 @@ async fn a_proxy_publishes_the_pods_its_selector_picks_with_their_weights() {
 
 #[tokio::test]
 async fn an_operator_limited_to_one_namespace_leaves_the_others_alone() {
+    // Also: pools run the operator's --proxy-image (a registry mirror) unless they name one.
+    let mirror = "registry.internal/skylift:0.1.0";
     let cluster = Cluster::start_with(Settings {
         namespace: Some(NS.into()),
+        proxy_image: mirror.into(),
         ..Settings::default()
     })
     .await;
@@ -694,10 +697,14 @@ async fn an_operator_limited_to_one_namespace_leaves_the_others_alone() {
         ))
         .await;
 
-    eventually("the watched namespace to be reconciled", || {
+    let deployment = eventually("the watched namespace to be reconciled", || {
         cluster.get::<Deployment>("ingest-satellite")
     })
     .await;
+    let image = deployment.spec.unwrap().template.spec.unwrap().containers[0]
+        .image
+        .clone();
+    assert_eq!(image.as_deref(), Some(mirror));
     settled(&cluster).await;
     let untouched: kube::Api<Deployment> =
         kube::Api::namespaced(cluster.client.clone(), "elsewhere");

@@ -123,7 +123,22 @@ pub fn proxy_upstream(proxy: &Proxy) -> UpstreamSource {
 }
 
 impl From<&Satellite> for PoolView {
+    /// With skylift's own image as the default.
     fn from(sat: &Satellite) -> Self {
+        PoolView::of_satellite(sat, &constants::default_proxy_image())
+    }
+}
+
+impl From<&Proxy> for PoolView {
+    /// With skylift's own image as the default.
+    fn from(proxy: &Proxy) -> Self {
+        PoolView::of_proxy(proxy, &constants::default_proxy_image())
+    }
+}
+
+impl PoolView {
+    /// A Satellite's pool; `default_image` runs unless `spec.image` is set.
+    pub fn of_satellite(sat: &Satellite, default_image: &str) -> Self {
         let spec = &sat.spec;
         let upstream = satellite_upstream(sat);
         let routing = spec.routing.clone().unwrap_or_default();
@@ -131,10 +146,7 @@ impl From<&Satellite> for PoolView {
             kind: PoolKind::Satellite,
             name: sat.metadata.name.clone().unwrap_or_default(),
             namespace: sat.metadata.namespace.clone().unwrap_or_default(),
-            image: spec
-                .image
-                .clone()
-                .unwrap_or_else(constants::default_proxy_image),
+            image: spec.image.clone().unwrap_or_else(|| default_image.into()),
             replicas: spec.replicas,
             upstream,
             max_connections: spec.connection_limit.as_ref().map(|l| l.max_connections),
@@ -154,10 +166,9 @@ impl From<&Satellite> for PoolView {
             hardening: spec.hardening(),
         }
     }
-}
 
-impl From<&Proxy> for PoolView {
-    fn from(proxy: &Proxy) -> Self {
+    /// A Proxy's pool; `default_image` runs unless `spec.image` is set.
+    pub fn of_proxy(proxy: &Proxy, default_image: &str) -> Self {
         let spec = &proxy.spec;
         let upstream = proxy_upstream(proxy);
         let routing = spec.routing.clone().unwrap_or_default();
@@ -169,10 +180,7 @@ impl From<&Proxy> for PoolView {
             kind: PoolKind::Proxy,
             name: proxy.metadata.name.clone().unwrap_or_default(),
             namespace: proxy.metadata.namespace.clone().unwrap_or_default(),
-            image: spec
-                .image
-                .clone()
-                .unwrap_or_else(constants::default_proxy_image),
+            image: spec.image.clone().unwrap_or_else(|| default_image.into()),
             replicas: spec.replicas,
             upstream,
             max_connections: spec.connection_limit.as_ref().map(|l| l.max_connections),

@@ -42,6 +42,8 @@ pub struct Stores {
 /// What every reconcile gets.
 pub struct Context {
     pub client: Client,
+    /// The image pools run unless their resource names one (`--proxy-image`).
+    pub proxy_image: String,
     pub stores: Stores,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,

@@ -27,7 +27,8 @@ use crate::status::{Observed, Problem, Rollout, conditions};
 /// A resource that runs a skylift-proxy pool.
 pub trait PoolResource: Watched + Resource<Scope = NamespaceResourceScope> {
     const KIND: &'static str;
-    fn view(&self) -> PoolView;
+    /// The pool, running `default_image` unless the resource names one.
+    fn view(&self, default_image: &str) -> PoolView;
     /// Just the upstream source (cheaper than the whole view, for routing pod events).
     fn upstream(&self) -> UpstreamSource;
     fn pool_status(&self) -> Option<&PoolStatus>;
@@ -35,8 +36,8 @@ pub trait PoolResource: Watched + Resource<Scope = NamespaceResourceScope> {
 
 impl PoolResource for Satellite {
     const KIND: &'static str = "Satellite";
-    fn view(&self) -> PoolView {
-        PoolView::from(self)
+    fn view(&self, default_image: &str) -> PoolView {
+        PoolView::of_satellite(self, default_image)
     }
     fn upstream(&self) -> UpstreamSource {
         satellite_upstream(self)
@@ -48,8 +49,8 @@ impl PoolResource for Satellite {
 
 impl PoolResource for Proxy {
     const KIND: &'static str = "Proxy";
-    fn view(&self) -> PoolView {
-        PoolView::from(self)
+    fn view(&self, default_image: &str) -> PoolView {
+        PoolView::of_proxy(self, default_image)
     }
     fn upstream(&self) -> UpstreamSource {
         proxy_upstream(self)
@@ -97,7 +98,7 @@ pub async fn reconcile<K: PoolResource>(pool: Arc<K>, ctx: Arc<Context>) -> Resu
         return Ok(Action::await_change());
     }
     let uid = pool.uid().unwrap_or_default();
-    let view = pool.view();
+    let view = pool.view(&ctx.proxy_image);
     let (endpoints, upstream_problem) = resolve_endpoints(&ctx, &view);
     let objects = build(pool.as_ref(), &view, &endpoints);
     let stores = &ctx.stores;
