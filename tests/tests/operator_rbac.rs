@@ -11,7 +11,7 @@ use std::time::Duration;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use skylift_e2e::rbac::{bundle_grants, refused, unused};
 use skylift_e2e::{Process, Scratch, binary, free_port, wait_for};
@@ -74,20 +74,23 @@ async fn ready_pod(client: &kube::Client, name: &str, labels: Value, ip: &str) {
         .unwrap();
 }
 
-async fn create(client: &kube::Client, plural: &str, kind: &str, spec: Value) {
-    let resource = kube::api::ApiResource {
-        group: "skylift.io".into(),
-        version: "v1alpha1".into(),
-        api_version: "skylift.io/v1alpha1".into(),
-        kind: kind.into(),
-        plural: plural.into(),
+/// The API of skylift's `kind` in namespace obs.
+fn skylift_api(client: &kube::Client, kind: &str) -> Api<DynamicObject> {
+    let resource = match kind {
+        "OAPServer" => ApiResource::erase::<skylift_api::OAPServer>(&()),
+        "Satellite" => ApiResource::erase::<skylift_api::Satellite>(&()),
+        _ => ApiResource::erase::<skylift_api::Proxy>(&()),
     };
-    let object: kube::api::DynamicObject = serde_json::from_value(json!({
+    Api::namespaced_with(client.clone(), "obs", &resource)
+}
+
+async fn create(client: &kube::Client, kind: &str, name: &str, spec: Value) {
+    let object: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "skylift.io/v1alpha1", "kind": kind,
-        "metadata": {"name": spec["name"], "namespace": "obs"}, "spec": spec["spec"],
+        "metadata": {"name": name, "namespace": "obs"}, "spec": spec,
     }))
     .unwrap();
-    Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), "obs", &resource)
+    skylift_api(client, kind)
         .create(&PostParams::default(), &object)
         .await
         .unwrap();
@@ -130,27 +133,25 @@ async fn the_bundles_operator_rbac_is_exactly_what_the_operator_uses() {
 
     create(
         &client,
-        "oapservers",
         "OAPServer",
-        json!({"name": "skywalking", "spec": {"version": "10.2.0", "replicas": 1}}),
+        "skywalking",
+        json!({"version": "10.2.0", "replicas": 1}),
     )
     .await;
     create(
         &client,
-        "satellites",
         "Satellite",
-        json!({"name": "ingest", "spec": {
-        "upstream": {"oapServerRef": {"name": "skywalking"}},
-        "connectionLimit": {"maxConnections": 11},
-        "autoscaling": {"maxReplicas": 3, "targetConnectionsPerReplica": 10}}}),
+        "ingest",
+        json!({"upstream": {"oapServerRef": {"name": "skywalking"}},
+               "connectionLimit": {"maxConnections": 11},
+               "autoscaling": {"maxReplicas": 3, "targetConnectionsPerReplica": 10}}),
     )
     .await;
     create(
         &client,
-        "proxies",
         "Proxy",
-        json!({"name": "otlp", "spec": {
-        "upstream": {"selector": {"matchLabels": {"app": "collector"}, "port": 4317}}}}),
+        "otlp",
+        json!({"upstream": {"selector": {"matchLabels": {"app": "collector"}, "port": 4317}}}),
     )
     .await;
     ready_pod(
@@ -185,14 +186,7 @@ async fn the_bundles_operator_rbac_is_exactly_what_the_operator_uses() {
     .await;
 
     // Autoscaling removed: the HPA is deleted.
-    let satellites = kube::api::ApiResource {
-        group: "skylift.io".into(),
-        version: "v1alpha1".into(),
-        api_version: "skylift.io/v1alpha1".into(),
-        kind: "Satellite".into(),
-        plural: "satellites".into(),
-    };
-    Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), "obs", &satellites)
+    skylift_api(&client, "Satellite")
         .patch(
             "ingest",
             &PatchParams::default(),

@@ -14,17 +14,10 @@ async fn server() -> ApiServer {
 }
 
 async fn create(server: &ApiServer, kind: &str, spec: Value) -> Result<Value, String> {
-    let plural = match kind {
-        "Satellite" => "satellites",
-        "Proxy" => "proxies",
-        _ => "oapservers",
-    };
-    let resource = kube::api::ApiResource {
-        group: "skylift.io".into(),
-        version: "v1alpha1".into(),
-        api_version: "skylift.io/v1alpha1".into(),
-        kind: kind.into(),
-        plural: plural.into(),
+    let resource = match kind {
+        "Satellite" => kube::api::ApiResource::erase::<skylift_api::Satellite>(&()),
+        "Proxy" => kube::api::ApiResource::erase::<skylift_api::Proxy>(&()),
+        _ => kube::api::ApiResource::erase::<skylift_api::OAPServer>(&()),
     };
     let api: Api<kube::api::DynamicObject> =
         Api::namespaced_with(server.client(), "default", &resource);

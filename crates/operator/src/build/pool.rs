@@ -10,7 +10,7 @@ use k8s_openapi::api::autoscaling::v2::{
     MetricTarget,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, EmptyDirVolumeSource, HTTPGetAction, KeyToPath, Probe,
+    ConfigMap, Container, EmptyDirVolumeSource, HTTPGetAction, KeyToPath, PodSpec, Probe,
     ResourceRequirements, SecretVolumeSource, Service, ServiceAccount, Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -452,12 +452,14 @@ pub struct PoolObjects {
 }
 
 impl PoolObjects {
+    /// The Deployment's pod spec.
+    pub fn pod_spec(&self) -> Option<&PodSpec> {
+        self.deployment.spec.as_ref()?.template.spec.as_ref()
+    }
+
     /// The arguments the Deployment runs skylift-proxy with.
     pub fn proxy_container_args(&self) -> &[String] {
-        self.deployment
-            .spec
-            .as_ref()
-            .and_then(|spec| spec.template.spec.as_ref())
+        self.pod_spec()
             .and_then(|pod| pod.containers.first())
             .and_then(|container| container.args.as_deref())
             .unwrap_or_default()
@@ -741,15 +743,7 @@ mod tests {
         for flag in expected {
             assert!(args.contains(&flag.to_string()), "{flag} in {args:?}");
         }
-        let pod = objects
-            .deployment
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap();
+        let pod = objects.pod_spec().unwrap();
         let volumes = pod.volumes.as_ref().unwrap();
         let names: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
         assert_eq!(names, ["queue", "tls", "upstream-tls", "authentication"]);
@@ -860,15 +854,7 @@ mod tests {
                 .iter()
                 .all(|v| ["get", "list", "watch"].contains(&v.as_str()))
         );
-        let pod = objects
-            .deployment
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap();
+        let pod = objects.pod_spec().unwrap();
         assert_eq!(
             pod.service_account_name.as_deref(),
             Some("ingest-satellite")
