@@ -243,13 +243,26 @@ pub struct UpstreamHealth {
     pub slow_ejection: Option<String>,
 }
 
-/// What a pool's proxies are hardened with; the same for `Satellite` and `Proxy`.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// What a pool's proxies are hardened with; the same fields on `Satellite` and `Proxy`
+/// (flattened into their specs).
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PoolHardening {
+    /// Serve clients over TLS (optionally mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClientTls>,
+    /// Reach the upstreams over TLS (optionally mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_tls: Option<UpstreamTls>,
+    /// The token sent as `authentication` metadata on every call upstream (OAP's
+    /// `authentication` setting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authentication: Option<AuthenticationSecret>,
+    /// Ask long-lived client connections to reconnect, so they spread onto new replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebalancing: Option<Rebalancing>,
+    /// Health checks of the upstreams and ejection of failing or slow ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_health: Option<UpstreamHealth>,
 }
 

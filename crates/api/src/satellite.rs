@@ -6,8 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{PodTemplateOverrides, ServiceOptions, default_replicas};
 use crate::pool::{
-    AuthenticationSecret, Autoscaling, ClientTls, ConnectionLimit, PodSelectorUpstream,
-    PoolHardening, PoolStatus, QueueSpec, Rebalancing, UpstreamHealth, UpstreamTls,
+    Autoscaling, ConnectionLimit, PodSelectorUpstream, PoolHardening, PoolStatus, QueueSpec,
 };
 
 /// A pool of skylift-proxy replicas that SkyWalking agents and Envoy sidecars connect to;
@@ -76,22 +75,10 @@ pub struct SatelliteSpec {
     /// The proxy's self-telemetry, reported to OAP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telemetry: Option<SatelliteTelemetry>,
-    /// Serve clients over TLS (optionally mutual TLS).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<ClientTls>,
-    /// Reach the upstreams over TLS (optionally mutual TLS).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upstream_tls: Option<UpstreamTls>,
-    /// The token sent as `authentication` metadata on every call upstream (OAP's
-    /// `authentication` setting).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub authentication: Option<AuthenticationSecret>,
-    /// Ask long-lived client connections to reconnect, so they spread onto new replicas.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rebalancing: Option<Rebalancing>,
-    /// Health checks of the upstreams and ejection of failing or slow ones.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upstream_health: Option<UpstreamHealth>,
+    /// TLS both ways, the OAP token, rebalancing and upstream health: the same fields on
+    /// `Satellite` and `Proxy`.
+    #[serde(flatten)]
+    pub hardening: PoolHardening,
     /// How the pool's Service is exposed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceOptions>,
@@ -212,18 +199,5 @@ impl Satellite {
                     self.metadata.name.as_deref().unwrap_or_default()
                 )
             })
-    }
-}
-
-impl SatelliteSpec {
-    /// The TLS, authentication, rebalancing and upstream-health settings.
-    pub fn hardening(&self) -> PoolHardening {
-        PoolHardening {
-            tls: self.tls.clone(),
-            upstream_tls: self.upstream_tls.clone(),
-            authentication: self.authentication.clone(),
-            rebalancing: self.rebalancing.clone(),
-            upstream_health: self.upstream_health.clone(),
-        }
     }
 }

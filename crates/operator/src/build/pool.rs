@@ -163,7 +163,7 @@ impl PoolView {
             service: spec.service.clone(),
             resources: spec.resources.clone(),
             pod_template: spec.pod_template.clone(),
-            hardening: spec.hardening(),
+            hardening: spec.hardening.clone(),
         }
     }
 
@@ -194,7 +194,7 @@ impl PoolView {
             service: spec.service.clone(),
             resources: spec.resources.clone(),
             pod_template: spec.pod_template.clone(),
-            hardening: spec.hardening(),
+            hardening: spec.hardening.clone(),
         }
     }
 }
