@@ -110,3 +110,29 @@ pub fn unused(
     }
     unused
 }
+
+/// The args of the container of Deployment `name` in a bundle, each `--flag=value` whose
+/// flag is in `replaced` swapped for the given value (addresses of this test machine).
+pub fn bundle_args(bundle: &str, name: &str, replaced: &[(&str, String)]) -> Vec<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(bundle);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{bundle}: {e}"));
+    let deployment: Value = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| <Value as serde::Deserialize>::deserialize(d).expect("YAML"))
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{bundle} has no Deployment {name}"));
+    deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("the container's args")
+        .iter()
+        .map(|arg| {
+            let arg = arg.as_str().expect("a string");
+            let flag = arg.split('=').next().unwrap_or_default();
+            match replaced.iter().find(|(f, _)| *f == flag) {
+                Some((f, value)) => format!("{f}={value}"),
+                None => arg.to_string(),
+            }
+        })
+        .collect()
+}

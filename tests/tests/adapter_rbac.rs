@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use skylift_e2e::rbac::{Grant, bundle_grants, refused, unused};
+use skylift_e2e::rbac::{Grant, bundle_args, bundle_grants, refused, unused};
 use skylift_e2e::{Process, Scratch, binary, free_port};
 use skylift_testkit::aggregation;
 use skylift_testkit::aggregator::Aggregator;
@@ -45,15 +45,24 @@ async fn the_bundles_adapter_rbac_is_exactly_what_the_adapter_uses() {
     let kubeconfig = scratch.path().join("kubeconfig");
     std::fs::write(&kubeconfig, api.kubeconfig_with_token(USER)).unwrap();
     let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    // Run as the bundle runs it: its args (but the addresses) and its environment. No OAP
+    // answers here: the read is refused (503) after it was authorized.
+    let args = bundle_args(
+        "manifests/adapter-bundle.yaml",
+        "skylift-adapter",
+        &[
+            ("--secure-listen", address.to_string()),
+            (
+                "--oap-url",
+                format!("http://127.0.0.1:{}/graphql", free_port()),
+            ),
+        ],
+    );
     let mut command = Command::new(binary("skylift-adapter"));
-    // No OAP answers here: the read is refused (503) after it was authorized.
     command
         .env("KUBECONFIG", &kubeconfig)
-        .args(aggregation::adapter_args(
-            address,
-            &format!("http://127.0.0.1:{}/graphql", free_port()),
-            "1s",
-        ));
+        .env("POD_NAMESPACE", "skylift-system")
+        .args(&args);
     let mut adapter = Process::spawn("skylift-adapter", command, scratch.path());
     let aggregator = Aggregator::new(api.client(), &front_proxy_ca, address).await;
     let selector = BTreeMap::from([("service".to_string(), "checkout".to_string())]);

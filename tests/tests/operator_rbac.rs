@@ -13,7 +13,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use skylift_e2e::rbac::{bundle_grants, refused, unused};
+use skylift_e2e::rbac::{bundle_args, bundle_grants, refused, unused};
 use skylift_e2e::{Process, Scratch, binary, free_port, wait_for};
 use skylift_testkit::apiserver::{ApiServer, RequestAttributes};
 
@@ -115,12 +115,18 @@ async fn the_bundles_operator_rbac_is_exactly_what_the_operator_uses() {
     let scratch = Scratch::new("rbac");
     let kubeconfig = scratch.path().join("kubeconfig");
     std::fs::write(&kubeconfig, server.kubeconfig_with_token(USER)).unwrap();
+    // Run as the bundle runs it: its args (but the admin address) and its environment.
+    let args = bundle_args(
+        "manifests/operator-bundle.yaml",
+        "skylift-operator",
+        &[("--admin-listen", format!("127.0.0.1:{}", free_port()))],
+    );
     let mut command = Command::new(binary("skylift-operator"));
     command
         .env("KUBECONFIG", &kubeconfig)
         .env("POD_NAMESPACE", "skylift-system")
-        .args(["--identity", "operator-0"])
-        .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())]);
+        .env("SKYLIFT_OPERATOR_IDENTITY", "skylift-operator-7c9f-x2")
+        .args(&args);
     let mut operator = Process::spawn("operator", command, scratch.path());
 
     let leases: Api<Lease> = Api::namespaced(client.clone(), "skylift-system");
