@@ -136,6 +136,11 @@ fn images(documents: &[Value]) -> Vec<String> {
 
 /// The chart rendered with `settings` (`--set` values).
 fn render_chart(settings: &[&str]) -> String {
+    render_chart_or_refusal(settings).unwrap_or_else(|e| panic!("helm template {settings:?}: {e}"))
+}
+
+/// The chart rendered with `settings`, or helm's refusal.
+fn render_chart_or_refusal(settings: &[&str]) -> Result<String, String> {
     let helm = Command::new(repo().join("hack/helm.sh"))
         .output()
         .expect("hack/helm.sh runs");
@@ -154,12 +159,10 @@ fn render_chart(settings: &[&str]) -> String {
         command.args(["--set", setting]);
     }
     let rendered = command.output().expect("helm runs");
-    assert!(
-        rendered.status.success(),
-        "helm template {settings:?}: {}",
-        String::from_utf8_lossy(&rendered.stderr)
-    );
-    String::from_utf8(rendered.stdout).unwrap()
+    if !rendered.status.success() {
+        return Err(String::from_utf8_lossy(&rendered.stderr).into_owned());
+    }
+    Ok(String::from_utf8(rendered.stdout).unwrap())
 }
 
 fn read(relative: &str) -> String {
@@ -281,6 +284,22 @@ fn the_chart_renders_typed_objects_with_defaults_and_with_every_option() {
             .unwrap()
             .contains("p95: latest(service_percentile{p='95'})")
     );
+}
+
+#[test]
+fn a_misspelt_or_invalid_chart_value_is_refused_with_its_name() {
+    for (setting, named) in [
+        (
+            "adapter.oapUrll=http://oap:12800/graphql",
+            "'oapUrll' not allowed",
+        ),
+        ("operator.logFormat=yaml", "/operator/logFormat"),
+        ("adapter.refreshInterval=soon", "/adapter/refreshInterval"),
+        ("operator.replicas=0", "/operator/replicas"),
+    ] {
+        let refusal = render_chart_or_refusal(&[setting]).expect_err(setting);
+        assert!(refusal.contains(named), "{setting}: {refusal}");
+    }
 }
 
 #[tokio::test]
