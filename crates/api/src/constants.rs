@@ -90,6 +90,7 @@ pub mod proxy_flags {
     pub const MAX_CONNECTIONS: &str = "--max-connections";
     pub const QUEUE_PARTITIONS: &str = "--queue-partitions";
     pub const QUEUE_CAPACITY: &str = "--queue-capacity";
+    pub const QUEUE_MAX_BYTES: &str = "--queue-max-bytes";
     pub const BATCH_SIZE: &str = "--batch-size";
     pub const FLUSH_INTERVAL: &str = "--flush-interval";
     pub const OVERFLOW: &str = "--overflow";

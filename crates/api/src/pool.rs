@@ -74,6 +74,12 @@ pub struct QueueSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m))+$"))]
     pub flush_interval: Option<String>,
+    /// Bytes each partition holds (in memory, and in the journal with `disk`), e.g.
+    /// `32Mi`. Default: the proxy's (64Mi). Size the container's memory limit above
+    /// partitions × this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[1-9][0-9]*(Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
+    pub max_bytes_per_partition: Option<String>,
     /// Events sent upstream in one batch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100000))]

@@ -442,6 +442,7 @@ mod tests {
             "--telemetry-instance=ingest-satellite-7c9f-x2",
             "--log-format=json",
             // What a hardened Satellite adds (the operator's test pins the same list).
+            "--queue-max-bytes=33554432",
             "--queue=disk",
             "--queue-dir=/var/lib/skylift/queue",
             "--queue-max-disk-bytes=966367638",
@@ -469,8 +470,8 @@ mod tests {
         assert_eq!(config.policy, Policy::WeightedRoundRobin);
         assert_eq!(config.telemetry.unwrap().service, "obs-ingest");
         // The journal's share of the volume: 90 % of 1 GiB over 4 partitions, capped by
-        // what a partition holds in memory (64 MiB).
-        assert_eq!(config.journal.unwrap().max_bytes, 64 << 20);
+        // what a partition holds in memory (32 MiB).
+        assert_eq!(config.journal.unwrap().max_bytes, 32 << 20);
         assert_eq!(config.health_checks.failures, 3);
         assert_eq!(config.outlier_detection.factor, 4.0);
         assert_eq!(

@@ -266,6 +266,15 @@ impl PoolView {
                 flag::QUEUE_CAPACITY,
                 queue.capacity_per_partition.map(|v| v.to_string()),
             );
+            // The proxy takes bytes; the schema only lets quantities through.
+            push(
+                flag::QUEUE_MAX_BYTES,
+                queue
+                    .max_bytes_per_partition
+                    .as_deref()
+                    .and_then(quantity_bytes)
+                    .map(|b| b.to_string()),
+            );
             push(flag::BATCH_SIZE, queue.batch_size.map(|v| v.to_string()));
             push(flag::FLUSH_INTERVAL, queue.flush_interval.clone());
             push(
@@ -705,7 +714,8 @@ mod tests {
     pub(crate) fn hardened_spec() -> serde_json::Value {
         serde_json::json!({
             "upstream": {"oapServerRef": {"name": "skywalking"}},
-            "queue": {"partitions": 2, "disk": {"sizeLimit": "1Gi", "fsync": "always"}},
+            "queue": {"partitions": 2, "maxBytesPerPartition": "32Mi",
+                      "disk": {"sizeLimit": "1Gi", "fsync": "always"}},
             "tls": {"secretName": "ingest-tls", "requireClientCertificates": true},
             "upstreamTls": {"secretName": "oap-tls", "serverName": "skywalking-oap.obs.svc",
                             "clientCertificate": true},
@@ -721,6 +731,7 @@ mod tests {
         let objects = build_satellite(hardened_spec());
         let args = args(&objects);
         let expected = [
+            "--queue-max-bytes=33554432",
             "--queue=disk",
             "--queue-dir=/var/lib/skylift/queue",
             // 90 % of 1 GiB.
