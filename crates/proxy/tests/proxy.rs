@@ -190,6 +190,16 @@ async fn call(
     (status, collected.to_bytes(), trailers)
 }
 
+/// A report of `messages` on the segment method, which the proxy must acknowledge.
+async fn report(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    proxy: SocketAddr,
+    messages: &[Vec<u8>],
+) {
+    let (status, _, trailers) = call(client, proxy, SEGMENTS, framed(messages), &[]).await;
+    assert_eq!(status, 0, "the report was not acknowledged: {trailers:?}");
+}
+
 async fn eventually(what: &str, check: impl Fn() -> bool) {
     for _ in 0..200 {
         if check() {
@@ -425,30 +435,8 @@ async fn connections_over_the_limit_are_told_why_and_the_others_keep_working() {
     let a = Sink::start().await.unwrap();
     let proxy = proxy(&[&a], Some(2)).await;
     let (first, second) = (client(), client());
-    assert_eq!(
-        call(
-            &first,
-            proxy.address,
-            SEGMENTS,
-            framed(&[b"1".to_vec()]),
-            &[]
-        )
-        .await
-        .0,
-        0
-    );
-    assert_eq!(
-        call(
-            &second,
-            proxy.address,
-            SEGMENTS,
-            framed(&[b"2".to_vec()]),
-            &[]
-        )
-        .await
-        .0,
-        0
-    );
+    report(&first, proxy.address, &[b"1".to_vec()]).await;
+    report(&second, proxy.address, &[b"2".to_vec()]).await;
 
     let mut third = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
     third
@@ -521,18 +509,7 @@ async fn oversized_and_malformed_streams_get_a_status_and_disturb_nothing_else()
         status, 3,
         "INVALID_ARGUMENT for a meter message that is not protobuf"
     );
-    assert_eq!(
-        call(
-            &client,
-            proxy.address,
-            SEGMENTS,
-            framed(&[b"fine".to_vec()]),
-            &[]
-        )
-        .await
-        .0,
-        0
-    );
+    report(&client, proxy.address, &[b"fine".to_vec()]).await;
     eventually("the good segment upstream", || {
         a.messages(SEGMENTS).len() == 1
     })
@@ -570,12 +547,7 @@ async fn a_failing_upstream_loses_nothing_while_another_is_up() {
         let messages: Vec<Vec<u8>> = (0..10)
             .map(|i| format!("s{stream}-{i}").into_bytes())
             .collect();
-        assert_eq!(
-            call(&client, proxy.address, SEGMENTS, framed(&messages), &[])
-                .await
-                .0,
-            0
-        );
+        report(&client, proxy.address, &messages).await;
     }
     eventually("all 100 segments at the healthy upstream", || {
         b.messages(SEGMENTS).len() == 100 && proxy.state.queue.totals().forwarded == 100
@@ -865,8 +837,7 @@ async fn upstream_connections_open_before_data_and_unreachable_upstreams_are_eje
     let client = client();
     for round in 0..5 {
         let messages = vec![format!("segment {round}").into_bytes()];
-        let (status, _, _) = call(&client, proxy.address, SEGMENTS, framed(&messages), &[]).await;
-        assert_eq!(status, 0);
+        report(&client, proxy.address, &messages).await;
     }
     eventually("every segment at the reachable upstream", || {
         sink.messages(SEGMENTS).len() == 5
@@ -885,15 +856,7 @@ async fn a_client_that_stops_answering_pings_stops_counting_and_live_ones_stay()
     let sink = Sink::start().await.unwrap();
     let proxy = proxy(&[&sink], None).await; // keep-alive pings every 300 ms
     let live = client();
-    let (status, _, _) = call(
-        &live,
-        proxy.address,
-        SEGMENTS,
-        framed(&[b"one".to_vec()]),
-        &[],
-    )
-    .await;
-    assert_eq!(status, 0);
+    report(&live, proxy.address, &[b"one".to_vec()]).await;
 
     // A client whose host went away: the HTTP/2 handshake, then silence.
     let mut silent = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
@@ -911,15 +874,7 @@ async fn a_client_that_stops_answering_pings_stops_counting_and_live_ones_stay()
     .await;
 
     // The live client answered every ping: its connection is still the one in use.
-    let (status, _, _) = call(
-        &live,
-        proxy.address,
-        SEGMENTS,
-        framed(&[b"two".to_vec()]),
-        &[],
-    )
-    .await;
-    assert_eq!(status, 0);
+    report(&live, proxy.address, &[b"two".to_vec()]).await;
     assert_eq!(proxy.state.connections.load(Ordering::Relaxed), 1);
     drop(silent);
 }
@@ -1689,15 +1644,7 @@ async fn the_authentication_token_from_a_file_goes_with_every_call_and_follows_t
 
     // Batched reports (no client token could go with them) and a forwarded call whose
     // client sent another token: both carry the proxy's.
-    let (status, _, _) = call(
-        &client,
-        proxy.address,
-        SEGMENTS,
-        framed(&[b"one".to_vec()]),
-        &[],
-    )
-    .await;
-    assert_eq!(status, 0);
+    report(&client, proxy.address, &[b"one".to_vec()]).await;
     wait_until(Duration::from_secs(5), || a.messages(SEGMENTS).len() == 1).await;
     let (status, _, _) = call(
         &client,
@@ -1721,15 +1668,7 @@ async fn the_authentication_token_from_a_file_goes_with_every_call_and_follows_t
     })
     .await;
     a.require_authentication(Some("second-token"));
-    let (status, _, _) = call(
-        &client,
-        proxy.address,
-        SEGMENTS,
-        framed(&[b"two".to_vec()]),
-        &[],
-    )
-    .await;
-    assert_eq!(status, 0);
+    report(&client, proxy.address, &[b"two".to_vec()]).await;
     // (A call made between the two switches is refused and, for a batch, sent again.)
     wait_until(Duration::from_secs(5), || a.messages(SEGMENTS).len() == 2).await;
     let _ = std::fs::remove_dir_all(dir);
@@ -1863,15 +1802,12 @@ async fn an_upstream_much_slower_than_the_others_is_ejected_and_the_rest_take_it
     let report = |i: u32| {
         let client = client.clone();
         async move {
-            let (status, _, _) = call(
+            report(
                 &client,
                 proxy.address,
-                SEGMENTS,
-                framed(&[format!("segment {i}").into_bytes()]),
-                &[],
+                &[format!("segment {i}").into_bytes()],
             )
             .await;
-            assert_eq!(status, 0);
         }
     };
     // Enough batches for every upstream to be judged (20 each), a few at a time.
@@ -1931,8 +1867,7 @@ async fn a_draining_upstream_finishes_its_work_in_flight_and_gets_nothing_new() 
     let mut sent = 0u64;
     for i in 0..4 {
         let message = format!("before {i}").into_bytes();
-        let (status, _, _) = call(&client, proxy.address, SEGMENTS, framed(&[message]), &[]).await;
-        assert_eq!(status, 0);
+        report(&client, proxy.address, &[message]).await;
         sent += 1;
     }
     // A batch is on its way to b when the operator marks b draining.
@@ -1956,8 +1891,7 @@ async fn a_draining_upstream_finishes_its_work_in_flight_and_gets_nothing_new() 
     assert_eq!(change.draining, [b.address()]);
     for i in 0..10 {
         let message = format!("after {i}").into_bytes();
-        let (status, _, _) = call(&client, proxy.address, SEGMENTS, framed(&[message]), &[]).await;
-        assert_eq!(status, 0);
+        report(&client, proxy.address, &[message]).await;
         sent += 1;
     }
     wait_until(Duration::from_secs(5), || {
