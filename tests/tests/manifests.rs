@@ -305,11 +305,7 @@ fn a_misspelt_or_invalid_chart_value_is_refused_with_its_name() {
 #[tokio::test]
 async fn the_examples_are_typed_and_accepted_by_the_crd_schemas() {
     use kube::api::{Api, DynamicObject, PostParams};
-    let crds: Vec<Value> = skylift_api::crds()
-        .iter()
-        .map(|c| serde_json::to_value(c).unwrap())
-        .collect();
-    let server = skylift_testkit::apiserver::ApiServer::start(&crds)
+    let server = skylift_testkit::apiserver::ApiServer::start_with_skylift_crds()
         .await
         .unwrap();
     let mut examples: Vec<PathBuf> = std::fs::read_dir(repo().join("examples"))

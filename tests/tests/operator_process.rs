@@ -68,11 +68,7 @@ async fn deployment_exists(client: &kube::Client, name: &str) -> Option<()> {
 
 #[tokio::test]
 async fn two_replicas_elect_one_leader_and_the_standby_takes_over_when_it_is_killed() {
-    let crds: Vec<Value> = skylift_api::crds()
-        .iter()
-        .map(|c| serde_json::to_value(c).unwrap())
-        .collect();
-    let server = ApiServer::start(&crds).await.unwrap();
+    let server = ApiServer::start_with_skylift_crds().await.unwrap();
     let scratch = Scratch::new("leader");
     let kubeconfig = scratch.path().join("kubeconfig");
     std::fs::write(&kubeconfig, server.kubeconfig()).unwrap();

@@ -98,11 +98,7 @@ async fn create(client: &kube::Client, kind: &str, name: &str, spec: Value) {
 
 #[tokio::test]
 async fn the_bundles_operator_rbac_is_exactly_what_the_operator_uses() {
-    let crds: Vec<Value> = skylift_api::crds()
-        .iter()
-        .map(|c| serde_json::to_value(c).unwrap())
-        .collect();
-    let server = ApiServer::start(&crds).await.unwrap();
+    let server = ApiServer::start_with_skylift_crds().await.unwrap();
     let client = server.client();
     for namespace in ["skylift-system", "obs"] {
         let ns: Namespace =

@@ -6,11 +6,7 @@ use serde_json::{Value, json};
 use skylift_testkit::apiserver::ApiServer;
 
 async fn server() -> ApiServer {
-    let crds: Vec<Value> = skylift_api::crds()
-        .iter()
-        .map(|c| serde_json::to_value(c).unwrap())
-        .collect();
-    ApiServer::start(&crds).await.unwrap()
+    ApiServer::start_with_skylift_crds().await.unwrap()
 }
 
 async fn create(server: &ApiServer, kind: &str, spec: Value) -> Result<Value, String> {

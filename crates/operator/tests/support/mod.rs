@@ -36,11 +36,7 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with the operator's settings given.
     pub async fn start_with(settings: Settings) -> Cluster {
-        let crds: Vec<Value> = skylift_api::crds()
-            .iter()
-            .map(|c| serde_json::to_value(c).unwrap())
-            .collect();
-        let server = ApiServer::start(&crds).await.unwrap();
+        let server = ApiServer::start_with_skylift_crds().await.unwrap();
         let client = server.client();
         let namespaces: Api<Namespace> = Api::all(client.clone());
         namespaces

@@ -35,6 +35,15 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
+    /// Starts a double on `127.0.0.1` with skylift's own CRDs installed.
+    pub async fn start_with_skylift_crds() -> std::io::Result<Self> {
+        let crds: Vec<Value> = skylift_api::crds()
+            .iter()
+            .map(|c| serde_json::to_value(c).expect("CRDs serialize"))
+            .collect();
+        Self::start(&crds).await
+    }
+
     /// Starts a double on `127.0.0.1` with the given CRDs installed.
     pub async fn start(crds: &[Value]) -> std::io::Result<Self> {
         Self::start_on("127.0.0.1:0".parse().expect("a valid address"), crds).await
