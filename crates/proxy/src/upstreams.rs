@@ -74,14 +74,18 @@ pub fn from_endpoints(document: &UpstreamEndpoints) -> Vec<Upstream> {
 
 /// The draining endpoints of a document (and not also listed as taking work).
 pub fn draining(document: &UpstreamEndpoints) -> Vec<String> {
-    let routable = from_endpoints(document);
-    let mut draining: Vec<String> = document
-        .endpoints
-        .iter()
-        .filter(|e| e.draining && !routable.iter().any(|u| u.address == e.address))
-        .map(|e| e.address.clone())
-        .collect();
-    draining.dedup();
+    draining_besides(document, &from_endpoints(document))
+}
+
+/// The draining endpoints of a document that are not among `routable`, each once.
+fn draining_besides(document: &UpstreamEndpoints, routable: &[Upstream]) -> Vec<String> {
+    let mut draining: Vec<String> = Vec::new();
+    for endpoint in document.endpoints.iter().filter(|e| e.draining) {
+        let address = &endpoint.address;
+        if !routable.iter().any(|u| u.address == *address) && !draining.contains(address) {
+            draining.push(address.clone());
+        }
+    }
     draining
 }
 
@@ -164,7 +168,8 @@ impl UpstreamSet {
     /// Replaces the set with an endpoint document's, returning what changed; upstreams
     /// marked draining leave the set as removed ones do, and are reported as draining.
     pub fn publish(&self, document: &UpstreamEndpoints) -> Change {
-        let draining = draining(document);
+        let routable = from_endpoints(document);
+        let draining = draining_besides(document, &routable);
         let newly_draining: Vec<String> = {
             let mut listed = self.draining.lock().expect("never poisoned");
             let newly = draining
@@ -175,7 +180,7 @@ impl UpstreamSet {
             *listed = draining;
             newly
         };
-        let mut change = self.replace(from_endpoints(document));
+        let mut change = self.replace(routable);
         change.removed.retain(|a| !newly_draining.contains(a));
         change.draining = newly_draining;
         change
