@@ -263,17 +263,17 @@ impl Sink {
             Ok(body) => body.to_bytes(),
             Err(_) => return trailers_only(13, "sink: reading the request failed"),
         };
-        {
+        let delay = {
             let mut recorded = recorded.lock().expect("sink lock is never poisoned");
             if recorded.required_token.is_some() && recorded.required_token != token {
                 recorded.unauthenticated += 1;
                 return trailers_only(16, "sink: unauthenticated");
             }
-        }
+            recorded.delay
+        };
         if failing.load(Ordering::Relaxed) {
             return trailers_only(14, "sink: failing on purpose");
         }
-        let delay = recorded.lock().expect("sink lock is never poisoned").delay;
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
