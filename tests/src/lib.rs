@@ -14,6 +14,29 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// A path in the repository, from its root.
+pub fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative)
+}
+
+/// A repository file's text.
+pub fn repo_file(relative: &str) -> String {
+    std::fs::read_to_string(repo_path(relative)).unwrap_or_else(|e| panic!("{relative}: {e}"))
+}
+
+/// The documents of a YAML stream, empty ones left out; `origin` names it in a panic.
+pub fn yaml_documents(text: &str, origin: &str) -> Vec<serde_json::Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|document| {
+            serde::Deserialize::deserialize(document)
+                .unwrap_or_else(|e| panic!("{origin}: not YAML: {e}"))
+        })
+        .filter(|document: &serde_json::Value| !document.is_null())
+        .collect()
+}
+
 /// The directory holding the workspace's binaries for this test build (`target/debug`).
 pub fn binary_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary knows its path");

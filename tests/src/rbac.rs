@@ -48,13 +48,8 @@ impl Grant {
 /// The rules of the Roles and ClusterRoles named `<prefix>...` in a bundle (path from
 /// the repository root).
 pub fn bundle_grants(bundle: &str, prefix: &str) -> Vec<Grant> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(bundle);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{bundle}: {e}"));
     let mut grants = Vec::new();
-    for document in serde_yaml::Deserializer::from_str(&text) {
-        let value: Value = serde::Deserialize::deserialize(document).expect("YAML");
+    for value in crate::yaml_documents(&crate::repo_file(bundle), bundle) {
         let kind = value["kind"].as_str().unwrap_or_default();
         let name = value["metadata"]["name"].as_str().unwrap_or_default();
         if !(kind == "ClusterRole" || kind == "Role") || !name.starts_with(prefix) {
@@ -114,12 +109,8 @@ pub fn unused(
 /// The args of the container of Deployment `name` in a bundle, each `--flag=value` whose
 /// flag is in `replaced` swapped for the given value (addresses of this test machine).
 pub fn bundle_args(bundle: &str, name: &str, replaced: &[(&str, String)]) -> Vec<String> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(bundle);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{bundle}: {e}"));
-    let deployment: Value = serde_yaml::Deserializer::from_str(&text)
-        .map(|d| <Value as serde::Deserialize>::deserialize(d).expect("YAML"))
+    let deployment: Value = crate::yaml_documents(&crate::repo_file(bundle), bundle)
+        .into_iter()
         .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == name)
         .unwrap_or_else(|| panic!("{bundle} has no Deployment {name}"));
     deployment["spec"]["template"]["spec"]["containers"][0]["args"]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use skylift_e2e::rbac::{Grant, bundle_args, bundle_grants, refused, unused};
-use skylift_e2e::{Process, Scratch, binary, free_port};
+use skylift_e2e::{Process, Scratch, binary, free_port, repo_file, yaml_documents};
 use skylift_testkit::aggregation;
 use skylift_testkit::aggregator::Aggregator;
 use skylift_testkit::apiserver::ApiServer;
@@ -21,13 +21,9 @@ const USER: &str = "system:serviceaccount:skylift-system:skylift-adapter";
 
 /// The bundle's empty Secret, as `kubectl apply` would create it.
 fn bundle_secret() -> Value {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../manifests/adapter-bundle.yaml"
-    ))
-    .unwrap();
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| <Value as serde::Deserialize>::deserialize(d).unwrap())
+    let bundle = "manifests/adapter-bundle.yaml";
+    yaml_documents(&repo_file(bundle), bundle)
+        .into_iter()
         .find(|d| d["kind"] == "Secret")
         .expect("the bundle creates the adapter's Secret")
 }

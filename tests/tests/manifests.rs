@@ -5,7 +5,7 @@
 //! defaults to. The examples are also created on the API-server double, which enforces
 //! the CRDs' schemas and CEL rules as kube-apiserver does.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -19,21 +19,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use skylift_api::{OAPServer, Proxy, Satellite};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The documents of a YAML stream, empty ones left out.
-fn documents(text: &str, origin: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(text)
-        .map(|document| {
-            serde::Deserialize::deserialize(document)
-                .unwrap_or_else(|e| panic!("{origin}: not YAML: {e}"))
-        })
-        .filter(|document: &Value| !document.is_null())
-        .collect()
-}
+use skylift_e2e::{repo_file, repo_path, yaml_documents};
 
 /// Paths of fields in `original` that did not survive the typed round trip.
 fn unknown_fields(original: &Value, typed: &Value, path: &str, found: &mut Vec<String>) {
@@ -102,7 +88,7 @@ fn check_typed(document: &Value) -> Result<(), String> {
 
 /// Checks every document; returns them.
 fn check_all(text: &str, origin: &str) -> Vec<Value> {
-    let documents = documents(text, origin);
+    let documents = yaml_documents(text, origin);
     assert!(!documents.is_empty(), "{origin} holds no object");
     let problems: Vec<String> = documents
         .iter()
@@ -141,7 +127,7 @@ fn render_chart(settings: &[&str]) -> String {
 
 /// The chart rendered with `settings`, or helm's refusal.
 fn render_chart_or_refusal(settings: &[&str]) -> Result<String, String> {
-    let helm = Command::new(repo().join("hack/helm.sh"))
+    let helm = Command::new(repo_path("hack/helm.sh"))
         .output()
         .expect("hack/helm.sh runs");
     assert!(
@@ -153,7 +139,7 @@ fn render_chart_or_refusal(settings: &[&str]) -> Result<String, String> {
     let mut command = Command::new(helm.trim());
     command
         .args(["template", "skylift"])
-        .arg(repo().join("charts/skylift"))
+        .arg(repo_path("charts/skylift"))
         .args(["--namespace", "skylift-system", "--include-crds"]);
     for setting in settings {
         command.args(["--set", setting]);
@@ -165,22 +151,18 @@ fn render_chart_or_refusal(settings: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8(rendered.stdout).unwrap())
 }
 
-fn read(relative: &str) -> String {
-    std::fs::read_to_string(repo().join(relative)).unwrap_or_else(|e| panic!("{relative}: {e}"))
-}
-
 #[test]
 fn the_bundles_and_crds_are_typed_objects_running_the_operators_default_image() {
     let image = skylift_api::constants::default_proxy_image();
     let operator = check_all(
-        &read("manifests/operator-bundle.yaml"),
+        &repo_file("manifests/operator-bundle.yaml"),
         "operator-bundle.yaml",
     );
     let adapter = check_all(
-        &read("manifests/adapter-bundle.yaml"),
+        &repo_file("manifests/adapter-bundle.yaml"),
         "adapter-bundle.yaml",
     );
-    check_all(&read("crds/skylift.io.yaml"), "crds/skylift.io.yaml");
+    check_all(&repo_file("crds/skylift.io.yaml"), "crds/skylift.io.yaml");
     for (bundle, documents) in [("operator", &operator), ("adapter", &adapter)] {
         let images = images(documents);
         assert!(!images.is_empty(), "{bundle}: no workload");
@@ -308,7 +290,7 @@ async fn the_examples_are_typed_and_accepted_by_the_crd_schemas() {
     let server = skylift_testkit::apiserver::ApiServer::start_with_skylift_crds()
         .await
         .unwrap();
-    let mut examples: Vec<PathBuf> = std::fs::read_dir(repo().join("examples"))
+    let mut examples: Vec<PathBuf> = std::fs::read_dir(repo_path("examples"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
