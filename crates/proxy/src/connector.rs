@@ -1,5 +1,6 @@
 //! How the upstream client opens a connection: TCP (no delay, 3 s to connect), then TLS
-//! when [`crate::origination`] is configured.
+//! when [`crate::origination`] is configured, with writes gathered by
+//! [`crate::coalesce`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,6 +13,7 @@ use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::coalesce::Coalescing;
 use crate::origination::Origination;
 
 /// Longest a TCP connect, and then a TLS handshake, may take.
@@ -38,9 +40,9 @@ impl UpstreamConnector {
 }
 
 impl tower_service::Service<Uri> for UpstreamConnector {
-    type Response = UpstreamIo;
+    type Response = Coalescing<UpstreamIo>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<UpstreamIo, BoxError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Coalescing<UpstreamIo>, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.tcp.poll_ready(cx).map_err(Into::into)
@@ -52,11 +54,13 @@ impl tower_service::Service<Uri> for UpstreamConnector {
         Box::pin(async move {
             let tcp = connecting.await?;
             let Some(tls) = tls else {
-                return Ok(UpstreamIo::Plain(tcp));
+                return Ok(Coalescing::new(UpstreamIo::Plain(tcp)));
             };
             let host = uri.host().unwrap_or_default();
             let stream = tls.connect(host, tcp.into_inner(), CONNECT_TIMEOUT).await?;
-            Ok(UpstreamIo::Tls(Box::new(TokioIo::new(stream))))
+            Ok(Coalescing::new(UpstreamIo::Tls(Box::new(TokioIo::new(
+                stream,
+            )))))
         })
     }
 }
@@ -66,6 +70,12 @@ pub enum UpstreamIo {
     Plain(TokioIo<TcpStream>),
     /// Boxed: a TLS session is a kilobyte; the connection lives as long as the pool keeps it.
     Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
+}
+
+impl<T: Connection> Connection for Coalescing<T> {
+    fn connected(&self) -> Connected {
+        self.get_ref().connected()
+    }
 }
 
 impl Connection for UpstreamIo {

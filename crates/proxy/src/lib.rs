@@ -31,6 +31,7 @@ pub mod admin;
 pub mod authentication;
 pub mod balance;
 pub mod client;
+pub mod coalesce;
 pub mod configmap;
 pub mod connector;
 pub mod demand;
