@@ -25,6 +25,11 @@ pub const FLUSH_AT: usize = 256 * 1024;
 /// Flushes deferred in a row before one is done regardless.
 pub const MAX_DEFERRALS: u32 = 16;
 
+/// The buffer's size: [`FLUSH_AT`] and room for the write that crosses it (the HTTP/2
+/// client writes a frame and its headers at a time), so it is allocated once and never
+/// regrown while the connection lives.
+const BUFFER: usize = FLUSH_AT + 64 * 1024;
+
 /// A connection whose writes are gathered into large ones.
 pub struct Coalescing<T> {
     inner: T,
@@ -70,16 +75,20 @@ impl<T: Write + Unpin> Coalescing<T> {
         self.pending.clear();
         self.written = 0;
         // Keep a buffer for the next burst, not the largest one ever seen.
-        if self.pending.capacity() > 2 * FLUSH_AT {
+        if self.pending.capacity() > BUFFER {
             self.pending = Vec::new();
         }
         Poll::Ready(Ok(()))
     }
 
-    /// Makes room for more: writes out when [`FLUSH_AT`] bytes are waiting.
-    fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Makes room for `incoming` more bytes: writes out when [`FLUSH_AT`] bytes are
+    /// waiting.
+    fn poll_room(&mut self, cx: &mut Context<'_>, incoming: usize) -> Poll<io::Result<()>> {
         if self.waiting() >= FLUSH_AT {
             ready!(self.poll_write_out(cx))?;
+        }
+        if self.pending.capacity() == 0 {
+            self.pending.reserve_exact(BUFFER.max(incoming));
         }
         Poll::Ready(Ok(()))
     }
@@ -92,7 +101,7 @@ impl<T: Write + Unpin> Write for Coalescing<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        ready!(this.poll_room(cx))?;
+        ready!(this.poll_room(cx, buf.len()))?;
         this.pending.extend_from_slice(buf);
         this.fresh |= !buf.is_empty();
         Poll::Ready(Ok(buf.len()))
@@ -104,7 +113,8 @@ impl<T: Write + Unpin> Write for Coalescing<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        ready!(this.poll_room(cx))?;
+        let incoming = bufs.iter().map(|b| b.len()).sum();
+        ready!(this.poll_room(cx, incoming))?;
         let mut total = 0;
         for buf in bufs {
             this.pending.extend_from_slice(buf);
@@ -255,6 +265,16 @@ mod tests {
         assert!(flush(&mut io, &mut cx).is_ready());
         assert_eq!(io.inner.writes.len(), 1);
         assert_eq!(io.inner.writes[0].len(), FLUSH_AT);
+        // Burst after burst, the buffer is the one allocated first.
+        for _ in 0..3 {
+            for _ in 0..20 {
+                write(&mut io, &mut cx, &frame);
+            }
+            assert!(flush(&mut io, &mut cx).is_ready());
+            assert!(flush(&mut io, &mut cx).is_ready());
+            assert_eq!(io.pending.capacity(), BUFFER);
+        }
+        assert_eq!(written(&io).len(), FLUSH_AT + 3 * 20 * frame.len());
     }
 
     #[test]
