@@ -210,6 +210,12 @@ mod tests {
         }
     }
 
+    /// A task's waker that counts how often it is woken.
+    fn task() -> (Arc<CountingWaker>, std::task::Waker) {
+        let waker = Arc::new(CountingWaker::default());
+        (waker.clone(), std::task::Waker::from(waker))
+    }
+
     fn write(io: &mut Coalescing<Recorder>, cx: &mut Context<'_>, bytes: &[u8]) {
         assert!(matches!(
             Pin::new(io).poll_write_vectored(cx, &[io::IoSlice::new(bytes)]),
@@ -227,9 +233,8 @@ mod tests {
 
     #[test]
     fn frames_flushed_one_by_one_go_out_in_one_write_when_the_writer_pauses() {
-        let waker = Arc::new(CountingWaker::default());
-        let waker_ref = std::task::Waker::from(waker.clone());
-        let mut cx = Context::from_waker(&waker_ref);
+        let (waker, task) = task();
+        let mut cx = Context::from_waker(&task);
         let mut io = Coalescing::new(Recorder::default());
         for frame in 0..10u8 {
             write(&mut io, &mut cx, &[frame; 1000]);
@@ -252,9 +257,8 @@ mod tests {
 
     #[test]
     fn a_large_backlog_is_written_without_waiting_for_a_pause() {
-        let waker = Arc::new(CountingWaker::default());
-        let waker_ref = std::task::Waker::from(waker.clone());
-        let mut cx = Context::from_waker(&waker_ref);
+        let (_, task) = task();
+        let mut cx = Context::from_waker(&task);
         let mut io = Coalescing::new(Recorder::default());
         let frame = vec![7u8; 16 * 1024];
         let mut sent = 0;
@@ -279,9 +283,8 @@ mod tests {
 
     #[test]
     fn a_writer_that_never_pauses_is_flushed_after_the_deferral_limit() {
-        let waker = Arc::new(CountingWaker::default());
-        let waker_ref = std::task::Waker::from(waker.clone());
-        let mut cx = Context::from_waker(&waker_ref);
+        let (_, task) = task();
+        let mut cx = Context::from_waker(&task);
         let mut io = Coalescing::new(Recorder::default());
         for _ in 0..MAX_DEFERRALS {
             write(&mut io, &mut cx, b"ping");
@@ -295,9 +298,8 @@ mod tests {
 
     #[test]
     fn partial_writes_keep_order_and_a_blocked_socket_holds_the_flush() {
-        let waker = Arc::new(CountingWaker::default());
-        let waker_ref = std::task::Waker::from(waker.clone());
-        let mut cx = Context::from_waker(&waker_ref);
+        let (_, task) = task();
+        let mut cx = Context::from_waker(&task);
         let mut io = Coalescing::new(Recorder {
             limit: Some(7),
             ..Recorder::default()
@@ -315,9 +317,8 @@ mod tests {
 
     #[test]
     fn shutdown_writes_what_waits_first() {
-        let waker = Arc::new(CountingWaker::default());
-        let waker_ref = std::task::Waker::from(waker.clone());
-        let mut cx = Context::from_waker(&waker_ref);
+        let (_, task) = task();
+        let mut cx = Context::from_waker(&task);
         let mut io = Coalescing::new(Recorder::default());
         write(&mut io, &mut cx, b"GOAWAY");
         assert!(Pin::new(&mut io).poll_shutdown(&mut cx).is_ready());
