@@ -63,15 +63,13 @@ impl Authentication {
     /// Reads the file again whenever it changes, looking every `every`; an unusable
     /// change is reported and the last good token kept. Runs until aborted.
     pub async fn follow(self: std::sync::Arc<Self>, every: Duration) {
-        crate::watched::on_change(vec![self.path.clone()], every, || match read(&self.path) {
-            Ok(token) => {
-                *self.token.write().expect("never poisoned") = token;
-                tracing::info!(file = %self.path.display(), "authentication token reloaded");
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "authentication file unusable; keeping the last token")
-            }
-        })
+        crate::watched::reload(
+            vec![self.path.clone()],
+            every,
+            "authentication token",
+            &self.token,
+            || read(&self.path),
+        )
         .await
     }
 }

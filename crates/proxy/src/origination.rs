@@ -139,16 +139,7 @@ impl Origination {
                     .flat_map(|(cert, key)| [cert.clone(), key.clone()]),
             )
             .collect();
-        crate::watched::on_change(paths, every, || match build(files) {
-            Ok(config) => {
-                *self.current.write().expect("never poisoned") = config;
-                tracing::info!(ca = %files.ca.display(), "upstream TLS files reloaded");
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "changed upstream TLS files unusable; keeping the last good ones")
-            }
-        })
-        .await
+        crate::watched::reload(paths, every, "upstream TLS", &self.current, || build(files)).await
     }
 }
 

@@ -139,15 +139,6 @@ impl Termination {
         .flatten()
         .cloned()
         .collect();
-        crate::watched::on_change(paths, every, || match build(files) {
-            Ok(config) => {
-                *self.current.write().expect("never poisoned") = config;
-                tracing::info!(cert = %files.cert.display(), "TLS files reloaded");
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "changed TLS files unusable; keeping the last good ones")
-            }
-        })
-        .await
+        crate::watched::reload(paths, every, "client TLS", &self.current, || build(files)).await
     }
 }

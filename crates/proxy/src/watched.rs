@@ -3,6 +3,7 @@
 //! mounted Secret by swapping a symlink, which this sees as a change of the file.
 
 use std::path::PathBuf;
+use std::sync::RwLock;
 use std::time::{Duration, SystemTime};
 
 fn stamp(paths: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
@@ -15,9 +16,31 @@ fn stamp(paths: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
         .collect()
 }
 
+/// Rebuilds `current` with `build` whenever one of `paths` changes, looking every `every`;
+/// a change that cannot be used is logged and the last good value kept. `what` names the
+/// files in the logs. Runs until aborted.
+pub async fn reload<T, E: std::fmt::Display>(
+    paths: Vec<PathBuf>,
+    every: Duration,
+    what: &'static str,
+    current: &RwLock<T>,
+    build: impl Fn() -> Result<T, E>,
+) {
+    on_change(paths, every, || match build() {
+        Ok(value) => {
+            *current.write().expect("never poisoned") = value;
+            tracing::info!(files = what, "reloaded");
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, files = what, "changed files unusable; keeping the last good ones")
+        }
+    })
+    .await
+}
+
 /// Calls `changed` whenever one of `paths` changes, looking every `every`. Runs until
 /// aborted.
-pub async fn on_change(paths: Vec<PathBuf>, every: Duration, mut changed: impl FnMut()) {
+async fn on_change(paths: Vec<PathBuf>, every: Duration, mut changed: impl FnMut()) {
     let mut last = stamp(&paths);
     loop {
         tokio::time::sleep(every).await;
