@@ -66,11 +66,34 @@ pub fn bundle_grants(bundle: &str, prefix: &str) -> Vec<Grant> {
     grants
 }
 
-/// Requests no grant allows.
-pub fn refused<'a>(
-    requests: &'a [RequestAttributes],
+/// Least privilege, both ways, for the requests `user` made (of all those `requests`
+/// recorded): each is allowed by `grants`, and each grant was used but those `excused`
+/// (`(group, resource, verb)`). `who` names the program in a failure.
+pub fn assert_least_privilege(
+    who: &str,
+    requests: Vec<RequestAttributes>,
+    user: &str,
     grants: &[Grant],
-) -> Vec<&'a RequestAttributes> {
+    excused: &[(&str, &str, &str)],
+) {
+    let used: Vec<RequestAttributes> = requests
+        .into_iter()
+        .filter(|r| r.user.as_deref() == Some(user))
+        .collect();
+    let refused = refused(&used, grants);
+    assert!(
+        refused.is_empty(),
+        "{who} made requests its RBAC does not allow:\n{refused:#?}"
+    );
+    let unused = unused(&used, grants, excused);
+    assert!(
+        unused.is_empty(),
+        "{who}: granted but never used (least privilege): {unused:?}"
+    );
+}
+
+/// Requests no grant allows.
+fn refused<'a>(requests: &'a [RequestAttributes], grants: &[Grant]) -> Vec<&'a RequestAttributes> {
     requests
         .iter()
         .filter(|r| !grants.iter().any(|g| g.allows(r)))
@@ -79,7 +102,7 @@ pub fn refused<'a>(
 
 /// `verb group/resource` of every grant that no request used, but those `excused`
 /// (`(group, resource, verb)`).
-pub fn unused(
+fn unused(
     requests: &[RequestAttributes],
     grants: &[Grant],
     excused: &[(&str, &str, &str)],

@@ -13,9 +13,9 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use skylift_e2e::rbac::{bundle_args, bundle_grants, refused, unused};
+use skylift_e2e::rbac::{assert_least_privilege, bundle_args, bundle_grants};
 use skylift_e2e::{Process, Scratch, binary, free_port, wait_for};
-use skylift_testkit::apiserver::{ApiServer, RequestAttributes};
+use skylift_testkit::apiserver::ApiServer;
 
 const USER: &str = "system:serviceaccount:skylift-system:skylift-operator";
 
@@ -209,25 +209,11 @@ async fn the_bundles_operator_rbac_is_exactly_what_the_operator_uses() {
     assert!(operator.is_running(), "{}", operator.output());
     operator.kill();
 
-    let used: Vec<RequestAttributes> = server
-        .requests()
-        .into_iter()
-        .filter(|r| r.user.as_deref() == Some(USER))
-        .collect();
     let grants = bundle_grants("manifests/operator-bundle.yaml", "skylift-operator");
     assert!(grants.len() > 5, "the bundle's operator rules");
-    let refused = refused(&used, &grants);
-    assert!(
-        refused.is_empty(),
-        "the operator made requests its RBAC does not allow:\n{refused:#?}"
-    );
     let excused: Vec<(&str, &str, &str)> = GRANTED_NOT_CALLED
         .iter()
         .map(|(g, r, v, _)| (*g, *r, *v))
         .collect();
-    let unused = unused(&used, &grants, &excused);
-    assert!(
-        unused.is_empty(),
-        "granted but never used (least privilege): {unused:?}"
-    );
+    assert_least_privilege("the operator", server.requests(), USER, &grants, &excused);
 }
