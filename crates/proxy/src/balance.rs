@@ -27,10 +27,8 @@ struct Health {
 impl Health {
     /// When the ejection in force ends.
     fn until(&self) -> Option<Instant> {
-        match (self.ejected_until, self.slow_until) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        }
+        // `None` orders before any time: the later of the two, or whichever is set.
+        self.ejected_until.max(self.slow_until)
     }
 }
 
@@ -175,12 +173,16 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_failing_upstream_is_left_out_for_a_growing_interval_then_probed() {
-        let balancer = Balancer::new(
+    fn round_robin() -> Balancer {
+        Balancer::new(
             Policy::RoundRobin,
             StickyKeys::new(10, Duration::from_secs(60)),
-        );
+        )
+    }
+
+    #[test]
+    fn a_failing_upstream_is_left_out_for_a_growing_interval_then_probed() {
+        let balancer = round_robin();
         let now = Instant::now();
         assert_eq!(balancer.failed("b:1", now), Duration::from_secs(1));
         assert_eq!(balancer.failed("b:1", now), Duration::from_secs(2));
@@ -211,10 +213,7 @@ mod tests {
 
     #[test]
     fn a_latency_ejection_outlasts_the_slow_nodes_successes() {
-        let balancer = Balancer::new(
-            Policy::RoundRobin,
-            StickyKeys::new(10, Duration::from_secs(60)),
-        );
+        let balancer = round_robin();
         let now = Instant::now();
         balancer.eject("b:1", now + Duration::from_secs(10));
         balancer.succeeded("b:1");
@@ -228,10 +227,7 @@ mod tests {
 
     #[test]
     fn when_every_upstream_is_ejected_they_are_all_tried() {
-        let balancer = Balancer::new(
-            Policy::RoundRobin,
-            StickyKeys::new(10, Duration::from_secs(60)),
-        );
+        let balancer = round_robin();
         let now = Instant::now();
         for u in set() {
             balancer.failed(&u.address, now);
