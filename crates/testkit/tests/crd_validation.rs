@@ -32,6 +32,12 @@ async fn create(server: &ApiServer, kind: &str, spec: Value) -> Result<Value, St
     }
 }
 
+/// Creating `spec` as a `kind` is refused with a message that contains `expected`.
+async fn assert_refused(server: &ApiServer, kind: &str, spec: Value, expected: &str) {
+    let message = create(server, kind, spec).await.unwrap_err();
+    assert!(message.contains(expected), "{expected:?} in {message}");
+}
+
 #[tokio::test]
 async fn upstream_must_name_exactly_one_source() {
     let server = server().await;
@@ -202,46 +208,37 @@ async fn hardening_settings_are_checked() {
         "the token's key defaults"
     );
 
-    let size = create(
+    assert_refused(
         &server,
         "Satellite",
         json!({"upstream": upstream, "queue": {"disk": {"sizeLimit": "lots"}}}),
+        "spec.queue.disk.sizeLimit",
     )
-    .await
-    .unwrap_err();
-    assert!(size.contains("spec.queue.disk.sizeLimit"), "{size}");
+    .await;
 
-    let fsync = create(
+    assert_refused(
         &server,
         "Proxy",
         json!({"upstream": {"addresses": ["otel:4317"]},
                "queue": {"disk": {"sizeLimit": "1Gi", "fsync": "always", "fsyncInterval": "1s"}}}),
+        "fsyncInterval applies only with fsync: interval",
     )
-    .await
-    .unwrap_err();
-    assert!(
-        fsync.contains("fsyncInterval applies only with fsync: interval"),
-        "{fsync}"
-    );
+    .await;
 
-    let secret = create(
+    assert_refused(
         &server,
         "Satellite",
         json!({"upstream": upstream, "upstreamTls": {"serverName": "oap"}}),
+        "spec.upstreamTls.secretName: Required value",
     )
-    .await
-    .unwrap_err();
-    assert!(
-        secret.contains("spec.upstreamTls.secretName: Required value"),
-        "{secret}"
-    );
+    .await;
 
-    let age = create(
+    assert_refused(
         &server,
         "Proxy",
-        json!({"upstream": {"addresses": ["otel:4317"]}, "rebalancing": {"maxConnectionAge": "soon"}}),
+        json!({"upstream": {"addresses": ["otel:4317"]},
+               "rebalancing": {"maxConnectionAge": "soon"}}),
+        "spec.rebalancing.maxConnectionAge",
     )
-    .await
-    .unwrap_err();
-    assert!(age.contains("spec.rebalancing.maxConnectionAge"), "{age}");
+    .await;
 }
