@@ -279,15 +279,7 @@ async fn ready_oap_pod_is_published_within_a_second_and_removed_when_it_goes() {
 
     // Annotated draining: still published, marked, and not counted as an upstream.
     let drain = json!({"metadata": {"annotations": {"skylift.io/draining": "true"}}});
-    cluster
-        .api::<Pod>()
-        .patch(
-            "skywalking-oap-7c9f-b",
-            &PatchParams::default(),
-            &Patch::Merge(&drain),
-        )
-        .await
-        .unwrap();
+    cluster.merge::<Pod>("skywalking-oap-7c9f-b", &drain).await;
     eventually("the annotated pod to be published as draining", || async {
         published(&cluster, "ingest-upstreams")
             .await
@@ -306,14 +298,8 @@ async fn ready_oap_pod_is_published_within_a_second_and_removed_when_it_goes() {
     // Relabelling a pod out of the OAP cluster also takes it out of rotation.
     let relabel = json!({"metadata": {"labels": {"app.kubernetes.io/instance": "other"}}});
     cluster
-        .api::<Pod>()
-        .patch(
-            "skywalking-oap-7c9f-b",
-            &PatchParams::default(),
-            &Patch::Merge(&relabel),
-        )
-        .await
-        .unwrap();
+        .merge::<Pod>("skywalking-oap-7c9f-b", &relabel)
+        .await;
     eventually("the relabelled pod to leave", || async {
         published(&cluster, "ingest-upstreams")
             .await
@@ -345,11 +331,7 @@ async fn spec_changes_update_the_objects_and_removing_autoscaling_removes_the_hp
     let change = json!({"spec": {"connectionLimit": {"maxConnections": 500},
                                  "upstream": {"addresses": ["oap-a.example:11800", "oap-b.example:11800"]},
                                  "autoscaling": null}});
-    cluster
-        .api::<Satellite>()
-        .patch("ingest", &PatchParams::default(), &Patch::Merge(&change))
-        .await
-        .unwrap();
+    cluster.merge::<Satellite>("ingest", &change).await;
     eventually("the new connection limit in the proxy's flags", || async {
         let deployment = cluster.get::<Deployment>("ingest-satellite").await?;
         let args = deployment.spec?.template.spec?.containers[0].args.clone()?;
@@ -422,16 +404,8 @@ async fn an_idle_operator_writes_nothing() {
     // Things that wake the reconcilers but change nothing they own: a user's annotation on
     // the resources, a new condition on a Deployment's status, a relabelled upstream pod.
     let note = json!({"metadata": {"annotations": {"team": "observability"}}});
-    cluster
-        .api::<Satellite>()
-        .patch("ingest", &PatchParams::default(), &Patch::Merge(&note))
-        .await
-        .unwrap();
-    cluster
-        .api::<OAPServer>()
-        .patch("skywalking", &PatchParams::default(), &Patch::Merge(&note))
-        .await
-        .unwrap();
+    cluster.merge::<Satellite>("ingest", &note).await;
+    cluster.merge::<OAPServer>("skywalking", &note).await;
     let condition = json!({"status": {"conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}]}});
     cluster
         .api::<Deployment>()
@@ -444,14 +418,8 @@ async fn an_idle_operator_writes_nothing() {
         .unwrap();
     let relabel = json!({"metadata": {"labels": {"restarted": "yes"}}});
     cluster
-        .api::<Pod>()
-        .patch(
-            "skywalking-oap-7c9f-a",
-            &PatchParams::default(),
-            &Patch::Merge(&relabel),
-        )
-        .await
-        .unwrap();
+        .merge::<Pod>("skywalking-oap-7c9f-a", &relabel)
+        .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let after = cluster.server.writes();
@@ -590,14 +558,8 @@ async fn edits_to_generated_objects_are_repaired_and_deletion_collects_everythin
 
     let tamper = json!({"spec": {"replicas": 7}});
     cluster
-        .api::<Deployment>()
-        .patch(
-            "ingest-satellite",
-            &PatchParams::default(),
-            &Patch::Merge(&tamper),
-        )
-        .await
-        .unwrap();
+        .merge::<Deployment>("ingest-satellite", &tamper)
+        .await;
     eventually("replicas restored to the Satellite's", || async {
         cluster
             .get::<Deployment>("ingest-satellite")
@@ -648,15 +610,7 @@ async fn a_proxy_publishes_the_pods_its_selector_picks_with_their_weights() {
         .pod("collector-2", json!({"app": "collector"}), "10.2.0.2", true)
         .await;
     let weight = json!({"metadata": {"annotations": {"skylift.io/weight": "5"}}});
-    cluster
-        .api::<Pod>()
-        .patch(
-            "collector-2",
-            &PatchParams::default(),
-            &Patch::Merge(&weight),
-        )
-        .await
-        .unwrap();
+    cluster.merge::<Pod>("collector-2", &weight).await;
     let endpoints = eventually("both collectors with their weights", || async {
         let cm = cluster.get::<ConfigMap>("otlp-upstreams").await?;
         let doc = UpstreamEndpoints::from_json(cm.data?.get("endpoints.json")?).unwrap();

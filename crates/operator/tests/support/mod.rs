@@ -100,6 +100,20 @@ impl Cluster {
             .unwrap()
     }
 
+    /// Merge-patches object `name` of kind `K`, as `kubectl patch --type merge` does.
+    pub async fn merge<K>(&self, name: &str, patch: &Value) -> K
+    where
+        K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        self.api::<K>()
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .unwrap()
+    }
+
     pub async fn get<K>(&self, name: &str) -> Option<K>
     where
         K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
