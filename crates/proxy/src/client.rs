@@ -117,13 +117,13 @@ impl UpstreamClient {
         self.authentication.as_ref()
     }
 
-    /// Sends `request` (its URI names the upstream) and gives its answer, whose body keeps
-    /// the stream counted until it is read or dropped.
     /// The upstream TLS configuration, when requests go over TLS.
     pub fn origination(&self) -> Option<&Arc<Origination>> {
         self.tls.as_ref()
     }
 
+    /// Sends `request` (its URI names the upstream) and gives its answer, whose body keeps
+    /// the stream counted until it is read or dropped.
     pub async fn request(
         &self,
         mut request: Request<UpstreamBody>,
