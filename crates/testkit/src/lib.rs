@@ -7,7 +7,9 @@
 //!   semantics for what skylift uses (CRUD, label selectors, watches with resource
 //!   versions, server-side apply, status and scale subresources, conflicts, garbage
 //!   collection, CRD schema defaulting, pruning and validation including CEL rules);
-//! - [`sink`]: a gRPC upstream standing in for an OAP node's gRPC port, recording what arrives;
+//! - [`sink`]: a strict double of an OAP node's gRPC port: OAP's methods and their gRPC kinds,
+//!   grpc-java's refusals, and what OAP's receivers attribute to whom;
+//! - [`protobuf`]: the doubles' own protobuf reader;
 //! - [`http`]: a minimal HTTP GET for reading local endpoints in tests and load tools;
 //! - [`oap`]: an OAP cluster stand-in (reports counted, the meter pipeline, GraphQL),
 //!   also the binary `skylift-oap-standin`;
@@ -22,4 +24,5 @@ pub mod http;
 pub mod oap;
 pub mod oap_graphql;
 pub mod pki;
+pub mod protobuf;
 pub mod sink;

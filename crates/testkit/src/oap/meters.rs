@@ -11,8 +11,8 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 
-use super::reports::MeterReport;
 use super::store::{Labels, MetricStore, whole};
+use crate::sink::MeterReport;
 
 /// How a `sw_stl_*` meter becomes an OAP metric.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,8 +149,8 @@ impl MeterAnalyzer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oap::reports::Sample;
     use crate::oap::store::Window;
+    use crate::sink::Sample;
 
     const T0: i64 = 1_700_000_040_000;
 

@@ -7,15 +7,12 @@
 //! GraphQL answers from all of them. Nodes can be stopped (every connection cut at once, as
 //! when an OAP pod dies), started again on the same ports, and added.
 //!
-//! - [`reports`]: what each report names, and meter samples;
 //! - [`meters`]: the meter analyzer (`satellite` rules, other meters by name);
 //! - [`store`]: per-minute values as OAP's `avg` keeps them;
 //! - [`query`]: MQE and metrics v2 over the store.
 
 pub mod meters;
-pub mod proto;
 pub mod query;
-pub mod reports;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -30,7 +27,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::oap_graphql::{GraphqlOap, OapData};
-use crate::sink::{Observer, Sink};
+use crate::sink::{Observer, Received, Sink, receivers};
 use meters::MeterAnalyzer;
 use store::MetricStore;
 
@@ -71,7 +68,8 @@ pub struct MethodStats {
 #[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct NodeStats {
     pub messages: u64,
-    /// Calls whose messages did not parse as the method's protobuf.
+    /// Calls OAP's handler closed with an error (malformed protobuf, an event without a
+    /// layer, ...).
     pub malformed: u64,
     /// Method (`skywalking.v3.TraceSegmentReportService/collect`) → counts.
     pub methods: BTreeMap<String, MethodStats>,
@@ -82,7 +80,9 @@ impl NodeStats {
     pub fn on(&self, method: &str) -> u64 {
         self.methods
             .iter()
-            .filter(|(path, _)| reports::method(path) == method)
+            .filter(|(path, _)| {
+                receivers::lookup(&format!("/{path}")).is_some_and(|m| m.short() == method)
+            })
             .map(|(_, stats)| stats.messages)
             .sum()
     }
@@ -140,30 +140,28 @@ fn observer(
     store: Arc<MetricStore>,
     analyzer: Arc<MeterAnalyzer>,
 ) -> Observer {
-    Arc::new(move |path: &str, messages: &[Bytes]| {
-        let call = reports::read(path, messages);
+    Arc::new(move |path: &str, messages: &[Bytes], received: &Received| {
         let mut stats = stats.lock().expect("never poisoned");
         stats.messages += messages.len() as u64;
+        if received.refusal.is_some() {
+            stats.malformed += 1;
+        }
         let method = stats
             .methods
             .entry(path.trim_start_matches('/').to_string())
             .or_default();
         method.messages += messages.len() as u64;
-        match call {
-            Ok(call) => {
-                for (service, instance) in call.named {
-                    *method
-                        .services
-                        .entry(service)
-                        .or_default()
-                        .entry(instance)
-                        .or_default() += 1;
-                }
-                for report in &call.meter_reports {
-                    analyzer.analyze(report, &store);
-                }
-            }
-            Err(_) => stats.malformed += 1,
+        for report in &received.reports {
+            let (service, instance) = report.who.clone();
+            *method
+                .services
+                .entry(service)
+                .or_default()
+                .entry(instance)
+                .or_default() += 1;
+        }
+        for report in &received.meter_reports {
+            analyzer.analyze(report, &store);
         }
     })
 }

@@ -1,5 +1,5 @@
-//! Just enough protobuf reading for the stand-in to see what OAP sees: the fields of a
-//! message, by number. The stand-in keeps its own reader (it shares nothing with the
+//! Just enough protobuf reading for the doubles to see what OAP sees: the fields of a
+//! message, by number. The doubles keep their own reader (it shares nothing with the
 //! proxy's), so a wrong field number in the product shows up as a wrong count here.
 
 /// One field's value, by wire type.
@@ -80,6 +80,43 @@ pub fn messages(message: &[u8], number: u64) -> Result<Vec<&[u8]>, Malformed> {
             _ => None,
         })
         .collect())
+}
+
+/// Every embedded message in field `number`, merged as protobuf merges repeated occurrences
+/// of a singular message field (parsing their concatenation is merging them); `None` when
+/// the field does not occur.
+pub fn merged(message: &[u8], number: u64) -> Result<Option<Vec<u8>>, Malformed> {
+    let parts = messages(message, number)?;
+    Ok((!parts.is_empty()).then(|| parts.concat()))
+}
+
+/// Whether field `number` occurs at all (proto3's `hasX()` for a message field).
+pub fn has(message: &[u8], number: u64) -> Result<bool, Malformed> {
+    Ok(fields(message)?.iter().any(|(n, _)| *n == number))
+}
+
+/// The last varint value of field `number` (0 when absent, as proto3 reads it).
+pub fn varint_field(message: &[u8], number: u64) -> Result<u64, Malformed> {
+    Ok(fields(message)?
+        .into_iter()
+        .filter_map(|(n, v)| match v {
+            Value::Varint(v) if n == number => Some(v),
+            _ => None,
+        })
+        .next_back()
+        .unwrap_or(0))
+}
+
+/// The last value of bytes field `number` (empty when absent).
+pub fn bytes_field(message: &[u8], number: u64) -> Result<&[u8], Malformed> {
+    Ok(fields(message)?
+        .into_iter()
+        .filter_map(|(n, v)| match v {
+            Value::Bytes(b) if n == number => Some(b),
+            _ => None,
+        })
+        .next_back()
+        .unwrap_or(&[]))
 }
 
 #[cfg(test)]

@@ -1,10 +1,21 @@
-//! An upstream gRPC sink standing in for an OAP node's gRPC port: it accepts every method
-//! over cleartext HTTP/2 (or TLS, see `Sink::start_tls`), records each message it receives per method, and answers reports
-//! the way OAP does (one empty `Commands` message, status OK; `grpc.health.v1` answers
-//! SERVING). Unknown methods are echoed back with a trailer, so pass-through can be checked.
-//! An observer can be told of every call (the OAP stand-in reads its reports that way).
-//! It can be told to fail (`UNAVAILABLE`) to play a broken OAP, or killed: every
-//! connection cut at once, as when an OAP pod dies.
+//! A strict double of an OAP node's gRPC port. It serves exactly the methods OAP registers
+//! ([`receivers::METHODS`]), with their gRPC kinds, and refuses what grpc-java's server and
+//! OAP's handlers refuse ([`grpc`]): a unary call with a second message, an unknown method,
+//! a compressed message without `grpc-encoding`, malformed protobuf, an event without a
+//! layer. What it accepts it reads the way OAP's receivers do ([`receivers::receive`]), so a
+//! test can ask what OAP would attribute to whom ([`Sink::attributed`]), and what it was
+//! refused ([`Sink::refusals`]).
+//!
+//! It answers reports as OAP does (one empty message, status OK; `grpc.health.v1` answers
+//! SERVING); a test service `test.Echo` echoes its messages, standing for a non-OAP upstream
+//! behind a generic `Proxy`. It serves cleartext HTTP/2 (or TLS, see [`Sink::start_tls`]),
+//! can be told to fail (`UNAVAILABLE`) to play a broken OAP, to answer slowly, to require
+//! OAP's `authentication` token, or killed: every connection cut at once, as when an OAP
+//! pod dies. An observer can be told of every call (the OAP stand-in reads its reports
+//! that way).
+
+pub mod grpc;
+pub mod receivers;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -18,43 +29,36 @@ use hyper::body::Frame;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+pub use grpc::Status;
+pub use receivers::{MeterReport, Received, Report, Sample};
+
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
-/// Told of every call the sink accepts: its path and messages.
-pub type Observer = Arc<dyn Fn(&str, &[Bytes]) + Send + Sync>;
+/// Told of every call the sink accepts: its path, its messages and what OAP made of them.
+pub type Observer = Arc<dyn Fn(&str, &[Bytes], &Received) + Send + Sync>;
 
-const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 /// `HealthCheckResponse { status: SERVING }`.
 const SERVING: &[u8] = &[0x08, 0x01];
-
-/// Splits a gRPC body into its messages (the sink's own reading of the framing).
-pub fn split_messages(mut body: &[u8]) -> Result<Vec<Bytes>, String> {
-    let mut messages = Vec::new();
-    while !body.is_empty() {
-        if body.len() < 5 {
-            return Err(format!("{} stray bytes after the last message", body.len()));
-        }
-        let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
-        if body.len() < 5 + len {
-            return Err("truncated message".into());
-        }
-        messages.push(Bytes::copy_from_slice(&body[5..5 + len]));
-        body = &body[5 + len..];
-    }
-    Ok(messages)
-}
 
 #[derive(Default)]
 struct Recorded {
     by_path: BTreeMap<String, Vec<Bytes>>,
     /// The same messages, stream by stream (OAP reads some facts per stream).
     streams_by_path: BTreeMap<String, Vec<Vec<Bytes>>>,
+    /// What OAP attributed, call after call.
+    reports: Vec<Report>,
+    /// Calls closed with a status other than OK, and why.
+    refusals: Vec<(String, Status)>,
+    /// Messages OAP dropped without a status (see [`Received::discarded`]).
+    discarded: u64,
     streams: u64,
     /// Connections accepted.
     connections: u64,
     /// Messages counted but not kept (see [`Sink::start_counting`]).
     counted: u64,
     keep: bool,
+    /// The largest message accepted (OAP's `maxMessageSize`).
+    max_message_size: usize,
     /// Calls must carry this `authentication` metadata, as OAP checks it when its
     /// `authentication` setting is on (UNAUTHENTICATED otherwise).
     required_token: Option<String>,
@@ -77,11 +81,18 @@ pub struct Sink {
 }
 
 fn trailers_only(status: u16, message: &str) -> Response<Body> {
+    status_answer(&Status::new(status, message))
+}
+
+/// A trailers-only answer closing a call with `status` (at its HTTP status).
+fn status_answer(status: &Status) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::new()).boxed());
+    *response.status_mut() =
+        http::StatusCode::from_u16(status.http).unwrap_or(http::StatusCode::OK);
     let headers = response.headers_mut();
     headers.insert("content-type", "application/grpc".parse().expect("static"));
-    headers.insert("grpc-status", status.into());
-    if let Ok(value) = message.parse() {
+    headers.insert("grpc-status", status.code.into());
+    if let Ok(value) = status.message.parse() {
         headers.insert("grpc-message", value);
     }
     response
@@ -159,6 +170,7 @@ impl Sink {
         let address = listener.local_addr()?;
         let recorded: Arc<Mutex<Recorded>> = Arc::new(Mutex::new(Recorded {
             keep,
+            max_message_size: grpc::OAP_MAX_MESSAGE_SIZE,
             ..Recorded::default()
         }));
         let failing = Arc::new(AtomicBool::new(false));
@@ -249,48 +261,75 @@ impl Sink {
         observer: Option<&Observer>,
     ) -> Response<Body> {
         let path = request.uri().path().to_string();
-        let echo_status = request
-            .headers()
-            .get("x-echo-status")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u16>().ok());
-        let token = request
-            .headers()
+        let (parts, body) = request.into_parts();
+        if let Err(refused) = grpc::check_headers(&parts.method, &parts.headers) {
+            return Self::refuse(recorded, &path, refused);
+        }
+        // ServerImpl: an unregistered method is UNIMPLEMENTED before anything else.
+        let Some(method) = receivers::lookup(&path) else {
+            let name = path.strip_prefix('/').unwrap_or(&path);
+            return Self::refuse(
+                recorded,
+                &path,
+                Status::new(grpc::UNIMPLEMENTED, format!("Method not found: {name}")),
+            );
+        };
+        let encoding = match grpc::encoding(&parts.headers) {
+            Ok(encoding) => encoding,
+            Err(refused) => return Self::refuse(recorded, &path, refused),
+        };
+        let token = parts
+            .headers
             .get("authentication")
             .and_then(|v| v.to_str().ok())
             .map(String::from);
-        let body = match request.into_body().collect().await {
+        let echo_status = parts
+            .headers
+            .get("x-echo-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u16>().ok());
+        let body = match body.collect().await {
             Ok(body) => body.to_bytes(),
-            Err(_) => return trailers_only(13, "sink: reading the request failed"),
+            Err(_) => return trailers_only(grpc::INTERNAL, "sink: reading the request failed"),
         };
-        let delay = {
+        let (delay, max_message_size, authenticated) = {
             let mut recorded = recorded.lock().expect("sink lock is never poisoned");
-            if recorded.required_token.is_some() && recorded.required_token != token {
+            // OAP's AuthenticationInterceptor, when its `authentication` setting is on.
+            let authenticated =
+                recorded.required_token.is_none() || recorded.required_token == token;
+            if !authenticated {
                 recorded.unauthenticated += 1;
-                return trailers_only(16, "sink: unauthenticated");
             }
-            recorded.delay
+            (recorded.delay, recorded.max_message_size, authenticated)
         };
+        if !authenticated {
+            return Self::refuse(
+                recorded,
+                &path,
+                Status::new(grpc::UNAUTHENTICATED, "sink: unauthenticated"),
+            );
+        }
         if failing.load(Ordering::Relaxed) {
-            return trailers_only(14, "sink: failing on purpose");
+            return trailers_only(grpc::UNAVAILABLE, "sink: failing on purpose");
         }
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        let messages = match split_messages(&body) {
+        let messages = match grpc::deframe(&body, encoding, max_message_size)
+            .and_then(|messages| method.kind.check(messages.len()).map(|()| messages))
+        {
             Ok(messages) => messages,
-            Err(err) => return trailers_only(13, &format!("sink: {err}")),
+            Err(refused) => return Self::refuse(recorded, &path, refused),
         };
+        let received = receivers::receive(method, &messages);
         if let Some(observer) = observer {
-            observer(&path, &messages);
+            observer(&path, &messages, &received);
         }
-        let is_report = path.starts_with("/skywalking.")
-            || path.starts_with("/envoy.")
-            || !path[1..].contains('.');
         {
             let mut recorded = recorded.lock().expect("sink lock is never poisoned");
             recorded.streams += 1;
             recorded.counted += messages.len() as u64;
+            recorded.discarded += received.discarded;
             if recorded.keep {
                 recorded
                     .by_path
@@ -302,21 +341,40 @@ impl Sink {
                     .entry(path.clone())
                     .or_default()
                     .push(messages.clone());
+                recorded.reports.extend(received.reports.iter().cloned());
+            }
+            if let Some(refused) = &received.refusal {
+                recorded.refusals.push((path.clone(), refused.clone()));
             }
         }
+        if let Some(refused) = received.refusal {
+            return status_answer(&refused);
+        }
         let mut trailers = http::HeaderMap::new();
-        if path == HEALTH_CHECK {
+        if method.is_health_check() {
             trailers.insert("grpc-status", 0u16.into());
             answer(vec![Bytes::from_static(SERVING)], trailers)
-        } else if is_report {
-            trailers.insert("grpc-status", 0u16.into());
-            answer(vec![Bytes::new()], trailers)
-        } else {
-            // Echo service: the messages back, a trailer of its own, the status asked for.
+        } else if method.echoes() {
+            // The test echo service: the messages back, a trailer of its own, the status asked for.
             trailers.insert("grpc-status", echo_status.unwrap_or(0).into());
             trailers.insert("x-sink-echo", "yes".parse().expect("static"));
             answer(messages, trailers)
+        } else {
+            // Every OAP receiver answers one empty message (Commands, or the method's empty
+            // downstream type) and OK.
+            trailers.insert("grpc-status", 0u16.into());
+            answer(vec![Bytes::new()], trailers)
         }
+    }
+
+    /// Closes a call with `status` and records the refusal.
+    fn refuse(recorded: &Mutex<Recorded>, path: &str, status: Status) -> Response<Body> {
+        recorded
+            .lock()
+            .expect("sink lock is never poisoned")
+            .refusals
+            .push((path.to_string(), status.clone()));
+        status_answer(&status)
     }
 
     pub fn address(&self) -> String {
@@ -345,6 +403,57 @@ impl Sink {
             .unwrap_or_default()
     }
 
+    /// What OAP attributed on `method` (`Service/method`, no package): messages (or sets,
+    /// or profiles) per `who` (see [`receivers`] for what `who` is per method).
+    pub fn attributed(&self, method: &str) -> BTreeMap<(String, String), u64> {
+        let mut counts = BTreeMap::new();
+        for report in &self
+            .recorded
+            .lock()
+            .expect("sink lock is never poisoned")
+            .reports
+        {
+            if report.method == method {
+                *counts.entry(report.who.clone()).or_default() += 1;
+            }
+        }
+        counts
+    }
+
+    /// Everything OAP attributed, in the order it arrived.
+    pub fn reports(&self) -> Vec<Report> {
+        self.recorded
+            .lock()
+            .expect("sink lock is never poisoned")
+            .reports
+            .clone()
+    }
+
+    /// Calls closed with a status other than OK: (path, status).
+    pub fn refusals(&self) -> Vec<(String, Status)> {
+        self.recorded
+            .lock()
+            .expect("sink lock is never poisoned")
+            .refusals
+            .clone()
+    }
+
+    /// Messages OAP would have dropped without a status (see [`Received::discarded`]).
+    pub fn discarded(&self) -> u64 {
+        self.recorded
+            .lock()
+            .expect("sink lock is never poisoned")
+            .discarded
+    }
+
+    /// From now on, refuse messages larger than `bytes` (OAP's `maxMessageSize`).
+    pub fn set_max_message_size(&self, bytes: usize) {
+        self.recorded
+            .lock()
+            .expect("sink lock is never poisoned")
+            .max_message_size = bytes;
+    }
+
     /// Messages received on every path (counted, whether kept or not).
     pub fn total(&self) -> u64 {
         self.recorded
@@ -353,7 +462,7 @@ impl Sink {
             .counted
     }
 
-    /// Client streams (calls) received.
+    /// Calls accepted (those refused before their handler are in [`Sink::refusals`]).
     pub fn streams(&self) -> u64 {
         self.recorded
             .lock()

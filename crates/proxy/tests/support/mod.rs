@@ -1,0 +1,234 @@
+//! The harness the proxy's integration tests share: skylift-proxy started in-process on
+//! loopback in front of strict OAP doubles, a gRPC client, and waiting for conditions.
+
+#![allow(dead_code)] // each test binary uses its own part of the harness
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use skylift_proxy::balance::{Balancer, Policy};
+use skylift_proxy::queue::{Overflow, Queue, QueueConfig};
+use skylift_proxy::route::{StickyKeys, Upstream};
+use skylift_proxy::state::{Limits, Shared, State, UpstreamClient};
+use skylift_proxy::upstreams::UpstreamSet;
+use skylift_proxy::{framing, send, server};
+use skylift_testkit::sink::Sink;
+
+pub mod pb;
+
+pub const SEGMENTS: &str = "/skywalking.v3.TraceSegmentReportService/collect";
+pub const METERS: &str = "/skywalking.v3.MeterReportService/collectBatch";
+
+pub struct Proxy {
+    pub address: SocketAddr,
+    pub state: State,
+    pub _close: tokio::sync::watch::Sender<bool>,
+}
+
+/// Latency ejection in tests: as in production, but over 50 ms rather than 100.
+pub const OUTLIERS: skylift_proxy::outlier::OutlierDetection =
+    skylift_proxy::outlier::OutlierDetection {
+        factor: 3.0,
+        min_latency: Duration::from_millis(50),
+        ejection: Duration::from_secs(10),
+    };
+
+pub fn queue_config() -> QueueConfig {
+    QueueConfig {
+        partitions: 2,
+        capacity: 10_000,
+        max_bytes: 64 << 20,
+        batch_size: 50,
+        flush_interval: Duration::from_millis(20),
+        overflow: Overflow::Reject,
+        overflow_wait: Duration::ZERO,
+        in_flight: 2,
+    }
+}
+
+pub async fn proxy(upstreams: &[&Sink], max_connections: Option<usize>) -> Proxy {
+    proxy_with(upstreams, max_connections, queue_config()).await
+}
+
+pub async fn proxy_with(
+    upstreams: &[&Sink],
+    max_connections: Option<usize>,
+    queue: QueueConfig,
+) -> Proxy {
+    proxy_with_client(
+        upstreams,
+        max_connections,
+        queue,
+        UpstreamClient::new(4, 100),
+    )
+    .await
+}
+
+pub async fn proxy_with_client(
+    upstreams: &[&Sink],
+    max_connections: Option<usize>,
+    queue: QueueConfig,
+    client: UpstreamClient,
+) -> Proxy {
+    let limits = Limits {
+        max_connections,
+        max_message_bytes: 64 * 1024,
+        keepalive: Some(Duration::from_millis(300)),
+        max_connection_age: None,
+        max_connection_age_grace: Duration::from_secs(5),
+        header_timeout: Duration::from_millis(500),
+    };
+    proxy_with_limits(upstreams, queue, client, limits, None).await
+}
+
+pub async fn proxy_with_limits(
+    upstreams: &[&Sink],
+    queue: QueueConfig,
+    client: UpstreamClient,
+    limits: Limits,
+    tls: Option<Arc<skylift_proxy::tls::Termination>>,
+) -> Proxy {
+    let set = upstreams
+        .iter()
+        .map(|s| Upstream {
+            address: s.address(),
+            weight: 1,
+        })
+        .collect();
+    let state: State = Arc::new(Shared {
+        queue: Queue::new(queue),
+        upstreams: UpstreamSet::new(set),
+        balancer: Balancer::new(
+            Policy::RoundRobin,
+            StickyKeys::new(5000, Duration::from_secs(180)),
+        ),
+        outliers: skylift_proxy::outlier::LatencyOutliers::new(OUTLIERS),
+        client,
+        limits,
+        connections: AtomicUsize::new(0),
+        tls,
+        shutting_down: Default::default(),
+        turned_away: skylift_proxy::demand::TurnedAway::new(Duration::ZERO),
+        metrics: Default::default(),
+        fixed_meter_routing: true,
+        hash_header: None,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (close, closed) = tokio::sync::watch::channel(false);
+    tokio::spawn(server::serve(listener, state.clone(), closed.clone()));
+    send::spawn_senders(&state, &closed);
+    tokio::spawn(skylift_proxy::outlier::LatencyOutliers::run(
+        state.clone(),
+        Duration::from_millis(100),
+    ));
+    tokio::spawn(skylift_proxy::warm::keep_connected(
+        state.clone(),
+        Duration::from_millis(100),
+        skylift_proxy::warm::HealthChecks {
+            interval: Some(Duration::from_millis(200)),
+            timeout: Duration::from_millis(500),
+            failures: 2,
+        },
+    ));
+    Proxy {
+        address,
+        state,
+        _close: close,
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+pub fn framed(messages: &[Vec<u8>]) -> Bytes {
+    let mut out = BytesMut::new();
+    for m in messages {
+        framing::encode(false, m, &mut out);
+    }
+    out.freeze()
+}
+
+/// One call: (grpc-status, response messages, trailers).
+pub async fn call(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    proxy: SocketAddr,
+    path: &str,
+    body: Bytes,
+    headers: &[(&str, &str)],
+) -> (u16, Bytes, http::HeaderMap) {
+    let mut request = Request::post(format!("http://{proxy}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = client
+        .request(request.body(Full::new(body)).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = response.into_parts();
+    let collected = body.collect().await.unwrap();
+    // A trailers-only answer carries its status in the headers.
+    let trailers = collected
+        .trailers()
+        .cloned()
+        .unwrap_or_else(|| parts.headers.clone());
+    let status = trailers
+        .get("grpc-status")
+        .or_else(|| parts.headers.get("grpc-status"))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    (status, collected.to_bytes(), trailers)
+}
+
+/// A report of `messages` on the segment method, which the proxy must acknowledge.
+pub async fn report(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    proxy: SocketAddr,
+    messages: &[Vec<u8>],
+) {
+    let (status, _, trailers) = call(client, proxy, SEGMENTS, framed(messages), &[]).await;
+    assert_eq!(status, 0, "the report was not acknowledged: {trailers:?}");
+}
+
+pub async fn eventually(what: &str, check: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// A `SegmentObject` whose trace and segment ids are `id`, from service `svc` instance
+/// `svc-1` (traceId 1, traceSegmentId 2, service 4, serviceInstance 5).
+pub fn segment(id: &str) -> Vec<u8> {
+    pb::Pb::new()
+        .str(1, id)
+        .str(2, id)
+        .str(4, "svc")
+        .str(5, "svc-1")
+        .done()
+}
+
+/// A segment of about `size` bytes: [`segment`] with its spans (field 3) padded out.
+pub fn large_segment(id: &str, size: usize) -> Vec<u8> {
+    let mut message = segment(id);
+    let padding = size.saturating_sub(message.len() + 4);
+    message.extend(pb::Pb::new().bytes(3, &vec![b'x'; padding]).done());
+    message
+}
