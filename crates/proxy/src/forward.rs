@@ -14,8 +14,10 @@ use crate::payload::Payload;
 use crate::state::State;
 use crate::upstreams::untried;
 
-fn upstream_uri(upstream: &str, original: &Uri) -> Option<Uri> {
-    let path = original.path_and_query().map_or("/", |p| p.as_str());
+/// The URI of a call on `upstream`: on `path` when given (a known method's registered
+/// name), else on the client's own path.
+fn upstream_uri(upstream: &str, original: &Uri, path: Option<&str>) -> Option<Uri> {
+    let path = path.unwrap_or_else(|| original.path_and_query().map_or("/", |p| p.as_str()));
     format!("http://{upstream}{path}").parse().ok()
 }
 
@@ -24,7 +26,11 @@ fn relay(response: Response<Relayed>) -> Response<Body> {
 }
 
 /// Streams the request to one upstream (no retry: the body is not kept).
-pub async fn pass_through(state: &State, request: Request<RequestBody>) -> Response<Body> {
+pub async fn pass_through(
+    state: &State,
+    path: Option<&str>,
+    request: Request<RequestBody>,
+) -> Response<Body> {
     let deadline = grpc::timeout(request.headers()).map(|d| tokio::time::Instant::now() + d);
     let upstreams = state.upstreams.snapshot();
     let key = state.hash_key(request.headers());
@@ -35,7 +41,7 @@ pub async fn pass_through(state: &State, request: Request<RequestBody>) -> Respo
         return grpc::error(Code::Unavailable, "skylift-proxy: no upstream is available");
     };
     let (mut parts, body) = request.into_parts();
-    let Some(uri) = upstream_uri(&upstream.address, &parts.uri) else {
+    let Some(uri) = upstream_uri(&upstream.address, &parts.uri, path) else {
         return grpc::error(Code::Internal, "skylift-proxy: cannot address the upstream");
     };
     parts.uri = uri;
@@ -100,7 +106,11 @@ fn deadline_exceeded() -> Response<Body> {
 /// Sends a unary or short client-streaming call to an upstream and relays its answer; an
 /// upstream that cannot be reached is skipped for the next (up to three), within the
 /// call's `grpc-timeout`.
-pub async fn sync_call(state: &State, request: Request<RequestBody>) -> Response<Body> {
+pub async fn sync_call(
+    state: &State,
+    path: Option<&str>,
+    request: Request<RequestBody>,
+) -> Response<Body> {
     let deadline = grpc::timeout(request.headers()).map(|d| tokio::time::Instant::now() + d);
     let key = state.hash_key(request.headers());
     let (parts, body) = request.into_parts();
@@ -133,7 +143,7 @@ pub async fn sync_call(state: &State, request: Request<RequestBody>) -> Response
             break;
         };
         tried.push(upstream.address.clone());
-        let Some(uri) = upstream_uri(&upstream.address, &parts.uri) else {
+        let Some(uri) = upstream_uri(&upstream.address, &parts.uri, path) else {
             continue;
         };
         let mut outgoing = Request::new(grpc::upstream_body(body.clone()));

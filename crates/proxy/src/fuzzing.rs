@@ -7,7 +7,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::framing::Decoder;
 use crate::inbound::headers;
 use crate::journal::record;
-use crate::reshape::{Identified, MeterSet};
+use crate::protocol::Shape;
+use crate::reshape::{Carried, MeterSet};
 use crate::wire;
 
 /// The gRPC framing decoder, fed `input` in chunks of `chunk` bytes with a message limit
@@ -59,10 +60,22 @@ pub fn routing_key(data: &[u8]) {
     let _ = wire::meter_batch_key(data);
     let _ = wire::meter_set_header(data);
     let mut set = MeterSet::new(4096);
-    let mut identified = Identified::default();
+    let mut carriers: Vec<Carried> = [
+        Shape::FirstService,
+        Shape::FirstIdentifier,
+        Shape::Latest {
+            metadata: 1,
+            context: Some(2),
+        },
+    ]
+    .into_iter()
+    .filter_map(Carried::for_shape)
+    .collect();
     for message in data.split(|b| *b == 0xff) {
         let _ = set.add(message);
-        let _ = identified.message(Bytes::copy_from_slice(message));
+        for carried in &mut carriers {
+            let _ = carried.message(Bytes::copy_from_slice(message));
+        }
     }
     let _ = set.finish();
 }

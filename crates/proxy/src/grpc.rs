@@ -24,9 +24,9 @@ pub enum Code {
     InvalidArgument = 3,
     DeadlineExceeded = 4,
     ResourceExhausted = 8,
+    Unimplemented = 12,
     Internal = 13,
     Unavailable = 14,
-    Unimplemented = 12,
 }
 
 pub fn empty_body() -> Body {
@@ -138,6 +138,86 @@ pub fn status_of(headers: &HeaderMap, trailers: Option<&HeaderMap>) -> Option<u1
         .and_then(|v| v.parse().ok())
 }
 
+/// The grpc-message of a finished call, percent-decoded, when it has one.
+pub fn message_of(headers: &HeaderMap, trailers: Option<&HeaderMap>) -> String {
+    let raw = trailers
+        .and_then(|t| t.get("grpc-message"))
+        .or_else(|| headers.get("grpc-message"))
+        .map(|v| v.as_bytes().to_vec())
+        .unwrap_or_default();
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            raw[i],
+            raw.get(i + 1).copied().and_then(hex),
+            raw.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status of an answer without `grpc-status`, from its HTTP status, as gRPC's HTTP
+/// mapping gives it (`doc/http-grpc-status-mapping.md`).
+pub fn status_of_http(status: http::StatusCode) -> u16 {
+    match status.as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502..=504 => 14,
+        _ => 2,
+    }
+}
+
+/// What an upstream's answer to a report means for the report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Accepted,
+    /// The upstream refused the data itself: it would refuse it anywhere, so it is not a
+    /// sign of an unhealthy upstream, and sending it again cannot help for long.
+    Refused,
+    /// The upstream could not take it now (unavailable, overloaded, timed out, gone): the
+    /// data waits and goes to another upstream.
+    Failed,
+}
+
+/// The verdict of a status. Refusals are the statuses a server gives for the request
+/// itself: INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION, OUT_OF_RANGE,
+/// UNIMPLEMENTED, INTERNAL (grpc-java's own protocol refusals: too many requests,
+/// compression, malformed protobuf), DATA_LOSS, and RESOURCE_EXHAUSTED for a message over
+/// the size limit. Everything else (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, UNKNOWN,
+/// ABORTED, RESOURCE_EXHAUSTED for load, UNAUTHENTICATED, PERMISSION_DENIED) is about the
+/// upstream or the proxy's standing with it, not the data.
+pub fn verdict(code: u16, message: &str) -> Verdict {
+    match code {
+        0 => Verdict::Accepted,
+        3 | 5 | 6 | 9 | 11 | 12 | 13 | 15 => Verdict::Refused,
+        // grpc-java: "gRPC message exceeds maximum size"; grpc-go: "received message
+        // larger than max".
+        8 if message.contains("exceeds maximum size") || message.contains("larger than max") => {
+            Verdict::Refused
+        }
+        _ => Verdict::Failed,
+    }
+}
+
+/// Whether the refusal is about some of a batch's messages (worth sending them one by one)
+/// rather than the method (UNIMPLEMENTED refuses them all alike).
+pub fn refuses_messages(code: u16) -> bool {
+    code != 12
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +240,43 @@ mod tests {
             headers.insert("grpc-timeout", HeaderValue::from_static(bad));
             assert_eq!(timeout(&headers), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn refusals_of_the_data_are_told_from_failures_of_the_upstream() {
+        for refused in [3, 5, 9, 11, 12, 13, 15] {
+            assert_eq!(verdict(refused, ""), Verdict::Refused, "{refused}");
+        }
+        for failed in [1, 2, 4, 7, 10, 14, 16] {
+            assert_eq!(verdict(failed, ""), Verdict::Failed, "{failed}");
+        }
+        assert_eq!(verdict(0, ""), Verdict::Accepted);
+        assert_eq!(
+            verdict(8, "gRPC message exceeds maximum size 4194304: 5000000"),
+            Verdict::Refused
+        );
+        assert_eq!(
+            verdict(8, "too many calls"),
+            Verdict::Failed,
+            "load is not the data's fault"
+        );
+        assert_eq!(status_of_http(http::StatusCode::NOT_FOUND), 12);
+        assert_eq!(status_of_http(http::StatusCode::SERVICE_UNAVAILABLE), 14);
+        assert!(!refuses_messages(12) && refuses_messages(3));
+    }
+
+    #[test]
+    fn grpc_messages_are_percent_decoded() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert(
+            "grpc-message",
+            HeaderValue::from_static("queue full: 100%25 used"),
+        );
+        assert_eq!(
+            message_of(&HeaderMap::new(), Some(&trailers)),
+            "queue full: 100% used"
+        );
+        assert_eq!(message_of(&HeaderMap::new(), None), "");
     }
 
     #[test]

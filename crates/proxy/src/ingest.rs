@@ -12,13 +12,13 @@ use crate::framing::{self, Decoder, Frame};
 use crate::grpc::Code;
 use crate::protocol::{Method, Shape};
 use crate::queue::{DropReason, Event, Offered, Route};
-use crate::reshape::{Identified, MeterSet};
+use crate::reshape::{Carried, MeterSet};
 use crate::state::State;
 use crate::wire::{self, WireError};
 
 /// Whether a stream of `method` with these headers can be taken apart here. A compressed
-/// stream of a shape whose messages must be rewritten cannot (no message can be read), so
-/// it is forwarded whole instead.
+/// stream of a shape whose messages must be read or rewritten cannot (no message can be
+/// read), so it is forwarded whole instead, and OAP reads it as the client sent it.
 pub fn can_reshape(method: &Method, headers: &http::HeaderMap) -> bool {
     method.shape == Shape::Independent
         || method.shape == Shape::MeterBatch
@@ -28,19 +28,23 @@ pub fn can_reshape(method: &Method, headers: &http::HeaderMap) -> bool {
 fn encoding(headers: &http::HeaderMap) -> Option<&str> {
     headers
         .get("grpc-encoding")
-        .and_then(|v| v.to_str().ok())
+        .map(|v| v.to_str().unwrap_or("?"))
         .filter(|e| *e != "identity")
 }
+
+/// grpc-java's default decompressors, so the only encodings OAP's gRPC server takes.
+const OAP_ENCODINGS: [&str; 2] = ["gzip", "identity"];
 
 /// What one stream keeps between its messages.
 enum StreamState {
     Independent,
+    Events,
     MeterBatch,
     MeterSet {
         set: MeterSet,
         key: Option<Arc<str>>,
     },
-    Identified(Identified),
+    Carried(Carried),
 }
 
 /// Where a stream's events go and what they carry in common.
@@ -65,31 +69,47 @@ pub struct ReportStream {
     /// The chunk last received, and the run number its events share.
     chunk: Bytes,
     run: usize,
+    /// A unary report's one message, queued only once the call ends with no other.
+    unary: Option<Event>,
+    /// Why the stream is refused before any of it is read.
+    refused: Option<Refusal>,
 }
 
 impl ReportStream {
     pub fn open<B>(state: &State, method: &'static Method, request: &Request<B>) -> ReportStream {
-        let path = request.uri().path();
+        let encoding = encoding(request.headers());
+        // ServerImpl refuses other encodings with UNIMPLEMENTED: so does the proxy, before
+        // acknowledging data no OAP would take.
+        let refused = encoding.filter(|e| !OAP_ENCODINGS.contains(e)).map(|e| {
+            Refusal(
+                Code::Unimplemented,
+                format!("skylift-proxy: grpc-encoding {e} is not supported (gzip, identity)"),
+            )
+        });
         let destination = Destination {
             route: Arc::new(Route {
                 path: match method.shape {
                     // A meter set goes upstream as one collectBatch message.
-                    Shape::MeterSet => format!("{path}Batch"),
-                    _ => path.to_string(),
+                    Shape::MeterSet => format!("{}Batch", method.path),
+                    _ => method.path.to_string(),
                 },
                 protocol: method.protocol,
-                encoding: encoding(request.headers()).map(Into::into),
+                encoding: encoding.map(Into::into),
+                unary: method.is_unary(),
             }),
             header_key: state.hash_key(request.headers()).map(Into::into),
         };
         let shape = match method.shape {
             Shape::Independent => StreamState::Independent,
+            Shape::Events => StreamState::Events,
             Shape::MeterBatch => StreamState::MeterBatch,
             Shape::MeterSet => StreamState::MeterSet {
                 set: MeterSet::new(state.limits.max_message_bytes),
                 key: None,
             },
-            Shape::Identified => StreamState::Identified(Identified::default()),
+            shape => StreamState::Carried(
+                Carried::for_shape(shape).expect("every other shape carries a fact"),
+            ),
         };
         ReportStream {
             method,
@@ -99,11 +119,18 @@ impl ReportStream {
             received: 0,
             chunk: Bytes::new(),
             run: 0,
+            unary: None,
+            refused,
         }
     }
 
     pub fn protocol(&self) -> &'static str {
         self.method.protocol
+    }
+
+    /// Why the stream is refused as it opens (an encoding OAP cannot read), if it is.
+    pub fn refusal_at_open(&mut self) -> Option<Refusal> {
+        self.refused.take()
     }
 
     /// Data received on the stream.
@@ -124,8 +151,8 @@ impl ReportStream {
     /// The next event the data received so far makes, if any.
     pub fn next_event(&mut self, state: &State) -> Result<Option<Event>, Refusal> {
         loop {
-            let message = match self.decoder.next_frame() {
-                Ok(Some(message)) => message,
+            let frame = match self.decoder.next_frame() {
+                Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(None),
                 Err(err) => {
                     let code = if err.grpc_code() == 8 {
@@ -136,20 +163,26 @@ impl ReportStream {
                     return Err(Refusal(code, format!("skylift-proxy: {err}")));
                 }
             };
-            let made =
-                next_event(state, &self.destination, &mut self.shape, message).map_err(|err| {
-                    Refusal(
-                        Code::InvalidArgument,
-                        format!(
-                            "skylift-proxy: malformed {} message: {err}",
-                            self.method.protocol
-                        ),
-                    )
-                })?;
-            if let Some(event) = made {
-                self.received += 1;
-                return Ok(Some(self.tie_to_chunk(event)));
+            // MessageDeframer: a compressed message needs the stream's grpc-encoding.
+            if frame.compressed && self.destination.route.encoding.is_none() {
+                return Err(Refusal(
+                    Code::Internal,
+                    "skylift-proxy: a compressed message without grpc-encoding".into(),
+                ));
             }
+            let made = next_event(state, &self.destination, &mut self.shape, frame)?;
+            let Some(event) = made else { continue };
+            let event = self.tie_to_chunk(event);
+            if self.destination.route.unary {
+                // UnaryServerCallHandler: a second message closes the call.
+                if self.unary.is_some() {
+                    return Err(Refusal(Code::Internal, "Too many requests".into()));
+                }
+                self.unary = Some(event);
+                continue;
+            }
+            self.received += 1;
+            return Ok(Some(event));
         }
     }
 
@@ -157,6 +190,18 @@ impl ReportStream {
     pub fn finish(&mut self) -> Result<Option<Event>, Refusal> {
         if let Err(err) = self.decoder.finish() {
             return Err(Refusal(Code::Internal, format!("skylift-proxy: {err}")));
+        }
+        if self.destination.route.unary {
+            return match self.unary.take() {
+                Some(event) => {
+                    self.received += 1;
+                    Ok(Some(event))
+                }
+                None => Err(Refusal(
+                    Code::Internal,
+                    "Half-closed without a request".into(),
+                )),
+            };
         }
         if let StreamState::MeterSet { set, key } = &mut self.shape
             && let Some(collection) = set.finish()
@@ -190,23 +235,49 @@ fn event(
     }
 }
 
+fn malformed(method: &Route, err: WireError) -> Refusal {
+    Refusal(
+        Code::InvalidArgument,
+        format!(
+            "skylift-proxy: malformed {} message: {err}",
+            method.protocol
+        ),
+    )
+}
+
 /// The event a received message makes, if any yet (a meter set is queued in parts).
 fn next_event(
     state: &State,
     destination: &Destination,
     stream: &mut StreamState,
     frame: Frame,
-) -> Result<Option<Event>, WireError> {
+) -> Result<Option<Event>, Refusal> {
     let Frame {
         message, framed, ..
     } = frame;
+    let route = &destination.route;
     // With round-robin meter routing no key is wanted; a compressed message cannot be read.
     let keyed = state.fixed_meter_routing && !frame.compressed;
     Ok(match stream {
         StreamState::Independent => Some(event(destination, None, None, framed)),
+        StreamState::Events => {
+            // EventGrpcServiceHandler closes the whole stream at an event without a layer,
+            // losing the events after it: refused here, to its own client only.
+            let layer = wire::string_field(&message, wire::EVENT_LAYER)
+                .map_err(|err| malformed(route, err))?;
+            if layer.unwrap_or_default().is_empty() {
+                return Err(Refusal(
+                    Code::InvalidArgument,
+                    "skylift-proxy: Layer field is required since v9.0.0, please upgrade your event report tools".into(),
+                ));
+            }
+            Some(event(destination, None, None, framed))
+        }
         StreamState::MeterBatch => {
             let key = if keyed {
-                wire::meter_batch_key(&message)?.map(Arc::<str>::from)
+                wire::meter_batch_key(&message)
+                    .map_err(|err| malformed(route, err))?
+                    .map(Arc::<str>::from)
             } else {
                 None
             };
@@ -214,16 +285,22 @@ fn next_event(
         }
         StreamState::MeterSet { set, key } => {
             if keyed && key.is_none() {
-                *key = wire::meter_key(&message)?.map(Arc::<str>::from);
+                *key = wire::meter_key(&message)
+                    .map_err(|err| malformed(route, err))?
+                    .map(Arc::<str>::from);
             }
-            set.add(&message)?.map(|collection| {
-                event(destination, key.clone(), None, framing::frame(&collection))
-            })
+            set.add(&message)
+                .map_err(|err| malformed(route, err))?
+                .map(|collection| {
+                    event(destination, key.clone(), None, framing::frame(&collection))
+                })
         }
-        StreamState::Identified(identified) => {
-            let (queued, origin) = identified.message(message.clone())?;
-            // Only messages that had the identifier written in are new.
-            let framed = if queued == message {
+        StreamState::Carried(carried) => {
+            let (queued, origin) = carried
+                .message(message.clone())
+                .map_err(|err| malformed(route, err))?;
+            // Only messages that had something written in are new.
+            let framed = if queued.as_ptr() == message.as_ptr() && queued.len() == message.len() {
                 framed
             } else {
                 framing::frame(&queued)

@@ -34,6 +34,12 @@ struct UpstreamLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    protocol: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EjectionLabels {
     reason: String,
 }
@@ -55,6 +61,7 @@ pub struct Metrics {
     upstream_up: Family<UpstreamLabels, Gauge>,
     pub upstreams_draining: Gauge,
     ejections: Family<EjectionLabels, Counter>,
+    upstream_refusals: Family<RefusalLabels, Counter>,
     send_seconds: Family<UpstreamLabels, Histogram>,
     journal_bytes: Family<PartitionLabels, Gauge>,
     /// Counted by the journal itself.
@@ -79,6 +86,7 @@ impl Default for Metrics {
             upstream_up: Family::default(),
             upstreams_draining: Gauge::default(),
             ejections: Family::default(),
+            upstream_refusals: Family::default(),
             send_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
             }),
@@ -155,6 +163,11 @@ impl Default for Metrics {
             "upstream_ejections",
             "Upstreams ejected, per reason (failure, health_check, latency)",
             metrics.ejections.clone(),
+        );
+        registry.register(
+            "upstream_refusals",
+            "Upstream calls whose data the upstream refused (a status it would give that data anywhere), per protocol and gRPC status code",
+            metrics.upstream_refusals.clone(),
         );
         registry.register(
             "upstream_send_seconds",
@@ -271,6 +284,16 @@ impl Metrics {
         self.ejections
             .get_or_create(&EjectionLabels {
                 reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// An upstream refused a call's data with gRPC status `code`.
+    pub fn upstream_refused(&self, protocol: &str, code: u16) {
+        self.upstream_refusals
+            .get_or_create(&RefusalLabels {
+                protocol: protocol.into(),
+                code: code.to_string(),
             })
             .inc();
     }

@@ -26,6 +26,8 @@ pub struct Route {
     pub protocol: &'static str,
     /// `grpc-encoding` of the messages when compressed.
     pub encoding: Option<String>,
+    /// A unary method: each event is one upstream call of its own.
+    pub unary: bool,
 }
 
 /// One report message, still encoded, with what sending it needs.
@@ -75,14 +77,18 @@ pub enum DropReason {
     UpstreamFailed,
     /// Still queued when a shutdown's drain time ran out.
     ShutdownTimeout,
+    /// Upstreams refused the data itself (a status they would give it anywhere, such as
+    /// INVALID_ARGUMENT or UNIMPLEMENTED), on every upstream tried.
+    RefusedByUpstream,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 4] = [
+    pub const ALL: [DropReason; 5] = [
         DropReason::QueueFullRejected,
         DropReason::QueueFull,
         DropReason::UpstreamFailed,
         DropReason::ShutdownTimeout,
+        DropReason::RefusedByUpstream,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -91,6 +97,7 @@ impl DropReason {
             DropReason::QueueFull => "queue_full",
             DropReason::UpstreamFailed => "upstream_failed",
             DropReason::ShutdownTimeout => "shutdown_timeout",
+            DropReason::RefusedByUpstream => "refused_by_upstream",
         }
     }
 }
@@ -147,7 +154,7 @@ struct Partition {
 pub struct Accounting {
     received: AtomicU64,
     forwarded: AtomicU64,
-    dropped: [AtomicU64; 4],
+    dropped: [AtomicU64; DropReason::ALL.len()],
 }
 
 /// A snapshot of the accounting.
@@ -156,7 +163,7 @@ pub struct Totals {
     pub received: u64,
     pub forwarded: u64,
     pub pending: u64,
-    pub dropped: [u64; 4],
+    pub dropped: [u64; DropReason::ALL.len()],
 }
 
 impl Totals {
@@ -505,7 +512,7 @@ impl Queue {
     }
 
     pub fn totals(&self) -> Totals {
-        let mut dropped = [0; 4];
+        let mut dropped = [0; DropReason::ALL.len()];
         for (i, counter) in self.accounting.dropped.iter().enumerate() {
             dropped[i] = counter.load(Ordering::Relaxed);
         }
@@ -545,6 +552,7 @@ mod tests {
                 path: "/skywalking.v3.TraceSegmentReportService/collect".into(),
                 protocol: "segment",
                 encoding: None,
+                unary: false,
             }),
             key: key.map(Into::into),
             origin: None,

@@ -172,6 +172,7 @@ pub fn state(config: &Config) -> Result<(State, Option<Recovery>), RunError> {
                 .map_or(Duration::ZERO, |t| t.interval * 2),
         ),
         metrics,
+        refusal_log: Default::default(),
         fixed_meter_routing: config.fixed_meter_routing,
         hash_header: config.hash_header.clone(),
     });

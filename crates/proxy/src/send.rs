@@ -1,27 +1,44 @@
-//! Sending queued reports: each partition takes a batch, groups it by method and target
-//! upstream, and sends each group as one client stream of that method. A group that fails
-//! is tried on another upstream (three attempts, with backoff); one that still fails goes
-//! back to the front of its partition, so nothing acknowledged is lost while an upstream is
-//! up.
+//! Sending queued reports: each partition takes a batch and groups it by method, routing
+//! key and origin. A group of a streaming method goes as one client stream; every report
+//! of a unary method goes as a unary call of its own (OAP's unary handlers take exactly
+//! one message), many at once over the upstream connections. Groups go out concurrently.
+//!
+//! What an upstream answers decides what happens to the data ([`grpc::verdict`]):
+//! - accepted: forwarded;
+//! - refused (a status it would give that data anywhere): tried on one more upstream, then
+//!   counted `dropped{reason="refused_by_upstream"}` and logged; a refused batch is first
+//!   sent again report by report, so one bad report does not take the others with it. A
+//!   refusal never ejects the upstream: it answered;
+//! - failed (unavailable, timed out, connection lost): the upstream is ejected and another
+//!   tried (three attempts, with backoff); what still fails goes back to the front of its
+//!   partition, so nothing acknowledged is lost while an upstream is up.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use http_body_util::BodyExt;
 
-use crate::grpc;
+use crate::grpc::{self, Verdict};
 use crate::payload::{Joiner, Payload};
 use crate::queue::{Batch, DropReason, Event};
 use crate::route;
 use crate::state::State;
 use crate::upstreams::untried;
 
-/// Attempts on different upstreams before a group is put back.
-const ATTEMPTS: usize = 3;
+/// Attempts on different upstreams that fail before the data is put back.
+const FAILURE_ATTEMPTS: usize = 3;
+/// Upstreams that must refuse the data before it is given up on.
+const REFUSAL_ATTEMPTS: usize = 2;
+/// Unary calls one sender keeps in flight.
+const UNARY_IN_FLIGHT: usize = 64;
+/// How long an upstream call (and its answer) may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts the senders: `in_flight` per partition, each sending one batch at a time, so a
-/// partition keeps that many upstream streams busy. They end once `closed` turns true and
-/// the queue is empty.
+/// partition keeps that many batches going. They end once `closed` turns true and the
+/// queue is empty.
 pub fn spawn_senders(
     state: &State,
     closed: &tokio::sync::watch::Receiver<bool>,
@@ -51,7 +68,7 @@ async fn run_partition(state: State, partition: usize, closed: tokio::sync::watc
 /// key and origin. Consecutive events nearly always share the method, so comparing with
 /// the groups found so far (a handful) is cheaper than hashing every event's path.
 fn same_stream(a: &Event, b: &Event) -> bool {
-    (Arc::ptr_eq(&a.route, &b.route) || a.route == b.route)
+    (std::sync::Arc::ptr_eq(&a.route, &b.route) || a.route == b.route)
         && a.key == b.key
         && a.origin == b.origin
 }
@@ -59,13 +76,13 @@ fn same_stream(a: &Event, b: &Event) -> bool {
 /// Sends a batch; false when some of it had to be put back.
 async fn send_batch(state: &State, batch: Batch) -> bool {
     let partition = batch.partition;
-    // Usually the whole batch is one stream: no regrouping then.
+    // Usually the whole batch is one group: no regrouping then.
     if batch
         .events
         .iter()
         .all(|e| same_stream(&batch.events[0], e))
     {
-        return send_group(state, batch).await;
+        return send_group(state, partition, batch.events).await;
     }
     let mut groups: Vec<Vec<Event>> = Vec::new();
     for event in batch.events {
@@ -74,42 +91,140 @@ async fn send_batch(state: &State, batch: Batch) -> bool {
             None => groups.push(vec![event]),
         }
     }
-    let mut all_sent = true;
-    for events in groups {
-        all_sent &= send_group(state, Batch { partition, events }).await;
-    }
-    all_sent
+    let sent = futures::future::join_all(
+        groups
+            .into_iter()
+            .map(|events| send_group(state, partition, events)),
+    )
+    .await;
+    sent.into_iter().all(|sent| sent)
 }
 
-enum Outcome {
+/// Sends one group: as one stream, or call by call for a unary method.
+async fn send_group(state: &State, partition: usize, events: Vec<Event>) -> bool {
+    if events[0].route.unary {
+        return each_alone(state, partition, events, FAILURE_ATTEMPTS, REFUSAL_ATTEMPTS).await;
+    }
+    match deliver(state, partition, &events, REFUSAL_ATTEMPTS).await {
+        Delivery::Refused { code, message } if events.len() > 1 && grpc::refuses_messages(code) => {
+            // Which of them? Each alone, on one upstream each: the group was refused on
+            // two already, so this costs one call per report, and only on this path.
+            state
+                .metrics
+                .upstream_refused(events[0].route.protocol, code);
+            tracing::debug!(code, %message, events = events.len(), "a batch was refused; sending its reports one by one");
+            each_alone(state, partition, events, 1, 1).await
+        }
+        delivery => settle(state, partition, events, delivery),
+    }
+}
+
+/// Sends every event as a call of its own, many at once.
+async fn each_alone(
+    state: &State,
+    partition: usize,
+    events: Vec<Event>,
+    failure_attempts: usize,
+    refusal_attempts: usize,
+) -> bool {
+    futures::stream::iter(events.into_iter().map(|event| async move {
+        let events = vec![event];
+        let delivery = deliver_within(
+            state,
+            partition,
+            &events,
+            failure_attempts,
+            refusal_attempts,
+        )
+        .await;
+        settle(state, partition, events, delivery)
+    }))
+    .buffer_unordered(UNARY_IN_FLIGHT)
+    .fold(true, |all, sent| async move { all && sent })
+    .await
+}
+
+/// What became of one call's events.
+enum Delivery {
     Sent,
-    /// The upstream refused the data itself (it would refuse it anywhere).
-    Refused(u16),
+    /// The data was refused (by `REFUSAL_ATTEMPTS` upstreams, or by every one reachable).
+    Refused {
+        code: u16,
+        message: String,
+    },
     Failed,
 }
 
-async fn send_group(state: &State, group: Batch) -> bool {
-    let (route, key) = (group.events[0].route.clone(), group.events[0].key.clone());
-    let (path, encoding, protocol) = (&route.path, route.encoding.as_deref(), route.protocol);
+/// Accounts for a delivery; false when the events were put back.
+fn settle(state: &State, partition: usize, events: Vec<Event>, delivery: Delivery) -> bool {
+    let protocol = events[0].route.protocol;
+    let n = events.len() as u64;
+    match delivery {
+        Delivery::Sent => {
+            state.metrics.forwarded(protocol, n);
+            state.queue.forwarded(Batch { partition, events });
+            true
+        }
+        Delivery::Refused { code, message } => {
+            state.metrics.upstream_refused(protocol, code);
+            state
+                .metrics
+                .dropped(protocol, DropReason::RefusedByUpstream, n);
+            state
+                .refusal_log
+                .refused(&events[0].route.path, code, &message, n);
+            state
+                .queue
+                .dropped(Batch { partition, events }, DropReason::RefusedByUpstream);
+            true
+        }
+        Delivery::Failed => {
+            state.queue.put_back(Batch { partition, events });
+            false
+        }
+    }
+}
+
+async fn deliver(
+    state: &State,
+    partition: usize,
+    events: &[Event],
+    refusal_attempts: usize,
+) -> Delivery {
+    deliver_within(state, partition, events, FAILURE_ATTEMPTS, refusal_attempts).await
+}
+
+/// Sends `events` as one call, trying other upstreams while it fails or is refused.
+async fn deliver_within(
+    state: &State,
+    partition: usize,
+    events: &[Event],
+    failure_attempts: usize,
+    refusal_attempts: usize,
+) -> Delivery {
+    let (route, key) = (&events[0].route, events[0].key.as_deref());
     // Gathered, not copied: each message is written from the buffer it arrived in.
     let mut joiner = Joiner::default();
-    for event in &group.events {
+    for event in events {
         joiner.push(&event.framed, &event.chunk);
     }
     let body = Payload::Gathered(joiner.finish());
     let mut tried: Vec<String> = Vec::new();
-    for attempt in 0..ATTEMPTS {
+    let (mut failures, mut refusal) = (0, None::<(u16, String)>);
+    let mut refusals = 0;
+    while failures < failure_attempts && refusals < refusal_attempts {
         let upstreams = state.upstreams.snapshot();
         let remaining = untried(&upstreams, &tried);
-        // With fewer upstreams than attempts, those tried are tried again.
-        let candidates = if remaining.is_empty() {
-            upstreams.to_vec()
-        } else {
-            remaining
+        let candidates = match (remaining.is_empty(), &refusal) {
+            (false, _) => remaining,
+            // A refusal is asked of another upstream only; with none left, it stands.
+            (true, Some(_)) => break,
+            // With fewer upstreams than attempts, those tried are tried again.
+            (true, None) => upstreams.to_vec(),
         };
         let Some(upstream) = state.balancer.pick_in_lane(
-            route::lane(group.partition, path),
-            key.as_deref(),
+            route::lane(partition, &route.path),
+            key,
             &candidates,
             Instant::now(),
         ) else {
@@ -117,70 +232,111 @@ async fn send_group(state: &State, group: Batch) -> bool {
         };
         tried.push(upstream.address.clone());
         let started = Instant::now();
-        let outcome = send_stream(state, &upstream.address, path, encoding, body.clone()).await;
+        let outcome = call(state, &upstream.address, route, body.clone()).await;
         let took = started.elapsed();
         state.metrics.sent(&upstream.address, took.as_secs_f64());
         match outcome {
-            Outcome::Sent => {
+            Outcome::Answered(Verdict::Accepted, ..) => {
                 state.balancer.succeeded(&upstream.address);
                 state.outliers.observe(&upstream.address, took);
-                state.metrics.forwarded(protocol, group.events.len() as u64);
-                state.queue.forwarded(group);
-                return true;
+                return Delivery::Sent;
             }
-            Outcome::Refused(code) => {
-                tracing::warn!(upstream = %upstream.address, %path, code, events = group.events.len(), "upstream refused the data; dropping it");
-                state.metrics.dropped(
-                    protocol,
-                    DropReason::UpstreamFailed,
-                    group.events.len() as u64,
-                );
-                state.queue.dropped(group, DropReason::UpstreamFailed);
-                return true;
+            // It answered: healthy, whatever it thinks of the data.
+            Outcome::Answered(Verdict::Refused, code, message) => {
+                state.balancer.succeeded(&upstream.address);
+                tracing::debug!(upstream = %upstream.address, path = %route.path, code, %message, "upstream refused the data");
+                refusal = Some((code, message));
+                refusals += 1;
             }
-            Outcome::Failed => {
-                state.balancer.failed(&upstream.address, Instant::now());
-                state.metrics.ejected("failure");
-                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+            Outcome::Answered(Verdict::Failed, code, message) => {
+                tracing::debug!(upstream = %upstream.address, path = %route.path, code, %message, "upstream failed the call");
+                failed(state, &upstream.address, &mut failures).await;
+            }
+            Outcome::Broken(reason) => {
+                tracing::debug!(upstream = %upstream.address, path = %route.path, %reason, "the call broke off");
+                failed(state, &upstream.address, &mut failures).await;
             }
         }
     }
-    state.queue.put_back(group);
-    false
+    // A healthy upstream judged the data; the others failing says nothing about it.
+    match refusal {
+        Some((code, message)) => Delivery::Refused { code, message },
+        None => Delivery::Failed,
+    }
 }
 
-async fn send_stream(
+async fn failed(state: &State, upstream: &str, failures: &mut usize) {
+    state.balancer.failed(upstream, Instant::now());
+    state.metrics.ejected("failure");
+    tokio::time::sleep(Duration::from_millis(50 << *failures)).await;
+    *failures += 1;
+}
+
+/// How one upstream call ended.
+enum Outcome {
+    /// With a gRPC status (from the trailers, or the HTTP status when there were none).
+    Answered(Verdict, u16, String),
+    /// Without one: not connected, reset, timed out.
+    Broken(String),
+}
+
+async fn call(
     state: &State,
     upstream: &str,
-    path: &str,
-    encoding: Option<&str>,
+    route: &crate::queue::Route,
     body: Payload,
 ) -> Outcome {
-    let Some(request) = grpc::request(upstream, path, encoding, body) else {
-        return Outcome::Failed;
+    let Some(request) = grpc::request(upstream, &route.path, route.encoding.as_deref(), body)
+    else {
+        return Outcome::Broken(format!("{upstream} is not an address"));
     };
-    let response = match tokio::time::timeout(
-        Duration::from_secs(10),
-        state.client.request(request),
-    )
-    .await
-    {
+    let response = match tokio::time::timeout(CALL_TIMEOUT, state.client.request(request)).await {
         Ok(Ok(response)) => response,
-        Ok(Err(err)) => {
-            tracing::debug!(%upstream, error = %crate::client::describe(&err), "sending a batch failed");
-            return Outcome::Failed;
-        }
-        Err(_) => return Outcome::Failed,
+        Ok(Err(err)) => return Outcome::Broken(crate::client::describe(&err)),
+        Err(_) => return Outcome::Broken("timed out".into()),
     };
     let (parts, body) = response.into_parts();
-    let collected = match tokio::time::timeout(Duration::from_secs(10), body.collect()).await {
+    let collected = match tokio::time::timeout(CALL_TIMEOUT, body.collect()).await {
         Ok(Ok(collected)) => collected,
-        _ => return Outcome::Failed,
+        Ok(Err(err)) => return Outcome::Broken(format!("reading the answer: {err}")),
+        Err(_) => return Outcome::Broken("timed out reading the answer".into()),
     };
-    match grpc::status_of(&parts.headers, collected.trailers()) {
-        Some(0) => Outcome::Sent,
-        // Bad data is refused by every upstream alike: retrying elsewhere cannot help.
-        Some(code @ (3 | 12)) => Outcome::Refused(code),
-        _ => Outcome::Failed,
+    let code = grpc::status_of(&parts.headers, collected.trailers())
+        .unwrap_or_else(|| grpc::status_of_http(parts.status));
+    let message = grpc::message_of(&parts.headers, collected.trailers());
+    Outcome::Answered(grpc::verdict(code, &message), code, message)
+}
+
+/// Warnings about refused data, at most one per method and status every ten seconds (with
+/// how many reports were refused meanwhile): an upstream without a receiver for a method
+/// refuses all of it, and its log should say so, not drown.
+#[derive(Default)]
+pub struct RefusalLog {
+    last: Mutex<HashMap<(String, u16), (Instant, u64)>>,
+}
+
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl RefusalLog {
+    pub fn refused(&self, path: &str, code: u16, message: &str, events: u64) {
+        let now = Instant::now();
+        let mut last = self
+            .last
+            .lock()
+            .expect("refusal log lock is never poisoned");
+        let entry = last
+            .entry((path.to_string(), code))
+            .or_insert((now - REFUSAL_LOG_EVERY, 0));
+        entry.1 += events;
+        if now.duration_since(entry.0) >= REFUSAL_LOG_EVERY {
+            tracing::warn!(
+                %path,
+                code,
+                %message,
+                reports = entry.1,
+                "upstreams refused reports; they are dropped (counted as refused_by_upstream)"
+            );
+            *entry = (now, 0);
+        }
     }
 }

@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use crate::forward;
 use crate::grpc::Body;
 use crate::inbound::{self, RequestBody, Transport};
-use crate::protocol::Policy;
+use crate::protocol::{Method, Policy};
 use crate::refuse::refuse;
 use crate::state::State;
 
@@ -18,16 +18,19 @@ use crate::state::State;
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Answers a call that is not a report taken apart on its connection (see
-/// [`crate::inbound`]): sync calls, compressed streams that cannot be reshaped, and every
-/// method the proxy does not know (`policy` None), which is passed through.
+/// [`crate::inbound`]): sync calls, streams forwarded whole (bidirectional uploads, Go
+/// profiles, compressed streams that cannot be reshaped), and every method the proxy does
+/// not know (`method` None), which is passed through on the path the client used. Known
+/// methods are called upstream on the name OAP registers, whatever the client's spelling.
 pub async fn dispatch(
     state: State,
-    policy: Option<Policy>,
+    method: Option<&'static Method>,
     request: Request<RequestBody>,
 ) -> Response<Body> {
-    match policy {
-        Some(Policy::Sync) => forward::sync_call(&state, request).await,
-        _ => forward::pass_through(&state, request).await,
+    let path = method.map(|m| m.path);
+    match method.map(|m| m.policy) {
+        Some(Policy::Sync) => forward::sync_call(&state, path, request).await,
+        _ => forward::pass_through(&state, path, request).await,
     }
 }
 

@@ -46,6 +46,8 @@ pub struct Shared {
     /// Clients refused at the limit lately (reported to OAP with the open connections).
     pub turned_away: TurnedAway,
     pub metrics: Metrics,
+    /// Warnings about data upstreams refused, rate-limited.
+    pub refusal_log: crate::send::RefusalLog,
     /// Meter data keeps to one upstream per service instance (else it is balanced).
     pub fixed_meter_routing: bool,
     /// With `--routing hash`: the request header whose value picks the upstream.

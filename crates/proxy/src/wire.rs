@@ -106,6 +106,18 @@ pub fn encoded_fields(message: &[u8], numbers: &[u64]) -> Result<Vec<u8>, WireEr
     Ok(out)
 }
 
+/// The message without any occurrence of the given fields.
+pub fn without_fields(message: &[u8], numbers: &[u64]) -> Result<Vec<u8>, WireError> {
+    let mut out = Vec::with_capacity(message.len());
+    for field in spans(message) {
+        let field = field?;
+        if !numbers.contains(&field.number) {
+            out.extend_from_slice(&message[field.span]);
+        }
+    }
+    Ok(out)
+}
+
 /// Whether field `number` occurs in the message.
 pub fn has_field(message: &[u8], number: u64) -> Result<bool, WireError> {
     for field in fields(message) {
@@ -168,8 +180,10 @@ const METER_INSTANCE: u64 = 4;
 const METER_TIMESTAMP: u64 = 5;
 /// MeterDataCollection: meterData = 1.
 pub const COLLECTION_METER_DATA: u64 = 1;
-/// Envoy's StreamAccessLogsMessage and StreamMetricsMessage: identifier = 1.
-pub const ENVOY_IDENTIFIER: u64 = 1;
+/// LogData: service = 2.
+pub const LOG_SERVICE: u64 = 2;
+/// Event: layer = 9 (required since OAP 9.0).
+pub const EVENT_LAYER: u64 = 9;
 
 /// The fields of a `collect` stream's first MeterData that describe the whole set
 /// (service, instance, timestamp), encoded.

@@ -47,7 +47,9 @@ fn plan(method: &str, k: usize) -> Option<Plan> {
             .collect::<Vec<_>>()
     };
     let unary = |calls: usize, message: &dyn Fn(usize) -> Pb| {
-        (0..calls).map(|c| vec![message(c).done()]).collect::<Vec<_>>()
+        (0..calls)
+            .map(|c| vec![message(c).done()])
+            .collect::<Vec<_>>()
     };
     let counted = |calls: Vec<Vec<Vec<u8>>>| {
         let n = calls.iter().map(Vec::len).sum::<usize>() as u64;
@@ -76,7 +78,9 @@ fn plan(method: &str, k: usize) -> Option<Plan> {
             streams(2, 4, &|_, m| {
                 Pb::new().str(2, &format!("event {m}")).msg(
                     6,
-                    Pb::new().str(2, &format!("trace-{k}")).str(3, &format!("seg-{k}")),
+                    Pb::new()
+                        .str(2, &format!("trace-{k}"))
+                        .str(3, &format!("seg-{k}")),
                 )
             }),
             who(&format!("trace-{k}"), &format!("seg-{k}")),
@@ -113,21 +117,28 @@ fn plan(method: &str, k: usize) -> Option<Plan> {
                             .str(4, inst)
                             .varint(5, 1_700_000_000_000),
                     )
-                    .msg(1, Pb::new().msg(1, Pb::new().str(1, "meter_b").double(3, 2.0)))
+                    .msg(
+                        1,
+                        Pb::new().msg(1, Pb::new().str(1, "meter_b").double(3, 2.0)),
+                    )
             }),
             mine,
         ),
-        "JVMMetricReportService/collect" | "CLRMetricReportService/collect" => {
-            each(unary(3, &|_| named(2, 3).msg(1, Pb::new().varint(1, 1))), mine)
-        }
+        "JVMMetricReportService/collect" | "CLRMetricReportService/collect" => each(
+            unary(3, &|_| named(2, 3).msg(1, Pb::new().varint(1, 1))),
+            mine,
+        ),
         "ManagementService/reportInstanceProperties" => each(
-            unary(2, &|_| named(1, 2).msg(3, Pb::new().str(1, "os").str(2, "linux"))),
+            unary(2, &|_| {
+                named(1, 2).msg(3, Pb::new().str(1, "os").str(2, "linux"))
+            }),
             mine,
         ),
         "ManagementService/keepAlive" => each(unary(3, &|_| named(1, 2)), mine),
-        "ConfigurationDiscoveryService/fetchConfigurations" => {
-            each(unary(2, &|_| Pb::new().str(1, svc).str(2, "uuid")), who(svc, ""))
-        }
+        "ConfigurationDiscoveryService/fetchConfigurations" => each(
+            unary(2, &|_| Pb::new().str(1, svc).str(2, "uuid")),
+            who(svc, ""),
+        ),
         "EventService/collect" => each(
             streams(2, 3, &|c, m| {
                 Pb::new()
@@ -139,11 +150,14 @@ fn plan(method: &str, k: usize) -> Option<Plan> {
             mine,
         ),
         "ProfileTask/getProfileTaskCommands" => each(unary(2, &|_| named(1, 2)), mine),
-        "ProfileTask/reportTaskFinish" => {
-            each(unary(1, &|_| named(1, 2).str(3, &format!("task-{k}"))), mine)
-        }
+        "ProfileTask/reportTaskFinish" => each(
+            unary(1, &|_| named(1, 2).str(3, &format!("task-{k}"))),
+            mine,
+        ),
         "ProfileTask/collectSnapshot" => each(
-            streams(2, 4, &|_, m| Pb::new().str(1, &format!("task-{k}")).varint(4, m as u64)),
+            streams(2, 4, &|_, m| {
+                Pb::new().str(1, &format!("task-{k}")).varint(4, m as u64)
+            }),
             who(&format!("task-{k}"), ""),
         ),
         // Chunked uploads: two profiles of three 100-byte chunks per stream.
@@ -152,7 +166,11 @@ fn plan(method: &str, k: usize) -> Option<Plan> {
                 let chunk = Pb::new()
                     .str(1, &format!("task-{k}-{c}-{}", m / 3))
                     .bytes(2, &[b'p'; 100]);
-                if m % 3 == 2 { chunk.varint(3, 1) } else { chunk }
+                if m % 3 == 2 {
+                    chunk.varint(3, 1)
+                } else {
+                    chunk
+                }
             });
             Plan {
                 calls,
@@ -169,7 +187,12 @@ fn plan(method: &str, k: usize) -> Option<Plan> {
             each(unary(2, &|_| named(1, 2).str(4, "/index.html")), mine)
         }
         "BrowserPerfService/collectErrorLogs" => each(
-            streams(2, 3, &|c, m| Pb::new().str(1, &format!("err-{c}-{m}")).str(2, svc).str(3, inst)),
+            streams(2, 3, &|c, m| {
+                Pb::new()
+                    .str(1, &format!("err-{c}-{m}"))
+                    .str(2, svc)
+                    .str(3, inst)
+            }),
             mine,
         ),
         "EBPFProcessService/reportProcesses"
@@ -179,16 +202,23 @@ fn plan(method: &str, k: usize) -> Option<Plan> {
         | "ContinuousProfilingService/reportProfilingTask"
         | "AsyncProfilerTask/getAsyncProfilerTaskCommands"
         | "PprofTask/getPprofTaskCommands" => counted(unary(2, &|_| Pb::new().str(1, svc))),
-        "AsyncProfilerTask/collect" | "PprofTask/collect" => {
-            counted(streams(1, 2, &|_, m| Pb::new().str(1, &format!("task-{k}")).bytes(2, &[m as u8; 10])))
-        }
+        "AsyncProfilerTask/collect" | "PprofTask/collect" => counted(streams(1, 2, &|_, m| {
+            Pb::new()
+                .str(1, &format!("task-{k}"))
+                .bytes(2, &[m as u8; 10])
+        })),
         // The task on the first message only; the rest inherit it.
         "EBPFProfilingService/collectProfilingData" => each(
             streams(2, 4, &|_, m| {
                 let data = Pb::new().msg(2, Pb::new().varint(2, 7));
                 if m == 0 {
                     Pb::new()
-                        .msg(1, Pb::new().str(1, &format!("task-{k}")).str(2, &format!("proc-{k}")))
+                        .msg(
+                            1,
+                            Pb::new()
+                                .str(1, &format!("task-{k}"))
+                                .str(2, &format!("proc-{k}")),
+                        )
                         .msg(2, Pb::new().varint(2, 7))
                 } else {
                     data
@@ -215,7 +245,13 @@ fn plan(method: &str, k: usize) -> Option<Plan> {
             who(&format!("node-{k}"), svc),
         ),
         "ServiceMeshMetricService/collect" => each(
-            streams(2, 3, &|_, _| Pb::new().varint(1, 1).str(3, svc).str(4, inst).str(5, "dest")),
+            streams(2, 3, &|_, _| {
+                Pb::new()
+                    .varint(1, 1)
+                    .str(3, svc)
+                    .str(4, inst)
+                    .str(5, "dest")
+            }),
             mine,
         ),
         // Envoy names itself on the first message of a stream only.
@@ -237,8 +273,8 @@ fn plan(method: &str, k: usize) -> Option<Plan> {
 }
 
 fn short(method: &skylift_proxy::protocol::Method) -> String {
-    let service = method.service.rsplit('.').next().unwrap_or(method.service);
-    format!("{service}/{}", method.method)
+    let service = method.service().rsplit('.').next().unwrap_or_default();
+    format!("{service}/{}", method.name())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,9 +307,13 @@ async fn every_method_reaches_oap_as_each_client_sent_it() {
                 _ => name.clone(),
             };
             for (who, n) in plan.expected {
-                *expected.entry(filed_on.clone()).or_default().entry(who).or_default() += n;
+                *expected
+                    .entry(filed_on.clone())
+                    .or_default()
+                    .entry(who)
+                    .or_default() += n;
             }
-            let path = format!("/{}/{}", method.service, method.method);
+            let path = method.path.to_string();
             for messages in plan.calls {
                 let (connection, address, path) = (connection.clone(), proxy.address, path.clone());
                 calls.push(tokio::spawn(async move {
@@ -298,7 +338,10 @@ async fn every_method_reaches_oap_as_each_client_sent_it() {
     let total: u64 = expected.values().flat_map(|m| m.values()).sum();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let arrived: u64 = expected.keys().map(|m| attributed(m).values().sum::<u64>()).sum();
+        let arrived: u64 = expected
+            .keys()
+            .map(|m| attributed(m).values().sum::<u64>())
+            .sum();
         let refused = a.refusals().len() + b.refusals().len();
         if arrived >= total || refused > 0 || tokio::time::Instant::now() > deadline {
             break;
@@ -309,7 +352,9 @@ async fn every_method_reaches_oap_as_each_client_sent_it() {
     for (method, want) in &expected {
         let got = attributed(method);
         if &got != want {
-            wrong.push(format!("{method}:\n  OAP attributes {got:?}\n  clients sent   {want:?}"));
+            wrong.push(format!(
+                "{method}:\n  OAP attributes {got:?}\n  clients sent   {want:?}"
+            ));
         }
     }
     let refusals = [a.refusals(), b.refusals()].concat();

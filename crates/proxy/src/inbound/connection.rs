@@ -791,14 +791,14 @@ impl Connection {
             matches!(method.policy, Policy::AsyncStream | Policy::AsyncUnary)
                 && ingest::can_reshape(method, request.headers())
         });
+        let mut refused = None;
         let kind = match report {
             Some(method) => {
-                Kind::Report(Box::new(ReportStream::open(&self.state, method, &request)))
+                let mut report = ReportStream::open(&self.state, method, &request);
+                refused = report.refusal_at_open();
+                Kind::Report(Box::new(report))
             }
-            None => {
-                let policy = method.map(|method| method.policy);
-                self.spawn_handler(id, request, policy, end_stream)
-            }
+            None => self.spawn_handler(id, request, method, end_stream),
         };
         self.streams.insert(
             id,
@@ -813,7 +813,10 @@ impl Connection {
                 blocked: false,
             },
         );
-        if end_stream && report.is_some() {
+        if let Some(refusal) = refused {
+            // Answered at once; whatever the client still sends is discarded.
+            self.refuse(id, refusal);
+        } else if end_stream && report.is_some() {
             self.end_report(id).await;
             self.close_if_done(id);
         }
@@ -830,7 +833,7 @@ impl Connection {
         &mut self,
         id: u32,
         request: Request<()>,
-        policy: Option<Policy>,
+        method: Option<&'static protocol::Method>,
         end_stream: bool,
     ) -> Kind {
         let signals = self.signal_sender();
@@ -842,7 +845,7 @@ impl Connection {
         };
         let request = request.map(|()| RequestBody::new(id, chunks, signals.clone()));
         let credits = Arc::new(Semaphore::new(RESPONSE_CREDIT));
-        let response = Box::pin(server::dispatch(self.state.clone(), policy, request));
+        let response = Box::pin(server::dispatch(self.state.clone(), method, request));
         let task = tokio::spawn(signal::respond(id, response, signals, credits.clone()));
         Kind::Handled {
             body,

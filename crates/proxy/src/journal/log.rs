@@ -250,6 +250,7 @@ pub(crate) mod tests {
                 path: "/skywalking.v3.TraceSegmentReportService/collect".into(),
                 protocol: "segment",
                 encoding: None,
+                unary: false,
             }),
             key: None,
             origin: None,

@@ -343,8 +343,10 @@ fn event(record: record::Record, routes: &mut Vec<Arc<Route>>) -> Event {
     {
         Some(route) => route.clone(),
         None => {
+            let method = crate::protocol::lookup(&record.path);
             let route = Arc::new(Route {
-                protocol: crate::protocol::lookup(&record.path).map_or("other", |m| m.protocol),
+                protocol: method.map_or("other", |m| m.protocol),
+                unary: method.is_some_and(|m| m.is_unary()),
                 path: record.path,
                 encoding: record.encoding,
             });
@@ -399,6 +401,7 @@ mod tests {
                 path: "/skywalking.v3.TraceSegmentReportService/collect".into(),
                 protocol: "segment",
                 encoding: None,
+                unary: false,
             }),
             key: key.map(Arc::from),
             origin: None,

@@ -118,6 +118,7 @@ pub async fn proxy_with_limits(
         shutting_down: Default::default(),
         turned_away: skylift_proxy::demand::TurnedAway::new(Duration::ZERO),
         metrics: Default::default(),
+        refusal_log: Default::default(),
         fixed_meter_routing: true,
         hash_header: None,
     });
