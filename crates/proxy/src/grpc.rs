@@ -212,10 +212,12 @@ pub fn verdict(code: u16, message: &str) -> Verdict {
     }
 }
 
-/// Whether the refusal is about some of a batch's messages (worth sending them one by one)
-/// rather than the method (UNIMPLEMENTED refuses them all alike).
-pub fn refuses_messages(code: u16) -> bool {
-    code != 12
+/// Whether a refusal is of the method rather than of the messages: UNIMPLEMENTED comes
+/// before any message is read (the upstream has no such method: another OAP version or
+/// receiver set may), while the other refusals come at a message, once the ones before it
+/// were handled.
+pub fn refuses_the_method(code: u16) -> bool {
+    code == 12
 }
 
 #[cfg(test)]
@@ -262,7 +264,7 @@ mod tests {
         );
         assert_eq!(status_of_http(http::StatusCode::NOT_FOUND), 12);
         assert_eq!(status_of_http(http::StatusCode::SERVICE_UNAVAILABLE), 14);
-        assert!(!refuses_messages(12) && refuses_messages(3));
+        assert!(refuses_the_method(12) && !refuses_the_method(3));
     }
 
     #[test]

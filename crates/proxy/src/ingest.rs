@@ -69,8 +69,10 @@ pub struct ReportStream {
     /// The chunk last received, and the run number its events share.
     chunk: Bytes,
     run: usize,
+    /// A unary method: exactly one message per call.
+    unary: bool,
     /// A unary report's one message, queued only once the call ends with no other.
-    unary: Option<Event>,
+    held: Option<Event>,
     /// Why the stream is refused before any of it is read.
     refused: Option<Refusal>,
 }
@@ -95,7 +97,7 @@ impl ReportStream {
                 },
                 protocol: method.protocol,
                 encoding: encoding.map(Into::into),
-                unary: method.is_unary(),
+                alone: method.sends_alone(),
             }),
             header_key: state.hash_key(request.headers()).map(Into::into),
         };
@@ -119,7 +121,8 @@ impl ReportStream {
             received: 0,
             chunk: Bytes::new(),
             run: 0,
-            unary: None,
+            unary: method.is_unary(),
+            held: None,
             refused,
         }
     }
@@ -170,15 +173,22 @@ impl ReportStream {
                     "skylift-proxy: a compressed message without grpc-encoding".into(),
                 ));
             }
+            // OAP's server parses every message before its handler sees it and closes the
+            // stream at one that does not parse, after handling those before it: such a
+            // message is refused to its client here rather than queued beside others.
+            if !frame.compressed {
+                wire::check(&frame.message)
+                    .map_err(|err| malformed(&self.destination.route, err))?;
+            }
             let made = next_event(state, &self.destination, &mut self.shape, frame)?;
             let Some(event) = made else { continue };
             let event = self.tie_to_chunk(event);
-            if self.destination.route.unary {
+            if self.unary {
                 // UnaryServerCallHandler: a second message closes the call.
-                if self.unary.is_some() {
+                if self.held.is_some() {
                     return Err(Refusal(Code::Internal, "Too many requests".into()));
                 }
-                self.unary = Some(event);
+                self.held = Some(event);
                 continue;
             }
             self.received += 1;
@@ -191,8 +201,8 @@ impl ReportStream {
         if let Err(err) = self.decoder.finish() {
             return Err(Refusal(Code::Internal, format!("skylift-proxy: {err}")));
         }
-        if self.destination.route.unary {
-            return match self.unary.take() {
+        if self.unary {
+            return match self.held.take() {
                 Some(event) => {
                     self.received += 1;
                     Ok(Some(event))

@@ -80,9 +80,16 @@ impl Method {
         self.path.rsplit_once('/').map_or("", |(_, name)| name)
     }
 
-    /// A unary call: one request message, one upstream call per report.
+    /// A unary call: exactly one request message.
     pub fn is_unary(&self) -> bool {
         matches!(self.policy, Policy::AsyncUnary | Policy::Sync)
+    }
+
+    /// Whether each report goes upstream in a call of its own: a unary method's (OAP's
+    /// unary handlers take exactly one message), and events (OAP closes an event stream at
+    /// the first event it refuses; alone, a refused event takes no other with it).
+    pub fn sends_alone(&self) -> bool {
+        self.is_unary() || self.shape == Shape::Events
     }
 }
 

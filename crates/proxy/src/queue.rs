@@ -26,8 +26,9 @@ pub struct Route {
     pub protocol: &'static str,
     /// `grpc-encoding` of the messages when compressed.
     pub encoding: Option<String>,
-    /// A unary method: each event is one upstream call of its own.
-    pub unary: bool,
+    /// Each event is an upstream call of its own: a unary method's reports, and events,
+    /// which OAP may refuse one by one (see [`crate::protocol::Method::sends_alone`]).
+    pub alone: bool,
 }
 
 /// One report message, still encoded, with what sending it needs.
@@ -552,7 +553,7 @@ mod tests {
                 path: "/skywalking.v3.TraceSegmentReportService/collect".into(),
                 protocol: "segment",
                 encoding: None,
-                unary: false,
+                alone: false,
             }),
             key: key.map(Into::into),
             origin: None,

@@ -5,10 +5,14 @@
 //!
 //! What an upstream answers decides what happens to the data ([`grpc::verdict`]):
 //! - accepted: forwarded;
-//! - refused (a status it would give that data anywhere): tried on one more upstream, then
-//!   counted `dropped{reason="refused_by_upstream"}` and logged; a refused batch is first
-//!   sent again report by report, so one bad report does not take the others with it. A
-//!   refusal never ejects the upstream: it answered;
+//! - refused (a status it would give that data anywhere): counted
+//!   `dropped{reason="refused_by_upstream"}` and logged. A refusal never ejects the
+//!   upstream: it answered. UNIMPLEMENTED refuses the method before any message is read,
+//!   so it is asked of one more upstream first (another OAP version or receiver set may
+//!   serve it). Any other refusal comes at a message, after OAP handled the ones before it:
+//!   asking another upstream would repeat those, so a refused batch is instead sent again
+//!   report by report, once, and only its refused reports are dropped (the reports before
+//!   the refused one reach OAP twice: the price of not losing the ones after it);
 //! - failed (unavailable, timed out, connection lost): the upstream is ejected and another
 //!   tried (three attempts, with backoff); what still fails goes back to the front of its
 //!   partition, so nothing acknowledged is lost while an upstream is up.
@@ -29,7 +33,7 @@ use crate::upstreams::untried;
 
 /// Attempts on different upstreams that fail before the data is put back.
 const FAILURE_ATTEMPTS: usize = 3;
-/// Upstreams that must refuse the data before it is given up on.
+/// Upstreams that must refuse a method before its reports are given up on.
 const REFUSAL_ATTEMPTS: usize = 2;
 /// Unary calls one sender keeps in flight.
 const UNARY_IN_FLIGHT: usize = 64;
@@ -100,43 +104,31 @@ async fn send_batch(state: &State, batch: Batch) -> bool {
     sent.into_iter().all(|sent| sent)
 }
 
-/// Sends one group: as one stream, or call by call for a unary method.
+/// Sends one group: as one stream, or call by call (see [`crate::queue::Route::alone`]).
 async fn send_group(state: &State, partition: usize, events: Vec<Event>) -> bool {
-    if events[0].route.unary {
-        return each_alone(state, partition, events, FAILURE_ATTEMPTS, REFUSAL_ATTEMPTS).await;
+    if events[0].route.alone {
+        return each_alone(state, partition, events).await;
     }
-    match deliver(state, partition, &events, REFUSAL_ATTEMPTS).await {
-        Delivery::Refused { code, message } if events.len() > 1 && grpc::refuses_messages(code) => {
-            // Which of them? Each alone, on one upstream each: the group was refused on
-            // two already, so this costs one call per report, and only on this path.
+    match deliver(state, partition, &events).await {
+        Delivery::Refused { code, message }
+            if events.len() > 1 && !grpc::refuses_the_method(code) =>
+        {
+            // Which of them? Each alone: one call per report, and only on this path.
             state
                 .metrics
                 .upstream_refused(events[0].route.protocol, code);
             tracing::debug!(code, %message, events = events.len(), "a batch was refused; sending its reports one by one");
-            each_alone(state, partition, events, 1, 1).await
+            each_alone(state, partition, events).await
         }
         delivery => settle(state, partition, events, delivery),
     }
 }
 
 /// Sends every event as a call of its own, many at once.
-async fn each_alone(
-    state: &State,
-    partition: usize,
-    events: Vec<Event>,
-    failure_attempts: usize,
-    refusal_attempts: usize,
-) -> bool {
+async fn each_alone(state: &State, partition: usize, events: Vec<Event>) -> bool {
     futures::stream::iter(events.into_iter().map(|event| async move {
         let events = vec![event];
-        let delivery = deliver_within(
-            state,
-            partition,
-            &events,
-            failure_attempts,
-            refusal_attempts,
-        )
-        .await;
+        let delivery = deliver(state, partition, &events).await;
         settle(state, partition, events, delivery)
     }))
     .buffer_unordered(UNARY_IN_FLIGHT)
@@ -147,7 +139,8 @@ async fn each_alone(
 /// What became of one call's events.
 enum Delivery {
     Sent,
-    /// The data was refused (by `REFUSAL_ATTEMPTS` upstreams, or by every one reachable).
+    /// The data was refused (a method by `REFUSAL_ATTEMPTS` upstreams or every one
+    /// reachable; messages by the first upstream that read them).
     Refused {
         code: u16,
         message: String,
@@ -185,23 +178,9 @@ fn settle(state: &State, partition: usize, events: Vec<Event>, delivery: Deliver
     }
 }
 
-async fn deliver(
-    state: &State,
-    partition: usize,
-    events: &[Event],
-    refusal_attempts: usize,
-) -> Delivery {
-    deliver_within(state, partition, events, FAILURE_ATTEMPTS, refusal_attempts).await
-}
-
-/// Sends `events` as one call, trying other upstreams while it fails or is refused.
-async fn deliver_within(
-    state: &State,
-    partition: usize,
-    events: &[Event],
-    failure_attempts: usize,
-    refusal_attempts: usize,
-) -> Delivery {
+/// Sends `events` as one call, trying other upstreams while it fails, or while the
+/// method is refused.
+async fn deliver(state: &State, partition: usize, events: &[Event]) -> Delivery {
     let (route, key) = (&events[0].route, events[0].key.as_deref());
     // Gathered, not copied: each message is written from the buffer it arrived in.
     let mut joiner = Joiner::default();
@@ -212,7 +191,7 @@ async fn deliver_within(
     let mut tried: Vec<String> = Vec::new();
     let (mut failures, mut refusal) = (0, None::<(u16, String)>);
     let mut refusals = 0;
-    while failures < failure_attempts && refusals < refusal_attempts {
+    while failures < FAILURE_ATTEMPTS && refusals < REFUSAL_ATTEMPTS {
         let upstreams = state.upstreams.snapshot();
         let remaining = untried(&upstreams, &tried);
         let candidates = match (remaining.is_empty(), &refusal) {
@@ -245,8 +224,12 @@ async fn deliver_within(
             Outcome::Answered(Verdict::Refused, code, message) => {
                 state.balancer.succeeded(&upstream.address);
                 tracing::debug!(upstream = %upstream.address, path = %route.path, code, %message, "upstream refused the data");
-                refusal = Some((code, message));
                 refusals += 1;
+                let of_the_method = grpc::refuses_the_method(code);
+                refusal = Some((code, message));
+                if !of_the_method {
+                    break;
+                }
             }
             Outcome::Answered(Verdict::Failed, code, message) => {
                 tracing::debug!(upstream = %upstream.address, path = %route.path, code, %message, "upstream failed the call");

@@ -106,6 +106,13 @@ pub fn encoded_fields(message: &[u8], numbers: &[u64]) -> Result<Vec<u8>, WireEr
     Ok(out)
 }
 
+/// Whether the message is well-formed protobuf at its top level: every field's key,
+/// wire type and length fit. (What its length-delimited fields hold is not looked into:
+/// that takes the message's schema.)
+pub fn check(message: &[u8]) -> Result<(), WireError> {
+    spans(message).try_for_each(|field| field.map(drop))
+}
+
 /// The message without any occurrence of the given fields.
 pub fn without_fields(message: &[u8], numbers: &[u64]) -> Result<Vec<u8>, WireError> {
     let mut out = Vec::with_capacity(message.len());

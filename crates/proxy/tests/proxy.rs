@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use skylift_proxy::queue::{Overflow, QueueConfig};
+use skylift_proxy::queue::{DropReason, Overflow, QueueConfig};
 use skylift_proxy::route::Upstream;
 use skylift_proxy::state::{Limits, State, UpstreamClient};
 use skylift_testkit::sink::Sink;
@@ -324,6 +324,300 @@ async fn oversized_and_malformed_streams_get_a_status_and_disturb_nothing_else()
         a.messages(SEGMENTS).len() == 1
     })
     .await;
+}
+
+#[tokio::test]
+async fn reports_oap_would_refuse_are_refused_to_their_client_and_never_queued() {
+    let a = Sink::start().await.unwrap();
+    let proxy = proxy(&[&a], None).await;
+    let client = client();
+    const KEEP_ALIVE: &str = "/skywalking.v3.ManagementService/keepAlive";
+    let ping = |instance: &str| pb::Pb::new().str(1, "svc").str(2, instance).done();
+    let refused = [
+        // A unary call takes exactly one message (grpc-java's UnaryServerCallHandler).
+        (
+            KEEP_ALIVE,
+            framed(&[ping("i-1"), ping("i-2")]),
+            vec![],
+            13,
+            "Too many requests",
+        ),
+        (
+            KEEP_ALIVE,
+            Bytes::new(),
+            vec![],
+            13,
+            "Half-closed without a request",
+        ),
+        // Compressed with no grpc-encoding to read it by.
+        (
+            SEGMENTS,
+            compressed(&segment("x")),
+            vec![],
+            13,
+            "without grpc-encoding",
+        ),
+        // An encoding OAP has no decompressor for.
+        (
+            SEGMENTS,
+            framed(&[segment("x")]),
+            vec![("grpc-encoding", "snappy")],
+            12,
+            "snappy",
+        ),
+        // An event without a layer: OAP would close the stream there.
+        (
+            "/skywalking.v3.EventService/collect",
+            framed(&[pb::Pb::new()
+                .str(1, "uuid")
+                .msg(2, pb::Pb::new().str(1, "svc"))
+                .done()]),
+            vec![],
+            3,
+            "Layer field is required",
+        ),
+    ];
+    for (path, body, headers, code, why) in refused {
+        let (status, _, trailers) = call(&client, proxy.address, path, body, &headers).await;
+        let message = trailers
+            .get("grpc-message")
+            .map(|m| m.to_str().unwrap().to_string());
+        assert_eq!(status, code, "{path}: {message:?}");
+        assert!(
+            message.unwrap_or_default().contains(why),
+            "{path}: {trailers:?}"
+        );
+    }
+    let totals = proxy.state.queue.totals();
+    assert_eq!(
+        (totals.received, totals.pending),
+        (0, 0),
+        "nothing was queued"
+    );
+
+    // A well-formed heartbeat is one upstream call.
+    let (status, _, _) = call(
+        &client,
+        proxy.address,
+        KEEP_ALIVE,
+        framed(&[ping("i-3")]),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 0);
+    eventually("the heartbeat upstream", || {
+        a.attributed("ManagementService/keepAlive")
+            == [(("svc".to_string(), "i-3".to_string()), 1)].into()
+    })
+    .await;
+    assert!(a.refusals().is_empty(), "{:?}", a.refusals());
+}
+
+/// `message` in one gRPC frame with the compressed flag set.
+fn compressed(message: &[u8]) -> Bytes {
+    let mut out = framed(&[message.to_vec()]).to_vec();
+    out[0] = 1;
+    Bytes::from(out)
+}
+
+/// `skylift_proxy_<name>{<labels>}` as exported, or 0.
+fn metric(state: &State, line_start: &str) -> u64 {
+    state
+        .metrics
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(line_start))
+        .map_or(0, |n| n.trim().parse::<f64>().unwrap() as u64)
+}
+
+#[tokio::test]
+async fn a_report_every_upstream_refuses_is_dropped_and_counted_and_the_rest_of_its_batch_arrives()
+{
+    let (a, b) = (Sink::start().await.unwrap(), Sink::start().await.unwrap());
+    // OAPs older than 10.1 take messages of at most 4 MiB; here, 2 KiB.
+    for sink in [&a, &b] {
+        sink.set_max_message_size(2048);
+    }
+    let proxy = proxy_with(
+        &[&a, &b],
+        None,
+        QueueConfig {
+            partitions: 1,
+            flush_interval: Duration::from_millis(200),
+            ..queue_config()
+        },
+    )
+    .await;
+    let client = client();
+    // Twenty segments and one too large for these OAPs, from two clients, queued together:
+    // one batch, refused at the large segment once OAP handled the ones before it.
+    let good: Vec<Vec<u8>> = (0..20).map(|i| segment(&format!("good {i}"))).collect();
+    let (first, second) = tokio::join!(
+        call(&client, proxy.address, SEGMENTS, framed(&good), &[]),
+        call(
+            &client,
+            proxy.address,
+            SEGMENTS,
+            framed(&[large_segment("large", 4000)]),
+            &[]
+        )
+    );
+    assert_eq!((first.0, second.0), (0, 0), "both acknowledged");
+    // And events, each its own upstream stream: one names a layer this OAP does not have.
+    const EVENTS: &str = "/skywalking.v3.EventService/collect";
+    let event = |uuid: &str, layer: &str| {
+        pb::Pb::new()
+            .str(1, uuid)
+            .msg(2, pb::Pb::new().str(1, "svc"))
+            .str(9, layer)
+            .done()
+    };
+    let events = [
+        event("e1", "GENERAL"),
+        event("e2", "A_LAYER_FROM_THE_FUTURE"),
+        event("e3", "MESH"),
+    ];
+    let (status, _, _) = call(&client, proxy.address, EVENTS, framed(&events), &[]).await;
+    assert_eq!(status, 0);
+    eventually("everything settled", || {
+        let totals = proxy.state.queue.totals();
+        totals.received == 24 && totals.pending == 0
+    })
+    .await;
+    let totals = proxy.state.queue.totals();
+    assert_eq!(
+        (
+            totals.forwarded,
+            totals.dropped(DropReason::RefusedByUpstream)
+        ),
+        (22, 2),
+        "{totals:?}"
+    );
+    assert!(totals.balances());
+    let mut segments: Vec<Bytes> = [a.messages(SEGMENTS), b.messages(SEGMENTS)].concat();
+    let arrived = segments.len();
+    segments.sort();
+    segments.dedup();
+    assert_eq!(segments.len(), 20, "every good segment arrived");
+    assert!(
+        arrived <= 40,
+        "those OAP handled before the refusal arrive at most twice: {arrived}"
+    );
+    let events_at = |sink: &Sink| {
+        sink.attributed("EventService/collect")
+            .values()
+            .sum::<u64>()
+    };
+    assert_eq!(
+        events_at(&a) + events_at(&b),
+        2,
+        "the known layers' events, once each"
+    );
+    let metrics = proxy.state.metrics.encode();
+    assert!(
+        !metrics.contains("skylift_proxy_upstream_ejections_total{"),
+        "a refusal is not a failure: {metrics}"
+    );
+    for (protocol, n) in [("segment", 1), ("event", 1)] {
+        assert!(
+            metrics.contains(&format!(
+                r#"skylift_proxy_dropped_total{{protocol="{protocol}",reason="refused_by_upstream"}} {n}"#
+            )),
+            "{metrics}"
+        );
+    }
+    assert!(
+        metric(
+            &proxy.state,
+            r#"skylift_proxy_upstream_refusals_total{protocol="segment",code="8"} "#
+        ) >= 2
+    );
+    assert!(
+        metric(
+            &proxy.state,
+            r#"skylift_proxy_upstream_refusals_total{protocol="event",code="3"} "#
+        ) == 1
+    );
+    let now = std::time::Instant::now();
+    assert!(!proxy.state.balancer.is_ejected(&a.address(), now));
+    assert!(!proxy.state.balancer.is_ejected(&b.address(), now));
+}
+
+#[tokio::test]
+async fn an_upstream_without_a_receiver_refuses_its_reports_without_being_ejected() {
+    const ACCESS_LOGS: &str = "/skywalking.v3.EBPFAccessLogService/collect";
+    let (a, b) = (Sink::start().await.unwrap(), Sink::start().await.unwrap());
+    // OAP a runs without the eBPF receiver module.
+    a.disable(ACCESS_LOGS);
+    let proxy = proxy(&[&a, &b], None).await;
+    let client = client();
+    let access_log = |n: u64| {
+        pb::Pb::new()
+            .msg(1, pb::Pb::new().str(1, "node-1"))
+            .msg(
+                2,
+                pb::Pb::new().msg(1, pb::Pb::new().msg(1, pb::Pb::new().str(1, "svc"))),
+            )
+            .msg(3, pb::Pb::new().msg(4, pb::Pb::new().varint(3, n)))
+            .done()
+    };
+    for round in 0..6 {
+        let (status, _, _) = call(
+            &client,
+            proxy.address,
+            ACCESS_LOGS,
+            framed(&[access_log(round)]),
+            &[],
+        )
+        .await;
+        assert_eq!(status, 0);
+        // Segments go on, to both.
+        report(&client, proxy.address, &[segment(&format!("s{round}"))]).await;
+    }
+    eventually("every access log at b", || {
+        b.attributed("EBPFAccessLogService/collect")
+            .values()
+            .sum::<u64>()
+            == 6
+    })
+    .await;
+    eventually("the segments delivered", || {
+        a.messages(SEGMENTS).len() + b.messages(SEGMENTS).len() == 6
+    })
+    .await;
+    assert!(
+        !a.messages(SEGMENTS).is_empty(),
+        "a still takes what it serves"
+    );
+    assert!(
+        !proxy
+            .state
+            .balancer
+            .is_ejected(&a.address(), std::time::Instant::now())
+    );
+
+    // Now no upstream serves them: dropped and counted, not retried for ever.
+    b.disable(ACCESS_LOGS);
+    call(
+        &client,
+        proxy.address,
+        ACCESS_LOGS,
+        framed(&[access_log(9)]),
+        &[],
+    )
+    .await;
+    eventually("the refused report settled", || {
+        proxy
+            .state
+            .queue
+            .totals()
+            .dropped(DropReason::RefusedByUpstream)
+            == 1
+    })
+    .await;
+    let totals = proxy.state.queue.totals();
+    assert_eq!(totals.pending, 0);
+    assert!(totals.balances());
 }
 
 #[tokio::test]

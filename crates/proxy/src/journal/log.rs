@@ -250,7 +250,7 @@ pub(crate) mod tests {
                 path: "/skywalking.v3.TraceSegmentReportService/collect".into(),
                 protocol: "segment",
                 encoding: None,
-                unary: false,
+                alone: false,
             }),
             key: None,
             origin: None,

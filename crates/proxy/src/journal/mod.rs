@@ -346,7 +346,7 @@ fn event(record: record::Record, routes: &mut Vec<Arc<Route>>) -> Event {
             let method = crate::protocol::lookup(&record.path);
             let route = Arc::new(Route {
                 protocol: method.map_or("other", |m| m.protocol),
-                unary: method.is_some_and(|m| m.is_unary()),
+                alone: method.is_some_and(|m| m.sends_alone()),
                 path: record.path,
                 encoding: record.encoding,
             });
@@ -401,7 +401,7 @@ mod tests {
                 path: "/skywalking.v3.TraceSegmentReportService/collect".into(),
                 protocol: "segment",
                 encoding: None,
-                unary: false,
+                alone: false,
             }),
             key: key.map(Arc::from),
             origin: None,

@@ -103,14 +103,27 @@ pub fn encoding(headers: &http::HeaderMap) -> Result<Encoding, Status> {
     }
 }
 
-/// Splits a request body into its messages as `MessageDeframer` reads them, decompressing
-/// those with the compressed flag. Stops at the first message it refuses.
-pub fn deframe(
+/// A body's messages as `MessageDeframer` reads them, decompressing those with the
+/// compressed flag, up to the first it refuses: the messages before that one were already
+/// handed to a streaming handler when the call is closed.
+#[derive(Debug, PartialEq)]
+pub struct Deframed {
+    pub messages: Vec<Bytes>,
+    pub refused: Option<Status>,
+}
+
+pub fn deframe(body: &[u8], encoding: Encoding, max_message_size: usize) -> Deframed {
+    let mut messages = Vec::new();
+    let refused = deframe_into(body, encoding, max_message_size, &mut messages).err();
+    Deframed { messages, refused }
+}
+
+fn deframe_into(
     mut body: &[u8],
     encoding: Encoding,
     max_message_size: usize,
-) -> Result<Vec<Bytes>, Status> {
-    let mut messages = Vec::new();
+    messages: &mut Vec<Bytes>,
+) -> Result<(), Status> {
     while !body.is_empty() {
         if body.len() < 5 {
             return Err(Status::new(INTERNAL, "Encountered end-of-stream mid-frame"));
@@ -166,7 +179,7 @@ pub fn deframe(
             }
         });
     }
-    Ok(messages)
+    Ok(())
 }
 
 /// `ProtoLiteUtils`' marshaller: a message that does not parse closes the call.
@@ -224,31 +237,32 @@ mod tests {
 
     #[test]
     fn framing_is_refused_as_grpc_java_refuses_it() {
-        let compressed = frame(1, b"x");
-        let err = deframe(&compressed, Encoding::Identity, 100).unwrap_err();
+        let refused =
+            |body: &[u8], limit| deframe(body, Encoding::Identity, limit).refused.unwrap();
+        let err = refused(&frame(1, b"x"), 100);
         assert_eq!(err.code, INTERNAL);
         assert!(err.message.contains("compression not configured"));
-        let err = deframe(&frame(0, &[0; 11]), Encoding::Identity, 10).unwrap_err();
-        assert_eq!(err.code, RESOURCE_EXHAUSTED);
+        assert_eq!(refused(&frame(0, &[0; 11]), 10).code, RESOURCE_EXHAUSTED);
+        assert_eq!(refused(&frame(2, b"x"), 10).code, INTERNAL);
         assert_eq!(
-            deframe(&frame(2, b"x"), Encoding::Identity, 10)
-                .unwrap_err()
-                .code,
-            INTERNAL
-        );
-        assert_eq!(
-            deframe(&frame(0, b"abc")[..6], Encoding::Identity, 10)
-                .unwrap_err()
-                .message,
+            refused(&frame(0, b"abc")[..6], 10).message,
             "Encountered end-of-stream mid-frame"
         );
+        // The messages before the refused one were read (and handed to the handler).
+        let body = [frame(0, b"ok"), frame(0, &[0; 11])].concat();
+        let read = deframe(&body, Encoding::Identity, 10);
+        assert_eq!(read.messages, vec![Bytes::from_static(b"ok")]);
+        assert_eq!(read.refused.unwrap().code, RESOURCE_EXHAUSTED);
         let mut gzipped = Vec::new();
         let mut encoder = flate2::write::GzEncoder::new(&mut gzipped, flate2::Compression::fast());
         std::io::Write::write_all(&mut encoder, b"hello").unwrap();
         encoder.finish().unwrap();
         assert_eq!(
-            deframe(&frame(1, &gzipped), Encoding::Gzip, 100).unwrap(),
-            vec![Bytes::from_static(b"hello")]
+            deframe(&frame(1, &gzipped), Encoding::Gzip, 100),
+            Deframed {
+                messages: vec![Bytes::from_static(b"hello")],
+                refused: None
+            }
         );
     }
 

@@ -59,6 +59,8 @@ struct Recorded {
     keep: bool,
     /// The largest message accepted (OAP's `maxMessageSize`).
     max_message_size: usize,
+    /// Methods whose receiver module is not enabled (OAP then never registers them).
+    disabled: Vec<String>,
     /// Calls must carry this `authentication` metadata, as OAP checks it when its
     /// `authentication` setting is on (UNAUTHENTICATED otherwise).
     required_token: Option<String>,
@@ -266,7 +268,15 @@ impl Sink {
             return Self::refuse(recorded, &path, refused);
         }
         // ServerImpl: an unregistered method is UNIMPLEMENTED before anything else.
-        let Some(method) = receivers::lookup(&path) else {
+        let disabled = recorded
+            .lock()
+            .expect("sink lock is never poisoned")
+            .disabled
+            .iter()
+            .any(|d| {
+                receivers::lookup(d).map(|m| m.path) == receivers::lookup(&path).map(|m| m.path)
+            });
+        let Some(method) = receivers::lookup(&path).filter(|_| !disabled) else {
             let name = path.strip_prefix('/').unwrap_or(&path);
             return Self::refuse(
                 recorded,
@@ -315,13 +325,23 @@ impl Sink {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        let messages = match grpc::deframe(&body, encoding, max_message_size)
-            .and_then(|messages| method.kind.check(messages.len()).map(|()| messages))
+        let grpc::Deframed { messages, refused } = grpc::deframe(&body, encoding, max_message_size);
+        if let Err(too_many) = method.kind.check(messages.len())
+            && (refused.is_none() || messages.len() > 1)
         {
-            Ok(messages) => messages,
-            Err(refused) => return Self::refuse(recorded, &path, refused),
-        };
-        let received = receivers::receive(method, &messages);
+            // A unary handler runs only at half-close, with exactly one message.
+            return Self::refuse(recorded, &path, too_many);
+        }
+        if method.kind == grpc::Kind::Unary
+            && let Some(refused) = refused
+        {
+            return Self::refuse(recorded, &path, refused);
+        }
+        // A streaming handler has seen the messages before a refused frame.
+        let mut received = receivers::receive(method, &messages);
+        if received.refusal.is_none() {
+            received.refusal = refused;
+        }
         if let Some(observer) = observer {
             observer(&path, &messages, &received);
         }
@@ -444,6 +464,16 @@ impl Sink {
             .lock()
             .expect("sink lock is never poisoned")
             .discarded
+    }
+
+    /// From now on, serve as an OAP whose receiver for `path` is not enabled (selector
+    /// empty in `application.yml`): the method is not registered, so UNIMPLEMENTED.
+    pub fn disable(&self, path: &str) {
+        self.recorded
+            .lock()
+            .expect("sink lock is never poisoned")
+            .disabled
+            .push(path.to_string());
     }
 
     /// From now on, refuse messages larger than `bytes` (OAP's `maxMessageSize`).
