@@ -13,7 +13,6 @@ use skylift_testkit::http;
 use skylift_testkit::sink::Sink;
 
 const SEGMENTS: &str = "/skywalking.v3.TraceSegmentReportService/collect";
-const METERS: &str = "/skywalking.v3.MeterReportService/collectBatch";
 
 fn framed(messages: &[&[u8]]) -> Bytes {
     let mut out = BytesMut::new();
@@ -74,21 +73,54 @@ async fn the_proxy_follows_its_upstreams_reports_telemetry_and_drains_on_sigterm
     })
     .await;
 
-    // The telemetry reaches OAP's gRPC port as native meters with the connection gauge.
-    wait_for(
+    // The telemetry reaches OAP's gRPC port as native meter sets of the pool's service and
+    // the proxy's instance, labelled as OAP's satellite.yaml sums them.
+    let telemetry = wait_for(
         "telemetry at the upstream",
         Duration::from_secs(10),
-        || async {
-            a.messages(METERS)
-                .iter()
-                .any(|m| {
-                    m.windows(35)
-                        .any(|w| w == b"sw_stl_grpc_server_connection_count")
-                })
-                .then_some(())
-        },
+        || async { a.meter_reports().into_iter().next() },
     )
     .await;
+    assert_eq!(
+        (telemetry.service.as_str(), telemetry.instance.as_str()),
+        ("e2e-pool", "proxy-0")
+    );
+    let labels_of = |name: &str| -> Vec<Vec<String>> {
+        telemetry
+            .samples
+            .iter()
+            .filter(|s| s.name == name)
+            .map(|s| s.labels.iter().map(|(k, _)| k.clone()).collect())
+            .collect()
+    };
+    assert_eq!(
+        labels_of("sw_stl_grpc_server_connection_count"),
+        [Vec::<String>::new()]
+    );
+    for gauge in [
+        "sw_stl_pipeline_queue_partition_size",
+        "sw_stl_pipeline_queue_total_capacity",
+    ] {
+        assert!(
+            labels_of(gauge)
+                .iter()
+                .all(|l| l.contains(&"pipeline".to_string())),
+            "{gauge}: {:?}",
+            labels_of(gauge)
+        );
+    }
+    for counter in [
+        "sw_stl_gatherer_receive_count",
+        "sw_stl_sender_output_count",
+    ] {
+        assert!(
+            labels_of(counter)
+                .iter()
+                .all(|l| l.contains(&"pipe".to_string()) && l.contains(&"status".to_string())),
+            "{counter}: {:?}",
+            labels_of(counter)
+        );
+    }
 
     // A second upstream appears in the file: traffic reaches it within a second.
     std::fs::write(
@@ -111,11 +143,8 @@ async fn the_proxy_follows_its_upstreams_reports_telemetry_and_drains_on_sigterm
 
     // Acknowledged but still queued (10 s flush interval) when SIGTERM arrives.
     for i in 0..20 {
-        let message = format!("segment {i}");
-        assert_eq!(
-            report(port, &[message.as_bytes()]).await.as_deref(),
-            Some("0")
-        );
+        let message = skylift_testkit::reports::segment(&format!("segment {i}"), "svc", "svc-1");
+        assert_eq!(report(port, &[&message]).await.as_deref(), Some("0"));
     }
     let (_, metrics) = http::get(&format!("http://127.0.0.1:{admin}/metrics"))
         .await

@@ -1,5 +1,11 @@
-//! The admin server: `/metrics`, `/healthz`, `/readyz` (ready while at least one upstream
-//! is known and not ejected).
+//! The admin server: `/metrics`, `/healthz`, `/readyz`.
+//!
+//! Readiness is the proxy's own: ready while it takes clients, that is until a shutdown
+//! begins, whatever its upstreams do. During an OAP outage the pool stays in its Service, so
+//! agents keep a proxy that queues their reports (or refuses them with a status once the
+//! queue is full) rather than finding no endpoint at all, as Envoy and Satellite do. How
+//! the upstreams are doing is in `/metrics` (`skylift_proxy_upstream_up`), in the logs, and
+//! in the text of `/readyz`.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -61,27 +67,15 @@ async fn metrics(AxumState(state): AxumState<State>) -> impl IntoResponse {
 }
 
 async fn readyz(AxumState(state): AxumState<State>) -> impl IntoResponse {
-    let health = upstream_health(&state);
     if state.shutting_down.load(Ordering::Relaxed) {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_string())
-    } else if health.iter().any(|(_, up)| *up) {
-        (
-            StatusCode::OK,
-            format!(
-                "ready: {} of {} upstreams up",
-                health.iter().filter(|(_, up)| *up).count(),
-                health.len()
-            ),
-        )
-    } else if health.is_empty() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no upstream is known yet".to_string(),
-        )
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "every upstream is failing".to_string(),
-        )
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_string());
     }
+    let health = upstream_health(&state);
+    let up = health.iter().filter(|(_, up)| *up).count();
+    let upstreams = match (up, health.len()) {
+        (_, 0) => "no upstream is known yet; reports are queued".to_string(),
+        (0, known) => format!("all {known} upstreams are failing; reports are queued"),
+        (up, known) => format!("{up} of {known} upstreams up"),
+    };
+    (StatusCode::OK, format!("ready: {upstreams}"))
 }

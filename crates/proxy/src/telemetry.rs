@@ -4,6 +4,11 @@
 //!
 //! Sent every `--telemetry-interval` as one `MeterReportService/collectBatch` message: a
 //! `MeterDataCollection` whose first `MeterData` names the service and instance.
+//!
+//! Names and labels are Satellite's, as OAP's stock `satellite.yaml` sums them: the
+//! counters by `pipe` (and `status`), the queue gauges by `pipeline`. The CPU gauge is
+//! Satellite's too: the host's CPU busy percent over the interval (gopsutil's
+//! `cpu.Percent(interval, false)`, read from `/proc/stat`), not the process's.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -82,30 +87,71 @@ pub fn encode_collection(
     collection
 }
 
-/// CPU time of this process in seconds (utime + stime), from `/proc/self/stat`.
-fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    // Linux reports clock ticks at USER_HZ, 100 per second.
-    Some((utime + stime) / 100.0)
+/// The host's CPU time so far, in clock ticks: (busy, total), from the aggregate `cpu`
+/// line of `/proc/stat` (user nice system idle iowait irq softirq steal ...). Busy is all
+/// but idle and iowait, as gopsutil counts it.
+fn host_cpu(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()?;
+    let total: u64 = ticks.iter().sum();
+    let idle = ticks.get(3)? + ticks.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
 }
 
-/// The meters of this moment; `cpu_percent` is measured by the caller over the interval.
-/// The connection count includes the clients turned away at the limit lately (see
-/// [`crate::demand`]), so the autoscaler sees demand above the limit.
-pub fn snapshot(state: &State, cpu_percent: f64) -> Vec<Meter> {
-    let totals = state.queue.totals();
+fn read_host_cpu() -> Option<(u64, u64)> {
+    host_cpu(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// The busy percent between two readings of [`host_cpu`].
+fn busy_percent(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let total = after.1.saturating_sub(before.1);
+    if total == 0 {
+        return 0.0;
+    }
+    (after.0.saturating_sub(before.0) as f64 / total as f64 * 100.0).clamp(0.0, 100.0)
+}
+
+/// What the meters are made of, read from the proxy at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct Readings {
+    /// Open client connections plus the clients turned away at the limit lately (see
+    /// [`crate::demand`]), so the autoscaler sees demand above the limit.
+    pub connections: usize,
+    pub totals: crate::queue::Totals,
+    /// Events each partition holds.
+    pub capacity: usize,
+    /// Events pending per partition.
+    pub pending: Vec<usize>,
+}
+
+pub fn readings(state: &State) -> Readings {
+    Readings {
+        connections: state.connections.load(Ordering::Relaxed)
+            + state.turned_away.count(Instant::now()),
+        totals: state.queue.totals(),
+        capacity: state.queue.config().capacity,
+        pending: (0..state.queue.partitions())
+            .map(|p| state.queue.pending(p))
+            .collect(),
+    }
+}
+
+/// The meters of these readings; `cpu_percent` is measured by the caller over the interval.
+pub fn meters(readings: &Readings, cpu_percent: f64) -> Vec<Meter> {
+    let totals = &readings.totals;
+    // satellite.yaml sums the counters by `pipe`, the queue gauges by `pipeline`.
     let pipe = || ("pipe", "skylift".to_string());
+    let pipeline = || ("pipeline", "skylift".to_string());
     let mut meters = vec![
         Meter {
             name: "sw_stl_grpc_server_connection_count",
             labels: vec![],
-            value: (state.connections.load(Ordering::Relaxed)
-                + state.turned_away.count(Instant::now())) as f64,
+            value: readings.connections as f64,
         },
         Meter {
             name: "sw_stl_grpc_server_cpu_gauge",
@@ -136,19 +182,20 @@ pub fn snapshot(state: &State, cpu_percent: f64) -> Vec<Meter> {
         Meter {
             name: "sw_stl_sender_output_count",
             labels: vec![pipe(), ("status", "failure".into())],
-            value: totals.dropped(DropReason::UpstreamFailed) as f64,
+            value: (totals.dropped(DropReason::UpstreamFailed)
+                + totals.dropped(DropReason::RefusedByUpstream)) as f64,
         },
         Meter {
             name: "sw_stl_pipeline_queue_total_capacity",
-            labels: vec![pipe()],
-            value: (state.queue.config().capacity * state.queue.partitions()) as f64,
+            labels: vec![pipeline()],
+            value: (readings.capacity * readings.pending.len()) as f64,
         },
     ];
-    for partition in 0..state.queue.partitions() {
+    for (partition, pending) in readings.pending.iter().enumerate() {
         meters.push(Meter {
             name: "sw_stl_pipeline_queue_partition_size",
-            labels: vec![pipe(), ("partition", partition.to_string())],
-            value: state.queue.pending(partition) as f64,
+            labels: vec![pipeline(), ("partition", partition.to_string())],
+            value: *pending as f64,
         });
     }
     meters
@@ -157,17 +204,18 @@ pub fn snapshot(state: &State, cpu_percent: f64) -> Vec<Meter> {
 /// Reports every interval until the task is stopped.
 pub async fn report(state: State, config: TelemetryConfig) {
     let key = format!("{}\0{}", config.service, config.instance);
-    let mut last_cpu = cpu_seconds().unwrap_or(0.0);
-    let mut last_at = Instant::now();
+    let mut last_cpu = read_host_cpu();
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     loop {
         ticker.tick().await;
-        let cpu = cpu_seconds().unwrap_or(last_cpu);
-        let elapsed = last_at.elapsed().as_secs_f64().max(0.001);
-        let cpu_percent = ((cpu - last_cpu) / elapsed * 100.0).max(0.0);
-        (last_cpu, last_at) = (cpu, Instant::now());
+        let cpu = read_host_cpu();
+        let cpu_percent = match (last_cpu, cpu) {
+            (Some(before), Some(after)) => busy_percent(before, after),
+            _ => 0.0,
+        };
+        last_cpu = cpu;
         let timestamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
@@ -175,7 +223,7 @@ pub async fn report(state: State, config: TelemetryConfig) {
             &config.service,
             &config.instance,
             timestamp,
-            &snapshot(&state, cpu_percent),
+            &meters(&readings(&state), cpu_percent),
         );
         let target = match &config.upstream {
             Some(address) => Some(address.clone()),
@@ -249,8 +297,45 @@ mod tests {
     }
 
     #[test]
-    fn cpu_time_is_read_from_proc() {
-        let spent = cpu_seconds().expect("Linux has /proc/self/stat");
-        assert!(spent >= 0.0);
+    fn the_cpu_gauge_is_the_hosts_busy_percent_as_satellite_reports_it() {
+        let before = host_cpu("cpu  100 0 100 700 100 0 0 0 0 0\ncpu0 1 2 3 4 5 6 7 8\n").unwrap();
+        assert_eq!(before, (200, 1000));
+        // 150 more busy ticks and 50 more idle ones: 75 % busy.
+        let after = host_cpu("cpu  200 0 150 750 100 0 0 0 0 0\n").unwrap();
+        assert_eq!(busy_percent(before, after), 75.0);
+        assert_eq!(busy_percent(after, after), 0.0);
+        assert!(read_host_cpu().is_some(), "Linux has /proc/stat");
+    }
+
+    #[test]
+    fn queue_gauges_are_labelled_pipeline_and_counters_pipe() {
+        let labels = |name: &str, meters: &[Meter]| -> Vec<&'static str> {
+            meters
+                .iter()
+                .filter(|m| m.name == name)
+                .flat_map(|m| m.labels.iter().map(|(k, _)| *k))
+                .collect()
+        };
+        let meters = meters(
+            &Readings {
+                pending: vec![3, 4],
+                ..Readings::default()
+            },
+            12.5,
+        );
+        for gauge in [
+            "sw_stl_pipeline_queue_total_capacity",
+            "sw_stl_pipeline_queue_partition_size",
+        ] {
+            assert!(labels(gauge, &meters).contains(&"pipeline"), "{gauge}");
+            assert!(!labels(gauge, &meters).contains(&"pipe"), "{gauge}");
+        }
+        for counter in [
+            "sw_stl_gatherer_receive_count",
+            "sw_stl_queue_output_count",
+            "sw_stl_sender_output_count",
+        ] {
+            assert!(labels(counter, &meters).contains(&"pipe"), "{counter}");
+        }
     }
 }

@@ -58,6 +58,7 @@ pub async fn keep_connected(state: State, tick: Duration, checks: HealthChecks) 
     let mut known: HashSet<String> = HashSet::new();
     let mut last_checked: HashMap<String, Instant> = HashMap::new();
     let mut failed_in_a_row: HashMap<String, u32> = HashMap::new();
+    let mut any_up = true;
     loop {
         let upstreams = state.upstreams.snapshot();
         let now = Instant::now();
@@ -87,6 +88,10 @@ pub async fn keep_connected(state: State, tick: Duration, checks: HealthChecks) 
             let in_a_row = failed_in_a_row.entry(address.clone()).or_default();
             match down {
                 None => {
+                    // A probe of one already known: it had failed, and answers again.
+                    if kind == Check::Probe && known.contains(&address) {
+                        tracing::info!(upstream = %address, "upstream back");
+                    }
                     *in_a_row = 0;
                     state.balancer.succeeded(&address);
                 }
@@ -102,6 +107,21 @@ pub async fn keep_connected(state: State, tick: Duration, checks: HealthChecks) 
                 }
             }
         }
+        // The pool as a whole, in the log when it changes: clients are still served.
+        let at = Instant::now();
+        let now_up = upstreams.iter().any(|u| {
+            !state.balancer.is_ejected(&u.address, at)
+                && !state.balancer.due_for_probe(&u.address, at)
+        });
+        if any_up && !now_up && !upstreams.is_empty() {
+            tracing::warn!(
+                upstreams = upstreams.len(),
+                "every upstream is down; reports are queued until one is back"
+            );
+        } else if !any_up && now_up {
+            tracing::info!("an upstream is up again; sending what was queued");
+        }
+        any_up = now_up || upstreams.is_empty();
         known = upstreams.iter().map(|u| u.address.clone()).collect();
         last_checked.retain(|address, _| known.contains(address));
         failed_in_a_row.retain(|address, _| known.contains(address));

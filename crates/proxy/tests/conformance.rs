@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use skylift_proxy::queue::QueueConfig;
+use skylift_testkit::protobuf::Pb;
 use skylift_testkit::sink::Sink;
-use support::pb::Pb;
 use support::*;
 
 /// Who OAP files a report under (see `skylift_testkit::sink::receivers`).

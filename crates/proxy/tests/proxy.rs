@@ -621,6 +621,53 @@ async fn an_upstream_without_a_receiver_refuses_its_reports_without_being_ejecte
 }
 
 #[tokio::test]
+async fn the_proxy_stays_ready_while_oap_is_down_and_queues_until_it_is_back() {
+    let a = Sink::start().await.unwrap();
+    let proxy = proxy(&[&a], None).await;
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let readyz = format!("http://{}/readyz", admin.local_addr().unwrap());
+    let proxy_state = proxy.state.clone();
+    let router = skylift_proxy::admin::router(proxy_state.clone());
+    tokio::spawn(async move { axum::serve(admin, router).await });
+    // OAP goes down: the health checks eject it.
+    a.set_failing(true);
+    eventually("the upstream ejected", || {
+        proxy_state
+            .balancer
+            .is_ejected(&a.address(), std::time::Instant::now())
+    })
+    .await;
+    let (code, body) = skylift_testkit::http::get(&readyz).await.unwrap();
+    assert_eq!(
+        code, 200,
+        "agents keep a proxy that can queue for them: {body}"
+    );
+    assert!(body.contains("all 1 upstreams are failing"), "{body}");
+    let (_, metrics) = skylift_testkit::http::get(&readyz.replace("/readyz", "/metrics"))
+        .await
+        .unwrap();
+    let down = format!(
+        "skylift_proxy_upstream_up{{upstream=\"{}\"}} 0",
+        a.address()
+    );
+    assert!(metrics.contains(&down), "{metrics}");
+    // Reports are taken meanwhile, and delivered once OAP is back.
+    report(&client(), proxy.address, &[segment("during the outage")]).await;
+    a.set_failing(false);
+    eventually("the queued report delivered", || {
+        a.messages(SEGMENTS).len() == 1
+    })
+    .await;
+    let (code, body) = skylift_testkit::http::get(&readyz).await.unwrap();
+    assert_eq!((code, body.as_str()), (200, "ready: 1 of 1 upstreams up"));
+    // A shutdown is what takes the proxy out of its Service.
+    proxy_state
+        .shutting_down
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(skylift_testkit::http::get(&readyz).await.unwrap().0, 503);
+}
+
+#[tokio::test]
 async fn unknown_services_pass_through_with_their_trailers_and_status() {
     let a = Sink::start().await.unwrap();
     let proxy = proxy(&[&a], None).await;

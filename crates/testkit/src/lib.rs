@@ -9,7 +9,8 @@
 //!   collection, CRD schema defaulting, pruning and validation including CEL rules);
 //! - [`sink`]: a strict double of an OAP node's gRPC port: OAP's methods and their gRPC kinds,
 //!   grpc-java's refusals, and what OAP's receivers attribute to whom;
-//! - [`protobuf`]: the doubles' own protobuf reader;
+//! - [`protobuf`]: the doubles' own protobuf reader, and a writer for tests;
+//! - [`reports`]: SkyWalking reports as agents send them;
 //! - [`http`]: a minimal HTTP GET for reading local endpoints in tests and load tools;
 //! - [`oap`]: an OAP cluster stand-in (reports counted, the meter pipeline, GraphQL),
 //!   also the binary `skylift-oap-standin`;
@@ -25,4 +26,5 @@ pub mod oap;
 pub mod oap_graphql;
 pub mod pki;
 pub mod protobuf;
+pub mod reports;
 pub mod sink;

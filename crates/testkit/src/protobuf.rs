@@ -1,6 +1,7 @@
-//! Just enough protobuf reading for the doubles to see what OAP sees: the fields of a
-//! message, by number. The doubles keep their own reader (it shares nothing with the
-//! proxy's), so a wrong field number in the product shows up as a wrong count here.
+//! Just enough protobuf for the doubles and the tests: reading the fields of a message by
+//! number, to see what OAP sees, and writing messages field by field ([`Pb`]). They share
+//! nothing with the proxy's own reader, so a wrong field number in the product shows up as
+//! a wrong count here.
 
 /// One field's value, by wire type.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -117,6 +118,56 @@ pub fn bytes_field(message: &[u8], number: u64) -> Result<&[u8], Malformed> {
         })
         .next_back()
         .unwrap_or(&[]))
+}
+
+/// A message being built, field by field, in the order given.
+#[derive(Clone, Debug, Default)]
+pub struct Pb(Vec<u8>);
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+impl Pb {
+    pub fn new() -> Pb {
+        Pb::default()
+    }
+
+    /// A length-delimited field: a string, bytes or an embedded message's encoding.
+    pub fn bytes(mut self, number: u64, value: &[u8]) -> Pb {
+        put_varint(&mut self.0, number << 3 | 2);
+        put_varint(&mut self.0, value.len() as u64);
+        self.0.extend_from_slice(value);
+        self
+    }
+
+    pub fn str(self, number: u64, value: &str) -> Pb {
+        self.bytes(number, value.as_bytes())
+    }
+
+    pub fn msg(self, number: u64, value: Pb) -> Pb {
+        self.bytes(number, &value.0)
+    }
+
+    pub fn varint(mut self, number: u64, value: u64) -> Pb {
+        put_varint(&mut self.0, number << 3);
+        put_varint(&mut self.0, value);
+        self
+    }
+
+    pub fn double(mut self, number: u64, value: f64) -> Pb {
+        put_varint(&mut self.0, number << 3 | 1);
+        self.0.extend_from_slice(&value.to_le_bytes());
+        self
+    }
+
+    pub fn done(self) -> Vec<u8> {
+        self.0
+    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use skylift_proxy::upstreams::UpstreamSet;
 use skylift_proxy::{framing, send, server};
 use skylift_testkit::sink::Sink;
 
-pub mod pb;
+pub use skylift_testkit::protobuf as pb;
 
 pub const SEGMENTS: &str = "/skywalking.v3.TraceSegmentReportService/collect";
 pub const METERS: &str = "/skywalking.v3.MeterReportService/collectBatch";
@@ -216,14 +216,9 @@ pub async fn eventually(what: &str, check: impl Fn() -> bool) {
 }
 
 /// A `SegmentObject` whose trace and segment ids are `id`, from service `svc` instance
-/// `svc-1` (traceId 1, traceSegmentId 2, service 4, serviceInstance 5).
+/// `svc-1`.
 pub fn segment(id: &str) -> Vec<u8> {
-    pb::Pb::new()
-        .str(1, id)
-        .str(2, id)
-        .str(4, "svc")
-        .str(5, "svc-1")
-        .done()
+    skylift_testkit::reports::segment(id, "svc", "svc-1")
 }
 
 /// A segment of about `size` bytes: [`segment`] with its spans (field 3) padded out.

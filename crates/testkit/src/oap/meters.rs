@@ -3,10 +3,13 @@
 //! `satellite::<service>`; any other meter becomes a metric of its own name for the service
 //! that reported it, with its labels.
 //!
-//! The rules, as the reference gives them: gauges are kept as they come (several proxy
-//! instances of one service average into one value per minute); queue sizes are summed
-//! over a report's partitions; counters are read as their increase over the last minute,
-//! per instance and label set, and summed over a report.
+//! The rules, as OAP's `satellite.yaml` writes them: gauges are kept as they come (several
+//! proxy instances of one service average into one value per minute); the queue gauges
+//! are summed by `["pipeline", "service"]`; counters are read as their increase over the
+//! last minute, per instance and label set, and summed by `["pipe", "status", "service"]`.
+//! A sum keeps only the labels it is by (the service is the entity); a sample without one
+//! of them is summed under an empty value, where a dashboard reading the label finds
+//! nothing.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
@@ -18,9 +21,15 @@ use crate::sink::MeterReport;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Rule {
     Gauge,
-    Sum,
-    IncreaseOverMinute,
+    /// Summed over a report, by these labels.
+    Sum(&'static [&'static str]),
+    /// Increase over a minute, summed by these labels.
+    IncreaseOverMinute(&'static [&'static str]),
 }
+
+/// `satellite.yaml`'s groupings (the `service` label is the entity).
+const BY_PIPELINE: &[&str] = &["pipeline"];
+const BY_PIPE_AND_STATUS: &[&str] = &["pipe", "status"];
 
 fn satellite_rule(meter: &str) -> Option<(&'static str, Rule)> {
     Some(match meter {
@@ -28,28 +37,44 @@ fn satellite_rule(meter: &str) -> Option<(&'static str, Rule)> {
             ("satellite_service_grpc_connect_count", Rule::Gauge)
         }
         "sw_stl_grpc_server_cpu_gauge" => ("satellite_service_server_cpu_utilization", Rule::Gauge),
-        "sw_stl_pipeline_queue_partition_size" => ("satellite_service_queue_used_count", Rule::Sum),
-        "sw_stl_pipeline_queue_total_capacity" => {
-            ("satellite_service_queue_total_capacity", Rule::Sum)
+        "sw_stl_pipeline_queue_partition_size" => {
+            ("satellite_service_queue_used_count", Rule::Sum(BY_PIPELINE))
         }
+        "sw_stl_pipeline_queue_total_capacity" => (
+            "satellite_service_queue_total_capacity",
+            Rule::Sum(BY_PIPELINE),
+        ),
         "sw_stl_gatherer_receive_count" => (
             "satellite_service_receive_event_count",
-            Rule::IncreaseOverMinute,
+            Rule::IncreaseOverMinute(BY_PIPE_AND_STATUS),
         ),
         "sw_stl_gatherer_fetch_count" => (
             "satellite_service_fetch_event_count",
-            Rule::IncreaseOverMinute,
+            Rule::IncreaseOverMinute(BY_PIPE_AND_STATUS),
         ),
         "sw_stl_queue_output_count" => (
             "satellite_service_queue_input_count",
-            Rule::IncreaseOverMinute,
+            Rule::IncreaseOverMinute(BY_PIPE_AND_STATUS),
         ),
         "sw_stl_sender_output_count" => (
             "satellite_service_send_event_count",
-            Rule::IncreaseOverMinute,
+            Rule::IncreaseOverMinute(BY_PIPE_AND_STATUS),
         ),
         _ => return None,
     })
+}
+
+/// The labels a sum is by, each with the sample's value or empty when it has none.
+fn only(labels: &Labels, by: &[&str]) -> Labels {
+    by.iter()
+        .map(|name| {
+            let value = labels
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone());
+            (name.to_string(), value.unwrap_or_default())
+        })
+        .collect()
 }
 
 /// The OAP entity name of a proxy's service.
@@ -97,8 +122,10 @@ impl MeterAnalyzer {
                     at,
                     whole(sample.value),
                 ),
-                Rule::Sum => *sums.entry((metric, Labels::new())).or_default() += sample.value,
-                Rule::IncreaseOverMinute => {
+                Rule::Sum(by) => {
+                    *sums.entry((metric, only(&labels, by))).or_default() += sample.value
+                }
+                Rule::IncreaseOverMinute(by) => {
                     let key = (
                         report.instance.clone(),
                         sample.name.clone(),
@@ -106,7 +133,7 @@ impl MeterAnalyzer {
                         labels.clone(),
                     );
                     if let Some(increase) = self.increase(key, at, sample.value) {
-                        *sums.entry((metric, labels)).or_default() += increase;
+                        *sums.entry((metric, only(&labels, by))).or_default() += increase;
                     }
                 }
             }
@@ -232,13 +259,19 @@ mod tests {
                         ("sw_stl_gatherer_receive_count", all, received),
                         (
                             "sw_stl_pipeline_queue_partition_size",
-                            &[("partition", "0")],
+                            &[("pipeline", "skylift"), ("partition", "0")],
                             3.0,
                         ),
                         (
                             "sw_stl_pipeline_queue_partition_size",
-                            &[("partition", "1")],
+                            &[("pipeline", "skylift"), ("partition", "1")],
                             4.0,
+                        ),
+                        // Labelled as the counters are: summed where no pipeline is.
+                        (
+                            "sw_stl_pipeline_queue_partition_size",
+                            &[("pipe", "skylift"), ("partition", "2")],
+                            5.0,
                         ),
                     ],
                 ),
@@ -259,14 +292,24 @@ mod tests {
             ),
             Some(105)
         );
+        let pipeline = |value: &str| vec![("pipeline".to_string(), value.to_string())];
         assert_eq!(
             newest(
                 &store,
                 "satellite_service_queue_used_count",
                 "satellite::satellite-service",
-                vec![]
+                pipeline("skylift")
             ),
             Some(7)
+        );
+        assert_eq!(
+            newest(
+                &store,
+                "satellite_service_queue_used_count",
+                "satellite::satellite-service",
+                pipeline("")
+            ),
+            Some(5)
         );
     }
 

@@ -47,6 +47,8 @@ struct Recorded {
     streams_by_path: BTreeMap<String, Vec<Vec<Bytes>>>,
     /// What OAP attributed, call after call.
     reports: Vec<Report>,
+    /// The meter sets OAP's meter analyzer was given.
+    meter_reports: Vec<MeterReport>,
     /// Calls closed with a status other than OK, and why.
     refusals: Vec<(String, Status)>,
     /// Messages OAP dropped without a status (see [`Received::discarded`]).
@@ -362,6 +364,9 @@ impl Sink {
                     .or_default()
                     .push(messages.clone());
                 recorded.reports.extend(received.reports.iter().cloned());
+                recorded
+                    .meter_reports
+                    .extend(received.meter_reports.iter().cloned());
             }
             if let Some(refused) = &received.refusal {
                 recorded.refusals.push((path.clone(), refused.clone()));
@@ -446,6 +451,15 @@ impl Sink {
             .lock()
             .expect("sink lock is never poisoned")
             .reports
+            .clone()
+    }
+
+    /// The meter sets OAP's meter analyzer was given, in order.
+    pub fn meter_reports(&self) -> Vec<MeterReport> {
+        self.recorded
+            .lock()
+            .expect("sink lock is never poisoned")
+            .meter_reports
             .clone()
     }
 
