@@ -23,5 +23,9 @@ step "SkyWalking Python agent (a real client for the proxy tests)"
 hack/python-agent.sh
 export SKYLIFT_PYTHON_AGENT="$PWD/target/python-agent/bin/python"
 
+step "SkyWalking Node.js agent (a second real client)"
+hack/node-agent.sh
+export SKYLIFT_NODE_AGENT="$PWD/target/node-agent/node_modules"
+
 step "cargo test"
 cargo test --workspace --locked

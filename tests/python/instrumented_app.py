@@ -4,9 +4,11 @@ It reports through whatever SW_AGENT_COLLECTOR_BACKEND_SERVICES names (skylift-p
 tests and the demo): one trace segment and one warning log per order, and the agent's own
 process (PVM) meters every SW_AGENT_METER_REPORTER_PERIOD seconds.
 
-Usage: instrumented_app.py ORDERS [PAUSE]
+Usage: instrumented_app.py ORDERS [PAUSE [LINGER]]
   ORDERS  orders to place, then stop; 0 places orders until SIGTERM or SIGINT
   PAUSE   seconds between orders (default 0)
+  LINGER  seconds to keep running after the last order, so the meter and heartbeat
+          reporters run a few periods (default 3)
 """
 
 import logging
@@ -28,6 +30,7 @@ def stop(_signum, _frame) -> None:
 def main() -> None:
     orders = int(sys.argv[1])
     pause = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
+    linger = float(sys.argv[3]) if len(sys.argv) > 3 else 3.0
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     agent.start()
@@ -43,8 +46,8 @@ def main() -> None:
         if pause:
             time.sleep(pause)
     if orders:
-        # Let the meter reporter run a few periods before shutting down.
-        time.sleep(3)
+        # Let the meter and heartbeat reporters run a few periods before shutting down.
+        time.sleep(linger)
     agent.stop()
 
 

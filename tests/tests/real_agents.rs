@@ -1,0 +1,229 @@
+//! Real SkyWalking agents reporting through the skylift-proxy binary to two strict OAP
+//! doubles: what OAP would attribute to each service and instance is what each agent sent.
+//!
+//! - the Python agent (apache-skywalking 1.2.0), two services at once: traces, logs,
+//!   meters, heartbeats and instance properties (heartbeat period 2 s);
+//! - the Node.js agent (skywalking-backend-js 0.9.0): traces, heartbeats and instance
+//!   properties (its heartbeat period is a fixed 20 s; it has no log reporter).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use skylift_e2e::{Process, Scratch, binary, free_port, repo_path, wait_for};
+use skylift_testkit::http;
+use skylift_testkit::sink::Sink;
+
+const SEGMENTS: &str = "TraceSegmentReportService/collect";
+const LOGS: &str = "LogReportService/collect";
+const METER_SETS: &str = "MeterReportService/collectBatch";
+const KEEP_ALIVE: &str = "ManagementService/keepAlive";
+const PROPERTIES: &str = "ManagementService/reportInstanceProperties";
+
+/// A tool hack/test.sh installs under target/ (or where `variable` says).
+fn installed(variable: &str, default: &str, installer: &str) -> PathBuf {
+    let path = std::env::var_os(variable)
+        .map(Into::into)
+        .unwrap_or_else(|| repo_path(default));
+    assert!(
+        path.exists(),
+        "{} is missing: {installer} installs it",
+        path.display()
+    );
+    path
+}
+
+/// A proxy in front of two OAP doubles, small batches so clients mix in every stream.
+async fn proxy_in_front_of(a: &Sink, b: &Sink, scratch: &Scratch) -> (Process, u16) {
+    let (port, admin) = (free_port(), free_port());
+    let mut proxy = Command::new(binary("skylift-proxy"));
+    proxy
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .arg(format!("--upstream={},{}", a.address(), b.address()))
+        .args(["--batch-size", "4", "--flush-interval", "100ms"]);
+    let process = Process::spawn("skylift-proxy", proxy, scratch.path());
+    wait_for("the proxy to be ready", Duration::from_secs(20), || async {
+        let (code, _) = http::get(&format!("http://127.0.0.1:{admin}/readyz"))
+            .await
+            .ok()?;
+        (code == 200).then_some(())
+    })
+    .await;
+    (process, port)
+}
+
+/// What OAP attributes on `method` across both doubles.
+fn attributed(sinks: [&Sink; 2], method: &str) -> BTreeMap<(String, String), u64> {
+    let mut all = sinks[0].attributed(method);
+    for (who, n) in sinks[1].attributed(method) {
+        *all.entry(who).or_default() += n;
+    }
+    all
+}
+
+fn who(service: &str, instance: &str) -> (String, String) {
+    (service.to_string(), instance.to_string())
+}
+
+async fn wait_until_exited(app: &mut Process, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while app.exit_code().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the instrumented app did not finish:\n{}",
+            app.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(app.exit_code(), Some(0), "{}", app.output());
+}
+
+#[tokio::test]
+async fn two_python_services_traces_logs_meters_and_heartbeats_are_filed_under_their_own_names() {
+    const ORDERS: u64 = 40;
+    let python = installed(
+        "SKYLIFT_PYTHON_AGENT",
+        "target/python-agent/bin/python",
+        "hack/python-agent.sh (apache-skywalking==1.2.0)",
+    );
+    let (a, b) = (Sink::start().await.unwrap(), Sink::start().await.unwrap());
+    let scratch = Scratch::new("python-agent");
+    let (_proxy, port) = proxy_in_front_of(&a, &b, &scratch).await;
+
+    let services = [("checkout", "checkout-1"), ("payment", "payment-1")];
+    let mut apps = Vec::new();
+    for (service, instance) in services {
+        let mut app = Command::new(&python);
+        app.arg(repo_path("tests/python/instrumented_app.py"))
+            .args([&ORDERS.to_string(), "0", "5"])
+            .env(
+                "SW_AGENT_COLLECTOR_BACKEND_SERVICES",
+                format!("127.0.0.1:{port}"),
+            )
+            .env("SW_AGENT_PROTOCOL", "grpc")
+            .env("SW_AGENT_NAME", service)
+            .env("SW_AGENT_INSTANCE_NAME", instance)
+            .env("SW_AGENT_METER_REPORTER_PERIOD", "1")
+            .env("SW_AGENT_COLLECTOR_HEARTBEAT_PERIOD", "2")
+            .env("SW_AGENT_LOG_REPORTER_LEVEL", "WARNING");
+        apps.push(Process::spawn(
+            &format!("python-{service}"),
+            app,
+            scratch.path(),
+        ));
+    }
+    for app in &mut apps {
+        wait_until_exited(app, Duration::from_secs(60)).await;
+    }
+
+    let sinks = [&a, &b];
+    let each = |n: u64| {
+        services
+            .iter()
+            .map(|(s, i)| (who(s, i), n))
+            .collect::<BTreeMap<_, _>>()
+    };
+    wait_for(
+        "every trace and log, filed",
+        Duration::from_secs(10),
+        || async {
+            (attributed(sinks, SEGMENTS) == each(ORDERS) && attributed(sinks, LOGS) == each(ORDERS))
+                .then_some(())
+        },
+    )
+    .await;
+    // Heartbeats every 2 s for the ~5 s each app ran, and its properties on the first.
+    for method in [KEEP_ALIVE, PROPERTIES, METER_SETS] {
+        let got = attributed(sinks, method);
+        let names: Vec<_> = got.keys().cloned().collect();
+        assert_eq!(
+            names,
+            each(0).into_keys().collect::<Vec<_>>(),
+            "{method}: {got:?}"
+        );
+        let least = if method == KEEP_ALIVE { 2 } else { 1 };
+        assert!(got.values().all(|n| *n >= least), "{method}: {got:?}");
+    }
+    // Traces are spread; one instance's meters stay on one upstream.
+    for sink in sinks {
+        assert!(
+            !sink.attributed(SEGMENTS).is_empty(),
+            "both OAP doubles get traces"
+        );
+    }
+    for (service, instance) in services {
+        let at = |sink: &Sink| {
+            sink.attributed(METER_SETS)
+                .contains_key(&who(service, instance))
+        };
+        assert!(at(&a) != at(&b), "{service}'s meters at one upstream only");
+    }
+    for sink in sinks {
+        assert!(sink.refusals().is_empty(), "{:?}", sink.refusals());
+        assert_eq!(sink.discarded(), 0, "OAP dropped nothing");
+    }
+}
+
+#[tokio::test]
+async fn a_node_services_traces_and_heartbeats_arrive_as_sent() {
+    const ORDERS: u64 = 10;
+    let modules = installed(
+        "SKYLIFT_NODE_AGENT",
+        "target/node-agent/node_modules",
+        "hack/node-agent.sh (skywalking-backend-js 0.9.0)",
+    );
+    let (a, b) = (Sink::start().await.unwrap(), Sink::start().await.unwrap());
+    let scratch = Scratch::new("node-agent");
+    let (_proxy, port) = proxy_in_front_of(&a, &b, &scratch).await;
+
+    let mut app = Command::new("node");
+    app.arg(repo_path("tests/node/instrumented_app.js"))
+        // The agent's heartbeat goes out 20 s after it starts.
+        .args([&ORDERS.to_string(), "22"])
+        .env("NODE_PATH", &modules)
+        .env(
+            "SW_AGENT_COLLECTOR_BACKEND_SERVICES",
+            format!("127.0.0.1:{port}"),
+        )
+        .env("SW_AGENT_NAME", "storefront")
+        .env("SW_AGENT_INSTANCE", "storefront-1");
+    let mut app = Process::spawn("node-storefront", app, scratch.path());
+    wait_until_exited(&mut app, Duration::from_secs(60)).await;
+
+    let sinks = [&a, &b];
+    let storefront = who("storefront", "storefront-1");
+    // Every order's server segment names its endpoint; client and server segments alike
+    // are filed under the service.
+    wait_for("every order's traces", Duration::from_secs(10), || async {
+        let served = (0..ORDERS).all(|n| {
+            let endpoint = format!("/checkout/{n}");
+            sinks.iter().any(|sink| {
+                sink.messages(&format!("/skywalking.v3.{SEGMENTS}"))
+                    .iter()
+                    .any(|m| m.windows(endpoint.len()).any(|w| w == endpoint.as_bytes()))
+            })
+        });
+        served.then_some(())
+    })
+    .await;
+    let segments = attributed(sinks, SEGMENTS);
+    assert_eq!(
+        segments.keys().collect::<Vec<_>>(),
+        [&storefront],
+        "{segments:?}"
+    );
+    assert!(segments[&storefront] >= ORDERS);
+    for method in [KEEP_ALIVE, PROPERTIES] {
+        let got = attributed(sinks, method);
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            [&storefront],
+            "{method}: {got:?}"
+        );
+    }
+    for sink in sinks {
+        assert!(sink.refusals().is_empty(), "{:?}", sink.refusals());
+    }
+}
