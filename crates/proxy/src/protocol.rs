@@ -389,6 +389,68 @@ pub fn lookup(path: &str) -> Option<&'static Method> {
     }
 }
 
+impl Policy {
+    /// What the proxy does with a call, in a few words (for the protocol reference).
+    pub fn describe(self) -> &'static str {
+        match self {
+            Policy::AsyncStream => "acknowledged; queued",
+            Policy::AsyncUnary => "acknowledged; queued, one upstream call each",
+            Policy::Sync => "forwarded at once, the answer relayed",
+            Policy::PassThrough => "forwarded whole to one upstream, both ways",
+        }
+    }
+}
+
+impl Shape {
+    /// What the proxy does to a stream of this shape (for the protocol reference).
+    pub fn describe(self) -> &'static str {
+        match self {
+            Shape::Independent => "batched, balanced message by message",
+            Shape::Events => "one event per upstream call; an event without a layer is refused",
+            Shape::MeterSet => {
+                "the set becomes one collectBatch message, routed by service and instance"
+            }
+            Shape::MeterBatch => "batched, routed by service and instance",
+            Shape::FirstService => {
+                "batched; the stream's first service written into every later message; upstream streams of one service"
+            }
+            Shape::FirstIdentifier => {
+                "batched; the first identifier written into every later message; upstream streams of one sender"
+            }
+            Shape::Latest { context: None, .. } => {
+                "batched; the task in force written into every message; upstream streams of one task"
+            }
+            Shape::Latest {
+                context: Some(_), ..
+            } => {
+                "batched; the node and connection in force written into every message; upstream streams of one node"
+            }
+        }
+    }
+}
+
+/// The method table as Markdown, as `docs/protocols.md` holds it (a test keeps the two
+/// the same).
+pub fn markdown_table() -> String {
+    let mut out =
+        String::from("| method | the proxy | what OAP reads (handler) |\n|---|---|---|\n");
+    for method in METHODS {
+        let what = match method.policy {
+            Policy::AsyncStream => {
+                format!("{}; {}", method.policy.describe(), method.shape.describe())
+            }
+            _ => method.policy.describe().to_string(),
+        };
+        out.push_str(&format!(
+            "| `{}` | {} | {} |\n",
+            method.path.trim_start_matches('/'),
+            what,
+            method.oap_reads
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,6 +505,27 @@ mod tests {
             "/a/b/c",
         ] {
             assert_eq!(lookup(path), None, "{path}");
+        }
+    }
+
+    /// `docs/protocols.md` holds [`markdown_table`] between its markers;
+    /// `SKYLIFT_UPDATE_DOCS=1 cargo test -p skylift-proxy` writes it there.
+    #[test]
+    fn the_protocol_reference_says_what_the_table_says() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/protocols.md");
+        let doc = std::fs::read_to_string(path).unwrap();
+        let (begin, end) = ("<!-- methods:begin -->\n", "<!-- methods:end -->");
+        let start = doc.find(begin).expect("the begin marker") + begin.len();
+        let stop = doc.find(end).expect("the end marker");
+        let table = markdown_table();
+        if doc[start..stop] != table {
+            if std::env::var_os("SKYLIFT_UPDATE_DOCS").is_some() {
+                std::fs::write(path, format!("{}{table}{}", &doc[..start], &doc[stop..])).unwrap();
+            } else {
+                panic!(
+                    "docs/protocols.md is stale: run SKYLIFT_UPDATE_DOCS=1 cargo test -p skylift-proxy"
+                );
+            }
         }
     }
 
