@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # Proxy benchmark: skylift-proxy beside Debian's nginx (grpc_pass, per-request balancing)
-# over the same two counting sinks, in one run. The proxy under test is pinned to CPU 0,
-# the load generator and the sinks to CPU 1. On two cores the load generator can be the
-# bottleneck, so the figure to compare is messages per CPU-second of the proxy process
-# (utime + stime from /proc), printed beside wall-clock messages/s and p99.
+# and haproxy (proto h2 on both sides, one thread) over the same two counting OAP doubles,
+# in one run. The proxy under test is pinned to CPU 0, the load generator and the doubles
+# to CPU 1. On two cores the load generator can be the bottleneck, so the figure to compare
+# is messages per CPU-second of the proxy process (utime + stime from /proc), printed beside
+# wall-clock messages/s and p99.
+#
+# What counts is what the doubles received and accepted (messages and upstream calls),
+# not what the load generator was told: after each run the counts are read once they stop
+# moving (skylift-proxy acknowledges before it forwards), and the proxy's CPU time is read
+# then too, so its forwarding is paid for.
 #
 # Each case runs ROUNDS times (default 3), skylift-proxy and nginx alternating, and the
 # medians are compared: this machine's noise between runs is larger than the differences
@@ -26,8 +32,8 @@ BASE=${PORT:-19400}
 QUEUES=${QUEUES:-memory}
 MODES=${MODES:-segments unary}
 
-if ! command -v nginx >/dev/null; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light haproxy >/dev/null
 fi
 cargo build --release --locked -p skylift-proxy -p skylift-testkit
 bin=target/release
@@ -49,6 +55,7 @@ cleanup() {
 trap cleanup EXIT
 
 sink_a=$BASE; sink_b=$((BASE + 2)); skylift=$((BASE + 10)); admin=$((BASE + 11)); nginx_port=$((BASE + 20))
+haproxy_port=$((BASE + 22))
 taskset -c 1 "$bin/skylift-grpc-sink" --listen "127.0.0.1:$sink_a" & pids+=($!)
 taskset -c 1 "$bin/skylift-grpc-sink" --listen "127.0.0.1:$sink_b" & pids+=($!)
 
@@ -96,6 +103,27 @@ http {
 NGINX
 taskset -c 0 nginx -c "$work/nginx.conf" -p "$work" -e "$work/nginx-error.log" 2>/dev/null
 for _ in $(seq 50); do [[ -s "$work/nginx.pid" ]] && break; sleep 0.1; done
+
+cat >"$work/haproxy.cfg" <<HAPROXY
+global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend grpc
+  bind 127.0.0.1:$haproxy_port proto h2
+  default_backend sinks
+backend sinks
+  balance roundrobin
+  http-reuse always
+  server a 127.0.0.1:$sink_a proto h2
+  server b 127.0.0.1:$sink_b proto h2
+HAPROXY
+taskset -c 0 haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
+haproxy_pid=$!; pids+=("$haproxy_pid")
 sleep 1
 
 cpu_of() { # utime + stime in seconds, summed over the given pids
@@ -107,17 +135,45 @@ cpu_of() { # utime + stime in seconds, summed over the given pids
   python3 -c "print($total / $(getconf CLK_TCK))"
 }
 nginx_pids() { pgrep -P "$(cat "$work/nginx.pid")" | tr '\n' ' '; cat "$work/nginx.pid"; }
+# Messages and calls the two doubles accepted so far: "messages calls refused".
+delivered() {
+  python3 - "$sink_a" "$sink_b" <<'PY'
+import json, sys, urllib.request
+total = [0, 0, 0]
+for port in sys.argv[1:]:
+    c = json.load(urllib.request.urlopen(f"http://127.0.0.1:{int(port) + 1}/count"))
+    total = [total[0] + c["messages"], total[1] + c["calls"], total[2] + c["refused"]]
+print(*total)
+PY
+}
+# Waits until the doubles' counts stop moving (what was acknowledged has been forwarded).
+settled() {
+  local last now
+  last=$(delivered)
+  for _ in $(seq 100); do
+    sleep 0.3
+    now=$(delivered)
+    [[ $now == "$last" ]] && break
+    last=$now
+  done
+  echo "$now"
+}
 
 results="$work/results.txt"
 for mode in $MODES; do
-  for round in $(seq "$ROUNDS"); do for target in "${!proxy_port[@]}" nginx; do
-    if [[ $target == nginx ]]; then port=$nginx_port; procs=$(nginx_pids); else port=${proxy_port[$target]}; procs=${proxy_pid[$target]}; fi
+  for round in $(seq "$ROUNDS"); do for target in "${!proxy_port[@]}" nginx haproxy; do
+    case $target in
+      nginx) port=$nginx_port; procs=$(nginx_pids) ;;
+      haproxy) port=$haproxy_port; procs=$haproxy_pid ;;
+      *) port=${proxy_port[$target]}; procs=${proxy_pid[$target]} ;;
+    esac
+    read -r m0 c0 r0 < <(settled)
     before=$(cpu_of $procs)
     out=$(taskset -c 1 "$bin/skylift-grpc-load" --target "127.0.0.1:$port" --mode "$mode" \
       --connections "$CONNECTIONS" --seconds "$RUN")
-    sleep 0.5 # let the proxy flush what it acknowledged
+    read -r m1 c1 r1 < <(settled)
     after=$(cpu_of $procs)
-    echo "$mode $target $(python3 -c "print($after - $before)") $out" >>"$results"
+    echo "$mode $target $(python3 -c "print($after - $before)") $((m1 - m0)) $((c1 - c0)) $((r1 - r0)) $out" >>"$results"
   done; done
 done
 loaded_rss_kb=0; idle_rss_kb=0; idle_open=0
@@ -145,26 +201,34 @@ python3 - "$results" "$idle_rss_kb" "$idle_open" "$IDLE" "$loaded_rss_kb" <<'PY'
 import json, statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
-    mode, target, cpu, data = line.split(" ", 3)
-    rows.setdefault((mode, target), []).append((float(cpu), json.loads(data)))
+    mode, target, cpu, messages, calls, refused, data = line.split(" ", 6)
+    rows.setdefault((mode, target), []).append(
+        (float(cpu), int(messages), int(calls), int(refused), json.loads(data)))
 median = statistics.median
-order = ["skylift", "skylift-disk-interval", "skylift-disk-always", "nginx"]
-print(f"medians of {len(next(iter(rows.values())))} rounds")
-print(f"{'mode':9} {'proxy':22} {'msgs/s':>10} {'p99 ms':>8} {'proxy CPU s':>12} {'msgs/CPU-s':>12} {'failed':>7}")
+order = ["skylift", "skylift-disk-interval", "skylift-disk-always", "nginx", "haproxy"]
+print(f"medians of {len(next(iter(rows.values())))} rounds; messages and calls as the OAP doubles accepted them")
+print(f"{'mode':9} {'proxy':22} {'acked msgs':>11} {'delivered':>10} {'upstream calls':>15} "
+      f"{'msgs/s':>9} {'p99 ms':>8} {'proxy CPU s':>12} {'msgs/CPU-s':>11} {'failed':>7} {'refused':>8}")
+targets = {"segments": {"nginx": 1.0}, "unary": {"nginx": 2.0, "haproxy": 1.0}}
 for mode in ("segments", "unary"):
     per_cpu = {}
     for target in (t for t in order if (mode, t) in rows):
         runs = rows[(mode, target)]
-        per_cpu[target] = median(d["messages"] / cpu if cpu > 0 else float("inf") for cpu, d in runs)
-        rate = median(d["messages_per_second"] for _, d in runs)
-        p99 = median(d["p99_ms"] for _, d in runs)
-        cpu = median(cpu for cpu, _ in runs)
-        failed = sum(d["failed_calls"] for _, d in runs)
-        print(f"{mode:9} {target:22} {rate:>10.0f} {p99:>8.2f} {cpu:>12.2f} {per_cpu[target]:>12.0f} {failed:>7}")
-    if "skylift" in per_cpu and "nginx" in per_cpu:
-        target = 1.5 if mode == "segments" else 3.0
-        ratio = per_cpu["skylift"] / per_cpu["nginx"]
-        print(f"{mode:9} skylift / nginx messages per CPU-second: {ratio:.2f}x (target >= {target}x)")
+        per_cpu[target] = median(m / cpu if cpu > 0 else float("inf") for cpu, m, *_ in runs)
+        acked = median(d["messages"] for *_, d in runs)
+        delivered = median(m for _, m, *_ in runs)
+        calls = median(c for _, _, c, *_ in runs)
+        rate = median(m / d["seconds"] for _, m, _, _, d in runs)
+        p99 = median(d["p99_ms"] for *_, d in runs)
+        cpu = median(cpu for cpu, *_ in runs)
+        failed = sum(d["failed_calls"] for *_, d in runs)
+        refused = sum(r for _, _, _, r, _ in runs)
+        print(f"{mode:9} {target:22} {acked:>11.0f} {delivered:>10.0f} {calls:>15.0f} {rate:>9.0f} "
+              f"{p99:>8.2f} {cpu:>12.2f} {per_cpu[target]:>11.0f} {failed:>7} {refused:>8}")
+    for peer, target in targets[mode].items():
+        if "skylift" in per_cpu and peer in per_cpu:
+            ratio = per_cpu["skylift"] / per_cpu[peer]
+            print(f"{mode:9} skylift / {peer} delivered messages per CPU-second: {ratio:.2f}x (target >= {target}x)")
 if int(sys.argv[4]) == 0:
     sys.exit(0)
 rss_mb = int(sys.argv[2]) / 1024

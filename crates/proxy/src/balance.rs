@@ -57,8 +57,16 @@ impl Balancer {
 
     /// The upstreams not ejected at `now`; all of them when every one is ejected (so they
     /// are probed rather than nothing being tried).
-    pub fn healthy(&self, upstreams: &[Upstream], now: Instant) -> Vec<Upstream> {
+    pub fn healthy<'a>(
+        &self,
+        upstreams: &'a [Upstream],
+        now: Instant,
+    ) -> std::borrow::Cow<'a, [Upstream]> {
         let health = self.health.lock().expect("health lock is never poisoned");
+        // Usually none is ejected: the set as it is, uncopied.
+        if health.is_empty() {
+            return std::borrow::Cow::Borrowed(upstreams);
+        }
         let ok: Vec<Upstream> = upstreams
             .iter()
             .filter(|u| {
@@ -70,9 +78,9 @@ impl Balancer {
             .cloned()
             .collect();
         if ok.is_empty() {
-            upstreams.to_vec()
+            std::borrow::Cow::Borrowed(upstreams)
         } else {
-            ok
+            std::borrow::Cow::Owned(ok)
         }
     }
 

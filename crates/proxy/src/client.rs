@@ -23,7 +23,7 @@ use crate::grpc::UpstreamBody;
 use crate::origination::Origination;
 
 /// Streams counted per upstream, per connection.
-type InFlightCounts = Arc<Mutex<HashMap<String, Vec<usize>>>>;
+type InFlightCounts = Arc<Mutex<HashMap<Arc<str>, Vec<usize>>>>;
 
 pub struct UpstreamClient {
     pools: Vec<Client<UpstreamConnector, UpstreamBody>>,
@@ -92,14 +92,21 @@ impl UpstreamClient {
     /// Counts a new stream to `upstream` on the connection it goes on.
     fn lease(&self, upstream: &str) -> InFlight {
         let mut counts = self.in_flight.lock().expect("never poisoned");
-        let per_connection = counts
-            .entry(upstream.to_string())
-            .or_insert_with(|| vec![0; self.pools.len()]);
+        // The upstream's name is allocated once, when its first stream opens.
+        let key = match counts.get_key_value(upstream) {
+            Some((key, _)) => key.clone(),
+            None => {
+                let key: Arc<str> = Arc::from(upstream);
+                counts.insert(key.clone(), vec![0; self.pools.len()]);
+                key
+            }
+        };
+        let per_connection = counts.get_mut(&key).expect("present");
         let index = choose_connection(per_connection, self.streams_per_connection);
         per_connection[index] += 1;
         InFlight {
             counts: self.in_flight.clone(),
-            upstream: upstream.to_string(),
+            upstream: key,
             index,
         }
     }
@@ -138,11 +145,7 @@ impl UpstreamClient {
                 .headers_mut()
                 .insert("authentication", authentication.current());
         }
-        let upstream = request
-            .uri()
-            .authority()
-            .map_or_else(String::new, |a| a.to_string());
-        let lease = self.lease(&upstream);
+        let lease = self.lease(request.uri().authority().map_or("", |a| a.as_str()));
         let response = self.pools[lease.index].request(request).await?;
         Ok(response.map(|body| Relayed {
             body,
@@ -164,7 +167,7 @@ impl UpstreamClient {
 /// A stream counted against its connection; uncounted when dropped.
 struct InFlight {
     counts: InFlightCounts,
-    upstream: String,
+    upstream: Arc<str>,
     index: usize,
 }
 

@@ -69,8 +69,6 @@ pub struct ReportStream {
     /// The chunk last received, and the run number its events share.
     chunk: Bytes,
     run: usize,
-    /// A unary method: exactly one message per call.
-    unary: bool,
     /// A unary report's one message, queued only once the call ends with no other.
     held: Option<Event>,
     /// Why the stream is refused before any of it is read.
@@ -121,7 +119,6 @@ impl ReportStream {
             received: 0,
             chunk: Bytes::new(),
             run: 0,
-            unary: method.is_unary(),
             held: None,
             refused,
         }
@@ -183,7 +180,7 @@ impl ReportStream {
             let made = next_event(state, &self.destination, &mut self.shape, frame)?;
             let Some(event) = made else { continue };
             let event = self.tie_to_chunk(event);
-            if self.unary {
+            if self.method.is_unary() {
                 // UnaryServerCallHandler: a second message closes the call.
                 if self.held.is_some() {
                     return Err(Refusal(Code::Internal, "Too many requests".into()));
@@ -201,7 +198,7 @@ impl ReportStream {
         if let Err(err) = self.decoder.finish() {
             return Err(Refusal(Code::Internal, format!("skylift-proxy: {err}")));
         }
-        if self.unary {
+        if self.method.is_unary() {
             return match self.held.take() {
                 Some(event) => {
                     self.received += 1;

@@ -1,6 +1,10 @@
 //! Prometheus metrics of the proxy: connections, what was received / forwarded / dropped
 //! per protocol and reason, queue fill, upstream health and send latency.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -12,15 +16,16 @@ use prometheus_client::registry::Registry;
 use crate::journal::JournalCounters;
 use crate::queue::DropReason;
 
+// Labels borrow the protocol's static name: counting a report allocates nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProtocolLabels {
-    protocol: String,
+    protocol: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DropLabels {
-    protocol: String,
-    reason: String,
+    protocol: &'static str,
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -35,8 +40,8 @@ struct UpstreamLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RefusalLabels {
-    protocol: String,
-    code: String,
+    protocol: &'static str,
+    code: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -202,29 +207,25 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn received_many(&self, protocol: &str, n: u64) {
+    pub fn received_many(&self, protocol: &'static str, n: u64) {
         if n > 0 {
             self.received
-                .get_or_create(&ProtocolLabels {
-                    protocol: protocol.into(),
-                })
+                .get_or_create(&ProtocolLabels { protocol })
                 .inc_by(n);
         }
     }
 
-    pub fn forwarded(&self, protocol: &str, n: u64) {
+    pub fn forwarded(&self, protocol: &'static str, n: u64) {
         self.forwarded
-            .get_or_create(&ProtocolLabels {
-                protocol: protocol.into(),
-            })
+            .get_or_create(&ProtocolLabels { protocol })
             .inc_by(n);
     }
 
-    pub fn dropped(&self, protocol: &str, reason: DropReason, n: u64) {
+    pub fn dropped(&self, protocol: &'static str, reason: DropReason, n: u64) {
         self.dropped
             .get_or_create(&DropLabels {
-                protocol: protocol.into(),
-                reason: reason.as_str().into(),
+                protocol,
+                reason: reason.as_str(),
             })
             .inc_by(n);
     }
@@ -289,12 +290,9 @@ impl Metrics {
     }
 
     /// An upstream refused a call's data with gRPC status `code`.
-    pub fn upstream_refused(&self, protocol: &str, code: u16) {
+    pub fn upstream_refused(&self, protocol: &'static str, code: u16) {
         self.upstream_refusals
-            .get_or_create(&RefusalLabels {
-                protocol: protocol.into(),
-                code: code.to_string(),
-            })
+            .get_or_create(&RefusalLabels { protocol, code })
             .inc();
     }
 
@@ -313,5 +311,39 @@ impl Metrics {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// Warnings about refused data, at most one per method and status every ten seconds (with
+/// how many reports were refused meanwhile): an upstream without a receiver for a method
+/// refuses all of it, and its log should say so, not drown.
+#[derive(Default)]
+pub struct RefusalLog {
+    last: Mutex<HashMap<(String, u16), (Instant, u64)>>,
+}
+
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl RefusalLog {
+    pub fn refused(&self, path: &str, code: u16, message: &str, events: u64) {
+        let now = Instant::now();
+        let mut last = self
+            .last
+            .lock()
+            .expect("refusal log lock is never poisoned");
+        let entry = last
+            .entry((path.to_string(), code))
+            .or_insert((now - REFUSAL_LOG_EVERY, 0));
+        entry.1 += events;
+        if now.duration_since(entry.0) >= REFUSAL_LOG_EVERY {
+            tracing::warn!(
+                %path,
+                code,
+                %message,
+                reports = entry.1,
+                "upstreams refused reports; they are dropped (counted as refused_by_upstream)"
+            );
+            *entry = (now, 0);
+        }
     }
 }

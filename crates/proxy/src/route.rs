@@ -19,6 +19,13 @@ pub struct Upstream {
     pub weight: u32,
 }
 
+/// An upstream stands for its address (to compare it with addresses already tried).
+impl AsRef<str> for Upstream {
+    fn as_ref(&self) -> &str {
+        &self.address
+    }
+}
+
 /// Lanes of [`RoundRobin`]; lanes beyond this share cursors, which costs nothing but the
 /// guarantee below.
 const LANES: usize = 64;

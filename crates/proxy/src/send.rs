@@ -17,8 +17,6 @@
 //!   tried (three attempts, with backoff); what still fails goes back to the front of its
 //!   partition, so nothing acknowledged is lost while an upstream is up.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -28,6 +26,7 @@ use crate::grpc::{self, Verdict};
 use crate::payload::{Joiner, Payload};
 use crate::queue::{Batch, DropReason, Event};
 use crate::route;
+use crate::route::Upstream;
 use crate::state::State;
 use crate::upstreams::untried;
 
@@ -124,16 +123,42 @@ async fn send_group(state: &State, partition: usize, events: Vec<Event>) -> bool
     }
 }
 
-/// Sends every event as a call of its own, many at once.
+/// Sends every event as a call of its own, many at once, and settles them together.
 async fn each_alone(state: &State, partition: usize, events: Vec<Event>) -> bool {
-    futures::stream::iter(events.into_iter().map(|event| async move {
-        let events = vec![event];
-        let delivery = deliver(state, partition, &events).await;
-        settle(state, partition, events, delivery)
-    }))
-    .buffer_unordered(UNARY_IN_FLIGHT)
-    .fold(true, |all, sent| async move { all && sent })
-    .await
+    let deliveries: Vec<(Event, Delivery)> =
+        futures::stream::iter(events.into_iter().map(|event| async move {
+            let delivery = deliver(state, partition, std::slice::from_ref(&event)).await;
+            (event, delivery)
+        }))
+        .buffer_unordered(UNARY_IN_FLIGHT)
+        .collect()
+        .await;
+    let (mut sent, mut failed) = (Vec::new(), Vec::new());
+    let mut refused: Vec<(u16, String, Vec<Event>)> = Vec::new();
+    for (event, delivery) in deliveries {
+        match delivery {
+            Delivery::Sent => sent.push(event),
+            Delivery::Failed => failed.push(event),
+            Delivery::Refused { code, message } => {
+                match refused.iter_mut().find(|(c, ..)| *c == code) {
+                    Some((.., events)) => events.push(event),
+                    None => refused.push((code, message, vec![event])),
+                }
+            }
+        }
+    }
+    if !sent.is_empty() {
+        settle(state, partition, sent, Delivery::Sent);
+    }
+    for (code, message, events) in refused {
+        settle(
+            state,
+            partition,
+            events,
+            Delivery::Refused { code, message },
+        );
+    }
+    failed.is_empty() || settle(state, partition, failed, Delivery::Failed)
 }
 
 /// What became of one call's events.
@@ -182,34 +207,46 @@ fn settle(state: &State, partition: usize, events: Vec<Event>, delivery: Deliver
 /// method is refused.
 async fn deliver(state: &State, partition: usize, events: &[Event]) -> Delivery {
     let (route, key) = (&events[0].route, events[0].key.as_deref());
-    // Gathered, not copied: each message is written from the buffer it arrived in.
-    let mut joiner = Joiner::default();
-    for event in events {
-        joiner.push(&event.framed, &event.chunk);
-    }
-    let body = Payload::Gathered(joiner.finish());
-    let mut tried: Vec<String> = Vec::new();
+    let body = match events {
+        [one] => Payload::Contiguous(one.framed.clone()),
+        // Gathered, not copied: each message is written from the buffer it arrived in.
+        _ => {
+            let mut joiner = Joiner::default();
+            for event in events {
+                joiner.push(&event.framed, &event.chunk);
+            }
+            Payload::Gathered(joiner.finish())
+        }
+    };
+    let mut tried: Vec<Upstream> = Vec::new();
     let (mut failures, mut refusal) = (0, None::<(u16, String)>);
     let mut refusals = 0;
     while failures < FAILURE_ATTEMPTS && refusals < REFUSAL_ATTEMPTS {
         let upstreams = state.upstreams.snapshot();
-        let remaining = untried(&upstreams, &tried);
-        let candidates = match (remaining.is_empty(), &refusal) {
-            (false, _) => remaining,
+        let remaining: Vec<Upstream> = if tried.is_empty() {
+            Vec::new()
+        } else {
+            untried(&upstreams, &tried)
+        };
+        let candidates = match (tried.is_empty(), remaining.is_empty(), &refusal) {
+            // The first attempt: every upstream, uncopied.
+            (true, ..) => &upstreams[..],
+            (false, false, _) => &remaining[..],
             // A refusal is asked of another upstream only; with none left, it stands.
-            (true, Some(_)) => break,
+            (false, true, Some(_)) => break,
             // With fewer upstreams than attempts, those tried are tried again.
-            (true, None) => upstreams.to_vec(),
+            (false, true, None) => &upstreams[..],
         };
         let Some(upstream) = state.balancer.pick_in_lane(
             route::lane(partition, &route.path),
             key,
-            &candidates,
+            candidates,
             Instant::now(),
         ) else {
             break;
         };
-        tried.push(upstream.address.clone());
+        tried.push(upstream);
+        let upstream = tried.last().expect("just tried");
         let started = Instant::now();
         let outcome = call(state, &upstream.address, route, body.clone()).await;
         let took = started.elapsed();
@@ -273,53 +310,28 @@ async fn call(
     else {
         return Outcome::Broken(format!("{upstream} is not an address"));
     };
-    let response = match tokio::time::timeout(CALL_TIMEOUT, state.client.request(request)).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(err)) => return Outcome::Broken(crate::client::describe(&err)),
+    // One timer for the call and its answer.
+    let answered = tokio::time::timeout(CALL_TIMEOUT, async {
+        let response = state
+            .client
+            .request(request)
+            .await
+            .map_err(|err| crate::client::describe(&err))?;
+        let (parts, body) = response.into_parts();
+        let collected = body
+            .collect()
+            .await
+            .map_err(|err| format!("reading the answer: {err}"))?;
+        Ok::<_, String>((parts, collected))
+    })
+    .await;
+    let (parts, collected) = match answered {
+        Ok(Ok(answered)) => answered,
+        Ok(Err(reason)) => return Outcome::Broken(reason),
         Err(_) => return Outcome::Broken("timed out".into()),
-    };
-    let (parts, body) = response.into_parts();
-    let collected = match tokio::time::timeout(CALL_TIMEOUT, body.collect()).await {
-        Ok(Ok(collected)) => collected,
-        Ok(Err(err)) => return Outcome::Broken(format!("reading the answer: {err}")),
-        Err(_) => return Outcome::Broken("timed out reading the answer".into()),
     };
     let code = grpc::status_of(&parts.headers, collected.trailers())
         .unwrap_or_else(|| grpc::status_of_http(parts.status));
     let message = grpc::message_of(&parts.headers, collected.trailers());
     Outcome::Answered(grpc::verdict(code, &message), code, message)
-}
-
-/// Warnings about refused data, at most one per method and status every ten seconds (with
-/// how many reports were refused meanwhile): an upstream without a receiver for a method
-/// refuses all of it, and its log should say so, not drown.
-#[derive(Default)]
-pub struct RefusalLog {
-    last: Mutex<HashMap<(String, u16), (Instant, u64)>>,
-}
-
-const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
-
-impl RefusalLog {
-    pub fn refused(&self, path: &str, code: u16, message: &str, events: u64) {
-        let now = Instant::now();
-        let mut last = self
-            .last
-            .lock()
-            .expect("refusal log lock is never poisoned");
-        let entry = last
-            .entry((path.to_string(), code))
-            .or_insert((now - REFUSAL_LOG_EVERY, 0));
-        entry.1 += events;
-        if now.duration_since(entry.0) >= REFUSAL_LOG_EVERY {
-            tracing::warn!(
-                %path,
-                code,
-                %message,
-                reports = entry.1,
-                "upstreams refused reports; they are dropped (counted as refused_by_upstream)"
-            );
-            *entry = (now, 0);
-        }
-    }
 }

@@ -47,7 +47,7 @@ pub struct Shared {
     pub turned_away: TurnedAway,
     pub metrics: Metrics,
     /// Warnings about data upstreams refused, rate-limited.
-    pub refusal_log: crate::send::RefusalLog,
+    pub refusal_log: crate::metrics::RefusalLog,
     /// Meter data keeps to one upstream per service instance (else it is balanced).
     pub fixed_meter_routing: bool,
     /// With `--routing hash`: the request header whose value picks the upstream.

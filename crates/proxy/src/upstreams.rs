@@ -103,10 +103,10 @@ pub fn read_file(path: &Path) -> Result<UpstreamEndpoints, UpstreamsError> {
 }
 
 /// The upstreams not among those `tried` (addresses), for a retry elsewhere.
-pub fn untried(upstreams: &[Upstream], tried: &[String]) -> Vec<Upstream> {
+pub fn untried<T: AsRef<str>>(upstreams: &[Upstream], tried: &[T]) -> Vec<Upstream> {
     upstreams
         .iter()
-        .filter(|u| !tried.contains(&u.address))
+        .filter(|u| !tried.iter().any(|t| t.as_ref() == u.address))
         .cloned()
         .collect()
 }

@@ -102,6 +102,43 @@ pub struct Decoder {
     max_size: usize,
     /// SETTINGS_HEADER_TABLE_SIZE as advertised: the most a size update may ask for.
     allowed: usize,
+    /// Huffman literals decoded lately: clients whose encoder never indexes `:path` (h2,
+    /// so tonic and hyper) send the same coded path on every call.
+    recent: HuffmanCache,
+}
+
+/// The last few short Huffman literals and their decoding (bounded: 4 entries of at most
+/// 128 coded bytes each).
+#[derive(Debug, Default)]
+struct HuffmanCache {
+    entries: Vec<(Box<[u8]>, Box<[u8]>)>,
+    next: usize,
+}
+
+const CACHED_LITERALS: usize = 4;
+const CACHED_LITERAL_BYTES: usize = 128;
+
+impl HuffmanCache {
+    /// Decodes `coded` onto `out`, from the cache when it holds it.
+    fn decode(&mut self, coded: &[u8], out: &mut Vec<u8>) -> Result<(), HpackError> {
+        if let Some((_, plain)) = self.entries.iter().find(|(c, _)| &c[..] == coded) {
+            out.extend_from_slice(plain);
+            return Ok(());
+        }
+        let from = out.len();
+        httlib_huffman::decode(coded, out, httlib_huffman::DecoderSpeed::FourBits)
+            .map_err(|_| HpackError::Huffman)?;
+        if coded.len() <= CACHED_LITERAL_BYTES {
+            let entry = (coded.into(), out[from..].into());
+            if self.entries.len() < CACHED_LITERALS {
+                self.entries.push(entry);
+            } else {
+                self.entries[self.next] = entry;
+                self.next = (self.next + 1) % CACHED_LITERALS;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Where a string literal lives: in the block, or decoded into a scratch buffer.
@@ -118,6 +155,7 @@ impl Decoder {
             size: 0,
             max_size: allowed,
             allowed,
+            recent: HuffmanCache::default(),
         }
     }
 
@@ -197,11 +235,11 @@ impl Decoder {
             let name_index = integer(block, &mut at, prefix)?;
             scratch.clear();
             let name_text = if name_index == 0 {
-                Some(string(block, &mut at, &mut scratch)?)
+                Some(string(block, &mut at, &mut scratch, &mut self.recent)?)
             } else {
                 None
             };
-            let value_text = string(block, &mut at, &mut scratch)?;
+            let value_text = string(block, &mut at, &mut scratch, &mut self.recent)?;
             let resolve = |text: Text| match text {
                 Text::Block(start, end) => &block[start..end],
                 Text::Scratch(start, end) => &scratch[start..end],
@@ -253,7 +291,12 @@ fn integer(block: &[u8], at: &mut usize, prefix_bits: u8) -> Result<usize, Hpack
 
 /// A string literal (RFC 7541 §5.2), advancing `at`; Huffman-coded ones are decoded into
 /// `scratch`.
-fn string(block: &[u8], at: &mut usize, scratch: &mut Vec<u8>) -> Result<Text, HpackError> {
+fn string(
+    block: &[u8],
+    at: &mut usize,
+    scratch: &mut Vec<u8>,
+    recent: &mut HuffmanCache,
+) -> Result<Text, HpackError> {
     let huffman = block.get(*at).ok_or(HpackError::Truncated)? & 0x80 != 0;
     let len = integer(block, at, 7)?;
     let start = *at;
@@ -266,12 +309,7 @@ fn string(block: &[u8], at: &mut usize, scratch: &mut Vec<u8>) -> Result<Text, H
         return Ok(Text::Block(start, end));
     }
     let from = scratch.len();
-    httlib_huffman::decode(
-        &block[start..end],
-        scratch,
-        httlib_huffman::DecoderSpeed::FourBits,
-    )
-    .map_err(|_| HpackError::Huffman)?;
+    recent.decode(&block[start..end], scratch)?;
     Ok(Text::Scratch(from, scratch.len()))
 }
 

@@ -15,7 +15,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 enum Mode {
     /// `TraceSegmentReportService/collect` client streams of `--messages` segments.
     Segments,
-    /// Unary `JVMMetricReportService/collect` calls.
+    /// Unary `JVMMetricReportService/collect` calls, each one `JVMMetricCollection` of
+    /// about `--message-bytes`.
     Unary,
     /// Open `--connections` HTTP/2 connections and hold them idle for `--seconds`.
     Idle,
@@ -38,6 +39,28 @@ struct Args {
     message_bytes: usize,
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+}
+
+/// One framed `JVMMetricCollection` of about `size` bytes (JVMMetric entries added until
+/// it is that large).
+fn jvm_body(size: usize) -> Bytes {
+    let mut message = skylift_testkit::reports::jvm_metrics("bench-service", "bench-1", 1);
+    let entry = skylift_testkit::protobuf::Pb::new()
+        .msg(
+            1,
+            skylift_testkit::protobuf::Pb::new()
+                .varint(1, 1_700_000_000_000)
+                .msg(2, skylift_testkit::protobuf::Pb::new().double(2, 12.5)),
+        )
+        .done();
+    while message.len() + entry.len() <= size {
+        message.extend_from_slice(&entry);
+    }
+    let mut out = BytesMut::new();
+    out.extend_from_slice(&[0]);
+    out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    out.extend_from_slice(&message);
+    out.freeze()
 }
 
 fn body(messages: usize, size: usize) -> Bytes {
@@ -107,7 +130,10 @@ async fn main() -> anyhow::Result<()> {
         Mode::Unary => ("/skywalking.v3.JVMMetricReportService/collect", 1),
         Mode::Idle => return hold_idle(&args).await,
     };
-    let payload = body(per_call, args.message_bytes);
+    let payload = match args.mode {
+        Mode::Unary => jvm_body(args.message_bytes),
+        _ => body(per_call, args.message_bytes),
+    };
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();

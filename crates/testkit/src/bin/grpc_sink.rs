@@ -1,6 +1,7 @@
-//! A counting gRPC sink as a process, for benchmarks: answers every SkyWalking report like
-//! OAP and prints the number of messages received when it is stopped (or on request at
-//! `GET http://<listen port + 1>/count`).
+//! A counting OAP double as a process, for benchmarks: serves OAP's methods as OAP does
+//! (the strict double of `skylift_testkit::sink`, without keeping what it receives) and
+//! answers `GET http://<listen port + 1>/count` with what it accepted: messages, calls and
+//! calls refused, as `{"messages":N,"calls":N,"refused":N}`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +24,13 @@ async fn main() -> anyhow::Result<()> {
         "/count",
         axum::routing::get(move || {
             let counter = counter.clone();
-            async move { counter.total().to_string() }
+            async move {
+                axum::Json(serde_json::json!({
+                    "messages": counter.total(),
+                    "calls": counter.streams(),
+                    "refused": counter.refusals().len(),
+                }))
+            }
         }),
     );
     let listener =
