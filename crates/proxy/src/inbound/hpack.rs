@@ -111,7 +111,8 @@ pub struct Decoder {
 /// 128 coded bytes each).
 #[derive(Debug, Default)]
 struct HuffmanCache {
-    entries: Vec<(Box<[u8]>, Box<[u8]>)>,
+    /// (coded, decoded).
+    entries: Vec<Entry>,
     next: usize,
 }
 
