@@ -177,3 +177,18 @@ pub fn endpoints_json(addresses: &[String]) -> String {
         .collect();
     format!(r#"{{"endpoints":[{}]}}"#, list.join(","))
 }
+
+/// Waits up to 20 s for a program's admin server (`admin`: `host:port`) to answer
+/// `/readyz` with 200.
+pub async fn wait_ready(what: &str, admin: &str) {
+    let url = format!("http://{admin}/readyz");
+    wait_for(
+        &format!("{what} ready"),
+        Duration::from_secs(20),
+        || async {
+            let (code, _) = skylift_testkit::http::get(&url).await.ok()?;
+            (code == 200).then_some(())
+        },
+    )
+    .await;
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use skylift_e2e::agents::{Agent, AgentCounts, SEGMENTS, segment_id};
-use skylift_e2e::{Process, Scratch, binary, free_port, wait_for};
+use skylift_e2e::{Process, Scratch, binary, free_port};
 use skylift_testkit::http;
 use skylift_testkit::sink::Sink;
 
@@ -40,17 +40,7 @@ async fn start_proxy(args: &ProxyArgs, scratch: &Scratch, name: &str) -> Process
         .args(["--queue-partitions", "2", "--log-format", "json"]);
     let process = Process::spawn(name, command, scratch.path());
     let admin = args.admin;
-    wait_for(
-        "the proxy to be ready",
-        Duration::from_secs(20),
-        || async move {
-            let (code, _) = http::get(&format!("http://127.0.0.1:{admin}/readyz"))
-                .await
-                .ok()?;
-            (code == 200).then_some(())
-        },
-    )
-    .await;
+    skylift_e2e::wait_ready("the proxy", &format!("127.0.0.1:{admin}")).await;
     process
 }
 

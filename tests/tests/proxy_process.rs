@@ -65,13 +65,7 @@ async fn the_proxy_follows_its_upstreams_reports_telemetry_and_drains_on_sigterm
         .args(["--log-format", "json"]);
     let mut proxy = Process::spawn("skylift-proxy", command, scratch.path());
 
-    wait_for("/readyz", Duration::from_secs(20), || async {
-        let (code, _) = http::get(&format!("http://127.0.0.1:{admin}/readyz"))
-            .await
-            .ok()?;
-        (code == 200).then_some(())
-    })
-    .await;
+    skylift_e2e::wait_ready("the proxy", &format!("127.0.0.1:{admin}")).await;
 
     // The telemetry reaches OAP's gRPC port as native meter sets of the pool's service and
     // the proxy's instance, labelled as OAP's satellite.yaml sums them.

@@ -12,7 +12,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use skylift_e2e::{Process, Scratch, binary, free_port, repo_path, wait_for};
-use skylift_testkit::http;
 use skylift_testkit::sink::Sink;
 
 const SEGMENTS: &str = "TraceSegmentReportService/collect";
@@ -44,13 +43,7 @@ async fn proxy_in_front_of(a: &Sink, b: &Sink, scratch: &Scratch) -> (Process, u
         .arg(format!("--upstream={},{}", a.address(), b.address()))
         .args(["--batch-size", "4", "--flush-interval", "100ms"]);
     let process = Process::spawn("skylift-proxy", proxy, scratch.path());
-    wait_for("the proxy to be ready", Duration::from_secs(20), || async {
-        let (code, _) = http::get(&format!("http://127.0.0.1:{admin}/readyz"))
-            .await
-            .ok()?;
-        (code == 200).then_some(())
-    })
-    .await;
+    skylift_e2e::wait_ready("the proxy", &format!("127.0.0.1:{admin}")).await;
     (process, port)
 }
 

@@ -115,17 +115,7 @@ fn start_replica(
 }
 
 async fn ready(replica: &Replica) {
-    wait_for(
-        &format!("{} ready", replica.process.name),
-        Duration::from_secs(20),
-        || async {
-            let (code, _) = http::get(&format!("http://{}/readyz", replica.admin))
-                .await
-                .ok()?;
-            (code == 200).then_some(())
-        },
-    )
-    .await;
+    skylift_e2e::wait_ready(&replica.process.name, &replica.admin.to_string()).await;
 }
 
 async fn counters(replica: &Replica) -> (f64, f64, f64) {

@@ -110,7 +110,40 @@ pub fn encoded_fields(message: &[u8], numbers: &[u64]) -> Result<Vec<u8>, WireEr
 /// wire type and length fit. (What its length-delimited fields hold is not looked into:
 /// that takes the message's schema.)
 pub fn check(message: &[u8]) -> Result<(), WireError> {
-    spans(message).try_for_each(|field| field.map(drop))
+    // The same walk as `spans`, without building fields: this runs on every message.
+    let mut at = 0usize;
+    while at < message.len() {
+        let key = fast_varint(message, &mut at)?;
+        let field = key >> 3;
+        let skip = match key & 7 {
+            0 => {
+                fast_varint(message, &mut at)?;
+                0
+            }
+            1 => 8,
+            5 => 4,
+            2 => usize::try_from(fast_varint(message, &mut at)?)
+                .map_err(|_| WireError::Overrun { field })?,
+            wire_type => return Err(WireError::WireType { field, wire_type }),
+        };
+        at = at
+            .checked_add(skip)
+            .filter(|end| *end <= message.len())
+            .ok_or(WireError::Overrun { field })?;
+    }
+    Ok(())
+}
+
+/// [`varint`], with the one-byte case (most keys and short lengths) first.
+#[inline(always)]
+fn fast_varint(bytes: &[u8], at: &mut usize) -> Result<u64, WireError> {
+    match bytes.get(*at) {
+        Some(&byte) if byte < 0x80 => {
+            *at += 1;
+            Ok(u64::from(byte))
+        }
+        _ => varint(bytes, at),
+    }
 }
 
 /// The message without any occurrence of the given fields.
@@ -294,6 +327,48 @@ pub(crate) mod tests {
             let mut out = bytes::BytesMut::new();
             put_length_delimited(&mut out, 1, &[&vec![0; len]]);
             assert_eq!(out.len(), length_delimited_len(1, len));
+        }
+    }
+
+    #[test]
+    fn the_top_level_check_agrees_with_reading_every_field() {
+        let good = meter_data("svc", "inst");
+        let mut with_scalars = good.clone();
+        with_scalars.extend_from_slice(&[
+            1 << 3 | 1,
+            1,
+            2,
+            3,
+            4,
+            5,
+            6,
+            7,
+            8,
+            2 << 3 | 5,
+            1,
+            2,
+            3,
+            4,
+        ]);
+        with_scalars.extend_from_slice(&[9 << 3, 0xff, 0xff, 0x03]);
+        for message in [
+            &good[..],
+            &with_scalars[..],
+            &[],
+            &[0xff],
+            &[3 << 3 | 2, 10, b'a'],
+            &[3 << 3 | 3],
+        ] {
+            let read_all = spans(message).try_for_each(|f| f.map(drop));
+            assert_eq!(check(message), read_all, "{message:?}");
+        }
+        for end in 0..with_scalars.len() {
+            let prefix = &with_scalars[..end];
+            assert_eq!(
+                check(prefix).is_ok(),
+                spans(prefix).all(|f| f.is_ok()),
+                "{end}"
+            );
         }
     }
 
