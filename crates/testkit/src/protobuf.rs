@@ -61,15 +61,26 @@ pub fn fields(message: &[u8]) -> Result<Vec<(u64, Value<'_>)>, Malformed> {
     Ok(out)
 }
 
-/// The last value of string field `number` (protobuf's rule for repeated scalars).
-pub fn string(message: &[u8], number: u64) -> Result<Option<String>, Malformed> {
+/// The last value of field `number` that `pick` takes (protobuf's rule for singular
+/// fields: the last occurrence wins).
+fn last<'a, T>(
+    message: &'a [u8],
+    number: u64,
+    pick: impl Fn(Value<'a>) -> Option<T>,
+) -> Result<Option<T>, Malformed> {
     Ok(fields(message)?
         .into_iter()
-        .filter_map(|(n, v)| match v {
-            Value::Bytes(b) if n == number => Some(String::from_utf8_lossy(b).into_owned()),
-            _ => None,
-        })
+        .filter(|(n, _)| *n == number)
+        .filter_map(|(_, v)| pick(v))
         .next_back())
+}
+
+/// The last value of string field `number`.
+pub fn string(message: &[u8], number: u64) -> Result<Option<String>, Malformed> {
+    last(message, number, |v| match v {
+        Value::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        _ => None,
+    })
 }
 
 /// Every embedded message in field `number`.
@@ -98,26 +109,20 @@ pub fn has(message: &[u8], number: u64) -> Result<bool, Malformed> {
 
 /// The last varint value of field `number` (0 when absent, as proto3 reads it).
 pub fn varint_field(message: &[u8], number: u64) -> Result<u64, Malformed> {
-    Ok(fields(message)?
-        .into_iter()
-        .filter_map(|(n, v)| match v {
-            Value::Varint(v) if n == number => Some(v),
-            _ => None,
-        })
-        .next_back()
-        .unwrap_or(0))
+    Ok(last(message, number, |v| match v {
+        Value::Varint(v) => Some(v),
+        _ => None,
+    })?
+    .unwrap_or(0))
 }
 
 /// The last value of bytes field `number` (empty when absent).
 pub fn bytes_field(message: &[u8], number: u64) -> Result<&[u8], Malformed> {
-    Ok(fields(message)?
-        .into_iter()
-        .filter_map(|(n, v)| match v {
-            Value::Bytes(b) if n == number => Some(b),
-            _ => None,
-        })
-        .next_back()
-        .unwrap_or(&[]))
+    Ok(last(message, number, |v| match v {
+        Value::Bytes(b) => Some(b),
+        _ => None,
+    })?
+    .unwrap_or(&[]))
 }
 
 /// A message being built, field by field, in the order given.

@@ -183,8 +183,10 @@ fn deframe_into(
 }
 
 /// `ProtoLiteUtils`' marshaller: a message that does not parse closes the call.
-pub fn unparsable() -> Status {
-    Status::new(INTERNAL, "Invalid protobuf byte sequence")
+impl From<crate::protobuf::Malformed> for Status {
+    fn from(_: crate::protobuf::Malformed) -> Status {
+        Status::new(INTERNAL, "Invalid protobuf byte sequence")
+    }
 }
 
 /// How `ServerCalls` hands a method's messages to its handler.

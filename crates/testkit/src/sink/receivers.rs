@@ -475,34 +475,26 @@ pub fn receive(method: &'static Method, messages: &[Bytes]) -> Received {
         match method.reader {
             Named(service, instance) => {
                 for message in messages {
-                    let who = (text(message, service), text(message, instance));
-                    let (Ok(s), Ok(i)) = who else {
-                        return Err(grpc::unparsable());
-                    };
-                    received.reports.push(report((s, i)));
+                    received
+                        .reports
+                        .push(report((text(message, service)?, text(message, instance)?)));
                 }
             }
             SegmentCollection => {
                 for message in messages {
-                    for segment in pb::messages(message, 1).map_err(|_| grpc::unparsable())? {
-                        let who = (text(segment, 4), text(segment, 5));
-                        let (Ok(s), Ok(i)) = who else {
-                            return Err(grpc::unparsable());
-                        };
-                        received.reports.push(report((s, i)));
+                    for segment in pb::messages(message, 1)? {
+                        received
+                            .reports
+                            .push(report((text(segment, 4)?, text(segment, 5)?)));
                     }
                 }
             }
             SpanAttachedEvents => {
                 for message in messages {
-                    let context = pb::merged(message, 6)
-                        .map_err(|_| grpc::unparsable())?
-                        .unwrap_or_default();
-                    let who = (text(&context, 2), text(&context, 3));
-                    let (Ok(t), Ok(s)) = who else {
-                        return Err(grpc::unparsable());
-                    };
-                    received.reports.push(report((t, s)));
+                    let context = pb::merged(message, 6)?.unwrap_or_default();
+                    received
+                        .reports
+                        .push(report((text(&context, 2)?, text(&context, 3)?)));
                 }
             }
             Logs => {
@@ -510,10 +502,7 @@ pub fn receive(method: &'static Method, messages: &[Bytes]) -> Received {
                 // non-empty service and writes it into every later LogData.
                 let mut stream_service = String::new();
                 for message in messages {
-                    let (own, instance) = (text(message, 2), text(message, 3));
-                    let (Ok(own), Ok(instance)) = (own, instance) else {
-                        return Err(grpc::unparsable());
-                    };
+                    let (own, instance) = (text(message, 2)?, text(message, 3)?);
                     if stream_service.is_empty() && !own.is_empty() {
                         stream_service = own.clone();
                     }
@@ -527,19 +516,19 @@ pub fn receive(method: &'static Method, messages: &[Bytes]) -> Received {
             }
             MeterSet => {
                 let datas: Vec<&[u8]> = messages.iter().map(|m| m.as_ref()).collect();
-                meter_set(&datas, short, &mut received).map_err(|_| grpc::unparsable())?;
+                meter_set(&datas, short, &mut received)?;
             }
             MeterBatch => {
                 for message in messages {
-                    let datas = pb::messages(message, 1).map_err(|_| grpc::unparsable())?;
-                    meter_set(&datas, short, &mut received).map_err(|_| grpc::unparsable())?;
+                    let datas = pb::messages(message, 1)?;
+                    meter_set(&datas, short, &mut received)?;
                 }
             }
             Events => {
                 for message in messages {
                     // EventGrpcServiceHandler: an empty or unknown layer closes the call
                     // with INVALID_ARGUMENT; the events before it were analyzed.
-                    let layer = text(message, 9).map_err(|_| grpc::unparsable())?;
+                    let layer = text(message, 9)?;
                     if layer.is_empty() {
                         return Err(Status::new(
                             grpc::INVALID_ARGUMENT,
@@ -549,14 +538,10 @@ pub fn receive(method: &'static Method, messages: &[Bytes]) -> Received {
                     if !LAYERS.contains(&layer.as_str()) {
                         return Err(Status::new(grpc::INVALID_ARGUMENT, "Unknown Layer name"));
                     }
-                    let source = pb::merged(message, 2)
-                        .map_err(|_| grpc::unparsable())?
-                        .unwrap_or_default();
-                    let who = (text(&source, 1), text(&source, 2));
-                    let (Ok(s), Ok(i)) = who else {
-                        return Err(grpc::unparsable());
-                    };
-                    received.reports.push(report((s, i)));
+                    let source = pb::merged(message, 2)?.unwrap_or_default();
+                    received
+                        .reports
+                        .push(report((text(&source, 1)?, text(&source, 2)?)));
                 }
             }
             GoProfile => {
@@ -565,9 +550,9 @@ pub fn receive(method: &'static Method, messages: &[Bytes]) -> Received {
                 // Chunks without a task id are logged and skipped.
                 let (mut task, mut gathered, mut pending) = (String::new(), 0usize, 0u64);
                 for message in messages {
-                    let id = text(message, 1).map_err(|_| grpc::unparsable())?;
-                    let payload = pb::bytes_field(message, 2).map_err(|_| grpc::unparsable())?;
-                    let last = pb::varint_field(message, 3).map_err(|_| grpc::unparsable())? != 0;
+                    let id = text(message, 1)?;
+                    let payload = pb::bytes_field(message, 2)?;
+                    let last = pb::varint_field(message, 3)? != 0;
                     if id.is_empty() {
                         received.discarded += 1;
                         continue;
@@ -592,33 +577,23 @@ pub fn receive(method: &'static Method, messages: &[Bytes]) -> Received {
                 for message in messages {
                     // `isFirst || hasTask()`: the first message sets the task even without
                     // one (the default, empty task).
-                    if task.is_none() || pb::has(message, 1).map_err(|_| grpc::unparsable())? {
-                        task = Some(
-                            pb::merged(message, 1)
-                                .map_err(|_| grpc::unparsable())?
-                                .unwrap_or_default(),
-                        );
+                    if task.is_none() || pb::has(message, 1)? {
+                        task = Some(pb::merged(message, 1)?.unwrap_or_default());
                     }
                     let task = task.as_deref().unwrap_or_default();
-                    let who = (text(task, 1), text(task, 2));
-                    let (Ok(t), Ok(p)) = who else {
-                        return Err(grpc::unparsable());
-                    };
-                    received.reports.push(report((t, p)));
+                    received
+                        .reports
+                        .push(report((text(task, 1)?, text(task, 2)?)));
                 }
             }
             EbpfAccessLog => {
                 let mut node: Option<Vec<u8>> = None;
                 let mut connection: Option<Vec<u8>> = None;
                 for message in messages {
-                    if node.is_none() || pb::has(message, 1).map_err(|_| grpc::unparsable())? {
-                        node = Some(
-                            pb::merged(message, 1)
-                                .map_err(|_| grpc::unparsable())?
-                                .unwrap_or_default(),
-                        );
+                    if node.is_none() || pb::has(message, 1)? {
+                        node = Some(pb::merged(message, 1)?.unwrap_or_default());
                     }
-                    if let Some(own) = pb::merged(message, 2).map_err(|_| grpc::unparsable())? {
+                    if let Some(own) = pb::merged(message, 2)? {
                         connection = Some(own);
                     }
                     // Without a connection the handler counts the logs as dropped.
@@ -626,16 +601,11 @@ pub fn receive(method: &'static Method, messages: &[Bytes]) -> Received {
                         received.discarded += 1;
                         continue;
                     };
-                    let node_name = text(node.as_deref().unwrap_or_default(), 1)
-                        .map_err(|_| grpc::unparsable())?;
+                    let node_name = text(node.as_deref().unwrap_or_default(), 1)?;
                     // connection.local (1) → kubernetes (1) → serviceName (1).
-                    let local = pb::merged(connection, 1)
-                        .map_err(|_| grpc::unparsable())?
-                        .unwrap_or_default();
-                    let kubernetes = pb::merged(&local, 1)
-                        .map_err(|_| grpc::unparsable())?
-                        .unwrap_or_default();
-                    let service = text(&kubernetes, 1).map_err(|_| grpc::unparsable())?;
+                    let local = pb::merged(connection, 1)?.unwrap_or_default();
+                    let kubernetes = pb::merged(&local, 1)?.unwrap_or_default();
+                    let service = text(&kubernetes, 1)?;
                     received.reports.push(report((node_name, service)));
                 }
             }
@@ -645,15 +615,11 @@ pub fn receive(method: &'static Method, messages: &[Bytes]) -> Received {
                 let mut node_id: Option<String> = None;
                 for message in messages {
                     if node_id.is_none() {
-                        let identifier = pb::merged(message, 1)
-                            .map_err(|_| grpc::unparsable())?
-                            .unwrap_or_default();
-                        let node = pb::merged(&identifier, 1)
-                            .map_err(|_| grpc::unparsable())?
-                            .unwrap_or_default();
-                        node_id = Some(text(&node, 1).map_err(|_| grpc::unparsable())?);
+                        let identifier = pb::merged(message, 1)?.unwrap_or_default();
+                        let node = pb::merged(&identifier, 1)?.unwrap_or_default();
+                        node_id = Some(text(&node, 1)?);
                     } else {
-                        pb::fields(message).map_err(|_| grpc::unparsable())?;
+                        pb::fields(message)?;
                     }
                     received
                         .reports
@@ -664,7 +630,7 @@ pub fn receive(method: &'static Method, messages: &[Bytes]) -> Received {
             Echo => {}
             Counted | Health => {
                 for message in messages {
-                    pb::fields(message).map_err(|_| grpc::unparsable())?;
+                    pb::fields(message)?;
                     if method.reader == Counted {
                         received.reports.push(report(Default::default()));
                     }
