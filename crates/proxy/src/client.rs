@@ -19,7 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::connector::UpstreamConnector;
-use crate::grpc::UpstreamBody;
+use crate::grpc::{self, UpstreamBody};
 use crate::origination::Origination;
 
 /// Streams counted per upstream, per connection.
@@ -153,6 +153,33 @@ impl UpstreamClient {
         }))
     }
 
+    /// Sends a call the proxy makes itself (a report, a health check, its telemetry) and
+    /// reads its whole answer within `timeout`; `Err` says why there was none.
+    pub async fn call(
+        &self,
+        request: Request<UpstreamBody>,
+        timeout: std::time::Duration,
+    ) -> Result<Answer, CallError> {
+        let answered = tokio::time::timeout(timeout, async {
+            let response = self
+                .request(request)
+                .await
+                .map_err(|err| CallError::Broken(describe(&err)))?;
+            let (parts, body) = response.into_parts();
+            let collected = http_body_util::BodyExt::collect(body)
+                .await
+                .map_err(|err| CallError::Broken(format!("reading the answer: {err}")))?;
+            let trailers = collected.trailers();
+            Ok(Answer {
+                code: grpc::status_of(&parts.headers, trailers)
+                    .unwrap_or_else(|| grpc::status_of_http(parts.status)),
+                message: grpc::message_of(&parts.headers, trailers),
+                body: collected.to_bytes(),
+            })
+        });
+        answered.await.unwrap_or(Err(CallError::TimedOut))
+    }
+
     /// Streams open per connection to `upstream` (for tests and metrics).
     pub fn in_flight(&self, upstream: &str) -> Vec<usize> {
         self.in_flight
@@ -162,6 +189,25 @@ impl UpstreamClient {
             .cloned()
             .unwrap_or_default()
     }
+}
+
+/// An upstream's whole answer to a call: its gRPC status (from the trailers, the headers of a
+/// trailers-only answer, or the HTTP status when there is none), message and body.
+#[derive(Debug)]
+pub struct Answer {
+    pub code: u16,
+    pub message: String,
+    pub body: Bytes,
+}
+
+/// Why a call got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("no answer in time")]
+    TimedOut,
+    /// Not connected, reset, or broken off while the answer was read.
+    #[error("{0}")]
+    Broken(String),
 }
 
 /// A stream counted against its connection; uncounted when dropped.

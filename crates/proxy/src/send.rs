@@ -20,7 +20,6 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use http_body_util::BodyExt;
 
 use crate::grpc::{self, Verdict};
 use crate::payload::{Joiner, Payload};
@@ -310,28 +309,12 @@ async fn call(
     else {
         return Outcome::Broken(format!("{upstream} is not an address"));
     };
-    // One timer for the call and its answer.
-    let answered = tokio::time::timeout(CALL_TIMEOUT, async {
-        let response = state
-            .client
-            .request(request)
-            .await
-            .map_err(|err| crate::client::describe(&err))?;
-        let (parts, body) = response.into_parts();
-        let collected = body
-            .collect()
-            .await
-            .map_err(|err| format!("reading the answer: {err}"))?;
-        Ok::<_, String>((parts, collected))
-    })
-    .await;
-    let (parts, collected) = match answered {
-        Ok(Ok(answered)) => answered,
-        Ok(Err(reason)) => return Outcome::Broken(reason),
-        Err(_) => return Outcome::Broken("timed out".into()),
-    };
-    let code = grpc::status_of(&parts.headers, collected.trailers())
-        .unwrap_or_else(|| grpc::status_of_http(parts.status));
-    let message = grpc::message_of(&parts.headers, collected.trailers());
-    Outcome::Answered(grpc::verdict(code, &message), code, message)
+    match state.client.call(request, CALL_TIMEOUT).await {
+        Ok(answer) => Outcome::Answered(
+            grpc::verdict(answer.code, &answer.message),
+            answer.code,
+            answer.message,
+        ),
+        Err(reason) => Outcome::Broken(reason.to_string()),
+    }
 }

@@ -13,8 +13,6 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use http_body_util::BodyExt;
-
 use crate::queue::DropReason;
 use crate::state::State;
 use crate::{framing, grpc};
@@ -245,15 +243,14 @@ pub async fn report(state: State, config: TelemetryConfig) {
 async fn send(state: &State, upstream: &str, message: &[u8]) -> Result<(), String> {
     let request = grpc::request(upstream, PATH, None, framing::frame(message))
         .ok_or_else(|| format!("{upstream} is not an address"))?;
-    let response = tokio::time::timeout(Duration::from_secs(5), state.client.request(request))
+    let answer = state
+        .client
+        .call(request, Duration::from_secs(5))
         .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-    let (parts, body) = response.into_parts();
-    let collected = body.collect().await.map_err(|e| e.to_string())?;
-    match grpc::status_of(&parts.headers, collected.trailers()) {
-        Some(0) => Ok(()),
-        other => Err(format!("grpc-status {other:?}")),
+        .map_err(|err| err.to_string())?;
+    match answer.code {
+        0 => Ok(()),
+        code => Err(format!("grpc-status {code}: {}", answer.message)),
     }
 }
 

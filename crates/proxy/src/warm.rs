@@ -14,8 +14,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use crate::client::CallError;
 use bytes::Bytes;
-use http_body_util::BodyExt;
 
 use crate::grpc;
 use crate::state::State;
@@ -141,28 +141,14 @@ async fn check(state: &State, address: &str, timeout: Duration) -> Option<String
     let Some(request) = grpc::request(address, "/grpc.health.v1.Health/Check", None, empty) else {
         return Some("not an address".into());
     };
-    let answer = tokio::time::timeout(timeout, async {
-        let response = state
-            .client
-            .request(request)
-            .await
-            .map_err(|e| crate::client::describe(&e))?;
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.map_err(|e| e.to_string())?;
-        Ok::<_, String>((
-            grpc::status_of(&parts.headers, body.trailers()),
-            body.to_bytes(),
-        ))
-    })
-    .await;
-    match answer {
-        Err(_) => Some("no answer to a health check in time".to_string()),
-        Ok(Err(err)) => Some(err),
-        Ok(Ok((Some(14), _))) => Some("health check answered UNAVAILABLE".into()),
+    match state.client.call(request, timeout).await {
+        Err(CallError::TimedOut) => Some("no answer to a health check in time".to_string()),
+        Err(reason) => Some(reason.to_string()),
+        Ok(answer) if answer.code == 14 => Some("health check answered UNAVAILABLE".into()),
         // HealthCheckResponse{status = NOT_SERVING (2)}.
-        Ok(Ok((Some(0), body))) if body[..] == [0, 0, 0, 0, 2, 0x08, 0x02] => {
+        Ok(answer) if answer.code == 0 && answer.body[..] == [0, 0, 0, 0, 2, 0x08, 0x02] => {
             Some("health check answered NOT_SERVING".into())
         }
-        Ok(Ok(_)) => None,
+        Ok(_) => None,
     }
 }
