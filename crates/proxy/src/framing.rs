@@ -63,6 +63,11 @@ impl Decoder {
         }
     }
 
+    /// Bytes received and not yet taken out as whole frames.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len() + self.chunk.len()
+    }
+
     /// Adds received bytes.
     pub fn push(&mut self, data: &[u8]) {
         self.push_bytes(Bytes::copy_from_slice(data));
@@ -120,11 +125,11 @@ impl Decoder {
             // A frame continues in the next chunk: its start is gathered.
             _ => {
                 if !self.chunk.is_empty() {
+                    // Only what arrived is kept: the announced size is a claim, and a
+                    // client that announces 4 MiB and sends 1 KiB holds 1 KiB. The buffer
+                    // grows by doubling as the rest arrives.
                     self.move_to_buffer(self.chunk.len());
-                    if let Some((_, size)) = self.header(&self.buffer)? {
-                        // Reserve once, so a large message is not reallocated per chunk.
-                        self.buffer.reserve(HEADER_LEN + size - self.buffer.len());
-                    }
+                    self.header(&self.buffer)?;
                 }
                 Ok(None)
             }
@@ -141,7 +146,6 @@ impl Decoder {
         };
         let missing = HEADER_LEN + size - self.buffer.len();
         if missing > 0 {
-            self.buffer.reserve(missing);
             self.move_to_buffer(missing);
         }
         if self.buffer.len() < HEADER_LEN + size {

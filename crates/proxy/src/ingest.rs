@@ -133,6 +133,16 @@ impl ReportStream {
         self.refused.take()
     }
 
+    /// Bytes received and held here: a message not yet whole, a unary report waiting for
+    /// the call's end, a meter set being gathered. The connection's budget counts them.
+    pub fn buffered(&self) -> usize {
+        let set = match &self.shape {
+            StreamState::MeterSet { set, .. } => set.buffered(),
+            _ => 0,
+        };
+        self.decoder.buffered() + self.held.as_ref().map_or(0, |e| e.framed.len()) + set
+    }
+
     /// Data received on the stream.
     pub fn push(&mut self, state: &State, data: Bytes) {
         self.chunk = data.clone();

@@ -88,9 +88,12 @@ struct Args {
     /// The operator's upstreams ConfigMap, NAMESPACE/NAME (key endpoints.json).
     #[arg(long, env = "SKYLIFT_PROXY_UPSTREAMS_CONFIGMAP")]
     upstreams_configmap: Option<String>,
-    /// Client connections accepted at once; more are sent away with a GOAWAY.
-    #[arg(long, env = "SKYLIFT_PROXY_MAX_CONNECTIONS")]
-    max_connections: Option<usize>,
+    /// Client connections accepted at once; more are sent away with a GOAWAY that tells
+    /// them to reconnect (through the Service, to another replica). The first line of
+    /// defence of a replica's memory: each connection holds at most its budget (see
+    /// docs/proxy.md). 0: no limit.
+    #[arg(long, env = "SKYLIFT_PROXY_MAX_CONNECTIONS", default_value_t = 4096)]
+    max_connections: usize,
     /// How often idle client connections are pinged; one that does not answer within the
     /// same time (at most 20 s) is closed, so dead clients stop counting. 0s: never.
     #[arg(long, env = "SKYLIFT_PROXY_KEEPALIVE_INTERVAL", default_value = "60s", value_parser = skylift_api::duration::parse)]
@@ -102,11 +105,15 @@ struct Args {
     /// How long streams may go on after that GOAWAY before the connection is closed.
     #[arg(long, env = "SKYLIFT_PROXY_MAX_CONNECTION_AGE_GRACE", default_value = "30s", value_parser = skylift_api::duration::parse)]
     max_connection_age_grace: Duration,
-    /// How long a client may take to send its HTTP/2 preface and SETTINGS, or to finish a
-    /// header block; slower ones are closed (slowloris).
+    /// How long a client may take to send its HTTP/2 preface and SETTINGS, to finish a
+    /// header block, or to finish any frame it began; slower ones are closed (slowloris).
     #[arg(long, env = "SKYLIFT_PROXY_HEADER_TIMEOUT", default_value = "10s", value_parser = skylift_api::duration::parse)]
     header_timeout: Duration,
-    /// Largest gRPC message accepted.
+    /// Close a client connection with no calls that sent nothing for this long. 0s: never.
+    #[arg(long, env = "SKYLIFT_PROXY_IDLE_TIMEOUT", default_value = "5m", value_parser = skylift_api::duration::parse)]
+    idle_timeout: Duration,
+    /// Largest gRPC message accepted. Each client connection may hold this much of
+    /// messages not yet whole, plus 64 KiB (its flow-control window).
     #[arg(long, env = "SKYLIFT_PROXY_MAX_MESSAGE_BYTES", default_value_t = 4 << 20)]
     max_message_bytes: usize,
     /// Queue partitions (parallel senders). Default: one per core.
@@ -333,13 +340,14 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
             admin_listen: args.admin_listen,
             upstreams,
             limits: Limits {
-                max_connections: args.max_connections,
+                max_connections: (args.max_connections > 0).then_some(args.max_connections),
                 max_message_bytes: args.max_message_bytes,
                 keepalive: (!args.keepalive_interval.is_zero()).then_some(args.keepalive_interval),
                 max_connection_age: (!args.max_connection_age.is_zero())
                     .then_some(args.max_connection_age),
                 max_connection_age_grace: args.max_connection_age_grace,
                 header_timeout: args.header_timeout,
+                idle_timeout: (!args.idle_timeout.is_zero()).then_some(args.idle_timeout),
             },
             queue: QueueConfig {
                 partitions,

@@ -45,6 +45,11 @@ struct RefusalLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CloseLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EjectionLabels {
     reason: String,
 }
@@ -56,7 +61,7 @@ pub struct Metrics {
     pub turned_away: Gauge,
     refused: Counter,
     aged_out: Counter,
-    timed_out: Counter,
+    closed: Family<CloseLabels, Counter>,
     tls_failed: Counter,
     received: Family<ProtocolLabels, Counter>,
     forwarded: Family<ProtocolLabels, Counter>,
@@ -81,7 +86,7 @@ impl Default for Metrics {
             turned_away: Gauge::default(),
             refused: Counter::default(),
             aged_out: Counter::default(),
-            timed_out: Counter::default(),
+            closed: Family::default(),
             tls_failed: Counter::default(),
             received: Family::default(),
             forwarded: Family::default(),
@@ -120,9 +125,13 @@ impl Default for Metrics {
             metrics.aged_out.clone(),
         );
         registry.register(
-            "connections_header_timeouts",
-            "Client connections closed for not completing their preface or a header block in time",
-            metrics.timed_out.clone(),
+            "connections_closed",
+            "Client connections closed, per reason: client_closed, client_goaway, drained, idle, \
+             keepalive_timeout, io_error, stalled (preface, header block or frame not finished \
+             within --header-timeout), protocol_error, and the abuses answered with GOAWAY \
+             ENHANCE_YOUR_CALM: rapid_reset, local_resets, settings_flood, ping_flood, \
+             empty_frame_flood, continuation_flood, header_block_too_large, header_list_too_large",
+            metrics.closed.clone(),
         );
         registry.register(
             "tls_handshake_failures",
@@ -238,8 +247,8 @@ impl Metrics {
         self.aged_out.inc();
     }
 
-    pub fn timed_out(&self) {
-        self.timed_out.inc();
+    pub fn connection_closed(&self, reason: &'static str) {
+        self.closed.get_or_create(&CloseLabels { reason }).inc();
     }
 
     pub fn tls_failed(&self) {

@@ -37,6 +37,11 @@ impl MeterSet {
     /// Adds the stream's next `MeterData`. Returns a finished collection when this one did
     /// not fit the limit; the next collection then starts with the set's header written
     /// into its first `MeterData`, so it names its service and instance too.
+    /// Bytes gathered for the collection being built.
+    pub fn buffered(&self) -> usize {
+        self.collection.len() + self.header.as_ref().map_or(0, Vec::len)
+    }
+
     pub fn add(&mut self, meter_data: &[u8]) -> Result<Option<Bytes>, WireError> {
         let header = match &self.header {
             Some(header) => header,

@@ -26,6 +26,8 @@ pub struct Limits {
     pub max_connection_age_grace: std::time::Duration,
     /// How long a client may take over its preface and SETTINGS, or over a header block.
     pub header_timeout: std::time::Duration,
+    /// How long a connection with no calls may stay silent.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 /// Shared by all connections and senders.

@@ -1385,6 +1385,7 @@ async fn an_aged_connection_is_asked_to_reconnect_and_its_open_stream_is_still_a
         max_connection_age: Some(Duration::from_millis(400)),
         max_connection_age_grace: Duration::from_secs(5),
         header_timeout: Duration::from_millis(500),
+        idle_timeout: None,
     };
     let proxy = proxy_with_limits(
         &[&a],
@@ -1578,7 +1579,7 @@ async fn slow_flooding_and_oversized_clients_are_cut_off_and_the_others_keep_wor
     assert_eq!(status, 0);
     let metrics = proxy.state.metrics.encode();
     assert!(
-        metrics.contains("skylift_proxy_connections_header_timeouts_total 3"),
+        metrics.contains("skylift_proxy_connections_closed_total{reason=\"stalled\"} 3"),
         "{metrics}"
     );
 }
@@ -1686,6 +1687,7 @@ async fn clients_are_served_over_mutual_tls_and_renewed_certificates_are_picked_
         max_connection_age: None,
         max_connection_age_grace: Duration::from_secs(5),
         header_timeout: Duration::from_secs(2),
+        idle_timeout: None,
     };
     let proxy = proxy_with_limits(
         &[&a],

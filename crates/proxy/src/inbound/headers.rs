@@ -12,12 +12,26 @@ use super::hpack::Decoder;
 #[derive(Debug)]
 pub struct CompressionError;
 
-/// A request block that decodes but is not a valid request (a stream error).
+/// A request block that decodes but cannot be served (a stream error).
 #[derive(Debug, PartialEq, Eq)]
-pub struct Malformed(pub &'static str);
+pub enum Unservable {
+    /// Not a valid request (RFC 9113 §8.1.1): the stream is reset with PROTOCOL_ERROR.
+    Malformed(&'static str),
+    /// Decoded, the header list is larger than [`MAX_LIST`]: answered 431 (RFC 9113
+    /// §10.5.1).
+    TooLarge,
+}
 
 /// Longest header block (compressed) a client may send.
 pub const MAX_BLOCK: usize = 64 * 1024;
+/// Largest header list, decoded, counted as RFC 7541 §4.1 and RFC 9113 §6.5.2 count it
+/// (name, value and 32 per field); advertised as SETTINGS_MAX_HEADER_LIST_SIZE. A block
+/// that references one large table entry over and over (an "HPACK bomb") stays within
+/// [`MAX_BLOCK`] and decodes to hundreds of megabytes: the fields past this limit are
+/// decoded (the table must follow the block) but never kept.
+pub const MAX_LIST: usize = 64 * 1024;
+/// Per-field overhead of the header list size.
+const FIELD_OVERHEAD: usize = 32;
 
 /// The decoder a connection keeps, with the table size this server leaves at its default
 /// (4096).
@@ -41,53 +55,88 @@ fn connection_specific(name: &[u8], value: &[u8]) -> bool {
     ) || (name == b"te" && value != b"trailers")
 }
 
+/// Field names are lowercase in HTTP/2 (RFC 9113 §8.2.1); `http` would fold them silently.
+fn has_uppercase(name: &[u8]) -> bool {
+    name.iter().any(u8::is_ascii_uppercase)
+}
+
+/// Counts a header list's decoded size and says when it passed [`MAX_LIST`].
+#[derive(Default)]
+struct ListSize(usize);
+
+impl ListSize {
+    fn add(&mut self, name: &[u8], value: &[u8]) -> bool {
+        self.0 = self
+            .0
+            .saturating_add(name.len() + value.len() + FIELD_OVERHEAD);
+        self.0 > MAX_LIST
+    }
+}
+
 /// A request's header block as a request without a body.
 pub fn decode_request(
     decoder: &mut Decoder,
     block: &[u8],
-) -> Result<Result<Request<()>, Malformed>, CompressionError> {
+) -> Result<Result<Request<()>, Unservable>, CompressionError> {
     let mut method = None;
-    let mut path = None;
-    let mut scheme = false;
+    let mut path: Option<Vec<u8>> = None;
+    let (mut scheme, mut authority) = (false, false);
     let mut headers = HeaderMap::new();
-    let mut malformed = None;
+    let mut unservable = None;
+    let mut size = ListSize::default();
     decode(decoder, block, |name, value| {
-        if malformed.is_some() {
+        if unservable.is_some() {
             return;
         }
+        if size.add(name, value) {
+            unservable = Some(Unservable::TooLarge);
+            return;
+        }
+        let malformed = |why| Some(Unservable::Malformed(why));
         if let Some(pseudo) = name.strip_prefix(b":") {
             if !headers.is_empty() {
-                malformed = Some("a pseudo-header after a regular header");
+                unservable = malformed("a pseudo-header after a regular header");
                 return;
             }
             match pseudo {
-                b"method" if method.is_none() => method = Method::from_bytes(value).ok(),
+                b"method" if method.is_none() => {
+                    method = Some(Method::from_bytes(value).ok());
+                }
                 b"path" if path.is_none() => path = Some(value.to_vec()),
-                b"scheme" => scheme = true,
-                b"authority" => {}
-                _ => malformed = Some("an unknown or repeated pseudo-header"),
+                b"scheme" if !scheme => scheme = true,
+                b"authority" if !authority => authority = true,
+                _ => unservable = malformed("an unknown, response or repeated pseudo-header"),
             }
             return;
         }
         if connection_specific(name, value) {
-            malformed = Some("a connection-specific header");
+            unservable = malformed("a connection-specific header");
+            return;
+        }
+        if has_uppercase(name) {
+            unservable = malformed("an uppercase header name");
             return;
         }
         match (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
             (Ok(name), Ok(value)) => {
                 headers.append(name, value);
             }
-            _ => malformed = Some("an invalid header name or value"),
+            _ => unservable = malformed("an invalid header name or value"),
         }
     })?;
-    if let Some(reason) = malformed {
-        return Ok(Err(Malformed(reason)));
+    if let Some(unservable) = unservable {
+        return Ok(Err(unservable));
     }
-    let (Some(method), Some(path), true) = (method, path, scheme) else {
-        return Ok(Err(Malformed(":method, :scheme or :path is missing")));
+    let (Some(Some(method)), Some(path), true) = (method, path, scheme) else {
+        return Ok(Err(Unservable::Malformed(
+            ":method, :scheme or :path is missing or invalid",
+        )));
     };
+    if path.is_empty() {
+        return Ok(Err(Unservable::Malformed("an empty :path")));
+    }
     let Ok(uri) = Uri::try_from(path) else {
-        return Ok(Err(Malformed("an invalid :path")));
+        return Ok(Err(Unservable::Malformed("an invalid :path")));
     };
     let mut request = Request::new(());
     *request.method_mut() = method;
@@ -96,17 +145,40 @@ pub fn decode_request(
     Ok(Ok(request))
 }
 
-/// A trailer block (no pseudo-headers) as a header map; invalid fields are left out.
-pub fn decode_trailers(decoder: &mut Decoder, block: &[u8]) -> Result<HeaderMap, CompressionError> {
+/// A trailer block as a header map. Pseudo-headers, connection-specific or uppercase
+/// fields make the trailers malformed (RFC 9113 §8.1); so does a list past [`MAX_LIST`].
+pub fn decode_trailers(
+    decoder: &mut Decoder,
+    block: &[u8],
+) -> Result<Result<HeaderMap, Unservable>, CompressionError> {
     let mut trailers = HeaderMap::new();
+    let mut unservable = None;
+    let mut size = ListSize::default();
     decode(decoder, block, |name, value| {
-        if let (Ok(name), Ok(value)) =
-            (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
-        {
-            trailers.append(name, value);
+        if unservable.is_some() {
+            return;
+        }
+        if size.add(name, value) {
+            unservable = Some(Unservable::TooLarge);
+            return;
+        }
+        if name.starts_with(b":") || connection_specific(name, value) || has_uppercase(name) {
+            unservable = Some(Unservable::Malformed(
+                "a pseudo-header, connection-specific or uppercase field in trailers",
+            ));
+            return;
+        }
+        match (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            (Ok(name), Ok(value)) => {
+                trailers.append(name, value);
+            }
+            _ => unservable = Some(Unservable::Malformed("an invalid trailer")),
         }
     })?;
-    Ok(trailers)
+    Ok(match unservable {
+        Some(unservable) => Err(unservable),
+        None => Ok(trailers),
+    })
 }
 
 fn integer(value: usize, prefix_bits: u8, first: u8, out: &mut BytesMut) {

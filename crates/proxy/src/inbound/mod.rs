@@ -8,18 +8,26 @@
 //! - [`frame`]: frame headers and the frames a server writes;
 //! - [`hpack`]: the HPACK decoder (static and dynamic tables, Huffman strings);
 //! - [`headers`]: requests from decoded header blocks, responses encoded;
-//! - [`connection`]: one connection's loop, flow control, report streams;
+//! - [`session`]: one connection's HTTP/2 state machine, with no socket: bytes in, events
+//!   and frames out, flow control, limits and abuse counts;
+//! - [`connection`]: the I/O loop around a session and its timers, and the [`Handler`]
+//!   trait between the protocol and the application;
+//! - [`calls`]: the proxy's handler: report streams into the queue, other calls to tasks;
 //! - [`signal`], [`body`]: handler tasks for forwarded calls and their request bodies;
 //! - [`transport`]: the socket, or TLS on it, read and written by readiness.
 
 pub mod body;
+pub mod calls;
 pub mod connection;
 pub mod frame;
 pub mod headers;
 pub mod hpack;
+pub mod session;
 pub mod signal;
 pub mod transport;
 
 pub use body::RequestBody;
-pub use connection::{Config, serve};
+pub use calls::Calls;
+pub use connection::{Config, Handler, serve};
+pub use session::{Session, Settings};
 pub use transport::Transport;

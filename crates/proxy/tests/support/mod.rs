@@ -85,6 +85,7 @@ pub async fn proxy_with_client(
         max_connection_age: None,
         max_connection_age_grace: Duration::from_secs(5),
         header_timeout: Duration::from_millis(500),
+        idle_timeout: None,
     };
     proxy_with_limits(upstreams, queue, client, limits, None).await
 }

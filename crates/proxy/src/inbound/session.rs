@@ -1,0 +1,1230 @@
+//! One client connection's HTTP/2 state machine (RFC 9113), with no socket: bytes go in
+//! through [`Session::input`], [`Event`]s come out of [`Session::poll_event`], and frames
+//! to write collect in [`Session::output`]. The application answers through
+//! [`Session::send`], [`Session::reset`] and [`Session::consumed`]. The I/O loop around it
+//! is [`super::connection`]; unit tests and the fuzz target drive it directly.
+//!
+//! What a connection may hold is bounded here, whatever the client sends:
+//! - data received and not yet consumed by the application is at most the connection
+//!   window ([`Settings::connection_window`], the connection's budget): the window is
+//!   given back only as the application consumes data, so a stalled upstream or a
+//!   half-sent message slows its client down instead of filling memory;
+//! - a header list is kept only up to [`headers::MAX_LIST`] decoded bytes;
+//! - output is not added to while more than [`MAX_OUTPUT`] waits to be written;
+//! - the read buffer shrinks to what an incomplete frame holds ([`Session::compact_input`]).
+//!
+//! Abuse that costs work without data is counted and ends the connection with GOAWAY
+//! ENHANCE_YOUR_CALM ([`Abuse`]), as nginx and the `h2` crate do.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, Request, StatusCode};
+
+use super::frame::{self, Head, Reason, flag, kind, setting};
+use super::headers::{self, Unservable};
+use super::hpack;
+
+/// Above this much unwritten output, no more input is taken (a client that sends but does
+/// not read cannot make the proxy buffer without bound).
+pub const MAX_OUTPUT: usize = 1024 * 1024;
+/// Room the write buffer starts with.
+const OUTPUT_CHUNK: usize = 16 * 1024;
+/// The PING payload of a drain.
+const DRAIN_PING: [u8; 8] = *b"draining";
+/// Streams this side reset, remembered so frames the client sent before it saw the reset
+/// are ignored (RFC 9113 §5.1, "closed"); streams the client closed are remembered too, so
+/// frames on them are STREAM_CLOSED errors rather than mistaken for never-opened streams.
+const REMEMBERED_CLOSED: usize = 128;
+
+/// What the server announces and holds to.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub max_concurrent_streams: u32,
+    /// Each stream's receive window (SETTINGS_INITIAL_WINDOW_SIZE).
+    pub stream_window: u32,
+    /// The connection's receive window: the most data the connection holds received and
+    /// not yet consumed (its memory budget for request data).
+    pub connection_window: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_concurrent_streams: 256,
+            stream_window: 512 * 1024,
+            connection_window: (4 << 20) + 64 * 1024,
+        }
+    }
+}
+
+/// Why a connection ends early; sent to the client in a GOAWAY. `cause` is the
+/// `reason` label of `skylift_proxy_connections_closed_total`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionError {
+    pub reason: Reason,
+    pub message: String,
+    pub cause: &'static str,
+}
+
+impl ConnectionError {
+    pub fn new(reason: Reason, cause: &'static str, message: impl Into<String>) -> Self {
+        ConnectionError {
+            reason,
+            message: message.into(),
+            cause,
+        }
+    }
+}
+
+fn protocol_error(message: impl Into<String>) -> ConnectionError {
+    ConnectionError::new(Reason::Protocol, "protocol_error", message)
+}
+
+fn frame_size_error(message: impl Into<String>) -> ConnectionError {
+    ConnectionError::new(Reason::FrameSize, "protocol_error", message)
+}
+
+/// What the client did, for the application.
+#[derive(Debug)]
+pub enum Event {
+    /// A request: a new stream. Every opened stream ends with exactly one [`Event::Closed`].
+    Open {
+        stream: u32,
+        request: Request<()>,
+        end_stream: bool,
+    },
+    /// Request data (padding removed). Held against the connection's budget until the
+    /// application calls [`Session::consumed`] for it, or the stream closes.
+    Data {
+        stream: u32,
+        data: Bytes,
+        end_stream: bool,
+    },
+    /// The request's trailers, which end it.
+    Trailers { stream: u32, trailers: HeaderMap },
+    /// The stream is gone: answered, reset by either side, or refused.
+    Closed { stream: u32 },
+}
+
+/// How a stream's receive window is given back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// As the application consumes data (a request body handed on).
+    Body,
+    /// As data arrives (the application gathers whole messages, up to its own limit);
+    /// the connection's window still waits for consumption, so what a connection's
+    /// half-sent messages hold is bounded by its budget.
+    Messages,
+}
+
+/// A frame of an answer waiting its turn to be written.
+#[derive(Debug)]
+pub enum Outgoing {
+    Headers {
+        block: Bytes,
+        end: bool,
+    },
+    /// `credit` is the application's own account of the bytes; it is handed back through
+    /// [`Session::take_returned_credit`] once the data is written or dropped.
+    Data {
+        data: Bytes,
+        end: bool,
+        credit: u32,
+    },
+}
+
+impl Outgoing {
+    fn ends(&self) -> bool {
+        match self {
+            Outgoing::Headers { end, .. } | Outgoing::Data { end, .. } => *end,
+        }
+    }
+}
+
+struct Stream {
+    /// The client may still send.
+    recv_open: bool,
+    flow: Flow,
+    /// What the client may still send before a WINDOW_UPDATE.
+    recv_window: i64,
+    /// Counted and not yet given back to the stream's window.
+    recv_unacked: u32,
+    /// Delivered to the application and not yet consumed.
+    held: u32,
+    /// `content-length`, when the request has one, and the data counted against it.
+    expected_length: Option<u64>,
+    received_length: u64,
+    /// What this side may still send.
+    send_window: i64,
+    pending: VecDeque<Outgoing>,
+    /// The answer's last frame is written or pending.
+    end_queued: bool,
+    /// Waiting in the connection's list for window.
+    blocked: bool,
+}
+
+/// A header block arriving in CONTINUATION frames.
+struct Continuation {
+    stream: u32,
+    end_stream: bool,
+    self_dependent: bool,
+    block: BytesMut,
+    frames: u32,
+}
+
+/// How a remembered stream closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Closed {
+    /// This side reset it: frames already in flight are ignored.
+    ByUs,
+    /// The client ended or reset it: more frames are a STREAM_CLOSED error.
+    ByClient,
+}
+
+/// Where a connection is in going away on its own initiative (shutdown or age), done as
+/// RFC 9113 §6.8 suggests: a first GOAWAY that refuses nothing yet, a PING, and once the
+/// client answered (so every stream it opened before the first GOAWAY has arrived) the
+/// GOAWAY naming the last stream that will be served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drain {
+    No,
+    /// First GOAWAY and PING sent.
+    Announced,
+    /// Final GOAWAY sent.
+    Final,
+}
+
+/// Counts of work a client can cause without sending data, each with its limit.
+/// Reaching one ends the connection with GOAWAY ENHANCE_YOUR_CALM.
+struct Abuse {
+    /// Streams the client reset before they were answered (rapid reset, CVE-2023-44487).
+    client_resets: Window,
+    /// Streams this side reset for the client's errors over the connection's life (the
+    /// "MadeYouReset" class; the `h2` crate's `max_local_error_reset_streams`).
+    local_resets: u32,
+    settings: Window,
+    pings: Window,
+    /// Frames that do nothing: empty DATA without END_STREAM, PRIORITY, unknown types.
+    empty: Window,
+    /// Header lists over [`headers::MAX_LIST`].
+    oversized_headers: u32,
+}
+
+/// A count within a fixed window of time.
+#[derive(Default)]
+struct Window {
+    started: Option<Instant>,
+    count: u32,
+}
+
+impl Window {
+    /// Counts one; true when more than `limit` fell within [`ABUSE_WINDOW`].
+    fn count(&mut self, now: Instant, limit: u32) -> bool {
+        match self.started {
+            Some(started) if now.saturating_duration_since(started) < ABUSE_WINDOW => {}
+            _ => {
+                self.started = Some(now);
+                self.count = 0;
+            }
+        }
+        self.count += 1;
+        self.count > limit
+    }
+}
+
+/// The window the abuse counts are kept over.
+pub const ABUSE_WINDOW: Duration = Duration::from_secs(10);
+/// Client resets of unanswered streams per window (nginx allows about 2 × its concurrent
+/// streams per read; a gRPC client cancels a call at its deadline, far below this).
+pub const MAX_CLIENT_RESETS: u32 = 128;
+/// Stream errors the client causes over a connection's life (as the `h2` crate).
+pub const MAX_LOCAL_RESETS: u32 = 1024;
+/// SETTINGS, PING, or frames doing nothing, per window.
+pub const MAX_CONTROL_FRAMES: u32 = 1000;
+/// CONTINUATION frames in one header block: [`headers::MAX_BLOCK`] needs 4 of the
+/// default frame size; more is a CONTINUATION flood.
+pub const MAX_CONTINUATIONS: u32 = 16;
+/// Oversized header lists a connection may send before it is closed.
+pub const MAX_OVERSIZED_HEADERS: u32 = 4;
+
+fn calm(cause: &'static str, message: impl Into<String>) -> ConnectionError {
+    ConnectionError::new(Reason::EnhanceYourCalm, cause, message)
+}
+
+pub struct Session {
+    settings: Settings,
+    input: BytesMut,
+    output: BytesMut,
+    preface_seen: bool,
+    settings_seen: bool,
+    /// The client sent GOAWAY, or the final GOAWAY of a drain was sent: no new streams.
+    going_away: bool,
+    decoder: hpack::Decoder,
+    continuation: Option<Continuation>,
+    streams: HashMap<u32, Stream>,
+    highest_stream: u32,
+    /// What the client may still send on the connection.
+    recv_window: i64,
+    /// Consumed and not yet given back to the connection's window.
+    recv_unacked: u32,
+    send_window: i64,
+    peer_initial_window: i64,
+    peer_max_frame: usize,
+    blocked: Vec<u32>,
+    closed: VecDeque<(u32, Closed)>,
+    events: VecDeque<Event>,
+    returned_credit: usize,
+    drain: Drain,
+    drain_reason: &'static str,
+    abuse: Abuse,
+    /// Frames taken apart so far: progress, for the I/O loop's stall timer.
+    frames: u64,
+}
+
+impl Session {
+    /// A session that has written its SETTINGS (and raised the connection window).
+    pub fn new(settings: Settings) -> Session {
+        let mut session = Session {
+            input: BytesMut::new(),
+            output: BytesMut::new(),
+            preface_seen: false,
+            settings_seen: false,
+            going_away: false,
+            decoder: headers::decoder(),
+            continuation: None,
+            streams: HashMap::new(),
+            highest_stream: 0,
+            recv_window: i64::from(settings.connection_window),
+            recv_unacked: 0,
+            send_window: frame::DEFAULT_WINDOW,
+            peer_initial_window: frame::DEFAULT_WINDOW,
+            peer_max_frame: frame::DEFAULT_MAX_FRAME,
+            blocked: Vec::new(),
+            closed: VecDeque::new(),
+            events: VecDeque::new(),
+            returned_credit: 0,
+            drain: Drain::No,
+            drain_reason: "",
+            abuse: Abuse {
+                client_resets: Window::default(),
+                local_resets: 0,
+                settings: Window::default(),
+                pings: Window::default(),
+                empty: Window::default(),
+                oversized_headers: 0,
+            },
+            frames: 0,
+            settings,
+        };
+        let announced = [
+            (
+                setting::MAX_CONCURRENT_STREAMS,
+                session.settings.max_concurrent_streams,
+            ),
+            (setting::INITIAL_WINDOW_SIZE, session.settings.stream_window),
+            (
+                setting::MAX_HEADER_LIST_SIZE,
+                u32::try_from(headers::MAX_LIST).expect("small"),
+            ),
+        ];
+        frame::settings(&announced, session.out());
+        let raise = session
+            .settings
+            .connection_window
+            .saturating_sub(frame::DEFAULT_WINDOW as u32);
+        if raise > 0 {
+            frame::window_update(0, raise, session.out());
+        }
+        session
+    }
+
+    /// Where received bytes go.
+    pub fn input(&mut self) -> &mut BytesMut {
+        &mut self.input
+    }
+
+    /// Frames to write; the caller removes what it wrote.
+    pub fn output(&mut self) -> &mut BytesMut {
+        &mut self.output
+    }
+
+    /// Output waits to be written, or may be added to.
+    pub fn output_full(&self) -> bool {
+        self.output.len() >= MAX_OUTPUT
+    }
+
+    /// Drops buffers that hold nothing, and copies an incomplete frame out of a large read
+    /// buffer, so a connection waiting on the client holds only what it was sent.
+    pub fn compact_input(&mut self) {
+        if self.input.is_empty() {
+            self.input = BytesMut::new();
+        } else if self.input.capacity() > 2 * self.input.len() + 4096 {
+            self.input = BytesMut::from(&self.input[..]);
+        }
+        if self.output.is_empty() {
+            self.output = BytesMut::new();
+        }
+    }
+
+    /// The client owes bytes to finish what it began: its preface and SETTINGS, a header
+    /// block, or a frame.
+    pub fn incomplete(&self) -> bool {
+        !self.settings_seen || self.continuation.is_some() || !self.input.is_empty()
+    }
+
+    /// The preface and SETTINGS arrived.
+    pub fn started(&self) -> bool {
+        self.settings_seen
+    }
+
+    /// Frames taken apart so far.
+    pub fn frames(&self) -> u64 {
+        self.frames
+    }
+
+    /// The client spoke HTTP/2 (a GOAWAY would be understood).
+    pub fn preface_seen(&self) -> bool {
+        self.preface_seen
+    }
+
+    pub fn has_streams(&self) -> bool {
+        !self.streams.is_empty()
+    }
+
+    /// Nothing more will happen: the connection is going away, every stream is done and
+    /// all output is taken.
+    pub fn finished(&self) -> bool {
+        self.going_away && self.streams.is_empty() && self.output.is_empty()
+    }
+
+    pub fn drain(&self) -> Drain {
+        self.drain
+    }
+
+    /// Credit of written or dropped [`Outgoing::Data`] since the last call.
+    pub fn take_returned_credit(&mut self) -> usize {
+        std::mem::take(&mut self.returned_credit)
+    }
+
+    fn out(&mut self) -> &mut BytesMut {
+        if self.output.capacity() == 0 {
+            self.output.reserve(OUTPUT_CHUNK);
+        }
+        &mut self.output
+    }
+
+    /// The next event the input makes, taking frames apart until one does; `None` when
+    /// the input holds no complete frame (or output is full).
+    pub fn poll_event(&mut self, now: Instant) -> Result<Option<Event>, ConnectionError> {
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Ok(Some(event));
+            }
+            if !self.preface_seen {
+                let seen = self.input.len().min(frame::PREFACE.len());
+                if self.input[..seen] != frame::PREFACE[..seen] {
+                    return Err(protocol_error("not an HTTP/2 connection preface"));
+                }
+                if seen < frame::PREFACE.len() {
+                    return Ok(None);
+                }
+                self.input.advance(frame::PREFACE.len());
+                self.preface_seen = true;
+            }
+            if self.input.len() < frame::HEADER_LEN || self.output_full() {
+                return Ok(None);
+            }
+            let head = Head::parse(&self.input);
+            if head.len > frame::DEFAULT_MAX_FRAME {
+                return Err(frame_size_error(format!(
+                    "frame of {} bytes exceeds 16384",
+                    head.len
+                )));
+            }
+            if self.input.len() < frame::HEADER_LEN + head.len {
+                return Ok(None);
+            }
+            self.input.advance(frame::HEADER_LEN);
+            let payload = self.input.split_to(head.len).freeze();
+            self.frames += 1;
+            self.on_frame(head, payload, now)?;
+        }
+    }
+
+    fn on_frame(
+        &mut self,
+        head: Head,
+        payload: Bytes,
+        now: Instant,
+    ) -> Result<(), ConnectionError> {
+        if !self.settings_seen {
+            if head.kind != kind::SETTINGS || head.has(flag::ACK) {
+                return Err(protocol_error("the first frame must be SETTINGS"));
+            }
+            self.settings_seen = true;
+        }
+        if let Some(continuation) = &self.continuation
+            && (head.kind != kind::CONTINUATION || head.stream != continuation.stream)
+        {
+            return Err(protocol_error("expected CONTINUATION"));
+        }
+        match head.kind {
+            kind::DATA => self.on_data(head, payload, now),
+            kind::HEADERS => self.on_headers(head, payload),
+            kind::CONTINUATION => self.on_continuation(head, payload, now),
+            kind::RST_STREAM => self.on_rst_stream(head, &payload, now),
+            kind::SETTINGS => self.on_settings(head, &payload, now),
+            kind::PING => self.on_ping(head, &payload, now),
+            kind::GOAWAY => {
+                if head.stream != 0 {
+                    return Err(protocol_error("GOAWAY on a stream"));
+                }
+                if payload.len() < 8 {
+                    return Err(frame_size_error("GOAWAY shorter than 8 bytes"));
+                }
+                self.going_away = true;
+                Ok(())
+            }
+            kind::WINDOW_UPDATE => self.on_window_update(head, &payload),
+            kind::PRIORITY => self.on_priority(head, &payload, now),
+            kind::PUSH_PROMISE => Err(protocol_error("a client cannot push")),
+            // Unknown frame types are ignored (RFC 9113 §4.1), and counted.
+            _ => self.count_empty(now, "a frame of an unknown type"),
+        }
+    }
+
+    fn count_empty(&mut self, now: Instant, what: &str) -> Result<(), ConnectionError> {
+        if self.abuse.empty.count(now, MAX_CONTROL_FRAMES) {
+            return Err(calm(
+                "empty_frame_flood",
+                format!("too many frames doing nothing ({what})"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn on_ping(&mut self, head: Head, payload: &[u8], now: Instant) -> Result<(), ConnectionError> {
+        if head.stream != 0 {
+            return Err(protocol_error("PING on a stream"));
+        }
+        let Ok(payload) = <[u8; 8]>::try_from(payload) else {
+            return Err(frame_size_error("PING is not 8 bytes"));
+        };
+        if head.has(flag::ACK) {
+            if payload == DRAIN_PING {
+                self.final_goaway();
+            }
+            return Ok(());
+        }
+        if self.abuse.pings.count(now, MAX_CONTROL_FRAMES) {
+            return Err(calm("ping_flood", "too many PINGs"));
+        }
+        frame::ping(payload, true, self.out());
+        Ok(())
+    }
+
+    fn on_settings(
+        &mut self,
+        head: Head,
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<(), ConnectionError> {
+        if head.stream != 0 {
+            return Err(protocol_error("SETTINGS on a stream"));
+        }
+        if head.has(flag::ACK) {
+            return if payload.is_empty() {
+                Ok(())
+            } else {
+                Err(frame_size_error("SETTINGS ACK with a payload"))
+            };
+        }
+        if self.abuse.settings.count(now, MAX_CONTROL_FRAMES) {
+            return Err(calm("settings_flood", "too many SETTINGS"));
+        }
+        let Some(values) = frame::parse_settings(payload) else {
+            return Err(frame_size_error("SETTINGS length is not a multiple of 6"));
+        };
+        for (id, value) in values {
+            match id {
+                setting::INITIAL_WINDOW_SIZE => {
+                    let value = i64::from(value);
+                    if value > frame::MAX_WINDOW {
+                        return Err(ConnectionError::new(
+                            Reason::FlowControl,
+                            "protocol_error",
+                            "SETTINGS_INITIAL_WINDOW_SIZE above 2^31-1",
+                        ));
+                    }
+                    let delta = value - self.peer_initial_window;
+                    self.peer_initial_window = value;
+                    for stream in self.streams.values_mut() {
+                        stream.send_window += delta;
+                        if stream.send_window > frame::MAX_WINDOW {
+                            return Err(ConnectionError::new(
+                                Reason::FlowControl,
+                                "protocol_error",
+                                "a stream window above 2^31-1",
+                            ));
+                        }
+                    }
+                }
+                setting::MAX_FRAME_SIZE => {
+                    if !(16_384..=16_777_215).contains(&value) {
+                        return Err(protocol_error("SETTINGS_MAX_FRAME_SIZE out of range"));
+                    }
+                    self.peer_max_frame = value as usize;
+                }
+                setting::ENABLE_PUSH if value > 1 => {
+                    return Err(protocol_error("SETTINGS_ENABLE_PUSH must be 0 or 1"));
+                }
+                _ => {}
+            }
+        }
+        frame::settings_ack(self.out());
+        self.retry_blocked();
+        Ok(())
+    }
+
+    fn on_window_update(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnectionError> {
+        let Ok(bytes) = <[u8; 4]>::try_from(payload) else {
+            return Err(frame_size_error("WINDOW_UPDATE is not 4 bytes"));
+        };
+        let increment = i64::from(u32::from_be_bytes(bytes) & 0x7fff_ffff);
+        if head.stream == 0 {
+            if increment == 0 {
+                return Err(protocol_error("WINDOW_UPDATE of 0"));
+            }
+            self.send_window += increment;
+            if self.send_window > frame::MAX_WINDOW {
+                return Err(ConnectionError::new(
+                    Reason::FlowControl,
+                    "protocol_error",
+                    "connection window above 2^31-1",
+                ));
+            }
+            self.retry_blocked();
+            return Ok(());
+        }
+        if head.stream > self.highest_stream {
+            return Err(protocol_error("WINDOW_UPDATE on an idle stream"));
+        }
+        let Some(stream) = self.streams.get_mut(&head.stream) else {
+            // A closed stream: a WINDOW_UPDATE may cross the frame that closed it.
+            return Ok(());
+        };
+        if increment == 0 {
+            return self.stream_error(head.stream, Reason::Protocol);
+        }
+        stream.send_window += increment;
+        if stream.send_window > frame::MAX_WINDOW {
+            return self.stream_error(head.stream, Reason::FlowControl);
+        }
+        self.write_stream(head.stream);
+        Ok(())
+    }
+
+    fn on_priority(
+        &mut self,
+        head: Head,
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<(), ConnectionError> {
+        if head.stream == 0 {
+            return Err(protocol_error("PRIORITY on stream 0"));
+        }
+        self.count_empty(now, "PRIORITY")?;
+        if payload.len() != 5 {
+            return self.stream_error(head.stream, Reason::FrameSize);
+        }
+        let dependency = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+        if dependency & 0x7fff_ffff == head.stream {
+            return self.stream_error(head.stream, Reason::Protocol);
+        }
+        Ok(())
+    }
+
+    fn on_rst_stream(
+        &mut self,
+        head: Head,
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<(), ConnectionError> {
+        if head.stream == 0 {
+            return Err(protocol_error("RST_STREAM on stream 0"));
+        }
+        if payload.len() != 4 {
+            return Err(frame_size_error("RST_STREAM is not 4 bytes"));
+        }
+        if head.stream > self.highest_stream {
+            return Err(protocol_error("RST_STREAM on an idle stream"));
+        }
+        let Some(stream) = self.streams.get(&head.stream) else {
+            return Ok(());
+        };
+        let unanswered = !stream.end_queued;
+        self.remove(head.stream, Closed::ByClient);
+        if unanswered && self.abuse.client_resets.count(now, MAX_CLIENT_RESETS) {
+            return Err(calm(
+                "rapid_reset",
+                format!(
+                    "more than {MAX_CLIENT_RESETS} streams reset within {}s",
+                    ABUSE_WINDOW.as_secs()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn on_headers(&mut self, head: Head, payload: Bytes) -> Result<(), ConnectionError> {
+        if head.stream == 0 {
+            return Err(protocol_error("HEADERS on stream 0"));
+        }
+        let self_dependent = head.has(flag::PRIORITY) && {
+            let at = usize::from(head.has(flag::PADDED));
+            payload.len() >= at + 4
+                && u32::from_be_bytes([
+                    payload[at],
+                    payload[at + 1],
+                    payload[at + 2],
+                    payload[at + 3],
+                ]) & 0x7fff_ffff
+                    == head.stream
+        };
+        let Some(block) = frame::unpadded(&head, payload) else {
+            return Err(protocol_error("HEADERS padding exceeds the frame"));
+        };
+        let end_stream = head.has(flag::END_STREAM);
+        if head.has(flag::END_HEADERS) {
+            return self.on_header_block(head.stream, end_stream, self_dependent, &block);
+        }
+        self.continuation = Some(Continuation {
+            stream: head.stream,
+            end_stream,
+            self_dependent,
+            block: BytesMut::from(&block[..]),
+            frames: 0,
+        });
+        Ok(())
+    }
+
+    fn on_continuation(
+        &mut self,
+        head: Head,
+        payload: Bytes,
+        now: Instant,
+    ) -> Result<(), ConnectionError> {
+        let Some(continuation) = self.continuation.as_mut() else {
+            return Err(protocol_error("CONTINUATION without HEADERS"));
+        };
+        continuation.frames += 1;
+        if continuation.frames > MAX_CONTINUATIONS {
+            return Err(calm(
+                "continuation_flood",
+                format!("more than {MAX_CONTINUATIONS} CONTINUATION frames in a header block"),
+            ));
+        }
+        continuation.block.extend_from_slice(&payload);
+        if continuation.block.len() > headers::MAX_BLOCK {
+            return Err(calm("header_block_too_large", "header block too large"));
+        }
+        if payload.is_empty() && !head.has(flag::END_HEADERS) {
+            self.count_empty(now, "an empty CONTINUATION")?;
+        }
+        if !head.has(flag::END_HEADERS) {
+            return Ok(());
+        }
+        let continuation = self.continuation.take().expect("checked above");
+        self.on_header_block(
+            continuation.stream,
+            continuation.end_stream,
+            continuation.self_dependent,
+            &continuation.block,
+        )
+    }
+
+    fn remembered(&self, id: u32) -> Option<Closed> {
+        self.closed
+            .iter()
+            .rev()
+            .find(|(closed, _)| *closed == id)
+            .map(|(_, how)| *how)
+    }
+
+    fn on_header_block(
+        &mut self,
+        id: u32,
+        end_stream: bool,
+        self_dependent: bool,
+        block: &[u8],
+    ) -> Result<(), ConnectionError> {
+        let compression = |_| {
+            ConnectionError::new(
+                Reason::Compression,
+                "protocol_error",
+                "undecodable header block",
+            )
+        };
+        if self.streams.contains_key(&id) {
+            // Trailers: the block is decoded whatever becomes of the stream, so the table
+            // stays in step with the client's.
+            let trailers =
+                headers::decode_trailers(&mut self.decoder, block).map_err(compression)?;
+            let stream = self.streams.get_mut(&id).expect("checked above");
+            if !stream.recv_open {
+                return self.stream_error(id, Reason::StreamClosed);
+            }
+            if !end_stream || self_dependent {
+                return self.stream_error(id, Reason::Protocol);
+            }
+            let trailers = match trailers {
+                Ok(trailers) => trailers,
+                Err(Unservable::TooLarge) => {
+                    self.count_oversized()?;
+                    return self.stream_error(id, Reason::EnhanceYourCalm);
+                }
+                Err(Unservable::Malformed(_)) => return self.stream_error(id, Reason::Protocol),
+            };
+            if stream
+                .expected_length
+                .is_some_and(|length| length != stream.received_length)
+            {
+                return self.stream_error(id, Reason::Protocol);
+            }
+            stream.recv_open = false;
+            self.events.push_back(Event::Trailers {
+                stream: id,
+                trailers,
+            });
+            return Ok(());
+        }
+        if id.is_multiple_of(2) {
+            return Err(protocol_error(format!(
+                "HEADERS on stream {id}, which a client cannot open"
+            )));
+        }
+        if id <= self.highest_stream {
+            // Decoded first: the client's table moved on with this block.
+            let _ignored =
+                headers::decode_trailers(&mut self.decoder, block).map_err(compression)?;
+            return match self.remembered(id) {
+                Some(Closed::ByUs) => Ok(()),
+                Some(Closed::ByClient) => Err(ConnectionError::new(
+                    Reason::StreamClosed,
+                    "protocol_error",
+                    format!("HEADERS on closed stream {id}"),
+                )),
+                None => Err(protocol_error(format!(
+                    "HEADERS on stream {id}, below streams already opened"
+                ))),
+            };
+        }
+        let request = headers::decode_request(&mut self.decoder, block).map_err(compression)?;
+        self.highest_stream = id;
+        if self.going_away {
+            frame::rst_stream(id, Reason::RefusedStream, self.out());
+            self.remember(id, Closed::ByUs);
+            return Ok(());
+        }
+        if self.streams.len() >= self.settings.max_concurrent_streams as usize {
+            frame::rst_stream(id, Reason::RefusedStream, self.out());
+            self.remember(id, Closed::ByUs);
+            return self.count_local_reset();
+        }
+        if self_dependent {
+            frame::rst_stream(id, Reason::Protocol, self.out());
+            self.remember(id, Closed::ByUs);
+            return self.count_local_reset();
+        }
+        let request = match request {
+            Ok(request) => request,
+            Err(Unservable::TooLarge) => {
+                // RFC 9113 §10.5.1: answered 431, and the rest of the request refused.
+                let mut block = BytesMut::new();
+                headers::encode_response(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    &HeaderMap::new(),
+                    &mut block,
+                );
+                let max_frame = self.peer_max_frame;
+                frame::headers(id, &block, true, max_frame, self.out());
+                if !end_stream {
+                    frame::rst_stream(id, Reason::NoError, self.out());
+                }
+                self.remember(id, Closed::ByUs);
+                return self.count_oversized();
+            }
+            Err(Unservable::Malformed(why)) => {
+                tracing::debug!(stream = id, why, "malformed request");
+                frame::rst_stream(id, Reason::Protocol, self.out());
+                self.remember(id, Closed::ByUs);
+                return self.count_local_reset();
+            }
+        };
+        let expected_length = match request.headers().get(http::header::CONTENT_LENGTH) {
+            None => None,
+            Some(value) => match value.to_str().ok().and_then(|v| v.parse::<u64>().ok()) {
+                Some(length) if !(end_stream && length > 0) => Some(length),
+                _ => {
+                    frame::rst_stream(id, Reason::Protocol, self.out());
+                    self.remember(id, Closed::ByUs);
+                    return self.count_local_reset();
+                }
+            },
+        };
+        self.streams.insert(
+            id,
+            Stream {
+                recv_open: !end_stream,
+                flow: Flow::Body,
+                recv_window: i64::from(self.settings.stream_window),
+                recv_unacked: 0,
+                held: 0,
+                expected_length,
+                received_length: 0,
+                send_window: self.peer_initial_window,
+                pending: VecDeque::new(),
+                end_queued: false,
+                blocked: false,
+            },
+        );
+        self.events.push_back(Event::Open {
+            stream: id,
+            request,
+            end_stream,
+        });
+        Ok(())
+    }
+
+    fn count_oversized(&mut self) -> Result<(), ConnectionError> {
+        self.abuse.oversized_headers += 1;
+        if self.abuse.oversized_headers > MAX_OVERSIZED_HEADERS {
+            return Err(calm(
+                "header_list_too_large",
+                format!(
+                    "more than {MAX_OVERSIZED_HEADERS} header lists over {} bytes",
+                    headers::MAX_LIST
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn count_local_reset(&mut self) -> Result<(), ConnectionError> {
+        self.abuse.local_resets += 1;
+        if self.abuse.local_resets > MAX_LOCAL_RESETS {
+            return Err(calm(
+                "local_resets",
+                format!("more than {MAX_LOCAL_RESETS} streams reset for the client's errors"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A stream error the client caused: reset, and counted.
+    fn stream_error(&mut self, id: u32, reason: Reason) -> Result<(), ConnectionError> {
+        frame::rst_stream(id, reason, self.out());
+        if self.streams.contains_key(&id) {
+            self.remove(id, Closed::ByUs);
+        } else {
+            self.remember(id, Closed::ByUs);
+        }
+        self.count_local_reset()
+    }
+
+    fn on_data(&mut self, head: Head, payload: Bytes, now: Instant) -> Result<(), ConnectionError> {
+        let id = head.stream;
+        if id == 0 {
+            return Err(protocol_error("DATA on stream 0"));
+        }
+        // Flow control counts the whole payload, padding included.
+        let counted = u32::try_from(payload.len()).expect("frames are small");
+        self.recv_window -= i64::from(counted);
+        if self.recv_window < 0 {
+            return Err(ConnectionError::new(
+                Reason::FlowControl,
+                "protocol_error",
+                "DATA beyond the connection window",
+            ));
+        }
+        let Some(data) = frame::unpadded(&head, payload) else {
+            return Err(protocol_error("DATA padding exceeds the frame"));
+        };
+        let end_stream = head.has(flag::END_STREAM);
+        if data.is_empty() && !end_stream {
+            self.count_empty(now, "an empty DATA frame")?;
+        }
+        let delivered = u32::try_from(data.len()).expect("frames are small");
+        // Padding is consumed at once.
+        self.recv_unacked += counted - delivered;
+        let Some(stream) = self.streams.get_mut(&id) else {
+            self.recv_unacked += delivered;
+            if id > self.highest_stream {
+                return Err(protocol_error("DATA on an idle stream"));
+            }
+            return match self.remembered(id) {
+                // Sent before the client saw the reset: discarded.
+                Some(Closed::ByUs) => Ok(()),
+                _ => Err(ConnectionError::new(
+                    Reason::StreamClosed,
+                    "protocol_error",
+                    format!("DATA on closed stream {id}"),
+                )),
+            };
+        };
+        if !stream.recv_open {
+            self.recv_unacked += delivered;
+            return self.stream_error(id, Reason::StreamClosed);
+        }
+        stream.recv_window -= i64::from(counted);
+        if stream.recv_window < 0 {
+            self.recv_unacked += delivered;
+            return self.stream_error(id, Reason::FlowControl);
+        }
+        stream.received_length += u64::from(delivered);
+        if let Some(expected) = stream.expected_length
+            && (stream.received_length > expected
+                || (end_stream && stream.received_length != expected))
+        {
+            self.recv_unacked += delivered;
+            return self.stream_error(id, Reason::Protocol);
+        }
+        stream.recv_unacked += counted - delivered;
+        if stream.flow == Flow::Messages {
+            stream.recv_unacked += delivered;
+        }
+        stream.held += delivered;
+        if end_stream {
+            stream.recv_open = false;
+        }
+        self.give_back_stream_window(id);
+        self.give_back_connection_window();
+        self.events.push_back(Event::Data {
+            stream: id,
+            data,
+            end_stream,
+        });
+        Ok(())
+    }
+
+    /// How the stream's window is given back (see [`Flow`]); [`Flow::Body`] until set.
+    pub fn set_flow(&mut self, id: u32, flow: Flow) {
+        if let Some(stream) = self.streams.get_mut(&id) {
+            stream.flow = flow;
+        }
+    }
+
+    /// The application is done with `bytes` of a stream's data: room in the windows again.
+    pub fn consumed(&mut self, id: u32, bytes: u32) {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let bytes = bytes.min(stream.held);
+        stream.held -= bytes;
+        if stream.flow == Flow::Body {
+            stream.recv_unacked += bytes;
+        }
+        self.recv_unacked += bytes;
+        self.give_back_stream_window(id);
+        self.give_back_connection_window();
+    }
+
+    fn give_back_stream_window(&mut self, id: u32) {
+        let threshold = self.settings.stream_window / 2;
+        if let Some(stream) = self.streams.get_mut(&id)
+            && stream.recv_open
+            && stream.recv_unacked >= threshold
+        {
+            let increment = std::mem::take(&mut stream.recv_unacked);
+            stream.recv_window += i64::from(increment);
+            frame::window_update(id, increment, self.out());
+        }
+    }
+
+    fn give_back_connection_window(&mut self) {
+        if self.recv_unacked >= self.settings.connection_window / 4 {
+            let increment = std::mem::take(&mut self.recv_unacked);
+            self.recv_window += i64::from(increment);
+            frame::window_update(0, increment, self.out());
+        }
+    }
+
+    /// Queues a frame of a stream's answer and writes what flow control allows. Nothing
+    /// is sent after the answer's last frame.
+    pub fn send(&mut self, id: u32, outgoing: Outgoing) {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            if let Outgoing::Data { credit, .. } = outgoing {
+                self.returned_credit += credit as usize;
+            }
+            return;
+        };
+        if stream.end_queued {
+            if let Outgoing::Data { credit, .. } = outgoing {
+                self.returned_credit += credit as usize;
+            }
+            return;
+        }
+        stream.end_queued = outgoing.ends();
+        stream.pending.push_back(outgoing);
+        self.write_stream(id);
+    }
+
+    /// The answer to this stream has ended (its last frame is queued).
+    pub fn answered(&self, id: u32) -> bool {
+        self.streams.get(&id).is_none_or(|s| s.end_queued)
+    }
+
+    /// Resets a stream for the application's reasons (an upstream failure, say).
+    pub fn reset(&mut self, id: u32, reason: Reason) {
+        if self.streams.contains_key(&id) {
+            frame::rst_stream(id, reason, self.out());
+            self.remove(id, Closed::ByUs);
+        }
+    }
+
+    /// Writes a stream's pending frames as far as the windows allow.
+    fn write_stream(&mut self, id: u32) {
+        if self.output.capacity() == 0 {
+            self.output.reserve(OUTPUT_CHUNK);
+        }
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        while let Some(front) = stream.pending.front_mut() {
+            match front {
+                Outgoing::Headers { block, end } => {
+                    frame::headers(id, block, *end, self.peer_max_frame, &mut self.output);
+                }
+                // An empty frame carries only the end flag and needs no window.
+                Outgoing::Data { data, end, credit } if data.is_empty() => {
+                    if *end {
+                        frame::data(id, &[], true, &mut self.output);
+                    }
+                    self.returned_credit += *credit as usize;
+                }
+                Outgoing::Data { data, end, credit } => {
+                    let allowed = self
+                        .send_window
+                        .min(stream.send_window)
+                        .min(self.peer_max_frame as i64);
+                    if allowed <= 0 {
+                        if !stream.blocked {
+                            stream.blocked = true;
+                            self.blocked.push(id);
+                        }
+                        return;
+                    }
+                    let n = data.len().min(allowed as usize);
+                    let chunk = data.split_to(n);
+                    frame::data(id, &chunk, *end && data.is_empty(), &mut self.output);
+                    self.send_window -= n as i64;
+                    stream.send_window -= n as i64;
+                    if !data.is_empty() {
+                        continue;
+                    }
+                    self.returned_credit += *credit as usize;
+                }
+            }
+            stream.pending.pop_front();
+        }
+        self.close_if_done(id);
+    }
+
+    fn retry_blocked(&mut self) {
+        for id in std::mem::take(&mut self.blocked) {
+            if let Some(stream) = self.streams.get_mut(&id) {
+                stream.blocked = false;
+                self.write_stream(id);
+            }
+        }
+    }
+
+    /// Removes a stream whose answer is written; a client still sending is told to stop
+    /// without error (RFC 9113 §8.1).
+    fn close_if_done(&mut self, id: u32) {
+        let Some(stream) = self.streams.get(&id) else {
+            return;
+        };
+        if !(stream.end_queued && stream.pending.is_empty()) {
+            return;
+        }
+        if stream.recv_open {
+            frame::rst_stream(id, Reason::NoError, self.out());
+            self.remove(id, Closed::ByUs);
+        } else {
+            self.remove(id, Closed::ByClient);
+        }
+    }
+
+    fn remember(&mut self, id: u32, how: Closed) {
+        if self.closed.len() == REMEMBERED_CLOSED {
+            self.closed.pop_front();
+        }
+        self.closed.push_back((id, how));
+    }
+
+    fn remove(&mut self, id: u32, how: Closed) {
+        let Some(stream) = self.streams.remove(&id) else {
+            return;
+        };
+        // What the application held of it is free again.
+        self.recv_unacked += stream.held;
+        for outgoing in stream.pending {
+            if let Outgoing::Data { credit, .. } = outgoing {
+                self.returned_credit += credit as usize;
+            }
+        }
+        self.remember(id, how);
+        self.events.push_back(Event::Closed { stream: id });
+        self.give_back_connection_window();
+    }
+
+    /// Starts going away: streams already opened are served, new ones are refused once
+    /// the client has seen the final GOAWAY.
+    pub fn start_drain(&mut self, reason: &'static str) {
+        if self.drain != Drain::No {
+            return;
+        }
+        self.drain = Drain::Announced;
+        self.drain_reason = reason;
+        frame::goaway(
+            i32::MAX as u32,
+            Reason::NoError,
+            reason.as_bytes(),
+            self.out(),
+        );
+        frame::ping(DRAIN_PING, false, self.out());
+    }
+
+    /// The client has had time to see the first GOAWAY: the last stream is fixed now.
+    pub fn final_goaway(&mut self) {
+        if self.drain != Drain::Announced {
+            return;
+        }
+        self.drain = Drain::Final;
+        self.going_away = true;
+        let last = self.highest_stream;
+        let reason = self.drain_reason;
+        frame::goaway(last, Reason::NoError, reason.as_bytes(), self.out());
+    }
+
+    /// Asks the client whether it is still there.
+    pub fn ping(&mut self, payload: [u8; 8]) {
+        frame::ping(payload, false, self.out());
+    }
+
+    /// Ends the connection for `error`: a GOAWAY saying why, when the client spoke HTTP/2.
+    pub fn close(&mut self, error: &ConnectionError) {
+        if self.preface_seen {
+            let last = self.highest_stream;
+            frame::goaway(last, error.reason, error.message.as_bytes(), self.out());
+        }
+    }
+
+    /// Every open stream, for the application to let go of when the connection ends.
+    pub fn open_streams(&self) -> impl Iterator<Item = u32> + '_ {
+        self.streams.keys().copied()
+    }
+}
