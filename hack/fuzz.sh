@@ -24,7 +24,7 @@ cd "$(dirname "$0")/.."
 
 SECONDS_PER_TARGET=${FUZZ_SECONDS:-60}
 targets=("$@")
-(( ${#targets[@]} )) || targets=(grpc_framing routing_key request_headers journal_records)
+(( ${#targets[@]} )) || targets=(grpc_framing routing_key request_headers journal_records h2_session)
 
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 cargo fuzz build --sanitizer none

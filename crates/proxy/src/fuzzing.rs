@@ -6,6 +6,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::framing::Decoder;
 use crate::inbound::headers;
+use crate::inbound::session::{self, Event, Outgoing, Session, Settings};
 use crate::journal::record;
 use crate::protocol::Shape;
 use crate::reshape::{Carried, MeterSet};
@@ -108,9 +109,102 @@ pub fn journal_records(data: &[u8]) {
 pub type Check = fn(&[u8]);
 
 /// The targets by name, as `fuzz/` and `fuzz/regressions/` name them.
-pub const TARGETS: [(&str, Check); 4] = [
+pub const TARGETS: [(&str, Check); 5] = [
+    ("h2_session", h2_session),
     ("grpc_framing", grpc_framing),
     ("routing_key", routing_key),
     ("request_headers", request_headers),
     ("journal_records", journal_records),
 ];
+
+/// The HTTP/2 session, fed a client's bytes (after a valid preface and SETTINGS, so the
+/// frames reach the state machine) in chunks, with an application that answers, consumes
+/// or resets streams as the input's first byte says. Whatever the frames: no panic; at
+/// most the connection's budget is held; streams stay within the advertised limit; every
+/// opened stream closes once and no event names a stream after it closed; output stays
+/// bounded.
+pub fn h2_session(data: &[u8]) {
+    use std::collections::HashSet;
+    let (mode, chunk, frames) = match data {
+        [m, c, rest @ ..] => (*m, usize::from(*c % 32) * 64 + 1, rest),
+        _ => return,
+    };
+    let settings = Settings {
+        max_concurrent_streams: 4,
+        stream_window: 4096,
+        connection_window: 16_384,
+    };
+    let budget = u64::from(settings.connection_window);
+    let mut session = Session::new(settings);
+    let mut input = crate::inbound::frame::PREFACE.to_vec();
+    input.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    input.extend_from_slice(frames);
+    let mut open = HashSet::new();
+    let mut closed = HashSet::new();
+    let now = std::time::Instant::now();
+    for piece in input.chunks(chunk) {
+        session.input().extend_from_slice(piece);
+        loop {
+            let event = match session.poll_event(now) {
+                Ok(Some(event)) => event,
+                Ok(None) => break,
+                Err(_) => return,
+            };
+            match event {
+                Event::Open { stream, .. } => {
+                    assert!(open.insert(stream), "stream {stream} opened twice");
+                    assert!(!closed.contains(&stream), "stream {stream} reopened");
+                    if mode & 1 != 0 {
+                        session.send(
+                            stream,
+                            Outgoing::Headers {
+                                block: Bytes::from_static(&[0x88]),
+                                end: mode & 2 != 0,
+                            },
+                        );
+                    }
+                }
+                Event::Data { stream, data, .. } => {
+                    assert!(open.contains(&stream), "data on stream {stream}, not open");
+                    if mode & 4 != 0 {
+                        let n = u32::try_from(data.len()).expect("frames are small");
+                        session.consumed(stream, n);
+                    }
+                    if mode & 8 != 0 {
+                        session.send(
+                            stream,
+                            Outgoing::Data {
+                                data: data.clone(),
+                                end: false,
+                                credit: 0,
+                            },
+                        );
+                    }
+                }
+                Event::Trailers { stream, .. } => {
+                    assert!(
+                        open.contains(&stream),
+                        "trailers on stream {stream}, not open"
+                    );
+                    if mode & 16 != 0 {
+                        session.reset(stream, crate::inbound::frame::Reason::Cancel);
+                    }
+                }
+                Event::Closed { stream } => {
+                    assert!(open.remove(&stream), "stream {stream} closed, not open");
+                    closed.insert(stream);
+                }
+            }
+            assert!(session.held() <= budget, "more than the budget held");
+            assert!(session.stream_count() <= 4, "more streams than advertised");
+        }
+        assert!(
+            session.output().len() <= session::MAX_OUTPUT + 64 * 1024,
+            "output unbounded"
+        );
+        if mode & 32 != 0 {
+            session.output().clear();
+        }
+        session.compact_input();
+    }
+}
