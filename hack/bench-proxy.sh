@@ -21,6 +21,12 @@
 #   hack/bench-proxy.sh                 # 10 s per run, 16 connections, 3 rounds
 #   SECONDS_PER_RUN=5 ROUNDS=1 hack/bench-proxy.sh
 #   QUEUES="memory disk-interval disk-always" MODES=segments IDLE_CONNECTIONS=0 hack/bench-proxy.sh
+#
+# Before and after a change, in one run: build the earlier skylift-proxy, copy it aside,
+# and name it in BASELINE_PROXY; it runs as "skylift-baseline" beside the others (memory
+# queue), idle memory included:
+#
+#   BASELINE_PROXY=/tmp/skylift-proxy-before hack/bench-proxy.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +36,8 @@ CONNECTIONS=${CONNECTIONS:-16}
 IDLE=${IDLE_CONNECTIONS:-10000}
 BASE=${PORT:-19400}
 QUEUES=${QUEUES:-memory}
+BASELINE_PROXY=${BASELINE_PROXY:-}
+[[ -n $BASELINE_PROXY ]] && QUEUES="$QUEUES baseline"
 MODES=${MODES:-segments unary}
 
 if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
@@ -63,8 +71,10 @@ taskset -c 1 "$bin/skylift-grpc-sink" --listen "127.0.0.1:$sink_b" & pids+=($!)
 declare -A proxy_port proxy_pid
 offset=0
 for queue in $QUEUES; do
+  proxy_bin=$bin/skylift-proxy
   case $queue in
     memory) name=skylift; queue_args=() ;;
+    baseline) name=skylift-baseline; queue_args=(); proxy_bin=$BASELINE_PROXY ;;
     disk-interval) name=skylift-disk-interval
       queue_args=(--queue disk --queue-dir "$work/journal-interval" --fsync interval --fsync-interval 1s) ;;
     disk-always) name=skylift-disk-always
@@ -72,7 +82,7 @@ for queue in $QUEUES; do
     *) echo "unknown queue $queue (memory, disk-interval, disk-always)" >&2; exit 2 ;;
   esac
   port=$((skylift + offset)); offset=$((offset + 2))
-  taskset -c 0 "$bin/skylift-proxy" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$((port + 1))" \
+  taskset -c 0 "$proxy_bin" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$((port + 1))" \
     --upstream "127.0.0.1:$sink_a,127.0.0.1:$sink_b" --queue-partitions 2 --queue-capacity 100000 \
     --queue-max-bytes $((512 << 20)) --batch-size 500 --flush-interval 100ms "${queue_args[@]}" \
     >"$work/$name.log" 2>&1 &
@@ -179,25 +189,36 @@ done
 loaded_rss_kb=0; idle_rss_kb=0; idle_open=0
 [[ -n $skylift_pid ]] && loaded_rss_kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$skylift_pid/status")
 
-# Memory with idle client connections, on a fresh proxy.
+# Memory with idle client connections, on a fresh proxy (and a fresh baseline).
+idle_rss() { # binary -> "rss_kb open_connections"
+  [[ -n $skylift_pid ]] && { kill "$skylift_pid"; wait "$skylift_pid" 2>/dev/null || true; }
+  taskset -c 0 "$1" --listen "127.0.0.1:$skylift" --admin-listen "127.0.0.1:$admin" \
+    --upstream "127.0.0.1:$sink_a,127.0.0.1:$sink_b" >>"$work/skylift.log" 2>&1 &
+  skylift_pid=$!; pids+=("$skylift_pid")
+  for _ in $(seq 50); do curl -sf "http://127.0.0.1:$admin/healthz" >/dev/null && break; sleep 0.1; done
+  rm -f "$work/idle.json"
+  taskset -c 1 "$bin/skylift-grpc-load" --target "127.0.0.1:$skylift" --mode idle \
+    --connections "$IDLE" --seconds 30 >"$work/idle.json" &
+  local loader=$!; pids+=("$loader")
+  for _ in $(seq 300); do [[ -s "$work/idle.json" ]] && break; sleep 0.1; done
+  sleep 1
+  local rss open
+  rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$skylift_pid/status")
+  open=$(curl -s "http://127.0.0.1:$admin/metrics" | awk '/^skylift_proxy_connections / {print $2}')
+  kill "$loader" 2>/dev/null || true
+  wait "$loader" 2>/dev/null || true
+  echo "$rss $open"
+}
+baseline_idle_kb=0
 if (( IDLE > 0 )); then
-[[ -n $skylift_pid ]] && { kill "$skylift_pid"; wait "$skylift_pid" 2>/dev/null || true; }
-taskset -c 0 "$bin/skylift-proxy" --listen "127.0.0.1:$skylift" --admin-listen "127.0.0.1:$admin" \
-  --upstream "127.0.0.1:$sink_a,127.0.0.1:$sink_b" >>"$work/skylift.log" 2>&1 &
-skylift_pid=$!; pids+=("$skylift_pid")
-for _ in $(seq 50); do curl -sf "http://127.0.0.1:$admin/healthz" >/dev/null && break; sleep 0.1; done
-
-taskset -c 1 "$bin/skylift-grpc-load" --target "127.0.0.1:$skylift" --mode idle \
-  --connections "$IDLE" --seconds 30 >"$work/idle.json" &
-idle_loader=$!; pids+=("$idle_loader")
-for _ in $(seq 300); do [[ -s "$work/idle.json" ]] && break; sleep 0.1; done
-sleep 1
-idle_rss_kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$skylift_pid/status")
-idle_open=$(curl -s "http://127.0.0.1:$admin/metrics" | awk '/^skylift_proxy_connections / {print $2}')
-kill "$idle_loader" 2>/dev/null || true
+  read -r idle_rss_kb idle_open < <(idle_rss "$bin/skylift-proxy")
+  if [[ -n $BASELINE_PROXY ]]; then
+    sleep 2
+    read -r baseline_idle_kb _ < <(idle_rss "$BASELINE_PROXY")
+  fi
 fi
 
-python3 - "$results" "$idle_rss_kb" "$idle_open" "$IDLE" "$loaded_rss_kb" <<'PY'
+python3 - "$results" "$idle_rss_kb" "$idle_open" "$IDLE" "$loaded_rss_kb" "$baseline_idle_kb" <<'PY'
 import json, statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
@@ -205,7 +226,7 @@ for line in open(sys.argv[1]):
     rows.setdefault((mode, target), []).append(
         (float(cpu), int(messages), int(calls), int(refused), json.loads(data)))
 median = statistics.median
-order = ["skylift", "skylift-disk-interval", "skylift-disk-always", "nginx", "haproxy"]
+order = ["skylift", "skylift-baseline", "skylift-disk-interval", "skylift-disk-always", "nginx", "haproxy"]
 print(f"medians of {len(next(iter(rows.values())))} rounds; messages and calls as the OAP doubles accepted them")
 print(f"{'mode':9} {'proxy':22} {'acked msgs':>11} {'delivered':>10} {'upstream calls':>15} "
       f"{'msgs/s':>9} {'p99 ms':>8} {'proxy CPU s':>12} {'msgs/CPU-s':>11} {'failed':>7} {'refused':>8}")
@@ -225,6 +246,9 @@ for mode in ("segments", "unary"):
         refused = sum(r for _, _, _, r, _ in runs)
         print(f"{mode:9} {target:22} {acked:>11.0f} {delivered:>10.0f} {calls:>15.0f} {rate:>9.0f} "
               f"{p99:>8.2f} {cpu:>12.2f} {per_cpu[target]:>11.0f} {failed:>7} {refused:>8}")
+    if "skylift" in per_cpu and "skylift-baseline" in per_cpu:
+        print(f"{mode:9} skylift / skylift-baseline delivered messages per CPU-second: "
+              f"{per_cpu['skylift'] / per_cpu['skylift-baseline']:.2f}x")
     for peer, target in targets[mode].items():
         if "skylift" in per_cpu and peer in per_cpu:
             ratio = per_cpu["skylift"] / per_cpu[peer]
@@ -234,4 +258,6 @@ if int(sys.argv[4]) == 0:
 rss_mb = int(sys.argv[2]) / 1024
 print(f"skylift-proxy RSS with {sys.argv[3]} of {sys.argv[4]} idle connections open: {rss_mb:.1f} MB (target <= 64 MB)")
 print(f"(the benchmarked skylift-proxy's RSS after its load runs: {int(sys.argv[5]) / 1024:.1f} MB)")
+if int(sys.argv[6]) > 0:
+    print(f"skylift-baseline RSS with {sys.argv[4]} idle connections: {int(sys.argv[6]) / 1024:.1f} MB")
 PY

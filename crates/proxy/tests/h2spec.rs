@@ -728,8 +728,8 @@ fn rfc9113_cases() -> Vec<Case> {
             Expect::ConnectionError(PROTOCOL_ERROR),
         ),
         case(
-            "5.1.2/1",
-            "a request refused once the client said GOAWAY is not served",
+            "6.8/2",
+            "a stream the client opens after its own GOAWAY is refused",
             vec![frame(GOAWAY, 0, 0, &[0; 8]), open(1), data_end(1)],
             Expect::StreamError(1, REFUSED_STREAM),
         ),

@@ -369,9 +369,12 @@ impl Session {
     }
 
     /// The client owes bytes to finish what it began: its preface and SETTINGS, a header
-    /// block, or a frame.
+    /// block, or a frame. (Whole frames waiting while output is full are not owed.)
     pub fn incomplete(&self) -> bool {
-        !self.settings_seen || self.continuation.is_some() || !self.input.is_empty()
+        let partial_frame = !self.input.is_empty()
+            && (self.input.len() < frame::HEADER_LEN
+                || self.input.len() < frame::HEADER_LEN + Head::parse(&self.input).len);
+        !self.settings_seen || self.continuation.is_some() || partial_frame
     }
 
     /// The preface and SETTINGS arrived.
@@ -460,6 +463,8 @@ impl Session {
             let payload = self.input.split_to(head.len).freeze();
             self.frames += 1;
             self.on_frame(head, payload, now)?;
+            // Data discarded on the way (closed streams, padding) is given back too.
+            self.give_back_connection_window();
         }
     }
 
