@@ -370,7 +370,7 @@ async fn streams_with_bodies(args: &Args, body: Vec<u8>) -> serde_json::Value {
                 if w.closed {
                     break 'all;
                 }
-                let allowed = w.connection.min(w.streams[&stream]).min(16_384).max(0) as usize;
+                let allowed = w.connection.min(w.streams[&stream]).clamp(0, 16_384) as usize;
                 let n = allowed.min(body.len() - offset);
                 w.connection -= n as i64;
                 *w.streams.get_mut(&stream).unwrap() -= n as i64;
