@@ -85,6 +85,16 @@ impl Decoder {
     /// Moves the first `n` bytes of the chunk to the end of the buffer.
     fn move_to_buffer(&mut self, n: usize) {
         let n = n.min(self.chunk.len());
+        let needed = self.buffer.len() + n;
+        if needed > self.buffer.capacity() {
+            // Grown by a quarter rather than doubled: a message arriving in pieces holds
+            // at most a quarter more than it received (doubling could hold twice, and
+            // what a connection holds is bounded by what it received), while copying a
+            // large message only a few times over.
+            let mut grown = BytesMut::with_capacity(needed.max(self.buffer.len() * 5 / 4));
+            grown.extend_from_slice(&self.buffer);
+            self.buffer = grown;
+        }
         self.buffer.extend_from_slice(&self.chunk[..n]);
         self.chunk.advance(n);
     }

@@ -8,7 +8,9 @@
 //! - [`connector`], [`origination`]: its connections, in cleartext or TLS (mutual TLS);
 //! - [`server`], [`ingest`], [`forward`], [`send`], [`state`]: accepting clients, queueing
 //!   reports, forwarding sync and unknown calls, sending batches upstream;
-//! - [`inbound`]: HTTP/2 for clients, with report streams received in the connection's loop;
+//! - [`inbound`]: HTTP/2 for clients: a socket-free protocol session (limits, flow control,
+//!   abuse counts), the I/O loop around it, and the proxy's calls behind a handler trait,
+//!   with report streams received in the connection's own task;
 //! - [`payload`]: upstream request data, a batch gathered without copying;
 //! - [`framing`]: gRPC length-prefixed messages, decoded without decoding protobuf;
 //! - [`fuzzing`]: the properties the fuzz targets check, also run on the inputs they found;
