@@ -97,6 +97,10 @@ impl Decoder {
         }
         self.buffer.extend_from_slice(&self.chunk[..n]);
         self.chunk.advance(n);
+        if self.chunk.is_empty() {
+            // An empty slice still keeps its whole read buffer alive.
+            self.chunk = Bytes::new();
+        }
     }
 
     /// The header of the next frame in `bytes`: (compressed flag, size), checked.

@@ -163,7 +163,12 @@ impl ReportStream {
         loop {
             let frame = match self.decoder.next_frame() {
                 Ok(Some(frame)) => frame,
-                Ok(None) => return Ok(None),
+                Ok(None) => {
+                    // Every event of the chunk is made: the stream no longer needs the
+                    // read buffer the chunk was cut from.
+                    self.chunk = Bytes::new();
+                    return Ok(None);
+                }
                 Err(err) => {
                     let code = if err.grpc_code() == 8 {
                         Code::ResourceExhausted
