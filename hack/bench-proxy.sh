@@ -190,9 +190,9 @@ loaded_rss_kb=0; idle_rss_kb=0; idle_open=0
 [[ -n $skylift_pid ]] && loaded_rss_kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$skylift_pid/status")
 
 # Memory with idle client connections, on a fresh proxy (and a fresh baseline).
-idle_rss() { # binary -> "rss_kb open_connections"
-  [[ -n $skylift_pid ]] && { kill "$skylift_pid"; wait "$skylift_pid" 2>/dev/null || true; }
-  taskset -c 0 "$1" --listen "127.0.0.1:$skylift" --admin-listen "127.0.0.1:$admin" \
+idle_rss() { # binary; sets idle_kb and idle_count (runs in this shell, so its processes are cleaned up)
+  if [[ -n $skylift_pid ]]; then kill "$skylift_pid" 2>/dev/null || true; wait "$skylift_pid" 2>/dev/null || true; fi
+  taskset -c 0 "$1" --listen "127.0.0.1:$skylift" --admin-listen "127.0.0.1:$admin" --max-connections $((IDLE + 1000)) \
     --upstream "127.0.0.1:$sink_a,127.0.0.1:$sink_b" >>"$work/skylift.log" 2>&1 &
   skylift_pid=$!; pids+=("$skylift_pid")
   for _ in $(seq 50); do curl -sf "http://127.0.0.1:$admin/healthz" >/dev/null && break; sleep 0.1; done
@@ -207,14 +207,15 @@ idle_rss() { # binary -> "rss_kb open_connections"
   open=$(curl -s "http://127.0.0.1:$admin/metrics" | awk '/^skylift_proxy_connections / {print $2}')
   kill "$loader" 2>/dev/null || true
   wait "$loader" 2>/dev/null || true
-  echo "$rss $open"
+  idle_kb=$rss; idle_count=$open
 }
 baseline_idle_kb=0
 if (( IDLE > 0 )); then
-  read -r idle_rss_kb idle_open < <(idle_rss "$bin/skylift-proxy")
+  idle_rss "$bin/skylift-proxy"
+  idle_rss_kb=$idle_kb; idle_open=$idle_count
   if [[ -n $BASELINE_PROXY ]]; then
-    sleep 2
-    read -r baseline_idle_kb _ < <(idle_rss "$BASELINE_PROXY")
+    idle_rss "$BASELINE_PROXY"
+    baseline_idle_kb=$idle_kb
   fi
 fi
 

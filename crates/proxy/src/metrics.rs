@@ -127,7 +127,7 @@ impl Default for Metrics {
         registry.register(
             "connections_closed",
             "Client connections closed, per reason: client_closed, client_goaway, drained, idle, \
-             keepalive_timeout, io_error, stalled (preface, header block or frame not finished \
+             keepalive_timeout, io_error, tls_handshake_failed, stalled (preface, header block or frame not finished \
              within --header-timeout), protocol_error, and the abuses answered with GOAWAY \
              ENHANCE_YOUR_CALM: rapid_reset, local_resets, settings_flood, ping_flood, \
              empty_frame_flood, continuation_flood, header_block_too_large, header_list_too_large",

@@ -99,47 +99,71 @@ pub async fn serve(
                 continue;
             }
         };
-        let (state, shutdown) = (state.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            let _counted = counted;
-            let config = inbound::Config {
-                settings: inbound::Settings {
-                    connection_window: connection_budget(state.limits.max_message_bytes),
-                    ..inbound::Settings::default()
-                },
-                keepalive: state.limits.keepalive,
-                keepalive_timeout: state
-                    .limits
-                    .keepalive
-                    .map_or(KEEPALIVE_TIMEOUT, |interval| {
-                        interval.min(KEEPALIVE_TIMEOUT)
-                    }),
-                max_age: state.limits.max_connection_age,
-                drain_grace: state.limits.max_connection_age_grace,
-                header_timeout: state.limits.header_timeout,
-                idle_timeout: state.limits.idle_timeout,
-            };
-            let transport = match &state.tls {
-                None => Some(Transport::Plain(stream)),
-                Some(tls) => match tls.handshake(stream, config.header_timeout).await {
-                    Ok(stream) => {
-                        let (tcp, connection) = stream.into_inner();
-                        Some(Transport::tls(tcp, connection))
-                    }
-                    Err(err) => {
-                        state.metrics.tls_failed();
-                        tracing::debug!(%peer, error = %err, "TLS handshake failed");
-                        None
-                    }
-                },
-            };
-            if let Some(transport) = transport {
-                let calls = inbound::Calls::new(state.clone());
-                let cause = inbound::serve(transport, calls, config, shutdown).await;
+        let config = connection_config(&state);
+        let closed = {
+            let state = state.clone();
+            move |cause| {
+                drop(counted);
                 state.metrics.connection_closed(cause);
                 tracing::trace!(%peer, cause, "connection closed");
             }
-        });
+        };
+        match state.tls.clone() {
+            // The connection's future is the task: most of what an idle connection costs.
+            None => {
+                let calls = inbound::Calls::new(state.clone());
+                let transport = Transport::Plain(stream);
+                tokio::spawn(inbound::serve(
+                    transport,
+                    calls,
+                    config,
+                    shutdown.clone(),
+                    closed,
+                ));
+            }
+            Some(tls) => {
+                let (state, shutdown) = (state.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    // Boxed: only during the handshake does a connection carry its state.
+                    let handshake = Box::pin(tls.handshake(stream, config.header_timeout)).await;
+                    let transport = match handshake {
+                        Ok(stream) => {
+                            let (tcp, connection) = stream.into_inner();
+                            Transport::tls(tcp, connection)
+                        }
+                        Err(err) => {
+                            state.metrics.tls_failed();
+                            tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                            closed("tls_handshake_failed");
+                            return;
+                        }
+                    };
+                    let calls = inbound::Calls::new(state.clone());
+                    inbound::serve(transport, calls, config, shutdown, closed).await;
+                });
+            }
+        }
+    }
+}
+
+/// How client connections are served, from the proxy's limits.
+fn connection_config(state: &State) -> inbound::Config {
+    inbound::Config {
+        settings: inbound::Settings {
+            connection_window: connection_budget(state.limits.max_message_bytes),
+            ..inbound::Settings::default()
+        },
+        keepalive: state.limits.keepalive,
+        keepalive_timeout: state
+            .limits
+            .keepalive
+            .map_or(KEEPALIVE_TIMEOUT, |interval| {
+                interval.min(KEEPALIVE_TIMEOUT)
+            }),
+        max_age: state.limits.max_connection_age,
+        drain_grace: state.limits.max_connection_age_grace,
+        header_timeout: state.limits.header_timeout,
+        idle_timeout: state.limits.idle_timeout,
     }
 }
 

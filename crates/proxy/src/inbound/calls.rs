@@ -13,7 +13,7 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::task::AbortHandle;
 
 use super::body::{Chunk, RequestBody};
-use super::connection::{Handler, Link};
+use super::connection::{Handler, Link, Wait};
 use super::frame::Reason;
 use super::headers;
 use super::session::{Event, Flow, Outgoing, Session};
@@ -22,6 +22,7 @@ use crate::grpc::{self, Code};
 use crate::ingest::{self, Refusal, ReportStream};
 use crate::journal::Fsync;
 use crate::protocol::{self, Policy};
+use crate::queue;
 use crate::server;
 use crate::state::State;
 
@@ -88,43 +89,48 @@ impl Calls {
     }
 
     /// Starts a stream: a report is received here, anything else goes to a handler task.
-    async fn open(&mut self, id: u32, request: Request<()>, end_stream: bool, link: &mut Link<'_>) {
-        if let Some(refusal) = grpc_request_error(&request) {
-            let (status, code, message) = refusal;
+    fn open<'a>(
+        &'a mut self,
+        id: u32,
+        request: Request<()>,
+        end_stream: bool,
+        link: &'a mut Link<'_>,
+    ) -> Option<Wait<'a>> {
+        if let Some((status, code, message)) = grpc_request_error(&request) {
             let block = http_error_block(status, code, message);
             link.session
                 .send(id, Outgoing::Headers { block, end: true });
             self.streams.insert(id, Kind::Refused);
-            return;
+            return None;
         }
         let method = protocol::lookup(request.uri().path());
         let report = method.filter(|method| {
             matches!(method.policy, Policy::AsyncStream | Policy::AsyncUnary)
                 && ingest::can_reshape(method, request.headers())
         });
-        match report {
-            Some(method) => {
-                let mut report = ReportStream::open(&self.state, method, &request);
-                let refused = report.refusal_at_open();
-                link.session.set_flow(id, Flow::Messages);
-                self.streams.insert(
-                    id,
-                    Kind::Report {
-                        report: Box::new(report),
-                        held: 0,
-                        answered: false,
-                    },
-                );
-                if let Some(refusal) = refused {
-                    self.refuse(id, refusal, link.session);
-                } else if end_stream {
-                    self.end_report(id, link).await;
-                }
-            }
-            None => {
-                let kind = self.spawn_handler(id, request, method, end_stream);
-                self.streams.insert(id, kind);
-            }
+        let Some(method) = report else {
+            let kind = self.spawn_handler(id, request, method, end_stream);
+            self.streams.insert(id, kind);
+            return None;
+        };
+        let mut report = ReportStream::open(&self.state, method, &request);
+        let refused = report.refusal_at_open();
+        link.session.set_flow(id, Flow::Messages);
+        self.streams.insert(
+            id,
+            Kind::Report {
+                report: Box::new(report),
+                held: 0,
+                answered: false,
+            },
+        );
+        if let Some(refusal) = refused {
+            self.refuse(id, refusal, link.session);
+            None
+        } else if end_stream {
+            self.end_report(id, link)
+        } else {
+            None
         }
     }
 
@@ -163,7 +169,13 @@ impl Calls {
         }
     }
 
-    async fn on_data(&mut self, id: u32, data: Bytes, end: bool, link: &mut Link<'_>) {
+    fn on_data<'a>(
+        &'a mut self,
+        id: u32,
+        data: Bytes,
+        end: bool,
+        link: &'a mut Link<'_>,
+    ) -> Option<Wait<'a>> {
         let len = u32::try_from(data.len()).expect("frames are small");
         match self.streams.get_mut(&id) {
             Some(Kind::Report {
@@ -173,13 +185,18 @@ impl Calls {
             }) => {
                 *held += data.len();
                 report.push(&self.state, data);
-                if let Err(refusal) = self.pump(id, link).await {
-                    self.refuse(id, refusal, link.session);
-                    return;
-                }
-                self.release(id, link.session);
-                if end {
-                    self.end_report(id, link).await;
+                match self.pump(id) {
+                    Err(refusal) => {
+                        self.refuse(id, refusal, link.session);
+                        None
+                    }
+                    Ok(Some(blocked)) => {
+                        Some(Box::pin(self.on_data_waiting(id, blocked, end, link)))
+                    }
+                    Ok(None) => {
+                        self.release(id, link.session);
+                        if end { self.end_report(id, link) } else { None }
+                    }
                 }
             }
             Some(Kind::Handled { body, .. }) => {
@@ -194,9 +211,39 @@ impl Calls {
                 if end {
                     *body = None;
                 }
+                None
             }
             // Answered already, or unknown: discarded.
-            _ => link.session.consumed(id, len),
+            _ => {
+                link.session.consumed(id, len);
+                None
+            }
+        }
+    }
+
+    /// The rest of [`Calls::on_data`] once the queue was full: this connection waits for
+    /// room (flow control holds its client back meanwhile), after sending what is answered.
+    async fn on_data_waiting(
+        &mut self,
+        id: u32,
+        blocked: queue::Event,
+        end: bool,
+        link: &mut Link<'_>,
+    ) {
+        let mut blocked = Some(blocked);
+        while let Some(event) = blocked.take() {
+            link.flush();
+            if let Err(refusal) = ingest::queue_waiting(&self.state, event).await {
+                return self.refuse(id, refusal, link.session);
+            }
+            match self.pump(id) {
+                Err(refusal) => return self.refuse(id, refusal, link.session),
+                Ok(next) => blocked = next,
+            }
+        }
+        self.release(id, link.session);
+        if end && let Some(wait) = self.end_report(id, link) {
+            wait.await;
         }
     }
 
@@ -212,97 +259,95 @@ impl Calls {
         }
     }
 
-    /// Queues the events a report's data makes; waits for room when the queue is full.
-    async fn pump(&mut self, id: u32, link: &mut Link<'_>) -> Result<(), Refusal> {
-        loop {
-            let Some(Kind::Report { report, .. }) = self.streams.get_mut(&id) else {
-                return Ok(());
-            };
-            let Some(event) = report.next_event(&self.state)? else {
-                return Ok(());
-            };
+    /// Queues the events a report's data makes, as long as the queue has room; the event
+    /// that found it full is handed back.
+    fn pump(&mut self, id: u32) -> Result<Option<queue::Event>, Refusal> {
+        let Some(Kind::Report { report, .. }) = self.streams.get_mut(&id) else {
+            return Ok(None);
+        };
+        while let Some(event) = report.next_event(&self.state)? {
             if let Err(event) = self.state.queue.try_offer(event) {
-                // Rare: the queue is full. What is already answered goes out first; this
-                // connection then waits, and flow control holds its client back.
-                link.flush();
-                Box::pin(ingest::queue_waiting(&self.state, event)).await?;
+                return Ok(Some(event));
             }
         }
+        Ok(None)
     }
 
-    /// The client ended a report stream: the last event is queued and the stream answered.
-    async fn end_report(&mut self, id: u32, link: &mut Link<'_>) {
+    /// The client ended a report stream: the last event is queued and the stream answered,
+    /// here when nothing needs waiting for.
+    fn end_report<'a>(&'a mut self, id: u32, link: &'a mut Link<'_>) -> Option<Wait<'a>> {
         let Some(Kind::Report {
             report,
             answered: answered @ false,
             ..
         }) = self.streams.get_mut(&id)
         else {
-            return;
+            return None;
         };
         *answered = true;
         let last = match report.finish() {
             Ok(last) => last,
-            Err(refusal) => return self.refuse(id, refusal, link.session),
+            Err(refusal) => {
+                self.refuse(id, refusal, link.session);
+                return None;
+            }
         };
         let queued_any = report.received > 0;
-        if let Some(event) = last
-            && let Err(event) = self.state.queue.try_offer(event)
+        let blocked = last.and_then(|event| self.state.queue.try_offer(event).err());
+        let must_sync = queued_any
+            && self
+                .state
+                .queue
+                .journal()
+                .is_some_and(|journal| matches!(journal.fsync(), Fsync::Always));
+        if blocked.is_some() || must_sync {
+            return Some(Box::pin(
+                self.end_report_waiting(id, blocked, queued_any, link),
+            ));
+        }
+        if queued_any
+            && let Some(journal) = self.state.queue.journal()
+            && journal.write_out().is_err()
         {
+            self.refuse(id, journal_refusal(), link.session);
+            return None;
+        }
+        acknowledge(id, link.session);
+        None
+    }
+
+    /// The rest of [`Calls::end_report`] when the queue was full or the journal must be
+    /// synced first. With the disk queue the client hears its data was taken only once it
+    /// is written to the journal (and with `--fsync always`, synced: one sync serves every
+    /// client waiting at the time).
+    async fn end_report_waiting(
+        &mut self,
+        id: u32,
+        blocked: Option<queue::Event>,
+        queued_any: bool,
+        link: &mut Link<'_>,
+    ) {
+        if let Some(event) = blocked {
             link.flush();
-            if let Err(refusal) = Box::pin(ingest::queue_waiting(&self.state, event)).await {
+            if let Err(refusal) = ingest::queue_waiting(&self.state, event).await {
                 return self.refuse(id, refusal, link.session);
             }
         }
-        // With the disk queue the client hears its data was taken only once it is written
-        // to the journal (and with `--fsync always`, synced: one sync serves every client
-        // waiting at the time).
         if queued_any && let Some(journal) = self.state.queue.journal() {
             let journal = journal.clone();
-            let written = journal.write_out();
-            let durable = match (written, journal.fsync()) {
+            let durable = match (journal.write_out(), journal.fsync()) {
                 (Err(failed), _) => Err(failed),
                 (Ok(()), Fsync::Always) => {
                     link.flush();
-                    Box::pin(journal.durable()).await
+                    journal.durable().await
                 }
                 (Ok(()), Fsync::Interval(_)) => Ok(()),
             };
             if durable.is_err() {
-                return self.refuse(
-                    id,
-                    Refusal(
-                        Code::Unavailable,
-                        "skylift-proxy: the queue journal could not be written to disk; retry"
-                            .into(),
-                    ),
-                    link.session,
-                );
+                return self.refuse(id, journal_refusal(), link.session);
             }
         }
-        let session = &mut *link.session;
-        session.send(
-            id,
-            Outgoing::Headers {
-                block: REPORT_HEAD.clone(),
-                end: false,
-            },
-        );
-        session.send(
-            id,
-            Outgoing::Data {
-                data: Bytes::from_static(&EMPTY_COMMANDS),
-                end: false,
-                credit: 0,
-            },
-        );
-        session.send(
-            id,
-            Outgoing::Headers {
-                block: REPORT_TRAILERS.clone(),
-                end: true,
-            },
-        );
+        acknowledge(id, link.session);
     }
 
     /// Answers a report with a gRPC error (trailers-only).
@@ -333,31 +378,33 @@ impl Calls {
 impl Handler for Calls {
     type Signal = Signal;
 
-    async fn on_event(&mut self, event: Event, link: &mut Link<'_>) {
+    fn on_event<'a>(&'a mut self, event: Event, link: &'a mut Link<'_>) -> Option<Wait<'a>> {
         match event {
             Event::Open {
                 stream,
                 request,
                 end_stream,
-            } => self.open(stream, request, end_stream, link).await,
+            } => self.open(stream, request, end_stream, link),
             Event::Data {
                 stream,
                 data,
                 end_stream,
-            } => self.on_data(stream, data, end_stream, link).await,
+            } => self.on_data(stream, data, end_stream, link),
             Event::Trailers { stream, trailers } => match self.streams.get_mut(&stream) {
                 Some(Kind::Handled { body, .. }) => {
                     if let Some(body) = body.take() {
                         let _ = body.send(Chunk::Trailers(trailers));
                     }
+                    None
                 }
-                Some(Kind::Report { .. }) => self.end_report(stream, link).await,
-                _ => {}
+                Some(Kind::Report { .. }) => self.end_report(stream, link),
+                _ => None,
             },
             Event::Closed { stream } => {
                 if let Some(kind) = self.streams.remove(&stream) {
                     self.retire(kind);
                 }
+                None
             }
         }
     }
@@ -441,6 +488,39 @@ fn grpc_request_error(request: &Request<()>) -> Option<(StatusCode, Code, &'stat
         ));
     }
     None
+}
+
+/// Answers an accepted report: status 200, an empty `Commands`, status OK.
+fn acknowledge(id: u32, session: &mut Session) {
+    session.send(
+        id,
+        Outgoing::Headers {
+            block: REPORT_HEAD.clone(),
+            end: false,
+        },
+    );
+    session.send(
+        id,
+        Outgoing::Data {
+            data: Bytes::from_static(&EMPTY_COMMANDS),
+            end: false,
+            credit: 0,
+        },
+    );
+    session.send(
+        id,
+        Outgoing::Headers {
+            block: REPORT_TRAILERS.clone(),
+            end: true,
+        },
+    );
+}
+
+fn journal_refusal() -> Refusal {
+    Refusal(
+        Code::Unavailable,
+        "skylift-proxy: the queue journal could not be written to disk; retry".into(),
+    )
 }
 
 /// A trailers-only gRPC error's header block.

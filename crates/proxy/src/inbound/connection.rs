@@ -59,9 +59,12 @@ pub trait Handler: Send {
     /// Something the application wakes the connection for (an answer from a task).
     type Signal: Send;
 
-    /// An event of the session. It may wait (for room in a queue, a journal's sync): the
+    /// An event of the session, handled at once; when it must wait (for room in a queue,
+    /// a journal's sync), the rest of the work comes back as a future to await: the
     /// connection reads nothing meanwhile, so its client is held back by flow control.
-    fn on_event(&mut self, event: Event, link: &mut Link<'_>) -> impl Future<Output = ()> + Send;
+    /// (Boxed only then: the connection's task stays small, which is most of what an idle
+    /// connection costs.)
+    fn on_event<'a>(&'a mut self, event: Event, link: &'a mut Link<'_>) -> Option<Wait<'a>>;
 
     /// The next signal; pending for ever when there can be none.
     fn next_signal(&mut self) -> impl Future<Output = Option<Self::Signal>> + Send;
@@ -81,6 +84,9 @@ pub trait Handler: Send {
     fn on_close(&mut self, session: &Session);
 }
 
+/// The rest of an event's work, when it had to wait.
+pub type Wait<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
 /// The session, and the socket for a handler that must get output out before it waits.
 pub struct Link<'a> {
     pub session: &'a mut Session,
@@ -98,17 +104,22 @@ impl Link<'_> {
 /// `skylift_proxy_connections_closed_total`.
 pub type Cause = &'static str;
 
-/// Serves one connection until the client leaves, breaks the protocol or abuses it;
-/// returns why it closed.
-pub async fn serve<H: Handler>(
+/// Serves one connection until the client leaves, breaks the protocol or abuses it, then
+/// calls `closed` with why. The future holds the connection's state once, and what the
+/// loop is waiting on: it is most of what an idle connection costs, so it is meant to be
+/// spawned as it is (awaiting it inside another future would hold it twice).
+pub fn serve<H: Handler>(
     io: Transport,
     handler: H,
     config: Config,
     shutdown: watch::Receiver<bool>,
-) -> Cause {
+    closed: impl FnOnce(Cause) + Send,
+) -> impl Future<Output = ()> + Send {
     let mut connection = Connection::new(io, handler, config, shutdown);
-    let outcome = connection.run().await;
-    connection.close(outcome).await
+    async move {
+        let outcome = connection.run().await;
+        closed(connection.close(outcome).await);
+    }
 }
 
 enum Wake<S> {
@@ -257,12 +268,19 @@ impl<H: Handler> Connection<H> {
     /// Hands every event the input makes to the handler.
     async fn process(&mut self) -> Result<(), ConnectionError> {
         let now = std::time::Instant::now();
-        while let Some(event) = self.session.poll_event(now)? {
+        loop {
+            // Not `while let`: its scrutinee would stay in the future's state across the
+            // await below, an event's worth of bytes in every connection.
+            let Some(event) = self.session.poll_event(now)? else {
+                break;
+            };
             let mut link = Link {
                 session: &mut self.session,
                 io: &mut self.io,
             };
-            self.handler.on_event(event, &mut link).await;
+            if let Some(wait) = self.handler.on_event(event, &mut link) {
+                wait.await;
+            }
         }
         let credit = self.session.take_returned_credit();
         if credit > 0 {
@@ -388,7 +406,7 @@ impl<H: Handler> Connection<H> {
 
     /// Ends the connection: a GOAWAY saying why when the client broke the protocol, then
     /// every stream let go of.
-    async fn close(mut self, outcome: Result<Cause, ConnectionError>) -> Cause {
+    async fn close(&mut self, outcome: Result<Cause, ConnectionError>) -> Cause {
         let cause = match outcome {
             Ok(cause) => cause,
             Err(error) => {

@@ -281,12 +281,15 @@ pub struct Session {
     abuse: Abuse,
     /// Frames taken apart so far: progress, for the I/O loop's stall timer.
     frames: u64,
+    /// The server's SETTINGS are written.
+    greeted: bool,
 }
 
 impl Session {
-    /// A session that has written its SETTINGS (and raised the connection window).
+    /// A session; it writes its SETTINGS (and raises the connection window) when first
+    /// polled, so making one allocates nothing.
     pub fn new(settings: Settings) -> Session {
-        let mut session = Session {
+        Session {
             input: BytesMut::new(),
             output: BytesMut::new(),
             preface_seen: false,
@@ -316,28 +319,9 @@ impl Session {
                 oversized_headers: 0,
             },
             frames: 0,
+            greeted: false,
             settings,
-        };
-        let announced = [
-            (
-                setting::MAX_CONCURRENT_STREAMS,
-                session.settings.max_concurrent_streams,
-            ),
-            (setting::INITIAL_WINDOW_SIZE, session.settings.stream_window),
-            (
-                setting::MAX_HEADER_LIST_SIZE,
-                u32::try_from(headers::MAX_LIST).expect("small"),
-            ),
-        ];
-        frame::settings(&announced, session.out());
-        let raise = session
-            .settings
-            .connection_window
-            .saturating_sub(frame::DEFAULT_WINDOW as u32);
-        if raise > 0 {
-            frame::window_update(0, raise, session.out());
         }
-        session
     }
 
     /// Where received bytes go.
@@ -428,9 +412,37 @@ impl Session {
         &mut self.output
     }
 
+    /// The server's side of the connection preface (RFC 9113 §3.4): its SETTINGS, and the
+    /// connection window raised to the budget.
+    fn greet(&mut self) {
+        self.greeted = true;
+        let announced = [
+            (
+                setting::MAX_CONCURRENT_STREAMS,
+                self.settings.max_concurrent_streams,
+            ),
+            (setting::INITIAL_WINDOW_SIZE, self.settings.stream_window),
+            (
+                setting::MAX_HEADER_LIST_SIZE,
+                u32::try_from(headers::MAX_LIST).expect("small"),
+            ),
+        ];
+        frame::settings(&announced, self.out());
+        let raise = self
+            .settings
+            .connection_window
+            .saturating_sub(frame::DEFAULT_WINDOW as u32);
+        if raise > 0 {
+            frame::window_update(0, raise, self.out());
+        }
+    }
+
     /// The next event the input makes, taking frames apart until one does; `None` when
     /// the input holds no complete frame (or output is full).
     pub fn poll_event(&mut self, now: Instant) -> Result<Option<Event>, ConnectionError> {
+        if !self.greeted {
+            self.greet();
+        }
         loop {
             if let Some(event) = self.events.pop_front() {
                 return Ok(Some(event));
