@@ -1171,3 +1171,127 @@ async fn the_client_facing_server_passes_the_conformance_suite() {
         );
     }
 }
+
+/// The connection's budget (here `--max-message-bytes` 64 KiB + 5 + 64 KiB = 131 077
+/// bytes): half-sent messages on several streams hold the client back once they add up
+/// to it, the connection window is never given back for them, and a client that sends
+/// past it breaks flow control.
+#[tokio::test]
+async fn half_sent_messages_hold_their_client_to_the_connections_budget() {
+    let sink = Sink::start().await.unwrap();
+    let proxy = proxy(&[&sink], None).await;
+    let budget = 64 * 1024 + 5 + 64 * 1024;
+    // Each stream: a message announced at 60 000 bytes, 40 000 of it sent.
+    let partial = |stream: u32| {
+        let mut message = vec![0u8];
+        message.extend_from_slice(&60_000u32.to_be_bytes());
+        message.resize(40_005, 0x2a);
+        let mut frames = frame(HEADERS, END_HEADERS, stream, &request(SEGMENTS));
+        for chunk in message.chunks(16_384) {
+            frames.extend(frame(DATA, 0, stream, chunk));
+        }
+        frames
+    };
+    let mut conn = TcpStream::connect(proxy.address).await.unwrap();
+    let mut out = skylift_proxy::refuse::PREFACE.to_vec();
+    out.extend(frame(SETTINGS, 0, 0, &[]));
+    for stream in [1, 3, 5] {
+        out.extend(partial(stream));
+    }
+    out.extend(frame(PING, 0, 0, b"h2spec!!"));
+    conn.write_all(&out).await.unwrap();
+    let mut buffer = Vec::new();
+    let mut connection_updates = 0u64;
+    let answered = read_until(&mut conn, &mut buffer, |f| {
+        if f.kind == WINDOW_UPDATE && f.stream == 0 {
+            connection_updates += u64::from(u32::from_be_bytes(f.payload[..4].try_into().unwrap()));
+        }
+        f.kind == PING && f.flags & ACK != 0
+    })
+    .await;
+    assert!(answered.is_ok(), "3 × 40 005 bytes held: within the budget");
+    assert_eq!(
+        connection_updates,
+        (budget - 65_535) as u64,
+        "only the initial raise: nothing given back for half-sent messages"
+    );
+    // 11 063 more bytes pass the budget.
+    let mut more = frame(HEADERS, END_HEADERS, 7, &request(SEGMENTS));
+    more.extend(frame(DATA, 0, 7, &vec![0; budget - 3 * 40_005 + 1]));
+    conn.write_all(&more).await.unwrap();
+    let goaway = read_until(&mut conn, &mut buffer, |f| f.kind == GOAWAY).await;
+    assert_eq!(
+        goaway.map(|f| code_of(&f)).ok(),
+        Some(FLOW_CONTROL_ERROR),
+        "past the budget: a flow-control error"
+    );
+    // Meanwhile others are served.
+    let (status, _, _) = call(
+        &client(),
+        proxy.address,
+        SEGMENTS,
+        framed(&[segment("fine")]),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 0);
+}
+
+/// A connection with no streams that stays silent is closed at `--idle-timeout`, with a
+/// GOAWAY, and counted; one that keeps talking is not.
+#[tokio::test]
+async fn silent_connections_are_closed_at_the_idle_timeout() {
+    let sink = Sink::start().await.unwrap();
+    let limits = skylift_proxy::state::Limits {
+        max_connections: None,
+        max_message_bytes: 64 * 1024,
+        keepalive: None,
+        max_connection_age: None,
+        max_connection_age_grace: Duration::from_secs(5),
+        header_timeout: Duration::from_secs(5),
+        idle_timeout: Some(Duration::from_millis(600)),
+    };
+    let proxy = proxy_with_limits(
+        &[&sink],
+        queue_config(),
+        skylift_proxy::client::UpstreamClient::new(4, 100),
+        limits,
+        None,
+    )
+    .await;
+    let hello = || {
+        let mut out = skylift_proxy::refuse::PREFACE.to_vec();
+        out.extend(frame(SETTINGS, 0, 0, &[]));
+        out
+    };
+    let mut silent = TcpStream::connect(proxy.address).await.unwrap();
+    silent.write_all(&hello()).await.unwrap();
+    let mut talking = TcpStream::connect(proxy.address).await.unwrap();
+    talking.write_all(&hello()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buffer = Vec::new();
+    let talker = tokio::spawn(async move {
+        let mut buffer = Vec::new();
+        for _ in 0..8 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            talking
+                .write_all(&frame(PING, 0, 0, b"stillhi!"))
+                .await
+                .unwrap();
+            let pong = read_until(&mut talking, &mut buffer, |f| {
+                f.kind == PING && f.flags & ACK != 0
+            })
+            .await;
+            assert!(pong.is_ok(), "a talking connection stays open");
+        }
+    });
+    let goaway = read_until(&mut silent, &mut buffer, |f| f.kind == GOAWAY).await;
+    assert_eq!(goaway.map(|f| code_of(&f)).ok(), Some(0), "GOAWAY NO_ERROR");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    talker.await.unwrap();
+    let metrics = proxy.state.metrics.encode();
+    assert!(
+        metrics.contains("skylift_proxy_connections_closed_total{reason=\"idle\"} 1"),
+        "{metrics}"
+    );
+}
