@@ -7,6 +7,7 @@ mod support;
 
 use std::time::Duration;
 
+use skylift_testkit::h2raw::{Frame, block, frame, integer, take_frame};
 use skylift_testkit::sink::Sink;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -40,43 +41,6 @@ const ENHANCE_YOUR_CALM: u32 = 0xb;
 /// A sync call: the proxy answers it only once the (delayed) upstream has, so its
 /// stream stays half-closed (remote) meanwhile.
 const SYNC: &str = "/skywalking.v3.ConfigurationDiscoveryService/fetchConfigurations";
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-    out.extend_from_slice(&[kind, flags]);
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-/// HPACK integer with a prefix of `bits`.
-fn integer(value: usize, bits: u8, first: u8, out: &mut Vec<u8>) {
-    let max = (1usize << bits) - 1;
-    if value < max {
-        out.push(first | value as u8);
-        return;
-    }
-    out.push(first | max as u8);
-    let mut rest = value - max;
-    while rest >= 128 {
-        out.push((rest % 128) as u8 | 0x80);
-        rest /= 128;
-    }
-    out.push(rest as u8);
-}
-
-/// A header block of literals without indexing: no table state to keep in step.
-fn block(fields: &[(&str, &str)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (name, value) in fields {
-        out.push(0);
-        integer(name.len(), 7, 0, &mut out);
-        out.extend_from_slice(name.as_bytes());
-        integer(value.len(), 7, 0, &mut out);
-        out.extend_from_slice(value.as_bytes());
-    }
-    out
-}
 
 fn request_fields(path: &str) -> Vec<(&str, &str)> {
     vec![
@@ -135,13 +99,6 @@ fn case(section: &'static str, what: &'static str, send: Vec<Vec<u8>>, expect: E
     }
 }
 
-struct Frame {
-    kind: u8,
-    flags: u8,
-    stream: u32,
-    payload: Vec<u8>,
-}
-
 /// Reads frames until `done` says so; `None` when the connection closed or went quiet
 /// for 3 s first.
 async fn read_until(
@@ -151,19 +108,7 @@ async fn read_until(
 ) -> Result<Frame, Vec<Frame>> {
     let mut seen = Vec::new();
     loop {
-        while buffer.len() >= 9 {
-            let len = u32::from_be_bytes([0, buffer[0], buffer[1], buffer[2]]) as usize;
-            if buffer.len() < 9 + len {
-                break;
-            }
-            let frame = Frame {
-                kind: buffer[3],
-                flags: buffer[4],
-                stream: u32::from_be_bytes([buffer[5], buffer[6], buffer[7], buffer[8]])
-                    & 0x7fff_ffff,
-                payload: buffer[9..9 + len].to_vec(),
-            };
-            buffer.drain(..9 + len);
+        while let Some(frame) = take_frame(buffer) {
             if done(&frame) {
                 return Ok(frame);
             }

@@ -15,6 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use skylift_proxy::queue::{DropReason, Overflow, QueueConfig};
 use skylift_proxy::route::Upstream;
 use skylift_proxy::state::{Limits, State, UpstreamClient};
+use skylift_testkit::h2raw::{self, frame as raw_frame, grpc_request as request_block};
 use skylift_testkit::sink::Sink;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1081,14 +1082,8 @@ async fn read_frames(
     let mut frames = Vec::new();
     let mut buffer = Vec::new();
     loop {
-        while buffer.len() >= 9 {
-            let len = u32::from_be_bytes([0, buffer[0], buffer[1], buffer[2]]) as usize;
-            if buffer.len() < 9 + len {
-                break;
-            }
-            let stream_id = u32::from_be_bytes([buffer[5], buffer[6], buffer[7], buffer[8]]);
-            let frame = (buffer[3], buffer[4], stream_id, buffer[9..9 + len].to_vec());
-            buffer.drain(..9 + len);
+        while let Some(f) = h2raw::take_frame(&mut buffer) {
+            let frame = (f.kind, f.flags, f.stream, f.payload);
             let done = until(&frame);
             frames.push(frame);
             if done {
@@ -1101,32 +1096,6 @@ async fn read_frames(
             _ => return frames,
         }
     }
-}
-
-/// A request header block for `path`, literal fields without indexing.
-fn request_block(path: &str) -> Vec<u8> {
-    let mut block = Vec::new();
-    for (name, value) in [
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":path", path),
-        ("content-type", "application/grpc"),
-    ] {
-        block.push(0);
-        block.push(name.len() as u8);
-        block.extend_from_slice(name.as_bytes());
-        block.push(value.len() as u8);
-        block.extend_from_slice(value.as_bytes());
-    }
-    block
-}
-
-fn raw_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-    out.extend_from_slice(&[kind, flags]);
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
 }
 
 #[tokio::test]

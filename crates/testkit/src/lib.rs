@@ -20,6 +20,7 @@
 pub mod aggregation;
 pub mod aggregator;
 pub mod apiserver;
+pub mod h2raw;
 pub mod hpa;
 pub mod http;
 pub mod oap;

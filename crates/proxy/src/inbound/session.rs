@@ -856,14 +856,10 @@ impl Session {
             return Ok(());
         }
         if self.streams.len() >= self.settings.max_concurrent_streams as usize {
-            frame::rst_stream(id, Reason::RefusedStream, self.out());
-            self.remember(id, Closed::ByUs);
-            return self.count_local_reset();
+            return self.stream_error(id, Reason::RefusedStream);
         }
         if self_dependent {
-            frame::rst_stream(id, Reason::Protocol, self.out());
-            self.remember(id, Closed::ByUs);
-            return self.count_local_reset();
+            return self.stream_error(id, Reason::Protocol);
         }
         let request = match request {
             Ok(request) => request,
@@ -885,20 +881,14 @@ impl Session {
             }
             Err(Unservable::Malformed(why)) => {
                 tracing::debug!(stream = id, why, "malformed request");
-                frame::rst_stream(id, Reason::Protocol, self.out());
-                self.remember(id, Closed::ByUs);
-                return self.count_local_reset();
+                return self.stream_error(id, Reason::Protocol);
             }
         };
         let expected_length = match request.headers().get(http::header::CONTENT_LENGTH) {
             None => None,
             Some(value) => match value.to_str().ok().and_then(|v| v.parse::<u64>().ok()) {
                 Some(length) if !(end_stream && length > 0) => Some(length),
-                _ => {
-                    frame::rst_stream(id, Reason::Protocol, self.out());
-                    self.remember(id, Closed::ByUs);
-                    return self.count_local_reset();
-                }
+                _ => return self.stream_error(id, Reason::Protocol),
             },
         };
         self.streams.insert(
@@ -1259,29 +1249,13 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use skylift_testkit::h2raw::grpc_request as request_block;
 
     /// A client's side: frames written with the same writers (the layout is symmetric).
     fn preface() -> BytesMut {
         let mut out = BytesMut::from(&frame::PREFACE[..]);
         frame::settings(&[], &mut out);
         out
-    }
-
-    fn request_block(path: &str) -> Vec<u8> {
-        let mut block = Vec::new();
-        for (name, value) in [
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", path),
-            ("content-type", "application/grpc"),
-        ] {
-            block.push(0);
-            block.push(name.len() as u8);
-            block.extend_from_slice(name.as_bytes());
-            block.push(value.len() as u8);
-            block.extend_from_slice(value.as_bytes());
-        }
-        block
     }
 
     fn open(stream: u32, out: &mut BytesMut) {

@@ -21,6 +21,8 @@ use clap::{Parser, ValueEnum};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use skylift_testkit::h2raw::{PREFACE, block, frame, integer, take_frame};
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Probe {
     HpackBomb,
@@ -56,52 +58,15 @@ struct Args {
     path: String,
 }
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-    out.extend_from_slice(&[kind, flags]);
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-fn integer(value: usize, bits: u8, first: u8, out: &mut Vec<u8>) {
-    let max = (1usize << bits) - 1;
-    if value < max {
-        out.push(first | value as u8);
-        return;
-    }
-    out.push(first | max as u8);
-    let mut rest = value - max;
-    while rest >= 128 {
-        out.push((rest % 128) as u8 | 0x80);
-        rest /= 128;
-    }
-    out.push(rest as u8);
-}
-
-fn literal(name: &str, value: &str, out: &mut Vec<u8>) {
-    out.push(0);
-    integer(name.len(), 7, 0, out);
-    out.extend_from_slice(name.as_bytes());
-    integer(value.len(), 7, 0, out);
-    out.extend_from_slice(value.as_bytes());
-}
-
 fn request(path: &str) -> Vec<u8> {
-    let mut block = Vec::new();
-    for (name, value) in [
+    block(&[
         (":method", "POST"),
         (":scheme", "http"),
         (":path", path),
         (":authority", "proxy"),
         ("content-type", "application/grpc"),
         ("te", "trailers"),
-    ] {
-        literal(name, value, &mut block);
-    }
-    block
+    ])
 }
 
 /// Preface, SETTINGS (a large window, so the server's answers are never held back), and
@@ -147,38 +112,37 @@ struct Seen {
 }
 
 impl Seen {
+    /// Notes what the whole frames in `buffer` say, and takes them out.
     fn take(&mut self, buffer: &mut Vec<u8>) {
-        while buffer.len() >= 9 {
-            let len = u32::from_be_bytes([0, buffer[0], buffer[1], buffer[2]]) as usize;
-            if buffer.len() < 9 + len {
-                return;
+        while let Some(frame) = take_frame(buffer) {
+            self.note(frame.kind, &frame.payload);
+        }
+    }
+
+    fn note(&mut self, kind: u8, payload: &[u8]) {
+        match kind {
+            0x1 => {
+                self.responses += 1;
+                if self.status.is_none() {
+                    self.status = match payload.first() {
+                        Some(0x88) => Some("200".into()),
+                        Some(0x8d) => Some("404".into()),
+                        Some(0x08) if payload.len() >= 5 => {
+                            Some(String::from_utf8_lossy(&payload[2..5]).into_owned())
+                        }
+                        _ => Some(format!("{:02x?}", &payload[..payload.len().min(4)])),
+                    };
+                }
             }
-            let payload = &buffer[9..9 + len];
-            match buffer[3] {
-                0x1 => {
-                    self.responses += 1;
-                    if self.status.is_none() {
-                        self.status = match payload.first() {
-                            Some(0x88) => Some("200".into()),
-                            Some(0x8d) => Some("404".into()),
-                            Some(0x08) if payload.len() >= 5 => {
-                                Some(String::from_utf8_lossy(&payload[2..5]).into_owned())
-                            }
-                            _ => Some(format!("{:02x?}", &payload[..payload.len().min(4)])),
-                        };
-                    }
-                }
-                0x3 => self.resets += 1,
-                0x7 if len >= 8 => {
-                    self.goaway = Some(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
-                }
-                0x8 if len == 4 => {
-                    self.window_updates +=
-                        u64::from(u32::from_be_bytes(payload.try_into().unwrap()) & 0x7fff_ffff);
-                }
-                _ => {}
+            0x3 => self.resets += 1,
+            0x7 if payload.len() >= 8 => {
+                self.goaway = Some(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
             }
-            buffer.drain(..9 + len);
+            0x8 if payload.len() == 4 => {
+                self.window_updates +=
+                    u64::from(u32::from_be_bytes(payload.try_into().unwrap()) & 0x7fff_ffff);
+            }
+            _ => {}
         }
     }
 }
@@ -264,21 +228,12 @@ struct Windows {
 }
 
 impl Windows {
-    /// Reads the frames in `buffer` that change the windows, and notes resets and GOAWAY.
+    /// Reads the frames in `buffer` that change the windows, and notes the rest.
     fn take(&mut self, buffer: &mut Vec<u8>, seen: &mut Seen) {
-        let mut at = 0;
-        while buffer.len() >= at + 9 {
-            let len = u32::from_be_bytes([0, buffer[at], buffer[at + 1], buffer[at + 2]]) as usize;
-            if buffer.len() < at + 9 + len {
-                break;
-            }
-            let (kind, flags) = (buffer[at + 3], buffer[at + 4]);
-            let stream =
-                u32::from_be_bytes(buffer[at + 5..at + 9].try_into().unwrap()) & 0x7fff_ffff;
-            let payload = &buffer[at + 9..at + 9 + len];
-            match kind {
-                0x4 if flags & 1 == 0 => {
-                    for setting in payload.chunks_exact(6) {
+        while let Some(frame) = take_frame(buffer) {
+            match frame.kind {
+                0x4 if frame.flags & 1 == 0 => {
+                    for setting in frame.payload.chunks_exact(6) {
                         if u16::from_be_bytes([setting[0], setting[1]]) == 4 {
                             let value =
                                 i64::from(u32::from_be_bytes(setting[2..6].try_into().unwrap()));
@@ -290,21 +245,20 @@ impl Windows {
                         }
                     }
                 }
-                0x8 if len == 4 => {
-                    let increment =
-                        i64::from(u32::from_be_bytes(payload.try_into().unwrap()) & 0x7fff_ffff);
-                    if stream == 0 {
+                0x8 if frame.payload.len() == 4 => {
+                    let increment = i64::from(
+                        u32::from_be_bytes(frame.payload[..4].try_into().unwrap()) & 0x7fff_ffff,
+                    );
+                    if frame.stream == 0 {
                         self.connection += increment;
-                    } else if let Some(window) = self.streams.get_mut(&stream) {
+                    } else if let Some(window) = self.streams.get_mut(&frame.stream) {
                         *window += increment;
                     }
                 }
                 _ => {}
             }
-            at += 9 + len;
+            seen.note(frame.kind, &frame.payload);
         }
-        let mut taken: Vec<u8> = buffer.drain(..at).collect();
-        seen.take(&mut taken);
     }
 }
 
