@@ -99,13 +99,13 @@ fn case(section: &'static str, what: &'static str, send: Vec<Vec<u8>>, expect: E
     }
 }
 
-/// Reads frames until `done` says so; `None` when the connection closed or went quiet
-/// for 3 s first.
+/// Reads frames until `done` says so; otherwise the frames seen, and whether the server
+/// closed the connection (rather than going quiet for 3 s).
 async fn read_until(
     conn: &mut TcpStream,
     buffer: &mut Vec<u8>,
     mut done: impl FnMut(&Frame) -> bool,
-) -> Result<Frame, Vec<Frame>> {
+) -> Result<Frame, (Vec<Frame>, bool)> {
     let mut seen = Vec::new();
     loop {
         while let Some(frame) = take_frame(buffer) {
@@ -117,7 +117,8 @@ async fn read_until(
         let mut chunk = [0u8; 16384];
         match tokio::time::timeout(Duration::from_secs(3), conn.read(&mut chunk)).await {
             Ok(Ok(n)) if n > 0 => buffer.extend_from_slice(&chunk[..n]),
-            _ => return Err(seen),
+            Ok(_) => return Err((seen, true)),
+            Err(_) => return Err((seen, false)),
         }
     }
 }
@@ -172,9 +173,12 @@ async fn run(proxy: std::net::SocketAddr, case: &Case) -> Result<(), String> {
             match read_until(&mut conn, &mut buffer, |f| f.kind == GOAWAY).await {
                 Ok(f) if code_of(&f) == code => Ok(()),
                 Ok(f) => Err(format!("GOAWAY {:#x}, expected {code:#x}", code_of(&f))),
-                // Closed without a GOAWAY is accepted (as h2spec does).
-                Err(seen) if seen.iter().all(|f| f.kind != RST_STREAM) => Ok(()),
-                Err(seen) => Err(format!("no GOAWAY; saw {}", describe(&seen))),
+                // Closed without a GOAWAY is accepted (as h2spec does); still open is not.
+                Err((seen, true)) if seen.iter().all(|f| f.kind != RST_STREAM) => Ok(()),
+                Err((seen, closed)) => Err(format!(
+                    "no GOAWAY (closed: {closed}); saw {}",
+                    describe(&seen)
+                )),
             }
         }
         Expect::StreamError(stream, code) => read_until(&mut conn, &mut buffer, |f| {
@@ -182,7 +186,7 @@ async fn run(proxy: std::net::SocketAddr, case: &Case) -> Result<(), String> {
         })
         .await
         .map(drop)
-        .map_err(|seen| {
+        .map_err(|(seen, _)| {
             format!(
                 "no RST_STREAM/GOAWAY {code:#x} on {stream}; saw {}",
                 describe(&seen)
@@ -193,7 +197,7 @@ async fn run(proxy: std::net::SocketAddr, case: &Case) -> Result<(), String> {
         })
         .await
         .map(drop)
-        .map_err(|seen| {
+        .map_err(|(seen, _)| {
             format!(
                 "no error {a:#x}/{b:#x} on {stream}; saw {}",
                 describe(&seen)
@@ -205,7 +209,7 @@ async fn run(proxy: std::net::SocketAddr, case: &Case) -> Result<(), String> {
                 f.kind == HEADERS && f.stream == stream
             })
             .await
-            .map_err(|seen| format!("no response; saw {}", describe(&seen)))
+            .map_err(|(seen, _)| format!("no response; saw {}", describe(&seen)))
             .and_then(|f| {
                 // The proxy's encoder writes `:status` first, indexed or as a literal.
                 let indexed = matches!((f.payload[0], status), (0x88, "200") | (0x8d, "404"));
@@ -224,14 +228,14 @@ async fn run(proxy: std::net::SocketAddr, case: &Case) -> Result<(), String> {
             })
             .await
             .map(drop)
-            .map_err(|seen| format!("no PING answer; saw {}", describe(&seen)))
+            .map_err(|(seen, _)| format!("no PING answer; saw {}", describe(&seen)))
         }
         Expect::Frame(kind, flags) => read_until(&mut conn, &mut buffer, |f| {
             f.kind == kind && f.flags & flags == flags
         })
         .await
         .map(drop)
-        .map_err(|seen| format!("no frame {kind}/{flags:#x}; saw {}", describe(&seen))),
+        .map_err(|(seen, _)| format!("no frame {kind}/{flags:#x}; saw {}", describe(&seen))),
     }
 }
 
