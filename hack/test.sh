@@ -10,7 +10,7 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy (all targets, warnings are errors)"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked --features skylift-proxy/fuzzing -- -D warnings
 
 step "generated files: CRDs, the chart's CRDs, docs/reference.md"
 hack/gen-crds.sh --check
@@ -28,4 +28,4 @@ hack/node-agent.sh
 export SKYLIFT_NODE_AGENT="$PWD/target/node-agent/node_modules"
 
 step "cargo test"
-cargo test --workspace --locked
+cargo test --workspace --locked --features skylift-proxy/fuzzing

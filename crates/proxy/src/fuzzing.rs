@@ -4,13 +4,13 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::framing::Decoder;
-use crate::inbound::headers;
-use crate::inbound::session::{self, Event, Outgoing, Session, Settings};
-use crate::journal::record;
-use crate::protocol::Shape;
-use crate::reshape::{Carried, MeterSet};
-use crate::wire;
+use crate::grpc::framing::Decoder;
+use crate::grpc::protocol::Shape;
+use crate::grpc::wire;
+use crate::h2::headers;
+use crate::h2::session::{self, Event, Outgoing, Session, Settings};
+use crate::ingest::reshape::{Carried, MeterSet};
+use crate::queue::journal::record;
 
 /// The gRPC framing decoder, fed `input` in chunks of `chunk` bytes with a message limit
 /// of `limit`: it never panics, and the messages it returns are the input's frames, in
@@ -136,7 +136,7 @@ pub fn h2_session(data: &[u8]) {
     };
     let budget = u64::from(settings.connection_window);
     let mut session = Session::new(settings);
-    let mut input = crate::inbound::frame::PREFACE.to_vec();
+    let mut input = crate::h2::frame::PREFACE.to_vec();
     input.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
     input.extend_from_slice(frames);
     let mut open = HashSet::new();
@@ -187,7 +187,7 @@ pub fn h2_session(data: &[u8]) {
                         "trailers on stream {stream}, not open"
                     );
                     if mode & 16 != 0 {
-                        session.reset(stream, crate::inbound::frame::Reason::Cancel);
+                        session.reset(stream, crate::h2::frame::Reason::Cancel);
                     }
                 }
                 Event::Closed { stream } => {

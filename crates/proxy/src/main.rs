@@ -5,12 +5,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use skylift_api::logging::LogFormat;
-use skylift_proxy::balance::Policy;
-use skylift_proxy::journal::{Fsync, JournalConfig};
+use skylift_proxy::balance::balancer::Policy;
+use skylift_proxy::listen::state::Limits;
+use skylift_proxy::ops::telemetry::TelemetryConfig;
+use skylift_proxy::queue::journal::{Fsync, JournalConfig};
 use skylift_proxy::queue::{Overflow, QueueConfig};
 use skylift_proxy::run::{Config, UpstreamSource, run};
-use skylift_proxy::state::Limits;
-use skylift_proxy::telemetry::TelemetryConfig;
 
 // Every message passes through short-lived buffers of a few KiB: glibc's per-thread arenas
 // grow and trim their heaps for them (mprotect and page faults per buffer); jemalloc keeps
@@ -372,27 +372,27 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
             drain_timeout: args.drain_timeout,
             authentication_file: args.authentication_file,
             upstream_tls: args.upstream_tls_ca_file.map(|ca| {
-                skylift_proxy::origination::UpstreamTlsFiles {
+                skylift_proxy::upstream::tls::UpstreamTlsFiles {
                     ca,
                     client_cert: args.upstream_tls_cert_file.zip(args.upstream_tls_key_file),
                     server_name: args.upstream_tls_server_name,
                 }
             }),
             tls: match (args.tls_cert_file, args.tls_key_file) {
-                (Some(cert), Some(key)) => Some(skylift_proxy::tls::TlsFiles {
+                (Some(cert), Some(key)) => Some(skylift_proxy::listen::tls::TlsFiles {
                     cert,
                     key,
                     client_ca: args.tls_client_ca_file,
                 }),
                 _ => None,
             },
-            health_checks: skylift_proxy::warm::HealthChecks {
+            health_checks: skylift_proxy::upstream::health::HealthChecks {
                 interval: (!args.health_check_interval.is_zero())
                     .then_some(args.health_check_interval),
                 timeout: args.health_check_timeout,
                 failures: args.health_check_failures.max(1),
             },
-            outlier_detection: skylift_proxy::outlier::OutlierDetection {
+            outlier_detection: skylift_proxy::balance::outlier::OutlierDetection {
                 factor: args.outlier_latency_factor,
                 min_latency: args.outlier_min_latency,
                 ejection: args.outlier_ejection,

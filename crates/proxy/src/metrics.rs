@@ -13,8 +13,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::journal::JournalCounters;
 use crate::queue::DropReason;
+use crate::queue::journal::JournalCounters;
 
 // Labels borrow the protocol's static name: counting a report allocates nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -6,14 +6,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::balance::{Balancer, Policy};
-use crate::demand::TurnedAway;
-use crate::journal::{Journal, JournalConfig, Recovery};
+use crate::balance::balancer::{Balancer, Policy};
+use crate::balance::configmap;
+use crate::balance::route::{StickyKeys, Upstream};
+use crate::balance::upstream_set::{UpstreamSet, UpstreamsError, follow_file, parse_address};
+use crate::listen as server;
+use crate::listen::state::{Limits, Shared, State, UpstreamClient};
+use crate::listen::turned_away::TurnedAway;
+use crate::ops::admin;
+use crate::queue::journal::{Journal, JournalConfig, Recovery};
 use crate::queue::{DropReason, Queue, QueueConfig};
-use crate::route::{StickyKeys, Upstream};
-use crate::state::{Limits, Shared, State, UpstreamClient};
-use crate::upstreams::{UpstreamSet, UpstreamsError, follow_file, parse_address};
-use crate::{admin, configmap, send, server};
+use crate::upstream::send;
 
 /// Where the upstream list comes from.
 #[derive(Clone, Debug)]
@@ -44,19 +47,19 @@ pub struct Config {
     /// How long a shutdown waits for the queues to drain.
     pub drain_timeout: Duration,
     /// TLS termination for clients.
-    pub tls: Option<crate::tls::TlsFiles>,
+    pub tls: Option<crate::listen::tls::TlsFiles>,
     /// The file holding the `authentication` token sent upstream.
     pub authentication_file: Option<PathBuf>,
     /// TLS (mutual TLS) to the upstreams.
-    pub upstream_tls: Option<crate::origination::UpstreamTlsFiles>,
+    pub upstream_tls: Option<crate::upstream::tls::UpstreamTlsFiles>,
     /// Active health checks of the upstreams.
-    pub health_checks: crate::warm::HealthChecks,
+    pub health_checks: crate::upstream::health::HealthChecks,
     /// Passive ejection of slow upstreams.
-    pub outlier_detection: crate::outlier::OutlierDetection,
+    pub outlier_detection: crate::balance::outlier::OutlierDetection,
     /// With `--queue disk`: where and how the queue is journaled.
     pub journal: Option<JournalConfig>,
     /// Self-telemetry to OAP, when a service name is given.
-    pub telemetry: Option<crate::telemetry::TelemetryConfig>,
+    pub telemetry: Option<crate::ops::telemetry::TelemetryConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,13 +81,13 @@ pub enum RunError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Authentication(#[from] crate::authentication::AuthenticationError),
+    Authentication(#[from] crate::upstream::authentication::AuthenticationError),
     #[error("client TLS: {0}")]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::listen::tls::TlsError),
     #[error("upstream TLS: {0}")]
-    UpstreamTls(#[source] crate::tls::TlsError),
+    UpstreamTls(#[source] crate::listen::tls::TlsError),
     #[error("the recovered journal could not be synced to disk")]
-    JournalSync(#[from] crate::journal::SyncFailed),
+    JournalSync(#[from] crate::queue::journal::SyncFailed),
 }
 
 /// Builds the shared state from the configuration; with a journal, also what an earlier
@@ -97,7 +100,9 @@ pub fn state(config: &Config) -> Result<(State, Option<Recovery>), RunError> {
                 .map(|a| parse_address(a).map(|address| Upstream { address, weight: 1 }))
                 .collect::<Result<Vec<_>, _>>()?,
         ),
-        UpstreamSource::File(path) => UpstreamSet::of_document(&crate::upstreams::read_file(path)?),
+        UpstreamSource::File(path) => {
+            UpstreamSet::of_document(&crate::balance::upstream_set::read_file(path)?)
+        }
         UpstreamSource::ConfigMap { .. } => UpstreamSet::new(Vec::new()),
     };
     let metrics = crate::metrics::Metrics::default();
@@ -128,13 +133,13 @@ pub fn state(config: &Config) -> Result<(State, Option<Recovery>), RunError> {
     let authentication = config
         .authentication_file
         .clone()
-        .map(crate::authentication::Authentication::load)
+        .map(crate::upstream::authentication::Authentication::load)
         .transpose()?
         .map(Arc::new);
     let origination = config
         .upstream_tls
         .clone()
-        .map(crate::origination::Origination::load)
+        .map(crate::upstream::tls::Origination::load)
         .transpose()
         .map_err(RunError::UpstreamTls)?
         .map(Arc::new);
@@ -153,14 +158,14 @@ pub fn state(config: &Config) -> Result<(State, Option<Recovery>), RunError> {
             config.policy,
             StickyKeys::new(config.sticky_keys, config.sticky_ttl),
         ),
-        outliers: crate::outlier::LatencyOutliers::new(config.outlier_detection),
+        outliers: crate::balance::outlier::LatencyOutliers::new(config.outlier_detection),
         client,
         limits: config.limits.clone(),
         connections: AtomicUsize::new(0),
         tls: config
             .tls
             .clone()
-            .map(crate::tls::Termination::load)
+            .map(crate::listen::tls::Termination::load)
             .transpose()?
             .map(Arc::new),
         shutting_down: Default::default(),
@@ -236,17 +241,17 @@ pub async fn run(
             authentication.clone().follow(Duration::from_secs(1)),
         ));
     }
-    background.push(tokio::spawn(crate::warm::keep_connected(
+    background.push(tokio::spawn(crate::upstream::health::keep_connected(
         state.clone(),
         Duration::from_secs(1),
         config.health_checks,
     )));
-    background.push(tokio::spawn(crate::outlier::LatencyOutliers::run(
+    background.push(tokio::spawn(crate::balance::outlier::LatencyOutliers::run(
         state.clone(),
         Duration::from_secs(1),
     )));
     if let Some(telemetry) = config.telemetry.clone() {
-        background.push(tokio::spawn(crate::telemetry::report(
+        background.push(tokio::spawn(crate::ops::telemetry::report(
             state.clone(),
             telemetry,
         )));

@@ -272,7 +272,7 @@ fn plan(method: &str, k: usize) -> Option<Plan> {
     })
 }
 
-fn short(method: &skylift_proxy::protocol::Method) -> String {
+fn short(method: &skylift_proxy::grpc::protocol::Method) -> String {
     let service = method.service().rsplit('.').next().unwrap_or_default();
     format!("{service}/{}", method.name())
 }
@@ -291,7 +291,7 @@ async fn every_method_reaches_oap_as_each_client_sent_it() {
     )
     .await;
     const CLIENTS: usize = 3;
-    let methods = skylift_proxy::protocol::METHODS;
+    let methods = skylift_proxy::grpc::protocol::METHODS;
     let mut expected: BTreeMap<String, BTreeMap<Who, u64>> = BTreeMap::new();
     let mut calls = Vec::new();
     for k in 0..CLIENTS {

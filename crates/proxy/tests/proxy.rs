@@ -12,9 +12,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use skylift_proxy::balance::route::Upstream;
+use skylift_proxy::listen::state::{Limits, State, UpstreamClient};
 use skylift_proxy::queue::{DropReason, Overflow, QueueConfig};
-use skylift_proxy::route::Upstream;
-use skylift_proxy::state::{Limits, State, UpstreamClient};
 use skylift_testkit::h2raw::{self, frame as raw_frame, grpc_request as request_block};
 use skylift_testkit::sink::Sink;
 use support::*;
@@ -251,7 +251,7 @@ async fn connections_over_the_limit_are_told_why_and_the_others_keep_working() {
 
     let mut third = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
     third
-        .write_all(skylift_proxy::refuse::PREFACE)
+        .write_all(skylift_proxy::listen::refuse::PREFACE)
         .await
         .unwrap();
     third.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
@@ -628,7 +628,7 @@ async fn the_proxy_stays_ready_while_oap_is_down_and_queues_until_it_is_back() {
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let readyz = format!("http://{}/readyz", admin.local_addr().unwrap());
     let proxy_state = proxy.state.clone();
-    let router = skylift_proxy::admin::router(proxy_state.clone());
+    let router = skylift_proxy::ops::admin::router(proxy_state.clone());
     tokio::spawn(async move { axum::serve(admin, router).await });
     // OAP goes down: the health checks eject it.
     a.set_failing(true);
@@ -1104,7 +1104,7 @@ async fn pings_are_answered_and_protocol_errors_close_with_a_reason() {
     let proxy = proxy(&[&a], None).await;
 
     let mut raw = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
-    let mut hello = skylift_proxy::refuse::PREFACE.to_vec();
+    let mut hello = skylift_proxy::listen::refuse::PREFACE.to_vec();
     hello.extend(raw_frame(0x4, 0, 0, &[]));
     hello.extend(raw_frame(0x6, 0, 0, b"12345678"));
     raw.write_all(&hello).await.unwrap();
@@ -1153,7 +1153,7 @@ async fn a_stream_the_client_resets_keeps_what_it_sent_and_the_connection_goes_o
     let proxy = proxy(&[&a], None).await;
     let mut client = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
     let block = request_block(SEGMENTS);
-    let mut out = skylift_proxy::refuse::PREFACE.to_vec();
+    let mut out = skylift_proxy::listen::refuse::PREFACE.to_vec();
     out.extend(raw_frame(0x4, 0, 0, &[]));
     out.extend(raw_frame(0x1, 0x4, 1, &block));
     out.extend(raw_frame(0x0, 0, 1, &framed(&[segment("kept")])));
@@ -1477,7 +1477,7 @@ fn goaway_code(frames: &[(u8, u8, u32, Vec<u8>)]) -> Option<(u32, String)> {
 async fn slow_flooding_and_oversized_clients_are_cut_off_and_the_others_keep_working() {
     let a = Sink::start().await.unwrap();
     let proxy = proxy(&[&a], None).await;
-    let preface = skylift_proxy::refuse::PREFACE;
+    let preface = skylift_proxy::listen::refuse::PREFACE;
 
     // A socket that never speaks, and one that stops halfway through the preface: closed
     // after the header timeout (500 ms here), without a GOAWAY it would not understand.
@@ -1639,7 +1639,7 @@ async fn clients_are_served_over_mutual_tls_and_renewed_certificates_are_picked_
         skylift_testkit::pki::TestCa::new("client ca"),
     );
     let (cert, key) = server_ca.server_identity(&["localhost"]);
-    let files = skylift_proxy::tls::TlsFiles {
+    let files = skylift_proxy::listen::tls::TlsFiles {
         cert: dir.join("tls.crt"),
         key: dir.join("tls.key"),
         client_ca: Some(dir.join("ca.crt")),
@@ -1647,7 +1647,7 @@ async fn clients_are_served_over_mutual_tls_and_renewed_certificates_are_picked_
     std::fs::write(&files.cert, cert).unwrap();
     std::fs::write(&files.key, key).unwrap();
     std::fs::write(files.client_ca.as_ref().unwrap(), &client_ca.cert_pem).unwrap();
-    let tls = Arc::new(skylift_proxy::tls::Termination::load(files.clone()).unwrap());
+    let tls = Arc::new(skylift_proxy::listen::tls::Termination::load(files.clone()).unwrap());
     tokio::spawn(tls.clone().follow(Duration::from_millis(100)));
     let limits = Limits {
         max_connections: None,
@@ -1754,8 +1754,9 @@ async fn the_authentication_token_from_a_file_goes_with_every_call_and_follows_t
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("token");
     std::fs::write(&file, "first-token\n").unwrap();
-    let authentication =
-        Arc::new(skylift_proxy::authentication::Authentication::load(file.clone()).unwrap());
+    let authentication = Arc::new(
+        skylift_proxy::upstream::authentication::Authentication::load(file.clone()).unwrap(),
+    );
     tokio::spawn(authentication.clone().follow(Duration::from_millis(100)));
     let proxy = proxy_with_client(
         &[&a],
@@ -1828,7 +1829,7 @@ async fn mutual_tls_sink(
 
 #[tokio::test]
 async fn upstreams_are_reached_over_mutual_tls_verified_by_the_configured_name() {
-    use skylift_proxy::origination::{Origination, UpstreamTlsFiles};
+    use skylift_proxy::upstream::tls::{Origination, UpstreamTlsFiles};
     let dir = std::env::temp_dir().join(format!("skylift-upstream-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (server_ca, client_ca) = (

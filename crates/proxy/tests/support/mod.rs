@@ -14,12 +14,14 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use skylift_proxy::balance::{Balancer, Policy};
+use skylift_proxy::balance::balancer::{Balancer, Policy};
+use skylift_proxy::balance::route::{StickyKeys, Upstream};
+use skylift_proxy::balance::upstream_set::UpstreamSet;
+use skylift_proxy::grpc::framing;
+use skylift_proxy::listen as server;
+use skylift_proxy::listen::state::{Limits, Shared, State, UpstreamClient};
 use skylift_proxy::queue::{Overflow, Queue, QueueConfig};
-use skylift_proxy::route::{StickyKeys, Upstream};
-use skylift_proxy::state::{Limits, Shared, State, UpstreamClient};
-use skylift_proxy::upstreams::UpstreamSet;
-use skylift_proxy::{framing, send, server};
+use skylift_proxy::upstream::send;
 use skylift_testkit::sink::Sink;
 
 pub use skylift_testkit::protobuf as pb;
@@ -34,8 +36,8 @@ pub struct Proxy {
 }
 
 /// Latency ejection in tests: as in production, but over 50 ms rather than 100.
-pub const OUTLIERS: skylift_proxy::outlier::OutlierDetection =
-    skylift_proxy::outlier::OutlierDetection {
+pub const OUTLIERS: skylift_proxy::balance::outlier::OutlierDetection =
+    skylift_proxy::balance::outlier::OutlierDetection {
         factor: 3.0,
         min_latency: Duration::from_millis(50),
         ejection: Duration::from_secs(10),
@@ -95,7 +97,7 @@ pub async fn proxy_with_limits(
     queue: QueueConfig,
     client: UpstreamClient,
     limits: Limits,
-    tls: Option<Arc<skylift_proxy::tls::Termination>>,
+    tls: Option<Arc<skylift_proxy::listen::tls::Termination>>,
 ) -> Proxy {
     let set = upstreams
         .iter()
@@ -111,13 +113,13 @@ pub async fn proxy_with_limits(
             Policy::RoundRobin,
             StickyKeys::new(5000, Duration::from_secs(180)),
         ),
-        outliers: skylift_proxy::outlier::LatencyOutliers::new(OUTLIERS),
+        outliers: skylift_proxy::balance::outlier::LatencyOutliers::new(OUTLIERS),
         client,
         limits,
         connections: AtomicUsize::new(0),
         tls,
         shutting_down: Default::default(),
-        turned_away: skylift_proxy::demand::TurnedAway::new(Duration::ZERO),
+        turned_away: skylift_proxy::listen::turned_away::TurnedAway::new(Duration::ZERO),
         metrics: Default::default(),
         refusal_log: Default::default(),
         fixed_meter_routing: true,
@@ -128,14 +130,14 @@ pub async fn proxy_with_limits(
     let (close, closed) = tokio::sync::watch::channel(false);
     tokio::spawn(server::serve(listener, state.clone(), closed.clone()));
     send::spawn_senders(&state, &closed);
-    tokio::spawn(skylift_proxy::outlier::LatencyOutliers::run(
+    tokio::spawn(skylift_proxy::balance::outlier::LatencyOutliers::run(
         state.clone(),
         Duration::from_millis(100),
     ));
-    tokio::spawn(skylift_proxy::warm::keep_connected(
+    tokio::spawn(skylift_proxy::upstream::health::keep_connected(
         state.clone(),
         Duration::from_millis(100),
-        skylift_proxy::warm::HealthChecks {
+        skylift_proxy::upstream::health::HealthChecks {
             interval: Some(Duration::from_millis(200)),
             timeout: Duration::from_millis(500),
             failures: 2,

@@ -1,0 +1,246 @@
+//! Choosing among the current upstreams: the configured policy over the healthy ones, and
+//! ejection of upstreams that fail (for a growing interval, then probed again).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::balance::route::{RoundRobin, SmoothWeighted, StickyKeys, Upstream};
+
+/// The balancing policy for unkeyed messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    RoundRobin,
+    WeightedRoundRobin,
+}
+
+#[derive(Default)]
+struct Health {
+    failures: u32,
+    /// Ejected for failing, until then.
+    ejected_until: Option<Instant>,
+    /// Ejected for being slow, until then: a success (a slow node still answers) does not
+    /// end this one.
+    slow_until: Option<Instant>,
+}
+
+impl Health {
+    /// When the ejection in force ends.
+    fn until(&self) -> Option<Instant> {
+        // `None` orders before any time: the later of the two, or whichever is set.
+        self.ejected_until.max(self.slow_until)
+    }
+}
+
+/// Picks upstreams and remembers which ones fail.
+pub struct Balancer {
+    policy: Policy,
+    round_robin: RoundRobin,
+    weighted: SmoothWeighted,
+    sticky: StickyKeys,
+    health: Mutex<HashMap<String, Health>>,
+}
+
+/// Longest an upstream stays ejected.
+const MAX_EJECTION: Duration = Duration::from_secs(30);
+
+impl Balancer {
+    pub fn new(policy: Policy, sticky: StickyKeys) -> Self {
+        Balancer {
+            policy,
+            round_robin: RoundRobin::default(),
+            weighted: SmoothWeighted::default(),
+            sticky,
+            health: Mutex::default(),
+        }
+    }
+
+    /// The upstreams not ejected at `now`; all of them when every one is ejected (so they
+    /// are probed rather than nothing being tried).
+    pub fn healthy<'a>(
+        &self,
+        upstreams: &'a [Upstream],
+        now: Instant,
+    ) -> std::borrow::Cow<'a, [Upstream]> {
+        let health = self.health.lock().expect("health lock is never poisoned");
+        // Usually none is ejected: the set as it is, uncopied.
+        if health.is_empty() {
+            return std::borrow::Cow::Borrowed(upstreams);
+        }
+        let ok: Vec<Upstream> = upstreams
+            .iter()
+            .filter(|u| {
+                health
+                    .get(&u.address)
+                    .and_then(Health::until)
+                    .is_none_or(|t| t <= now)
+            })
+            .cloned()
+            .collect();
+        if ok.is_empty() {
+            std::borrow::Cow::Borrowed(upstreams)
+        } else {
+            std::borrow::Cow::Owned(ok)
+        }
+    }
+
+    /// The upstream for a message: by key when it has one, by policy otherwise.
+    pub fn pick(
+        &self,
+        key: Option<&str>,
+        upstreams: &[Upstream],
+        now: Instant,
+    ) -> Option<Upstream> {
+        self.pick_in_lane(0, key, upstreams, now)
+    }
+
+    /// [`Balancer::pick`] for one lane of round-robin (see [`route::lane`]): each lane
+    /// cycles through the upstreams on its own.
+    pub fn pick_in_lane(
+        &self,
+        lane: usize,
+        key: Option<&str>,
+        upstreams: &[Upstream],
+        now: Instant,
+    ) -> Option<Upstream> {
+        let candidates = self.healthy(upstreams, now);
+        let index = match key {
+            Some(key) => self.sticky.pick(key, &candidates, now)?,
+            None => match self.policy {
+                Policy::RoundRobin => self.round_robin.pick(lane, candidates.len())?,
+                Policy::WeightedRoundRobin => self.weighted.pick(&candidates)?,
+            },
+        };
+        candidates.get(index).cloned()
+    }
+
+    /// A send to `address` failed: eject it for 1 s, doubling with each further failure.
+    pub fn failed(&self, address: &str, now: Instant) -> Duration {
+        let mut health = self.health.lock().expect("health lock is never poisoned");
+        let entry = health.entry(address.to_string()).or_default();
+        entry.failures = entry.failures.saturating_add(1);
+        let ejection = Duration::from_secs(1)
+            .checked_mul(1 << entry.failures.saturating_sub(1).min(5))
+            .unwrap_or(MAX_EJECTION)
+            .min(MAX_EJECTION);
+        entry.ejected_until = Some(now + ejection);
+        ejection
+    }
+
+    /// Leaves `address` out until `until` (a latency outlier: see [`crate::balance::outlier`]); its
+    /// count of failures is left as it is.
+    pub fn eject(&self, address: &str, until: Instant) {
+        let mut health = self.health.lock().expect("health lock is never poisoned");
+        health.entry(address.to_string()).or_default().slow_until = Some(until);
+    }
+
+    /// A send to `address` succeeded: it is not failing (a latency ejection stays).
+    pub fn succeeded(&self, address: &str) {
+        let mut health = self.health.lock().expect("health lock is never poisoned");
+        if let Some(entry) = health.get_mut(address) {
+            entry.failures = 0;
+            entry.ejected_until = None;
+            if entry.slow_until.is_none_or(|t| t <= Instant::now()) {
+                health.remove(address);
+            }
+        }
+    }
+
+    /// Whether `address` failed and its ejection has run out: time to try it again.
+    pub fn due_for_probe(&self, address: &str, now: Instant) -> bool {
+        self.health
+            .lock()
+            .expect("health lock is never poisoned")
+            .get(address)
+            .and_then(Health::until)
+            .is_some_and(|t| t <= now)
+    }
+
+    /// Whether `address` is ejected at `now`.
+    pub fn is_ejected(&self, address: &str, now: Instant) -> bool {
+        self.health
+            .lock()
+            .expect("health lock is never poisoned")
+            .get(address)
+            .and_then(Health::until)
+            .is_some_and(|t| t > now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set() -> Vec<Upstream> {
+        ["a:1", "b:1", "c:1"]
+            .iter()
+            .map(|a| Upstream {
+                address: a.to_string(),
+                weight: 1,
+            })
+            .collect()
+    }
+
+    fn round_robin() -> Balancer {
+        Balancer::new(
+            Policy::RoundRobin,
+            StickyKeys::new(10, Duration::from_secs(60)),
+        )
+    }
+
+    #[test]
+    fn a_failing_upstream_is_left_out_for_a_growing_interval_then_probed() {
+        let balancer = round_robin();
+        let now = Instant::now();
+        assert_eq!(balancer.failed("b:1", now), Duration::from_secs(1));
+        assert_eq!(balancer.failed("b:1", now), Duration::from_secs(2));
+        assert_eq!(balancer.failed("b:1", now), Duration::from_secs(4));
+        let picks: Vec<String> = (0..4)
+            .map(|_| balancer.pick(None, &set(), now).unwrap().address)
+            .collect();
+        assert!(!picks.contains(&"b:1".to_string()), "{picks:?}");
+        assert!(
+            !balancer.is_ejected("b:1", now + Duration::from_secs(5)),
+            "back after the interval"
+        );
+        balancer.succeeded("b:1");
+        assert_eq!(
+            balancer.failed("b:1", now),
+            Duration::from_secs(1),
+            "success resets the interval"
+        );
+        for _ in 0..20 {
+            balancer.failed("c:1", now);
+        }
+        assert!(balancer.is_ejected("c:1", now + Duration::from_secs(29)));
+        assert!(
+            !balancer.is_ejected("c:1", now + Duration::from_secs(31)),
+            "capped at 30 s"
+        );
+    }
+
+    #[test]
+    fn a_latency_ejection_outlasts_the_slow_nodes_successes() {
+        let balancer = round_robin();
+        let now = Instant::now();
+        balancer.eject("b:1", now + Duration::from_secs(10));
+        balancer.succeeded("b:1");
+        assert!(balancer.is_ejected("b:1", now + Duration::from_secs(9)));
+        assert!(!balancer.due_for_probe("b:1", now + Duration::from_secs(9)));
+        assert!(balancer.due_for_probe("b:1", now + Duration::from_secs(11)));
+        // A failure meanwhile does not shorten it.
+        balancer.failed("b:1", now);
+        assert!(balancer.is_ejected("b:1", now + Duration::from_secs(9)));
+    }
+
+    #[test]
+    fn when_every_upstream_is_ejected_they_are_all_tried() {
+        let balancer = round_robin();
+        let now = Instant::now();
+        for u in set() {
+            balancer.failed(&u.address, now);
+        }
+        assert_eq!(balancer.healthy(&set(), now).len(), 3);
+        assert!(balancer.pick(Some("svc\0pod"), &set(), now).is_some());
+    }
+}

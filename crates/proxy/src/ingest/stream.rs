@@ -1,0 +1,355 @@
+//! Receiving asynchronous reports: the client's stream is split into messages (framing
+//! only), each is queued with its routing key, and the stream is answered with an empty
+//! `Commands` when it ends. Streams whose messages depend on each other are made
+//! self-contained first (see [`crate::ingest::reshape`]).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Request;
+
+use crate::grpc::Code;
+use crate::grpc::framing::{self, Decoder, Frame};
+use crate::grpc::protocol::{Method, Shape};
+use crate::grpc::wire::{self, WireError};
+use crate::ingest::reshape::{Carried, MeterSet};
+use crate::listen::state::State;
+use crate::queue::{DropReason, Event, Offered, Route};
+
+/// Whether a stream of `method` with these headers can be taken apart here. A compressed
+/// stream of a shape whose messages must be read or rewritten cannot (no message can be
+/// read), so it is forwarded whole instead, and OAP reads it as the client sent it.
+pub fn can_reshape(method: &Method, headers: &http::HeaderMap) -> bool {
+    method.shape == Shape::Independent
+        || method.shape == Shape::MeterBatch
+        || encoding(headers).is_none()
+}
+
+fn encoding(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get("grpc-encoding")
+        .map(|v| v.to_str().unwrap_or("?"))
+        .filter(|e| *e != "identity")
+}
+
+/// grpc-java's default decompressors, so the only encodings OAP's gRPC server takes.
+const OAP_ENCODINGS: [&str; 2] = ["gzip", "identity"];
+
+/// What one stream keeps between its messages.
+enum StreamState {
+    Independent,
+    Events,
+    MeterBatch,
+    MeterSet {
+        set: MeterSet,
+        key: Option<Arc<str>>,
+    },
+    Carried(Carried),
+}
+
+/// Where a stream's events go and what they carry in common.
+struct Destination {
+    route: Arc<Route>,
+    /// With `--routing hash`, the request header decides for the whole stream.
+    header_key: Option<Arc<str>>,
+}
+
+/// Why a stream is answered with an error.
+#[derive(Debug)]
+pub struct Refusal(pub Code, pub String);
+
+/// One report stream being received: its messages become events as its data arrives.
+pub struct ReportStream {
+    method: &'static Method,
+    destination: Destination,
+    shape: StreamState,
+    decoder: Decoder,
+    /// Events made so far (a meter set counts once).
+    pub received: u64,
+    /// The chunk last received, and the run number its events share.
+    chunk: Bytes,
+    run: usize,
+    /// A unary report's one message, queued only once the call ends with no other.
+    held: Option<Event>,
+    /// Why the stream is refused before any of it is read.
+    refused: Option<Refusal>,
+}
+
+impl ReportStream {
+    pub fn open<B>(state: &State, method: &'static Method, request: &Request<B>) -> ReportStream {
+        let encoding = encoding(request.headers());
+        // ServerImpl refuses other encodings with UNIMPLEMENTED: so does the proxy, before
+        // acknowledging data no OAP would take.
+        let refused = encoding.filter(|e| !OAP_ENCODINGS.contains(e)).map(|e| {
+            Refusal(
+                Code::Unimplemented,
+                format!("skylift-proxy: grpc-encoding {e} is not supported (gzip, identity)"),
+            )
+        });
+        let destination = Destination {
+            route: Arc::new(Route {
+                path: match method.shape {
+                    // A meter set goes upstream as one collectBatch message.
+                    Shape::MeterSet => format!("{}Batch", method.path),
+                    _ => method.path.to_string(),
+                },
+                protocol: method.protocol,
+                encoding: encoding.map(Into::into),
+                alone: method.sends_alone(),
+            }),
+            header_key: state.hash_key(request.headers()).map(Into::into),
+        };
+        let shape = match method.shape {
+            Shape::Independent => StreamState::Independent,
+            Shape::Events => StreamState::Events,
+            Shape::MeterBatch => StreamState::MeterBatch,
+            Shape::MeterSet => StreamState::MeterSet {
+                set: MeterSet::new(state.limits.max_message_bytes),
+                key: None,
+            },
+            shape => StreamState::Carried(
+                Carried::for_shape(shape).expect("every other shape carries a fact"),
+            ),
+        };
+        ReportStream {
+            method,
+            destination,
+            shape,
+            decoder: Decoder::new(state.limits.max_message_bytes),
+            received: 0,
+            chunk: Bytes::new(),
+            run: 0,
+            held: None,
+            refused,
+        }
+    }
+
+    pub fn protocol(&self) -> &'static str {
+        self.method.protocol
+    }
+
+    /// Why the stream is refused as it opens (an encoding OAP cannot read), if it is.
+    pub fn refusal_at_open(&mut self) -> Option<Refusal> {
+        self.refused.take()
+    }
+
+    /// Bytes received and held here: a message not yet whole, a unary report waiting for
+    /// the call's end, a meter set being gathered. The connection's budget counts them.
+    pub fn buffered(&self) -> usize {
+        let set = match &self.shape {
+            StreamState::MeterSet { set, .. } => set.buffered(),
+            _ => 0,
+        };
+        self.decoder.buffered() + self.held.as_ref().map_or(0, |e| e.framed.len()) + set
+    }
+
+    /// Data received on the stream.
+    pub fn push(&mut self, state: &State, data: Bytes) {
+        self.chunk = data.clone();
+        self.run = state.queue.next_run();
+        self.decoder.push_bytes(data);
+    }
+
+    /// Ties an event to the chunk being received (whether its message is a slice of it
+    /// is for the batch that joins them to find out, see [`crate::upstream::payload::Joiner`]).
+    fn tie_to_chunk(&self, mut event: Event) -> Event {
+        event.run = Some(self.run);
+        event.chunk = self.chunk.clone();
+        event
+    }
+
+    /// The next event the data received so far makes, if any.
+    pub fn next_event(&mut self, state: &State) -> Result<Option<Event>, Refusal> {
+        loop {
+            let frame = match self.decoder.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => {
+                    // Every event of the chunk is made: the stream no longer needs the
+                    // read buffer the chunk was cut from.
+                    self.chunk = Bytes::new();
+                    return Ok(None);
+                }
+                Err(err) => {
+                    let code = if err.grpc_code() == 8 {
+                        Code::ResourceExhausted
+                    } else {
+                        Code::Internal
+                    };
+                    return Err(Refusal(code, format!("skylift-proxy: {err}")));
+                }
+            };
+            // MessageDeframer: a compressed message needs the stream's grpc-encoding.
+            if frame.compressed && self.destination.route.encoding.is_none() {
+                return Err(Refusal(
+                    Code::Internal,
+                    "skylift-proxy: a compressed message without grpc-encoding".into(),
+                ));
+            }
+            // OAP's server parses every message before its handler sees it and closes the
+            // stream at one that does not parse, after handling those before it: such a
+            // message is refused to its client here rather than queued beside others.
+            if !frame.compressed {
+                wire::check(&frame.message)
+                    .map_err(|err| malformed(&self.destination.route, err))?;
+            }
+            let made = next_event(state, &self.destination, &mut self.shape, frame)?;
+            let Some(event) = made else { continue };
+            let event = self.tie_to_chunk(event);
+            if self.method.is_unary() {
+                // UnaryServerCallHandler: a second message closes the call.
+                if self.held.is_some() {
+                    return Err(Refusal(Code::Internal, "Too many requests".into()));
+                }
+                self.held = Some(event);
+                continue;
+            }
+            self.received += 1;
+            return Ok(Some(event));
+        }
+    }
+
+    /// The stream ended: the last event, if one was still being gathered.
+    pub fn finish(&mut self) -> Result<Option<Event>, Refusal> {
+        if let Err(err) = self.decoder.finish() {
+            return Err(Refusal(Code::Internal, format!("skylift-proxy: {err}")));
+        }
+        if self.method.is_unary() {
+            return match self.held.take() {
+                Some(event) => {
+                    self.received += 1;
+                    Ok(Some(event))
+                }
+                None => Err(Refusal(
+                    Code::Internal,
+                    "Half-closed without a request".into(),
+                )),
+            };
+        }
+        if let StreamState::MeterSet { set, key } = &mut self.shape
+            && let Some(collection) = set.finish()
+        {
+            self.received += 1;
+            return Ok(Some(event(
+                &self.destination,
+                key.clone(),
+                None,
+                framing::frame(&collection),
+            )));
+        }
+        Ok(None)
+    }
+}
+
+fn event(
+    destination: &Destination,
+    key: Option<Arc<str>>,
+    origin: Option<Bytes>,
+    framed: Bytes,
+) -> Event {
+    Event {
+        route: destination.route.clone(),
+        key: destination.header_key.clone().or(key),
+        origin,
+        chunk: framed.clone(),
+        framed,
+        run: None,
+        seq: None,
+    }
+}
+
+fn malformed(method: &Route, err: WireError) -> Refusal {
+    Refusal(
+        Code::InvalidArgument,
+        format!(
+            "skylift-proxy: malformed {} message: {err}",
+            method.protocol
+        ),
+    )
+}
+
+/// The event a received message makes, if any yet (a meter set is queued in parts).
+fn next_event(
+    state: &State,
+    destination: &Destination,
+    stream: &mut StreamState,
+    frame: Frame,
+) -> Result<Option<Event>, Refusal> {
+    let Frame {
+        message, framed, ..
+    } = frame;
+    let route = &destination.route;
+    // With round-robin meter routing no key is wanted; a compressed message cannot be read.
+    let keyed = state.fixed_meter_routing && !frame.compressed;
+    Ok(match stream {
+        StreamState::Independent => Some(event(destination, None, None, framed)),
+        StreamState::Events => {
+            // EventGrpcServiceHandler closes the whole stream at an event without a layer,
+            // losing the events after it: refused here, to its own client only.
+            let layer = wire::string_field(&message, wire::EVENT_LAYER)
+                .map_err(|err| malformed(route, err))?;
+            if layer.unwrap_or_default().is_empty() {
+                return Err(Refusal(
+                    Code::InvalidArgument,
+                    "skylift-proxy: Layer field is required since v9.0.0, please upgrade your event report tools".into(),
+                ));
+            }
+            Some(event(destination, None, None, framed))
+        }
+        StreamState::MeterBatch => {
+            let key = if keyed {
+                wire::meter_batch_key(&message)
+                    .map_err(|err| malformed(route, err))?
+                    .map(Arc::<str>::from)
+            } else {
+                None
+            };
+            Some(event(destination, key, None, framed))
+        }
+        StreamState::MeterSet { set, key } => {
+            if keyed && key.is_none() {
+                *key = wire::meter_key(&message)
+                    .map_err(|err| malformed(route, err))?
+                    .map(Arc::<str>::from);
+            }
+            set.add(&message)
+                .map_err(|err| malformed(route, err))?
+                .map(|collection| {
+                    event(destination, key.clone(), None, framing::frame(&collection))
+                })
+        }
+        StreamState::Carried(carried) => {
+            let (queued, origin) = carried
+                .message(message.clone())
+                .map_err(|err| malformed(route, err))?;
+            // Only messages that had something written in are new.
+            let framed = if queued.as_ptr() == message.as_ptr() && queued.len() == message.len() {
+                framed
+            } else {
+                framing::frame(&queued)
+            };
+            Some(event(destination, None, origin, framed))
+        }
+    })
+}
+
+/// Queues an event that did not fit at once: waits for room up to `--overflow-wait`, then
+/// applies the overflow policy.
+pub async fn queue_waiting(state: &State, event: Event) -> Result<(), Refusal> {
+    let protocol = event.route.protocol;
+    match state.queue.offer_waiting(event).await {
+        Offered::Queued => Ok(()),
+        Offered::Dropped => {
+            state.metrics.dropped(protocol, DropReason::QueueFull, 1);
+            Ok(())
+        }
+        Offered::Rejected => {
+            state
+                .metrics
+                .dropped(protocol, DropReason::QueueFullRejected, 1);
+            Err(Refusal(
+                Code::ResourceExhausted,
+                "skylift-proxy: queue full; retry later".into(),
+            ))
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! Accepting clients: gRPC over cleartext HTTP/2, at most `--max-connections` at once;
+//! each request goes to its method's policy.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::listen::calls::Calls;
+
+use crate::h2::{self, Transport, frame};
+
+use crate::listen::refuse::refuse;
+use crate::listen::state::State;
+
+/// Longest wait for the answer to a keep-alive ping.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Refusals over the limit in progress at once; beyond, a refused socket is just closed.
+const MAX_REFUSING: usize = 64;
+/// How long a refused client may take to send its preface.
+const REFUSAL_PATIENCE: Duration = Duration::from_secs(5);
+
+/// A connection counted in `State::connections` (which drives autoscaling) for as long as
+/// this lives: the count comes down however the connection's task ends, panics included.
+struct Counted(State);
+
+impl Counted {
+    /// Counts a connection in, unless that would pass `--max-connections`.
+    fn admit(state: &State) -> Result<Counted, usize> {
+        let open = state.connections.fetch_add(1, Ordering::AcqRel) + 1;
+        if let Some(max) = state.limits.max_connections
+            && open > max
+        {
+            state.connections.fetch_sub(1, Ordering::AcqRel);
+            return Err(max);
+        }
+        Ok(Counted(state.clone()))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves until `shutdown` turns true; then stops accepting, and every open connection
+/// is sent a GOAWAY and ends once its streams are answered.
+pub async fn serve(
+    listener: TcpListener,
+    state: State,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let refuser = Refuser::start(state.clone());
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let counted = match Counted::admit(&state) {
+            Ok(counted) => counted,
+            Err(max) => {
+                state.metrics.refused();
+                state
+                    .turned_away
+                    .record(peer.ip(), std::time::Instant::now());
+                refuser.refuse(stream, peer, max);
+                continue;
+            }
+        };
+        let config = connection_config(&state);
+        let closed = {
+            let state = state.clone();
+            move |cause| {
+                drop(counted);
+                state.metrics.connection_closed(cause);
+                tracing::trace!(%peer, cause, "connection closed");
+            }
+        };
+        match state.tls.clone() {
+            // The connection's future is the task: most of what an idle connection costs.
+            None => {
+                let calls = Calls::new(state.clone());
+                let transport = Transport::Plain(stream);
+                tokio::spawn(h2::serve(
+                    transport,
+                    calls,
+                    config,
+                    shutdown.clone(),
+                    closed,
+                ));
+            }
+            Some(tls) => {
+                let (state, shutdown) = (state.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    // Boxed: only during the handshake does a connection carry its state.
+                    let handshake = Box::pin(tls.handshake(stream, config.header_timeout)).await;
+                    let transport = match handshake {
+                        Ok(stream) => {
+                            let (tcp, connection) = stream.into_inner();
+                            Transport::tls(tcp, connection)
+                        }
+                        Err(err) => {
+                            state.metrics.tls_failed();
+                            tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                            closed("tls_handshake_failed");
+                            return;
+                        }
+                    };
+                    let calls = Calls::new(state.clone());
+                    h2::serve(transport, calls, config, shutdown, closed).await;
+                });
+            }
+        }
+    }
+}
+
+/// How client connections are served, from the proxy's limits.
+fn connection_config(state: &State) -> h2::Config {
+    h2::Config {
+        settings: h2::Settings {
+            connection_window: connection_budget(state.limits.max_message_bytes),
+            ..h2::Settings::default()
+        },
+        keepalive: state.limits.keepalive,
+        keepalive_timeout: state
+            .limits
+            .keepalive
+            .map_or(KEEPALIVE_TIMEOUT, |interval| {
+                interval.min(KEEPALIVE_TIMEOUT)
+            }),
+        max_age: state.limits.max_connection_age,
+        drain_grace: state.limits.max_connection_age_grace,
+        header_timeout: state.limits.header_timeout,
+        idle_timeout: state.limits.idle_timeout,
+    }
+}
+
+/// A connection's budget for request data received and not yet consumed (its receive
+/// window): room for one message of the largest size, and 64 KiB.
+pub fn connection_budget(max_message_bytes: usize) -> u32 {
+    u32::try_from(max_message_bytes + 5 + 64 * 1024)
+        .unwrap_or(u32::MAX)
+        .min(frame::MAX_WINDOW as u32)
+}
+
+/// Turns away connections over the limit, all in one task and at most [`MAX_REFUSING`] at
+/// a time: a flood of connections over the limit costs a bounded amount.
+#[derive(Clone)]
+struct Refuser {
+    sockets: mpsc::Sender<(TcpStream, SocketAddr, usize)>,
+}
+
+impl Refuser {
+    fn start(state: State) -> Refuser {
+        let (sockets, mut receiver) = mpsc::channel::<(TcpStream, SocketAddr, usize)>(MAX_REFUSING);
+        tokio::spawn(async move {
+            let mut refusing = FuturesUnordered::new();
+            loop {
+                tokio::select! {
+                    next = receiver.recv(), if refusing.len() < MAX_REFUSING => {
+                        let Some((stream, peer, max)) = next else { break };
+                        refusing.push(refuse_one(state.clone(), stream, peer, max));
+                    }
+                    Some(()) = refusing.next(), if !refusing.is_empty() => {}
+                }
+            }
+            while refusing.next().await.is_some() {}
+        });
+        Refuser { sockets }
+    }
+
+    /// Hands a socket over; when as many are waiting already, it is closed at once.
+    fn refuse(&self, stream: TcpStream, peer: SocketAddr, max: usize) {
+        if self.sockets.try_send((stream, peer, max)).is_err() {
+            tracing::debug!(%peer, "closed a connection over the limit without a GOAWAY: too many refusals in progress");
+        }
+    }
+}
+
+async fn refuse_one(state: State, stream: TcpStream, peer: SocketAddr, max: usize) {
+    let reason =
+        format!("skylift-proxy: connection limit of {max} reached; reconnect to another replica");
+    // A TLS client is told why inside TLS, which it can read.
+    let refusal = match &state.tls {
+        None => refuse(stream, &reason, REFUSAL_PATIENCE).await,
+        Some(tls) => match tls.handshake(stream, REFUSAL_PATIENCE).await {
+            Ok(stream) => refuse(stream, &reason, REFUSAL_PATIENCE).await,
+            Err(_) => return,
+        },
+    };
+    tracing::info!(%peer, ?refusal, "refused a connection over the limit");
+}

@@ -1,0 +1,552 @@
+//! The proxy's side of a client connection ([`Handler`]): report streams received here,
+//! message by message into the queue, with no task, channel or copy per stream; other
+//! calls (sync, pass-through) handed to a task each, which talks back through
+//! [`Signal`]s. gRPC's request rules are checked before either.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
+use tokio::sync::Semaphore;
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio::task::AbortHandle;
+
+use crate::grpc::protocol::{self, Policy};
+use crate::grpc::{self, Code};
+use crate::h2::body::{Chunk, RequestBody};
+use crate::h2::connection::{Handler, Link, Wait};
+use crate::h2::frame::Reason;
+use crate::h2::headers;
+use crate::h2::session::{Event, Flow, Outgoing, Session};
+use crate::h2::signal::{self, RESPONSE_CREDIT, Signal};
+use crate::ingest::stream::{self as ingest, Refusal, ReportStream};
+use crate::listen::state::State;
+use crate::queue;
+use crate::queue::journal::Fsync;
+use crate::upstream::forward;
+
+/// The answer's header block to every report: status 200, gRPC content.
+static REPORT_HEAD: LazyLock<Bytes> = LazyLock::new(|| {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    let mut block = BytesMut::new();
+    headers::encode_response(StatusCode::OK, &headers, &mut block);
+    block.freeze()
+});
+/// The trailers of every accepted report: status OK.
+static REPORT_TRAILERS: LazyLock<Bytes> = LazyLock::new(|| {
+    let mut block = BytesMut::new();
+    headers::encode_fields(&grpc::status_headers(Code::Ok, ""), &mut block);
+    block.freeze()
+});
+/// One empty `Commands` message.
+static EMPTY_COMMANDS: [u8; 5] = [0; 5];
+
+/// What a stream is.
+enum Kind {
+    /// A report received here, message by message.
+    Report {
+        report: Box<ReportStream>,
+        /// Bytes of the stream's data the report still holds (see
+        /// [`ReportStream::buffered`]): not yet consumed from the connection's budget.
+        held: usize,
+        /// Answered (accepted or refused): what the client still sends is discarded.
+        answered: bool,
+    },
+    /// A call a handler task answers.
+    Handled {
+        body: Option<UnboundedSender<Chunk>>,
+        task: AbortHandle,
+    },
+    /// Answered at once with an error; the rest of the request is discarded.
+    Refused,
+}
+
+/// The proxy's calls on one connection.
+pub struct Calls {
+    state: State,
+    streams: HashMap<u32, Kind>,
+    /// Handler tasks' signals; made when the first handler is.
+    signals: Option<(UnboundedSender<Signal>, UnboundedReceiver<Signal>)>,
+    /// Answer bytes handler tasks may have given the connection and not yet seen
+    /// written: shared by the connection's calls, so a client that stops reading holds
+    /// back at most this much.
+    credits: Option<Arc<Semaphore>>,
+}
+
+impl Calls {
+    pub fn new(state: State) -> Calls {
+        Calls {
+            state,
+            streams: HashMap::new(),
+            signals: None,
+            credits: None,
+        }
+    }
+
+    /// Starts a stream: a report is received here, anything else goes to a handler task.
+    fn open<'a>(
+        &'a mut self,
+        id: u32,
+        request: Request<()>,
+        end_stream: bool,
+        link: &'a mut Link<'_>,
+    ) -> Option<Wait<'a>> {
+        if let Some((status, code, message)) = grpc_request_error(&request) {
+            let block = http_error_block(status, code, message);
+            link.session
+                .send(id, Outgoing::Headers { block, end: true });
+            self.streams.insert(id, Kind::Refused);
+            return None;
+        }
+        let method = protocol::lookup(request.uri().path());
+        let report = method.filter(|method| {
+            matches!(method.policy, Policy::AsyncStream | Policy::AsyncUnary)
+                && ingest::can_reshape(method, request.headers())
+        });
+        let Some(method) = report else {
+            let kind = self.spawn_handler(id, request, method, end_stream);
+            self.streams.insert(id, kind);
+            return None;
+        };
+        let mut report = ReportStream::open(&self.state, method, &request);
+        let refused = report.refusal_at_open();
+        link.session.set_flow(id, Flow::Messages);
+        self.streams.insert(
+            id,
+            Kind::Report {
+                report: Box::new(report),
+                held: 0,
+                answered: false,
+            },
+        );
+        if let Some(refusal) = refused {
+            self.refuse(id, refusal, link.session);
+            None
+        } else if end_stream {
+            self.end_report(id, link)
+        } else {
+            None
+        }
+    }
+
+    fn signal_sender(&mut self) -> UnboundedSender<Signal> {
+        self.signals
+            .get_or_insert_with(mpsc::unbounded_channel)
+            .0
+            .clone()
+    }
+
+    fn spawn_handler(
+        &mut self,
+        id: u32,
+        request: Request<()>,
+        method: Option<&'static protocol::Method>,
+        end_stream: bool,
+    ) -> Kind {
+        let signals = self.signal_sender();
+        // The channel holds only what the connection's window let the client send.
+        let (body, chunks) = if end_stream {
+            (None, None)
+        } else {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        };
+        let request = request.map(|()| RequestBody::new(id, chunks, signals.clone()));
+        let credits = self
+            .credits
+            .get_or_insert_with(|| Arc::new(Semaphore::new(RESPONSE_CREDIT)))
+            .clone();
+        let response = Box::pin(dispatch(self.state.clone(), method, request));
+        let task = tokio::spawn(signal::respond(id, response, signals, credits));
+        Kind::Handled {
+            body,
+            task: task.abort_handle(),
+        }
+    }
+
+    fn on_data<'a>(
+        &'a mut self,
+        id: u32,
+        data: Bytes,
+        end: bool,
+        link: &'a mut Link<'_>,
+    ) -> Option<Wait<'a>> {
+        let len = u32::try_from(data.len()).expect("frames are small");
+        match self.streams.get_mut(&id) {
+            Some(Kind::Report {
+                report,
+                held,
+                answered: false,
+            }) => {
+                *held += data.len();
+                report.push(&self.state, data);
+                match self.pump(id) {
+                    Err(refusal) => {
+                        self.refuse(id, refusal, link.session);
+                        None
+                    }
+                    Ok(Some(blocked)) => {
+                        Some(Box::pin(self.on_data_waiting(id, blocked, end, link)))
+                    }
+                    Ok(None) => {
+                        self.release(id, link.session);
+                        if end { self.end_report(id, link) } else { None }
+                    }
+                }
+            }
+            Some(Kind::Handled { body, .. }) => {
+                if !data.is_empty()
+                    && let Some(sender) = body.as_ref()
+                {
+                    // Consumed (and the window given back) when the handler takes it.
+                    if sender.send(Chunk::Data(data)).is_err() {
+                        link.session.consumed(id, len);
+                    }
+                }
+                if end {
+                    *body = None;
+                }
+                None
+            }
+            // Answered already, or unknown: discarded.
+            _ => {
+                link.session.consumed(id, len);
+                None
+            }
+        }
+    }
+
+    /// The rest of [`Calls::on_data`] once the queue was full: this connection waits for
+    /// room (flow control holds its client back meanwhile), after sending what is answered.
+    async fn on_data_waiting(
+        &mut self,
+        id: u32,
+        blocked: queue::Event,
+        end: bool,
+        link: &mut Link<'_>,
+    ) {
+        let mut blocked = Some(blocked);
+        while let Some(event) = blocked.take() {
+            link.flush();
+            if let Err(refusal) = ingest::queue_waiting(&self.state, event).await {
+                return self.refuse(id, refusal, link.session);
+            }
+            match self.pump(id) {
+                Err(refusal) => return self.refuse(id, refusal, link.session),
+                Ok(next) => blocked = next,
+            }
+        }
+        self.release(id, link.session);
+        if end && let Some(wait) = self.end_report(id, link) {
+            wait.await;
+        }
+    }
+
+    /// Gives back to the connection's budget what a report no longer holds.
+    fn release(&mut self, id: u32, session: &mut Session) {
+        if let Some(Kind::Report { report, held, .. }) = self.streams.get_mut(&id) {
+            let now = report.buffered();
+            if now < *held {
+                let freed = u32::try_from(*held - now).unwrap_or(u32::MAX);
+                *held = now;
+                session.consumed(id, freed);
+            }
+        }
+    }
+
+    /// Queues the events a report's data makes, as long as the queue has room; the event
+    /// that found it full is handed back.
+    fn pump(&mut self, id: u32) -> Result<Option<queue::Event>, Refusal> {
+        let Some(Kind::Report { report, .. }) = self.streams.get_mut(&id) else {
+            return Ok(None);
+        };
+        while let Some(event) = report.next_event(&self.state)? {
+            if let Err(event) = self.state.queue.try_offer(event) {
+                return Ok(Some(event));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The client ended a report stream: the last event is queued and the stream answered,
+    /// here when nothing needs waiting for.
+    fn end_report<'a>(&'a mut self, id: u32, link: &'a mut Link<'_>) -> Option<Wait<'a>> {
+        let Some(Kind::Report {
+            report,
+            answered: answered @ false,
+            ..
+        }) = self.streams.get_mut(&id)
+        else {
+            return None;
+        };
+        *answered = true;
+        let last = match report.finish() {
+            Ok(last) => last,
+            Err(refusal) => {
+                self.refuse(id, refusal, link.session);
+                return None;
+            }
+        };
+        let queued_any = report.received > 0;
+        let blocked = last.and_then(|event| self.state.queue.try_offer(event).err());
+        let must_sync = queued_any
+            && self
+                .state
+                .queue
+                .journal()
+                .is_some_and(|journal| matches!(journal.fsync(), Fsync::Always));
+        if blocked.is_some() || must_sync {
+            return Some(Box::pin(
+                self.end_report_waiting(id, blocked, queued_any, link),
+            ));
+        }
+        if queued_any
+            && let Some(journal) = self.state.queue.journal()
+            && journal.write_out().is_err()
+        {
+            self.refuse(id, journal_refusal(), link.session);
+            return None;
+        }
+        acknowledge(id, link.session);
+        None
+    }
+
+    /// The rest of [`Calls::end_report`] when the queue was full or the journal must be
+    /// synced first. With the disk queue the client hears its data was taken only once it
+    /// is written to the journal (and with `--fsync always`, synced: one sync serves every
+    /// client waiting at the time).
+    async fn end_report_waiting(
+        &mut self,
+        id: u32,
+        blocked: Option<queue::Event>,
+        queued_any: bool,
+        link: &mut Link<'_>,
+    ) {
+        if let Some(event) = blocked {
+            link.flush();
+            if let Err(refusal) = ingest::queue_waiting(&self.state, event).await {
+                return self.refuse(id, refusal, link.session);
+            }
+        }
+        if queued_any && let Some(journal) = self.state.queue.journal() {
+            let journal = journal.clone();
+            let durable = match (journal.write_out(), journal.fsync()) {
+                (Err(failed), _) => Err(failed),
+                (Ok(()), Fsync::Always) => {
+                    link.flush();
+                    journal.durable().await
+                }
+                (Ok(()), Fsync::Interval(_)) => Ok(()),
+            };
+            if durable.is_err() {
+                return self.refuse(id, journal_refusal(), link.session);
+            }
+        }
+        acknowledge(id, link.session);
+    }
+
+    /// Answers a report with a gRPC error (trailers-only).
+    fn refuse(&mut self, id: u32, Refusal(code, message): Refusal, session: &mut Session) {
+        if let Some(Kind::Report { answered, .. }) = self.streams.get_mut(&id) {
+            *answered = true;
+        }
+        let block = error_block(code, &message);
+        session.send(id, Outgoing::Headers { block, end: true });
+    }
+
+    /// What a stream leaves behind: a report's count, a handler's task.
+    fn retire(&self, kind: Kind) {
+        match kind {
+            Kind::Report { report, .. } => {
+                if report.received > 0 {
+                    self.state
+                        .metrics
+                        .received_many(report.protocol(), report.received);
+                }
+            }
+            Kind::Handled { task, .. } => task.abort(),
+            Kind::Refused => {}
+        }
+    }
+}
+
+impl Handler for Calls {
+    type Signal = Signal;
+
+    fn on_event<'a>(&'a mut self, event: Event, link: &'a mut Link<'_>) -> Option<Wait<'a>> {
+        match event {
+            Event::Open {
+                stream,
+                request,
+                end_stream,
+            } => self.open(stream, request, end_stream, link),
+            Event::Data {
+                stream,
+                data,
+                end_stream,
+            } => self.on_data(stream, data, end_stream, link),
+            Event::Trailers { stream, trailers } => match self.streams.get_mut(&stream) {
+                Some(Kind::Handled { body, .. }) => {
+                    if let Some(body) = body.take() {
+                        let _ = body.send(Chunk::Trailers(trailers));
+                    }
+                    None
+                }
+                Some(Kind::Report { .. }) => self.end_report(stream, link),
+                _ => None,
+            },
+            Event::Closed { stream } => {
+                if let Some(kind) = self.streams.remove(&stream) {
+                    self.retire(kind);
+                }
+                None
+            }
+        }
+    }
+
+    async fn next_signal(&mut self) -> Option<Signal> {
+        match &mut self.signals {
+            Some((_, rx)) => rx.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn try_signal(&mut self) -> Option<Signal> {
+        self.signals.as_mut().and_then(|(_, rx)| rx.try_recv().ok())
+    }
+
+    fn on_signal(&mut self, signal: Signal, session: &mut Session) {
+        match signal {
+            Signal::Head { stream, block, end } => {
+                session.send(stream, Outgoing::Headers { block, end });
+            }
+            Signal::Data {
+                stream,
+                data,
+                end,
+                credit,
+            } => session.send(stream, Outgoing::Data { data, end, credit }),
+            Signal::Trailers { stream, block } => {
+                session.send(stream, Outgoing::Headers { block, end: true });
+            }
+            Signal::Reset { stream, reason } => session.reset(stream, reason),
+            Signal::Consumed { stream, bytes } => session.consumed(stream, bytes),
+            Signal::Finished { stream } => {
+                if !session.answered(stream) {
+                    session.reset(stream, Reason::Internal);
+                }
+            }
+        }
+    }
+
+    fn on_returned_credit(&mut self, credit: usize) {
+        if let Some(credits) = &self.credits {
+            credits.add_permits(credit);
+        }
+    }
+
+    fn on_aged_out(&mut self) {
+        self.state.metrics.aged_out();
+    }
+
+    fn on_close(&mut self, _session: &Session) {
+        for (_, kind) in std::mem::take(&mut self.streams) {
+            self.retire(kind);
+        }
+    }
+}
+
+/// gRPC's rules for a request, as grpc-java's `NettyServerHandler.onHeadersRead` applies
+/// them before any service sees the call: the HTTP status, gRPC code and message of the
+/// answer to a request that breaks one.
+fn grpc_request_error(request: &Request<()>) -> Option<(StatusCode, Code, &'static str)> {
+    if request.method() != Method::POST {
+        return Some((
+            StatusCode::METHOD_NOT_ALLOWED,
+            Code::Internal,
+            "skylift-proxy: gRPC calls use POST",
+        ));
+    }
+    let grpc_content = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.strip_prefix("application/grpc")
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']))
+        });
+    if !grpc_content {
+        return Some((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Code::Internal,
+            "skylift-proxy: content-type must be application/grpc",
+        ));
+    }
+    None
+}
+
+/// Answers an accepted report: status 200, an empty `Commands`, status OK.
+fn acknowledge(id: u32, session: &mut Session) {
+    session.send(
+        id,
+        Outgoing::Headers {
+            block: REPORT_HEAD.clone(),
+            end: false,
+        },
+    );
+    session.send(
+        id,
+        Outgoing::Data {
+            data: Bytes::from_static(&EMPTY_COMMANDS),
+            end: false,
+            credit: 0,
+        },
+    );
+    session.send(
+        id,
+        Outgoing::Headers {
+            block: REPORT_TRAILERS.clone(),
+            end: true,
+        },
+    );
+}
+
+fn journal_refusal() -> Refusal {
+    Refusal(
+        Code::Unavailable,
+        "skylift-proxy: the queue journal could not be written to disk; retry".into(),
+    )
+}
+
+/// A trailers-only gRPC error's header block.
+fn error_block(code: Code, message: &str) -> Bytes {
+    http_error_block(StatusCode::OK, code, message)
+}
+
+fn http_error_block(status: StatusCode, code: Code, message: &str) -> Bytes {
+    let mut block = BytesMut::new();
+    headers::encode_response(status, &grpc::error_headers(code, message), &mut block);
+    block.freeze()
+}
+
+/// Answers a call that is not a report taken apart on its connection (see
+/// [`Calls`]): sync calls, streams forwarded whole (bidirectional uploads, Go
+/// profiles, compressed streams that cannot be reshaped), and every method the proxy does
+/// not know (`method` None), which is passed through on the path the client used. Known
+/// methods are called upstream on the name OAP registers, whatever the client's spelling.
+pub async fn dispatch(
+    state: State,
+    method: Option<&'static protocol::Method>,
+    request: Request<RequestBody>,
+) -> http::Response<grpc::Body> {
+    let path = method.map(|m| m.path);
+    match method.map(|m| m.policy) {
+        Some(Policy::Sync) => forward::sync_call(&state, path, request).await,
+        _ => forward::pass_through(&state, path, request).await,
+    }
+}

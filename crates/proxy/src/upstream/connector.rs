@@ -1,0 +1,154 @@
+//! How the upstream client opens a connection: TCP (no delay, 3 s to connect), then TLS
+//! when [`crate::upstream::tls`] is configured, with writes gathered by
+//! [`crate::upstream::coalesce`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::upstream::coalesce::Coalescing;
+use crate::upstream::tls::Origination;
+
+/// Longest a TCP connect, and then a TLS handshake, may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Opens upstream connections, in cleartext or TLS.
+#[derive(Clone)]
+pub struct UpstreamConnector {
+    tcp: HttpConnector,
+    tls: Option<Arc<Origination>>,
+}
+
+impl UpstreamConnector {
+    pub fn new(tls: Option<Arc<Origination>>) -> UpstreamConnector {
+        let mut tcp = HttpConnector::new();
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        // Requests over TLS carry the `https` scheme; the TCP part is the same.
+        tcp.enforce_http(false);
+        UpstreamConnector { tcp, tls }
+    }
+}
+
+impl tower_service::Service<Uri> for UpstreamConnector {
+    type Response = Coalescing<UpstreamIo>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Coalescing<UpstreamIo>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.tcp.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.tcp.call(uri.clone());
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let tcp = connecting.await?;
+            let Some(tls) = tls else {
+                return Ok(Coalescing::new(UpstreamIo::Plain(tcp)));
+            };
+            let host = uri.host().unwrap_or_default();
+            let stream = tls.connect(host, tcp.into_inner(), CONNECT_TIMEOUT).await?;
+            Ok(Coalescing::new(UpstreamIo::Tls(Box::new(TokioIo::new(
+                stream,
+            )))))
+        })
+    }
+}
+
+/// A connection to an upstream.
+pub enum UpstreamIo {
+    Plain(TokioIo<TcpStream>),
+    /// Boxed: a TLS session is a kilobyte; the connection lives as long as the pool keeps it.
+    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
+}
+
+impl<T: Connection> Connection for Coalescing<T> {
+    fn connected(&self) -> Connected {
+        self.get_ref().connected()
+    }
+}
+
+impl Connection for UpstreamIo {
+    fn connected(&self) -> Connected {
+        match self {
+            UpstreamIo::Plain(io) => io.connected(),
+            UpstreamIo::Tls(io) => {
+                let (tcp, session) = io.inner().get_ref();
+                let connected = tcp.connected();
+                if session.alpn_protocol() == Some(b"h2") {
+                    connected.negotiated_h2()
+                } else {
+                    connected
+                }
+            }
+        }
+    }
+}
+
+impl hyper::rt::Read for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            UpstreamIo::Tls(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(io) => Pin::new(io).poll_write(cx, buf),
+            UpstreamIo::Tls(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            UpstreamIo::Tls(io) => Pin::new(io.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamIo::Plain(io) => io.is_write_vectored(),
+            UpstreamIo::Tls(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(io) => Pin::new(io).poll_flush(cx),
+            UpstreamIo::Tls(io) => Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            UpstreamIo::Tls(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! Talking to OAP (or any upstream): batches taken from the queue and sent, calls
+//! forwarded whole, connections kept warm and probed, over cleartext or TLS, with
+//! SkyWalking's `authentication` token on every call.
+//!
+//! - [`send`]: the senders: batches from each queue partition to the upstream
+//!   [`crate::balance`] picks, settled as sent, refused or failed;
+//! - [`forward`]: sync and unknown calls relayed to an upstream, tried on another on failure;
+//! - [`health`]: connections opened before data needs them, failed upstreams probed back;
+//! - [`client`]: the HTTP/2 client, more connections when one's streams saturate;
+//! - [`connector`], [`tls`]: its connections, in cleartext or TLS (mutual TLS);
+//! - [`coalesce`]: small writes gathered into one, vectored writes kept;
+//! - [`request`], [`payload`]: the calls it makes, their data gathered without copying;
+//! - [`authentication`]: the token file, read again when it changes.
+
+pub mod authentication;
+pub mod client;
+pub mod coalesce;
+pub mod connector;
+pub mod forward;
+pub mod health;
+pub mod payload;
+pub mod request;
+pub mod send;
+pub mod tls;

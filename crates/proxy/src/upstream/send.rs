@@ -1,0 +1,321 @@
+//! Sending queued reports: each partition takes a batch and groups it by method, routing
+//! key and origin. A group of a streaming method goes as one client stream; every report
+//! of a unary method goes as a unary call of its own (OAP's unary handlers take exactly
+//! one message), many at once over the upstream connections. Groups go out concurrently.
+//!
+//! What an upstream answers decides what happens to the data ([`grpc::verdict`]):
+//! - accepted: forwarded;
+//! - refused (a status it would give that data anywhere): counted
+//!   `dropped{reason="refused_by_upstream"}` and logged. A refusal never ejects the
+//!   upstream: it answered. UNIMPLEMENTED refuses the method before any message is read,
+//!   so it is asked of one more upstream first (another OAP version or receiver set may
+//!   serve it). Any other refusal comes at a message, after OAP handled the ones before it:
+//!   asking another upstream would repeat those, so a refused batch is instead sent again
+//!   report by report, once, and only its refused reports are dropped (the reports before
+//!   the refused one reach OAP twice: the price of not losing the ones after it);
+//! - failed (unavailable, timed out, connection lost): the upstream is ejected and another
+//!   tried (three attempts, with backoff); what still fails goes back to the front of its
+//!   partition, so nothing acknowledged is lost while an upstream is up.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+use crate::balance::route;
+use crate::balance::route::Upstream;
+use crate::balance::upstream_set::untried;
+use crate::grpc::{self, Verdict};
+use crate::listen::state::State;
+use crate::queue::{Batch, DropReason, Event};
+use crate::upstream::payload::{Joiner, Payload};
+use crate::upstream::request;
+
+/// Attempts on different upstreams that fail before the data is put back.
+const FAILURE_ATTEMPTS: usize = 3;
+/// Upstreams that must refuse a method before its reports are given up on.
+const REFUSAL_ATTEMPTS: usize = 2;
+/// Unary calls one sender keeps in flight.
+const UNARY_IN_FLIGHT: usize = 64;
+/// How long an upstream call (and its answer) may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Starts the senders: `in_flight` per partition, each sending one batch at a time, so a
+/// partition keeps that many batches going. They end once `closed` turns true and the
+/// queue is empty.
+pub fn spawn_senders(
+    state: &State,
+    closed: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let in_flight = state.queue.config().in_flight.max(1);
+    (0..state.queue.partitions())
+        .flat_map(|partition| std::iter::repeat_n(partition, in_flight))
+        .map(|partition| tokio::spawn(run_partition(state.clone(), partition, closed.clone())))
+        .collect()
+}
+
+/// Runs one of a partition's senders until the queue is closed and empty.
+async fn run_partition(state: State, partition: usize, closed: tokio::sync::watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(100);
+    while let Some(batch) = state.queue.next_batch(partition, &closed).await {
+        if send_batch(&state, batch).await {
+            backoff = Duration::from_millis(100);
+        } else {
+            // Nothing could be sent: wait before taking the same events again.
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Whether two events can go in the same upstream stream: same method, encoding, routing
+/// key and origin. Consecutive events nearly always share the method, so comparing with
+/// the groups found so far (a handful) is cheaper than hashing every event's path.
+fn same_stream(a: &Event, b: &Event) -> bool {
+    (std::sync::Arc::ptr_eq(&a.route, &b.route) || a.route == b.route)
+        && a.key == b.key
+        && a.origin == b.origin
+}
+
+/// Sends a batch; false when some of it had to be put back.
+async fn send_batch(state: &State, batch: Batch) -> bool {
+    let partition = batch.partition;
+    // Usually the whole batch is one group: no regrouping then.
+    if batch
+        .events
+        .iter()
+        .all(|e| same_stream(&batch.events[0], e))
+    {
+        return send_group(state, partition, batch.events).await;
+    }
+    let mut groups: Vec<Vec<Event>> = Vec::new();
+    for event in batch.events {
+        match groups.iter_mut().rev().find(|g| same_stream(&g[0], &event)) {
+            Some(group) => group.push(event),
+            None => groups.push(vec![event]),
+        }
+    }
+    let sent = futures::future::join_all(
+        groups
+            .into_iter()
+            .map(|events| send_group(state, partition, events)),
+    )
+    .await;
+    sent.into_iter().all(|sent| sent)
+}
+
+/// Sends one group: as one stream, or call by call (see [`crate::queue::Route::alone`]).
+async fn send_group(state: &State, partition: usize, events: Vec<Event>) -> bool {
+    if events[0].route.alone {
+        return each_alone(state, partition, events).await;
+    }
+    match deliver(state, partition, &events).await {
+        Delivery::Refused { code, message }
+            if events.len() > 1 && !grpc::refuses_the_method(code) =>
+        {
+            // Which of them? Each alone: one call per report, and only on this path.
+            state
+                .metrics
+                .upstream_refused(events[0].route.protocol, code);
+            tracing::debug!(code, %message, events = events.len(), "a batch was refused; sending its reports one by one");
+            each_alone(state, partition, events).await
+        }
+        delivery => settle(state, partition, events, delivery),
+    }
+}
+
+/// Sends every event as a call of its own, many at once, and settles them together.
+async fn each_alone(state: &State, partition: usize, events: Vec<Event>) -> bool {
+    let deliveries: Vec<(Event, Delivery)> =
+        futures::stream::iter(events.into_iter().map(|event| async move {
+            let delivery = deliver(state, partition, std::slice::from_ref(&event)).await;
+            (event, delivery)
+        }))
+        .buffer_unordered(UNARY_IN_FLIGHT)
+        .collect()
+        .await;
+    let (mut sent, mut failed) = (Vec::new(), Vec::new());
+    let mut refused: Vec<(u16, String, Vec<Event>)> = Vec::new();
+    for (event, delivery) in deliveries {
+        match delivery {
+            Delivery::Sent => sent.push(event),
+            Delivery::Failed => failed.push(event),
+            Delivery::Refused { code, message } => {
+                match refused.iter_mut().find(|(c, ..)| *c == code) {
+                    Some((.., events)) => events.push(event),
+                    None => refused.push((code, message, vec![event])),
+                }
+            }
+        }
+    }
+    if !sent.is_empty() {
+        settle(state, partition, sent, Delivery::Sent);
+    }
+    for (code, message, events) in refused {
+        settle(
+            state,
+            partition,
+            events,
+            Delivery::Refused { code, message },
+        );
+    }
+    failed.is_empty() || settle(state, partition, failed, Delivery::Failed)
+}
+
+/// What became of one call's events.
+enum Delivery {
+    Sent,
+    /// The data was refused (a method by `REFUSAL_ATTEMPTS` upstreams or every one
+    /// reachable; messages by the first upstream that read them).
+    Refused {
+        code: u16,
+        message: String,
+    },
+    Failed,
+}
+
+/// Accounts for a delivery; false when the events were put back.
+fn settle(state: &State, partition: usize, events: Vec<Event>, delivery: Delivery) -> bool {
+    let protocol = events[0].route.protocol;
+    let n = events.len() as u64;
+    match delivery {
+        Delivery::Sent => {
+            state.metrics.forwarded(protocol, n);
+            state.queue.forwarded(Batch { partition, events });
+            true
+        }
+        Delivery::Refused { code, message } => {
+            state.metrics.upstream_refused(protocol, code);
+            state
+                .metrics
+                .dropped(protocol, DropReason::RefusedByUpstream, n);
+            state
+                .refusal_log
+                .refused(&events[0].route.path, code, &message, n);
+            state
+                .queue
+                .dropped(Batch { partition, events }, DropReason::RefusedByUpstream);
+            true
+        }
+        Delivery::Failed => {
+            state.queue.put_back(Batch { partition, events });
+            false
+        }
+    }
+}
+
+/// Sends `events` as one call, trying other upstreams while it fails, or while the
+/// method is refused.
+async fn deliver(state: &State, partition: usize, events: &[Event]) -> Delivery {
+    let (route, key) = (&events[0].route, events[0].key.as_deref());
+    let body = match events {
+        [one] => Payload::Contiguous(one.framed.clone()),
+        // Gathered, not copied: each message is written from the buffer it arrived in.
+        _ => {
+            let mut joiner = Joiner::default();
+            for event in events {
+                joiner.push(&event.framed, &event.chunk);
+            }
+            Payload::Gathered(joiner.finish())
+        }
+    };
+    let mut tried: Vec<Upstream> = Vec::new();
+    let (mut failures, mut refusal) = (0, None::<(u16, String)>);
+    let mut refusals = 0;
+    while failures < FAILURE_ATTEMPTS && refusals < REFUSAL_ATTEMPTS {
+        let upstreams = state.upstreams.snapshot();
+        let remaining: Vec<Upstream> = if tried.is_empty() {
+            Vec::new()
+        } else {
+            untried(&upstreams, &tried)
+        };
+        let candidates = match (tried.is_empty(), remaining.is_empty(), &refusal) {
+            // The first attempt: every upstream, uncopied.
+            (true, ..) => &upstreams[..],
+            (false, false, _) => &remaining[..],
+            // A refusal is asked of another upstream only; with none left, it stands.
+            (false, true, Some(_)) => break,
+            // With fewer upstreams than attempts, those tried are tried again.
+            (false, true, None) => &upstreams[..],
+        };
+        let Some(upstream) = state.balancer.pick_in_lane(
+            route::lane(partition, &route.path),
+            key,
+            candidates,
+            Instant::now(),
+        ) else {
+            break;
+        };
+        tried.push(upstream);
+        let upstream = tried.last().expect("just tried");
+        let started = Instant::now();
+        let outcome = call(state, &upstream.address, route, body.clone()).await;
+        let took = started.elapsed();
+        state.metrics.sent(&upstream.address, took.as_secs_f64());
+        match outcome {
+            Outcome::Answered(Verdict::Accepted, ..) => {
+                state.balancer.succeeded(&upstream.address);
+                state.outliers.observe(&upstream.address, took);
+                return Delivery::Sent;
+            }
+            // It answered: healthy, whatever it thinks of the data.
+            Outcome::Answered(Verdict::Refused, code, message) => {
+                state.balancer.succeeded(&upstream.address);
+                tracing::debug!(upstream = %upstream.address, path = %route.path, code, %message, "upstream refused the data");
+                refusals += 1;
+                let of_the_method = grpc::refuses_the_method(code);
+                refusal = Some((code, message));
+                if !of_the_method {
+                    break;
+                }
+            }
+            Outcome::Answered(Verdict::Failed, code, message) => {
+                tracing::debug!(upstream = %upstream.address, path = %route.path, code, %message, "upstream failed the call");
+                failed(state, &upstream.address, &mut failures).await;
+            }
+            Outcome::Broken(reason) => {
+                tracing::debug!(upstream = %upstream.address, path = %route.path, %reason, "the call broke off");
+                failed(state, &upstream.address, &mut failures).await;
+            }
+        }
+    }
+    // A healthy upstream judged the data; the others failing says nothing about it.
+    match refusal {
+        Some((code, message)) => Delivery::Refused { code, message },
+        None => Delivery::Failed,
+    }
+}
+
+async fn failed(state: &State, upstream: &str, failures: &mut usize) {
+    state.balancer.failed(upstream, Instant::now());
+    state.metrics.ejected("failure");
+    tokio::time::sleep(Duration::from_millis(50 << *failures)).await;
+    *failures += 1;
+}
+
+/// How one upstream call ended.
+enum Outcome {
+    /// With a gRPC status (from the trailers, or the HTTP status when there were none).
+    Answered(Verdict, u16, String),
+    /// Without one: not connected, reset, timed out.
+    Broken(String),
+}
+
+async fn call(
+    state: &State,
+    upstream: &str,
+    route: &crate::queue::Route,
+    body: Payload,
+) -> Outcome {
+    let Some(request) = request::request(upstream, &route.path, route.encoding.as_deref(), body)
+    else {
+        return Outcome::Broken(format!("{upstream} is not an address"));
+    };
+    match state.client.call(request, CALL_TIMEOUT).await {
+        Ok(answer) => Outcome::Answered(
+            grpc::verdict(answer.code, &answer.message),
+            answer.code,
+            answer.message,
+        ),
+        Err(reason) => Outcome::Broken(reason.to_string()),
+    }
+}
