@@ -24,6 +24,7 @@ pub mod ingest;
 pub mod listen;
 pub mod metrics;
 pub mod ops;
+pub mod pem;
 pub mod queue;
 pub mod run;
 pub mod upstream;

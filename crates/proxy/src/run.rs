@@ -3,20 +3,23 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use crate::balance::balancer::{Balancer, Policy};
 use crate::balance::configmap;
+use crate::balance::outlier::LatencyOutliers;
 use crate::balance::route::{StickyKeys, Upstream};
+use crate::balance::routing::Routing;
 use crate::balance::upstream_set::{UpstreamSet, UpstreamsError, follow_file, parse_address};
-use crate::listen as server;
-use crate::listen::state::{Limits, Shared, State, UpstreamClient};
+use crate::listen;
+use crate::listen::state::{Limits, Shared, State};
 use crate::listen::turned_away::TurnedAway;
 use crate::ops::admin;
 use crate::queue::journal::{Journal, JournalConfig, Recovery};
 use crate::queue::{DropReason, Queue, QueueConfig};
-use crate::upstream::send;
+use crate::upstream::client::UpstreamClient;
+use crate::upstream::{Pool, send};
 
 /// Where the upstream list comes from.
 #[derive(Clone, Debug)]
@@ -151,36 +154,42 @@ pub fn state(config: &Config) -> Result<(State, Option<Recovery>), RunError> {
     if let Some(authentication) = &authentication {
         client = client.with_authentication(authentication.clone());
     }
-    let state = Arc::new(Shared {
-        queue,
+    let pool = Arc::new(Pool {
         upstreams,
         balancer: Balancer::new(
             config.policy,
             StickyKeys::new(config.sticky_keys, config.sticky_ttl),
         ),
-        outliers: crate::balance::outlier::LatencyOutliers::new(config.outlier_detection),
+        outliers: LatencyOutliers::new(config.outlier_detection),
         client,
-        limits: config.limits.clone(),
-        connections: AtomicUsize::new(0),
-        tls: config
-            .tls
-            .clone()
-            .map(crate::listen::tls::Termination::load)
-            .transpose()?
-            .map(Arc::new),
-        shutting_down: Default::default(),
-        // Refused clients count until the next report or two has carried them to OAP.
-        turned_away: TurnedAway::new(
-            config
-                .telemetry
-                .as_ref()
-                .map_or(Duration::ZERO, |t| t.interval * 2),
-        ),
-        metrics,
+        routing: Routing {
+            fixed_meter_routing: config.fixed_meter_routing,
+            hash_header: config.hash_header.clone(),
+        },
+        max_message_bytes: config.limits.max_message_bytes,
+        metrics: Arc::new(metrics),
         refusal_log: Default::default(),
-        fixed_meter_routing: config.fixed_meter_routing,
-        hash_header: config.hash_header.clone(),
     });
+    let tls = config
+        .tls
+        .clone()
+        .map(crate::listen::tls::Termination::load)
+        .transpose()?
+        .map(Arc::new);
+    // Refused clients count until the next report or two has carried them to OAP.
+    let turned_away = TurnedAway::new(
+        config
+            .telemetry
+            .as_ref()
+            .map_or(Duration::ZERO, |t| t.interval * 2),
+    );
+    let state = Arc::new(Shared::new(
+        Arc::new(queue),
+        pool,
+        config.limits.clone(),
+        tls,
+        turned_away,
+    ));
     let recovery = recovery.map(|mut recovery| {
         for event in std::mem::take(&mut recovery.events) {
             state.queue.restore(event);
@@ -218,36 +227,36 @@ pub async fn run(
     match &config.upstreams {
         UpstreamSource::Static(_) => {}
         UpstreamSource::File(path) => background.push(tokio::spawn(follow_file(
-            state.upstreams.clone(),
+            state.pool.upstreams.clone(),
             path.clone(),
             Duration::from_millis(250),
             |err| tracing::warn!(error = %err, "upstreams file unusable; keeping the last good list"),
         ))),
         UpstreamSource::ConfigMap { namespace, name } => {
             let client = kube::Client::try_default().await?;
-            background.push(tokio::spawn(configmap::follow(client, namespace.clone(), name.clone(), state.upstreams.clone())));
+            background.push(tokio::spawn(configmap::follow(client, namespace.clone(), name.clone(), state.pool.upstreams.clone())));
         }
     }
     if let Some(tls) = &state.tls {
         background.push(tokio::spawn(tls.clone().follow(Duration::from_secs(1))));
     }
-    if let Some(origination) = state.client.origination() {
+    if let Some(origination) = state.pool.client.origination() {
         background.push(tokio::spawn(
             origination.clone().follow(Duration::from_secs(1)),
         ));
     }
-    if let Some(authentication) = state.client.authentication() {
+    if let Some(authentication) = state.pool.client.authentication() {
         background.push(tokio::spawn(
             authentication.clone().follow(Duration::from_secs(1)),
         ));
     }
     background.push(tokio::spawn(crate::upstream::health::keep_connected(
-        state.clone(),
+        state.pool.clone(),
         Duration::from_secs(1),
         config.health_checks,
     )));
-    background.push(tokio::spawn(crate::balance::outlier::LatencyOutliers::run(
-        state.clone(),
+    background.push(tokio::spawn(eject_outliers(
+        state.pool.clone(),
         Duration::from_secs(1),
     )));
     if let Some(telemetry) = config.telemetry.clone() {
@@ -272,8 +281,8 @@ pub async fn run(
         .queue
         .journal()
         .map(|journal| tokio::spawn(journal.clone().run_syncer(syncer_stopped)));
-    let server = tokio::spawn(server::serve(listener, state.clone(), stopped));
-    let senders = send::spawn_senders(&state, &closed);
+    let server = tokio::spawn(listen::serve(listener, state.clone(), stopped));
+    let senders = send::spawn_senders(&state.queue, &state.pool, &closed);
     let stop_senders: Vec<_> = senders.iter().map(|s| s.abort_handle()).collect();
 
     shutdown.await;
@@ -335,4 +344,30 @@ pub async fn run(
         task.abort();
     }
     Ok(())
+}
+
+/// Runs [`LatencyOutliers::sweep`] over the current upstreams every `every`, ejecting
+/// in the pool's balancer. Runs until aborted.
+pub async fn eject_outliers(pool: Arc<Pool>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let now = Instant::now();
+        let in_use: Vec<(String, bool)> = pool
+            .upstreams
+            .snapshot()
+            .iter()
+            .map(|u| (u.address.clone(), pool.balancer.is_ejected(&u.address, now)))
+            .collect();
+        for ejection in pool.outliers.sweep(&in_use) {
+            pool.balancer
+                .eject(&ejection.address, now + ejection.duration);
+            pool.metrics.ejected("latency");
+            tracing::warn!(
+                upstream = %ejection.address,
+                average = ?ejection.average,
+                ejected = ?ejection.duration,
+                "upstream much slower than the rest of the pool; ejected"
+            );
+        }
+    }
 }

@@ -13,8 +13,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use skylift_proxy::balance::route::Upstream;
-use skylift_proxy::listen::state::{Limits, State, UpstreamClient};
+use skylift_proxy::listen::state::{Limits, State};
 use skylift_proxy::queue::{DropReason, Overflow, QueueConfig};
+use skylift_proxy::upstream::client::UpstreamClient;
 use skylift_testkit::h2raw::{self, frame as raw_frame, grpc_request as request_block};
 use skylift_testkit::sink::Sink;
 use support::*;
@@ -540,8 +541,8 @@ async fn a_report_every_upstream_refuses_is_dropped_and_counted_and_the_rest_of_
         ) == 1
     );
     let now = std::time::Instant::now();
-    assert!(!proxy.state.balancer.is_ejected(&a.address(), now));
-    assert!(!proxy.state.balancer.is_ejected(&b.address(), now));
+    assert!(!proxy.state.pool.balancer.is_ejected(&a.address(), now));
+    assert!(!proxy.state.pool.balancer.is_ejected(&b.address(), now));
 }
 
 #[tokio::test]
@@ -593,6 +594,7 @@ async fn an_upstream_without_a_receiver_refuses_its_reports_without_being_ejecte
     assert!(
         !proxy
             .state
+            .pool
             .balancer
             .is_ejected(&a.address(), std::time::Instant::now())
     );
@@ -634,6 +636,7 @@ async fn the_proxy_stays_ready_while_oap_is_down_and_queues_until_it_is_back() {
     a.set_failing(true);
     eventually("the upstream ejected", || {
         proxy_state
+            .pool
             .balancer
             .is_ejected(&a.address(), std::time::Instant::now())
     })
@@ -724,7 +727,7 @@ async fn sync_and_pass_through_calls_honour_grpc_timeout() {
     });
     let sink = Sink::start().await.unwrap();
     let proxy = proxy(&[&sink], None).await;
-    proxy.state.upstreams.replace(vec![Upstream {
+    proxy.state.pool.upstreams.replace(vec![Upstream {
         address: silent_address.to_string(),
         weight: 1,
     }]);
@@ -871,9 +874,9 @@ async fn upstreams_added_and_removed_under_load_lose_nothing_and_removed_ones_ge
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let load = tokio::spawn(report_until(proxy.address, 8, stopped));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    proxy.state.upstreams.replace(set(&[&a, &b]));
+    proxy.state.pool.upstreams.replace(set(&[&a, &b]));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    proxy.state.upstreams.replace(set(&[&b, &c]));
+    proxy.state.pool.upstreams.replace(set(&[&b, &c]));
     // Sends already under way to the removed upstream finish; then it gets nothing more.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let removed_streams = a.streams();
@@ -964,7 +967,7 @@ async fn upstream_connections_open_before_data_and_unreachable_upstreams_are_eje
         listener.local_addr().unwrap().to_string()
     };
     let proxy = proxy(&[&sink], None).await;
-    proxy.state.upstreams.replace(vec![
+    proxy.state.pool.upstreams.replace(vec![
         Upstream {
             address: sink.address(),
             weight: 1,
@@ -981,6 +984,7 @@ async fn upstream_connections_open_before_data_and_unreachable_upstreams_are_eje
     eventually("the unreachable upstream ejected before any data", || {
         proxy
             .state
+            .pool
             .balancer
             .is_ejected(&unreachable, std::time::Instant::now())
     })
@@ -1217,7 +1221,7 @@ async fn streams_beyond_a_connections_share_open_more_connections_to_the_upstrea
         calls.push(tokio::spawn(client.request(request)));
     }
     eventually("two streams per connection: three connections", || {
-        proxy.state.client.in_flight(&a.address()) == [2, 2, 1]
+        proxy.state.pool.client.in_flight(&a.address()) == [2, 2, 1]
     })
     .await;
     assert_eq!(a.connections(), 3, "the sink sees three connections");
@@ -1229,7 +1233,7 @@ async fn streams_beyond_a_connections_share_open_more_connections_to_the_upstrea
         response.into_body().collect().await.unwrap();
     }
     eventually("no stream counted any more", || {
-        proxy.state.client.in_flight(&a.address()).is_empty()
+        proxy.state.pool.client.in_flight(&a.address()).is_empty()
     })
     .await;
 }
@@ -1407,6 +1411,7 @@ async fn an_upstream_that_stops_serving_is_ejected_by_health_checks_before_data_
     let address_a = a.address();
     let ejected = |state: &State| {
         state
+            .pool
             .balancer
             .is_ejected(&address_a, std::time::Instant::now())
     };
@@ -1994,6 +1999,7 @@ async fn a_draining_upstream_finishes_its_work_in_flight_and_gets_nothing_new() 
     wait_until(Duration::from_secs(5), || {
         proxy
             .state
+            .pool
             .client
             .in_flight(&b.address())
             .iter()
@@ -2007,7 +2013,7 @@ async fn a_draining_upstream_finishes_its_work_in_flight_and_gets_nothing_new() 
         b.address()
     ))
     .unwrap();
-    let change = proxy.state.upstreams.publish(&document);
+    let change = proxy.state.pool.upstreams.publish(&document);
     assert_eq!(change.draining, [b.address()]);
     for i in 0..10 {
         let message = segment(&format!("after {i}"));

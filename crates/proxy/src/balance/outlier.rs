@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Weight of each new sample in the moving average.
 const SMOOTHING: f64 = 0.1;
@@ -195,38 +195,6 @@ impl LatencyOutliers {
             }
         }
         ejections
-    }
-
-    /// Runs [`LatencyOutliers::sweep`] over the current upstreams every `every`, ejecting
-    /// in `state.balancer`. Runs until aborted.
-    pub async fn run(state: crate::listen::state::State, every: Duration) {
-        loop {
-            tokio::time::sleep(every).await;
-            let now = Instant::now();
-            let in_use: Vec<(String, bool)> = state
-                .upstreams
-                .snapshot()
-                .iter()
-                .map(|u| {
-                    (
-                        u.address.clone(),
-                        state.balancer.is_ejected(&u.address, now),
-                    )
-                })
-                .collect();
-            for ejection in state.outliers.sweep(&in_use) {
-                state
-                    .balancer
-                    .eject(&ejection.address, now + ejection.duration);
-                state.metrics.ejected("latency");
-                tracing::warn!(
-                    upstream = %ejection.address,
-                    average = ?ejection.average,
-                    ejected = ?ejection.duration,
-                    "upstream much slower than the rest of the pool; ejected"
-                );
-            }
-        }
     }
 }
 

@@ -8,13 +8,24 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::Request;
 
+use crate::balance::routing::Routing;
 use crate::grpc::Code;
 use crate::grpc::framing::{self, Decoder, Frame};
 use crate::grpc::protocol::{Method, Shape};
 use crate::grpc::wire::{self, WireError};
 use crate::ingest::reshape::{Carried, MeterSet};
-use crate::listen::state::State;
-use crate::queue::{DropReason, Event, Offered, Route};
+use crate::metrics::Metrics;
+use crate::queue::{DropReason, Event, Offered, Queue, Route};
+
+/// What taking report streams apart needs: the queue they go into and how they are keyed.
+#[derive(Clone)]
+pub struct Intake {
+    pub queue: Arc<Queue>,
+    pub metrics: Arc<Metrics>,
+    pub routing: Routing,
+    /// The largest message a stream may carry (`--max-message-bytes`).
+    pub max_message_bytes: usize,
+}
 
 /// Whether a stream of `method` with these headers can be taken apart here. A compressed
 /// stream of a shape whose messages must be read or rewritten cannot (no message can be
@@ -76,7 +87,7 @@ pub struct ReportStream {
 }
 
 impl ReportStream {
-    pub fn open<B>(state: &State, method: &'static Method, request: &Request<B>) -> ReportStream {
+    pub fn open<B>(intake: &Intake, method: &'static Method, request: &Request<B>) -> ReportStream {
         let encoding = encoding(request.headers());
         // ServerImpl refuses other encodings with UNIMPLEMENTED: so does the proxy, before
         // acknowledging data no OAP would take.
@@ -97,14 +108,14 @@ impl ReportStream {
                 encoding: encoding.map(Into::into),
                 alone: method.sends_alone(),
             }),
-            header_key: state.hash_key(request.headers()).map(Into::into),
+            header_key: intake.routing.hash_key(request.headers()).map(Into::into),
         };
         let shape = match method.shape {
             Shape::Independent => StreamState::Independent,
             Shape::Events => StreamState::Events,
             Shape::MeterBatch => StreamState::MeterBatch,
             Shape::MeterSet => StreamState::MeterSet {
-                set: MeterSet::new(state.limits.max_message_bytes),
+                set: MeterSet::new(intake.max_message_bytes),
                 key: None,
             },
             shape => StreamState::Carried(
@@ -115,7 +126,7 @@ impl ReportStream {
             method,
             destination,
             shape,
-            decoder: Decoder::new(state.limits.max_message_bytes),
+            decoder: Decoder::new(intake.max_message_bytes),
             received: 0,
             chunk: Bytes::new(),
             run: 0,
@@ -144,9 +155,9 @@ impl ReportStream {
     }
 
     /// Data received on the stream.
-    pub fn push(&mut self, state: &State, data: Bytes) {
+    pub fn push(&mut self, intake: &Intake, data: Bytes) {
         self.chunk = data.clone();
-        self.run = state.queue.next_run();
+        self.run = intake.queue.next_run();
         self.decoder.push_bytes(data);
     }
 
@@ -159,7 +170,7 @@ impl ReportStream {
     }
 
     /// The next event the data received so far makes, if any.
-    pub fn next_event(&mut self, state: &State) -> Result<Option<Event>, Refusal> {
+    pub fn next_event(&mut self, intake: &Intake) -> Result<Option<Event>, Refusal> {
         loop {
             let frame = match self.decoder.next_frame() {
                 Ok(Some(frame)) => frame,
@@ -192,7 +203,7 @@ impl ReportStream {
                 wire::check(&frame.message)
                     .map_err(|err| malformed(&self.destination.route, err))?;
             }
-            let made = next_event(state, &self.destination, &mut self.shape, frame)?;
+            let made = next_event(intake, &self.destination, &mut self.shape, frame)?;
             let Some(event) = made else { continue };
             let event = self.tie_to_chunk(event);
             if self.method.is_unary() {
@@ -269,7 +280,7 @@ fn malformed(method: &Route, err: WireError) -> Refusal {
 
 /// The event a received message makes, if any yet (a meter set is queued in parts).
 fn next_event(
-    state: &State,
+    intake: &Intake,
     destination: &Destination,
     stream: &mut StreamState,
     frame: Frame,
@@ -279,7 +290,7 @@ fn next_event(
     } = frame;
     let route = &destination.route;
     // With round-robin meter routing no key is wanted; a compressed message cannot be read.
-    let keyed = state.fixed_meter_routing && !frame.compressed;
+    let keyed = intake.routing.fixed_meter_routing && !frame.compressed;
     Ok(match stream {
         StreamState::Independent => Some(event(destination, None, None, framed)),
         StreamState::Events => {
@@ -334,16 +345,16 @@ fn next_event(
 
 /// Queues an event that did not fit at once: waits for room up to `--overflow-wait`, then
 /// applies the overflow policy.
-pub async fn queue_waiting(state: &State, event: Event) -> Result<(), Refusal> {
+pub async fn queue_waiting(intake: &Intake, event: Event) -> Result<(), Refusal> {
     let protocol = event.route.protocol;
-    match state.queue.offer_waiting(event).await {
+    match intake.queue.offer_waiting(event).await {
         Offered::Queued => Ok(()),
         Offered::Dropped => {
-            state.metrics.dropped(protocol, DropReason::QueueFull, 1);
+            intake.metrics.dropped(protocol, DropReason::QueueFull, 1);
             Ok(())
         }
         Offered::Rejected => {
-            state
+            intake
                 .metrics
                 .dropped(protocol, DropReason::QueueFullRejected, 1);
             Err(Refusal(

@@ -113,7 +113,7 @@ impl Calls {
             self.streams.insert(id, kind);
             return None;
         };
-        let mut report = ReportStream::open(&self.state, method, &request);
+        let mut report = ReportStream::open(&self.state.intake, method, &request);
         let refused = report.refusal_at_open();
         link.session.set_flow(id, Flow::Messages);
         self.streams.insert(
@@ -184,7 +184,7 @@ impl Calls {
                 answered: false,
             }) => {
                 *held += data.len();
-                report.push(&self.state, data);
+                report.push(&self.state.intake, data);
                 match self.pump(id) {
                     Err(refusal) => {
                         self.refuse(id, refusal, link.session);
@@ -233,7 +233,7 @@ impl Calls {
         let mut blocked = Some(blocked);
         while let Some(event) = blocked.take() {
             link.flush();
-            if let Err(refusal) = ingest::queue_waiting(&self.state, event).await {
+            if let Err(refusal) = ingest::queue_waiting(&self.state.intake, event).await {
                 return self.refuse(id, refusal, link.session);
             }
             match self.pump(id) {
@@ -265,7 +265,7 @@ impl Calls {
         let Some(Kind::Report { report, .. }) = self.streams.get_mut(&id) else {
             return Ok(None);
         };
-        while let Some(event) = report.next_event(&self.state)? {
+        while let Some(event) = report.next_event(&self.state.intake)? {
             if let Err(event) = self.state.queue.try_offer(event) {
                 return Ok(Some(event));
             }
@@ -329,7 +329,7 @@ impl Calls {
     ) {
         if let Some(event) = blocked {
             link.flush();
-            if let Err(refusal) = ingest::queue_waiting(&self.state, event).await {
+            if let Err(refusal) = ingest::queue_waiting(&self.state.intake, event).await {
                 return self.refuse(id, refusal, link.session);
             }
         }
@@ -546,7 +546,7 @@ pub async fn dispatch(
 ) -> http::Response<grpc::Body> {
     let path = method.map(|m| m.path);
     match method.map(|m| m.policy) {
-        Some(Policy::Sync) => forward::sync_call(&state, path, request).await,
-        _ => forward::pass_through(&state, path, request).await,
+        Some(Policy::Sync) => forward::sync_call(&state.pool, path, request).await,
+        _ => forward::pass_through(&state.pool, path, request).await,
     }
 }

@@ -1,14 +1,16 @@
-//! What every connection and sender shares.
+//! What every client connection shares: the limits and connection count of the listener,
+//! the intake its report streams go into, and the upstream pool its other calls are
+//! forwarded to. The admin server and the telemetry read it too.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 
-use crate::balance::balancer::Balancer;
-use crate::balance::upstream_set::UpstreamSet;
+use crate::ingest::stream::Intake;
+use crate::listen::tls::Termination;
 use crate::listen::turned_away::TurnedAway;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
-pub use crate::upstream::client::UpstreamClient;
+use crate::upstream::Pool;
 
 /// Limits of the inbound side.
 #[derive(Clone, Debug)]
@@ -30,41 +32,51 @@ pub struct Limits {
     pub idle_timeout: Option<std::time::Duration>,
 }
 
-/// Shared by all connections and senders.
+/// Shared by all client connections.
 pub struct Shared {
-    pub queue: Queue,
-    pub upstreams: UpstreamSet,
-    pub balancer: Balancer,
-    /// Batch latency per upstream, for ejecting slow ones.
-    pub outliers: crate::balance::outlier::LatencyOutliers,
-    pub client: UpstreamClient,
+    pub queue: Arc<Queue>,
+    pub pool: Arc<Pool>,
+    /// Where report streams go: the queue, keyed as the pool routes.
+    pub intake: Intake,
+    pub metrics: Arc<Metrics>,
     pub limits: Limits,
     /// Open client connections (limited, and reported to OAP).
     pub connections: AtomicUsize,
     /// TLS termination for clients, when configured.
-    pub tls: Option<std::sync::Arc<crate::listen::tls::Termination>>,
+    pub tls: Option<Arc<Termination>>,
     /// A shutdown has begun: not ready for new clients.
-    pub shutting_down: std::sync::atomic::AtomicBool,
+    pub shutting_down: AtomicBool,
     /// Clients refused at the limit lately (reported to OAP with the open connections).
     pub turned_away: TurnedAway,
-    pub metrics: Metrics,
-    /// Warnings about data upstreams refused, rate-limited.
-    pub refusal_log: crate::metrics::RefusalLog,
-    /// Meter data keeps to one upstream per service instance (else it is balanced).
-    pub fixed_meter_routing: bool,
-    /// With `--routing hash`: the request header whose value picks the upstream.
-    pub hash_header: Option<http::HeaderName>,
 }
 
 pub type State = Arc<Shared>;
 
 impl Shared {
-    /// The hash key a request carries, with `--routing hash`.
-    pub fn hash_key(&self, headers: &http::HeaderMap) -> Option<String> {
-        let name = self.hash_header.as_ref()?;
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(String::from)
+    /// The listener's state over `queue` and `pool`, with no connection yet.
+    pub fn new(
+        queue: Arc<Queue>,
+        pool: Arc<Pool>,
+        limits: Limits,
+        tls: Option<Arc<Termination>>,
+        turned_away: TurnedAway,
+    ) -> Shared {
+        let intake = Intake {
+            queue: queue.clone(),
+            metrics: pool.metrics.clone(),
+            routing: pool.routing.clone(),
+            max_message_bytes: limits.max_message_bytes,
+        };
+        Shared {
+            metrics: pool.metrics.clone(),
+            queue,
+            pool,
+            intake,
+            limits,
+            connections: AtomicUsize::new(0),
+            tls,
+            shutting_down: AtomicBool::new(false),
+            turned_away,
+        }
     }
 }

@@ -13,9 +13,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rustls::RootCertStore;
+use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
+
+pub use crate::pem::TlsError;
+use crate::pem::{certificates, read};
 
 /// Where the certificate, key and (optional) client CA bundle are read from.
 #[derive(Clone, Debug)]
@@ -24,42 +27,6 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// Client certificates are required and must chain to this bundle.
     pub client_ca: Option<PathBuf>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("reading {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{0} holds no PEM certificate")]
-    NoCertificate(PathBuf),
-    #[error("{path}: no usable private key: {message}")]
-    Key { path: PathBuf, message: String },
-    #[error("{path}: no usable CA certificate: {message}")]
-    ClientCa { path: PathBuf, message: String },
-    #[error("TLS configuration: {0}")]
-    Config(#[from] rustls::Error),
-}
-
-pub(crate) fn read(path: &PathBuf) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.clone(),
-        source,
-    })
-}
-
-pub(crate) fn certificates(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read(path)?;
-    let chain: Vec<_> = CertificateDer::pem_slice_iter(&pem)
-        .filter_map(Result::ok)
-        .collect();
-    if chain.is_empty() {
-        return Err(TlsError::NoCertificate(path.clone()));
-    }
-    Ok(chain)
 }
 
 /// The server configuration the files make.

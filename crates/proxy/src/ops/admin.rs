@@ -29,13 +29,14 @@ pub fn router(state: State) -> Router {
 fn upstream_health(state: &State) -> Vec<(String, bool)> {
     let now = Instant::now();
     state
+        .pool
         .upstreams
         .snapshot()
         .iter()
         .map(|u| {
             (
                 u.address.clone(),
-                !state.balancer.is_ejected(&u.address, now),
+                !state.pool.balancer.is_ejected(&u.address, now),
             )
         })
         .collect()
@@ -56,7 +57,7 @@ async fn metrics(AxumState(state): AxumState<State>) -> impl IntoResponse {
     }
     m.set_upstreams(&upstream_health(&state));
     m.upstreams_draining
-        .set(i64::try_from(state.upstreams.draining().len()).unwrap_or(i64::MAX));
+        .set(i64::try_from(state.pool.upstreams.draining().len()).unwrap_or(i64::MAX));
     (
         [(
             header::CONTENT_TYPE,

@@ -227,8 +227,9 @@ pub async fn report(state: State, config: TelemetryConfig) {
         let target = match &config.upstream {
             Some(address) => Some(address.clone()),
             None => state
+                .pool
                 .balancer
-                .pick(Some(&key), &state.upstreams.snapshot(), Instant::now())
+                .pick(Some(&key), &state.pool.upstreams.snapshot(), Instant::now())
                 .map(|u| u.address),
         };
         let Some(target) = target else {
@@ -245,6 +246,7 @@ async fn send(state: &State, upstream: &str, message: &[u8]) -> Result<(), Strin
     let request = request::request(upstream, PATH, None, framing::frame(message))
         .ok_or_else(|| format!("{upstream} is not an address"))?;
     let answer = state
+        .pool
         .client
         .call(request, Duration::from_secs(5))
         .await

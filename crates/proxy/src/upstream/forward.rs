@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Limited};
 use crate::balance::upstream_set::untried;
 use crate::grpc::{self, Body, BoxError, Code};
 use crate::h2::RequestBody;
-use crate::listen::state::State;
+use crate::upstream::Pool;
 use crate::upstream::client::Relayed;
 use crate::upstream::payload::Payload;
 use crate::upstream::request::{UpstreamBody, upstream_body};
@@ -28,14 +28,14 @@ fn relay(response: Response<Relayed>) -> Response<Body> {
 
 /// Streams the request to one upstream (no retry: the body is not kept).
 pub async fn pass_through(
-    state: &State,
+    pool: &Pool,
     path: Option<&str>,
     request: Request<RequestBody>,
 ) -> Response<Body> {
     let deadline = grpc::timeout(request.headers()).map(|d| tokio::time::Instant::now() + d);
-    let upstreams = state.upstreams.snapshot();
-    let key = state.hash_key(request.headers());
-    let Some(upstream) = state
+    let upstreams = pool.upstreams.snapshot();
+    let key = pool.routing.hash_key(request.headers());
+    let Some(upstream) = pool
         .balancer
         .pick(key.as_deref(), &upstreams, Instant::now())
     else {
@@ -51,7 +51,7 @@ pub async fn pass_through(
         .map_err(|never| match never {})
         .boxed();
     let outgoing = Request::from_parts(parts, body);
-    match attempt(state, &upstream.address, outgoing, deadline).await {
+    match attempt(pool, &upstream.address, outgoing, deadline).await {
         Attempt::Answered(response) => response,
         Attempt::DeadlineExceeded => deadline_exceeded(),
         Attempt::Failed(reason) => {
@@ -71,12 +71,12 @@ enum Attempt {
 /// Sends `request` to `upstream` within `deadline`, records the upstream's health, and
 /// relays its answer.
 async fn attempt(
-    state: &State,
+    pool: &Pool,
     upstream: &str,
     request: Request<UpstreamBody>,
     deadline: Option<tokio::time::Instant>,
 ) -> Attempt {
-    let call = state.client.request(request);
+    let call = pool.client.request(request);
     let result = match deadline {
         Some(at) => match tokio::time::timeout_at(at, call).await {
             Ok(result) => result,
@@ -86,12 +86,12 @@ async fn attempt(
     };
     match result {
         Ok(response) => {
-            state.balancer.succeeded(upstream);
+            pool.balancer.succeeded(upstream);
             Attempt::Answered(relay(response))
         }
         Err(err) => {
-            state.balancer.failed(upstream, Instant::now());
-            state.metrics.ejected("failure");
+            pool.balancer.failed(upstream, Instant::now());
+            pool.metrics.ejected("failure");
             Attempt::Failed(format!("upstream {upstream} failed: {err}"))
         }
     }
@@ -108,14 +108,14 @@ fn deadline_exceeded() -> Response<Body> {
 /// upstream that cannot be reached is skipped for the next (up to three), within the
 /// call's `grpc-timeout`.
 pub async fn sync_call(
-    state: &State,
+    pool: &Pool,
     path: Option<&str>,
     request: Request<RequestBody>,
 ) -> Response<Body> {
     let deadline = grpc::timeout(request.headers()).map(|d| tokio::time::Instant::now() + d);
-    let key = state.hash_key(request.headers());
+    let key = pool.routing.hash_key(request.headers());
     let (parts, body) = request.into_parts();
-    let body = match Limited::new(body, state.limits.max_message_bytes + 5)
+    let body = match Limited::new(body, pool.max_message_bytes + 5)
         .collect()
         .await
     {
@@ -136,8 +136,8 @@ pub async fn sync_call(
     let mut tried: Vec<String> = Vec::new();
     let mut last_error = String::from("no upstream is available");
     for _ in 0..3 {
-        let remaining = untried(&state.upstreams.snapshot(), &tried);
-        let Some(upstream) = state
+        let remaining = untried(&pool.upstreams.snapshot(), &tried);
+        let Some(upstream) = pool
             .balancer
             .pick(key.as_deref(), &remaining, Instant::now())
         else {
@@ -151,7 +151,7 @@ pub async fn sync_call(
         *outgoing.method_mut() = parts.method.clone();
         *outgoing.uri_mut() = uri;
         *outgoing.headers_mut() = parts.headers.clone();
-        match attempt(state, &upstream.address, outgoing, deadline).await {
+        match attempt(pool, &upstream.address, outgoing, deadline).await {
             Attempt::Answered(response) => return response,
             Attempt::DeadlineExceeded => return deadline_exceeded(),
             Attempt::Failed(reason) => last_error = reason,

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::upstream::client::CallError;
 use bytes::Bytes;
 
-use crate::listen::state::State;
+use crate::upstream::Pool;
 use crate::upstream::request;
 
 /// Active health checking of upstreams in use.
@@ -53,34 +53,34 @@ enum Check {
 /// Probes new upstreams when the set changes and ejected ones when their ejection ends,
 /// and checks those in use every `checks.interval`, looking every `tick`. Runs until
 /// aborted.
-pub async fn keep_connected(state: State, tick: Duration, checks: HealthChecks) {
-    let mut changes = state.upstreams.subscribe();
+pub async fn keep_connected(pool: std::sync::Arc<Pool>, tick: Duration, checks: HealthChecks) {
+    let mut changes = pool.upstreams.subscribe();
     let mut known: HashSet<String> = HashSet::new();
     let mut last_checked: HashMap<String, Instant> = HashMap::new();
     let mut failed_in_a_row: HashMap<String, u32> = HashMap::new();
     let mut any_up = true;
     loop {
-        let upstreams = state.upstreams.snapshot();
+        let upstreams = pool.upstreams.snapshot();
         let now = Instant::now();
         let due: Vec<(String, Check)> = upstreams
             .iter()
             .filter_map(|u| {
                 let address = &u.address;
-                if !known.contains(address) || state.balancer.due_for_probe(address, now) {
+                if !known.contains(address) || pool.balancer.due_for_probe(address, now) {
                     Some((address.clone(), Check::Probe))
                 } else {
                     let interval = checks.interval?;
                     let due = last_checked
                         .get(address)
                         .is_none_or(|last| now.duration_since(*last) >= interval);
-                    (due && !state.balancer.is_ejected(address, now))
+                    (due && !pool.balancer.is_ejected(address, now))
                         .then(|| (address.clone(), Check::Routine))
                 }
             })
             .collect();
         let outcomes = futures::future::join_all(
             due.iter()
-                .map(|(address, _)| check(&state, address, checks.timeout)),
+                .map(|(address, _)| check(&pool, address, checks.timeout)),
         )
         .await;
         for ((address, kind), down) in due.into_iter().zip(outcomes) {
@@ -93,13 +93,13 @@ pub async fn keep_connected(state: State, tick: Duration, checks: HealthChecks) 
                         tracing::info!(upstream = %address, "upstream back");
                     }
                     *in_a_row = 0;
-                    state.balancer.succeeded(&address);
+                    pool.balancer.succeeded(&address);
                 }
                 Some(reason) => {
                     *in_a_row += 1;
                     if kind == Check::Probe || *in_a_row >= checks.failures.max(1) {
-                        let ejected = state.balancer.failed(&address, Instant::now());
-                        state.metrics.ejected("health_check");
+                        let ejected = pool.balancer.failed(&address, Instant::now());
+                        pool.metrics.ejected("health_check");
                         tracing::warn!(upstream = %address, %reason, failed_in_a_row = *in_a_row, ?ejected, "upstream down");
                     } else {
                         tracing::info!(upstream = %address, %reason, failed_in_a_row = *in_a_row, "health check failed");
@@ -110,8 +110,8 @@ pub async fn keep_connected(state: State, tick: Duration, checks: HealthChecks) 
         // The pool as a whole, in the log when it changes: clients are still served.
         let at = Instant::now();
         let now_up = upstreams.iter().any(|u| {
-            !state.balancer.is_ejected(&u.address, at)
-                && !state.balancer.due_for_probe(&u.address, at)
+            !pool.balancer.is_ejected(&u.address, at)
+                && !pool.balancer.due_for_probe(&u.address, at)
         });
         if any_up && !now_up && !upstreams.is_empty() {
             tracing::warn!(
@@ -135,14 +135,14 @@ pub async fn keep_connected(state: State, tick: Duration, checks: HealthChecks) 
 /// One health call: `None` when the upstream is up, else why it is down. Up means it
 /// answers, whether its health service says `SERVING` or it has none (`UNIMPLEMENTED`);
 /// `UNAVAILABLE`, `NOT_SERVING`, a broken connection or no answer in time count as down.
-async fn check(state: &State, address: &str, timeout: Duration) -> Option<String> {
+async fn check(pool: &Pool, address: &str, timeout: Duration) -> Option<String> {
     // An empty HealthCheckRequest (the server as a whole), framed.
     let empty = Bytes::from_static(&[0, 0, 0, 0, 0]);
     let Some(request) = request::request(address, "/grpc.health.v1.Health/Check", None, empty)
     else {
         return Some("not an address".into());
     };
-    match state.client.call(request, timeout).await {
+    match pool.client.call(request, timeout).await {
         Err(CallError::TimedOut) => Some("no answer to a health check in time".to_string()),
         Err(reason) => Some(reason.to_string()),
         Ok(answer) if answer.code == 14 => Some("health check answered UNAVAILABLE".into()),

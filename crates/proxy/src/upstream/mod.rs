@@ -6,6 +6,7 @@
 //!   [`crate::balance`] picks, settled as sent, refused or failed;
 //! - [`forward`]: sync and unknown calls relayed to an upstream, tried on another on failure;
 //! - [`health`]: connections opened before data needs them, failed upstreams probed back;
+//! - [`pool`]: what they share: the upstream set, the balancer, the client;
 //! - [`client`]: the HTTP/2 client, more connections when one's streams saturate;
 //! - [`connector`], [`tls`]: its connections, in cleartext or TLS (mutual TLS);
 //! - [`coalesce`]: small writes gathered into one, vectored writes kept;
@@ -19,6 +20,9 @@ pub mod connector;
 pub mod forward;
 pub mod health;
 pub mod payload;
+pub mod pool;
 pub mod request;
 pub mod send;
 pub mod tls;
+
+pub use pool::Pool;

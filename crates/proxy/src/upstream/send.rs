@@ -17,6 +17,7 @@
 //!   tried (three attempts, with backoff); what still fails goes back to the front of its
 //!   partition, so nothing acknowledged is lost while an upstream is up.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -25,8 +26,9 @@ use crate::balance::route;
 use crate::balance::route::Upstream;
 use crate::balance::upstream_set::untried;
 use crate::grpc::{self, Verdict};
-use crate::listen::state::State;
+use crate::queue::Queue;
 use crate::queue::{Batch, DropReason, Event};
+use crate::upstream::Pool;
 use crate::upstream::payload::{Joiner, Payload};
 use crate::upstream::request;
 
@@ -39,25 +41,41 @@ const UNARY_IN_FLIGHT: usize = 64;
 /// How long an upstream call (and its answer) may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What one sender works with: the queue it empties and the upstreams it sends to.
+#[derive(Clone)]
+struct Sender {
+    queue: Arc<Queue>,
+    pool: Arc<Pool>,
+}
+
 /// Starts the senders: `in_flight` per partition, each sending one batch at a time, so a
 /// partition keeps that many batches going. They end once `closed` turns true and the
 /// queue is empty.
 pub fn spawn_senders(
-    state: &State,
+    queue: &Arc<Queue>,
+    pool: &Arc<Pool>,
     closed: &tokio::sync::watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let in_flight = state.queue.config().in_flight.max(1);
-    (0..state.queue.partitions())
+    let sender = Sender {
+        queue: queue.clone(),
+        pool: pool.clone(),
+    };
+    let in_flight = queue.config().in_flight.max(1);
+    (0..queue.partitions())
         .flat_map(|partition| std::iter::repeat_n(partition, in_flight))
-        .map(|partition| tokio::spawn(run_partition(state.clone(), partition, closed.clone())))
+        .map(|partition| tokio::spawn(run_partition(sender.clone(), partition, closed.clone())))
         .collect()
 }
 
 /// Runs one of a partition's senders until the queue is closed and empty.
-async fn run_partition(state: State, partition: usize, closed: tokio::sync::watch::Receiver<bool>) {
+async fn run_partition(
+    sender: Sender,
+    partition: usize,
+    closed: tokio::sync::watch::Receiver<bool>,
+) {
     let mut backoff = Duration::from_millis(100);
-    while let Some(batch) = state.queue.next_batch(partition, &closed).await {
-        if send_batch(&state, batch).await {
+    while let Some(batch) = sender.queue.next_batch(partition, &closed).await {
+        if send_batch(&sender, batch).await {
             backoff = Duration::from_millis(100);
         } else {
             // Nothing could be sent: wait before taking the same events again.
@@ -77,7 +95,7 @@ fn same_stream(a: &Event, b: &Event) -> bool {
 }
 
 /// Sends a batch; false when some of it had to be put back.
-async fn send_batch(state: &State, batch: Batch) -> bool {
+async fn send_batch(sender: &Sender, batch: Batch) -> bool {
     let partition = batch.partition;
     // Usually the whole batch is one group: no regrouping then.
     if batch
@@ -85,7 +103,7 @@ async fn send_batch(state: &State, batch: Batch) -> bool {
         .iter()
         .all(|e| same_stream(&batch.events[0], e))
     {
-        return send_group(state, partition, batch.events).await;
+        return send_group(sender, partition, batch.events).await;
     }
     let mut groups: Vec<Vec<Event>> = Vec::new();
     for event in batch.events {
@@ -97,37 +115,38 @@ async fn send_batch(state: &State, batch: Batch) -> bool {
     let sent = futures::future::join_all(
         groups
             .into_iter()
-            .map(|events| send_group(state, partition, events)),
+            .map(|events| send_group(sender, partition, events)),
     )
     .await;
     sent.into_iter().all(|sent| sent)
 }
 
 /// Sends one group: as one stream, or call by call (see [`crate::queue::Route::alone`]).
-async fn send_group(state: &State, partition: usize, events: Vec<Event>) -> bool {
+async fn send_group(sender: &Sender, partition: usize, events: Vec<Event>) -> bool {
     if events[0].route.alone {
-        return each_alone(state, partition, events).await;
+        return each_alone(sender, partition, events).await;
     }
-    match deliver(state, partition, &events).await {
+    match deliver(sender, partition, &events).await {
         Delivery::Refused { code, message }
             if events.len() > 1 && !grpc::refuses_the_method(code) =>
         {
             // Which of them? Each alone: one call per report, and only on this path.
-            state
+            sender
+                .pool
                 .metrics
                 .upstream_refused(events[0].route.protocol, code);
             tracing::debug!(code, %message, events = events.len(), "a batch was refused; sending its reports one by one");
-            each_alone(state, partition, events).await
+            each_alone(sender, partition, events).await
         }
-        delivery => settle(state, partition, events, delivery),
+        delivery => settle(sender, partition, events, delivery),
     }
 }
 
 /// Sends every event as a call of its own, many at once, and settles them together.
-async fn each_alone(state: &State, partition: usize, events: Vec<Event>) -> bool {
+async fn each_alone(sender: &Sender, partition: usize, events: Vec<Event>) -> bool {
     let deliveries: Vec<(Event, Delivery)> =
         futures::stream::iter(events.into_iter().map(|event| async move {
-            let delivery = deliver(state, partition, std::slice::from_ref(&event)).await;
+            let delivery = deliver(sender, partition, std::slice::from_ref(&event)).await;
             (event, delivery)
         }))
         .buffer_unordered(UNARY_IN_FLIGHT)
@@ -148,17 +167,17 @@ async fn each_alone(state: &State, partition: usize, events: Vec<Event>) -> bool
         }
     }
     if !sent.is_empty() {
-        settle(state, partition, sent, Delivery::Sent);
+        settle(sender, partition, sent, Delivery::Sent);
     }
     for (code, message, events) in refused {
         settle(
-            state,
+            sender,
             partition,
             events,
             Delivery::Refused { code, message },
         );
     }
-    failed.is_empty() || settle(state, partition, failed, Delivery::Failed)
+    failed.is_empty() || settle(sender, partition, failed, Delivery::Failed)
 }
 
 /// What became of one call's events.
@@ -174,30 +193,32 @@ enum Delivery {
 }
 
 /// Accounts for a delivery; false when the events were put back.
-fn settle(state: &State, partition: usize, events: Vec<Event>, delivery: Delivery) -> bool {
+fn settle(sender: &Sender, partition: usize, events: Vec<Event>, delivery: Delivery) -> bool {
     let protocol = events[0].route.protocol;
     let n = events.len() as u64;
     match delivery {
         Delivery::Sent => {
-            state.metrics.forwarded(protocol, n);
-            state.queue.forwarded(Batch { partition, events });
+            sender.pool.metrics.forwarded(protocol, n);
+            sender.queue.forwarded(Batch { partition, events });
             true
         }
         Delivery::Refused { code, message } => {
-            state.metrics.upstream_refused(protocol, code);
-            state
+            sender.pool.metrics.upstream_refused(protocol, code);
+            sender
+                .pool
                 .metrics
                 .dropped(protocol, DropReason::RefusedByUpstream, n);
-            state
+            sender
+                .pool
                 .refusal_log
                 .refused(&events[0].route.path, code, &message, n);
-            state
+            sender
                 .queue
                 .dropped(Batch { partition, events }, DropReason::RefusedByUpstream);
             true
         }
         Delivery::Failed => {
-            state.queue.put_back(Batch { partition, events });
+            sender.queue.put_back(Batch { partition, events });
             false
         }
     }
@@ -205,7 +226,7 @@ fn settle(state: &State, partition: usize, events: Vec<Event>, delivery: Deliver
 
 /// Sends `events` as one call, trying other upstreams while it fails, or while the
 /// method is refused.
-async fn deliver(state: &State, partition: usize, events: &[Event]) -> Delivery {
+async fn deliver(sender: &Sender, partition: usize, events: &[Event]) -> Delivery {
     let (route, key) = (&events[0].route, events[0].key.as_deref());
     let body = match events {
         [one] => Payload::Contiguous(one.framed.clone()),
@@ -222,7 +243,7 @@ async fn deliver(state: &State, partition: usize, events: &[Event]) -> Delivery 
     let (mut failures, mut refusal) = (0, None::<(u16, String)>);
     let mut refusals = 0;
     while failures < FAILURE_ATTEMPTS && refusals < REFUSAL_ATTEMPTS {
-        let upstreams = state.upstreams.snapshot();
+        let upstreams = sender.pool.upstreams.snapshot();
         let remaining: Vec<Upstream> = if tried.is_empty() {
             Vec::new()
         } else {
@@ -237,7 +258,7 @@ async fn deliver(state: &State, partition: usize, events: &[Event]) -> Delivery 
             // With fewer upstreams than attempts, those tried are tried again.
             (false, true, None) => &upstreams[..],
         };
-        let Some(upstream) = state.balancer.pick_in_lane(
+        let Some(upstream) = sender.pool.balancer.pick_in_lane(
             route::lane(partition, &route.path),
             key,
             candidates,
@@ -248,18 +269,21 @@ async fn deliver(state: &State, partition: usize, events: &[Event]) -> Delivery 
         tried.push(upstream);
         let upstream = tried.last().expect("just tried");
         let started = Instant::now();
-        let outcome = call(state, &upstream.address, route, body.clone()).await;
+        let outcome = call(sender, &upstream.address, route, body.clone()).await;
         let took = started.elapsed();
-        state.metrics.sent(&upstream.address, took.as_secs_f64());
+        sender
+            .pool
+            .metrics
+            .sent(&upstream.address, took.as_secs_f64());
         match outcome {
             Outcome::Answered(Verdict::Accepted, ..) => {
-                state.balancer.succeeded(&upstream.address);
-                state.outliers.observe(&upstream.address, took);
+                sender.pool.balancer.succeeded(&upstream.address);
+                sender.pool.outliers.observe(&upstream.address, took);
                 return Delivery::Sent;
             }
             // It answered: healthy, whatever it thinks of the data.
             Outcome::Answered(Verdict::Refused, code, message) => {
-                state.balancer.succeeded(&upstream.address);
+                sender.pool.balancer.succeeded(&upstream.address);
                 tracing::debug!(upstream = %upstream.address, path = %route.path, code, %message, "upstream refused the data");
                 refusals += 1;
                 let of_the_method = grpc::refuses_the_method(code);
@@ -270,11 +294,11 @@ async fn deliver(state: &State, partition: usize, events: &[Event]) -> Delivery 
             }
             Outcome::Answered(Verdict::Failed, code, message) => {
                 tracing::debug!(upstream = %upstream.address, path = %route.path, code, %message, "upstream failed the call");
-                failed(state, &upstream.address, &mut failures).await;
+                failed(sender, &upstream.address, &mut failures).await;
             }
             Outcome::Broken(reason) => {
                 tracing::debug!(upstream = %upstream.address, path = %route.path, %reason, "the call broke off");
-                failed(state, &upstream.address, &mut failures).await;
+                failed(sender, &upstream.address, &mut failures).await;
             }
         }
     }
@@ -285,9 +309,9 @@ async fn deliver(state: &State, partition: usize, events: &[Event]) -> Delivery 
     }
 }
 
-async fn failed(state: &State, upstream: &str, failures: &mut usize) {
-    state.balancer.failed(upstream, Instant::now());
-    state.metrics.ejected("failure");
+async fn failed(sender: &Sender, upstream: &str, failures: &mut usize) {
+    sender.pool.balancer.failed(upstream, Instant::now());
+    sender.pool.metrics.ejected("failure");
     tokio::time::sleep(Duration::from_millis(50 << *failures)).await;
     *failures += 1;
 }
@@ -301,7 +325,7 @@ enum Outcome {
 }
 
 async fn call(
-    state: &State,
+    sender: &Sender,
     upstream: &str,
     route: &crate::queue::Route,
     body: Payload,
@@ -310,7 +334,7 @@ async fn call(
     else {
         return Outcome::Broken(format!("{upstream} is not an address"));
     };
-    match state.client.call(request, CALL_TIMEOUT).await {
+    match sender.pool.client.call(request, CALL_TIMEOUT).await {
         Ok(answer) => Outcome::Answered(
             grpc::verdict(answer.code, &answer.message),
             answer.code,

@@ -16,7 +16,7 @@ use rustls::client::ClientConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{PrivateKeyDer, ServerName};
 
-use crate::listen::tls::{TlsError, certificates, read};
+use crate::pem::{TlsError, certificates, read};
 
 /// Where the upstream TLS settings are read from.
 #[derive(Clone, Debug)]

@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -16,11 +15,14 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use skylift_proxy::balance::balancer::{Balancer, Policy};
 use skylift_proxy::balance::route::{StickyKeys, Upstream};
+use skylift_proxy::balance::routing::Routing;
 use skylift_proxy::balance::upstream_set::UpstreamSet;
 use skylift_proxy::grpc::framing;
 use skylift_proxy::listen as server;
-use skylift_proxy::listen::state::{Limits, Shared, State, UpstreamClient};
+use skylift_proxy::listen::state::{Limits, Shared, State};
 use skylift_proxy::queue::{Overflow, Queue, QueueConfig};
+use skylift_proxy::upstream::Pool;
+use skylift_proxy::upstream::client::UpstreamClient;
 use skylift_proxy::upstream::send;
 use skylift_testkit::sink::Sink;
 
@@ -106,8 +108,7 @@ pub async fn proxy_with_limits(
             weight: 1,
         })
         .collect();
-    let state: State = Arc::new(Shared {
-        queue: Queue::new(queue),
+    let pool = Arc::new(Pool {
         upstreams: UpstreamSet::new(set),
         balancer: Balancer::new(
             Policy::RoundRobin,
@@ -115,27 +116,32 @@ pub async fn proxy_with_limits(
         ),
         outliers: skylift_proxy::balance::outlier::LatencyOutliers::new(OUTLIERS),
         client,
-        limits,
-        connections: AtomicUsize::new(0),
-        tls,
-        shutting_down: Default::default(),
-        turned_away: skylift_proxy::listen::turned_away::TurnedAway::new(Duration::ZERO),
+        routing: Routing {
+            fixed_meter_routing: true,
+            hash_header: None,
+        },
+        max_message_bytes: limits.max_message_bytes,
         metrics: Default::default(),
         refusal_log: Default::default(),
-        fixed_meter_routing: true,
-        hash_header: None,
     });
+    let state: State = Arc::new(Shared::new(
+        Arc::new(Queue::new(queue)),
+        pool,
+        limits,
+        tls,
+        skylift_proxy::listen::turned_away::TurnedAway::new(Duration::ZERO),
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (close, closed) = tokio::sync::watch::channel(false);
     tokio::spawn(server::serve(listener, state.clone(), closed.clone()));
-    send::spawn_senders(&state, &closed);
-    tokio::spawn(skylift_proxy::balance::outlier::LatencyOutliers::run(
-        state.clone(),
+    send::spawn_senders(&state.queue, &state.pool, &closed);
+    tokio::spawn(skylift_proxy::run::eject_outliers(
+        state.pool.clone(),
         Duration::from_millis(100),
     ));
     tokio::spawn(skylift_proxy::upstream::health::keep_connected(
-        state.clone(),
+        state.pool.clone(),
         Duration::from_millis(100),
         skylift_proxy::upstream::health::HealthChecks {
             interval: Some(Duration::from_millis(200)),
