@@ -80,50 +80,6 @@ pub mod metrics {
     }
 }
 
-/// Command-line flags of `skylift-proxy` that the operator sets. The proxy defines its
-/// flags with these names; the operator derives the arguments from a resource's spec.
-pub mod proxy_flags {
-    pub const LISTEN: &str = "--listen";
-    pub const ADMIN_LISTEN: &str = "--admin-listen";
-    pub const UPSTREAM: &str = "--upstream";
-    pub const UPSTREAMS_CONFIGMAP: &str = "--upstreams-configmap";
-    pub const MAX_CONNECTIONS: &str = "--max-connections";
-    pub const QUEUE_PARTITIONS: &str = "--queue-partitions";
-    pub const QUEUE_CAPACITY: &str = "--queue-capacity";
-    pub const QUEUE_MAX_BYTES: &str = "--queue-max-bytes";
-    pub const BATCH_SIZE: &str = "--batch-size";
-    pub const FLUSH_INTERVAL: &str = "--flush-interval";
-    pub const OVERFLOW: &str = "--overflow";
-    pub const ROUTING: &str = "--routing";
-    pub const METER_ROUTING: &str = "--meter-routing";
-    pub const HASH_HEADER: &str = "--hash-header";
-    pub const TELEMETRY_SERVICE: &str = "--telemetry-service";
-    pub const TELEMETRY_INSTANCE: &str = "--telemetry-instance";
-    pub const TELEMETRY_UPSTREAM: &str = "--telemetry-upstream";
-    pub const LOG_FORMAT: &str = "--log-format";
-    pub const QUEUE: &str = "--queue";
-    pub const QUEUE_DIR: &str = "--queue-dir";
-    pub const QUEUE_MAX_DISK_BYTES: &str = "--queue-max-disk-bytes";
-    pub const FSYNC: &str = "--fsync";
-    pub const FSYNC_INTERVAL: &str = "--fsync-interval";
-    pub const TLS_CERT_FILE: &str = "--tls-cert-file";
-    pub const TLS_KEY_FILE: &str = "--tls-key-file";
-    pub const TLS_CLIENT_CA_FILE: &str = "--tls-client-ca-file";
-    pub const UPSTREAM_TLS_CA_FILE: &str = "--upstream-tls-ca-file";
-    pub const UPSTREAM_TLS_SERVER_NAME: &str = "--upstream-tls-server-name";
-    pub const UPSTREAM_TLS_CERT_FILE: &str = "--upstream-tls-cert-file";
-    pub const UPSTREAM_TLS_KEY_FILE: &str = "--upstream-tls-key-file";
-    pub const AUTHENTICATION_FILE: &str = "--authentication-file";
-    pub const MAX_CONNECTION_AGE: &str = "--max-connection-age";
-    pub const MAX_CONNECTION_AGE_GRACE: &str = "--max-connection-age-grace";
-    pub const HEALTH_CHECK_INTERVAL: &str = "--health-check-interval";
-    pub const HEALTH_CHECK_TIMEOUT: &str = "--health-check-timeout";
-    pub const HEALTH_CHECK_FAILURES: &str = "--health-check-failures";
-    pub const OUTLIER_LATENCY_FACTOR: &str = "--outlier-latency-factor";
-    pub const OUTLIER_MIN_LATENCY: &str = "--outlier-min-latency";
-    pub const OUTLIER_EJECTION: &str = "--outlier-ejection";
-}
-
 /// Where a pool's volumes are mounted in the proxy container.
 pub mod proxy_paths {
     pub const QUEUE_DIR: &str = "/var/lib/skylift/queue";

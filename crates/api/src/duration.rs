@@ -33,6 +33,19 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// A duration as [`parse`] reads it back, in the largest unit it is a whole number of
+/// (`2h`, `10m`, `90s`, `1500ms`); below a millisecond is dropped, no flag is finer.
+pub fn format(value: Duration) -> String {
+    let millis = value.as_millis();
+    match millis {
+        0 => "0s".into(),
+        m if m % 3_600_000 == 0 => format!("{}h", m / 3_600_000),
+        m if m % 60_000 == 0 => format!("{}m", m / 60_000),
+        m if m % 1000 == 0 => format!("{}s", m / 1000),
+        m => format!("{m}ms"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,5 +60,15 @@ mod tests {
         assert!(parse("10").unwrap_err().contains("unknown unit"));
         assert!(parse("s").unwrap_err().contains("expected a number"));
         assert!(parse("3d").is_err());
+    }
+
+    #[test]
+    fn formatted_durations_parse_back() {
+        assert_eq!(format(Duration::from_secs(600)), "10m");
+        assert_eq!(format(Duration::from_secs(90)), "90s");
+        for millis in [0, 1, 500, 1000, 1500, 90_000, 600_000, 7_200_000, 7_260_000] {
+            let value = Duration::from_millis(millis);
+            assert_eq!(parse(&format(value)), Ok(value), "{}", format(value));
+        }
     }
 }

@@ -16,6 +16,8 @@ pub mod metric_selector;
 pub mod oapserver;
 pub mod pool;
 pub mod proxy;
+#[cfg(feature = "proxy-args")]
+pub mod proxy_args;
 pub mod satellite;
 
 pub use common::{PodTemplateOverrides, ServiceOptions};

@@ -122,15 +122,6 @@ pub enum FsyncPolicy {
     Always,
 }
 
-impl FsyncPolicy {
-    pub fn as_flag_value(self) -> &'static str {
-        match self {
-            FsyncPolicy::Interval => "interval",
-            FsyncPolicy::Always => "always",
-        }
-    }
-}
-
 /// Bytes in a Kubernetes quantity of the form `DiskQueue::size_limit` allows (`512Mi`,
 /// `2G`, `1000000`).
 pub fn quantity_bytes(quantity: &str) -> Option<u64> {
@@ -280,15 +271,6 @@ pub enum OverflowPolicy {
     Reject,
     /// Acknowledge and drop, counting the drop.
     Drop,
-}
-
-impl OverflowPolicy {
-    pub fn as_flag_value(self) -> &'static str {
-        match self {
-            OverflowPolicy::Reject => "reject",
-            OverflowPolicy::Drop => "drop",
-        }
-    }
 }
 
 /// The pool's HorizontalPodAutoscaler as last observed.

@@ -142,16 +142,6 @@ pub enum ProxyBalancePolicy {
     Hash,
 }
 
-impl ProxyBalancePolicy {
-    pub fn as_flag_value(self) -> &'static str {
-        match self {
-            ProxyBalancePolicy::RoundRobin => "round-robin",
-            ProxyBalancePolicy::WeightedRoundRobin => "weighted-round-robin",
-            ProxyBalancePolicy::Hash => "hash",
-        }
-    }
-}
-
 /// Self-telemetry of a Proxy, reported as SkyWalking native meters.
 #[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

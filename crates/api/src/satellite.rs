@@ -145,15 +145,6 @@ pub enum BalancePolicy {
     WeightedRoundRobin,
 }
 
-impl BalancePolicy {
-    pub fn as_flag_value(self) -> &'static str {
-        match self {
-            BalancePolicy::RoundRobin => "round-robin",
-            BalancePolicy::WeightedRoundRobin => "weighted-round-robin",
-        }
-    }
-}
-
 /// Meter routing policies.
 #[derive(
     schemars::JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize,
@@ -163,15 +154,6 @@ pub enum MeterRouting {
     #[default]
     Fixed,
     RoundRobin,
-}
-
-impl MeterRouting {
-    pub fn as_flag_value(self) -> &'static str {
-        match self {
-            MeterRouting::Fixed => "fixed",
-            MeterRouting::RoundRobin => "round-robin",
-        }
-    }
 }
 
 /// Self-telemetry of a Satellite.

@@ -1,10 +1,11 @@
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use skylift_api::logging::LogFormat;
+use skylift_api::proxy_args::{
+    FsyncArg, MeterRoutingArg, OverflowArg, ProxyArgs as Args, QueueArg, RoutingArg,
+};
 use skylift_proxy::balance::balancer::Policy;
 use skylift_proxy::listen::state::Limits;
 use skylift_proxy::ops::telemetry::TelemetryConfig;
@@ -17,243 +18,6 @@ use skylift_proxy::run::{Config, UpstreamSource, run};
 // freed pages for reuse.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// Balances every SkyWalking message (and any gRPC call) across all upstreams.
-#[derive(Parser, Debug)]
-#[command(name = "skylift-proxy", version)]
-struct Args {
-    /// Client-facing gRPC address (HTTP/2: cleartext, or TLS with --tls-cert-file).
-    #[arg(long, env = "SKYLIFT_PROXY_LISTEN", default_value = "0.0.0.0:11800")]
-    listen: SocketAddr,
-    /// Serve clients over TLS with this certificate chain (PEM); read again when it changes.
-    #[arg(long, env = "SKYLIFT_PROXY_TLS_CERT_FILE", requires = "tls_key_file")]
-    tls_cert_file: Option<PathBuf>,
-    /// The TLS private key (PEM).
-    #[arg(long, env = "SKYLIFT_PROXY_TLS_KEY_FILE", requires = "tls_cert_file")]
-    tls_key_file: Option<PathBuf>,
-    /// Require client certificates that chain to this CA bundle (PEM): mutual TLS.
-    #[arg(
-        long,
-        env = "SKYLIFT_PROXY_TLS_CLIENT_CA_FILE",
-        requires = "tls_cert_file"
-    )]
-    tls_client_ca_file: Option<PathBuf>,
-    /// A file holding the token OAP's `authentication` setting expects (a mounted Secret):
-    /// sent as `authentication` metadata on every call upstream, read again when it changes.
-    #[arg(long, env = "SKYLIFT_PROXY_AUTHENTICATION_FILE")]
-    authentication_file: Option<PathBuf>,
-    /// Connect to upstreams over TLS, verifying their certificates against this CA
-    /// bundle (PEM); read again when it changes.
-    #[arg(long, env = "SKYLIFT_PROXY_UPSTREAM_TLS_CA_FILE")]
-    upstream_tls_ca_file: Option<PathBuf>,
-    /// The name upstream certificates are verified against (and sent as SNI), e.g. the
-    /// OAP Service's DNS name; default: each upstream's own host or IP.
-    #[arg(
-        long,
-        env = "SKYLIFT_PROXY_UPSTREAM_TLS_SERVER_NAME",
-        requires = "upstream_tls_ca_file"
-    )]
-    upstream_tls_server_name: Option<String>,
-    /// A client certificate chain (PEM) presented to upstreams: mutual TLS.
-    #[arg(
-        long,
-        env = "SKYLIFT_PROXY_UPSTREAM_TLS_CERT_FILE",
-        requires_all = ["upstream_tls_ca_file", "upstream_tls_key_file"]
-    )]
-    upstream_tls_cert_file: Option<PathBuf>,
-    /// The client certificate's private key (PEM).
-    #[arg(
-        long,
-        env = "SKYLIFT_PROXY_UPSTREAM_TLS_KEY_FILE",
-        requires = "upstream_tls_cert_file"
-    )]
-    upstream_tls_key_file: Option<PathBuf>,
-    /// Admin address: /metrics, /healthz, /readyz.
-    #[arg(
-        long,
-        env = "SKYLIFT_PROXY_ADMIN_LISTEN",
-        default_value = "0.0.0.0:1234"
-    )]
-    admin_listen: SocketAddr,
-    /// An upstream HOST:PORT (repeatable).
-    #[arg(
-        long = "upstream",
-        env = "SKYLIFT_PROXY_UPSTREAM",
-        value_delimiter = ','
-    )]
-    upstreams: Vec<String>,
-    /// A file in the operator's endpoints.json format, followed for changes.
-    #[arg(long, env = "SKYLIFT_PROXY_UPSTREAMS_FILE")]
-    upstreams_file: Option<PathBuf>,
-    /// The operator's upstreams ConfigMap, NAMESPACE/NAME (key endpoints.json).
-    #[arg(long, env = "SKYLIFT_PROXY_UPSTREAMS_CONFIGMAP")]
-    upstreams_configmap: Option<String>,
-    /// Client connections accepted at once; more are sent away with a GOAWAY that tells
-    /// them to reconnect (through the Service, to another replica). The first line of
-    /// defence of a replica's memory: each connection holds at most its budget (see
-    /// docs/proxy.md). 0: no limit.
-    #[arg(long, env = "SKYLIFT_PROXY_MAX_CONNECTIONS", default_value_t = 4096)]
-    max_connections: usize,
-    /// How often idle client connections are pinged; one that does not answer within the
-    /// same time (at most 20 s) is closed, so dead clients stop counting. 0s: never.
-    #[arg(long, env = "SKYLIFT_PROXY_KEEPALIVE_INTERVAL", default_value = "60s", value_parser = skylift_api::duration::parse)]
-    keepalive_interval: Duration,
-    /// Ask clients to reconnect (GOAWAY) once their connection is this old, so that
-    /// long-lived connections spread onto replicas added since (e.g. 10m). 0s: never.
-    #[arg(long, env = "SKYLIFT_PROXY_MAX_CONNECTION_AGE", default_value = "0s", value_parser = skylift_api::duration::parse)]
-    max_connection_age: Duration,
-    /// How long streams may go on after that GOAWAY before the connection is closed.
-    #[arg(long, env = "SKYLIFT_PROXY_MAX_CONNECTION_AGE_GRACE", default_value = "30s", value_parser = skylift_api::duration::parse)]
-    max_connection_age_grace: Duration,
-    /// How long a client may take to send its HTTP/2 preface and SETTINGS, to finish a
-    /// header block, or to finish any frame it began; slower ones are closed (slowloris).
-    #[arg(long, env = "SKYLIFT_PROXY_HEADER_TIMEOUT", default_value = "10s", value_parser = skylift_api::duration::parse)]
-    header_timeout: Duration,
-    /// Close a client connection with no calls that sent nothing for this long. 0s: never.
-    #[arg(long, env = "SKYLIFT_PROXY_IDLE_TIMEOUT", default_value = "5m", value_parser = skylift_api::duration::parse)]
-    idle_timeout: Duration,
-    /// Largest gRPC message accepted. Each client connection may hold this much of
-    /// messages not yet whole, plus 64 KiB (its flow-control window).
-    #[arg(long, env = "SKYLIFT_PROXY_MAX_MESSAGE_BYTES", default_value_t = 4 << 20)]
-    max_message_bytes: usize,
-    /// Queue partitions (parallel senders). Default: one per core.
-    #[arg(long, env = "SKYLIFT_PROXY_QUEUE_PARTITIONS")]
-    queue_partitions: Option<usize>,
-    /// Messages one partition holds.
-    #[arg(long, env = "SKYLIFT_PROXY_QUEUE_CAPACITY", default_value_t = 5000)]
-    queue_capacity: usize,
-    /// Bytes one partition holds (in memory, and on disk with --queue disk).
-    #[arg(long, env = "SKYLIFT_PROXY_QUEUE_MAX_BYTES", default_value_t = 64 << 20)]
-    queue_max_bytes: usize,
-    /// Where queued messages are kept: memory, or disk (journaled in --queue-dir before
-    /// they are acknowledged, replayed after a restart).
-    #[arg(long, env = "SKYLIFT_PROXY_QUEUE", value_enum, default_value_t = QueueArg::Memory)]
-    queue: QueueArg,
-    /// The journal's folder, with --queue disk (a volume of its own in production).
-    #[arg(long, env = "SKYLIFT_PROXY_QUEUE_DIR")]
-    queue_dir: Option<PathBuf>,
-    /// Bytes the whole journal may take (the volume's size, less a margin): shared among
-    /// the partitions, each also capped by --queue-max-bytes.
-    #[arg(
-        long,
-        env = "SKYLIFT_PROXY_QUEUE_MAX_DISK_BYTES",
-        requires = "queue_dir"
-    )]
-    queue_max_disk_bytes: Option<u64>,
-    /// When the journal is synced to disk: every --fsync-interval, or always before a
-    /// client is acknowledged.
-    #[arg(long, env = "SKYLIFT_PROXY_FSYNC", value_enum, default_value_t = FsyncArg::Interval)]
-    fsync: FsyncArg,
-    /// How often the journal is synced with --fsync interval.
-    #[arg(long, env = "SKYLIFT_PROXY_FSYNC_INTERVAL", default_value = "1s", value_parser = skylift_api::duration::parse)]
-    fsync_interval: Duration,
-    /// Messages sent upstream in one stream.
-    #[arg(long, env = "SKYLIFT_PROXY_BATCH_SIZE", default_value_t = 200)]
-    batch_size: usize,
-    /// Longest a message waits for its batch (e.g. 500ms, 1s).
-    #[arg(long, env = "SKYLIFT_PROXY_FLUSH_INTERVAL", default_value = "1s", value_parser = skylift_api::duration::parse)]
-    flush_interval: Duration,
-    /// What a full partition does: reject (client told RESOURCE_EXHAUSTED) or drop.
-    #[arg(long, env = "SKYLIFT_PROXY_OVERFLOW", value_enum, default_value_t = OverflowArg::Reject)]
-    overflow: OverflowArg,
-    /// How long a client is held back (its stream not read) waiting for room in a full
-    /// queue before --overflow applies.
-    #[arg(long, env = "SKYLIFT_PROXY_OVERFLOW_WAIT", default_value = "1s", value_parser = skylift_api::duration::parse)]
-    overflow_wait: Duration,
-    /// Batches each partition sends at once, each on its own upstream stream.
-    #[arg(long, env = "SKYLIFT_PROXY_SEND_CONCURRENCY", default_value_t = 4)]
-    send_concurrency: usize,
-    /// Most HTTP/2 connections the proxy opens to one upstream.
-    #[arg(long, env = "SKYLIFT_PROXY_UPSTREAM_CONNECTIONS", default_value_t = 4)]
-    upstream_connections: usize,
-    /// Streams one upstream connection carries at once before the next connection opens.
-    #[arg(long, env = "SKYLIFT_PROXY_UPSTREAM_STREAMS", default_value_t = 100)]
-    upstream_streams: usize,
-    /// Balancing of messages without a routing key.
-    #[arg(long, env = "SKYLIFT_PROXY_ROUTING", value_enum, default_value_t = RoutingArg::RoundRobin)]
-    routing: RoutingArg,
-    /// Request header hashed to pick the upstream, with --routing hash.
-    #[arg(long, env = "SKYLIFT_PROXY_HASH_HEADER")]
-    hash_header: Option<String>,
-    /// Meter data: fixed (one upstream per service instance) or round-robin.
-    #[arg(long, env = "SKYLIFT_PROXY_METER_ROUTING", value_enum, default_value_t = MeterRoutingArg::Fixed)]
-    meter_routing: MeterRoutingArg,
-    /// Service name the proxy reports its telemetry as (OAP shows satellite::<service>).
-    #[arg(long, env = "SKYLIFT_PROXY_TELEMETRY_SERVICE")]
-    telemetry_service: Option<String>,
-    /// Instance name in the telemetry. Default: the host name.
-    #[arg(long, env = "SKYLIFT_PROXY_TELEMETRY_INSTANCE")]
-    telemetry_instance: Option<String>,
-    /// How often telemetry is reported.
-    #[arg(long, env = "SKYLIFT_PROXY_TELEMETRY_INTERVAL", default_value = "10s", value_parser = skylift_api::duration::parse)]
-    telemetry_interval: Duration,
-    /// OAP address for telemetry. Default: through the upstreams.
-    #[arg(long, env = "SKYLIFT_PROXY_TELEMETRY_UPSTREAM")]
-    telemetry_upstream: Option<String>,
-    /// Longest a shutdown (SIGTERM) takes: clients are sent GOAWAY and finish their open
-    /// streams, then the queues are sent upstream; what is left after this is dropped
-    /// (counted) with the memory queue, or kept in the journal with --queue disk.
-    #[arg(long, env = "SKYLIFT_PROXY_DRAIN_TIMEOUT", default_value = "20s", value_parser = skylift_api::duration::parse)]
-    drain_timeout: Duration,
-    /// How often each upstream in use is health-checked (grpc.health.v1). 0s: only new
-    /// and ejected upstreams are.
-    #[arg(long, env = "SKYLIFT_PROXY_HEALTH_CHECK_INTERVAL", default_value = "5s", value_parser = skylift_api::duration::parse)]
-    health_check_interval: Duration,
-    /// How long a health check may take before it counts as failed.
-    #[arg(long, env = "SKYLIFT_PROXY_HEALTH_CHECK_TIMEOUT", default_value = "3s", value_parser = skylift_api::duration::parse)]
-    health_check_timeout: Duration,
-    /// Health checks in a row that must fail before an upstream in use is ejected.
-    #[arg(long, env = "SKYLIFT_PROXY_HEALTH_CHECK_FAILURES", default_value_t = 2)]
-    health_check_failures: u32,
-    /// Eject an upstream whose batches take this many times longer than the median of the
-    /// others' (moving averages; needs 3 upstreams, ejects at most a third). 0: never.
-    #[arg(
-        long,
-        env = "SKYLIFT_PROXY_OUTLIER_LATENCY_FACTOR",
-        default_value_t = 3.0
-    )]
-    outlier_latency_factor: f64,
-    /// ... and longer than this, so a pool of fast upstreams is left alone.
-    #[arg(long, env = "SKYLIFT_PROXY_OUTLIER_MIN_LATENCY", default_value = "100ms", value_parser = skylift_api::duration::parse)]
-    outlier_min_latency: Duration,
-    /// How long a slow upstream is ejected; doubled while it stays slow (at most 5m).
-    #[arg(long, env = "SKYLIFT_PROXY_OUTLIER_EJECTION", default_value = "10s", value_parser = skylift_api::duration::parse)]
-    outlier_ejection: Duration,
-    /// Log format.
-    #[arg(long, env = "SKYLIFT_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum OverflowArg {
-    Reject,
-    Drop,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum QueueArg {
-    Memory,
-    Disk,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum FsyncArg {
-    Interval,
-    Always,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum RoutingArg {
-    RoundRobin,
-    WeightedRoundRobin,
-    Hash,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum MeterRoutingArg {
-    Fixed,
-    RoundRobin,
-}
 
 fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
     let upstreams = match (
@@ -449,7 +213,7 @@ mod tests {
             "--telemetry-service=obs-ingest",
             "--telemetry-instance=ingest-satellite-7c9f-x2",
             "--log-format=json",
-            // What a hardened Satellite adds (the operator's test pins the same list).
+            // What a hardened Satellite adds.
             "--queue-max-bytes=33554432",
             "--queue=disk",
             "--queue-dir=/var/lib/skylift/queue",

@@ -20,8 +20,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use skylift_api::common::ServiceAddress;
 use skylift_api::constants::proxy_paths as path;
-use skylift_api::constants::{self, metrics, ports, proxy_flags as flag, upstreams};
+use skylift_api::constants::{self, metrics, ports, upstreams};
+use skylift_api::duration;
 use skylift_api::pool::{Autoscaling, PoolHardening, QueueSpec, quantity_bytes};
+use skylift_api::proxy_args::{MeterRoutingArg, ProxyArgs, QueueArg, RoutingArg};
 use skylift_api::{PodTemplateOverrides, Proxy, Satellite, ServiceOptions, UpstreamEndpoints};
 
 use super::meta::{Labels, child_meta};
@@ -81,8 +83,11 @@ pub struct PoolView {
     pub max_connections: Option<i32>,
     pub autoscaling: Option<Autoscaling>,
     pub queue: Option<QueueSpec>,
-    /// Routing flags and their values, in the order they are passed.
-    pub routing: Vec<(&'static str, String)>,
+    /// Balancing of messages without a routing key.
+    pub routing: RoutingArg,
+    /// With `routing: hash`: the request header hashed.
+    pub hash_header: Option<String>,
+    pub meter_routing: MeterRoutingArg,
     pub telemetry: Option<TelemetryView>,
     pub service: Option<ServiceOptions>,
     pub resources: Option<ResourceRequirements>,
@@ -152,10 +157,9 @@ impl PoolView {
             max_connections: spec.connection_limit.as_ref().map(|l| l.max_connections),
             autoscaling: spec.autoscaling.clone(),
             queue: spec.queue.clone(),
-            routing: vec![
-                (flag::ROUTING, routing.default.as_flag_value().into()),
-                (flag::METER_ROUTING, routing.meter.as_flag_value().into()),
-            ],
+            routing: routing.default.into(),
+            hash_header: None,
+            meter_routing: routing.meter.into(),
             telemetry: Some(TelemetryView {
                 service: sat.telemetry_service(),
                 upstream: None,
@@ -172,10 +176,6 @@ impl PoolView {
         let spec = &proxy.spec;
         let upstream = proxy_upstream(proxy);
         let routing = spec.routing.clone().unwrap_or_default();
-        let mut routing_flags = vec![(flag::ROUTING, routing.default.as_flag_value().to_string())];
-        if let Some(header) = routing.hash_header {
-            routing_flags.push((flag::HASH_HEADER, header));
-        }
         PoolView {
             kind: PoolKind::Proxy,
             name: proxy.metadata.name.clone().unwrap_or_default(),
@@ -186,7 +186,10 @@ impl PoolView {
             max_connections: spec.connection_limit.as_ref().map(|l| l.max_connections),
             autoscaling: spec.autoscaling.clone(),
             queue: spec.queue.clone(),
-            routing: routing_flags,
+            routing: routing.default.into(),
+            hash_header: routing.hash_header,
+            // A Proxy carries no meter data of its own to pin: the proxy's default.
+            meter_routing: MeterRoutingArg::Fixed,
             telemetry: spec.telemetry.as_ref().map(|t| TelemetryView {
                 service: t.service.clone(),
                 upstream: t.oap_address.clone(),
@@ -239,137 +242,105 @@ impl PoolView {
 
     /// The arguments skylift-proxy runs with.
     pub fn proxy_args(&self) -> Vec<String> {
-        let mut args = vec![
-            format!("{}=0.0.0.0:{}", flag::LISTEN, ports::GRPC),
-            format!("{}=0.0.0.0:{}", flag::ADMIN_LISTEN, ports::ADMIN),
-            format!(
-                "{}={}/{}",
-                flag::UPSTREAMS_CONFIGMAP,
-                self.namespace,
-                self.configmap_name()
-            ),
-        ];
+        self.proxy_settings().to_args()
+    }
+
+    /// skylift-proxy's settings for this pool; [`ProxyArgs::to_args`] renders them.
+    pub fn proxy_settings(&self) -> ProxyArgs {
+        let mut args = ProxyArgs::defaults();
+        args.listen = ([0, 0, 0, 0], port(ports::GRPC)).into();
+        args.admin_listen = ([0, 0, 0, 0], port(ports::ADMIN)).into();
+        args.upstreams_configmap = Some(format!("{}/{}", self.namespace, self.configmap_name()));
         if let Some(max) = self.max_connections {
-            args.push(format!("{}={max}", flag::MAX_CONNECTIONS));
+            args.max_connections = count(max);
         }
         if let Some(queue) = &self.queue {
-            let mut push = |name: &str, value: Option<String>| {
-                if let Some(value) = value {
-                    args.push(format!("{name}={value}"));
-                }
-            };
-            push(
-                flag::QUEUE_PARTITIONS,
-                queue.partitions.map(|v| v.to_string()),
-            );
-            push(
-                flag::QUEUE_CAPACITY,
-                queue.capacity_per_partition.map(|v| v.to_string()),
-            );
+            if let Some(partitions) = queue.partitions {
+                args.queue_partitions = Some(count(partitions));
+            }
+            if let Some(capacity) = queue.capacity_per_partition {
+                args.queue_capacity = count(capacity);
+            }
             // The proxy takes bytes; the schema only lets quantities through.
-            push(
-                flag::QUEUE_MAX_BYTES,
-                queue
-                    .max_bytes_per_partition
-                    .as_deref()
-                    .and_then(quantity_bytes)
-                    .map(|b| b.to_string()),
-            );
-            push(flag::BATCH_SIZE, queue.batch_size.map(|v| v.to_string()));
-            push(flag::FLUSH_INTERVAL, queue.flush_interval.clone());
-            push(
-                flag::OVERFLOW,
-                queue.overflow.map(|o| o.as_flag_value().to_string()),
-            );
+            if let Some(bytes) = queue
+                .max_bytes_per_partition
+                .as_deref()
+                .and_then(quantity_bytes)
+            {
+                args.queue_max_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+            }
+            if let Some(batch) = queue.batch_size {
+                args.batch_size = count(batch);
+            }
+            set_duration(&mut args.flush_interval, &queue.flush_interval);
+            if let Some(overflow) = queue.overflow {
+                args.overflow = overflow.into();
+            }
             if let Some(disk) = &queue.disk {
-                push(flag::QUEUE, Some("disk".into()));
-                push(flag::QUEUE_DIR, Some(path::QUEUE_DIR.into()));
+                args.queue = QueueArg::Disk;
+                args.queue_dir = Some(path::QUEUE_DIR.into());
                 // A margin below the volume's limit: the kubelet evicts a pod whose
                 // emptyDir outgrows it.
-                push(
-                    flag::QUEUE_MAX_DISK_BYTES,
-                    quantity_bytes(&disk.size_limit).map(|b| (b / 10 * 9).to_string()),
-                );
-                push(flag::FSYNC, disk.fsync.map(|f| f.as_flag_value().into()));
-                push(flag::FSYNC_INTERVAL, disk.fsync_interval.clone());
+                args.queue_max_disk_bytes = quantity_bytes(&disk.size_limit).map(|b| b / 10 * 9);
+                if let Some(fsync) = disk.fsync {
+                    args.fsync = fsync.into();
+                }
+                set_duration(&mut args.fsync_interval, &disk.fsync_interval);
             }
         }
-        for (name, value) in &self.routing {
-            args.push(format!("{name}={value}"));
-        }
-        self.push_hardening_args(&mut args);
+        args.routing = self.routing;
+        args.hash_header = self.hash_header.clone();
+        args.meter_routing = self.meter_routing;
+        self.set_hardening(&mut args);
         if let Some(telemetry) = &self.telemetry {
-            args.push(format!("{}={}", flag::TELEMETRY_SERVICE, telemetry.service));
-            args.push(format!("{}=$(POD_NAME)", flag::TELEMETRY_INSTANCE));
-            if let Some(upstream) = &telemetry.upstream {
-                args.push(format!("{}={upstream}", flag::TELEMETRY_UPSTREAM));
-            }
+            args.telemetry_service = Some(telemetry.service.clone());
+            args.telemetry_instance = Some("$(POD_NAME)".into());
+            args.telemetry_upstream = telemetry.upstream.clone();
         }
-        args.push(format!("{}=json", flag::LOG_FORMAT));
+        args.log_format = skylift_api::logging::LogFormat::Json;
         args
     }
-}
 
-impl PoolView {
-    fn push_hardening_args(&self, args: &mut Vec<String>) {
-        let mut push = |name: &str, value: String| args.push(format!("{name}={value}"));
+    fn set_hardening(&self, args: &mut ProxyArgs) {
         let hardening = &self.hardening;
         if let Some(tls) = &hardening.tls {
-            push(flag::TLS_CERT_FILE, format!("{}/tls.crt", path::TLS_DIR));
-            push(flag::TLS_KEY_FILE, format!("{}/tls.key", path::TLS_DIR));
+            args.tls_cert_file = Some(format!("{}/tls.crt", path::TLS_DIR).into());
+            args.tls_key_file = Some(format!("{}/tls.key", path::TLS_DIR).into());
             if tls.require_client_certificates {
-                push(
-                    flag::TLS_CLIENT_CA_FILE,
-                    format!("{}/ca.crt", path::TLS_DIR),
-                );
+                args.tls_client_ca_file = Some(format!("{}/ca.crt", path::TLS_DIR).into());
             }
         }
         if let Some(tls) = &hardening.upstream_tls {
             let dir = path::UPSTREAM_TLS_DIR;
-            push(flag::UPSTREAM_TLS_CA_FILE, format!("{dir}/ca.crt"));
-            if let Some(name) = &tls.server_name {
-                push(flag::UPSTREAM_TLS_SERVER_NAME, name.clone());
-            }
+            args.upstream_tls_ca_file = Some(format!("{dir}/ca.crt").into());
+            args.upstream_tls_server_name = tls.server_name.clone();
             if tls.client_certificate {
-                push(flag::UPSTREAM_TLS_CERT_FILE, format!("{dir}/tls.crt"));
-                push(flag::UPSTREAM_TLS_KEY_FILE, format!("{dir}/tls.key"));
+                args.upstream_tls_cert_file = Some(format!("{dir}/tls.crt").into());
+                args.upstream_tls_key_file = Some(format!("{dir}/tls.key").into());
             }
         }
         if hardening.authentication.is_some() {
-            push(
-                flag::AUTHENTICATION_FILE,
-                format!("{}/{}", path::AUTHENTICATION_DIR, path::AUTHENTICATION_FILE),
-            );
+            args.authentication_file =
+                Some(format!("{}/{}", path::AUTHENTICATION_DIR, path::AUTHENTICATION_FILE).into());
         }
         if let Some(rebalancing) = &hardening.rebalancing {
-            push(
-                flag::MAX_CONNECTION_AGE,
-                rebalancing.max_connection_age.clone(),
+            set_duration(
+                &mut args.max_connection_age,
+                &Some(rebalancing.max_connection_age.clone()),
             );
-            if let Some(grace) = &rebalancing.grace {
-                push(flag::MAX_CONNECTION_AGE_GRACE, grace.clone());
-            }
+            set_duration(&mut args.max_connection_age_grace, &rebalancing.grace);
         }
         if let Some(health) = &hardening.upstream_health {
-            let settings = [
-                (flag::HEALTH_CHECK_INTERVAL, health.check_interval.clone()),
-                (flag::HEALTH_CHECK_TIMEOUT, health.check_timeout.clone()),
-                (
-                    flag::HEALTH_CHECK_FAILURES,
-                    health.check_failures.map(|n| n.to_string()),
-                ),
-                (
-                    flag::OUTLIER_LATENCY_FACTOR,
-                    health.slow_factor.map(|n| n.to_string()),
-                ),
-                (flag::OUTLIER_MIN_LATENCY, health.slow_min_latency.clone()),
-                (flag::OUTLIER_EJECTION, health.slow_ejection.clone()),
-            ];
-            for (name, value) in settings {
-                if let Some(value) = value {
-                    push(name, value);
-                }
+            set_duration(&mut args.health_check_interval, &health.check_interval);
+            set_duration(&mut args.health_check_timeout, &health.check_timeout);
+            if let Some(failures) = health.check_failures {
+                args.health_check_failures = u32::try_from(failures).unwrap_or(0);
             }
+            if let Some(factor) = health.slow_factor {
+                args.outlier_latency_factor = f64::from(factor);
+            }
+            set_duration(&mut args.outlier_min_latency, &health.slow_min_latency);
+            set_duration(&mut args.outlier_ejection, &health.slow_ejection);
         }
     }
 
@@ -656,6 +627,23 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
+/// One of skylift's own ports.
+fn port(number: i32) -> u16 {
+    u16::try_from(number).expect("skylift's ports are TCP ports")
+}
+
+/// A count from the spec (the schema keeps it at 0 or more).
+fn count(value: i32) -> usize {
+    usize::try_from(value).unwrap_or(0)
+}
+
+/// Sets a duration the spec gives; the schema only lets durations the proxy reads through.
+fn set_duration(setting: &mut std::time::Duration, spec: &Option<String>) {
+    if let Some(value) = spec.as_deref().and_then(|d| duration::parse(d).ok()) {
+        *setting = value;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -754,6 +742,8 @@ mod tests {
         for flag in expected {
             assert!(args.contains(&flag.to_string()), "{flag} in {args:?}");
         }
+        let settings = PoolView::from(&satellite(hardened_spec())).proxy_settings();
+        assert_eq!(settings.queue_capacity, 5000, "the proxy's default");
         let pod = objects.pod_spec().unwrap();
         let volumes = pod.volumes.as_ref().unwrap();
         let names: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
@@ -814,18 +804,14 @@ mod tests {
         );
         assert_eq!(
             args(&objects),
+            // The listen addresses, a capacity of 5000, batches of 200, `reject` and fixed
+            // meter routing are the proxy's defaults: rendered as no flag.
             vec![
-                "--listen=0.0.0.0:11800",
-                "--admin-listen=0.0.0.0:1234",
                 "--upstreams-configmap=obs/ingest-upstreams",
                 "--max-connections=11",
                 "--queue-partitions=4",
-                "--queue-capacity=5000",
-                "--batch-size=200",
                 "--flush-interval=500ms",
-                "--overflow=reject",
                 "--routing=weighted-round-robin",
-                "--meter-routing=fixed",
                 "--telemetry-service=obs-ingest",
                 "--telemetry-instance=$(POD_NAME)",
                 "--log-format=json",
@@ -959,6 +945,150 @@ mod tests {
             serde_json::json!({"upstream": {"oapServerRef": {"name": "skywalking"}}}),
         );
         assert!(objects.hpa.is_none());
+    }
+
+    /// Every combination of the spec's proxy settings renders to a command line that the
+    /// proxy's own parser reads back as exactly the settings built, each setting visible.
+    #[test]
+    fn every_combination_of_settings_renders_and_parses_back() {
+        use clap::Parser;
+        use serde_json::{Value, json};
+        fn parse_back(view: &PoolView) -> ProxyArgs {
+            let argv = std::iter::once("skylift-proxy".to_string()).chain(view.proxy_args());
+            let parsed = ProxyArgs::try_parse_from(argv).unwrap();
+            assert_eq!(parsed, view.proxy_settings(), "{:?}", view.proxy_args());
+            parsed
+        }
+        let queues = [
+            Value::Null,
+            json!({"partitions": 3, "capacityPerPartition": 700, "flushInterval": "250ms",
+                   "maxBytesPerPartition": "16Mi", "batchSize": 50, "overflow": "drop"}),
+            json!({"partitions": 2, "disk": {"sizeLimit": "2Gi", "fsync": "interval",
+                                             "fsyncInterval": "2s"}}),
+        ];
+        let tls = [
+            Value::Null,
+            json!({"secretName": "t"}),
+            json!({"secretName": "t", "requireClientCertificates": true}),
+        ];
+        let upstream_tls = [
+            Value::Null,
+            json!({"secretName": "u", "serverName": "oap.obs.svc"}),
+            json!({"secretName": "u", "clientCertificate": true}),
+        ];
+        let rebalancing = [
+            Value::Null,
+            json!({"maxConnectionAge": "10m"}),
+            json!({"maxConnectionAge": "1h", "grace": "45s"}),
+        ];
+        let health = [
+            Value::Null,
+            json!({"checkInterval": "2s", "checkTimeout": "500ms", "checkFailures": 3,
+                   "slowFactor": 5, "slowMinLatency": "50ms", "slowEjection": "1m"}),
+        ];
+        let mut combinations = 0;
+        for queue in &queues {
+            for tls in &tls {
+                for upstream_tls in &upstream_tls {
+                    for rebalancing in &rebalancing {
+                        for health in &health {
+                            for (authentication, limit, routing) in [
+                                (
+                                    false,
+                                    false,
+                                    json!({"default": "roundRobin", "meter": "fixed"}),
+                                ),
+                                (
+                                    true,
+                                    true,
+                                    json!({"default": "weightedRoundRobin",
+                                                    "meter": "roundRobin"}),
+                                ),
+                            ] {
+                                let mut spec = json!({
+                                    "upstream": {"oapServerRef": {"name": "skywalking"}},
+                                    "routing": routing,
+                                });
+                                let fields = [
+                                    ("queue", queue),
+                                    ("tls", tls),
+                                    ("upstreamTls", upstream_tls),
+                                    ("rebalancing", rebalancing),
+                                    ("upstreamHealth", health),
+                                ];
+                                for (name, value) in fields {
+                                    if !value.is_null() {
+                                        spec[name] = value.clone();
+                                    }
+                                }
+                                if authentication {
+                                    spec["authentication"] = json!({"secretName": "token"});
+                                }
+                                if limit {
+                                    spec["connectionLimit"] = json!({"maxConnections": 11});
+                                }
+                                let parsed = parse_back(&PoolView::from(&satellite(spec)));
+                                assert_eq!(
+                                    parsed.queue == QueueArg::Disk,
+                                    queue.get("disk").is_some()
+                                );
+                                assert_eq!(parsed.tls_cert_file.is_some(), !tls.is_null());
+                                assert_eq!(
+                                    parsed.tls_client_ca_file.is_some(),
+                                    tls.get("requireClientCertificates").is_some()
+                                );
+                                assert_eq!(
+                                    parsed.upstream_tls_cert_file.is_some(),
+                                    upstream_tls.get("clientCertificate").is_some()
+                                );
+                                assert_eq!(parsed.authentication_file.is_some(), authentication);
+                                assert_eq!(parsed.max_connections == 11, limit);
+                                assert_eq!(
+                                    parsed.max_connection_age.is_zero(),
+                                    rebalancing.is_null()
+                                );
+                                assert_eq!(parsed.health_check_failures == 3, !health.is_null());
+                                assert_eq!(
+                                    parsed.meter_routing == MeterRoutingArg::RoundRobin,
+                                    authentication
+                                );
+                                combinations += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(combinations, 324);
+        for (routing, telemetry) in [
+            (json!({"default": "roundRobin"}), Value::Null),
+            (
+                json!({"default": "weightedRoundRobin"}),
+                json!({"service": "gw"}),
+            ),
+            (
+                json!({"default": "hash", "hashHeader": "x-tenant"}),
+                json!({"service": "gw", "oapAddress": "oap.obs:11800"}),
+            ),
+        ] {
+            let mut spec = json!({
+                "upstream": {"addresses": ["collector.obs:4317"]},
+                "routing": routing,
+            });
+            if !telemetry.is_null() {
+                spec["telemetry"] = telemetry.clone();
+            }
+            let parsed = parse_back(&PoolView::from(&proxy(spec)));
+            assert_eq!(
+                parsed.hash_header.is_some(),
+                parsed.routing == RoutingArg::Hash
+            );
+            assert_eq!(parsed.telemetry_service.is_some(), !telemetry.is_null());
+            assert_eq!(
+                parsed.telemetry_upstream.is_some(),
+                telemetry.get("oapAddress").is_some()
+            );
+        }
     }
 
     #[test]
