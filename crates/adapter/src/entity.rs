@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use skylift_api::metric_selector;
 
-use crate::selector::Requirement;
+use skylift_api::label_selector::Requirement;
 
 /// The entity keys, in the order their errors are reported.
 pub const KEYS: [&str; 8] = [
@@ -154,7 +154,7 @@ impl Entity {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::selector::parse;
+    use skylift_api::label_selector::parse;
 
     fn entity(selector: &str) -> Result<Entity, EntityError> {
         from_requirements(&parse(selector).unwrap())

@@ -3,7 +3,6 @@
 //!
 //! The pure parts, each tested directly:
 //! - [`metric`]: external metric names (`<prefix>|<oap metric>`, `<prefix>|mqe|<name>`);
-//! - [`selector`]: Kubernetes label selectors as the HPA sends them;
 //! - [`entity`]: the SkyWalking entity a selector names, plain or SWCK-escaped;
 //! - [`oap`]: OAP GraphQL requests (MQE, metrics v2, time info) and their answers;
 //! - [`quantity`]: values as exact Kubernetes Quantities;
@@ -36,7 +35,6 @@ pub mod metrics;
 pub mod oap;
 pub mod quantity;
 pub mod reader;
-pub mod selector;
 pub mod serve;
 pub mod server;
 pub mod tls;

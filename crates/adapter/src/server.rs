@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::oap::Reading;
 use crate::quantity;
 use crate::reader::{OapReader, ReadError, Target};
-use crate::selector;
+use skylift_api::label_selector as selector;
 
 /// What reads share.
 pub struct Adapter {

@@ -10,6 +10,7 @@ pub mod common;
 pub mod constants;
 pub mod duration;
 pub mod endpoints;
+pub mod label_selector;
 #[cfg(feature = "logging")]
 pub mod logging;
 pub mod metric_selector;

@@ -1,16 +1,8 @@
-//! Label and field selectors as kube-apiserver parses them.
+//! Label and field selectors as kube-apiserver parses them (label selectors with
+//! `skylift_api::label_selector`, shared with the adapter).
 
 use serde_json::Value;
-
-#[derive(Clone, Debug, PartialEq)]
-enum Requirement {
-    Equals(String, String),
-    NotEquals(String, String),
-    In(String, Vec<String>),
-    NotIn(String, Vec<String>),
-    Exists(String),
-    DoesNotExist(String),
-}
+use skylift_api::label_selector::{self, Requirement};
 
 /// A parsed label selector (`a=b,c!=d,e in (x,y),f notin (z),g,!h`).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -39,52 +31,19 @@ fn split_requirements(text: &str) -> Vec<String> {
         .collect()
 }
 
-fn set_values(text: &str) -> Result<Vec<String>, String> {
-    let inner = text
-        .trim()
-        .strip_prefix('(')
-        .and_then(|t| t.strip_suffix(')'))
-        .ok_or_else(|| format!("expected a parenthesised set of values, found {text:?}"))?;
-    Ok(inner.split(',').map(|v| v.trim().to_string()).collect())
-}
-
 impl LabelSelector {
+    /// Parses with skylift's one selector parser, which reads what kube-apiserver reads.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let mut requirements = Vec::new();
-        for part in split_requirements(text) {
-            let requirement = if let Some(key) = part.strip_prefix('!') {
-                Requirement::DoesNotExist(key.trim().into())
-            } else if let Some((key, values)) = part.split_once(" notin ") {
-                Requirement::NotIn(key.trim().into(), set_values(values)?)
-            } else if let Some((key, values)) = part.split_once(" in ") {
-                Requirement::In(key.trim().into(), set_values(values)?)
-            } else if let Some((key, value)) = part.split_once("!=") {
-                Requirement::NotEquals(key.trim().into(), value.trim().into())
-            } else if let Some((key, value)) = part.split_once("==") {
-                Requirement::Equals(key.trim().into(), value.trim().into())
-            } else if let Some((key, value)) = part.split_once('=') {
-                Requirement::Equals(key.trim().into(), value.trim().into())
-            } else if part.contains(|c: char| c.is_whitespace() || c == '(' || c == ')') {
-                return Err(format!("unable to parse requirement: {part:?}"));
-            } else {
-                Requirement::Exists(part)
-            };
-            requirements.push(requirement);
-        }
-        Ok(LabelSelector(requirements))
+        label_selector::parse(text)
+            .map(LabelSelector)
+            .map_err(|err| err.to_string())
     }
 
     pub fn matches(&self, object: &Value) -> bool {
         let labels = &object["metadata"]["labels"];
-        let get = |key: &str| labels.get(key).and_then(Value::as_str);
-        self.0.iter().all(|r| match r {
-            Requirement::Equals(k, v) => get(k) == Some(v.as_str()),
-            Requirement::NotEquals(k, v) => get(k) != Some(v.as_str()),
-            Requirement::In(k, vs) => get(k).is_some_and(|l| vs.iter().any(|v| v == l)),
-            Requirement::NotIn(k, vs) => get(k).is_none_or(|l| !vs.iter().any(|v| v == l)),
-            Requirement::Exists(k) => get(k).is_some(),
-            Requirement::DoesNotExist(k) => get(k).is_none(),
-        })
+        self.0
+            .iter()
+            .all(|r| r.matches(|key| labels.get(key).and_then(Value::as_str)))
     }
 }
 

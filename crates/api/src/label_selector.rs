@@ -1,7 +1,8 @@
-//! Kubernetes label selectors as the HPA sends them in `labelSelector`: `a=b`, `a==b`,
-//! `a!=b`, `a in (x,y)`, `a notin (x)`, `a`, `!a`, `a>1`, `a<1`, comma-separated, with
-//! free whitespace. Parsed into requirements; what an external metric accepts of them is
-//! decided by [`crate::entity`].
+//! Kubernetes label selectors in their text form, as kube-apiserver reads `labelSelector`
+//! (and the HPA sends it to a metrics API): `a=b`, `a==b`, `a!=b`, `a in (x,y)`,
+//! `a notin (x)`, `a`, `!a`, `a>1`, `a<1`, comma-separated, with free whitespace. One
+//! parser for the adapter (what an external metric accepts of a selector) and the
+//! API-server double (which objects a list selects).
 
 /// One requirement of a selector.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +28,27 @@ impl Requirement {
             | Requirement::DoesNotExist(k)
             | Requirement::GreaterThan(k, _)
             | Requirement::LessThan(k, _) => k,
+        }
+    }
+
+    /// Whether labels (`label` looks one up) meet the requirement, as kube-apiserver's
+    /// `labels.Requirement.Matches` decides: `!=` and `notin` hold for a missing label;
+    /// `>` and `<` compare integers and fail on a missing or non-integer one.
+    pub fn matches<'a>(&self, label: impl Fn(&str) -> Option<&'a str>) -> bool {
+        let integer = |text: &str| text.parse::<i64>().ok();
+        match self {
+            Requirement::Equals(k, v) => label(k) == Some(v.as_str()),
+            Requirement::NotEquals(k, v) => label(k) != Some(v.as_str()),
+            Requirement::In(k, vs) => label(k).is_some_and(|l| vs.iter().any(|v| v == l)),
+            Requirement::NotIn(k, vs) => label(k).is_none_or(|l| !vs.iter().any(|v| v == l)),
+            Requirement::Exists(k) => label(k).is_some(),
+            Requirement::DoesNotExist(k) => label(k).is_none(),
+            Requirement::GreaterThan(k, v) => {
+                matches!((label(k).and_then(integer), integer(v)), (Some(l), Some(v)) if l > v)
+            }
+            Requirement::LessThan(k, v) => {
+                matches!((label(k).and_then(integer), integer(v)), (Some(l), Some(v)) if l < v)
+            }
         }
     }
 }
@@ -212,6 +234,40 @@ mod tests {
         );
         assert_eq!(parse("").unwrap(), []);
         assert_eq!(parse("   ").unwrap(), []);
+    }
+
+    #[test]
+    fn requirements_match_as_kube_apiserver_matches_them() {
+        let labels = |key: &str| match key {
+            "app" => Some("oap"),
+            "tier" => Some("backend"),
+            "shards" => Some("3"),
+            _ => None,
+        };
+        for (selector, expected) in [
+            ("app=oap", true),
+            ("app==oap,tier=backend", true),
+            ("app!=oap", false),
+            ("zone!=a", true),
+            ("tier in (backend, frontend)", true),
+            ("tier notin (backend)", false),
+            ("zone notin (a)", true),
+            ("app", true),
+            ("!app", false),
+            ("!zone", true),
+            ("shards>2,shards<4", true),
+            ("shards>3", false),
+            ("app>1", false),
+            ("zone<1", false),
+            ("", true),
+        ] {
+            let requirements = parse(selector).unwrap();
+            assert_eq!(
+                requirements.iter().all(|r| r.matches(labels)),
+                expected,
+                "{selector}"
+            );
+        }
     }
 
     #[test]
