@@ -5,25 +5,12 @@
 //! but no longer does are removed. Lists are atomic (replaced whole); kube-apiserver merges
 //! some lists by key, which gives the same object when one manager owns the list.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-/// RFC 7386: objects merge recursively, `null` removes, anything else replaces.
+/// RFC 7386: objects merge recursively, `null` removes, anything else replaces (the
+/// `json-patch` crate's implementation; kube-apiserver's is `jsonpatch.MergePatch`).
 pub fn merge_patch(target: &mut Value, patch: &Value) {
-    let Value::Object(patch) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = Value::Object(Map::new());
-    }
-    let target = target.as_object_mut().expect("made an object above");
-    for (key, value) in patch {
-        if value.is_null() {
-            target.remove(key);
-        } else {
-            merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
-        }
-    }
+    json_patch::merge(target, patch);
 }
 
 /// Removes from `target` the fields present in `before` but absent from `now`: what a
