@@ -135,19 +135,20 @@ async fn main() -> anyhow::Result<()> {
             name: args.leader_election_lease,
             identity,
             duration: Duration::from_secs(15),
-            renew_every: Duration::from_secs(5),
+            renew_deadline: Duration::from_secs(10),
             retry_every: Duration::from_secs(2),
         };
         // A standby replica is healthy and ready: it takes over when the leader goes.
         metrics.set_ready();
-        tokio::select! {
-            acquired = leader::acquire(client.clone(), &lease) => acquired?,
+        // A missing namespace ends the process (non-zero): no replica could ever lead.
+        let observer = tokio::select! {
+            acquired = leader::acquire(client.clone(), &lease) => acquired.context("leader election")?,
             _ = admin => anyhow::bail!("the admin server stopped"),
-        }
+        };
         metrics.set_leader(true);
         tokio::select! {
             _ = run(client.clone(), settings, metrics.clone(), shutdown) => {}
-            lost = leader::hold(client, lease) => {
+            lost = leader::hold(client, lease, observer) => {
                 // Exit rather than reconcile without the Lease; the pod restarts as a standby.
                 return Err(lost).context("stopping");
             }

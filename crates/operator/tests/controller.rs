@@ -672,3 +672,49 @@ async fn an_operator_limited_to_one_namespace_leaves_the_others_alone() {
     assert!(elsewhere.get("other").await.unwrap().status.is_none());
     cluster.stop().await;
 }
+
+/// Two replicas on one Lease: the first leads, the second stands by; a Lease in a namespace
+/// that does not exist is an error the operator exits on, not an endless standby.
+#[tokio::test]
+async fn one_replica_leads_and_a_missing_lease_namespace_is_an_error() {
+    use skylift_operator::leader::{self, LeaderError, LeaseSettings};
+    let cluster = Cluster::start().await;
+    let settings = |identity: &str, namespace: &str| LeaseSettings {
+        namespace: namespace.into(),
+        name: "skylift-operator".into(),
+        identity: identity.into(),
+        duration: Duration::from_secs(15),
+        renew_deadline: Duration::from_secs(10),
+        retry_every: Duration::from_millis(50),
+    };
+    leader::acquire(cluster.client.clone(), &settings("a", NS))
+        .await
+        .unwrap();
+    let lease: k8s_openapi::api::coordination::v1::Lease = eventually("the Lease", || {
+        cluster.get::<k8s_openapi::api::coordination::v1::Lease>("skylift-operator")
+    })
+    .await;
+    assert_eq!(
+        lease.spec.unwrap().holder_identity.as_deref(),
+        Some("a"),
+        "the first replica leads"
+    );
+    // A live Lease is not taken: the standby looks about ten times and stays a standby
+    // (a negative, so it can only be bounded by time; the Lease would expire at 15 s).
+    let standby = tokio::time::timeout(
+        Duration::from_millis(500),
+        leader::acquire(cluster.client.clone(), &settings("b", NS)),
+    )
+    .await;
+    assert!(standby.is_err(), "the standby took a live Lease");
+
+    let missing = leader::acquire(cluster.client.clone(), &settings("a", "no-such-namespace"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(missing, LeaderError::NamespaceMissing(ref ns) if ns == "no-such-namespace"),
+        "{missing}"
+    );
+    assert!(missing.to_string().contains("does not exist"), "{missing}");
+    cluster.stop().await;
+}
