@@ -819,10 +819,17 @@ async fn an_upstream_killed_under_load_loses_no_acknowledged_segment() {
     let proxy = proxy(&[&a, &b], None).await;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let load = tokio::spawn(report_until(proxy.address, 8, stopped));
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    wait_until(Duration::from_secs(10), || {
+        a.messages(SEGMENTS).len() >= 200 && b.messages(SEGMENTS).len() >= 200
+    })
+    .await;
     let before_kill = b.messages(SEGMENTS).len();
     a.kill();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The survivor takes a good share more after the cut, the load still running.
+    wait_until(Duration::from_secs(10), || {
+        b.messages(SEGMENTS).len() >= before_kill + 1000
+    })
+    .await;
     stop.send(true).unwrap();
     let acknowledged = load.await.unwrap();
     eventually("the queue to drain", || {
@@ -873,14 +880,33 @@ async fn upstreams_added_and_removed_under_load_lose_nothing_and_removed_ones_ge
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let load = tokio::spawn(report_until(proxy.address, 8, stopped));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until(Duration::from_secs(10), || {
+        a.messages(SEGMENTS).len() >= 200
+    })
+    .await;
     proxy.state.pool.upstreams.replace(set(&[&a, &b]));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until(Duration::from_secs(10), || {
+        b.messages(SEGMENTS).len() >= 200
+    })
+    .await;
     proxy.state.pool.upstreams.replace(set(&[&b, &c]));
     // Sends already under way to the removed upstream finish; then it gets nothing more.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_until(Duration::from_secs(10), || {
+        proxy
+            .state
+            .pool
+            .client
+            .in_flight(&a.address())
+            .iter()
+            .all(|n| *n == 0)
+    })
+    .await;
     let removed_streams = a.streams();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (b_then, c_then) = (b.messages(SEGMENTS).len(), c.messages(SEGMENTS).len());
+    wait_until(Duration::from_secs(10), || {
+        b.messages(SEGMENTS).len() >= b_then + 200 && c.messages(SEGMENTS).len() >= c_then + 200
+    })
+    .await;
     stop.send(true).unwrap();
     let acknowledged = load.await.unwrap();
     eventually("the queue to drain", || {
@@ -1371,7 +1397,14 @@ async fn an_aged_connection_is_asked_to_reconnect_and_its_open_stream_is_still_a
     let report = OpenReport::start(proxy.address, "before the goaway").await;
 
     // The connection ages out while the stream is open: GOAWAY, not a cut.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    wait_until(Duration::from_secs(5), || {
+        proxy
+            .state
+            .metrics
+            .encode()
+            .contains("skylift_proxy_connections_aged_out_total 1")
+    })
+    .await;
     report.finish_after_goaway("after the goaway").await;
     wait_until(Duration::from_secs(5), || a.messages(SEGMENTS).len() == 2).await;
     let metrics = proxy.state.metrics.encode();
@@ -1386,12 +1419,21 @@ async fn a_shutdown_sends_goaway_and_answers_the_streams_already_open() {
     let a = Sink::start().await.unwrap();
     let proxy = proxy(&[&a], None).await;
     let report = OpenReport::start(proxy.address, "first").await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_until(Duration::from_secs(5), || {
+        proxy.state.queue.totals().received == 1
+    })
+    .await;
 
     proxy._close.send(true).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let fresh = tokio::net::TcpStream::connect(proxy.address).await;
-    assert!(fresh.is_err(), "no new connections are accepted");
+    // The listener closes: no new connections are accepted.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(proxy.address).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "new connections still accepted after the shutdown began"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     report.finish_after_goaway("second").await;
     assert_eq!(proxy.state.queue.totals().received, 2);
 }
@@ -1904,11 +1946,11 @@ async fn upstreams_are_reached_over_mutual_tls_verified_by_the_configured_name()
         )
         .await;
         assert_eq!(status, 0, "acknowledged: it is queued");
+        // Refused, retried and refused again: the event is still not delivered.
         wait_until(Duration::from_secs(5), || {
-            oap.tls_failures() > refused_before
+            oap.tls_failures() > refused_before + 1
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(oap.messages(SEGMENTS).len(), delivered_before);
         let totals = proxy.state.queue.totals();
         assert_eq!((totals.pending, totals.forwarded), (1, 0), "still queued");
@@ -1959,7 +2001,16 @@ async fn an_upstream_much_slower_than_the_others_is_ejected_and_the_rest_take_it
     }
     // From now on the three fast ones share everything; the slow one's batches in flight
     // when it was ejected still complete.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until(Duration::from_secs(5), || {
+        proxy
+            .state
+            .pool
+            .client
+            .in_flight(&slow.address())
+            .iter()
+            .all(|n| *n == 0)
+    })
+    .await;
     let slow_before = slow.messages(SEGMENTS).len();
     let fast_before: Vec<usize> = sinks[..3]
         .iter()
