@@ -10,9 +10,11 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use clap::Parser;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use serde_json::json;
 use skylift_api::endpoints::{UpstreamEndpoint, UpstreamEndpoints};
+use skylift_api::proxy_args::ProxyArgs;
 use skylift_api::satellite::Satellite;
 use skylift_e2e::agents::Agent;
 use skylift_e2e::standin::OapStandin;
@@ -89,24 +91,21 @@ fn start_replica(
 ) -> Replica {
     let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let local: Vec<String> = args
-        .iter()
-        .map(|arg| {
-            let (name, value) = arg.split_once('=').unwrap_or((arg, ""));
-            match name {
-                "--listen" => format!("--listen={grpc}"),
-                "--admin-listen" => format!("--admin-listen={admin}"),
-                "--upstreams-configmap" => format!("--upstreams-file={}", endpoints_file.display()),
-                "--telemetry-instance" => {
-                    assert_eq!(value, "$(POD_NAME)");
-                    format!("--telemetry-instance={pod}")
-                }
-                _ => arg.clone(),
-            }
-        })
-        .collect();
+    // The operator's arguments read with the proxy's own parser, then changed by field.
+    let mut settings = ProxyArgs::try_parse_from(
+        std::iter::once("skylift-proxy".to_string()).chain(args.to_vec()),
+    )
+    .expect("the operator renders arguments the proxy parses");
+    settings.listen = grpc;
+    settings.admin_listen = admin;
+    assert!(settings.upstreams_configmap.is_some(), "{args:?}");
+    settings.upstreams_configmap = None;
+    settings.upstreams_file = Some(endpoints_file.to_path_buf());
+    assert_eq!(settings.telemetry_instance.as_deref(), Some("$(POD_NAME)"));
+    settings.telemetry_instance = Some(pod.into());
+    settings.telemetry_interval = Duration::from_secs(1);
     let mut command = Command::new(binary("skylift-proxy"));
-    command.args(&local).arg("--telemetry-interval=1s");
+    command.args(settings.to_args());
     Replica {
         process: Process::spawn(pod, command, dir),
         grpc,
