@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use skylift_adapter::metrics::Metrics;
 use skylift_adapter::reader::{OapConfig, OapReader};
 use skylift_adapter::server::{Adapter, router};
-use skylift_testkit::oap_graphql::{GraphqlOap, OapData};
+use skylift_testkit::oap::graphql::{GraphqlOap, OapData};
 
 /// The one crypto provider, as the binaries install it at start.
 fn crypto() {

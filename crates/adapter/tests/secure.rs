@@ -24,7 +24,7 @@ use skylift_adapter::server::{Adapter, router};
 use skylift_adapter::tls::TlsState;
 use skylift_testkit::aggregation::{self, APISERVICE};
 use skylift_testkit::apiserver::ApiServer;
-use skylift_testkit::oap_graphql::{GraphqlOap, OapData};
+use skylift_testkit::oap::graphql::{GraphqlOap, OapData};
 use skylift_testkit::pki::TestCa;
 
 const SERVICE_HOST: &str = aggregation::ADAPTER_HOST;

@@ -14,7 +14,6 @@
 //! - [`http`]: a minimal HTTP GET for reading local endpoints in tests and load tools;
 //! - [`oap`]: an OAP cluster stand-in (reports counted, the meter pipeline, GraphQL),
 //!   also the binary `skylift-oap-standin`;
-//! - [`oap_graphql`]: OAP's GraphQL endpoint as the adapter queries it;
 //! - [`pki`]: client certificates signed by a test CA.
 
 pub mod aggregation;
@@ -24,7 +23,6 @@ pub mod h2raw;
 pub mod hpa;
 pub mod http;
 pub mod oap;
-pub mod oap_graphql;
 pub mod pki;
 pub mod protobuf;
 pub mod reports;

@@ -18,7 +18,7 @@ use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use serde_json::json;
 use skylift_testkit::aggregation::{self, ADAPTER_HOST, APISERVICE, HPA_USER};
 use skylift_testkit::apiserver::ApiServer;
-use skylift_testkit::oap_graphql::{GraphqlOap, OapData};
+use skylift_testkit::oap::graphql::{GraphqlOap, OapData};
 use skylift_testkit::pki::TestCa;
 
 const HOST: &str = ADAPTER_HOST;

@@ -9,8 +9,10 @@
 //!
 //! - [`meters`]: the meter analyzer (`satellite` rules, other meters by name);
 //! - [`store`]: per-minute values as OAP's `avg` keeps them;
-//! - [`query`]: MQE and metrics v2 over the store.
+//! - [`query`]: MQE and metrics v2 over the store;
+//! - [`graphql`]: OAP's GraphQL endpoint as the adapter queries it.
 
+pub mod graphql;
 pub mod meters;
 pub mod query;
 pub mod store;
@@ -26,7 +28,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::oap_graphql::{GraphqlOap, OapData};
+use crate::oap::graphql::{GraphqlOap, OapData};
 use crate::sink::{Observer, Received, Sink, receivers};
 use meters::MeterAnalyzer;
 use store::MetricStore;
