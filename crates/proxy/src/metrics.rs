@@ -216,7 +216,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn received_many(&self, protocol: &'static str, n: u64) {
+    pub(crate) fn received_many(&self, protocol: &'static str, n: u64) {
         if n > 0 {
             self.received
                 .get_or_create(&ProtocolLabels { protocol })
@@ -243,15 +243,15 @@ impl Metrics {
         self.refused.inc();
     }
 
-    pub fn aged_out(&self) {
+    pub(crate) fn aged_out(&self) {
         self.aged_out.inc();
     }
 
-    pub fn connection_closed(&self, reason: &'static str) {
+    pub(crate) fn connection_closed(&self, reason: &'static str) {
         self.closed.get_or_create(&CloseLabels { reason }).inc();
     }
 
-    pub fn tls_failed(&self) {
+    pub(crate) fn tls_failed(&self) {
         self.tls_failed.inc();
     }
 
@@ -264,7 +264,7 @@ impl Metrics {
     }
 
     /// Sets the gauges read at scrape time.
-    pub fn set_queue(&self, sizes: &[usize], capacity: usize) {
+    pub(crate) fn set_queue(&self, sizes: &[usize], capacity: usize) {
         for (partition, size) in sizes.iter().enumerate() {
             self.queue_size
                 .get_or_create(&PartitionLabels {
@@ -277,7 +277,7 @@ impl Metrics {
     }
 
     /// Sets the journal's size per partition, read at scrape time.
-    pub fn set_journal_bytes(&self, bytes: &[u64]) {
+    pub(crate) fn set_journal_bytes(&self, bytes: &[u64]) {
         for (partition, size) in bytes.iter().enumerate() {
             self.journal_bytes
                 .get_or_create(&PartitionLabels {
@@ -299,13 +299,13 @@ impl Metrics {
     }
 
     /// An upstream refused a call's data with gRPC status `code`.
-    pub fn upstream_refused(&self, protocol: &'static str, code: u16) {
+    pub(crate) fn upstream_refused(&self, protocol: &'static str, code: u16) {
         self.upstream_refusals
             .get_or_create(&RefusalLabels { protocol, code })
             .inc();
     }
 
-    pub fn set_upstreams(&self, upstreams: &[(String, bool)]) {
+    pub(crate) fn set_upstreams(&self, upstreams: &[(String, bool)]) {
         self.upstream_up.clear();
         for (address, up) in upstreams {
             self.upstream_up

@@ -19,7 +19,7 @@ fn stamp(paths: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
 /// Rebuilds `current` with `build` whenever one of `paths` changes, looking every `every`;
 /// a change that cannot be used is logged and the last good value kept. `what` names the
 /// files in the logs. Runs until aborted.
-pub async fn reload<T, E: std::fmt::Display>(
+pub(crate) async fn reload<T, E: std::fmt::Display>(
     paths: Vec<PathBuf>,
     every: Duration,
     what: &'static str,

@@ -85,7 +85,7 @@ impl Balancer {
     }
 
     /// The upstream for a message: by key when it has one, by policy otherwise.
-    pub fn pick(
+    pub(crate) fn pick(
         &self,
         key: Option<&str>,
         upstreams: &[Upstream],
@@ -96,7 +96,7 @@ impl Balancer {
 
     /// [`Balancer::pick`] for one lane of round-robin (see [`route::lane`]): each lane
     /// cycles through the upstreams on its own.
-    pub fn pick_in_lane(
+    pub(crate) fn pick_in_lane(
         &self,
         lane: usize,
         key: Option<&str>,
@@ -135,7 +135,7 @@ impl Balancer {
     }
 
     /// A send to `address` succeeded: it is not failing (a latency ejection stays).
-    pub fn succeeded(&self, address: &str) {
+    pub(crate) fn succeeded(&self, address: &str) {
         let mut health = self.health.lock().expect("health lock is never poisoned");
         if let Some(entry) = health.get_mut(address) {
             entry.failures = 0;
@@ -147,7 +147,7 @@ impl Balancer {
     }
 
     /// Whether `address` failed and its ejection has run out: time to try it again.
-    pub fn due_for_probe(&self, address: &str, now: Instant) -> bool {
+    pub(crate) fn due_for_probe(&self, address: &str, now: Instant) -> bool {
         self.health
             .lock()
             .expect("health lock is never poisoned")

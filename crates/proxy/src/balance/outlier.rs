@@ -19,7 +19,7 @@ use std::time::Duration;
 /// Weight of each new sample in the moving average.
 const SMOOTHING: f64 = 0.1;
 /// Samples since its last ejection (or since it appeared) before an upstream is judged.
-pub const MIN_SAMPLES: u32 = 20;
+pub(crate) const MIN_SAMPLES: u32 = 20;
 /// Longest latency ejection.
 const MAX_EJECTION: Duration = Duration::from_secs(300);
 
@@ -55,7 +55,7 @@ struct Track {
 
 /// One upstream's standing, for [`find_outliers`].
 #[derive(Clone, Debug, PartialEq)]
-pub struct Standing {
+pub(crate) struct Standing {
     pub address: String,
     /// Moving average latency, seconds.
     pub average: f64,
@@ -65,7 +65,7 @@ pub struct Standing {
 /// The upstreams among `standings` to eject for latency, slowest first, at most
 /// `room`. Only upstreams with [`MIN_SAMPLES`] are judged, against the median of the
 /// other judged ones, and only when at least three are judged.
-pub fn find_outliers(
+pub(crate) fn find_outliers(
     standings: &[Standing],
     config: &OutlierDetection,
     room: usize,
@@ -108,7 +108,7 @@ pub fn find_outliers(
 
 /// An ejection decided by [`LatencyOutliers::sweep`].
 #[derive(Clone, Debug, PartialEq)]
-pub struct Ejection {
+pub(crate) struct Ejection {
     pub address: String,
     pub average: Duration,
     pub duration: Duration,
@@ -129,7 +129,7 @@ impl LatencyOutliers {
     }
 
     /// A batch to `address` was acknowledged after `latency`.
-    pub fn observe(&self, address: &str, latency: Duration) {
+    pub(crate) fn observe(&self, address: &str, latency: Duration) {
         if self.config.factor <= 0.0 {
             return;
         }
@@ -149,7 +149,7 @@ impl LatencyOutliers {
 
     /// Judges the upstreams `in_use` (`(address, ejected now)`), returning whom to eject
     /// and for how long. Upstreams no longer in use are forgotten.
-    pub fn sweep(&self, in_use: &[(String, bool)]) -> Vec<Ejection> {
+    pub(crate) fn sweep(&self, in_use: &[(String, bool)]) -> Vec<Ejection> {
         if self.config.factor <= 0.0 {
             return Vec::new();
         }

@@ -53,13 +53,13 @@ impl Default for RoundRobin {
 
 impl RoundRobin {
     /// Index of the upstream for `lane`'s next batch (`None` when there is none).
-    pub fn pick(&self, lane: usize, count: usize) -> Option<usize> {
+    pub(crate) fn pick(&self, lane: usize, count: usize) -> Option<usize> {
         (count > 0).then(|| self.lanes[lane % LANES].fetch_add(1, Ordering::Relaxed) % count)
     }
 }
 
 /// The lane of `partition`'s batches on `path`.
-pub fn lane(partition: usize, path: &str) -> usize {
+pub(crate) fn lane(partition: usize, path: &str) -> usize {
     let mut hasher = std::hash::DefaultHasher::new();
     std::hash::Hash::hash(&(partition, path), &mut hasher);
     std::hash::Hasher::finish(&hasher) as usize
@@ -69,12 +69,12 @@ pub fn lane(partition: usize, path: &str) -> usize {
 /// score, takes the highest and subtracts the total from it. Weights 5:1:1 give
 /// `a a b a c a a` rather than `a a a a a b c`.
 #[derive(Debug, Default)]
-pub struct SmoothWeighted {
+pub(crate) struct SmoothWeighted {
     current: Mutex<Vec<i64>>,
 }
 
 impl SmoothWeighted {
-    pub fn pick(&self, upstreams: &[Upstream]) -> Option<usize> {
+    pub(crate) fn pick(&self, upstreams: &[Upstream]) -> Option<usize> {
         let total: i64 = upstreams.iter().map(|u| i64::from(u.weight)).sum();
         if total == 0 {
             return None;
@@ -98,7 +98,7 @@ impl SmoothWeighted {
 
 /// A 64-bit hash that is the same in every proxy replica and release (FNV-1a followed by a
 /// SplitMix64 finaliser for avalanche), so all replicas send a key to the same upstream.
-pub fn stable_hash(bytes: &[u8]) -> u64 {
+pub(crate) fn stable_hash(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in bytes {
         hash ^= u64::from(*byte);
@@ -115,7 +115,7 @@ fn mix(mut x: u64) -> u64 {
 
 /// Rendezvous hashing: the upstream with the highest score for `key`. Upstreams of weight 0
 /// are never chosen.
-pub fn rendezvous(key: &str, upstreams: &[Upstream]) -> Option<usize> {
+pub(crate) fn rendezvous(key: &str, upstreams: &[Upstream]) -> Option<usize> {
     let key_hash = stable_hash(key.as_bytes());
     upstreams
         .iter()
@@ -177,7 +177,7 @@ impl StickyKeys {
     }
 
     /// The upstream for `key` at time `now`.
-    pub fn pick(&self, key: &str, upstreams: &[Upstream], now: Instant) -> Option<usize> {
+    pub(crate) fn pick(&self, key: &str, upstreams: &[Upstream], now: Instant) -> Option<usize> {
         let mut state = self.state.lock().expect("routing lock is never poisoned");
         state.clock += 1;
         let order = state.clock;

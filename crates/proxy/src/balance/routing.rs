@@ -12,7 +12,7 @@ pub struct Routing {
 
 impl Routing {
     /// The hash key a request carries, with `--routing hash`.
-    pub fn hash_key(&self, headers: &http::HeaderMap) -> Option<String> {
+    pub(crate) fn hash_key(&self, headers: &http::HeaderMap) -> Option<String> {
         let name = self.hash_header.as_ref()?;
         headers
             .get(name)

@@ -34,7 +34,7 @@ pub enum UpstreamsError {
 }
 
 /// Checks `HOST:PORT` (`[v6]:port` for IPv6).
-pub fn parse_address(address: &str) -> Result<String, UpstreamsError> {
+pub(crate) fn parse_address(address: &str) -> Result<String, UpstreamsError> {
     let bad = || UpstreamsError::Address(address.to_string());
     let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
     let host_ok = if let Some(inner) = host.strip_prefix('[') {
@@ -53,7 +53,7 @@ pub fn parse_address(address: &str) -> Result<String, UpstreamsError> {
 /// The upstreams of an endpoint document that take new work, in its order, without
 /// duplicates. Draining endpoints are left out: work already sent to them finishes (the
 /// client keeps their connections while streams are open), nothing new goes there.
-pub fn from_endpoints(document: &UpstreamEndpoints) -> Vec<Upstream> {
+pub(crate) fn from_endpoints(document: &UpstreamEndpoints) -> Vec<Upstream> {
     let mut upstreams: Vec<Upstream> = Vec::with_capacity(document.endpoints.len());
     for UpstreamEndpoint {
         address,
@@ -90,7 +90,7 @@ fn draining_besides(document: &UpstreamEndpoints, routable: &[Upstream]) -> Vec<
 }
 
 /// Reads an endpoint document from a file.
-pub fn read_file(path: &Path) -> Result<UpstreamEndpoints, UpstreamsError> {
+pub(crate) fn read_file(path: &Path) -> Result<UpstreamEndpoints, UpstreamsError> {
     let text = std::fs::read_to_string(path).map_err(|source| UpstreamsError::Read {
         path: path.to_path_buf(),
         source,
@@ -103,7 +103,7 @@ pub fn read_file(path: &Path) -> Result<UpstreamEndpoints, UpstreamsError> {
 }
 
 /// The upstreams not among those `tried` (addresses), for a retry elsewhere.
-pub fn untried<T: AsRef<str>>(upstreams: &[Upstream], tried: &[T]) -> Vec<Upstream> {
+pub(crate) fn untried<T: AsRef<str>>(upstreams: &[Upstream], tried: &[T]) -> Vec<Upstream> {
     upstreams
         .iter()
         .filter(|u| !tried.iter().any(|t| t.as_ref() == u.address))
@@ -126,7 +126,7 @@ impl Change {
     }
 }
 
-pub fn diff(before: &[Upstream], after: &[Upstream]) -> Change {
+pub(crate) fn diff(before: &[Upstream], after: &[Upstream]) -> Change {
     Change {
         added: after
             .iter()
@@ -159,7 +159,7 @@ impl UpstreamSet {
     }
 
     /// A set made from an endpoint document.
-    pub fn of_document(document: &UpstreamEndpoints) -> Self {
+    pub(crate) fn of_document(document: &UpstreamEndpoints) -> Self {
         let set = UpstreamSet::new(Vec::new());
         set.publish(document);
         set
@@ -192,7 +192,7 @@ impl UpstreamSet {
     }
 
     /// The set now.
-    pub fn snapshot(&self) -> Arc<Vec<Upstream>> {
+    pub(crate) fn snapshot(&self) -> Arc<Vec<Upstream>> {
         self.current.borrow().clone()
     }
 
@@ -211,13 +211,13 @@ impl UpstreamSet {
     }
 
     /// Wakes on every change.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<Vec<Upstream>>> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<Vec<Upstream>>> {
         self.current.subscribe()
     }
 }
 
 /// Logs what changed in the upstream set, if anything.
-pub fn log_change(change: &Change) {
+pub(crate) fn log_change(change: &Change) {
     if !change.is_empty() {
         tracing::info!(added = ?change.added, removed = ?change.removed, draining = ?change.draining, "upstreams changed");
     }
@@ -226,7 +226,7 @@ pub fn log_change(change: &Change) {
 /// Keeps `set` equal to the file at `path`, checking every `every` (250 ms keeps a change
 /// well within a second). An unreadable or invalid file keeps the last good set and is
 /// reported through `on_error`.
-pub async fn follow_file(
+pub(crate) async fn follow_file(
     set: UpstreamSet,
     path: PathBuf,
     every: Duration,

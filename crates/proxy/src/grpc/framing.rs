@@ -5,7 +5,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// Bytes of the frame header.
-pub const HEADER_LEN: usize = 5;
+pub(crate) const HEADER_LEN: usize = 5;
 
 /// One gRPC message, still encoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,7 +19,7 @@ pub struct Frame {
 
 /// Why a stream's framing cannot be read. Each maps to the gRPC status a client gets.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum FrameError {
+pub(crate) enum FrameError {
     /// `RESOURCE_EXHAUSTED`: detected from the header, before the body is buffered.
     #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
     TooLarge { size: usize, limit: usize },
@@ -33,7 +33,7 @@ pub enum FrameError {
 
 impl FrameError {
     /// The gRPC status code (numeric) a client is answered with.
-    pub fn grpc_code(&self) -> u16 {
+    pub(crate) fn grpc_code(&self) -> u16 {
         match self {
             FrameError::TooLarge { .. } => 8, // RESOURCE_EXHAUSTED
             FrameError::BadFlag(_) | FrameError::Truncated { .. } => 13, // INTERNAL
@@ -45,7 +45,7 @@ impl FrameError {
 /// chunk are sliced out of it without copying; only a message split across chunks is
 /// gathered in a buffer, and only its own bytes are copied there.
 #[derive(Debug)]
-pub struct Decoder {
+pub(crate) struct Decoder {
     /// The start of a frame that continues in later chunks (empty when none).
     buffer: BytesMut,
     /// The received chunk not yet looked at; it follows the buffer's bytes.
@@ -64,17 +64,18 @@ impl Decoder {
     }
 
     /// Bytes received and not yet taken out as whole frames.
-    pub fn buffered(&self) -> usize {
+    pub(crate) fn buffered(&self) -> usize {
         self.buffer.len() + self.chunk.len()
     }
 
     /// Adds received bytes.
-    pub fn push(&mut self, data: &[u8]) {
+    #[cfg(test)]
+    pub(crate) fn push(&mut self, data: &[u8]) {
         self.push_bytes(Bytes::copy_from_slice(data));
     }
 
     /// Adds a received chunk, keeping it shared (no copy) while whole messages are in it.
-    pub fn push_bytes(&mut self, data: Bytes) {
+    pub(crate) fn push_bytes(&mut self, data: Bytes) {
         if !self.chunk.is_empty() {
             // The rest of the previous chunk is the start of a frame: it is gathered.
             self.move_to_buffer(self.chunk.len());
@@ -123,7 +124,7 @@ impl Decoder {
     }
 
     /// The next complete frame, `None` until one has fully arrived.
-    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+    pub(crate) fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         if !self.buffer.is_empty() {
             return self.complete_buffered();
         }

@@ -81,14 +81,14 @@ impl Method {
     }
 
     /// A unary call: exactly one request message.
-    pub fn is_unary(&self) -> bool {
+    pub(crate) fn is_unary(&self) -> bool {
         matches!(self.policy, Policy::AsyncUnary | Policy::Sync)
     }
 
     /// Whether each report goes upstream in a call of its own: a unary method's (OAP's
     /// unary handlers take exactly one message), and events (OAP closes an event stream at
     /// the first event it refuses; alone, a refused event takes no other with it).
-    pub fn sends_alone(&self) -> bool {
+    pub(crate) fn sends_alone(&self) -> bool {
         self.is_unary() || self.shape == Shape::Events
     }
 }
@@ -371,7 +371,7 @@ pub static METHODS: &[Method] = &[
 const COMPAT_PACKAGE: &str = "skywalking.v3";
 
 /// The method a request path (`/package.Service/Method`) names, if the proxy knows it.
-pub fn lookup(path: &str) -> Option<&'static Method> {
+pub(crate) fn lookup(path: &str) -> Option<&'static Method> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
     if method.is_empty() || method.contains('/') {
         return None;
@@ -431,7 +431,8 @@ impl Shape {
 
 /// The method table as Markdown, as `docs/protocols.md` holds it (a test keeps the two
 /// the same).
-pub fn markdown_table() -> String {
+#[cfg(test)]
+pub(crate) fn markdown_table() -> String {
     let mut out =
         String::from("| method | the proxy | what OAP reads (handler) |\n|---|---|---|\n");
     for method in METHODS {

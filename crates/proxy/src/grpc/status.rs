@@ -9,8 +9,8 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty};
 
 /// The body type the proxy serves (and relays from upstreams).
-pub type Body = BoxBody<Bytes, BoxError>;
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type Body = BoxBody<Bytes, BoxError>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// gRPC status codes the proxy answers with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,14 +25,14 @@ pub enum Code {
     Unavailable = 14,
 }
 
-pub fn empty_body() -> Body {
+pub(crate) fn empty_body() -> Body {
     Empty::<Bytes>::new()
         .map_err(|never| match never {})
         .boxed()
 }
 
 /// The `grpc-status` (and `grpc-message`) fields that end a call.
-pub fn status_headers(code: Code, message: &str) -> HeaderMap {
+pub(crate) fn status_headers(code: Code, message: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert("grpc-status", HeaderValue::from(code as u16));
     if !message.is_empty() {
@@ -55,7 +55,7 @@ pub fn status_headers(code: Code, message: &str) -> HeaderMap {
 }
 
 /// The fields of a trailers-only error answer: gRPC content type and the status.
-pub fn error_headers(code: Code, message: &str) -> HeaderMap {
+pub(crate) fn error_headers(code: Code, message: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(
         http::header::CONTENT_TYPE,
@@ -94,7 +94,7 @@ pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
 
 /// The grpc-status of a finished call: from the trailers, or from the headers of a
 /// trailers-only answer.
-pub fn status_of(headers: &HeaderMap, trailers: Option<&HeaderMap>) -> Option<u16> {
+pub(crate) fn status_of(headers: &HeaderMap, trailers: Option<&HeaderMap>) -> Option<u16> {
     trailers
         .and_then(|t| t.get("grpc-status"))
         .or_else(|| headers.get("grpc-status"))
@@ -103,7 +103,7 @@ pub fn status_of(headers: &HeaderMap, trailers: Option<&HeaderMap>) -> Option<u1
 }
 
 /// The grpc-message of a finished call, percent-decoded, when it has one.
-pub fn message_of(headers: &HeaderMap, trailers: Option<&HeaderMap>) -> String {
+pub(crate) fn message_of(headers: &HeaderMap, trailers: Option<&HeaderMap>) -> String {
     let raw = trailers
         .and_then(|t| t.get("grpc-message"))
         .or_else(|| headers.get("grpc-message"))
@@ -133,7 +133,7 @@ pub fn message_of(headers: &HeaderMap, trailers: Option<&HeaderMap>) -> String {
 
 /// The status of an answer without `grpc-status`, from its HTTP status, as gRPC's HTTP
 /// mapping gives it (`doc/http-grpc-status-mapping.md`).
-pub fn status_of_http(status: http::StatusCode) -> u16 {
+pub(crate) fn status_of_http(status: http::StatusCode) -> u16 {
     match status.as_u16() {
         400 => 13,
         401 => 16,
@@ -146,7 +146,7 @@ pub fn status_of_http(status: http::StatusCode) -> u16 {
 
 /// What an upstream's answer to a report means for the report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Accepted,
     /// The upstream refused the data itself: it would refuse it anywhere, so it is not a
     /// sign of an unhealthy upstream, and sending it again cannot help for long.
@@ -163,7 +163,7 @@ pub enum Verdict {
 /// the size limit. Everything else (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, UNKNOWN,
 /// ABORTED, RESOURCE_EXHAUSTED for load, UNAUTHENTICATED, PERMISSION_DENIED) is about the
 /// upstream or the proxy's standing with it, not the data.
-pub fn verdict(code: u16, message: &str) -> Verdict {
+pub(crate) fn verdict(code: u16, message: &str) -> Verdict {
     match code {
         0 => Verdict::Accepted,
         3 | 5 | 6 | 9 | 11 | 12 | 13 | 15 => Verdict::Refused,
@@ -180,7 +180,7 @@ pub fn verdict(code: u16, message: &str) -> Verdict {
 /// before any message is read (the upstream has no such method: another OAP version or
 /// receiver set may), while the other refusals come at a message, once the ones before it
 /// were handled.
-pub fn refuses_the_method(code: u16) -> bool {
+pub(crate) fn refuses_the_method(code: u16) -> bool {
     code == 12
 }
 

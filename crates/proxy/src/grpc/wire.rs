@@ -95,7 +95,7 @@ fn fields(message: &[u8]) -> impl Iterator<Item = Result<(u64, &[u8]), WireError
 
 /// The encodings (keys included) of every occurrence of the given fields, in order:
 /// bytes that, put in front of another message of the same type, give it those fields.
-pub fn encoded_fields(message: &[u8], numbers: &[u64]) -> Result<Vec<u8>, WireError> {
+pub(crate) fn encoded_fields(message: &[u8], numbers: &[u64]) -> Result<Vec<u8>, WireError> {
     let mut out = Vec::new();
     for field in spans(message) {
         let field = field?;
@@ -147,7 +147,7 @@ fn fast_varint(bytes: &[u8], at: &mut usize) -> Result<u64, WireError> {
 }
 
 /// The message without any occurrence of the given fields.
-pub fn without_fields(message: &[u8], numbers: &[u64]) -> Result<Vec<u8>, WireError> {
+pub(crate) fn without_fields(message: &[u8], numbers: &[u64]) -> Result<Vec<u8>, WireError> {
     let mut out = Vec::with_capacity(message.len());
     for field in spans(message) {
         let field = field?;
@@ -159,7 +159,7 @@ pub fn without_fields(message: &[u8], numbers: &[u64]) -> Result<Vec<u8>, WireEr
 }
 
 /// Whether field `number` occurs in the message.
-pub fn has_field(message: &[u8], number: u64) -> Result<bool, WireError> {
+pub(crate) fn has_field(message: &[u8], number: u64) -> Result<bool, WireError> {
     for field in fields(message) {
         if field?.0 == number {
             return Ok(true);
@@ -169,7 +169,7 @@ pub fn has_field(message: &[u8], number: u64) -> Result<bool, WireError> {
 }
 
 /// Appends a length-delimited field `number` whose value is `parts` one after another.
-pub fn put_length_delimited(out: &mut bytes::BytesMut, number: u64, parts: &[&[u8]]) {
+pub(crate) fn put_length_delimited(out: &mut bytes::BytesMut, number: u64, parts: &[&[u8]]) {
     put_varint(out, number << 3 | 2);
     put_varint(out, parts.iter().map(|p| p.len() as u64).sum());
     for part in parts {
@@ -186,13 +186,13 @@ fn put_varint(out: &mut bytes::BytesMut, mut value: u64) {
 }
 
 /// The encoded length of a length-delimited field with a value of `len` bytes.
-pub fn length_delimited_len(number: u64, len: usize) -> usize {
+pub(crate) fn length_delimited_len(number: u64, len: usize) -> usize {
     let varint_len = |v: u64| (64 - (v | 1).leading_zeros() as usize).div_ceil(7);
     varint_len(number << 3 | 2) + varint_len(len as u64) + len
 }
 
 /// The last value of string field `number` (protobuf's "last one wins"), if present.
-pub fn string_field(message: &[u8], number: u64) -> Result<Option<&str>, WireError> {
+pub(crate) fn string_field(message: &[u8], number: u64) -> Result<Option<&str>, WireError> {
     let mut found = None;
     for field in fields(message) {
         let (field, value) = field?;
@@ -204,7 +204,7 @@ pub fn string_field(message: &[u8], number: u64) -> Result<Option<&str>, WireErr
 }
 
 /// The first embedded message in field `number`.
-pub fn first_message(message: &[u8], number: u64) -> Result<Option<&[u8]>, WireError> {
+pub(crate) fn first_message(message: &[u8], number: u64) -> Result<Option<&[u8]>, WireError> {
     for field in fields(message) {
         let (field, value) = field?;
         if field == number {
@@ -219,21 +219,21 @@ const METER_SERVICE: u64 = 3;
 const METER_INSTANCE: u64 = 4;
 const METER_TIMESTAMP: u64 = 5;
 /// MeterDataCollection: meterData = 1.
-pub const COLLECTION_METER_DATA: u64 = 1;
+pub(crate) const COLLECTION_METER_DATA: u64 = 1;
 /// LogData: service = 2.
-pub const LOG_SERVICE: u64 = 2;
+pub(crate) const LOG_SERVICE: u64 = 2;
 /// Event: layer = 9 (required since OAP 9.0).
-pub const EVENT_LAYER: u64 = 9;
+pub(crate) const EVENT_LAYER: u64 = 9;
 
 /// The fields of a `collect` stream's first MeterData that describe the whole set
 /// (service, instance, timestamp), encoded.
-pub fn meter_set_header(first: &[u8]) -> Result<Vec<u8>, WireError> {
+pub(crate) fn meter_set_header(first: &[u8]) -> Result<Vec<u8>, WireError> {
     encoded_fields(first, &[METER_SERVICE, METER_INSTANCE, METER_TIMESTAMP])
 }
 
 /// The fixed-routing key `service\0instance` of a `MeterData` (the first message of a
 /// `collect` stream), or `None` when it names no service.
-pub fn meter_key(meter_data: &[u8]) -> Result<Option<String>, WireError> {
+pub(crate) fn meter_key(meter_data: &[u8]) -> Result<Option<String>, WireError> {
     let service = string_field(meter_data, METER_SERVICE)?.unwrap_or_default();
     let instance = string_field(meter_data, METER_INSTANCE)?.unwrap_or_default();
     Ok((!service.is_empty()).then(|| format!("{service}\0{instance}")))
@@ -241,7 +241,7 @@ pub fn meter_key(meter_data: &[u8]) -> Result<Option<String>, WireError> {
 
 /// The key of a `MeterDataCollection` (one `collectBatch` message): that of its first
 /// `MeterData`, which carries the service and instance.
-pub fn meter_batch_key(collection: &[u8]) -> Result<Option<String>, WireError> {
+pub(crate) fn meter_batch_key(collection: &[u8]) -> Result<Option<String>, WireError> {
     match first_message(collection, COLLECTION_METER_DATA)? {
         Some(first) => meter_key(first),
         None => Ok(None),

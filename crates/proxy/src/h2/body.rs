@@ -14,7 +14,7 @@ use super::signal::Signal;
 
 /// What the connection passes to a handler's request body.
 #[derive(Debug)]
-pub enum Chunk {
+pub(crate) enum Chunk {
     Data(Bytes),
     Trailers(HeaderMap),
 }
@@ -23,7 +23,7 @@ pub enum Chunk {
 /// client resets the stream or the connection closes, the handler's task is cancelled, so
 /// no error is ever seen here.
 #[derive(Debug)]
-pub struct RequestBody {
+pub(crate) struct RequestBody {
     stream: u32,
     chunks: Option<UnboundedReceiver<Chunk>>,
     signals: UnboundedSender<Signal>,

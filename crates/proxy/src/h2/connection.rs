@@ -85,7 +85,7 @@ pub trait Handler: Send {
 }
 
 /// The rest of an event's work, when it had to wait.
-pub type Wait<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+pub(crate) type Wait<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 /// The session, and the socket for a handler that must get output out before it waits.
 pub struct Link<'a> {
@@ -102,7 +102,7 @@ impl Link<'_> {
 
 /// Why a connection closed, as the `reason` label of
 /// `skylift_proxy_connections_closed_total`.
-pub type Cause = &'static str;
+pub(crate) type Cause = &'static str;
 
 /// Serves one connection until the client leaves, breaks the protocol or abuses it, then
 /// calls `closed` with why. The future holds the connection's state once, and what the

@@ -6,13 +6,13 @@ use bytes::{BufMut, Bytes, BytesMut};
 /// The client connection preface every HTTP/2 connection starts with.
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Length of a frame header.
-pub const HEADER_LEN: usize = 9;
+pub(crate) const HEADER_LEN: usize = 9;
 /// The frame size every peer accepts (SETTINGS_MAX_FRAME_SIZE's initial value).
-pub const DEFAULT_MAX_FRAME: usize = 16_384;
+pub(crate) const DEFAULT_MAX_FRAME: usize = 16_384;
 /// The largest flow-control window.
-pub const MAX_WINDOW: i64 = (1 << 31) - 1;
+pub(crate) const MAX_WINDOW: i64 = (1 << 31) - 1;
 /// The window every stream and the connection start with.
-pub const DEFAULT_WINDOW: i64 = 65_535;
+pub(crate) const DEFAULT_WINDOW: i64 = 65_535;
 
 pub mod kind {
     pub const DATA: u8 = 0x0;
@@ -36,12 +36,15 @@ pub mod flag {
 }
 
 pub mod setting {
-    pub const HEADER_TABLE_SIZE: u16 = 0x1;
-    pub const ENABLE_PUSH: u16 = 0x2;
-    pub const MAX_CONCURRENT_STREAMS: u16 = 0x3;
-    pub const INITIAL_WINDOW_SIZE: u16 = 0x4;
-    pub const MAX_FRAME_SIZE: u16 = 0x5;
-    pub const MAX_HEADER_LIST_SIZE: u16 = 0x6;
+    // Every SETTINGS id is named; the proxy keeps HPACK's default table, so it never
+    // reads this one.
+    #[allow(dead_code)]
+    pub(crate) const HEADER_TABLE_SIZE: u16 = 0x1;
+    pub(crate) const ENABLE_PUSH: u16 = 0x2;
+    pub(crate) const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+    pub(crate) const INITIAL_WINDOW_SIZE: u16 = 0x4;
+    pub(crate) const MAX_FRAME_SIZE: u16 = 0x5;
+    pub(crate) const MAX_HEADER_LIST_SIZE: u16 = 0x6;
 }
 
 /// HTTP/2 error codes (RFC 9113 §7).
@@ -62,7 +65,7 @@ pub enum Reason {
 
 /// A frame's header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Head {
+pub(crate) struct Head {
     pub len: usize,
     pub kind: u8,
     pub flags: u8,
@@ -103,7 +106,7 @@ pub fn settings(values: &[(u16, u32)], out: &mut BytesMut) {
     }
 }
 
-pub fn settings_ack(out: &mut BytesMut) {
+pub(crate) fn settings_ack(out: &mut BytesMut) {
     head(0, kind::SETTINGS, flag::ACK, 0, out);
 }
 
@@ -117,7 +120,7 @@ pub fn window_update(stream: u32, increment: u32, out: &mut BytesMut) {
     out.put_u32(increment);
 }
 
-pub fn rst_stream(stream: u32, reason: Reason, out: &mut BytesMut) {
+pub(crate) fn rst_stream(stream: u32, reason: Reason, out: &mut BytesMut) {
     head(4, kind::RST_STREAM, 0, stream, out);
     out.put_u32(reason as u32);
 }
@@ -170,7 +173,7 @@ pub fn data(stream: u32, payload: &[u8], end_stream: bool, out: &mut BytesMut) {
 
 /// The payload of a DATA or HEADERS frame without its padding (and, for HEADERS, without
 /// the priority fields). `None` when the padding is longer than the frame.
-pub fn unpadded(head: &Head, mut payload: Bytes) -> Option<Bytes> {
+pub(crate) fn unpadded(head: &Head, mut payload: Bytes) -> Option<Bytes> {
     let mut pad = 0;
     if head.has(flag::PADDED) {
         pad = usize::from(*payload.first()?);
@@ -188,7 +191,7 @@ pub fn unpadded(head: &Head, mut payload: Bytes) -> Option<Bytes> {
 
 /// The settings in a SETTINGS payload, as (identifier, value); `None` when it is not a
 /// whole number of settings.
-pub fn parse_settings(payload: &[u8]) -> Option<Vec<(u16, u32)>> {
+pub(crate) fn parse_settings(payload: &[u8]) -> Option<Vec<(u16, u32)>> {
     if !payload.len().is_multiple_of(6) {
         return None;
     }

@@ -10,11 +10,11 @@ use super::hpack::Decoder;
 
 /// The decoder's table could not follow the block: the connection cannot go on.
 #[derive(Debug)]
-pub struct CompressionError;
+pub(crate) struct CompressionError;
 
 /// A request block that decodes but cannot be served (a stream error).
 #[derive(Debug, PartialEq, Eq)]
-pub enum Unservable {
+pub(crate) enum Unservable {
     /// Not a valid request (RFC 9113 §8.1.1): the stream is reset with PROTOCOL_ERROR.
     Malformed(&'static str),
     /// Decoded, the header list is larger than [`MAX_LIST`]: answered 431 (RFC 9113
@@ -23,19 +23,19 @@ pub enum Unservable {
 }
 
 /// Longest header block (compressed) a client may send.
-pub const MAX_BLOCK: usize = 64 * 1024;
+pub(crate) const MAX_BLOCK: usize = 64 * 1024;
 /// Largest header list, decoded, counted as RFC 7541 §4.1 and RFC 9113 §6.5.2 count it
 /// (name, value and 32 per field); advertised as SETTINGS_MAX_HEADER_LIST_SIZE. A block
 /// that references one large table entry over and over (an "HPACK bomb") stays within
 /// [`MAX_BLOCK`] and decodes to hundreds of megabytes: the fields past this limit are
 /// decoded (the table must follow the block) but never kept.
-pub const MAX_LIST: usize = 64 * 1024;
+pub(crate) const MAX_LIST: usize = 64 * 1024;
 /// Per-field overhead of the header list size.
 const FIELD_OVERHEAD: usize = 32;
 
 /// The decoder a connection keeps, with the table size this server leaves at its default
 /// (4096).
-pub fn decoder() -> Decoder {
+pub(crate) fn decoder() -> Decoder {
     Decoder::new(4096)
 }
 
@@ -74,7 +74,7 @@ impl ListSize {
 }
 
 /// A request's header block as a request without a body.
-pub fn decode_request(
+pub(crate) fn decode_request(
     decoder: &mut Decoder,
     block: &[u8],
 ) -> Result<Result<Request<()>, Unservable>, CompressionError> {
@@ -147,7 +147,7 @@ pub fn decode_request(
 
 /// A trailer block as a header map. Pseudo-headers, connection-specific or uppercase
 /// fields make the trailers malformed (RFC 9113 §8.1); so does a list past [`MAX_LIST`].
-pub fn decode_trailers(
+pub(crate) fn decode_trailers(
     decoder: &mut Decoder,
     block: &[u8],
 ) -> Result<Result<HeaderMap, Unservable>, CompressionError> {
@@ -209,7 +209,7 @@ fn literal(name: &[u8], value: &[u8], out: &mut BytesMut) {
 }
 
 /// Encodes a response's status and headers.
-pub fn encode_response(status: StatusCode, headers: &HeaderMap, out: &mut BytesMut) {
+pub(crate) fn encode_response(status: StatusCode, headers: &HeaderMap, out: &mut BytesMut) {
     // Static table entries 8..=14 are the common statuses.
     let indexed = match status.as_u16() {
         200 => Some(8),
@@ -233,7 +233,7 @@ pub fn encode_response(status: StatusCode, headers: &HeaderMap, out: &mut BytesM
 }
 
 /// Encodes header fields (trailers, or a response's regular headers).
-pub fn encode_fields(headers: &HeaderMap, out: &mut BytesMut) {
+pub(crate) fn encode_fields(headers: &HeaderMap, out: &mut BytesMut) {
     for (name, value) in headers {
         if connection_specific(name.as_str().as_bytes(), value.as_bytes()) {
             continue;

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 
 /// Why a header block cannot be decoded; the connection cannot go on (its table is lost).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum HpackError {
+pub(crate) enum HpackError {
     #[error("header block ends inside a field")]
     Truncated,
     #[error("integer too large")]
@@ -95,7 +95,7 @@ type Entry = (Box<[u8]>, Box<[u8]>);
 
 /// A connection's decoder: its dynamic table lives as long as the connection.
 #[derive(Debug)]
-pub struct Decoder {
+pub(crate) struct Decoder {
     /// Newest first.
     table: VecDeque<Entry>,
     size: usize,
@@ -197,7 +197,7 @@ impl Decoder {
     }
 
     /// Decodes `block`, calling `field(name, value)` for each field in order.
-    pub fn decode(
+    pub(crate) fn decode(
         &mut self,
         block: &[u8],
         mut field: impl FnMut(&[u8], &[u8]),

@@ -28,7 +28,7 @@ use super::hpack;
 
 /// Above this much unwritten output, no more input is taken (a client that sends but does
 /// not read cannot make the proxy buffer without bound).
-pub const MAX_OUTPUT: usize = 1024 * 1024;
+pub(crate) const MAX_OUTPUT: usize = 1024 * 1024;
 /// Room the write buffer starts with.
 const OUTPUT_CHUNK: usize = 16 * 1024;
 /// The PING payload of a drain.
@@ -110,7 +110,7 @@ pub enum Event {
 
 /// How a stream's receive window is given back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flow {
+pub(crate) enum Flow {
     /// As the application consumes data (a request body handed on).
     Body,
     /// As data arrives (the application gathers whole messages, up to its own limit);
@@ -235,19 +235,19 @@ impl Window {
 }
 
 /// The window the abuse counts are kept over.
-pub const ABUSE_WINDOW: Duration = Duration::from_secs(10);
+pub(crate) const ABUSE_WINDOW: Duration = Duration::from_secs(10);
 /// Client resets of unanswered streams per window (nginx allows about 2 × its concurrent
 /// streams per read; a gRPC client cancels a call at its deadline, far below this).
-pub const MAX_CLIENT_RESETS: u32 = 128;
+pub(crate) const MAX_CLIENT_RESETS: u32 = 128;
 /// Stream errors the client causes over a connection's life (as the `h2` crate).
-pub const MAX_LOCAL_RESETS: u32 = 1024;
+pub(crate) const MAX_LOCAL_RESETS: u32 = 1024;
 /// SETTINGS, PING, or frames doing nothing, per window.
-pub const MAX_CONTROL_FRAMES: u32 = 1000;
+pub(crate) const MAX_CONTROL_FRAMES: u32 = 1000;
 /// CONTINUATION frames in one header block: [`headers::MAX_BLOCK`] needs 4 of the
 /// default frame size; more is a CONTINUATION flood.
-pub const MAX_CONTINUATIONS: u32 = 16;
+pub(crate) const MAX_CONTINUATIONS: u32 = 16;
 /// Oversized header lists a connection may send before it is closed.
-pub const MAX_OVERSIZED_HEADERS: u32 = 4;
+pub(crate) const MAX_OVERSIZED_HEADERS: u32 = 4;
 
 fn calm(cause: &'static str, message: impl Into<String>) -> ConnectionError {
     ConnectionError::new(Reason::EnhanceYourCalm, cause, message)
@@ -330,18 +330,18 @@ impl Session {
     }
 
     /// Frames to write; the caller removes what it wrote.
-    pub fn output(&mut self) -> &mut BytesMut {
+    pub(crate) fn output(&mut self) -> &mut BytesMut {
         &mut self.output
     }
 
     /// Output waits to be written, or may be added to.
-    pub fn output_full(&self) -> bool {
+    pub(crate) fn output_full(&self) -> bool {
         self.output.len() >= MAX_OUTPUT
     }
 
     /// Drops buffers that hold nothing, and copies an incomplete frame out of a large read
     /// buffer, so a connection waiting on the client holds only what it was sent.
-    pub fn compact_input(&mut self) {
+    pub(crate) fn compact_input(&mut self) {
         if self.input.is_empty() {
             self.input = BytesMut::new();
         } else if self.input.capacity() > 2 * self.input.len() + 4096 {
@@ -371,22 +371,18 @@ impl Session {
         self.frames
     }
 
-    /// The client spoke HTTP/2 (a GOAWAY would be understood).
-    pub fn preface_seen(&self) -> bool {
-        self.preface_seen
-    }
-
     /// Request data delivered to the application and not yet consumed.
     pub fn held(&self) -> u64 {
         self.streams.values().map(|s| u64::from(s.held)).sum()
     }
 
     /// Open streams.
-    pub fn stream_count(&self) -> usize {
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn stream_count(&self) -> usize {
         self.streams.len()
     }
 
-    pub fn has_streams(&self) -> bool {
+    pub(crate) fn has_streams(&self) -> bool {
         !self.streams.is_empty()
     }
 
@@ -401,7 +397,7 @@ impl Session {
     }
 
     /// Credit of written or dropped [`Outgoing::Data`] since the last call.
-    pub fn take_returned_credit(&mut self) -> usize {
+    pub(crate) fn take_returned_credit(&mut self) -> usize {
         std::mem::take(&mut self.returned_credit)
     }
 
@@ -439,7 +435,7 @@ impl Session {
 
     /// The next event the input makes, taking frames apart until one does; `None` when
     /// the input holds no complete frame (or output is full).
-    pub fn poll_event(&mut self, now: Instant) -> Result<Option<Event>, ConnectionError> {
+    pub(crate) fn poll_event(&mut self, now: Instant) -> Result<Option<Event>, ConnectionError> {
         if !self.greeted {
             self.greet();
         }
@@ -1027,14 +1023,14 @@ impl Session {
     }
 
     /// How the stream's window is given back (see [`Flow`]); [`Flow::Body`] until set.
-    pub fn set_flow(&mut self, id: u32, flow: Flow) {
+    pub(crate) fn set_flow(&mut self, id: u32, flow: Flow) {
         if let Some(stream) = self.streams.get_mut(&id) {
             stream.flow = flow;
         }
     }
 
     /// The application is done with `bytes` of a stream's data: room in the windows again.
-    pub fn consumed(&mut self, id: u32, bytes: u32) {
+    pub(crate) fn consumed(&mut self, id: u32, bytes: u32) {
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
         };
@@ -1200,7 +1196,7 @@ impl Session {
 
     /// Starts going away: streams already opened are served, new ones are refused once
     /// the client has seen the final GOAWAY.
-    pub fn start_drain(&mut self, reason: &'static str) {
+    pub(crate) fn start_drain(&mut self, reason: &'static str) {
         if self.drain != Drain::No {
             return;
         }
@@ -1216,7 +1212,7 @@ impl Session {
     }
 
     /// The client has had time to see the first GOAWAY: the last stream is fixed now.
-    pub fn final_goaway(&mut self) {
+    pub(crate) fn final_goaway(&mut self) {
         if self.drain != Drain::Announced {
             return;
         }
@@ -1238,11 +1234,6 @@ impl Session {
             let last = self.highest_stream;
             frame::goaway(last, error.reason, error.message.as_bytes(), self.out());
         }
-    }
-
-    /// Every open stream, for the application to let go of when the connection ends.
-    pub fn open_streams(&self) -> impl Iterator<Item = u32> + '_ {
-        self.streams.keys().copied()
     }
 }
 

@@ -17,10 +17,10 @@ use super::headers;
 use crate::grpc::Body;
 
 /// Response bytes a handler may have given its connection and not yet seen written.
-pub const RESPONSE_CREDIT: usize = 256 * 1024;
+pub(crate) const RESPONSE_CREDIT: usize = 256 * 1024;
 
 #[derive(Debug)]
-pub enum Signal {
+pub(crate) enum Signal {
     /// The response's header block; `end` when there is no body (trailers-only).
     Head {
         stream: u32,
@@ -69,7 +69,7 @@ impl Drop for FinishGuard {
 }
 
 /// Relays a handler's response to its connection.
-pub async fn respond(
+pub(crate) async fn respond(
     stream: u32,
     response: impl Future<Output = Response<Body>>,
     signals: UnboundedSender<Signal>,

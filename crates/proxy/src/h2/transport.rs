@@ -57,7 +57,7 @@ impl Transport {
         }))
     }
 
-    pub async fn readable(&self) -> io::Result<()> {
+    pub(crate) async fn readable(&self) -> io::Result<()> {
         match self {
             Transport::Plain(tcp) => tcp.readable().await,
             Transport::Tls(t) if t.plaintext_waiting => Ok(()),
@@ -65,7 +65,7 @@ impl Transport {
         }
     }
 
-    pub async fn writable(&self) -> io::Result<()> {
+    pub(crate) async fn writable(&self) -> io::Result<()> {
         match self {
             Transport::Plain(tcp) => tcp.writable().await,
             Transport::Tls(t) => t.tcp.writable().await,
@@ -73,7 +73,7 @@ impl Transport {
     }
 
     /// Encrypted bytes wait to be written (the socket was full).
-    pub fn wants_write(&self) -> bool {
+    pub(crate) fn wants_write(&self) -> bool {
         match self {
             Transport::Plain(_) => false,
             Transport::Tls(t) => t.tls.wants_write(),
@@ -81,7 +81,7 @@ impl Transport {
     }
 
     /// Reads what is there into `buf`: `Ok(0)` at the end, `WouldBlock` when nothing is.
-    pub fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+    pub(crate) fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         match self {
             Transport::Plain(tcp) => tcp.try_read_buf(buf),
             Transport::Tls(t) => t.try_read_buf(buf),
@@ -89,7 +89,7 @@ impl Transport {
     }
 
     /// Writes what it can of `data` without waiting.
-    pub fn try_write(&mut self, data: &[u8]) -> io::Result<usize> {
+    pub(crate) fn try_write(&mut self, data: &[u8]) -> io::Result<usize> {
         match self {
             Transport::Plain(tcp) => tcp.try_write(data),
             Transport::Tls(t) => t.try_write(data),
@@ -97,7 +97,7 @@ impl Transport {
     }
 
     /// Writes encrypted bytes still waiting; `WouldBlock` while the socket is full.
-    pub fn flush_pending(&mut self) -> io::Result<()> {
+    pub(crate) fn flush_pending(&mut self) -> io::Result<()> {
         match self {
             Transport::Plain(_) => Ok(()),
             Transport::Tls(t) => t.flush_pending(),

@@ -5,5 +5,5 @@
 //! - [`stream`]: one report stream, message by message into the queue;
 //! - [`reshape`]: meter sets and Envoy streams made self-contained, so they can be batched.
 
-pub mod reshape;
+pub(crate) mod reshape;
 pub mod stream;

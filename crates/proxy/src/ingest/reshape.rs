@@ -17,7 +17,7 @@ use crate::grpc::wire::{self, WireError};
 /// The `MeterData` messages of one `MeterReportService/collect` stream, turned into
 /// `MeterDataCollection` messages for `collectBatch` (where each message is one set).
 #[derive(Debug)]
-pub struct MeterSet {
+pub(crate) struct MeterSet {
     /// Service, instance and timestamp of the set, from its first message.
     header: Option<Vec<u8>>,
     collection: BytesMut,
@@ -38,7 +38,7 @@ impl MeterSet {
     /// not fit the limit; the next collection then starts with the set's header written
     /// into its first `MeterData`, so it names its service and instance too.
     /// Bytes gathered for the collection being built.
-    pub fn buffered(&self) -> usize {
+    pub(crate) fn buffered(&self) -> usize {
         self.collection.len() + self.header.as_ref().map_or(0, Vec::len)
     }
 
@@ -76,7 +76,7 @@ impl MeterSet {
 
 /// The carried fact of one client stream, for the shapes that carry one.
 #[derive(Debug)]
-pub enum Carried {
+pub(crate) enum Carried {
     /// Logs: the first non-empty service, as its encoded field, and its text.
     FirstService(Option<(Bytes, String)>),
     /// Envoy: the first message's identifier field(s), as encoded (empty: it had none).
@@ -92,7 +92,7 @@ pub enum Carried {
 
 impl Carried {
     /// The carrier for `shape`, or `None` when its messages carry nothing.
-    pub fn for_shape(shape: Shape) -> Option<Carried> {
+    pub(crate) fn for_shape(shape: Shape) -> Option<Carried> {
         match shape {
             Shape::FirstService => Some(Carried::FirstService(None)),
             Shape::FirstIdentifier => Some(Carried::FirstIdentifier(None)),

@@ -30,7 +30,7 @@ pub struct Intake {
 /// Whether a stream of `method` with these headers can be taken apart here. A compressed
 /// stream of a shape whose messages must be read or rewritten cannot (no message can be
 /// read), so it is forwarded whole instead, and OAP reads it as the client sent it.
-pub fn can_reshape(method: &Method, headers: &http::HeaderMap) -> bool {
+pub(crate) fn can_reshape(method: &Method, headers: &http::HeaderMap) -> bool {
     method.shape == Shape::Independent
         || method.shape == Shape::MeterBatch
         || encoding(headers).is_none()
@@ -67,10 +67,10 @@ struct Destination {
 
 /// Why a stream is answered with an error.
 #[derive(Debug)]
-pub struct Refusal(pub Code, pub String);
+pub(crate) struct Refusal(pub Code, pub String);
 
 /// One report stream being received: its messages become events as its data arrives.
-pub struct ReportStream {
+pub(crate) struct ReportStream {
     method: &'static Method,
     destination: Destination,
     shape: StreamState,
@@ -140,13 +140,13 @@ impl ReportStream {
     }
 
     /// Why the stream is refused as it opens (an encoding OAP cannot read), if it is.
-    pub fn refusal_at_open(&mut self) -> Option<Refusal> {
+    pub(crate) fn refusal_at_open(&mut self) -> Option<Refusal> {
         self.refused.take()
     }
 
     /// Bytes received and held here: a message not yet whole, a unary report waiting for
     /// the call's end, a meter set being gathered. The connection's budget counts them.
-    pub fn buffered(&self) -> usize {
+    pub(crate) fn buffered(&self) -> usize {
         let set = match &self.shape {
             StreamState::MeterSet { set, .. } => set.buffered(),
             _ => 0,
@@ -170,7 +170,7 @@ impl ReportStream {
     }
 
     /// The next event the data received so far makes, if any.
-    pub fn next_event(&mut self, intake: &Intake) -> Result<Option<Event>, Refusal> {
+    pub(crate) fn next_event(&mut self, intake: &Intake) -> Result<Option<Event>, Refusal> {
         loop {
             let frame = match self.decoder.next_frame() {
                 Ok(Some(frame)) => frame,
@@ -345,7 +345,7 @@ fn next_event(
 
 /// Queues an event that did not fit at once: waits for room up to `--overflow-wait`, then
 /// applies the overflow policy.
-pub async fn queue_waiting(intake: &Intake, event: Event) -> Result<(), Refusal> {
+pub(crate) async fn queue_waiting(intake: &Intake, event: Event) -> Result<(), Refusal> {
     let protocol = event.route.protocol;
     match intake.queue.offer_waiting(event).await {
         Offered::Queued => Ok(()),

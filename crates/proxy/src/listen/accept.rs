@@ -151,7 +151,7 @@ fn connection_config(state: &State) -> h2::Config {
 
 /// A connection's budget for request data received and not yet consumed (its receive
 /// window): room for one message of the largest size, and 64 KiB.
-pub fn connection_budget(max_message_bytes: usize) -> u32 {
+pub(crate) fn connection_budget(max_message_bytes: usize) -> u32 {
     u32::try_from(max_message_bytes + 5 + 64 * 1024)
         .unwrap_or(u32::MAX)
         .min(frame::MAX_WINDOW as u32)

@@ -67,7 +67,7 @@ enum Kind {
 }
 
 /// The proxy's calls on one connection.
-pub struct Calls {
+pub(crate) struct Calls {
     state: State,
     streams: HashMap<u32, Kind>,
     /// Handler tasks' signals; made when the first handler is.
@@ -539,7 +539,7 @@ fn http_error_block(status: StatusCode, code: Code, message: &str) -> Bytes {
 /// profiles, compressed streams that cannot be reshaped), and every method the proxy does
 /// not know (`method` None), which is passed through on the path the client used. Known
 /// methods are called upstream on the name OAP registers, whatever the client's spelling.
-pub async fn dispatch(
+pub(crate) async fn dispatch(
     state: State,
     method: Option<&'static protocol::Method>,
     request: Request<RequestBody>,

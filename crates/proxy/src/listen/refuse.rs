@@ -24,7 +24,7 @@ pub enum Refusal {
 
 /// The SETTINGS and GOAWAY frames sent to a refused client: last stream 0 (nothing was
 /// processed), NO_ERROR (the client may retry elsewhere).
-pub fn goaway_frames(reason: &str) -> Vec<u8> {
+pub(crate) fn goaway_frames(reason: &str) -> Vec<u8> {
     let mut out = bytes::BytesMut::new();
     frame::settings(&[], &mut out);
     frame::goaway(0, Reason::NoError, reason.as_bytes(), &mut out);

@@ -17,7 +17,7 @@ use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
 
-pub use crate::pem::TlsError;
+pub(crate) use crate::pem::TlsError;
 use crate::pem::{certificates, read};
 
 /// Where the certificate, key and (optional) client CA bundle are read from.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 /// The shortest memory of a refused client: gRPC clients back off between reconnects up to
 /// 120 s, so a client that keeps retrying at that pace keeps counting between attempts.
-pub const MIN_MEMORY: Duration = Duration::from_secs(120);
+pub(crate) const MIN_MEMORY: Duration = Duration::from_secs(120);
 
 pub struct TurnedAway {
     memory: Duration,

@@ -18,7 +18,7 @@ use crate::listen::state::State;
 use crate::queue::DropReason;
 use crate::upstream::request;
 
-pub const PATH: &str = "/skywalking.v3.MeterReportService/collectBatch";
+pub(crate) const PATH: &str = "/skywalking.v3.MeterReportService/collectBatch";
 
 /// Who the proxy reports as, and where.
 #[derive(Clone, Debug)]
@@ -32,7 +32,7 @@ pub struct TelemetryConfig {
 
 /// One meter sample.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Meter {
+pub(crate) struct Meter {
     pub name: &'static str,
     pub labels: Vec<(&'static str, String)>,
     pub value: f64,
@@ -53,7 +53,7 @@ fn bytes_field(number: u64, value: &[u8], out: &mut Vec<u8>) {
 }
 
 /// `MeterDataCollection` with one `MeterData` per meter; service and instance on the first.
-pub fn encode_collection(
+pub(crate) fn encode_collection(
     service: &str,
     instance: &str,
     timestamp_ms: i64,
@@ -117,7 +117,7 @@ fn busy_percent(before: (u64, u64), after: (u64, u64)) -> f64 {
 
 /// What the meters are made of, read from the proxy at one moment.
 #[derive(Clone, Debug, Default)]
-pub struct Readings {
+pub(crate) struct Readings {
     /// Open client connections plus the clients turned away at the limit lately (see
     /// [`crate::listen::turned_away`]), so the autoscaler sees demand above the limit.
     pub connections: usize,
@@ -128,7 +128,7 @@ pub struct Readings {
     pub pending: Vec<usize>,
 }
 
-pub fn readings(state: &State) -> Readings {
+pub(crate) fn readings(state: &State) -> Readings {
     Readings {
         connections: state.connections.load(Ordering::Relaxed)
             + state.turned_away.count(Instant::now()),
@@ -141,7 +141,7 @@ pub fn readings(state: &State) -> Readings {
 }
 
 /// The meters of these readings; `cpu_percent` is measured by the caller over the interval.
-pub fn meters(readings: &Readings, cpu_percent: f64) -> Vec<Meter> {
+pub(crate) fn meters(readings: &Readings, cpu_percent: f64) -> Vec<Meter> {
     let totals = &readings.totals;
     // satellite.yaml sums the counters by `pipe`, the queue gauges by `pipeline`.
     let pipe = || ("pipe", "skylift".to_string());

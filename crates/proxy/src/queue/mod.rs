@@ -11,7 +11,7 @@
 
 pub mod event;
 pub mod journal;
-pub mod partitioned;
+pub(crate) mod partitioned;
 
-pub use event::{Event, Route};
+pub(crate) use event::{Event, Route};
 pub use partitioned::*;

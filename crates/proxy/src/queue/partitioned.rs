@@ -37,7 +37,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] = [
+    pub(crate) const ALL: [DropReason; 5] = [
         DropReason::QueueFullRejected,
         DropReason::QueueFull,
         DropReason::UpstreamFailed,
@@ -86,7 +86,7 @@ enum Admission {
 
 /// The outcome of offering an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Offered {
+pub(crate) enum Offered {
     Queued,
     /// The client must be told `RESOURCE_EXHAUSTED`.
     Rejected,
@@ -105,7 +105,7 @@ struct Partition {
 
 /// Counters of the accounting identity.
 #[derive(Debug, Default)]
-pub struct Accounting {
+pub(crate) struct Accounting {
     received: AtomicU64,
     forwarded: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
@@ -171,7 +171,7 @@ impl Queue {
 
     /// A queue whose events are journaled on disk (its partitions must match the
     /// journal's).
-    pub fn with_journal(config: QueueConfig, journal: Arc<Journal>) -> Self {
+    pub(crate) fn with_journal(config: QueueConfig, journal: Arc<Journal>) -> Self {
         Queue {
             journal: Some(journal),
             ..Queue::new(config)
@@ -184,7 +184,7 @@ impl Queue {
 
     /// Queues an event recovered from the journal at start, whatever the room: it was
     /// acknowledged to its client by an earlier run. Journaled again in its new partition.
-    pub fn restore(&self, event: Event) {
+    pub(crate) fn restore(&self, event: Event) {
         let admitted = self.admit(event, Admission::Recovered);
         debug_assert!(admitted.is_ok(), "a recovered event is always queued");
         self.accounting.received.fetch_add(1, Ordering::Relaxed);
@@ -215,7 +215,7 @@ impl Queue {
     }
 
     /// A number for events received together (see [`Event::run`]).
-    pub fn next_run(&self) -> usize {
+    pub(crate) fn next_run(&self) -> usize {
         self.next_partition.fetch_add(1, Ordering::Relaxed)
     }
 
@@ -284,7 +284,8 @@ impl Queue {
     }
 
     /// Queues `event`, or applies the overflow policy at once when its partition is full.
-    pub fn offer(&self, event: Event) -> Offered {
+    #[cfg(test)]
+    pub(crate) fn offer(&self, event: Event) -> Offered {
         match self.try_offer(event) {
             Ok(()) => Offered::Queued,
             Err(_) => self.overflow(),
@@ -293,7 +294,7 @@ impl Queue {
 
     /// Queues `event` if there is room now, without waiting; gives it back otherwise.
     #[allow(clippy::result_large_err)] // see try_queue
-    pub fn try_offer(&self, event: Event) -> Result<(), Event> {
+    pub(crate) fn try_offer(&self, event: Event) -> Result<(), Event> {
         self.try_queue(event)?;
         self.accounting.received.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -302,7 +303,7 @@ impl Queue {
     /// Queues `event`, waiting up to `overflow_wait` for room when the queue is full, then
     /// applies the overflow policy. The caller stops reading its client meanwhile, which is
     /// the backpressure: a client that can wait is slowed down rather than refused.
-    pub async fn offer_waiting(&self, event: Event) -> Offered {
+    pub(crate) async fn offer_waiting(&self, event: Event) -> Offered {
         // The common case, without registering for wake-ups.
         let mut event = match self.try_offer(event) {
             Ok(()) => return Offered::Queued,
@@ -327,7 +328,7 @@ impl Queue {
     /// Waits for the next batch of `partition`: as soon as it holds `batch_size` events, or
     /// `flush_interval` after it became non-empty. Returns `None` once `closed` resolves
     /// and the partition is empty.
-    pub async fn next_batch(
+    pub(crate) async fn next_batch(
         &self,
         partition: usize,
         closed: &tokio::sync::watch::Receiver<bool>,
@@ -409,7 +410,7 @@ impl Queue {
 
     /// The batch could not be sent now: back to the front of its partition, in order, to be
     /// sent again. Room is guaranteed: its events never stopped being counted.
-    pub fn put_back(&self, batch: Batch) {
+    pub(crate) fn put_back(&self, batch: Batch) {
         let part = &self.partitions[batch.partition];
         let mut events = part.events.lock().expect("queue lock is never poisoned");
         for event in batch.events.into_iter().rev() {
@@ -428,7 +429,7 @@ impl Queue {
     /// Gives up on everything still pending, once a shutdown's drain time ran out and the
     /// senders are stopped: counted as dropped for `reason`. Returns how many per protocol
     /// (events taken by a stopped sender are under `in_flight`).
-    pub fn abandon(&self, reason: DropReason) -> Vec<(&'static str, u64)> {
+    pub(crate) fn abandon(&self, reason: DropReason) -> Vec<(&'static str, u64)> {
         let mut counts: Vec<(&'static str, u64)> = Vec::new();
         for part in &self.partitions {
             let waiting: Vec<Event> = part

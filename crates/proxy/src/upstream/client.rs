@@ -50,7 +50,7 @@ pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Which connection a new stream goes on: the first with room, else the least busy.
-pub fn choose_connection(in_flight: &[usize], streams_per_connection: usize) -> usize {
+pub(crate) fn choose_connection(in_flight: &[usize], streams_per_connection: usize) -> usize {
     in_flight
         .iter()
         .position(|&n| n < streams_per_connection)

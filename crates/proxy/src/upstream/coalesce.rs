@@ -20,10 +20,10 @@ use std::task::{Context, Poll, ready};
 use hyper::rt::{Read, ReadBufCursor, Write};
 
 /// Bytes waiting that are written out without waiting for the writer to pause.
-pub const FLUSH_AT: usize = 256 * 1024;
+pub(crate) const FLUSH_AT: usize = 256 * 1024;
 
 /// Flushes deferred in a row before one is done regardless.
-pub const MAX_DEFERRALS: u32 = 16;
+pub(crate) const MAX_DEFERRALS: u32 = 16;
 
 /// The buffer's size: [`FLUSH_AT`] and room for the write that crosses it (the HTTP/2
 /// client writes a frame and its headers at a time), so it is allocated once and never
@@ -31,7 +31,7 @@ pub const MAX_DEFERRALS: u32 = 16;
 const BUFFER: usize = FLUSH_AT + 64 * 1024;
 
 /// A connection whose writes are gathered into large ones.
-pub struct Coalescing<T> {
+pub(crate) struct Coalescing<T> {
     inner: T,
     pending: Vec<u8>,
     /// Bytes of `pending` already written.
@@ -52,7 +52,7 @@ impl<T> Coalescing<T> {
         }
     }
 
-    pub fn get_ref(&self) -> &T {
+    pub(crate) fn get_ref(&self) -> &T {
         &self.inner
     }
 

@@ -23,7 +23,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Opens upstream connections, in cleartext or TLS.
 #[derive(Clone)]
-pub struct UpstreamConnector {
+pub(crate) struct UpstreamConnector {
     tcp: HttpConnector,
     tls: Option<Arc<Origination>>,
 }
@@ -66,7 +66,7 @@ impl tower_service::Service<Uri> for UpstreamConnector {
 }
 
 /// A connection to an upstream.
-pub enum UpstreamIo {
+pub(crate) enum UpstreamIo {
     Plain(TokioIo<TcpStream>),
     /// Boxed: a TLS session is a kilobyte; the connection lives as long as the pool keeps it.
     Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),

@@ -27,7 +27,7 @@ fn relay(response: Response<Relayed>) -> Response<Body> {
 }
 
 /// Streams the request to one upstream (no retry: the body is not kept).
-pub async fn pass_through(
+pub(crate) async fn pass_through(
     pool: &Pool,
     path: Option<&str>,
     request: Request<RequestBody>,
@@ -107,7 +107,7 @@ fn deadline_exceeded() -> Response<Body> {
 /// Sends a unary or short client-streaming call to an upstream and relays its answer; an
 /// upstream that cannot be reached is skipped for the next (up to three), within the
 /// call's `grpc-timeout`.
-pub async fn sync_call(
+pub(crate) async fn sync_call(
     pool: &Pool,
     path: Option<&str>,
     request: Request<RequestBody>,

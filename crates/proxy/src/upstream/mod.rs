@@ -15,9 +15,9 @@
 
 pub mod authentication;
 pub mod client;
-pub mod coalesce;
+pub(crate) mod coalesce;
 pub mod connector;
-pub mod forward;
+pub(crate) mod forward;
 pub mod health;
 pub mod payload;
 pub mod pool;

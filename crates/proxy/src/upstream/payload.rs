@@ -47,7 +47,7 @@ impl Gathered {
 /// previous piece of the same chunk ends extends it, so messages that arrived side by side
 /// go out as one slice (and a vectored write carries whole frames of them).
 #[derive(Default)]
-pub struct Joiner {
+pub(crate) struct Joiner {
     parts: Vec<Bytes>,
     /// The chunk being extended and the byte range taken from it so far.
     open: Option<(Bytes, usize, usize)>,

@@ -9,10 +9,10 @@ use crate::grpc::BoxError;
 use crate::upstream::payload::Payload;
 
 /// A request body sent upstream.
-pub type UpstreamBody = BoxBody<Payload, BoxError>;
+pub(crate) type UpstreamBody = BoxBody<Payload, BoxError>;
 
 /// An upstream request body of the given data.
-pub fn upstream_body(payload: impl Into<Payload>) -> UpstreamBody {
+pub(crate) fn upstream_body(payload: impl Into<Payload>) -> UpstreamBody {
     http_body_util::Full::new(payload.into())
         .map_err(|never| match never {})
         .boxed()

@@ -19,7 +19,7 @@ use crate::queue::event::Event;
 
 /// Why an event could not be appended.
 #[derive(Debug, thiserror::Error)]
-pub enum AppendError {
+pub(crate) enum AppendError {
     #[error("the journal holds its --queue-max-bytes already")]
     Full,
     #[error("writing the journal: {0}")]
@@ -34,14 +34,14 @@ struct Segment {
 }
 
 /// What one sync has to do for a partition, taken under its lock and done outside it.
-pub struct SyncWork {
+pub(crate) struct SyncWork {
     pub files: Vec<Arc<File>>,
     /// The acknowledgement mark to record, when it moved.
     pub mark: Option<(PathBuf, u64)>,
 }
 
 /// One partition's journal.
-pub struct PartitionLog {
+pub(crate) struct PartitionLog {
     dir: PathBuf,
     segment_bytes: u64,
     max_bytes: u64,
@@ -66,12 +66,12 @@ pub struct PartitionLog {
 }
 
 /// The name of a segment starting at `first`.
-pub fn segment_name(first: u64) -> String {
+pub(crate) fn segment_name(first: u64) -> String {
     format!("{first:020}.log")
 }
 
 /// The first sequence number a file name says its segment starts at.
-pub fn segment_first(path: &Path) -> Option<u64> {
+pub(crate) fn segment_first(path: &Path) -> Option<u64> {
     path.file_name()?
         .to_str()?
         .strip_suffix(".log")?
@@ -79,10 +79,10 @@ pub fn segment_first(path: &Path) -> Option<u64> {
         .ok()
 }
 
-pub const MARK_FILE: &str = "acknowledged";
+pub(crate) const MARK_FILE: &str = "acknowledged";
 
 /// Reads a partition's acknowledgement mark; 0 when there is none or it is damaged.
-pub fn read_mark(dir: &Path) -> u64 {
+pub(crate) fn read_mark(dir: &Path) -> u64 {
     let Ok(bytes) = std::fs::read(dir.join(MARK_FILE)) else {
         return 0;
     };
@@ -93,7 +93,7 @@ pub fn read_mark(dir: &Path) -> u64 {
 }
 
 /// Records the mark durably: written beside, synced, renamed over the old one.
-pub fn write_mark(dir: &Path, mark: u64) -> io::Result<()> {
+pub(crate) fn write_mark(dir: &Path, mark: u64) -> io::Result<()> {
     let mut bytes = mark.to_le_bytes().to_vec();
     bytes.extend_from_slice(&crc32fast::hash(&bytes).to_le_bytes());
     let temporary = dir.join(format!("{MARK_FILE}.new"));
@@ -118,7 +118,7 @@ fn open_segment(dir: &Path, first: u64) -> io::Result<Segment> {
 impl PartitionLog {
     /// A journal in `dir` (created if missing) whose first record will be `first_seq`.
     /// `dir` holds no segments of its own yet (recovery moved them out).
-    pub fn create(
+    pub(crate) fn create(
         dir: PathBuf,
         first_seq: u64,
         segment_bytes: u64,
@@ -144,7 +144,7 @@ impl PartitionLog {
     }
 
     /// Appends `event` and returns its sequence number.
-    pub fn append(&mut self, event: &Event) -> Result<u64, AppendError> {
+    pub(crate) fn append(&mut self, event: &Event) -> Result<u64, AppendError> {
         let parts = record::Parts::of_event(event);
         let len = parts.encoded_len() as u64;
         if self.disk_bytes + len > self.max_bytes {
@@ -166,7 +166,7 @@ impl PartitionLog {
     /// from there they survive a crash of the process). On failure (a full or failing
     /// disk) a part-written tail is cut off again and the records stay to be written by
     /// the next call.
-    pub fn write_out(&mut self) -> io::Result<()> {
+    pub(crate) fn write_out(&mut self) -> io::Result<()> {
         if self.buffer.is_empty() {
             return Ok(());
         }
@@ -220,12 +220,12 @@ impl PartitionLog {
     }
 
     /// Bytes the journal's segments take.
-    pub fn disk_bytes(&self) -> u64 {
+    pub(crate) fn disk_bytes(&self) -> u64 {
         self.disk_bytes
     }
 
     /// What a sync has to do now (the records not yet written are written first).
-    pub fn take_sync_work(&mut self) -> io::Result<SyncWork> {
+    pub(crate) fn take_sync_work(&mut self) -> io::Result<SyncWork> {
         self.write_out()?;
         let mark = (self.mark != self.mark_written).then(|| {
             self.mark_written = self.mark;

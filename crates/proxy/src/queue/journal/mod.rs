@@ -137,7 +137,7 @@ impl Journal {
     }
 
     /// Once the recovered events are journaled again and synced, the old files go.
-    pub async fn forget_old(&self, recovery: Recovery) -> Result<(), SyncFailed> {
+    pub(crate) async fn forget_old(&self, recovery: Recovery) -> Result<(), SyncFailed> {
         if recovery.old_files.is_empty() && recovery.old_dirs.is_empty() {
             return Ok(());
         }
@@ -156,7 +156,7 @@ impl Journal {
     }
 
     /// Appends `event` to `partition`'s journal; its sequence number there.
-    pub fn append(&self, partition: usize, event: &Event) -> Result<u64, AppendError> {
+    pub(crate) fn append(&self, partition: usize, event: &Event) -> Result<u64, AppendError> {
         let mut log = self.logs[partition]
             .lock()
             .expect("journal lock is never poisoned");
@@ -187,7 +187,7 @@ impl Journal {
 
     /// Writes every partition's appended records to its file: before a client is
     /// acknowledged, so that its messages survive a crash of the process.
-    pub fn write_out(&self) -> Result<(), SyncFailed> {
+    pub(crate) fn write_out(&self) -> Result<(), SyncFailed> {
         let mut failed = false;
         for (partition, log) in self.logs.iter().enumerate() {
             let mut log = log.lock().expect("journal lock is never poisoned");
@@ -203,7 +203,7 @@ impl Journal {
 
     /// Waits until everything appended so far is on disk (with `--fsync always`, before a
     /// client is acknowledged).
-    pub async fn durable(&self) -> Result<(), SyncFailed> {
+    pub(crate) async fn durable(&self) -> Result<(), SyncFailed> {
         let target = self.appended.load(Ordering::SeqCst);
         let mut synced = self.synced.subscribe();
         if synced.borrow().upto >= target && !synced.borrow().failed {
@@ -261,7 +261,7 @@ impl Journal {
     }
 
     /// Syncs in the background until `closed` turns true, then once more.
-    pub async fn run_syncer(self: Arc<Self>, mut closed: watch::Receiver<bool>) {
+    pub(crate) async fn run_syncer(self: Arc<Self>, mut closed: watch::Receiver<bool>) {
         // With `always`, clients ask for syncs; marks are still written once a second.
         let every = match self.fsync {
             Fsync::Interval(interval) => interval,
@@ -279,7 +279,7 @@ impl Journal {
     }
 
     /// Bytes each partition's journal takes on disk.
-    pub fn disk_bytes(&self) -> Vec<u64> {
+    pub(crate) fn disk_bytes(&self) -> Vec<u64> {
         self.logs
             .iter()
             .map(|log| {

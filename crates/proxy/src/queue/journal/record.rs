@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-pub const MAGIC: [u8; 4] = *b"SKLJ";
+pub(crate) const MAGIC: [u8; 4] = *b"SKLJ";
 const HEADER: usize = 12;
 const NONE: u32 = u32::MAX;
 /// A body longer than this is not believed (the proxy's messages are at most a few MiB).
@@ -22,7 +22,7 @@ const MAX_BODY: usize = 256 << 20;
 
 /// What a record holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Record {
+pub(crate) struct Record {
     pub seq: u64,
     pub path: String,
     pub encoding: Option<String>,
@@ -32,7 +32,8 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn parts(&self) -> Parts<'_> {
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn parts(&self) -> Parts<'_> {
         Parts {
             path: &self.path,
             encoding: self.encoding.as_deref(),
@@ -45,7 +46,7 @@ impl Record {
 
 /// What a record is written from: a queued event's parts, or a record read back.
 #[derive(Clone, Copy, Debug)]
-pub struct Parts<'a> {
+pub(crate) struct Parts<'a> {
     pub path: &'a str,
     pub encoding: Option<&'a str>,
     pub key: Option<&'a str>,
@@ -54,7 +55,7 @@ pub struct Parts<'a> {
 }
 
 impl<'a> Parts<'a> {
-    pub fn of_event(event: &'a crate::queue::event::Event) -> Parts<'a> {
+    pub(crate) fn of_event(event: &'a crate::queue::event::Event) -> Parts<'a> {
         Parts {
             path: &event.route.path,
             encoding: event.route.encoding.as_deref(),
@@ -65,7 +66,7 @@ impl<'a> Parts<'a> {
     }
 
     /// Bytes the record takes on disk.
-    pub fn encoded_len(&self) -> usize {
+    pub(crate) fn encoded_len(&self) -> usize {
         HEADER
             + 8
             + 2
@@ -120,7 +121,7 @@ impl<'a> Parts<'a> {
 
 /// What reading a segment found.
 #[derive(Debug, Default)]
-pub struct Scan {
+pub(crate) struct Scan {
     pub records: Vec<Record>,
     /// Damaged stretches skipped, each counted once.
     pub corrupt: u64,
@@ -130,7 +131,7 @@ pub struct Scan {
 }
 
 /// Reads every good record of a segment's bytes.
-pub fn scan(bytes: &Bytes) -> Scan {
+pub(crate) fn scan(bytes: &Bytes) -> Scan {
     let mut scan = Scan::default();
     let mut at = 0;
     let mut damaged = false;
