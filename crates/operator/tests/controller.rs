@@ -58,16 +58,11 @@ async fn status_upstreams(cluster: &Cluster, satellite: &str) -> Option<Vec<Stri
     )
 }
 
-/// Waits until the operator has stopped writing (two quiet half-seconds in a row).
-async fn settled(cluster: &Cluster) {
-    let mut last = cluster.server.writes().total();
-    let mut quiet = 0;
-    while quiet < 2 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = cluster.server.writes().total();
-        quiet = if now == last { quiet + 1 } else { 0 };
-        last = now;
-    }
+/// Whether a status carries a `Ready` condition that is `True`.
+fn is_ready(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 #[tokio::test]
@@ -195,12 +190,38 @@ async fn ready_oap_pod_is_published_within_a_second_and_removed_when_it_goes() {
     cluster
         .pod("unrelated", json!({"app": "web"}), "10.1.0.9", true)
         .await;
-    settled(&cluster).await;
+    // A Ready OAP pod created after them is published alone: the operator has seen the
+    // two before it (one watch, in order) and published neither.
+    cluster
+        .pod(
+            "skywalking-oap-7c9f-b",
+            oap_pod_labels("skywalking"),
+            "10.1.0.2",
+            true,
+        )
+        .await;
+    let listed = eventually("the later ready pod published", || async {
+        published(&cluster, "ingest-upstreams")
+            .await
+            .filter(|p| !p.is_empty())
+    })
+    .await;
     assert_eq!(
-        published(&cluster, "ingest-upstreams").await,
-        Some(vec![]),
-        "a pod that is not Ready gets no traffic"
+        listed,
+        ["10.1.0.2:11800"],
+        "a pod that is not Ready, and a pod of something else, get no traffic"
     );
+    cluster
+        .api::<Pod>()
+        .delete("skywalking-oap-7c9f-b", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("an empty list again", || async {
+        published(&cluster, "ingest-upstreams")
+            .await
+            .filter(Vec::is_empty)
+    })
+    .await;
 
     let turned_ready = Instant::now();
     cluster
@@ -395,7 +416,21 @@ async fn an_idle_operator_writes_nothing() {
     .await;
     cluster.deployment_ready("skywalking-oap").await;
     cluster.deployment_ready("ingest-satellite").await;
-    settled(&cluster).await;
+    // Everything the operator will write shows in the two statuses; after that, the test
+    // counts any write as one too many.
+    eventually(
+        "both statuses ready, with the upstream and the HPA",
+        || async {
+            let oap = cluster.get::<OAPServer>("skywalking").await?.status?;
+            let sat = cluster.get::<Satellite>("ingest").await?.status?;
+            (is_ready(&oap.conditions)
+                && is_ready(&sat.conditions)
+                && sat.upstream_count == 1
+                && sat.hpa.is_some())
+            .then_some(())
+        },
+    )
+    .await;
 
     let before = cluster.server.writes();
     let reconciles_before =
@@ -420,15 +455,15 @@ async fn an_idle_operator_writes_nothing() {
     cluster
         .merge::<Pod>("skywalking-oap-7c9f-a", &relabel)
         .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The noise wakes the reconcilers (three events at least); what they write is counted.
+    eventually("the noise to wake the reconcilers", || async {
+        let reconciles =
+            cluster.metrics.reconciles("Satellite") + cluster.metrics.reconciles("OAPServer");
+        (reconciles >= reconciles_before + 3).then_some(())
+    })
+    .await;
 
     let after = cluster.server.writes();
-    let reconciles_after =
-        cluster.metrics.reconciles("Satellite") + cluster.metrics.reconciles("OAPServer");
-    assert!(
-        reconciles_after >= reconciles_before + 3,
-        "the noise must have woken the reconcilers ({reconciles_before} → {reconciles_after})"
-    );
     // The four writes above are the test's own.
     assert_eq!(
         after.total(),
@@ -659,7 +694,12 @@ async fn an_operator_limited_to_one_namespace_leaves_the_others_alone() {
         .image
         .clone();
     assert_eq!(image.as_deref(), Some(mirror));
-    settled(&cluster).await;
+    // The Satellite elsewhere was created first: once the later one's status is written,
+    // the operator would have acted on the first had it seen it.
+    eventually("the watched Satellite's status", || async {
+        cluster.get::<Satellite>("ingest").await?.status
+    })
+    .await;
     let untouched: kube::Api<Deployment> =
         kube::Api::namespaced(cluster.client.clone(), "elsewhere");
     assert!(
