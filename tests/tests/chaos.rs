@@ -79,6 +79,21 @@ fn acknowledged_in_steps(
     steps
 }
 
+/// Calls each agent must have had acknowledged before a step ends.
+const SERVED: usize = 20;
+
+/// Waits until every agent has had `calls` more calls acknowledged than at `since`.
+async fn served(agents: &[(String, Arc<AgentCounts>)], since: &[usize], calls: usize, what: &str) {
+    skylift_e2e::wait_for(what, Duration::from_secs(60), || async {
+        calls_acknowledged(agents)
+            .iter()
+            .zip(since)
+            .all(|(now, then)| *now >= then + calls)
+            .then_some(())
+    })
+    .await;
+}
+
 fn calls_acknowledged(agents: &[(String, Arc<AgentCounts>)]) -> Vec<usize> {
     agents
         .iter()
@@ -125,35 +140,56 @@ async fn chaos(fsync: &'static str) {
         .collect();
     let mut marks = Vec::new();
     let mut names = Vec::new();
-    let mut step = |name: &'static str| {
+    let step = |marks: &mut Vec<Vec<usize>>, names: &mut Vec<&'static str>, name| {
         marks.push(calls_acknowledged(&counts));
         names.push(name);
     };
 
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    step("steady load");
+    // Each step lasts until every agent has been served a few more calls (at one call per
+    // 50 ms each), not for a set time.
+    served(&counts, &[0; AGENTS], 2 * SERVED, "steady load").await;
+    step(&mut marks, &mut names, "steady load");
 
     sinks[0].kill();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    step("upstream 0 killed");
+    served(
+        &counts,
+        marks.last().unwrap(),
+        SERVED,
+        "calls with upstream 0 dead",
+    )
+    .await;
+    step(&mut marks, &mut names, "upstream 0 killed");
 
     proxy.kill();
     let _ = proxy.output();
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let proxy2 = start_proxy(&args, &scratch, "proxy-2").await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    step("proxy SIGKILLed and restarted");
+    served(
+        &counts,
+        marks.last().unwrap(),
+        SERVED,
+        "calls through the restarted proxy",
+    )
+    .await;
+    step(&mut marks, &mut names, "proxy SIGKILLed and restarted");
 
     let restarted = Sink::start_keeping(addresses[0].parse().unwrap())
         .await
         .unwrap();
     sinks[1].kill();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let killed_b = calls_acknowledged(&counts);
+    served(&counts, &killed_b, SERVED, "calls with upstream 1 dead").await;
     let restarted_b = Sink::start_keeping(addresses[1].parse().unwrap())
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    step("upstreams restarted");
+    let restarted_all = calls_acknowledged(&counts);
+    served(
+        &counts,
+        &restarted_all,
+        SERVED,
+        "calls with every upstream back",
+    )
+    .await;
+    step(&mut marks, &mut names, "upstreams restarted");
     for agent in agents {
         agent.stop().await;
     }

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::Parser;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -126,20 +126,6 @@ async fn counters(replica: &Replica) -> (f64, f64, f64) {
         prometheus_sum(&text, "skylift_proxy_forwarded_total"),
         prometheus_sum(&text, "skylift_proxy_dropped_total"),
     )
-}
-
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-/// Waits until a new minute has begun and has a few seconds of samples: OAP keeps one
-/// value per minute, so a change of load shows cleanly only in a minute that began after it.
-async fn next_minute() {
-    let into_minute = unix_ms() % 60_000;
-    tokio::time::sleep(Duration::from_millis((60_000 - into_minute + 3_000) as u64)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,10 +260,11 @@ async fn clients_proxies_oap_adapter_and_hpa_close_the_loop() {
         || async { (on_a.iter().chain(&agents_b).all(|agent| agent.connected())).then_some(()) },
     )
     .await;
-    next_minute().await;
+    // OAP keeps one value per minute: the spread shows once a minute that began after it
+    // is read, so this may take up to a minute and a bit.
     let value = wait_for(
         "the adapter to read the spread connections",
-        Duration::from_secs(20),
+        Duration::from_secs(90),
         || async { read_value().await.filter(|v| (5_000..=6_000).contains(v)) },
     )
     .await;
@@ -299,7 +286,24 @@ async fn clients_proxies_oap_adapter_and_hpa_close_the_loop() {
         "both OAP nodes received segments before the stop: {before:?}"
     );
     oap.stop(1).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The clients go on being served by the node left.
+    let served = |agents: &[Agent]| {
+        agents
+            .iter()
+            .map(|a| {
+                a.counts
+                    .acknowledged
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum::<u64>()
+    };
+    let at_stop = served(&on_a) + served(&agents_b);
+    wait_for(
+        "calls served after the stop",
+        Duration::from_secs(30),
+        || async { (served(&on_a) + served(&agents_b) >= at_stop + 200).then_some(()) },
+    )
+    .await;
     let mut acknowledged = on_b
         .iter()
         .map(|(_, counts)| {

@@ -1457,7 +1457,9 @@ async fn an_upstream_that_stops_serving_is_ejected_by_health_checks_before_data_
             .balancer
             .is_ejected(&address_a, std::time::Instant::now())
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The routine checks (every 200 ms here) have found it serving twice: not ejected.
+    let checked = a.streams();
+    wait_until(Duration::from_secs(5), || a.streams() >= checked + 2).await;
     assert!(!ejected(&proxy.state));
 
     // No traffic at all: the routine checks (every 200 ms here, two failures in a row)
