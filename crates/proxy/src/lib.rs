@@ -13,7 +13,9 @@
 //!    [`balance`] picks; sync and unknown calls go through [`upstream::forward`] instead.
 //! 5. [`metrics`] counts every step; [`ops`] serves them and reports to OAP.
 //!
-//! [`run`] wires it all and starts the background loops.
+//! [`run`] wires it all and starts the background loops. Beside the rooms: [`pem`] and
+//! [`watched`] (certificate and token files, read again when they change), and `fuzzing`
+//! (with the `fuzzing` feature: the properties the fuzz targets check).
 
 pub mod balance;
 #[cfg(feature = "fuzzing")]

@@ -67,7 +67,7 @@ struct Destination {
 
 /// Why a stream is answered with an error.
 #[derive(Debug)]
-pub(crate) struct Refusal(pub Code, pub String);
+pub(crate) struct StreamError(pub Code, pub String);
 
 /// One report stream being received: its messages become events as its data arrives.
 pub(crate) struct ReportStream {
@@ -83,7 +83,7 @@ pub(crate) struct ReportStream {
     /// A unary report's one message, queued only once the call ends with no other.
     held: Option<Event>,
     /// Why the stream is refused before any of it is read.
-    refused: Option<Refusal>,
+    refused: Option<StreamError>,
 }
 
 impl ReportStream {
@@ -92,7 +92,7 @@ impl ReportStream {
         // ServerImpl refuses other encodings with UNIMPLEMENTED: so does the proxy, before
         // acknowledging data no OAP would take.
         let refused = encoding.filter(|e| !OAP_ENCODINGS.contains(e)).map(|e| {
-            Refusal(
+            StreamError(
                 Code::Unimplemented,
                 format!("skylift-proxy: grpc-encoding {e} is not supported (gzip, identity)"),
             )
@@ -140,7 +140,7 @@ impl ReportStream {
     }
 
     /// Why the stream is refused as it opens (an encoding OAP cannot read), if it is.
-    pub(crate) fn refusal_at_open(&mut self) -> Option<Refusal> {
+    pub(crate) fn refusal_at_open(&mut self) -> Option<StreamError> {
         self.refused.take()
     }
 
@@ -170,7 +170,7 @@ impl ReportStream {
     }
 
     /// The next event the data received so far makes, if any.
-    pub(crate) fn next_event(&mut self, intake: &Intake) -> Result<Option<Event>, Refusal> {
+    pub(crate) fn next_event(&mut self, intake: &Intake) -> Result<Option<Event>, StreamError> {
         loop {
             let frame = match self.decoder.next_frame() {
                 Ok(Some(frame)) => frame,
@@ -186,12 +186,12 @@ impl ReportStream {
                     } else {
                         Code::Internal
                     };
-                    return Err(Refusal(code, format!("skylift-proxy: {err}")));
+                    return Err(StreamError(code, format!("skylift-proxy: {err}")));
                 }
             };
             // MessageDeframer: a compressed message needs the stream's grpc-encoding.
             if frame.compressed && self.destination.route.encoding.is_none() {
-                return Err(Refusal(
+                return Err(StreamError(
                     Code::Internal,
                     "skylift-proxy: a compressed message without grpc-encoding".into(),
                 ));
@@ -209,7 +209,7 @@ impl ReportStream {
             if self.method.is_unary() {
                 // UnaryServerCallHandler: a second message closes the call.
                 if self.held.is_some() {
-                    return Err(Refusal(Code::Internal, "Too many requests".into()));
+                    return Err(StreamError(Code::Internal, "Too many requests".into()));
                 }
                 self.held = Some(event);
                 continue;
@@ -220,9 +220,9 @@ impl ReportStream {
     }
 
     /// The stream ended: the last event, if one was still being gathered.
-    pub fn finish(&mut self) -> Result<Option<Event>, Refusal> {
+    pub fn finish(&mut self) -> Result<Option<Event>, StreamError> {
         if let Err(err) = self.decoder.finish() {
-            return Err(Refusal(Code::Internal, format!("skylift-proxy: {err}")));
+            return Err(StreamError(Code::Internal, format!("skylift-proxy: {err}")));
         }
         if self.method.is_unary() {
             return match self.held.take() {
@@ -230,7 +230,7 @@ impl ReportStream {
                     self.received += 1;
                     Ok(Some(event))
                 }
-                None => Err(Refusal(
+                None => Err(StreamError(
                     Code::Internal,
                     "Half-closed without a request".into(),
                 )),
@@ -268,8 +268,8 @@ fn event(
     }
 }
 
-fn malformed(method: &Route, err: WireError) -> Refusal {
-    Refusal(
+fn malformed(method: &Route, err: WireError) -> StreamError {
+    StreamError(
         Code::InvalidArgument,
         format!(
             "skylift-proxy: malformed {} message: {err}",
@@ -284,7 +284,7 @@ fn next_event(
     destination: &Destination,
     stream: &mut StreamState,
     frame: Frame,
-) -> Result<Option<Event>, Refusal> {
+) -> Result<Option<Event>, StreamError> {
     let Frame {
         message, framed, ..
     } = frame;
@@ -299,7 +299,7 @@ fn next_event(
             let layer = wire::string_field(&message, wire::EVENT_LAYER)
                 .map_err(|err| malformed(route, err))?;
             if layer.unwrap_or_default().is_empty() {
-                return Err(Refusal(
+                return Err(StreamError(
                     Code::InvalidArgument,
                     "skylift-proxy: Layer field is required since v9.0.0, please upgrade your event report tools".into(),
                 ));
@@ -345,7 +345,7 @@ fn next_event(
 
 /// Queues an event that did not fit at once: waits for room up to `--overflow-wait`, then
 /// applies the overflow policy.
-pub(crate) async fn queue_waiting(intake: &Intake, event: Event) -> Result<(), Refusal> {
+pub(crate) async fn queue_waiting(intake: &Intake, event: Event) -> Result<(), StreamError> {
     let protocol = event.route.protocol;
     match intake.queue.offer_waiting(event).await {
         Offered::Queued => Ok(()),
@@ -357,7 +357,7 @@ pub(crate) async fn queue_waiting(intake: &Intake, event: Event) -> Result<(), R
             intake
                 .metrics
                 .dropped(protocol, DropReason::QueueFullRejected, 1);
-            Err(Refusal(
+            Err(StreamError(
                 Code::ResourceExhausted,
                 "skylift-proxy: queue full; retry later".into(),
             ))

@@ -20,7 +20,7 @@ use crate::h2::frame::Reason;
 use crate::h2::headers;
 use crate::h2::session::{Event, Flow, Outgoing, Session};
 use crate::h2::signal::{self, RESPONSE_CREDIT, Signal};
-use crate::ingest::stream::{self as ingest, Refusal, ReportStream};
+use crate::ingest::stream::{self as ingest, ReportStream, StreamError};
 use crate::listen::state::State;
 use crate::queue;
 use crate::queue::journal::Fsync;
@@ -261,7 +261,7 @@ impl Calls {
 
     /// Queues the events a report's data makes, as long as the queue has room; the event
     /// that found it full is handed back.
-    fn pump(&mut self, id: u32) -> Result<Option<queue::Event>, Refusal> {
+    fn pump(&mut self, id: u32) -> Result<Option<queue::Event>, StreamError> {
         let Some(Kind::Report { report, .. }) = self.streams.get_mut(&id) else {
             return Ok(None);
         };
@@ -351,7 +351,7 @@ impl Calls {
     }
 
     /// Answers a report with a gRPC error (trailers-only).
-    fn refuse(&mut self, id: u32, Refusal(code, message): Refusal, session: &mut Session) {
+    fn refuse(&mut self, id: u32, StreamError(code, message): StreamError, session: &mut Session) {
         if let Some(Kind::Report { answered, .. }) = self.streams.get_mut(&id) {
             *answered = true;
         }
@@ -516,8 +516,8 @@ fn acknowledge(id: u32, session: &mut Session) {
     );
 }
 
-fn journal_refusal() -> Refusal {
-    Refusal(
+fn journal_refusal() -> StreamError {
+    StreamError(
         Code::Unavailable,
         "skylift-proxy: the queue journal could not be written to disk; retry".into(),
     )
