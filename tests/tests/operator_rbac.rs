@@ -204,8 +204,14 @@ async fn the_bundles_operator_rbac_is_exactly_what_the_operator_uses() {
             .map(|_| ())
     })
     .await;
-    // Long enough for the Lease to be renewed (every 5 s).
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // The Lease is renewed (every 2 s) under the bundle's identity: its renewTime moves.
+    let renewed_at = |lease: Option<Lease>| lease?.spec?.renew_time;
+    let before = renewed_at(leases.get_opt("skylift-operator").await.unwrap());
+    wait_for("the Lease renewed", Duration::from_secs(20), || async {
+        let now = renewed_at(leases.get_opt("skylift-operator").await.ok()?);
+        (now.is_some() && now != before).then_some(())
+    })
+    .await;
     assert!(operator.is_running(), "{}", operator.output());
     operator.kill();
 
