@@ -331,6 +331,60 @@ impl ProxyArgs {
         ProxyArgs::from_arg_matches(&matches).expect("matches of the proxy's own command")
     }
 
+    /// What the proxy refuses to start with beyond what the parser checks, said as the
+    /// error the proxy exits with. The operator's tests run it on every pool it renders.
+    pub fn check(&self) -> Result<(), String> {
+        let sources = usize::from(!self.upstreams.is_empty())
+            + usize::from(self.upstreams_file.is_some())
+            + usize::from(self.upstreams_configmap.is_some());
+        if sources != 1 {
+            return Err("give exactly one upstream source: --upstream, --upstreams-file or --upstreams-configmap".into());
+        }
+        if let Some(reference) = &self.upstreams_configmap
+            && !reference
+                .split_once('/')
+                .is_some_and(|(ns, name)| !ns.is_empty() && !name.is_empty())
+        {
+            return Err("--upstreams-configmap must be NAMESPACE/NAME".into());
+        }
+        match (&self.routing, &self.hash_header) {
+            (RoutingArg::Hash, None) => return Err("--routing hash needs --hash-header".into()),
+            // RFC 9110's token: what an HTTP header name may be made of.
+            (RoutingArg::Hash, Some(header))
+                if header.is_empty()
+                    || !header
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)) =>
+            {
+                return Err(format!("--hash-header: {header:?} is not a header name"));
+            }
+            _ => {}
+        }
+        if self.header_timeout.is_zero() {
+            return Err("--header-timeout must be above 0".into());
+        }
+        if self.batch_size == 0
+            || self.queue_capacity == 0
+            || self.queue_partitions == Some(0)
+            || self.send_concurrency == 0
+            || self.upstream_connections == 0
+            || self.upstream_streams == 0
+        {
+            return Err("--batch-size, --queue-capacity, --queue-partitions, --send-concurrency, --upstream-connections and --upstream-streams must be at least 1".into());
+        }
+        match (self.queue, &self.queue_dir) {
+            (QueueArg::Memory, Some(_)) => return Err("--queue-dir needs --queue disk".into()),
+            (QueueArg::Disk, None) => return Err("--queue disk needs --queue-dir".into()),
+            (QueueArg::Disk, Some(_))
+                if self.fsync == FsyncArg::Interval && self.fsync_interval.is_zero() =>
+            {
+                return Err("--fsync-interval must be above 0 (or use --fsync always)".into());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// The command line that makes these arguments: one `--flag=value` for each flag
     /// whose value differs from the proxy's default, in the order the flags are declared
     /// (a list flag once per value). [`ProxyArgs::try_parse_from`] reads it back as `self`.
@@ -389,6 +443,51 @@ fn scalar(value: &serde_json::Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_the_proxy_refuses_is_said() {
+        let parse = |argv: &[&str]| {
+            ProxyArgs::try_parse_from(std::iter::once("skylift-proxy").chain(argv.iter().copied()))
+                .unwrap()
+                .check()
+        };
+        assert_eq!(parse(&["--upstream=a:1"]), Ok(()));
+        for (argv, said) in [
+            (&[][..], "exactly one upstream source"),
+            (
+                &["--upstream=a:1", "--upstreams-file=/x"][..],
+                "exactly one upstream source",
+            ),
+            (&["--upstreams-configmap=name"][..], "NAMESPACE/NAME"),
+            (&["--upstream=a:1", "--routing=hash"][..], "--hash-header"),
+            (
+                &["--upstream=a:1", "--routing=hash", "--hash-header=x y"][..],
+                "not a header name",
+            ),
+            (
+                &["--upstream=a:1", "--header-timeout=0s"][..],
+                "--header-timeout",
+            ),
+            (&["--upstream=a:1", "--batch-size=0"][..], "at least 1"),
+            (
+                &["--upstream=a:1", "--queue-dir=/q"][..],
+                "needs --queue disk",
+            ),
+            (&["--upstream=a:1", "--queue=disk"][..], "needs --queue-dir"),
+            (
+                &[
+                    "--upstream=a:1",
+                    "--queue=disk",
+                    "--queue-dir=/q",
+                    "--fsync-interval=0s",
+                ][..],
+                "--fsync-interval",
+            ),
+        ] {
+            let err = parse(argv).unwrap_err();
+            assert!(err.contains(said), "{argv:?}: {err}");
+        }
+    }
 
     #[test]
     fn the_defaults_render_as_no_flag_and_parse_back() {

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
 use skylift_api::logging::LogFormat;
 use skylift_api::proxy_args::{
@@ -20,6 +20,7 @@ use skylift_proxy::run::{Config, UpstreamSource, run};
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
+    args.check().map_err(anyhow::Error::msg)?;
     let upstreams = match (
         args.upstreams.is_empty(),
         &args.upstreams_file,
@@ -30,16 +31,13 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
         (true, None, Some(reference)) => {
             let (namespace, name) = reference
                 .split_once('/')
-                .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
                 .context("--upstreams-configmap must be NAMESPACE/NAME")?;
             UpstreamSource::ConfigMap {
                 namespace: namespace.into(),
                 name: name.into(),
             }
         }
-        _ => bail!(
-            "give exactly one upstream source: --upstream, --upstreams-file or --upstreams-configmap"
-        ),
+        _ => unreachable!("ProxyArgs::check allows one upstream source"),
     };
     let policy = match args.routing {
         RoutingArg::RoundRobin | RoutingArg::Hash => Policy::RoundRobin,
@@ -49,36 +47,20 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
         (RoutingArg::Hash, Some(header)) => {
             Some(http::HeaderName::try_from(header.as_str()).context("--hash-header")?)
         }
-        (RoutingArg::Hash, None) => bail!("--routing hash needs --hash-header"),
+        (RoutingArg::Hash, None) => unreachable!("ProxyArgs::check wants a hash header"),
         (_, _) => None,
     };
-    if args.header_timeout.is_zero() {
-        bail!("--header-timeout must be above 0");
-    }
     let partitions = args
         .queue_partitions
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    if args.batch_size == 0
-        || args.queue_capacity == 0
-        || partitions == 0
-        || args.send_concurrency == 0
-        || args.upstream_connections == 0
-        || args.upstream_streams == 0
-    {
-        bail!(
-            "--batch-size, --queue-capacity, --queue-partitions, --send-concurrency, --upstream-connections and --upstream-streams must be at least 1"
-        );
-    }
     let journal = match (args.queue, args.queue_dir) {
         (QueueArg::Memory, None) => None,
-        (QueueArg::Memory, Some(_)) => bail!("--queue-dir needs --queue disk"),
-        (QueueArg::Disk, None) => bail!("--queue disk needs --queue-dir"),
+        (QueueArg::Memory, Some(_)) | (QueueArg::Disk, None) => {
+            unreachable!("ProxyArgs::check pairs --queue disk with --queue-dir")
+        }
         (QueueArg::Disk, Some(dir)) => Some(JournalConfig {
             dir,
             fsync: match args.fsync {
-                FsyncArg::Interval if args.fsync_interval.is_zero() => {
-                    bail!("--fsync-interval must be above 0 (or use --fsync always)")
-                }
                 FsyncArg::Interval => Fsync::Interval(args.fsync_interval),
                 FsyncArg::Always => Fsync::Always,
             },
@@ -213,7 +195,8 @@ mod tests {
             "--telemetry-service=obs-ingest",
             "--telemetry-instance=ingest-satellite-7c9f-x2",
             "--log-format=json",
-            // What a hardened Satellite adds.
+            // What a hardened Satellite adds (the operator's renderings are checked against
+            // the same rules by its own tests, through `ProxyArgs::check`).
             "--queue-max-bytes=33554432",
             "--queue=disk",
             "--queue-dir=/var/lib/skylift/queue",

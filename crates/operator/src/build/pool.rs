@@ -957,6 +957,8 @@ mod tests {
             let argv = std::iter::once("skylift-proxy".to_string()).chain(view.proxy_args());
             let parsed = ProxyArgs::try_parse_from(argv).unwrap();
             assert_eq!(parsed, view.proxy_settings(), "{:?}", view.proxy_args());
+            // And the proxy would start with them.
+            parsed.check().unwrap();
             parsed
         }
         let queues = [
