@@ -748,9 +748,14 @@ async fn one_replica_leads_and_a_missing_lease_namespace_is_an_error() {
     .await;
     assert!(standby.is_err(), "the standby took a live Lease");
 
-    let missing = leader::acquire(cluster.client.clone(), &settings("a", "no-such-namespace"))
-        .await
-        .unwrap_err();
+    // Bounded: standing by forever (the old behaviour) fails here rather than hanging.
+    let missing = tokio::time::timeout(
+        Duration::from_secs(10),
+        leader::acquire(cluster.client.clone(), &settings("a", "no-such-namespace")),
+    )
+    .await
+    .expect("a missing namespace ends the election")
+    .unwrap_err();
     assert!(
         matches!(missing, LeaderError::NamespaceMissing(ref ns) if ns == "no-such-namespace"),
         "{missing}"
