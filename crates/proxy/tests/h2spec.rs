@@ -1192,13 +1192,10 @@ async fn half_sent_messages_hold_their_client_to_the_connections_budget() {
 async fn silent_connections_are_closed_at_the_idle_timeout() {
     let sink = Sink::start().await.unwrap();
     let limits = skylift_proxy::listen::state::Limits {
-        max_connections: None,
-        max_message_bytes: 64 * 1024,
         keepalive: None,
-        max_connection_age: None,
-        max_connection_age_grace: Duration::from_secs(5),
         header_timeout: Duration::from_secs(5),
         idle_timeout: Some(Duration::from_millis(600)),
+        ..limits()
     };
     let proxy = proxy_with_limits(
         &[&sink],

@@ -1378,13 +1378,9 @@ impl OpenReport {
 async fn an_aged_connection_is_asked_to_reconnect_and_its_open_stream_is_still_answered() {
     let a = Sink::start().await.unwrap();
     let limits = Limits {
-        max_connections: None,
-        max_message_bytes: 64 * 1024,
         keepalive: None,
         max_connection_age: Some(Duration::from_millis(400)),
-        max_connection_age_grace: Duration::from_secs(5),
-        header_timeout: Duration::from_millis(500),
-        idle_timeout: None,
+        ..limits()
     };
     let proxy = proxy_with_limits(
         &[&a],
@@ -1699,13 +1695,9 @@ async fn clients_are_served_over_mutual_tls_and_renewed_certificates_are_picked_
     let tls = Arc::new(skylift_proxy::listen::tls::Termination::load(files.clone()).unwrap());
     tokio::spawn(tls.clone().follow(Duration::from_millis(100)));
     let limits = Limits {
-        max_connections: None,
-        max_message_bytes: 64 * 1024,
         keepalive: None,
-        max_connection_age: None,
-        max_connection_age_grace: Duration::from_secs(5),
         header_timeout: Duration::from_secs(2),
-        idle_timeout: None,
+        ..limits()
     };
     let proxy = proxy_with_limits(
         &[&a],

@@ -84,14 +84,22 @@ pub async fn proxy_with_client(
 ) -> Proxy {
     let limits = Limits {
         max_connections,
+        ..limits()
+    };
+    proxy_with_limits(upstreams, queue, client, limits, None).await
+}
+
+/// The tests' limits: small messages, quick keep-alive pings and header timeout.
+pub fn limits() -> Limits {
+    Limits {
+        max_connections: None,
         max_message_bytes: 64 * 1024,
         keepalive: Some(Duration::from_millis(300)),
         max_connection_age: None,
         max_connection_age_grace: Duration::from_secs(5),
         header_timeout: Duration::from_millis(500),
         idle_timeout: None,
-    };
-    proxy_with_limits(upstreams, queue, client, limits, None).await
+    }
 }
 
 pub async fn proxy_with_limits(
