@@ -203,13 +203,13 @@ struct Abuse {
     client_resets: Window,
     /// Streams this side reset for the client's errors over the connection's life (the
     /// "MadeYouReset" class; the `h2` crate's `max_local_error_reset_streams`).
-    local_resets: u32,
+    local_resets: Total,
     settings: Window,
     pings: Window,
     /// Frames that do nothing: empty DATA without END_STREAM, PRIORITY, unknown types.
     empty: Window,
     /// Header lists over [`headers::MAX_LIST`].
-    oversized_headers: u32,
+    oversized_headers: Total,
 }
 
 /// A count within a fixed window of time.
@@ -231,6 +231,18 @@ impl Window {
         }
         self.count += 1;
         self.count > limit
+    }
+}
+
+/// A count over the connection's life.
+#[derive(Default)]
+struct Total(u32);
+
+impl Total {
+    /// Counts one; true when more than `limit`.
+    fn count(&mut self, limit: u32) -> bool {
+        self.0 += 1;
+        self.0 > limit
     }
 }
 
@@ -312,11 +324,11 @@ impl Session {
             drain_reason: "",
             abuse: Abuse {
                 client_resets: Window::default(),
-                local_resets: 0,
+                local_resets: Total::default(),
                 settings: Window::default(),
                 pings: Window::default(),
                 empty: Window::default(),
-                oversized_headers: 0,
+                oversized_headers: Total::default(),
             },
             frames: 0,
             greeted: false,
@@ -912,8 +924,7 @@ impl Session {
     }
 
     fn count_oversized(&mut self) -> Result<(), ConnectionError> {
-        self.abuse.oversized_headers += 1;
-        if self.abuse.oversized_headers > MAX_OVERSIZED_HEADERS {
+        if self.abuse.oversized_headers.count(MAX_OVERSIZED_HEADERS) {
             return Err(calm(
                 "header_list_too_large",
                 format!(
@@ -926,8 +937,7 @@ impl Session {
     }
 
     fn count_local_reset(&mut self) -> Result<(), ConnectionError> {
-        self.abuse.local_resets += 1;
-        if self.abuse.local_resets > MAX_LOCAL_RESETS {
+        if self.abuse.local_resets.count(MAX_LOCAL_RESETS) {
             return Err(calm(
                 "local_resets",
                 format!("more than {MAX_LOCAL_RESETS} streams reset for the client's errors"),
