@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
@@ -324,11 +325,7 @@ fn flag_duration<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok
 impl ProxyArgs {
     /// The proxy's defaults: what it runs with when given no flag (and no environment).
     pub fn defaults() -> ProxyArgs {
-        let command = ProxyArgs::command().mut_args(|arg| arg.env(None));
-        let matches = command
-            .try_get_matches_from(["skylift-proxy"])
-            .expect("the proxy's flags all have defaults or are optional");
-        ProxyArgs::from_arg_matches(&matches).expect("matches of the proxy's own command")
+        DEFAULTS.0.clone()
     }
 
     /// What the proxy refuses to start with beyond what the parser checks, said as the
@@ -390,7 +387,7 @@ impl ProxyArgs {
     /// (a list flag once per value). [`ProxyArgs::try_parse_from`] reads it back as `self`.
     pub fn to_args(&self) -> Vec<String> {
         let values = flag_values(self);
-        let defaults = flag_values(&ProxyArgs::defaults());
+        let defaults = &DEFAULTS.1;
         let mut args = Vec::new();
         for arg in ProxyArgs::command().get_arguments() {
             let (Some(long), id) = (arg.get_long(), arg.get_id().as_str()) else {
@@ -415,6 +412,20 @@ impl ProxyArgs {
         args
     }
 }
+
+/// The defaults and their flag values, parsed once (the operator renders every pool with them).
+static DEFAULTS: LazyLock<(ProxyArgs, serde_json::Map<String, serde_json::Value>)> =
+    LazyLock::new(|| {
+        // The environment is ignored: the defaults are the proxy's, not this process's.
+        let command = ProxyArgs::command().mut_args(|arg| arg.env(None));
+        let matches = command
+            .try_get_matches_from(["skylift-proxy"])
+            .expect("the proxy's flags all have defaults or are optional");
+        let defaults =
+            ProxyArgs::from_arg_matches(&matches).expect("matches of the proxy's own command");
+        let values = flag_values(&defaults);
+        (defaults, values)
+    });
 
 /// Each field's value by its flag's id (the field's name).
 fn flag_values(args: &ProxyArgs) -> serde_json::Map<String, serde_json::Value> {
