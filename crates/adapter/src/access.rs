@@ -20,12 +20,7 @@ use crate::auth::{self, AUTHENTICATION_CONFIGMAP, Attributes, FrontProxy, Identi
 use crate::cache::Cache;
 use crate::tls::TlsState;
 
-/// The verified client certificate of a connection, if it brought one.
-#[derive(Clone, Debug, Default)]
-pub struct ClientCert {
-    /// The subject's common name; `None` when no certificate was presented.
-    pub common_name: Option<String>,
-}
+pub use skylift_certs::serve::ClientCert;
 
 /// An authorizer's answer.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -8,7 +8,6 @@
 //! - [`quantity`]: values as exact Kubernetes Quantities;
 //! - [`answer`]: discovery, `ExternalMetricValueList` and `Status` JSON;
 //! - [`auth`]: front-proxy settings, `X-Remote-*` identities, the access review of a request;
-//! - [`certs`]: making a CA and serving certificate, reading certificates.
 //!
 //! With I/O:
 //! - [`reader`]: OAP over GraphQL (MQE, else metrics v2), in the OAP's time zone;
@@ -16,18 +15,14 @@
 //! - [`server`]: the routes the aggregator and the HPA call;
 //! - [`access`]: TokenReview, SubjectAccessReview, the watched front-proxy settings;
 //! - [`guard`]: authentication and authorization in front of every route;
-//! - [`tls`]: the serving certificate and client CA, changeable at run time;
-//! - [`bootstrap`]: a self-managed CA and serving certificate in a Secret, and the
-//!   APIService's `caBundle`;
-//! - [`serve`]: the HTTPS listener;
+//! - `tls`, `bootstrap`, `certs`, `serve` (from skylift-certs): the serving certificate, kept in a
+//!   Secret with the APIService's `caBundle` when no certificate files are given;
 //! - [`metrics`]: Prometheus metrics.
 
 pub mod access;
 pub mod answer;
 pub mod auth;
-pub mod bootstrap;
 pub mod cache;
-pub mod certs;
 pub mod entity;
 pub mod guard;
 pub mod metric;
@@ -35,6 +30,6 @@ pub mod metrics;
 pub mod oap;
 pub mod quantity;
 pub mod reader;
-pub mod serve;
 pub mod server;
-pub mod tls;
+
+pub use skylift_certs::{bootstrap, certs, serve, tls};

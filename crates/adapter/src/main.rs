@@ -178,7 +178,10 @@ async fn main() -> anyhow::Result<()> {
                 None => (namespace.clone(), "skylift-adapter-tls".into()),
             };
             let mut settings = bootstrap::Settings::new(&args.service_name, &namespace, secret);
-            settings.apiservice = Some(args.apiservice_name.clone()).filter(|n| !n.is_empty());
+            settings.ca_bundle_for = Some(args.apiservice_name.clone())
+                .filter(|n| !n.is_empty())
+                .map(bootstrap::CaBundleTarget::ApiService);
+            settings.manager = "skylift-adapter".into();
             tokio::spawn(bootstrap::run(client.clone(), settings, tls.clone()))
         }
     };

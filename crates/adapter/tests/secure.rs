@@ -57,7 +57,7 @@ async fn start_adapter(client: kube::Client, oap_url: String) -> (SocketAddr, Ar
         "skylift-system",
         ("skylift-system".into(), "skylift-adapter-tls".into()),
     );
-    settings.apiservice = Some(APISERVICE.into());
+    settings.ca_bundle_for = Some(bootstrap::CaBundleTarget::ApiService(APISERVICE.into()));
     settings.check_every = Duration::from_millis(500);
     tokio::spawn(bootstrap::run(client, settings, tls.clone()));
     let reader = OapReader::new(OapConfig {

@@ -94,3 +94,62 @@ pub mod condition {
 pub(crate) fn default_replicas() -> i32 {
     1
 }
+
+/// Reference to an OAPServer, Satellite or other skylift resource in the same namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LocalRef {
+    /// Name of the resource.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Where a component sends its data: exactly one of an OAPServer, a Satellite (the
+/// balancing pool in front of OAP) or a fixed gRPC address.
+#[derive(kube::KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.oapServerRef), has(self.satelliteRef), has(self.address)].filter(x, x).size() == 1").message("backend needs exactly one of oapServerRef, satelliteRef or address").reason(Reason::FieldValueInvalid))]
+pub struct Backend {
+    /// An OAPServer in the same namespace (its gRPC Service, port 11800).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oap_server_ref: Option<LocalRef>,
+    /// A Satellite in the same namespace (its Service, port 11800).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub satellite_ref: Option<LocalRef>,
+    /// A fixed gRPC `host:port`, for a backend outside the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(
+        pattern = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?):[0-9]{1,5}$"
+    ))]
+    pub address: Option<String>,
+}
+
+/// Observed state of a workload skylift runs for a resource (UI, BanyanDB, OTelCollector,
+/// Rover).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadStatus {
+    /// Pods of the workload (the `/scale` status replicas; for a DaemonSet, the nodes it
+    /// should run on).
+    #[serde(default)]
+    pub replicas: i32,
+    /// Pods that are ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Label selector of the pods, for `/scale`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Where clients reach it (BanyanDB: gRPC and HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<ServiceAddress>,
+    /// Where a browser reaches it (UI: the Service, or the Ingress host when there is one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Where it sends its data, as resolved from `spec.backend` (`host:port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

@@ -5,7 +5,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{PodTemplateOverrides, ServiceAddress, ServiceOptions, default_replicas};
+use std::collections::BTreeMap;
+
+use crate::common::{
+    LocalRef, PodTemplateOverrides, ServiceAddress, ServiceOptions, default_replicas,
+};
 
 /// A SkyWalking OAP cluster: a Deployment of OAP nodes that find each other through
 /// OAP's kubernetes cluster coordinator, and the Services that reach them.
@@ -65,15 +69,62 @@ pub struct OAPServerSpec {
     /// How the OAP Service is exposed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceOptions>,
+    /// Files from ConfigMaps mounted into OAP's configuration directory
+    /// (`/skywalking/config`): custom OAL, MAL and LAL rules, `application.yml` overrides.
+    /// Each key of a ConfigMap becomes a file; the pods roll when any of them changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub config: Vec<OAPConfigFiles>,
+    /// OAP's dynamic configuration (`configuration: k8s-configmap`), served from a
+    /// ConfigMap the operator owns (`<name>-oap-dynamic-config`); OAP reads it again every
+    /// `periodSeconds` without restarting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic_config: Option<DynamicConfig>,
     /// Overrides for the pod template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template: Option<PodTemplateOverrides>,
 }
 
+/// The keys of one ConfigMap, mounted as files under a directory of OAP's configuration.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OAPConfigFiles {
+    /// A ConfigMap in the OAPServer's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub config_map_name: String,
+    /// Directory under `/skywalking/config` the files go to, e.g. `otel-rules/custom` or
+    /// `oal`. Default: the configuration directory itself (where `application.yml` is).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(regex(
+        pattern = r"^([A-Za-z0-9_][A-Za-z0-9_.-]*)(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$"
+    ))]
+    #[x_kube(validation = Rule::new("!self.split('/').exists(p, p == '..')").message("config[].path must stay inside OAP's configuration directory: no '..'").reason(Reason::FieldValueInvalid))]
+    pub path: String,
+}
+
+/// OAP's dynamic configuration.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DynamicConfig {
+    /// How often OAP reads the ConfigMap, in seconds.
+    #[serde(default = "default_period")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub period_seconds: i32,
+    /// The settings, by OAP's dynamic configuration key, e.g.
+    /// `agent-analyzer.default.slowDBAccessThreshold: "default:200,mongodb:50"`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
+}
+
+fn default_period() -> i32 {
+    60
+}
+
 /// Where OAP keeps its data.
 #[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.type == 'h2' || has(self.address)").message("storage.address is required for banyandb and elasticsearch").reason(Reason::FieldValueRequired))]
+#[x_kube(validation = Rule::new("self.type == 'h2' || has(self.address) || has(self.banyanDBRef)").message("storage.address (or, for banyandb, storage.banyanDBRef) is required for banyandb and elasticsearch").reason(Reason::FieldValueRequired))]
+#[x_kube(validation = Rule::new("!has(self.banyanDBRef) || (self.type == 'banyandb' && !has(self.address))").message("storage.banyanDBRef goes with type banyandb and no address: the address is the BanyanDB's").reason(Reason::FieldValueInvalid))]
 pub struct OAPStorage {
     /// Storage type.
     #[serde(rename = "type")]
@@ -83,6 +134,14 @@ pub struct OAPStorage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub address: Option<String>,
+    /// A BanyanDB in the same namespace: its gRPC address (from its status) becomes the
+    /// storage targets, so the two are declared together.
+    #[serde(
+        default,
+        rename = "banyanDBRef",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub banyandb_ref: Option<LocalRef>,
     /// Secret holding the storage credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<SecretCredentials>,

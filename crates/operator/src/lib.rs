@@ -1,5 +1,6 @@
-//! skylift-operator: reconciles `OAPServer`, `Satellite` and `Proxy` resources into
-//! workloads and publishes each proxy pool's live upstream endpoints.
+//! skylift-operator: reconciles skylift's resources (`OAPServer`, `Satellite`, `Proxy`,
+//! `UI`, `BanyanDB`, `OTelCollector`, `Rover`, `SwAgent`) into workloads, injects agents
+//! into pods, and publishes each proxy pool's live upstream endpoints.
 //!
 //! - [`build`]: pure construction of the generated objects;
 //! - [`publish`]: which pods become upstream endpoints;
@@ -7,6 +8,7 @@
 //! - [`diff`]: whether anything needs writing;
 //! - [`reference`]: the resource reference in `docs/`, from the CRDs' schemas;
 //! - [`controller`]: the reconcilers, their caches and the watch routing;
+//! - [`webhook`]: the agent-injection admission webhook (every replica serves it);
 //! - [`leader`], [`metrics`], [`admin`], [`run`]: running it as a process.
 
 pub mod admin;
@@ -19,6 +21,7 @@ pub mod publish;
 pub mod reference;
 pub mod run;
 pub mod status;
+pub mod webhook;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 

@@ -67,6 +67,66 @@ struct RunArgs {
     /// Reconciles run at once per resource kind.
     #[arg(long, env = "SKYLIFT_OPERATOR_CONCURRENCY", default_value_t = 16)]
     concurrency: u16,
+    /// The ClusterRole each Rover's ServiceAccount is bound to (the bundle installs it).
+    #[arg(
+        long,
+        env = "SKYLIFT_OPERATOR_ROVER_CLUSTER_ROLE",
+        default_value = "skylift-rover"
+    )]
+    rover_cluster_role: String,
+    #[command(flatten)]
+    webhook: WebhookArgs,
+}
+
+/// The agent-injection admission webhook.
+#[derive(clap::Args, Debug)]
+struct WebhookArgs {
+    /// Serve the webhook (every replica does, leader or not).
+    #[arg(long = "webhook", env = "SKYLIFT_OPERATOR_WEBHOOK", default_value_t = true, action = clap::ArgAction::Set)]
+    enabled: bool,
+    /// Address of the webhook's HTTPS server.
+    #[arg(
+        long = "webhook-listen",
+        env = "SKYLIFT_OPERATOR_WEBHOOK_LISTEN",
+        default_value = "0.0.0.0:9443"
+    )]
+    listen: SocketAddr,
+    /// The Service the API server calls the webhook through (the serving certificate's
+    /// names), in the pod's namespace.
+    #[arg(
+        long = "webhook-service",
+        env = "SKYLIFT_OPERATOR_WEBHOOK_SERVICE",
+        default_value = "skylift-operator-webhook"
+    )]
+    service: String,
+    /// The Secret, in the pod's namespace, the self-managed CA and certificate are kept in.
+    #[arg(
+        long = "webhook-secret",
+        env = "SKYLIFT_OPERATOR_WEBHOOK_SECRET",
+        default_value = "skylift-operator-webhook-tls"
+    )]
+    secret: String,
+    /// The MutatingWebhookConfiguration whose `caBundle` is kept current.
+    #[arg(
+        long = "webhook-configuration",
+        env = "SKYLIFT_OPERATOR_WEBHOOK_CONFIGURATION",
+        default_value = "skylift-agent-injector"
+    )]
+    configuration: String,
+    /// Serve this certificate (PEM; reloaded when it changes) instead of a self-managed one.
+    #[arg(
+        long = "webhook-cert-file",
+        env = "SKYLIFT_OPERATOR_WEBHOOK_CERT_FILE",
+        requires = "key_file"
+    )]
+    cert_file: Option<std::path::PathBuf>,
+    /// The private key of `--webhook-cert-file`.
+    #[arg(
+        long = "webhook-key-file",
+        env = "SKYLIFT_OPERATOR_WEBHOOK_KEY_FILE",
+        requires = "cert_file"
+    )]
+    key_file: Option<std::path::PathBuf>,
 }
 
 // One thread: the operator waits on the API server almost all the time, and a single
@@ -115,6 +175,19 @@ async fn main() -> anyhow::Result<()> {
         concurrency: args.concurrency,
         instance: identity.clone(),
         proxy_image: args.proxy_image,
+        rover_cluster_role: args.rover_cluster_role,
+    };
+    let pod_namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "skylift-system".into());
+    let webhook = if args.webhook.enabled {
+        Some(tokio::spawn(serve_webhook(
+            client.clone(),
+            args.webhook,
+            settings.namespace.clone(),
+            pod_namespace.clone(),
+            metrics.clone(),
+        )))
+    } else {
+        None
     };
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -130,8 +203,7 @@ async fn main() -> anyhow::Result<()> {
         let lease = LeaseSettings {
             namespace: args
                 .leader_election_namespace
-                .or_else(|| std::env::var("POD_NAMESPACE").ok())
-                .unwrap_or_else(|| "skylift-system".into()),
+                .unwrap_or_else(|| pod_namespace.clone()),
             name: args.leader_election_lease,
             identity,
             duration: Duration::from_secs(15),
@@ -159,5 +231,55 @@ async fn main() -> anyhow::Result<()> {
             served = admin => served.context("admin server task")?.context("admin server")?,
         }
     }
+    if let Some(webhook) = webhook {
+        webhook.abort();
+    }
+    Ok(())
+}
+
+/// Serves the agent-injection webhook over HTTPS: with the given certificate files, or
+/// with a self-managed one whose CA is written into the MutatingWebhookConfiguration.
+async fn serve_webhook(
+    client: kube::Client,
+    args: WebhookArgs,
+    watch_namespace: Option<String>,
+    pod_namespace: String,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<()> {
+    use skylift_certs::{bootstrap, serve, tls};
+    let tls = tls::TlsState::new();
+    let _certificates = match (args.cert_file, args.key_file) {
+        (Some(cert), Some(key)) => {
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let Err(err) = tls::serve_files(tls, cert, key).await;
+                tracing::error!(error = %err, "the webhook's certificate files cannot be read; the webhook does not serve");
+            })
+        }
+        _ => {
+            let mut settings = bootstrap::Settings::new(
+                &args.service,
+                &pod_namespace,
+                (pod_namespace.clone(), args.secret.clone()),
+            );
+            settings.ca_bundle_for = Some(bootstrap::CaBundleTarget::MutatingWebhook(
+                args.configuration.clone(),
+            ));
+            settings.manager = "skylift-operator".into();
+            tokio::spawn(bootstrap::run(client.clone(), settings, tls.clone()))
+        }
+    };
+    let (caches, _watches) =
+        skylift_operator::webhook::Caches::start(&client, watch_namespace.as_deref());
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding the webhook to {}", args.listen))?;
+    tracing::info!(address = %args.listen, "agent-injection webhook listening");
+    serve::serve(
+        listener,
+        tls,
+        skylift_operator::webhook::router(caches, metrics),
+    )
+    .await;
     Ok(())
 }

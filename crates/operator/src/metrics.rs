@@ -17,6 +17,11 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     kind: String,
     reason: String,
@@ -29,6 +34,7 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     durations: Family<KindLabels, Histogram>,
     writes: Family<KindLabels, Counter>,
+    admissions: Family<OutcomeLabels, Counter>,
     leader: Gauge,
     ready: AtomicBool,
 }
@@ -43,6 +49,12 @@ impl Default for Metrics {
         });
         let writes = Family::<KindLabels, Counter>::default();
         let leader = Gauge::default();
+        let admissions = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "admission_reviews",
+            "Pods the agent-injection webhook was asked about, by outcome (injected, not_selected, already_injected, opted_out, skipped, invalid)",
+            admissions.clone(),
+        );
         registry.register(
             "reconciliations",
             "Reconciles run, per resource kind",
@@ -74,6 +86,7 @@ impl Default for Metrics {
             errors,
             durations,
             writes,
+            admissions,
             leader,
             ready: AtomicBool::new(false),
         }
@@ -116,6 +129,22 @@ impl Metrics {
                 reason: reason.into(),
             })
             .inc();
+    }
+
+    pub fn record_admission(&self, outcome: &str) {
+        self.admissions
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    pub fn admissions(&self, outcome: &str) -> u64 {
+        self.admissions
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .get()
     }
 
     pub fn record_write(&self, kind: &str) {

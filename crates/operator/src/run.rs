@@ -5,20 +5,22 @@ use std::time::Duration;
 
 use futures::channel::mpsc;
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Role, RoleBinding};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use skylift_api::{OAPServer, Proxy, Satellite};
+use skylift_api::{BanyanDB, OAPServer, OTelCollector, Proxy, Rover, Satellite, SwAgent, UI};
 
 use crate::controller::pool as pool_controller;
-use crate::controller::watch::{Triggers, watch_oapserver_references, watch_owned, watch_pods};
-use crate::controller::{Context, Error, Stores, oapserver};
+use crate::controller::ui as ui_controller_fn;
+use crate::controller::watch::{Referrers, Triggers, watch_owned, watch_pods, watch_references};
+use crate::controller::{Context, Error, Stores, banyandb, collector, oapserver, rover, swagent};
 use crate::metrics::Metrics;
 
 /// How the operator runs.
@@ -32,6 +34,8 @@ pub struct Settings {
     pub instance: String,
     /// The image Satellites and Proxies run unless `spec.image` is set.
     pub proxy_image: String,
+    /// The ClusterRole each Rover's ServiceAccount is bound to.
+    pub rover_cluster_role: String,
 }
 
 impl Default for Settings {
@@ -41,6 +45,7 @@ impl Default for Settings {
             concurrency: 16,
             instance: "skylift-operator".into(),
             proxy_image: skylift_api::constants::default_proxy_image(),
+            rover_cluster_role: crate::build::rover::DEFAULT_CLUSTER_ROLE.into(),
         }
     }
 }
@@ -69,10 +74,20 @@ pub async fn run(
     let (oap_tx, oap_rx) = mpsc::unbounded();
     let (sat_tx, sat_rx) = mpsc::unbounded();
     let (proxy_tx, proxy_rx) = mpsc::unbounded();
+    let (ui_tx, ui_rx) = mpsc::unbounded();
+    let (db_tx, db_rx) = mpsc::unbounded();
+    let (collector_tx, collector_rx) = mpsc::unbounded();
+    let (rover_tx, rover_rx) = mpsc::unbounded();
+    let (agent_tx, agent_rx) = mpsc::unbounded();
     let triggers = Triggers {
         oapservers: oap_tx,
         satellites: sat_tx,
         proxies: proxy_tx,
+        uis: ui_tx,
+        banyandbs: db_tx,
+        collectors: collector_tx,
+        rovers: rover_tx,
+        swagents: agent_tx,
     };
     let config = controller::Config::default().concurrency(settings.concurrency);
     let shutdown = shutdown.shared();
@@ -86,9 +101,22 @@ pub async fn run(
         .reconcile_on(sat_rx)
         .graceful_shutdown_on(shutdown.clone());
     let proxy_controller = Controller::new(api::<Proxy>(&client, ns), watcher::Config::default())
-        .with_config(config)
+        .with_config(config.clone())
         .reconcile_on(proxy_rx)
         .graceful_shutdown_on(shutdown.clone());
+    macro_rules! controller {
+        ($kind:ty, $rx:expr) => {
+            Controller::new(api::<$kind>(&client, ns), watcher::Config::default())
+                .with_config(config.clone())
+                .reconcile_on($rx)
+                .graceful_shutdown_on(shutdown.clone())
+        };
+    }
+    let ui_controller = controller!(UI, ui_rx);
+    let db_controller = controller!(BanyanDB, db_rx);
+    let collector_controller = controller!(OTelCollector, collector_rx);
+    let rover_controller = controller!(Rover, rover_rx);
+    let agent_controller = controller!(SwAgent, agent_rx);
 
     let mut tasks = Vec::new();
     macro_rules! owned {
@@ -99,6 +127,16 @@ pub async fn run(
         }};
     }
     let deployments = owned!(Deployment);
+    let stateful_sets = owned!(StatefulSet);
+    let daemon_sets = owned!(DaemonSet);
+    let ingresses = owned!(Ingress);
+    // Cluster-scoped, so watched across the cluster even when the operator watches one
+    // namespace (only Rovers make them).
+    let (cluster_role_bindings, task) = watch_owned(
+        Api::<ClusterRoleBinding>::all(client.clone()),
+        triggers.clone(),
+    );
+    tasks.push(tokio::spawn(task));
     let services = owned!(Service);
     let service_accounts = owned!(ServiceAccount);
     let roles = owned!(Role);
@@ -112,18 +150,37 @@ pub async fn run(
         triggers.clone(),
     );
     tasks.push(tokio::spawn(pod_task));
-    tasks.push(tokio::spawn(watch_oapserver_references(
-        api::<OAPServer>(&client, ns),
-        sat_controller.store(),
+    let (config_sources, reference_tasks) = watch_references(
+        &client,
+        ns,
+        Referrers {
+            oapservers: oap_controller.store(),
+            satellites: sat_controller.store(),
+            uis: ui_controller.store(),
+            collectors: collector_controller.store(),
+            rovers: rover_controller.store(),
+            swagents: agent_controller.store(),
+        },
         triggers.clone(),
-    )));
+    );
+    tasks.extend(reference_tasks.into_iter().map(tokio::spawn));
 
     let stores = Stores {
         oapservers: oap_controller.store(),
         satellites: sat_controller.store(),
         proxies: proxy_controller.store(),
+        uis: ui_controller.store(),
+        banyandbs: db_controller.store(),
+        collectors: collector_controller.store(),
+        rovers: rover_controller.store(),
+        swagents: agent_controller.store(),
         pods,
+        config_sources,
         deployments,
+        stateful_sets,
+        daemon_sets,
+        ingresses,
+        cluster_role_bindings,
         services,
         service_accounts,
         roles,
@@ -137,6 +194,11 @@ pub async fn run(
         async move {
             let _ = futures::join!(
                 s.deployments.wait_until_ready(),
+                s.stateful_sets.wait_until_ready(),
+                s.daemon_sets.wait_until_ready(),
+                s.ingresses.wait_until_ready(),
+                s.cluster_role_bindings.wait_until_ready(),
+                s.config_sources.wait_until_ready(),
                 s.services.wait_until_ready(),
                 s.service_accounts.wait_until_ready(),
                 s.roles.wait_until_ready(),
@@ -163,6 +225,7 @@ pub async fn run(
     );
     let context = Arc::new(Context {
         proxy_image: settings.proxy_image.clone(),
+        rover_cluster_role: settings.rover_cluster_role.clone(),
         client,
         stores,
         metrics: metrics.clone(),
@@ -190,7 +253,19 @@ pub async fn run(
             context.clone(),
         )
         .for_each(|_| futures::future::ready(()));
-    futures::join!(oap, sat, proxy);
+    macro_rules! drive {
+        ($controller:expr, $kind:ty, $reconcile:path) => {
+            $controller
+                .run($reconcile, error_policy::<$kind>, context.clone())
+                .for_each(|_| futures::future::ready(()))
+        };
+    }
+    let ui = drive!(ui_controller, UI, ui_controller_fn::reconcile);
+    let db = drive!(db_controller, BanyanDB, banyandb::reconcile);
+    let collector = drive!(collector_controller, OTelCollector, collector::reconcile);
+    let rover = drive!(rover_controller, Rover, rover::reconcile);
+    let agent = drive!(agent_controller, SwAgent, swagent::reconcile);
+    futures::join!(oap, sat, proxy, ui, db, collector, rover, agent);
     for task in tasks {
         task.abort();
     }

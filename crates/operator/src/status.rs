@@ -43,6 +43,44 @@ impl Rollout {
         }
     }
 
+    pub fn of_stateful_set(
+        set: Option<&k8s_openapi::api::apps::v1::StatefulSet>,
+        desired: i32,
+    ) -> Self {
+        let Some(set) = set else {
+            return Rollout {
+                desired,
+                ..Rollout::default()
+            };
+        };
+        let status = set.status.clone().unwrap_or_default();
+        Rollout {
+            desired,
+            replicas: status.replicas,
+            ready: status.ready_replicas.unwrap_or(0),
+            updated: status.updated_replicas.unwrap_or(0),
+            observed: status.observed_generation.is_some()
+                && status.observed_generation >= set.metadata.generation,
+        }
+    }
+
+    /// A DaemonSet wants one pod per eligible node: its controller's count is the desired
+    /// one.
+    pub fn of_daemon_set(set: Option<&k8s_openapi::api::apps::v1::DaemonSet>) -> Self {
+        let Some(set) = set else {
+            return Rollout::default();
+        };
+        let status = set.status.clone().unwrap_or_default();
+        Rollout {
+            desired: status.desired_number_scheduled,
+            replicas: status.current_number_scheduled,
+            ready: status.number_ready,
+            updated: status.updated_number_scheduled.unwrap_or(0),
+            observed: status.observed_generation.is_some()
+                && status.observed_generation >= set.metadata.generation,
+        }
+    }
+
     fn settled(&self) -> bool {
         self.observed
             && self.updated >= self.desired

@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, GRPCAction, ObjectFieldSelector, Probe,
-    SecretKeySelector, Service, ServiceAccount, ServicePort, ServiceSpec, TCPSocketAction,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, GRPCAction,
+    ObjectFieldSelector, Probe, SecretKeySelector, Service, ServiceAccount, ServicePort,
+    ServiceSpec, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -25,6 +26,29 @@ pub const OAP_APP_NAME: &str = "oap-server";
 /// proxies' `sw_stl_*` meters into `satellite_service_grpc_connect_count`.
 pub const METER_ANALYZER_ACTIVE_FILES: &str = "datasource,threadpool,satellite,go-runtime,python-runtime,continuous-profiling,java-agent,go-agent";
 
+/// OAP's configuration directory in its image.
+pub const CONFIG_DIR: &str = "/skywalking/config";
+/// Pod-template annotation with the hash of the mounted configuration files: a change
+/// to any of them rolls the pods (subPath mounts are not updated in place).
+pub const CONFIG_HASH_ANNOTATION: &str = "skylift.io/config-hash";
+
+/// What the OAPServer's objects are built from besides its spec, as the operator read it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OapInputs {
+    /// The gRPC address of the BanyanDB named by `spec.storage.banyanDBRef` (`None`: it is
+    /// not known yet, so storage is left unset rather than pointed at nothing).
+    pub banyandb_targets: Option<String>,
+    /// The ConfigMaps of `spec.config` that exist, by name.
+    pub config_maps: BTreeMap<String, ConfigSource>,
+}
+
+/// One ConfigMap of `spec.config` as read: its keys and a hash of its content.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ConfigSource {
+    pub keys: Vec<String>,
+    pub hash: String,
+}
+
 /// Every object of one OAPServer.
 #[derive(Clone, Debug)]
 pub struct OapObjects {
@@ -34,6 +58,13 @@ pub struct OapObjects {
     pub deployment: Deployment,
     pub service: Service,
     pub headless_service: Service,
+    /// The dynamic configuration's ConfigMap (`None`: `spec.dynamicConfig` is unset).
+    pub dynamic_config: Option<ConfigMap>,
+}
+
+/// Name of the ConfigMap OAP's k8s-configmap provider reads.
+pub fn dynamic_config_name(oap_name: &str) -> String {
+    format!("{oap_name}-oap-dynamic-config")
 }
 
 /// Name of the Deployment, Service, ServiceAccount, Role and RoleBinding of an OAPServer.
@@ -79,15 +110,22 @@ pub fn address(oap: &OAPServer) -> ServiceAddress {
     }
 }
 
-pub fn build(oap: &OAPServer) -> OapObjects {
+pub fn build(oap: &OAPServer, inputs: &OapInputs) -> OapObjects {
     let name = oap.metadata.name.clone().unwrap_or_default();
     let labels = labels(oap);
     let workload = workload_name(&name);
     let meta = |object_name: String| child_meta(oap, object_name, labels.all());
 
     // OAP's kubernetes coordinator lists and watches the pods of its own cluster in its own
-    // namespace; a namespaced Role named after the resource is all it needs.
-    let identity = workload_identity(meta(workload.clone()), read_rule("pods", None));
+    // namespace; a namespaced Role named after the resource is all it needs. The
+    // k8s-configmap provider of the dynamic configuration lists ConfigMaps by the same
+    // label selector (`SW_CLUSTER_K8S_LABEL`), so it reads ConfigMaps too.
+    let mut rules = vec![read_rule("pods", None)];
+    if oap.spec.dynamic_config.is_some() {
+        rules.push(read_rule("configmaps", None));
+    }
+    let identity = workload_identity(meta(workload.clone()), rules);
+    let files = config_files(oap, inputs);
 
     let container = Container {
         name: "oap".into(),
@@ -102,8 +140,9 @@ pub fn build(oap: &OAPServer) -> OapObjects {
             container_port("http", ports::OAP_HTTP),
             container_port("metrics", ports::ADMIN),
         ]),
-        env: Some(env(oap, &name)),
+        env: Some(env(oap, &name, inputs)),
         resources: oap.spec.resources.clone(),
+        volume_mounts: (!files.mounts.is_empty()).then(|| files.mounts.clone()),
         // OAP takes a while to load its rules and storage models: a startup probe gives it
         // five minutes before liveness applies.
         startup_probe: Some(Probe {
@@ -139,12 +178,12 @@ pub fn build(oap: &OAPServer) -> OapObjects {
     let template = pod_template(
         PodParts {
             labels: labels.clone(),
-            service_account: workload.clone(),
+            service_account: Some(workload.clone()),
             container,
-            annotations: BTreeMap::new(),
+            annotations: files.annotations,
             hardening: Hardening::ThirdPartyImage,
             termination_grace_period_seconds: 60,
-            volumes: Vec::new(),
+            volumes: files.volumes,
         },
         oap.spec.pod_template.as_ref(),
     );
@@ -189,12 +228,76 @@ pub fn build(oap: &OAPServer) -> OapObjects {
         deployment,
         service,
         headless_service,
+        dynamic_config: oap.spec.dynamic_config.as_ref().map(|dynamic| ConfigMap {
+            // The pod selector's labels are what OAP's provider selects ConfigMaps by.
+            metadata: meta(dynamic_config_name(&name)),
+            data: Some(dynamic.data.clone()),
+            ..ConfigMap::default()
+        }),
     }
+}
+
+/// The volumes, mounts and hash annotation of `spec.config`.
+struct ConfigFiles {
+    volumes: Vec<Volume>,
+    mounts: Vec<VolumeMount>,
+    annotations: BTreeMap<String, String>,
+}
+
+/// Each key of each ConfigMap that exists becomes one file, mounted by `subPath` so the
+/// rest of OAP's configuration directory stays as the image has it.
+fn config_files(oap: &OAPServer, inputs: &OapInputs) -> ConfigFiles {
+    let mut files = ConfigFiles {
+        volumes: Vec::new(),
+        mounts: Vec::new(),
+        annotations: BTreeMap::new(),
+    };
+    let mut hashed = Vec::new();
+    for (index, wanted) in oap.spec.config.iter().enumerate() {
+        let Some(source) = inputs.config_maps.get(&wanted.config_map_name) else {
+            continue;
+        };
+        let volume = format!("config-{index}");
+        files.volumes.push(Volume {
+            name: volume.clone(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: wanted.config_map_name.clone(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        let dir = if wanted.path.is_empty() {
+            CONFIG_DIR.to_string()
+        } else {
+            format!("{CONFIG_DIR}/{}", wanted.path)
+        };
+        for key in &source.keys {
+            files.mounts.push(VolumeMount {
+                name: volume.clone(),
+                mount_path: format!("{dir}/{key}"),
+                sub_path: Some(key.clone()),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+        }
+        hashed.push(serde_json::json!([
+            wanted.config_map_name,
+            wanted.path,
+            source.hash
+        ]));
+    }
+    if !hashed.is_empty() {
+        files.annotations.insert(
+            CONFIG_HASH_ANNOTATION.into(),
+            crate::diff::config_hash(&serde_json::Value::Array(hashed)),
+        );
+    }
+    files
 }
 
 /// OAP's environment: skylift's settings, then the storage, then the user's `env`, where a
 /// user variable replaces one of ours of the same name in place.
-fn env(oap: &OAPServer, name: &str) -> Vec<EnvVar> {
+fn env(oap: &OAPServer, name: &str, inputs: &OapInputs) -> Vec<EnvVar> {
     let mut env = vec![
         plain("SW_CLUSTER", "kubernetes"),
         field_ref("SW_CLUSTER_K8S_NAMESPACE", "metadata.namespace"),
@@ -212,7 +315,14 @@ fn env(oap: &OAPServer, name: &str) -> Vec<EnvVar> {
         ),
     ];
     if let Some(storage) = &oap.spec.storage {
-        env.extend(storage_env(storage));
+        env.extend(storage_env(storage, inputs));
+    }
+    if let Some(dynamic) = &oap.spec.dynamic_config {
+        env.push(plain("SW_CONFIGURATION", "k8s-configmap"));
+        env.push(plain(
+            "SW_CONFIG_CONFIGMAP_PERIOD",
+            &dynamic.period_seconds.to_string(),
+        ));
     }
     for user in &oap.spec.env {
         match env.iter_mut().find(|e| e.name == user.name) {
@@ -223,7 +333,7 @@ fn env(oap: &OAPServer, name: &str) -> Vec<EnvVar> {
     env
 }
 
-fn storage_env(storage: &OAPStorage) -> Vec<EnvVar> {
+fn storage_env(storage: &OAPStorage, inputs: &OapInputs) -> Vec<EnvVar> {
     let (kind, address_var, user_var, password_var) = match storage.type_ {
         StorageType::Banyandb => (
             "banyandb",
@@ -245,7 +355,11 @@ fn storage_env(storage: &OAPStorage) -> Vec<EnvVar> {
         ),
     };
     let mut env = vec![plain("SW_STORAGE", kind)];
-    if let Some(address) = &storage.address {
+    let address = match &storage.banyandb_ref {
+        Some(_) => inputs.banyandb_targets.as_ref(),
+        None => storage.address.as_ref(),
+    };
+    if let Some(address) = address {
         env.push(plain(address_var, address));
     }
     if let Some(credentials) = &storage.credentials {
@@ -351,6 +465,10 @@ mod tests {
     use kube::api::ObjectMeta;
     use skylift_api::OAPServerSpec;
 
+    fn build_plain(oap: &OAPServer) -> OapObjects {
+        build(oap, &OapInputs::default())
+    }
+
     pub(crate) fn oap(spec: serde_json::Value) -> OAPServer {
         let mut oap = OAPServer::new(
             "skywalking",
@@ -388,7 +506,7 @@ mod tests {
 
     #[test]
     fn oap_deployment_runs_the_versioned_image_with_cluster_coordination() {
-        let objects = build(&oap(
+        let objects = build_plain(&oap(
             serde_json::json!({"version": "10.2.0", "replicas": 3}),
         ));
         let deployment = &objects.deployment;
@@ -464,7 +582,7 @@ mod tests {
 
     #[test]
     fn user_env_wins_and_keeps_value_from() {
-        let objects = build(&oap(serde_json::json!({
+        let objects = build_plain(&oap(serde_json::json!({
             "version": "10.2.0",
             "env": [
                 {"name": "SW_TELEMETRY", "value": "none"},
@@ -492,7 +610,7 @@ mod tests {
 
     #[test]
     fn storage_credentials_come_from_the_secret() {
-        let objects = build(&oap(serde_json::json!({
+        let objects = build_plain(&oap(serde_json::json!({
             "version": "10.2.0",
             "storage": {"type": "elasticsearch", "address": "es:9200",
                         "credentials": {"secretName": "es-auth"}}
@@ -529,7 +647,7 @@ mod tests {
 
     #[test]
     fn rbac_is_namespaced_and_named_after_the_resource() {
-        let objects = build(&oap(serde_json::json!({"version": "10.2.0"})));
+        let objects = build_plain(&oap(serde_json::json!({"version": "10.2.0"})));
         assert_eq!(
             objects.role.metadata.name.as_deref(),
             Some("skywalking-oap")
@@ -565,7 +683,7 @@ mod tests {
 
     #[test]
     fn services_expose_grpc_and_http_and_every_object_is_owned() {
-        let objects = build(&oap(serde_json::json!({
+        let objects = build_plain(&oap(serde_json::json!({
             "version": "10.2.0",
             "service": {"type": "LoadBalancer", "annotations": {"lb": "internal"}}
         })));
@@ -605,7 +723,7 @@ mod tests {
 
     #[test]
     fn pod_template_overrides_are_applied_without_breaking_the_selector() {
-        let objects = build(&oap(serde_json::json!({
+        let objects = build_plain(&oap(serde_json::json!({
             "version": "10.2.0",
             "podTemplate": {
                 "labels": {"team": "obs", "app.kubernetes.io/name": "hijack"},
@@ -634,6 +752,169 @@ mod tests {
         assert_eq!(
             address.http.as_deref(),
             Some("http://skywalking-oap.observability.svc:12800")
+        );
+    }
+
+    fn source(keys: &[&str], hash: &str) -> ConfigSource {
+        ConfigSource {
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+            hash: hash.into(),
+        }
+    }
+
+    #[test]
+    fn config_files_are_mounted_key_by_key_and_their_content_rolls_the_pods() {
+        let oap = oap(serde_json::json!({
+            "version": "10.2.0",
+            "config": [
+                {"configMapName": "overrides"},
+                {"configMapName": "rules", "path": "otel-rules/custom"},
+                {"configMapName": "missing", "path": "oal"}
+            ]
+        }));
+        let inputs = |rules_hash: &str| OapInputs {
+            banyandb_targets: None,
+            config_maps: BTreeMap::from([
+                ("overrides".to_string(), source(&["application.yml"], "a")),
+                (
+                    "rules".to_string(),
+                    source(&["app.yaml", "db.yaml"], rules_hash),
+                ),
+            ]),
+        };
+        let objects = build(&oap, &inputs("r1"));
+        let template = &objects.deployment.spec.as_ref().unwrap().template;
+        let container = &template.spec.as_ref().unwrap().containers[0];
+        let mounts: Vec<(String, String, String)> = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| {
+                (
+                    m.name.clone(),
+                    m.mount_path.clone(),
+                    m.sub_path.clone().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            mounts,
+            vec![
+                (
+                    "config-0".into(),
+                    "/skywalking/config/application.yml".into(),
+                    "application.yml".into()
+                ),
+                (
+                    "config-1".into(),
+                    "/skywalking/config/otel-rules/custom/app.yaml".into(),
+                    "app.yaml".into()
+                ),
+                (
+                    "config-1".into(),
+                    "/skywalking/config/otel-rules/custom/db.yaml".into(),
+                    "db.yaml".into()
+                ),
+            ],
+            "a ConfigMap that does not exist yet is not mounted (the pod would not start)"
+        );
+        let volumes = template.spec.as_ref().unwrap().volumes.as_ref().unwrap();
+        assert_eq!(volumes[1].config_map.as_ref().unwrap().name, "rules");
+        let hash = |objects: &OapObjects| {
+            objects
+                .deployment
+                .spec
+                .as_ref()
+                .unwrap()
+                .template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .annotations
+                .as_ref()
+                .unwrap()[CONFIG_HASH_ANNOTATION]
+                .clone()
+        };
+        assert_eq!(hash(&objects), hash(&build(&oap, &inputs("r1"))));
+        assert_ne!(
+            hash(&objects),
+            hash(&build(&oap, &inputs("r2"))),
+            "edited rules roll the pods"
+        );
+    }
+
+    #[test]
+    fn dynamic_configuration_is_a_configmap_oap_selects_and_may_read() {
+        let objects = build_plain(&oap(serde_json::json!({
+            "version": "10.2.0",
+            "dynamicConfig": {"periodSeconds": 20,
+                              "data": {"agent-analyzer.default.slowDBAccessThreshold": "default:200"}}
+        })));
+        let config_map = objects.dynamic_config.as_ref().unwrap();
+        assert_eq!(
+            config_map.metadata.name.as_deref(),
+            Some("skywalking-oap-dynamic-config")
+        );
+        assert!(config_map.metadata.is_controlled_by("uid-oap"));
+        // OAP's provider selects ConfigMaps with SW_CLUSTER_K8S_LABEL, the pod selector.
+        let labels = config_map.metadata.labels.as_ref().unwrap();
+        for (k, v) in pod_selector("skywalking") {
+            assert_eq!(labels.get(&k), Some(&v));
+        }
+        assert_eq!(
+            config_map.data.as_ref().unwrap()["agent-analyzer.default.slowDBAccessThreshold"],
+            "default:200"
+        );
+        let env = env_of(&objects);
+        assert_eq!(
+            value(&env, "SW_CONFIGURATION").unwrap().value.as_deref(),
+            Some("k8s-configmap")
+        );
+        assert_eq!(
+            value(&env, "SW_CONFIG_CONFIGMAP_PERIOD")
+                .unwrap()
+                .value
+                .as_deref(),
+            Some("20")
+        );
+        let rules = objects.role.rules.as_ref().unwrap();
+        assert!(rules.iter().any(|r| {
+            r.resources.as_deref() == Some(&["configmaps".to_string()][..])
+                && r.verbs
+                    .iter()
+                    .all(|v| ["get", "list", "watch"].contains(&v.as_str()))
+        }));
+        assert!(
+            build_plain(&oap(serde_json::json!({"version": "10.2.0"})))
+                .dynamic_config
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_banyandb_reference_sets_the_targets_once_they_are_known() {
+        let oap = oap(serde_json::json!({
+            "version": "10.2.0", "storage": {"type": "banyandb", "banyanDBRef": {"name": "storage"}}
+        }));
+        let unknown = env_of(&build_plain(&oap));
+        assert_eq!(
+            value(&unknown, "SW_STORAGE").unwrap().value.as_deref(),
+            Some("banyandb")
+        );
+        assert!(value(&unknown, "SW_STORAGE_BANYANDB_TARGETS").is_none());
+        let known = env_of(&build(
+            &oap,
+            &OapInputs {
+                banyandb_targets: Some("storage-banyandb-grpc.observability.svc:17912".into()),
+                ..OapInputs::default()
+            },
+        ));
+        assert_eq!(
+            value(&known, "SW_STORAGE_BANYANDB_TARGETS")
+                .unwrap()
+                .value
+                .as_deref(),
+            Some("storage-banyandb-grpc.observability.svc:17912")
         );
     }
 }

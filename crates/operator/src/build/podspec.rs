@@ -26,7 +26,9 @@ pub(crate) enum Hardening {
 
 pub(crate) struct PodParts {
     pub labels: Labels,
-    pub service_account: String,
+    /// The ServiceAccount the pods run as; `None` for workloads that never call the API
+    /// server (they run as `default`, with no token mounted).
+    pub service_account: Option<String>,
     pub container: Container,
     /// Annotations the operator adds to the pod template (e.g. a configuration hash that
     /// rolls the pods when the configuration changes).
@@ -65,8 +67,8 @@ pub(crate) fn pod_template(
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {
-            service_account_name: Some(parts.service_account),
-            automount_service_account_token: Some(true),
+            automount_service_account_token: Some(parts.service_account.is_some()),
+            service_account_name: parts.service_account,
             containers: vec![container],
             node_selector: (!overrides.node_selector.is_empty())
                 .then(|| overrides.node_selector.clone()),

@@ -460,7 +460,7 @@ pub fn build<K: Resource<DynamicType = ()>>(
     // (`list` is needed, with a metadata.name field selector, to start a watch.)
     let identity = workload_identity(
         meta(workload.clone()),
-        read_rule("configmaps", Some(vec![pool.configmap_name()])),
+        vec![read_rule("configmaps", Some(vec![pool.configmap_name()]))],
     );
     let config_map = ConfigMap {
         metadata: meta(pool.configmap_name()),
@@ -494,7 +494,7 @@ pub fn build<K: Resource<DynamicType = ()>>(
     let template = pod_template(
         PodParts {
             labels: pool.labels(),
-            service_account: workload.clone(),
+            service_account: Some(workload.clone()),
             container,
             annotations: BTreeMap::new(),
             hardening: Hardening::SkyliftImage,

@@ -1,5 +1,5 @@
 //! The identity a generated workload runs as: a ServiceAccount, a namespaced Role holding
-//! exactly one rule, and the RoleBinding between them, all named after the workload.
+//! only the rules it needs, and the RoleBinding between them, all named after the workload.
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -13,7 +13,7 @@ pub(crate) struct WorkloadIdentity {
 }
 
 /// `metadata` names all three objects (and gives their namespace, labels and owner).
-pub(crate) fn workload_identity(metadata: ObjectMeta, rule: PolicyRule) -> WorkloadIdentity {
+pub(crate) fn workload_identity(metadata: ObjectMeta, rules: Vec<PolicyRule>) -> WorkloadIdentity {
     let name = metadata.name.clone().unwrap_or_default();
     WorkloadIdentity {
         service_account: ServiceAccount {
@@ -22,7 +22,7 @@ pub(crate) fn workload_identity(metadata: ObjectMeta, rule: PolicyRule) -> Workl
         },
         role: Role {
             metadata: metadata.clone(),
-            rules: Some(vec![rule]),
+            rules: Some(rules),
         },
         role_binding: RoleBinding {
             role_ref: RoleRef {

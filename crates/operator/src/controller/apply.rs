@@ -52,11 +52,47 @@ impl Context {
             });
         }
 
+        let api: Api<K> = Api::namespaced(self.client.clone(), &namespace);
+        self.write(api, current.as_ref(), desired).await
+    }
+
+    /// Applies the cluster-scoped `desired` unless the cached object already matches it.
+    /// Such objects have no owner reference (a namespaced resource cannot own them); they
+    /// are found by their labels and removed by the owner's finalizer.
+    pub(crate) async fn apply_cluster<K>(
+        &self,
+        cache: &OwnedCache,
+        desired: K,
+    ) -> Result<Applied, Error>
+    where
+        K: Resource<DynamicType = (), Scope = kube::core::ClusterResourceScope>
+            + Clone
+            + Debug
+            + Serialize
+            + DeserializeOwned,
+    {
+        let current = cache.get("", &desired.name_any());
+        self.write(Api::all(self.client.clone()), current.as_ref(), desired)
+            .await
+    }
+
+    /// Server-side apply of `desired` through `api`, skipped when `current` matches.
+    async fn write<K>(
+        &self,
+        api: Api<K>,
+        current: Option<&super::cache::CachedObject>,
+        desired: K,
+    ) -> Result<Applied, Error>
+    where
+        K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+    {
+        let kind = kind_of::<K>();
+        let name = desired.name_any();
         let mut value =
             serde_json::to_value(&desired).expect("Kubernetes objects serialize to JSON");
         let hash = config_hash(&value);
         value["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] = hash.clone().into();
-        let current_value = current.as_ref().map(|c| c.value());
+        let current_value = current.map(|c| c.value());
         if !needs_apply(
             &value,
             &hash,
@@ -65,8 +101,6 @@ impl Context {
         ) {
             return Ok(Applied::Unchanged);
         }
-
-        let api: Api<K> = Api::namespaced(self.client.clone(), &namespace);
         api.patch(
             &name,
             &PatchParams::apply(FIELD_MANAGER).force(),

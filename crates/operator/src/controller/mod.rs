@@ -2,11 +2,18 @@
 //! recorder), the error type, and the apply step.
 
 mod apply;
+pub mod banyandb;
 pub mod cache;
+pub mod collector;
 pub mod oapserver;
 pub mod pool;
 mod report;
+pub mod rover;
+pub mod sources;
+pub mod swagent;
+pub mod ui;
 pub mod watch;
+mod workload;
 
 use std::sync::Arc;
 
@@ -14,7 +21,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
-use skylift_api::{OAPServer, Proxy, Satellite};
+use skylift_api::{BanyanDB, OAPServer, OTelCollector, Proxy, Rover, Satellite, SwAgent, UI};
 
 use crate::metrics::Metrics;
 
@@ -29,8 +36,20 @@ pub struct Stores {
     pub oapservers: Store<OAPServer>,
     pub satellites: Store<Satellite>,
     pub proxies: Store<Proxy>,
+    pub uis: Store<UI>,
+    pub banyandbs: Store<BanyanDB>,
+    pub collectors: Store<OTelCollector>,
+    pub rovers: Store<Rover>,
+    pub swagents: Store<SwAgent>,
     pub pods: Store<Pod>,
+    /// ConfigMaps users name (OAP configuration files, collector configuration): their
+    /// keys and a hash of their content, never the content itself.
+    pub config_sources: Store<k8s_openapi::api::core::v1::ConfigMap>,
     pub deployments: OwnedCache,
+    pub stateful_sets: OwnedCache,
+    pub daemon_sets: OwnedCache,
+    pub ingresses: OwnedCache,
+    pub cluster_role_bindings: OwnedCache,
     pub services: OwnedCache,
     pub service_accounts: OwnedCache,
     pub roles: OwnedCache,
@@ -44,6 +63,8 @@ pub struct Context {
     pub client: Client,
     /// The image pools run unless their resource names one (`--proxy-image`).
     pub proxy_image: String,
+    /// The ClusterRole Rovers are bound to (`--rover-cluster-role`).
+    pub rover_cluster_role: String,
     pub stores: Stores,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
@@ -68,6 +89,8 @@ pub enum Error {
     },
     #[error("writing the status: {0}")]
     Status(#[source] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
     #[error(
         "{kind} {name} already exists and is controlled by {owner}; rename this resource or remove that object"
     )]
@@ -85,6 +108,7 @@ impl Error {
             Error::Apply { .. } => "ApplyFailed",
             Error::Delete { .. } => "DeleteFailed",
             Error::Status(_) => "StatusFailed",
+            Error::Finalizer(_) => "FinalizerFailed",
             Error::NameConflict { .. } => "NameConflict",
         }
     }

@@ -3,15 +3,78 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use skylift_api::{OAPServer, OAPServerStatus};
 
 use super::report::{RESYNC, now, publish_changes, sort_results, write_status};
-use super::{Context, Error};
+use super::sources::lookup;
+use super::{Applied, Context, Error};
+use crate::build::oapserver::OapInputs;
 use crate::build::{oapserver as build, selector_string};
-use crate::status::{Observed, Rollout, conditions};
+use crate::status::{Observed, Problem, Rollout, conditions};
+
+/// What the OAPServer's objects are built from besides its spec: the targets of its
+/// BanyanDB, and the ConfigMaps its `config` names. Each one missing is a problem.
+fn inputs(oap: &OAPServer, ctx: &Context) -> (OapInputs, Vec<Problem>) {
+    let namespace = oap.namespace().unwrap_or_default();
+    let mut inputs = OapInputs::default();
+    let mut problems = Vec::new();
+    if let Some(reference) = oap
+        .spec
+        .storage
+        .as_ref()
+        .and_then(|s| s.banyandb_ref.as_ref())
+    {
+        let db = ctx
+            .stores
+            .banyandbs
+            .get(&ObjectRef::new(&reference.name).within(&namespace));
+        inputs.banyandb_targets = db
+            .as_ref()
+            .and_then(|db| db.status.as_ref()?.address.as_ref())
+            .map(|address| address.grpc.clone());
+        if inputs.banyandb_targets.is_none() {
+            problems.push(Problem {
+                reason: "BanyanDBNotFound",
+                message: format!(
+                    "BanyanDB {:?} {} in namespace {namespace:?}; OAP starts once it has an address (fix spec.storage.banyanDBRef.name if it is wrong)",
+                    reference.name,
+                    if db.is_some() { "has no address yet" } else { "does not exist" }
+                ),
+            });
+        }
+    }
+    for wanted in &oap.spec.config {
+        match lookup(&ctx.stores.config_sources, &namespace, &wanted.config_map_name) {
+            Some(source) => {
+                inputs
+                    .config_maps
+                    .insert(wanted.config_map_name.clone(), source);
+            }
+            None => problems.push(Problem {
+                reason: "ConfigMapNotFound",
+                message: format!(
+                    "ConfigMap {:?} of spec.config does not exist in namespace {namespace:?}; its files are mounted once it does",
+                    wanted.config_map_name
+                ),
+            }),
+        }
+    }
+    (inputs, problems)
+}
+
+/// Whether OAP's storage is a BanyanDB whose address is not known yet.
+fn storage_pending(oap: &OAPServer, inputs: &OapInputs) -> bool {
+    oap.spec
+        .storage
+        .as_ref()
+        .is_some_and(|s| s.banyandb_ref.is_some())
+        && inputs.banyandb_targets.is_none()
+}
 
 pub async fn reconcile(oap: Arc<OAPServer>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_started("OAPServer");
@@ -19,13 +82,33 @@ pub async fn reconcile(oap: Arc<OAPServer>, ctx: Arc<Context>) -> Result<Action,
         return Ok(Action::await_change());
     }
     let uid = oap.uid().unwrap_or_default();
-    let objects = build::build(&oap);
+    let namespace = oap.namespace().unwrap_or_default();
+    let (inputs, mut problems) = inputs(&oap, &ctx);
+    let objects = build::build(&oap, &inputs);
     let stores = &ctx.stores;
     let deployment_name = objects.deployment.name_any();
+    let dynamic_config = match objects.dynamic_config {
+        Some(config_map) => ctx.apply(&stores.config_maps, &uid, config_map).await,
+        None => ctx
+            .delete_owned::<ConfigMap>(
+                &stores.config_maps,
+                &uid,
+                &namespace,
+                &build::dynamic_config_name(&oap.name_any()),
+            )
+            .await
+            .map(|deleted| {
+                if deleted {
+                    Applied::Updated
+                } else {
+                    Applied::Unchanged
+                }
+            }),
+    };
 
     let mut changes = Vec::new();
-    let mut problems = Vec::new();
     let results = [
+        ("ConfigMap", dynamic_config),
         (
             "ServiceAccount",
             ctx.apply(&stores.service_accounts, &uid, objects.service_account)
@@ -48,8 +131,13 @@ pub async fn reconcile(oap: Arc<OAPServer>, ctx: Arc<Context>) -> Result<Action,
         ),
         (
             "Deployment",
-            ctx.apply(&stores.deployments, &uid, objects.deployment)
-                .await,
+            // Without its storage targets OAP would start against nothing: wait for them.
+            if storage_pending(&oap, &inputs) {
+                Ok(Applied::Unchanged)
+            } else {
+                ctx.apply(&stores.deployments, &uid, objects.deployment)
+                    .await
+            },
         ),
     ];
     sort_results(results, &mut changes, &mut problems)?;

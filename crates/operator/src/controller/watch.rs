@@ -9,13 +9,13 @@ use std::future::Future;
 
 use futures::channel::mpsc::UnboundedSender;
 use futures::{StreamExt, future};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use skylift_api::constants::labels;
-use skylift_api::{OAPServer, Proxy, Satellite};
+use skylift_api::{BanyanDB, OAPServer, OTelCollector, Proxy, Rover, Satellite, SwAgent, UI};
 
 use super::cache::{OwnedCache, Watched, owned_cache};
 use super::pool::PoolResource;
@@ -29,6 +29,11 @@ pub struct Triggers {
     pub oapservers: UnboundedSender<ObjectRef<OAPServer>>,
     pub satellites: UnboundedSender<ObjectRef<Satellite>>,
     pub proxies: UnboundedSender<ObjectRef<Proxy>>,
+    pub uis: UnboundedSender<ObjectRef<UI>>,
+    pub banyandbs: UnboundedSender<ObjectRef<BanyanDB>>,
+    pub collectors: UnboundedSender<ObjectRef<OTelCollector>>,
+    pub rovers: UnboundedSender<ObjectRef<Rover>>,
+    pub swagents: UnboundedSender<ObjectRef<SwAgent>>,
 }
 
 impl Triggers {
@@ -42,25 +47,202 @@ impl Triggers {
             return;
         }
         // A closed channel means the controller is shutting down; nothing to tell.
+        fn send<K: kube::Resource<DynamicType = ()>>(
+            to: &UnboundedSender<ObjectRef<K>>,
+            name: &str,
+            namespace: &str,
+        ) {
+            let _ = to.unbounded_send(ObjectRef::new(name).within(namespace));
+        }
+        let name = owner.name.as_str();
         match owner.kind.as_str() {
-            "OAPServer" => {
-                let _ = self
-                    .oapservers
-                    .unbounded_send(ObjectRef::new(&owner.name).within(namespace));
-            }
-            "Satellite" => {
-                let _ = self
-                    .satellites
-                    .unbounded_send(ObjectRef::new(&owner.name).within(namespace));
-            }
-            "Proxy" => {
-                let _ = self
-                    .proxies
-                    .unbounded_send(ObjectRef::new(&owner.name).within(namespace));
-            }
+            "OAPServer" => send(&self.oapservers, name, namespace),
+            "Satellite" => send(&self.satellites, name, namespace),
+            "Proxy" => send(&self.proxies, name, namespace),
+            "UI" => send(&self.uis, name, namespace),
+            "BanyanDB" => send(&self.banyandbs, name, namespace),
+            "OTelCollector" => send(&self.collectors, name, namespace),
+            "Rover" => send(&self.rovers, name, namespace),
+            "SwAgent" => send(&self.swagents, name, namespace),
             _ => {}
         }
     }
+}
+
+/// The stores reference routing reads: who refers to a changed resource.
+#[derive(Clone)]
+pub struct Referrers {
+    pub oapservers: Store<OAPServer>,
+    pub satellites: Store<Satellite>,
+    pub uis: Store<UI>,
+    pub collectors: Store<OTelCollector>,
+    pub rovers: Store<Rover>,
+    pub swagents: Store<SwAgent>,
+}
+
+/// Sends every resource of `store` in `namespace` for which `refers` holds to `to`.
+fn route<K: kube::Resource<DynamicType = ()> + Clone>(
+    store: &Store<K>,
+    namespace: &str,
+    to: &UnboundedSender<ObjectRef<K>>,
+    refers: impl Fn(&K) -> bool,
+) {
+    for resource in store.state() {
+        if resource.meta().namespace.as_deref() == Some(namespace) && refers(&resource) {
+            let _ = to.unbounded_send(ObjectRef::from_obj(resource.as_ref()));
+        }
+    }
+}
+
+fn names(reference: Option<&skylift_api::LocalRef>, name: &str) -> bool {
+    reference.is_some_and(|r| r.name == name)
+}
+
+impl Referrers {
+    /// An OAPServer changed: the Satellites, UIs, collectors and Rovers naming it, and the
+    /// SwAgents of its namespace (whose default backend may be it).
+    fn oapserver(&self, triggers: &Triggers, oap: &OAPServer) {
+        let (name, ns) = (oap.name_any(), oap.namespace().unwrap_or_default());
+        route(&self.satellites, &ns, &triggers.satellites, |s| {
+            s.spec
+                .upstream
+                .oap_server_ref
+                .as_ref()
+                .is_some_and(|r| r.name == name)
+        });
+        route(&self.uis, &ns, &triggers.uis, |u| {
+            names(u.spec.oap.oap_server_ref.as_ref(), &name)
+        });
+        route(&self.collectors, &ns, &triggers.collectors, |c| {
+            names(c.spec.backend.oap_server_ref.as_ref(), &name)
+        });
+        route(&self.rovers, &ns, &triggers.rovers, |r| {
+            names(r.spec.backend.oap_server_ref.as_ref(), &name)
+        });
+        route(&self.swagents, &ns, &triggers.swagents, |_| true);
+    }
+
+    /// A Satellite changed: the collectors and Rovers naming it, and the SwAgents of its
+    /// namespace.
+    fn satellite(&self, triggers: &Triggers, sat: &Satellite) {
+        let (name, ns) = (sat.name_any(), sat.namespace().unwrap_or_default());
+        route(&self.collectors, &ns, &triggers.collectors, |c| {
+            names(c.spec.backend.satellite_ref.as_ref(), &name)
+        });
+        route(&self.rovers, &ns, &triggers.rovers, |r| {
+            names(r.spec.backend.satellite_ref.as_ref(), &name)
+        });
+        route(&self.swagents, &ns, &triggers.swagents, |_| true);
+    }
+
+    /// A BanyanDB changed (its address is in its status): the OAPServers storing in it.
+    fn banyandb(&self, triggers: &Triggers, db: &BanyanDB) {
+        let (name, ns) = (db.name_any(), db.namespace().unwrap_or_default());
+        route(&self.oapservers, &ns, &triggers.oapservers, |o| {
+            names(
+                o.spec
+                    .storage
+                    .as_ref()
+                    .and_then(|s| s.banyandb_ref.as_ref()),
+                &name,
+            )
+        });
+    }
+
+    /// A ConfigMap changed: the OAPServers mounting it and the collectors configured by it.
+    fn config_map(&self, triggers: &Triggers, config_map: &ConfigMap) {
+        let (name, ns) = (
+            config_map.name_any(),
+            config_map.namespace().unwrap_or_default(),
+        );
+        route(&self.oapservers, &ns, &triggers.oapservers, |o| {
+            o.spec.config.iter().any(|c| c.config_map_name == name)
+        });
+        route(&self.collectors, &ns, &triggers.collectors, |c| {
+            c.spec
+                .config_map_ref
+                .as_ref()
+                .is_some_and(|r| r.name == name)
+        });
+    }
+}
+
+/// Watches the resources others refer to and routes each change to the referrers.
+pub fn watch_references(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    referrers: Referrers,
+    triggers: Triggers,
+) -> (
+    Store<ConfigMap>,
+    Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
+) {
+    fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+    where
+        K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let mut tasks: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
+    let (r, t) = (referrers.clone(), triggers.clone());
+    tasks.push(Box::pin(routed(
+        api::<OAPServer>(client, namespace),
+        move |o| r.oapserver(&t, o),
+    )));
+    let (r, t) = (referrers.clone(), triggers.clone());
+    tasks.push(Box::pin(routed(
+        api::<Satellite>(client, namespace),
+        move |s| r.satellite(&t, s),
+    )));
+    let (r, t) = (referrers.clone(), triggers.clone());
+    tasks.push(Box::pin(routed(
+        api::<BanyanDB>(client, namespace),
+        move |d| r.banyandb(&t, d),
+    )));
+    let (reader, writer) = reflector::store();
+    let stream = watcher(
+        api::<ConfigMap>(client, namespace),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(crate::controller::sources::prune);
+    tasks.push(Box::pin(reflector::reflector(writer, stream).for_each(
+        move |event| {
+            if let Ok(event) = event {
+                for_each_object(&event, |c: &ConfigMap| referrers.config_map(&triggers, c));
+            }
+            future::ready(())
+        },
+    )));
+    (reader, tasks)
+}
+
+fn routed<K>(
+    api: Api<K>,
+    on_change: impl Fn(&K) + Send + 'static,
+) -> impl Future<Output = ()> + Send
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .for_each(move |event| {
+            if let Ok(event) = event {
+                for_each_object(&event, &on_change);
+            }
+            future::ready(())
+        })
 }
 
 /// The list/watch settings for objects the operator generated.
@@ -93,6 +275,7 @@ pub fn watch_pods(
     proxies: Store<Proxy>,
     triggers: Triggers,
 ) -> (Store<Pod>, impl Future<Output = ()> + Send) {
+    use crate::build::inject::INJECTED_ANNOTATION;
     let (reader, writer) = reflector::store();
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
@@ -106,43 +289,22 @@ pub fn watch_pods(
                 for pool in pools_of_pod(&proxies, pod) {
                     let _ = triggers.proxies.unbounded_send(pool);
                 }
+                // An injected pod counts towards its SwAgent's status.
+                let injected_by = pod
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(INJECTED_ANNOTATION));
+                if let (Some(agent), Some(ns)) = (injected_by, pod.metadata.namespace.as_deref()) {
+                    let _ = triggers
+                        .swagents
+                        .unbounded_send(ObjectRef::new(agent).within(ns));
+                }
             });
         }
         future::ready(())
     });
     (reader, task)
-}
-
-/// Routes OAPServer changes to the Satellites that name it (a Satellite waiting for a
-/// missing OAPServer recovers as soon as it is created).
-pub fn watch_oapserver_references(
-    api: Api<OAPServer>,
-    satellites: Store<Satellite>,
-    triggers: Triggers,
-) -> impl Future<Output = ()> + Send {
-    watcher(api, watcher::Config::default())
-        .default_backoff()
-        .for_each(move |event| {
-            if let Ok(event) = event {
-                for_each_object(&event, |oap: &OAPServer| {
-                    let (name, namespace) = (oap.name_any(), oap.namespace().unwrap_or_default());
-                    for sat in satellites.state() {
-                        let refers = sat
-                            .spec
-                            .upstream
-                            .oap_server_ref
-                            .as_ref()
-                            .is_some_and(|r| r.name == name);
-                        if refers && sat.namespace().as_deref() == Some(namespace.as_str()) {
-                            let _ = triggers
-                                .satellites
-                                .unbounded_send(ObjectRef::from_obj(sat.as_ref()));
-                        }
-                    }
-                });
-            }
-            future::ready(())
-        })
 }
 
 fn for_each_object<K>(event: &watcher::Event<K>, mut f: impl FnMut(&K)) {
@@ -184,8 +346,11 @@ fn prune_pod(pod: &mut Pod) {
     pod.metadata.owner_references = None;
     pod.metadata.generate_name = None;
     if let Some(annotations) = &mut pod.metadata.annotations {
-        annotations
-            .retain(|k, _| k == labels::WEIGHT_ANNOTATION || k == labels::DRAINING_ANNOTATION);
+        annotations.retain(|k, _| {
+            k == labels::WEIGHT_ANNOTATION
+                || k == labels::DRAINING_ANNOTATION
+                || k == crate::build::inject::INJECTED_ANNOTATION
+        });
     }
     pod.spec = None;
     if let Some(status) = &mut pod.status {

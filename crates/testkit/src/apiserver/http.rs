@@ -14,6 +14,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
+use super::admission;
 use super::resources::ResourceType;
 use super::reviews;
 use super::selector::{FieldSelector, LabelSelector};
@@ -310,7 +311,11 @@ async fn serve(
             Ok(ok(object))
         }
         (Method::POST, None) => {
-            let created = state.create(group, plural, ns, parse_body(body)?)?;
+            let user = attributes(headers, "create", group, plural, None, None)
+                .user
+                .unwrap_or_else(|| "system:admin".into());
+            let object = admission::mutate_create(state, rt, ns, parse_body(body)?, &user).await?;
+            let created = state.create(group, plural, ns, object)?;
             Ok(json_response(StatusCode::CREATED, &stripped(created)))
         }
         (Method::PUT, Some(name)) => Ok(ok(state.replace(
@@ -330,12 +335,13 @@ async fn serve(
                 "application/apply-patch+yaml" | "application/apply-patch+cbor" => PatchKind::Apply,
                 "application/merge-patch+json" => PatchKind::Merge,
                 "application/strategic-merge-patch+json" => PatchKind::StrategicMerge,
+                "application/json-patch+json" => PatchKind::Json,
                 other => {
                     return Err(ApiError {
                         code: 415,
                         reason: "UnsupportedMediaType",
                         message: format!(
-                            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (got {other:?}; JSON patch is not served by this double)"
+                            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (got {other:?})"
                         ),
                         details: None,
                     });

@@ -7,10 +7,41 @@
 
 use serde_json::Value;
 
+use super::state::ApiError;
+
 /// RFC 7386: objects merge recursively, `null` removes, anything else replaces (the
 /// `json-patch` crate's implementation; kube-apiserver's is `jsonpatch.MergePatch`).
 pub fn merge_patch(target: &mut Value, patch: &Value) {
     json_patch::merge(target, patch);
+}
+
+/// RFC 6902 JSON Patch, all or nothing: a failed `test`, or a path that does not exist,
+/// fails the whole patch with 422, as kube-apiserver's `jsonPatcher.applyJSPatch`
+/// (apiserver/pkg/endpoints/handlers/patch.go) reports any `jsonpatch` Apply error.
+pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), ApiError> {
+    let mut operations: json_patch::Patch = serde_json::from_value(patch.clone())
+        .map_err(|e| ApiError::bad_request(format!("the JSON patch cannot be read: {e}")))?;
+    // kube-apiserver's JSON Patch (evanphx/json-patch, `test`) reads a missing member as
+    // null, so `test` of `null` holds where the path is absent (kube-runtime's finalizer
+    // helper adds the first finalizer that way); RFC 6902 alone would fail it.
+    operations.0.retain(|operation| match operation {
+        json_patch::PatchOperation::Test(test) => {
+            !(test.value.is_null() && target.pointer(test.path.as_str()).is_none())
+        }
+        _ => true,
+    });
+    let mut patched = target.clone();
+    match json_patch::patch(&mut patched, &operations) {
+        Ok(()) => {
+            *target = patched;
+            Ok(())
+        }
+        Err(err) => Err(ApiError::new(
+            422,
+            "Invalid",
+            format!("the server rejected our request due to an error in our request: {err}"),
+        )),
+    }
 }
 
 /// Removes from `target` the fields present in `before` but absent from `now`: what a

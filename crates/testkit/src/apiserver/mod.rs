@@ -13,6 +13,7 @@
 //! It does not run kube-controller-manager's workload controllers: tests play the
 //! Deployment controller and the kubelet by writing status and pods themselves.
 
+mod admission;
 mod http;
 mod merge;
 mod resources;

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-use super::merge::{leaves, merge_patch, server_side_apply};
+use super::merge::{json_patch, leaves, merge_patch, server_side_apply};
 use super::resources::{ResourceType, get_path, set_path};
 use super::schema::{Cause, admit};
 use super::selector::{FieldSelector, LabelSelector};
@@ -21,7 +21,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(code: u16, reason: &'static str, message: String) -> Self {
+    pub(crate) fn new(code: u16, reason: &'static str, message: String) -> Self {
         ApiError {
             code,
             reason,
@@ -112,6 +112,8 @@ pub enum PatchKind {
     Apply,
     Merge,
     StrategicMerge,
+    /// RFC 6902 (`application/json-patch+json`).
+    Json,
 }
 
 type ObjectKey = (String, String, String, String); // group, plural, namespace, name
@@ -165,6 +167,8 @@ struct Inner {
     writes: WriteStats,
     /// Every resource request served, once per distinct set of attributes.
     requests: std::collections::BTreeSet<RequestAttributes>,
+    /// Webhook calls that failed under `failurePolicy: Ignore`: (webhook, reason).
+    webhook_failures: Vec<(String, String)>,
 }
 
 impl Inner {
@@ -200,6 +204,7 @@ impl Default for State {
                 uid_counter: 0,
                 writes: WriteStats::default(),
                 requests: Default::default(),
+                webhook_failures: Vec::new(),
             }),
             changes,
             tokens: Mutex::new(HashMap::new()),
@@ -276,6 +281,30 @@ impl State {
     }
 
     /// Remembers a request's authorization attributes.
+    /// Every object of a type, across namespaces.
+    pub fn list_all(&self, group: &str, plural: &str) -> Result<Vec<Value>, ApiError> {
+        self.list(
+            group,
+            plural,
+            None,
+            &LabelSelector::default(),
+            &FieldSelector::default(),
+        )
+        .map(|(items, _)| items)
+    }
+
+    /// A webhook call that failed and was ignored (`failurePolicy: Ignore`).
+    pub fn record_webhook_failure(&self, webhook: &str, reason: &str) {
+        self.inner()
+            .webhook_failures
+            .push((webhook.into(), reason.into()));
+    }
+
+    /// Webhook calls that failed and were ignored: (webhook, reason).
+    pub fn webhook_failures(&self) -> Vec<(String, String)> {
+        self.inner().webhook_failures.clone()
+    }
+
     pub fn record_request(&self, attributes: RequestAttributes) {
         self.inner().requests.insert(attributes);
     }
@@ -666,9 +695,13 @@ impl State {
         let mut inner = self.inner();
         let key = Self::key(&rt, namespace, name);
         let old = inner.existing(&rt, &key)?;
-        check_resource_version(&rt, name, &body, &old)?;
         let mut patched = old.clone();
-        merge_patch(&mut patched, &body);
+        if kind == PatchKind::Json {
+            json_patch(&mut patched, &body)?;
+        } else {
+            check_resource_version(&rt, name, &body, &old)?;
+            merge_patch(&mut patched, &body);
+        }
         let new = self.with_subresource_rules(&rt, sub, &old, patched);
         self.update_locked(&mut inner, &rt, key, old, new)
     }

@@ -13,9 +13,16 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use crate::access::ClientCert;
 use crate::certs;
 use crate::tls::TlsState;
+
+/// The verified client certificate of a connection, if it brought one; attached to every
+/// request of the connection as an extension.
+#[derive(Clone, Debug, Default)]
+pub struct ClientCert {
+    /// The subject's common name; `None` when no certificate was presented.
+    pub common_name: Option<String>,
+}
 
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

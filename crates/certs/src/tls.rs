@@ -1,4 +1,4 @@
-//! The adapter's TLS: the serving certificate and the front-proxy CA that client
+//! A server's TLS (the adapter's, the admission webhook's): the serving certificate and the front-proxy CA that client
 //! certificates are verified against, either of which can change while the adapter runs.
 //! Each new connection is accepted with the configuration current at that moment; open
 //! connections keep the one they were accepted with.

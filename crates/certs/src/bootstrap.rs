@@ -1,7 +1,8 @@
-//! Serving certificates without cert-manager: when no certificate files are given, the
-//! adapter keeps a CA and a serving certificate for its Service in a Secret, serves with
-//! that certificate, and writes the CA bundle into its APIService's `caBundle`, so the
-//! aggregator verifies it without `insecureSkipTLSVerify`.
+//! Serving certificates without cert-manager: when no certificate files are given, a
+//! server (the adapter, the operator's admission webhook) keeps a CA and a serving
+//! certificate for its Service in a Secret, serves with that certificate, and writes the
+//! CA bundle where its caller reads it (an APIService's or a MutatingWebhookConfiguration's
+//! `caBundle`), so the API server verifies it without `insecureSkipTLSVerify`.
 //!
 //! Every replica runs the same loop; the Secret is the one source of truth. Whoever finds
 //! it missing or due for renewal writes it with optimistic concurrency (create, or update
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
@@ -31,12 +33,24 @@ const CA_KEY: &str = "ca.key";
 const SERVING_CERT: &str = "tls.crt";
 const SERVING_KEY: &str = "tls.key";
 
+/// The object whose clients verify the server with the CA bundle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaBundleTarget {
+    /// `spec.caBundle` of this APIService (the aggregator calling the adapter).
+    ApiService(String),
+    /// `webhooks[].clientConfig.caBundle` of this MutatingWebhookConfiguration (the API
+    /// server calling the operator's admission webhook).
+    MutatingWebhook(String),
+}
+
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub secret_namespace: String,
     pub secret_name: String,
-    /// The APIService whose `caBundle` is kept; `None` leaves APIServices alone.
-    pub apiservice: Option<String>,
+    /// Whose `caBundle` is kept; `None` publishes the bundle nowhere.
+    pub ca_bundle_for: Option<CaBundleTarget>,
+    /// `app.kubernetes.io/managed-by` of the Secret.
+    pub manager: String,
     /// The names the serving certificate is for; the first is its common name.
     pub dns_names: Vec<String>,
     pub ca_lifetime: Duration,
@@ -51,7 +65,8 @@ impl Settings {
         Settings {
             secret_namespace: secret.0,
             secret_name: secret.1,
-            apiservice: None,
+            ca_bundle_for: None,
+            manager: "skylift".into(),
             dns_names: service_names(service, namespace),
             ca_lifetime: 10 * YEAR,
             serving_lifetime: YEAR,
@@ -189,6 +204,8 @@ pub enum BootstrapError {
     Conflict(String),
     #[error("APIService {0}: {1}")]
     ApiService(String, kube::Error),
+    #[error("MutatingWebhookConfiguration {0}: {1}")]
+    Webhook(String, kube::Error),
     #[error(transparent)]
     Cert(#[from] CertError),
     #[error(transparent)]
@@ -228,7 +245,7 @@ pub async fn reconcile(
                             namespace: Some(settings.secret_namespace.clone()),
                             labels: Some(BTreeMap::from([(
                                 "app.kubernetes.io/managed-by".to_string(),
-                                "skylift-adapter".to_string(),
+                                settings.manager.clone(),
                             )])),
                             ..ObjectMeta::default()
                         },
@@ -259,14 +276,57 @@ pub async fn reconcile(
         }
     };
     tls.set_serving(&stored.serving.cert_pem, &stored.serving.key_pem)?;
-    if let Some(name) = &settings.apiservice {
-        publish_ca_bundle(client, name, &stored.ca_bundle).await?;
+    match &settings.ca_bundle_for {
+        Some(CaBundleTarget::ApiService(name)) => {
+            publish_to_apiservice(client, name, &stored.ca_bundle).await?
+        }
+        Some(CaBundleTarget::MutatingWebhook(name)) => {
+            publish_to_webhook(client, name, &stored.ca_bundle).await?
+        }
+        None => {}
     }
     Ok(())
 }
 
+/// Writes `ca_bundle` into every webhook of the MutatingWebhookConfiguration when it
+/// differs.
+async fn publish_to_webhook(
+    client: &kube::Client,
+    name: &str,
+    ca_bundle: &str,
+) -> Result<(), BootstrapError> {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let error = |e| BootstrapError::Webhook(name.to_string(), e);
+    let mut configuration = api.get(name).await.map_err(error)?;
+    let wanted = ByteString(ca_bundle.as_bytes().to_vec());
+    let webhooks = configuration.webhooks.iter_mut().flatten();
+    let mut changed = false;
+    for webhook in webhooks {
+        if webhook.client_config.ca_bundle.as_ref() != Some(&wanted) {
+            webhook.client_config.ca_bundle = Some(wanted.clone());
+            changed = true;
+        }
+    }
+    if !changed {
+        return Ok(());
+    }
+    match api
+        .replace(name, &PostParams::default(), &configuration)
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(webhook = %name, "caBundle written");
+            Ok(())
+        }
+        Err(err) if is_conflict(&err) => Err(BootstrapError::Conflict(format!(
+            "MutatingWebhookConfiguration {name}"
+        ))),
+        Err(err) => Err(error(err)),
+    }
+}
+
 /// Writes `ca_bundle` into the APIService's `caBundle` when it differs.
-async fn publish_ca_bundle(
+async fn publish_to_apiservice(
     client: &kube::Client,
     name: &str,
     ca_bundle: &str,
@@ -294,7 +354,7 @@ async fn publish_ca_bundle(
     }
 }
 
-/// Keeps the certificates current for as long as the adapter runs.
+/// Keeps the certificates current for as long as the server runs.
 pub async fn run(client: kube::Client, settings: Settings, tls: Arc<TlsState>) {
     loop {
         let wait = match reconcile(&client, &settings, &tls).await {

@@ -1,0 +1,88 @@
+//! Reconciling a `UI`: its Deployment, Service and optional Ingress, and its status.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use skylift_api::{UI, WorkloadStatus};
+
+use super::report::{RESYNC, publish_changes, sort_results};
+use super::workload::{missing_backend, report};
+use super::{Applied, Context, Error};
+use crate::build::backend::BackendTarget;
+use crate::build::{selector_string, ui as build};
+use crate::status::Rollout;
+
+pub async fn reconcile(ui: Arc<UI>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_started("UI");
+    if ui.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let uid = ui.uid().unwrap_or_default();
+    let namespace = ui.namespace().unwrap_or_default();
+    let name = ui.name_any();
+    let objects = build::build(&ui);
+    let stores = &ctx.stores;
+    let workload = build::workload_name(&name);
+    let mut problems = Vec::new();
+    if let Some(oap) = &ui.spec.oap.oap_server_ref {
+        problems.extend(missing_backend(
+            &ctx,
+            &namespace,
+            &BackendTarget::OapServer(oap.name.clone()),
+            "spec.oap.oapServerRef.name",
+        ));
+    }
+    let ingress = match objects.ingress {
+        Some(ingress) => ctx.apply(&stores.ingresses, &uid, ingress).await,
+        None => ctx
+            .delete_owned::<Ingress>(&stores.ingresses, &uid, &namespace, &workload)
+            .await
+            .map(|deleted| {
+                if deleted {
+                    Applied::Updated
+                } else {
+                    Applied::Unchanged
+                }
+            }),
+    };
+    let results = [
+        (
+            "Service",
+            ctx.apply(&stores.services, &uid, objects.service).await,
+        ),
+        (
+            "Deployment",
+            ctx.apply(&stores.deployments, &uid, objects.deployment)
+                .await,
+        ),
+        ("Ingress", ingress),
+    ];
+    let mut changes = Vec::new();
+    sort_results(results, &mut changes, &mut problems)?;
+    publish_changes(&ctx, ui.as_ref(), &changes).await;
+
+    let deployment: Option<Deployment> = stores
+        .deployments
+        .get(&namespace, &workload)
+        .and_then(|cached| cached.typed());
+    let status = WorkloadStatus {
+        selector: Some(selector_string(&build::pod_selector(&name))),
+        url: Some(build::url(&ui)),
+        backend: Some(build::oap_url(&ui)),
+        ..WorkloadStatus::default()
+    };
+    let rollout = Rollout::of(deployment.as_ref(), ui.spec.replicas);
+    report(
+        &ctx,
+        ui.as_ref(),
+        ui.status.as_ref(),
+        status,
+        rollout,
+        &problems,
+    )
+    .await?;
+    Ok(Action::requeue(RESYNC))
+}

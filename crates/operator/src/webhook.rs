@@ -1,0 +1,199 @@
+//! The agent-injection admission webhook: kube-apiserver sends an `AdmissionReview` for
+//! each pod created, and gets back the JSON Patch of [`crate::build::inject`]. Every
+//! replica serves it (it does not need the leader Lease), from its own caches of the
+//! SwAgents, Satellites and OAPServers.
+//!
+//! A pod is always admitted: an injection that cannot be done is a warning on the pod's
+//! creation, never a refusal, and the webhook is registered with `failurePolicy: Ignore`
+//! so that an outage of the operator never blocks pods either.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::post;
+use base64::Engine;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use serde_json::{Value, json};
+use skylift_api::{OAPServer, Satellite, SwAgent};
+
+use crate::build::inject::{Outcome, default_backend, inject};
+use crate::metrics::Metrics;
+
+/// The path the MutatingWebhookConfiguration calls.
+pub const INJECT_PATH: &str = "/inject-agent";
+
+/// What the webhook reads.
+#[derive(Clone)]
+pub struct Caches {
+    pub swagents: Store<SwAgent>,
+    pub satellites: Store<Satellite>,
+    pub oapservers: Store<OAPServer>,
+}
+
+impl Caches {
+    /// Starts the watches (in `namespace`, or everywhere); they run until dropped.
+    pub fn start(
+        client: &Client,
+        namespace: Option<&str>,
+    ) -> (Caches, Vec<tokio::task::JoinHandle<()>>) {
+        fn cache<K>(
+            client: &Client,
+            namespace: Option<&str>,
+        ) -> (Store<K>, tokio::task::JoinHandle<()>)
+        where
+            K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+                + Clone
+                + serde::de::DeserializeOwned
+                + std::fmt::Debug
+                + Send
+                + Sync
+                + 'static,
+        {
+            let api: Api<K> = match namespace {
+                Some(ns) => Api::namespaced(client.clone(), ns),
+                None => Api::all(client.clone()),
+            };
+            let (reader, writer) = reflector::store();
+            let stream = watcher(api, watcher::Config::default()).default_backoff();
+            let task = tokio::spawn(
+                reflector::reflector(writer, stream).for_each(|_| futures::future::ready(())),
+            );
+            (reader, task)
+        }
+        let (swagents, a) = cache(client, namespace);
+        let (satellites, b) = cache(client, namespace);
+        let (oapservers, c) = cache(client, namespace);
+        (
+            Caches {
+                swagents,
+                satellites,
+                oapservers,
+            },
+            vec![a, b, c],
+        )
+    }
+
+    fn names_in<K: Resource<DynamicType = ()> + Clone>(
+        store: &Store<K>,
+        namespace: &str,
+    ) -> Vec<String> {
+        store
+            .state()
+            .iter()
+            .filter(|r| r.meta().namespace.as_deref() == Some(namespace))
+            .filter_map(|r| r.meta().name.clone())
+            .collect()
+    }
+}
+
+/// The answer to one `AdmissionReview` (`admission.k8s.io/v1`), and the outcome's name for
+/// metrics. Pure, so what the API server gets back is tested directly.
+pub fn review(
+    body: &Value,
+    agents_in: impl Fn(&str) -> Vec<SwAgent>,
+    backend_in: impl Fn(&str) -> Option<String>,
+) -> (Value, &'static str) {
+    let request = &body["request"];
+    let uid = request["uid"].clone();
+    let answer = |response: Value| json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response});
+    let allowed = |warnings: Vec<String>| {
+        let mut response = json!({"uid": uid, "allowed": true});
+        if !warnings.is_empty() {
+            response["warnings"] = json!(warnings);
+        }
+        answer(response)
+    };
+    // Only a pod's creation is injected: an update never adds an agent to a pod (its
+    // containers and volumes cannot change anyway), whatever the webhook is registered for.
+    if request["operation"] != "CREATE" || request["kind"]["kind"] != "Pod" {
+        return (allowed(Vec::new()), "not_selected");
+    }
+    let Ok(pod) = serde_json::from_value::<Pod>(request["object"].clone()) else {
+        return (
+            allowed(vec![
+                "skylift: the pod could not be read; admitted without an agent".into(),
+            ]),
+            "invalid",
+        );
+    };
+    // A pod's own namespace may be empty in the object; the request always names it.
+    let namespace = request["namespace"]
+        .as_str()
+        .or(pod.metadata.namespace.as_deref())
+        .unwrap_or_default()
+        .to_string();
+    let agents = agents_in(&namespace);
+    match inject(&pod, &agents, backend_in(&namespace).as_deref()) {
+        Outcome::Injected { agent, patch } => {
+            let patch = base64::engine::general_purpose::STANDARD
+                .encode(serde_json::to_vec(&patch).expect("JSON serializes"));
+            tracing::debug!(%namespace, swagent = %agent, "agent injected");
+            (
+                answer(
+                    json!({"uid": uid, "allowed": true, "patchType": "JSONPatch", "patch": patch}),
+                ),
+                "injected",
+            )
+        }
+        Outcome::Skipped { agent, warning } => {
+            tracing::info!(%namespace, swagent = %agent, %warning, "agent not injected");
+            (allowed(vec![format!("skylift: {warning}")]), "skipped")
+        }
+        Outcome::NotSelected => (allowed(Vec::new()), "not_selected"),
+        Outcome::AlreadyInjected => (allowed(Vec::new()), "already_injected"),
+        Outcome::OptedOut => (allowed(Vec::new()), "opted_out"),
+    }
+}
+
+struct WebhookState {
+    caches: Caches,
+    metrics: Arc<Metrics>,
+}
+
+async fn handle(
+    State(state): State<Arc<WebhookState>>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        state.metrics.record_admission("invalid");
+        return (
+            axum::http::StatusCode::BAD_REQUEST,
+            "an AdmissionReview in JSON is expected",
+        )
+            .into_response();
+    };
+    let caches = &state.caches;
+    let (answer, outcome) = review(
+        &body,
+        |namespace| {
+            caches
+                .swagents
+                .state()
+                .iter()
+                .filter(|a| a.metadata.namespace.as_deref() == Some(namespace))
+                .map(|a| a.as_ref().clone())
+                .collect()
+        },
+        |namespace| {
+            default_backend(
+                namespace,
+                &Caches::names_in(&caches.satellites, namespace),
+                &Caches::names_in(&caches.oapservers, namespace),
+            )
+        },
+    );
+    state.metrics.record_admission(outcome);
+    axum::Json(answer).into_response()
+}
+
+pub fn router(caches: Caches, metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route(INJECT_PATH, post(handle))
+        .with_state(Arc::new(WebhookState { caches, metrics }))
+}
