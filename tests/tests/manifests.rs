@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
@@ -18,7 +19,7 @@ use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use skylift_api::{OAPServer, Proxy, Satellite};
+use skylift_api::{BanyanDB, OAPServer, OTelCollector, Proxy, Rover, Satellite, SwAgent, UI};
 use skylift_e2e::{repo_file, repo_path, yaml_documents};
 
 /// Paths of fields in `original` that did not survive the typed round trip.
@@ -82,6 +83,14 @@ fn check_typed(document: &Value) -> Result<(), String> {
         ("skylift.io/v1alpha1", "OAPServer") => round_trip::<OAPServer>(document),
         ("skylift.io/v1alpha1", "Satellite") => round_trip::<Satellite>(document),
         ("skylift.io/v1alpha1", "Proxy") => round_trip::<Proxy>(document),
+        ("skylift.io/v1alpha1", "UI") => round_trip::<UI>(document),
+        ("skylift.io/v1alpha1", "BanyanDB") => round_trip::<BanyanDB>(document),
+        ("skylift.io/v1alpha1", "OTelCollector") => round_trip::<OTelCollector>(document),
+        ("skylift.io/v1alpha1", "Rover") => round_trip::<Rover>(document),
+        ("skylift.io/v1alpha1", "SwAgent") => round_trip::<SwAgent>(document),
+        ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration") => {
+            round_trip::<MutatingWebhookConfiguration>(document)
+        }
         _ => Err(format!("no type for {api_version} {kind}")),
     }
 }
@@ -245,6 +254,63 @@ fn the_chart_renders_typed_objects_with_defaults_and_with_every_option() {
             .iter()
             .any(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "skylift-operator")
     );
+    // Agent injection then only sees that namespace's pods.
+    let injector = everything
+        .iter()
+        .find(|d| d["kind"] == "MutatingWebhookConfiguration")
+        .expect("the agent injector");
+    let webhook = &injector["webhooks"][0];
+    assert_eq!(
+        webhook["namespaceSelector"]["matchExpressions"][0],
+        serde_json::json!({"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["shop"]})
+    );
+    assert_eq!(webhook["failurePolicy"], "Ignore");
+    assert!(
+        webhook["clientConfig"].get("caBundle").is_none(),
+        "the operator writes it"
+    );
+    assert_eq!(
+        webhook["rules"][0]["operations"],
+        serde_json::json!(["CREATE"])
+    );
+
+    // Without injection and Rovers: no webhook, no cluster-wide binding rights, and the
+    // operator told so.
+    let lean = check_all(
+        &render_chart(&[
+            "operator.agentInjection.enabled=false",
+            "operator.rover.enabled=false",
+        ]),
+        "helm template (no injection, no Rover)",
+    );
+    for (kind, name) in [
+        ("MutatingWebhookConfiguration", "skylift-agent-injector"),
+        ("ClusterRole", "skylift-rover"),
+        ("ClusterRole", "skylift-operator-rover"),
+        ("Secret", "skylift-operator-webhook-tls"),
+    ] {
+        assert!(
+            !lean
+                .iter()
+                .any(|d| d["kind"] == kind && d["metadata"]["name"] == name),
+            "{kind} {name}"
+        );
+    }
+    let operator = lean
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "skylift-operator")
+        .unwrap();
+    let operator_args = &operator["spec"]["template"]["spec"]["containers"][0]["args"];
+    for flag in ["--webhook=false", "--rover-cluster-role="] {
+        assert!(
+            operator_args
+                .as_array()
+                .unwrap()
+                .contains(&serde_json::json!(flag)),
+            "{operator_args}"
+        );
+    }
+
     let adapter = everything
         .iter()
         .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "skylift-adapter")

@@ -1,6 +1,9 @@
 //! The operator's RBAC in `manifests/operator-bundle.yaml` is exactly what it uses: the
 //! operator runs as a process through its whole repertoire (OAPServer, Satellite with and
-//! then without autoscaling, Proxy, upstream pods, leader election) against the
+//! then without autoscaling, Proxy, upstream pods, leader election; UI with and then
+//! without an Ingress, BanyanDB under an OAPServer with configuration files and then
+//! without dynamic configuration, a collector switching to its own ConfigMap, a Rover
+//! created and deleted, a SwAgent, the webhook's certificate) against the
 //! API-server double, which records every request's RBAC attributes. Every request must
 //! be allowed by the bundle's rules, and every rule must have been used, but for the few
 //! kube-apiserver checks without a call (each named below with its reason).
@@ -57,7 +60,231 @@ const GRANTED_NOT_CALLED: &[(&str, &str, &str, &str)] = &[
         "patch",
         "the event recorder patches an event that repeats within its series window",
     ),
+    (
+        "skylift.io",
+        "uis/finalizers",
+        "update",
+        "blockOwnerDeletion",
+    ),
+    (
+        "skylift.io",
+        "banyandbs/finalizers",
+        "update",
+        "blockOwnerDeletion",
+    ),
+    (
+        "skylift.io",
+        "otelcollectors/finalizers",
+        "update",
+        "blockOwnerDeletion",
+    ),
+    (
+        "skylift.io",
+        "rovers/finalizers",
+        "update",
+        "blockOwnerDeletion",
+    ),
+    (
+        "",
+        "services",
+        "get",
+        "a collector's Role grants it (escalation check)",
+    ),
+    (
+        "discovery.k8s.io",
+        "endpointslices",
+        "get",
+        "a collector's Role grants it",
+    ),
+    (
+        "discovery.k8s.io",
+        "endpointslices",
+        "list",
+        "a collector's Role grants it",
+    ),
+    (
+        "discovery.k8s.io",
+        "endpointslices",
+        "watch",
+        "a collector's Role grants it",
+    ),
+    (
+        "rbac.authorization.k8s.io",
+        "clusterroles",
+        "bind",
+        "binding skylift-rover to a Rover without holding its rights (kube-apiserver's bind check)",
+    ),
 ];
+
+/// Creates, as an administrator would by applying the bundle, its object `kind` `name`.
+async fn from_bundle(client: &kube::Client, kind: &str, name: &str) {
+    let bundle = skylift_e2e::repo_file("manifests/operator-bundle.yaml");
+    let document = skylift_e2e::yaml_documents(&bundle, "operator-bundle.yaml")
+        .into_iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("the bundle has no {kind} {name}"));
+    let object: DynamicObject = serde_json::from_value(document.clone()).unwrap();
+    let gvk = kube::api::GroupVersionKind::try_from(object.types.as_ref().unwrap()).unwrap();
+    let resource = ApiResource::from_gvk(&gvk);
+    let api: Api<DynamicObject> = match document["metadata"]["namespace"].as_str() {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    api.create(&PostParams::default(), &object).await.unwrap();
+}
+
+/// The rest of a SkyWalking deployment, each kind through what makes it write and delete.
+async fn components(client: &kube::Client) {
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "obs");
+    let object = |name: &str, data: Value| -> ConfigMap {
+        serde_json::from_value(json!({"metadata": {"name": name}, "data": data})).unwrap()
+    };
+    config_maps
+        .create(
+            &PostParams::default(),
+            &object("rules", json!({"app.yaml": "metricsRules: []"})),
+        )
+        .await
+        .unwrap();
+    config_maps
+        .create(
+            &PostParams::default(),
+            &object("otel", json!({"config.yaml": "receivers: {}"})),
+        )
+        .await
+        .unwrap();
+    create(
+        client,
+        "UI",
+        "console",
+        json!({"version": "10.2.0", "oap": {"oapServerRef": {"name": "skywalking"}},
+        "ingress": {"host": "sw.example.com"}}),
+    )
+    .await;
+    create(client, "BanyanDB", "storage", json!({"version": "0.9.0"})).await;
+    create(
+        client,
+        "OAPServer",
+        "stored",
+        json!({"version": "10.2.0",
+        "storage": {"type": "banyandb", "banyanDBRef": {"name": "storage"}},
+        "config": [{"configMapName": "rules", "path": "otel-rules/custom"}],
+        "dynamicConfig": {"data": {"core.default.apdexThreshold": "default: 500"}}}),
+    )
+    .await;
+    create(
+        client,
+        "OTelCollector",
+        "metrics",
+        json!({"version": "0.115.0",
+        "backend": {"satelliteRef": {"name": "ingest"}},
+        "scrape": [{"name": "vm", "role": "endpoints", "matchLabels": {"app": "vm"}}]}),
+    )
+    .await;
+    create(
+        client,
+        "Rover",
+        "ebpf",
+        json!({"version": "0.7.0", "backend": {"oapServerRef": {"name": "skywalking"}}}),
+    )
+    .await;
+    create(
+        client,
+        "SwAgent",
+        "java",
+        json!({"selector": {"app": "checkout"}, "language": "java"}),
+    )
+    .await;
+
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), "obs");
+    let ingresses: Api<k8s_openapi::api::networking::v1::Ingress> =
+        Api::namespaced(client.clone(), "obs");
+    let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(client.clone());
+    wait_for(
+        "every component's objects",
+        Duration::from_secs(20),
+        || async {
+            deployments.get_opt("console-ui").await.ok()??;
+            ingresses.get_opt("console-ui").await.ok()??;
+            deployments.get_opt("stored-oap").await.ok()??;
+            config_maps
+                .get_opt("stored-oap-dynamic-config")
+                .await
+                .ok()??;
+            config_maps.get_opt("metrics-otelcol").await.ok()??;
+            bindings.get_opt("skylift-rover-obs-ebpf").await.ok()??;
+            let agent = skylift_api(client, "SwAgent").get("java").await.ok()?;
+            agent.data.get("status")?;
+            Some(())
+        },
+    )
+    .await;
+    // Fields removed: what they made is deleted. The Rover goes: its binding first.
+    for (kind, name, patch) in [
+        ("UI", "console", json!({"spec": {"ingress": null}})),
+        (
+            "OAPServer",
+            "stored",
+            json!({"spec": {"dynamicConfig": null}}),
+        ),
+        (
+            "OTelCollector",
+            "metrics",
+            json!({"spec": {"scrape": null, "configMapRef": {"name": "otel"}}}),
+        ),
+    ] {
+        skylift_api(client, kind)
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .unwrap();
+    }
+    skylift_api(client, "Rover")
+        .delete("ebpf", &Default::default())
+        .await
+        .unwrap();
+    wait_for(
+        "what the removed fields made, and the Rover, gone",
+        Duration::from_secs(20),
+        || async {
+            let gone = ingresses.get_opt("console-ui").await.ok()?.is_none()
+                && config_maps
+                    .get_opt("stored-oap-dynamic-config")
+                    .await
+                    .ok()?
+                    .is_none()
+                && config_maps.get_opt("metrics-otelcol").await.ok()?.is_none()
+                && bindings
+                    .get_opt("skylift-rover-obs-ebpf")
+                    .await
+                    .ok()?
+                    .is_none()
+                && skylift_api(client, "Rover")
+                    .get_opt("ebpf")
+                    .await
+                    .ok()?
+                    .is_none();
+            gone.then_some(())
+        },
+    )
+    .await;
+    // The webhook's certificate: kept in the bundle's Secret, its CA in the configuration.
+    let webhooks: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
+        Api::all(client.clone());
+    wait_for(
+        "the webhook's caBundle",
+        Duration::from_secs(20),
+        || async {
+            let configuration = webhooks.get("skylift-agent-injector").await.ok()?;
+            configuration.webhooks?[0]
+                .client_config
+                .ca_bundle
+                .as_ref()
+                .map(|_| ())
+        },
+    )
+    .await;
+}
 
 async fn ready_pod(client: &kube::Client, name: &str, labels: Value, ip: &str) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "obs");
@@ -79,6 +306,11 @@ fn skylift_api(client: &kube::Client, kind: &str) -> Api<DynamicObject> {
     let resource = match kind {
         "OAPServer" => ApiResource::erase::<skylift_api::OAPServer>(&()),
         "Satellite" => ApiResource::erase::<skylift_api::Satellite>(&()),
+        "UI" => ApiResource::erase::<skylift_api::UI>(&()),
+        "BanyanDB" => ApiResource::erase::<skylift_api::BanyanDB>(&()),
+        "OTelCollector" => ApiResource::erase::<skylift_api::OTelCollector>(&()),
+        "Rover" => ApiResource::erase::<skylift_api::Rover>(&()),
+        "SwAgent" => ApiResource::erase::<skylift_api::SwAgent>(&()),
         _ => ApiResource::erase::<skylift_api::Proxy>(&()),
     };
     Api::namespaced_with(client.clone(), "obs", &resource)
@@ -111,12 +343,23 @@ async fn the_bundles_operator_rbac_is_exactly_what_the_operator_uses() {
     let scratch = Scratch::new("rbac");
     let kubeconfig = scratch.path().join("kubeconfig");
     std::fs::write(&kubeconfig, server.kubeconfig_with_token(USER)).unwrap();
-    // Run as the bundle runs it: its args (but the admin address) and its environment.
-    let args = bundle_args(
+    // What applying the bundle creates for the webhook: its empty Secret and the
+    // MutatingWebhookConfiguration the operator writes its CA into.
+    from_bundle(&client, "Secret", "skylift-operator-webhook-tls").await;
+    from_bundle(
+        &client,
+        "MutatingWebhookConfiguration",
+        "skylift-agent-injector",
+    )
+    .await;
+    // Run as the bundle runs it: its args (but this machine's addresses) and its
+    // environment.
+    let mut args = bundle_args(
         "manifests/operator-bundle.yaml",
         "skylift-operator",
         &[("--admin-listen", format!("127.0.0.1:{}", free_port()))],
     );
+    args.push(format!("--webhook-listen=127.0.0.1:{}", free_port()));
     let mut command = Command::new(binary("skylift-operator"));
     command
         .env("KUBECONFIG", &kubeconfig)
@@ -204,6 +447,8 @@ async fn the_bundles_operator_rbac_is_exactly_what_the_operator_uses() {
             .map(|_| ())
     })
     .await;
+    components(&client).await;
+
     // The Lease is renewed (every 2 s) under the bundle's identity: its renewTime moves.
     let renewed_at = |lease: Option<Lease>| lease?.spec?.renew_time;
     let before = renewed_at(leases.get_opt("skylift-operator").await.unwrap());

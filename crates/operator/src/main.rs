@@ -68,6 +68,7 @@ struct RunArgs {
     #[arg(long, env = "SKYLIFT_OPERATOR_CONCURRENCY", default_value_t = 16)]
     concurrency: u16,
     /// The ClusterRole each Rover's ServiceAccount is bound to (the bundle installs it).
+    /// Empty: Rovers are not managed, and the operator needs no cluster-wide RBAC for them.
     #[arg(
         long,
         env = "SKYLIFT_OPERATOR_ROVER_CLUSTER_ROLE",

@@ -34,7 +34,8 @@ pub struct Settings {
     pub instance: String,
     /// The image Satellites and Proxies run unless `spec.image` is set.
     pub proxy_image: String,
-    /// The ClusterRole each Rover's ServiceAccount is bound to.
+    /// The ClusterRole each Rover's ServiceAccount is bound to; empty: Rovers are not
+    /// managed (an operator without cluster-wide RBAC).
     pub rover_cluster_role: String,
 }
 
@@ -132,11 +133,17 @@ pub async fn run(
     let ingresses = owned!(Ingress);
     // Cluster-scoped, so watched across the cluster even when the operator watches one
     // namespace (only Rovers make them).
-    let (cluster_role_bindings, task) = watch_owned(
-        Api::<ClusterRoleBinding>::all(client.clone()),
-        triggers.clone(),
-    );
-    tasks.push(tokio::spawn(task));
+    let rovers_managed = !settings.rover_cluster_role.is_empty();
+    let cluster_role_bindings = if rovers_managed {
+        let (cache, task) = watch_owned(
+            Api::<ClusterRoleBinding>::all(client.clone()),
+            triggers.clone(),
+        );
+        tasks.push(tokio::spawn(task));
+        cache
+    } else {
+        crate::controller::cache::OwnedCache::empty()
+    };
     let services = owned!(Service);
     let service_accounts = owned!(ServiceAccount);
     let roles = owned!(Role);
@@ -263,7 +270,11 @@ pub async fn run(
     let ui = drive!(ui_controller, UI, ui_controller_fn::reconcile);
     let db = drive!(db_controller, BanyanDB, banyandb::reconcile);
     let collector = drive!(collector_controller, OTelCollector, collector::reconcile);
-    let rover = drive!(rover_controller, Rover, rover::reconcile);
+    let rover = async {
+        if rovers_managed {
+            drive!(rover_controller, Rover, rover::reconcile).await
+        }
+    };
     let agent = drive!(agent_controller, SwAgent, swagent::reconcile);
     futures::join!(oap, sat, proxy, ui, db, collector, rover, agent);
     for task in tasks {

@@ -94,6 +94,15 @@ impl OwnedCache {
             .cloned()
     }
 
+    /// A cache that stays empty, for a kind the operator is told not to manage.
+    pub fn empty() -> Self {
+        let (_, ready) = watch::channel(true);
+        OwnedCache {
+            objects: Arc::default(),
+            ready,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.objects
             .read()
