@@ -179,9 +179,14 @@ async fn main() -> anyhow::Result<()> {
         rover_cluster_role: args.rover_cluster_role,
     };
     let pod_namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "skylift-system".into());
+    // Bound here, so a webhook that cannot listen stops the start with its reason.
     let webhook = if args.webhook.enabled {
+        let listener = tokio::net::TcpListener::bind(args.webhook.listen)
+            .await
+            .with_context(|| format!("binding the webhook to {}", args.webhook.listen))?;
         Some(tokio::spawn(serve_webhook(
             client.clone(),
+            listener,
             args.webhook,
             settings.namespace.clone(),
             pod_namespace.clone(),
@@ -242,11 +247,12 @@ async fn main() -> anyhow::Result<()> {
 /// with a self-managed one whose CA is written into the MutatingWebhookConfiguration.
 async fn serve_webhook(
     client: kube::Client,
+    listener: tokio::net::TcpListener,
     args: WebhookArgs,
     watch_namespace: Option<String>,
     pod_namespace: String,
     metrics: Arc<Metrics>,
-) -> anyhow::Result<()> {
+) {
     use skylift_certs::{bootstrap, serve, tls};
     let tls = tls::TlsState::new();
     let _certificates = match (args.cert_file, args.key_file) {

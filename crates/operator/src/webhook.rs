@@ -197,3 +197,104 @@ pub fn router(caches: Caches, metrics: Arc<Metrics>) -> Router {
         .route(INJECT_PATH, post(handle))
         .with_state(Arc::new(WebhookState { caches, metrics }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn java_agent() -> SwAgent {
+        let mut agent = SwAgent::new(
+            "java",
+            serde_json::from_value(json!({"selector": {"app": "shop"}, "language": "java"}))
+                .unwrap(),
+        );
+        agent.metadata.namespace = Some("shop".into());
+        agent
+    }
+
+    fn request(operation: &str, kind: &str, object: Value) -> Value {
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002", "operation": operation,
+            "kind": {"group": "", "version": "v1", "kind": kind}, "namespace": "shop", "object": object,
+        }})
+    }
+
+    fn shop_pod() -> Value {
+        json!({"metadata": {"generateName": "shop-7c9f-", "labels": {"app": "shop"}},
+               "spec": {"containers": [{"name": "app", "image": "shop:1"}]}})
+    }
+
+    fn answer(body: &Value) -> (Value, &'static str) {
+        review(
+            body,
+            |_| vec![java_agent()],
+            |_| Some("sat.shop.svc:11800".into()),
+        )
+    }
+
+    #[test]
+    fn a_created_pod_gets_a_json_patch_answering_its_request() {
+        let (answer, outcome) = answer(&request("CREATE", "Pod", shop_pod()));
+        assert_eq!(outcome, "injected");
+        assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(answer["kind"], "AdmissionReview");
+        let response = &answer["response"];
+        assert_eq!(response["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+        assert_eq!(response["allowed"], true);
+        assert_eq!(response["patchType"], "JSONPatch");
+        let patch: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::STANDARD
+                .decode(response["patch"].as_str().unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(
+            patch
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|op| op["path"] == "/spec/initContainers")
+        );
+    }
+
+    #[test]
+    fn updates_other_kinds_and_unreadable_pods_are_admitted_unchanged() {
+        for (body, outcome) in [
+            (request("UPDATE", "Pod", shop_pod()), "not_selected"),
+            (
+                request("CREATE", "Service", json!({"metadata": {"name": "s"}})),
+                "not_selected",
+            ),
+            (
+                request(
+                    "CREATE",
+                    "Pod",
+                    json!({"spec": {"containers": "not a list"}}),
+                ),
+                "invalid",
+            ),
+        ] {
+            let (answer, got) = super::tests::answer(&body);
+            assert_eq!(got, outcome, "{body}");
+            let response = &answer["response"];
+            assert_eq!(response["allowed"], true);
+            assert!(response.get("patch").is_none(), "{response}");
+        }
+    }
+
+    #[test]
+    fn a_selected_pod_that_cannot_be_injected_is_admitted_with_a_warning() {
+        let (answer, outcome) = review(
+            &request("CREATE", "Pod", shop_pod()),
+            |_| vec![java_agent()],
+            |_| None,
+        );
+        assert_eq!(outcome, "skipped");
+        let warning = answer["response"]["warnings"][0].as_str().unwrap();
+        assert!(
+            warning.starts_with("skylift: SwAgent java selects this pod but names no backend"),
+            "{warning}"
+        );
+        assert_eq!(answer["response"]["allowed"], true);
+    }
+}

@@ -27,6 +27,9 @@ pub const VOLUME: &str = "skylift-agent";
 pub const MOUNT_PATH: &str = "/sky/agent";
 /// Name of the init container.
 pub const INIT_CONTAINER: &str = "skylift-agent";
+/// The user the init container copies as (any non-root user can: the agent images'
+/// files are world-readable, an emptyDir world-writable).
+const AGENT_COPY_USER: i64 = 65532;
 
 /// The defaults of one language.
 pub struct LanguageDefaults {
@@ -78,7 +81,7 @@ pub fn defaults(language: AgentLanguage) -> &'static LanguageDefaults {
 /// The init container's script: copy the agent into the shared volume (and, for Python
 /// and Node.js, write the module that starts it, which never stops the application when
 /// the agent cannot start).
-fn init_script(language: AgentLanguage) -> String {
+pub fn init_script(language: AgentLanguage) -> String {
     match language {
         AgentLanguage::Java => "cp -R /skywalking/agent/. /sky/agent/java/".into(),
         AgentLanguage::Python => concat!(
@@ -258,21 +261,25 @@ pub fn inject(pod: &Pod, agents: &[SwAgent], default_backend: Option<&str>) -> O
         .cloned()
         .unwrap_or_else(|| defaults.image.to_string());
 
-    // Agent settings: the SwAgent's, then the annotations' (`env.<NAME>`), later wins.
-    let mut settings: Vec<(String, String)> = Vec::new();
-    let mut set = |name: &str, value: String| match settings.iter_mut().find(|(n, _)| n == name) {
-        Some(existing) => existing.1 = value,
-        None => settings.push((name.to_string(), value)),
+    // Agent settings: the backend, the SwAgent's (references kept), then the
+    // annotations' (`env.<NAME>`); a later one of the same name wins.
+    let mut settings: Vec<EnvVar> = Vec::new();
+    let mut set = |variable: EnvVar| match settings.iter_mut().find(|e| e.name == variable.name) {
+        Some(existing) => *existing = variable,
+        None => settings.push(variable),
     };
-    set("SW_AGENT_COLLECTOR_BACKEND_SERVICES", backend);
-    for env in &spec.env {
-        if let Some(value) = &env.value {
-            set(&env.name, value.clone());
-        }
+    let literal = |name: &str, value: String| EnvVar {
+        name: name.into(),
+        value: Some(value),
+        value_from: None,
+    };
+    set(literal("SW_AGENT_COLLECTOR_BACKEND_SERVICES", backend));
+    for variable in &spec.env {
+        set(variable.clone());
     }
     for (key, value) in &overrides {
         if let Some(name) = key.strip_prefix("env.") {
-            set(name, value.clone());
+            set(literal(name, value.clone()));
         }
     }
     let service_override = overrides
@@ -296,7 +303,12 @@ pub fn inject(pod: &Pod, agents: &[SwAgent], default_backend: Option<&str>) -> O
         "command": ["sh", "-c", init_script(language)],
         "volumeMounts": [{"name": VOLUME, "mountPath": MOUNT_PATH}],
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
-        "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
+        // The agent images run as root; copying needs no privilege, and a pod that must
+        // run as non-root (Pod Security "restricted") still starts.
+        "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]},
+                            "runAsNonRoot": true, "runAsUser": AGENT_COPY_USER},
+        // npm's cache, for the Node.js agent's installation.
+        "env": [{"name": "npm_config_cache", "value": "/tmp/.npm"}, {"name": "HOME", "value": "/tmp"}],
     });
     // First, so the agent is in place before any other init container could need it.
     match &pod_spec.init_containers {
@@ -310,26 +322,21 @@ pub fn inject(pod: &Pod, agents: &[SwAgent], default_backend: Option<&str>) -> O
         let base = format!("/spec/containers/{index}");
         let own = container.env.clone().unwrap_or_default();
         let mut added: Vec<EnvVar> = Vec::new();
-        let mut add = |name: &str, value: String| {
+        let mut add = |variable: EnvVar| {
+            let name = variable.name.as_str();
             if !own.iter().any(|e| e.name == name) && !added.iter().any(|e| e.name == name) {
-                added.push(EnvVar {
-                    name: name.into(),
-                    value: Some(value),
-                    value_from: None,
-                });
+                added.push(variable);
             }
         };
-        add(
-            "SW_AGENT_NAME",
-            service_override
-                .clone()
-                .unwrap_or_else(|| service_name(pod, container)),
-        );
-        for (name, value) in &settings {
-            add(name, value.clone());
+        let name = service_override
+            .clone()
+            .unwrap_or_else(|| service_name(pod, container));
+        add(literal("SW_AGENT_NAME", name));
+        for variable in &settings {
+            add(variable.clone());
         }
         if language == AgentLanguage::Python {
-            add("SW_AGENT_PROTOCOL", "grpc".into());
+            add(literal("SW_AGENT_PROTOCOL", "grpc".into()));
         }
         // The loader variable: ours in front of a literal value the container has.
         let loader = own.iter().position(|e| e.name == defaults.loader_variable);
@@ -349,11 +356,14 @@ pub fn inject(pod: &Pod, agents: &[SwAgent], default_backend: Option<&str>) -> O
                     container.name, defaults.loader_variable
                 ));
             }
-            None => add(defaults.loader_variable, defaults.loader_value.to_string()),
+            None => add(literal(
+                defaults.loader_variable,
+                defaults.loader_value.to_string(),
+            )),
         }
         let env_values: Vec<Value> = added
             .iter()
-            .map(|e| json!({"name": e.name, "value": e.value}))
+            .map(|e| serde_json::to_value(e).expect("EnvVar serializes"))
             .collect();
         match &container.env {
             Some(_) => patch.extend(env_values.into_iter().map(
@@ -492,7 +502,9 @@ mod tests {
         let agents = [agent(
             "py",
             json!({"selector": {"lang": "py"}, "language": "python",
-                                         "env": [{"name": "SW_AGENT_LOG_REPORTER_ACTIVE", "value": "True"}]}),
+                   "env": [{"name": "SW_AGENT_LOG_REPORTER_ACTIVE", "value": "True"},
+                           {"name": "SW_AGENT_AUTHENTICATION",
+                            "valueFrom": {"secretKeyRef": {"name": "oap-token", "key": "token"}}}]}),
         )];
         let after = patched(
             &value,
@@ -506,6 +518,17 @@ mod tests {
             "sat.shop.svc:11800"
         );
         assert_eq!(env["SW_AGENT_LOG_REPORTER_ACTIVE"], "True");
+        let token = after["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "SW_AGENT_AUTHENTICATION")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            token["valueFrom"]["secretKeyRef"]["name"], "oap-token",
+            "references are kept"
+        );
         // Ours runs first; the pod's own init container keeps running after it.
         assert_eq!(after["spec"]["initContainers"][0]["name"], INIT_CONTAINER);
         assert_eq!(after["spec"]["initContainers"][1]["name"], "migrate");
