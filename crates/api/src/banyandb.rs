@@ -54,6 +54,13 @@ pub struct BanyanDBSpec {
     /// The data volume.
     #[serde(default)]
     pub storage: BanyanDBStorage,
+    /// Extra flags of `banyand standalone`, e.g. `--logging-level=debug`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(regex(pattern = r"^--[a-z0-9][a-z0-9-]*(=.*)?$"))
+    )]
+    pub args: Vec<String>,
     /// How the Services are exposed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceOptions>,

@@ -278,9 +278,6 @@ async fn serve_webhook(
     };
     let (caches, _watches) =
         skylift_operator::webhook::Caches::start(&client, watch_namespace.as_deref());
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding the webhook to {}", args.listen))?;
     tracing::info!(address = %args.listen, "agent-injection webhook listening");
     serve::serve(
         listener,
@@ -288,5 +285,4 @@ async fn serve_webhook(
         skylift_operator::webhook::router(caches, metrics),
     )
     .await;
-    Ok(())
 }

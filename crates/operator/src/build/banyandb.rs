@@ -105,7 +105,11 @@ pub fn build(db: &BanyanDB) -> BanyanDbObjects {
                 .clone()
                 .unwrap_or_else(|| format!("apache/skywalking-banyandb:{}", db.spec.version)),
         ),
-        args: Some(vec!["standalone".into()]),
+        args: Some(
+            std::iter::once("standalone".to_string())
+                .chain(db.spec.args.iter().cloned())
+                .collect(),
+        ),
         ports: Some(vec![
             container_port("grpc", GRPC_PORT),
             container_port("http", HTTP_PORT),
@@ -215,7 +219,8 @@ mod tests {
     #[test]
     fn a_standalone_node_keeps_its_data_on_a_claim_of_the_asked_size() {
         let objects = build(&db(serde_json::json!({
-            "version": "0.9.0", "storage": {"size": "100Gi", "storageClassName": "fast"}
+            "version": "0.9.0", "storage": {"size": "100Gi", "storageClassName": "fast"},
+            "args": ["--logging-level=debug"]
         })));
         let spec = objects.stateful_set.spec.as_ref().unwrap();
         assert_eq!(spec.replicas, Some(1));
@@ -241,7 +246,7 @@ mod tests {
         );
         assert_eq!(
             container.args.as_deref(),
-            Some(&["standalone".to_string()][..])
+            Some(&["standalone".to_string(), "--logging-level=debug".into()][..])
         );
         let mount = &container.volume_mounts.as_ref().unwrap()[0];
         assert_eq!(

@@ -167,16 +167,16 @@ impl Referrers {
     }
 }
 
+/// A watch task, run until the operator stops.
+pub type WatchTask = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// Watches the resources others refer to and routes each change to the referrers.
 pub fn watch_references(
     client: &kube::Client,
     namespace: Option<&str>,
     referrers: Referrers,
     triggers: Triggers,
-) -> (
-    Store<ConfigMap>,
-    Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
-) {
+) -> (Store<ConfigMap>, Vec<WatchTask>) {
     fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
     where
         K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
@@ -189,7 +189,7 @@ pub fn watch_references(
             None => Api::all(client.clone()),
         }
     }
-    let mut tasks: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
+    let mut tasks: Vec<WatchTask> = Vec::new();
     let (r, t) = (referrers.clone(), triggers.clone());
     tasks.push(Box::pin(routed(
         api::<OAPServer>(client, namespace),
