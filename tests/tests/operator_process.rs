@@ -1,5 +1,6 @@
 //! skylift-operator as a process: started from a kubeconfig with no other configuration,
-//! two replicas electing one leader, the standby taking over when the leader is killed.
+//! two replicas electing one leader, the standby taking over when the leader is killed,
+//! and both serving the agent-injection webhook with the certificate they share.
 
 use std::process::Command;
 use std::time::Duration;
@@ -13,16 +14,51 @@ use skylift_e2e::{Process, Scratch, binary, free_port, wait_for};
 use skylift_testkit::apiserver::ApiServer;
 use skylift_testkit::http;
 
-fn operator(identity: &str, admin_port: u16, kubeconfig: &std::path::Path) -> Command {
+fn operator(identity: &str, ports: (u16, u16), kubeconfig: &std::path::Path) -> Command {
     let mut command = Command::new(binary("skylift-operator"));
     command
         .env("KUBECONFIG", kubeconfig)
         .env("SKYLIFT_OPERATOR_LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
+        .env("POD_NAMESPACE", "default")
         .args(["--identity", identity])
-        .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{}", ports.0)])
+        .args(["--webhook-listen", &format!("127.0.0.1:{}", ports.1)])
         .args(["--leader-election-namespace", "default"]);
     command
+}
+
+/// Asks the webhook on `port` about a pod nothing selects, as the API server would: over
+/// HTTPS to the Service's name, trusting the CA the replicas keep in their Secret.
+async fn webhook_answers(client: &kube::Client, port: u16) -> Option<()> {
+    let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), "default")
+        .get_opt("skylift-operator-webhook-tls")
+        .await
+        .ok()??;
+    let ca = secret.data?.get("ca.crt")?.0.clone();
+    let host = "skylift-operator-webhook.default.svc";
+    let https = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).ok()?)
+        .resolve(host, std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .build()
+        .ok()?;
+    let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": "e911857d-c318-11e8-bbad-025000000001", "operation": "CREATE",
+        "kind": {"group": "", "version": "v1", "kind": "Pod"}, "namespace": "default",
+        "object": {"metadata": {"name": "plain"}, "spec": {"containers": [{"name": "app"}]}}}});
+    let answer: Value = https
+        .post(format!("https://{host}:{port}/inject-agent"))
+        .json(&review)
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let response = &answer["response"];
+    (response["uid"] == "e911857d-c318-11e8-bbad-025000000001" && response["allowed"] == true)
+        .then_some(())
 }
 
 async fn leader_gauge(port: u16) -> Option<i64> {
@@ -76,15 +112,16 @@ async fn two_replicas_elect_one_leader_and_the_standby_takes_over_when_it_is_kil
     let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
 
     let ports = [free_port(), free_port()];
+    let webhook_ports = [free_port(), free_port()];
     let mut replicas = [
         Process::spawn(
             "operator-a",
-            operator("operator-a", ports[0], &kubeconfig),
+            operator("operator-a", (ports[0], webhook_ports[0]), &kubeconfig),
             scratch.path(),
         ),
         Process::spawn(
             "operator-b",
-            operator("operator-b", ports[1], &kubeconfig),
+            operator("operator-b", (ports[1], webhook_ports[1]), &kubeconfig),
             scratch.path(),
         ),
     ];
@@ -118,6 +155,16 @@ async fn two_replicas_elect_one_leader_and_the_standby_takes_over_when_it_is_kil
             (200, 200),
             "both replicas are healthy and ready"
         );
+    }
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    for port in webhook_ports {
+        wait_for(
+            "the webhook served by each replica, the standby too",
+            Duration::from_secs(20),
+            || webhook_answers(&client, port),
+        )
+        .await;
     }
 
     create_satellite(&client, "before").await;
@@ -158,7 +205,7 @@ async fn two_replicas_elect_one_leader_and_the_standby_takes_over_when_it_is_kil
 }
 
 #[test]
-fn crd_subcommand_prints_the_three_crds() {
+fn crd_subcommand_prints_every_crd() {
     let output = Command::new(binary("skylift-operator"))
         .arg("crd")
         .output()
@@ -176,7 +223,12 @@ fn crd_subcommand_prints_the_three_crds() {
         [
             "oapservers.skylift.io",
             "satellites.skylift.io",
-            "proxies.skylift.io"
+            "proxies.skylift.io",
+            "uis.skylift.io",
+            "banyandbs.skylift.io",
+            "otelcollectors.skylift.io",
+            "rovers.skylift.io",
+            "swagents.skylift.io",
         ]
     );
     let committed = std::fs::read_to_string(concat!(

@@ -95,10 +95,7 @@ pub struct OAPConfigFiles {
     /// Directory under `/skywalking/config` the files go to, e.g. `otel-rules/custom` or
     /// `oal`. Default: the configuration directory itself (where `application.yml` is).
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    #[schemars(regex(
-        pattern = r"^([A-Za-z0-9_][A-Za-z0-9_.-]*)(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$"
-    ))]
-    #[x_kube(validation = Rule::new("!self.split('/').exists(p, p == '..')").message("config[].path must stay inside OAP's configuration directory: no '..'").reason(Reason::FieldValueInvalid))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$') && !self.split('/').exists(p, p == '..' || p == '.')").message("config[].path is a directory relative to /skywalking/config: names of letters, digits, '_', '.' and '-' separated by '/', and no '.' or '..'").reason(Reason::FieldValueInvalid))]
     pub path: String,
 }
 

@@ -41,7 +41,7 @@ use crate::common::Backend;
 pub struct SwAgentSpec {
     /// Pods carrying all these labels get the agent. At least one label: a SwAgent never
     /// selects a whole namespace by accident.
-    #[schemars(length(min = 1))]
+    #[x_kube(validation = Rule::new("self.size() > 0").message("selector needs at least one label: a SwAgent never injects into every pod of a namespace").reason(Reason::FieldValueRequired))]
     pub selector: BTreeMap<String, String>,
     /// The agent's language.
     pub language: AgentLanguage,

@@ -13,6 +13,11 @@ async fn create(server: &ApiServer, kind: &str, spec: Value) -> Result<Value, St
     let resource = match kind {
         "Satellite" => kube::api::ApiResource::erase::<skylift_api::Satellite>(&()),
         "Proxy" => kube::api::ApiResource::erase::<skylift_api::Proxy>(&()),
+        "UI" => kube::api::ApiResource::erase::<skylift_api::UI>(&()),
+        "BanyanDB" => kube::api::ApiResource::erase::<skylift_api::BanyanDB>(&()),
+        "OTelCollector" => kube::api::ApiResource::erase::<skylift_api::OTelCollector>(&()),
+        "Rover" => kube::api::ApiResource::erase::<skylift_api::Rover>(&()),
+        "SwAgent" => kube::api::ApiResource::erase::<skylift_api::SwAgent>(&()),
         _ => kube::api::ApiResource::erase::<skylift_api::OAPServer>(&()),
     };
     let api: Api<kube::api::DynamicObject> =
@@ -162,9 +167,93 @@ async fn enums_patterns_and_required_fields_are_explained() {
     .await
     .unwrap_err();
     assert!(
-        storage.contains("storage.address is required for banyandb and elasticsearch"),
+        storage.contains(
+            "storage.address (or, for banyandb, storage.banyanDBRef) is required for banyandb and elasticsearch"
+        ),
         "{storage}"
     );
+}
+
+#[tokio::test]
+async fn the_rest_of_a_deployment_is_refused_with_what_to_fix() {
+    let server = server().await;
+    for (kind, spec, expected) in [
+        (
+            "OAPServer",
+            json!({"version": "10.2.0", "storage": {"type": "elasticsearch", "banyanDBRef": {"name": "db"}}}),
+            "storage.banyanDBRef goes with type banyandb and no address",
+        ),
+        (
+            "OAPServer",
+            json!({"version": "10.2.0", "config": [{"configMapName": "rules", "path": "otel-rules/../../etc"}]}),
+            "config[].path is a directory relative to /skywalking/config",
+        ),
+        (
+            "OAPServer",
+            json!({"version": "10.2.0", "config": [{"configMapName": "rules", "path": "/etc"}]}),
+            "config[].path is a directory relative to /skywalking/config",
+        ),
+        (
+            "UI",
+            json!({"version": "10.2.0", "oap": {"oapServerRef": {"name": "sw"}, "url": "http://oap:12800"}}),
+            "oap needs exactly one of oapServerRef or url",
+        ),
+        (
+            "UI",
+            json!({"version": "10.2.0", "oap": {"url": "oap:12800"}}),
+            "spec.oap.url",
+        ),
+        (
+            "BanyanDB",
+            json!({"version": "0.9.0", "replicas": 2}),
+            "spec.replicas",
+        ),
+        (
+            "OTelCollector",
+            json!({"version": "0.115.0", "backend": {"address": "oap:11800"}}),
+            "give exactly one of scrape (the configuration is generated) or configMapRef",
+        ),
+        (
+            "OTelCollector",
+            json!({"version": "0.115.0", "backend": {}, "scrape": [{"name": "job"}]}),
+            "backend needs exactly one of oapServerRef, satelliteRef or address",
+        ),
+        (
+            "Rover",
+            json!({"version": "0.7.0", "backend": {"address": "oap:11800"},
+                   "podTemplate": {"containerSecurityContext": {"privileged": false}}}),
+            "Rover's security context is fixed",
+        ),
+        (
+            "SwAgent",
+            json!({"selector": {}, "language": "java"}),
+            "selector needs at least one label",
+        ),
+        (
+            "SwAgent",
+            json!({"selector": {"app": "shop"}, "language": "dotnet"}),
+            "spec.language",
+        ),
+    ] {
+        assert_refused(&server, kind, spec, expected).await;
+    }
+    create(
+        &server,
+        "OAPServer",
+        json!({"version": "10.2.0",
+        "config": [{"configMapName": "rules", "path": "otel-rules/my.rules_v2"}]}),
+    )
+    .await
+    .unwrap();
+    // What the examples declare is accepted.
+    create(
+        &server,
+        "Rover",
+        json!({"version": "0.7.0", "backend": {"satelliteRef": {"name": "ingest"}},
+        "podTemplate": {"nodeSelector": {"profiling": "on"}}}),
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
