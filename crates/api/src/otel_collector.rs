@@ -98,6 +98,10 @@ pub struct ScrapeJob {
     #[serde(default = "default_metrics_path")]
     #[schemars(regex(pattern = r"^/\S*$"))]
     pub path: String,
+    /// Labels put on every sample of the job, e.g. `host_name: orders-db`: OAP's MySQL,
+    /// PostgreSQL and Redis rules name the service after `host_name`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     /// How often to scrape, e.g. `30s`.
     #[serde(default = "default_interval")]
     #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]

@@ -52,7 +52,7 @@ impl Default for Metrics {
         let admissions = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "admission_reviews",
-            "Pods the agent-injection webhook was asked about, by outcome (injected, not_selected, already_injected, opted_out, skipped, invalid)",
+            "Pods the agent-injection webhook was asked about, by outcome (injected, not_selected, already_injected, opted_out, skipped, invalid, not_ready)",
             admissions.clone(),
         );
         registry.register(

@@ -26,6 +26,8 @@ use crate::metrics::Metrics;
 
 /// The path the MutatingWebhookConfiguration calls.
 pub const INJECT_PATH: &str = "/inject-agent";
+/// How long a review waits for the caches' first list.
+const CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// What the webhook reads.
 #[derive(Clone)]
@@ -76,6 +78,20 @@ impl Caches {
             },
             vec![a, b, c],
         )
+    }
+
+    /// Waits (at most `limit`) for the first list of every cache: a pod created while the
+    /// operator starts is decided on what exists, not on empty caches.
+    async fn filled(&self, limit: std::time::Duration) -> bool {
+        let all = async {
+            let (a, b, c) = futures::join!(
+                self.swagents.wait_until_ready(),
+                self.satellites.wait_until_ready(),
+                self.oapservers.wait_until_ready()
+            );
+            a.is_ok() && b.is_ok() && c.is_ok()
+        };
+        tokio::time::timeout(limit, all).await.unwrap_or(false)
     }
 
     fn names_in<K: Resource<DynamicType = ()> + Clone>(
@@ -169,6 +185,16 @@ async fn handle(
             .into_response();
     };
     let caches = &state.caches;
+    // Within the API server's timeout (5 s in the chart); past it the pod is created
+    // without an agent either way.
+    if !caches.filled(CACHE_WAIT).await {
+        state.metrics.record_admission("not_ready");
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "the webhook's caches are still filling",
+        )
+            .into_response();
+    }
     let (answer, outcome) = review(
         &body,
         |namespace| {

@@ -542,3 +542,101 @@ async fn pods_get_their_agent_from_the_webhook_once_and_an_outage_never_blocks_t
     );
     cluster.stop().await;
 }
+
+/// `kubectl apply -f examples/`: every example file, in the order kubectl reads them.
+async fn apply_examples(cluster: &Cluster) {
+    use kube::api::{DynamicObject, GroupVersionKind};
+    let directory = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut files: Vec<_> = std::fs::read_dir(&directory)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    let discovery = kube::Discovery::new(cluster.client.clone())
+        .run()
+        .await
+        .unwrap();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let value: Value = serde::Deserialize::deserialize(document).unwrap();
+            if value.is_null() {
+                continue;
+            }
+            let object: DynamicObject = serde_json::from_value(value.clone()).unwrap();
+            let gvk = GroupVersionKind::try_from(object.types.as_ref().unwrap()).unwrap();
+            let (resource, _) = discovery.resolve_gvk(&gvk).unwrap();
+            let api: Api<DynamicObject> = match value["metadata"]["namespace"].as_str() {
+                Some(ns) => Api::namespaced_with(cluster.client.clone(), ns, &resource),
+                None => Api::all_with(cluster.client.clone(), &resource),
+            };
+            match api.create(&PostParams::default(), &object).await {
+                Ok(_) => {}
+                // A Namespace several files declare, as `kubectl apply` allows.
+                Err(kube::Error::Api(status)) if status.code == 409 && gvk.kind == "Namespace" => {}
+                Err(err) => panic!("{}: {} refused: {err}", file.display(), gvk.kind),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_examples_make_a_whole_skywalking_with_one_operator() {
+    let cluster = Cluster::start().await;
+    apply_examples(&cluster).await;
+    let oap: Deployment = eventually("OAP on the BanyanDB", || async {
+        let oap = cluster.get::<Deployment>("skywalking-oap").await?;
+        env(&oap, "SW_STORAGE_BANYANDB_TARGETS").map(|_| oap)
+    })
+    .await;
+    assert_eq!(
+        env(&oap, "SW_STORAGE_BANYANDB_TARGETS").as_deref(),
+        Some("storage-banyandb-grpc.observability.svc:17912")
+    );
+    eventually("the BanyanDB", || {
+        cluster.get::<StatefulSet>("storage-banyandb")
+    })
+    .await;
+    eventually("OAP's dynamic configuration", || {
+        cluster.get::<ConfigMap>("skywalking-oap-dynamic-config")
+    })
+    .await;
+    eventually("the UI", || cluster.get::<Deployment>("skywalking-ui")).await;
+    eventually("the Satellite", || {
+        cluster.get::<Deployment>("ingest-satellite")
+    })
+    .await;
+    eventually("its autoscaler", || {
+        cluster
+            .get::<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>("ingest-satellite")
+    })
+    .await;
+    eventually("the collector", || {
+        cluster.get::<Deployment>("metrics-otelcol")
+    })
+    .await;
+    eventually("the OTLP proxy", || cluster.get::<Deployment>("otlp-proxy")).await;
+    eventually("Rover", || cluster.get::<DaemonSet>("profiling-rover")).await;
+    let agents: Api<SwAgent> = Api::namespaced(cluster.client.clone(), "shop");
+    for language in ["java", "python", "nodejs"] {
+        let agents = agents.clone();
+        eventually("each language's SwAgent ready", move || {
+            let agents = agents.clone();
+            async move {
+                let agent = agents.get(language).await.ok()?;
+                let status = agent.status?;
+                let ready = status
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                (ready
+                    && status.backend.as_deref()
+                        == Some("ingest-satellite.observability.svc:11800"))
+                .then_some(())
+            }
+        })
+        .await;
+    }
+    cluster.stop().await;
+}

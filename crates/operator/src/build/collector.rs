@@ -86,11 +86,17 @@ fn scrape_config(job: &ScrapeJob, namespace: &str) -> Value {
     if let Some(port) = &job.port {
         relabel.push(json!({"source_labels": [port_label], "regex": port, "action": "keep"}));
     }
-    // Where a sample came from, as OAP's rules expect to find it.
+    // Where a sample came from.
     relabel.push(
         json!({"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"}),
     );
     relabel.push(json!({"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"}));
+    for (label, value) in &job.labels {
+        // `$` starts a variable in a collector configuration; `$$` is a literal one.
+        relabel.push(json!({
+            "target_label": label, "replacement": value.replace('$', "$$"), "action": "replace",
+        }));
+    }
     json!({
         "job_name": job.name,
         "scrape_interval": job.interval,
@@ -269,7 +275,8 @@ mod tests {
             &collector(json!({
                 "version": "0.115.0", "backend": {"oapServerRef": {"name": "skywalking"}},
                 "scrape": [
-                    {"name": "mysql-monitoring", "matchLabels": {"app": "mysqld-exporter"}, "port": "metrics"},
+                    {"name": "mysql-monitoring", "matchLabels": {"app": "mysqld-exporter"}, "port": "metrics",
+                     "labels": {"host_name": "orders-db"}},
                     {"name": "vm", "role": "endpoints", "interval": "15s", "path": "/stats"}
                 ]
             })),
@@ -295,6 +302,10 @@ mod tests {
         );
         assert_eq!(sd["selectors"][0]["label"], "app=mysqld-exporter");
         assert_eq!(jobs[0]["relabel_configs"][0]["regex"], "metrics");
+        let relabels = jobs[0]["relabel_configs"].as_array().unwrap();
+        assert!(relabels.contains(
+            &json!({"target_label": "host_name", "replacement": "orders-db", "action": "replace"})
+        ));
         assert_eq!(jobs[1]["kubernetes_sd_configs"][0]["role"], "endpointslice");
         assert_eq!(
             (
