@@ -50,6 +50,9 @@ pub mod labels {
     pub const DRAINING_ANNOTATION: &str = "skylift.io/draining";
     /// Annotation holding the hash of the configuration the operator last applied.
     pub const APPLIED_HASH_ANNOTATION: &str = "skylift.io/applied-hash";
+    /// Pod-template annotation with the hash of the configuration files a workload mounts
+    /// (OAP's files, a collector's configuration): a change to them rolls the pods.
+    pub const CONFIG_HASH_ANNOTATION: &str = "skylift.io/config-hash";
 }
 
 /// The published upstream list.

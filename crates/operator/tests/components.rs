@@ -18,7 +18,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use skylift_api::{BanyanDB, OAPServer, OTelCollector, Rover, SwAgent, UI};
 use skylift_operator::metrics::Metrics;
-use support::{Cluster, NS, eventually};
+use support::{Cluster, NS, condition, eventually, is_ready};
 
 fn resource(kind: &str, name: &str, spec: Value) -> Value {
     json!({"apiVersion": "skylift.io/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec})
@@ -85,13 +85,7 @@ async fn a_ui_fronts_its_oapserver_and_its_ingress_follows_the_spec() {
             .then_some(ui)
     })
     .await;
-    assert!(
-        ui.status
-            .unwrap()
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-    );
+    assert!(is_ready(&ui.status.unwrap().conditions));
     cluster
         .merge::<UI>("console", &json!({"spec": {"ingress": null}}))
         .await;
@@ -299,13 +293,8 @@ async fn a_collector_scrapes_its_namespace_into_the_oapserver() {
         ))
         .await;
     eventually("the problem clears once the OAPServer exists", || async {
-        let c = cluster.get::<OTelCollector>("metrics").await?;
-        let degraded = c
-            .status?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Degraded")?;
-        (degraded.status == "False").then_some(())
+        let status = cluster.get::<OTelCollector>("metrics").await?.status?;
+        (condition(&status.conditions, "Degraded")?.status == "False").then_some(())
     })
     .await;
     cluster.stop().await;
@@ -626,10 +615,7 @@ async fn the_examples_make_a_whole_skywalking_with_one_operator() {
             async move {
                 let agent = agents.get(language).await.ok()?;
                 let status = agent.status?;
-                let ready = status
-                    .conditions
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                let ready = is_ready(&status.conditions);
                 (ready
                     && status.backend.as_deref()
                         == Some("ingest-satellite.observability.svc:11800"))

@@ -13,7 +13,7 @@ use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use skylift_api::{OAPServer, Proxy, Satellite, UpstreamEndpoints};
 use skylift_operator::run::Settings;
-use support::{Cluster, NS, eventually, eventually_within};
+use support::{Cluster, NS, condition, eventually, eventually_within, is_ready};
 
 fn oapserver(name: &str) -> Value {
     json!({"apiVersion": "skylift.io/v1alpha1", "kind": "OAPServer",
@@ -56,13 +56,6 @@ async fn status_upstreams(cluster: &Cluster, satellite: &str) -> Option<Vec<Stri
             .map(|u| u.address)
             .collect(),
     )
-}
-
-/// Whether a status carries a `Ready` condition that is `True`.
-fn is_ready(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> bool {
-    conditions
-        .iter()
-        .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 #[tokio::test]
@@ -495,13 +488,8 @@ async fn a_missing_oapserver_degrades_the_satellite_until_it_appears() {
         })
     })
     .await;
-    let degraded = sat
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Degraded")
-        .unwrap();
+    let status = sat.status.unwrap();
+    let degraded = condition(&status.conditions, "Degraded").unwrap();
     assert_eq!(degraded.status, "True");
     assert!(
         degraded
@@ -521,13 +509,8 @@ async fn a_missing_oapserver_degrades_the_satellite_until_it_appears() {
         )
         .await;
     eventually("the Satellite to recover", || async {
-        let sat = cluster.get::<Satellite>("ingest").await?;
-        let degraded = sat
-            .status?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Degraded")?;
-        (degraded.status == "False").then_some(())
+        let status = cluster.get::<Satellite>("ingest").await?.status?;
+        (condition(&status.conditions, "Degraded")?.status == "False").then_some(())
     })
     .await;
     cluster.stop().await;

@@ -13,6 +13,7 @@ use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 use skylift_api::OTelCollector;
+use skylift_api::constants::labels::CONFIG_HASH_ANNOTATION;
 use skylift_api::otel_collector::{DiscoveryRole, ScrapeJob};
 
 use super::backend::BackendTarget;
@@ -28,8 +29,6 @@ pub const CONFIG_PATH: &str = "/etc/otelcol/config.yaml";
 const HEALTH_PORT: i32 = 13133;
 /// The collector's own metrics (`service.telemetry`).
 const METRICS_PORT: i32 = 8888;
-/// Pod-template annotation with the hash of the configuration, so a change rolls the pods.
-pub const CONFIG_HASH_ANNOTATION: &str = "skylift.io/config-hash";
 
 #[derive(Clone, Debug)]
 pub struct CollectorObjects {
@@ -360,18 +359,8 @@ mod tests {
         assert_eq!(config_map.name, "my-otel");
         assert_eq!(config_map.items.as_ref().unwrap()[0].key, "otel.yaml");
         let hash = |o: &CollectorObjects| {
-            o.deployment
-                .spec
-                .as_ref()
+            crate::build::podspec::template_annotation(&o.deployment, CONFIG_HASH_ANNOTATION)
                 .unwrap()
-                .template
-                .metadata
-                .as_ref()
-                .unwrap()
-                .annotations
-                .as_ref()
-                .unwrap()[CONFIG_HASH_ANNOTATION]
-                .clone()
         };
         assert_ne!(
             hash(&objects),

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use skylift_api::common::ServiceAddress;
+use skylift_api::constants::labels::CONFIG_HASH_ANNOTATION;
 use skylift_api::constants::{default_oap_image, ports};
 use skylift_api::oapserver::{OAPStorage, StorageType};
 use skylift_api::{OAPServer, ServiceOptions};
@@ -28,9 +29,6 @@ pub const METER_ANALYZER_ACTIVE_FILES: &str = "datasource,threadpool,satellite,g
 
 /// OAP's configuration directory in its image.
 pub const CONFIG_DIR: &str = "/skywalking/config";
-/// Pod-template annotation with the hash of the mounted configuration files: a change
-/// to any of them rolls the pods (subPath mounts are not updated in place).
-pub const CONFIG_HASH_ANNOTATION: &str = "skylift.io/config-hash";
 
 /// What the OAPServer's objects are built from besides its spec, as the operator read it.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -821,19 +819,8 @@ mod tests {
         let volumes = template.spec.as_ref().unwrap().volumes.as_ref().unwrap();
         assert_eq!(volumes[1].config_map.as_ref().unwrap().name, "rules");
         let hash = |objects: &OapObjects| {
-            objects
-                .deployment
-                .spec
-                .as_ref()
+            crate::build::podspec::template_annotation(&objects.deployment, CONFIG_HASH_ANNOTATION)
                 .unwrap()
-                .template
-                .metadata
-                .as_ref()
-                .unwrap()
-                .annotations
-                .as_ref()
-                .unwrap()[CONFIG_HASH_ANNOTATION]
-                .clone()
         };
         assert_eq!(hash(&objects), hash(&build(&oap, &inputs("r1"))));
         assert_ne!(

@@ -148,3 +148,21 @@ pub(crate) fn deployment_spec(
         ..DeploymentSpec::default()
     }
 }
+
+/// An annotation of a Deployment's pod template, for tests of what rolls the pods.
+#[cfg(test)]
+pub(crate) fn template_annotation(
+    deployment: &k8s_openapi::api::apps::v1::Deployment,
+    key: &str,
+) -> Option<String> {
+    deployment
+        .spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(key)
+        .cloned()
+}

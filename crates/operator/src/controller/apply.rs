@@ -19,6 +19,7 @@ pub enum Applied {
     Unchanged,
     Created,
     Updated,
+    Deleted,
 }
 
 impl Context {
@@ -118,6 +119,38 @@ impl Context {
         } else {
             Applied::Created
         })
+    }
+
+    /// Applies `desired` when the spec asks for the object; otherwise deletes the one
+    /// `owner_uid` made before, at `namespace/name` (a field removed from the spec takes
+    /// its object with it).
+    pub(crate) async fn apply_or_remove<K>(
+        &self,
+        cache: &OwnedCache,
+        owner_uid: &str,
+        (namespace, name): (&str, &str),
+        desired: Option<K>,
+    ) -> Result<Applied, Error>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + Debug
+            + Serialize
+            + DeserializeOwned,
+    {
+        match desired {
+            Some(desired) => self.apply(cache, owner_uid, desired).await,
+            None => {
+                let deleted = self
+                    .delete_owned::<K>(cache, owner_uid, namespace, name)
+                    .await?;
+                Ok(if deleted {
+                    Applied::Deleted
+                } else {
+                    Applied::Unchanged
+                })
+            }
+        }
     }
 
     /// Deletes the cached object `namespace/name` if `owner_uid` controls it.

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use skylift_api::{OTelCollector, WorkloadStatus};
@@ -12,7 +11,7 @@ use skylift_api::{OTelCollector, WorkloadStatus};
 use super::report::{RESYNC, publish_changes, sort_results};
 use super::sources::lookup;
 use super::workload::{missing_backend, report};
-use super::{Applied, Context, Error};
+use super::{Context, Error};
 use crate::build::backend::BackendTarget;
 use crate::build::{collector as build, selector_string};
 use crate::status::{Problem, Rollout};
@@ -50,19 +49,14 @@ pub async fn reconcile(collector: Arc<OTelCollector>, ctx: Arc<Context>) -> Resu
         });
     let objects = build::build(&collector, user_config.as_ref());
     let workload = build::workload_name(&name);
-    let config_map = match objects.config_map {
-        Some(config_map) => ctx.apply(&stores.config_maps, &uid, config_map).await,
-        None => ctx
-            .delete_owned::<ConfigMap>(&stores.config_maps, &uid, &namespace, &workload)
-            .await
-            .map(|deleted| {
-                if deleted {
-                    Applied::Updated
-                } else {
-                    Applied::Unchanged
-                }
-            }),
-    };
+    let config_map = ctx
+        .apply_or_remove(
+            &stores.config_maps,
+            &uid,
+            (&namespace, &workload),
+            objects.config_map,
+        )
+        .await;
     let results = [
         (
             "ServiceAccount",

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
@@ -87,24 +86,15 @@ pub async fn reconcile(oap: Arc<OAPServer>, ctx: Arc<Context>) -> Result<Action,
     let objects = build::build(&oap, &inputs);
     let stores = &ctx.stores;
     let deployment_name = objects.deployment.name_any();
-    let dynamic_config = match objects.dynamic_config {
-        Some(config_map) => ctx.apply(&stores.config_maps, &uid, config_map).await,
-        None => ctx
-            .delete_owned::<ConfigMap>(
-                &stores.config_maps,
-                &uid,
-                &namespace,
-                &build::dynamic_config_name(&oap.name_any()),
-            )
-            .await
-            .map(|deleted| {
-                if deleted {
-                    Applied::Updated
-                } else {
-                    Applied::Unchanged
-                }
-            }),
-    };
+    let dynamic_config_name = build::dynamic_config_name(&oap.name_any());
+    let dynamic_config = ctx
+        .apply_or_remove(
+            &stores.config_maps,
+            &uid,
+            (&namespace, &dynamic_config_name),
+            objects.dynamic_config,
+        )
+        .await;
 
     let mut changes = Vec::new();
     let results = [

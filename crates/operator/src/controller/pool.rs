@@ -17,7 +17,7 @@ use skylift_api::{Proxy, Satellite, UpstreamEndpoints};
 
 use super::cache::Watched;
 use super::report::{RESYNC, now, publish, publish_changes, sort_results, write_status};
-use super::{Applied, Context, Error};
+use super::{Context, Error};
 use crate::build::oapserver::pod_selector as oap_pod_selector;
 use crate::build::pool::{PoolView, UpstreamSource, build, proxy_upstream, satellite_upstream};
 use crate::build::selector_string;
@@ -136,24 +136,8 @@ pub async fn reconcile<K: PoolResource>(pool: Arc<K>, ctx: Arc<Context>) -> Resu
         ),
         (
             "HorizontalPodAutoscaler",
-            match hpa {
-                Some(hpa) => ctx.apply(&stores.hpas, &uid, hpa).await,
-                None => ctx
-                    .delete_owned::<HorizontalPodAutoscaler>(
-                        &stores.hpas,
-                        &uid,
-                        &namespace,
-                        &workload,
-                    )
-                    .await
-                    .map(|deleted| {
-                        if deleted {
-                            Applied::Updated
-                        } else {
-                            Applied::Unchanged
-                        }
-                    }),
-            },
+            ctx.apply_or_remove(&stores.hpas, &uid, (&namespace, &workload), hpa)
+                .await,
         ),
     ];
     sort_results(results, &mut changes, &mut problems)?;

@@ -83,13 +83,18 @@ where
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let (created, updated) = (list(Applied::Created), list(Applied::Updated));
-    let note = match (created.is_empty(), updated.is_empty()) {
-        (false, true) => format!("created {created}"),
-        (true, false) => format!("updated {updated}"),
-        _ => format!("created {created}; updated {updated}"),
-    };
-    let reason = if updated.is_empty() {
+    let note = [
+        ("created", Applied::Created),
+        ("updated", Applied::Updated),
+        ("deleted", Applied::Deleted),
+    ]
+    .into_iter()
+    .map(|(verb, wanted)| (verb, list(wanted)))
+    .filter(|(_, kinds)| !kinds.is_empty())
+    .map(|(verb, kinds)| format!("{verb} {kinds}"))
+    .collect::<Vec<_>>()
+    .join("; ");
+    let reason = if changes.iter().all(|(_, a)| *a == Applied::Created) {
         "Created"
     } else {
         "Updated"

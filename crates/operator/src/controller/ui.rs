@@ -3,14 +3,13 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::networking::v1::Ingress;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use skylift_api::{UI, WorkloadStatus};
 
 use super::report::{RESYNC, publish_changes, sort_results};
 use super::workload::{missing_backend, report};
-use super::{Applied, Context, Error};
+use super::{Context, Error};
 use crate::build::backend::BackendTarget;
 use crate::build::{selector_string, ui as build};
 use crate::status::Rollout;
@@ -35,19 +34,14 @@ pub async fn reconcile(ui: Arc<UI>, ctx: Arc<Context>) -> Result<Action, Error> 
             "spec.oap.oapServerRef.name",
         ));
     }
-    let ingress = match objects.ingress {
-        Some(ingress) => ctx.apply(&stores.ingresses, &uid, ingress).await,
-        None => ctx
-            .delete_owned::<Ingress>(&stores.ingresses, &uid, &namespace, &workload)
-            .await
-            .map(|deleted| {
-                if deleted {
-                    Applied::Updated
-                } else {
-                    Applied::Unchanged
-                }
-            }),
-    };
+    let ingress = ctx
+        .apply_or_remove(
+            &stores.ingresses,
+            &uid,
+            (&namespace, &workload),
+            objects.ingress,
+        )
+        .await;
     let results = [
         (
             "Service",

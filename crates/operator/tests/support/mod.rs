@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
@@ -171,6 +172,16 @@ impl Cluster {
             let _ = tokio::time::timeout(Duration::from_secs(10), operator).await;
         }
     }
+}
+
+/// The condition of `type_` in a status's conditions.
+pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Whether a status carries a `Ready` condition that is `True`.
+pub fn is_ready(conditions: &[Condition]) -> bool {
+    condition(conditions, "Ready").is_some_and(|c| c.status == "True")
 }
 
 /// Polls `check` until it gives a value, failing the test after 10 seconds with `what`.
