@@ -4,7 +4,7 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{PodTemplateOverrides, ServiceOptions, WorkloadStatus};
+use crate::common::{PodTemplateOverrides, ServiceOptions, WorkloadStatus, default_replicas};
 
 /// BanyanDB in standalone mode: a StatefulSet whose pod keeps its data on a volume claim,
 /// with a gRPC Service (17912, what OAP writes to) and an HTTP Service (17913).
@@ -48,7 +48,7 @@ pub struct BanyanDBSpec {
     pub image: Option<String>,
     /// 1 to run, 0 to stop while keeping the data. A standalone BanyanDB is one node: a
     /// second replica would be a second, separate database.
-    #[serde(default = "one")]
+    #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 1))]
     pub replicas: i32,
     /// The data volume.
@@ -70,10 +70,6 @@ pub struct BanyanDBSpec {
     /// Overrides for the pod template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template: Option<PodTemplateOverrides>,
-}
-
-fn one() -> i32 {
-    1
 }
 
 /// The volume claim each replica gets (kept when the BanyanDB is deleted, as a

@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{Backend, PodTemplateOverrides, WorkloadStatus};
+use crate::common::{Backend, PodTemplateOverrides, WorkloadStatus, default_replicas};
 
 /// An OpenTelemetry collector that finds Prometheus targets through Kubernetes service
 /// discovery in its own namespace, scrapes them, and exports the metrics over OTLP to OAP
@@ -47,7 +47,7 @@ pub struct OTelCollectorSpec {
     pub image: Option<String>,
     /// 1 to run, 0 to stop. Every replica would scrape every target, so OAP would count
     /// each sample once per replica: there is one.
-    #[serde(default = "one")]
+    #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 1))]
     pub replicas: i32,
     /// Where the metrics go (OTLP over gRPC): an OAPServer, a Satellite, or an address.
@@ -67,10 +67,6 @@ pub struct OTelCollectorSpec {
     /// Overrides for the pod template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template: Option<PodTemplateOverrides>,
-}
-
-fn one() -> i32 {
-    1
 }
 
 /// One Prometheus scrape job.

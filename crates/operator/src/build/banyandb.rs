@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use skylift_api::BanyanDB;
 use skylift_api::common::ServiceAddress;
 
-use super::meta::{Labels, child_meta};
+use super::meta::{Labels, child_meta, pod_selector_of};
 use super::oapserver::{container_port, service_for, service_port};
 use super::podspec::{Hardening, PodParts, pod_template};
 
@@ -61,13 +61,7 @@ fn labels(db: &BanyanDB) -> Labels {
 }
 
 pub fn pod_selector(name: &str) -> BTreeMap<String, String> {
-    Labels {
-        name: BANYANDB_APP_NAME,
-        instance: name.to_string(),
-        component: "storage",
-        version: String::new(),
-    }
-    .selector()
+    pod_selector_of(BANYANDB_APP_NAME, name)
 }
 
 /// Where OAP (gRPC) and browsers (HTTP) reach the BanyanDB.

@@ -17,7 +17,7 @@ use skylift_api::constants::labels::CONFIG_HASH_ANNOTATION;
 use skylift_api::otel_collector::{DiscoveryRole, ScrapeJob};
 
 use super::backend::BackendTarget;
-use super::meta::{Labels, child_meta};
+use super::meta::{Labels, child_meta, pod_selector_of};
 use super::oapserver::{ConfigSource, container_port};
 use super::podspec::{Hardening, PodParts, deployment_spec, pod_template};
 use super::rbac::workload_identity;
@@ -54,13 +54,7 @@ fn labels(collector: &OTelCollector) -> Labels {
 }
 
 pub fn pod_selector(name: &str) -> BTreeMap<String, String> {
-    Labels {
-        name: COLLECTOR_APP_NAME,
-        instance: name.to_string(),
-        component: "collector",
-        version: String::new(),
-    }
-    .selector()
+    pod_selector_of(COLLECTOR_APP_NAME, name)
 }
 
 /// The Prometheus `kubernetes_sd_configs` role of a job, and the label holding the name

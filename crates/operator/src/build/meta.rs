@@ -74,14 +74,20 @@ pub(crate) struct Labels {
     pub version: String,
 }
 
+/// The labels that select the pods of `instance` of the app `name` (what a workload's
+/// selector, and anything else finding its pods, match).
+pub(crate) fn pod_selector_of(name: &'static str, instance: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (labels::NAME.to_string(), name.to_string()),
+        (labels::INSTANCE.to_string(), instance.to_string()),
+    ])
+}
+
 impl Labels {
     /// Labels that select the workload's pods. Never change for a resource (a Deployment's
     /// selector is immutable).
     pub fn selector(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([
-            (labels::NAME.to_string(), self.name.to_string()),
-            (labels::INSTANCE.to_string(), self.instance.clone()),
-        ])
+        pod_selector_of(self.name, &self.instance)
     }
 
     /// Labels of every generated object.

@@ -16,7 +16,7 @@ use skylift_api::constants::{default_oap_image, ports};
 use skylift_api::oapserver::{OAPStorage, StorageType};
 use skylift_api::{OAPServer, ServiceOptions};
 
-use super::meta::{Labels, child_meta, selector_string};
+use super::meta::{Labels, child_meta, pod_selector_of, selector_string};
 use super::podspec::{Hardening, PodParts, deployment_spec, pod_template};
 use super::rbac::{read_rule, workload_identity};
 
@@ -86,13 +86,7 @@ fn labels(oap: &OAPServer) -> Labels {
 /// Labels that select an OAPServer's pods (used by its Deployment, OAP's cluster
 /// coordinator, and Satellites referring to it).
 pub fn pod_selector(oap_name: &str) -> BTreeMap<String, String> {
-    Labels {
-        name: OAP_APP_NAME,
-        instance: oap_name.to_string(),
-        component: "oap",
-        version: String::new(),
-    }
-    .selector()
+    pod_selector_of(OAP_APP_NAME, oap_name)
 }
 
 /// Where clients reach the OAP cluster.

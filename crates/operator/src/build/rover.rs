@@ -15,7 +15,7 @@ use skylift_api::Rover;
 use skylift_api::constants::labels as label_keys;
 
 use super::backend::BackendTarget;
-use super::meta::{Labels, child_meta};
+use super::meta::{Labels, child_meta, pod_selector_of};
 use super::oapserver::{field_ref, plain};
 use super::podspec::{Hardening, PodParts, pod_template};
 
@@ -56,13 +56,7 @@ fn labels(rover: &Rover) -> Labels {
 }
 
 pub fn pod_selector(name: &str) -> BTreeMap<String, String> {
-    Labels {
-        name: ROVER_APP_NAME,
-        instance: name.to_string(),
-        component: "rover",
-        version: String::new(),
-    }
-    .selector()
+    pod_selector_of(ROVER_APP_NAME, name)
 }
 
 fn host_path(name: &str, path: &str) -> Volume {

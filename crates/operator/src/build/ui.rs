@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use skylift_api::UI;
 use skylift_api::constants::ports;
 
-use super::meta::{Labels, child_meta};
+use super::meta::{Labels, child_meta, pod_selector_of};
 use super::oapserver::{container_port, plain, service_for, workload_name as oap_workload};
 use super::podspec::{Hardening, PodParts, deployment_spec, pod_template};
 
@@ -81,13 +81,7 @@ pub fn url(ui: &UI) -> String {
 }
 
 pub fn pod_selector(ui_name: &str) -> BTreeMap<String, String> {
-    Labels {
-        name: UI_APP_NAME,
-        instance: ui_name.to_string(),
-        component: "ui",
-        version: String::new(),
-    }
-    .selector()
+    pod_selector_of(UI_APP_NAME, ui_name)
 }
 
 pub fn build(ui: &UI) -> UiObjects {

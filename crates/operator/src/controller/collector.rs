@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use skylift_api::{OTelCollector, WorkloadStatus};
@@ -14,7 +13,7 @@ use super::workload::{missing_backend, report};
 use super::{Context, Error};
 use crate::build::backend::BackendTarget;
 use crate::build::{collector as build, selector_string};
-use crate::status::{Problem, Rollout};
+use crate::status::Problem;
 
 pub async fn reconcile(collector: Arc<OTelCollector>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_started("OTelCollector");
@@ -80,16 +79,12 @@ pub async fn reconcile(collector: Arc<OTelCollector>, ctx: Arc<Context>) -> Resu
     sort_results(results, &mut changes, &mut problems)?;
     publish_changes(&ctx, collector.as_ref(), &changes).await;
 
-    let deployment: Option<Deployment> = stores
-        .deployments
-        .get(&namespace, &workload)
-        .and_then(|cached| cached.typed());
     let status = WorkloadStatus {
         selector: Some(selector_string(&build::pod_selector(&name))),
         backend: Some(target.grpc_address(&namespace)),
         ..WorkloadStatus::default()
     };
-    let rollout = Rollout::of(deployment.as_ref(), collector.spec.replicas);
+    let rollout = stores.deployment_rollout(&namespace, &workload, collector.spec.replicas);
     report(
         &ctx,
         collector.as_ref(),

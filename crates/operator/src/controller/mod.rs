@@ -58,6 +58,23 @@ pub struct Stores {
     pub hpas: OwnedCache,
 }
 
+impl Stores {
+    /// The rollout of the generated Deployment `namespace/name`, which should run
+    /// `desired` replicas.
+    pub(crate) fn deployment_rollout(
+        &self,
+        namespace: &str,
+        name: &str,
+        desired: i32,
+    ) -> crate::status::Rollout {
+        let deployment: Option<k8s_openapi::api::apps::v1::Deployment> = self
+            .deployments
+            .get(namespace, name)
+            .and_then(|cached| cached.typed());
+        crate::status::Rollout::of(deployment.as_ref(), desired)
+    }
+}
+
 /// What every reconcile gets.
 pub struct Context {
     pub client: Client,

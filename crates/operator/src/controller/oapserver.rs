@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
@@ -14,7 +13,7 @@ use super::sources::lookup;
 use super::{Applied, Context, Error};
 use crate::build::oapserver::OapInputs;
 use crate::build::{oapserver as build, selector_string};
-use crate::status::{Observed, Problem, Rollout, conditions};
+use crate::status::{Observed, Problem, conditions};
 
 /// What the OAPServer's objects are built from besides its spec: the targets of its
 /// BanyanDB, and the ConfigMaps its `config` names. Each one missing is a problem.
@@ -133,11 +132,11 @@ pub async fn reconcile(oap: Arc<OAPServer>, ctx: Arc<Context>) -> Result<Action,
     sort_results(results, &mut changes, &mut problems)?;
     publish_changes(&ctx, oap.as_ref(), &changes).await;
 
-    let deployment: Option<Deployment> = stores
-        .deployments
-        .get(&oap.namespace().unwrap_or_default(), &deployment_name)
-        .and_then(|cached| cached.typed());
-    let rollout = Rollout::of(deployment.as_ref(), oap.spec.replicas);
+    let rollout = stores.deployment_rollout(
+        &oap.namespace().unwrap_or_default(),
+        &deployment_name,
+        oap.spec.replicas,
+    );
     let previous = oap.status.clone().unwrap_or_default();
     let status = OAPServerStatus {
         replicas: rollout.replicas,

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::core::NamespaceResourceScope;
 use kube::runtime::controller::Action;
@@ -22,7 +21,7 @@ use crate::build::oapserver::pod_selector as oap_pod_selector;
 use crate::build::pool::{PoolView, UpstreamSource, build, proxy_upstream, satellite_upstream};
 use crate::build::selector_string;
 use crate::publish::{pod_endpoints, static_endpoints};
-use crate::status::{Observed, Problem, Rollout, conditions};
+use crate::status::{Observed, Problem, conditions};
 
 /// A resource that runs a skylift-proxy pool.
 pub trait PoolResource: Watched + Resource<Scope = NamespaceResourceScope> {
@@ -187,11 +186,7 @@ pub async fn reconcile<K: PoolResource>(pool: Arc<K>, ctx: Arc<Context>) -> Resu
 
     // Draining endpoints take no new work: they do not count as upstreams.
     let serving = endpoints.endpoints.iter().filter(|e| !e.draining).count();
-    let deployment: Option<Deployment> = stores
-        .deployments
-        .get(&namespace, &workload)
-        .and_then(|cached| cached.typed());
-    let rollout = Rollout::of(deployment.as_ref(), view.replicas);
+    let rollout = stores.deployment_rollout(&namespace, &workload, view.replicas);
     let hpa = view.autoscaling.as_ref().map(|_| {
         let current: Option<HorizontalPodAutoscaler> = stores
             .hpas

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use skylift_api::{UI, WorkloadStatus};
@@ -12,7 +11,6 @@ use super::workload::{missing_backend, report};
 use super::{Context, Error};
 use crate::build::backend::BackendTarget;
 use crate::build::{selector_string, ui as build};
-use crate::status::Rollout;
 
 pub async fn reconcile(ui: Arc<UI>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_started("UI");
@@ -58,17 +56,13 @@ pub async fn reconcile(ui: Arc<UI>, ctx: Arc<Context>) -> Result<Action, Error> 
     sort_results(results, &mut changes, &mut problems)?;
     publish_changes(&ctx, ui.as_ref(), &changes).await;
 
-    let deployment: Option<Deployment> = stores
-        .deployments
-        .get(&namespace, &workload)
-        .and_then(|cached| cached.typed());
     let status = WorkloadStatus {
         selector: Some(selector_string(&build::pod_selector(&name))),
         url: Some(build::url(&ui)),
         backend: Some(build::oap_url(&ui)),
         ..WorkloadStatus::default()
     };
-    let rollout = Rollout::of(deployment.as_ref(), ui.spec.replicas);
+    let rollout = stores.deployment_rollout(&namespace, &workload, ui.spec.replicas);
     report(
         &ctx,
         ui.as_ref(),
