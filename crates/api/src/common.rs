@@ -76,7 +76,8 @@ impl ServiceType {
 pub struct ServiceAddress {
     /// gRPC endpoint, `host:port`.
     pub grpc: String,
-    /// HTTP endpoint (OAP GraphQL / REST), `http://host:port`. Proxies have none.
+    /// HTTP endpoint, `http://host:port` (OAP: GraphQL and REST; BanyanDB: its console).
+    /// Proxies have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
 }
