@@ -10,9 +10,10 @@
 //!   `kubernetes.io/metadata.name`; `objectSelector` against the object's labels
 //!   (`predicates/namespace/matcher.go`, `predicates/object/matcher.go`); a missing
 //!   selector selects everything;
-//! - the response must carry the request's `uid` and `allowed`; `allowed: false` refuses
-//!   the request with the response's status; a patch must be `patchType: JSONPatch`
-//!   (`mutating/dispatcher.go`);
+//! - the response must carry the request's `uid` and `allowed`; a patch must be
+//!   `patchType: JSONPatch` (`mutating/dispatcher.go`); `allowed: false` refuses the
+//!   request with the response's status, its code at least 400, its message behind
+//!   `admission webhook "<name>" denied the request` (`errors/statuserror.go`);
 //! - a call that fails (connection, TLS, timeout after `timeoutSeconds`, default 10, or a
 //!   malformed answer) refuses the request when `failurePolicy` is `Fail` (the v1
 //!   default), and is skipped when it is `Ignore` (`errors.go`, `dispatcher.go`).
@@ -234,18 +235,7 @@ async fn call(
     }
     match response["allowed"].as_bool() {
         Some(true) => {}
-        Some(false) => {
-            let message = response["status"]["message"]
-                .as_str()
-                .unwrap_or("denied")
-                .to_string();
-            let code = response["status"]["code"].as_u64().unwrap_or(403) as u16;
-            return Err(Refusal::Denied(ApiError::new(
-                code,
-                "Forbidden",
-                format!("admission webhook denied the request: {message}"),
-            )));
-        }
+        Some(false) => return Err(Refusal::Denied(denied(webhook, &response["status"]))),
         None => return Err(failed("the response has no allowed".into())),
     }
     let Some(patch) = response["patch"].as_str() else {
@@ -263,6 +253,30 @@ async fn call(
     serde_json::from_slice(&bytes)
         .map(Some)
         .map_err(|e| failed(format!("the patch is not JSON: {e}")))
+}
+
+/// kube-apiserver's refusal for `allowed: false` (`webhook/errors/statuserror.go`,
+/// `ToStatusErr`): the webhook's status, a code of at least 400, and its message behind
+/// `admission webhook "<name>" denied the request`.
+fn denied(webhook: &Value, status: &Value) -> ApiError {
+    let name = webhook["name"].as_str().unwrap_or_default();
+    let code = status["code"].as_u64().unwrap_or(0).max(400) as u16;
+    let denied_by = format!("admission webhook \"{name}\" denied the request");
+    let message = match (status["message"].as_str(), status["reason"].as_str()) {
+        (Some(message), _) if !message.is_empty() => format!("{denied_by}: {message}"),
+        (_, Some(reason)) if !reason.is_empty() => format!("{denied_by}: {reason}"),
+        _ => format!("{denied_by} without explanation"),
+    };
+    let reason = match code {
+        400 => "BadRequest",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "NotFound",
+        409 => "Conflict",
+        422 => "Invalid",
+        _ => "InternalError",
+    };
+    ApiError::new(code, reason, message)
 }
 
 fn uid_counter() -> u64 {
