@@ -160,8 +160,27 @@ async fn chaos(fsync: &'static str) {
     .await;
     step(&mut marks, &mut names, "upstream 0 killed");
 
+    // The kill must find acknowledged reports still queued, or the restart would have
+    // nothing to read back: the live upstreams answer slowly until some are.
+    for sink in &sinks[1..] {
+        sink.set_delay(Duration::from_secs(2));
+    }
+    skylift_e2e::wait_for(
+        "reports waiting in the queue",
+        Duration::from_secs(20),
+        || async {
+            let (_, metrics) = http::get(&format!("http://127.0.0.1:{}/metrics", args.admin))
+                .await
+                .ok()?;
+            (http::prometheus_sum(&metrics, "skylift_proxy_queue_size") > 0.0).then_some(())
+        },
+    )
+    .await;
     proxy.kill();
     let _ = proxy.output();
+    for sink in &sinks[1..] {
+        sink.set_delay(Duration::ZERO);
+    }
     let proxy2 = start_proxy(&args, &scratch, "proxy-2").await;
     served(
         &counts,
