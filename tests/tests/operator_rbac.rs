@@ -198,6 +198,22 @@ async fn components(client: &kube::Client) {
 
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
         Api::namespaced(client.clone(), "obs");
+    // Plays the StatefulSet controller: the BanyanDB's pod is ready, so OAP may start on it.
+    let sets: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(client.clone(), "obs");
+    wait_for(
+        "the BanyanDB's StatefulSet",
+        Duration::from_secs(20),
+        || async { sets.get_opt("storage-banyandb").await.ok()? },
+    )
+    .await;
+    sets.patch_status(
+        "storage-banyandb",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"replicas": 1, "readyReplicas": 1}})),
+    )
+    .await
+    .unwrap();
+
     let ingresses: Api<k8s_openapi::api::networking::v1::Ingress> =
         Api::namespaced(client.clone(), "obs");
     let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(client.clone());

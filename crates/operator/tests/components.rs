@@ -116,7 +116,7 @@ async fn a_ui_fronts_its_oapserver_and_its_ingress_follows_the_spec() {
 }
 
 #[tokio::test]
-async fn an_oapserver_on_a_banyandb_starts_once_the_banyandb_has_an_address() {
+async fn an_oapserver_on_a_banyandb_starts_once_the_banyandb_answers() {
     let cluster = Cluster::start().await;
     cluster
         .create::<OAPServer>(resource("OAPServer", "skywalking", json!({
@@ -156,6 +156,16 @@ async fn an_oapserver_on_a_banyandb_starts_once_the_banyandb_has_an_address() {
     for service in ["storage-banyandb-grpc", "storage-banyandb-http"] {
         eventually(service, || cluster.get::<Service>(service)).await;
     }
+    // An address, but no ready replica yet: OAP still waits (it would fail against it).
+    eventually("OAP waiting for a ready BanyanDB", || async {
+        let oap = cluster.get::<OAPServer>("skywalking").await?;
+        condition(&oap.status?.conditions, "Degraded")
+            .filter(|c| c.reason == "BanyanDBNotReady")
+            .map(|_| ())
+    })
+    .await;
+    assert!(cluster.get::<Deployment>("skywalking-oap").await.is_none());
+    cluster.stateful_set_ready("storage-banyandb").await;
     let deployment: Deployment = eventually("OAP started against the BanyanDB", || {
         cluster.get::<Deployment>("skywalking-oap")
     })
@@ -574,6 +584,12 @@ async fn apply_examples(cluster: &Cluster) {
 async fn the_examples_make_a_whole_skywalking_with_one_operator() {
     let cluster = Cluster::start().await;
     apply_examples(&cluster).await;
+    // Plays the StatefulSet controller once the BanyanDB's pod would be ready.
+    eventually("the BanyanDB", || {
+        cluster.get::<StatefulSet>("storage-banyandb")
+    })
+    .await;
+    cluster.stateful_set_ready("storage-banyandb").await;
     let oap: Deployment = eventually("OAP on the BanyanDB", || async {
         let oap = cluster.get::<Deployment>("skywalking-oap").await?;
         env(&oap, "SW_STORAGE_BANYANDB_TARGETS").map(|_| oap)
@@ -583,10 +599,6 @@ async fn the_examples_make_a_whole_skywalking_with_one_operator() {
         env(&oap, "SW_STORAGE_BANYANDB_TARGETS").as_deref(),
         Some("storage-banyandb-grpc.observability.svc:17912")
     );
-    eventually("the BanyanDB", || {
-        cluster.get::<StatefulSet>("storage-banyandb")
-    })
-    .await;
     eventually("OAP's dynamic configuration", || {
         cluster.get::<ConfigMap>("skywalking-oap-dynamic-config")
     })

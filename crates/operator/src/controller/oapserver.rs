@@ -15,11 +15,23 @@ use crate::build::oapserver::OapInputs;
 use crate::build::{oapserver as build, selector_string};
 use crate::status::{Observed, Problem, conditions};
 
+/// Whether OAP's storage is ready for OAP's first start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Storage {
+    /// Not a BanyanDB of this namespace, or one that answers.
+    Ready,
+    /// A BanyanDB with no address yet: OAP cannot be configured.
+    NoAddress,
+    /// A BanyanDB with an address but no ready replica: OAP would fail against it.
+    NotReady,
+}
+
 /// What the OAPServer's objects are built from besides its spec: the targets of its
 /// BanyanDB, and the ConfigMaps its `config` names. Each one missing is a problem.
-fn inputs(oap: &OAPServer, ctx: &Context) -> (OapInputs, Vec<Problem>) {
+fn inputs(oap: &OAPServer, ctx: &Context) -> (OapInputs, Storage, Vec<Problem>) {
     let namespace = oap.namespace().unwrap_or_default();
     let mut inputs = OapInputs::default();
+    let mut storage = Storage::Ready;
     let mut problems = Vec::new();
     if let Some(reference) = oap
         .spec
@@ -35,7 +47,12 @@ fn inputs(oap: &OAPServer, ctx: &Context) -> (OapInputs, Vec<Problem>) {
             .as_ref()
             .and_then(|db| db.status.as_ref()?.address.as_ref())
             .map(|address| address.grpc.clone());
+        let ready = db
+            .as_ref()
+            .and_then(|db| db.status.as_ref())
+            .is_some_and(|status| status.ready_replicas > 0);
         if inputs.banyandb_targets.is_none() {
+            storage = Storage::NoAddress;
             problems.push(Problem {
                 reason: "BanyanDBNotFound",
                 message: format!(
@@ -44,6 +61,8 @@ fn inputs(oap: &OAPServer, ctx: &Context) -> (OapInputs, Vec<Problem>) {
                     if db.is_some() { "has no address yet" } else { "does not exist" }
                 ),
             });
+        } else if !ready {
+            storage = Storage::NotReady;
         }
     }
     for wanted in &oap.spec.config {
@@ -62,16 +81,7 @@ fn inputs(oap: &OAPServer, ctx: &Context) -> (OapInputs, Vec<Problem>) {
             }),
         }
     }
-    (inputs, problems)
-}
-
-/// Whether OAP's storage is a BanyanDB whose address is not known yet.
-fn storage_pending(oap: &OAPServer, inputs: &OapInputs) -> bool {
-    oap.spec
-        .storage
-        .as_ref()
-        .is_some_and(|s| s.banyandb_ref.is_some())
-        && inputs.banyandb_targets.is_none()
+    (inputs, storage, problems)
 }
 
 pub async fn reconcile(oap: Arc<OAPServer>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -81,10 +91,37 @@ pub async fn reconcile(oap: Arc<OAPServer>, ctx: Arc<Context>) -> Result<Action,
     }
     let uid = oap.uid().unwrap_or_default();
     let namespace = oap.namespace().unwrap_or_default();
-    let (inputs, mut problems) = inputs(&oap, &ctx);
+    let (inputs, storage, mut problems) = inputs(&oap, &ctx);
     let objects = build::build(&oap, &inputs);
     let stores = &ctx.stores;
     let deployment_name = objects.deployment.name_any();
+    // OAP is not started against storage it cannot use: without the BanyanDB's address
+    // there is nothing to configure, and before its first ready replica OAP would fail and
+    // restart until it answers. Once OAP runs, a BanyanDB restart does not hold it back.
+    let started = stores
+        .deployments
+        .get(&namespace, &deployment_name)
+        .is_some();
+    let hold_back = match storage {
+        Storage::Ready => false,
+        Storage::NoAddress => true,
+        Storage::NotReady => !started,
+    };
+    if hold_back && storage == Storage::NotReady {
+        let name = oap
+            .spec
+            .storage
+            .as_ref()
+            .and_then(|s| s.banyandb_ref.as_ref())
+            .map(|r| r.name.clone())
+            .unwrap_or_default();
+        problems.push(Problem {
+            reason: "BanyanDBNotReady",
+            message: format!(
+                "BanyanDB {name:?} has no ready replica yet; OAP starts once it has one"
+            ),
+        });
+    }
     let dynamic_config_name = build::dynamic_config_name(&oap.name_any());
     let dynamic_config = ctx
         .apply_or_remove(
@@ -120,8 +157,7 @@ pub async fn reconcile(oap: Arc<OAPServer>, ctx: Arc<Context>) -> Result<Action,
         ),
         (
             "Deployment",
-            // Without its storage targets OAP would start against nothing: wait for them.
-            if storage_pending(&oap, &inputs) {
+            if hold_back {
                 Ok(Applied::Unchanged)
             } else {
                 ctx.apply(&stores.deployments, &uid, objects.deployment)

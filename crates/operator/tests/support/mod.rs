@@ -164,6 +164,21 @@ impl Cluster {
             .unwrap();
     }
 
+    /// Plays the StatefulSet controller: reports every replica ready.
+    pub async fn stateful_set_ready(&self, name: &str) {
+        use k8s_openapi::api::apps::v1::StatefulSet;
+        let sets = self.api::<StatefulSet>();
+        let set = sets.get(name).await.unwrap();
+        let replicas = set.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let status = json!({"status": {
+            "observedGeneration": set.metadata.generation, "replicas": replicas,
+            "readyReplicas": replicas, "updatedReplicas": replicas, "availableReplicas": replicas,
+        }});
+        sets.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap();
+    }
+
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
