@@ -82,25 +82,6 @@ pub enum AgentLanguage {
     Nodejs,
 }
 
-impl AgentLanguage {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AgentLanguage::Java => "java",
-            AgentLanguage::Python => "python",
-            AgentLanguage::Nodejs => "nodejs",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<AgentLanguage> {
-        match text {
-            "java" => Some(AgentLanguage::Java),
-            "python" => Some(AgentLanguage::Python),
-            "nodejs" => Some(AgentLanguage::Nodejs),
-            _ => None,
-        }
-    }
-}
-
 /// Observed state of a SwAgent.
 #[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -14,9 +14,9 @@ use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
 use skylift_api::{BanyanDB, OAPServer, OTelCollector, Proxy, Rover, Satellite, SwAgent, UI};
 
+use crate::controller::cache::scoped_api;
 use crate::controller::pool as pool_controller;
 use crate::controller::ui as ui_controller_fn;
 use crate::controller::watch::{Referrers, Triggers, watch_owned, watch_pods, watch_references};
@@ -51,19 +51,6 @@ impl Default for Settings {
     }
 }
 
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
 /// Runs every controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
@@ -93,21 +80,28 @@ pub async fn run(
     let config = controller::Config::default().concurrency(settings.concurrency);
     let shutdown = shutdown.shared();
 
-    let oap_controller = Controller::new(api::<OAPServer>(&client, ns), watcher::Config::default())
-        .with_config(config.clone())
-        .reconcile_on(oap_rx)
-        .graceful_shutdown_on(shutdown.clone());
-    let sat_controller = Controller::new(api::<Satellite>(&client, ns), watcher::Config::default())
-        .with_config(config.clone())
-        .reconcile_on(sat_rx)
-        .graceful_shutdown_on(shutdown.clone());
-    let proxy_controller = Controller::new(api::<Proxy>(&client, ns), watcher::Config::default())
-        .with_config(config.clone())
-        .reconcile_on(proxy_rx)
-        .graceful_shutdown_on(shutdown.clone());
+    let oap_controller = Controller::new(
+        scoped_api::<OAPServer>(&client, ns),
+        watcher::Config::default(),
+    )
+    .with_config(config.clone())
+    .reconcile_on(oap_rx)
+    .graceful_shutdown_on(shutdown.clone());
+    let sat_controller = Controller::new(
+        scoped_api::<Satellite>(&client, ns),
+        watcher::Config::default(),
+    )
+    .with_config(config.clone())
+    .reconcile_on(sat_rx)
+    .graceful_shutdown_on(shutdown.clone());
+    let proxy_controller =
+        Controller::new(scoped_api::<Proxy>(&client, ns), watcher::Config::default())
+            .with_config(config.clone())
+            .reconcile_on(proxy_rx)
+            .graceful_shutdown_on(shutdown.clone());
     macro_rules! controller {
         ($kind:ty, $rx:expr) => {
-            Controller::new(api::<$kind>(&client, ns), watcher::Config::default())
+            Controller::new(scoped_api::<$kind>(&client, ns), watcher::Config::default())
                 .with_config(config.clone())
                 .reconcile_on($rx)
                 .graceful_shutdown_on(shutdown.clone())
@@ -122,7 +116,7 @@ pub async fn run(
     let mut tasks = Vec::new();
     macro_rules! owned {
         ($kind:ty) => {{
-            let (store, task) = watch_owned(api::<$kind>(&client, ns), triggers.clone());
+            let (store, task) = watch_owned(scoped_api::<$kind>(&client, ns), triggers.clone());
             tasks.push(tokio::spawn(task));
             store
         }};
@@ -151,7 +145,7 @@ pub async fn run(
     let config_maps = owned!(ConfigMap);
     let hpas = owned!(HorizontalPodAutoscaler);
     let (pods, pod_task) = watch_pods(
-        api::<Pod>(&client, ns),
+        scoped_api::<Pod>(&client, ns),
         sat_controller.store(),
         proxy_controller.store(),
         triggers.clone(),

@@ -21,7 +21,9 @@ use kube::{Api, Client, Resource};
 use serde_json::{Value, json};
 use skylift_api::{OAPServer, Satellite, SwAgent};
 
-use crate::build::inject::{Outcome, default_backend, inject};
+use crate::build::inject::{Outcome, inject};
+use crate::controller::cache::scoped_api;
+use crate::controller::swagent::default_backend_in;
 use crate::metrics::Metrics;
 
 /// The path the MutatingWebhookConfiguration calls.
@@ -56,10 +58,7 @@ impl Caches {
                 + Sync
                 + 'static,
         {
-            let api: Api<K> = match namespace {
-                Some(ns) => Api::namespaced(client.clone(), ns),
-                None => Api::all(client.clone()),
-            };
+            let api: Api<K> = scoped_api(client, namespace);
             let (reader, writer) = reflector::store();
             let stream = watcher(api, watcher::Config::default()).default_backoff();
             let task = tokio::spawn(
@@ -92,18 +91,6 @@ impl Caches {
             a.is_ok() && b.is_ok() && c.is_ok()
         };
         tokio::time::timeout(limit, all).await.unwrap_or(false)
-    }
-
-    fn names_in<K: Resource<DynamicType = ()> + Clone>(
-        store: &Store<K>,
-        namespace: &str,
-    ) -> Vec<String> {
-        store
-            .state()
-            .iter()
-            .filter(|r| r.meta().namespace.as_deref() == Some(namespace))
-            .filter_map(|r| r.meta().name.clone())
-            .collect()
     }
 }
 
@@ -206,13 +193,7 @@ async fn handle(
                 .map(|a| a.as_ref().clone())
                 .collect()
         },
-        |namespace| {
-            default_backend(
-                namespace,
-                &Caches::names_in(&caches.satellites, namespace),
-                &Caches::names_in(&caches.oapservers, namespace),
-            )
-        },
+        |namespace| default_backend_in(&caches.satellites, &caches.oapservers, namespace),
     );
     state.metrics.record_admission(outcome);
     axum::Json(answer).into_response()

@@ -147,16 +147,11 @@ pub fn select<'a>(pod: &Pod, agents: &'a [SwAgent]) -> Option<&'a SwAgent> {
         .annotations
         .as_ref()
         .and_then(|a| a.get(&format!("{ANNOTATION_PREFIX}swagent")));
-    let labels = pod.metadata.labels.clone().unwrap_or_default();
     let mut candidates: Vec<&SwAgent> = agents
         .iter()
         .filter(|agent| match named {
             Some(name) => agent.metadata.name.as_deref() == Some(name.as_str()),
-            None => agent
-                .spec
-                .selector
-                .iter()
-                .all(|(k, v)| labels.get(k) == Some(v)),
+            None => crate::publish::matches(pod, &agent.spec.selector),
         })
         .collect();
     candidates.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));

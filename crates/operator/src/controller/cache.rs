@@ -121,6 +121,34 @@ impl OwnedCache {
     }
 }
 
+/// The API of a namespaced kind in `namespace`, or across every namespace (`None`): where
+/// the operator, told to watch one namespace or all, lists and watches.
+pub fn scoped_api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The names of the resources a store holds in `namespace`.
+pub fn names_in<K: Resource<DynamicType = ()> + Clone>(
+    store: &kube::runtime::reflector::Store<K>,
+    namespace: &str,
+) -> Vec<String> {
+    store
+        .state()
+        .iter()
+        .filter(|r| r.meta().namespace.as_deref() == Some(namespace))
+        .filter_map(|r| r.meta().name.clone())
+        .collect()
+}
+
 /// What a watch over a kind of object needs of its type: a cluster-typed resource that
 /// (de)serializes and moves between tasks.
 pub trait Watched:

@@ -5,11 +5,13 @@ use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use skylift_api::common::condition;
-use skylift_api::{SwAgent, SwAgentStatus};
+use skylift_api::{OAPServer, Satellite, SwAgent, SwAgentStatus};
 
+use super::cache::names_in;
 use super::report::{RESYNC, now, write_status};
 use super::workload::missing_backend;
 use super::{Context, Error};
@@ -17,17 +19,18 @@ use crate::build::backend::BackendTarget;
 use crate::build::inject::{INJECTED_ANNOTATION, default_backend};
 use crate::status::Problem;
 
-/// The names of the resources of `kind`'s store in `namespace`.
-fn names_in<K: Resource<DynamicType = ()> + Clone>(
-    store: &kube::runtime::reflector::Store<K>,
+/// Where agents of `namespace` report when nothing names a backend: its Satellite (the
+/// first by name), else its OAPServer.
+pub fn default_backend_in(
+    satellites: &Store<Satellite>,
+    oapservers: &Store<OAPServer>,
     namespace: &str,
-) -> Vec<String> {
-    store
-        .state()
-        .iter()
-        .filter(|r| r.meta().namespace.as_deref() == Some(namespace))
-        .filter_map(|r| r.meta().name.clone())
-        .collect()
+) -> Option<String> {
+    default_backend(
+        namespace,
+        &names_in(satellites, namespace),
+        &names_in(oapservers, namespace),
+    )
 }
 
 /// Where the SwAgent's agents report, or why that cannot be known.
@@ -41,11 +44,7 @@ pub fn resolve_backend(ctx: &Context, agent: &SwAgent) -> Result<String, Problem
                 None => Ok(target.grpc_address(&namespace)),
             }
         }
-        None => default_backend(
-            &namespace,
-            &names_in(&ctx.stores.satellites, &namespace),
-            &names_in(&ctx.stores.oapservers, &namespace),
-        )
+        None => default_backend_in(&ctx.stores.satellites, &ctx.stores.oapservers, &namespace)
         .ok_or_else(|| Problem {
             reason: "NoBackend",
             message: format!(

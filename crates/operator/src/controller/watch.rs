@@ -17,7 +17,7 @@ use kube::{Api, ResourceExt};
 use skylift_api::constants::labels;
 use skylift_api::{BanyanDB, OAPServer, OTelCollector, Proxy, Rover, Satellite, SwAgent, UI};
 
-use super::cache::{OwnedCache, Watched, owned_cache};
+use super::cache::{OwnedCache, Watched, owned_cache, scoped_api};
 use super::pool::PoolResource;
 use crate::build::oapserver::pod_selector as oap_pod_selector;
 use crate::build::pool::UpstreamSource;
@@ -177,37 +177,25 @@ pub fn watch_references(
     referrers: Referrers,
     triggers: Triggers,
 ) -> (Store<ConfigMap>, Vec<WatchTask>) {
-    fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
-    where
-        K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
-    {
-        match namespace {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        }
-    }
     let mut tasks: Vec<WatchTask> = Vec::new();
     let (r, t) = (referrers.clone(), triggers.clone());
     tasks.push(Box::pin(routed(
-        api::<OAPServer>(client, namespace),
+        scoped_api::<OAPServer>(client, namespace),
         move |o| r.oapserver(&t, o),
     )));
     let (r, t) = (referrers.clone(), triggers.clone());
     tasks.push(Box::pin(routed(
-        api::<Satellite>(client, namespace),
+        scoped_api::<Satellite>(client, namespace),
         move |s| r.satellite(&t, s),
     )));
     let (r, t) = (referrers.clone(), triggers.clone());
     tasks.push(Box::pin(routed(
-        api::<BanyanDB>(client, namespace),
+        scoped_api::<BanyanDB>(client, namespace),
         move |d| r.banyandb(&t, d),
     )));
     let (reader, writer) = reflector::store();
     let stream = watcher(
-        api::<ConfigMap>(client, namespace),
+        scoped_api::<ConfigMap>(client, namespace),
         watcher::Config::default(),
     )
     .default_backoff()
