@@ -20,7 +20,7 @@ use super::backend::BackendTarget;
 use super::meta::{Labels, child_meta, pod_selector_of};
 use super::oapserver::{ConfigSource, container_port};
 use super::podspec::{Hardening, PodParts, deployment_spec, pod_template};
-use super::rbac::workload_identity;
+use super::rbac::{read_rule_in, workload_identity};
 
 pub const COLLECTOR_APP_NAME: &str = "otel-collector";
 /// Where the configuration is mounted in the collector container.
@@ -121,16 +121,10 @@ pub fn generated_config(jobs: &[ScrapeJob], namespace: &str, backend: &str) -> S
 
 /// Read access for service discovery, limited to the collector's namespace.
 fn discovery_rules(jobs: &[ScrapeJob]) -> Vec<PolicyRule> {
-    let read = |group: &str, resources: &[&str]| PolicyRule {
-        api_groups: Some(vec![group.into()]),
-        resources: Some(resources.iter().map(|r| r.to_string()).collect()),
-        verbs: vec!["get".into(), "list".into(), "watch".into()],
-        ..PolicyRule::default()
-    };
-    let mut rules = vec![read("", &["pods"])];
+    let mut rules = vec![read_rule_in("", &["pods"])];
     if jobs.iter().any(|j| j.role == DiscoveryRole::Endpoints) {
-        rules[0] = read("", &["pods", "services"]);
-        rules.push(read("discovery.k8s.io", &["endpointslices"]));
+        rules[0] = read_rule_in("", &["pods", "services"]);
+        rules.push(read_rule_in("discovery.k8s.io", &["endpointslices"]));
     }
     rules
 }

@@ -17,7 +17,7 @@ use skylift_api::oapserver::{OAPStorage, StorageType};
 use skylift_api::{OAPServer, ServiceOptions};
 
 use super::meta::{Labels, child_meta, pod_selector_of, selector_string};
-use super::podspec::{Hardening, PodParts, deployment_spec, pod_template};
+use super::podspec::{Hardening, PodParts, deployment_spec, pod_template, with_user_env};
 use super::rbac::{read_rule, workload_identity};
 
 /// `app.kubernetes.io/name` of OAP pods.
@@ -316,13 +316,7 @@ fn env(oap: &OAPServer, name: &str, inputs: &OapInputs) -> Vec<EnvVar> {
             &dynamic.period_seconds.to_string(),
         ));
     }
-    for user in &oap.spec.env {
-        match env.iter_mut().find(|e| e.name == user.name) {
-            Some(existing) => *existing = user.clone(),
-            None => env.push(user.clone()),
-        }
-    }
-    env
+    with_user_env(env, &oap.spec.env)
 }
 
 fn storage_env(storage: &OAPStorage, inputs: &OapInputs) -> Vec<EnvVar> {

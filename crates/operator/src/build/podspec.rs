@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile,
+    Capabilities, Container, EnvVar, PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile,
     SecurityContext, Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -122,6 +122,18 @@ fn container_security_context(hardening: Hardening) -> SecurityContext {
         read_only_root_filesystem: Some(hardening == Hardening::SkyliftImage),
         ..SecurityContext::default()
     }
+}
+
+/// `ours` with the user's variables applied after them: a user variable replaces one of
+/// ours of the same name in place, the rest are added at the end.
+pub(crate) fn with_user_env(mut ours: Vec<EnvVar>, user: &[EnvVar]) -> Vec<EnvVar> {
+    for variable in user {
+        match ours.iter_mut().find(|e| e.name == variable.name) {
+            Some(existing) => *existing = variable.clone(),
+            None => ours.push(variable.clone()),
+        }
+    }
+    ours
 }
 
 /// A Deployment spec whose rollouts never lower capacity: new pods come up (25% surge)

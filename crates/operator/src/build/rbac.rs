@@ -44,9 +44,16 @@ pub(crate) fn workload_identity(metadata: ObjectMeta, rules: Vec<PolicyRule>) ->
 /// Read access to one core resource, optionally limited to named objects.
 pub(crate) fn read_rule(resource: &str, names: Option<Vec<String>>) -> PolicyRule {
     PolicyRule {
-        api_groups: Some(vec![String::new()]),
-        resources: Some(vec![resource.into()]),
         resource_names: names,
+        ..read_rule_in("", &[resource])
+    }
+}
+
+/// Read access to resources of an API group (`""` for the core group).
+pub(crate) fn read_rule_in(group: &str, resources: &[&str]) -> PolicyRule {
+    PolicyRule {
+        api_groups: Some(vec![group.into()]),
+        resources: Some(resources.iter().map(|r| r.to_string()).collect()),
         verbs: vec!["get".into(), "list".into(), "watch".into()],
         ..PolicyRule::default()
     }

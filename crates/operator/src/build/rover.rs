@@ -17,7 +17,7 @@ use skylift_api::constants::labels as label_keys;
 use super::backend::BackendTarget;
 use super::meta::{Labels, child_meta, pod_selector_of};
 use super::oapserver::{field_ref, plain};
-use super::podspec::{Hardening, PodParts, pod_template};
+use super::podspec::{Hardening, PodParts, pod_template, with_user_env};
 
 pub const ROVER_APP_NAME: &str = "skywalking-rover";
 /// The ClusterRole (pods, Services, nodes: get, list, watch) the bundle installs for Rover.
@@ -71,7 +71,7 @@ fn host_path(name: &str, path: &str) -> Volume {
 }
 
 fn env(rover: &Rover, backend: &str) -> Vec<EnvVar> {
-    let mut env = vec![
+    let env = vec![
         plain("ROVER_BACKEND_ADDR", backend),
         // Rover finds the processes of the pods on its own node.
         plain("ROVER_PROCESS_DISCOVERY_KUBERNETES_ACTIVE", "true"),
@@ -82,13 +82,7 @@ fn env(rover: &Rover, backend: &str) -> Vec<EnvVar> {
         // The node's root filesystem, where Rover reads the processes' binaries.
         plain("ROVER_HOST_MAPPING", "/host"),
     ];
-    for user in &rover.spec.env {
-        match env.iter_mut().find(|e| e.name == user.name) {
-            Some(existing) => *existing = user.clone(),
-            None => env.push(user.clone()),
-        }
-    }
-    env
+    with_user_env(env, &rover.spec.env)
 }
 
 pub fn build(rover: &Rover, cluster_role: &str) -> RoverObjects {
