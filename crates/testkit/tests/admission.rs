@@ -16,6 +16,8 @@ use hyper_util::rt::TokioIo;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 use skylift_testkit::apiserver::ApiServer;
 use skylift_testkit::pki::TestCa;
@@ -52,8 +54,8 @@ impl Webhook {
         let config = rustls::ServerConfig::builder()
             .with_no_client_auth()
             .with_single_cert(
-                certificate_chain(&cert),
-                rustls::pki_types::PrivateKeyDer::try_from(pem_der(&key)).unwrap(),
+                vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
             )
             .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
@@ -117,17 +119,6 @@ impl Webhook {
         }
         serde_json::from_value(json!({"metadata": {"name": name}, "webhooks": [webhook]})).unwrap()
     }
-}
-
-fn pem_der(pem: &str) -> Vec<u8> {
-    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    base64::engine::general_purpose::STANDARD
-        .decode(body)
-        .unwrap()
-}
-
-fn certificate_chain(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    vec![rustls::pki_types::CertificateDer::from(pem_der(pem))]
 }
 
 fn pod(name: &str, labels: Value) -> Pod {

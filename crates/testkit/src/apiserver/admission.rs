@@ -27,50 +27,15 @@ use base64::Engine;
 use serde_json::{Value, json};
 
 use super::resources::ResourceType;
+use super::selector::LabelSelector;
 use super::state::{ApiError, State};
 
 const GROUP: &str = "admissionregistration.k8s.io";
 
-fn labels_of(object: &Value) -> serde_json::Map<String, Value> {
-    object["metadata"]["labels"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default()
-}
-
-/// A `metav1.LabelSelector` against a label map; a missing selector matches.
-fn selects(selector: &Value, labels: &serde_json::Map<String, Value>) -> bool {
-    if selector.is_null() {
-        return true;
-    }
-    let match_labels = selector["matchLabels"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    if !match_labels.iter().all(|(k, v)| labels.get(k) == Some(v)) {
-        return false;
-    }
-    selector["matchExpressions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .all(|expression| {
-            let key = expression["key"].as_str().unwrap_or_default();
-            let values: Vec<&str> = expression["values"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
-            let value = labels.get(key).and_then(Value::as_str);
-            match expression["operator"].as_str().unwrap_or_default() {
-                "In" => value.is_some_and(|v| values.contains(&v)),
-                "NotIn" => value.is_none_or(|v| !values.contains(&v)),
-                "Exists" => value.is_some(),
-                "DoesNotExist" => value.is_none(),
-                _ => false,
-            }
-        })
+/// Whether a webhook's `metav1.LabelSelector` selects `object` (a missing one does; one
+/// that cannot be read selects nothing).
+fn selects(selector: &Value, object: &Value) -> bool {
+    LabelSelector::from_object(selector).is_ok_and(|s| s.matches(object))
 }
 
 fn matches_rule(rule: &Value, rt: &ResourceType, operation: &str) -> bool {
@@ -105,17 +70,14 @@ pub async fn mutate_create(
             .as_str()
             .cmp(&b["metadata"]["name"].as_str())
     });
-    let namespace_labels = match namespace {
-        Some(ns) => {
-            let mut labels = state
-                .get("", "namespaces", None, ns)
-                .map(|n| labels_of(&n))
-                .unwrap_or_default();
-            labels.insert("kubernetes.io/metadata.name".into(), json!(ns));
-            labels
-        }
-        None => serde_json::Map::new(),
-    };
+    // The namespace as its selector sees it: its labels, which always include its name.
+    let namespace_object = namespace.map(|ns| {
+        let mut object = state
+            .get("", "namespaces", None, ns)
+            .unwrap_or_else(|_| json!({"metadata": {}}));
+        object["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(ns);
+        object
+    });
     for configuration in configurations {
         for webhook in configuration["webhooks"]
             .as_array()
@@ -127,9 +89,10 @@ pub async fn mutate_create(
                 .into_iter()
                 .flatten()
                 .any(|r| matches_rule(r, rt, "CREATE"))
-                && (namespace.is_none()
-                    || selects(&webhook["namespaceSelector"], &namespace_labels))
-                && selects(&webhook["objectSelector"], &labels_of(&object));
+                && namespace_object
+                    .as_ref()
+                    .is_none_or(|ns| selects(&webhook["namespaceSelector"], ns))
+                && selects(&webhook["objectSelector"], &object);
             if !applies {
                 continue;
             }
