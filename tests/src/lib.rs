@@ -15,6 +15,35 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 /// A path in the repository, from its root.
+/// A tool hack/test.sh installs under target/ (or where the environment variable
+/// `variable` says); `installer` names what installs it, for the failure message.
+pub fn installed(variable: &str, default: &str, installer: &str) -> PathBuf {
+    let path = std::env::var_os(variable)
+        .map(Into::into)
+        .unwrap_or_else(|| repo_path(default));
+    assert!(
+        path.exists(),
+        "{} is missing: {installer} installs it",
+        path.display()
+    );
+    path
+}
+
+/// Waits (at most `limit`) for `app` to exit, and fails unless it exited with 0.
+pub async fn exited_ok(app: &mut Process, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while app.exit_code().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} did not finish:\n{}",
+            app.name,
+            app.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(app.exit_code(), Some(0), "{}", app.output());
+}
+
 pub fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")

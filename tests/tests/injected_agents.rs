@@ -19,24 +19,12 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 use skylift_api::SwAgent;
-use skylift_e2e::{Process, Scratch, repo_path, wait_for};
+use skylift_e2e::{Process, Scratch, exited_ok, installed, wait_for};
 use skylift_operator::build::inject::{MOUNT_PATH, Outcome, inject};
 use skylift_testkit::sink::Sink;
 
 const KEEP_ALIVE: &str = "ManagementService/keepAlive";
 const SEGMENTS: &str = "TraceSegmentReportService/collect";
-
-fn installed(variable: &str, default: &str) -> PathBuf {
-    let path = std::env::var_os(variable)
-        .map(Into::into)
-        .unwrap_or_else(|| repo_path(default));
-    assert!(
-        path.exists(),
-        "{} is missing: hack/test.sh installs it",
-        path.display()
-    );
-    path
-}
 
 /// The pod after the webhook's patch, for a SwAgent of `spec` reporting to `backend`.
 fn injected_pod(spec: Value, backend: &str) -> Value {
@@ -101,19 +89,6 @@ fn app_env(pod: &Value, root: &Path) -> BTreeMap<String, String> {
         .collect()
 }
 
-async fn exited_ok(app: &mut Process, limit: Duration) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while app.exit_code().is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the app did not finish:\n{}",
-            app.output()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(app.exit_code(), Some(0), "{}", app.output());
-}
-
 /// The interpreter the agent's virtualenv was made from: Python without the agent.
 fn bare_python(venv_python: &Path) -> PathBuf {
     std::fs::canonicalize(venv_python).unwrap()
@@ -121,7 +96,11 @@ fn bare_python(venv_python: &Path) -> PathBuf {
 
 #[tokio::test]
 async fn an_injected_python_agent_starts_in_a_plain_interpreter_and_never_stops_the_app() {
-    let venv_python = installed("SKYLIFT_PYTHON_AGENT", "target/python-agent/bin/python");
+    let venv_python = installed(
+        "SKYLIFT_PYTHON_AGENT",
+        "target/python-agent/bin/python",
+        "hack/python-agent.sh",
+    );
     let sink = Sink::start().await.unwrap();
     let scratch = Scratch::new("injected-python");
     let pod = injected_pod(
@@ -183,7 +162,11 @@ async fn an_injected_python_agent_starts_in_a_plain_interpreter_and_never_stops_
 
 #[tokio::test]
 async fn an_injected_nodejs_agent_traces_an_app_that_never_required_it() {
-    let modules = installed("SKYLIFT_NODE_AGENT", "target/node-agent/node_modules");
+    let modules = installed(
+        "SKYLIFT_NODE_AGENT",
+        "target/node-agent/node_modules",
+        "hack/node-agent.sh",
+    );
     let sink = Sink::start().await.unwrap();
     let scratch = Scratch::new("injected-node");
     let pod = injected_pod(

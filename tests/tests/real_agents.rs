@@ -7,11 +7,10 @@
 //!   properties (its heartbeat period is a fixed 20 s; it has no log reporter).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use skylift_e2e::{Process, Scratch, binary, free_port, repo_path, wait_for};
+use skylift_e2e::{Process, Scratch, binary, exited_ok, free_port, installed, repo_path, wait_for};
 use skylift_testkit::sink::Sink;
 
 const SEGMENTS: &str = "TraceSegmentReportService/collect";
@@ -19,19 +18,6 @@ const LOGS: &str = "LogReportService/collect";
 const METER_SETS: &str = "MeterReportService/collectBatch";
 const KEEP_ALIVE: &str = "ManagementService/keepAlive";
 const PROPERTIES: &str = "ManagementService/reportInstanceProperties";
-
-/// A tool hack/test.sh installs under target/ (or where `variable` says).
-fn installed(variable: &str, default: &str, installer: &str) -> PathBuf {
-    let path = std::env::var_os(variable)
-        .map(Into::into)
-        .unwrap_or_else(|| repo_path(default));
-    assert!(
-        path.exists(),
-        "{} is missing: {installer} installs it",
-        path.display()
-    );
-    path
-}
 
 /// A proxy in front of two OAP doubles, small batches so clients mix in every stream.
 async fn proxy_in_front_of(a: &Sink, b: &Sink, scratch: &Scratch) -> (Process, u16) {
@@ -58,19 +44,6 @@ fn attributed(sinks: [&Sink; 2], method: &str) -> BTreeMap<(String, String), u64
 
 fn who(service: &str, instance: &str) -> (String, String) {
     (service.to_string(), instance.to_string())
-}
-
-async fn wait_until_exited(app: &mut Process, limit: Duration) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while app.exit_code().is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the instrumented app did not finish:\n{}",
-            app.output()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(app.exit_code(), Some(0), "{}", app.output());
 }
 
 #[tokio::test]
@@ -108,7 +81,7 @@ async fn two_python_services_traces_logs_meters_and_heartbeats_are_filed_under_t
         ));
     }
     for app in &mut apps {
-        wait_until_exited(app, Duration::from_secs(60)).await;
+        exited_ok(app, Duration::from_secs(60)).await;
     }
 
     let sinks = [&a, &b];
@@ -183,7 +156,7 @@ async fn a_node_services_traces_and_heartbeats_arrive_as_sent() {
         .env("SW_AGENT_NAME", "storefront")
         .env("SW_AGENT_INSTANCE", "storefront-1");
     let mut app = Process::spawn("node-storefront", app, scratch.path());
-    wait_until_exited(&mut app, Duration::from_secs(60)).await;
+    exited_ok(&mut app, Duration::from_secs(60)).await;
 
     let sinks = [&a, &b];
     let storefront = who("storefront", "storefront-1");
