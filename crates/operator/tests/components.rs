@@ -123,17 +123,12 @@ async fn an_oapserver_on_a_banyandb_starts_once_the_banyandb_answers() {
             "version": "10.2.0", "storage": {"type": "banyandb", "banyanDBRef": {"name": "storage"}}
         })))
         .await;
-    let oap: OAPServer = eventually("OAP waiting for its BanyanDB", || async {
+    eventually("OAP waiting for its BanyanDB", || async {
         let oap = cluster.get::<OAPServer>("skywalking").await?;
-        oap.status
-            .as_ref()?
-            .conditions
-            .iter()
-            .any(|c| c.reason == "BanyanDBNotFound")
-            .then_some(oap)
+        let degraded = condition(&oap.status.as_ref()?.conditions, "Degraded")?;
+        (degraded.reason == "BanyanDBNotFound").then_some(())
     })
     .await;
-    assert!(oap.status.is_some());
     assert!(
         cluster.get::<Deployment>("skywalking-oap").await.is_none(),
         "no OAP without its storage"
@@ -287,12 +282,8 @@ async fn a_collector_scrapes_its_namespace_into_the_oapserver() {
     })
     .await;
     eventually("OAPServerNotFound until it exists", || async {
-        let c = cluster.get::<OTelCollector>("metrics").await?;
-        c.status?
-            .conditions
-            .iter()
-            .any(|c| c.reason == "OAPServerNotFound")
-            .then_some(())
+        let status = cluster.get::<OTelCollector>("metrics").await?.status?;
+        (condition(&status.conditions, "Degraded")?.reason == "OAPServerNotFound").then_some(())
     })
     .await;
     cluster
