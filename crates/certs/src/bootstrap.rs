@@ -202,10 +202,9 @@ pub enum BootstrapError {
     Secret(String, kube::Error),
     #[error("another replica wrote Secret {0} first")]
     Conflict(String),
-    #[error("APIService {0}: {1}")]
-    ApiService(String, kube::Error),
-    #[error("MutatingWebhookConfiguration {0}: {1}")]
-    Webhook(String, kube::Error),
+    /// Writing the CA bundle into `<kind> <name>`.
+    #[error("{0}: {1}")]
+    Publish(String, kube::Error),
     #[error(transparent)]
     Cert(#[from] CertError),
     #[error(transparent)]
@@ -295,34 +294,22 @@ async fn publish_to_webhook(
     name: &str,
     ca_bundle: &str,
 ) -> Result<(), BootstrapError> {
-    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let error = |e| BootstrapError::Webhook(name.to_string(), e);
-    let mut configuration = api.get(name).await.map_err(error)?;
     let wanted = ByteString(ca_bundle.as_bytes().to_vec());
-    let webhooks = configuration.webhooks.iter_mut().flatten();
-    let mut changed = false;
-    for webhook in webhooks {
-        if webhook.client_config.ca_bundle.as_ref() != Some(&wanted) {
-            webhook.client_config.ca_bundle = Some(wanted.clone());
-            changed = true;
-        }
-    }
-    if !changed {
-        return Ok(());
-    }
-    match api
-        .replace(name, &PostParams::default(), &configuration)
-        .await
-    {
-        Ok(_) => {
-            tracing::info!(webhook = %name, "caBundle written");
-            Ok(())
-        }
-        Err(err) if is_conflict(&err) => Err(BootstrapError::Conflict(format!(
-            "MutatingWebhookConfiguration {name}"
-        ))),
-        Err(err) => Err(error(err)),
-    }
+    publish_into(
+        client,
+        name,
+        |configuration: &mut MutatingWebhookConfiguration| {
+            let mut changed = false;
+            for webhook in configuration.webhooks.iter_mut().flatten() {
+                if webhook.client_config.ca_bundle.as_ref() != Some(&wanted) {
+                    webhook.client_config.ca_bundle = Some(wanted.clone());
+                    changed = true;
+                }
+            }
+            changed
+        },
+    )
+    .await
 }
 
 /// Writes `ca_bundle` into the APIService's `caBundle` when it differs.
@@ -331,25 +318,48 @@ async fn publish_to_apiservice(
     name: &str,
     ca_bundle: &str,
 ) -> Result<(), BootstrapError> {
-    let api: Api<APIService> = Api::all(client.clone());
-    let error = |e| BootstrapError::ApiService(name.to_string(), e);
-    let mut apiservice = api.get(name).await.map_err(error)?;
-    let spec = apiservice.spec.get_or_insert_with(Default::default);
     let wanted = ByteString(ca_bundle.as_bytes().to_vec());
-    if spec.ca_bundle.as_ref() == Some(&wanted) && spec.insecure_skip_tls_verify != Some(true) {
+    publish_into(client, name, |apiservice: &mut APIService| {
+        let spec = apiservice.spec.get_or_insert_with(Default::default);
+        if spec.ca_bundle.as_ref() == Some(&wanted) && spec.insecure_skip_tls_verify != Some(true) {
+            return false;
+        }
+        spec.ca_bundle = Some(wanted);
+        // The API server refuses a caBundle together with insecureSkipTLSVerify.
+        spec.insecure_skip_tls_verify = None;
+        true
+    })
+    .await
+}
+
+/// Reads the cluster-scoped object `name`, lets `set` put the CA bundle in (it answers
+/// whether anything changed), and writes it back at the version read: a concurrent writer
+/// makes it a conflict, and the next look reads again.
+async fn publish_into<K>(
+    client: &kube::Client,
+    name: &str,
+    set: impl FnOnce(&mut K) -> bool,
+) -> Result<(), BootstrapError>
+where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::ClusterResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned,
+{
+    let what = format!("{} {name}", K::kind(&()));
+    let api: Api<K> = Api::all(client.clone());
+    let error = |e| BootstrapError::Publish(what.clone(), e);
+    let mut object = api.get(name).await.map_err(error)?;
+    if !set(&mut object) {
         return Ok(());
     }
-    spec.ca_bundle = Some(wanted);
-    // The API server refuses a caBundle together with insecureSkipTLSVerify.
-    spec.insecure_skip_tls_verify = None;
-    match api.replace(name, &PostParams::default(), &apiservice).await {
+    match api.replace(name, &PostParams::default(), &object).await {
         Ok(_) => {
-            tracing::info!(apiservice = %name, "caBundle written");
+            tracing::info!(object = %what, "caBundle written");
             Ok(())
         }
-        Err(err) if is_conflict(&err) => {
-            Err(BootstrapError::Conflict(format!("APIService {name}")))
-        }
+        Err(err) if is_conflict(&err) => Err(BootstrapError::Conflict(what.clone())),
         Err(err) => Err(error(err)),
     }
 }
