@@ -151,7 +151,7 @@ pub async fn run(
         triggers.clone(),
     );
     tasks.push(tokio::spawn(pod_task));
-    let (config_sources, reference_tasks) = watch_references(
+    let (referenced, reference_tasks) = watch_references(
         &client,
         ns,
         Referrers {
@@ -167,16 +167,18 @@ pub async fn run(
     tasks.extend(reference_tasks.into_iter().map(tokio::spawn));
 
     let stores = Stores {
-        oapservers: oap_controller.store(),
-        satellites: sat_controller.store(),
+        // The caches reference routing fills before it routes: a reconcile started by a
+        // change to one of these reads that change.
+        oapservers: referenced.oapservers,
+        satellites: referenced.satellites,
         proxies: proxy_controller.store(),
         uis: ui_controller.store(),
-        banyandbs: db_controller.store(),
+        banyandbs: referenced.banyandbs,
         collectors: collector_controller.store(),
         rovers: rover_controller.store(),
         swagents: agent_controller.store(),
         pods,
-        config_sources,
+        config_sources: referenced.config_maps,
         deployments,
         stateful_sets,
         daemon_sets,
@@ -200,6 +202,9 @@ pub async fn run(
                 s.ingresses.wait_until_ready(),
                 s.cluster_role_bindings.wait_until_ready(),
                 s.config_sources.wait_until_ready(),
+                s.oapservers.wait_until_ready(),
+                s.satellites.wait_until_ready(),
+                s.banyandbs.wait_until_ready(),
                 s.services.wait_until_ready(),
                 s.service_accounts.wait_until_ready(),
                 s.roles.wait_until_ready(),

@@ -2,8 +2,11 @@
 //!
 //! kube-runtime's shared streams only pass on applied objects; here every event, deletions
 //! included, is routed: a generated object to the resource that controls it, a pod to every
-//! pool whose upstream selector matches it (or that publishes it), an OAPServer to the
-//! Satellites that refer to it.
+//! pool whose upstream selector matches it (or that publishes it), a referenced resource
+//! (OAPServer, Satellite, BanyanDB, ConfigMap) to the resources that refer to it.
+//!
+//! A route fires only after the watch's own cache has taken the change, and that cache is
+//! the one the reconcilers read: a reconcile a change starts always sees that change.
 
 use std::future::Future;
 
@@ -170,67 +173,89 @@ impl Referrers {
 /// A watch task, run until the operator stops.
 pub type WatchTask = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// Watches the resources others refer to and routes each change to the referrers.
+/// The caches of the resources others refer to, which the reconcilers read.
+pub struct Referenced {
+    pub oapservers: Store<OAPServer>,
+    pub satellites: Store<Satellite>,
+    pub banyandbs: Store<BanyanDB>,
+    /// ConfigMaps, keys and a content hash only ([`crate::controller::sources`]).
+    pub config_maps: Store<ConfigMap>,
+}
+
+/// Watches the resources others refer to into the caches reconcilers read, and routes
+/// each change to the referrers once it is in the cache.
 pub fn watch_references(
     client: &kube::Client,
     namespace: Option<&str>,
     referrers: Referrers,
     triggers: Triggers,
-) -> (Store<ConfigMap>, Vec<WatchTask>) {
+) -> (Referenced, Vec<WatchTask>) {
     let mut tasks: Vec<WatchTask> = Vec::new();
     let (r, t) = (referrers.clone(), triggers.clone());
-    tasks.push(Box::pin(routed(
+    let (oapservers, task) = cached_and_routed(
         scoped_api::<OAPServer>(client, namespace),
+        |_| {},
         move |o| r.oapserver(&t, o),
-    )));
+    );
+    tasks.push(Box::pin(task));
     let (r, t) = (referrers.clone(), triggers.clone());
-    tasks.push(Box::pin(routed(
+    let (satellites, task) = cached_and_routed(
         scoped_api::<Satellite>(client, namespace),
+        |_| {},
         move |s| r.satellite(&t, s),
-    )));
+    );
+    tasks.push(Box::pin(task));
     let (r, t) = (referrers.clone(), triggers.clone());
-    tasks.push(Box::pin(routed(
+    let (banyandbs, task) = cached_and_routed(
         scoped_api::<BanyanDB>(client, namespace),
+        |_| {},
         move |d| r.banyandb(&t, d),
-    )));
-    let (reader, writer) = reflector::store();
-    let stream = watcher(
+    );
+    tasks.push(Box::pin(task));
+    let (config_maps, task) = cached_and_routed(
         scoped_api::<ConfigMap>(client, namespace),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .modify(crate::controller::sources::prune);
-    tasks.push(Box::pin(reflector::reflector(writer, stream).for_each(
-        move |event| {
-            if let Ok(event) = event {
-                for_each_object(&event, |c: &ConfigMap| referrers.config_map(&triggers, c));
-            }
-            future::ready(())
+        crate::controller::sources::prune,
+        move |c| referrers.config_map(&triggers, c),
+    );
+    tasks.push(Box::pin(task));
+    (
+        Referenced {
+            oapservers,
+            satellites,
+            banyandbs,
+            config_maps,
         },
-    )));
-    (reader, tasks)
+        tasks,
+    )
 }
 
-fn routed<K>(
+/// A cache of one kind (each object passed through `modify` first) and a task that fills it
+/// and then hands every applied or deleted object to `on_change`.
+fn cached_and_routed<K>(
     api: Api<K>,
+    modify: impl FnMut(&mut K) + Send + 'static,
     on_change: impl Fn(&K) + Send + 'static,
-) -> impl Future<Output = ()> + Send
+) -> (Store<K>, impl Future<Output = ()> + Send)
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
         + serde::de::DeserializeOwned
         + std::fmt::Debug
         + Send
+        + Sync
         + 'static,
 {
-    watcher(api, watcher::Config::default())
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default())
         .default_backoff()
-        .for_each(move |event| {
-            if let Ok(event) = event {
-                for_each_object(&event, &on_change);
-            }
-            future::ready(())
-        })
+        .modify(modify);
+    let task = reflector::reflector(writer, stream).for_each(move |event| {
+        if let Ok(event) = event {
+            for_each_object(&event, &on_change);
+        }
+        future::ready(())
+    });
+    (reader, task)
 }
 
 /// The list/watch settings for objects the operator generated.
