@@ -94,7 +94,10 @@ pub struct OAPConfigFiles {
     pub config_map_name: String,
     /// Directory under `/skywalking/config` the files go to, e.g. `otel-rules/custom` or
     /// `oal`. Default: the configuration directory itself (where `application.yml` is).
+    // Bounded: the rule below walks the path, and kube-apiserver refuses a CRD whose rules
+    // walk an unbounded string (the estimated cost exceeds its budget).
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 253))]
     #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$') && !self.split('/').exists(p, p == '..' || p == '.')").message("config[].path is a directory relative to /skywalking/config: names of letters, digits, '_', '.' and '-' separated by '/', and no '.' or '..'").reason(Reason::FieldValueInvalid))]
     pub path: String,
 }
