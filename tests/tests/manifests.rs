@@ -222,6 +222,23 @@ fn the_bundles_and_crds_are_typed_objects_running_the_operators_default_image() 
         apiservice["spec"].get("caBundle").is_none(),
         "the adapter writes it"
     );
+    // A Secret's type never changes: the serving-certificate Secrets are declared with the
+    // type the adapter and the operator give them when they make them themselves, or the
+    // next `kubectl apply` after such a re-creation is refused.
+    for (documents, name) in [
+        (&operator, "skylift-operator-webhook-tls"),
+        (&adapter, "skylift-adapter-tls"),
+    ] {
+        let secret = documents
+            .iter()
+            .find(|d| d["kind"] == "Secret" && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no Secret {name}"));
+        assert_eq!(
+            secret["type"],
+            skylift_certs::bootstrap::SECRET_TYPE,
+            "Secret {name}"
+        );
+    }
 }
 
 #[test]

@@ -27,7 +27,12 @@ use crate::tls::{TlsError, TlsState};
 
 const YEAR: Duration = Duration::from_secs(365 * 86_400);
 
-/// Secret keys. `tls.crt` / `tls.key` make it a standard `kubernetes.io/tls` Secret.
+/// The type of the Secret, whoever creates it: the bundle and the chart declare it empty
+/// (a `kubernetes.io/tls` Secret must hold a certificate), and a Secret's type can never
+/// change, so a server that made it with another type would break the next `kubectl apply`.
+pub const SECRET_TYPE: &str = "Opaque";
+
+/// Secret keys, named as in a `kubernetes.io/tls` Secret.
 const CA_BUNDLE: &str = "ca.crt";
 const CA_KEY: &str = "ca.key";
 const SERVING_CERT: &str = "tls.crt";
@@ -248,7 +253,7 @@ pub async fn reconcile(
                             )])),
                             ..ObjectMeta::default()
                         },
-                        type_: Some("kubernetes.io/tls".into()),
+                        type_: Some(SECRET_TYPE.into()),
                         data: Some(to_secret_data(&next)),
                         ..Secret::default()
                     };
