@@ -16,6 +16,10 @@ use crate::answer::{GROUP, READ_PATH_PREFIX, VERSION};
 pub const AUTHENTICATION_CONFIGMAP: (&str, &str) =
     ("kube-system", "extension-apiserver-authentication");
 
+/// The group of every authenticated user, and of anonymous ones.
+const ALL_AUTHENTICATED: &str = "system:authenticated";
+const ALL_UNAUTHENTICATED: &str = "system:unauthenticated";
+
 /// How to trust an authenticating front proxy (the kube-aggregator).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FrontProxy {
@@ -89,13 +93,23 @@ impl FrontProxy {
             .find_map(|h| headers.get(h.as_str())?.to_str().ok())
             .filter(|u| !u.is_empty())?
             .to_string();
-        let groups = self
+        let mut groups: Vec<String> = self
             .group_headers
             .iter()
             .flat_map(|h| headers.get_all(h.as_str()))
             .filter_map(|v| v.to_str().ok())
             .map(String::from)
             .collect();
+        // As k8s.io/apiserver's AuthenticatedGroupAdder: every authenticated user is in
+        // `system:authenticated` unless its groups already say (un)authenticated. The
+        // aggregator's own discovery and OpenAPI calls are allowed through that group
+        // (`system:discovery` is bound to it), not through their user names.
+        if !groups
+            .iter()
+            .any(|g| g == ALL_AUTHENTICATED || g == ALL_UNAUTHENTICATED)
+        {
+            groups.push(ALL_AUTHENTICATED.to_string());
+        }
         let mut extra: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (name, value) in headers {
             for prefix in &self.extra_headers_prefixes {
@@ -312,6 +326,34 @@ mod tests {
             proxy.identity(&HeaderMap::new()),
             None,
             "no user, no identity"
+        );
+    }
+
+    #[test]
+    fn a_front_proxy_user_is_in_the_authenticated_group_as_the_aggregator_expects() {
+        // kube-aggregator's discovery calls carry the user and no group at all; RBAC lets
+        // them read discovery only through system:authenticated (system:discovery).
+        let proxy = front_proxy(&configmap()).unwrap().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-remote-user", HeaderValue::from_static("system:kube-aggregator"));
+        assert_eq!(
+            proxy.identity(&headers).unwrap().groups,
+            ["system:authenticated"]
+        );
+        headers.append("x-remote-group", HeaderValue::from_static("system:masters"));
+        assert_eq!(
+            proxy.identity(&headers).unwrap().groups,
+            ["system:masters", "system:authenticated"]
+        );
+        // Not added twice, and never to a request the proxy marks anonymous.
+        headers.insert("x-remote-user", HeaderValue::from_static("system:anonymous"));
+        headers.insert(
+            "x-remote-group",
+            HeaderValue::from_static("system:unauthenticated"),
+        );
+        assert_eq!(
+            proxy.identity(&headers).unwrap().groups,
+            ["system:unauthenticated"]
         );
     }
 

@@ -1,8 +1,9 @@
 //! What a cluster gives skylift-adapter, written into an API-server double: the
 //! `skylift-system` namespace, `kube-system/extension-apiserver-authentication` trusting a
 //! test front-proxy CA, the `v1beta1.external.metrics.k8s.io` APIService pointing at the
-//! adapter's Service (without a caBundle: the adapter writes it), and the HPA controller's
-//! bootstrap permission to read external metrics.
+//! adapter's Service (without a caBundle: the adapter writes it), and the bootstrap
+//! permissions of discovery (every authenticated user) and of the HPA controller (reading
+//! external metrics).
 
 use serde_json::{Value, json};
 
@@ -79,6 +80,33 @@ pub fn install(state: &State, front_proxy_ca: &str) {
             "spec": {"group": "external.metrics.k8s.io", "version": "v1beta1",
                      "service": {"name": "skylift-adapter", "namespace": "skylift-system", "port": 443},
                      "groupPriorityMinimum": 100, "versionPriority": 100},
+        }),
+    );
+    // kube-apiserver's bootstrap policy: every authenticated user may read discovery and
+    // OpenAPI (the aggregator's availability checks and discovery merge rely on it).
+    create(
+        state,
+        "rbac.authorization.k8s.io",
+        "clusterroles",
+        None,
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": "system:discovery"},
+            "rules": [{"nonResourceURLs": ["/api", "/api/*", "/apis", "/apis/*", "/healthz",
+                "/livez", "/openapi", "/openapi/*", "/readyz", "/version", "/version/"],
+                "verbs": ["get"]}],
+        }),
+    );
+    create(
+        state,
+        "rbac.authorization.k8s.io",
+        "clusterrolebindings",
+        None,
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "system:discovery"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:discovery"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:authenticated"}],
         }),
     );
     let hpa_role = "system:controller:horizontal-pod-autoscaler";
