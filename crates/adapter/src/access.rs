@@ -153,8 +153,14 @@ impl Access {
 }
 
 /// Keeps the front-proxy settings (and so the CA client certificates are verified against)
-/// in step with `kube-system/extension-apiserver-authentication`.
-pub async fn watch_front_proxy(client: kube::Client, access: Arc<Access>, tls: Arc<TlsState>) {
+/// in step with `kube-system/extension-apiserver-authentication`. `loaded` turns true once
+/// the ConfigMap has been read (or found missing) the first time.
+pub async fn watch_front_proxy(
+    client: kube::Client,
+    access: Arc<Access>,
+    tls: Arc<TlsState>,
+    loaded: tokio::sync::watch::Sender<bool>,
+) {
     let (namespace, name) = AUTHENTICATION_CONFIGMAP;
     let api: Api<ConfigMap> = Api::namespaced(client, namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
@@ -178,13 +184,24 @@ pub async fn watch_front_proxy(client: kube::Client, access: Arc<Access>, tls: A
             Err(err) => tracing::error!(error = %err, "front-proxy settings not applied"),
         }
     };
+    // Whether the (re)list under way has found the ConfigMap: a relist reports what
+    // exists, not what went away while the watch was down.
+    let mut listed = false;
     while let Some(event) = events.next().await {
         match event {
-            Ok(watcher::Event::Apply(configmap) | watcher::Event::InitApply(configmap)) => {
+            Ok(watcher::Event::Apply(configmap)) => apply(Some(configmap)),
+            Ok(watcher::Event::InitApply(configmap)) => {
+                listed = true;
                 apply(Some(configmap));
             }
             Ok(watcher::Event::Delete(_)) => apply(None),
-            Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
+            Ok(watcher::Event::Init) => listed = false,
+            Ok(watcher::Event::InitDone) => {
+                if !listed {
+                    apply(None);
+                }
+                loaded.send_if_modified(|done| !std::mem::replace(done, true));
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "watching {namespace}/{name}; retrying");
                 tokio::time::sleep(Duration::from_secs(2)).await;

@@ -17,7 +17,9 @@
 //! - [`guard`]: authentication and authorization in front of every route;
 //! - `tls`, `bootstrap`, `certs`, `serve` (from skylift-certs): the serving certificate, kept in a
 //!   Secret with the APIService's `caBundle` when no certificate files are given;
-//! - [`metrics`]: Prometheus metrics.
+//! - [`metrics`]: Prometheus metrics;
+//! - [`start`]: the order of a start: front-proxy CA, then certificates and caBundle, then
+//!   connections.
 
 pub mod access;
 pub mod answer;
@@ -31,5 +33,6 @@ pub mod oap;
 pub mod quantity;
 pub mod reader;
 pub mod server;
+pub mod start;
 
 pub use skylift_certs::{bootstrap, certs, serve, tls};

@@ -5,14 +5,13 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use skylift_adapter::access::{self, Access};
+use skylift_adapter::access::Access;
 use skylift_adapter::bootstrap;
 use skylift_adapter::guard::guarded;
 use skylift_adapter::metrics::Metrics;
 use skylift_adapter::reader::{OapConfig, OapReader};
-use skylift_adapter::serve::serve;
 use skylift_adapter::server::{Adapter, router};
-use skylift_adapter::tls::{self, TlsState};
+use skylift_adapter::start::{self, Certificates};
 use skylift_api::logging::LogFormat;
 
 // Every request allocates and frees small buffers across tokio's worker threads (headers,
@@ -156,22 +155,12 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("connecting to the Kubernetes API server")?;
     let metrics = Arc::new(Metrics::default());
-    let tls = TlsState::new();
     let access = Access::new(client.clone(), args.auth_cache_ttl);
-    tokio::spawn(access::watch_front_proxy(
-        client.clone(),
-        access.clone(),
-        tls.clone(),
-    ));
     let certificates = match (&args.tls_cert_file, &args.tls_private_key_file) {
-        (Some(cert), Some(key)) => {
-            let files = tls::serve_files(tls.clone(), cert.clone(), key.clone());
-            tokio::spawn(async move {
-                let Err(err) = files.await;
-                tracing::error!(error = %err, "serving certificate files");
-                std::process::exit(1);
-            })
-        }
+        (Some(cert), Some(key)) => Certificates::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
         _ => {
             let secret = match &args.tls_secret {
                 Some(text) => split_secret(text)?,
@@ -182,7 +171,7 @@ async fn main() -> anyhow::Result<()> {
                 .filter(|n| !n.is_empty())
                 .map(bootstrap::CaBundleTarget::ApiService);
             settings.manager = "skylift-adapter".into();
-            tokio::spawn(bootstrap::run(client.clone(), settings, tls.clone()))
+            Certificates::SelfManaged(settings)
         }
     };
 
@@ -193,16 +182,19 @@ async fn main() -> anyhow::Result<()> {
         args.refresh_interval,
         metrics.clone(),
     ));
-    let app = guarded(router(adapter), access, metrics);
+    let app = guarded(router(adapter), access.clone(), metrics);
+    // Bound now, so a port that cannot be taken stops the start with its reason; accepted
+    // from only once the aggregator can be authenticated.
     let listener = tokio::net::TcpListener::bind(args.secure_listen)
         .await
         .with_context(|| format!("listening on {}", args.secure_listen))?;
-    tracing::info!(listen = %args.secure_listen, oap = %args.oap_url, "skylift-adapter serving");
+    tracing::info!(listen = %args.secure_listen, oap = %args.oap_url, "skylift-adapter starting");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     tokio::select! {
-        _ = serve(listener, tls, app) => {}
-        _ = certificates => bail!("the certificate task stopped"),
+        stopped = start::run(client, access, certificates, listener, app) => {
+            return Err(stopped).context("skylift-adapter stopped");
+        }
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }

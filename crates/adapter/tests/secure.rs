@@ -14,14 +14,13 @@ use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use skylift_adapter::access::{self, Access};
+use skylift_adapter::access::Access;
 use skylift_adapter::bootstrap;
 use skylift_adapter::guard::guarded;
 use skylift_adapter::metrics::Metrics;
 use skylift_adapter::reader::{OapConfig, OapReader};
-use skylift_adapter::serve::serve;
 use skylift_adapter::server::{Adapter, router};
-use skylift_adapter::tls::TlsState;
+use skylift_adapter::start::{self, Certificates};
 use skylift_testkit::aggregation::{self, APISERVICE};
 use skylift_testkit::apiserver::ApiServer;
 use skylift_testkit::oap::graphql::{GraphqlOap, OapData};
@@ -43,15 +42,9 @@ struct Cluster {
     adapter: SocketAddr,
 }
 
-async fn start_adapter(client: kube::Client, oap_url: String) -> (SocketAddr, Arc<TlsState>) {
-    let tls = TlsState::new();
+async fn start_adapter(client: kube::Client, oap_url: String) -> SocketAddr {
     let metrics = Arc::new(Metrics::default());
     let access = Access::new(client.clone(), Duration::from_secs(10));
-    tokio::spawn(access::watch_front_proxy(
-        client.clone(),
-        access.clone(),
-        tls.clone(),
-    ));
     let mut settings = bootstrap::Settings::new(
         "skylift-adapter",
         "skylift-system",
@@ -59,7 +52,6 @@ async fn start_adapter(client: kube::Client, oap_url: String) -> (SocketAddr, Ar
     );
     settings.ca_bundle_for = Some(bootstrap::CaBundleTarget::ApiService(APISERVICE.into()));
     settings.check_every = Duration::from_millis(500);
-    tokio::spawn(bootstrap::run(client, settings, tls.clone()));
     let reader = OapReader::new(OapConfig {
         url: oap_url,
         timeout: Duration::from_secs(2),
@@ -73,11 +65,17 @@ async fn start_adapter(client: kube::Client, oap_url: String) -> (SocketAddr, Ar
         Duration::from_secs(10),
         metrics.clone(),
     ));
-    let app = guarded(router(adapter), access, metrics);
+    let app = guarded(router(adapter), access.clone(), metrics);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    tokio::spawn(serve(listener, tls.clone(), app));
-    (address, tls)
+    tokio::spawn(start::run(
+        client,
+        access,
+        Certificates::SelfManaged(settings),
+        listener,
+        app,
+    ));
+    address
 }
 
 async fn cluster() -> Cluster {
@@ -98,7 +96,7 @@ async fn cluster() -> Cluster {
     })
     .await
     .unwrap();
-    let (adapter, _tls) = start_adapter(api.client(), oap.url()).await;
+    let adapter = start_adapter(api.client(), oap.url()).await;
     Cluster {
         api,
         oap,
@@ -190,14 +188,19 @@ async fn the_aggregator_and_the_hpa_are_served_over_the_self_made_certificate() 
         .get("skylift-adapter-tls")
         .await
         .unwrap();
-    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+    assert_eq!(
+        secret.type_.as_deref(),
+        Some(bootstrap::SECRET_TYPE),
+        "the type the bundle declares"
+    );
 
-    // The availability check: discovery as system:kube-aggregator in system:masters, on h2.
+    // The availability check: discovery as system:kube-aggregator, which names no group,
+    // on h2; allowed because every authenticated user may read discovery.
     let response = as_user(
         &aggregator,
         "/apis/external.metrics.k8s.io/v1beta1",
         "system:kube-aggregator",
-        &["system:masters"],
+        &[],
     )
     .send()
     .await
@@ -333,15 +336,18 @@ async fn a_second_replica_serves_the_certificate_the_first_one_made() {
     let bundle = cluster.ca_bundle().await;
     let secrets: Api<Secret> = Api::namespaced(cluster.api.client(), "skylift-system");
     let before = secrets.get("skylift-adapter-tls").await.unwrap();
-    let (second, tls) = start_adapter(cluster.api.client(), cluster.oap.url()).await;
-    eventually("the second replica's certificate", async || tls.config()).await;
+    let second = start_adapter(cluster.api.client(), cluster.oap.url()).await;
     let client = reqwest::Client::builder()
         .tls_certs_only(reqwest::Certificate::from_pem_bundle(bundle.as_bytes()).unwrap())
         .resolve(SERVICE_HOST, second)
         .build()
         .unwrap();
-    let (status, _) = get(client.get(url("/healthz"))).await;
-    assert_eq!(status, 200, "trusted through the same caBundle");
+    // Trusted through the same caBundle once it serves.
+    eventually("the second replica serving", async || {
+        let response = client.get(url("/healthz")).send().await.ok()?;
+        (response.status() == 200).then_some(())
+    })
+    .await;
     let after = secrets.get("skylift-adapter-tls").await.unwrap();
     assert_eq!(
         before.metadata.resource_version, after.metadata.resource_version,

@@ -1,6 +1,7 @@
 //! The HTTPS listener: each connection is accepted with the TLS configuration current at
-//! that moment, its client certificate's common name is attached to every request on it,
-//! and HTTP/1.1 or HTTP/2 is served as ALPN chose.
+//! that moment and closed gracefully when the client CA changes, its client certificate's
+//! common name is attached to every request on it, and HTTP/1.1 or HTTP/2 is served as ALPN
+//! chose.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +40,9 @@ pub async fn serve(listener: TcpListener, tls: Arc<TlsState>, app: Router) {
                 continue;
             }
         };
+        // Subscribed before the configuration is read: a CA change from here on closes
+        // this connection.
+        let mut client_ca_changes = tls.client_ca_changes();
         let Some(config) = tls.config() else {
             tracing::debug!(%peer, "no serving certificate yet; connection closed");
             continue;
@@ -73,10 +77,20 @@ pub async fn serve(listener: TcpListener, tls: Arc<TlsState>, app: Router) {
                     request.extensions_mut().insert(cert.clone());
                     app.clone().oneshot(request)
                 });
-            if let Err(err) = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                _ = client_ca_changes.changed() => {
+                    // HTTP/2: GOAWAY, requests under way finish; HTTP/1.1: closed after the
+                    // current one. The client reconnects under the new CA.
+                    tracing::debug!(%peer, "client CA changed; closing the connection");
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(err) = served {
                 tracing::debug!(%peer, error = %err, "connection ended with an error");
             }
         });

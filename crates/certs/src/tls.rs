@@ -1,7 +1,10 @@
 //! A server's TLS (the adapter's, the admission webhook's): the serving certificate and the front-proxy CA that client
 //! certificates are verified against, either of which can change while the adapter runs.
-//! Each new connection is accepted with the configuration current at that moment; open
-//! connections keep the one they were accepted with.
+//! Each new connection is accepted with the configuration current at that moment. Open
+//! connections keep the serving certificate they were accepted with, but not a client CA
+//! that has since changed: a connection made before the front-proxy CA was known carries
+//! no client certificate, and the aggregator would go on sending every request over it
+//! unauthenticated, so [`TlsState::client_ca_changes`] tells the listener to close them.
 //!
 //! Clients are asked for a certificate but not required to present one (the aggregator
 //! presents its front-proxy certificate; other callers may bring a bearer token, and
@@ -40,10 +43,21 @@ struct Parts {
 }
 
 /// The TLS configuration new connections get; empty until a serving certificate is set.
-#[derive(Default)]
 pub struct TlsState {
     parts: Mutex<Parts>,
     current: RwLock<Option<Arc<ServerConfig>>>,
+    /// Counts changes of the client CA; bumped after `current` holds the new one.
+    client_ca_changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for TlsState {
+    fn default() -> Self {
+        TlsState {
+            parts: Mutex::default(),
+            current: RwLock::default(),
+            client_ca_changes: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 fn build(parts: &Parts) -> Result<Option<Arc<ServerConfig>>, TlsError> {
@@ -109,12 +123,21 @@ impl TlsState {
     }
 
     /// Verifies client certificates against this CA bundle from now on; `None` asks for none.
+    /// Connections accepted before are told to close ([`TlsState::client_ca_changes`]).
     pub fn set_client_ca(&self, pem: Option<&str>) -> Result<(), TlsError> {
         let client_ca = pem.map(String::from);
         if self.parts.lock().expect("never poisoned").client_ca == client_ca {
             return Ok(());
         }
-        self.change(|parts| parts.client_ca = client_ca)
+        self.change(|parts| parts.client_ca = client_ca)?;
+        self.client_ca_changes.send_modify(|changes| *changes += 1);
+        Ok(())
+    }
+
+    /// Changes whenever the client CA changes. Subscribe before reading [`TlsState::config`]
+    /// for a connection: a change after that point is then always seen.
+    pub fn client_ca_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.client_ca_changes.subscribe()
     }
 }
 
