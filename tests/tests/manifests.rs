@@ -6,7 +6,6 @@
 //! the CRDs' schemas and CEL rules as kube-apiserver does.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -20,7 +19,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use skylift_api::{BanyanDB, OAPServer, OTelCollector, Proxy, Rover, Satellite, SwAgent, UI};
-use skylift_e2e::{repo_file, repo_path, yaml_documents};
+use skylift_e2e::{
+    CHART_WITH_EVERY_OPTION, render_chart, render_chart_or_refusal, repo_file, repo_path,
+    yaml_documents,
+};
 
 /// Paths of fields in `original` that did not survive the typed round trip.
 fn unknown_fields(original: &Value, typed: &Value, path: &str, found: &mut Vec<String>) {
@@ -129,37 +131,6 @@ fn images(documents: &[Value]) -> Vec<String> {
         .collect()
 }
 
-/// The chart rendered with `settings` (`--set` values).
-fn render_chart(settings: &[&str]) -> String {
-    render_chart_or_refusal(settings).unwrap_or_else(|e| panic!("helm template {settings:?}: {e}"))
-}
-
-/// The chart rendered with `settings`, or helm's refusal.
-fn render_chart_or_refusal(settings: &[&str]) -> Result<String, String> {
-    let helm = Command::new(repo_path("hack/helm.sh"))
-        .output()
-        .expect("hack/helm.sh runs");
-    assert!(
-        helm.status.success(),
-        "hack/helm.sh could not provide helm: {}",
-        String::from_utf8_lossy(&helm.stderr)
-    );
-    let helm = String::from_utf8(helm.stdout).unwrap();
-    let mut command = Command::new(helm.trim());
-    command
-        .args(["template", "skylift"])
-        .arg(repo_path("charts/skylift"))
-        .args(["--namespace", "skylift-system", "--include-crds"]);
-    for setting in settings {
-        command.args(["--set", setting]);
-    }
-    let rendered = command.output().expect("helm runs");
-    if !rendered.status.success() {
-        return Err(String::from_utf8_lossy(&rendered.stderr).into_owned());
-    }
-    Ok(String::from_utf8(rendered.stdout).unwrap())
-}
-
 #[test]
 fn the_bundles_and_crds_are_typed_objects_running_the_operators_default_image() {
     let image = skylift_api::constants::default_proxy_image();
@@ -247,17 +218,7 @@ fn the_chart_renders_typed_objects_with_defaults_and_with_every_option() {
     let defaults = check_all(&render_chart(&[]), "helm template (defaults)");
     assert_eq!(images(&defaults), [image.clone(), image.clone()]);
     let everything = check_all(
-        &render_chart(&[
-            "createNamespace=true",
-            "operator.watchNamespace=shop",
-            "adapter.expressions.p95=latest(service_percentile{p='95'})",
-            "adapter.oapCredentialsSecret=oap-basic",
-            "imagePullSecrets[0].name=regcred",
-            "operator.nodeSelector.pool=system",
-            "adapter.tolerations[0].operator=Exists",
-            "adapter.priorityClassName=system-cluster-critical",
-            "image.tag=0.1.0-rc.1",
-        ]),
+        &render_chart(CHART_WITH_EVERY_OPTION),
         "helm template (every option)",
     );
     // Watching one namespace: a Role there instead of a ClusterRole.

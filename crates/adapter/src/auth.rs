@@ -335,7 +335,10 @@ mod tests {
         // them read discovery only through system:authenticated (system:discovery).
         let proxy = front_proxy(&configmap()).unwrap().unwrap();
         let mut headers = HeaderMap::new();
-        headers.insert("x-remote-user", HeaderValue::from_static("system:kube-aggregator"));
+        headers.insert(
+            "x-remote-user",
+            HeaderValue::from_static("system:kube-aggregator"),
+        );
         assert_eq!(
             proxy.identity(&headers).unwrap().groups,
             ["system:authenticated"]
@@ -346,7 +349,10 @@ mod tests {
             ["system:masters", "system:authenticated"]
         );
         // Not added twice, and never to a request the proxy marks anonymous.
-        headers.insert("x-remote-user", HeaderValue::from_static("system:anonymous"));
+        headers.insert(
+            "x-remote-user",
+            HeaderValue::from_static("system:anonymous"),
+        );
         headers.insert(
             "x-remote-group",
             HeaderValue::from_static("system:unauthenticated"),

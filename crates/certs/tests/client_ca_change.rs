@@ -28,17 +28,24 @@ async fn connections_made_before_the_client_ca_was_known_are_closed_when_it_arri
     let server_ca = new_authority("serving-ca", now, day).unwrap();
     let serving = issue_serving(&server_ca, &[HOST.into()], now, day).unwrap();
     let tls = TlsState::new();
-    tls.set_serving(&serving.cert_pem, &serving.key_pem).unwrap();
+    tls.set_serving(&serving.cert_pem, &serving.key_pem)
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    tokio::spawn(serve(listener, tls.clone(), Router::new().route("/who", get(who))));
+    tokio::spawn(serve(
+        listener,
+        tls.clone(),
+        Router::new().route("/who", get(who)),
+    ));
 
     // The aggregator's client: HTTP/2, one pooled connection, its front-proxy certificate
     // presented whenever the server asks for one.
     let front_proxy_ca = TestCa::new("front-proxy-ca");
     let identity = front_proxy_ca.client_identity_pem("front-proxy-client");
     let client = reqwest::Client::builder()
-        .tls_certs_only(reqwest::Certificate::from_pem_bundle(server_ca.cert_pem.as_bytes()).unwrap())
+        .tls_certs_only(
+            reqwest::Certificate::from_pem_bundle(server_ca.cert_pem.as_bytes()).unwrap(),
+        )
         .identity(reqwest::Identity::from_pem(identity.as_bytes()).unwrap())
         .resolve(HOST, address)
         .timeout(Duration::from_secs(5))
@@ -50,7 +57,11 @@ async fn connections_made_before_the_client_ca_was_known_are_closed_when_it_arri
         assert_eq!(response.version(), http::Version::HTTP_2);
         response.text().await.unwrap()
     };
-    assert_eq!(caller().await, "nobody", "no client CA yet: no certificate asked");
+    assert_eq!(
+        caller().await,
+        "nobody",
+        "no client CA yet: no certificate asked"
+    );
 
     tls.set_client_ca(Some(&front_proxy_ca.cert_pem)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);

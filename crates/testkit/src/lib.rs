@@ -14,16 +14,22 @@
 //! - [`http`]: a minimal HTTP GET for reading local endpoints in tests and load tools;
 //! - [`oap`]: an OAP cluster stand-in (reports counted, the meter pipeline, GraphQL),
 //!   also the binary `skylift-oap-standin`;
-//! - [`pki`]: client certificates signed by a test CA.
+//! - [`pki`]: client certificates signed by a test CA;
+//! - [`cluster`]: a real control plane (etcd, kube-apiserver, kube-controller-manager from
+//!   `KUBEBUILDER_ASSETS`), the kubelet's part played by the test, network namespaces for
+//!   programs the API server calls, relays to the API server;
+//! - [`process`]: child processes killed when dropped, their output in a file.
 
 pub mod aggregation;
 pub mod aggregator;
 pub mod apiserver;
+pub mod cluster;
 pub mod h2raw;
 pub mod hpa;
 pub mod http;
 pub mod oap;
 pub mod pki;
+pub mod process;
 pub mod protobuf;
 pub mod reports;
 pub mod sink;

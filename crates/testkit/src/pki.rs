@@ -47,6 +47,17 @@ impl TestCa {
     /// A client certificate (extended key usage clientAuth) for `common_name`: the private
     /// key and then the certificate, PEM, as `reqwest::Identity::from_pem` reads them.
     pub fn client_identity_pem(&self, common_name: &str) -> String {
+        let (cert, key) = self.client_identity(common_name, None);
+        format!("{key}{cert}")
+    }
+
+    /// A client certificate for the user `common_name`, in the group `organization` if any
+    /// (kube-apiserver reads the subject's O as a group): (certificate PEM, private key PEM).
+    pub fn client_identity(
+        &self,
+        common_name: &str,
+        organization: Option<&str>,
+    ) -> (String, String) {
         let ca_key = rcgen::KeyPair::from_pem(&self.key_pem).expect("the CA's key");
         let issuer =
             rcgen::Issuer::from_ca_cert_pem(&self.cert_pem, ca_key).expect("the CA's certificate");
@@ -55,10 +66,15 @@ impl TestCa {
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, common_name);
+        if let Some(organization) = organization {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::OrganizationName, organization);
+        }
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
         let cert = params
             .signed_by(&key, &issuer)
             .expect("a signed certificate");
-        format!("{}{}", key.serialize_pem(), cert.pem())
+        (cert.pem(), key.serialize_pem())
     }
 }

@@ -102,9 +102,18 @@ pub fn validate_openapi(schema: &Value, value: &Value, path: &str, causes: &mut 
             message: format!("Invalid value: {}: {detail}", shown(value)),
         })
     };
+    // A value of the wrong type is its own error type (it keeps CEL rules from running),
+    // shown by the name of its type.
+    let wrong_type = |causes: &mut Vec<Cause>, detail: String| {
+        causes.push(Cause {
+            field: path.to_string(),
+            reason: "FieldValueTypeInvalid",
+            message: format!("Invalid value: \"{}\": {detail}", type_name(value)),
+        })
+    };
     if value.is_null() {
         if schema["nullable"].as_bool() != Some(true) {
-            invalid(
+            wrong_type(
                 causes,
                 format!(
                     "{path} in body must be of type {}: \"null\"",
@@ -116,7 +125,7 @@ pub fn validate_openapi(schema: &Value, value: &Value, path: &str, causes: &mut 
     }
     if schema["x-kubernetes-int-or-string"].as_bool() == Some(true) {
         if !matches!(type_name(value), "integer" | "string") {
-            invalid(
+            wrong_type(
                 causes,
                 format!("{path} in body must be of type integer or string"),
             );
@@ -127,7 +136,7 @@ pub fn validate_openapi(schema: &Value, value: &Value, path: &str, causes: &mut 
         let actual = type_name(value);
         let ok = actual == expected || (expected == "number" && actual == "integer");
         if !ok {
-            invalid(
+            wrong_type(
                 causes,
                 format!("{path} in body must be of type {expected}: \"{actual}\""),
             );
@@ -267,25 +276,81 @@ fn validate_object(
     }
 }
 
-/// Evaluates the CEL rules (`x-kubernetes-validations`) with Kubernetes' CEL library.
+/// The schema of the node at `path` (`spec.config[0].path`, `spec.data[key]`).
+fn schema_at<'a>(schema: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut node = schema;
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let (key, indexes) = match part.find('[') {
+            Some(at) => (&part[..at], part[at..].matches('[').count()),
+            None => (part, 0),
+        };
+        if !key.is_empty() {
+            node = node["properties"]
+                .get(key)
+                .or_else(|| node.get("additionalProperties").filter(|a| a.is_object()))?;
+        }
+        for _ in 0..indexes {
+            node = node
+                .get("items")
+                .or_else(|| node.get("additionalProperties").filter(|a| a.is_object()))?;
+        }
+    }
+    Some(node)
+}
+
+/// Evaluates the CEL rules (`x-kubernetes-validations`) with Kubernetes' CEL library, each
+/// failure reported as apiextensions-apiserver's `fieldErrorForReason` reports it: the
+/// rule's reason decides the error type, and an Invalid value is the node's schema type.
 pub fn validate_cel(schema: &Value, object: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
     if let Err(errors) = kube_cel::Validator::new().validate(schema, object, old) {
         for error in errors.into_vec() {
             let field = error.field_path.clone();
-            let value = shown(
-                field
-                    .split('.')
-                    .filter(|k| !k.is_empty())
-                    .try_fold(object, |v, k| v.get(k))
-                    .unwrap_or(&Value::Null),
-            );
+            let (reason, message) = match error.reason.as_deref() {
+                Some("FieldValueRequired") => (
+                    "FieldValueRequired",
+                    format!("Required value: {}", error.message),
+                ),
+                Some("FieldValueForbidden") => (
+                    "FieldValueForbidden",
+                    format!("Forbidden: {}", error.message),
+                ),
+                Some("FieldValueDuplicate") => (
+                    "FieldValueDuplicate",
+                    format!("Duplicate value: {}", Value::String(error.message.clone())),
+                ),
+                _ => {
+                    let type_ = schema_at(schema, &field)
+                        .and_then(|s| s["type"].as_str())
+                        .unwrap_or("object");
+                    (
+                        "FieldValueInvalid",
+                        format!("Invalid value: \"{type_}\": {}", error.message),
+                    )
+                }
+            };
             causes.push(Cause {
                 field,
-                reason: "FieldValueInvalid",
-                message: format!("Invalid value: {value}: {}", error.message),
+                reason,
+                message,
             });
         }
     }
+}
+
+/// Whether `causes` stop CEL rules from being evaluated: apiextensions-apiserver's
+/// `hasBlockingErr` (unsupported value, required, too long, too many, wrong type). Other
+/// failures (a pattern, a minimum) leave the rules to run.
+fn blocks_rules(causes: &[Cause]) -> bool {
+    causes.iter().any(|c| {
+        matches!(
+            c.reason,
+            "FieldValueNotSupported"
+                | "FieldValueRequired"
+                | "FieldValueTooLong"
+                | "FieldValueTooMany"
+                | "FieldValueTypeInvalid"
+        )
+    })
 }
 
 /// The full admission of a custom resource: defaults and pruning, then every check.
@@ -298,7 +363,13 @@ pub fn admit(schema: &Value, object: &mut Value, old: Option<&Value>) -> Vec<Cau
         fields.remove("metadata");
     }
     validate_openapi(schema, &body, "", &mut causes);
-    if causes.is_empty() {
+    if blocks_rules(&causes) {
+        causes.push(Cause {
+            field: "<nil>".into(),
+            reason: "FieldValueInvalid",
+            message: "Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation".into(),
+        });
+    } else {
         validate_cel(schema, object, old, &mut causes);
     }
     causes
