@@ -31,12 +31,6 @@ const GRANTED_NOT_CALLED: &[(&str, &str, &str, &str)] = &[
         "OAP's Role grants it; kube-apiserver lets a Role be written only by who holds what it grants",
     ),
     (
-        "",
-        "configmaps",
-        "get",
-        "each pool's Role grants it (same escalation check)",
-    ),
-    (
         "skylift.io",
         "oapservers/finalizers",
         "update",
@@ -83,12 +77,6 @@ const GRANTED_NOT_CALLED: &[(&str, &str, &str, &str)] = &[
         "rovers/finalizers",
         "update",
         "blockOwnerDeletion",
-    ),
-    (
-        "",
-        "services",
-        "get",
-        "a collector's Role grants it (escalation check)",
     ),
     (
         "discovery.k8s.io",

@@ -281,14 +281,25 @@ pub async fn run(
     }
 }
 
-/// Failed reconciles are retried after a pause, and counted by reason.
-fn error_policy<K: Resource<DynamicType = ()>>(
-    resource: Arc<K>,
-    error: &Error,
-    ctx: Arc<Context>,
-) -> Action {
+/// Failed reconciles are retried after a pause, counted by reason, and reported in the
+/// resource's status and Events (not only in the log).
+fn error_policy<K>(resource: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
     let kind = K::kind(&());
     ctx.metrics.record_error(&kind, error.category());
     tracing::warn!(%kind, name = %resource.name_any(), namespace = ?resource.namespace(), error = %error, "reconcile failed");
+    let (reason, message) = (error.category(), error.explain());
+    tokio::spawn(async move {
+        crate::controller::report_failure(&ctx, resource.as_ref(), reason, &message).await;
+    });
     Action::requeue(Duration::from_secs(5))
 }

@@ -187,9 +187,135 @@ pub fn conditions(previous: &[Condition], observed: &Observed<'_>, now: Time) ->
     .collect()
 }
 
+/// The conditions after a reconcile failed (`reason`, `message`): `Degraded` says so,
+/// `Ready` and `Progressing` stay as they were (what runs keeps running), and a resource
+/// that never got as far as a status is not Ready. `None` when they already say so.
+pub fn failed(
+    previous: &[Condition],
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Time,
+) -> Option<Vec<Condition>> {
+    let already = previous.iter().any(|c| {
+        c.type_ == condition::DEGRADED
+            && c.status == "True"
+            && c.reason == reason
+            && c.message == message
+    });
+    if already {
+        return None;
+    }
+    let mut conditions: Vec<Condition> = previous
+        .iter()
+        .filter(|c| c.type_ != condition::DEGRADED)
+        .cloned()
+        .collect();
+    if !conditions.iter().any(|c| c.type_ == condition::READY) {
+        conditions.push(Condition {
+            type_: condition::READY.into(),
+            status: "False".into(),
+            reason: reason.into(),
+            message: message.into(),
+            observed_generation: generation,
+            last_transition_time: now.clone(),
+        });
+    }
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == condition::DEGRADED && c.status == "True")
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(now);
+    conditions.push(Condition {
+        type_: condition::DEGRADED.into(),
+        status: "True".into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time,
+    });
+    Some(conditions)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_reconcile_is_degraded_once_and_keeps_what_runs_ready() {
+        let healthy = conditions(
+            &[],
+            &Observed {
+                generation: Some(2),
+                rollout: Rollout {
+                    desired: 1,
+                    replicas: 1,
+                    ready: 1,
+                    updated: 1,
+                    observed: true,
+                },
+                upstreams: None,
+                problems: &[],
+            },
+            time(100),
+        );
+        let failed_once = failed(
+            &healthy,
+            "ApplyFailed",
+            "applying Deployment oap: invalid",
+            Some(3),
+            time(200),
+        )
+        .unwrap();
+        let degraded = find(&failed_once, condition::DEGRADED);
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "ApplyFailed")
+        );
+        assert_eq!(degraded.message, "applying Deployment oap: invalid");
+        assert_eq!(degraded.last_transition_time, time(200));
+        assert_eq!(
+            find(&failed_once, condition::READY).status,
+            "True",
+            "still running"
+        );
+        assert_eq!(failed_once.len(), 3);
+        // Retried with the same failure: nothing to write.
+        assert_eq!(
+            failed(
+                &failed_once,
+                "ApplyFailed",
+                "applying Deployment oap: invalid",
+                Some(3),
+                time(300)
+            ),
+            None
+        );
+        // Another failure: reported, still degraded since the first.
+        let other = failed(
+            &failed_once,
+            "StatusFailed",
+            "writing the status: conflict",
+            Some(3),
+            time(300),
+        )
+        .unwrap();
+        assert_eq!(
+            find(&other, condition::DEGRADED).last_transition_time,
+            time(200)
+        );
+        // A resource that never had a status is not Ready either.
+        let first = failed(
+            &[],
+            "ApplyFailed",
+            "applying Service x: forbidden",
+            Some(1),
+            time(5),
+        )
+        .unwrap();
+        assert_eq!(find(&first, condition::READY).status, "False");
+        assert_eq!(find(&first, condition::READY).reason, "ApplyFailed");
+    }
 
     fn time(secs: i64) -> Time {
         Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())

@@ -746,3 +746,64 @@ async fn one_replica_leads_and_a_missing_lease_namespace_is_an_error() {
     assert!(missing.to_string().contains("does not exist"), "{missing}");
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn objects_made_by_hand_under_a_pools_names_are_left_alone_and_the_pool_says_so() {
+    let cluster = Cluster::start().await;
+    // Made before the Satellite, without skylift's labels or an owner: the operator's
+    // cache never sees them.
+    let hand_made = cluster
+        .create::<ConfigMap>(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "ingest-upstreams"}, "data": {"mine": "keep me"}}))
+        .await;
+    cluster
+        .create::<Satellite>(satellite(
+            "ingest",
+            json!({"upstream": {"addresses": ["oap-0.oap:11800"]}}),
+        ))
+        .await;
+    let degraded = eventually("the Satellite reporting the name conflict", || async {
+        let status = cluster.get::<Satellite>("ingest").await?.status?;
+        condition(&status.conditions, "Degraded")
+            .filter(|c| c.reason == "NameConflict")
+            .cloned()
+    })
+    .await;
+    assert!(
+        degraded
+            .message
+            .contains("ConfigMap ingest-upstreams already exists and was not made by skylift"),
+        "{}",
+        degraded.message
+    );
+    // The rest of the pool is made; the ConfigMap is as its author left it.
+    eventually("the pool's Deployment", || {
+        cluster.get::<Deployment>("ingest-satellite")
+    })
+    .await;
+    let kept = cluster.get::<ConfigMap>("ingest-upstreams").await.unwrap();
+    assert_eq!(kept.data, hand_made.data);
+    assert_eq!(kept.metadata.owner_references, None);
+    assert_eq!(
+        kept.metadata.resource_version, hand_made.metadata.resource_version,
+        "never written"
+    );
+    // Removed by its author, the name is free: the pool takes it and recovers.
+    cluster
+        .api::<ConfigMap>()
+        .delete("ingest-upstreams", &DeleteParams::default())
+        .await
+        .unwrap();
+    // Nothing is watched that says so: the operator looks again while the name is taken.
+    eventually_within(
+        "the pool's own upstreams ConfigMap",
+        Duration::from_secs(30),
+        || async { published(&cluster, "ingest-upstreams").await },
+    )
+    .await;
+    eventually("the conflict cleared", || async {
+        let status = cluster.get::<Satellite>("ingest").await?.status?;
+        (condition(&status.conditions, "Degraded")?.reason != "NameConflict").then_some(())
+    })
+    .await;
+}

@@ -24,8 +24,8 @@ pub enum Applied {
 
 impl Context {
     /// Applies `desired` unless the cached object already matches it. `owner_uid` is the
-    /// resource the object belongs to: an object of the same name controlled by anything
-    /// else is never taken over.
+    /// resource the object belongs to: an object of the same name that it does not control
+    /// (controlled by anything else, or by nothing) is never taken over.
     pub(crate) async fn apply<K>(
         &self,
         cache: &OwnedCache,
@@ -42,18 +42,32 @@ impl Context {
         let kind = kind_of::<K>();
         let name = desired.name_any();
         let namespace = desired.namespace().unwrap_or_default();
+        let api: Api<K> = Api::namespaced(self.client.clone(), &namespace);
         let current = cache.get(&namespace, &name);
-        if let Some(owner) = current.as_ref().and_then(|c| c.controller.as_ref())
-            && owner.uid != owner_uid
+        // The cache holds only what carries the operator's label; an object of the name
+        // it would use may still exist (made by hand, or by another tool). Looked up once,
+        // before the first write.
+        let controller = match &current {
+            Some(cached) => Some(cached.controller.clone()),
+            None => api
+                .get_opt(&name)
+                .await
+                .map_err(|source| Error::Apply {
+                    kind,
+                    name: name.clone(),
+                    source,
+                })?
+                .map(|existing| super::cache::Controller::of(existing.meta())),
+        };
+        if let Some(controller) = controller
+            && controller.as_ref().map(|c| c.uid.as_str()) != Some(owner_uid)
         {
             return Err(Error::NameConflict {
                 kind,
                 name,
-                owner: format!("{} {}", owner.kind, owner.name),
+                owner: controller.map(|c| format!("{} {}", c.kind, c.name)),
             });
         }
-
-        let api: Api<K> = Api::namespaced(self.client.clone(), &namespace);
         self.write(api, current.as_ref(), desired).await
     }
 

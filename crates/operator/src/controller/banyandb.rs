@@ -8,7 +8,7 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use skylift_api::{BanyanDB, WorkloadStatus};
 
-use super::report::{RESYNC, publish_changes, sort_results};
+use super::report::{next_look, publish_changes, sort_results};
 use super::workload::report;
 use super::{Context, Error};
 use crate::build::{banyandb as build, selector_string};
@@ -64,5 +64,5 @@ pub async fn reconcile(db: Arc<BanyanDB>, ctx: Arc<Context>) -> Result<Action, E
         &problems,
     )
     .await?;
-    Ok(Action::requeue(RESYNC))
+    Ok(next_look(&problems))
 }

@@ -33,11 +33,10 @@ pub struct CachedObject {
     json: Arc<str>,
 }
 
-impl CachedObject {
-    fn of<K: Resource + Serialize>(object: &K) -> Self {
-        let controller = object
-            .meta()
-            .owner_references
+impl Controller {
+    /// The controller owner reference in `meta`, if any.
+    pub fn of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<Self> {
+        meta.owner_references
             .iter()
             .flatten()
             .find(|o| o.controller == Some(true))
@@ -45,7 +44,13 @@ impl CachedObject {
                 kind: o.kind.clone(),
                 name: o.name.clone(),
                 uid: o.uid.clone(),
-            });
+            })
+    }
+}
+
+impl CachedObject {
+    fn of<K: Resource + Serialize>(object: &K) -> Self {
+        let controller = Controller::of(object.meta());
         let mut value = serde_json::to_value(object).expect("Kubernetes objects serialize to JSON");
         if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
             // Bookkeeping the comparison never looks at.

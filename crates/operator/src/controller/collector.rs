@@ -7,7 +7,7 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use skylift_api::{OTelCollector, WorkloadStatus};
 
-use super::report::{RESYNC, publish_changes, sort_results};
+use super::report::{next_look, publish_changes, sort_results};
 use super::sources::lookup;
 use super::workload::{missing_backend, report};
 use super::{Context, Error};
@@ -94,5 +94,5 @@ pub async fn reconcile(collector: Arc<OTelCollector>, ctx: Arc<Context>) -> Resu
         &problems,
     )
     .await?;
-    Ok(Action::requeue(RESYNC))
+    Ok(next_look(&problems))
 }

@@ -27,6 +27,7 @@ use crate::metrics::Metrics;
 
 pub use apply::Applied;
 use cache::OwnedCache;
+pub(crate) use report::report_failure;
 
 /// Caches of everything the reconcilers read. Reconcilers never list or get from the API
 /// server; they read these and write only what differs. Generated objects are cached as
@@ -108,17 +109,46 @@ pub enum Error {
     Status(#[source] kube::Error),
     #[error("finalizer: {0}")]
     Finalizer(String),
-    #[error(
-        "{kind} {name} already exists and is controlled by {owner}; rename this resource or remove that object"
-    )]
+    #[error("{}", name_conflict(kind, name, owner.as_deref()))]
     NameConflict {
         kind: &'static str,
         name: String,
-        owner: String,
+        /// The object's controller (`Kind name`), if it has one.
+        owner: Option<String>,
     },
 }
 
+/// What a user reads about an object the operator will not take over.
+pub(crate) fn name_conflict(kind: &str, name: &str, owner: Option<&str>) -> String {
+    let whose = match owner {
+        Some(owner) => format!("is controlled by {owner}"),
+        None => "was not made by skylift (it has no controller)".into(),
+    };
+    format!(
+        "{kind} {name} already exists and {whose}; it is left alone: rename this resource or remove that object"
+    )
+}
+
 impl Error {
+    /// The failure in words for a status condition: the API server's own message rather
+    /// than the whole error value.
+    pub fn explain(&self) -> String {
+        let said = |source: &kube::Error| match source {
+            kube::Error::Api(status) => status.message.clone(),
+            other => other.to_string(),
+        };
+        match self {
+            Error::Apply { kind, name, source } => {
+                format!("applying {kind} {name}: {}", said(source))
+            }
+            Error::Delete { kind, name, source } => {
+                format!("deleting {kind} {name}: {}", said(source))
+            }
+            Error::Status(source) => format!("writing the status: {}", said(source)),
+            other => other.to_string(),
+        }
+    }
+
     /// Short, stable name of the failure for metrics labels and event reasons.
     pub fn category(&self) -> &'static str {
         match self {

@@ -8,7 +8,9 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use skylift_api::{OAPServer, OAPServerStatus};
 
-use super::report::{RESYNC, now, publish_changes, sort_results, write_status};
+use super::report::{
+    next_look, now, publish_changes, publish_problems, sort_results, write_status,
+};
 use super::sources::lookup;
 use super::{Applied, Context, Error};
 use crate::build::oapserver::OapInputs;
@@ -174,6 +176,7 @@ pub async fn reconcile(oap: Arc<OAPServer>, ctx: Arc<Context>) -> Result<Action,
         oap.spec.replicas,
     );
     let previous = oap.status.clone().unwrap_or_default();
+    publish_problems(&ctx, oap.as_ref(), &previous.conditions, &problems).await;
     let status = OAPServerStatus {
         replicas: rollout.replicas,
         ready_replicas: rollout.ready,
@@ -200,5 +203,5 @@ pub async fn reconcile(oap: Arc<OAPServer>, ctx: Arc<Context>) -> Result<Action,
         )
         .await?;
     }
-    Ok(Action::requeue(RESYNC))
+    Ok(next_look(&problems))
 }

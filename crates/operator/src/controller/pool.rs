@@ -15,7 +15,9 @@ use skylift_api::pool::{HpaStatus, PoolStatus};
 use skylift_api::{Proxy, Satellite, UpstreamEndpoints};
 
 use super::cache::Watched;
-use super::report::{RESYNC, now, publish, publish_changes, sort_results, write_status};
+use super::report::{
+    next_look, now, publish, publish_changes, publish_problems, sort_results, write_status,
+};
 use super::{Context, Error};
 use crate::build::oapserver::pod_selector as oap_pod_selector;
 use crate::build::pool::{PoolView, UpstreamSource, build, proxy_upstream, satellite_upstream};
@@ -168,21 +170,7 @@ pub async fn reconcile<K: PoolResource>(pool: Arc<K>, ctx: Arc<Context>) -> Resu
         )
         .await;
     }
-    for problem in &problems {
-        let already_reported = previous.conditions.iter().any(|c| {
-            c.type_ == "Degraded" && c.reason == problem.reason && c.message == problem.message
-        });
-        if !already_reported {
-            publish(
-                &ctx,
-                pool.as_ref(),
-                EventType::Warning,
-                problem.reason,
-                problem.message.clone(),
-            )
-            .await;
-        }
-    }
+    publish_problems(&ctx, pool.as_ref(), &previous.conditions, &problems).await;
 
     // Draining endpoints take no new work: they do not count as upstreams.
     let serving = endpoints.endpoints.iter().filter(|e| !e.draining).count();
@@ -218,7 +206,7 @@ pub async fn reconcile<K: PoolResource>(pool: Arc<K>, ctx: Arc<Context>) -> Resu
     if pool.pool_status() != Some(&status) {
         write_status::<K>(&ctx, &pool.name_any(), &namespace, json!(status)).await?;
     }
-    Ok(Action::requeue(RESYNC))
+    Ok(next_look(&problems))
 }
 
 fn hpa_status(name: &str, hpa: Option<&HorizontalPodAutoscaler>) -> HpaStatus {

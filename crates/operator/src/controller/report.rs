@@ -2,11 +2,13 @@
 
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource};
 use serde_json::json;
+use skylift_api::common::condition;
 use skylift_api::constants::FIELD_MANAGER;
 
 use super::{Applied, Context, Error};
@@ -14,6 +16,19 @@ use crate::status::Problem;
 
 /// Safety net: even without any watch event, look again after this long.
 pub(crate) const RESYNC: Duration = Duration::from_secs(30 * 60);
+
+/// While an object of a name the resource needs is someone else's, nothing the operator
+/// watches tells when it goes: look again this often.
+pub(crate) const CONFLICT_RECHECK: Duration = Duration::from_secs(10);
+
+/// When to reconcile again without a change: soon while a name is taken, else the resync.
+pub(crate) fn next_look(problems: &[Problem]) -> Action {
+    if problems.iter().any(|p| p.reason == "NameConflict") {
+        Action::requeue(CONFLICT_RECHECK)
+    } else {
+        Action::requeue(RESYNC)
+    }
+}
 
 /// Sorts the results of applying a resource's objects: what changed goes to `changes`, an
 /// object owned by something else becomes a `NameConflict` problem (reported in status),
@@ -29,7 +44,7 @@ pub(crate) fn sort_results(
             Ok(applied) => changes.push((kind, applied)),
             Err(Error::NameConflict { kind, name, owner }) => problems.push(Problem {
                 reason: "NameConflict",
-                message: format!("{kind} {name} already exists and is controlled by {owner}"),
+                message: super::name_conflict(kind, &name, owner.as_deref()),
             }),
             Err(err) => return Err(err),
         }
@@ -100,6 +115,90 @@ where
         "Updated"
     };
     publish(ctx, resource, EventType::Normal, reason, note).await;
+}
+
+/// A Warning Event for each problem the resource's conditions do not already report, so
+/// `kubectl describe` and `kubectl get events` say it once, not on every reconcile.
+pub(crate) async fn publish_problems<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    resource: &K,
+    previous: &[Condition],
+    problems: &[Problem],
+) {
+    for problem in problems {
+        let already_reported = previous.iter().any(|c| {
+            c.type_ == condition::DEGRADED
+                && c.reason == problem.reason
+                && c.message == problem.message
+        });
+        if !already_reported {
+            publish(
+                ctx,
+                resource,
+                EventType::Warning,
+                problem.reason,
+                problem.message.clone(),
+            )
+            .await;
+        }
+    }
+}
+
+/// A reconcile that failed says why where users look: `Degraded` in the resource's status
+/// (reason: the failure's category, message: what the API server said) and a Warning
+/// Event, each once per distinct failure, however often the reconcile is retried.
+pub(crate) async fn report_failure<K>(
+    ctx: &Context,
+    resource: &K,
+    reason: &'static str,
+    message: &str,
+) where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned,
+{
+    let previous: Vec<Condition> = serde_json::to_value(resource)
+        .ok()
+        .and_then(|value| serde_json::from_value(value["status"]["conditions"].clone()).ok())
+        .unwrap_or_default();
+    let Some(conditions) = crate::status::failed(
+        &previous,
+        reason,
+        message,
+        resource.meta().generation,
+        now(),
+    ) else {
+        return;
+    };
+    let Some(name) = resource.meta().name.clone() else {
+        return;
+    };
+    let api: Api<K> = Api::namespaced(
+        ctx.client.clone(),
+        resource.meta().namespace.as_deref().unwrap_or_default(),
+    );
+    // A merge patch of the conditions alone: the next reconcile that succeeds applies the
+    // whole status again.
+    let patch = json!({"status": {"conditions": conditions}});
+    match api
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => ctx.metrics.record_write(super::apply::kind_of::<K>()),
+        Err(err) => {
+            tracing::warn!(error = %err, %name, "could not report the failure in the status")
+        }
+    }
+    publish(
+        ctx,
+        resource,
+        EventType::Warning,
+        reason,
+        message.to_string(),
+    )
+    .await;
 }
 
 /// Publishes an event about `resource`; a failure to record is logged, never fatal.

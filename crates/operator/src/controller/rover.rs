@@ -12,7 +12,7 @@ use kube::runtime::finalizer::{Event, finalizer};
 use kube::{Api, ResourceExt};
 use skylift_api::{Rover, WorkloadStatus};
 
-use super::report::{RESYNC, publish_changes, sort_results};
+use super::report::{next_look, publish_changes, sort_results};
 use super::workload::{missing_backend, report};
 use super::{Context, Error};
 use crate::build::backend::BackendTarget;
@@ -87,7 +87,7 @@ async fn apply(rover: &Rover, ctx: &Context) -> Result<Action, Error> {
         &problems,
     )
     .await?;
-    Ok(Action::requeue(RESYNC))
+    Ok(next_look(&problems))
 }
 
 /// Deletes the Rover's ClusterRoleBinding; the namespaced objects go with their owner.

@@ -6,7 +6,7 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use skylift_api::{UI, WorkloadStatus};
 
-use super::report::{RESYNC, publish_changes, sort_results};
+use super::report::{next_look, publish_changes, sort_results};
 use super::workload::{missing_backend, report};
 use super::{Context, Error};
 use crate::build::backend::BackendTarget;
@@ -72,5 +72,5 @@ pub async fn reconcile(ui: Arc<UI>, ctx: Arc<Context>) -> Result<Action, Error> 
         &problems,
     )
     .await?;
-    Ok(Action::requeue(RESYNC))
+    Ok(next_look(&problems))
 }

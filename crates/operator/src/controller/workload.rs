@@ -7,7 +7,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use skylift_api::WorkloadStatus;
 
-use super::report::{now, write_status};
+use super::report::{now, publish_problems, write_status};
 use super::{Context, Error};
 use crate::build::backend::BackendTarget;
 use crate::status::{Observed, Problem, Rollout, conditions};
@@ -67,6 +67,10 @@ where
         + serde::de::DeserializeOwned,
 {
     let generation = resource.meta().generation;
+    let previous_conditions = previous
+        .map(|p| p.conditions.as_slice())
+        .unwrap_or_default();
+    publish_problems(ctx, resource, previous_conditions, problems).await;
     status.replicas = rollout.replicas;
     status.ready_replicas = rollout.ready;
     status.observed_generation = generation;
