@@ -77,6 +77,7 @@ pub const CHART_WITH_EVERY_OPTION: &[&str] = &[
     "adapter.tolerations[0].operator=Exists",
     "adapter.priorityClassName=system-cluster-critical",
     "image.tag=0.1.0-rc.1",
+    "operator.rover.namespaces[0]=observability",
 ];
 
 /// The chart rendered with `settings` (`--set` values), CRDs included.

@@ -48,8 +48,14 @@ impl Grant {
 /// The rules of the Roles and ClusterRoles named `<prefix>...` in a bundle (path from
 /// the repository root).
 pub fn bundle_grants(bundle: &str, prefix: &str) -> Vec<Grant> {
+    grants_in(&crate::repo_file(bundle), bundle, prefix)
+}
+
+/// The rules of the Roles and ClusterRoles named `<prefix>...` in the manifests `yaml`
+/// (`origin` names them in a panic).
+pub fn grants_in(yaml: &str, origin: &str, prefix: &str) -> Vec<Grant> {
     let mut grants = Vec::new();
-    for value in crate::yaml_documents(&crate::repo_file(bundle), bundle) {
+    for value in crate::yaml_documents(yaml, origin) {
         let kind = value["kind"].as_str().unwrap_or_default();
         let name = value["metadata"]["name"].as_str().unwrap_or_default();
         if !(kind == "ClusterRole" || kind == "Role") || !name.starts_with(prefix) {
@@ -132,10 +138,15 @@ fn unused(
 /// The args of the container of Deployment `name` in a bundle, each `--flag=value` whose
 /// flag is in `replaced` swapped for the given value (addresses of this test machine).
 pub fn bundle_args(bundle: &str, name: &str, replaced: &[(&str, String)]) -> Vec<String> {
-    let deployment: Value = crate::yaml_documents(&crate::repo_file(bundle), bundle)
+    args_in(&crate::repo_file(bundle), bundle, name, replaced)
+}
+
+/// As [`bundle_args`], of the Deployment `name` in the manifests `yaml`.
+pub fn args_in(yaml: &str, origin: &str, name: &str, replaced: &[(&str, String)]) -> Vec<String> {
+    let deployment: Value = crate::yaml_documents(yaml, origin)
         .into_iter()
         .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("{bundle} has no Deployment {name}"));
+        .unwrap_or_else(|| panic!("{origin} has no Deployment {name}"));
     deployment["spec"]["template"]["spec"]["containers"][0]["args"]
         .as_array()
         .expect("the container's args")

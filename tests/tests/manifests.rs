@@ -252,13 +252,31 @@ fn the_chart_renders_typed_objects_with_defaults_and_with_every_option() {
         serde_json::json!(["CREATE"])
     );
 
-    // Without injection and Rovers: no webhook, no cluster-wide binding rights, and the
-    // operator told so.
+    // Rovers allowed in one namespace: their ClusterRole, the right to bind it, and the
+    // operator told where.
+    let operator_everything = everything
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "skylift-operator")
+        .unwrap();
+    assert!(
+        operator_everything["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("--rover-namespaces=observability"))
+    );
+    for role in ["skylift-rover", "skylift-operator-rover"] {
+        assert!(
+            everything
+                .iter()
+                .any(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == role),
+            "{role}"
+        );
+    }
+
+    // Without injection, and by default without Rovers: no webhook, no cluster-wide
+    // binding rights, and the operator told so.
     let lean = check_all(
-        &render_chart(&[
-            "operator.agentInjection.enabled=false",
-            "operator.rover.enabled=false",
-        ]),
+        &render_chart(&["operator.agentInjection.enabled=false"]),
         "helm template (no injection, no Rover)",
     );
     for (kind, name) in [

@@ -1,4 +1,5 @@
-//! The operator's RBAC in `manifests/operator-bundle.yaml` is exactly what it uses: the
+//! The operator's RBAC as the chart installs it for an administrator who lets Rovers run
+//! in `obs` (the bundle's rules, plus Rover's) is exactly what it uses: the
 //! operator runs as a process through its whole repertoire (OAPServer, Satellite with and
 //! then without autoscaling, Proxy, upstream pods, leader election; UI with and then
 //! without an Ingress, BanyanDB under an OAPServer with configuration files and then
@@ -16,7 +17,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use skylift_e2e::rbac::{assert_least_privilege, bundle_args, bundle_grants};
+use skylift_e2e::rbac::{args_in, assert_least_privilege, grants_in};
 use skylift_e2e::{Process, Scratch, binary, free_port, wait_for};
 use skylift_testkit::apiserver::ApiServer;
 
@@ -102,12 +103,29 @@ const GRANTED_NOT_CALLED: &[(&str, &str, &str, &str)] = &[
         "bind",
         "binding skylift-rover to a Rover without holding its rights (kube-apiserver's bind check)",
     ),
+    (
+        "apps",
+        "daemonsets",
+        "delete",
+        "a Rover whose namespace is no longer allowed (an operator restarted with other --rover-namespaces): tests/tests/real_operator.rs",
+    ),
+    (
+        "",
+        "serviceaccounts",
+        "delete",
+        "the same Rover's ServiceAccount",
+    ),
 ];
 
-/// Creates, as an administrator would by applying the bundle, its object `kind` `name`.
+/// The chart as an administrator who lets Rovers run in `obs` renders it.
+fn installed() -> String {
+    skylift_e2e::render_chart(&["operator.rover.namespaces[0]=obs"])
+}
+
+/// Creates, as an administrator would by applying the chart, its object `kind` `name`.
 async fn from_bundle(client: &kube::Client, kind: &str, name: &str) {
-    let bundle = skylift_e2e::repo_file("manifests/operator-bundle.yaml");
-    let document = skylift_e2e::yaml_documents(&bundle, "operator-bundle.yaml")
+    let bundle = installed();
+    let document = skylift_e2e::yaml_documents(&bundle, "the chart")
         .into_iter()
         .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
         .unwrap_or_else(|| panic!("the bundle has no {kind} {name}"));
@@ -358,8 +376,9 @@ async fn the_bundles_operator_rbac_is_exactly_what_the_operator_uses() {
     .await;
     // Run as the bundle runs it: its args (but this machine's addresses) and its
     // environment.
-    let mut args = bundle_args(
-        "manifests/operator-bundle.yaml",
+    let mut args = args_in(
+        &installed(),
+        "the chart",
         "skylift-operator",
         &[("--admin-listen", format!("127.0.0.1:{}", free_port()))],
     );
@@ -464,7 +483,7 @@ async fn the_bundles_operator_rbac_is_exactly_what_the_operator_uses() {
     assert!(operator.is_running(), "{}", operator.output());
     operator.kill();
 
-    let grants = bundle_grants("manifests/operator-bundle.yaml", "skylift-operator");
+    let grants = grants_in(&installed(), "the chart", "skylift-operator");
     assert!(grants.len() > 5, "the bundle's operator rules");
     let excused: Vec<(&str, &str, &str)> = GRANTED_NOT_CALLED
         .iter()

@@ -75,6 +75,12 @@ struct RunArgs {
         default_value = "skylift-rover"
     )]
     rover_cluster_role: String,
+    /// The namespaces Rovers may run in, comma-separated. A Rover runs privileged with the
+    /// nodes' process IDs and root filesystem (root on every node), so none runs unless a
+    /// cluster administrator names its namespace here; elsewhere it is reported
+    /// NamespaceNotAllowed.
+    #[arg(long, env = "SKYLIFT_OPERATOR_ROVER_NAMESPACES", value_delimiter = ',')]
+    rover_namespaces: Vec<String>,
     #[command(flatten)]
     webhook: WebhookArgs,
 }
@@ -177,6 +183,11 @@ async fn main() -> anyhow::Result<()> {
         instance: identity.clone(),
         proxy_image: args.proxy_image,
         rover_cluster_role: args.rover_cluster_role,
+        rover_namespaces: args
+            .rover_namespaces
+            .into_iter()
+            .filter(|namespace| !namespace.is_empty())
+            .collect(),
     };
     let pod_namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "skylift-system".into());
     // Bound here, so a webhook that cannot listen stops the start with its reason.

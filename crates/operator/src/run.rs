@@ -37,6 +37,9 @@ pub struct Settings {
     /// The ClusterRole each Rover's ServiceAccount is bound to; empty: Rovers are not
     /// managed (an operator without cluster-wide RBAC).
     pub rover_cluster_role: String,
+    /// The namespaces Rovers may run in (a Rover is root on every node); elsewhere a Rover
+    /// is reported `NamespaceNotAllowed`. None by default.
+    pub rover_namespaces: Vec<String>,
 }
 
 impl Default for Settings {
@@ -47,6 +50,7 @@ impl Default for Settings {
             instance: "skylift-operator".into(),
             proxy_image: skylift_api::constants::default_proxy_image(),
             rover_cluster_role: crate::build::rover::DEFAULT_CLUSTER_ROLE.into(),
+            rover_namespaces: Vec::new(),
         }
     }
 }
@@ -125,10 +129,15 @@ pub async fn run(
     let stateful_sets = owned!(StatefulSet);
     let daemon_sets = owned!(DaemonSet);
     let ingresses = owned!(Ingress);
+    // Rovers run only where allowed, and only with a ClusterRole to bind them to.
+    let rover_namespaces = if settings.rover_cluster_role.is_empty() {
+        Vec::new()
+    } else {
+        settings.rover_namespaces.clone()
+    };
     // Cluster-scoped, so watched across the cluster even when the operator watches one
     // namespace (only Rovers make them).
-    let rovers_managed = !settings.rover_cluster_role.is_empty();
-    let cluster_role_bindings = if rovers_managed {
+    let cluster_role_bindings = if !rover_namespaces.is_empty() {
         let (cache, task) = watch_owned(
             Api::<ClusterRoleBinding>::all(client.clone()),
             triggers.clone(),
@@ -232,6 +241,7 @@ pub async fn run(
     let context = Arc::new(Context {
         proxy_image: settings.proxy_image.clone(),
         rover_cluster_role: settings.rover_cluster_role.clone(),
+        rover_namespaces,
         client,
         stores,
         metrics: metrics.clone(),
@@ -269,11 +279,8 @@ pub async fn run(
     let ui = drive!(ui_controller, UI, ui_controller_fn::reconcile);
     let db = drive!(db_controller, BanyanDB, banyandb::reconcile);
     let collector = drive!(collector_controller, OTelCollector, collector::reconcile);
-    let rover = async {
-        if rovers_managed {
-            drive!(rover_controller, Rover, rover::reconcile).await
-        }
-    };
+    // Always driven: a Rover the operator may not run is still told why.
+    let rover = drive!(rover_controller, Rover, rover::reconcile);
     let agent = drive!(agent_controller, SwAgent, swagent::reconcile);
     futures::join!(oap, sat, proxy, ui, db, collector, rover, agent);
     for task in tasks {

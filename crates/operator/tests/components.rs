@@ -18,6 +18,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use skylift_api::{BanyanDB, OAPServer, OTelCollector, Rover, SwAgent, UI};
 use skylift_operator::metrics::Metrics;
+use skylift_operator::run::Settings;
 use support::{Cluster, NS, condition, eventually, is_ready};
 
 fn resource(kind: &str, name: &str, spec: Value) -> Value {
@@ -301,9 +302,66 @@ async fn a_collector_scrapes_its_namespace_into_the_oapserver() {
     cluster.stop().await;
 }
 
+/// The operator of an administrator who lets Rovers run in `observability`.
+async fn rovers_allowed() -> Cluster {
+    Cluster::start_with(Settings {
+        rover_namespaces: vec![NS.into()],
+        ..Settings::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_rover_runs_nothing_unless_its_namespace_is_allowed_and_says_so() {
+    // By default no namespace is: a Rover is root on every node.
+    let cluster = Cluster::start().await;
+    cluster
+        .create::<Rover>(resource(
+            "Rover",
+            "ebpf",
+            json!({"version": "0.7.0", "backend": {"address": "oap:11800"}}),
+        ))
+        .await;
+    let degraded = eventually("the Rover reporting why it does not run", || async {
+        let status = cluster.get::<Rover>("ebpf").await?.status?;
+        condition(&status.conditions, "Degraded")
+            .filter(|c| c.reason == "NamespaceNotAllowed")
+            .cloned()
+    })
+    .await;
+    assert!(
+        degraded.message.contains("--rover-namespaces")
+            && degraded.message.contains("root on every node"),
+        "{}",
+        degraded.message
+    );
+    let rover = cluster.get::<Rover>("ebpf").await.unwrap();
+    assert_eq!(rover.metadata.finalizers, None);
+    assert!(cluster.get::<DaemonSet>("ebpf-rover").await.is_none());
+    let bindings: Api<ClusterRoleBinding> = Api::all(cluster.client.clone());
+    assert!(
+        bindings
+            .get_opt("skylift-rover-observability-ebpf")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Deleted, it goes at once (no finalizer holds it).
+    cluster
+        .api::<Rover>()
+        .delete("ebpf", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the Rover gone", || async {
+        cluster.get::<Rover>("ebpf").await.is_none().then_some(())
+    })
+    .await;
+    cluster.stop().await;
+}
+
 #[tokio::test]
 async fn a_rover_gets_its_cluster_binding_and_takes_it_away_when_deleted() {
-    let cluster = Cluster::start().await;
+    let cluster = rovers_allowed().await;
     cluster
         .create::<Rover>(resource(
             "Rover",
@@ -573,7 +631,7 @@ async fn apply_examples(cluster: &Cluster) {
 
 #[tokio::test]
 async fn the_examples_make_a_whole_skywalking_with_one_operator() {
-    let cluster = Cluster::start().await;
+    let cluster = rovers_allowed().await;
     apply_examples(&cluster).await;
     // Plays the StatefulSet controller once the BanyanDB's pod would be ready.
     eventually("the BanyanDB", || {

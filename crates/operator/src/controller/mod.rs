@@ -83,6 +83,8 @@ pub struct Context {
     pub proxy_image: String,
     /// The ClusterRole Rovers are bound to (`--rover-cluster-role`).
     pub rover_cluster_role: String,
+    /// The namespaces Rovers may run in (`--rover-namespaces`); none by default.
+    pub rover_namespaces: Vec<String>,
     pub stores: Stores,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,

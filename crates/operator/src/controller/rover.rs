@@ -1,15 +1,19 @@
 //! Reconciling a `Rover`: its ServiceAccount, DaemonSet and ClusterRoleBinding, and its
 //! status. The binding is cluster-scoped, so no owner reference can tie it to the Rover:
 //! a finalizer deletes it before the Rover goes.
+//!
+//! A Rover is root on every node (privileged, the host's PID namespace and filesystem), so
+//! it runs only in the namespaces a cluster administrator names (`--rover-namespaces`);
+//! elsewhere it is reported `NamespaceNotAllowed` and nothing of it runs.
 
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
-use kube::api::DeleteParams;
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event, finalizer};
-use kube::{Api, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use skylift_api::{Rover, WorkloadStatus};
 
 use super::report::{next_look, publish_changes, sort_results};
@@ -21,8 +25,11 @@ use crate::status::{Problem, Rollout};
 
 pub async fn reconcile(rover: Arc<Rover>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_started("Rover");
-    let api: Api<Rover> =
-        Api::namespaced(ctx.client.clone(), &rover.namespace().unwrap_or_default());
+    let namespace = rover.namespace().unwrap_or_default();
+    if !ctx.rover_namespaces.contains(&namespace) {
+        return withhold(&rover, &ctx).await;
+    }
+    let api: Api<Rover> = Api::namespaced(ctx.client.clone(), &namespace);
     finalizer(&api, build::FINALIZER, rover, |event| async {
         match event {
             Event::Apply(rover) => apply(&rover, &ctx).await,
@@ -88,6 +95,74 @@ async fn apply(rover: &Rover, ctx: &Context) -> Result<Action, Error> {
     )
     .await?;
     Ok(next_look(&problems))
+}
+
+/// Why a Rover outside the allowed namespaces does not run.
+fn not_allowed(namespace: &str) -> Problem {
+    Problem {
+        reason: "NamespaceNotAllowed",
+        message: format!(
+            "Rovers run only in the namespaces a cluster administrator allows (the operator's --rover-namespaces, the chart's operator.rover.namespaces), and {namespace:?} is not one: a Rover is a privileged DaemonSet with the nodes' process IDs and root filesystem, so whoever may create one is root on every node"
+        ),
+    }
+}
+
+/// A Rover in a namespace that is not allowed (any more): nothing of it runs, and its
+/// status says why. What it made while it was allowed goes.
+async fn withhold(rover: &Rover, ctx: &Context) -> Result<Action, Error> {
+    let uid = rover.uid().unwrap_or_default();
+    let namespace = rover.namespace().unwrap_or_default();
+    let name = rover.name_any();
+    let stores = &ctx.stores;
+    let workload = build::workload_name(&name);
+    ctx.delete_owned::<DaemonSet>(&stores.daemon_sets, &uid, &namespace, &workload)
+        .await?;
+    ctx.delete_owned::<k8s_openapi::api::core::v1::ServiceAccount>(
+        &stores.service_accounts,
+        &uid,
+        &namespace,
+        &workload,
+    )
+    .await?;
+    if rover.finalizers().iter().any(|f| f == build::FINALIZER) {
+        // It was allowed once: its binding goes, then the finalizer that guarded it.
+        cleanup(rover, ctx).await?;
+        let remaining: Vec<&String> = rover
+            .finalizers()
+            .iter()
+            .filter(|f| *f != build::FINALIZER)
+            .collect();
+        let api: Api<Rover> = Api::namespaced(ctx.client.clone(), &namespace);
+        let patch = serde_json::json!({"metadata": {
+            "finalizers": remaining,
+            "resourceVersion": rover.resource_version(),
+        }});
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|source| Error::Apply {
+                kind: "Rover",
+                name: name.clone(),
+                source,
+            })?;
+        ctx.metrics.record_write("Rover");
+    }
+    if rover.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let status = WorkloadStatus {
+        selector: Some(selector_string(&build::pod_selector(&name))),
+        ..WorkloadStatus::default()
+    };
+    report(
+        ctx,
+        rover,
+        rover.status.as_ref(),
+        status,
+        Rollout::default(),
+        &[not_allowed(&namespace)],
+    )
+    .await?;
+    Ok(Action::requeue(super::report::RESYNC))
 }
 
 /// Deletes the Rover's ClusterRoleBinding; the namespaced objects go with their owner.
