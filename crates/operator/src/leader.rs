@@ -122,7 +122,15 @@ pub async fn acquire(client: Client, settings: &LeaseSettings) -> Result<Observe
     let mut observer = Observer::default();
     let mut announced = false;
     loop {
-        match try_hold(&api, settings, &mut observer).await {
+        // An attempt the API server does not answer is given up after the renew deadline,
+        // as client-go bounds it, and tried again.
+        let attempt = tokio::time::timeout(
+            settings.renew_deadline,
+            try_hold(&api, settings, &mut observer),
+        )
+        .await
+        .unwrap_or_else(|_| Err(unanswered(settings)));
+        match attempt {
             Ok(true) => {
                 tracing::info!(lease = %settings.name, identity = %settings.identity, "became leader");
                 return Ok(observer);
@@ -145,13 +153,23 @@ pub async fn acquire(client: Client, settings: &LeaseSettings) -> Result<Observe
 }
 
 /// Renews the Lease forever; returns only when leadership is lost (the caller exits, so a
-/// replica never reconciles without holding the Lease).
+/// replica never reconciles without holding the Lease). Every attempt is bounded by what
+/// is left of the renew deadline: a Lease call the API server is slow to answer (the rest
+/// of the connection working or not) ends the leadership at the deadline, not whenever the
+/// call returns, so the leader has stopped before a standby can take over (the lease
+/// duration after the Lease last changed).
 pub async fn hold(client: Client, settings: LeaseSettings, mut observer: Observer) -> LeaderError {
     let api: Api<Lease> = Api::namespaced(client, &settings.namespace);
     let mut last_renewal = Instant::now();
     loop {
         tokio::time::sleep(settings.retry_every).await;
-        match try_hold(&api, &settings, &mut observer).await {
+        let left = settings
+            .renew_deadline
+            .saturating_sub(last_renewal.elapsed());
+        let attempt = tokio::time::timeout(left, try_hold(&api, &settings, &mut observer))
+            .await
+            .unwrap_or_else(|_| Err(unanswered(&settings)));
+        match attempt {
             Ok(true) => last_renewal = Instant::now(),
             Ok(false) => return LeaderError::Lost("another replica holds the Lease".into()),
             Err(err) if last_renewal.elapsed() < settings.renew_deadline => {
@@ -165,6 +183,17 @@ pub async fn hold(client: Client, settings: LeaseSettings, mut observer: Observe
             }
         }
     }
+}
+
+/// A Lease call given up on: the API server did not answer in time.
+fn unanswered(settings: &LeaseSettings) -> kube::Error {
+    kube::Error::Service(
+        format!(
+            "no answer about Lease {}/{} within the renew deadline ({:?})",
+            settings.namespace, settings.name, settings.renew_deadline
+        )
+        .into(),
+    )
 }
 
 /// One attempt to take or renew the Lease. The write carries the resourceVersion that was
@@ -298,6 +327,46 @@ mod tests {
             LeaseState::HeldByOther("c".into())
         );
         assert_eq!(observer.judge(Some(&ahead), "a", at(16)), LeaseState::Free);
+    }
+
+    /// A client whose API server takes every request and never answers.
+    fn unanswering_client() -> Client {
+        let service = tower::service_fn(|_request: http::Request<kube::client::Body>| {
+            futures::future::pending::<
+                Result<http::Response<kube::client::Body>, std::convert::Infallible>,
+            >()
+        });
+        Client::new(service, "default")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_whose_lease_calls_go_unanswered_stops_at_the_renew_deadline() {
+        let settings = LeaseSettings {
+            namespace: "skylift-system".into(),
+            name: "skylift-operator".into(),
+            identity: "a".into(),
+            duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_every: Duration::from_secs(2),
+        };
+        let started = Instant::now();
+        let lost = tokio::time::timeout(
+            Duration::from_secs(60),
+            hold(unanswering_client(), settings.clone(), Observer::default()),
+        )
+        .await
+        .expect("leadership given up, not held while the Lease call hangs");
+        let held_for = started.elapsed();
+        assert!(
+            matches!(&lost, LeaderError::Lost(why) if why.contains("renew deadline")),
+            "{lost}"
+        );
+        // Given up at the deadline (counted from the last renewal), before any standby may
+        // take over (the lease duration after the last change it saw).
+        assert!(
+            held_for >= settings.renew_deadline && held_for < settings.duration,
+            "held for {held_for:?}"
+        );
     }
 
     #[test]
