@@ -191,20 +191,26 @@ async fn main() -> anyhow::Result<()> {
     };
     let pod_namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "skylift-system".into());
     // Bound here, so a webhook that cannot listen stops the start with its reason.
-    let webhook = if args.webhook.enabled {
-        let listener = tokio::net::TcpListener::bind(args.webhook.listen)
-            .await
+    let webhook_stopped = if args.webhook.enabled {
+        let listener = std::net::TcpListener::bind(args.webhook.listen)
             .with_context(|| format!("binding the webhook to {}", args.webhook.listen))?;
-        Some(tokio::spawn(serve_webhook(
-            client.clone(),
-            listener,
-            args.webhook,
-            settings.namespace.clone(),
-            pod_namespace.clone(),
-            metrics.clone(),
-        )))
+        let webhook = args.webhook;
+        let stopped = skylift_operator::webhook::serve_on_own_thread(
+            skylift_operator::webhook::ServeSettings {
+                listener,
+                service: webhook.service,
+                secret: webhook.secret,
+                configuration: webhook.configuration,
+                cert_files: webhook.cert_file.zip(webhook.key_file),
+                watch_namespace: settings.namespace.clone(),
+                pod_namespace: pod_namespace.clone(),
+                metrics: metrics.clone(),
+            },
+        )
+        .context("starting the webhook's thread")?;
+        futures::future::Either::Left(stopped)
     } else {
-        None
+        futures::future::Either::Right(futures::future::pending())
     };
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -230,9 +236,11 @@ async fn main() -> anyhow::Result<()> {
         // A standby replica is healthy and ready: it takes over when the leader goes.
         metrics.set_ready();
         // A missing namespace ends the process (non-zero): no replica could ever lead.
+        let mut webhook_stopped = webhook_stopped;
         let observer = tokio::select! {
             acquired = leader::acquire(client.clone(), &lease) => acquired.context("leader election")?,
             _ = admin => anyhow::bail!("the admin server stopped"),
+            _ = &mut webhook_stopped => anyhow::bail!("the webhook stopped"),
         };
         metrics.set_leader(true);
         tokio::select! {
@@ -241,59 +249,14 @@ async fn main() -> anyhow::Result<()> {
                 // Exit rather than reconcile without the Lease; the pod restarts as a standby.
                 return Err(lost).context("stopping");
             }
+            _ = webhook_stopped => anyhow::bail!("the webhook stopped"),
         }
     } else {
         tokio::select! {
             _ = run(client, settings, metrics.clone(), shutdown) => {}
             served = admin => served.context("admin server task")?.context("admin server")?,
+            _ = webhook_stopped => anyhow::bail!("the webhook stopped"),
         }
-    }
-    if let Some(webhook) = webhook {
-        webhook.abort();
     }
     Ok(())
-}
-
-/// Serves the agent-injection webhook over HTTPS: with the given certificate files, or
-/// with a self-managed one whose CA is written into the MutatingWebhookConfiguration.
-async fn serve_webhook(
-    client: kube::Client,
-    listener: tokio::net::TcpListener,
-    args: WebhookArgs,
-    watch_namespace: Option<String>,
-    pod_namespace: String,
-    metrics: Arc<Metrics>,
-) {
-    use skylift_certs::{bootstrap, serve, tls};
-    let tls = tls::TlsState::new();
-    let _certificates = match (args.cert_file, args.key_file) {
-        (Some(cert), Some(key)) => {
-            let tls = tls.clone();
-            tokio::spawn(async move {
-                let Err(err) = tls::serve_files(tls, cert, key).await;
-                tracing::error!(error = %err, "the webhook's certificate files cannot be read; the webhook does not serve");
-            })
-        }
-        _ => {
-            let mut settings = bootstrap::Settings::new(
-                &args.service,
-                &pod_namespace,
-                (pod_namespace.clone(), args.secret.clone()),
-            );
-            settings.ca_bundle_for = Some(bootstrap::CaBundleTarget::MutatingWebhook(
-                args.configuration.clone(),
-            ));
-            settings.manager = "skylift-operator".into();
-            tokio::spawn(bootstrap::run(client.clone(), settings, tls.clone()))
-        }
-    };
-    let (caches, _watches) =
-        skylift_operator::webhook::Caches::start(&client, watch_namespace.as_deref());
-    tracing::info!(address = %args.listen, "agent-injection webhook listening");
-    serve::serve(
-        listener,
-        tls,
-        skylift_operator::webhook::router(caches, metrics),
-    )
-    .await;
 }

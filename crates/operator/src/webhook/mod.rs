@@ -6,6 +6,13 @@
 //! A pod is always admitted: an injection that cannot be done is a warning on the pod's
 //! creation, never a refusal, and the webhook is registered with `failurePolicy: Ignore`
 //! so that an outage of the operator never blocks pods either.
+//!
+//! The API server calls it only for pods in namespaces that have a SwAgent ([`scope`]),
+//! and it is served on a thread and runtime of its own ([`serve_on_own_thread`]), with its
+//! own client, so admission never waits behind reconciles or Lease renewals, nor they
+//! behind a burst of pod creations.
+
+pub mod scope;
 
 use std::sync::Arc;
 
@@ -37,6 +44,8 @@ pub struct Caches {
     pub swagents: Store<SwAgent>,
     pub satellites: Store<Satellite>,
     pub oapservers: Store<OAPServer>,
+    /// Notified whenever a SwAgent changes.
+    pub swagents_changed: Arc<tokio::sync::Notify>,
 }
 
 impl Caches {
@@ -48,6 +57,7 @@ impl Caches {
         fn cache<K>(
             client: &Client,
             namespace: Option<&str>,
+            changed: Arc<tokio::sync::Notify>,
         ) -> (Store<K>, tokio::task::JoinHandle<()>)
         where
             K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
@@ -61,19 +71,23 @@ impl Caches {
             let api: Api<K> = scoped_api(client, namespace);
             let (reader, writer) = reflector::store();
             let stream = watcher(api, watcher::Config::default()).default_backoff();
-            let task = tokio::spawn(
-                reflector::reflector(writer, stream).for_each(|_| futures::future::ready(())),
-            );
+            let task = tokio::spawn(reflector::reflector(writer, stream).for_each(move |_| {
+                changed.notify_one();
+                futures::future::ready(())
+            }));
             (reader, task)
         }
-        let (swagents, a) = cache(client, namespace);
-        let (satellites, b) = cache(client, namespace);
-        let (oapservers, c) = cache(client, namespace);
+        let swagents_changed = Arc::new(tokio::sync::Notify::new());
+        let unheeded = Arc::new(tokio::sync::Notify::new());
+        let (swagents, a) = cache(client, namespace, swagents_changed.clone());
+        let (satellites, b) = cache(client, namespace, unheeded.clone());
+        let (oapservers, c) = cache(client, namespace, unheeded);
         (
             Caches {
                 swagents,
                 satellites,
                 oapservers,
+                swagents_changed,
             },
             vec![a, b, c],
         )
@@ -197,6 +211,108 @@ async fn handle(
     );
     state.metrics.record_admission(outcome);
     axum::Json(answer).into_response()
+}
+
+/// Where and how the webhook is served.
+pub struct ServeSettings {
+    /// Bound by the caller, so a port that cannot be taken stops the start.
+    pub listener: std::net::TcpListener,
+    /// The Service the API server calls (the serving certificate's names).
+    pub service: String,
+    /// The Secret the self-managed CA and certificate are kept in.
+    pub secret: String,
+    /// The MutatingWebhookConfiguration whose `caBundle` and `namespaceSelector` are kept.
+    pub configuration: String,
+    /// A certificate to serve instead of a self-managed one (PEM files, reloaded).
+    pub cert_files: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// The namespace the operator watches (None: all).
+    pub watch_namespace: Option<String>,
+    /// The operator's own namespace (the Secret's and the Service's).
+    pub pod_namespace: String,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Serves the webhook on a thread with a runtime and an API client of its own. The
+/// receiver resolves if it ever stops.
+pub fn serve_on_own_thread(
+    settings: ServeSettings,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+    let (stopped, on_stop) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("webhook".into())
+        .spawn(move || {
+            let _stopped = stopped;
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    tracing::error!(error = %err, "the webhook's runtime could not start");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match Client::try_default().await {
+                    Ok(client) => serve(client, settings).await,
+                    Err(err) => tracing::error!(error = %err, "the webhook's API client"),
+                }
+            });
+        })?;
+    Ok(on_stop)
+}
+
+/// Serves the webhook over HTTPS (the given certificate files, or a self-managed
+/// certificate whose CA goes into the configuration), and keeps the configuration's
+/// namespaceSelector; returns if the listener stops.
+pub async fn serve(client: Client, settings: ServeSettings) {
+    use skylift_certs::{bootstrap, serve, tls};
+    let tls = tls::TlsState::new();
+    let _certificates = match settings.cert_files {
+        Some((cert, key)) => {
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let Err(err) = tls::serve_files(tls, cert, key).await;
+                tracing::error!(error = %err, "the webhook's certificate files cannot be read; the webhook does not serve");
+            })
+        }
+        None => {
+            let mut bootstrap_settings = bootstrap::Settings::new(
+                &settings.service,
+                &settings.pod_namespace,
+                (settings.pod_namespace.clone(), settings.secret.clone()),
+            );
+            bootstrap_settings.ca_bundle_for = Some(bootstrap::CaBundleTarget::MutatingWebhook(
+                settings.configuration.clone(),
+            ));
+            bootstrap_settings.manager = "skylift-operator".into();
+            tokio::spawn(bootstrap::run(
+                client.clone(),
+                bootstrap_settings,
+                tls.clone(),
+            ))
+        }
+    };
+    let (caches, _watches) = Caches::start(&client, settings.watch_namespace.as_deref());
+    let _scope = tokio::spawn(scope::keep(
+        client.clone(),
+        settings.configuration.clone(),
+        caches.swagents.clone(),
+        caches.swagents_changed.clone(),
+    ));
+    let listener = match settings
+        .listener
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::TcpListener::from_std(settings.listener))
+    {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::error!(error = %err, "the webhook's listener");
+            return;
+        }
+    };
+    tracing::info!(address = ?listener.local_addr().ok(), "agent-injection webhook listening");
+    serve::serve(listener, tls, router(caches, settings.metrics)).await;
 }
 
 pub fn router(caches: Caches, metrics: Arc<Metrics>) -> Router {
