@@ -35,6 +35,20 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
       cp "target/$(cat /target)/release/$bin" /out/; \
     done
 
+# The Node.js agent for injection (SwAgent, language nodejs): there is no official image,
+# so this one carries skywalking-backend-js (pinned by tests/node/package-lock.json, the
+# version the tests run) at /skywalking/nodejs, installed when the image is built; the init
+# container copies it, and no registry is reached when a pod starts.
+#
+#   docker build --target nodejs-agent -t ghcr.io/skylift-io/skywalking-nodejs-agent:0.9.0 .
+FROM node:22-alpine AS nodejs-agent
+WORKDIR /skywalking/nodejs
+COPY tests/node/package.json tests/node/package-lock.json ./
+RUN npm ci --omit=dev --no-audit --no-fund --loglevel=error \
+ && rm -rf /root/.npm \
+ && chmod -R a+rX /skywalking/nodejs
+USER 65532:65532
+
 FROM scratch
 COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=build /out/ /usr/local/bin/

@@ -32,6 +32,10 @@ step "SkyWalking Python agent (a real client for the proxy tests)"
 hack/python-agent.sh
 export SKYLIFT_PYTHON_AGENT="$PWD/target/python-agent/bin/python"
 
+step "an application's own Python environment (the agent-injection tests)"
+hack/python-app.sh
+export SKYLIFT_PYTHON_APP="$PWD/target/python-app/bin/python"
+
 step "SkyWalking Node.js agent (a second real client)"
 hack/node-agent.sh
 export SKYLIFT_NODE_AGENT="$PWD/target/node-agent/node_modules"

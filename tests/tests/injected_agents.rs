@@ -6,13 +6,16 @@
 //! moved under a scratch directory; nothing else of the script or the environment changes.
 //!
 //! - Python (apache-skywalking 1.2.0): the `sitecustomize` module the script writes starts
-//!   the agent in a plain interpreter without the agent installed; when the agent cannot
-//!   start, the application still runs.
-//! - Node.js (skywalking-backend-js 0.9.0): the start module loaded through `NODE_OPTIONS`
-//!   instruments the application's HTTP calls.
+//!   the agent in the application's own environment (a virtualenv, so the machine's own
+//!   packages are never seen), which pins a protobuf other than the agent's: the
+//!   application imports its own; when the agent cannot start, the application still runs.
+//! - Node.js (skywalking-backend-js 0.9.0, copied from the agent image, no registry): the
+//!   start module loaded through `NODE_OPTIONS` instruments the application's HTTP calls;
+//!   when the image holds no agent, the init container still succeeds and the application
+//!   starts without it.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -52,13 +55,13 @@ fn relocated(text: &str, root: &Path) -> String {
 }
 
 /// Runs the patch's init container script, relocated under `root`, with `path` first on
-/// PATH (the agent image's tools).
-fn run_init_container(pod: &Value, root: &Path, path: &Path) {
+/// PATH (the agent image's tools); what it said on stderr.
+fn run_init_container(pod: &Value, root: &Path, path: &Path) -> String {
     let script = pod["spec"]["initContainers"][0]["command"][2]
         .as_str()
         .unwrap();
     std::fs::create_dir_all(root.join("sky/agent")).unwrap();
-    let status = Command::new("sh")
+    let output = Command::new("sh")
         .args(["-c", &relocated(script, root)])
         .env(
             "PATH",
@@ -68,9 +71,14 @@ fn run_init_container(pod: &Value, root: &Path, path: &Path) {
                 std::env::var("PATH").unwrap_or_default()
             ),
         )
-        .status()
+        .output()
         .unwrap();
-    assert!(status.success(), "the init container's script failed");
+    let said = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success(),
+        "the init container's script failed (the pod would never start): {said}"
+    );
+    said
 }
 
 /// The application container's environment as the patch left it, relocated.
@@ -89,17 +97,19 @@ fn app_env(pod: &Value, root: &Path) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The interpreter the agent's virtualenv was made from: Python without the agent.
-fn bare_python(venv_python: &Path) -> PathBuf {
-    std::fs::canonicalize(venv_python).unwrap()
-}
-
 #[tokio::test]
-async fn an_injected_python_agent_starts_in_a_plain_interpreter_and_never_stops_the_app() {
+async fn an_injected_python_agent_leaves_the_applications_packages_first_and_never_stops_it() {
     let venv_python = installed(
         "SKYLIFT_PYTHON_AGENT",
         "target/python-agent/bin/python",
         "hack/python-agent.sh",
+    );
+    // The application's environment: a virtualenv of its own (the machine's site-packages
+    // unseen) pinning protobuf 5.29.5, where the agent's image has 7.x.
+    let app_python = installed(
+        "SKYLIFT_PYTHON_APP",
+        "target/python-app/bin/python",
+        "hack/python-app.sh",
     );
     let sink = Sink::start().await.unwrap();
     let scratch = Scratch::new("injected-python");
@@ -112,13 +122,23 @@ async fn an_injected_python_agent_starts_in_a_plain_interpreter_and_never_stops_
     assert!(
         scratch
             .path()
-            .join("sky/agent/python/sitecustomize.py")
+            .join("sky/agent/python/loader/sitecustomize.py")
             .exists()
     );
     let env = app_env(&pod, scratch.path());
+    let agent_protobuf = Command::new(&venv_python)
+        .args(["-c", "import google.protobuf as p; print(p.__version__)"])
+        .output()
+        .unwrap();
+    let agent_protobuf = String::from_utf8(agent_protobuf.stdout).unwrap();
+    assert_ne!(
+        agent_protobuf.trim(),
+        "5.29.5",
+        "the agent image's own protobuf differs"
+    );
 
-    let app_code = "import sys, time\nprint('serving orders', flush=True)\ntime.sleep(5)\nprint('agent loaded:', 'skywalking' in sys.modules)";
-    let mut app = Command::new(bare_python(&venv_python));
+    let app_code = "import sys, time\nimport google.protobuf as p\nprint('protobuf', p.__version__, 'from', p.__file__, flush=True)\nprint('serving orders', flush=True)\ntime.sleep(5)\nprint('agent loaded:', 'skywalking' in sys.modules)";
+    let mut app = Command::new(&app_python);
     app.args(["-c", app_code])
         .env_clear()
         .envs(&env)
@@ -136,16 +156,26 @@ async fn an_injected_python_agent_starts_in_a_plain_interpreter_and_never_stops_
     )
     .await;
     exited_ok(&mut app, Duration::from_secs(30)).await;
+    let output = app.output();
+    assert!(output.contains("agent loaded: True"), "{output}");
+    // The application's own protobuf, not the agent's: its packages come first.
+    let app_packages = app_python.parent().unwrap().parent().unwrap();
+    let seen = output
+        .lines()
+        .find(|l| l.starts_with("protobuf "))
+        .unwrap_or_default()
+        .to_string();
     assert!(
-        app.output().contains("agent loaded: True"),
-        "{}",
-        app.output()
+        seen.starts_with("protobuf 5.29.5 from ")
+            && seen.contains(&*app_packages.to_string_lossy()),
+        "{output}"
     );
     assert!(sink.refusals().is_empty(), "{:?}", sink.refusals());
 
-    // The agent cannot start (its packages are gone): the application runs all the same.
-    std::fs::remove_dir_all(scratch.path().join("sky/agent/python/skywalking")).unwrap();
-    let mut broken = Command::new(bare_python(&venv_python));
+    // The agent cannot start (its packages are gone): the application runs all the same,
+    // in an environment where nothing else could provide the agent.
+    std::fs::remove_dir_all(scratch.path().join("sky/agent/python/packages/skywalking")).unwrap();
+    let mut broken = Command::new(&app_python);
     broken
         .args(["-c", "print('still serving', flush=True)"])
         .env_clear()
@@ -183,7 +213,8 @@ async fn an_injected_nodejs_agent_traces_an_app_that_never_required_it() {
         .status()
         .unwrap();
     assert!(copied.success());
-    run_init_container(&pod, scratch.path(), Path::new("/usr/bin"));
+    let said = run_init_container(&pod, scratch.path(), Path::new("/usr/bin"));
+    assert!(said.is_empty(), "{said}");
     let env = app_env(&pod, scratch.path());
 
     let app_code = "const http = require('http');\
@@ -209,4 +240,30 @@ async fn an_injected_nodejs_agent_traces_an_app_that_never_required_it() {
     exited_ok(&mut app, Duration::from_secs(30)).await;
     assert!(app.output().contains("order placed"), "{}", app.output());
     assert!(sink.refusals().is_empty(), "{:?}", sink.refusals());
+}
+
+#[tokio::test]
+async fn a_nodejs_pod_whose_agent_cannot_be_copied_still_starts_its_application() {
+    let scratch = Scratch::new("injected-node-missing");
+    let pod = injected_pod(
+        json!({"selector": {"inject": "yes"}, "language": "nodejs"}),
+        "127.0.0.1:1",
+    );
+    // An image without the agent (a wrong override, say): nothing at /skywalking/nodejs.
+    let said = run_init_container(&pod, scratch.path(), Path::new("/usr/bin"));
+    assert!(
+        said.contains("skylift: the Node.js agent could not be copied"),
+        "{said}"
+    );
+    let env = app_env(&pod, scratch.path());
+    let mut app = Command::new("node");
+    app.args(["-e", "console.log('order placed')"]).envs(&env);
+    let mut app = Process::spawn("node-app-without-agent", app, scratch.path());
+    exited_ok(&mut app, Duration::from_secs(30)).await;
+    let output = app.output();
+    assert!(output.contains("order placed"), "{output}");
+    assert!(
+        output.contains("skylift: the SkyWalking agent did not start"),
+        "{output}"
+    );
 }

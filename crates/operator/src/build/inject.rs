@@ -51,24 +51,33 @@ pub const JAVA: LanguageDefaults = LanguageDefaults {
 };
 /// Python: the packages of the official agent image (its Python minor version must be the
 /// application's, as for any compiled package), started by a `sitecustomize` module that
-/// the init container writes and Python imports at start-up from `PYTHONPATH`.
+/// the init container writes into a directory of its own and Python imports at start-up
+/// from `PYTHONPATH`. Only that module is on `PYTHONPATH`: it puts the agent's packages at
+/// the end of `sys.path`, after the application's, so the application's own packages
+/// (its grpcio, its protobuf) win and the agent's only fill in what it lacks.
 pub const PYTHON: LanguageDefaults = LanguageDefaults {
     image: "apache/skywalking-python:1.2.0-grpc-py3.11",
     loader_variable: "PYTHONPATH",
-    loader_value: "/sky/agent/python",
+    loader_value: "/sky/agent/python/loader",
     separator: ":",
 };
-/// Node.js: no official agent image exists, so the init container installs the pinned
-/// `skywalking-backend-js` from the npm registry (or copies `/skywalking/nodejs` from an
-/// image that has it), and writes a start module loaded with `--require`.
+/// Where the Python agent's packages are copied (appended to `sys.path`).
+pub const PYTHON_PACKAGES: &str = "/sky/agent/python/packages";
+/// Node.js: there is no official agent image, so skylift's (the `Dockerfile`'s
+/// `nodejs-agent` target) carries `skywalking-backend-js` installed at
+/// `/skywalking/nodejs`; the init container copies it (no registry is reached when a pod
+/// starts) and writes a start module loaded with `--require`.
 pub const NODEJS: LanguageDefaults = LanguageDefaults {
-    image: "node:22-alpine",
+    image: NODEJS_AGENT_IMAGE,
     loader_variable: "NODE_OPTIONS",
     loader_value: "--require /sky/agent/nodejs/start.js",
     separator: " ",
 };
-/// The Node.js agent version installed when the image does not carry one.
-pub const NODEJS_AGENT_VERSION: &str = "0.9.0";
+/// skylift's image of the Node.js agent (`docker build --target nodejs-agent`), tagged
+/// with the agent's version.
+pub const NODEJS_AGENT_IMAGE: &str = "ghcr.io/skylift-io/skywalking-nodejs-agent:0.9.0";
+/// Where an image of the Node.js agent keeps it.
+pub const NODEJS_AGENT_DIR: &str = "/skywalking/nodejs";
 
 pub fn defaults(language: AgentLanguage) -> &'static LanguageDefaults {
     match language {
@@ -78,32 +87,42 @@ pub fn defaults(language: AgentLanguage) -> &'static LanguageDefaults {
     }
 }
 
-/// The init container's script: copy the agent into the shared volume (and, for Python
-/// and Node.js, write the module that starts it, which never stops the application when
-/// the agent cannot start).
+/// The init container's script: for Python and Node.js, first the module that starts the
+/// agent (it never stops the application when the agent cannot start), then the agent
+/// copied into the shared volume. A copy that fails is said on stderr and the script still
+/// succeeds: the pod starts its application, without the agent.
 pub fn init_script(language: AgentLanguage) -> String {
+    let not_copied = |what: &str| {
+        format!(
+            " || echo 'skylift: the {what} agent could not be copied; the application starts without it' >&2"
+        )
+    };
     match language {
         AgentLanguage::Java => "cp -R /skywalking/agent/. /sky/agent/java/".into(),
-        AgentLanguage::Python => concat!(
-            "set -e; mkdir -p /sky/agent/python; ",
-            "site=$(python -c 'import os, skywalking; print(os.path.dirname(os.path.dirname(skywalking.__file__)))'); ",
-            "cp -R \"$site\"/. /sky/agent/python/; ",
-            "printf '%s\\n' 'try:' '    from skywalking import agent' '    agent.start()' ",
-            "'except Exception as error:' '    import sys' ",
-            "'    sys.stderr.write(\"skylift: the SkyWalking agent did not start: %r\\n\" % (error,))' ",
-            "> /sky/agent/python/sitecustomize.py"
-        )
-        .into(),
+        AgentLanguage::Python => format!(
+            concat!(
+                "mkdir -p /sky/agent/python/loader {packages}; ",
+                "printf '%s\\n' 'import sys' 'sys.path.append(\"{packages}\")' 'try:' ",
+                "'    from skywalking import agent' '    agent.start()' ",
+                "'except Exception as error:' ",
+                "'    sys.stderr.write(\"skylift: the SkyWalking agent did not start: %r\\n\" % (error,))' ",
+                "> /sky/agent/python/loader/sitecustomize.py; ",
+                "{{ site=$(python -c 'import os, skywalking; print(os.path.dirname(os.path.dirname(skywalking.__file__)))') ",
+                "&& cp -R \"$site\"/. {packages}/; }}{failed}; exit 0"
+            ),
+            packages = PYTHON_PACKAGES,
+            failed = not_copied("Python"),
+        ),
         AgentLanguage::Nodejs => format!(
             concat!(
-                "set -e; mkdir -p /sky/agent/nodejs; ",
-                "if [ -d /skywalking/nodejs ]; then cp -R /skywalking/nodejs/. /sky/agent/nodejs/; ",
-                "else npm install --prefix /sky/agent/nodejs --no-save --no-audit --no-fund skywalking-backend-js@{version}; fi; ",
+                "mkdir -p /sky/agent/nodejs; ",
                 "printf '%s\\n' 'try {{ require(\"/sky/agent/nodejs/node_modules/skywalking-backend-js\").default.start(); }}' ",
                 "'catch (error) {{ console.error(\"skylift: the SkyWalking agent did not start:\", error); }}' ",
-                "> /sky/agent/nodejs/start.js"
+                "> /sky/agent/nodejs/start.js; ",
+                "cp -R {dir}/. /sky/agent/nodejs/{failed}; exit 0"
             ),
-            version = NODEJS_AGENT_VERSION
+            dir = NODEJS_AGENT_DIR,
+            failed = not_copied("Node.js"),
         ),
     }
 }
@@ -302,8 +321,6 @@ pub fn inject(pod: &Pod, agents: &[SwAgent], default_backend: Option<&str>) -> O
         // run as non-root (Pod Security "restricted") still starts.
         "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]},
                             "runAsNonRoot": true, "runAsUser": AGENT_COPY_USER},
-        // npm's cache, for the Node.js agent's installation.
-        "env": [{"name": "npm_config_cache", "value": "/tmp/.npm"}, {"name": "HOME", "value": "/tmp"}],
     });
     // First, so the agent is in place before any other init container could need it.
     match &pod_spec.init_containers {
@@ -506,7 +523,9 @@ mod tests {
             &inject(&pod(value.clone()), &agents, Some("sat.shop.svc:11800")),
         );
         let env = env_of(&after["spec"]["containers"][0]);
-        assert_eq!(env["PYTHONPATH"], "/sky/agent/python:/app");
+        // Only the loader goes in front of the application's path; the agent's packages are
+        // appended to sys.path by it, after the application's.
+        assert_eq!(env["PYTHONPATH"], "/sky/agent/python/loader:/app");
         assert_eq!(env["SW_AGENT_NAME"], "orders");
         assert_eq!(
             env["SW_AGENT_COLLECTOR_BACKEND_SERVICES"],
@@ -548,7 +567,17 @@ mod tests {
         let script = after["spec"]["initContainers"][0]["command"][2]
             .as_str()
             .unwrap();
-        assert!(script.contains("skywalking-backend-js@0.9.0") && script.contains("start.js"));
+        // Copied from skylift's Node.js agent image: no registry is reached at pod start.
+        assert_eq!(
+            after["spec"]["initContainers"][0]["image"],
+            NODEJS_AGENT_IMAGE
+        );
+        assert!(script.contains("cp -R /skywalking/nodejs/.") && script.contains("start.js"));
+        assert!(!script.contains("npm"), "{script}");
+        assert!(
+            script.ends_with("exit 0"),
+            "a failed copy never keeps the pod in Init"
+        );
     }
 
     #[test]
