@@ -2,10 +2,13 @@
 //!
 //! - [`agents`]: segment-reporting clients that hold one connection each;
 //! - [`rbac`]: recorded requests held against a bundle's RBAC rules;
+//! - [`real`]: what the tests on the real control plane share (skylift installed, the
+//!   operator run under its ServiceAccount, resources and conditions, audited writes);
 //! - [`standin`]: the OAP stand-in process.
 
 pub mod agents;
 pub mod rbac;
+pub mod real;
 pub mod standin;
 
 use std::net::TcpListener;

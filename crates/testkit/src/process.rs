@@ -70,5 +70,10 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
+        // A failing test shows what its programs said last (the harness prints a failed
+        // test's captured output).
+        if std::thread::panicking() {
+            println!("--- {} (last 40 lines) ---\n{}", self.name, self.tail(40));
+        }
     }
 }

@@ -190,6 +190,29 @@ async fn handle(
             .filter(|n| !n.contains(','))
             .map(String::from)
     });
+    // As kube-apiserver: a server-side apply that creates the object is also authorized
+    // as a create (RBAC's `patch` alone does not let an apply make an object).
+    let creates = method == Method::PATCH
+        && target.subresource.is_none()
+        && headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.starts_with("application/apply-patch"))
+        && target.name.as_deref().is_some_and(|n| {
+            state
+                .get(&target.group, &plural, target.namespace.as_deref(), n)
+                .is_err()
+        });
+    if creates {
+        state.record_request(attributes(
+            &headers,
+            "create",
+            &target.group,
+            &resource,
+            target.namespace.clone(),
+            name.clone(),
+        ));
+    }
     state.record_request(attributes(
         &headers,
         verb,
