@@ -68,16 +68,16 @@ pub fn operator_command(
     identity: &str,
     replaced: &[(&str, String)],
 ) -> Command {
-    let mut replacing = vec![("--admin-listen", format!("127.0.0.1:{}", free_port()))];
-    replacing.extend(replaced.iter().map(|(f, v)| (*f, v.clone())));
+    // The caller's first: the first entry of a flag wins.
+    let mut replacing: Vec<(&str, String)> =
+        replaced.iter().map(|(f, v)| (*f, v.clone())).collect();
+    replacing.push(("--admin-listen", format!("127.0.0.1:{}", free_port())));
+    replacing.push(("--webhook-listen", format!("127.0.0.1:{}", free_port())));
     let mut args = args_in(&chart(), "the chart", "skylift-operator", &replacing);
     for (flag, value) in &replacing {
         if !args.iter().any(|a| a.starts_with(&format!("{flag}="))) {
             args.push(format!("{flag}={value}"));
         }
-    }
-    if !args.iter().any(|a| a.starts_with("--webhook-listen=")) {
-        args.push(format!("--webhook-listen=127.0.0.1:{}", free_port()));
     }
     let mut command = program;
     command
