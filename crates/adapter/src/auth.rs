@@ -161,8 +161,10 @@ pub fn is_public(path: &str) -> bool {
 /// What a request asks to do, as authorization sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Attributes {
-    /// Reading an external metric: verb get on resource `<metric>` of
-    /// external.metrics.k8s.io in `namespace`, as RBAC rules for the HPA name it.
+    /// Reading an external metric: verb list on resource `<metric>` of
+    /// external.metrics.k8s.io in `namespace`: k8s.io/apiserver's RequestInfo reads a GET of
+    /// `namespaces/<ns>/<resource>` without a name as a list, and RBAC rules for the HPA
+    /// name it so.
     Metric { namespace: String, metric: String },
     /// Anything else (discovery, OpenAPI, `/metrics`): a non-resource URL.
     Path(String),
@@ -193,7 +195,7 @@ pub fn access_review(identity: &Identity, attributes: &Attributes) -> SubjectAcc
                 version: Some(VERSION.into()),
                 resource: Some(metric.clone()),
                 namespace: Some(namespace.clone()),
-                verb: Some("get".into()),
+                verb: Some("list".into()),
                 ..ResourceAttributes::default()
             }),
             None,
@@ -223,7 +225,7 @@ pub fn access_review(identity: &Identity, attributes: &Attributes) -> SubjectAcc
 pub fn forbidden_message(identity: &Identity, attributes: &Attributes, reason: &str) -> String {
     let what = match attributes {
         Attributes::Metric { namespace, metric } => format!(
-            "externalmetrics.{GROUP} \"{metric}\" is forbidden: User \"{}\" cannot get resource \"{metric}\" in API group \"{GROUP}\" in the namespace \"{namespace}\"",
+            "externalmetrics.{GROUP} \"{metric}\" is forbidden: User \"{}\" cannot list resource \"{metric}\" in API group \"{GROUP}\" in the namespace \"{namespace}\"",
             identity.user
         ),
         Attributes::Path(path) => format!(
@@ -364,7 +366,7 @@ mod tests {
     }
 
     #[test]
-    fn a_metric_read_is_reviewed_as_get_on_the_metric_resource() {
+    fn a_metric_read_is_reviewed_as_list_on_the_metric_resource() {
         let identity = Identity {
             user: "hpa".into(),
             groups: vec!["g".into()],
@@ -388,11 +390,11 @@ mod tests {
             Some("skywalking.apache.org|service_cpm")
         );
         assert_eq!(resource.namespace.as_deref(), Some("skywalking"));
-        assert_eq!(resource.verb.as_deref(), Some("get"));
+        assert_eq!(resource.verb.as_deref(), Some("list"));
         assert_eq!(review.spec.user.as_deref(), Some("hpa"));
         assert!(
             forbidden_message(&identity, &read, "").contains(
-                "User \"hpa\" cannot get resource \"skywalking.apache.org|service_cpm\" in API group \"external.metrics.k8s.io\" in the namespace \"skywalking\""
+                "User \"hpa\" cannot list resource \"skywalking.apache.org|service_cpm\" in API group \"external.metrics.k8s.io\" in the namespace \"skywalking\""
             )
         );
     }

@@ -232,7 +232,7 @@ async fn the_aggregator_and_the_hpa_are_served_over_the_self_made_certificate() 
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["reason"], "Forbidden");
     assert!(
-        body["message"].as_str().unwrap().contains("User \"jane\" cannot get resource \"skywalking.apache.org|service_cpm\" in API group \"external.metrics.k8s.io\" in the namespace \"skywalking\""),
+        body["message"].as_str().unwrap().contains("User \"jane\" cannot list resource \"skywalking.apache.org|service_cpm\" in API group \"external.metrics.k8s.io\" in the namespace \"skywalking\""),
         "{body}"
     );
 
