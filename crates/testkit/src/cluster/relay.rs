@@ -4,8 +4,9 @@
 //! - [`TcpRelay`]: bytes both ways; [`TcpRelay::freeze`] stops them (every connection,
 //!   and new ones, hang as on a partitioned network) until [`TcpRelay::thaw`].
 //! - [`HttpRelay`]: terminates TLS as `kubernetes.default.svc` and forwards each request;
-//!   [`HttpRelay::hold_leases`] holds back the Lease calls alone while every other call goes
-//!   through, as when the API server or etcd is slow for one resource.
+//!   [`HttpRelay::hold`] holds back the calls on one kind of object alone (the Lease, say)
+//!   while every other call goes through, as when the API server or etcd is slow for one
+//!   resource.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -136,7 +137,8 @@ async fn pump(
 /// certificates do not), responses streamed back (watches included).
 pub struct HttpRelay {
     pub address: SocketAddr,
-    hold_leases: watch::Sender<bool>,
+    /// Requests whose path contains this are held back (none: every request goes).
+    held: watch::Sender<Option<String>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -151,8 +153,8 @@ impl HttpRelay {
             .tls_certs_only(reqwest::Certificate::from_pem_bundle(ca.cert_pem.as_bytes()).unwrap())
             .build()
             .unwrap();
-        let hold_leases = watch::Sender::new(false);
-        let held = hold_leases.clone();
+        let held_paths = watch::Sender::new(None);
+        let held = held_paths.clone();
         let base = format!("https://{target}");
         let task = runtime().spawn(async move {
             loop {
@@ -179,19 +181,20 @@ impl HttpRelay {
         });
         HttpRelay {
             address,
-            hold_leases,
+            held: held_paths,
             task,
         }
     }
 
-    /// Holds back every request on a Lease until [`HttpRelay::release_leases`]; the caller
-    /// sees no answer meanwhile.
-    pub fn hold_leases(&self) {
-        self.hold_leases.send_replace(true);
+    /// Holds back every request whose path contains `matching` (`/leases/`,
+    /// `namespaces/kube-system/configmaps`) until [`HttpRelay::release`]; the caller sees no
+    /// answer meanwhile, and every other request goes through.
+    pub fn hold(&self, matching: &str) {
+        self.held.send_replace(Some(matching.to_string()));
     }
 
-    pub fn release_leases(&self) {
-        self.hold_leases.send_replace(false);
+    pub fn release(&self) {
+        self.held.send_replace(None);
     }
 }
 
@@ -221,16 +224,16 @@ async fn forward(
     request: hyper::Request<Incoming>,
     upstream: reqwest::Client,
     base: String,
-    mut hold_leases: watch::Receiver<bool>,
+    mut held: watch::Receiver<Option<String>>,
 ) -> Result<hyper::Response<RelayBody>, Infallible> {
     let path = request
         .uri()
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
-    if path.starts_with("/apis/coordination.k8s.io/") && path.contains("/leases") {
-        let _ = hold_leases.wait_for(|held| !*held).await;
-    }
+    let _ = held
+        .wait_for(|held| !held.as_deref().is_some_and(|m| path.contains(m)))
+        .await;
     let (parts, body) = request.into_parts();
     let body = body
         .collect()
