@@ -96,10 +96,21 @@ pub async fn start_operator(
     identity: &str,
     replaced: &[(&str, String)],
 ) -> Process {
-    let token = plane
-        .service_account("skylift-system", "skylift-operator")
-        .await;
-    let kubeconfig = plane.write_kubeconfig(&format!("operator-{identity}"), &token);
+    start_operator_as(plane, dir, identity, "skylift-operator", None, replaced).await
+}
+
+/// Starts the operator as the ServiceAccount `skylift-system/<account>`, reaching the API
+/// server at `server` (default: its own address).
+pub async fn start_operator_as(
+    plane: &ControlPlane,
+    dir: &Path,
+    identity: &str,
+    account: &str,
+    server: Option<&str>,
+    replaced: &[(&str, String)],
+) -> Process {
+    let token = plane.service_account("skylift-system", account).await;
+    let kubeconfig = plane.write_kubeconfig_to(&format!("operator-{identity}"), &token, server);
     let command = operator_command(
         Command::new(binary("skylift-operator")),
         &kubeconfig,
@@ -214,4 +225,46 @@ pub fn writes_by(plane: &ControlPlane, user: &str) -> Vec<audit::Event> {
         .into_iter()
         .filter(|e| e.user == user && e.succeeded() && e.resource != "leases")
         .collect()
+}
+
+/// A second identity for the operator: the ServiceAccount `skylift-system/<account>`, bound
+/// wherever the chart binds the operator's (so its rights are exactly the operator's, and
+/// the audit log tells the two apart).
+pub async fn operator_account(plane: &ControlPlane, account: &str) -> String {
+    let mut manifests = vec![json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": account, "namespace": "skylift-system"}})];
+    for binding in crate::yaml_documents(&chart(), "the chart") {
+        let kind = binding["kind"].as_str().unwrap_or_default();
+        if kind != "ClusterRoleBinding" && kind != "RoleBinding" {
+            continue;
+        }
+        let binds_operator = binding["subjects"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["kind"] == "ServiceAccount" && s["name"] == "skylift-operator");
+        if !binds_operator {
+            continue;
+        }
+        let mut copy = binding.clone();
+        copy["metadata"] = json!({
+            "name": format!("{}-{account}", binding["metadata"]["name"].as_str().unwrap_or_default()),
+            "namespace": binding["metadata"]["namespace"],
+        });
+        if copy["metadata"]["namespace"].is_null() {
+            copy["metadata"]
+                .as_object_mut()
+                .unwrap()
+                .remove("namespace");
+        }
+        copy["subjects"] =
+            json!([{"kind": "ServiceAccount", "name": account, "namespace": "skylift-system"}]);
+        manifests.push(copy);
+    }
+    let yaml: Vec<String> = manifests
+        .iter()
+        .map(|m| serde_yaml::to_string(m).unwrap())
+        .collect();
+    plane.apply(&format!("the bindings of {account}"), &yaml.join("---\n"));
+    format!("system:serviceaccount:skylift-system:{account}")
 }

@@ -28,6 +28,11 @@ impl Event {
         (200..300).contains(&self.code)
     }
 
+    /// When the API server answered.
+    pub fn time(&self) -> Option<k8s_openapi::jiff::Timestamp> {
+        self.at.parse().ok()
+    }
+
     /// `resource/name` (with `/subresource`), for messages.
     pub fn what(&self) -> String {
         let mut what = format!("{} {}/{}", self.verb, self.resource, self.name);
