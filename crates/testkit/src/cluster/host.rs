@@ -111,6 +111,26 @@ impl TestHost {
         }
     }
 
+    /// Another address on the host side of the pair, for a program on this machine that
+    /// stands for a pod (an OAP node, a proxy): reachable from the host and from the
+    /// namespace, and not loopback.
+    pub fn add_host_address(&self) -> Ipv4Addr {
+        static NEXT: AtomicU32 = AtomicU32::new(10);
+        let last = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(last < 250, "out of test host addresses");
+        let [a, b, c, _] = self.host_ip.octets();
+        let address = Ipv4Addr::new(a, b, c, last as u8);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{address}/24"),
+            "dev",
+            &self.host_link,
+        ])
+        .unwrap_or_else(|e| panic!("adding {address}: {e}"));
+        address
+    }
+
     /// `program` to be run inside the namespace.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut command = Command::new("ip");

@@ -14,13 +14,16 @@
 //! - [`host`]: a network namespace for a program the API server must call (an aggregated
 //!   API server, a webhook), reaching the API server through a relay;
 //! - [`relay`]: the relays: TCP (which a test can freeze) and HTTP (which can hold back
-//!   the Lease calls alone).
+//!   the Lease calls alone);
+//! - [`scaling`]: the whole scaling loop (operator, OAP, proxies, adapter, the real HPA)
+//!   with the pods run as local programs, for the demo and its test.
 
 pub mod audit;
 pub mod host;
 pub mod kubeconfig;
 pub mod kubelet;
 pub mod relay;
+pub mod scaling;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -236,17 +236,22 @@ impl Cluster {
 
     /// Adds a node on the next ports; answers its index.
     pub async fn add(&self) -> std::io::Result<usize> {
+        let index = self.nodes.lock().await.len();
+        let host = self.config.host;
+        self.add_at(
+            SocketAddr::new(host, port_for(self.config.grpc_port, index)),
+            SocketAddr::new(host, port_for(self.config.http_port, index)),
+        )
+        .await
+    }
+
+    /// Adds a node serving gRPC at `grpc` and HTTP at `http` (an OAP pod at its own
+    /// address); answers its index.
+    pub async fn add_at(&self, grpc: SocketAddr, http: SocketAddr) -> std::io::Result<usize> {
         let mut nodes = self.nodes.lock().await;
         let index = nodes.len();
-        let host = self.config.host;
         let stats = Arc::new(Mutex::new(NodeStats::default()));
-        let (running, grpc, http) = self
-            .run(
-                SocketAddr::new(host, port_for(self.config.grpc_port, index)),
-                SocketAddr::new(host, port_for(self.config.http_port, index)),
-                &stats,
-            )
-            .await?;
+        let (running, grpc, http) = self.run(grpc, http, &stats).await?;
         nodes.push(Node {
             grpc,
             http,
