@@ -134,8 +134,14 @@ async fn main() -> anyhow::Result<()> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let result = tokio::select! {
         result = run(args) => result,
-        _ = tokio::signal::ctrl_c() => Ok(()),
-        _ = terminate.recv() => Ok(()),
+        _ = tokio::signal::ctrl_c() => {
+            println!("interrupted");
+            Ok(())
+        }
+        _ = terminate.recv() => {
+            println!("terminated");
+            Ok(())
+        }
     };
     println!("stopping everything the demo started");
     result
@@ -144,6 +150,9 @@ async fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     std::fs::create_dir_all(&args.logs)?;
+    if let Some(assets) = skylift_testkit::cluster::assets() {
+        return on_real_control_plane(args, &assets).await;
+    }
     let logs = args.logs.canonicalize()?;
     println!("skylift demo: logs in {}", logs.display());
 
@@ -327,6 +336,176 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 "       HPA reads {metric}: not yet (OAP has no report from the proxy yet)\n"
             ),
             Err(err) => println!("       HPA read failed: {err}\n"),
+        }
+    }
+    drop(agents);
+    Ok(())
+}
+
+/// The loop on a real control plane (`KUBEBUILDER_ASSETS`): kube-apiserver and
+/// kube-controller-manager run here, skylift is installed from its bundles, and the pods
+/// are local programs (`skylift_testkit::cluster::scaling`).
+async fn on_real_control_plane(args: Args, assets: &Path) -> anyhow::Result<()> {
+    use skylift_testkit::cluster::ControlPlane;
+    use skylift_testkit::cluster::scaling::{
+        NAMESPACE, OAP, SATELLITE, ScalingLoop, Settings, TELEMETRY_SERVICE,
+    };
+    println!(
+        "skylift demo on a real control plane ({}): starting etcd, kube-apiserver and kube-controller-manager",
+        assets.display()
+    );
+    let plane: &'static ControlPlane = Box::leak(Box::new(ControlPlane::start(assets).await));
+    println!(
+        "control plane ready in {:.1} s at {}; kubectl: KUBECONFIG={}",
+        plane.started_in.as_secs_f64(),
+        plane.server,
+        plane.admin_kubeconfig().display()
+    );
+    let binaries = std::env::current_exe()?
+        .parent()
+        .context("the demo's directory")?
+        .to_path_buf();
+    let logs = args.logs.canonicalize()?;
+    println!(
+        "kubectl apply -f manifests/operator-bundle.yaml -f manifests/adapter-bundle.yaml; OAPServer {OAP} (2 replicas); the adapter behind the aggregator"
+    );
+    let scaling = ScalingLoop::start(
+        plane,
+        Settings {
+            repo: std::env::current_dir()?,
+            binaries,
+            logs: logs.clone(),
+        },
+    )
+    .await;
+    let limit = args.max_connections;
+    let target = limit.saturating_sub(1).max(1);
+    let declared = Instant::now();
+    scaling
+        .create(
+            "Satellite",
+            SATELLITE,
+            serde_json::json!({"upstream": {"oapServerRef": {"name": OAP}},
+                   "connectionLimit": {"maxConnections": limit},
+                   "telemetry": {"service": TELEMETRY_SERVICE},
+                   "autoscaling": {"minReplicas": 1, "maxReplicas": 3, "targetConnectionsPerReplica": target}}),
+        )
+        .await;
+    wait_until(
+        "the first proxy's upstream list",
+        Duration::from_secs(120),
+        async || {
+            for proxy in scaling.proxies().into_iter().filter(|p| p.ready) {
+                if let Ok((200, said)) = http::get(&format!("http://{}/readyz", proxy.admin)).await
+                    && said.contains(" of ")
+                {
+                    return true;
+                }
+            }
+            false
+        },
+    )
+    .await?;
+    println!(
+        "Satellite {SATELLITE}: at most {limit} connections a replica, scaled on {target}; its proxy had its upstream list {:.1} s after it was applied",
+        declared.elapsed().as_secs_f64()
+    );
+    println!(
+        "clients connect to the Satellite's Service at {}",
+        scaling.service
+    );
+
+    let mut agents = Vec::new();
+    for i in 1..=args.agents {
+        let mut app = Command::new(&args.python);
+        app.arg(&args.app)
+            .args(["0", "0.05"])
+            .env(
+                "SW_AGENT_COLLECTOR_BACKEND_SERVICES",
+                scaling.service.to_string(),
+            )
+            .env("SW_AGENT_PROTOCOL", "grpc")
+            .env("SW_AGENT_NAME", "demo-shop")
+            .env("SW_AGENT_INSTANCE_NAME", format!("shop-{i}"))
+            .env("SW_AGENT_METER_REPORTER_PERIOD", "5")
+            .env("SW_AGENT_LOG_REPORTER_LEVEL", "WARNING");
+        agents.push(spawn(&format!("agent-shop-{i}"), &mut app, &logs)?);
+    }
+    println!(
+        "{} SkyWalking Python agents report through the Service; Ctrl-C stops everything.\n",
+        args.agents
+    );
+
+    let hpas: kube::Api<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler> =
+        kube::Api::namespaced(scaling.client.clone(), NAMESPACE);
+    let started = Instant::now();
+    let mut third_added = false;
+    let mut previous: BTreeMap<usize, (u64, Instant)> = BTreeMap::new();
+    let mut ticker = tokio::time::interval(args.every);
+    loop {
+        ticker.tick().await;
+        if args.run_for.is_some_and(|limit| started.elapsed() >= limit) {
+            break;
+        }
+        if !third_added && started.elapsed() >= args.third_node_after {
+            third_added = true;
+            let (ok, said) =
+                plane.kubectl(&["scale", "oapserver", OAP, "-n", NAMESPACE, "--replicas=3"]);
+            println!(
+                "==> kubectl scale oapserver {OAP} --replicas=3: {}",
+                said.trim()
+            );
+            if !ok {
+                bail!("scaling the OAPServer: {said}");
+            }
+        }
+        let elapsed = started.elapsed().as_secs();
+        let mut line = format!("[{elapsed:>4}s] connections per proxy:  ");
+        for proxy in scaling.proxies() {
+            let connections = match http::get(&format!("http://{}/metrics", proxy.admin)).await {
+                Ok((200, text)) => http::prometheus_sum(&text, "skylift_proxy_connections"),
+                _ => 0.0,
+            };
+            let state = if proxy.ready { "" } else { " (starting)" };
+            line.push_str(&format!("{} = {connections}{state}   ", proxy.pod));
+        }
+        println!("{line}");
+        let now = Instant::now();
+        let mut line = String::from("       events per OAP node:  ");
+        for state in scaling.oap.nodes().await {
+            let total = events(&state.stats);
+            let rate = previous
+                .get(&state.node)
+                .map(|(before, at)| (total - before) as f64 / now.duration_since(*at).as_secs_f64())
+                .unwrap_or(0.0);
+            previous.insert(state.node, (total, now));
+            line.push_str(&format!(
+                "{} = {total:>6} ({rate:>5.0}/s)   ",
+                state.grpc.ip()
+            ));
+        }
+        println!("{line}");
+        let replicas = scaling
+            .satellite()
+            .await
+            .and_then(|s| s["spec"]["replicas"].as_i64())
+            .unwrap_or_default();
+        match hpas.get(&format!("{SATELLITE}-satellite")).await {
+            Ok(hpa) => {
+                let status = hpa.status.unwrap_or_default();
+                let reading = status
+                    .current_metrics
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find_map(|m| m.external?.current.value)
+                    .map(|q| q.0)
+                    .unwrap_or_else(|| "nothing yet".into());
+                println!(
+                    "       the HPA reads {reading} (target {target} per replica), wants {} replica(s); the Satellite has {replicas}\n",
+                    status.desired_replicas
+                );
+            }
+            Err(err) => println!("       the HPA: {err}\n"),
         }
     }
     drop(agents);

@@ -21,6 +21,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
 
 use super::ControlPlane;
 use super::host::TestHost;
@@ -162,7 +163,9 @@ impl ScalingLoop {
 
         let service_ip = host.add_host_address();
         let service: SocketAddr = (service_ip, 11800).into();
-        let mut tasks = vec![tokio::spawn(serve_service(service, running.clone()))];
+        // On the relays' own runtime: never held up by this one's blocking calls.
+        let mut tasks =
+            vec![super::relay::runtime().spawn(serve_service(service, running.clone()))];
         tasks.push(tokio::spawn(run_pods(
             plane,
             client.clone(),
@@ -517,8 +520,28 @@ async fn serve_service(address: SocketAddr, running: Arc<Mutex<Running>>) {
         let target = ready[next % ready.len()];
         next = next.wrapping_add(1);
         tokio::spawn(async move {
-            if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                return;
+            };
+            // As transparent as kube-proxy's address translation: the client sees every
+            // byte the proxy sent before it closed (a refusal's GOAWAY above all), then
+            // the close. grpc-python's channel, closed on before it read the server's
+            // first bytes, spins on the socket and grows without bound.
+            let (mut client_read, mut client_write) = client.split();
+            let (mut server_read, mut server_write) = server.split();
+            let to_server = async {
+                let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                // The client is done (or the proxy took no more): the proxy hears it.
+                let _ = server_write.shutdown().await;
+            };
+            let to_client = tokio::io::copy(&mut server_read, &mut client_write);
+            tokio::pin!(to_client);
+            tokio::select! {
+                // The proxy closed: so does the client's connection, whole.
+                _ = &mut to_client => {}
+                _ = to_server => {
+                    let _ = to_client.await;
+                }
             }
         });
     }
