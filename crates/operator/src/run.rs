@@ -20,7 +20,10 @@ use crate::controller::cache::scoped_api;
 use crate::controller::pool as pool_controller;
 use crate::controller::ui as ui_controller_fn;
 use crate::controller::watch::{Referrers, Triggers, watch_owned, watch_pods, watch_references};
-use crate::controller::{Context, Error, Stores, banyandb, collector, oapserver, rover, swagent};
+use crate::controller::{
+    Context, Error, FailureKey, ReportedFailures, Stores, banyandb, collector, oapserver, rover,
+    swagent,
+};
 use crate::metrics::Metrics;
 
 /// How the operator runs.
@@ -246,36 +249,32 @@ pub async fn run(
         stores,
         metrics: metrics.clone(),
         recorder,
+        failures: ReportedFailures::default(),
     });
 
-    let oap = oap_controller
-        .run(
-            oapserver::reconcile,
-            error_policy::<OAPServer>,
-            context.clone(),
-        )
-        .for_each(|_| futures::future::ready(()));
-    let sat = sat_controller
-        .run(
-            pool_controller::reconcile::<Satellite>,
-            error_policy::<Satellite>,
-            context.clone(),
-        )
-        .for_each(|_| futures::future::ready(()));
-    let proxy = proxy_controller
-        .run(
-            pool_controller::reconcile::<Proxy>,
-            error_policy::<Proxy>,
-            context.clone(),
-        )
-        .for_each(|_| futures::future::ready(()));
+    // A reconcile that succeeds forgets the failure reported for its resource.
     macro_rules! drive {
         ($controller:expr, $kind:ty, $reconcile:path) => {
             $controller
                 .run($reconcile, error_policy::<$kind>, context.clone())
-                .for_each(|_| futures::future::ready(()))
+                .for_each(|result| {
+                    if let Ok((object, _)) = &result {
+                        context.failures.forget(&failure_key::<$kind>(
+                            object.namespace.as_deref(),
+                            &object.name,
+                        ));
+                    }
+                    futures::future::ready(())
+                })
         };
     }
+    let oap = drive!(oap_controller, OAPServer, oapserver::reconcile);
+    let sat = drive!(
+        sat_controller,
+        Satellite,
+        pool_controller::reconcile::<Satellite>
+    );
+    let proxy = drive!(proxy_controller, Proxy, pool_controller::reconcile::<Proxy>);
     let ui = drive!(ui_controller, UI, ui_controller_fn::reconcile);
     let db = drive!(db_controller, BanyanDB, banyandb::reconcile);
     let collector = drive!(collector_controller, OTelCollector, collector::reconcile);
@@ -305,8 +304,21 @@ where
     ctx.metrics.record_error(&kind, error.category());
     tracing::warn!(%kind, name = %resource.name_any(), namespace = ?resource.namespace(), error = %error, "reconcile failed");
     let (reason, message) = (error.category(), error.explain());
+    let key = failure_key::<K>(resource.namespace().as_deref(), &resource.name_any());
+    if !ctx.failures.is_new(key, reason, &message) {
+        return Action::requeue(Duration::from_secs(5));
+    }
     tokio::spawn(async move {
         crate::controller::report_failure(&ctx, resource.as_ref(), reason, &message).await;
     });
     Action::requeue(Duration::from_secs(5))
+}
+
+/// How a resource is known to [`ReportedFailures`].
+fn failure_key<K: Resource<DynamicType = ()>>(namespace: Option<&str>, name: &str) -> FailureKey {
+    (
+        K::kind(&()).into_owned(),
+        namespace.unwrap_or_default().to_string(),
+        name.to_string(),
+    )
 }

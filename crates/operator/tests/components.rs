@@ -511,7 +511,7 @@ async fn pods_get_their_agent_from_the_webhook_once_and_an_outage_never_blocks_t
             "JAVA_TOOL_OPTIONS",
             "-javaagent:/sky/agent/java/skywalking-agent.jar",
         ),
-        ("python", "PYTHONPATH", "/sky/agent/python"),
+        ("python", "PYTHONPATH", "/sky/agent/python/loader"),
         (
             "node",
             "NODE_OPTIONS",

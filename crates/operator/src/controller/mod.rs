@@ -28,6 +28,7 @@ use crate::metrics::Metrics;
 pub use apply::Applied;
 use cache::OwnedCache;
 pub(crate) use report::report_failure;
+pub use report::{FailureKey, ReportedFailures};
 
 /// Caches of everything the reconcilers read. Reconcilers never list or get from the API
 /// server; they read these and write only what differs. Generated objects are cached as
@@ -88,6 +89,8 @@ pub struct Context {
     pub stores: Stores,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
+    /// The failure last reported for each resource.
+    pub failures: ReportedFailures,
 }
 
 /// Why a reconcile failed. Each variant names a category for metrics and events.

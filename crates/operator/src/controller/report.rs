@@ -144,6 +144,36 @@ pub(crate) async fn publish_problems<K: Resource<DynamicType = ()>>(
     }
 }
 
+/// Which failure was last reported for each resource (kind, namespace, name), so a
+/// reconcile retried with the same failure is not reported again, whether or not the
+/// status written for the first has reached the caches yet. A reconcile that succeeds
+/// forgets it.
+#[derive(Default)]
+pub struct ReportedFailures(
+    std::sync::Mutex<std::collections::HashMap<FailureKey, (String, String)>>,
+);
+
+/// A resource: (kind, namespace, name).
+pub type FailureKey = (String, String, String);
+
+impl ReportedFailures {
+    /// Whether `reason` / `message` is new for the resource `key`; it is recorded.
+    pub(crate) fn is_new(&self, key: FailureKey, reason: &str, message: &str) -> bool {
+        let mut reported = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let failure = (reason.to_string(), message.to_string());
+        if reported.get(&key) == Some(&failure) {
+            return false;
+        }
+        reported.insert(key, failure);
+        true
+    }
+
+    /// The resource `key` reconciled: its next failure is reported whatever it is.
+    pub(crate) fn forget(&self, key: &FailureKey) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    }
+}
+
 /// A reconcile that failed says why where users look: `Degraded` in the resource's status
 /// (reason: the failure's category, message: what the API server said) and a Warning
 /// Event, each once per distinct failure, however often the reconcile is retried.
