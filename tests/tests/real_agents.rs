@@ -193,3 +193,80 @@ async fn a_node_services_traces_and_heartbeats_arrive_as_sent() {
         assert!(sink.refusals().is_empty(), "{:?}", sink.refusals());
     }
 }
+
+/// The resident memory of process `pid`, in kB.
+fn resident_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn python_agents_over_the_connection_limit_back_off_and_keep_their_memory() {
+    let python = installed(
+        "SKYLIFT_PYTHON_AGENT",
+        "target/python-agent/bin/python",
+        "hack/python-agent.sh (apache-skywalking==1.2.0)",
+    );
+    let sink = Sink::start().await.unwrap();
+    let scratch = Scratch::new("python-over-limit");
+    let (port, admin) = (free_port(), free_port());
+    let mut proxy = Command::new(binary("skylift-proxy"));
+    proxy
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .arg(format!("--upstream={}", sink.address()))
+        .arg("--max-connections=1");
+    let _proxy = Process::spawn("skylift-proxy", proxy, scratch.path());
+    skylift_e2e::wait_ready("the proxy", &format!("127.0.0.1:{admin}")).await;
+
+    // Three agents, one connection for them: two are turned away for the whole run.
+    let mut apps = Vec::new();
+    for i in 0..3 {
+        let mut app = Command::new(&python);
+        app.arg(repo_path("tests/python/instrumented_app.py"))
+            .args(["0", "0.05"])
+            .env(
+                "SW_AGENT_COLLECTOR_BACKEND_SERVICES",
+                format!("127.0.0.1:{port}"),
+            )
+            .env("SW_AGENT_PROTOCOL", "grpc")
+            .env("SW_AGENT_NAME", "checkout")
+            .env("SW_AGENT_INSTANCE_NAME", format!("checkout-{i}"))
+            .env("SW_AGENT_LOG_REPORTER_LEVEL", "WARNING");
+        apps.push(Process::spawn(&format!("python-{i}"), app, scratch.path()));
+    }
+    let metrics = format!("http://127.0.0.1:{admin}/metrics");
+    let refused = async || {
+        let (_, text) = skylift_testkit::http::get(&metrics).await.unwrap();
+        skylift_testkit::http::prometheus_sum(&text, "skylift_proxy_connections_refused_total")
+    };
+    let mut largest = 0;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for app in &mut apps {
+            assert!(app.is_running(), "{}", app.tail(20));
+            largest = largest.max(resident_kb(app.id()));
+        }
+        // With a GOAWAY the turned-away agents reconnected at once and grew by about
+        // half a gigabyte a second.
+        assert!(largest < 300_000, "an agent holds {largest} kB");
+    }
+    let refusals = refused().await;
+    assert!(
+        refusals >= 2.0,
+        "the agents over the limit were turned away: {refusals}"
+    );
+    // Two agents turned away for 20 s, retrying after their backoff (1 s, then longer).
+    assert!(
+        refusals < 60.0,
+        "{refusals} refusals: the agents did not back off"
+    );
+    assert!(
+        sink.attributed(SEGMENTS).values().sum::<u64>() > 0,
+        "the agent with the connection reports"
+    );
+}

@@ -26,8 +26,8 @@ pub struct PodSelectorUpstream {
 #[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectionLimit {
-    /// Client connections one replica accepts; more are sent away with an HTTP/2 GOAWAY
-    /// so the client reconnects (through the Service) to another replica.
+    /// Client connections one replica accepts; more are closed as they arrive, so the
+    /// client reconnects after its backoff (through the Service) to another replica.
     #[schemars(range(min = 1, max = 1000000))]
     pub max_connections: i32,
 }

@@ -131,7 +131,7 @@ fn code_of(frame: &Frame) -> u32 {
 /// Runs one case on a new connection: `Ok` or what went wrong.
 async fn run(proxy: std::net::SocketAddr, case: &Case) -> Result<(), String> {
     let mut conn = TcpStream::connect(proxy).await.unwrap();
-    let mut out = skylift_proxy::listen::refuse::PREFACE.to_vec();
+    let mut out = skylift_proxy::h2::frame::PREFACE.to_vec();
     out.extend(frame(SETTINGS, 0, 0, &[]));
     for f in &case.send {
         out.extend_from_slice(f);
@@ -1142,7 +1142,7 @@ async fn half_sent_messages_hold_their_client_to_the_connections_budget() {
         frames
     };
     let mut conn = TcpStream::connect(proxy.address).await.unwrap();
-    let mut out = skylift_proxy::listen::refuse::PREFACE.to_vec();
+    let mut out = skylift_proxy::h2::frame::PREFACE.to_vec();
     out.extend(frame(SETTINGS, 0, 0, &[]));
     for stream in [1, 3, 5] {
         out.extend(partial(stream));
@@ -1206,7 +1206,7 @@ async fn silent_connections_are_closed_at_the_idle_timeout() {
     )
     .await;
     let hello = || {
-        let mut out = skylift_proxy::listen::refuse::PREFACE.to_vec();
+        let mut out = skylift_proxy::h2::frame::PREFACE.to_vec();
         out.extend(frame(SETTINGS, 0, 0, &[]));
         out
     };

@@ -1,28 +1,19 @@
 //! Accepting clients: gRPC over cleartext HTTP/2, at most `--max-connections` at once;
 //! each request goes to its method's policy.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures::stream::{FuturesUnordered, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::net::TcpListener;
 
 use crate::listen::calls::Calls;
 
 use crate::h2::{self, Transport, frame};
 
-use crate::listen::refuse::refuse;
 use crate::listen::state::State;
 
 /// Longest wait for the answer to a keep-alive ping.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Refusals over the limit in progress at once; beyond, a refused socket is just closed.
-const MAX_REFUSING: usize = 64;
-/// How long a refused client may take to send its preface.
-const REFUSAL_PATIENCE: Duration = Duration::from_secs(5);
 
 /// A connection counted in `State::connections` (which drives autoscaling) for as long as
 /// this lives: the count comes down however the connection's task ends, panics included.
@@ -55,7 +46,6 @@ pub async fn serve(
     state: State,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let refuser = Refuser::start(state.clone());
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -73,11 +63,18 @@ pub async fn serve(
         let counted = match Counted::admit(&state) {
             Ok(counted) => counted,
             Err(max) => {
+                // Closed before HTTP/2 (before TLS), as Satellite closes it: the client
+                // takes it for a failed connection and tries again after its backoff,
+                // through the Service, perhaps to another replica. A GOAWAY instead made
+                // grpc-python reconnect at once, again and again, and grow by gigabytes
+                // (apache-skywalking 1.2.0 on grpcio 1.85). Counted, and reported to OAP
+                // as demand (`turned_away`); costs one accept.
                 state.metrics.refused();
                 state
                     .turned_away
                     .record(peer.ip(), std::time::Instant::now());
-                refuser.refuse(stream, peer, max);
+                tracing::debug!(%peer, max, "closed a connection over the limit");
+                drop(stream);
                 continue;
             }
         };
@@ -155,52 +152,4 @@ pub(crate) fn connection_budget(max_message_bytes: usize) -> u32 {
     u32::try_from(max_message_bytes + 5 + 64 * 1024)
         .unwrap_or(u32::MAX)
         .min(frame::MAX_WINDOW as u32)
-}
-
-/// Turns away connections over the limit, all in one task and at most [`MAX_REFUSING`] at
-/// a time: a flood of connections over the limit costs a bounded amount.
-#[derive(Clone)]
-struct Refuser {
-    sockets: mpsc::Sender<(TcpStream, SocketAddr, usize)>,
-}
-
-impl Refuser {
-    fn start(state: State) -> Refuser {
-        let (sockets, mut receiver) = mpsc::channel::<(TcpStream, SocketAddr, usize)>(MAX_REFUSING);
-        tokio::spawn(async move {
-            let mut refusing = FuturesUnordered::new();
-            loop {
-                tokio::select! {
-                    next = receiver.recv(), if refusing.len() < MAX_REFUSING => {
-                        let Some((stream, peer, max)) = next else { break };
-                        refusing.push(refuse_one(state.clone(), stream, peer, max));
-                    }
-                    Some(()) = refusing.next(), if !refusing.is_empty() => {}
-                }
-            }
-            while refusing.next().await.is_some() {}
-        });
-        Refuser { sockets }
-    }
-
-    /// Hands a socket over; when as many are waiting already, it is closed at once.
-    fn refuse(&self, stream: TcpStream, peer: SocketAddr, max: usize) {
-        if self.sockets.try_send((stream, peer, max)).is_err() {
-            tracing::debug!(%peer, "closed a connection over the limit without a GOAWAY: too many refusals in progress");
-        }
-    }
-}
-
-async fn refuse_one(state: State, stream: TcpStream, peer: SocketAddr, max: usize) {
-    let reason =
-        format!("skylift-proxy: connection limit of {max} reached; reconnect to another replica");
-    // A TLS client is told why inside TLS, which it can read.
-    let refusal = match &state.tls {
-        None => refuse(stream, &reason, REFUSAL_PATIENCE).await,
-        Some(tls) => match tls.handshake(stream, REFUSAL_PATIENCE).await {
-            Ok(stream) => refuse(stream, &reason, REFUSAL_PATIENCE).await,
-            Err(_) => return,
-        },
-    };
-    tracing::info!(%peer, ?refusal, "refused a connection over the limit");
 }

@@ -1,18 +1,16 @@
 //! Where clients come in: the listener, at most `--max-connections` connections at once
-//! (the rest turned away with a GOAWAY and counted), TLS termination, and the proxy's
+//! (the rest closed at once and counted), TLS termination, and the proxy's
 //! handler on each HTTP/2 connection, which hands report streams to [`crate::ingest`] and
 //! every other call to [`crate::upstream::forward`].
 //!
 //! - [`accept`]: the accept loop and each connection's settings and limits;
 //! - [`calls`]: the handler: gRPC's request rules, then each call to its method's policy;
-//! - [`refuse`]: a connection over the limit answered with a GOAWAY and a reason;
 //! - [`turned_away`]: clients refused lately, reported to OAP beside the open connections;
 //! - [`tls`]: TLS termination, its files followed for renewals;
 //! - [`state`]: what every connection shares.
 
 pub mod accept;
 pub mod calls;
-pub mod refuse;
 pub mod state;
 pub mod tls;
 pub mod turned_away;
