@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ApiResource, DynamicObject, PostParams};
+use kube::api::{Api, DynamicObject, PostParams};
 use serde_json::{Value, json};
 use skylift_e2e::{
     CHART_WITH_EVERY_OPTION, real_control_plane, render_chart, repo_file, repo_path, wait_for,
@@ -212,20 +212,6 @@ fn refused_resources() -> Vec<(&'static str, Value, &'static str)> {
     ]
 }
 
-fn resource_of(kind: &str) -> ApiResource {
-    match kind {
-        "OAPServer" => ApiResource::erase::<skylift_api::OAPServer>(&()),
-        "Satellite" => ApiResource::erase::<skylift_api::Satellite>(&()),
-        "Proxy" => ApiResource::erase::<skylift_api::Proxy>(&()),
-        "UI" => ApiResource::erase::<skylift_api::UI>(&()),
-        "BanyanDB" => ApiResource::erase::<skylift_api::BanyanDB>(&()),
-        "OTelCollector" => ApiResource::erase::<skylift_api::OTelCollector>(&()),
-        "Rover" => ApiResource::erase::<skylift_api::Rover>(&()),
-        "SwAgent" => ApiResource::erase::<skylift_api::SwAgent>(&()),
-        other => panic!("no kind {other}"),
-    }
-}
-
 /// Creating `spec` as `kind` in `namespace`: the refusal's code and message, or `None` if
 /// it was created.
 async fn refusal(
@@ -234,8 +220,7 @@ async fn refusal(
     kind: &str,
     spec: &Value,
 ) -> Option<(u16, String)> {
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), namespace, &resource_of(kind));
+    let api = skylift_e2e::real::skylift(client, namespace, kind);
     let object: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "skylift.io/v1alpha1", "kind": kind,
         "metadata": {"name": "refused"}, "spec": spec,

@@ -83,54 +83,43 @@ pub fn install(state: &State, front_proxy_ca: &str) {
         }),
     );
     // kube-apiserver's bootstrap policy: every authenticated user may read discovery and
-    // OpenAPI (the aggregator's availability checks and discovery merge rely on it).
+    // OpenAPI (the aggregator's availability checks and discovery merge rely on it), and
+    // the HPA controller may read external metrics.
+    bootstrap_role(
+        state,
+        "system:discovery",
+        json!([{"nonResourceURLs": ["/api", "/api/*", "/apis", "/apis/*", "/healthz",
+            "/livez", "/openapi", "/openapi/*", "/readyz", "/version", "/version/"],
+            "verbs": ["get"]}]),
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:authenticated"}),
+    );
+    bootstrap_role(
+        state,
+        "system:controller:horizontal-pod-autoscaler",
+        json!([{"apiGroups": ["external.metrics.k8s.io"], "resources": ["*"], "verbs": ["get", "list", "watch"]}]),
+        json!({"kind": "ServiceAccount", "name": "horizontal-pod-autoscaler", "namespace": "kube-system"}),
+    );
+}
+
+/// A ClusterRole `name` with `rules`, bound to `subject` by a ClusterRoleBinding of the
+/// same name, as kube-apiserver's bootstrap policy names them.
+fn bootstrap_role(state: &State, name: &str, rules: Value, subject: Value) {
     create(
         state,
         "rbac.authorization.k8s.io",
         "clusterroles",
         None,
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-            "metadata": {"name": "system:discovery"},
-            "rules": [{"nonResourceURLs": ["/api", "/api/*", "/apis", "/apis/*", "/healthz",
-                "/livez", "/openapi", "/openapi/*", "/readyz", "/version", "/version/"],
-                "verbs": ["get"]}],
-        }),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+               "metadata": {"name": name}, "rules": rules}),
     );
     create(
         state,
         "rbac.authorization.k8s.io",
         "clusterrolebindings",
         None,
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": {"name": "system:discovery"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:discovery"},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:authenticated"}],
-        }),
-    );
-    let hpa_role = "system:controller:horizontal-pod-autoscaler";
-    create(
-        state,
-        "rbac.authorization.k8s.io",
-        "clusterroles",
-        None,
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-            "metadata": {"name": hpa_role},
-            "rules": [{"apiGroups": ["external.metrics.k8s.io"], "resources": ["*"], "verbs": ["get", "list", "watch"]}],
-        }),
-    );
-    create(
-        state,
-        "rbac.authorization.k8s.io",
-        "clusterrolebindings",
-        None,
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": {"name": hpa_role},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": hpa_role},
-            "subjects": [{"kind": "ServiceAccount", "name": "horizontal-pod-autoscaler", "namespace": "kube-system"}],
-        }),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": name},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+               "subjects": [subject]}),
     );
 }

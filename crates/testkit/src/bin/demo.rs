@@ -243,19 +243,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!("skylift-adapter: serving external.metrics.k8s.io on {adapter_address}");
 
     // The agents: instrumented programs, one connection each.
-    let mut agents = Vec::new();
-    for i in 1..=args.agents {
-        let mut app = Command::new(&args.python);
-        app.arg(&args.app)
-            .args(["0", "0.05"])
-            .env("SW_AGENT_COLLECTOR_BACKEND_SERVICES", &proxy_address)
-            .env("SW_AGENT_PROTOCOL", "grpc")
-            .env("SW_AGENT_NAME", "demo-shop")
-            .env("SW_AGENT_INSTANCE_NAME", format!("shop-{i}"))
-            .env("SW_AGENT_METER_REPORTER_PERIOD", "5")
-            .env("SW_AGENT_LOG_REPORTER_LEVEL", "WARNING");
-        agents.push(spawn(&format!("agent-shop-{i}"), &mut app, &logs)?);
-    }
+    let agents = start_agents(&args, &proxy_address, &logs)?;
     println!(
         "{} SkyWalking Python agents report traces, logs and meters through the proxy",
         args.agents
@@ -415,22 +403,7 @@ async fn on_real_control_plane(args: Args, assets: &Path) -> anyhow::Result<()> 
         scaling.service
     );
 
-    let mut agents = Vec::new();
-    for i in 1..=args.agents {
-        let mut app = Command::new(&args.python);
-        app.arg(&args.app)
-            .args(["0", "0.05"])
-            .env(
-                "SW_AGENT_COLLECTOR_BACKEND_SERVICES",
-                scaling.service.to_string(),
-            )
-            .env("SW_AGENT_PROTOCOL", "grpc")
-            .env("SW_AGENT_NAME", "demo-shop")
-            .env("SW_AGENT_INSTANCE_NAME", format!("shop-{i}"))
-            .env("SW_AGENT_METER_REPORTER_PERIOD", "5")
-            .env("SW_AGENT_LOG_REPORTER_LEVEL", "WARNING");
-        agents.push(spawn(&format!("agent-shop-{i}"), &mut app, &logs)?);
-    }
+    let agents = start_agents(&args, &scaling.service.to_string(), &logs)?;
     println!(
         "{} SkyWalking Python agents report through the Service; Ctrl-C stops everything.\n",
         args.agents
@@ -510,6 +483,25 @@ async fn on_real_control_plane(args: Args, assets: &Path) -> anyhow::Result<()> 
     }
     drop(agents);
     Ok(())
+}
+
+/// `args.agents` instrumented programs reporting to `backend` with the real SkyWalking
+/// Python agent, one connection each.
+fn start_agents(args: &Args, backend: &str, logs: &Path) -> anyhow::Result<Vec<Child>> {
+    let mut agents = Vec::new();
+    for i in 1..=args.agents {
+        let mut app = Command::new(&args.python);
+        app.arg(&args.app)
+            .args(["0", "0.05"])
+            .env("SW_AGENT_COLLECTOR_BACKEND_SERVICES", backend)
+            .env("SW_AGENT_PROTOCOL", "grpc")
+            .env("SW_AGENT_NAME", "demo-shop")
+            .env("SW_AGENT_INSTANCE_NAME", format!("shop-{i}"))
+            .env("SW_AGENT_METER_REPORTER_PERIOD", "5")
+            .env("SW_AGENT_LOG_REPORTER_LEVEL", "WARNING");
+        agents.push(spawn(&format!("agent-shop-{i}"), &mut app, logs)?);
+    }
+    Ok(agents)
 }
 
 /// A free loopback port.
