@@ -130,7 +130,7 @@ impl Default for Metrics {
              keepalive_timeout, io_error, tls_handshake_failed, stalled (preface, header block or frame not finished \
              within --header-timeout), protocol_error, and the abuses answered with GOAWAY \
              ENHANCE_YOUR_CALM: rapid_reset, local_resets, settings_flood, ping_flood, \
-             empty_frame_flood, continuation_flood, header_block_too_large, header_list_too_large",
+             window_update_flood, empty_frame_flood, continuation_flood, header_block_too_large, header_list_too_large",
             metrics.closed.clone(),
         );
         registry.register(

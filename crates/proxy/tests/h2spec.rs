@@ -974,6 +974,9 @@ fn hpack_bomb() -> Vec<Vec<u8>> {
 
 fn abuse_cases() -> Vec<Case> {
     let req = request(SEGMENTS);
+    let mut upper = request_fields(SEGMENTS);
+    upper.push(("X-Upper", "1"));
+    let malformed = block(&upper);
     let many = |n: u32, make: &dyn Fn(u32) -> Vec<Vec<u8>>| -> Vec<Vec<u8>> {
         (0..n).flat_map(make).collect()
     };
@@ -1010,12 +1013,9 @@ fn abuse_cases() -> Vec<Case> {
         ),
         case(
             "abuse/4",
-            "streams made to be reset by the server (WINDOW_UPDATE of 0)",
+            "streams made to be reset by the server (malformed requests)",
             many(1100, &|i| {
-                vec![
-                    frame(HEADERS, END_HEADERS, 2 * i + 1, &req),
-                    window_update(2 * i + 1, 0),
-                ]
+                vec![frame(HEADERS, END_HEADERS, 2 * i + 1, &malformed)]
             }),
             Expect::ConnectionError(ENHANCE_YOUR_CALM),
         ),
@@ -1053,6 +1053,12 @@ fn abuse_cases() -> Vec<Case> {
         ),
         case(
             "abuse/9",
+            "a flood of WINDOW_UPDATEs no DATA earned",
+            many(1100, &|_| vec![window_update(0, 1)]),
+            Expect::ConnectionError(ENHANCE_YOUR_CALM),
+        ),
+        case(
+            "abuse/10",
             "a few client resets are fine",
             many(20, &|i| {
                 vec![
@@ -1107,6 +1113,7 @@ async fn the_client_facing_server_passes_the_conformance_suite() {
         "local_resets",
         "settings_flood",
         "ping_flood",
+        "window_update_flood",
         "empty_frame_flood",
         "continuation_flood",
         "header_list_too_large",

@@ -13,7 +13,8 @@
 //! - [`connection`]: the I/O loop around a session and its timers, and the [`Handler`]
 //!   trait between the protocol and the application;
 //! - [`signal`], [`body`]: what a handler's tasks send back, and request bodies handed to them;
-//! - [`transport`]: the socket, or TLS on it, read and written by readiness.
+//! - [`transport`]: the socket, or TLS on it, read and written by readiness;
+//! - [`used_ids`]: which recent stream ids the client opened (late frames told from bad ids).
 
 pub mod body;
 pub mod connection;
@@ -23,6 +24,7 @@ pub(crate) mod hpack;
 pub(crate) mod session;
 pub mod signal;
 pub(crate) mod transport;
+pub(crate) mod used_ids;
 
 pub(crate) use body::RequestBody;
 pub(crate) use connection::{Config, serve};

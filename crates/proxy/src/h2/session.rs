@@ -25,6 +25,7 @@ use http::{HeaderMap, Request, StatusCode};
 use super::frame::{self, Head, Reason, flag, kind, setting};
 use super::headers::{self, Unservable};
 use super::hpack;
+use super::used_ids::{Used, UsedIds};
 
 /// Above this much unwritten output, no more input is taken (a client that sends but does
 /// not read cannot make the proxy buffer without bound).
@@ -34,8 +35,9 @@ const OUTPUT_CHUNK: usize = 16 * 1024;
 /// The PING payload of a drain.
 const DRAIN_PING: [u8; 8] = *b"draining";
 /// Streams this side reset, remembered so frames the client sent before it saw the reset
-/// are ignored (RFC 9113 §5.1, "closed"); streams the client closed are remembered too, so
-/// frames on them are STREAM_CLOSED errors rather than mistaken for never-opened streams.
+/// are ignored (RFC 9113 §5.1, "closed"); streams the client ended are remembered too, so
+/// frames on them are the connection error RFC 9113 names. A frame on a stream no longer
+/// remembered is refused on that stream alone (STREAM_CLOSED).
 const REMEMBERED_CLOSED: usize = 128;
 
 /// What the server announces and holds to.
@@ -161,8 +163,23 @@ struct Stream {
     pending: VecDeque<Outgoing>,
     /// The answer's last frame is written or pending.
     end_queued: bool,
-    /// Waiting in the connection's list for window.
-    blocked: bool,
+    /// What its pending data waits for.
+    blocked: Blocked,
+    /// Its id is in the connection's list (once at most).
+    in_line: bool,
+}
+
+/// What a stream's pending answer data waits for. Only streams waiting for the
+/// connection's window are in its list, so a connection-level WINDOW_UPDATE never walks
+/// streams that wait for their own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Blocked {
+    No,
+    /// In [`Session::blocked`]: the connection's window is spent.
+    Connection,
+    /// The stream's own window is spent: its WINDOW_UPDATE (or a larger
+    /// SETTINGS_INITIAL_WINDOW_SIZE) writes it.
+    Stream,
 }
 
 /// A header block arriving in CONTINUATION frames.
@@ -208,6 +225,8 @@ struct Abuse {
     pings: Window,
     /// Frames that do nothing: empty DATA without END_STREAM, PRIORITY, unknown types.
     empty: Window,
+    /// WINDOW_UPDATEs beyond those the answers' DATA frames earned ([`Session::earned_updates`]).
+    window_updates: Window,
     /// Header lists over [`headers::MAX_LIST`].
     oversized_headers: Total,
 }
@@ -260,6 +279,8 @@ pub(crate) const MAX_CONTROL_FRAMES: u32 = 1000;
 pub(crate) const MAX_CONTINUATIONS: u32 = 16;
 /// Oversized header lists a connection may send before it is closed.
 pub(crate) const MAX_OVERSIZED_HEADERS: u32 = 4;
+/// WINDOW_UPDATEs a connection may have in hand from the DATA it was sent.
+const MAX_EARNED_UPDATES: u32 = 1 << 16;
 
 fn calm(cause: &'static str, message: impl Into<String>) -> ConnectionError {
     ConnectionError::new(Reason::EnhanceYourCalm, cause, message)
@@ -276,7 +297,8 @@ pub struct Session {
     decoder: hpack::Decoder,
     continuation: Option<Continuation>,
     streams: HashMap<u32, Stream>,
-    highest_stream: u32,
+    /// The streams the client opened: the highest, and which recent ids it used.
+    used_ids: UsedIds,
     /// What the client may still send on the connection.
     recv_window: i64,
     /// Consumed and not yet given back to the connection's window.
@@ -284,7 +306,14 @@ pub struct Session {
     send_window: i64,
     peer_initial_window: i64,
     peer_max_frame: usize,
-    blocked: Vec<u32>,
+    /// Streams waiting for the connection's window, served in turn as it opens.
+    blocked: VecDeque<u32>,
+    /// WINDOW_UPDATEs the client may send without counting: two (its stream's and the
+    /// connection's) for each DATA frame written to it, as a reader acknowledges them.
+    earned_updates: u32,
+    /// Streams looked at for the connection's window, for the tests' account of work.
+    #[cfg(test)]
+    retried: u64,
     closed: VecDeque<(u32, Closed)>,
     events: VecDeque<Event>,
     returned_credit: usize,
@@ -310,13 +339,16 @@ impl Session {
             decoder: headers::decoder(),
             continuation: None,
             streams: HashMap::new(),
-            highest_stream: 0,
+            used_ids: UsedIds::default(),
             recv_window: i64::from(settings.connection_window),
             recv_unacked: 0,
             send_window: frame::DEFAULT_WINDOW,
             peer_initial_window: frame::DEFAULT_WINDOW,
             peer_max_frame: frame::DEFAULT_MAX_FRAME,
-            blocked: Vec::new(),
+            blocked: VecDeque::new(),
+            earned_updates: 0,
+            #[cfg(test)]
+            retried: 0,
             closed: VecDeque::new(),
             events: VecDeque::new(),
             returned_credit: 0,
@@ -328,6 +360,7 @@ impl Session {
                 settings: Window::default(),
                 pings: Window::default(),
                 empty: Window::default(),
+                window_updates: Window::default(),
                 oversized_headers: Total::default(),
             },
             frames: 0,
@@ -522,7 +555,7 @@ impl Session {
                 self.going_away = true;
                 Ok(())
             }
-            kind::WINDOW_UPDATE => self.on_window_update(head, &payload),
+            kind::WINDOW_UPDATE => self.on_window_update(head, &payload, now),
             kind::PRIORITY => self.on_priority(head, &payload, now),
             kind::PUSH_PROMISE => Err(protocol_error("a client cannot push")),
             // Unknown frame types are ignored (RFC 9113 §4.1), and counted.
@@ -619,14 +652,38 @@ impl Session {
             }
         }
         frame::settings_ack(self.out());
+        // A larger initial window may free streams waiting for their own (this walk is
+        // paid for by the SETTINGS flood limit).
+        let opened: Vec<u32> = self
+            .streams
+            .iter()
+            .filter(|(_, stream)| stream.blocked == Blocked::Stream && stream.send_window > 0)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in opened {
+            self.write_stream(id);
+        }
         self.retry_blocked();
         Ok(())
     }
 
-    fn on_window_update(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnectionError> {
+    fn on_window_update(
+        &mut self,
+        head: Head,
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<(), ConnectionError> {
         let Ok(bytes) = <[u8; 4]>::try_from(payload) else {
             return Err(frame_size_error("WINDOW_UPDATE is not 4 bytes"));
         };
+        if self.earned_updates > 0 {
+            self.earned_updates -= 1;
+        } else if self.abuse.window_updates.count(now, MAX_CONTROL_FRAMES) {
+            return Err(calm(
+                "window_update_flood",
+                "too many WINDOW_UPDATEs for the data sent",
+            ));
+        }
         let increment = i64::from(u32::from_be_bytes(bytes) & 0x7fff_ffff);
         if head.stream == 0 {
             if increment == 0 {
@@ -643,7 +700,7 @@ impl Session {
             self.retry_blocked();
             return Ok(());
         }
-        if head.stream > self.highest_stream {
+        if head.stream > self.used_ids.highest() {
             return Err(protocol_error("WINDOW_UPDATE on an idle stream"));
         }
         let Some(stream) = self.streams.get_mut(&head.stream) else {
@@ -693,7 +750,7 @@ impl Session {
         if payload.len() != 4 {
             return Err(frame_size_error("RST_STREAM is not 4 bytes"));
         }
-        if head.stream > self.highest_stream {
+        if head.stream > self.used_ids.highest() {
             return Err(protocol_error("RST_STREAM on an idle stream"));
         }
         let Some(stream) = self.streams.get(&head.stream) else {
@@ -840,7 +897,7 @@ impl Session {
                 "HEADERS on stream {id}, which a client cannot open"
             )));
         }
-        if id <= self.highest_stream {
+        if id <= self.used_ids.highest() {
             // Decoded first: the client's table moved on with this block.
             let _ignored =
                 headers::decode_trailers(&mut self.decoder, block).map_err(compression)?;
@@ -851,13 +908,19 @@ impl Session {
                     "protocol_error",
                     format!("HEADERS on closed stream {id}"),
                 )),
-                None => Err(protocol_error(format!(
-                    "HEADERS on stream {id}, below streams already opened"
-                ))),
+                // Forgotten: perhaps one this side reset or answered early, whose frames
+                // were still on the way. Only that stream is refused, as the `h2` crate
+                // refuses it; the connection's other streams go on.
+                None => match self.used_ids.used(id) {
+                    Used::Never => Err(protocol_error(format!(
+                        "HEADERS on stream {id}, below streams already opened"
+                    ))),
+                    Used::Yes | Used::Unknown => self.stream_error(id, Reason::StreamClosed),
+                },
             };
         }
         let request = headers::decode_request(&mut self.decoder, block).map_err(compression)?;
-        self.highest_stream = id;
+        self.used_ids.open(id);
         if self.going_away {
             frame::rst_stream(id, Reason::RefusedStream, self.out());
             self.remember(id, Closed::ByUs);
@@ -912,7 +975,8 @@ impl Session {
                 send_window: self.peer_initial_window,
                 pending: VecDeque::new(),
                 end_queued: false,
-                blocked: false,
+                blocked: Blocked::No,
+                in_line: false,
             },
         );
         self.events.push_back(Event::Open {
@@ -984,17 +1048,19 @@ impl Session {
         self.recv_unacked += counted - delivered;
         let Some(stream) = self.streams.get_mut(&id) else {
             self.recv_unacked += delivered;
-            if id > self.highest_stream {
+            if id > self.used_ids.highest() {
                 return Err(protocol_error("DATA on an idle stream"));
             }
             return match self.remembered(id) {
                 // Sent before the client saw the reset: discarded.
                 Some(Closed::ByUs) => Ok(()),
-                _ => Err(ConnectionError::new(
+                Some(Closed::ByClient) => Err(ConnectionError::new(
                     Reason::StreamClosed,
                     "protocol_error",
                     format!("DATA on closed stream {id}"),
                 )),
+                // Forgotten (see on_header_block): a stream error, not the connection's.
+                None => self.stream_error(id, Reason::StreamClosed),
             };
         };
         if !stream.recv_open {
@@ -1133,15 +1199,25 @@ impl Session {
                         .min(stream.send_window)
                         .min(self.peer_max_frame as i64);
                     if allowed <= 0 {
-                        if !stream.blocked {
-                            stream.blocked = true;
-                            self.blocked.push(id);
+                        if stream.send_window <= 0 {
+                            stream.blocked = Blocked::Stream;
+                        } else {
+                            stream.blocked = Blocked::Connection;
+                            if !stream.in_line {
+                                stream.in_line = true;
+                                self.blocked.push_back(id);
+                            }
                         }
                         return;
                     }
+                    stream.blocked = Blocked::No;
                     let n = data.len().min(allowed as usize);
                     let chunk = data.split_to(n);
                     frame::data(id, &chunk, *end && data.is_empty(), &mut self.output);
+                    self.earned_updates = self
+                        .earned_updates
+                        .saturating_add(2)
+                        .min(MAX_EARNED_UPDATES);
                     self.send_window -= n as i64;
                     stream.send_window -= n as i64;
                     if !data.is_empty() {
@@ -1155,10 +1231,23 @@ impl Session {
         self.close_if_done(id);
     }
 
+    /// Streams waiting for the connection's window, in turn, while it lasts: a stream not
+    /// finished goes to the back, and the rest wait for the next WINDOW_UPDATE. A window
+    /// opened by one byte costs one stream's turn, not a walk over every waiting stream.
     fn retry_blocked(&mut self) {
-        for id in std::mem::take(&mut self.blocked) {
-            if let Some(stream) = self.streams.get_mut(&id) {
-                stream.blocked = false;
+        while self.send_window > 0
+            && let Some(id) = self.blocked.pop_front()
+        {
+            #[cfg(test)]
+            {
+                self.retried += 1;
+            }
+            let Some(stream) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            stream.in_line = false;
+            if stream.blocked == Blocked::Connection {
+                stream.blocked = Blocked::No;
                 self.write_stream(id);
             }
         }
@@ -1192,6 +1281,13 @@ impl Session {
         let Some(stream) = self.streams.remove(&id) else {
             return;
         };
+        // Streams that close while in line leave their ids behind; they are skipped when
+        // reached, and swept here so a client that never opens its window cannot grow the
+        // list with them.
+        if stream.in_line && self.blocked.len() > 2 * self.streams.len() + 16 {
+            let streams = &self.streams;
+            self.blocked.retain(|id| streams.contains_key(id));
+        }
         // What the application held of it is free again.
         self.recv_unacked += stream.held;
         for outgoing in stream.pending {
@@ -1228,7 +1324,7 @@ impl Session {
         }
         self.drain = Drain::Final;
         self.going_away = true;
-        let last = self.highest_stream;
+        let last = self.used_ids.highest();
         let reason = self.drain_reason;
         frame::goaway(last, Reason::NoError, reason.as_bytes(), self.out());
     }
@@ -1241,7 +1337,7 @@ impl Session {
     /// Ends the connection for `error`: a GOAWAY saying why, when the client spoke HTTP/2.
     pub fn close(&mut self, error: &ConnectionError) {
         if self.preface_seen {
-            let last = self.highest_stream;
+            let last = self.used_ids.highest();
             frame::goaway(last, error.reason, error.message.as_bytes(), self.out());
         }
     }
@@ -1507,6 +1603,182 @@ mod tests {
             let later = now + ABUSE_WINDOW * (i / MAX_CLIENT_RESETS + 1);
             while session.poll_event(later).unwrap().is_some() {}
         }
+    }
+
+    fn rst_codes(frames: &[(u8, u32, Vec<u8>)], stream: u32) -> Vec<u32> {
+        frames
+            .iter()
+            .filter(|f| f.0 == kind::RST_STREAM && f.1 == stream)
+            .map(|f| u32::from_be_bytes(f.2[..4].try_into().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn late_frames_on_a_forgotten_stream_refuse_that_stream_and_the_connection_goes_on() {
+        let mut session = started(Settings::default());
+        let mut out = BytesMut::new();
+        open(1, &mut out);
+        feed(&mut session, &out).unwrap();
+        // Answered early while the client still sends (an error status, say).
+        session.send(
+            1,
+            Outgoing::Headers {
+                block: Bytes::from_static(&[0x88]),
+                end: true,
+            },
+        );
+        // A busy connection: enough streams come and go after it that it is forgotten.
+        let busy = 3;
+        let mut out = BytesMut::new();
+        open(busy, &mut out);
+        feed(&mut session, &out).unwrap();
+        for i in 0..=REMEMBERED_CLOSED as u32 {
+            let stream = 5 + 2 * i;
+            let mut out = BytesMut::new();
+            open(stream, &mut out);
+            feed(&mut session, &out).unwrap();
+            session.reset(stream, Reason::Cancel);
+        }
+        feed(&mut session, &[]).unwrap();
+        written(&mut session);
+
+        // The client's frames on stream 1, sent before it saw the answer, arrive now.
+        let mut late = BytesMut::new();
+        frame::data(1, b"late", false, &mut late);
+        frame::headers(1, &request_block("/a/b"), true, 16_384, &mut late);
+        frame::data(busy, b"still here", true, &mut late);
+        let events = feed(&mut session, &late).expect("the connection goes on");
+        assert!(
+            matches!(
+                &events[..],
+                [Event::Data {
+                    stream: 3,
+                    end_stream: true,
+                    ..
+                }]
+            ),
+            "{events:?}"
+        );
+        let frames = written(&mut session);
+        assert_eq!(
+            rst_codes(&frames, 1),
+            [Reason::StreamClosed as u32],
+            "refused once, then remembered: {frames:?}"
+        );
+        assert!(!frames.iter().any(|f| f.0 == kind::GOAWAY));
+    }
+
+    /// A session whose client's connection window (65 535) is spent by answers, with
+    /// `streams` streams each waiting to send 1 000 bytes more.
+    fn waiting_for_the_connection_window(streams: u32) -> Session {
+        let mut session = started(Settings {
+            max_concurrent_streams: 1024,
+            ..Settings::default()
+        });
+        let mut out = BytesMut::new();
+        for i in 0..streams {
+            open(1 + 2 * i, &mut out);
+        }
+        feed(&mut session, &out).unwrap();
+        for i in 0..streams {
+            session.send(
+                1 + 2 * i,
+                Outgoing::Data {
+                    data: Bytes::from(vec![0; 1_000]),
+                    end: false,
+                    credit: 0,
+                },
+            );
+        }
+        assert!(session.send_window <= 0);
+        written(&mut session);
+        session
+    }
+
+    #[test]
+    fn a_window_opened_byte_by_byte_costs_a_turn_per_update_not_a_walk_over_the_streams() {
+        let streams = 500;
+        let mut session = waiting_for_the_connection_window(streams);
+        let before = session.retried;
+        let mut out = BytesMut::new();
+        for _ in 0..200 {
+            frame::window_update(0, 1, &mut out);
+        }
+        feed(&mut session, &out).unwrap();
+        let data: Vec<u32> = written(&mut session)
+            .iter()
+            .filter(|f| f.0 == kind::DATA)
+            .map(|f| f.1)
+            .collect();
+        assert_eq!(data.len(), 200, "a byte each");
+        assert!(
+            session.retried - before <= 2 * 200,
+            "{} streams looked at for 200 bytes of window",
+            session.retried - before
+        );
+        // The waiting streams are served in turn, not the first one again and again.
+        let distinct: std::collections::BTreeSet<u32> = data.iter().copied().collect();
+        assert_eq!(distinct.len(), 200);
+    }
+
+    #[test]
+    fn window_updates_nothing_was_sent_for_are_a_flood_and_a_readers_are_not() {
+        let now = Instant::now();
+        let mut session = started(Settings::default());
+        let mut out = BytesMut::new();
+        for _ in 0..=MAX_CONTROL_FRAMES {
+            frame::window_update(0, 1, &mut out);
+        }
+        session.input().extend_from_slice(&out);
+        let error = loop {
+            match session.poll_event(now) {
+                Err(error) => break error,
+                Ok(None) => panic!("{} WINDOW_UPDATEs taken", MAX_CONTROL_FRAMES + 1),
+                Ok(Some(_)) => {}
+            }
+        };
+        assert_eq!(error.reason, Reason::EnhanceYourCalm);
+        assert_eq!(error.cause, "window_update_flood");
+
+        // A client reading a large answer acknowledges every DATA frame on its stream and
+        // on the connection: far more than the flood limit, and all earned.
+        let mut session = started(Settings::default());
+        let mut out = BytesMut::new();
+        open(1, &mut out);
+        feed(&mut session, &out).unwrap();
+        let answer = 32 << 20;
+        session.send(
+            1,
+            Outgoing::Data {
+                data: Bytes::from(vec![0; answer]),
+                end: true,
+                credit: 0,
+            },
+        );
+        let (mut received, mut updates) = (0, 0);
+        while received < answer {
+            let frames = written(&mut session);
+            let mut acks = BytesMut::new();
+            for (kind, stream, payload) in frames.iter().filter(|f| f.0 == kind::DATA) {
+                assert_eq!((*kind, *stream), (kind::DATA, 1));
+                received += payload.len();
+                if payload.is_empty() {
+                    continue;
+                }
+                let len = u32::try_from(payload.len()).unwrap();
+                frame::window_update(1, len, &mut acks);
+                frame::window_update(0, len, &mut acks);
+                updates += 2;
+            }
+            assert!(!acks.is_empty(), "stuck at {received} bytes");
+            session.input().extend_from_slice(&acks);
+            while session
+                .poll_event(now)
+                .expect("a reader is no flood")
+                .is_some()
+            {}
+        }
+        assert!(updates > 2 * MAX_CONTROL_FRAMES, "{updates}");
     }
 
     #[test]

@@ -1,0 +1,120 @@
+//! Which of the client's recent stream ids it really opened, in a fixed 256 bytes.
+//!
+//! Client streams take odd ids in increasing order, and may skip some (RFC 9113 §5.1.1:
+//! the skipped ones are closed without ever being used). A frame on an id below the
+//! highest one, of a stream no longer tracked, means one of two things: a stream that
+//! existed and closed (its frames may still be arriving: refused on that stream alone), or
+//! an id the client never opened (a HEADERS there is the connection error §5.1.1 names).
+//! The last [`SPAN`] ids are told apart exactly; older ones are taken as having existed.
+
+/// Odd ids remembered below the highest.
+pub(crate) const SPAN: u32 = 2048;
+
+const WORDS: usize = SPAN as usize / 64;
+
+/// What is known of an id at or below the highest opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Used {
+    Yes,
+    Never,
+    /// Older than [`SPAN`] ids: not remembered.
+    Unknown,
+}
+
+#[derive(Default)]
+pub(crate) struct UsedIds {
+    bits: [u64; WORDS],
+    /// The highest id opened; 0 before the first.
+    highest: u32,
+}
+
+impl UsedIds {
+    /// The highest id opened, 0 before any.
+    pub(crate) fn highest(&self) -> u32 {
+        self.highest
+    }
+
+    /// `id` opened (it is above every id before it): the ids skipped on the way are marked
+    /// never used.
+    pub(crate) fn open(&mut self, id: u32) {
+        debug_assert!(id > self.highest && id % 2 == 1);
+        let from = if self.highest == 0 {
+            1
+        } else {
+            self.highest + 2
+        };
+        let skipped = (id - from) / 2;
+        if skipped >= SPAN {
+            self.bits = [0; WORDS];
+        } else {
+            for at in (0..skipped).map(|k| from + 2 * k) {
+                self.set(at, false);
+            }
+        }
+        self.set(id, true);
+        self.highest = id;
+    }
+
+    /// Whether `id` (odd, at most the highest) was opened.
+    pub(crate) fn used(&self, id: u32) -> Used {
+        debug_assert!(id <= self.highest);
+        if (self.highest - id) / 2 >= SPAN {
+            return Used::Unknown;
+        }
+        let slot = (id / 2) % SPAN;
+        if self.bits[(slot / 64) as usize] & (1 << (slot % 64)) != 0 {
+            Used::Yes
+        } else {
+            Used::Never
+        }
+    }
+
+    fn set(&mut self, id: u32, used: bool) {
+        let slot = (id / 2) % SPAN;
+        let (word, bit) = ((slot / 64) as usize, 1u64 << (slot % 64));
+        if used {
+            self.bits[word] |= bit;
+        } else {
+            self.bits[word] &= !bit;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opened_skipped_and_forgotten_ids_are_told_apart() {
+        let mut ids = UsedIds::default();
+        ids.open(1);
+        ids.open(3);
+        ids.open(9);
+        assert_eq!(ids.used(1), Used::Yes);
+        assert_eq!(ids.used(3), Used::Yes);
+        assert_eq!(ids.used(5), Used::Never);
+        assert_eq!(ids.used(7), Used::Never);
+        assert_eq!(ids.used(9), Used::Yes);
+        assert_eq!(ids.highest(), 9);
+
+        // A long run of streams: the ring's slots are reused, old ids become unknown.
+        for id in (11..).step_by(2).take(SPAN as usize) {
+            ids.open(id);
+        }
+        let highest = ids.highest();
+        assert_eq!(ids.used(highest - 2 * (SPAN - 1)), Used::Yes);
+        assert_eq!(ids.used(9), Used::Unknown);
+
+        // A jump over more than the span forgets everything between.
+        let far = highest + 2 * SPAN + 2;
+        ids.open(far);
+        assert_eq!(ids.used(far - 2), Used::Never);
+        assert_eq!(ids.used(far - 2 * (SPAN - 1)), Used::Never);
+        assert_eq!(ids.used(far), Used::Yes);
+        // A small skip reuses slots of ids opened before: they read as never used now.
+        let next = far + 6;
+        ids.open(next);
+        assert_eq!(ids.used(far + 2), Used::Never);
+        assert_eq!(ids.used(far + 4), Used::Never);
+    }
+}
