@@ -45,7 +45,7 @@ struct RefusalLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CloseLabels {
+struct ReasonLabels {
     reason: &'static str,
 }
 
@@ -61,7 +61,8 @@ pub struct Metrics {
     pub turned_away: Gauge,
     refused: Counter,
     aged_out: Counter,
-    closed: Family<CloseLabels, Counter>,
+    closed: Family<ReasonLabels, Counter>,
+    calls_refused: Family<ReasonLabels, Counter>,
     tls_failed: Counter,
     received: Family<ProtocolLabels, Counter>,
     forwarded: Family<ProtocolLabels, Counter>,
@@ -87,6 +88,7 @@ impl Default for Metrics {
             refused: Counter::default(),
             aged_out: Counter::default(),
             closed: Family::default(),
+            calls_refused: Family::default(),
             tls_failed: Counter::default(),
             received: Family::default(),
             forwarded: Family::default(),
@@ -132,6 +134,13 @@ impl Default for Metrics {
              ENHANCE_YOUR_CALM: rapid_reset, local_resets, settings_flood, ping_flood, \
              window_update_flood, empty_frame_flood, continuation_flood, header_block_too_large, header_list_too_large",
             metrics.closed.clone(),
+        );
+        registry.register(
+            "calls_refused",
+            "Report calls answered with an error before they ended, per reason: connection_budget \
+             (partly received messages of several streams filled the connection's budget; all but \
+             the stream holding the most were refused with RESOURCE_EXHAUSTED)",
+            metrics.calls_refused.clone(),
         );
         registry.register(
             "tls_handshake_failures",
@@ -248,7 +257,13 @@ impl Metrics {
     }
 
     pub(crate) fn connection_closed(&self, reason: &'static str) {
-        self.closed.get_or_create(&CloseLabels { reason }).inc();
+        self.closed.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    pub(crate) fn call_refused(&self, reason: &'static str) {
+        self.calls_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub(crate) fn tls_failed(&self) {

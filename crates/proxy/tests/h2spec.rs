@@ -1193,6 +1193,97 @@ async fn half_sent_messages_hold_their_client_to_the_connections_budget() {
     assert_eq!(status, 0);
 }
 
+/// Partly sent messages on four streams that fill the budget between them: the client can
+/// send nothing more and no message can finish. The proxy keeps the stream holding the
+/// most and refuses the others (RESOURCE_EXHAUSTED) at once, so the kept one finishes and
+/// is delivered, instead of every stream waiting for the client's deadline.
+#[tokio::test]
+async fn partial_messages_that_fill_the_budget_leave_one_stream_to_finish() {
+    let sink = Sink::start().await.unwrap();
+    let proxy = proxy(&[&sink], None).await;
+    let budget = 64 * 1024 + 5 + 64 * 1024;
+    let message = |id: &str| framed(&[large_segment(id, 60_000)]).to_vec();
+    let send = |stream: u32, bytes: &[u8], end: bool| {
+        let mut frames = Vec::new();
+        let chunks: Vec<&[u8]> = bytes.chunks(16_384).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let last = end && i + 1 == chunks.len();
+            frames.extend(frame(
+                DATA,
+                if last { END_STREAM } else { 0 },
+                stream,
+                chunk,
+            ));
+        }
+        frames
+    };
+    let mut conn = TcpStream::connect(proxy.address).await.unwrap();
+    let mut out = skylift_proxy::h2::frame::PREFACE.to_vec();
+    out.extend(frame(SETTINGS, 0, 0, &[]));
+    let kept = message("kept");
+    let mut sent = 0;
+    for (stream, id) in [(1, "kept"), (3, "a"), (5, "b"), (7, "c")] {
+        let whole = if stream == 1 {
+            kept.clone()
+        } else {
+            message(id)
+        };
+        let part = (budget - sent).min(40_005);
+        out.extend(frame(HEADERS, END_HEADERS, stream, &request(SEGMENTS)));
+        out.extend(send(stream, &whole[..part], false));
+        sent += part;
+    }
+    assert_eq!(sent, budget, "the client's whole window");
+    conn.write_all(&out).await.unwrap();
+
+    let mut buffer = Vec::new();
+    let mut refused = std::collections::BTreeSet::new();
+    let mut given_back = 0u64;
+    let outcome = read_until(&mut conn, &mut buffer, |f| {
+        if f.kind == HEADERS && f.payload.windows(13).any(|w| w == b"grpc-status\x018") {
+            refused.insert(f.stream);
+        }
+        if f.kind == WINDOW_UPDATE && f.stream == 0 {
+            given_back += u64::from(u32::from_be_bytes(f.payload[..4].try_into().unwrap()));
+        }
+        // The initial raise to the budget, and room for the rest of the kept message.
+        refused.len() == 3 && given_back >= (budget - 65_535 + kept.len() - 40_005) as u64
+    })
+    .await;
+    assert!(
+        outcome.is_ok(),
+        "refused {refused:?}, {given_back} bytes of window given back"
+    );
+    assert_eq!(refused, [3, 5, 7].into());
+
+    // The kept stream finishes its message and is answered OK; the segment is delivered.
+    conn.write_all(&send(1, &kept[40_005..], true))
+        .await
+        .unwrap();
+    let answered = read_until(&mut conn, &mut buffer, |f| {
+        f.kind == HEADERS && f.stream == 1 && f.flags & END_STREAM != 0
+    })
+    .await
+    .expect("stream 1 answered");
+    assert!(
+        answered
+            .payload
+            .windows(13)
+            .any(|w| w == b"grpc-status\x010"),
+        "{:02x?}",
+        answered.payload
+    );
+    eventually("the kept message delivered", || {
+        sink.messages(SEGMENTS).len() == 1
+    })
+    .await;
+    let metrics = proxy.state.metrics.encode();
+    assert!(
+        metrics.contains("skylift_proxy_calls_refused_total{reason=\"connection_budget\"} 3"),
+        "{metrics}"
+    );
+}
+
 /// A connection with no streams that stays silent is closed at `--idle-timeout`, with a
 /// GOAWAY, and counted; one that keeps talking is not.
 #[tokio::test]

@@ -421,6 +421,13 @@ impl Session {
         self.streams.values().map(|s| u64::from(s.held)).sum()
     }
 
+    /// The client may send no more data: the whole connection window is held by data the
+    /// application has not consumed (everything consumed is given back at once then).
+    /// Only consuming some of it lets the connection go on.
+    pub(crate) fn window_spent(&self) -> bool {
+        self.recv_window <= 0
+    }
+
     /// Open streams.
     #[cfg(feature = "fuzzing")]
     pub(crate) fn stream_count(&self) -> usize {
@@ -1132,8 +1139,12 @@ impl Session {
         }
     }
 
+    /// Consumed data is given back in quarters of the budget, to spare WINDOW_UPDATEs, or
+    /// at once when the client has no window left (it could send nothing to make up the
+    /// quarter).
     fn give_back_connection_window(&mut self) {
-        if self.recv_unacked >= self.settings.connection_window / 4 {
+        let starved = self.recv_window <= 0 && self.recv_unacked > 0;
+        if starved || self.recv_unacked >= self.settings.connection_window / 4 {
             let increment = std::mem::take(&mut self.recv_unacked);
             self.recv_window += i64::from(increment);
             frame::window_update(0, increment, self.out());

@@ -195,6 +195,7 @@ impl Calls {
                     }
                     Ok(None) => {
                         self.release(id, link.session);
+                        self.break_budget_deadlock(link.session);
                         if end { self.end_report(id, link) } else { None }
                     }
                 }
@@ -256,6 +257,46 @@ impl Calls {
                 *held = now;
                 session.consumed(id, freed);
             }
+        }
+    }
+
+    /// Several report streams' partly received messages can fill the connection's budget
+    /// between them (the budget holds one largest message, and the client chooses which
+    /// stream to send on): then the client may send nothing more, no message can finish,
+    /// and nothing would be consumed until the client's deadline. Seen here as the window
+    /// spent with every held byte in such messages: the stream holding the most is kept
+    /// (what it still needs fits the budget once the others are gone) and the others are
+    /// refused with RESOURCE_EXHAUSTED, their bytes given back. Their events already
+    /// queued stay queued; the partial messages were never acknowledged.
+    fn break_budget_deadlock(&mut self, session: &mut Session) {
+        if !session.window_spent() {
+            return;
+        }
+        let mut partial: Vec<(usize, u32)> = self
+            .streams
+            .iter()
+            .filter_map(|(id, kind)| match kind {
+                Kind::Report {
+                    held,
+                    answered: false,
+                    ..
+                } if *held > 0 => Some((*held, *id)),
+                _ => None,
+            })
+            .collect();
+        let in_partial_messages: usize = partial.iter().map(|(held, _)| held).sum();
+        // Data a handler or the queue will still consume frees the window on its own.
+        if partial.len() < 2 || session.held() != in_partial_messages as u64 {
+            return;
+        }
+        partial.sort_by_key(|&(held, id)| (std::cmp::Reverse(held), id));
+        let streams = partial.len();
+        for &(_, id) in &partial[1..] {
+            self.state.metrics.call_refused("connection_budget");
+            let message = format!(
+                "the connection's budget ({in_partial_messages} bytes) is held by partly received                  messages of {streams} streams; this one gives way so another can finish: send it again"
+            );
+            self.refuse(id, StreamError(Code::ResourceExhausted, message), session);
         }
     }
 
