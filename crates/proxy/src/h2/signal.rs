@@ -8,13 +8,12 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use http::Response;
 use http_body_util::BodyExt;
-use hyper::body::Body as _;
+use hyper::body::Body;
 use tokio::sync::Semaphore;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::frame::Reason;
 use super::headers;
-use crate::grpc::Body;
 
 /// Response bytes a handler may have given its connection and not yet seen written.
 pub(crate) const RESPONSE_CREDIT: usize = 256 * 1024;
@@ -68,13 +67,17 @@ impl Drop for FinishGuard {
     }
 }
 
-/// Relays a handler's response to its connection.
-pub(crate) async fn respond(
+/// Relays a handler's response to its connection: any HTTP body (the protocol knows
+/// nothing of what the application puts in it).
+pub(crate) async fn respond<B>(
     stream: u32,
-    response: impl Future<Output = Response<Body>>,
+    response: impl Future<Output = Response<B>>,
     signals: UnboundedSender<Signal>,
     credits: Arc<Semaphore>,
-) {
+) where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let _finished = FinishGuard {
         stream,
         signals: signals.clone(),
