@@ -39,7 +39,7 @@ impl Session {
     pub(super) fn give_back_stream_window(&mut self, id: u32) {
         let threshold = self.settings.stream_window / 2;
         if let Some(stream) = self.streams.get_mut(&id)
-            && stream.recv_open
+            && stream.state.receiving()
             && stream.recv_unacked >= threshold
         {
             let increment = std::mem::take(&mut stream.recv_unacked);

@@ -47,7 +47,7 @@ use flow::MAX_EARNED_UPDATES;
 use goaway::DRAIN_PING;
 pub use goaway::Drain;
 use recv::Continuation;
-use stream::{Blocked, Closed, Stream};
+use stream::{Blocked, Closed, State, Stream};
 
 /// Above this much unwritten output, no more input is taken (a client that sends but does
 /// not read cannot make the proxy buffer without bound).

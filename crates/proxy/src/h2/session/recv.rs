@@ -58,7 +58,7 @@ impl Session {
         let Some(stream) = self.streams.get(&head.stream) else {
             return Ok(());
         };
-        let unanswered = !stream.end_queued;
+        let unanswered = !stream.state.answered();
         self.remove(head.stream, Closed::ByClient);
         if unanswered && self.abuse.client_resets.count(now, MAX_CLIENT_RESETS) {
             return Err(calm(
@@ -159,7 +159,7 @@ impl Session {
             let trailers =
                 headers::decode_trailers(&mut self.decoder, block).map_err(compression)?;
             let stream = self.streams.get_mut(&id).expect("checked above");
-            if !stream.recv_open {
+            if !stream.state.receiving() {
                 return self.stream_error(id, Reason::StreamClosed);
             }
             if !end_stream || self_dependent {
@@ -179,7 +179,7 @@ impl Session {
             {
                 return self.stream_error(id, Reason::Protocol);
             }
-            stream.recv_open = false;
+            stream.state = stream.state.end_received();
             self.events.push_back(Event::Trailers {
                 stream: id,
                 trailers,
@@ -259,7 +259,7 @@ impl Session {
         self.streams.insert(
             id,
             Stream {
-                recv_open: !end_stream,
+                state: State::opened(end_stream),
                 flow: Flow::Body,
                 recv_window: i64::from(self.settings.stream_window),
                 recv_unacked: 0,
@@ -268,7 +268,6 @@ impl Session {
                 received_length: 0,
                 send_window: self.peer_initial_window,
                 pending: VecDeque::new(),
-                end_queued: false,
                 blocked: Blocked::No,
                 in_line: false,
             },
@@ -328,7 +327,7 @@ impl Session {
                 None => self.stream_error(id, Reason::StreamClosed),
             };
         };
-        if !stream.recv_open {
+        if !stream.state.receiving() {
             self.recv_unacked += delivered;
             return self.stream_error(id, Reason::StreamClosed);
         }
@@ -351,7 +350,7 @@ impl Session {
         }
         stream.held += delivered;
         if end_stream {
-            stream.recv_open = false;
+            stream.state = stream.state.end_received();
         }
         self.give_back_stream_window(id);
         self.give_back_connection_window();

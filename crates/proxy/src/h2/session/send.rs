@@ -13,20 +13,22 @@ impl Session {
             }
             return;
         };
-        if stream.end_queued {
+        if stream.state.answered() {
             if let Outgoing::Data { credit, .. } = outgoing {
                 self.returned_credit += credit as usize;
             }
             return;
         }
-        stream.end_queued = outgoing.ends();
+        if outgoing.ends() {
+            stream.state = stream.state.end_queued();
+        }
         stream.pending.push_back(outgoing);
         self.write_stream(id);
     }
 
     /// The answer to this stream has ended (its last frame is queued).
     pub fn answered(&self, id: u32) -> bool {
-        self.streams.get(&id).is_none_or(|s| s.end_queued)
+        self.streams.get(&id).is_none_or(|s| s.state.answered())
     }
 
     /// Resets a stream for the application's reasons (an upstream failure, say).
@@ -101,14 +103,16 @@ impl Session {
         let Some(stream) = self.streams.get(&id) else {
             return;
         };
-        if !(stream.end_queued && stream.pending.is_empty()) {
+        if !stream.pending.is_empty() {
             return;
         }
-        if stream.recv_open {
-            frame::rst_stream(id, Reason::NoError, self.out());
-            self.remove(id, Closed::ByUs);
-        } else {
-            self.remove(id, Closed::ByClient);
+        match stream.state {
+            State::Open | State::HalfClosedRemote => {}
+            State::HalfClosedLocal => {
+                frame::rst_stream(id, Reason::NoError, self.out());
+                self.remove(id, Closed::ByUs);
+            }
+            State::Closing => self.remove(id, Closed::ByClient),
         }
     }
 }

@@ -11,9 +11,65 @@ use crate::h2::frame::{self, Reason};
 /// remembered is refused on that stream alone (STREAM_CLOSED).
 pub(super) const REMEMBERED_CLOSED: usize = 128;
 
-pub(super) struct Stream {
+/// A live stream's state (RFC 9113 §5.1, as the server sees it). Idle streams are not yet
+/// in the session's map and closed ones are no longer: [`Closed`] remembers how they went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum State {
+    /// Both sides may send.
+    Open,
+    /// The client ended its side (END_STREAM, or trailers): the answer is still to come.
+    HalfClosedRemote,
+    /// The answer's last frame is queued (the application can add nothing more), and the
+    /// client may still send. Once the frames are written the stream closes with
+    /// RST_STREAM NO_ERROR, telling the client to stop (RFC 9113 §8.1).
+    HalfClosedLocal,
+    /// Both sides ended: the stream waits only for its queued frames to be written.
+    Closing,
+}
+
+impl State {
+    /// The state a request starts in.
+    pub(super) fn opened(end_stream: bool) -> State {
+        if end_stream {
+            State::HalfClosedRemote
+        } else {
+            State::Open
+        }
+    }
+
     /// The client may still send.
-    pub(super) recv_open: bool,
+    pub(super) fn receiving(self) -> bool {
+        matches!(self, State::Open | State::HalfClosedLocal)
+    }
+
+    /// The answer's last frame is queued.
+    pub(super) fn answered(self) -> bool {
+        matches!(self, State::HalfClosedLocal | State::Closing)
+    }
+
+    /// The client ended its side.
+    #[must_use]
+    pub(super) fn end_received(self) -> State {
+        match self {
+            State::Open => State::HalfClosedRemote,
+            State::HalfClosedLocal => State::Closing,
+            done => done,
+        }
+    }
+
+    /// The answer's last frame is queued.
+    #[must_use]
+    pub(super) fn end_queued(self) -> State {
+        match self {
+            State::Open => State::HalfClosedLocal,
+            State::HalfClosedRemote => State::Closing,
+            done => done,
+        }
+    }
+}
+
+pub(super) struct Stream {
+    pub(super) state: State,
     pub(super) flow: Flow,
     /// What the client may still send before a WINDOW_UPDATE.
     pub(super) recv_window: i64,
@@ -27,8 +83,6 @@ pub(super) struct Stream {
     /// What this side may still send.
     pub(super) send_window: i64,
     pub(super) pending: VecDeque<Outgoing>,
-    /// The answer's last frame is written or pending.
-    pub(super) end_queued: bool,
     /// What its pending data waits for.
     pub(super) blocked: Blocked,
     /// Its id is in the connection's list (once at most).

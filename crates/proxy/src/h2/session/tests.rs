@@ -467,3 +467,30 @@ fn answer_credit_comes_back_when_written_or_dropped() {
         "dropped with its stream"
     );
 }
+
+#[test]
+fn a_streams_state_follows_both_ends_as_rfc_9113_names_them() {
+    use State::*;
+    assert_eq!(State::opened(false), Open);
+    assert_eq!(State::opened(true), HalfClosedRemote);
+    // The client ends first, then the answer; or the other way round.
+    assert_eq!(Open.end_received(), HalfClosedRemote);
+    assert_eq!(HalfClosedRemote.end_queued(), Closing);
+    assert_eq!(Open.end_queued(), HalfClosedLocal);
+    assert_eq!(HalfClosedLocal.end_received(), Closing);
+    for state in [Open, HalfClosedRemote, HalfClosedLocal, Closing] {
+        assert_eq!(
+            state.receiving(),
+            matches!(state, Open | HalfClosedLocal),
+            "{state:?}"
+        );
+        assert_eq!(
+            state.answered(),
+            matches!(state, HalfClosedLocal | Closing),
+            "{state:?}"
+        );
+        // Ending a side twice changes nothing.
+        assert_eq!(state.end_received().end_received(), state.end_received());
+        assert_eq!(state.end_queued().end_queued(), state.end_queued());
+    }
+}
