@@ -87,6 +87,13 @@ pub struct QueueSpec {
     /// What happens when a partition is full.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overflow: Option<OverflowPolicy>,
+    /// Upstream calls that may have delivered a report (timed out, broken off once
+    /// connected, or failed after OAP may have handled it) before the report is dropped
+    /// and counted `retries_exhausted` (default 5; `0`: no bound). It bounds the copies
+    /// of a report OAP counts while it is slow; calls that never connected do not count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub delivery_attempts: Option<i32>,
     /// Journal the queue on disk: reports are written down before clients are
     /// acknowledged and replayed when the proxy restarts. Default: in memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -238,6 +245,11 @@ pub struct UpstreamHealth {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m))+$"))]
     pub slow_ejection: Option<String>,
+    /// How long a batch sent upstream, and its answer, may take before the call counts as
+    /// failed (default `10s`). Set it above OAP's slowest answers under load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m))+$"))]
+    pub call_timeout: Option<String>,
 }
 
 /// What a pool's proxies are hardened with; the same fields on `Satellite` and `Proxy`

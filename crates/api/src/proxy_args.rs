@@ -196,6 +196,17 @@ pub struct ProxyArgs {
     /// OAP address for telemetry. Default: through the upstreams.
     #[arg(long, env = "SKYLIFT_PROXY_TELEMETRY_UPSTREAM")]
     pub telemetry_upstream: Option<String>,
+    /// How long an upstream call (a batch sent, its answer read) may take before it counts
+    /// as failed.
+    #[arg(long, env = "SKYLIFT_PROXY_UPSTREAM_TIMEOUT", default_value = "10s", value_parser = duration::parse)]
+    #[serde(serialize_with = "flag_duration")]
+    pub upstream_timeout: Duration,
+    /// Upstream calls that may have delivered a report (timed out, broken off once
+    /// connected, or answered with a failing status) before it is dropped and counted
+    /// `retries_exhausted`: each may have delivered it, so this bounds the copies OAP can
+    /// count. Calls that never connected do not count. 0: no bound.
+    #[arg(long, env = "SKYLIFT_PROXY_DELIVERY_ATTEMPTS", default_value_t = 5)]
+    pub delivery_attempts: u16,
     /// Longest a shutdown (SIGTERM) takes: clients are sent GOAWAY and finish their open
     /// streams, then the queues are sent upstream; what is left after this is dropped
     /// (counted) with the memory queue, or kept in the journal with --queue disk.
@@ -560,6 +571,8 @@ mod tests {
             telemetry_interval: Duration::from_secs(90),
             telemetry_upstream: Some("oap.obs:11800".into()),
             drain_timeout: Duration::from_secs(45),
+            upstream_timeout: Duration::from_secs(25),
+            delivery_attempts: 3,
             health_check_interval: Duration::from_secs(2),
             health_check_timeout: Duration::from_millis(800),
             health_check_failures: 3,

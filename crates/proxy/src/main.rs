@@ -143,6 +143,10 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
                 min_latency: args.outlier_min_latency,
                 ejection: args.outlier_ejection,
             },
+            delivery: skylift_proxy::upstream::delivery::Delivery {
+                attempts: args.delivery_attempts,
+                call_timeout: args.upstream_timeout,
+            },
             journal,
             telemetry,
         },

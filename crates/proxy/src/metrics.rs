@@ -348,8 +348,37 @@ pub struct RefusalLog {
 
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// The key under which reports dropped for their spent delivery budget are logged.
+const EXHAUSTED: u16 = u16::MAX;
+
 impl RefusalLog {
     pub fn refused(&self, path: &str, code: u16, message: &str, events: u64) {
+        if let Some(reports) = self.due(path, code, events) {
+            tracing::warn!(
+                %path,
+                code,
+                %message,
+                reports,
+                "upstreams refused reports; they are dropped (counted as refused_by_upstream)"
+            );
+        }
+    }
+
+    /// Reports given up on after `attempts` calls that may have delivered them failed.
+    pub fn exhausted(&self, path: &str, events: u64, attempts: u16) {
+        if let Some(reports) = self.due(path, EXHAUSTED, events) {
+            tracing::warn!(
+                %path,
+                attempts,
+                reports,
+                "reports failed on every try their delivery budget allows; they are dropped \
+                 (counted as retries_exhausted)"
+            );
+        }
+    }
+
+    /// Adds `events` to the count of `(path, code)`; the count to log when it is time to.
+    fn due(&self, path: &str, code: u16, events: u64) -> Option<u64> {
         let now = Instant::now();
         let mut last = self
             .last
@@ -359,15 +388,11 @@ impl RefusalLog {
             .entry((path.to_string(), code))
             .or_insert((now - REFUSAL_LOG_EVERY, 0));
         entry.1 += events;
-        if now.duration_since(entry.0) >= REFUSAL_LOG_EVERY {
-            tracing::warn!(
-                %path,
-                code,
-                %message,
-                reports = entry.1,
-                "upstreams refused reports; they are dropped (counted as refused_by_upstream)"
-            );
-            *entry = (now, 0);
+        if now.duration_since(entry.0) < REFUSAL_LOG_EVERY {
+            return None;
         }
+        let reports = entry.1;
+        *entry = (now, 0);
+        Some(reports)
     }
 }

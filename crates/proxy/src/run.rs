@@ -59,6 +59,8 @@ pub struct Config {
     pub health_checks: crate::upstream::health::HealthChecks,
     /// Passive ejection of slow upstreams.
     pub outlier_detection: crate::balance::outlier::OutlierDetection,
+    /// The upstream call's deadline and each event's delivery budget.
+    pub delivery: crate::upstream::delivery::Delivery,
     /// With `--queue disk`: where and how the queue is journaled.
     pub journal: Option<JournalConfig>,
     /// Self-telemetry to OAP, when a service name is given.
@@ -169,6 +171,7 @@ pub fn state(config: &Config) -> Result<(State, Option<Recovery>), RunError> {
         max_message_bytes: config.limits.max_message_bytes,
         metrics: Arc::new(metrics),
         refusal_log: Default::default(),
+        delivery: config.delivery,
     });
     let tls = config
         .tls

@@ -711,6 +711,94 @@ async fn a_failing_upstream_loses_nothing_while_another_is_up() {
     assert_eq!((totals.forwarded, totals.dropped_total()), (100, 0));
 }
 
+/// Two OAPs that handle every call at once but answer after the proxy's deadline (a long
+/// pause, a node under load): every call times out after OAP took its data. Each report
+/// reaches OAP at most its delivery budget's number of times, is then dropped and counted
+/// `retries_exhausted`, and is sent no more; nothing goes unaccounted. Before the budget
+/// the same reports were sent again for as long as OAP stayed slow.
+#[tokio::test]
+async fn reports_oap_takes_but_answers_too_late_are_sent_at_most_their_budget() {
+    let (a, b) = (Sink::start().await.unwrap(), Sink::start().await.unwrap());
+    for sink in [&a, &b] {
+        sink.set_answer_delay(Duration::from_millis(700));
+    }
+    let delivery = skylift_proxy::upstream::delivery::Delivery {
+        attempts: 3,
+        call_timeout: Duration::from_millis(200),
+    };
+    let proxy = proxy_with_delivery(
+        &[&a, &b],
+        queue_config(),
+        UpstreamClient::new(4, 100),
+        limits(),
+        None,
+        delivery,
+    )
+    .await;
+    let client = client();
+    for stream in 0..4 {
+        let messages: Vec<Vec<u8>> = (0..10)
+            .map(|i| segment(&format!("s{stream}-{i}")))
+            .collect();
+        report(&client, proxy.address, &messages).await;
+    }
+    eventually("every report given up on after its budget", || {
+        proxy
+            .state
+            .queue
+            .totals()
+            .dropped(DropReason::RetriesExhausted)
+            == 40
+    })
+    .await;
+    let totals = proxy.state.queue.totals();
+    assert!(totals.balances(), "{totals:?}");
+    assert_eq!(
+        (totals.received, totals.pending, totals.forwarded),
+        (40, 0, 0)
+    );
+    let copies = |sink: &Sink| sink.messages(SEGMENTS).len();
+    let delivered = copies(&a) + copies(&b);
+    assert!(
+        (40..=3 * 40).contains(&delivered),
+        "{delivered} copies of 40 reports reached OAP"
+    );
+    // Given up on means not sent again: OAP's count stays where it is, and the proxy says
+    // why the reports went.
+    report(&client, proxy.address, &[segment("marker")]).await;
+    eventually("the marker reached OAP", || {
+        a.messages(SEGMENTS).len() + b.messages(SEGMENTS).len() > delivered
+    })
+    .await;
+    eventually("the marker given up on too", || {
+        proxy
+            .state
+            .queue
+            .totals()
+            .dropped(DropReason::RetriesExhausted)
+            == 41
+    })
+    .await;
+    let marker = |sink: &Sink| {
+        sink.messages(SEGMENTS)
+            .iter()
+            .filter(|m| m.windows(6).any(|w| w == b"marker"))
+            .count()
+    };
+    assert_eq!(
+        delivered,
+        copies(&a) + copies(&b) - marker(&a) - marker(&b),
+        "no report given up on was sent again"
+    );
+    let metrics = proxy.state.metrics.encode();
+    assert!(
+        metrics.contains(
+            "skylift_proxy_dropped_total{protocol=\"segment\",reason=\"retries_exhausted\"} 41"
+        ),
+        "{metrics}"
+    );
+}
+
 #[tokio::test]
 async fn sync_and_pass_through_calls_honour_grpc_timeout() {
     // An upstream that accepts connections and never answers.

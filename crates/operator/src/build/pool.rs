@@ -276,6 +276,9 @@ impl PoolView {
             if let Some(overflow) = queue.overflow {
                 args.overflow = overflow.into();
             }
+            if let Some(attempts) = queue.delivery_attempts {
+                args.delivery_attempts = u16::try_from(attempts).unwrap_or(0);
+            }
             if let Some(disk) = &queue.disk {
                 args.queue = QueueArg::Disk;
                 args.queue_dir = Some(path::QUEUE_DIR.into());
@@ -341,6 +344,7 @@ impl PoolView {
             }
             set_duration(&mut args.outlier_min_latency, &health.slow_min_latency);
             set_duration(&mut args.outlier_ejection, &health.slow_ejection);
+            set_duration(&mut args.upstream_timeout, &health.call_timeout);
         }
     }
 
@@ -710,7 +714,7 @@ mod tests {
             "authentication": {"secretName": "oap-token"},
             "rebalancing": {"maxConnectionAge": "10m"},
             "upstreamHealth": {"checkInterval": "2s", "checkFailures": 3, "slowFactor": 4,
-                               "slowEjection": "30s"}
+                               "slowEjection": "30s", "callTimeout": "20s"}
         })
     }
 
@@ -738,6 +742,7 @@ mod tests {
             "--health-check-failures=3",
             "--outlier-latency-factor=4",
             "--outlier-ejection=30s",
+            "--upstream-timeout=20s",
         ];
         for flag in expected {
             assert!(args.contains(&flag.to_string()), "{flag} in {args:?}");
@@ -964,7 +969,8 @@ mod tests {
         let queues = [
             Value::Null,
             json!({"partitions": 3, "capacityPerPartition": 700, "flushInterval": "250ms",
-                   "maxBytesPerPartition": "16Mi", "batchSize": 50, "overflow": "drop"}),
+                   "maxBytesPerPartition": "16Mi", "batchSize": 50, "overflow": "drop",
+                   "deliveryAttempts": 3}),
             json!({"partitions": 2, "disk": {"sizeLimit": "2Gi", "fsync": "interval",
                                              "fsyncInterval": "2s"}}),
         ];
@@ -986,7 +992,8 @@ mod tests {
         let health = [
             Value::Null,
             json!({"checkInterval": "2s", "checkTimeout": "500ms", "checkFailures": 3,
-                   "slowFactor": 5, "slowMinLatency": "50ms", "slowEjection": "1m"}),
+                   "slowFactor": 5, "slowMinLatency": "50ms", "slowEjection": "1m",
+                   "callTimeout": "25s"}),
         ];
         let mut combinations = 0;
         for queue in &queues {

@@ -176,6 +176,16 @@ pub(crate) fn verdict(code: u16, message: &str) -> Verdict {
     }
 }
 
+/// Whether a failing status may come after the upstream handled some of the call's
+/// messages (a streaming handler takes them as they arrive, the status comes at the end):
+/// DEADLINE_EXCEEDED, CANCELLED, UNKNOWN and ABORTED may; UNAVAILABLE, RESOURCE_EXHAUSTED
+/// for load, UNAUTHENTICATED and PERMISSION_DENIED come before a handler runs (a server
+/// shutting down, a load shedder, an interceptor). Sending again after the first kind may
+/// duplicate data, so it counts against the data's delivery budget.
+pub(crate) fn may_have_processed(code: u16) -> bool {
+    matches!(code, 1 | 2 | 4 | 10)
+}
+
 /// Whether a refusal is of the method rather than of the messages: UNIMPLEMENTED comes
 /// before any message is read (the upstream has no such method: another OAP version or
 /// receiver set may), while the other refusals come at a message, once the ones before it
@@ -229,6 +239,13 @@ mod tests {
         assert_eq!(status_of_http(http::StatusCode::NOT_FOUND), 12);
         assert_eq!(status_of_http(http::StatusCode::SERVICE_UNAVAILABLE), 14);
         assert!(refuses_the_method(12) && !refuses_the_method(3));
+        // Failures after which the data may have been handled, and those before any handler.
+        for maybe in [1, 2, 4, 10] {
+            assert!(may_have_processed(maybe), "{maybe}");
+        }
+        for before in [7, 8, 14, 16] {
+            assert!(!may_have_processed(before), "{before}");
+        }
     }
 
     #[test]

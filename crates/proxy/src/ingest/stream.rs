@@ -265,6 +265,7 @@ fn event(
         framed,
         run: None,
         seq: None,
+        attempts: 0,
     }
 }
 

@@ -182,7 +182,8 @@ pub(crate) fn meters(readings: &Readings, cpu_percent: f64) -> Vec<Meter> {
             name: "sw_stl_sender_output_count",
             labels: vec![pipe(), ("status", "failure".into())],
             value: (totals.dropped(DropReason::UpstreamFailed)
-                + totals.dropped(DropReason::RefusedByUpstream)) as f64,
+                + totals.dropped(DropReason::RefusedByUpstream)
+                + totals.dropped(DropReason::RetriesExhausted)) as f64,
         },
         Meter {
             name: "sw_stl_pipeline_queue_total_capacity",

@@ -39,6 +39,10 @@ pub struct Event {
     pub run: Option<usize>,
     /// Its record's number in its partition's journal (with `--queue disk`).
     pub seq: Option<u64>,
+    /// Upstream calls that carried it and failed after it may have reached OAP (timed
+    /// out, broken off once connected, or a failing status): each may have delivered it,
+    /// so they are bounded by `--delivery-attempts`.
+    pub attempts: u16,
 }
 
 impl Event {

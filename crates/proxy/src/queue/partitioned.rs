@@ -34,15 +34,19 @@ pub enum DropReason {
     /// Upstreams refused the data itself (a status they would give it anywhere, such as
     /// INVALID_ARGUMENT or UNIMPLEMENTED), on every upstream tried.
     RefusedByUpstream,
+    /// Its delivery budget is spent: `--delivery-attempts` calls carried it and failed
+    /// after it may have reached OAP (each may have delivered it).
+    RetriesExhausted,
 }
 
 impl DropReason {
-    pub(crate) const ALL: [DropReason; 5] = [
+    pub(crate) const ALL: [DropReason; 6] = [
         DropReason::QueueFullRejected,
         DropReason::QueueFull,
         DropReason::UpstreamFailed,
         DropReason::ShutdownTimeout,
         DropReason::RefusedByUpstream,
+        DropReason::RetriesExhausted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +56,7 @@ impl DropReason {
             DropReason::UpstreamFailed => "upstream_failed",
             DropReason::ShutdownTimeout => "shutdown_timeout",
             DropReason::RefusedByUpstream => "refused_by_upstream",
+            DropReason::RetriesExhausted => "retries_exhausted",
         }
     }
 }
@@ -246,7 +251,13 @@ impl Queue {
         // journal out of room or failing is a full queue to the client.
         if let Some(journal) = &self.journal {
             match (journal.append(index, &event), admission) {
-                (Ok(seq), _) => event.seq = Some(seq),
+                (Ok(seq), _) => {
+                    event.seq = Some(seq);
+                    // A recovered event keeps the budget it spent before.
+                    if event.attempts > 0 {
+                        journal.attempted(index, std::iter::once((seq, event.attempts)));
+                    }
+                }
                 (Err(_), Admission::IfRoom) => return Err(event),
                 // Kept in memory all the same: sent if this run lives long enough.
                 (Err(err), Admission::Recovered) => {
@@ -409,8 +420,18 @@ impl Queue {
     }
 
     /// The batch could not be sent now: back to the front of its partition, in order, to be
-    /// sent again. Room is guaranteed: its events never stopped being counted.
-    pub(crate) fn put_back(&self, batch: Batch) {
+    /// sent again. Room is guaranteed: its events never stopped being counted. `charged`:
+    /// their delivery attempts grew, and the journal records them.
+    pub(crate) fn put_back(&self, batch: Batch, charged: bool) {
+        if charged && let Some(journal) = &self.journal {
+            journal.attempted(
+                batch.partition,
+                batch
+                    .events
+                    .iter()
+                    .filter_map(|e| Some((e.seq?, e.attempts))),
+            );
+        }
         let part = &self.partitions[batch.partition];
         let mut events = part.events.lock().expect("queue lock is never poisoned");
         for event in batch.events.into_iter().rev() {
@@ -518,6 +539,7 @@ mod tests {
             chunk: Bytes::from_static(b"segment"),
             run: None,
             seq: None,
+            attempts: 0,
         }
     }
 
@@ -626,7 +648,7 @@ mod tests {
             "a partial batch waits for the flush interval"
         );
 
-        queue.put_back(rest);
+        queue.put_back(rest, false);
         let totals = queue.totals();
         assert_eq!(
             totals.pending, 3,

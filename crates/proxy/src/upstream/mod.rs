@@ -4,6 +4,8 @@
 //!
 //! - [`send`]: the senders: batches from each queue partition to the upstream
 //!   [`crate::balance`] picks, settled as sent, refused or failed;
+//! - [`delivery`]: the call's deadline and each event's budget of calls that may have
+//!   delivered it;
 //! - [`forward`]: sync and unknown calls relayed to an upstream, tried on another on failure;
 //! - [`health`]: connections opened before data needs them, failed upstreams probed back;
 //! - [`pool`]: what they share: the upstream set, the balancer, the client;
@@ -17,6 +19,7 @@ pub mod authentication;
 pub mod client;
 pub(crate) mod coalesce;
 pub mod connector;
+pub mod delivery;
 pub(crate) mod forward;
 pub mod health;
 pub mod payload;

@@ -23,4 +23,6 @@ pub struct Pool {
     pub metrics: Arc<Metrics>,
     /// Warnings about data upstreams refused, rate-limited.
     pub refusal_log: RefusalLog,
+    /// The call's deadline and each event's budget.
+    pub delivery: crate::upstream::delivery::Delivery,
 }

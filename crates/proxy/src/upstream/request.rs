@@ -1,9 +1,15 @@
 //! Calls the proxy makes itself (batches, health probes, its telemetry) and bodies it sends
 //! upstream: HTTP/2 requests whose data is a [`Payload`].
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
 use http::HeaderValue;
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
+use hyper::body::{Frame, SizeHint};
 
 use crate::grpc::BoxError;
 use crate::upstream::payload::Payload;
@@ -16,6 +22,53 @@ pub(crate) fn upstream_body(payload: impl Into<Payload>) -> UpstreamBody {
     http_body_util::Full::new(payload.into())
         .map_err(|never| match never {})
         .boxed()
+}
+
+/// `request` with a flag that turns true once the client starts sending its body: the
+/// stream was opened on a connection, so the upstream may have received it (a call that
+/// failed before that reached nobody).
+pub(crate) fn watched(
+    request: http::Request<UpstreamBody>,
+) -> (http::Request<UpstreamBody>, Arc<AtomicBool>) {
+    let sent = Arc::new(AtomicBool::new(false));
+    let flag = sent.clone();
+    let request = request.map(|body| {
+        Watched {
+            body,
+            sent: Some(flag),
+        }
+        .boxed()
+    });
+    (request, sent)
+}
+
+/// A body that says when it is first polled.
+struct Watched {
+    body: UpstreamBody,
+    sent: Option<Arc<AtomicBool>>,
+}
+
+impl hyper::body::Body for Watched {
+    type Data = Payload;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Payload>, BoxError>>> {
+        if let Some(sent) = self.sent.take() {
+            sent.store(true, Ordering::Relaxed);
+        }
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// A gRPC call the proxy makes itself (a batch, a health probe, its telemetry): `POST` of

@@ -15,7 +15,11 @@
 //!   the refused one reach OAP twice: the price of not losing the ones after it);
 //! - failed (unavailable, timed out, connection lost): the upstream is ejected and another
 //!   tried (three attempts, with backoff); what still fails goes back to the front of its
-//!   partition, so nothing acknowledged is lost while an upstream is up.
+//!   partition, so nothing acknowledged is lost while an upstream is up, and is sent again
+//!   after a backoff that doubles up to 5 s. Each failed call that may have reached OAP
+//!   counts against the events it carried ([`crate::upstream::delivery`]): past their
+//!   budget they are dropped and counted `retries_exhausted`, so a slow OAP gets at most
+//!   that many copies of a report.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +33,7 @@ use crate::grpc::{self, Verdict};
 use crate::queue::Queue;
 use crate::queue::{Batch, DropReason, Event};
 use crate::upstream::Pool;
+use crate::upstream::client::CallError;
 use crate::upstream::payload::{Joiner, Payload};
 use crate::upstream::request;
 
@@ -38,8 +43,6 @@ const FAILURE_ATTEMPTS: usize = 3;
 const REFUSAL_ATTEMPTS: usize = 2;
 /// Unary calls one sender keeps in flight.
 const UNARY_IN_FLIGHT: usize = 64;
-/// How long an upstream call (and its answer) may take.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What one sender works with: the queue it empties and the upstreams it sends to.
 #[derive(Clone)]
@@ -152,12 +155,17 @@ async fn each_alone(sender: &Sender, partition: usize, events: Vec<Event>) -> bo
         .buffer_unordered(UNARY_IN_FLIGHT)
         .collect()
         .await;
-    let (mut sent, mut failed) = (Vec::new(), Vec::new());
+    let mut sent = Vec::new();
+    // By the number of failed calls that may have reached OAP.
+    let mut failed: Vec<(u16, Vec<Event>)> = Vec::new();
     let mut refused: Vec<(u16, String, Vec<Event>)> = Vec::new();
     for (event, delivery) in deliveries {
         match delivery {
             Delivery::Sent => sent.push(event),
-            Delivery::Failed => failed.push(event),
+            Delivery::Failed { reached } => match failed.iter_mut().find(|(r, _)| *r == reached) {
+                Some((_, events)) => events.push(event),
+                None => failed.push((reached, vec![event])),
+            },
             Delivery::Refused { code, message } => {
                 match refused.iter_mut().find(|(c, ..)| *c == code) {
                     Some((.., events)) => events.push(event),
@@ -177,7 +185,11 @@ async fn each_alone(sender: &Sender, partition: usize, events: Vec<Event>) -> bo
             Delivery::Refused { code, message },
         );
     }
-    failed.is_empty() || settle(sender, partition, failed, Delivery::Failed)
+    let mut all_settled = true;
+    for (reached, events) in failed {
+        all_settled &= settle(sender, partition, events, Delivery::Failed { reached });
+    }
+    all_settled
 }
 
 /// What became of one call's events.
@@ -189,10 +201,14 @@ enum Delivery {
         code: u16,
         message: String,
     },
-    Failed,
+    /// Every try failed; `reached` of them may have reached OAP (see
+    /// [`crate::upstream::delivery`]).
+    Failed {
+        reached: u16,
+    },
 }
 
-/// Accounts for a delivery; false when the events were put back.
+/// Accounts for a delivery; false when some events were put back.
 fn settle(sender: &Sender, partition: usize, events: Vec<Event>, delivery: Delivery) -> bool {
     let protocol = events[0].route.protocol;
     let n = events.len() as u64;
@@ -217,8 +233,37 @@ fn settle(sender: &Sender, partition: usize, events: Vec<Event>, delivery: Deliv
                 .dropped(Batch { partition, events }, DropReason::RefusedByUpstream);
             true
         }
-        Delivery::Failed => {
-            sender.queue.put_back(Batch { partition, events });
+        Delivery::Failed { reached } => {
+            let (exhausted, again) = sender.pool.delivery.charge(events, reached);
+            if !exhausted.is_empty() {
+                let n = exhausted.len() as u64;
+                sender
+                    .pool
+                    .metrics
+                    .dropped(protocol, DropReason::RetriesExhausted, n);
+                sender.pool.refusal_log.exhausted(
+                    &exhausted[0].route.path,
+                    n,
+                    sender.pool.delivery.attempts,
+                );
+                sender.queue.dropped(
+                    Batch {
+                        partition,
+                        events: exhausted,
+                    },
+                    DropReason::RetriesExhausted,
+                );
+            }
+            if again.is_empty() {
+                return true;
+            }
+            sender.queue.put_back(
+                Batch {
+                    partition,
+                    events: again,
+                },
+                reached > 0,
+            );
             false
         }
     }
@@ -241,7 +286,7 @@ async fn deliver(sender: &Sender, partition: usize, events: &[Event]) -> Deliver
     };
     let mut tried: Vec<Upstream> = Vec::new();
     let (mut failures, mut refusal) = (0, None::<(u16, String)>);
-    let mut refusals = 0;
+    let (mut refusals, mut reached) = (0, 0u16);
     while failures < FAILURE_ATTEMPTS && refusals < REFUSAL_ATTEMPTS {
         let upstreams = sender.pool.upstreams.snapshot();
         let remaining: Vec<Upstream> = if tried.is_empty() {
@@ -294,10 +339,12 @@ async fn deliver(sender: &Sender, partition: usize, events: &[Event]) -> Deliver
             }
             Outcome::Answered(Verdict::Failed, code, message) => {
                 tracing::debug!(upstream = %upstream.address, path = %route.path, code, %message, "upstream failed the call");
+                reached += u16::from(grpc::may_have_processed(code));
                 failed(sender, &upstream.address, &mut failures).await;
             }
-            Outcome::Broken(reason) => {
-                tracing::debug!(upstream = %upstream.address, path = %route.path, %reason, "the call broke off");
+            Outcome::Broken { reason, sent } => {
+                tracing::debug!(upstream = %upstream.address, path = %route.path, %reason, sent, "the call broke off");
+                reached += u16::from(sent);
                 failed(sender, &upstream.address, &mut failures).await;
             }
         }
@@ -305,7 +352,7 @@ async fn deliver(sender: &Sender, partition: usize, events: &[Event]) -> Deliver
     // A healthy upstream judged the data; the others failing says nothing about it.
     match refusal {
         Some((code, message)) => Delivery::Refused { code, message },
-        None => Delivery::Failed,
+        None => Delivery::Failed { reached },
     }
 }
 
@@ -320,8 +367,9 @@ async fn failed(sender: &Sender, upstream: &str, failures: &mut usize) {
 enum Outcome {
     /// With a gRPC status (from the trailers, or the HTTP status when there were none).
     Answered(Verdict, u16, String),
-    /// Without one: not connected, reset, timed out.
-    Broken(String),
+    /// Without one: not connected, reset, timed out. `sent`: the request had left for the
+    /// upstream (its body was being sent), so OAP may have processed it.
+    Broken { reason: String, sent: bool },
 }
 
 async fn call(
@@ -332,14 +380,23 @@ async fn call(
 ) -> Outcome {
     let Some(request) = request::request(upstream, &route.path, route.encoding.as_deref(), body)
     else {
-        return Outcome::Broken(format!("{upstream} is not an address"));
+        return Outcome::Broken {
+            reason: format!("{upstream} is not an address"),
+            sent: false,
+        };
     };
-    match sender.pool.client.call(request, CALL_TIMEOUT).await {
+    let (request, sent) = request::watched(request);
+    let timeout = sender.pool.delivery.call_timeout;
+    match sender.pool.client.call(request, timeout).await {
         Ok(answer) => Outcome::Answered(
             grpc::verdict(answer.code, &answer.message),
             answer.code,
             answer.message,
         ),
-        Err(reason) => Outcome::Broken(reason.to_string()),
+        Err(reason) => Outcome::Broken {
+            sent: !matches!(reason, CallError::NotConnected(_))
+                && sent.load(std::sync::atomic::Ordering::Relaxed),
+            reason: reason.to_string(),
+        },
     }
 }

@@ -23,6 +23,7 @@ use skylift_proxy::listen::state::{Limits, Shared, State};
 use skylift_proxy::queue::{Overflow, Queue, QueueConfig};
 use skylift_proxy::upstream::Pool;
 use skylift_proxy::upstream::client::UpstreamClient;
+use skylift_proxy::upstream::delivery::Delivery;
 use skylift_proxy::upstream::send;
 use skylift_testkit::sink::Sink;
 
@@ -109,6 +110,18 @@ pub async fn proxy_with_limits(
     limits: Limits,
     tls: Option<Arc<skylift_proxy::listen::tls::Termination>>,
 ) -> Proxy {
+    proxy_with_delivery(upstreams, queue, client, limits, tls, Delivery::default()).await
+}
+
+/// The proxy with its call deadline and delivery budget as given.
+pub async fn proxy_with_delivery(
+    upstreams: &[&Sink],
+    queue: QueueConfig,
+    client: UpstreamClient,
+    limits: Limits,
+    tls: Option<Arc<skylift_proxy::listen::tls::Termination>>,
+    delivery: Delivery,
+) -> Proxy {
     let set = upstreams
         .iter()
         .map(|s| Upstream {
@@ -131,6 +144,7 @@ pub async fn proxy_with_limits(
         max_message_bytes: limits.max_message_bytes,
         metrics: Default::default(),
         refusal_log: Default::default(),
+        delivery,
     });
     let state: State = Arc::new(Shared::new(
         Arc::new(Queue::new(queue)),

@@ -72,6 +72,9 @@ struct Recorded {
     tls_failures: u64,
     /// How long each answer is held back (a node in a long GC pause, say).
     delay: std::time::Duration,
+    /// How long each answer is held back after its messages were handled and recorded (a
+    /// node that processes every call but answers late, as OAP under load does).
+    answer_delay: std::time::Duration,
 }
 
 /// A running sink.
@@ -382,6 +385,14 @@ impl Sink {
                 recorded.refusals.push((path.clone(), refused.clone()));
             }
         }
+        let answer_delay = recorded
+            .lock()
+            .expect("sink lock is never poisoned")
+            .answer_delay;
+        // Health checks are answered on time: the node is up, its report handling slow.
+        if !answer_delay.is_zero() && !method.is_health_check() {
+            tokio::time::sleep(answer_delay).await;
+        }
         if let Some(refused) = received.refusal {
             return status_answer(&refused);
         }
@@ -571,6 +582,15 @@ impl Sink {
             .lock()
             .expect("sink lock is never poisoned")
             .delay = delay;
+    }
+
+    /// From now on, handle and record every call at once but hold its answer back by
+    /// `delay` (a node that processes the data and answers late).
+    pub fn set_answer_delay(&self, delay: std::time::Duration) {
+        self.recorded
+            .lock()
+            .expect("sink lock is never poisoned")
+            .answer_delay = delay;
     }
 
     /// From now on, answer every call with `UNAVAILABLE` (or stop doing so).

@@ -162,6 +162,21 @@ impl PartitionLog {
         Ok(seq)
     }
 
+    /// Records that the event numbered `seq` has `attempts` failed calls that may have
+    /// delivered it. It goes in the active segment, however full (a segment is named by
+    /// its first event, and no event may have come since the last one), and counts
+    /// against the journal's room like any record.
+    pub(crate) fn append_attempts(&mut self, seq: u64, attempts: u16) -> Result<(), AppendError> {
+        let len = record::ATTEMPTS_LEN as u64;
+        if self.disk_bytes + len > self.max_bytes {
+            return Err(AppendError::Full);
+        }
+        record::encode_attempts(seq, attempts, &mut self.buffer);
+        self.active.bytes += len;
+        self.disk_bytes += len;
+        Ok(())
+    }
+
     /// Writes the appended records to the active segment's file (the kernel's page cache:
     /// from there they survive a crash of the process). On failure (a full or failing
     /// disk) a part-written tail is cut off again and the records stay to be written by
@@ -258,6 +273,7 @@ pub(crate) mod tests {
             chunk: Bytes::new(),
             run: None,
             seq: None,
+            attempts: 0,
         }
     }
 

@@ -175,6 +175,22 @@ impl Journal {
         appended
     }
 
+    /// Records the failed delivery attempts of events of `partition` (by sequence number),
+    /// so that their budget survives a restart. Best effort: without room the count is
+    /// kept in memory only (counted as refused).
+    pub(crate) fn attempted(&self, partition: usize, events: impl Iterator<Item = (u64, u16)>) {
+        let mut log = self.logs[partition]
+            .lock()
+            .expect("journal lock is never poisoned");
+        for (seq, attempts) in events {
+            if let Err(err) = log.append_attempts(seq, attempts)
+                && self.counters.refused.inc().is_multiple_of(1000)
+            {
+                tracing::warn!(partition, error = %err, "journal refused an attempts record");
+            }
+        }
+    }
+
     /// Record `seq` of `partition` is no longer needed.
     pub fn done(&self, partition: usize, seqs: impl Iterator<Item = u64>) {
         let mut log = self.logs[partition]
@@ -314,6 +330,8 @@ fn recover(dir: &Path, partitions: usize) -> std::io::Result<(Recovery, u64)> {
             .filter_map(|entry| Some((log::segment_first(&entry.path())?, entry.path())))
             .collect();
         segments.sort();
+        let mut recovered_seqs = Vec::new();
+        let mut attempts: std::collections::HashMap<u64, u16> = std::collections::HashMap::new();
         for (first, path) in segments {
             next_seq = next_seq.max(first + 1);
             let scan = record::scan(&Bytes::from(std::fs::read(&path)?));
@@ -321,10 +339,22 @@ fn recover(dir: &Path, partitions: usize) -> std::io::Result<(Recovery, u64)> {
             for record in scan.records {
                 next_seq = next_seq.max(record.seq + 1);
                 if record.seq >= mark {
+                    recovered_seqs.push(record.seq);
                     recovery.events.push(event(record, &mut routes));
                 }
             }
+            for (seq, count) in scan.attempts {
+                let known = attempts.entry(seq).or_default();
+                *known = (*known).max(count);
+            }
             recovery.old_files.push(path);
+        }
+        // The delivery budget spent before the restart stays spent.
+        let recovered = recovery.events.len() - recovered_seqs.len();
+        for (event, seq) in recovery.events[recovered..].iter_mut().zip(&recovered_seqs) {
+            if let Some(&count) = attempts.get(seq) {
+                event.attempts = count;
+            }
         }
         // A folder the new partition count has no use for goes as a whole.
         if index >= partitions {
@@ -362,6 +392,7 @@ fn event(record: record::Record, routes: &mut Vec<Arc<Route>>) -> Event {
         framed: record.framed,
         run: None,
         seq: None,
+        attempts: 0,
     }
 }
 
@@ -409,6 +440,7 @@ mod tests {
             framed: Bytes::from(framed),
             run: None,
             seq: None,
+            attempts: 0,
         }
     }
 
@@ -478,6 +510,42 @@ mod tests {
             vec![std::ffi::OsString::from("partition-0")],
             "old partitions are gone"
         );
+    }
+
+    #[tokio::test]
+    async fn the_delivery_budget_spent_before_a_restart_stays_spent() {
+        let dir = log::tests::tempdir("attempts");
+        let (queue, _, _) = open(&dir, 1).await;
+        for n in 0..4 {
+            queue.offer(event(n, None));
+        }
+        let (_close, closed) = tokio::sync::watch::channel(false);
+        // Two calls that may have delivered the batch failed, one after the other.
+        for _ in 0..2 {
+            let mut batch = queue.next_batch(0, &closed).await.unwrap();
+            for event in &mut batch.events {
+                event.attempts += 1;
+            }
+            queue.put_back(batch, true);
+        }
+        queue.journal().unwrap().sync().await.unwrap();
+        drop(queue);
+
+        async fn attempts(queue: &Queue) -> Vec<u16> {
+            let (_close, closed) = tokio::sync::watch::channel(false);
+            let batch = queue.next_batch(0, &closed).await.unwrap();
+            let attempts: Vec<u16> = batch.events.iter().map(|e| e.attempts).collect();
+            queue.put_back(batch, false);
+            attempts
+        }
+        let (queue, recovered, _) = open(&dir, 1).await;
+        assert_eq!(recovered.len(), 4);
+        assert_eq!(attempts(&queue).await, [2, 2, 2, 2]);
+        // Journaled again with the event: a second restart keeps the count too.
+        queue.journal().unwrap().sync().await.unwrap();
+        drop(queue);
+        let (queue, _, _) = open(&dir, 1).await;
+        assert_eq!(attempts(&queue).await, [2, 2, 2, 2]);
     }
 
     #[tokio::test]

@@ -7,6 +7,13 @@
 //!       | key (u32 length, u32::MAX = none) | origin (same) | the framed message (rest)
 //! ```
 //!
+//! An event's failed delivery attempts (see [`crate::upstream::delivery`]) are recorded
+//! beside it, without rewriting it, in records of their own:
+//!
+//! ```text
+//! magic "SKLA" | body length u32 LE (10) | CRC-32 of the body u32 LE | seq u64 | attempts u16
+//! ```
+//!
 //! The magic lets a reader find the next record after a damaged one; the checksum tells a
 //! damaged record (bit rot, a torn write) from a good one.
 
@@ -15,7 +22,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 pub(crate) const MAGIC: [u8; 4] = *b"SKLJ";
+/// The magic of an attempts record.
+pub(crate) const ATTEMPTS_MAGIC: [u8; 4] = *b"SKLA";
 const HEADER: usize = 12;
+const ATTEMPTS_BODY: usize = 10;
+/// Bytes an attempts record takes on disk.
+pub(crate) const ATTEMPTS_LEN: usize = HEADER + ATTEMPTS_BODY;
 const NONE: u32 = u32::MAX;
 /// A body longer than this is not believed (the proxy's messages are at most a few MiB).
 const MAX_BODY: usize = 256 << 20;
@@ -119,10 +131,30 @@ impl<'a> Parts<'a> {
     }
 }
 
+/// Appends a record saying that the event numbered `seq` has `attempts` failed calls that
+/// may have delivered it.
+pub(crate) fn encode_attempts(seq: u64, attempts: u16, out: &mut Vec<u8>) {
+    let mut body = [0u8; ATTEMPTS_BODY];
+    body[..8].copy_from_slice(&seq.to_le_bytes());
+    body[8..].copy_from_slice(&attempts.to_le_bytes());
+    out.extend_from_slice(&ATTEMPTS_MAGIC);
+    out.extend_from_slice(&(ATTEMPTS_BODY as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+}
+
+/// A good record found in a segment.
+enum Found {
+    Event(Record),
+    Attempts { seq: u64, attempts: u16 },
+}
+
 /// What reading a segment found.
 #[derive(Debug, Default)]
 pub(crate) struct Scan {
     pub records: Vec<Record>,
+    /// Failed delivery attempts recorded for events, in the order written: (seq, attempts).
+    pub attempts: Vec<(u64, u16)>,
     /// Damaged stretches skipped, each counted once.
     pub corrupt: u64,
     /// Bytes up to the end of the last good record; beyond it only a torn write was found
@@ -137,8 +169,11 @@ pub(crate) fn scan(bytes: &Bytes) -> Scan {
     let mut damaged = false;
     while at < bytes.len() {
         match record_at(bytes, at) {
-            Some((record, next)) => {
-                scan.records.push(record);
+            Some((found, next)) => {
+                match found {
+                    Found::Event(record) => scan.records.push(record),
+                    Found::Attempts { seq, attempts } => scan.attempts.push((seq, attempts)),
+                }
                 at = next;
                 scan.good_len = at;
                 damaged = false;
@@ -170,8 +205,8 @@ pub(crate) fn scan(bytes: &Bytes) -> Scan {
 
 /// Whether `rest` looks like the beginning of one record the crash cut short.
 fn torn(rest: &[u8]) -> bool {
-    let magic = &MAGIC[..rest.len().min(4)];
-    if rest[..magic.len()] != *magic {
+    let known = rest.len().min(4);
+    if rest[..known] != MAGIC[..known] && rest[..known] != ATTEMPTS_MAGIC[..known] {
         return false;
     }
     if rest.len() < HEADER {
@@ -184,7 +219,9 @@ fn torn(rest: &[u8]) -> bool {
 fn next_good(bytes: &Bytes, from: usize) -> Option<usize> {
     let mut at = from;
     while at + HEADER <= bytes.len() {
-        let found = bytes[at..].windows(4).position(|w| w == MAGIC)?;
+        let found = bytes[at..]
+            .windows(4)
+            .position(|w| w == MAGIC || w == ATTEMPTS_MAGIC)?;
         at += found;
         if record_at(bytes, at).is_some() {
             return Some(at);
@@ -194,9 +231,10 @@ fn next_good(bytes: &Bytes, from: usize) -> Option<usize> {
     None
 }
 
-fn record_at(bytes: &Bytes, at: usize) -> Option<(Record, usize)> {
+fn record_at(bytes: &Bytes, at: usize) -> Option<(Found, usize)> {
     let head = bytes.get(at..at + HEADER)?;
-    if head[..4] != MAGIC {
+    let attempts = head[..4] == ATTEMPTS_MAGIC;
+    if head[..4] != MAGIC && !attempts {
         return None;
     }
     let len = u32::from_le_bytes(head[4..8].try_into().ok()?) as usize;
@@ -209,8 +247,18 @@ fn record_at(bytes: &Bytes, at: usize) -> Option<(Record, usize)> {
     if crc32fast::hash(body) != crc {
         return None;
     }
+    if attempts {
+        if len != ATTEMPTS_BODY {
+            return None;
+        }
+        let found = Found::Attempts {
+            seq: u64::from_le_bytes(body[..8].try_into().ok()?),
+            attempts: u16::from_le_bytes(body[8..10].try_into().ok()?),
+        };
+        return Some((found, body_start + len));
+    }
     let record = parse_body(&bytes.slice(body_start..body_start + len))?;
-    Some((record, body_start + len))
+    Some((Found::Event(record), body_start + len))
 }
 
 fn parse_body(body: &Bytes) -> Option<Record> {
@@ -296,6 +344,27 @@ mod tests {
         let scan = scan(&Bytes::from(bytes.clone()));
         assert_eq!(scan.records, records);
         assert_eq!((scan.corrupt, scan.good_len), (0, bytes.len()));
+    }
+
+    #[test]
+    fn attempts_records_read_back_beside_the_events_they_count() {
+        let records: Vec<_> = (1..=2).map(|seq| record(seq, None)).collect();
+        let mut bytes = encoded(&records[..1]);
+        encode_attempts(1, 2, &mut bytes);
+        bytes.extend(encoded(&records[1..]));
+        encode_attempts(1, 3, &mut bytes);
+        let scan = scan(&Bytes::from(bytes.clone()));
+        assert_eq!(scan.records, records);
+        assert_eq!(scan.attempts, [(1, 2), (1, 3)]);
+        assert_eq!((scan.corrupt, scan.good_len), (0, bytes.len()));
+        // Torn in the last attempts record: the rest stands.
+        let cut = bytes.len() - 3;
+        let torn = super::scan(&Bytes::from(bytes[..cut].to_vec()));
+        assert_eq!(torn.attempts, [(1, 2)]);
+        assert_eq!(
+            (torn.corrupt, torn.good_len),
+            (0, bytes.len() - ATTEMPTS_LEN)
+        );
     }
 
     #[test]
