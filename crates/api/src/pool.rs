@@ -232,8 +232,8 @@ pub struct UpstreamHealth {
     #[schemars(range(min = 1, max = 100))]
     pub check_failures: Option<i32>,
     /// Eject an upstream whose batches take this many times longer than the median of
-    /// the others' (default 3; `0`: never). Needs three upstreams; at most a third are
-    /// ejected.
+    /// the others' (default 3; `0`: never). A pool slow as a whole keeps its nodes; at
+    /// most `maxEjectionPercent` of the pool is ejected at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000))]
     pub slow_factor: Option<i32>,
@@ -245,6 +245,12 @@ pub struct UpstreamHealth {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m))+$"))]
     pub slow_ejection: Option<String>,
+    /// The most of the pool, in percent, ejected at once for connection failures and
+    /// latency (default 50; at least one upstream always may be). Failed health checks
+    /// eject whatever the share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_ejection_percent: Option<i32>,
     /// How long a batch sent upstream, and its answer, may take before the call counts as
     /// failed (default `10s`). Set it above OAP's slowest answers under load.
     #[serde(default, skip_serializing_if = "Option::is_none")]

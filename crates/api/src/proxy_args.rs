@@ -241,6 +241,11 @@ pub struct ProxyArgs {
     #[arg(long, env = "SKYLIFT_PROXY_OUTLIER_EJECTION", default_value = "10s", value_parser = duration::parse)]
     #[serde(serialize_with = "flag_duration")]
     pub outlier_ejection: Duration,
+    /// The most of the pool, in percent, ejected at once for connection failures and
+    /// latency (at least one upstream always may be); failed health checks eject whatever
+    /// the share.
+    #[arg(long, env = "SKYLIFT_PROXY_MAX_EJECTION_PERCENT", default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub max_ejection_percent: u32,
     /// Log format.
     #[arg(long, env = "SKYLIFT_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -579,6 +584,7 @@ mod tests {
             outlier_latency_factor: 4.5,
             outlier_min_latency: Duration::from_millis(20),
             outlier_ejection: Duration::from_secs(30),
+            max_ejection_percent: 34,
             log_format: LogFormat::Json,
         };
         let rendered = args.to_args();

@@ -143,6 +143,7 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
                 min_latency: args.outlier_min_latency,
                 ejection: args.outlier_ejection,
             },
+            max_ejection_percent: args.max_ejection_percent,
             delivery: skylift_proxy::upstream::delivery::Delivery {
                 attempts: args.delivery_attempts,
                 call_timeout: args.upstream_timeout,

@@ -59,6 +59,8 @@ pub struct Config {
     pub health_checks: crate::upstream::health::HealthChecks,
     /// Passive ejection of slow upstreams.
     pub outlier_detection: crate::balance::outlier::OutlierDetection,
+    /// The most of the pool, in percent, ejected at once by failures and latency.
+    pub max_ejection_percent: u32,
     /// The upstream call's deadline and each event's delivery budget.
     pub delivery: crate::upstream::delivery::Delivery,
     /// With `--queue disk`: where and how the queue is journaled.
@@ -161,7 +163,8 @@ pub fn state(config: &Config) -> Result<(State, Option<Recovery>), RunError> {
         balancer: Balancer::new(
             config.policy,
             StickyKeys::new(config.sticky_keys, config.sticky_ttl),
-        ),
+        )
+        .with_max_ejection_percent(config.max_ejection_percent),
         outliers: LatencyOutliers::new(config.outlier_detection),
         client,
         routing: Routing {
@@ -355,13 +358,13 @@ pub async fn eject_outliers(pool: Arc<Pool>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
         let now = Instant::now();
-        let in_use: Vec<(String, bool)> = pool
-            .upstreams
-            .snapshot()
+        let upstreams = pool.upstreams.snapshot();
+        let in_use: Vec<(String, bool)> = upstreams
             .iter()
             .map(|u| (u.address.clone(), pool.balancer.is_ejected(&u.address, now)))
             .collect();
-        for ejection in pool.outliers.sweep(&in_use) {
+        let room = pool.balancer.ejection_room(&upstreams, now);
+        for ejection in pool.outliers.sweep(&in_use, room) {
             pool.balancer
                 .eject(&ejection.address, now + ejection.duration);
             pool.metrics.ejected("latency");

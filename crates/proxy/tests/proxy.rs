@@ -799,6 +799,132 @@ async fn reports_oap_takes_but_answers_too_late_are_sent_at_most_their_budget() 
     );
 }
 
+/// Ejection is relative: an OAP that answers after the deadline while its peer answers at
+/// once is ejected for latency and the peer is not, with nothing lost; when both are slow
+/// nobody stands out, and timeouts alone eject nobody (before, every timeout ejected the
+/// upstream it happened on, so a slow pool was ejected in turn, node by node).
+#[tokio::test]
+async fn a_node_slower_than_its_peer_is_ejected_and_a_pool_slow_as_a_whole_is_not() {
+    let delivery = skylift_proxy::upstream::delivery::Delivery {
+        attempts: 5,
+        call_timeout: Duration::from_millis(150),
+    };
+    let ejections = |proxy: &Proxy, reason: &str| {
+        let metrics = proxy.state.metrics.encode();
+        let line = format!("skylift_proxy_upstream_ejections_total{{reason=\"{reason}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    // Report streams of two segments, one every 10 ms, until `until` holds (at most
+    // `streams`).
+    async fn send(proxy: &Proxy, prefix: &str, streams: usize, until: impl Fn() -> bool) -> usize {
+        let client = client();
+        let mut sent = 0;
+        for stream in 0..streams {
+            if until() {
+                break;
+            }
+            let messages: Vec<Vec<u8>> = (0..2)
+                .map(|i| segment(&format!("{prefix}{stream}-{i}")))
+                .collect();
+            report(&client, proxy.address, &messages).await;
+            sent += 2;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        sent
+    }
+
+    // One slow, one fine.
+    let (slow, fine) = (Sink::start().await.unwrap(), Sink::start().await.unwrap());
+    slow.set_answer_delay(Duration::from_millis(500));
+    let proxy = proxy_with_delivery(
+        &[&slow, &fine],
+        queue_config(),
+        UpstreamClient::new(4, 100),
+        limits(),
+        None,
+        delivery,
+    )
+    .await;
+    // Until the slow one has been judged (20 samples of each): reports keep coming.
+    let sent = send(&proxy, "one-slow-", 300, || {
+        ejections(&proxy, "latency") > 0
+    })
+    .await;
+    eventually("every report acknowledged by the fine one", || {
+        proxy.state.queue.totals().forwarded == sent as u64
+    })
+    .await;
+    let now = std::time::Instant::now();
+    let balancer = &proxy.state.pool.balancer;
+    assert!(
+        balancer.is_ejected(&slow.address(), now),
+        "the slow one is out: {} calls reached it",
+        slow.messages(SEGMENTS).len()
+    );
+    assert!(
+        !balancer.is_ejected(&fine.address(), now),
+        "the fine one is not"
+    );
+    assert_eq!(ejections(&proxy, "latency"), 1);
+    assert_eq!(
+        ejections(&proxy, "failure"),
+        0,
+        "a timeout is not a failure"
+    );
+    let totals = proxy.state.queue.totals();
+    assert!(
+        totals.balances() && totals.dropped_total() == 0,
+        "{totals:?}"
+    );
+
+    // Both slow: the reports time out everywhere; nobody is ejected for it.
+    let (a, b) = (Sink::start().await.unwrap(), Sink::start().await.unwrap());
+    for sink in [&a, &b] {
+        sink.set_answer_delay(Duration::from_millis(500));
+    }
+    let proxy = proxy_with_delivery(
+        &[&a, &b],
+        queue_config(),
+        UpstreamClient::new(4, 100),
+        limits(),
+        None,
+        delivery,
+    )
+    .await;
+    let sent = send(&proxy, "both-slow-", 40, || false).await as u64;
+    eventually("every report given up on after its budget", || {
+        proxy
+            .state
+            .queue
+            .totals()
+            .dropped(DropReason::RetriesExhausted)
+            == sent
+    })
+    .await;
+    let now = std::time::Instant::now();
+    let ejected = [&a, &b]
+        .iter()
+        .filter(|s| proxy.state.pool.balancer.is_ejected(&s.address(), now))
+        .count();
+    assert_eq!(ejected, 0, "a pool slow as a whole keeps its nodes");
+    assert_eq!(
+        ejections(&proxy, "failure") + ejections(&proxy, "latency"),
+        0
+    );
+    let copies = (a.messages(SEGMENTS).len() + b.messages(SEGMENTS).len()) as u64;
+    assert!(
+        copies <= 5 * sent,
+        "{copies} copies of {sent}: within the budget"
+    );
+    println!(
+        "both slow: {copies} copies of {sent} reports reached OAP ({:.2}x)",
+        copies as f64 / sent as f64
+    );
+}
+
 #[tokio::test]
 async fn sync_and_pass_through_calls_honour_grpc_timeout() {
     // An upstream that accepts connections and never answers.

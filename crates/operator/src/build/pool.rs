@@ -345,6 +345,9 @@ impl PoolView {
             set_duration(&mut args.outlier_min_latency, &health.slow_min_latency);
             set_duration(&mut args.outlier_ejection, &health.slow_ejection);
             set_duration(&mut args.upstream_timeout, &health.call_timeout);
+            if let Some(percent) = health.max_ejection_percent {
+                args.max_ejection_percent = u32::try_from(percent).unwrap_or(0);
+            }
         }
     }
 
@@ -993,7 +996,7 @@ mod tests {
             Value::Null,
             json!({"checkInterval": "2s", "checkTimeout": "500ms", "checkFailures": 3,
                    "slowFactor": 5, "slowMinLatency": "50ms", "slowEjection": "1m",
-                   "callTimeout": "25s"}),
+                   "callTimeout": "25s", "maxEjectionPercent": 34}),
         ];
         let mut combinations = 0;
         for queue in &queues {

@@ -1,5 +1,10 @@
 //! Choosing among the current upstreams: the configured policy over the healthy ones, and
 //! ejection of upstreams that fail (for a growing interval, then probed again).
+//!
+//! Ejections the data path decides (connection failures, latency outliers) leave at least
+//! half the pool in use (`--max-ejection-percent`, as Envoy's `max_ejection_percent`): a
+//! pool whose every node has trouble keeps sending to them rather than to nobody. Failed
+//! health checks eject whatever the share: a node that says it is not serving is out.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -39,6 +44,8 @@ pub struct Balancer {
     weighted: SmoothWeighted,
     sticky: StickyKeys,
     health: Mutex<HashMap<String, Health>>,
+    /// The most of the pool, in percent, that data-path ejections may leave out at once.
+    max_ejection_percent: u32,
 }
 
 /// Longest an upstream stays ejected.
@@ -52,7 +59,47 @@ impl Balancer {
             weighted: SmoothWeighted::default(),
             sticky,
             health: Mutex::default(),
+            max_ejection_percent: 50,
         }
+    }
+
+    /// At most `percent` of the pool ejected at once by the data path (at least one
+    /// upstream may always be).
+    pub fn with_max_ejection_percent(mut self, percent: u32) -> Self {
+        self.max_ejection_percent = percent.min(100);
+        self
+    }
+
+    /// How many more of `pool` the data path may eject at `now`.
+    pub(crate) fn ejection_room(&self, pool: &[Upstream], now: Instant) -> usize {
+        let allowed = (pool.len() * self.max_ejection_percent as usize / 100).max(1);
+        let health = self.health.lock().expect("health lock is never poisoned");
+        let ejected = pool
+            .iter()
+            .filter(|u| {
+                health
+                    .get(&u.address)
+                    .and_then(Health::until)
+                    .is_some_and(|t| t > now)
+            })
+            .count();
+        allowed.saturating_sub(ejected)
+    }
+
+    /// A send to `address`, one of `pool`, failed for a reason of the connection: it is
+    /// ejected as [`Balancer::failed`] ejects, if the pool has room for one more ejection
+    /// (see [`Balancer::ejection_room`]); otherwise only the failure is counted. Whether
+    /// it was ejected.
+    pub(crate) fn failed_in(&self, address: &str, pool: &[Upstream], now: Instant) -> bool {
+        let already = self.is_ejected(address, now);
+        if already || self.ejection_room(pool, now) > 0 {
+            self.failed(address, now);
+            return true;
+        }
+        let mut health = self.health.lock().expect("health lock is never poisoned");
+        let entry = health.entry(address.to_string()).or_default();
+        entry.failures = entry.failures.saturating_add(1);
+        false
     }
 
     /// The upstreams not ejected at `now`; all of them when every one is ejected (so they
@@ -231,6 +278,43 @@ mod tests {
         // A failure meanwhile does not shorten it.
         balancer.failed("b:1", now);
         assert!(balancer.is_ejected("b:1", now + Duration::from_secs(9)));
+    }
+
+    #[test]
+    fn the_data_path_leaves_at_least_half_the_pool_in_use() {
+        let balancer = round_robin();
+        let now = Instant::now();
+        let pool = set();
+        assert_eq!(
+            balancer.ejection_room(&pool, now),
+            1,
+            "half of 3, rounded down"
+        );
+        assert!(balancer.failed_in("a:1", &pool, now));
+        assert!(
+            !balancer.failed_in("b:1", &pool, now),
+            "a second of three would leave too few"
+        );
+        assert!(!balancer.is_ejected("b:1", now));
+        assert!(
+            balancer.failed_in("a:1", &pool, now),
+            "the ejected one again"
+        );
+        // Once the first is back, another may go.
+        let later = now + Duration::from_secs(5);
+        assert!(balancer.failed_in("b:1", &pool, later));
+        // Health checks eject whatever the share.
+        balancer.failed("c:1", later);
+        assert!(balancer.is_ejected("c:1", later));
+        // A pool of one may still lose its one (then it is tried all the same).
+        let one = &pool[..1];
+        let fresh = round_robin();
+        assert!(fresh.failed_in("a:1", one, now));
+        // 100 %: every one may go.
+        let all = round_robin().with_max_ejection_percent(100);
+        for u in &pool {
+            assert!(all.failed_in(&u.address, &pool, now));
+        }
     }
 
     #[test]

@@ -8,9 +8,11 @@
 //! for `--outlier-ejection`, doubling while it keeps being found slow. On return it is
 //! judged on fresh samples only.
 //!
-//! Ejecting the slow node of a small pool moves its load onto the others, which may make
-//! them slow in turn; so it needs three upstreams at least, and at most a third of the
-//! pool is ejected for latency at once.
+//! A pool that is slow as a whole has no outlier, and nobody is ejected: its nodes keep
+//! their share. Ejecting the slow node of a small pool moves its load onto the others, so
+//! at most `--max-ejection-percent` of the pool (half by default) is ejected at once, by
+//! latency and connection failures together; two upstreams are enough to judge one
+//! against the other.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -64,7 +66,7 @@ pub(crate) struct Standing {
 
 /// The upstreams among `standings` to eject for latency, slowest first, at most
 /// `room`. Only upstreams with [`MIN_SAMPLES`] are judged, against the median of the
-/// other judged ones, and only when at least three are judged.
+/// other judged ones, and only when at least two are judged.
 pub(crate) fn find_outliers(
     standings: &[Standing],
     config: &OutlierDetection,
@@ -77,7 +79,7 @@ pub(crate) fn find_outliers(
         .iter()
         .filter(|s| s.samples >= MIN_SAMPLES)
         .collect();
-    if judged.len() < 3 {
+    if judged.len() < 2 {
         return Vec::new();
     }
     let mut slow: Vec<(&Standing, f64)> = judged
@@ -148,15 +150,13 @@ impl LatencyOutliers {
     }
 
     /// Judges the upstreams `in_use` (`(address, ejected now)`), returning whom to eject
-    /// and for how long. Upstreams no longer in use are forgotten.
-    pub(crate) fn sweep(&self, in_use: &[(String, bool)]) -> Vec<Ejection> {
+    /// (at most `room`) and for how long. Upstreams no longer in use are forgotten.
+    pub(crate) fn sweep(&self, in_use: &[(String, bool)], room: usize) -> Vec<Ejection> {
         if self.config.factor <= 0.0 {
             return Vec::new();
         }
         let mut tracks = self.tracks.lock().expect("never poisoned");
         tracks.retain(|address, _| in_use.iter().any(|(a, _)| a == address));
-        let ejected_now = in_use.iter().filter(|(_, ejected)| *ejected).count();
-        let room = (in_use.len() / 3).saturating_sub(ejected_now);
         let standings: Vec<Standing> = in_use
             .iter()
             .filter(|(_, ejected)| !ejected)
@@ -237,7 +237,13 @@ mod tests {
     #[test]
     fn small_pools_and_thin_evidence_eject_nobody() {
         let config = OutlierDetection::default();
-        assert!(find_outliers(&[standing("a", 10), standing("b", 900)], &config, 1).is_empty());
+        assert!(find_outliers(&[standing("b", 900)], &config, 1).is_empty());
+        // Two are enough: each is judged against the other.
+        assert_eq!(
+            find_outliers(&[standing("a", 10), standing("b", 900)], &config, 1),
+            ["b"]
+        );
+        assert!(find_outliers(&[standing("a", 600), standing("b", 900)], &config, 1).is_empty());
         let mut few_samples = standing("slow", 900);
         few_samples.samples = MIN_SAMPLES - 1;
         let pool = [
@@ -271,28 +277,32 @@ mod tests {
             }
         };
         feed(500);
-        let first = outliers.sweep(&in_use);
+        let first = outliers.sweep(&in_use, 1);
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].address, "slow");
         assert_eq!(first[0].duration, Duration::from_secs(10));
         assert!(
-            outliers.sweep(&in_use).is_empty(),
+            outliers.sweep(&in_use, 1).is_empty(),
             "judged again only on fresh samples"
         );
         feed(500);
-        assert_eq!(outliers.sweep(&in_use)[0].duration, Duration::from_secs(20));
+        assert_eq!(
+            outliers.sweep(&in_use, 1)[0].duration,
+            Duration::from_secs(20)
+        );
         // Recovered: its average comes down and the count of ejections resets.
         for _ in 0..60 {
             outliers.observe("slow", Duration::from_millis(20));
         }
         feed(20);
-        assert!(outliers.sweep(&in_use).is_empty());
+        assert!(outliers.sweep(&in_use, 1).is_empty());
         feed(500);
-        assert_eq!(outliers.sweep(&in_use)[0].duration, Duration::from_secs(10));
-        // At most a third of the pool: with one already ejected, none more.
-        let mut crowded = in_use.clone();
-        crowded[0].1 = true;
+        assert_eq!(
+            outliers.sweep(&in_use, 1)[0].duration,
+            Duration::from_secs(10)
+        );
+        // No room left in the pool (the balancer's share): none more.
         feed(500);
-        assert!(outliers.sweep(&crowded).is_empty());
+        assert!(outliers.sweep(&in_use, 0).is_empty());
     }
 }

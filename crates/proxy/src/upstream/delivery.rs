@@ -32,6 +32,15 @@ impl Default for Delivery {
 }
 
 impl Delivery {
+    /// Calls that may deliver left to an event that has had `attempts`.
+    pub fn left(&self, attempts: u16) -> u16 {
+        if self.attempts == 0 {
+            u16::MAX
+        } else {
+            self.attempts.saturating_sub(attempts)
+        }
+    }
+
     /// Counts `reached` failed calls against each event; those past the budget are split
     /// off, to be dropped: `(exhausted, again)`, each in its original order.
     pub fn charge(&self, events: Vec<Event>, reached: u16) -> (Vec<Event>, Vec<Event>) {
@@ -98,5 +107,8 @@ mod tests {
         let (exhausted, again) = unbounded.charge(vec![event(u16::MAX - 1)], 3);
         assert!(exhausted.is_empty());
         assert_eq!(again[0].attempts, u16::MAX);
+        assert_eq!(delivery.left(1), 2);
+        assert_eq!(delivery.left(5), 0);
+        assert_eq!(unbounded.left(7), u16::MAX);
     }
 }

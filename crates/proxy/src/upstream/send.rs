@@ -287,7 +287,12 @@ async fn deliver(sender: &Sender, partition: usize, events: &[Event]) -> Deliver
     let mut tried: Vec<Upstream> = Vec::new();
     let (mut failures, mut refusal) = (0, None::<(u16, String)>);
     let (mut refusals, mut reached) = (0, 0u16);
-    while failures < FAILURE_ATTEMPTS && refusals < REFUSAL_ATTEMPTS {
+    // Tries that may deliver stop where the events' budget ends, not at the end of a round.
+    let budget_left = sender
+        .pool
+        .delivery
+        .left(events.iter().map(|e| e.attempts).max().unwrap_or(0));
+    while failures < FAILURE_ATTEMPTS && refusals < REFUSAL_ATTEMPTS && reached < budget_left {
         let upstreams = sender.pool.upstreams.snapshot();
         let remaining: Vec<Upstream> = if tried.is_empty() {
             Vec::new()
@@ -339,13 +344,30 @@ async fn deliver(sender: &Sender, partition: usize, events: &[Event]) -> Deliver
             }
             Outcome::Answered(Verdict::Failed, code, message) => {
                 tracing::debug!(upstream = %upstream.address, path = %route.path, code, %message, "upstream failed the call");
-                reached += u16::from(grpc::may_have_processed(code));
-                failed(sender, &upstream.address, &mut failures).await;
+                // Failing after it may have handled the data is a slow or struggling node,
+                // judged against its peers; failing before, it cannot take calls.
+                let after_handling = grpc::may_have_processed(code);
+                reached += u16::from(after_handling);
+                let failure = if after_handling {
+                    Failure::Slow(took)
+                } else {
+                    Failure::Connection
+                };
+                failed(sender, &upstream.address, failure, &mut failures).await;
             }
-            Outcome::Broken { reason, sent } => {
+            Outcome::Broken {
+                reason,
+                sent,
+                timed_out,
+            } => {
                 tracing::debug!(upstream = %upstream.address, path = %route.path, %reason, sent, "the call broke off");
                 reached += u16::from(sent);
-                failed(sender, &upstream.address, &mut failures).await;
+                let failure = if timed_out {
+                    Failure::Slow(took)
+                } else {
+                    Failure::Connection
+                };
+                failed(sender, &upstream.address, failure, &mut failures).await;
             }
         }
     }
@@ -356,9 +378,32 @@ async fn deliver(sender: &Sender, partition: usize, events: &[Event]) -> Deliver
     }
 }
 
-async fn failed(sender: &Sender, upstream: &str, failures: &mut usize) {
-    sender.pool.balancer.failed(upstream, Instant::now());
-    sender.pool.metrics.ejected("failure");
+/// Why a try failed, for ejection.
+enum Failure {
+    /// Not connected, reset, or a status given before any handler ran: the upstream
+    /// cannot take calls now. Ejected, within the pool's ejection share.
+    Connection,
+    /// No answer in time, or a failure after handling began: the upstream is slow or
+    /// struggling. Not ejected for it, but its time counts toward latency outlier
+    /// detection, which ejects only a node slower than its peers (never a pool that is
+    /// slow as a whole).
+    Slow(Duration),
+}
+
+async fn failed(sender: &Sender, upstream: &str, failure: Failure, failures: &mut usize) {
+    match failure {
+        Failure::Connection => {
+            let pool = sender.pool.upstreams.snapshot();
+            if sender
+                .pool
+                .balancer
+                .failed_in(upstream, &pool, Instant::now())
+            {
+                sender.pool.metrics.ejected("failure");
+            }
+        }
+        Failure::Slow(took) => sender.pool.outliers.observe(upstream, took),
+    }
     tokio::time::sleep(Duration::from_millis(50 << *failures)).await;
     *failures += 1;
 }
@@ -369,7 +414,11 @@ enum Outcome {
     Answered(Verdict, u16, String),
     /// Without one: not connected, reset, timed out. `sent`: the request had left for the
     /// upstream (its body was being sent), so OAP may have processed it.
-    Broken { reason: String, sent: bool },
+    Broken {
+        reason: String,
+        sent: bool,
+        timed_out: bool,
+    },
 }
 
 async fn call(
@@ -383,6 +432,7 @@ async fn call(
         return Outcome::Broken {
             reason: format!("{upstream} is not an address"),
             sent: false,
+            timed_out: false,
         };
     };
     let (request, sent) = request::watched(request);
@@ -395,6 +445,9 @@ async fn call(
         ),
         Err(reason) => Outcome::Broken {
             sent: !matches!(reason, CallError::NotConnected(_))
+                && sent.load(std::sync::atomic::Ordering::Relaxed),
+            // A call that timed out before its request left never connected in time.
+            timed_out: matches!(reason, CallError::TimedOut)
                 && sent.load(std::sync::atomic::Ordering::Relaxed),
             reason: reason.to_string(),
         },
