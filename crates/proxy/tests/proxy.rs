@@ -805,7 +805,8 @@ async fn reports_oap_takes_but_answers_too_late_are_sent_at_most_their_budget() 
 /// upstream it happened on, so a slow pool was ejected in turn, node by node).
 #[tokio::test]
 async fn a_node_slower_than_its_peer_is_ejected_and_a_pool_slow_as_a_whole_is_not() {
-    let delivery = skylift_proxy::upstream::delivery::Delivery {
+    use skylift_proxy::upstream::delivery::Delivery;
+    let delivery = Delivery {
         attempts: 5,
         call_timeout: Duration::from_millis(150),
     };
@@ -836,18 +837,22 @@ async fn a_node_slower_than_its_peer_is_ejected_and_a_pool_slow_as_a_whole_is_no
         sent
     }
 
+    async fn start(upstreams: [&Sink; 2], delivery: Delivery) -> Proxy {
+        proxy_with_delivery(
+            &upstreams,
+            queue_config(),
+            UpstreamClient::new(4, 100),
+            limits(),
+            None,
+            delivery,
+        )
+        .await
+    }
+
     // One slow, one fine.
     let (slow, fine) = (Sink::start().await.unwrap(), Sink::start().await.unwrap());
     slow.set_answer_delay(Duration::from_millis(500));
-    let proxy = proxy_with_delivery(
-        &[&slow, &fine],
-        queue_config(),
-        UpstreamClient::new(4, 100),
-        limits(),
-        None,
-        delivery,
-    )
-    .await;
+    let proxy = start([&slow, &fine], delivery).await;
     // Until the slow one has been judged (20 samples of each): reports keep coming.
     let sent = send(&proxy, "one-slow-", 300, || {
         ejections(&proxy, "latency") > 0
@@ -885,15 +890,7 @@ async fn a_node_slower_than_its_peer_is_ejected_and_a_pool_slow_as_a_whole_is_no
     for sink in [&a, &b] {
         sink.set_answer_delay(Duration::from_millis(500));
     }
-    let proxy = proxy_with_delivery(
-        &[&a, &b],
-        queue_config(),
-        UpstreamClient::new(4, 100),
-        limits(),
-        None,
-        delivery,
-    )
-    .await;
+    let proxy = start([&a, &b], delivery).await;
     let sent = send(&proxy, "both-slow-", 40, || false).await as u64;
     eventually("every report given up on after its budget", || {
         proxy

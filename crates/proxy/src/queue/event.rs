@@ -49,4 +49,24 @@ impl Event {
     pub(crate) fn cost(&self) -> usize {
         self.framed.len() + 64
     }
+
+    /// A segment report of `framed` bytes, for tests.
+    #[cfg(test)]
+    pub(crate) fn segment(framed: Bytes) -> Event {
+        Event {
+            route: Arc::new(Route {
+                path: "/skywalking.v3.TraceSegmentReportService/collect".into(),
+                protocol: "segment",
+                encoding: None,
+                alone: false,
+            }),
+            key: None,
+            origin: None,
+            framed,
+            chunk: Bytes::new(),
+            run: None,
+            seq: None,
+            attempts: 0,
+        }
+    }
 }

@@ -61,25 +61,12 @@ impl Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::event::Route;
     use bytes::Bytes;
-    use std::sync::Arc;
 
     fn event(attempts: u16) -> Event {
         Event {
-            route: Arc::new(Route {
-                path: "/skywalking.v3.TraceSegmentReportService/collect".into(),
-                protocol: "segment",
-                encoding: None,
-                alone: false,
-            }),
-            key: None,
-            origin: None,
-            framed: Bytes::from_static(b"\0\0\0\0\0"),
-            chunk: Bytes::new(),
-            run: None,
-            seq: None,
             attempts,
+            ..Event::segment(Bytes::from_static(b"\0\0\0\0\0"))
         }
     }
 

@@ -256,25 +256,10 @@ impl PartitionLog {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::queue::event::Route;
     use bytes::Bytes;
 
     fn event(size: usize) -> Event {
-        Event {
-            route: Arc::new(Route {
-                path: "/skywalking.v3.TraceSegmentReportService/collect".into(),
-                protocol: "segment",
-                encoding: None,
-                alone: false,
-            }),
-            key: None,
-            origin: None,
-            framed: Bytes::from(vec![7; size]),
-            chunk: Bytes::new(),
-            run: None,
-            seq: None,
-            attempts: 0,
-        }
+        Event::segment(Bytes::from(vec![7; size]))
     }
 
     fn segments(dir: &Path) -> Vec<u64> {
