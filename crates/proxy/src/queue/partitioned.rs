@@ -509,7 +509,6 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::event::Route;
     use bytes::Bytes;
 
     fn config(overflow: Overflow) -> QueueConfig {
@@ -527,19 +526,9 @@ mod tests {
 
     fn event(key: Option<&str>) -> Event {
         Event {
-            route: Arc::new(Route {
-                path: "/skywalking.v3.TraceSegmentReportService/collect".into(),
-                protocol: "segment",
-                encoding: None,
-                alone: false,
-            }),
             key: key.map(Into::into),
-            origin: None,
-            framed: Bytes::from_static(b"segment"),
             chunk: Bytes::from_static(b"segment"),
-            run: None,
-            seq: None,
-            attempts: 0,
+            ..Event::segment(Bytes::from_static(b"segment"))
         }
     }
 

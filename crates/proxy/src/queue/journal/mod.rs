@@ -428,19 +428,8 @@ mod tests {
         framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
         framed.extend_from_slice(message.as_bytes());
         Event {
-            route: Arc::new(Route {
-                path: "/skywalking.v3.TraceSegmentReportService/collect".into(),
-                protocol: "segment",
-                encoding: None,
-                alone: false,
-            }),
             key: key.map(Arc::from),
-            origin: None,
-            chunk: Bytes::new(),
-            framed: Bytes::from(framed),
-            run: None,
-            seq: None,
-            attempts: 0,
+            ..Event::segment(Bytes::from(framed))
         }
     }
 
