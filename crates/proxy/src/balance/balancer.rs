@@ -35,6 +35,28 @@ impl Health {
         // `None` orders before any time: the later of the two, or whichever is set.
         self.ejected_until.max(self.slow_until)
     }
+
+    /// Counts a failure and, when `eject`, ejects for 1 s, doubling with each further
+    /// failure (at most [`MAX_EJECTION`]); the ejection's length.
+    fn fail(&mut self, now: Instant, eject: bool) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let ejection = Duration::from_secs(1)
+            .checked_mul(1 << self.failures.saturating_sub(1).min(5))
+            .unwrap_or(MAX_EJECTION)
+            .min(MAX_EJECTION);
+        if eject {
+            self.ejected_until = Some(now + ejection);
+        }
+        ejection
+    }
+}
+
+/// Whether `address` is ejected at `now` in `health`.
+fn ejected(health: &HashMap<String, Health>, address: &str, now: Instant) -> bool {
+    health
+        .get(address)
+        .and_then(Health::until)
+        .is_some_and(|t| t > now)
 }
 
 /// Picks upstreams and remembers which ones fail.
@@ -72,34 +94,31 @@ impl Balancer {
 
     /// How many more of `pool` the data path may eject at `now`.
     pub(crate) fn ejection_room(&self, pool: &[Upstream], now: Instant) -> usize {
-        let allowed = (pool.len() * self.max_ejection_percent as usize / 100).max(1);
         let health = self.health.lock().expect("health lock is never poisoned");
-        let ejected = pool
+        self.room_in(&health, pool, now)
+    }
+
+    fn room_in(&self, health: &HashMap<String, Health>, pool: &[Upstream], now: Instant) -> usize {
+        let allowed = (pool.len() * self.max_ejection_percent as usize / 100).max(1);
+        let out = pool
             .iter()
-            .filter(|u| {
-                health
-                    .get(&u.address)
-                    .and_then(Health::until)
-                    .is_some_and(|t| t > now)
-            })
+            .filter(|u| ejected(health, &u.address, now))
             .count();
-        allowed.saturating_sub(ejected)
+        allowed.saturating_sub(out)
     }
 
     /// A send to `address`, one of `pool`, failed for a reason of the connection: it is
-    /// ejected as [`Balancer::failed`] ejects, if the pool has room for one more ejection
-    /// (see [`Balancer::ejection_room`]); otherwise only the failure is counted. Whether
-    /// it was ejected.
+    /// ejected as [`Balancer::failed`] ejects, if it is out already or the pool has room
+    /// for one more ejection (see [`Balancer::ejection_room`]); otherwise only the failure
+    /// is counted. Whether it was ejected.
     pub(crate) fn failed_in(&self, address: &str, pool: &[Upstream], now: Instant) -> bool {
-        let already = self.is_ejected(address, now);
-        if already || self.ejection_room(pool, now) > 0 {
-            self.failed(address, now);
-            return true;
-        }
         let mut health = self.health.lock().expect("health lock is never poisoned");
-        let entry = health.entry(address.to_string()).or_default();
-        entry.failures = entry.failures.saturating_add(1);
-        false
+        let eject = ejected(&health, address, now) || self.room_in(&health, pool, now) > 0;
+        health
+            .entry(address.to_string())
+            .or_default()
+            .fail(now, eject);
+        eject
     }
 
     /// The upstreams not ejected at `now`; all of them when every one is ejected (so they
@@ -116,12 +135,7 @@ impl Balancer {
         }
         let ok: Vec<Upstream> = upstreams
             .iter()
-            .filter(|u| {
-                health
-                    .get(&u.address)
-                    .and_then(Health::until)
-                    .is_none_or(|t| t <= now)
-            })
+            .filter(|u| !ejected(&health, &u.address, now))
             .cloned()
             .collect();
         if ok.is_empty() {
@@ -164,14 +178,10 @@ impl Balancer {
     /// A send to `address` failed: eject it for 1 s, doubling with each further failure.
     pub fn failed(&self, address: &str, now: Instant) -> Duration {
         let mut health = self.health.lock().expect("health lock is never poisoned");
-        let entry = health.entry(address.to_string()).or_default();
-        entry.failures = entry.failures.saturating_add(1);
-        let ejection = Duration::from_secs(1)
-            .checked_mul(1 << entry.failures.saturating_sub(1).min(5))
-            .unwrap_or(MAX_EJECTION)
-            .min(MAX_EJECTION);
-        entry.ejected_until = Some(now + ejection);
-        ejection
+        health
+            .entry(address.to_string())
+            .or_default()
+            .fail(now, true)
     }
 
     /// Leaves `address` out until `until` (a latency outlier: see [`crate::balance::outlier`]); its
@@ -205,12 +215,8 @@ impl Balancer {
 
     /// Whether `address` is ejected at `now`.
     pub fn is_ejected(&self, address: &str, now: Instant) -> bool {
-        self.health
-            .lock()
-            .expect("health lock is never poisoned")
-            .get(address)
-            .and_then(Health::until)
-            .is_some_and(|t| t > now)
+        let health = self.health.lock().expect("health lock is never poisoned");
+        ejected(&health, address, now)
     }
 }
 
