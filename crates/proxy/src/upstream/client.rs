@@ -164,13 +164,10 @@ impl UpstreamClient {
         timeout: std::time::Duration,
     ) -> Result<Answer, CallError> {
         let answered = tokio::time::timeout(timeout, async {
-            let response = self.request(request).await.map_err(|err| {
-                if err.is_connect() {
-                    CallError::NotConnected(describe(&err))
-                } else {
-                    CallError::Broken(describe(&err))
-                }
-            })?;
+            let response = self
+                .request(request)
+                .await
+                .map_err(|err| CallError::Broken(describe(&err)))?;
             let (parts, body) = response.into_parts();
             let collected = http_body_util::BodyExt::collect(body)
                 .await
@@ -211,10 +208,7 @@ pub struct Answer {
 pub enum CallError {
     #[error("no answer in time")]
     TimedOut,
-    /// No connection could be made: the call reached nobody.
-    #[error("{0}")]
-    NotConnected(String),
-    /// Reset, or broken off while the answer was read.
+    /// Not connected, reset, or broken off while the answer was read.
     #[error("{0}")]
     Broken(String),
 }

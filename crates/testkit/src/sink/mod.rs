@@ -309,7 +309,7 @@ impl Sink {
             Ok(body) => body.to_bytes(),
             Err(_) => return trailers_only(grpc::INTERNAL, "sink: reading the request failed"),
         };
-        let (delay, max_message_size, authenticated) = {
+        let (delay, answer_delay, max_message_size, authenticated) = {
             let mut recorded = recorded.lock().expect("sink lock is never poisoned");
             // OAP's AuthenticationInterceptor, when its `authentication` setting is on.
             let authenticated =
@@ -317,7 +317,12 @@ impl Sink {
             if !authenticated {
                 recorded.unauthenticated += 1;
             }
-            (recorded.delay, recorded.max_message_size, authenticated)
+            (
+                recorded.delay,
+                recorded.answer_delay,
+                recorded.max_message_size,
+                authenticated,
+            )
         };
         if !authenticated {
             return Self::refuse(
@@ -385,10 +390,6 @@ impl Sink {
                 recorded.refusals.push((path.clone(), refused.clone()));
             }
         }
-        let answer_delay = recorded
-            .lock()
-            .expect("sink lock is never poisoned")
-            .answer_delay;
         // Health checks are answered on time: the node is up, its report handling slow.
         if !answer_delay.is_zero() && !method.is_health_check() {
             tokio::time::sleep(answer_delay).await;
