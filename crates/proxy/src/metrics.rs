@@ -338,22 +338,28 @@ impl Metrics {
     }
 }
 
-/// Warnings about refused data, at most one per method and status every ten seconds (with
-/// how many reports were refused meanwhile): an upstream without a receiver for a method
-/// refuses all of it, and its log should say so, not drown.
+/// Warnings about dropped data, at most one per method and cause every ten seconds (with
+/// how many reports went meanwhile): an upstream without a receiver for a method refuses
+/// all of it, and its log should say so, not drown.
 #[derive(Default)]
 pub struct RefusalLog {
-    last: Mutex<HashMap<(String, u16), (Instant, u64)>>,
+    last: Mutex<HashMap<(String, DropCause), (Instant, u64)>>,
+}
+
+/// Why reports were dropped, for [`RefusalLog`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum DropCause {
+    /// Refused by upstreams with this gRPC status.
+    Refused(u16),
+    /// Their delivery budget is spent.
+    Exhausted,
 }
 
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// The key under which reports dropped for their spent delivery budget are logged.
-const EXHAUSTED: u16 = u16::MAX;
-
 impl RefusalLog {
     pub fn refused(&self, path: &str, code: u16, message: &str, events: u64) {
-        if let Some(reports) = self.due(path, code, events) {
+        if let Some(reports) = self.due(path, DropCause::Refused(code), events) {
             tracing::warn!(
                 %path,
                 code,
@@ -366,7 +372,7 @@ impl RefusalLog {
 
     /// Reports given up on after `attempts` calls that may have delivered them failed.
     pub fn exhausted(&self, path: &str, events: u64, attempts: u16) {
-        if let Some(reports) = self.due(path, EXHAUSTED, events) {
+        if let Some(reports) = self.due(path, DropCause::Exhausted, events) {
             tracing::warn!(
                 %path,
                 attempts,
@@ -377,15 +383,15 @@ impl RefusalLog {
         }
     }
 
-    /// Adds `events` to the count of `(path, code)`; the count to log when it is time to.
-    fn due(&self, path: &str, code: u16, events: u64) -> Option<u64> {
+    /// Adds `events` to the count of `(path, cause)`; the count to log when it is time to.
+    fn due(&self, path: &str, cause: DropCause, events: u64) -> Option<u64> {
         let now = Instant::now();
         let mut last = self
             .last
             .lock()
             .expect("refusal log lock is never poisoned");
         let entry = last
-            .entry((path.to_string(), code))
+            .entry((path.to_string(), cause))
             .or_insert((now - REFUSAL_LOG_EVERY, 0));
         entry.1 += events;
         if now.duration_since(entry.0) < REFUSAL_LOG_EVERY {
