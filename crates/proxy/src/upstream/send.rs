@@ -443,13 +443,15 @@ async fn call(
             answer.code,
             answer.message,
         ),
-        Err(reason) => Outcome::Broken {
-            sent: !matches!(reason, CallError::NotConnected(_))
-                && sent.load(std::sync::atomic::Ordering::Relaxed),
-            // A call that timed out before its request left never connected in time.
-            timed_out: matches!(reason, CallError::TimedOut)
-                && sent.load(std::sync::atomic::Ordering::Relaxed),
-            reason: reason.to_string(),
-        },
+        Err(reason) => {
+            // A call that failed before its request left (no connection, or none in time)
+            // reached nobody.
+            let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+            Outcome::Broken {
+                sent,
+                timed_out: sent && matches!(reason, CallError::TimedOut),
+                reason: reason.to_string(),
+            }
+        }
     }
 }
