@@ -694,13 +694,7 @@ async fn a_failing_upstream_loses_nothing_while_another_is_up() {
     let (a, b) = (Sink::start().await.unwrap(), Sink::start().await.unwrap());
     a.set_failing(true);
     let proxy = proxy(&[&a, &b], None).await;
-    let client = client();
-    for stream in 0..10 {
-        let messages: Vec<Vec<u8>> = (0..10)
-            .map(|i| segment(&format!("s{stream}-{i}")))
-            .collect();
-        report(&client, proxy.address, &messages).await;
-    }
+    report_streams(proxy.address, 10).await;
     eventually("all 100 segments at the healthy upstream", || {
         b.messages(SEGMENTS).len() == 100 && proxy.state.queue.totals().forwarded == 100
     })
@@ -735,13 +729,7 @@ async fn reports_oap_takes_but_answers_too_late_are_sent_at_most_their_budget() 
         delivery,
     )
     .await;
-    let client = client();
-    for stream in 0..4 {
-        let messages: Vec<Vec<u8>> = (0..10)
-            .map(|i| segment(&format!("s{stream}-{i}")))
-            .collect();
-        report(&client, proxy.address, &messages).await;
-    }
+    report_streams(proxy.address, 4).await;
     eventually("every report given up on after its budget", || {
         proxy
             .state
@@ -765,7 +753,7 @@ async fn reports_oap_takes_but_answers_too_late_are_sent_at_most_their_budget() 
     );
     // Given up on means not sent again: OAP's count stays where it is, and the proxy says
     // why the reports went.
-    report(&client, proxy.address, &[segment("marker")]).await;
+    report(&client(), proxy.address, &[segment("marker")]).await;
     eventually("the marker reached OAP", || {
         a.messages(SEGMENTS).len() + b.messages(SEGMENTS).len() > delivered
     })
@@ -797,6 +785,61 @@ async fn reports_oap_takes_but_answers_too_late_are_sent_at_most_their_budget() 
         ),
         "{metrics}"
     );
+}
+
+/// Calls that never reach OAP cost a report nothing of its budget: with a budget of one
+/// call, reports sent while the only upstream refuses connections are kept through many
+/// failed tries, and delivered once an upstream is there.
+#[tokio::test]
+async fn reports_are_kept_through_any_number_of_calls_that_never_connected() {
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let nobody = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let sink = Sink::start().await.unwrap();
+    let proxy = proxy_with_delivery(
+        &[&sink],
+        queue_config(),
+        UpstreamClient::new(4, 100),
+        limits(),
+        None,
+        skylift_proxy::upstream::delivery::Delivery {
+            attempts: 1,
+            call_timeout: Duration::from_millis(200),
+        },
+    )
+    .await;
+    proxy.state.pool.upstreams.replace(vec![Upstream {
+        address: nobody.clone(),
+        weight: 1,
+    }]);
+    report_streams(proxy.address, 2).await;
+    let tries = |proxy: &Proxy| {
+        let metrics = proxy.state.metrics.encode();
+        let line = format!("skylift_proxy_upstream_send_seconds_count{{upstream=\"{nobody}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    eventually("many failed tries on the closed port", || {
+        tries(&proxy) >= 5
+    })
+    .await;
+    let totals = proxy.state.queue.totals();
+    assert_eq!(
+        (totals.pending, totals.dropped_total()),
+        (20, 0),
+        "{totals:?}"
+    );
+    proxy.state.pool.upstreams.replace(vec![Upstream {
+        address: sink.address(),
+        weight: 1,
+    }]);
+    eventually("all 20 delivered once an upstream is there", || {
+        proxy.state.queue.totals().forwarded == 20
+    })
+    .await;
+    assert_eq!(sink.messages(SEGMENTS).len(), 20);
 }
 
 /// Ejection is relative: an OAP that answers after the deadline while its peer answers at

@@ -236,6 +236,17 @@ pub async fn report(
     assert_eq!(status, 0, "the report was not acknowledged: {trailers:?}");
 }
 
+/// `streams` report streams of ten segments each, named `s<stream>-<i>`, one after another.
+pub async fn report_streams(proxy: SocketAddr, streams: usize) {
+    let client = client();
+    for stream in 0..streams {
+        let messages: Vec<Vec<u8>> = (0..10)
+            .map(|i| segment(&format!("s{stream}-{i}")))
+            .collect();
+        report(&client, proxy, &messages).await;
+    }
+}
+
 pub async fn eventually(what: &str, check: impl Fn() -> bool) {
     for _ in 0..200 {
         if check() {
