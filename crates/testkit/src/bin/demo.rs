@@ -57,6 +57,41 @@ struct Args {
     run_for: Option<Duration>,
 }
 
+/// The demo's clock, the same in both modes: a tick every `--every` until `--run-for`,
+/// and the one tick at which the third OAP node is due.
+struct Schedule {
+    started: Instant,
+    ticker: tokio::time::Interval,
+    run_for: Option<Duration>,
+    third_node_after: Duration,
+    third_added: bool,
+}
+
+impl Schedule {
+    fn new(args: &Args) -> Schedule {
+        Schedule {
+            started: Instant::now(),
+            ticker: tokio::time::interval(args.every),
+            run_for: args.run_for,
+            third_node_after: args.third_node_after,
+            third_added: false,
+        }
+    }
+
+    /// Waits for the next tick: `None` once the demo's time is up, else whether the third
+    /// node is to be added now.
+    async fn next(&mut self) -> Option<bool> {
+        self.ticker.tick().await;
+        let elapsed = self.started.elapsed();
+        if self.run_for.is_some_and(|limit| elapsed >= limit) {
+            return None;
+        }
+        let due = !self.third_added && elapsed >= self.third_node_after;
+        self.third_added |= due;
+        Some(due)
+    }
+}
+
 const TELEMETRY_SERVICE: &str = "satellite-service";
 const TARGET_CONNECTIONS: i64 = 10;
 
@@ -250,18 +285,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("Ctrl-C stops everything.\n");
 
-    let started = Instant::now();
-    let mut third_added = false;
+    let mut schedule = Schedule::new(&args);
+    let started = schedule.started;
     let mut previous: BTreeMap<usize, (u64, Instant)> = BTreeMap::new();
     let mut proposals: Vec<(Instant, u32)> = Vec::new();
-    let mut ticker = tokio::time::interval(args.every);
-    loop {
-        ticker.tick().await;
-        if args.run_for.is_some_and(|limit| started.elapsed() >= limit) {
-            break;
-        }
-        if !third_added && started.elapsed() >= args.third_node_after {
-            third_added = true;
+    while let Some(add_third_node) = schedule.next().await {
+        if add_third_node {
             let (code, body) = http::post(&nodes_url).await?;
             if code != 201 {
                 bail!("adding an OAP node: {code} {body}");
@@ -411,17 +440,11 @@ async fn on_real_control_plane(args: Args, assets: &Path) -> anyhow::Result<()> 
 
     let hpas: kube::Api<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler> =
         kube::Api::namespaced(scaling.client.clone(), NAMESPACE);
-    let started = Instant::now();
-    let mut third_added = false;
+    let mut schedule = Schedule::new(&args);
+    let started = schedule.started;
     let mut previous: BTreeMap<usize, (u64, Instant)> = BTreeMap::new();
-    let mut ticker = tokio::time::interval(args.every);
-    loop {
-        ticker.tick().await;
-        if args.run_for.is_some_and(|limit| started.elapsed() >= limit) {
-            break;
-        }
-        if !third_added && started.elapsed() >= args.third_node_after {
-            third_added = true;
+    while let Some(add_third_node) = schedule.next().await {
+        if add_third_node {
             let (ok, said) =
                 plane.kubectl(&["scale", "oapserver", OAP, "-n", NAMESPACE, "--replicas=3"]);
             println!(
