@@ -112,6 +112,28 @@ async fn reconciled(client: &kube::Client, name: &str) {
     .await;
 }
 
+/// Waits until `user` has written nothing but its Lease for two seconds, so that no write it decided
+/// before a cut-off is still on its way across it (the relay would deliver it at the thaw,
+/// and it would read as a write made after the freeze).
+async fn settled(plane: &ControlPlane, user: &str) {
+    wait_for(
+        &format!("{user} settled"),
+        Duration::from_secs(60),
+        || async {
+            let last = plane
+                .audit()
+                .into_iter()
+                // Lease renewals go on all along; a late one is refused (its version is old).
+                .filter(|e| e.user == user && e.resource != "leases")
+                .filter_map(|e| e.time())
+                .max()?;
+            let quiet = Timestamp::now().as_millisecond() - last.as_millisecond();
+            (quiet >= 2000).then_some(())
+        },
+    )
+    .await;
+}
+
 /// The writes `user` made that the API server accepted at or after `since`.
 fn writes_since(plane: &ControlPlane, user: &str, since: Timestamp) -> Vec<audit::Event> {
     plane
@@ -145,6 +167,7 @@ async fn a_leader_cut_off_or_slow_on_its_lease_stops_before_a_standby_takes_over
     standing_by(&mut b).await;
     satellite(&client, "before").await;
     reconciled(&client, "before").await;
+    settled(plane, &users[0]).await;
 
     relay.freeze();
     let frozen = Instant::now();
