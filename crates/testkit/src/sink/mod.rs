@@ -75,6 +75,9 @@ struct Recorded {
     /// How long each answer is held back after its messages were handled and recorded (a
     /// node that processes every call but answers late, as OAP under load does).
     answer_delay: std::time::Duration,
+    /// How long the sink waits after reading each DATA frame of a request (a node that
+    /// takes data in slowly: its flow-control windows open at that pace).
+    read_pace: std::time::Duration,
 }
 
 /// A running sink.
@@ -263,6 +266,25 @@ impl Sink {
             .await;
     }
 
+    /// Reads a request body, at `pace` per DATA frame when it is not zero (hyper gives a
+    /// frame's bytes back to the flow-control windows as it is read).
+    async fn read(
+        mut body: hyper::body::Incoming,
+        pace: std::time::Duration,
+    ) -> Result<Bytes, hyper::Error> {
+        if pace.is_zero() {
+            return Ok(body.collect().await?.to_bytes());
+        }
+        let mut read = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                read.extend_from_slice(&data);
+                tokio::time::sleep(pace).await;
+            }
+        }
+        Ok(read.freeze())
+    }
+
     async fn serve(
         request: Request<hyper::body::Incoming>,
         recorded: &Mutex<Recorded>,
@@ -305,8 +327,12 @@ impl Sink {
             .get("x-echo-status")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u16>().ok());
-        let body = match body.collect().await {
-            Ok(body) => body.to_bytes(),
+        let read_pace = recorded
+            .lock()
+            .expect("sink lock is never poisoned")
+            .read_pace;
+        let body = match Self::read(body, read_pace).await {
+            Ok(body) => body,
             Err(_) => return trailers_only(grpc::INTERNAL, "sink: reading the request failed"),
         };
         let (delay, answer_delay, max_message_size, authenticated) = {
@@ -592,6 +618,15 @@ impl Sink {
             .lock()
             .expect("sink lock is never poisoned")
             .answer_delay = delay;
+    }
+
+    /// From now on, wait `pace` after reading each DATA frame of a request (or stop doing
+    /// so): a node that takes data in slowly but steadily.
+    pub fn set_read_pace(&self, pace: std::time::Duration) {
+        self.recorded
+            .lock()
+            .expect("sink lock is never poisoned")
+            .read_pace = pace;
     }
 
     /// From now on, answer every call with `UNAVAILABLE` (or stop doing so).
