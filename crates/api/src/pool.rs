@@ -251,11 +251,17 @@ pub struct UpstreamHealth {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub max_ejection_percent: Option<i32>,
-    /// How long a batch sent upstream, and its answer, may take before the call counts as
-    /// failed (default `10s`). Set it above OAP's slowest answers under load.
+    /// How long OAP may take to take in a batch sent upstream before the call counts as
+    /// failed (default `10s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m))+$"))]
     pub call_timeout: Option<String>,
+    /// How long a call whose batch OAP has taken waits for its answer before the batch may
+    /// be sent again (default `30s`). Set it above OAP's slowest answers under load: each
+    /// batch sent again may be counted twice by OAP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m))+$"))]
+    pub answer_timeout: Option<String>,
 }
 
 /// What a pool's proxies are hardened with; the same fields on `Satellite` and `Proxy`

@@ -196,11 +196,17 @@ pub struct ProxyArgs {
     /// OAP address for telemetry. Default: through the upstreams.
     #[arg(long, env = "SKYLIFT_PROXY_TELEMETRY_UPSTREAM")]
     pub telemetry_upstream: Option<String>,
-    /// How long an upstream call (a batch sent, its answer read) may take before it counts
-    /// as failed.
+    /// How long OAP may take to take in a batch (its flow-control windows open for all of
+    /// it) before the call counts as failed: a call whose data does not move is stuck
+    /// behind a stalled or dead node.
     #[arg(long, env = "SKYLIFT_PROXY_UPSTREAM_TIMEOUT", default_value = "10s", value_parser = duration::parse)]
     #[serde(serialize_with = "flag_duration")]
     pub upstream_timeout: Duration,
+    /// How long a call whose batch OAP has taken waits for OAP's answer. OAP handles the
+    /// data as it arrives; sending it again before this would have OAP count it twice.
+    #[arg(long, env = "SKYLIFT_PROXY_UPSTREAM_ANSWER_TIMEOUT", default_value = "30s", value_parser = duration::parse)]
+    #[serde(serialize_with = "flag_duration")]
+    pub upstream_answer_timeout: Duration,
     /// Upstream calls that may have delivered a report (timed out, broken off once
     /// connected, or answered with a failing status) before it is dropped and counted
     /// `retries_exhausted`: each may have delivered it, so this bounds the copies OAP can
@@ -577,6 +583,7 @@ mod tests {
             telemetry_upstream: Some("oap.obs:11800".into()),
             drain_timeout: Duration::from_secs(45),
             upstream_timeout: Duration::from_secs(25),
+            upstream_answer_timeout: Duration::from_secs(90),
             delivery_attempts: 3,
             health_check_interval: Duration::from_secs(2),
             health_check_timeout: Duration::from_millis(800),

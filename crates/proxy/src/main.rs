@@ -147,6 +147,7 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
             delivery: skylift_proxy::upstream::delivery::Delivery {
                 attempts: args.delivery_attempts,
                 call_timeout: args.upstream_timeout,
+                answer_timeout: args.upstream_answer_timeout,
             },
             journal,
             telemetry,

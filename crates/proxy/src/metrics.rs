@@ -377,8 +377,9 @@ impl RefusalLog {
                 %path,
                 attempts,
                 reports,
-                "reports failed on every try their delivery budget allows; they are dropped \
-                 (counted as retries_exhausted)"
+                "reports failed on every try their delivery budget allows, or an upstream \
+                 took them and left them unanswered twice; they are dropped (counted as \
+                 retries_exhausted)"
             );
         }
     }

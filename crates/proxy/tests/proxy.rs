@@ -719,6 +719,7 @@ async fn reports_oap_takes_but_answers_too_late_are_sent_at_most_their_budget() 
     let delivery = skylift_proxy::upstream::delivery::Delivery {
         attempts: 3,
         call_timeout: Duration::from_millis(200),
+        answer_timeout: Duration::from_millis(200),
     };
     let proxy = proxy_with_delivery(
         &[&a, &b],
@@ -787,6 +788,213 @@ async fn reports_oap_takes_but_answers_too_late_are_sent_at_most_their_budget() 
     );
 }
 
+/// The case of a whole pool going slow, time scaled down tenfold: deadlines of 1 s and 3 s
+/// stand for the defaults' 10 s and 30 s, and both OAPs handle every call at once but
+/// answer it after 1.2 s (12 s) while segments stream in for 4 s (40 s), then for three
+/// times as long. OAP takes each batch well within the call deadline and answers within
+/// the answer deadline, so each report reaches it once, however long the slow period;
+/// nobody is ejected for a slowness the whole pool shares. Before, a call timed out after
+/// 1 s whatever OAP had done with it, and each batch was sent again until its budget ran
+/// out (4.2 copies per report in the case as first seen).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_pool_gets_each_report_once_however_long_it_stays_slow() {
+    use skylift_proxy::upstream::delivery::Delivery;
+    async fn run(slow_for: Duration) -> (usize, usize, u64) {
+        let (a, b) = (Sink::start().await.unwrap(), Sink::start().await.unwrap());
+        for sink in [&a, &b] {
+            sink.set_answer_delay(Duration::from_millis(1200));
+        }
+        let delivery = Delivery {
+            call_timeout: Duration::from_secs(1),
+            answer_timeout: Duration::from_secs(3),
+            ..Delivery::default()
+        };
+        let proxy = proxy_with_delivery(
+            &[&a, &b],
+            queue_config(),
+            UpstreamClient::new(4, 100),
+            limits(),
+            None,
+            delivery,
+        )
+        .await;
+        // Streams of 20 segments, one every 50 ms, for the slow period.
+        let client = client();
+        let started = std::time::Instant::now();
+        let mut acknowledged = 0;
+        while started.elapsed() < slow_for {
+            let messages: Vec<Vec<u8>> = (0..20)
+                .map(|i| segment(&format!("r{acknowledged}-{i}")))
+                .collect();
+            report(&client, proxy.address, &messages).await;
+            acknowledged += messages.len();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for sink in [&a, &b] {
+            sink.set_answer_delay(Duration::ZERO);
+        }
+        eventually_within("every report settled", Duration::from_secs(60), || {
+            let totals = proxy.state.queue.totals();
+            totals.forwarded + totals.dropped_total() == acknowledged as u64
+        })
+        .await;
+        let totals = proxy.state.queue.totals();
+        assert!(
+            totals.balances() && totals.dropped_total() == 0,
+            "{totals:?}"
+        );
+        let received: Vec<Bytes> = [&a, &b]
+            .iter()
+            .flat_map(|sink| sink.messages(SEGMENTS))
+            .collect();
+        let distinct: std::collections::HashSet<&Bytes> = received.iter().collect();
+        assert_eq!(distinct.len(), acknowledged, "every report reached OAP");
+        let metrics = proxy.state.metrics.encode();
+        let ejections: u64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("skylift_proxy_upstream_ejections_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        (acknowledged, received.len(), ejections)
+    }
+    let (short, long) = (Duration::from_secs(4), Duration::from_secs(12));
+    let (acknowledged, copies, ejections) = run(short).await;
+    let factor = copies as f64 / acknowledged as f64;
+    println!(
+        "slow for {short:?}: {copies} copies of {acknowledged} reports ({factor:.2}x), {ejections} ejections"
+    );
+    let (acknowledged_long, copies_long, ejections_long) = run(long).await;
+    let factor_long = copies_long as f64 / acknowledged_long as f64;
+    println!(
+        "slow for {long:?}: {copies_long} copies of {acknowledged_long} reports ({factor_long:.2}x), {ejections_long} ejections"
+    );
+    assert!(factor <= 1.5, "{factor:.2} copies per report");
+    assert!(factor_long <= 1.5, "{factor_long:.2} copies per report");
+    assert!(
+        factor_long <= factor * 1.1,
+        "the factor grew with the slow period: {factor:.2} then {factor_long:.2}"
+    );
+    assert!(
+        ejections <= 1 && ejections_long <= 1,
+        "at most one OAP ejected"
+    );
+}
+
+/// An OAP that takes data in slowly but steadily (its windows open a little at a time) is
+/// progressing, not stuck: a 3 MB batch, three times what its windows hold, takes it about
+/// a second to read in, and the call is not timed out for that though its deadline is
+/// 400 ms, because the data keeps moving. Before, the deadline counted from the start of
+/// the call, and the batch was sent again while OAP was still reading it.
+#[tokio::test]
+async fn a_batch_taken_in_slowly_but_steadily_is_not_timed_out() {
+    use skylift_proxy::upstream::delivery::Delivery;
+    let sink = Sink::start().await.unwrap();
+    sink.set_read_pace(Duration::from_millis(5));
+    let delivery = Delivery {
+        call_timeout: Duration::from_millis(400),
+        answer_timeout: Duration::from_secs(2),
+        ..Delivery::default()
+    };
+    let queue = QueueConfig {
+        partitions: 1,
+        ..queue_config()
+    };
+    let proxy = proxy_with_delivery(
+        &[&sink],
+        queue,
+        UpstreamClient::new(1, 100),
+        limits(),
+        None,
+        delivery,
+    )
+    .await;
+    // 50 segments of 56 KB (the id is in them twice): one batch.
+    let padding = "x".repeat(28_000);
+    let messages: Vec<Vec<u8>> = (0..50)
+        .map(|i| segment(&format!("{i}-{padding}")))
+        .collect();
+    report(&client(), proxy.address, &messages).await;
+    eventually_within("the batch settled", Duration::from_secs(20), || {
+        let totals = proxy.state.queue.totals();
+        totals.forwarded + totals.dropped_total() == 50
+    })
+    .await;
+    let totals = proxy.state.queue.totals();
+    assert_eq!((totals.forwarded, totals.dropped_total()), (50, 0));
+    let received = sink.messages(SEGMENTS);
+    assert_eq!(received.len(), 50, "each segment once");
+    let metrics = proxy.state.metrics.encode();
+    let ejections: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("skylift_proxy_upstream_ejections_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(ejections, 0);
+}
+
+/// OAP took the reports and never answered in time: each is sent to the same OAP at most
+/// twice, whatever budget is left, and dropped as `retries_exhausted`; with a second OAP,
+/// that one is tried before the first is tried again. Before, a single OAP got every report
+/// as many times as the budget allowed.
+#[tokio::test]
+async fn reports_an_oap_took_and_left_unanswered_go_to_it_at_most_twice() {
+    use skylift_proxy::upstream::delivery::Delivery;
+    let delivery = Delivery {
+        call_timeout: Duration::from_millis(500),
+        answer_timeout: Duration::from_millis(200),
+        ..Delivery::default()
+    };
+    assert_eq!(delivery.attempts, 5);
+    async fn copies_per_report(sinks: &[&Sink], delivery: Delivery) -> Vec<Vec<usize>> {
+        for sink in sinks {
+            sink.set_answer_delay(Duration::from_millis(800));
+        }
+        let proxy = proxy_with_delivery(
+            sinks,
+            queue_config(),
+            UpstreamClient::new(4, 100),
+            limits(),
+            None,
+            delivery,
+        )
+        .await;
+        report_streams(proxy.address, 2).await;
+        eventually("every report given up on", || {
+            proxy
+                .state
+                .queue
+                .totals()
+                .dropped(DropReason::RetriesExhausted)
+                == 20
+        })
+        .await;
+        // Copies of each report at each OAP.
+        let mut copies: std::collections::BTreeMap<Bytes, Vec<usize>> = Default::default();
+        for (i, sink) in sinks.iter().enumerate() {
+            for message in sink.messages(SEGMENTS) {
+                copies
+                    .entry(message)
+                    .or_insert_with(|| vec![0; sinks.len()])[i] += 1;
+            }
+        }
+        assert_eq!(copies.len(), 20);
+        copies.into_values().collect()
+    }
+    let only = Sink::start().await.unwrap();
+    for copies in copies_per_report(&[&only], delivery).await {
+        assert_eq!(copies, [2], "sent once and again once");
+    }
+    let (a, b) = (Sink::start().await.unwrap(), Sink::start().await.unwrap());
+    for copies in copies_per_report(&[&a, &b], delivery).await {
+        assert!(copies.iter().all(|&n| (1..=2).contains(&n)), "{copies:?}");
+        assert_eq!(
+            copies.iter().sum::<usize>(),
+            3,
+            "each, then one again: {copies:?}"
+        );
+    }
+}
+
 /// Calls that never reach OAP cost a report nothing of its budget: with a budget of one
 /// call, reports sent while the only upstream refuses connections are kept through many
 /// failed tries, and delivered once an upstream is there.
@@ -805,6 +1013,7 @@ async fn reports_are_kept_through_any_number_of_calls_that_never_connected() {
         skylift_proxy::upstream::delivery::Delivery {
             attempts: 1,
             call_timeout: Duration::from_millis(200),
+            answer_timeout: Duration::from_millis(200),
         },
     )
     .await;
@@ -852,6 +1061,7 @@ async fn a_node_slower_than_its_peer_is_ejected_and_a_pool_slow_as_a_whole_is_no
     let delivery = Delivery {
         attempts: 5,
         call_timeout: Duration::from_millis(150),
+        answer_timeout: Duration::from_millis(150),
     };
     let ejections = |proxy: &Proxy, reason: &str| {
         let metrics = proxy.state.metrics.encode();

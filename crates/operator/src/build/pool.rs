@@ -345,6 +345,7 @@ impl PoolView {
             set_duration(&mut args.outlier_min_latency, &health.slow_min_latency);
             set_duration(&mut args.outlier_ejection, &health.slow_ejection);
             set_duration(&mut args.upstream_timeout, &health.call_timeout);
+            set_duration(&mut args.upstream_answer_timeout, &health.answer_timeout);
             if let Some(percent) = health.max_ejection_percent {
                 args.max_ejection_percent = u32::try_from(percent).unwrap_or(0);
             }
@@ -717,7 +718,7 @@ mod tests {
             "authentication": {"secretName": "oap-token"},
             "rebalancing": {"maxConnectionAge": "10m"},
             "upstreamHealth": {"checkInterval": "2s", "checkFailures": 3, "slowFactor": 4,
-                               "slowEjection": "30s", "callTimeout": "20s"}
+                               "slowEjection": "30s", "callTimeout": "20s", "answerTimeout": "1m"}
         })
     }
 
@@ -746,6 +747,7 @@ mod tests {
             "--outlier-latency-factor=4",
             "--outlier-ejection=30s",
             "--upstream-timeout=20s",
+            "--upstream-answer-timeout=1m",
         ];
         for flag in expected {
             assert!(args.contains(&flag.to_string()), "{flag} in {args:?}");
@@ -996,7 +998,7 @@ mod tests {
             Value::Null,
             json!({"checkInterval": "2s", "checkTimeout": "500ms", "checkFailures": 3,
                    "slowFactor": 5, "slowMinLatency": "50ms", "slowEjection": "1m",
-                   "callTimeout": "25s", "maxEjectionPercent": 34}),
+                   "callTimeout": "25s", "answerTimeout": "90s", "maxEjectionPercent": 34}),
         ];
         let mut combinations = 0;
         for queue in &queues {

@@ -266,6 +266,7 @@ fn event(
         run: None,
         seq: None,
         attempts: 0,
+        unanswered_at: 0,
     }
 }
 

@@ -43,6 +43,9 @@ pub struct Event {
     /// out, broken off once connected, or a failing status): each may have delivered it,
     /// so they are bounded by `--delivery-attempts`.
     pub attempts: u16,
+    /// Upstreams whose answer to a call carrying it timed out after they took the call
+    /// (bits of [`crate::upstream::delivery`]'s mask): each is sent it again at most once.
+    pub unanswered_at: u64,
 }
 
 impl Event {
@@ -67,6 +70,7 @@ impl Event {
             run: None,
             seq: None,
             attempts: 0,
+            unanswered_at: 0,
         }
     }
 }

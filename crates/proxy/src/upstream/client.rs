@@ -156,31 +156,56 @@ impl UpstreamClient {
         }))
     }
 
-    /// Sends a call the proxy makes itself (a report, a health check, its telemetry) and
-    /// reads its whole answer within `timeout`; `Err` says why there was none.
+    /// Sends a call the proxy makes itself (a health check, its telemetry) and reads its
+    /// whole answer within `timeout`; `Err` says why there was none.
     pub async fn call(
         &self,
         request: Request<UpstreamBody>,
         timeout: std::time::Duration,
     ) -> Result<Answer, CallError> {
-        let answered = tokio::time::timeout(timeout, async {
-            let response = self
-                .request(request)
-                .await
-                .map_err(|err| CallError::Broken(describe(&err)))?;
-            let (parts, body) = response.into_parts();
-            let collected = http_body_util::BodyExt::collect(body)
-                .await
-                .map_err(|err| CallError::Broken(format!("reading the answer: {err}")))?;
-            let trailers = collected.trailers();
-            Ok(Answer {
-                code: grpc::status_of(&parts.headers, trailers)
-                    .unwrap_or_else(|| grpc::status_of_http(parts.status)),
-                message: grpc::message_of(&parts.headers, trailers),
-                body: collected.to_bytes(),
-            })
-        });
-        answered.await.unwrap_or(Err(CallError::TimedOut))
+        tokio::time::timeout(timeout, self.answer(request))
+            .await
+            .unwrap_or(Err(CallError::TimedOut))
+    }
+
+    /// Sends a call and reads its whole answer by a deadline that may move while the call
+    /// runs: `deadline` is asked again whenever the one it gave passes, and the call times
+    /// out only when it says a time already past.
+    pub async fn call_by(
+        &self,
+        request: Request<UpstreamBody>,
+        deadline: impl Fn() -> std::time::Instant,
+    ) -> Result<Answer, CallError> {
+        let answer = self.answer(request);
+        tokio::pin!(answer);
+        loop {
+            let at = deadline();
+            if at <= std::time::Instant::now() {
+                return Err(CallError::TimedOut);
+            }
+            tokio::select! {
+                answered = &mut answer => return answered,
+                () = tokio::time::sleep_until(at.into()) => {}
+            }
+        }
+    }
+
+    async fn answer(&self, request: Request<UpstreamBody>) -> Result<Answer, CallError> {
+        let response = self
+            .request(request)
+            .await
+            .map_err(|err| CallError::Broken(describe(&err)))?;
+        let (parts, body) = response.into_parts();
+        let collected = http_body_util::BodyExt::collect(body)
+            .await
+            .map_err(|err| CallError::Broken(format!("reading the answer: {err}")))?;
+        let trailers = collected.trailers();
+        Ok(Answer {
+            code: grpc::status_of(&parts.headers, trailers)
+                .unwrap_or_else(|| grpc::status_of_http(parts.status)),
+            message: grpc::message_of(&parts.headers, trailers),
+            body: collected.to_bytes(),
+        })
     }
 
     /// Streams open per connection to `upstream` (for tests and metrics).

@@ -19,6 +19,15 @@ use crate::upstream::tls::Origination;
 /// Longest a TCP connect, and then a TLS handshake, may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Idle time before the first keepalive probe, time between probes, and unanswered probes
+/// that end the connection.
+const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const TCP_KEEPALIVE_PROBES: u32 = 3;
+/// Longest written data may go unacknowledged before the connection is given up.
+#[cfg(target_os = "linux")]
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Opens upstream connections, in cleartext or TLS.
@@ -33,6 +42,16 @@ impl UpstreamConnector {
         let mut tcp = HttpConnector::new();
         tcp.set_nodelay(true);
         tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        // A call waits for a slow OAP's answer for as long as its connection lives, so a
+        // host that vanished must break the connection: keepalive probes find it when the
+        // connection is idle (about 25 s), the user timeout when data goes unacknowledged.
+        // The kernel does it; HTTP/2 PINGs would, but grpc-java servers answer PINGs more
+        // often than every 5 minutes with GOAWAY `too_many_pings` while they send nothing.
+        tcp.set_keepalive(Some(TCP_KEEPALIVE_IDLE));
+        tcp.set_keepalive_interval(Some(TCP_KEEPALIVE_INTERVAL));
+        tcp.set_keepalive_retries(Some(TCP_KEEPALIVE_PROBES));
+        #[cfg(target_os = "linux")]
+        tcp.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT));
         // Requests over TLS carry the `https` scheme; the TCP part is the same.
         tcp.enforce_http(false);
         UpstreamConnector { tcp, tls }

@@ -3,7 +3,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use http::HeaderValue;
@@ -12,7 +11,7 @@ use http_body_util::combinators::BoxBody;
 use hyper::body::{Frame, SizeHint};
 
 use crate::grpc::BoxError;
-use crate::upstream::payload::Payload;
+use crate::upstream::payload::{Payload, Progress, Tracked};
 
 /// A request body sent upstream.
 pub(crate) type UpstreamBody = BoxBody<Payload, BoxError>;
@@ -24,28 +23,26 @@ pub(crate) fn upstream_body(payload: impl Into<Payload>) -> UpstreamBody {
         .boxed()
 }
 
-/// `request` with a flag that turns true once the client starts sending its body: the
-/// stream was opened on a connection, so the upstream may have received it (a call that
-/// failed before that reached nobody).
+/// `request` with its [`Progress`].
 pub(crate) fn watched(
     request: http::Request<UpstreamBody>,
-) -> (http::Request<UpstreamBody>, Arc<AtomicBool>) {
-    let sent = Arc::new(AtomicBool::new(false));
-    let flag = sent.clone();
+) -> (http::Request<UpstreamBody>, Arc<Progress>) {
+    let progress = Arc::new(Progress::default());
+    let watcher = progress.clone();
     let request = request.map(|body| {
         Watched {
             body,
-            sent: Some(flag),
+            progress: watcher,
         }
         .boxed()
     });
-    (request, sent)
+    (request, progress)
 }
 
-/// A body that says when it is first polled.
+/// A body that tells its [`Progress`].
 struct Watched {
     body: UpstreamBody,
-    sent: Option<Arc<AtomicBool>>,
+    progress: Arc<Progress>,
 }
 
 impl hyper::body::Body for Watched {
@@ -56,10 +53,16 @@ impl hyper::body::Body for Watched {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Payload>, BoxError>>> {
-        if let Some(sent) = self.sent.take() {
-            sent.store(true, Ordering::Relaxed);
-        }
-        Pin::new(&mut self.body).poll_frame(cx)
+        self.progress.set_sent();
+        let progress = self.progress.clone();
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        polled.map(|frame| {
+            frame.map(|frame| {
+                frame.map(|frame| {
+                    frame.map_data(|data| Payload::Tracked(Box::new(Tracked::new(data, progress))))
+                })
+            })
+        })
     }
 
     fn is_end_stream(&self) -> bool {

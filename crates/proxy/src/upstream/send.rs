@@ -19,7 +19,9 @@
 //!   after a backoff that doubles up to 5 s. Each failed call that may have reached OAP
 //!   counts against the events it carried ([`crate::upstream::delivery`]): past their
 //!   budget they are dropped and counted `retries_exhausted`, so a slow OAP gets at most
-//!   that many copies of a report.
+//!   that many copies of a report. A call whose request OAP took waits for the answer
+//!   (`answer_timeout`) rather than being sent again; one left unanswered makes that
+//!   upstream the last choice for those events, and a second one there drops them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +36,7 @@ use crate::queue::Queue;
 use crate::queue::{Batch, DropReason, Event};
 use crate::upstream::Pool;
 use crate::upstream::client::CallError;
+use crate::upstream::delivery::{Failures, timeout_bit};
 use crate::upstream::payload::{Joiner, Payload};
 use crate::upstream::request;
 
@@ -156,15 +159,15 @@ async fn each_alone(sender: &Sender, partition: usize, events: Vec<Event>) -> bo
         .collect()
         .await;
     let mut sent = Vec::new();
-    // By the number of failed calls that may have reached OAP.
-    let mut failed: Vec<(u16, Vec<Event>)> = Vec::new();
+    // By what their failed calls did (reached OAP, left unanswered where).
+    let mut failed: Vec<(Failures, Vec<Event>)> = Vec::new();
     let mut refused: Vec<(u16, String, Vec<Event>)> = Vec::new();
     for (event, delivery) in deliveries {
         match delivery {
             Delivery::Sent => sent.push(event),
-            Delivery::Failed { reached } => match failed.iter_mut().find(|(r, _)| *r == reached) {
+            Delivery::Failed(failures) => match failed.iter_mut().find(|(f, _)| *f == failures) {
                 Some((_, events)) => events.push(event),
-                None => failed.push((reached, vec![event])),
+                None => failed.push((failures, vec![event])),
             },
             Delivery::Refused { code, message } => {
                 match refused.iter_mut().find(|(c, ..)| *c == code) {
@@ -186,8 +189,8 @@ async fn each_alone(sender: &Sender, partition: usize, events: Vec<Event>) -> bo
         );
     }
     let mut all_settled = true;
-    for (reached, events) in failed {
-        all_settled &= settle(sender, partition, events, Delivery::Failed { reached });
+    for (failures, events) in failed {
+        all_settled &= settle(sender, partition, events, Delivery::Failed(failures));
     }
     all_settled
 }
@@ -201,11 +204,9 @@ enum Delivery {
         code: u16,
         message: String,
     },
-    /// Every try failed; `reached` of them may have reached OAP (see
+    /// Every try failed; what that spends of the events' budget (see
     /// [`crate::upstream::delivery`]).
-    Failed {
-        reached: u16,
-    },
+    Failed(Failures),
 }
 
 /// Accounts for a delivery; false when some events were put back.
@@ -233,8 +234,8 @@ fn settle(sender: &Sender, partition: usize, events: Vec<Event>, delivery: Deliv
                 .dropped(Batch { partition, events }, DropReason::RefusedByUpstream);
             true
         }
-        Delivery::Failed { reached } => {
-            let (exhausted, again) = sender.pool.delivery.charge(events, reached);
+        Delivery::Failed(failures) => {
+            let (exhausted, again) = sender.pool.delivery.charge(events, failures);
             if !exhausted.is_empty() {
                 let n = exhausted.len() as u64;
                 sender
@@ -262,7 +263,7 @@ fn settle(sender: &Sender, partition: usize, events: Vec<Event>, delivery: Deliv
                     partition,
                     events: again,
                 },
-                reached > 0,
+                failures.reached > 0,
             );
             false
         }
@@ -287,6 +288,10 @@ async fn deliver(sender: &Sender, partition: usize, events: &[Event]) -> Deliver
     let mut tried: Vec<Upstream> = Vec::new();
     let (mut failures, mut refusal) = (0, None::<(u16, String)>);
     let (mut refusals, mut reached) = (0, 0u16);
+    // Upstreams that left a call with these events unanswered, before and in this delivery.
+    let mut unanswered = 0u64;
+    let unanswered_before = events.iter().fold(0, |mask, e| mask | e.unanswered_at);
+    let mut unanswered_again = false;
     // Tries that may deliver stop where the events' budget ends, not at the end of a round.
     let budget_left = sender
         .pool
@@ -307,6 +312,23 @@ async fn deliver(sender: &Sender, partition: usize, events: &[Event]) -> Deliver
             (false, true, Some(_)) => break,
             // With fewer upstreams than attempts, those tried are tried again.
             (false, true, None) => &upstreams[..],
+        };
+        // Those that left these events unanswered go last: another upstream first.
+        let answering: Vec<Upstream>;
+        let candidates = match unanswered_before | unanswered {
+            0 => candidates,
+            avoided => {
+                answering = candidates
+                    .iter()
+                    .filter(|u| timeout_bit(&u.address) & avoided == 0)
+                    .cloned()
+                    .collect();
+                if answering.is_empty() {
+                    candidates
+                } else {
+                    &answering[..]
+                }
+            }
         };
         let Some(upstream) = sender.pool.balancer.pick_in_lane(
             route::lane(partition, &route.path),
@@ -359,9 +381,19 @@ async fn deliver(sender: &Sender, partition: usize, events: &[Event]) -> Deliver
                 reason,
                 sent,
                 timed_out,
+                taken,
             } => {
-                tracing::debug!(upstream = %upstream.address, path = %route.path, %reason, sent, "the call broke off");
+                tracing::debug!(upstream = %upstream.address, path = %route.path, %reason, sent, taken, "the call broke off");
                 reached += u16::from(sent);
+                if timed_out && taken {
+                    // OAP took the data and never answered: sent there again at most once.
+                    let bit = timeout_bit(&upstream.address);
+                    if (unanswered_before | unanswered) & bit != 0 {
+                        unanswered_again = true;
+                        break;
+                    }
+                    unanswered |= bit;
+                }
                 let failure = if timed_out {
                     Failure::Slow(took)
                 } else {
@@ -374,7 +406,11 @@ async fn deliver(sender: &Sender, partition: usize, events: &[Event]) -> Deliver
     // A healthy upstream judged the data; the others failing says nothing about it.
     match refusal {
         Some((code, message)) => Delivery::Refused { code, message },
-        None => Delivery::Failed { reached },
+        None => Delivery::Failed(Failures {
+            reached,
+            unanswered,
+            unanswered_again,
+        }),
     }
 }
 
@@ -413,11 +449,13 @@ enum Outcome {
     /// With a gRPC status (from the trailers, or the HTTP status when there were none).
     Answered(Verdict, u16, String),
     /// Without one: not connected, reset, timed out. `sent`: the request had left for the
-    /// upstream (its body was being sent), so OAP may have processed it.
+    /// upstream (its body was being sent), so OAP may have processed it; `taken`: OAP took
+    /// all of it.
     Broken {
         reason: String,
         sent: bool,
         timed_out: bool,
+        taken: bool,
     },
 }
 
@@ -433,11 +471,13 @@ async fn call(
             reason: format!("{upstream} is not an address"),
             sent: false,
             timed_out: false,
+            taken: false,
         };
     };
-    let (request, sent) = request::watched(request);
-    let timeout = sender.pool.delivery.call_timeout;
-    match sender.pool.client.call(request, timeout).await {
+    let (request, progress) = request::watched(request);
+    let delivery = sender.pool.delivery;
+    let deadline = || delivery.deadline(progress.moved(), progress.taken());
+    match sender.pool.client.call_by(request, deadline).await {
         Ok(answer) => Outcome::Answered(
             grpc::verdict(answer.code, &answer.message),
             answer.code,
@@ -446,10 +486,11 @@ async fn call(
         Err(reason) => {
             // A call that failed before its request left (no connection, or none in time)
             // reached nobody.
-            let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+            let sent = progress.sent();
             Outcome::Broken {
                 sent,
                 timed_out: sent && matches!(reason, CallError::TimedOut),
+                taken: progress.taken().is_some(),
                 reason: reason.to_string(),
             }
         }

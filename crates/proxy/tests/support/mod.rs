@@ -248,13 +248,19 @@ pub async fn report_streams(proxy: SocketAddr, streams: usize) {
 }
 
 pub async fn eventually(what: &str, check: impl Fn() -> bool) {
-    for _ in 0..200 {
+    eventually_within(what, Duration::from_secs(5), check).await;
+}
+
+/// [`eventually`], for conditions that take up to `limit` to come about.
+pub async fn eventually_within(what: &str, limit: Duration, check: impl Fn() -> bool) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
         if check() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("timed out waiting for {what}");
+    assert!(check(), "timed out waiting for {what}");
 }
 
 /// A `SegmentObject` whose trace and segment ids are `id`, from service `svc` instance

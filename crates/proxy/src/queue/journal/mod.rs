@@ -393,6 +393,7 @@ fn event(record: record::Record, routes: &mut Vec<Arc<Route>>) -> Event {
         run: None,
         seq: None,
         attempts: 0,
+        unanswered_at: 0,
     }
 }
 
