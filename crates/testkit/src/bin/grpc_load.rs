@@ -39,6 +39,9 @@ struct Args {
     message_bytes: usize,
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Milliseconds each caller waits after each call (0: calls back to back).
+    #[arg(long, default_value_t = 0)]
+    pace_ms: u64,
 }
 
 /// One framed `JVMMetricCollection` of about `size` bytes (JVMMetric entries added until
@@ -149,6 +152,7 @@ async fn main() -> anyhow::Result<()> {
         for _ in 0..args.concurrency {
             let mut sender = sender.clone();
             let (payload, target) = (payload.clone(), args.target);
+            let pace = Duration::from_millis(args.pace_ms);
             tasks.push(tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut failures = 0u64;
@@ -177,6 +181,9 @@ async fn main() -> anyhow::Result<()> {
                         latencies.push(sent.elapsed());
                     } else {
                         failures += 1;
+                    }
+                    if !pace.is_zero() {
+                        tokio::time::sleep(pace).await;
                     }
                 }
                 (latencies, failures)

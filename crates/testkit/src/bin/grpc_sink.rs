@@ -1,7 +1,11 @@
 //! A counting OAP double as a process, for benchmarks: serves OAP's methods as OAP does
 //! (the strict double of `skylift_testkit::sink`, without keeping what it receives) and
 //! answers `GET http://<listen port + 1>/count` with what it accepted: messages, calls and
-//! calls refused, as `{"messages":N,"calls":N,"refused":N}`.
+//! calls refused, as `{"messages":N,"segments":N,"calls":N,"refused":N}` (`segments`: the
+//! messages of `TraceSegmentReportService/collect`).
+//!
+//! `--answer-delay` makes it an OAP under load: every call is handled at once and answered
+//! that much later, for the first `--answer-delay-for` (then on time).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,12 +17,38 @@ use skylift_testkit::sink::Sink;
 struct Args {
     #[arg(long)]
     listen: SocketAddr,
+    /// Hold every answer back this long after handling the call (health checks aside).
+    #[arg(long, value_parser = humantime_secs, default_value = "0")]
+    answer_delay: std::time::Duration,
+    /// ... for this long from the start; 0: for ever.
+    #[arg(long, value_parser = humantime_secs, default_value = "0")]
+    answer_delay_for: std::time::Duration,
+}
+
+/// Seconds, whole or fractional.
+fn humantime_secs(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.strip_suffix('s').unwrap_or(text);
+    text.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(std::time::Duration::from_secs_f64)
+        .ok_or_else(|| format!("{text} is not a number of seconds"))
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let sink = Arc::new(Sink::start_counting(args.listen).await?);
+    if !args.answer_delay.is_zero() {
+        sink.set_answer_delay(args.answer_delay);
+        if !args.answer_delay_for.is_zero() {
+            let slow = sink.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(args.answer_delay_for).await;
+                slow.set_answer_delay(std::time::Duration::ZERO);
+            });
+        }
+    }
     let counter = sink.clone();
     let stats = axum::Router::new().route(
         "/count",
@@ -27,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
             async move {
                 axum::Json(serde_json::json!({
                     "messages": counter.total(),
+                    "segments": counter.total_of("/skywalking.v3.TraceSegmentReportService/collect"),
                     "calls": counter.streams(),
                     "refused": counter.refusals().len(),
                 }))

@@ -58,6 +58,8 @@ struct Recorded {
     connections: u64,
     /// Messages counted but not kept (see [`Sink::start_counting`]).
     counted: u64,
+    /// The same, per path (a handful: looked up in order, allocated once each).
+    counted_by_path: Vec<(String, u64)>,
     keep: bool,
     /// The largest message accepted (OAP's `maxMessageSize`).
     max_message_size: usize,
@@ -395,6 +397,16 @@ impl Sink {
             let mut recorded = recorded.lock().expect("sink lock is never poisoned");
             recorded.streams += 1;
             recorded.counted += messages.len() as u64;
+            match recorded
+                .counted_by_path
+                .iter_mut()
+                .find(|(counted, _)| *counted == path)
+            {
+                Some((_, n)) => *n += messages.len() as u64,
+                None => recorded
+                    .counted_by_path
+                    .push((path.clone(), messages.len() as u64)),
+            }
             recorded.discarded += received.discarded;
             if recorded.keep {
                 recorded
@@ -552,6 +564,17 @@ impl Sink {
             .lock()
             .expect("sink lock is never poisoned")
             .counted
+    }
+
+    /// Messages received on `path` (counted, whether kept or not).
+    pub fn total_of(&self, path: &str) -> u64 {
+        self.recorded
+            .lock()
+            .expect("sink lock is never poisoned")
+            .counted_by_path
+            .iter()
+            .find(|(counted, _)| counted == path)
+            .map_or(0, |(_, n)| *n)
     }
 
     /// Calls accepted (those refused before their handler are in [`Sink::refusals`]).
