@@ -69,8 +69,9 @@ pub(crate) struct Failures {
     pub reached: u16,
     /// Bits of the upstreams whose answer timed out after they took the request.
     pub unanswered: u64,
-    /// An upstream left the answer unanswered a second time: the events are given up on.
-    pub unanswered_again: bool,
+    /// Bits of an upstream that left a call unanswered again: the events it had left
+    /// unanswered before are given up on.
+    pub unanswered_again: u64,
 }
 
 impl Delivery {
@@ -104,8 +105,10 @@ impl Delivery {
         let mut again = Vec::with_capacity(events.len());
         for mut event in events {
             event.attempts = event.attempts.saturating_add(failures.reached);
-            event.unanswered_at |= failures.unanswered;
-            if failures.unanswered_again || (self.attempts > 0 && event.attempts >= self.attempts) {
+            let unanswered_twice =
+                (event.unanswered_at | failures.unanswered) & failures.unanswered_again != 0;
+            event.unanswered_at |= failures.unanswered | failures.unanswered_again;
+            if unanswered_twice || (self.attempts > 0 && event.attempts >= self.attempts) {
                 exhausted.push(event);
             } else {
                 again.push(event);
@@ -172,7 +175,7 @@ mod tests {
         let first = Failures {
             reached: 1,
             unanswered: a,
-            unanswered_again: false,
+            unanswered_again: 0,
         };
         let (exhausted, again) = delivery.charge(vec![event(0)], first);
         assert!(exhausted.is_empty());
@@ -181,15 +184,19 @@ mod tests {
             unanswered: b,
             ..first
         };
-        let (_, again) = delivery.charge(again, then_b);
+        let (_, mut again) = delivery.charge(again, then_b);
         assert_eq!(again[0].unanswered_at, a | b);
-        // Budget left, but an upstream that already left it unanswered did so again.
+        // Budget left, but an upstream that already left it unanswered did so again; an
+        // event it had not left unanswered before (regrouped with it) is kept, and marked.
+        again.push(event(0));
         let again_a = Failures {
-            unanswered_again: true,
-            ..first
+            reached: 1,
+            unanswered: 0,
+            unanswered_again: a,
         };
         let (exhausted, again) = delivery.charge(again, again_a);
-        assert!(again.is_empty());
+        assert_eq!(again.len(), 1);
+        assert_eq!((again[0].attempts, again[0].unanswered_at), (1, a));
         assert_eq!(exhausted[0].attempts, 3);
     }
 

@@ -54,12 +54,14 @@ impl hyper::body::Body for Watched {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Payload>, BoxError>>> {
         self.progress.set_sent();
-        let progress = self.progress.clone();
         let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let progress = &self.progress;
         polled.map(|frame| {
             frame.map(|frame| {
                 frame.map(|frame| {
-                    frame.map_data(|data| Payload::Tracked(Box::new(Tracked::new(data, progress))))
+                    frame.map_data(|data| {
+                        Payload::Tracked(Box::new(Tracked::new(data, progress.clone())))
+                    })
                 })
             })
         })

@@ -291,7 +291,7 @@ async fn deliver(sender: &Sender, partition: usize, events: &[Event]) -> Deliver
     // Upstreams that left a call with these events unanswered, before and in this delivery.
     let mut unanswered = 0u64;
     let unanswered_before = events.iter().fold(0, |mask, e| mask | e.unanswered_at);
-    let mut unanswered_again = false;
+    let mut unanswered_again = 0u64;
     // Tries that may deliver stop where the events' budget ends, not at the end of a round.
     let budget_left = sender
         .pool
@@ -385,14 +385,16 @@ async fn deliver(sender: &Sender, partition: usize, events: &[Event]) -> Deliver
             } => {
                 tracing::debug!(upstream = %upstream.address, path = %route.path, %reason, sent, taken, "the call broke off");
                 reached += u16::from(sent);
+                // OAP took the data and never answered: sent there again at most once.
+                let mut again_there = false;
                 if timed_out && taken {
-                    // OAP took the data and never answered: sent there again at most once.
                     let bit = timeout_bit(&upstream.address);
                     if (unanswered_before | unanswered) & bit != 0 {
-                        unanswered_again = true;
-                        break;
+                        unanswered_again |= bit;
+                        again_there = true;
+                    } else {
+                        unanswered |= bit;
                     }
-                    unanswered |= bit;
                 }
                 let failure = if timed_out {
                     Failure::Slow(took)
@@ -400,6 +402,9 @@ async fn deliver(sender: &Sender, partition: usize, events: &[Event]) -> Deliver
                     Failure::Connection
                 };
                 failed(sender, &upstream.address, failure, &mut failures).await;
+                if again_there {
+                    break;
+                }
             }
         }
     }
