@@ -721,15 +721,7 @@ async fn reports_oap_takes_but_answers_too_late_are_sent_at_most_their_budget() 
         call_timeout: Duration::from_millis(200),
         answer_timeout: Duration::from_millis(200),
     };
-    let proxy = proxy_with_delivery(
-        &[&a, &b],
-        queue_config(),
-        UpstreamClient::new(4, 100),
-        limits(),
-        None,
-        delivery,
-    )
-    .await;
+    let proxy = proxy_delivering(&[&a, &b], delivery).await;
     report_streams(proxy.address, 4).await;
     eventually("every report given up on after its budget", || {
         proxy
@@ -809,15 +801,7 @@ async fn a_slow_pool_gets_each_report_once_however_long_it_stays_slow() {
             answer_timeout: Duration::from_secs(3),
             ..Delivery::default()
         };
-        let proxy = proxy_with_delivery(
-            &[&a, &b],
-            queue_config(),
-            UpstreamClient::new(4, 100),
-            limits(),
-            None,
-            delivery,
-        )
-        .await;
+        let proxy = proxy_delivering(&[&a, &b], delivery).await;
         // Streams of 20 segments, one every 50 ms, for the slow period.
         let client = client();
         let started = std::time::Instant::now();
@@ -849,13 +833,7 @@ async fn a_slow_pool_gets_each_report_once_however_long_it_stays_slow() {
             .collect();
         let distinct: std::collections::HashSet<&Bytes> = received.iter().collect();
         assert_eq!(distinct.len(), acknowledged, "every report reached OAP");
-        let metrics = proxy.state.metrics.encode();
-        let ejections: u64 = metrics
-            .lines()
-            .filter(|l| l.starts_with("skylift_proxy_upstream_ejections_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum();
-        (acknowledged, received.len(), ejections)
+        (acknowledged, received.len(), ejections_total(&proxy))
     }
     let (short, long) = (Duration::from_secs(4), Duration::from_secs(12));
     let (acknowledged, copies, ejections) = run(short).await;
@@ -923,13 +901,7 @@ async fn a_batch_taken_in_slowly_but_steadily_is_not_timed_out() {
     assert_eq!((totals.forwarded, totals.dropped_total()), (50, 0));
     let received = sink.messages(SEGMENTS);
     assert_eq!(received.len(), 50, "each segment once");
-    let metrics = proxy.state.metrics.encode();
-    let ejections: u64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("skylift_proxy_upstream_ejections_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum();
-    assert_eq!(ejections, 0);
+    assert_eq!(ejections_total(&proxy), 0);
 }
 
 /// OAP took the reports and never answered in time: each is sent to the same OAP at most
@@ -949,15 +921,7 @@ async fn reports_an_oap_took_and_left_unanswered_go_to_it_at_most_twice() {
         for sink in sinks {
             sink.set_answer_delay(Duration::from_millis(800));
         }
-        let proxy = proxy_with_delivery(
-            sinks,
-            queue_config(),
-            UpstreamClient::new(4, 100),
-            limits(),
-            None,
-            delivery,
-        )
-        .await;
+        let proxy = proxy_delivering(sinks, delivery).await;
         report_streams(proxy.address, 2).await;
         eventually("every report given up on", || {
             proxy
@@ -1004,12 +968,8 @@ async fn reports_are_kept_through_any_number_of_calls_that_never_connected() {
     let nobody = closed.local_addr().unwrap().to_string();
     drop(closed);
     let sink = Sink::start().await.unwrap();
-    let proxy = proxy_with_delivery(
+    let proxy = proxy_delivering(
         &[&sink],
-        queue_config(),
-        UpstreamClient::new(4, 100),
-        limits(),
-        None,
         skylift_proxy::upstream::delivery::Delivery {
             attempts: 1,
             call_timeout: Duration::from_millis(200),
@@ -1091,15 +1051,7 @@ async fn a_node_slower_than_its_peer_is_ejected_and_a_pool_slow_as_a_whole_is_no
     }
 
     async fn start(upstreams: [&Sink; 2], delivery: Delivery) -> Proxy {
-        proxy_with_delivery(
-            &upstreams,
-            queue_config(),
-            UpstreamClient::new(4, 100),
-            limits(),
-            None,
-            delivery,
-        )
-        .await
+        proxy_delivering(&upstreams, delivery).await
     }
 
     // One slow, one fine.

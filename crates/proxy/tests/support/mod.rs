@@ -113,6 +113,32 @@ pub async fn proxy_with_limits(
     proxy_with_delivery(upstreams, queue, client, limits, tls, Delivery::default()).await
 }
 
+/// A proxy in front of `upstreams` with the tests' queue, client and limits, delivering
+/// by `delivery`.
+pub async fn proxy_delivering(upstreams: &[&Sink], delivery: Delivery) -> Proxy {
+    proxy_with_delivery(
+        upstreams,
+        queue_config(),
+        UpstreamClient::new(4, 100),
+        limits(),
+        None,
+        delivery,
+    )
+    .await
+}
+
+/// Upstream ejections the proxy counted, for every reason.
+pub fn ejections_total(proxy: &Proxy) -> u64 {
+    proxy
+        .state
+        .metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("skylift_proxy_upstream_ejections_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// The proxy with its call deadline and delivery budget as given.
 pub async fn proxy_with_delivery(
     upstreams: &[&Sink],
