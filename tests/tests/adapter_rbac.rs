@@ -32,7 +32,9 @@ fn bundle_secret() -> Value {
 async fn the_bundles_adapter_rbac_is_exactly_what_the_adapter_uses() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let scratch = Scratch::new("adapter-rbac");
-    let api = ApiServer::start(&[]).await.unwrap();
+    // The CRDs installed, as the operator bundle installs them: the adapter watches
+    // OAPServers.
+    let api = ApiServer::start_with_skylift_crds().await.unwrap();
     let front_proxy_ca = TestCa::new("front-proxy-ca");
     aggregation::install(api.state(), &front_proxy_ca.cert_pem);
     api.state()
@@ -74,7 +76,11 @@ async fn the_bundles_adapter_rbac_is_exactly_what_the_adapter_uses() {
     adapter.kill();
 
     let own = bundle_grants("manifests/adapter-bundle.yaml", "skylift-adapter");
-    assert_eq!(own.len(), 2, "its Secret and its APIService");
+    assert_eq!(
+        own.len(),
+        3,
+        "its Secret, its APIService, and OAPServers to read"
+    );
     let mut grants = own;
     // What the bundle binds from Kubernetes' bootstrap roles, as Kubernetes defines them.
     grants.push(Grant::builtin(

@@ -4,7 +4,8 @@
 //! chart's pod would, in a network namespace of its own (its pod reported ready at that
 //! address), reading an OAP stand-in; it is started in every order relative to the
 //! APIService: the APIService first, the adapter first, and a restart over an APIService
-//! that already trusts its certificate.
+//! that already trusts its certificate. A second OAP, the OAPServer of another namespace,
+//! is read by the HPAs of that namespace and by a selector that names it.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -12,8 +13,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
+use skylift_api::OAPServer;
 use skylift_e2e::rbac::args_in;
 use skylift_e2e::real::{chart, install, namespace};
 use skylift_e2e::{Process, Scratch, binary, real_control_plane, wait_for};
@@ -309,5 +311,81 @@ async fn the_adapter_serves_the_aggregator_and_the_hpa_in_every_start_order() {
         "HPA: web scaled from 1 to 4 replicas {:.1} s after the HPA was created",
         created.elapsed().as_secs_f64()
     );
+
+    // A second OAP: the OAPServer of namespace team-a, its status giving a stand-in whose
+    // service_cpm is 2500. An HPA there reads its own OAP (scaling to 5 pods at 500 each,
+    // where the default OAP's 1500.5 would give 4); the HPA in shop keeps reading the
+    // default; a read in shop naming team-a's OAPServer in its selector gets team-a's value.
+    let team_a_listener = tokio::net::TcpListener::bind((host.host_ip, 0))
+        .await
+        .unwrap();
+    let team_a_oap = GraphqlOap::serve(
+        team_a_listener,
+        OapData {
+            expressions: HashMap::from([(
+                "latest(service_cpm)".to_string(),
+                Some("2500".to_string()),
+            )]),
+            ..OapData::default()
+        },
+        None,
+        axum::Router::new(),
+    )
+    .unwrap();
+    namespace(plane, "team-a");
+    let oapservers: Api<OAPServer> = Api::namespaced(client.clone(), "team-a");
+    let oapserver: OAPServer = serde_json::from_value(json!({
+        "apiVersion": "skylift.io/v1alpha1", "kind": "OAPServer",
+        "metadata": {"name": "skywalking", "namespace": "team-a"},
+        "spec": {"version": "10.2.0"},
+    }))
+    .unwrap();
+    oapservers
+        .create(&PostParams::default(), &oapserver)
+        .await
+        .unwrap();
+    // What the operator writes once it made the OAP's Service.
+    let http = team_a_oap.url().trim_end_matches("/graphql").to_string();
+    oapservers
+        .patch_status(
+            "skywalking",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"address": {"grpc": "skywalking-oap.team-a.svc:11800", "http": http}}})),
+        )
+        .await
+        .unwrap();
+    let team_a_deployments: Api<Deployment> = Api::namespaced(client.clone(), "team-a");
+    let mut web_a = web.clone();
+    web_a.metadata.namespace = Some("team-a".into());
+    team_a_deployments
+        .create(&PostParams::default(), &web_a)
+        .await
+        .unwrap();
+    let mut hpa_a = hpa.clone();
+    hpa_a.metadata.namespace = Some("team-a".into());
+    Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), "team-a")
+        .create(&PostParams::default(), &hpa_a)
+        .await
+        .unwrap();
+    wait_for(
+        "the HPA of team-a scaling its web to 5 replicas on team-a's OAP",
+        Duration::from_secs(90),
+        || async {
+            let replicas = team_a_deployments.get("web").await.ok()?.spec?.replicas?;
+            (replicas == 5).then_some(())
+        },
+    )
+    .await;
+    let escaped: Vec<String> = skylift_api::metric_selector::escape("oap", "team-a/skywalking")
+        .into_iter()
+        .map(|(k, v)| format!("{k}%3D{v}"))
+        .collect();
+    let named = format!("{}{READ}%2C{}", plane.server, escaped.join("%2C"));
+    let answer = plane.admin_http().get(named).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let body = answer.text().await.unwrap();
+    assert!(body.contains("\"2500\""), "{body}");
+    let replicas = deployments.get("web").await.unwrap().spec.unwrap().replicas;
+    assert_eq!(replicas, Some(4), "shop's HPA still reads the default OAP");
     assert!(adapter.is_running());
 }

@@ -151,7 +151,10 @@ async fn clients_proxies_oap_adapter_and_hpa_close_the_loop() {
             adapter_address,
             &oap.graphql(0),
             "1s",
-        ));
+        ))
+        // The operator's HPA names the Satellite's OAPServer; the double serves no
+        // OAPServers, so the adapter is told where it answers.
+        .arg(format!("--oap={NAMESPACE}/skywalking={}", oap.graphql(0)));
     let _adapter = Process::spawn("skylift-adapter", adapter, scratch.path());
     let aggregator = Aggregator::new(api.client(), &front_proxy_ca, adapter_address).await;
 

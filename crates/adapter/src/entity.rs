@@ -43,7 +43,7 @@ pub enum EntityError {
     )]
     NotEquality(String),
     #[error(
-        "selector key {0:?} is not one of service, instance, endpoint, dest_service, dest_instance, dest_endpoint, label, layer (or their .str.N / .byte.N pieces)"
+        "selector key {0:?} is not one of service, instance, endpoint, dest_service, dest_instance, dest_endpoint, label, layer (or their .str.N / .byte.N pieces), nor oap (which OAP to read)"
     )]
     UnknownKey(String),
     #[error(
@@ -60,7 +60,7 @@ pub enum EntityError {
 }
 
 /// The key a selector label belongs to: `service` for `service` and `service.str.0`.
-fn base_key(label: &str) -> &str {
+pub(crate) fn base_key(label: &str) -> &str {
     let mut parts = label.rsplitn(3, '.');
     match (parts.next(), parts.next(), parts.next()) {
         (Some(_), Some("str" | "byte"), Some(key)) => key,

@@ -9,6 +9,7 @@ use skylift_adapter::access::Access;
 use skylift_adapter::bootstrap;
 use skylift_adapter::guard::guarded;
 use skylift_adapter::metrics::Metrics;
+use skylift_adapter::oaps::Directory;
 use skylift_adapter::reader::{OapConfig, OapReader};
 use skylift_adapter::server::{Adapter, router};
 use skylift_adapter::start::{self, Certificates};
@@ -86,6 +87,23 @@ struct Args {
         default_value = "http://oap:12800/graphql"
     )]
     oap_url: String,
+    /// Another OAP, read when a selector says `oap=NAME` or a namespace is routed to it
+    /// (repeatable); `NAMESPACE/NAME=URL` reads that OAPServer at URL instead of its status
+    /// address. Basic auth from `--oap-credentials-dir`.
+    #[arg(long = "oap", env = "SKYLIFT_ADAPTER_OAPS", value_delimiter = ',', value_parser = parse_static_oap)]
+    oaps: Vec<(String, String)>,
+    /// A directory with `<NAME>/username` and `<NAME>/password` for the `--oap`s that need
+    /// basic auth (mounted Secrets).
+    #[arg(long, env = "SKYLIFT_ADAPTER_OAP_CREDENTIALS_DIR")]
+    oap_credentials_dir: Option<PathBuf>,
+    /// YAML file of namespace → OAP (`default`, an `--oap` NAME, or NAMESPACE/NAME of an
+    /// OAPServer): which OAP answers the HPAs of that namespace.
+    #[arg(long, env = "SKYLIFT_ADAPTER_OAP_ROUTES")]
+    oap_routes: Option<PathBuf>,
+    /// Watch OAPServers, so the HPAs of a namespace read the OAPServer there and a selector
+    /// can name one (`oap=<namespace>/<name>`). Needs list and watch on oapservers.
+    #[arg(long, env = "SKYLIFT_ADAPTER_DISCOVER_OAPSERVERS", default_value_t = true, action = clap::ArgAction::Set)]
+    discover_oapservers: bool,
     /// Time allowed for one OAP query.
     #[arg(long, env = "SKYLIFT_ADAPTER_OAP_TIMEOUT", default_value = "5s", value_parser = skylift_api::duration::parse)]
     oap_timeout: Duration,
@@ -108,6 +126,47 @@ fn basic_auth() -> anyhow::Result<Option<(String, String)>> {
         (Some(user), Some(password)) => Ok(Some((user, password))),
         _ => bail!(
             "set both SKYLIFT_ADAPTER_OAP_USERNAME and SKYLIFT_ADAPTER_OAP_PASSWORD, or neither"
+        ),
+    }
+}
+
+/// `NAME=URL` or `NAMESPACE/NAME=URL` of `--oap`.
+fn parse_static_oap(text: &str) -> Result<(String, String), String> {
+    use skylift_adapter::oaps::OapRef;
+    let refused = || {
+        format!(
+            "{text:?}: expected NAME=URL or NAMESPACE/NAME=URL of an OAPServer (NAME not `default`; URL http(s)://...)"
+        )
+    };
+    let (name, url) = text.split_once('=').ok_or_else(refused)?;
+    match OapRef::parse(name) {
+        Ok(OapRef::Static(_) | OapRef::Server { .. }) if url.starts_with("http") => {
+            Ok((name.to_string(), url.to_string()))
+        }
+        _ => Err(refused()),
+    }
+}
+
+/// Basic auth of `--oap NAME` from `<dir>/NAME/username` and `password`, when both exist.
+fn static_credentials(
+    dir: Option<&std::path::Path>,
+    name: &str,
+) -> anyhow::Result<Option<(String, String)>> {
+    let Some(dir) = dir else { return Ok(None) };
+    let read = |file: &str| {
+        let path = dir.join(name).join(file);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text.trim_end_matches(['\r', '\n']).to_string())),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(anyhow::Error::new(err).context(format!("reading {}", path.display()))),
+        }
+    };
+    match (read("username")?, read("password")?) {
+        (Some(user), Some(password)) => Ok(Some((user, password))),
+        (None, None) => Ok(None),
+        _ => bail!(
+            "--oap {name}: {}/{name} needs both username and password",
+            dir.display()
         ),
     }
 }
@@ -149,6 +208,44 @@ async fn main() -> anyhow::Result<()> {
         basic_auth: basic_auth()?,
     })
     .context("building the OAP client")?;
+    let mut statics = std::collections::BTreeMap::new();
+    for (name, url) in &args.oaps {
+        let config = OapConfig {
+            url: url.clone(),
+            timeout: args.oap_timeout,
+            basic_auth: static_credentials(args.oap_credentials_dir.as_deref(), name)?,
+        };
+        let reader = OapReader::new(config).with_context(|| format!("--oap {name}"))?;
+        if statics.insert(name.clone(), reader).is_some() {
+            bail!("--oap {name} is given twice");
+        }
+    }
+    let routes = match &args.oap_routes {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --oap-routes {}", path.display()))?;
+            skylift_adapter::oaps::parse_routes(&text)
+                .map_err(|e| anyhow::anyhow!("--oap-routes {}: {e}", path.display()))?
+        }
+        None => Default::default(),
+    };
+    for (namespace, oap) in &routes {
+        if let skylift_adapter::oaps::OapRef::Static(name) = oap
+            && !statics.contains_key(name)
+        {
+            bail!("--oap-routes: namespace {namespace:?} goes to {name:?}, which is no --oap");
+        }
+    }
+    let oaps = Arc::new(Directory::new(
+        reader,
+        statics,
+        routes,
+        OapConfig {
+            url: String::new(),
+            timeout: args.oap_timeout,
+            basic_auth: None,
+        },
+    ));
 
     // In-cluster, or from KUBECONFIG / ~/.kube/config.
     let client = kube::Client::try_default()
@@ -178,11 +275,17 @@ async fn main() -> anyhow::Result<()> {
     let adapter = Arc::new(Adapter::new(
         args.metric_prefix.clone(),
         expressions,
-        reader,
+        oaps.clone(),
         args.refresh_interval,
         metrics.clone(),
     ));
     let app = guarded(router(adapter), access.clone(), metrics);
+    if args.discover_oapservers {
+        tokio::spawn(skylift_adapter::discovery::watch_oapservers(
+            client.clone(),
+            oaps,
+        ));
+    }
     // Bound now, so a port that cannot be taken stops the start with its reason; accepted
     // from only once the aggregator can be authenticated.
     let listener = tokio::net::TcpListener::bind(args.secure_listen)

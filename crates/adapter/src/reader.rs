@@ -82,6 +82,11 @@ impl OapReader {
         })
     }
 
+    /// Where and how this OAP is reached.
+    pub fn config(&self) -> &OapConfig {
+        &self.config
+    }
+
     fn unavailable(&self, reason: impl Into<String>) -> ReadError {
         ReadError::Unavailable {
             url: self.config.url.clone(),

@@ -22,8 +22,9 @@ use crate::entity::{self, Entity};
 use crate::metric::{self, Metric};
 use crate::metrics::Metrics;
 use crate::oap::Reading;
+use crate::oaps::{self, Directory, OapRef, RouteError};
 use crate::quantity;
-use crate::reader::{OapReader, ReadError, Target};
+use crate::reader::{ReadError, Target};
 use skylift_api::label_selector as selector;
 
 /// What reads share.
@@ -32,8 +33,9 @@ pub struct Adapter {
     pub prefix: String,
     /// `--expressions`: name → MQE expression.
     pub expressions: HashMap<String, String>,
-    pub reader: Arc<OapReader>,
-    pub cache: Cache<(Target, Entity), Result<Reading, ReadError>>,
+    /// The OAPs reads go to.
+    pub oaps: Arc<Directory>,
+    pub cache: Cache<(OapRef, Target, Entity), Result<Reading, ReadError>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -41,14 +43,14 @@ impl Adapter {
     pub fn new(
         prefix: String,
         expressions: HashMap<String, String>,
-        reader: OapReader,
+        oaps: Arc<Directory>,
         refresh: Duration,
         metrics: Arc<Metrics>,
     ) -> Adapter {
         Adapter {
             prefix,
             expressions,
-            reader: Arc::new(reader),
+            oaps,
             cache: Cache::with_refresh_ahead(refresh),
             metrics,
         }
@@ -108,6 +110,20 @@ async fn read(
     read_metric(&adapter, &namespace, &name, selector).await
 }
 
+/// A read with no OAP to go to: 503 while an OAPServer's address is being written, 404
+/// for an OAP the adapter does not know, 400 for a selector to fix.
+fn route_failure(name: &str, selector: &str, err: &RouteError) -> Response {
+    let status = match err {
+        _ if err.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
+        RouteError::UnknownStatic { .. } | RouteError::UnknownServer(_) => StatusCode::NOT_FOUND,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    failure(
+        status,
+        &format!("metric {name:?}, selector {selector:?}: {err}"),
+    )
+}
+
 /// Reads one external metric for the HPA.
 pub async fn read_metric(
     adapter: &Adapter,
@@ -139,6 +155,14 @@ pub async fn read_metric(
         Ok(requirements) => requirements,
         Err(err) => return failure(StatusCode::BAD_REQUEST, &err.to_string()),
     };
+    let (explicit, requirements) = match oaps::split(&requirements) {
+        Ok(split) => split,
+        Err(err) => return route_failure(name, selector, &err),
+    };
+    let (oap, reader) = match adapter.oaps.resolve(explicit, namespace) {
+        Ok(resolved) => resolved,
+        Err(err) => return route_failure(name, selector, &err),
+    };
     let entity = match entity::from_requirements(&requirements) {
         Ok(entity) => entity,
         Err(err) => {
@@ -148,16 +172,15 @@ pub async fn read_metric(
             );
         }
     };
-    let reader = adapter.reader.clone();
     let metrics = adapter.metrics.clone();
-    let key = (target, entity.clone());
+    let key = (oap, target, entity.clone());
     let query = key.clone();
     let (reading, lookup) = adapter
         .cache
         .lookup(key, move || {
             async move {
                 let started = std::time::Instant::now();
-                let reading = reader.read(&query.0, &query.1).await;
+                let reading = reader.read(&query.1, &query.2).await;
                 let outcome = match &reading {
                     Ok(Reading::Value(_)) => "value",
                     Ok(Reading::NoData(_)) => "no_data",

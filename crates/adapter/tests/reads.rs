@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use skylift_adapter::metrics::Metrics;
+use skylift_adapter::oaps::Directory;
 use skylift_adapter::reader::{OapConfig, OapReader};
 use skylift_adapter::server::{Adapter, router};
 use skylift_testkit::oap::graphql::{GraphqlOap, OapData};
@@ -42,7 +43,7 @@ async fn start(data: OapData, oap_url: Option<String>) -> (SocketAddr, GraphqlOa
     let adapter = Arc::new(Adapter::new(
         "skywalking.apache.org".into(),
         expressions,
-        reader,
+        Arc::new(Directory::single(reader)),
         Duration::from_secs(10),
         Arc::new(Metrics::default()),
     ));
@@ -235,4 +236,106 @@ async fn discovery_answers_as_the_aggregator_expects() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
+}
+
+/// An OAP stand-in whose `service_cpm` of every service is `value`.
+async fn oap_answering(value: &str) -> GraphqlOap {
+    GraphqlOap::start(OapData {
+        expressions: HashMap::from([("latest(service_cpm)".to_string(), Some(value.to_string()))]),
+        ..OapData::default()
+    })
+    .await
+    .unwrap()
+}
+
+fn reader_of(url: String) -> OapReader {
+    OapReader::new(OapConfig {
+        url,
+        timeout: Duration::from_secs(2),
+        basic_auth: None,
+    })
+    .unwrap()
+}
+
+/// Three OAPs with different values for the same metric: the default (`--oap-url`), a
+/// static one (`--oap central=...`) and the OAPServer of namespace team-a. An HPA in
+/// team-a reads team-a's OAP, one elsewhere the default, one naming `oap=central` (or the
+/// OAPServer, SWCK-escaped as the operator writes it) that one; each OAP is asked once per
+/// metric and entity however many HPAs read. Before, every read went to the one OAP.
+#[tokio::test]
+async fn each_hpa_reads_the_oap_of_its_namespace_or_the_one_its_selector_names() {
+    crypto();
+    let (default, central, team_a) = (
+        oap_answering("1").await,
+        oap_answering("2").await,
+        oap_answering("3").await,
+    );
+    let oaps = Arc::new(Directory::new(
+        reader_of(default.url()),
+        std::collections::BTreeMap::from([("central".to_string(), reader_of(central.url()))]),
+        Default::default(),
+        reader_of(String::new()).config().clone(),
+    ));
+    // As the OAPServer's status gives it: http://host:port.
+    let team_a_http = team_a.url().trim_end_matches("/graphql").to_string();
+    oaps.set_server("team-a", "skywalking", Some(&team_a_http));
+    let adapter = Arc::new(Adapter::new(
+        "skywalking.apache.org".into(),
+        HashMap::new(),
+        oaps,
+        Duration::from_secs(10),
+        Arc::new(Metrics::default()),
+    ));
+    let adapter = serve(router(adapter)).await;
+    let value = |namespace: &'static str, selector: String| async move {
+        let url = format!(
+            "http://{adapter}/apis/external.metrics.k8s.io/v1beta1/namespaces/{namespace}/skywalking.apache.org%7Cservice_cpm?labelSelector={selector}"
+        );
+        let response = reqwest::get(url).await.unwrap();
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        body["items"][0]["value"].as_str().unwrap().to_string()
+    };
+    let escaped: Vec<String> = skylift_api::metric_selector::escape("oap", "team-a/skywalking")
+        .into_iter()
+        .map(|(k, v)| format!("{k}%3D{v}"))
+        .collect();
+    let by_server = format!("service%3Dcheckout%2C{}", escaped.join("%2C"));
+    for _ in 0..3 {
+        assert_eq!(value("team-a", "service%3Dcheckout".into()).await, "3");
+        assert_eq!(value("apps", "service%3Dcheckout".into()).await, "1");
+        assert_eq!(
+            value("apps", "service%3Dcheckout%2Coap%3Dcentral".into()).await,
+            "2"
+        );
+        assert_eq!(
+            value("team-a", "service%3Dcheckout%2Coap%3Ddefault".into()).await,
+            "1"
+        );
+        assert_eq!(value("apps", by_server.clone()).await, "3");
+    }
+    // One query per (OAP, metric, entity) per interval.
+    assert_eq!(
+        (
+            default.metric_queries(),
+            central.metric_queries(),
+            team_a.metric_queries()
+        ),
+        (1, 1, 1)
+    );
+    // An OAP it does not know is a clear 404, not another OAP's value.
+    let url = format!(
+        "http://{adapter}/apis/external.metrics.k8s.io/v1beta1/namespaces/apps/skywalking.apache.org%7Cservice_cpm?labelSelector=service%3Dcheckout%2Coap%3Dnowhere"
+    );
+    let response = reqwest::get(url).await.unwrap();
+    assert_eq!(response.status().as_u16(), 404);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("default, central"),
+        "{body}"
+    );
 }

@@ -18,6 +18,7 @@ use skylift_adapter::access::Access;
 use skylift_adapter::bootstrap;
 use skylift_adapter::guard::guarded;
 use skylift_adapter::metrics::Metrics;
+use skylift_adapter::oaps::Directory;
 use skylift_adapter::reader::{OapConfig, OapReader};
 use skylift_adapter::server::{Adapter, router};
 use skylift_adapter::start::{self, Certificates};
@@ -61,7 +62,7 @@ async fn start_adapter(client: kube::Client, oap_url: String) -> SocketAddr {
     let adapter = Arc::new(Adapter::new(
         "skywalking.apache.org".into(),
         HashMap::new(),
-        reader,
+        Arc::new(Directory::single(reader)),
         Duration::from_secs(10),
         metrics.clone(),
     ));

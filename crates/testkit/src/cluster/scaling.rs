@@ -258,6 +258,13 @@ impl ScalingLoop {
                 deployment_args(adapter_bundle, "skylift-adapter"),
                 &[
                     ("--oap-url", format!("http://{oap}:12800/graphql")),
+                    // The Satellite's HPA names its OAPServer; with no cluster DNS here, the
+                    // adapter is told where that OAPServer answers, as an adapter outside
+                    // the cluster would be.
+                    (
+                        "--oap",
+                        format!("{NAMESPACE}/{OAP}=http://{oap}:12800/graphql"),
+                    ),
                     ("--refresh-interval", "2s".into()),
                 ],
             ));
