@@ -572,10 +572,7 @@ fn hpa_spec<K: Resource<DynamicType = ()>>(
                         metrics::SATELLITE_CONNECTION_COUNT,
                     ),
                     selector: Some(LabelSelector {
-                        match_labels: Some(skylift_api::metric_selector::escape(
-                            "service",
-                            &oap_service,
-                        )),
+                        match_labels: Some(metric_selector(pool, telemetry, &oap_service)),
                         ..LabelSelector::default()
                     }),
                 },
@@ -596,6 +593,25 @@ fn hpa_spec<K: Resource<DynamicType = ()>>(
                 .unwrap_or_else(default_behavior),
         ),
     }
+}
+
+/// The HPA's metric selector: the pool's telemetry service, and, when the pool reports it
+/// to an OAPServer (its upstream, no separate telemetry address), that OAPServer, so the
+/// adapter reads the OAP that has the metric however many OAPs the cluster runs (`oap`,
+/// SWCK-escaped: a label value cannot hold the `/` of `<namespace>/<name>`).
+fn metric_selector(
+    pool: &PoolView,
+    telemetry: &TelemetryView,
+    oap_service: &str,
+) -> BTreeMap<String, String> {
+    let mut labels = skylift_api::metric_selector::escape("service", oap_service);
+    if let (UpstreamSource::OapServer(oap), None) = (&pool.upstream, &telemetry.upstream) {
+        labels.extend(skylift_api::metric_selector::escape(
+            "oap",
+            &format!("{}/{oap}", pool.namespace),
+        ));
+    }
+    labels
 }
 
 /// Scale up only after connections stayed high for a minute, by the smallest step the
@@ -896,7 +912,7 @@ mod tests {
             "autoscaling": {"minReplicas": 1, "maxReplicas": 3, "targetConnectionsPerReplica": 10}
         }));
         let hpa = objects.hpa.expect("autoscaling makes an HPA");
-        let spec = hpa.spec.unwrap();
+        let spec = hpa.spec.clone().unwrap();
         assert_eq!(
             spec.scale_target_ref.api_version.as_deref(),
             Some("skylift.io/v1alpha1")
@@ -910,27 +926,50 @@ mod tests {
             external.metric.name,
             "skywalking.apache.org|satellite_service_grpc_connect_count"
         );
-        // Exactly the selector of SWCK's walk-through for `satellite::satellite-service`.
-        let selector = external
-            .metric
-            .selector
-            .as_ref()
-            .unwrap()
-            .match_labels
-            .clone()
-            .unwrap();
-        let expected: BTreeMap<String, String> = [
+        // Exactly the selector of SWCK's walk-through for `satellite::satellite-service`,
+        // and the OAPServer the pool reports to, `obs/skywalking`, escaped.
+        let selector = |hpa: &HorizontalPodAutoscaler| {
+            hpa.spec.as_ref().unwrap().metrics.as_ref().unwrap()[0]
+                .external
+                .as_ref()
+                .unwrap()
+                .metric
+                .selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .clone()
+                .unwrap()
+        };
+        let swck = [
             ("service.str.0", "satellite"),
             ("service.byte.1", "3a"),
             ("service.byte.2", "3a"),
             ("service.str.3", "satellite"),
             ("service.byte.4", "2d"),
             ("service.str.5", "service"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        assert_eq!(selector, expected);
+        ];
+        let oap = [
+            ("oap.str.0", "obs"),
+            ("oap.byte.1", "2f"),
+            ("oap.str.2", "skywalking"),
+        ];
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(selector(&hpa), labels(&[&swck[..], &oap[..]].concat()));
+        // Upstreams that are no OAPServer: the adapter's routing by namespace decides.
+        let hpa = build_satellite(serde_json::json!({
+            "upstream": {"addresses": ["oap-0.obs:11800"]},
+            "telemetry": {"service": "satellite-service"},
+            "autoscaling": {"maxReplicas": 3, "targetConnectionsPerReplica": 10}
+        }))
+        .hpa
+        .unwrap();
+        assert_eq!(selector(&hpa), labels(&swck));
         assert_eq!(external.target.type_, "Value");
         assert_eq!(external.target.value, Some(Quantity("10".into())));
         let scale_up = spec.behavior.unwrap().scale_up.unwrap();
