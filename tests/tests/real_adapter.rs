@@ -63,6 +63,26 @@ async fn adapter_in(
     Process::spawn(name, command, scratch.path())
 }
 
+/// An OAP stand-in on the host's side of the network whose `service_cpm` is `value`.
+async fn oap_standin(host: &TestHost, value: &str) -> GraphqlOap {
+    let listener = tokio::net::TcpListener::bind((host.host_ip, 0))
+        .await
+        .unwrap();
+    GraphqlOap::serve(
+        listener,
+        OapData {
+            expressions: HashMap::from([(
+                "latest(service_cpm)".to_string(),
+                Some(value.to_string()),
+            )]),
+            ..OapData::default()
+        },
+        None,
+        axum::Router::new(),
+    )
+    .unwrap()
+}
+
 /// The kubelet's part for the adapter's pod: not ready while the adapter is down, ready
 /// once its readiness probe (`/readyz` over HTTPS at the pod's address) answers 200.
 async fn probe_until_ready(client: &kube::Client, host: &TestHost, adapter: &mut Process) {
@@ -170,22 +190,7 @@ async fn the_adapter_serves_the_aggregator_and_the_hpa_in_every_start_order() {
     namespace(plane, NS);
     let scratch = Scratch::new("real-adapter");
     let host = TestHost::new(plane.address);
-    let listener = tokio::net::TcpListener::bind((host.host_ip, 0))
-        .await
-        .unwrap();
-    let oap = GraphqlOap::serve(
-        listener,
-        OapData {
-            expressions: HashMap::from([(
-                "latest(service_cpm)".to_string(),
-                Some("1500.5".to_string()),
-            )]),
-            ..OapData::default()
-        },
-        None,
-        axum::Router::new(),
-    )
-    .unwrap();
+    let oap = oap_standin(&host, "1500.5").await;
     let apiservices: Api<APIService> = Api::all(client.clone());
 
     // The APIService first (installed with the chart, no caBundle yet), then the adapter.
@@ -316,22 +321,7 @@ async fn the_adapter_serves_the_aggregator_and_the_hpa_in_every_start_order() {
     // service_cpm is 2500. An HPA there reads its own OAP (scaling to 5 pods at 500 each,
     // where the default OAP's 1500.5 would give 4); the HPA in shop keeps reading the
     // default; a read in shop naming team-a's OAPServer in its selector gets team-a's value.
-    let team_a_listener = tokio::net::TcpListener::bind((host.host_ip, 0))
-        .await
-        .unwrap();
-    let team_a_oap = GraphqlOap::serve(
-        team_a_listener,
-        OapData {
-            expressions: HashMap::from([(
-                "latest(service_cpm)".to_string(),
-                Some("2500".to_string()),
-            )]),
-            ..OapData::default()
-        },
-        None,
-        axum::Router::new(),
-    )
-    .unwrap();
+    let team_a_oap = oap_standin(&host, "2500").await;
     namespace(plane, "team-a");
     let oapservers: Api<OAPServer> = Api::namespaced(client.clone(), "team-a");
     let oapserver: OAPServer = serde_json::from_value(json!({
