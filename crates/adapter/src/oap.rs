@@ -83,13 +83,85 @@ pub fn entity_input(entity: &Entity) -> Value {
     input
 }
 
-/// The MQE expression reading an OAP metric's newest value (of one label, if given).
-pub fn latest(metric: &str, label: Option<&str>) -> String {
-    match label {
-        // Label values are user input: quotes are not allowed in them.
-        Some(label) => format!("latest({metric}{{label='{}'}})", label.replace('\'', "")),
-        None => format!("latest({metric})"),
+/// An OAP's release, as its `version` query gives it (`10.2.0`, `9.7.0-a1b2c3`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OapVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl std::fmt::Display for OapVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
     }
+}
+
+/// The `version` query.
+pub fn version_request() -> Value {
+    json!({"query": "query { version }"})
+}
+
+/// The version in a `version` answer; `None` when OAP could not say.
+pub fn version_of(answer: &Value) -> Option<OapVersion> {
+    let text = answer.pointer("/data/version")?.as_str()?;
+    let mut numbers = text
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|part| !part.is_empty())
+        .map(str::parse::<u32>);
+    Some(OapVersion {
+        major: numbers.next()?.ok()?,
+        minor: numbers.next().and_then(Result::ok).unwrap_or(0),
+    })
+}
+
+/// The percentiles OAP computes, by the index SWCK's `label` and OAP 9's labeled metrics
+/// use for them (`0` is p50, ... `4` is p99); OAP 10 names them by value, label `p`.
+const PERCENTILES: [&str; 5] = ["50", "75", "90", "95", "99"];
+
+/// The MQE label selection for the `label` of a selector, in the form of OAP `version`:
+/// before 10, `label='<value>'` (percentile indexes, as metrics v2 took them); from 10 on,
+/// labels are selected by name (docs/en/api/metrics-query-expression.md in
+/// apache/skywalking): a percentile index becomes `p='<percentile>'` and `name=value`
+/// becomes `name='value'`. `Err` says what to write instead.
+pub fn label_selection(label: &str, version: Option<OapVersion>) -> Result<String, String> {
+    // Label values are user input: quotes are not allowed in them.
+    let label = label.replace('\'', "");
+    if version.is_none_or(|v| v.major < 10) {
+        return Ok(format!("label='{label}'"));
+    }
+    if let Some(percentile) = label
+        .parse::<usize>()
+        .ok()
+        .and_then(|index| PERCENTILES.get(index))
+    {
+        return Ok(format!("p='{percentile}'"));
+    }
+    match label.split_once('=') {
+        Some((name, value))
+            if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+        {
+            Ok(format!("{name}='{value}'"))
+        }
+        _ => Err(format!(
+            "label {label:?}: OAP {} selects a metric's labels by name: give a percentile index \
+             (0 to 4 for p50, p75, p90, p95, p99) or <label name>=<value> (SWCK-escaped in the \
+             selector)",
+            version.map(|v| v.to_string()).unwrap_or_default()
+        )),
+    }
+}
+
+/// The MQE expression reading an OAP metric's newest value (of one label, if given, in the
+/// form of OAP `version`).
+pub fn latest(
+    metric: &str,
+    label: Option<&str>,
+    version: Option<OapVersion>,
+) -> Result<String, String> {
+    Ok(match label {
+        Some(label) => format!("latest({metric}{{{}}})", label_selection(label, version)?),
+        None => format!("latest({metric})"),
+    })
 }
 
 /// `execExpression` for `expression` over `window`.
@@ -291,10 +363,52 @@ mod tests {
     }
 
     #[test]
+    fn a_label_is_written_in_the_form_of_the_oaps_version() {
+        let v = |major, minor| Some(OapVersion { major, minor });
+        assert_eq!(
+            version_of(&json!({"data": {"version": "10.2.0"}})),
+            v(10, 2)
+        );
+        assert_eq!(
+            version_of(&json!({"data": {"version": "9.7.0-a1b2c3"}})),
+            v(9, 7)
+        );
+        assert_eq!(version_of(&json!({"data": {"version": "unknown"}})), None);
+        assert_eq!(version_of(&json!({"errors": []})), None);
+        // OAP 9 (and an OAP that cannot say): percentile indexes as metrics v2 took them.
+        for version in [v(9, 7), None] {
+            assert_eq!(
+                latest("service_percentile", Some("1"), version).unwrap(),
+                "latest(service_percentile{label='1'})"
+            );
+        }
+        // OAP 10: by label name; index 1 is p75.
+        assert_eq!(
+            latest("service_percentile", Some("1"), v(10, 2)).unwrap(),
+            "latest(service_percentile{p='75'})"
+        );
+        assert_eq!(
+            latest(
+                "k8s_cluster_deployment_status",
+                Some("status=true"),
+                v(10, 0)
+            )
+            .unwrap(),
+            "latest(k8s_cluster_deployment_status{status='true'})"
+        );
+        let refused = latest("service_percentile", Some("7"), v(10, 2)).unwrap_err();
+        assert!(
+            refused.contains("OAP 10.2") && refused.contains("0 to 4"),
+            "{refused}"
+        );
+        assert!(latest("m", Some("=x"), v(10, 2)).is_err());
+    }
+
+    #[test]
     fn mqe_requests_carry_the_expression_entity_and_window() {
         let w = window(1_790_856_030_000, 0, 3);
         let body = mqe_request(
-            &latest("satellite_service_grpc_connect_count", None),
+            &latest("satellite_service_grpc_connect_count", None, None).unwrap(),
             &satellite(),
             &w,
         );
@@ -310,7 +424,7 @@ mod tests {
         assert_eq!(vars["duration"]["step"], "MINUTE");
         assert!(body["query"].as_str().unwrap().contains("execExpression"));
         assert_eq!(
-            latest("service_percentile", Some("1'")),
+            latest("service_percentile", Some("1'"), None).unwrap(),
             "latest(service_percentile{label='1'})"
         );
         let relation = Entity {

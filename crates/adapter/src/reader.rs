@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::entity::Entity;
-use crate::oap::{self, QueryError, Reading, Window};
+use crate::oap::{self, OapVersion, QueryError, Reading, Window};
 
 /// How often the OAP's clock and time zone are read again.
 const CLOCK_REFRESH: Duration = Duration::from_secs(300);
@@ -60,6 +60,9 @@ pub struct OapReader {
     /// Set once OAP turned out not to serve MQE.
     metrics_v2_only: AtomicBool,
     clock: Mutex<Option<Clock>>,
+    /// OAP's version (`None`: it could not say), and when it was asked; read for labeled
+    /// metrics, whose labels OAP 10 selects by name.
+    version: Mutex<Option<(Option<OapVersion>, Instant)>>,
 }
 
 fn now_ms() -> i64 {
@@ -79,6 +82,7 @@ impl OapReader {
             config,
             metrics_v2_only: AtomicBool::new(false),
             clock: Mutex::new(None),
+            version: Mutex::new(None),
         })
     }
 
@@ -141,6 +145,22 @@ impl OapReader {
         Ok(clock)
     }
 
+    /// OAP's version, asked again every few minutes (an upgrade changes how labels are
+    /// written). An OAP that does not answer the question is read as before 10.
+    async fn version(&self) -> Result<Option<OapVersion>, ReadError> {
+        if let Some((version, read_at)) = *self.version.lock().expect("never poisoned")
+            && read_at.elapsed() < CLOCK_REFRESH
+        {
+            return Ok(version);
+        }
+        let version = oap::version_of(&self.post(&oap::version_request()).await?);
+        if version.is_none() {
+            tracing::warn!(url = %self.config.url, "OAP did not say its version; labels are written as before OAP 10");
+        }
+        *self.version.lock().expect("never poisoned") = Some((version, Instant::now()));
+        Ok(version)
+    }
+
     async fn window(&self) -> Result<Window, ReadError> {
         let clock = self.clock().await?;
         Ok(oap::window(
@@ -154,9 +174,13 @@ impl OapReader {
     pub async fn read(&self, target: &Target, entity: &Entity) -> Result<Reading, ReadError> {
         let window = self.window().await?;
         if !self.metrics_v2_only.load(Ordering::Relaxed) {
-            let expression = match target {
-                Target::Metric(metric) => oap::latest(metric, entity.label.as_deref()),
-                Target::Expression { expression, .. } => expression.clone(),
+            let expression = match (target, entity.label.as_deref()) {
+                (Target::Metric(metric), None) => format!("latest({metric})"),
+                (Target::Metric(metric), label @ Some(_)) => {
+                    let version = self.version().await?;
+                    oap::latest(metric, label, version).map_err(ReadError::Refused)?
+                }
+                (Target::Expression { expression, .. }, _) => expression.clone(),
             };
             let answer = self
                 .post(&oap::mqe_request(&expression, entity, &window))
@@ -167,15 +191,40 @@ impl OapReader {
                     tracing::warn!(url = %self.config.url, "OAP has no MQE (older than 9.5): reading with the metrics-v2 queries");
                     self.metrics_v2_only.store(true, Ordering::Relaxed);
                 }
+                // A labeled metric MQE will not read: metrics v2 reads labels as SWCK did.
+                Err(QueryError::Refused(message))
+                    if matches!(target, Target::Metric(_)) && entity.label.is_some() =>
+                {
+                    tracing::debug!(%message, "MQE refused a labeled read; trying metrics v2");
+                    return self
+                        .read_v2(target, entity, &window)
+                        .await
+                        .map_err(|v2| match v2 {
+                            ReadError::Refused(v2) => {
+                                ReadError::Refused(format!("{message} (and metrics v2: {v2})"))
+                            }
+                            unavailable => unavailable,
+                        });
+                }
                 Err(QueryError::Refused(message)) => return Err(ReadError::Refused(message)),
                 Err(QueryError::Malformed(message)) => return Err(self.unavailable(message)),
             }
         }
+        self.read_v2(target, entity, &window).await
+    }
+
+    /// Reads `target` with the metrics-v2 queries.
+    async fn read_v2(
+        &self,
+        target: &Target,
+        entity: &Entity,
+        window: &Window,
+    ) -> Result<Reading, ReadError> {
         let metric = match target {
             Target::Metric(metric) => metric,
             Target::Expression { name, .. } => return Err(ReadError::NeedsMqe(name.clone())),
         };
-        let answer = self.post(&oap::v2_request(metric, entity, &window)).await?;
+        let answer = self.post(&oap::v2_request(metric, entity, window)).await?;
         match oap::v2_reading(&answer, metric) {
             Ok(reading) => Ok(reading),
             Err(QueryError::Malformed(message)) => Err(self.unavailable(message)),

@@ -38,7 +38,7 @@ async fn start(data: OapData, oap_url: Option<String>) -> (SocketAddr, GraphqlOa
     .unwrap();
     let expressions = HashMap::from([(
         "p95".to_string(),
-        "latest(service_percentile{label='2'})".to_string(),
+        "latest(service_percentile{p='95'})".to_string(),
     )]);
     let adapter = Arc::new(Adapter::new(
         "skywalking.apache.org".into(),
@@ -338,4 +338,60 @@ async fn each_hpa_reads_the_oap_of_its_namespace_or_the_one_its_selector_names()
             .contains("default, central"),
         "{body}"
     );
+}
+
+/// SWCK's `label` is a percentile index, as metrics v2 took it (`1` is p75). OAP 10 selects
+/// labels by name, so index 1 is asked as `{p='75'}` there and stays `{label='1'}` on OAP
+/// 9.7; where MQE refuses a labeled read, metrics v2 reads it as SWCK did. Before, OAP 10
+/// was asked `{label='1'}`, selected nothing, and the HPA read no value.
+#[tokio::test]
+async fn a_percentile_label_is_read_in_the_form_of_the_oaps_version() {
+    const PERCENTILE: &str = "skywalking.apache.org%7Cservice_percentile";
+    for (version, expression) in [
+        ("10.2.0", "latest(service_percentile{p='75'})"),
+        ("9.7.0", "latest(service_percentile{label='1'})"),
+    ] {
+        let oap = OapData {
+            version: version.into(),
+            expressions: HashMap::from([(expression.to_string(), Some("180".to_string()))]),
+            ..OapData::default()
+        };
+        let (adapter, _oap) = start(oap, None).await;
+        let (status, body) = get(adapter, PERCENTILE, "service%3Dcheckout%2Clabel%3D1").await;
+        assert_eq!(status, 200, "OAP {version}: {body}");
+        assert_eq!(body["items"][0]["value"], "180", "OAP {version}: {body}");
+        if version.starts_with("10") {
+            // Neither an index nor <name>=<value>: what to write instead.
+            let (status, body) = get(adapter, PERCENTILE, "service%3Dcheckout%2Clabel%3D7").await;
+            assert_eq!(status, 404, "{body}");
+            assert!(
+                body["message"].as_str().unwrap().contains("0 to 4"),
+                "{body}"
+            );
+        }
+    }
+    // MQE refuses the labeled read (the metric unknown to it): metrics v2 answers.
+    let oap = OapData {
+        version: "9.7.0".into(),
+        series: HashMap::from([(
+            "service_percentile".to_string(),
+            vec![(170, false), (175, false), (3, false)],
+        )]),
+        ..OapData::default()
+    };
+    let (adapter, oap) = start(oap, None).await;
+    let (status, body) = get(adapter, PERCENTILE, "service%3Dcheckout%2Clabel%3D1").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["items"][0]["value"], "175", "the last complete minute");
+    let labels: Vec<Value> = oap
+        .asked()
+        .into_iter()
+        .filter(|body| {
+            body["query"]
+                .as_str()
+                .is_some_and(|q| q.contains("readLabeledMetricsValues"))
+        })
+        .map(|body| body["variables"]["labels"].clone())
+        .collect();
+    assert_eq!(labels, [json!(["1"])]);
 }
