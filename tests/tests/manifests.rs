@@ -318,13 +318,18 @@ fn the_chart_renders_typed_objects_with_defaults_and_with_every_option() {
     );
     let expressions = everything
         .iter()
-        .find(|d| d["kind"] == "ConfigMap")
+        .find(|d| {
+            d["kind"] == "ConfigMap" && d["metadata"]["name"] == "skylift-adapter-expressions"
+        })
         .unwrap();
-    assert!(
-        expressions["data"]["expressions.yaml"]
-            .as_str()
-            .unwrap()
-            .contains("p95: latest(service_percentile{p='95'})")
+    let expressions: serde_json::Value =
+        serde_yaml::from_str(expressions["data"]["expressions.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(expressions["p95"], "latest(service_percentile{p='95'})");
+    // A federated expression keeps its form.
+    assert_eq!(
+        expressions["cpm-everywhere"],
+        serde_json::json!({"expression": "latest(service_cpm)", "oaps": ["default", "central"],
+                           "combine": "sum", "unreachable": "partial", "staleness": "2m"})
     );
 }
 

@@ -4,6 +4,8 @@
 //! The pure parts, each tested directly:
 //! - [`metric`]: external metric names (`<prefix>|<oap metric>`, `<prefix>|mqe|<name>`);
 //! - [`entity`]: the SkyWalking entity a selector names, plain or SWCK-escaped;
+//! - [`federation`]: federated expressions (read from several OAPs) and how their values
+//!   combine;
 //! - [`oap`]: OAP GraphQL requests (MQE, metrics v2, time info) and their answers;
 //! - [`oaps`]: which OAP a read goes to (the selector's `oap`, the namespace's route or
 //!   `OAPServer`, the default) and each one's reader;
@@ -30,6 +32,7 @@ pub mod auth;
 pub mod cache;
 pub mod discovery;
 pub mod entity;
+pub mod federation;
 pub mod guard;
 pub mod metric;
 pub mod metrics;

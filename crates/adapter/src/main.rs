@@ -229,6 +229,16 @@ async fn main() -> anyhow::Result<()> {
         }
         None => Default::default(),
     };
+    for (name, named) in &expressions {
+        let named_oaps = named.federation.iter().flat_map(|f| f.oaps.iter());
+        for oap in named_oaps {
+            if let skylift_adapter::oaps::OapRef::Static(oap) = oap
+                && !statics.contains_key(oap)
+            {
+                bail!("--expressions: {name:?} reads OAP {oap:?}, which is no --oap");
+            }
+        }
+    }
     for (namespace, oap) in &routes {
         if let skylift_adapter::oaps::OapRef::Static(name) = oap
             && !statics.contains_key(name)

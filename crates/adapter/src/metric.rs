@@ -42,33 +42,69 @@ fn is_expression_name(name: &str) -> bool {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExpressionsError {
-    #[error("the expressions file is not a YAML map of name to MQE expression: {0}")]
+    #[error(
+        "the expressions file is not a YAML map of name to MQE expression (or federated expression): {0}"
+    )]
     NotAMap(String),
     #[error("expression name {0:?}: only letters, digits, '_', '-' and '.' are allowed")]
     BadName(String),
     #[error("expression {0:?} is empty")]
     Empty(String),
+    #[error("expression {name:?}: {reason}")]
+    BadFederation { name: String, reason: String },
 }
 
-/// Reads the `--expressions` file: a YAML map of name → MQE expression.
+/// A named expression: its MQE, and the OAPs it is read from and combined across when it
+/// is federated ([`crate::federation`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NamedExpression {
+    pub expression: String,
+    pub federation: Option<crate::federation::Federation>,
+}
+
+/// Reads the `--expressions` file: a YAML map of name → MQE expression, or → a federated
+/// expression (a map, see [`crate::federation`]).
 pub fn parse_expressions(
     yaml: &str,
-) -> Result<std::collections::HashMap<String, String>, ExpressionsError> {
-    let map: std::collections::BTreeMap<String, String> = if yaml.trim().is_empty() {
+) -> Result<std::collections::HashMap<String, NamedExpression>, ExpressionsError> {
+    let map: std::collections::BTreeMap<String, serde_yaml::Value> = if yaml.trim().is_empty() {
         Default::default()
     } else {
         serde_yaml::from_str(yaml).map_err(|e| ExpressionsError::NotAMap(e.to_string()))?
     };
     map.into_iter()
-        .map(|(name, expression)| {
+        .map(|(name, value)| {
             if !is_expression_name(&name) {
                 return Err(ExpressionsError::BadName(name));
             }
-            let expression = expression.trim().to_string();
-            if expression.is_empty() {
+            let named = match value {
+                serde_yaml::Value::String(expression) => NamedExpression {
+                    expression: expression.trim().to_string(),
+                    federation: None,
+                },
+                federated @ serde_yaml::Value::Mapping(_) => {
+                    let bad = |reason: String| ExpressionsError::BadFederation {
+                        name: name.clone(),
+                        reason,
+                    };
+                    let spec: crate::federation::FederatedSpec =
+                        serde_yaml::from_value(federated).map_err(|e| bad(e.to_string()))?;
+                    let (expression, federation) = spec.validate().map_err(bad)?;
+                    NamedExpression {
+                        expression,
+                        federation: Some(federation),
+                    }
+                }
+                other => {
+                    return Err(ExpressionsError::NotAMap(format!(
+                        "{name}: {other:?} is neither an expression nor a federated expression"
+                    )));
+                }
+            };
+            if named.expression.is_empty() {
                 return Err(ExpressionsError::Empty(name));
             }
-            Ok((name, expression))
+            Ok((name, named))
         })
         .collect()
 }
@@ -109,10 +145,28 @@ mod tests {
             "p95: latest(service_percentile{p='95'})\nerror-ratio: |\n  latest(100 - service_sla / 100)\n",
         )
         .unwrap();
-        assert_eq!(expressions["p95"], "latest(service_percentile{p='95'})");
         assert_eq!(
-            expressions["error-ratio"],
+            expressions["p95"].expression,
+            "latest(service_percentile{p='95'})"
+        );
+        assert_eq!(
+            expressions["error-ratio"].expression,
             "latest(100 - service_sla / 100)"
+        );
+        assert!(expressions["p95"].federation.is_none());
+        let federated = parse_expressions(
+            "cpm-everywhere:\n  expression: latest(service_cpm)\n  oaps: [default, eu]\n  combine: sum\n",
+        )
+        .unwrap();
+        let cpm = &federated["cpm-everywhere"];
+        assert_eq!(cpm.expression, "latest(service_cpm)");
+        assert_eq!(cpm.federation.as_ref().unwrap().oaps.len(), 2);
+        let refused = parse_expressions("x:\n  expression: m\n  oaps: []\n  combine: sum\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("\"x\"") && refused.contains("no OAP"),
+            "{refused}"
         );
         assert!(parse_expressions("").unwrap().is_empty());
         assert!(matches!(

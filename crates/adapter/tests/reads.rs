@@ -36,10 +36,9 @@ async fn start(data: OapData, oap_url: Option<String>) -> (SocketAddr, GraphqlOa
         basic_auth: None,
     })
     .unwrap();
-    let expressions = HashMap::from([(
-        "p95".to_string(),
-        "latest(service_percentile{p='95'})".to_string(),
-    )]);
+    let expressions =
+        skylift_adapter::metric::parse_expressions("p95: latest(service_percentile{p='95'})")
+            .unwrap();
     let adapter = Arc::new(Adapter::new(
         "skywalking.apache.org".into(),
         expressions,
@@ -394,4 +393,93 @@ async fn a_percentile_label_is_read_in_the_form_of_the_oaps_version() {
         .map(|body| body["variables"]["labels"].clone())
         .collect();
     assert_eq!(labels, [json!(["1"])]);
+}
+
+/// A stand-in whose `expressions` answer the given values.
+async fn oap_with(values: &[(&str, &str)]) -> GraphqlOap {
+    GraphqlOap::start(OapData {
+        expressions: values
+            .iter()
+            .map(|(expression, value)| (expression.to_string(), Some(value.to_string())))
+            .collect(),
+        ..OapData::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// A service watched by one OAP per cloud: federated expressions read each OAP and combine
+/// the values (sum, a weighted average, the max), so an HPA scales on the service's load
+/// across clouds. With one OAP down, `unreachable: fail` answers 503 naming it, and
+/// `partial` answers from the others and, within `staleness`, from what the missing OAP
+/// said last.
+#[tokio::test]
+async fn a_federated_metric_combines_the_values_of_several_oaps() {
+    crypto();
+    let cpm = "latest(service_cpm)";
+    let latency = "latest(service_resp_time)";
+    let (default, eu, us) = (
+        oap_with(&[(cpm, "100"), (latency, "40")]).await,
+        oap_with(&[(cpm, "300"), (latency, "80")]).await,
+        oap_with(&[(cpm, "600"), (latency, "20")]).await,
+    );
+    let expressions = skylift_adapter::metric::parse_expressions(
+        "cpm-everywhere:\n  expression: latest(service_cpm)\n  oaps: [default, eu, us]\n  combine: sum\n\
+         latency-everywhere:\n  expression: latest(service_resp_time)\n  oaps: [default, eu, us]\n  combine: average\n  weight: latest(service_cpm)\n\
+         cpm-peak:\n  expression: latest(service_cpm)\n  oaps: [eu, us]\n  combine: max\n  unreachable: partial\n  staleness: 1h\n",
+    )
+    .unwrap();
+    let oaps = Arc::new(Directory::new(
+        reader_of(default.url()),
+        std::collections::BTreeMap::from([
+            ("eu".to_string(), reader_of(eu.url())),
+            ("us".to_string(), reader_of(us.url())),
+        ]),
+        Default::default(),
+        reader_of(String::new()).config().clone(),
+    ));
+    let adapter = Arc::new(Adapter::new(
+        "skywalking.apache.org".into(),
+        expressions,
+        oaps,
+        // Every read goes to OAP: what an unreachable OAP does is seen at once.
+        Duration::from_millis(1),
+        Arc::new(Metrics::default()),
+    ));
+    let adapter = serve(router(adapter)).await;
+    let read = |metric: &'static str| async move {
+        let url = format!(
+            "http://{adapter}/apis/external.metrics.k8s.io/v1beta1/namespaces/apps/skywalking.apache.org%7Cmqe%7C{metric}?labelSelector=service%3Dcheckout"
+        );
+        let response = reqwest::get(url).await.unwrap();
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        (status, body)
+    };
+    let value = |body: &Value| body["items"][0]["value"].as_str().unwrap().to_string();
+    let (status, body) = read("cpm-everywhere").await;
+    assert_eq!((status, value(&body)), (200, "1000".to_string()), "{body}");
+    // (40*100 + 80*300 + 20*600) / 1000
+    let (status, body) = read("latency-everywhere").await;
+    assert_eq!((status, value(&body)), (200, "40".to_string()), "{body}");
+    let (status, body) = read("cpm-peak").await;
+    assert_eq!((status, value(&body)), (200, "600".to_string()), "{body}");
+
+    // The us cloud's OAP goes away.
+    let us_url = us.url();
+    drop(us);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (status, body) = read("cpm-everywhere").await;
+    assert_eq!(status, 503, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("us:"), "names the OAP: {message}");
+    // Partial: us's last value (600) stands in within its staleness.
+    let (status, body) = read("cpm-peak").await;
+    assert_eq!((status, value(&body)), (200, "600".to_string()), "{body}");
+    // A read that names an OAP is refused for a federated metric.
+    let url = format!(
+        "http://{adapter}/apis/external.metrics.k8s.io/v1beta1/namespaces/apps/skywalking.apache.org%7Cmqe%7Ccpm-peak?labelSelector=service%3Dcheckout%2Coap%3Deu"
+    );
+    assert_eq!(reqwest::get(url).await.unwrap().status().as_u16(), 400);
+    assert!(!us_url.is_empty());
 }
