@@ -5,7 +5,8 @@
 //! address), reading an OAP stand-in; it is started in every order relative to the
 //! APIService: the APIService first, the adapter first, and a restart over an APIService
 //! that already trusts its certificate. A second OAP, the OAPServer of another namespace,
-//! is read by the HPAs of that namespace and by a selector that names it.
+//! is read by the HPAs of that namespace and by a selector that names it, and a federated
+//! metric adds up the two OAPs' values.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -55,6 +56,15 @@ async fn adapter_in(
             ("--refresh-interval", "1s".into()),
         ],
     );
+    // A metric federated across the default OAP and team-a's OAPServer.
+    let expressions = scratch.path().join("expressions.yaml");
+    std::fs::write(
+        &expressions,
+        "cpm-everywhere:\n  expression: latest(service_cpm)\n  oaps: [default, team-a/skywalking]\n  combine: sum\n",
+    )
+    .unwrap();
+    let mut args = args;
+    args.push(format!("--expressions={}", expressions.display()));
     let mut command = host.command(binary("skylift-adapter"));
     command
         .env("KUBECONFIG", kubeconfig)
@@ -377,5 +387,14 @@ async fn the_adapter_serves_the_aggregator_and_the_hpa_in_every_start_order() {
     assert!(body.contains("\"2500\""), "{body}");
     let replicas = deployments.get("web").await.unwrap().spec.unwrap().replicas;
     assert_eq!(replicas, Some(4), "shop's HPA still reads the default OAP");
+    // Federated through the aggregator: 1500.5 + 2500.
+    let federated = format!(
+        "{}/apis/external.metrics.k8s.io/v1beta1/namespaces/shop/skywalking.apache.org%7Cmqe%7Ccpm-everywhere?labelSelector=service%3Dcheckout",
+        plane.server
+    );
+    let answer = plane.admin_http().get(federated).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let body = answer.text().await.unwrap();
+    assert!(body.contains("\"4000500m\""), "{body}");
     assert!(adapter.is_running());
 }
