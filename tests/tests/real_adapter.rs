@@ -73,6 +73,15 @@ async fn adapter_in(
     Process::spawn(name, command, scratch.path())
 }
 
+/// Waits until the real HPA controller scaled Deployment `web` to `replicas`.
+async fn scaled_to(deployments: &Api<Deployment>, replicas: i32, what: &str) {
+    wait_for(what, Duration::from_secs(90), || async {
+        let now = deployments.get("web").await.ok()?.spec?.replicas?;
+        (now == replicas).then_some(())
+    })
+    .await;
+}
+
 /// An OAP stand-in on the host's side of the network whose `service_cpm` is `value`.
 async fn oap_standin(host: &TestHost, value: &str) -> GraphqlOap {
     let listener = tokio::net::TcpListener::bind((host.host_ip, 0))
@@ -313,15 +322,7 @@ async fn the_adapter_serves_the_aggregator_and_the_hpa_in_every_start_order() {
         .create(&PostParams::default(), &hpa)
         .await
         .unwrap();
-    wait_for(
-        "the HPA scaling web to 4 replicas",
-        Duration::from_secs(90),
-        || async {
-            let replicas = deployments.get("web").await.ok()?.spec?.replicas?;
-            (replicas == 4).then_some(())
-        },
-    )
-    .await;
+    scaled_to(&deployments, 4, "the HPA scaling web to 4 replicas").await;
     println!(
         "HPA: web scaled from 1 to 4 replicas {:.1} s after the HPA was created",
         created.elapsed().as_secs_f64()
@@ -367,13 +368,10 @@ async fn the_adapter_serves_the_aggregator_and_the_hpa_in_every_start_order() {
         .create(&PostParams::default(), &hpa_a)
         .await
         .unwrap();
-    wait_for(
+    scaled_to(
+        &team_a_deployments,
+        5,
         "the HPA of team-a scaling its web to 5 replicas on team-a's OAP",
-        Duration::from_secs(90),
-        || async {
-            let replicas = team_a_deployments.get("web").await.ok()?.spec?.replicas?;
-            (replicas == 5).then_some(())
-        },
     )
     .await;
     let escaped: Vec<String> = skylift_api::metric_selector::escape("oap", "team-a/skywalking")
