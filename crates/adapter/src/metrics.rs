@@ -23,6 +23,9 @@ struct KindLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
+    /// Which OAP (`default`, an `--oap` name, or `<namespace>/<name>` of an OAPServer): a
+    /// handful, as many as the adapter reads.
+    oap: String,
     outcome: &'static str,
 }
 
@@ -124,9 +127,13 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    pub fn oap_query(&self, outcome: &'static str, took: Duration) {
+    /// A query to `oap` and how it ended.
+    pub fn oap_query(&self, oap: &str, outcome: &'static str, took: Duration) {
         self.oap_queries
-            .get_or_create(&OutcomeLabels { outcome })
+            .get_or_create(&OutcomeLabels {
+                oap: oap.to_string(),
+                outcome,
+            })
             .inc();
         self.oap_seconds.observe(took.as_secs_f64());
     }
@@ -164,7 +171,11 @@ mod tests {
         assert_eq!(request_kind("/readyz"), "health");
         metrics.request("read", 200, Duration::from_millis(2));
         metrics.cache_lookup("hit");
+        metrics.oap_query("team-a/skywalking", "value", Duration::from_millis(3));
         let text = metrics.render();
+        assert!(text.contains(
+            r#"skylift_adapter_oap_queries_total{oap="team-a/skywalking",outcome="value"} 1"#
+        ));
         assert!(text.contains(r#"skylift_adapter_requests_total{kind="read",code="200"} 1"#));
         assert!(text.contains(r#"skylift_adapter_cache_lookups_total{result="hit"} 1"#));
     }

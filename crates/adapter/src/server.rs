@@ -236,7 +236,7 @@ async fn lookup(
                     Err(ReadError::Unavailable { .. }) => "unavailable",
                     Err(_) => "refused",
                 };
-                metrics.oap_query(outcome, started.elapsed());
+                metrics.oap_query(&query.0.to_string(), outcome, started.elapsed());
                 reading
             }
             .boxed()
