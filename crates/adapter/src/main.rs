@@ -246,16 +246,7 @@ async fn main() -> anyhow::Result<()> {
             bail!("--oap-routes: namespace {namespace:?} goes to {name:?}, which is no --oap");
         }
     }
-    let oaps = Arc::new(Directory::new(
-        reader,
-        statics,
-        routes,
-        OapConfig {
-            url: String::new(),
-            timeout: args.oap_timeout,
-            basic_auth: None,
-        },
-    ));
+    let oaps = Arc::new(Directory::new(reader, statics, routes, args.oap_timeout));
 
     // In-cluster, or from KUBECONFIG / ~/.kube/config.
     let client = kube::Client::try_default()

@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use skylift_api::label_selector::Requirement;
 use skylift_api::metric_selector;
@@ -182,18 +183,18 @@ pub struct Directory {
     routes: BTreeMap<String, OapRef>,
     /// By namespace, then name.
     servers: RwLock<BTreeMap<String, BTreeMap<String, Server>>>,
-    /// How discovered OAPs are read (their URL aside).
-    discovered: OapConfig,
+    /// How long a query to a discovered OAP may take.
+    discovered_timeout: Duration,
 }
 
 impl Directory {
-    /// `discovered`: the timeout (and no credentials: OAP's GraphQL has none of its own)
-    /// for `OAPServer`s; its URL is not used.
+    /// `discovered_timeout`: per query to an `OAPServer` (read without credentials: OAP's
+    /// GraphQL has none of its own).
     pub fn new(
         default: OapReader,
         statics: BTreeMap<String, OapReader>,
         routes: BTreeMap<String, OapRef>,
-        discovered: OapConfig,
+        discovered_timeout: Duration,
     ) -> Directory {
         Directory {
             default: Arc::new(default),
@@ -203,14 +204,14 @@ impl Directory {
                 .collect(),
             routes,
             servers: RwLock::default(),
-            discovered,
+            discovered_timeout,
         }
     }
 
     /// A directory of one OAP.
     pub fn single(default: OapReader) -> Directory {
-        let discovered = default.config().clone();
-        Directory::new(default, BTreeMap::new(), BTreeMap::new(), discovered)
+        let timeout = default.config().timeout;
+        Directory::new(default, BTreeMap::new(), BTreeMap::new(), timeout)
     }
 
     /// The OAP a read for `namespace` goes to, and its reader.
@@ -276,7 +277,8 @@ impl Directory {
         let reader = url.as_ref().and_then(|url| {
             let config = OapConfig {
                 url: url.clone(),
-                ..self.discovered.clone()
+                timeout: self.discovered_timeout,
+                basic_auth: None,
             };
             match OapReader::new(config) {
                 Ok(reader) => Some(Arc::new(reader)),
@@ -388,7 +390,7 @@ mod tests {
         let _ = rustls::crypto::ring::default_provider().install_default();
         OapReader::new(OapConfig {
             url: url.into(),
-            timeout: std::time::Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
             basic_auth: None,
         })
         .unwrap()
@@ -400,7 +402,7 @@ mod tests {
             reader("http://default:12800/graphql"),
             BTreeMap::from([("central".to_string(), reader("https://central/graphql"))]),
             BTreeMap::new(),
-            reader("http://unused").config().clone(),
+            Duration::from_secs(1),
         );
         let url = |explicit: Option<OapRef>, namespace: &str| {
             directory
@@ -449,7 +451,7 @@ mod tests {
                 reader("http://10.0.0.7:12800/graphql"),
             )]),
             BTreeMap::new(),
-            reader("http://unused").config().clone(),
+            Duration::from_secs(1),
         );
         pinned.set_server("team-a", "skywalking", Some("http://sw.team-a.svc:12800"));
         let (oap, reader) = pinned.resolve(None, "team-a").unwrap();

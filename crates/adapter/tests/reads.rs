@@ -273,7 +273,7 @@ async fn each_hpa_reads_the_oap_of_its_namespace_or_the_one_its_selector_names()
         reader_of(default.url()),
         std::collections::BTreeMap::from([("central".to_string(), reader_of(central.url()))]),
         Default::default(),
-        reader_of(String::new()).config().clone(),
+        Duration::from_secs(2),
     ));
     // As the OAPServer's status gives it: http://host:port.
     let team_a_http = team_a.url().trim_end_matches("/graphql").to_string();
@@ -436,7 +436,7 @@ async fn a_federated_metric_combines_the_values_of_several_oaps() {
             ("us".to_string(), reader_of(us.url())),
         ]),
         Default::default(),
-        reader_of(String::new()).config().clone(),
+        Duration::from_secs(2),
     ));
     let adapter = Arc::new(Adapter::new(
         "skywalking.apache.org".into(),
