@@ -310,7 +310,10 @@ async fn read_federated(
                     value: number(&value, oap)?,
                     weight,
                 };
-                adapter.kept(key, part, now);
+                // Only `partial` ever answers from a kept value.
+                if federation.unreachable == Unreachable::Partial {
+                    adapter.kept(key, part, now);
+                }
                 parts.push(part);
             }
             Ok((Reading::NoData(_), _)) => {}
