@@ -155,7 +155,9 @@ async fn graphql(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> 
         // OAP 10 selects labels by their names (`service_percentile{p='75'}`): the old
         // `label` selector names no label, and selects nothing (MQE, docs/en/api/
         // metrics-query-expression.md in apache/skywalking).
-        if data.major_version() >= 10 && expression.contains("{label=") {
+        let selects_by_index = query::parse(expression)
+            .is_ok_and(|parsed| parsed.selection.iter().any(|(name, _)| name == "label"));
+        if data.major_version() >= 10 && selects_by_index {
             return Json(
                 json!({"data": {"result": {"type": "SINGLE_VALUE", "error": null,
                 "results": []}}}),
