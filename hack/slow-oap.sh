@@ -34,7 +34,7 @@ trap cleanup EXIT
 sink_a=$BASE; sink_b=$((BASE + 2)); proxy=$((BASE + 10)); admin=$((BASE + 11))
 for port in $sink_a $sink_b; do
   "$bin/skylift-grpc-sink" --listen "127.0.0.1:$port" \
-    --answer-delay "$ANSWER_DELAY" --answer-delay-for "$SLOW_FOR" & pids+=($!)
+    --answer-delay "${ANSWER_DELAY}s" --answer-delay-for "${SLOW_FOR}s" & pids+=($!)
 done
 "$proxy_bin" --listen "127.0.0.1:$proxy" --admin-listen "127.0.0.1:$admin" \
   --upstream "127.0.0.1:$sink_a" --upstream "127.0.0.1:$sink_b" >"$work/proxy.log" 2>&1 & pids+=($!)

@@ -18,21 +18,11 @@ struct Args {
     #[arg(long)]
     listen: SocketAddr,
     /// Hold every answer back this long after handling the call (health checks aside).
-    #[arg(long, value_parser = humantime_secs, default_value = "0")]
+    #[arg(long, value_parser = skylift_api::duration::parse, default_value = "0s")]
     answer_delay: std::time::Duration,
     /// ... for this long from the start; 0: for ever.
-    #[arg(long, value_parser = humantime_secs, default_value = "0")]
+    #[arg(long, value_parser = skylift_api::duration::parse, default_value = "0s")]
     answer_delay_for: std::time::Duration,
-}
-
-/// Seconds, whole or fractional.
-fn humantime_secs(text: &str) -> Result<std::time::Duration, String> {
-    let text = text.strip_suffix('s').unwrap_or(text);
-    text.parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(std::time::Duration::from_secs_f64)
-        .ok_or_else(|| format!("{text} is not a number of seconds"))
 }
 
 #[tokio::main(flavor = "current_thread")]
