@@ -607,12 +607,7 @@ async fn an_upstream_without_a_receiver_refuses_its_reports_without_being_ejecte
     )
     .await;
     eventually("the refused report settled", || {
-        proxy
-            .state
-            .queue
-            .totals()
-            .dropped(DropReason::RefusedByUpstream)
-            == 1
+        dropped(&proxy, DropReason::RefusedByUpstream) == 1
     })
     .await;
     let totals = proxy.state.queue.totals();
@@ -724,12 +719,7 @@ async fn reports_oap_takes_but_answers_too_late_are_sent_at_most_their_budget() 
     let proxy = proxy_delivering(&[&a, &b], delivery).await;
     report_streams(proxy.address, 4).await;
     eventually("every report given up on after its budget", || {
-        proxy
-            .state
-            .queue
-            .totals()
-            .dropped(DropReason::RetriesExhausted)
-            == 40
+        dropped(&proxy, DropReason::RetriesExhausted) == 40
     })
     .await;
     let totals = proxy.state.queue.totals();
@@ -752,12 +742,7 @@ async fn reports_oap_takes_but_answers_too_late_are_sent_at_most_their_budget() 
     })
     .await;
     eventually("the marker given up on too", || {
-        proxy
-            .state
-            .queue
-            .totals()
-            .dropped(DropReason::RetriesExhausted)
-            == 41
+        dropped(&proxy, DropReason::RetriesExhausted) == 41
     })
     .await;
     let marker = |sink: &Sink| {
@@ -924,12 +909,7 @@ async fn reports_an_oap_took_and_left_unanswered_go_to_it_at_most_twice() {
         let proxy = proxy_delivering(sinks, delivery).await;
         report_streams(proxy.address, 2).await;
         eventually("every report given up on", || {
-            proxy
-                .state
-                .queue
-                .totals()
-                .dropped(DropReason::RetriesExhausted)
-                == 20
+            dropped(&proxy, DropReason::RetriesExhausted) == 20
         })
         .await;
         // Copies of each report at each OAP.
@@ -1023,14 +1003,6 @@ async fn a_node_slower_than_its_peer_is_ejected_and_a_pool_slow_as_a_whole_is_no
         call_timeout: Duration::from_millis(150),
         answer_timeout: Duration::from_millis(150),
     };
-    let ejections = |proxy: &Proxy, reason: &str| {
-        let metrics = proxy.state.metrics.encode();
-        let line = format!("skylift_proxy_upstream_ejections_total{{reason=\"{reason}\"}} ");
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&line))
-            .map_or(0, |n| n.parse::<u64>().unwrap())
-    };
     // Report streams of two segments, one every 10 ms, until `until` holds (at most
     // `streams`).
     async fn send(proxy: &Proxy, prefix: &str, streams: usize, until: impl Fn() -> bool) -> usize {
@@ -1098,12 +1070,7 @@ async fn a_node_slower_than_its_peer_is_ejected_and_a_pool_slow_as_a_whole_is_no
     let proxy = start([&a, &b], delivery).await;
     let sent = send(&proxy, "both-slow-", 40, || false).await as u64;
     eventually("every report given up on after its budget", || {
-        proxy
-            .state
-            .queue
-            .totals()
-            .dropped(DropReason::RetriesExhausted)
-            == sent
+        dropped(&proxy, DropReason::RetriesExhausted) == sent
     })
     .await;
     let now = std::time::Instant::now();

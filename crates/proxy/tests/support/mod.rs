@@ -127,6 +127,23 @@ pub async fn proxy_delivering(upstreams: &[&Sink], delivery: Delivery) -> Proxy 
     .await
 }
 
+/// Reports the proxy dropped for `reason`.
+pub fn dropped(proxy: &Proxy, reason: skylift_proxy::queue::DropReason) -> u64 {
+    proxy.state.queue.totals().dropped(reason)
+}
+
+/// Upstream ejections the proxy counted for `reason` (`failure`, `latency`, ...).
+pub fn ejections(proxy: &Proxy, reason: &str) -> u64 {
+    let line = format!("skylift_proxy_upstream_ejections_total{{reason=\"{reason}\"}} ");
+    proxy
+        .state
+        .metrics
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .map_or(0, |n| n.parse::<u64>().unwrap())
+}
+
 /// Upstream ejections the proxy counted, for every reason.
 pub fn ejections_total(proxy: &Proxy) -> u64 {
     proxy
