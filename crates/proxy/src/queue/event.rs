@@ -45,7 +45,7 @@ pub struct Event {
     pub attempts: u16,
     /// Upstreams whose answer to a call carrying it timed out after they took the call
     /// (bits of [`crate::upstream::delivery`]'s mask): each is sent it again at most once.
-    pub unanswered_at: u64,
+    pub unanswered_at: u32,
 }
 
 impl Event {

@@ -22,7 +22,8 @@
 //! An event whose answer timed out at an upstream goes to another one next when there is
 //! one, and is sent to that upstream again at most once: a second unanswered call there
 //! drops it (`retries_exhausted`). Which upstreams it timed out at is kept as bits of a
-//! small mask (a hash of the address picks the bit), in memory: after a restart the
+//! 32-bit mask (a hash of the address picks the bit; it fits in the event beside the
+//! attempts count, so events are no larger for it), in memory: after a restart the
 //! attempts count survives, the mask does not.
 
 use std::time::{Duration, Instant};
@@ -53,13 +54,13 @@ impl Default for Delivery {
 }
 
 /// The bit of an event's timeout mask that stands for `upstream`.
-pub(crate) fn timeout_bit(upstream: &str) -> u64 {
+pub(crate) fn timeout_bit(upstream: &str) -> u32 {
     // FNV-1a: stable across processes and cheap; a collision only makes the proxy more
     // careful with one more upstream.
     let hash = upstream.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
-    1 << (hash % 64)
+    1 << (hash % 32)
 }
 
 /// What the failed calls of one delivery did to its events.
@@ -68,10 +69,10 @@ pub(crate) struct Failures {
     /// Calls that may have reached OAP.
     pub reached: u16,
     /// Bits of the upstreams whose answer timed out after they took the request.
-    pub unanswered: u64,
+    pub unanswered: u32,
     /// Bits of an upstream that left a call unanswered again: the events it had left
     /// unanswered before are given up on.
-    pub unanswered_again: u64,
+    pub unanswered_again: u32,
 }
 
 impl Delivery {

@@ -289,9 +289,9 @@ async fn deliver(sender: &Sender, partition: usize, events: &[Event]) -> Deliver
     let (mut failures, mut refusal) = (0, None::<(u16, String)>);
     let (mut refusals, mut reached) = (0, 0u16);
     // Upstreams that left a call with these events unanswered, before and in this delivery.
-    let mut unanswered = 0u64;
+    let mut unanswered = 0u32;
     let unanswered_before = events.iter().fold(0, |mask, e| mask | e.unanswered_at);
-    let mut unanswered_again = 0u64;
+    let mut unanswered_again = 0u32;
     // Tries that may deliver stop where the events' budget ends, not at the end of a round.
     let budget_left = sender
         .pool
