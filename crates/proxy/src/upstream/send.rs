@@ -292,6 +292,10 @@ async fn deliver(sender: &Sender, partition: usize, events: &[Event]) -> Deliver
     let mut unanswered = 0u32;
     let unanswered_before = events.iter().fold(0, |mask, e| mask | e.unanswered_at);
     let mut unanswered_again = 0u32;
+    // This delivery's own, by address: two upstreams sharing a bit are told apart here
+    // (across deliveries only the mask is left, and a shared bit errs on the side of fewer
+    // copies).
+    let mut unanswered_here: Vec<String> = Vec::new();
     // Tries that may deliver stop where the events' budget ends, not at the end of a round.
     let budget_left = sender
         .pool
@@ -389,11 +393,12 @@ async fn deliver(sender: &Sender, partition: usize, events: &[Event]) -> Deliver
                 let mut again_there = false;
                 if timed_out && taken {
                     let bit = timeout_bit(&upstream.address);
-                    if (unanswered_before | unanswered) & bit != 0 {
+                    if unanswered_before & bit != 0 || unanswered_here.contains(&upstream.address) {
                         unanswered_again |= bit;
                         again_there = true;
                     } else {
                         unanswered |= bit;
+                        unanswered_here.push(upstream.address.clone());
                     }
                 }
                 let failure = if timed_out {
