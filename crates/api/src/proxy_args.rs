@@ -85,6 +85,79 @@ pub struct ProxyArgs {
     /// The operator's upstreams ConfigMap, NAMESPACE/NAME (key endpoints.json).
     #[arg(long, env = "SKYLIFT_PROXY_UPSTREAMS_CONFIGMAP")]
     pub upstreams_configmap: Option<String>,
+    /// A federation upstream HOST:PORT (repeatable): copies of the reports of
+    /// --federation-protocols also go there, e.g. a central OAP in another cluster. They
+    /// wait in a queue of their own, so a slow or unreachable federation upstream never
+    /// holds back local delivery.
+    #[arg(
+        long = "federation-upstream",
+        env = "SKYLIFT_PROXY_FEDERATION_UPSTREAM",
+        value_delimiter = ','
+    )]
+    pub federation_upstreams: Vec<String>,
+    /// The federation upstreams in the operator's endpoints.json format (a mounted
+    /// ConfigMap, say), followed for changes.
+    #[arg(long, env = "SKYLIFT_PROXY_FEDERATION_UPSTREAMS_FILE")]
+    pub federation_upstreams_file: Option<PathBuf>,
+    /// The report protocols copied to the federation upstreams (segment, log, meter, jvm,
+    /// clr, management, event, browser, mesh, ...). Default: what OAP makes service and
+    /// instance overview metrics of.
+    #[arg(
+        long,
+        env = "SKYLIFT_PROXY_FEDERATION_PROTOCOLS",
+        value_delimiter = ',',
+        default_value = "meter,jvm,clr,management"
+    )]
+    pub federation_protocols: Vec<String>,
+    /// Messages each partition of the federation queue holds; copies beyond are dropped
+    /// (counted skylift_proxy_federation_dropped_total{reason="queue_full"}).
+    #[arg(
+        long,
+        env = "SKYLIFT_PROXY_FEDERATION_QUEUE_CAPACITY",
+        default_value_t = 20_000
+    )]
+    pub federation_queue_capacity: usize,
+    /// Bytes each partition of the federation queue holds (compressed copies).
+    #[arg(
+        long,
+        env = "SKYLIFT_PROXY_FEDERATION_QUEUE_MAX_BYTES",
+        default_value_t = 16 << 20
+    )]
+    pub federation_queue_max_bytes: usize,
+    /// Messages per federation upstream call: large, for the WAN.
+    #[arg(
+        long,
+        env = "SKYLIFT_PROXY_FEDERATION_BATCH_SIZE",
+        default_value_t = 1000
+    )]
+    pub federation_batch_size: usize,
+    /// Longest a copy waits for its federation batch to fill.
+    #[arg(long, env = "SKYLIFT_PROXY_FEDERATION_FLUSH_INTERVAL", default_value = "1s", value_parser = duration::parse)]
+    #[serde(serialize_with = "flag_duration")]
+    pub federation_flush_interval: Duration,
+    /// How messages travel to the federation upstreams: gzip (each message that it makes
+    /// smaller; OAP's gRPC server reads gzip) or none.
+    #[arg(
+        long,
+        env = "SKYLIFT_PROXY_FEDERATION_COMPRESSION",
+        value_enum,
+        default_value = "gzip"
+    )]
+    pub federation_compression: CompressionArg,
+    /// Connect to the federation upstreams over TLS, verifying their certificates against
+    /// this CA bundle (PEM); read again when it changes.
+    #[arg(long, env = "SKYLIFT_PROXY_FEDERATION_TLS_CA_FILE")]
+    pub federation_tls_ca_file: Option<PathBuf>,
+    /// The name federation upstream certificates are verified against (and sent as SNI).
+    #[arg(
+        long,
+        env = "SKYLIFT_PROXY_FEDERATION_TLS_SERVER_NAME",
+        requires = "federation_tls_ca_file"
+    )]
+    pub federation_tls_server_name: Option<String>,
+    /// A file holding the federation OAP's `authentication` token, sent on every call to it.
+    #[arg(long, env = "SKYLIFT_PROXY_FEDERATION_AUTHENTICATION_FILE")]
+    pub federation_authentication_file: Option<PathBuf>,
     /// Client connections accepted at once; more are sent away with a GOAWAY that tells
     /// them to reconnect (through the Service, to another replica). The first line of
     /// defence of a replica's memory: each connection holds at most its budget (see
@@ -288,6 +361,13 @@ pub enum RoutingArg {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
+pub enum CompressionArg {
+    Gzip,
+    None,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum MeterRoutingArg {
     Fixed,
     RoundRobin,
@@ -378,6 +458,17 @@ impl ProxyArgs {
                 return Err(format!("--hash-header: {header:?} is not a header name"));
             }
             _ => {}
+        }
+        if !self.federation_upstreams.is_empty() && self.federation_upstreams_file.is_some() {
+            return Err(
+                "give at most one federation upstream source: --federation-upstream or --federation-upstreams-file"
+                    .into(),
+            );
+        }
+        if self.federation_batch_size == 0 || self.federation_queue_capacity == 0 {
+            return Err(
+                "--federation-batch-size and --federation-queue-capacity must be at least 1".into(),
+            );
         }
         if self.header_timeout.is_zero() {
             return Err("--header-timeout must be above 0".into());
@@ -552,6 +643,17 @@ mod tests {
             upstreams: vec!["10.0.0.1:11800".into(), "10.0.0.2:11800".into()],
             upstreams_file: path("/etc/endpoints.json"),
             upstreams_configmap: Some("obs/ingest-upstreams".into()),
+            federation_upstreams: vec!["central-oap.example.com:11800".into()],
+            federation_upstreams_file: path("/etc/federation/endpoints.json"),
+            federation_protocols: vec!["meter".into(), "segment".into()],
+            federation_queue_capacity: 500,
+            federation_queue_max_bytes: 1 << 22,
+            federation_batch_size: 2000,
+            federation_flush_interval: Duration::from_secs(3),
+            federation_compression: CompressionArg::None,
+            federation_tls_ca_file: path("/fed/ca.crt"),
+            federation_tls_server_name: Some("oap.central".into()),
+            federation_authentication_file: path("/fed/token"),
             max_connections: 11,
             keepalive_interval: Duration::from_secs(30),
             max_connection_age: Duration::from_secs(600),
@@ -600,12 +702,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(parsed, args, "{rendered:#?}");
-        // Each field of the struct came out as a flag of its own (two for the list).
+        // Each field of the struct came out as a flag of its own (two for two lists).
         let fields = ProxyArgs::command()
             .get_arguments()
             .filter(|a| a.get_long().is_some())
             .filter(|a| !matches!(a.get_id().as_str(), "help" | "version"))
             .count();
-        assert_eq!(rendered.len(), fields + 1, "{rendered:#?}");
+        assert_eq!(rendered.len(), fields + 2, "{rendered:#?}");
     }
 }

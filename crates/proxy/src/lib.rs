@@ -11,6 +11,8 @@
 //!    its journal on disk), counted until it leaves.
 //! 4. [`upstream::send`] takes batches from the queue and sends each to the upstream
 //!    [`balance`] picks; sync and unknown calls go through [`upstream::forward`] instead.
+//!    With a federation pool, [`federation`] copies the reports it takes into a queue and
+//!    upstream pool of their own, on the way into the queue.
 //! 5. [`metrics`] counts every step; [`ops`] serves them and reports to OAP.
 //!
 //! [`run`] wires it all and starts the background loops. Beside the rooms: [`pem`] and
@@ -18,6 +20,7 @@
 //! (with the `fuzzing` feature: the properties the fuzz targets check).
 
 pub mod balance;
+pub mod federation;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod grpc;

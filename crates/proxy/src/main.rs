@@ -4,14 +4,14 @@ use anyhow::Context;
 use clap::Parser;
 use skylift_api::logging::LogFormat;
 use skylift_api::proxy_args::{
-    FsyncArg, MeterRoutingArg, OverflowArg, ProxyArgs as Args, QueueArg, RoutingArg,
+    CompressionArg, FsyncArg, MeterRoutingArg, OverflowArg, ProxyArgs as Args, QueueArg, RoutingArg,
 };
 use skylift_proxy::balance::balancer::Policy;
 use skylift_proxy::listen::state::Limits;
 use skylift_proxy::ops::telemetry::TelemetryConfig;
 use skylift_proxy::queue::journal::{Fsync, JournalConfig};
 use skylift_proxy::queue::{Overflow, QueueConfig};
-use skylift_proxy::run::{Config, UpstreamSource, run};
+use skylift_proxy::run::{Config, FederationConfig, UpstreamSource, run};
 
 // Every message passes through short-lived buffers of a few KiB: glibc's per-thread arenas
 // grow and trim their heaps for them (mprotect and page faults per buffer); jemalloc keeps
@@ -21,6 +21,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
     args.check().map_err(anyhow::Error::msg)?;
+    let federated = federated(&args);
     let upstreams = match (
         args.upstreams.is_empty(),
         &args.upstreams_file,
@@ -53,7 +54,7 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
     let partitions = args
         .queue_partitions
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let journal = match (args.queue, args.queue_dir) {
+    let journal = match (args.queue, args.queue_dir.clone()) {
         (QueueArg::Memory, None) => None,
         (QueueArg::Memory, Some(_)) | (QueueArg::Disk, None) => {
             unreachable!("ProxyArgs::check pairs --queue disk with --queue-dir")
@@ -71,6 +72,53 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
             },
         }),
     };
+    // A federation journal shares the volume: each gets half of a partition's share.
+    let journal = journal.map(|journal| JournalConfig {
+        max_bytes: if federated && args.queue_max_disk_bytes.is_some() {
+            journal.max_bytes / 2
+        } else {
+            journal.max_bytes
+        },
+        ..journal
+    });
+    let federation = federated
+        .then(|| -> anyhow::Result<FederationConfig> {
+            let volume_share = args
+                .queue_max_disk_bytes
+                .map_or(u64::MAX, |total| total / partitions as u64 / 2);
+            Ok(FederationConfig {
+                upstreams: match &args.federation_upstreams_file {
+                    Some(path) => UpstreamSource::File(path.clone()),
+                    None => UpstreamSource::Static(args.federation_upstreams.clone()),
+                },
+                protocols: skylift_proxy::federation::protocols(&args.federation_protocols)?,
+                queue: QueueConfig {
+                    partitions,
+                    capacity: args.federation_queue_capacity,
+                    max_bytes: args.federation_queue_max_bytes,
+                    batch_size: args.federation_batch_size,
+                    flush_interval: args.federation_flush_interval,
+                    overflow: Overflow::Drop,
+                    overflow_wait: Duration::ZERO,
+                    in_flight: args.send_concurrency,
+                },
+                journal: journal.as_ref().map(|local| JournalConfig {
+                    dir: local.dir.join("federation"),
+                    fsync: local.fsync,
+                    max_bytes: (args.federation_queue_max_bytes as u64).min(volume_share),
+                }),
+                compress: args.federation_compression == CompressionArg::Gzip,
+                tls: args.federation_tls_ca_file.clone().map(|ca| {
+                    skylift_proxy::upstream::tls::UpstreamTlsFiles {
+                        ca,
+                        client_cert: None,
+                        server_name: args.federation_tls_server_name.clone(),
+                    }
+                }),
+                authentication_file: args.federation_authentication_file.clone(),
+            })
+        })
+        .transpose()?;
     let telemetry = args.telemetry_service.map(|service| TelemetryConfig {
         service,
         instance: args
@@ -151,9 +199,15 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
             },
             journal,
             telemetry,
+            federation,
         },
         args.log_format,
     ))
+}
+
+/// Whether a federation pool is named.
+fn federated(args: &Args) -> bool {
+    !args.federation_upstreams.is_empty() || args.federation_upstreams_file.is_some()
 }
 
 fn main() -> anyhow::Result<()> {

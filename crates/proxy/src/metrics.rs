@@ -81,7 +81,20 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("skylift_proxy");
+        Metrics::build("skylift_proxy", true)
+    }
+}
+
+impl Metrics {
+    /// The federation pool's metrics (`skylift_proxy_federation_*`): its queue, its
+    /// upstreams and what it forwarded or dropped, apart from the local pool's. No client
+    /// faces the federation pool, so it has no connection metrics.
+    pub fn federation() -> Self {
+        Metrics::build("skylift_proxy_federation", false)
+    }
+
+    fn build(prefix: &str, listener: bool) -> Self {
+        let mut registry = Registry::with_prefix(prefix);
         let metrics = Metrics {
             connections: Gauge::default(),
             turned_away: Gauge::default(),
@@ -106,47 +119,49 @@ impl Default for Metrics {
             journal: JournalCounters::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "connections",
-            "Open client connections",
-            metrics.connections.clone(),
-        );
-        registry.register(
-            "clients_turned_away",
-            "Client addresses refused at --max-connections lately (reported to OAP with the open connections)",
-            metrics.turned_away.clone(),
-        );
-        registry.register(
-            "connections_refused",
-            "Connections refused over --max-connections",
-            metrics.refused.clone(),
-        );
-        registry.register(
-            "connections_aged_out",
-            "Client connections asked to reconnect at --max-connection-age",
-            metrics.aged_out.clone(),
-        );
-        registry.register(
-            "connections_closed",
-            "Client connections closed, per reason: client_closed, client_goaway, drained, idle, \
-             keepalive_timeout, io_error, tls_handshake_failed, stalled (preface, header block or frame not finished \
-             within --header-timeout), protocol_error, and the abuses answered with GOAWAY \
-             ENHANCE_YOUR_CALM: rapid_reset, local_resets, settings_flood, ping_flood, \
-             window_update_flood, empty_frame_flood, continuation_flood, header_block_too_large, header_list_too_large",
-            metrics.closed.clone(),
-        );
-        registry.register(
-            "calls_refused",
-            "Report calls answered with an error before they ended, per reason: connection_budget \
-             (partly received messages of several streams filled the connection's budget; all but \
-             the stream holding the most were refused with RESOURCE_EXHAUSTED)",
-            metrics.calls_refused.clone(),
-        );
-        registry.register(
-            "tls_handshake_failures",
-            "Client connections whose TLS handshake failed or did not finish within --header-timeout",
-            metrics.tls_failed.clone(),
-        );
+        if listener {
+            registry.register(
+                "connections",
+                "Open client connections",
+                metrics.connections.clone(),
+            );
+            registry.register(
+                "clients_turned_away",
+                "Client addresses refused at --max-connections lately (reported to OAP with the open connections)",
+                metrics.turned_away.clone(),
+            );
+            registry.register(
+                "connections_refused",
+                "Connections refused over --max-connections",
+                metrics.refused.clone(),
+            );
+            registry.register(
+                "connections_aged_out",
+                "Client connections asked to reconnect at --max-connection-age",
+                metrics.aged_out.clone(),
+            );
+            registry.register(
+                "connections_closed",
+                "Client connections closed, per reason: client_closed, client_goaway, drained, idle, \
+                 keepalive_timeout, io_error, tls_handshake_failed, stalled (preface, header block or frame not finished \
+                 within --header-timeout), protocol_error, and the abuses answered with GOAWAY \
+                 ENHANCE_YOUR_CALM: rapid_reset, local_resets, settings_flood, ping_flood, \
+                 window_update_flood, empty_frame_flood, continuation_flood, header_block_too_large, header_list_too_large",
+                metrics.closed.clone(),
+            );
+            registry.register(
+                "calls_refused",
+                "Report calls answered with an error before they ended, per reason: connection_budget \
+                 (partly received messages of several streams filled the connection's budget; all but \
+                 the stream holding the most were refused with RESOURCE_EXHAUSTED)",
+                metrics.calls_refused.clone(),
+            );
+            registry.register(
+                "tls_handshake_failures",
+                "Client connections whose TLS handshake failed or did not finish within --header-timeout",
+                metrics.tls_failed.clone(),
+            );
+        }
         registry.register(
             "received",
             "Report messages received, per protocol",
@@ -222,9 +237,7 @@ impl Default for Metrics {
             ..metrics
         }
     }
-}
 
-impl Metrics {
     pub(crate) fn received_many(&self, protocol: &'static str, n: u64) {
         if n > 0 {
             self.received

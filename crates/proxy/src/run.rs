@@ -12,6 +12,7 @@ use crate::balance::outlier::LatencyOutliers;
 use crate::balance::route::{StickyKeys, Upstream};
 use crate::balance::routing::Routing;
 use crate::balance::upstream_set::{UpstreamSet, UpstreamsError, follow_file, parse_address};
+use crate::federation::Federation;
 use crate::listen;
 use crate::listen::state::{Limits, Shared, State};
 use crate::listen::turned_away::TurnedAway;
@@ -67,6 +68,26 @@ pub struct Config {
     pub journal: Option<JournalConfig>,
     /// Self-telemetry to OAP, when a service name is given.
     pub telemetry: Option<crate::ops::telemetry::TelemetryConfig>,
+    /// A second upstream pool that copies of some reports also go to.
+    pub federation: Option<FederationConfig>,
+}
+
+/// The federation pool: its upstreams, what it takes, its queue and how it is reached.
+/// Balancing, health checks, ejection and delivery follow the local pool's flags.
+#[derive(Clone, Debug)]
+pub struct FederationConfig {
+    /// A fixed list or a file (a ConfigMap mounted as one).
+    pub upstreams: UpstreamSource,
+    /// The protocols whose reports are copied (see [`crate::federation::protocols`]).
+    pub protocols: Vec<&'static str>,
+    /// Its own queue, with the local queue's partitions.
+    pub queue: QueueConfig,
+    /// With `--queue disk`: its own journal (in `federation/` of the queue folder).
+    pub journal: Option<JournalConfig>,
+    /// Messages gzip-compressed for the WAN (when that makes them smaller).
+    pub compress: bool,
+    pub tls: Option<crate::upstream::tls::UpstreamTlsFiles>,
+    pub authentication_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,10 +118,12 @@ pub enum RunError {
     JournalSync(#[from] crate::queue::journal::SyncFailed),
 }
 
-/// Builds the shared state from the configuration; with a journal, also what an earlier
-/// run left in it (already queued again; see [`Journal::forget_old`]).
-pub fn state(config: &Config) -> Result<(State, Option<Recovery>), RunError> {
-    let upstreams = match &config.upstreams {
+/// What the journals read back at start, to forget once queued again and synced.
+pub type Recoveries = Vec<(Arc<Journal>, Recovery)>;
+
+/// The upstream set a source starts with (a ConfigMap's is filled once it is read).
+fn upstream_set(source: &UpstreamSource) -> Result<UpstreamSet, RunError> {
+    Ok(match source {
         UpstreamSource::Static(addresses) => UpstreamSet::new(
             addresses
                 .iter()
@@ -111,41 +134,54 @@ pub fn state(config: &Config) -> Result<(State, Option<Recovery>), RunError> {
             UpstreamSet::of_document(&crate::balance::upstream_set::read_file(path)?)
         }
         UpstreamSource::ConfigMap { .. } => UpstreamSet::new(Vec::new()),
+    })
+}
+
+/// A queue, journaled in `dir` when the configuration has a journal; what an earlier run
+/// left in it is queued again.
+fn open_queue(
+    queue: &QueueConfig,
+    journal: Option<&JournalConfig>,
+    counters: crate::queue::journal::JournalCounters,
+    recoveries: &mut Recoveries,
+) -> Result<Arc<Queue>, RunError> {
+    let Some(journal) = journal else {
+        return Ok(Arc::new(Queue::new(queue.clone())));
     };
-    let metrics = crate::metrics::Metrics::default();
-    let (queue, recovery) = match &config.journal {
-        None => (Queue::new(config.queue.clone()), None),
-        Some(journal) => {
-            let (opened, recovery) = Journal::open(
-                journal,
-                config.queue.partitions.max(1),
-                metrics.journal.clone(),
-            )
-            .map_err(|source| RunError::Journal {
-                dir: journal.dir.clone(),
-                source,
-            })?;
-            tracing::info!(
-                dir = %journal.dir.display(),
-                events = recovery.events.len(),
-                corrupt = recovery.corrupt,
-                "queue journal opened; unacknowledged events of the last run are queued again"
-            );
-            (
-                Queue::with_journal(config.queue.clone(), Arc::new(opened)),
-                Some(recovery),
-            )
-        }
-    };
-    let authentication = config
-        .authentication_file
-        .clone()
+    let (opened, mut recovery) = Journal::open(journal, queue.partitions.max(1), counters)
+        .map_err(|source| RunError::Journal {
+            dir: journal.dir.clone(),
+            source,
+        })?;
+    tracing::info!(
+        dir = %journal.dir.display(),
+        events = recovery.events.len(),
+        corrupt = recovery.corrupt,
+        "queue journal opened; unacknowledged events of the last run are queued again"
+    );
+    let opened = Arc::new(opened);
+    let queue = Arc::new(Queue::with_journal(queue.clone(), opened.clone()));
+    for event in std::mem::take(&mut recovery.events) {
+        queue.restore(event);
+    }
+    recoveries.push((opened, recovery));
+    Ok(queue)
+}
+
+/// How a pool reaches its upstreams and sends to them: `config`'s balancing, health and
+/// delivery, with its own upstreams, TLS, token and metrics.
+fn build_pool(
+    config: &Config,
+    upstreams: UpstreamSet,
+    tls: Option<crate::upstream::tls::UpstreamTlsFiles>,
+    authentication_file: Option<PathBuf>,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> Result<Pool, RunError> {
+    let authentication = authentication_file
         .map(crate::upstream::authentication::Authentication::load)
         .transpose()?
         .map(Arc::new);
-    let origination = config
-        .upstream_tls
-        .clone()
+    let origination = tls
         .map(crate::upstream::tls::Origination::load)
         .transpose()
         .map_err(RunError::UpstreamTls)?
@@ -158,7 +194,7 @@ pub fn state(config: &Config) -> Result<(State, Option<Recovery>), RunError> {
     if let Some(authentication) = &authentication {
         client = client.with_authentication(authentication.clone());
     }
-    let pool = Arc::new(Pool {
+    Ok(Pool {
         upstreams,
         balancer: Balancer::new(
             config.policy,
@@ -172,10 +208,30 @@ pub fn state(config: &Config) -> Result<(State, Option<Recovery>), RunError> {
             hash_header: config.hash_header.clone(),
         },
         max_message_bytes: config.limits.max_message_bytes,
-        metrics: Arc::new(metrics),
+        metrics,
         refusal_log: Default::default(),
         delivery: config.delivery,
-    });
+    })
+}
+
+/// Builds the shared state from the configuration; with a journal, also what an earlier
+/// run left in it (already queued again; see [`Journal::forget_old`]).
+pub fn state(config: &Config) -> Result<(State, Recoveries), RunError> {
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let mut recoveries = Vec::new();
+    let queue = open_queue(
+        &config.queue,
+        config.journal.as_ref(),
+        metrics.journal.clone(),
+        &mut recoveries,
+    )?;
+    let pool = Arc::new(build_pool(
+        config,
+        upstream_set(&config.upstreams)?,
+        config.upstream_tls.clone(),
+        config.authentication_file.clone(),
+        metrics,
+    )?);
     let tls = config
         .tls
         .clone()
@@ -189,20 +245,78 @@ pub fn state(config: &Config) -> Result<(State, Option<Recovery>), RunError> {
             .as_ref()
             .map_or(Duration::ZERO, |t| t.interval * 2),
     );
-    let state = Arc::new(Shared::new(
-        Arc::new(queue),
-        pool,
-        config.limits.clone(),
-        tls,
-        turned_away,
-    ));
-    let recovery = recovery.map(|mut recovery| {
-        for event in std::mem::take(&mut recovery.events) {
-            state.queue.restore(event);
+    let mut state = Shared::new(queue, pool, config.limits.clone(), tls, turned_away);
+    if let Some(federation) = &config.federation {
+        let metrics = Arc::new(crate::metrics::Metrics::federation());
+        let queue = open_queue(
+            &federation.queue,
+            federation.journal.as_ref(),
+            metrics.journal.clone(),
+            &mut recoveries,
+        )?;
+        let pool = build_pool(
+            config,
+            upstream_set(&federation.upstreams)?,
+            federation.tls.clone(),
+            federation.authentication_file.clone(),
+            metrics,
+        )?;
+        state = state.with_federation(Arc::new(Federation::new(
+            queue,
+            Arc::new(pool),
+            federation.protocols.clone(),
+            federation.compress,
+        )));
+    }
+    Ok((Arc::new(state), recoveries))
+}
+
+/// The tasks that keep a pool's view of its upstreams current: the upstream list, TLS
+/// material and token followed, connections kept and health-checked, slow ones ejected.
+async fn follow_pool(
+    pool: &Arc<Pool>,
+    upstreams: &UpstreamSource,
+    config: &Config,
+    background: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Result<(), RunError> {
+    match upstreams {
+        UpstreamSource::Static(_) => {}
+        UpstreamSource::File(path) => background.push(tokio::spawn(follow_file(
+            pool.upstreams.clone(),
+            path.clone(),
+            Duration::from_millis(250),
+            |err| tracing::warn!(error = %err, "upstreams file unusable; keeping the last good list"),
+        ))),
+        UpstreamSource::ConfigMap { namespace, name } => {
+            let client = kube::Client::try_default().await?;
+            background.push(tokio::spawn(configmap::follow(
+                client,
+                namespace.clone(),
+                name.clone(),
+                pool.upstreams.clone(),
+            )));
         }
-        recovery
-    });
-    Ok((state, recovery))
+    }
+    if let Some(origination) = pool.client.origination() {
+        background.push(tokio::spawn(
+            origination.clone().follow(Duration::from_secs(1)),
+        ));
+    }
+    if let Some(authentication) = pool.client.authentication() {
+        background.push(tokio::spawn(
+            authentication.clone().follow(Duration::from_secs(1)),
+        ));
+    }
+    background.push(tokio::spawn(crate::upstream::health::keep_connected(
+        pool.clone(),
+        Duration::from_secs(1),
+        config.health_checks,
+    )));
+    background.push(tokio::spawn(eject_outliers(
+        pool.clone(),
+        Duration::from_secs(1),
+    )));
+    Ok(())
 }
 
 /// Runs until `shutdown` resolves, then stops accepting, lets the queues drain for at most
@@ -211,8 +325,8 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let (state, recovery) = state(&config)?;
-    if let (Some(journal), Some(recovery)) = (state.queue.journal(), recovery) {
+    let (state, recoveries) = state(&config)?;
+    for (journal, recovery) in recoveries {
         journal.forget_old(recovery).await?;
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -230,41 +344,20 @@ pub async fn run(
     tracing::info!(listen = %config.listen, admin = %config.admin_listen, upstreams = ?config.upstreams, "skylift-proxy listening");
 
     let mut background = Vec::new();
-    match &config.upstreams {
-        UpstreamSource::Static(_) => {}
-        UpstreamSource::File(path) => background.push(tokio::spawn(follow_file(
-            state.pool.upstreams.clone(),
-            path.clone(),
-            Duration::from_millis(250),
-            |err| tracing::warn!(error = %err, "upstreams file unusable; keeping the last good list"),
-        ))),
-        UpstreamSource::ConfigMap { namespace, name } => {
-            let client = kube::Client::try_default().await?;
-            background.push(tokio::spawn(configmap::follow(client, namespace.clone(), name.clone(), state.pool.upstreams.clone())));
-        }
+    follow_pool(&state.pool, &config.upstreams, &config, &mut background).await?;
+    if let (Some(federation), Some(settings)) = (&state.federation, &config.federation) {
+        tracing::info!(upstreams = ?settings.upstreams, protocols = ?settings.protocols, "federation pool: copies of these reports also go to its upstreams");
+        follow_pool(
+            &federation.pool,
+            &settings.upstreams,
+            &config,
+            &mut background,
+        )
+        .await?;
     }
     if let Some(tls) = &state.tls {
         background.push(tokio::spawn(tls.clone().follow(Duration::from_secs(1))));
     }
-    if let Some(origination) = state.pool.client.origination() {
-        background.push(tokio::spawn(
-            origination.clone().follow(Duration::from_secs(1)),
-        ));
-    }
-    if let Some(authentication) = state.pool.client.authentication() {
-        background.push(tokio::spawn(
-            authentication.clone().follow(Duration::from_secs(1)),
-        ));
-    }
-    background.push(tokio::spawn(crate::upstream::health::keep_connected(
-        state.pool.clone(),
-        Duration::from_secs(1),
-        config.health_checks,
-    )));
-    background.push(tokio::spawn(eject_outliers(
-        state.pool.clone(),
-        Duration::from_secs(1),
-    )));
     if let Some(telemetry) = config.telemetry.clone() {
         background.push(tokio::spawn(crate::ops::telemetry::report(
             state.clone(),
@@ -283,13 +376,16 @@ pub async fn run(
     let (close, closed) = tokio::sync::watch::channel(false);
     // The journal keeps syncing while the queues drain.
     let (stop_syncer, syncer_stopped) = tokio::sync::watch::channel(false);
-    let syncer = state
-        .queue
-        .journal()
-        .map(|journal| tokio::spawn(journal.clone().run_syncer(syncer_stopped)));
+    let syncers: Vec<_> = state
+        .journals()
+        .map(|journal| tokio::spawn(journal.clone().run_syncer(syncer_stopped.clone())))
+        .collect();
     let server = tokio::spawn(listen::serve(listener, state.clone(), stopped));
     let senders = send::spawn_senders(&state.queue, &state.pool, &closed);
-    let stop_senders: Vec<_> = senders.iter().map(|s| s.abort_handle()).collect();
+    let federation_senders = state
+        .federation
+        .as_ref()
+        .map(|federation| send::spawn_senders(&federation.queue, &federation.pool, &closed));
 
     shutdown.await;
     let deadline = tokio::time::Instant::now() + config.drain_timeout;
@@ -311,31 +407,30 @@ pub async fn run(
         "draining the queues"
     );
     let _ = close.send(true);
-    let drained = tokio::time::timeout_at(deadline, futures::future::join_all(senders)).await;
-    if drained.is_err() {
-        for sender in stop_senders {
-            sender.abort();
-        }
-        let pending = state.queue.totals().pending;
-        if state.queue.journal().is_some() {
-            tracing::warn!(
-                pending,
-                "drain timeout reached; the unsent messages stay in the journal for the next start"
+    // Both queues drain at once, by the same deadline: a federation upstream out of reach
+    // keeps its own copies only.
+    let local = drain(
+        &state.queue,
+        &state.pool.metrics,
+        senders,
+        deadline,
+        "local",
+    );
+    match (&state.federation, federation_senders) {
+        (Some(federation), Some(senders)) => {
+            let remote = drain(
+                &federation.queue,
+                &federation.pool.metrics,
+                senders,
+                deadline,
+                "federation",
             );
-        } else {
-            for (protocol, n) in state.queue.abandon(DropReason::ShutdownTimeout) {
-                state
-                    .metrics
-                    .dropped(protocol, DropReason::ShutdownTimeout, n);
-            }
-            tracing::warn!(
-                dropped = pending,
-                "drain timeout reached; the messages still queued are dropped"
-            );
+            futures::future::join(local, remote).await;
         }
+        _ => local.await,
     }
     let _ = stop_syncer.send(true);
-    if let Some(syncer) = syncer {
+    for syncer in syncers {
         let _ = syncer.await;
     }
     let totals = state.queue.totals();
@@ -350,6 +445,44 @@ pub async fn run(
         task.abort();
     }
     Ok(())
+}
+
+/// Waits for `senders` to empty `queue` until `deadline`; then stops them, and drops what is
+/// left (counted `shutdown_timeout`) unless it is journaled for the next start.
+async fn drain(
+    queue: &Queue,
+    metrics: &crate::metrics::Metrics,
+    senders: Vec<tokio::task::JoinHandle<()>>,
+    deadline: tokio::time::Instant,
+    which: &'static str,
+) {
+    let stop: Vec<_> = senders.iter().map(|s| s.abort_handle()).collect();
+    if tokio::time::timeout_at(deadline, futures::future::join_all(senders))
+        .await
+        .is_ok()
+    {
+        return;
+    }
+    for sender in stop {
+        sender.abort();
+    }
+    let pending = queue.totals().pending;
+    if queue.journal().is_some() {
+        tracing::warn!(
+            queue = which,
+            pending,
+            "drain timeout reached; the unsent messages stay in the journal for the next start"
+        );
+    } else {
+        for (protocol, n) in queue.abandon(DropReason::ShutdownTimeout) {
+            metrics.dropped(protocol, DropReason::ShutdownTimeout, n);
+        }
+        tracing::warn!(
+            queue = which,
+            dropped = pending,
+            "drain timeout reached; the messages still queued are dropped"
+        );
+    }
 }
 
 /// Runs [`LatencyOutliers::sweep`] over the current upstreams every `every`, ejecting

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::Request;
 
 use crate::balance::routing::Routing;
+use crate::federation::Federation;
 use crate::grpc::Code;
 use crate::grpc::framing::{self, Decoder, Frame};
 use crate::grpc::protocol::{Method, Shape};
@@ -25,6 +26,25 @@ pub struct Intake {
     pub routing: Routing,
     /// The largest message a stream may carry (`--max-message-bytes`).
     pub max_message_bytes: usize,
+    /// Where copies of the reports it takes also go, if anywhere.
+    pub federation: Option<Arc<Federation>>,
+}
+
+impl Intake {
+    /// Queues `event` if there is room now, without waiting; gives it back otherwise. A
+    /// queued event's copy goes to the federation pool, if it takes its protocol.
+    #[allow(clippy::result_large_err)] // as Queue::try_offer
+    pub(crate) fn try_offer(&self, event: Event) -> Result<(), Event> {
+        let Some(federation) = &self.federation else {
+            return self.queue.try_offer(event);
+        };
+        let copy = federation.copy(&event);
+        self.queue.try_offer(event)?;
+        if let Some(copy) = copy {
+            federation.offer(copy);
+        }
+        Ok(())
+    }
 }
 
 /// Whether a stream of `method` with these headers can be taken apart here. A compressed
@@ -349,8 +369,14 @@ fn next_event(
 /// applies the overflow policy.
 pub(crate) async fn queue_waiting(intake: &Intake, event: Event) -> Result<(), StreamError> {
     let protocol = event.route.protocol;
+    let copy = intake.federation.as_ref().and_then(|f| f.copy(&event));
     match intake.queue.offer_waiting(event).await {
-        Offered::Queued => Ok(()),
+        Offered::Queued => {
+            if let (Some(federation), Some(copy)) = (&intake.federation, copy) {
+                federation.offer(copy);
+            }
+            Ok(())
+        }
         Offered::Dropped => {
             intake.metrics.dropped(protocol, DropReason::QueueFull, 1);
             Ok(())

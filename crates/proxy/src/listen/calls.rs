@@ -307,7 +307,7 @@ impl Calls {
             return Ok(None);
         };
         while let Some(event) = report.next_event(&self.state.intake)? {
-            if let Err(event) = self.state.queue.try_offer(event) {
+            if let Err(event) = self.state.intake.try_offer(event) {
                 return Ok(Some(event));
             }
         }
@@ -334,21 +334,22 @@ impl Calls {
             }
         };
         let queued_any = report.received > 0;
-        let blocked = last.and_then(|event| self.state.queue.try_offer(event).err());
+        let blocked = last.and_then(|event| self.state.intake.try_offer(event).err());
         let must_sync = queued_any
             && self
                 .state
-                .queue
-                .journal()
-                .is_some_and(|journal| matches!(journal.fsync(), Fsync::Always));
+                .journals()
+                .any(|journal| matches!(journal.fsync(), Fsync::Always));
         if blocked.is_some() || must_sync {
             return Some(Box::pin(
                 self.end_report_waiting(id, blocked, queued_any, link),
             ));
         }
         if queued_any
-            && let Some(journal) = self.state.queue.journal()
-            && journal.write_out().is_err()
+            && self
+                .state
+                .journals()
+                .any(|journal| journal.write_out().is_err())
         {
             self.refuse(id, journal_refusal(), link.session);
             return None;
@@ -374,8 +375,9 @@ impl Calls {
                 return self.refuse(id, refusal, link.session);
             }
         }
-        if queued_any && let Some(journal) = self.state.queue.journal() {
-            let journal = journal.clone();
+        // The federation queue's journal too: its copy was acknowledged with the report.
+        let journals: Vec<_> = self.state.journals().cloned().collect();
+        for journal in journals.iter().filter(|_| queued_any) {
             let durable = match (journal.write_out(), journal.fsync()) {
                 (Err(failed), _) => Err(failed),
                 (Ok(()), Fsync::Always) => {

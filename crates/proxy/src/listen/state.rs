@@ -5,11 +5,13 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 
+use crate::federation::Federation;
 use crate::ingest::stream::Intake;
 use crate::listen::tls::Termination;
 use crate::listen::turned_away::TurnedAway;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
+use crate::queue::journal::Journal;
 use crate::upstream::Pool;
 
 /// Limits of the inbound side.
@@ -48,6 +50,8 @@ pub struct Shared {
     pub shutting_down: AtomicBool,
     /// Clients refused at the limit lately (reported to OAP with the open connections).
     pub turned_away: TurnedAway,
+    /// The federation pool copies of reports also go to, if any.
+    pub federation: Option<Arc<Federation>>,
 }
 
 pub type State = Arc<Shared>;
@@ -66,6 +70,7 @@ impl Shared {
             metrics: pool.metrics.clone(),
             routing: pool.routing.clone(),
             max_message_bytes: limits.max_message_bytes,
+            federation: None,
         };
         Shared {
             metrics: pool.metrics.clone(),
@@ -77,6 +82,24 @@ impl Shared {
             tls,
             shutting_down: AtomicBool::new(false),
             turned_away,
+            federation: None,
         }
+    }
+
+    /// The same, with copies of the reports `federation` takes also queued for it.
+    pub fn with_federation(mut self, federation: Arc<Federation>) -> Shared {
+        self.intake.federation = Some(federation.clone());
+        self.federation = Some(federation);
+        self
+    }
+
+    /// The journals a report must be written to before its client hears it was taken:
+    /// the queue's and the federation queue's (with `--queue disk`).
+    pub(crate) fn journals(&self) -> impl Iterator<Item = &Arc<Journal>> {
+        self.queue.journal().into_iter().chain(
+            self.federation
+                .as_ref()
+                .and_then(|federation| federation.queue.journal()),
+        )
     }
 }

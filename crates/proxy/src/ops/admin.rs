@@ -17,6 +17,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::listen::state::State;
+use crate::queue::Queue;
+use crate::upstream::Pool;
 
 pub fn router(state: State) -> Router {
     Router::new()
@@ -26,20 +28,31 @@ pub fn router(state: State) -> Router {
         .with_state(state)
 }
 
-fn upstream_health(state: &State) -> Vec<(String, bool)> {
+fn upstream_health(pool: &Pool) -> Vec<(String, bool)> {
     let now = Instant::now();
-    state
-        .pool
-        .upstreams
+    pool.upstreams
         .snapshot()
         .iter()
         .map(|u| {
             (
                 u.address.clone(),
-                !state.pool.balancer.is_ejected(&u.address, now),
+                !pool.balancer.is_ejected(&u.address, now),
             )
         })
         .collect()
+}
+
+/// The gauges of a queue and its pool, read at scrape time.
+fn set_gauges(queue: &Queue, pool: &Pool) {
+    let m = &pool.metrics;
+    let sizes: Vec<usize> = (0..queue.partitions()).map(|p| queue.pending(p)).collect();
+    m.set_queue(&sizes, queue.config().capacity);
+    if let Some(journal) = queue.journal() {
+        m.set_journal_bytes(&journal.disk_bytes());
+    }
+    m.set_upstreams(&upstream_health(pool));
+    m.upstreams_draining
+        .set(i64::try_from(pool.upstreams.draining().len()).unwrap_or(i64::MAX));
 }
 
 async fn metrics(AxumState(state): AxumState<State>) -> impl IntoResponse {
@@ -48,22 +61,22 @@ async fn metrics(AxumState(state): AxumState<State>) -> impl IntoResponse {
         .set(i64::try_from(state.connections.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
     m.turned_away
         .set(i64::try_from(state.turned_away.count(std::time::Instant::now())).unwrap_or(i64::MAX));
-    let sizes: Vec<usize> = (0..state.queue.partitions())
-        .map(|p| state.queue.pending(p))
-        .collect();
-    m.set_queue(&sizes, state.queue.config().capacity);
-    if let Some(journal) = state.queue.journal() {
-        m.set_journal_bytes(&journal.disk_bytes());
+    set_gauges(&state.queue, &state.pool);
+    let mut text = m.encode();
+    if let Some(federation) = &state.federation {
+        set_gauges(&federation.queue, &federation.pool);
+        // One exposition: the first one's `# EOF` goes, the second one's ends it.
+        if let Some(body) = text.strip_suffix("# EOF\n") {
+            text = body.to_string();
+        }
+        text.push_str(&federation.pool.metrics.encode());
     }
-    m.set_upstreams(&upstream_health(&state));
-    m.upstreams_draining
-        .set(i64::try_from(state.pool.upstreams.draining().len()).unwrap_or(i64::MAX));
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        m.encode(),
+        text,
     )
 }
 
@@ -71,7 +84,7 @@ async fn readyz(AxumState(state): AxumState<State>) -> impl IntoResponse {
     if state.shutting_down.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_string());
     }
-    let health = upstream_health(&state);
+    let health = upstream_health(&state.pool);
     let up = health.iter().filter(|(_, up)| *up).count();
     let upstreams = match (up, health.len()) {
         (_, 0) => "no upstream is known yet; reports are queued".to_string(),

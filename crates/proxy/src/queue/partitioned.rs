@@ -311,6 +311,18 @@ impl Queue {
         Ok(())
     }
 
+    /// Queues `event` if there is room now; otherwise drops it, counted `queue_full`
+    /// whatever the overflow policy (for a copy whose original was taken elsewhere, such
+    /// as the federation's: nobody waits for it). True when queued.
+    pub(crate) fn offer_or_drop(&self, event: Event) -> bool {
+        let queued = self.try_queue(event).is_ok();
+        self.accounting.received.fetch_add(1, Ordering::Relaxed);
+        if !queued {
+            self.count_drop(DropReason::QueueFull, 1);
+        }
+        queued
+    }
+
     /// Queues `event`, waiting up to `overflow_wait` for room when the queue is full, then
     /// applies the overflow policy. The caller stops reading its client meanwhile, which is
     /// the backpressure: a client that can wait is slowed down rather than refused.

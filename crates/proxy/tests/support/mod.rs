@@ -165,30 +165,14 @@ pub async fn proxy_with_delivery(
     tls: Option<Arc<skylift_proxy::listen::tls::Termination>>,
     delivery: Delivery,
 ) -> Proxy {
-    let set = upstreams
-        .iter()
-        .map(|s| Upstream {
-            address: s.address(),
-            weight: 1,
-        })
-        .collect();
-    let pool = Arc::new(Pool {
-        upstreams: UpstreamSet::new(set),
-        balancer: Balancer::new(
-            Policy::RoundRobin,
-            StickyKeys::new(5000, Duration::from_secs(180)),
-        ),
-        outliers: skylift_proxy::balance::outlier::LatencyOutliers::new(OUTLIERS),
+    let addresses = upstreams.iter().map(|s| s.address()).collect();
+    let pool = Arc::new(pool_of(
+        addresses,
         client,
-        routing: Routing {
-            fixed_meter_routing: true,
-            hash_header: None,
-        },
-        max_message_bytes: limits.max_message_bytes,
-        metrics: Default::default(),
-        refusal_log: Default::default(),
+        limits.max_message_bytes,
         delivery,
-    });
+        Default::default(),
+    ));
     let state: State = Arc::new(Shared::new(
         Arc::new(Queue::new(queue)),
         pool,
@@ -201,12 +185,54 @@ pub async fn proxy_with_delivery(
     let (close, closed) = tokio::sync::watch::channel(false);
     tokio::spawn(server::serve(listener, state.clone(), closed.clone()));
     send::spawn_senders(&state.queue, &state.pool, &closed);
+    follow_pool(&state.pool);
+    Proxy {
+        address,
+        state,
+        _close: close,
+    }
+}
+
+/// A pool over `addresses`, balanced and keyed as the tests' proxies are.
+pub fn pool_of(
+    addresses: Vec<String>,
+    client: UpstreamClient,
+    max_message_bytes: usize,
+    delivery: Delivery,
+    metrics: Arc<skylift_proxy::metrics::Metrics>,
+) -> Pool {
+    let set = addresses
+        .into_iter()
+        .map(|address| Upstream { address, weight: 1 })
+        .collect();
+    Pool {
+        upstreams: UpstreamSet::new(set),
+        balancer: Balancer::new(
+            Policy::RoundRobin,
+            StickyKeys::new(5000, Duration::from_secs(180)),
+        ),
+        outliers: skylift_proxy::balance::outlier::LatencyOutliers::new(OUTLIERS),
+        client,
+        routing: Routing {
+            fixed_meter_routing: true,
+            hash_header: None,
+        },
+        max_message_bytes,
+        metrics,
+        refusal_log: Default::default(),
+        delivery,
+    }
+}
+
+/// Keeps a pool's connections and health checks going, and ejects its slow upstreams, as
+/// the proxy does (faster).
+pub fn follow_pool(pool: &Arc<Pool>) {
     tokio::spawn(skylift_proxy::run::eject_outliers(
-        state.pool.clone(),
+        pool.clone(),
         Duration::from_millis(100),
     ));
     tokio::spawn(skylift_proxy::upstream::health::keep_connected(
-        state.pool.clone(),
+        pool.clone(),
         Duration::from_millis(100),
         skylift_proxy::upstream::health::HealthChecks {
             interval: Some(Duration::from_millis(200)),
@@ -214,6 +240,57 @@ pub async fn proxy_with_delivery(
             failures: 2,
         },
     ));
+}
+
+/// A proxy in front of `local` that also copies the reports of `protocols` into a
+/// federation queue (`queue`) for `federation` (addresses: one may have no listener yet).
+pub async fn proxy_federating(
+    local: &[&Sink],
+    federation: Vec<String>,
+    protocols: Vec<&'static str>,
+    queue: QueueConfig,
+    delivery: Delivery,
+) -> Proxy {
+    let limits = limits();
+    let addresses = local.iter().map(|s| s.address()).collect();
+    let pool = Arc::new(pool_of(
+        addresses,
+        UpstreamClient::new(4, 100),
+        limits.max_message_bytes,
+        delivery,
+        Default::default(),
+    ));
+    let federation_pool = Arc::new(pool_of(
+        federation,
+        UpstreamClient::new(4, 100),
+        limits.max_message_bytes,
+        delivery,
+        Arc::new(skylift_proxy::metrics::Metrics::federation()),
+    ));
+    let federation = Arc::new(skylift_proxy::federation::Federation::new(
+        Arc::new(Queue::new(queue)),
+        federation_pool,
+        protocols,
+        true,
+    ));
+    let state: State = Arc::new(
+        Shared::new(
+            Arc::new(Queue::new(queue_config())),
+            pool,
+            limits,
+            None,
+            skylift_proxy::listen::turned_away::TurnedAway::new(Duration::ZERO),
+        )
+        .with_federation(federation.clone()),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (close, closed) = tokio::sync::watch::channel(false);
+    tokio::spawn(server::serve(listener, state.clone(), closed.clone()));
+    send::spawn_senders(&state.queue, &state.pool, &closed);
+    send::spawn_senders(&federation.queue, &federation.pool, &closed);
+    follow_pool(&state.pool);
+    follow_pool(&federation.pool);
     Proxy {
         address,
         state,

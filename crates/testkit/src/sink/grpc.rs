@@ -110,12 +110,26 @@ pub fn encoding(headers: &http::HeaderMap) -> Result<Encoding, Status> {
 pub struct Deframed {
     pub messages: Vec<Bytes>,
     pub refused: Option<Status>,
+    /// Of the messages, those that came compressed (flag 1).
+    pub compressed: usize,
 }
 
 pub fn deframe(body: &[u8], encoding: Encoding, max_message_size: usize) -> Deframed {
     let mut messages = Vec::new();
-    let refused = deframe_into(body, encoding, max_message_size, &mut messages).err();
-    Deframed { messages, refused }
+    let mut compressed = 0;
+    let refused = deframe_into(
+        body,
+        encoding,
+        max_message_size,
+        &mut messages,
+        &mut compressed,
+    )
+    .err();
+    Deframed {
+        messages,
+        refused,
+        compressed,
+    }
 }
 
 fn deframe_into(
@@ -123,6 +137,7 @@ fn deframe_into(
     encoding: Encoding,
     max_message_size: usize,
     messages: &mut Vec<Bytes>,
+    compressed: &mut usize,
 ) -> Result<(), Status> {
     while !body.is_empty() {
         if body.len() < 5 {
@@ -158,6 +173,7 @@ fn deframe_into(
                 ));
             }
             (true, Encoding::Gzip) => {
+                *compressed += 1;
                 let mut plain = Vec::new();
                 let read = flate2::read::GzDecoder::new(message)
                     .take(max_message_size as u64 + 1)
@@ -263,7 +279,8 @@ mod tests {
             deframe(&frame(1, &gzipped), Encoding::Gzip, 100),
             Deframed {
                 messages: vec![Bytes::from_static(b"hello")],
-                refused: None
+                refused: None,
+                compressed: 1,
             }
         );
     }

@@ -58,6 +58,10 @@ struct Recorded {
     connections: u64,
     /// Messages counted but not kept (see [`Sink::start_counting`]).
     counted: u64,
+    /// Of the messages of accepted calls, those that came gzip-compressed.
+    compressed: u64,
+    /// Bytes of the bodies of accepted calls, as they came (compressed or not).
+    wire_bytes: u64,
     /// The same, per path (a handful: looked up in order, allocated once each).
     counted_by_path: Vec<(String, u64)>,
     keep: bool,
@@ -365,7 +369,11 @@ impl Sink {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        let grpc::Deframed { messages, refused } = grpc::deframe(&body, encoding, max_message_size);
+        let grpc::Deframed {
+            messages,
+            refused,
+            compressed,
+        } = grpc::deframe(&body, encoding, max_message_size);
         if let Err(too_many) = method.kind.check(messages.len())
             && (refused.is_none() || messages.len() > 1)
         {
@@ -397,6 +405,8 @@ impl Sink {
             let mut recorded = recorded.lock().expect("sink lock is never poisoned");
             recorded.streams += 1;
             recorded.counted += messages.len() as u64;
+            recorded.compressed += compressed as u64;
+            recorded.wire_bytes += body.len() as u64;
             match recorded
                 .counted_by_path
                 .iter_mut()
@@ -575,6 +585,13 @@ impl Sink {
             .iter()
             .find(|(counted, _)| counted == path)
             .map_or(0, |(_, n)| *n)
+    }
+
+    /// Messages of accepted calls that came gzip-compressed, and the bytes those calls'
+    /// bodies took on the wire.
+    pub fn compressed(&self) -> (u64, u64) {
+        let recorded = self.recorded.lock().expect("sink lock is never poisoned");
+        (recorded.compressed, recorded.wire_bytes)
     }
 
     /// Calls accepted (those refused before their handler are in [`Sink::refusals`]).

@@ -1,0 +1,189 @@
+//! Federation forwarding: a copy of chosen reports (by default the metrics OAP turns into
+//! service overview metrics) also goes to a second upstream pool, typically a central OAP
+//! in another cluster or cloud (SkyWalking's "OAP Federation Mode" proposal,
+//! apache/skywalking#2773, done in the data path instead of in OAP).
+//!
+//! Each report the local queue takes is copied into the federation's own bounded queue,
+//! without ever waiting: a slow or unreachable WAN link fills that queue and then loses
+//! copies there (counted `skylift_proxy_federation_dropped_total{reason="queue_full"}`),
+//! and local delivery never notices. The copy owns its bytes (it does not pin the client's
+//! read buffer while the WAN is down), is gzip-compressed when that shrinks it, and keeps
+//! the report's routing key, so one instance's meters reach one federation OAP in order.
+//!
+//! - [`gzip`]: gRPC's per-message gzip encoding.
+
+pub mod gzip;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::grpc::protocol::{METHODS, Policy, Shape};
+use crate::queue::{DropReason, Event, Queue, Route};
+use crate::upstream::Pool;
+
+/// What a federation pool takes unless told otherwise: the data OAP makes service,
+/// instance and JVM/CLR overview metrics of.
+pub const DEFAULT_PROTOCOLS: [&str; 4] = ["meter", "jvm", "clr", "management"];
+
+/// The protocols whose reports are queued (and so can be copied): every protocol with an
+/// asynchronous method. Calls answered by OAP (configuration, profiling tasks) are not
+/// reports and stay with the local OAP.
+pub fn queued_protocols() -> Vec<&'static str> {
+    let mut protocols: Vec<&'static str> = METHODS
+        .iter()
+        .filter(|m| matches!(m.policy, Policy::AsyncStream | Policy::AsyncUnary))
+        .map(|m| m.protocol)
+        .collect();
+    protocols.sort_unstable();
+    protocols.dedup();
+    protocols
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("--federation-protocols: {name:?} is not a report protocol; known: {known}")]
+pub struct UnknownProtocol {
+    name: String,
+    known: String,
+}
+
+/// The protocols a federation pool takes, checked against those the proxy queues.
+pub fn protocols(names: &[String]) -> Result<Vec<&'static str>, UnknownProtocol> {
+    let known = queued_protocols();
+    names
+        .iter()
+        .map(|name| {
+            known
+                .iter()
+                .find(|k| **k == name.as_str())
+                .copied()
+                .ok_or_else(|| UnknownProtocol {
+                    name: name.clone(),
+                    known: known.join(", "),
+                })
+        })
+        .collect()
+}
+
+/// The federation pool: its queue, its upstreams, and which reports it takes.
+pub struct Federation {
+    pub queue: Arc<Queue>,
+    pub pool: Arc<Pool>,
+    protocols: Vec<&'static str>,
+    /// With compression, the gzip route of each path a copy may take (made once: the
+    /// copies of one method share it, and batches group by route).
+    gzip_routes: Option<HashMap<&'static str, Arc<Route>>>,
+}
+
+impl Federation {
+    pub fn new(
+        queue: Arc<Queue>,
+        pool: Arc<Pool>,
+        protocols: Vec<&'static str>,
+        compress: bool,
+    ) -> Federation {
+        let gzip_routes = compress.then(|| {
+            METHODS
+                .iter()
+                .filter(|m| protocols.contains(&m.protocol))
+                .map(|m| {
+                    // A meter set goes upstream as collectBatch, as locally.
+                    let path: &'static str = match m.shape {
+                        Shape::MeterSet => "/skywalking.v3.MeterReportService/collectBatch",
+                        _ => m.path,
+                    };
+                    let route = Route {
+                        path: path.to_string(),
+                        protocol: m.protocol,
+                        encoding: Some("gzip".into()),
+                        alone: m.sends_alone(),
+                    };
+                    (path, Arc::new(route))
+                })
+                .collect()
+        });
+        Federation {
+            queue,
+            pool,
+            protocols,
+            gzip_routes,
+        }
+    }
+
+    /// Whether reports of `protocol` are copied here.
+    pub fn takes(&self, protocol: &str) -> bool {
+        self.protocols.contains(&protocol)
+    }
+
+    /// The copy of `event` this pool queues, if it takes its protocol.
+    pub(crate) fn copy(&self, event: &Event) -> Option<Event> {
+        if !self.takes(event.route.protocol) {
+            return None;
+        }
+        let (route, framed) = match (&self.gzip_routes, &event.route.encoding) {
+            // Compressed by its client already (gzip: the only encoding taken): as it came.
+            (_, Some(_)) | (None, None) => {
+                (event.route.clone(), Bytes::copy_from_slice(&event.framed))
+            }
+            (Some(routes), None) => {
+                let route = routes
+                    .get(event.route.path.as_str())
+                    .cloned()
+                    .unwrap_or_else(|| event.route.clone());
+                let compressed = route
+                    .encoding
+                    .is_some()
+                    .then(|| gzip::frame(&event.framed[5..]))
+                    .flatten();
+                (
+                    route,
+                    compressed.unwrap_or_else(|| Bytes::copy_from_slice(&event.framed)),
+                )
+            }
+        };
+        Some(Event {
+            route,
+            key: event.key.clone(),
+            origin: event.origin.clone(),
+            chunk: framed.clone(),
+            framed,
+            run: event.run,
+            seq: None,
+            attempts: 0,
+            unanswered_at: 0,
+        })
+    }
+
+    /// Queues a copy without waiting: with no room it is dropped and counted here.
+    pub(crate) fn offer(&self, copy: Event) {
+        let protocol = copy.route.protocol;
+        self.pool.metrics.received_many(protocol, 1);
+        if !self.queue.offer_or_drop(copy) {
+            self.pool
+                .metrics
+                .dropped(protocol, DropReason::QueueFull, 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_report_protocols_can_be_federated() {
+        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            protocols(&names(&DEFAULT_PROTOCOLS)).unwrap(),
+            DEFAULT_PROTOCOLS.to_vec()
+        );
+        assert!(protocols(&names(&["segment", "log"])).is_ok());
+        let err = protocols(&names(&["meter", "configuration"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"configuration\""), "{err}");
+        assert!(err.contains("mesh, meter,"), "{err}");
+        assert!(!err.contains("known: configuration"), "{err}");
+    }
+}
