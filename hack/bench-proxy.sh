@@ -22,6 +22,13 @@
 #   SECONDS_PER_RUN=5 ROUNDS=1 hack/bench-proxy.sh
 #   QUEUES="memory disk-interval disk-always" MODES=segments IDLE_CONNECTIONS=0 hack/bench-proxy.sh
 #
+# The cost of federation forwarding: QUEUES="memory federation" runs a second skylift-proxy
+# that also copies the reports of its default federation protocols (meters, JVM/CLR,
+# management) to a third counting double; the ratio printed is its delivered (local)
+# messages per CPU-second to the plain proxy's, on each load (MODES="segments meters"):
+#
+#   QUEUES="memory federation" MODES="segments meters" IDLE_CONNECTIONS=0 hack/bench-proxy.sh
+#
 # Before and after a change, in one run: build the earlier skylift-proxy, copy it aside,
 # and name it in BASELINE_PROXY; it runs as "skylift-baseline" beside the others (memory
 # queue), idle memory included:
@@ -62,10 +69,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-sink_a=$BASE; sink_b=$((BASE + 2)); skylift=$((BASE + 10)); admin=$((BASE + 11)); nginx_port=$((BASE + 20))
+sink_a=$BASE; sink_b=$((BASE + 2)); sink_federation=$((BASE + 4)); skylift=$((BASE + 10)); admin=$((BASE + 11)); nginx_port=$((BASE + 20))
 haproxy_port=$((BASE + 22))
 taskset -c 1 "$bin/skylift-grpc-sink" --listen "127.0.0.1:$sink_a" & pids+=($!)
 taskset -c 1 "$bin/skylift-grpc-sink" --listen "127.0.0.1:$sink_b" & pids+=($!)
+[[ " $QUEUES " == *" federation"* ]] && { taskset -c 1 "$bin/skylift-grpc-sink" --listen "127.0.0.1:$sink_federation" & pids+=($!); }
 
 # One skylift-proxy per queue kind; "skylift" is the memory queue.
 declare -A proxy_port proxy_pid
@@ -75,11 +83,14 @@ for queue in $QUEUES; do
   case $queue in
     memory) name=skylift; queue_args=() ;;
     baseline) name=skylift-baseline; queue_args=(); proxy_bin=$BASELINE_PROXY ;;
+    federation) name=skylift-federation; queue_args=(--federation-upstream "127.0.0.1:$sink_federation") ;;
+    federation-plain) name=skylift-federation-plain
+      queue_args=(--federation-upstream "127.0.0.1:$sink_federation" --federation-compression none) ;;
     disk-interval) name=skylift-disk-interval
       queue_args=(--queue disk --queue-dir "$work/journal-interval" --fsync interval --fsync-interval 1s) ;;
     disk-always) name=skylift-disk-always
       queue_args=(--queue disk --queue-dir "$work/journal-always" --fsync always) ;;
-    *) echo "unknown queue $queue (memory, disk-interval, disk-always)" >&2; exit 2 ;;
+    *) echo "unknown queue $queue (memory, disk-interval, disk-always, federation)" >&2; exit 2 ;;
   esac
   port=$((skylift + offset)); offset=$((offset + 2))
   taskset -c 0 "$proxy_bin" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$((port + 1))" \
@@ -184,6 +195,22 @@ for mode in $MODES; do
     read -r m1 c1 r1 < <(settled)
     after=$(cpu_of $procs)
     echo "$mode $target $(python3 -c "print($after - $before)") $((m1 - m0)) $((c1 - c0)) $((r1 - r0)) $out" >>"$results"
+    if [[ $target == skylift-federation* ]]; then
+      # What the federation double took of this run, once it stops moving.
+      federated=$(python3 - "$sink_federation" <<'PY'
+import json, sys, time, urllib.request
+last = None
+for _ in range(100):
+    now = json.load(urllib.request.urlopen(f"http://127.0.0.1:{int(sys.argv[1]) + 1}/count"))["messages"]
+    if now == last:
+        break
+    last = now
+    time.sleep(0.3)
+print(now)
+PY
+)
+      echo "$mode $target federated_total $federated" >>"$work/federated.txt"
+    fi
   done; done
 done
 loaded_rss_kb=0; idle_rss_kb=0; idle_open=0
@@ -227,12 +254,12 @@ for line in open(sys.argv[1]):
     rows.setdefault((mode, target), []).append(
         (float(cpu), int(messages), int(calls), int(refused), json.loads(data)))
 median = statistics.median
-order = ["skylift", "skylift-baseline", "skylift-disk-interval", "skylift-disk-always", "nginx", "haproxy"]
+order = ["skylift", "skylift-baseline", "skylift-federation", "skylift-federation-plain", "skylift-disk-interval", "skylift-disk-always", "nginx", "haproxy"]
 print(f"medians of {len(next(iter(rows.values())))} rounds; messages and calls as the OAP doubles accepted them")
 print(f"{'mode':9} {'proxy':22} {'acked msgs':>11} {'delivered':>10} {'upstream calls':>15} "
       f"{'msgs/s':>9} {'p99 ms':>8} {'proxy CPU s':>12} {'msgs/CPU-s':>11} {'failed':>7} {'refused':>8}")
-targets = {"segments": {"nginx": 1.0}, "unary": {"nginx": 2.0, "haproxy": 1.0}}
-for mode in ("segments", "unary"):
+targets = {"segments": {"nginx": 1.0}, "unary": {"nginx": 2.0, "haproxy": 1.0}, "meters": {}}
+for mode in ("segments", "unary", "meters"):
     per_cpu = {}
     for target in (t for t in order if (mode, t) in rows):
         runs = rows[(mode, target)]
@@ -247,6 +274,11 @@ for mode in ("segments", "unary"):
         refused = sum(r for _, _, _, r, _ in runs)
         print(f"{mode:9} {target:22} {acked:>11.0f} {delivered:>10.0f} {calls:>15.0f} {rate:>9.0f} "
               f"{p99:>8.2f} {cpu:>12.2f} {per_cpu[target]:>11.0f} {failed:>7} {refused:>8}")
+    for federated in ("skylift-federation", "skylift-federation-plain"):
+        if "skylift" in per_cpu and federated in per_cpu:
+            ratio = per_cpu[federated] / per_cpu["skylift"]
+            print(f"{mode:9} {federated} / skylift delivered messages per CPU-second: {ratio:.2f}x "
+                  f"(federation costs {(1 / ratio - 1) * 100:.1f} % more CPU per message; target <= 10 % for meters)")
     if "skylift" in per_cpu and "skylift-baseline" in per_cpu:
         print(f"{mode:9} skylift / skylift-baseline delivered messages per CPU-second: "
               f"{per_cpu['skylift'] / per_cpu['skylift-baseline']:.2f}x")
@@ -262,3 +294,12 @@ print(f"(the benchmarked skylift-proxy's RSS after its load runs: {int(sys.argv[
 if int(sys.argv[6]) > 0:
     print(f"skylift-baseline RSS with {sys.argv[4]} idle connections: {int(sys.argv[6]) / 1024:.1f} MB")
 PY
+if [[ -f $work/federated.txt ]]; then
+  echo "the federation double's message count after each federating run (cumulative; segments are not federated by default):"
+  sed 's/^/  /' "$work/federated.txt"
+  for name in skylift-federation skylift-federation-plain; do
+    [[ -n ${proxy_port[$name]:-} ]] || continue
+    echo "  $name:"
+    curl -s "http://127.0.0.1:$((proxy_port[$name] + 1))/metrics" | grep -E '^skylift_proxy_federation_(dropped|forwarded)_total' | sed 's/^/    /' || true
+  done
+fi

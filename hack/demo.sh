@@ -11,6 +11,10 @@
 # OAPServer and a Satellite, the operator publishing upstreams, the pods run as local
 # programs, the adapter behind the real aggregator and the real HPA scaling the Satellite.
 #
+# Federation instead (`hack/demo.sh --federation`): two "clouds", each with its OAP (two
+# stand-in nodes), a skylift-proxy and Python agents, whose proxies copy meters and
+# instance reports to a central OAP; it prints what each OAP and each federation queue got.
+#
 # Extra arguments go to the demo (hack/demo.sh --agents 8 --third-node-after 60s);
 # `target/debug/skylift-demo --help` lists them.
 set -euo pipefail

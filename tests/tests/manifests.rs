@@ -363,7 +363,7 @@ async fn the_examples_are_typed_and_accepted_by_the_crd_schemas() {
     examples.sort();
     assert!(examples.len() >= 4, "{examples:?}");
     let discovery = kube::Discovery::new(server.client()).run().await.unwrap();
-    for namespace in ["observability", "shop"] {
+    for namespace in ["observability", "shop", "central"] {
         let ns: Namespace =
             serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}})).unwrap();
         let _ = Api::<Namespace>::all(server.client())

@@ -174,3 +174,77 @@ async fn the_proxy_follows_its_upstreams_reports_telemetry_and_drains_on_sigterm
         "nothing acknowledged is lost on a clean shutdown"
     );
 }
+
+/// With the disk queue, both paths keep what they acknowledged through a SIGKILL: the
+/// local OAP and the federation OAP are both unreachable while reports are taken, the
+/// proxy is killed, both come up, and a new proxy on the same journal delivers every
+/// acknowledged report to each of them.
+#[tokio::test]
+async fn with_the_disk_queue_a_kill_9_loses_nothing_acknowledged_on_either_path() {
+    let scratch = Scratch::new("proxy-federation-kill");
+    let reserve = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (local_address, federation_address) = (reserve(), reserve());
+    let (port, admin) = (free_port(), free_port());
+    let journal = scratch.path().join("journal");
+    let start = |name: &str| {
+        let mut command = Command::new(binary("skylift-proxy"));
+        command
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args(["--upstream", &local_address.to_string()])
+            .args(["--federation-upstream", &federation_address.to_string()])
+            .args(["--federation-protocols", "segment,meter"])
+            .args(["--queue", "disk"])
+            .arg(format!("--queue-dir={}", journal.display()))
+            .args(["--fsync", "always", "--queue-partitions", "2"])
+            .args(["--log-format", "json"]);
+        Process::spawn(name, command, scratch.path())
+    };
+    let mut proxy = start("proxy-1");
+    skylift_e2e::wait_ready("the proxy", &format!("127.0.0.1:{admin}")).await;
+    let mut acknowledged = Vec::new();
+    for call in 0..40 {
+        let messages: Vec<Vec<u8>> = (0..5)
+            .map(|i| {
+                skylift_testkit::reports::segment(&format!("segment-{call}-{i}"), "svc", "svc-1")
+            })
+            .collect();
+        let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+        assert_eq!(
+            report(port, &refs).await.as_deref(),
+            Some("0"),
+            "call {call}"
+        );
+        acknowledged.extend(messages);
+    }
+    assert!(
+        journal.join("federation").is_dir(),
+        "the federation queue has a journal of its own"
+    );
+    proxy.kill();
+
+    let local = Sink::start_keeping(local_address).await.unwrap();
+    let federation = Sink::start_keeping(federation_address).await.unwrap();
+    let mut proxy = start("proxy-2");
+    skylift_e2e::wait_ready("the restarted proxy", &format!("127.0.0.1:{admin}")).await;
+    for (sink, path) in [(&local, "local"), (&federation, "federation")] {
+        wait_for(
+            &format!("every acknowledged segment on the {path} path"),
+            Duration::from_secs(30),
+            || async {
+                let arrived = sink.messages(SEGMENTS);
+                acknowledged
+                    .iter()
+                    .all(|m| arrived.iter().any(|a| a.as_ref() == m.as_slice()))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    proxy.kill();
+}

@@ -89,6 +89,10 @@ pub mod proxy_paths {
     pub const TLS_DIR: &str = "/etc/skylift/tls";
     pub const UPSTREAM_TLS_DIR: &str = "/etc/skylift/upstream-tls";
     pub const AUTHENTICATION_DIR: &str = "/etc/skylift/authentication";
-    /// The file the token is mounted as, inside `AUTHENTICATION_DIR`.
+    /// The federation OAP's CA and token (`spec.federation`).
+    pub const FEDERATION_TLS_DIR: &str = "/etc/skylift/federation-tls";
+    pub const FEDERATION_AUTHENTICATION_DIR: &str = "/etc/skylift/federation-authentication";
+    /// The file the token is mounted as, inside `AUTHENTICATION_DIR` (and
+    /// `FEDERATION_AUTHENTICATION_DIR`).
     pub const AUTHENTICATION_FILE: &str = "token";
 }

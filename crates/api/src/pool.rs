@@ -57,6 +57,131 @@ fn default_min_replicas() -> i32 {
     1
 }
 
+/// A second upstream pool that copies of some reports also go to: typically a central OAP
+/// that watches every cluster a service runs in (SkyWalking's "OAP Federation Mode"
+/// proposal, apache/skywalking#2773), fed by each cluster's pools without changing OAP.
+/// The copies wait in a bounded queue of their own: an unreachable or slow federation OAP
+/// never holds back delivery to the pool's own OAP; what its queue cannot hold is dropped
+/// and counted (`skylift_proxy_federation_dropped_total`).
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.oapServerRef) != has(self.addresses)").message("federation needs exactly one of oapServerRef or addresses").reason(Reason::FieldValueInvalid))]
+pub struct Federation {
+    /// An OAPServer of this cluster, in any namespace: reached at its gRPC Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oap_server_ref: Option<FederationOAPServerRef>,
+    /// Fixed `host:port` addresses of the federation OAP (another cluster, over the WAN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 64),
+        inner(regex(
+            pattern = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?):[0-9]{1,5}$"
+        ))
+    )]
+    pub addresses: Option<Vec<String>>,
+    /// The reports copied there. Default: `meter`, `jvm`, `clr` and `management`, what OAP
+    /// makes service and instance overview metrics of; traces (`segment`) and logs (`log`)
+    /// are opt-in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16))]
+    pub protocols: Option<Vec<FederationProtocol>>,
+    /// TLS to the federation OAP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<FederationTls>,
+    /// The token the federation OAP's `authentication` setting expects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<AuthenticationSecret>,
+    /// How many copies may wait per partition (default 20000), and how many bytes
+    /// (default `16Mi`, compressed), before new copies are dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<FederationQueue>,
+    /// `gzip` (default: each message it makes smaller) or `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<FederationCompression>,
+}
+
+/// An OAPServer in any namespace of the cluster.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FederationOAPServerRef {
+    /// Name of the OAPServer.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Its namespace. Default: the pool's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+}
+
+/// A report protocol a federation pool may take.
+#[derive(schemars::JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FederationProtocol {
+    Meter,
+    Jvm,
+    Clr,
+    Management,
+    Segment,
+    Log,
+    Event,
+    Browser,
+    Mesh,
+    SpanAttachedEvent,
+}
+
+impl FederationProtocol {
+    /// The proxy's name for it (`--federation-protocols`).
+    pub fn name(self) -> &'static str {
+        match self {
+            FederationProtocol::Meter => "meter",
+            FederationProtocol::Jvm => "jvm",
+            FederationProtocol::Clr => "clr",
+            FederationProtocol::Management => "management",
+            FederationProtocol::Segment => "segment",
+            FederationProtocol::Log => "log",
+            FederationProtocol::Event => "event",
+            FederationProtocol::Browser => "browser",
+            FederationProtocol::Mesh => "mesh",
+            FederationProtocol::SpanAttachedEvent => "span_attached_event",
+        }
+    }
+}
+
+/// TLS to the federation OAP.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FederationTls {
+    /// Secret in the pool's namespace whose `ca.crt` the federation OAP's certificate must
+    /// chain to.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+    /// The name its certificate is verified against. Default: the address's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub server_name: Option<String>,
+}
+
+/// Bounds of the federation queue.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FederationQueue {
+    /// Copies each partition holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000000))]
+    pub capacity_per_partition: Option<i32>,
+    /// Bytes each partition holds, e.g. `16Mi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[1-9][0-9]*(Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
+    pub max_bytes_per_partition: Option<String>,
+}
+
+/// How copies travel to the federation OAP.
+#[derive(schemars::JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FederationCompression {
+    Gzip,
+    None,
+}
+
 /// Buffering between receiving a report and sending it upstream.
 #[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

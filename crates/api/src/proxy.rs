@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{PodTemplateOverrides, ServiceOptions, default_replicas};
 use crate::pool::{
-    Autoscaling, ConnectionLimit, PodSelectorUpstream, PoolHardening, PoolStatus, QueueSpec,
+    Autoscaling, ConnectionLimit, Federation, PodSelectorUpstream, PoolHardening, PoolStatus,
+    QueueSpec,
 };
 
 /// A pool of skylift-proxy replicas balancing every gRPC / HTTP/2 request over upstream
@@ -76,6 +77,10 @@ pub struct ProxySpec {
     /// Self-telemetry to a SkyWalking OAP. Off unless set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telemetry: Option<ProxyTelemetry>,
+    /// A second upstream pool, such as a central OAP of several clusters, that copies of
+    /// some reports (by default the meters and JVM/CLR/management reports) also go to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<Federation>,
     /// TLS both ways, the OAP token, rebalancing and upstream health: the same fields on
     /// `Satellite` and `Proxy`.
     #[serde(flatten)]

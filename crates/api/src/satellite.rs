@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{PodTemplateOverrides, ServiceOptions, default_replicas};
 use crate::pool::{
-    Autoscaling, ConnectionLimit, PodSelectorUpstream, PoolHardening, PoolStatus, QueueSpec,
+    Autoscaling, ConnectionLimit, Federation, PodSelectorUpstream, PoolHardening, PoolStatus,
+    QueueSpec,
 };
 
 /// A pool of skylift-proxy replicas that SkyWalking agents and Envoy sidecars connect to;
@@ -75,6 +76,10 @@ pub struct SatelliteSpec {
     /// The proxy's self-telemetry, reported to OAP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telemetry: Option<SatelliteTelemetry>,
+    /// A second upstream pool, such as a central OAP of several clusters, that copies of
+    /// some reports (by default the meters and JVM/CLR/management reports) also go to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<Federation>,
     /// TLS both ways, the OAP token, rebalancing and upstream health: the same fields on
     /// `Satellite` and `Proxy`.
     #[serde(flatten)]

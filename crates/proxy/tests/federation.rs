@@ -221,8 +221,8 @@ async fn local_delivery_is_unchanged_while_the_federation_oap_takes_a_second_per
         Delivery::default(),
     )
     .await;
-    report_rounds(&proxy, 0..20).await;
-    delivered_locally(&proxy, &local, 20).await;
+    report_rounds(&proxy, 0..8).await;
+    delivered_locally(&proxy, &local, 8).await;
     assert!(
         federation(&proxy).queue.totals().pending > 0,
         "local delivery finished while the slow federation OAP still has copies to take"
@@ -230,12 +230,12 @@ async fn local_delivery_is_unchanged_while_the_federation_oap_takes_a_second_per
     eventually_within(
         "the slow federation OAP took every copy",
         Duration::from_secs(30),
-        || slow.messages(METERS).len() == 60,
+        || slow.messages(METERS).len() == 24,
     )
     .await;
     eventually("the federation queue balanced", || {
         let totals = federation(&proxy).queue.totals();
-        totals.forwarded == 60 && totals.pending == 0 && totals.balances()
+        totals.forwarded == 24 && totals.pending == 0 && totals.balances()
     })
     .await;
 }

@@ -22,8 +22,10 @@ use skylift_api::common::ServiceAddress;
 use skylift_api::constants::proxy_paths as path;
 use skylift_api::constants::{self, metrics, ports, upstreams};
 use skylift_api::duration;
-use skylift_api::pool::{Autoscaling, PoolHardening, QueueSpec, quantity_bytes};
-use skylift_api::proxy_args::{MeterRoutingArg, ProxyArgs, QueueArg, RoutingArg};
+use skylift_api::pool::{
+    Autoscaling, Federation, FederationCompression, PoolHardening, QueueSpec, quantity_bytes,
+};
+use skylift_api::proxy_args::{CompressionArg, MeterRoutingArg, ProxyArgs, QueueArg, RoutingArg};
 use skylift_api::{PodTemplateOverrides, Proxy, Satellite, ServiceOptions, UpstreamEndpoints};
 
 use super::meta::{Labels, child_meta};
@@ -94,6 +96,8 @@ pub struct PoolView {
     pub pod_template: Option<PodTemplateOverrides>,
     /// TLS, authentication, rebalancing and upstream health.
     pub hardening: PoolHardening,
+    /// The federation pool copies of some reports also go to.
+    pub federation: Option<Federation>,
 }
 
 /// Where a Satellite's upstreams come from.
@@ -168,6 +172,7 @@ impl PoolView {
             resources: spec.resources.clone(),
             pod_template: spec.pod_template.clone(),
             hardening: spec.hardening.clone(),
+            federation: spec.federation.clone(),
         }
     }
 
@@ -198,6 +203,7 @@ impl PoolView {
             resources: spec.resources.clone(),
             pod_template: spec.pod_template.clone(),
             hardening: spec.hardening.clone(),
+            federation: spec.federation.clone(),
         }
     }
 }
@@ -295,6 +301,9 @@ impl PoolView {
         args.hash_header = self.hash_header.clone();
         args.meter_routing = self.meter_routing;
         self.set_hardening(&mut args);
+        if let Some(federation) = &self.federation {
+            self.set_federation(federation, &mut args);
+        }
         if let Some(telemetry) = &self.telemetry {
             args.telemetry_service = Some(telemetry.service.clone());
             args.telemetry_instance = Some("$(POD_NAME)".into());
@@ -352,6 +361,55 @@ impl PoolView {
         }
     }
 
+    fn set_federation(&self, federation: &Federation, args: &mut ProxyArgs) {
+        args.federation_upstreams = match (&federation.oap_server_ref, &federation.addresses) {
+            // Its gRPC Service: kube-proxy spreads the proxy's connections over its pods.
+            (Some(oap), _) => vec![format!(
+                "{}.{}.svc:{}",
+                super::oapserver::workload_name(&oap.name),
+                oap.namespace.as_deref().unwrap_or(&self.namespace),
+                ports::GRPC
+            )],
+            (None, addresses) => addresses.clone().unwrap_or_default(),
+        };
+        if let Some(protocols) = &federation.protocols {
+            args.federation_protocols = protocols.iter().map(|p| p.name().to_string()).collect();
+        }
+        if let Some(tls) = &federation.tls {
+            args.federation_tls_ca_file =
+                Some(format!("{}/ca.crt", path::FEDERATION_TLS_DIR).into());
+            args.federation_tls_server_name = tls.server_name.clone();
+        }
+        if federation.authentication.is_some() {
+            args.federation_authentication_file = Some(
+                format!(
+                    "{}/{}",
+                    path::FEDERATION_AUTHENTICATION_DIR,
+                    path::AUTHENTICATION_FILE
+                )
+                .into(),
+            );
+        }
+        if let Some(queue) = &federation.queue {
+            if let Some(capacity) = queue.capacity_per_partition {
+                args.federation_queue_capacity = count(capacity);
+            }
+            if let Some(bytes) = queue
+                .max_bytes_per_partition
+                .as_deref()
+                .and_then(quantity_bytes)
+            {
+                args.federation_queue_max_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+            }
+        }
+        if let Some(compression) = federation.compression {
+            args.federation_compression = match compression {
+                FederationCompression::Gzip => CompressionArg::Gzip,
+                FederationCompression::None => CompressionArg::None,
+            };
+        }
+    }
+
     /// The volumes the proxy needs (journal, TLS and token Secrets) and where they are
     /// mounted.
     pub fn proxy_volumes(&self) -> (Vec<Volume>, Vec<VolumeMount>) {
@@ -392,6 +450,24 @@ impl PoolView {
                 Some((&authentication.key, path::AUTHENTICATION_FILE)),
             ));
             mount("authentication", path::AUTHENTICATION_DIR, true);
+        }
+        if let Some(federation) = &self.federation {
+            if let Some(tls) = &federation.tls {
+                volumes.push(secret_volume("federation-tls", &tls.secret_name, None));
+                mount("federation-tls", path::FEDERATION_TLS_DIR, true);
+            }
+            if let Some(authentication) = &federation.authentication {
+                volumes.push(secret_volume(
+                    "federation-authentication",
+                    &authentication.secret_name,
+                    Some((&authentication.key, path::AUTHENTICATION_FILE)),
+                ));
+                mount(
+                    "federation-authentication",
+                    path::FEDERATION_AUTHENTICATION_DIR,
+                    true,
+                );
+            }
         }
         (volumes, mounts)
     }
@@ -797,6 +873,77 @@ mod tests {
         }));
         let pod = plain.deployment.spec.unwrap().template.spec.unwrap();
         assert!(pod.volumes.is_none() && pod.containers[0].volume_mounts.is_none());
+    }
+
+    #[test]
+    fn a_federation_becomes_the_proxys_federation_flags_and_volumes() {
+        // A central OAP over the WAN, with TLS, a token and traces too.
+        let remote = build_satellite(serde_json::json!({
+            "upstream": {"oapServerRef": {"name": "skywalking"}},
+            "federation": {
+                "addresses": ["central-oap.example.com:11800"],
+                "protocols": ["meter", "jvm", "segment"],
+                "tls": {"secretName": "central-ca", "serverName": "oap.central.example.com"},
+                "authentication": {"secretName": "central-token", "key": "oap-token"},
+                "queue": {"capacityPerPartition": 50000, "maxBytesPerPartition": "64Mi"},
+            }
+        }));
+        let args = args(&remote);
+        for flag in [
+            "--federation-upstream=central-oap.example.com:11800",
+            "--federation-protocols=meter",
+            "--federation-protocols=jvm",
+            "--federation-protocols=segment",
+            "--federation-queue-capacity=50000",
+            "--federation-queue-max-bytes=67108864",
+            "--federation-tls-ca-file=/etc/skylift/federation-tls/ca.crt",
+            "--federation-tls-server-name=oap.central.example.com",
+            "--federation-authentication-file=/etc/skylift/federation-authentication/token",
+        ] {
+            assert!(args.contains(&flag.to_string()), "{flag} in {args:?}");
+        }
+        let pod = remote.pod_spec().unwrap();
+        let volumes = pod.volumes.as_ref().unwrap();
+        let names: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["federation-tls", "federation-authentication"]);
+        let token = volumes[1].secret.as_ref().unwrap();
+        assert_eq!(token.secret_name.as_deref(), Some("central-token"));
+        let item = &token.items.as_ref().unwrap()[0];
+        assert_eq!(
+            (item.key.as_str(), item.path.as_str()),
+            ("oap-token", "token")
+        );
+        // The proxy takes what the operator renders.
+        let parsed = <ProxyArgs as clap::Parser>::try_parse_from(
+            std::iter::once("skylift-proxy".to_string()).chain(args),
+        )
+        .unwrap();
+        assert_eq!(parsed.check(), Ok(()));
+
+        // An OAPServer of another namespace, at its gRPC Service; the default protocols.
+        let central = build_satellite(serde_json::json!({
+            "upstream": {"oapServerRef": {"name": "skywalking"}},
+            "federation": {"oapServerRef": {"name": "central", "namespace": "observability"}}
+        }));
+        let args = self::args(&central);
+        assert!(
+            args.contains(&"--federation-upstream=central-oap.observability.svc:11800".to_string()),
+            "{args:?}"
+        );
+        assert!(
+            !args.iter().any(|a| a.starts_with("--federation-protocols")),
+            "{args:?}"
+        );
+        let same_namespace = PoolView::from(&satellite(serde_json::json!({
+            "upstream": {"oapServerRef": {"name": "skywalking"}},
+            "federation": {"oapServerRef": {"name": "central"}, "compression": "none"}
+        })))
+        .proxy_settings();
+        assert_eq!(
+            same_namespace.federation_upstreams,
+            ["central-oap.obs.svc:11800"].map(String::from).to_vec()
+        );
+        assert_eq!(same_namespace.federation_compression, CompressionArg::None);
     }
 
     #[test]

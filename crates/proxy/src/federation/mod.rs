@@ -66,6 +66,12 @@ pub fn protocols(names: &[String]) -> Result<Vec<&'static str>, UnknownProtocol>
         .collect()
 }
 
+/// A report's copy for the federation queue, or the news that it had no room for it.
+pub(crate) enum Copied {
+    Event(Event),
+    NoRoom(&'static str),
+}
+
 /// The federation pool: its queue, its upstreams, and which reports it takes.
 pub struct Federation {
     pub queue: Arc<Queue>,
@@ -116,10 +122,14 @@ impl Federation {
         self.protocols.contains(&protocol)
     }
 
-    /// The copy of `event` this pool queues, if it takes its protocol.
-    pub(crate) fn copy(&self, event: &Event) -> Option<Event> {
+    /// The copy of `event` this pool queues, if it takes its protocol; when its queue has
+    /// no room for it, only that (a WAN link that is down costs no copying or compressing).
+    pub(crate) fn copy(&self, event: &Event) -> Option<Copied> {
         if !self.takes(event.route.protocol) {
             return None;
+        }
+        if self.queue.looks_full_for(event) {
+            return Some(Copied::NoRoom(event.route.protocol));
         }
         let (route, framed) = match (&self.gzip_routes, &event.route.encoding) {
             // Compressed by its client already (gzip: the only encoding taken): as it came.
@@ -142,7 +152,7 @@ impl Federation {
                 )
             }
         };
-        Some(Event {
+        Some(Copied::Event(Event {
             route,
             key: event.key.clone(),
             origin: event.origin.clone(),
@@ -152,18 +162,30 @@ impl Federation {
             seq: None,
             attempts: 0,
             unanswered_at: 0,
-        })
+        }))
     }
 
-    /// Queues a copy without waiting: with no room it is dropped and counted here.
-    pub(crate) fn offer(&self, copy: Event) {
-        let protocol = copy.route.protocol;
-        self.pool.metrics.received_many(protocol, 1);
-        if !self.queue.offer_or_drop(copy) {
-            self.pool
-                .metrics
-                .dropped(protocol, DropReason::QueueFull, 1);
-        }
+    /// Queues a copy, once its original was taken, without waiting: with no room it is
+    /// dropped and counted here.
+    pub(crate) fn offer(&self, copy: Copied) {
+        let protocol = match copy {
+            Copied::Event(event) => {
+                let protocol = event.route.protocol;
+                self.pool.metrics.received_many(protocol, 1);
+                if self.queue.offer_or_drop(event) {
+                    return;
+                }
+                protocol
+            }
+            Copied::NoRoom(protocol) => {
+                self.pool.metrics.received_many(protocol, 1);
+                self.queue.count_dropped_unoffered(DropReason::QueueFull);
+                protocol
+            }
+        };
+        self.pool
+            .metrics
+            .dropped(protocol, DropReason::QueueFull, 1);
     }
 }
 

@@ -91,5 +91,14 @@ async fn readyz(AxumState(state): AxumState<State>) -> impl IntoResponse {
         (0, known) => format!("all {known} upstreams are failing; reports are queued"),
         (up, known) => format!("{up} of {known} upstreams up"),
     };
-    (StatusCode::OK, format!("ready: {upstreams}"))
+    // The federation pool never makes the proxy unready: its copies wait in their queue.
+    let federation = match &state.federation {
+        Some(federation) => {
+            let health = upstream_health(&federation.pool);
+            let up = health.iter().filter(|(_, up)| *up).count();
+            format!("; federation: {up} of {} upstreams up", health.len())
+        }
+        None => String::new(),
+    };
+    (StatusCode::OK, format!("ready: {upstreams}{federation}"))
 }

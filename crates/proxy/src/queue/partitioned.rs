@@ -311,6 +311,21 @@ impl Queue {
         Ok(())
     }
 
+    /// Whether `event`'s partition looks full (a hint taken without the lock: by the time it
+    /// is offered, room may have come or gone).
+    pub(crate) fn looks_full_for(&self, event: &Event) -> bool {
+        let partition = &self.partitions[self.partition_for(event)];
+        partition.pending.load(Ordering::Relaxed) >= self.config.capacity
+            || partition.pending_bytes.load(Ordering::Relaxed) + event.cost()
+                > self.config.max_bytes
+    }
+
+    /// Counts an event dropped before it was offered: received, and dropped for `reason`.
+    pub(crate) fn count_dropped_unoffered(&self, reason: DropReason) {
+        self.accounting.received.fetch_add(1, Ordering::Relaxed);
+        self.count_drop(reason, 1);
+    }
+
     /// Queues `event` if there is room now; otherwise drops it, counted `queue_full`
     /// whatever the overflow policy (for a copy whose original was taken elsewhere, such
     /// as the federation's: nobody waits for it). True when queued.

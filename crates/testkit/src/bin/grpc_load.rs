@@ -18,6 +18,10 @@ enum Mode {
     /// Unary `JVMMetricReportService/collect` calls, each one `JVMMetricCollection` of
     /// about `--message-bytes`.
     Unary,
+    /// `MeterReportService/collectBatch` client streams of `--messages` MeterDataCollections
+    /// of about `--message-bytes`, each connection one instance as an agent is (a meter
+    /// set's first MeterData names the service and instance, the routing key).
+    Meters,
     /// Open `--connections` HTTP/2 connections and hold them idle for `--seconds`.
     Idle,
 }
@@ -94,6 +98,40 @@ fn body(messages: usize, size: usize) -> Bytes {
     out.freeze()
 }
 
+/// `messages` framed MeterDataCollections of about `size` bytes, of `instance`.
+fn meter_body(messages: usize, size: usize, instance: usize) -> Bytes {
+    use skylift_testkit::protobuf::Pb;
+    let mut out = BytesMut::new();
+    for _ in 0..messages {
+        let mut collection = Pb::new().msg(
+            1,
+            Pb::new()
+                .msg(1, Pb::new().str(1, "instance_jvm_cpu").double(3, 12.5))
+                .str(3, "bench-service")
+                .str(4, &format!("bench-{instance}"))
+                .varint(5, 1_700_000_000_000),
+        );
+        let mut meter = 0;
+        while collection.clone().done().len() < size {
+            collection = collection.msg(
+                1,
+                Pb::new().msg(
+                    1,
+                    Pb::new()
+                        .str(1, &format!("jvm_memory_pool_{meter}"))
+                        .double(3, meter as f64 * 1024.0),
+                ),
+            );
+            meter += 1;
+        }
+        let message = collection.done();
+        out.extend_from_slice(&[0]);
+        out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        out.extend_from_slice(&message);
+    }
+    out.freeze()
+}
+
 /// Opens idle HTTP/2 connections (handshake done, no calls) and holds them.
 async fn hold_idle(args: &Args) -> anyhow::Result<()> {
     let mut held = Vec::with_capacity(args.connections);
@@ -131,16 +169,26 @@ async fn main() -> anyhow::Result<()> {
             args.messages,
         ),
         Mode::Unary => ("/skywalking.v3.JVMMetricReportService/collect", 1),
+        Mode::Meters => (
+            "/skywalking.v3.MeterReportService/collectBatch",
+            args.messages,
+        ),
         Mode::Idle => return hold_idle(&args).await,
     };
     let payload = match args.mode {
         Mode::Unary => jvm_body(args.message_bytes),
+        Mode::Meters => Bytes::new(), // one per connection, below
         _ => body(per_call, args.message_bytes),
     };
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..args.connections {
+    for connection in 0..args.connections {
+        // Each connection an agent of its own, reporting its own instance's meters.
+        let payload = match args.mode {
+            Mode::Meters => meter_body(per_call, args.message_bytes, connection),
+            _ => payload.clone(),
+        };
         let stream = tokio::net::TcpStream::connect(args.target).await?;
         stream.set_nodelay(true)?;
         let (sender, connection) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(

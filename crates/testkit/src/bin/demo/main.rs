@@ -6,6 +6,11 @@
 //! connections per proxy, the events each OAP node received, and the external metric the
 //! HPA would read with what it would do; after a while it adds a third OAP node and traffic
 //! moves onto it. Ctrl-C stops everything it started.
+//!
+//! With `--federation` ([`federation`]): two "clouds", each with its OAP and its proxy, copy
+//! their meters and instance reports to one central OAP.
+
+mod federation;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -55,6 +60,11 @@ struct Args {
     /// Stop by itself after this long (default: run until Ctrl-C).
     #[arg(long, value_parser = skylift_api::duration::parse)]
     run_for: Option<Duration>,
+    /// Federation instead of scaling: two clouds, each with its OAP (two stand-in nodes),
+    /// a skylift-proxy and agents, whose proxies copy meters and instance reports to a
+    /// central OAP; prints what each OAP receives.
+    #[arg(long)]
+    federation: bool,
 }
 
 /// The demo's clock, the same in both modes: a tick every `--every` until `--run-for`,
@@ -185,6 +195,10 @@ async fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     std::fs::create_dir_all(&args.logs)?;
+    if args.federation {
+        let logs = args.logs.canonicalize()?;
+        return federation::run(&args, &logs).await;
+    }
     if let Some(assets) = skylift_testkit::cluster::assets() {
         return on_real_control_plane(args, &assets).await;
     }
@@ -192,29 +206,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!("skylift demo: logs in {}", logs.display());
 
     // OAP: two nodes sharing their storage, as an OAP cluster shares its database.
-    let mut standin = Command::new(binary("skylift-oap-standin")?);
-    standin.args([
-        "--grpc-port=0",
-        "--http-port=0",
-        "--control-listen=127.0.0.1:0",
-        "--instances=2",
-    ]);
-    let _standin = spawn("oap-standin", &mut standin, &logs)?;
-    let mut announced: Option<Announcement> = None;
-    wait_until(
-        "the OAP stand-in starting",
-        Duration::from_secs(20),
-        async || {
-            let text = std::fs::read_to_string(logs.join("oap-standin.log")).unwrap_or_default();
-            announced = text
-                .lines()
-                .next()
-                .and_then(|l| serde_json::from_str(l).ok());
-            announced.is_some()
-        },
-    )
-    .await?;
-    let announced = announced.expect("announced");
+    let (_standin, announced) = start_standin("oap-standin", 2, &logs).await?;
     let mut oap_nodes: Vec<SocketAddr> = announced.nodes.iter().map(|n| n.grpc).collect();
     let nodes_url = format!("{}/nodes", announced.control);
     let graphql = format!("http://{}/graphql", announced.nodes[0].http);
@@ -508,9 +500,52 @@ async fn on_real_control_plane(args: Args, assets: &Path) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// An OAP stand-in cluster of `instances` nodes, its log `<logs>/<name>.log`, once it
+/// announced its addresses.
+async fn start_standin(
+    name: &str,
+    instances: usize,
+    logs: &Path,
+) -> anyhow::Result<(Child, Announcement)> {
+    let mut standin = Command::new(binary("skylift-oap-standin")?);
+    standin.args([
+        "--grpc-port=0".to_string(),
+        "--http-port=0".to_string(),
+        "--control-listen=127.0.0.1:0".to_string(),
+        format!("--instances={instances}"),
+    ]);
+    let child = spawn(name, &mut standin, logs)?;
+    let mut announced: Option<Announcement> = None;
+    wait_until(
+        &format!("{name} starting"),
+        Duration::from_secs(20),
+        async || {
+            let text =
+                std::fs::read_to_string(logs.join(format!("{name}.log"))).unwrap_or_default();
+            announced = text
+                .lines()
+                .next()
+                .and_then(|l| serde_json::from_str(l).ok());
+            announced.is_some()
+        },
+    )
+    .await?;
+    Ok((child, announced.expect("announced")))
+}
+
 /// `args.agents` instrumented programs reporting to `backend` with the real SkyWalking
 /// Python agent, one connection each.
 fn start_agents(args: &Args, backend: &str, logs: &Path) -> anyhow::Result<Vec<Child>> {
+    start_agents_named(args, backend, logs, "shop")
+}
+
+/// The same, their instances named `<prefix>-1`, `<prefix>-2`, ...
+fn start_agents_named(
+    args: &Args,
+    backend: &str,
+    logs: &Path,
+    prefix: &str,
+) -> anyhow::Result<Vec<Child>> {
     let mut agents = Vec::new();
     for i in 1..=args.agents {
         let mut app = Command::new(&args.python);
@@ -519,10 +554,10 @@ fn start_agents(args: &Args, backend: &str, logs: &Path) -> anyhow::Result<Vec<C
             .env("SW_AGENT_COLLECTOR_BACKEND_SERVICES", backend)
             .env("SW_AGENT_PROTOCOL", "grpc")
             .env("SW_AGENT_NAME", "demo-shop")
-            .env("SW_AGENT_INSTANCE_NAME", format!("shop-{i}"))
+            .env("SW_AGENT_INSTANCE_NAME", format!("{prefix}-{i}"))
             .env("SW_AGENT_METER_REPORTER_PERIOD", "5")
             .env("SW_AGENT_LOG_REPORTER_LEVEL", "WARNING");
-        agents.push(spawn(&format!("agent-shop-{i}"), &mut app, logs)?);
+        agents.push(spawn(&format!("agent-{prefix}-{i}"), &mut app, logs)?);
     }
     Ok(agents)
 }
