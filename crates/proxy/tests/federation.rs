@@ -58,6 +58,25 @@ async fn report_rounds(proxy: &Proxy, rounds: std::ops::Range<usize>) {
     }
 }
 
+/// A proxy in front of `local` whose federation pool (`federation`, the default
+/// protocols) has a queue of `queue`.
+async fn federating(local: &Sink, federation: Vec<String>, queue: QueueConfig) -> Proxy {
+    proxy_federating(
+        &[local],
+        federation,
+        DEFAULT_PROTOCOLS.to_vec(),
+        queue,
+        Delivery::default(),
+    )
+    .await
+}
+
+/// A loopback address with nothing listening (yet).
+fn unused_address() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
 fn federation_queue() -> QueueConfig {
     QueueConfig {
         batch_size: 500,
@@ -92,14 +111,7 @@ async fn delivered_locally(proxy: &Proxy, local: &Sink, rounds: usize) {
 async fn copies_of_meters_reach_the_federation_oap_compressed_keyed_and_in_order() {
     let local = Sink::start().await.unwrap();
     let (f1, f2) = (Sink::start().await.unwrap(), Sink::start().await.unwrap());
-    let proxy = proxy_federating(
-        &[&local],
-        vec![f1.address(), f2.address()],
-        DEFAULT_PROTOCOLS.to_vec(),
-        federation_queue(),
-        Delivery::default(),
-    )
-    .await;
+    let proxy = federating(&local, vec![f1.address(), f2.address()], federation_queue()).await;
     report_rounds(&proxy, 0..20).await;
     delivered_locally(&proxy, &local, 20).await;
     eventually("every meter collection at the federation OAPs", || {
@@ -169,18 +181,8 @@ async fn copies_of_meters_reach_the_federation_oap_compressed_keyed_and_in_order
 async fn local_delivery_is_unchanged_while_the_federation_oap_is_down_and_it_drains_when_back() {
     let local = Sink::start().await.unwrap();
     // An address with nothing listening yet.
-    let address = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
-    let proxy = proxy_federating(
-        &[&local],
-        vec![address.to_string()],
-        DEFAULT_PROTOCOLS.to_vec(),
-        federation_queue(),
-        Delivery::default(),
-    )
-    .await;
+    let address = unused_address();
+    let proxy = federating(&local, vec![address.to_string()], federation_queue()).await;
     report_rounds(&proxy, 0..20).await;
     delivered_locally(&proxy, &local, 20).await;
     let totals = federation(&proxy).queue.totals();
@@ -209,16 +211,14 @@ async fn local_delivery_is_unchanged_while_the_federation_oap_takes_a_second_per
     let local = Sink::start().await.unwrap();
     let slow = Sink::start().await.unwrap();
     slow.set_delay(Duration::from_secs(1));
-    let proxy = proxy_federating(
-        &[&local],
+    let proxy = federating(
+        &local,
         vec![slow.address()],
-        DEFAULT_PROTOCOLS.to_vec(),
         QueueConfig {
             // One copy per call, so the federation upstream is slower than the reports.
             batch_size: 1,
             ..federation_queue()
         },
-        Delivery::default(),
     )
     .await;
     report_rounds(&proxy, 0..8).await;
@@ -246,14 +246,7 @@ async fn a_federation_oap_refusing_the_data_costs_local_delivery_nothing() {
     let refusing = Sink::start().await.unwrap();
     // Its meter receiver is off: UNIMPLEMENTED for every meter call.
     refusing.disable(METERS);
-    let proxy = proxy_federating(
-        &[&local],
-        vec![refusing.address()],
-        DEFAULT_PROTOCOLS.to_vec(),
-        federation_queue(),
-        Delivery::default(),
-    )
-    .await;
+    let proxy = federating(&local, vec![refusing.address()], federation_queue()).await;
     report_rounds(&proxy, 0..20).await;
     delivered_locally(&proxy, &local, 20).await;
     eventually("the refused copies counted", || {
@@ -277,19 +270,14 @@ async fn a_federation_oap_refusing_the_data_costs_local_delivery_nothing() {
 #[tokio::test]
 async fn a_full_federation_queue_drops_copies_counted_while_local_delivery_goes_on() {
     let local = Sink::start().await.unwrap();
-    let address = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
-    let proxy = proxy_federating(
-        &[&local],
+    let address = unused_address();
+    let proxy = federating(
+        &local,
         vec![address.to_string()],
-        DEFAULT_PROTOCOLS.to_vec(),
         QueueConfig {
             capacity: 10,
             ..federation_queue()
         },
-        Delivery::default(),
     )
     .await;
     report_rounds(&proxy, 0..40).await;

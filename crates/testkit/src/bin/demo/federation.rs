@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::bail;
 use skylift_testkit::http;
@@ -16,8 +15,8 @@ use skylift_testkit::oap::{NodeStats, NodeView};
 use tokio::process::{Child, Command};
 
 use super::{
-    Args, Schedule, binary, endpoints, events, portpicker, spawn, start_agents_named,
-    start_standin, wait_until,
+    Args, Schedule, binary, endpoints, events, portpicker, proxy_ready, spawn, start_agents_named,
+    start_standin,
 };
 
 const CLOUDS: [&str; 2] = ["eu", "us"];
@@ -70,17 +69,7 @@ pub async fn run(args: &Args, logs: &Path) -> anyhow::Result<()> {
             .arg(format!("--upstreams-file={}", endpoints_file.display()))
             .arg(format!("--federation-upstream={central_grpc}"));
         let proxy = spawn(&format!("skylift-proxy-{name}"), &mut proxy, logs)?;
-        wait_until(
-            &format!("the {name} proxy becoming ready"),
-            Duration::from_secs(20),
-            async || {
-                matches!(
-                    http::get(&format!("http://127.0.0.1:{admin_port}/readyz")).await,
-                    Ok((200, _))
-                )
-            },
-        )
-        .await?;
+        proxy_ready(&format!("the {name} proxy"), admin_port).await?;
         let mut processes = vec![standin, proxy];
         processes.extend(start_agents_named(args, &address, logs, name)?);
         println!(

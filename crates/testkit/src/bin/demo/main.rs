@@ -229,17 +229,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "--telemetry-interval=2s",
         ]);
     let _proxy = spawn("skylift-proxy", &mut proxy, &logs)?;
-    wait_until(
-        "the proxy becoming ready",
-        Duration::from_secs(20),
-        async || {
-            matches!(
-                http::get(&format!("http://127.0.0.1:{admin_port}/readyz")).await,
-                Ok((200, _))
-            )
-        },
-    )
-    .await?;
+    proxy_ready("the proxy", admin_port).await?;
     println!(
         "skylift-proxy: clients connect to {proxy_address} (at most {} at once)",
         args.max_connections
@@ -498,6 +488,21 @@ async fn on_real_control_plane(args: Args, assets: &Path) -> anyhow::Result<()> 
     }
     drop(agents);
     Ok(())
+}
+
+/// Waits until the proxy whose admin port is `admin_port` is ready.
+async fn proxy_ready(what: &str, admin_port: u16) -> anyhow::Result<()> {
+    wait_until(
+        &format!("{what} becoming ready"),
+        Duration::from_secs(20),
+        async || {
+            matches!(
+                http::get(&format!("http://127.0.0.1:{admin_port}/readyz")).await,
+                Ok((200, _))
+            )
+        },
+    )
+    .await
 }
 
 /// An OAP stand-in cluster of `instances` nodes, its log `<logs>/<name>.log`, once it
