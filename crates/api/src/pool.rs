@@ -151,13 +151,16 @@ impl FederationProtocol {
 #[serde(rename_all = "camelCase")]
 pub struct FederationTls {
     /// Secret in the pool's namespace whose `ca.crt` the federation OAP's certificate must
-    /// chain to.
+    /// chain to (and whose `tls.crt` / `tls.key` are presented with `clientCertificate`).
     #[schemars(length(min = 1, max = 253))]
     pub secret_name: String,
     /// The name its certificate is verified against. Default: the address's host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub server_name: Option<String>,
+    /// Present the Secret's `tls.crt` / `tls.key` to the federation OAP (mutual TLS).
+    #[serde(default)]
+    pub client_certificate: bool,
 }
 
 /// Bounds of the federation queue.

@@ -155,6 +155,20 @@ pub struct ProxyArgs {
         requires = "federation_tls_ca_file"
     )]
     pub federation_tls_server_name: Option<String>,
+    /// A client certificate chain (PEM) presented to the federation upstreams: mutual TLS.
+    #[arg(
+        long,
+        env = "SKYLIFT_PROXY_FEDERATION_TLS_CERT_FILE",
+        requires_all = ["federation_tls_ca_file", "federation_tls_key_file"]
+    )]
+    pub federation_tls_cert_file: Option<PathBuf>,
+    /// The federation client certificate's private key (PEM).
+    #[arg(
+        long,
+        env = "SKYLIFT_PROXY_FEDERATION_TLS_KEY_FILE",
+        requires = "federation_tls_cert_file"
+    )]
+    pub federation_tls_key_file: Option<PathBuf>,
     /// A file holding the federation OAP's `authentication` token, sent on every call to it.
     #[arg(long, env = "SKYLIFT_PROXY_FEDERATION_AUTHENTICATION_FILE")]
     pub federation_authentication_file: Option<PathBuf>,
@@ -653,6 +667,8 @@ mod tests {
             federation_compression: CompressionArg::None,
             federation_tls_ca_file: path("/fed/ca.crt"),
             federation_tls_server_name: Some("oap.central".into()),
+            federation_tls_cert_file: path("/fed/tls.crt"),
+            federation_tls_key_file: path("/fed/tls.key"),
             federation_authentication_file: path("/fed/token"),
             max_connections: 11,
             keepalive_interval: Duration::from_secs(30),

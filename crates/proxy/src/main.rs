@@ -111,7 +111,10 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
                 tls: args.federation_tls_ca_file.clone().map(|ca| {
                     skylift_proxy::upstream::tls::UpstreamTlsFiles {
                         ca,
-                        client_cert: None,
+                        client_cert: args
+                            .federation_tls_cert_file
+                            .clone()
+                            .zip(args.federation_tls_key_file.clone()),
                         server_name: args.federation_tls_server_name.clone(),
                     }
                 }),

@@ -5,10 +5,12 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use skylift_proxy::federation::DEFAULT_PROTOCOLS;
 use skylift_proxy::queue::{DropReason, QueueConfig};
+use skylift_proxy::upstream::client::UpstreamClient;
 use skylift_proxy::upstream::delivery::Delivery;
 use skylift_testkit::protobuf::Pb;
 use skylift_testkit::sink::Sink;
@@ -67,6 +69,7 @@ async fn federating(local: &Sink, federation: Vec<String>, queue: QueueConfig) -
         DEFAULT_PROTOCOLS.to_vec(),
         queue,
         Delivery::default(),
+        UpstreamClient::new(4, 100),
     )
     .await
 }
@@ -293,4 +296,54 @@ async fn a_full_federation_queue_drops_copies_counted_while_local_delivery_goes_
     );
     let metrics = federation(&proxy).pool.metrics.encode();
     assert!(metrics.contains(&dropped), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_remote_federation_oap_is_reached_over_mutual_tls_with_its_own_token() {
+    use skylift_proxy::upstream::authentication::Authentication;
+    use skylift_proxy::upstream::tls::{Origination, UpstreamTlsFiles};
+    let dir = std::env::temp_dir().join(format!("skylift-federation-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (server_ca, client_ca) = (
+        skylift_testkit::pki::TestCa::new("central oap ca"),
+        skylift_testkit::pki::TestCa::new("proxy client ca"),
+    );
+    // The central OAP: its certificate names its public host, it wants a client
+    // certificate and its own token; the local OAP wants neither.
+    let central = mutual_tls_sink(&server_ca, &["oap.central.example.com"], &client_ca).await;
+    central.require_authentication(Some("central-token"));
+    let local = Sink::start().await.unwrap();
+    std::fs::write(dir.join("ca.crt"), &server_ca.cert_pem).unwrap();
+    let identity = client_ca.client_identity_pem("skylift-proxy");
+    std::fs::write(dir.join("tls.pem"), &identity).unwrap();
+    std::fs::write(dir.join("token"), "central-token\n").unwrap();
+    let origination = Origination::load(UpstreamTlsFiles {
+        ca: dir.join("ca.crt"),
+        client_cert: Some((dir.join("tls.pem"), dir.join("tls.pem"))),
+        server_name: Some("oap.central.example.com".into()),
+    })
+    .unwrap();
+    let client = UpstreamClient::with_tls(2, 100, Some(Arc::new(origination)))
+        .with_authentication(Arc::new(Authentication::load(dir.join("token")).unwrap()));
+    let proxy = proxy_federating(
+        &[&local],
+        vec![central.address()],
+        DEFAULT_PROTOCOLS.to_vec(),
+        federation_queue(),
+        Delivery::default(),
+        client,
+    )
+    .await;
+    report_rounds(&proxy, 0..5).await;
+    delivered_locally(&proxy, &local, 5).await;
+    eventually("the copies at the central OAP", || {
+        central.messages(METERS).len() == 15
+    })
+    .await;
+    assert_eq!(
+        (central.tls_failures(), central.unauthenticated()),
+        (0, 0),
+        "every call to the central OAP was over its TLS, with its token"
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -2220,34 +2220,6 @@ async fn the_authentication_token_from_a_file_goes_with_every_call_and_follows_t
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// A sink serving TLS with a certificate for `names` from `server_ca`, requiring client
-/// certificates from `client_ca`.
-async fn mutual_tls_sink(
-    server_ca: &skylift_testkit::pki::TestCa,
-    names: &[&str],
-    client_ca: &skylift_testkit::pki::TestCa,
-) -> Sink {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let (cert, key) = server_ca.server_identity(names);
-    let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
-        .map(Result::unwrap)
-        .collect();
-    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(client_ca.cert_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
-        .build()
-        .unwrap();
-    let config = rustls::ServerConfig::builder()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .unwrap();
-    Sink::start_tls(Arc::new(config)).await.unwrap()
-}
-
 #[tokio::test]
 async fn upstreams_are_reached_over_mutual_tls_verified_by_the_configured_name() {
     use skylift_proxy::upstream::tls::{Origination, UpstreamTlsFiles};

@@ -379,6 +379,11 @@ impl PoolView {
             args.federation_tls_ca_file =
                 Some(format!("{}/ca.crt", path::FEDERATION_TLS_DIR).into());
             args.federation_tls_server_name = tls.server_name.clone();
+            if tls.client_certificate {
+                let dir = path::FEDERATION_TLS_DIR;
+                args.federation_tls_cert_file = Some(format!("{dir}/tls.crt").into());
+                args.federation_tls_key_file = Some(format!("{dir}/tls.key").into());
+            }
         }
         if federation.authentication.is_some() {
             args.federation_authentication_file = Some(
@@ -883,7 +888,8 @@ mod tests {
             "federation": {
                 "addresses": ["central-oap.example.com:11800"],
                 "protocols": ["meter", "jvm", "segment"],
-                "tls": {"secretName": "central-ca", "serverName": "oap.central.example.com"},
+                "tls": {"secretName": "central-ca", "serverName": "oap.central.example.com",
+                        "clientCertificate": true},
                 "authentication": {"secretName": "central-token", "key": "oap-token"},
                 "queue": {"capacityPerPartition": 50000, "maxBytesPerPartition": "64Mi"},
             }
@@ -898,6 +904,8 @@ mod tests {
             "--federation-queue-max-bytes=67108864",
             "--federation-tls-ca-file=/etc/skylift/federation-tls/ca.crt",
             "--federation-tls-server-name=oap.central.example.com",
+            "--federation-tls-cert-file=/etc/skylift/federation-tls/tls.crt",
+            "--federation-tls-key-file=/etc/skylift/federation-tls/tls.key",
             "--federation-authentication-file=/etc/skylift/federation-authentication/token",
         ] {
             assert!(args.contains(&flag.to_string()), "{flag} in {args:?}");

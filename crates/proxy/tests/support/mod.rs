@@ -243,13 +243,15 @@ pub fn follow_pool(pool: &Arc<Pool>) {
 }
 
 /// A proxy in front of `local` that also copies the reports of `protocols` into a
-/// federation queue (`queue`) for `federation` (addresses: one may have no listener yet).
+/// federation queue (`queue`) for `federation` (addresses: one may have no listener yet),
+/// reached with `federation_client`.
 pub async fn proxy_federating(
     local: &[&Sink],
     federation: Vec<String>,
     protocols: Vec<&'static str>,
     queue: QueueConfig,
     delivery: Delivery,
+    federation_client: UpstreamClient,
 ) -> Proxy {
     let limits = limits();
     let addresses = local.iter().map(|s| s.address()).collect();
@@ -262,7 +264,7 @@ pub async fn proxy_federating(
     ));
     let federation_pool = Arc::new(pool_of(
         federation,
-        UpstreamClient::new(4, 100),
+        federation_client,
         limits.max_message_bytes,
         delivery,
         Arc::new(skylift_proxy::metrics::Metrics::federation()),
@@ -296,6 +298,34 @@ pub async fn proxy_federating(
         state,
         _close: close,
     }
+}
+
+/// A sink serving TLS with a certificate for `names` from `server_ca`, requiring client
+/// certificates from `client_ca`.
+pub async fn mutual_tls_sink(
+    server_ca: &skylift_testkit::pki::TestCa,
+    names: &[&str],
+    client_ca: &skylift_testkit::pki::TestCa,
+) -> Sink {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert, key) = server_ca.server_identity(names);
+    let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(client_ca.cert_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+        .build()
+        .unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    Sink::start_tls(Arc::new(config)).await.unwrap()
 }
 
 pub fn client() -> Client<HttpConnector, Full<Bytes>> {
