@@ -85,9 +85,9 @@ pub struct Federation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 16))]
     pub protocols: Option<Vec<FederationProtocol>>,
-    /// TLS to the federation OAP.
+    /// TLS to the federation OAP (`serverName` default: the address's host).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<FederationTls>,
+    pub tls: Option<UpstreamTls>,
     /// The token the federation OAP's `authentication` setting expects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authentication: Option<AuthenticationSecret>,
@@ -144,23 +144,6 @@ impl FederationProtocol {
             FederationProtocol::SpanAttachedEvent => "span_attached_event",
         }
     }
-}
-
-/// TLS to the federation OAP.
-#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct FederationTls {
-    /// Secret in the pool's namespace whose `ca.crt` the federation OAP's certificate must
-    /// chain to (and whose `tls.crt` / `tls.key` are presented with `clientCertificate`).
-    #[schemars(length(min = 1, max = 253))]
-    pub secret_name: String,
-    /// The name its certificate is verified against. Default: the address's host.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
-    pub server_name: Option<String>,
-    /// Present the Secret's `tls.crt` / `tls.key` to the federation OAP (mutual TLS).
-    #[serde(default)]
-    pub client_certificate: bool,
 }
 
 /// Bounds of the federation queue.
