@@ -6,9 +6,11 @@
 //! - [`framing`]: gRPC length-prefixed messages, decoded without decoding protobuf;
 //! - [`protocol`]: which policy each SkyWalking / Envoy method gets (async batch, sync,
 //!   pass-through) and the shape of its stream;
-//! - [`wire`]: the protobuf fields read for routing keys or rewritten by reshaping.
+//! - [`wire`]: the protobuf fields read for routing keys or rewritten by reshaping;
+//! - [`otlp`]: OTLP exports split by trace ID or by service, and their partial success.
 
 pub mod framing;
+pub mod otlp;
 pub mod protocol;
 pub mod status;
 pub mod wire;

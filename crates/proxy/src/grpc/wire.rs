@@ -158,6 +158,45 @@ pub(crate) fn without_fields(message: &[u8], numbers: &[u64]) -> Result<Vec<u8>,
     Ok(out)
 }
 
+/// The values of every occurrence of length-delimited field `number`, in order.
+pub(crate) fn values_of(message: &[u8], number: u64) -> Result<Vec<&[u8]>, WireError> {
+    let mut values = Vec::new();
+    for field in fields(message) {
+        let (field, value) = field?;
+        if field == number {
+            values.push(value);
+        }
+    }
+    Ok(values)
+}
+
+/// The last value of length-delimited field `number` (protobuf's "last one wins").
+pub(crate) fn last_value(message: &[u8], number: u64) -> Result<Option<&[u8]>, WireError> {
+    Ok(values_of(message, number)?.pop())
+}
+
+/// The last value of varint field `number`, if present.
+pub(crate) fn varint_field(message: &[u8], number: u64) -> Result<Option<u64>, WireError> {
+    let mut found = None;
+    for field in spans(message) {
+        let field = field?;
+        if field.number == number {
+            let mut at = field.span.start;
+            let key = varint(message, &mut at)?;
+            if key & 7 == 0 {
+                found = Some(varint(message, &mut at)?);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Appends varint field `number`.
+pub(crate) fn put_varint_field(out: &mut bytes::BytesMut, number: u64, value: u64) {
+    put_varint(out, number << 3);
+    put_varint(out, value);
+}
+
 /// Whether field `number` occurs in the message.
 pub(crate) fn has_field(message: &[u8], number: u64) -> Result<bool, WireError> {
     for field in fields(message) {
