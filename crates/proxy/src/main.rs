@@ -27,7 +27,7 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
         &args.upstreams_file,
         &args.upstreams_configmap,
     ) {
-        (false, None, None) => UpstreamSource::Static(args.upstreams),
+        (false, None, None) => UpstreamSource::Static(args.upstreams.clone()),
         (true, Some(path), None) => UpstreamSource::File(path.clone()),
         (true, None, Some(reference)) => {
             let (namespace, name) = reference
@@ -44,7 +44,7 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
         RoutingArg::RoundRobin | RoutingArg::Hash => Policy::RoundRobin,
         RoutingArg::WeightedRoundRobin => Policy::WeightedRoundRobin,
     };
-    let hash_header = match (args.routing, args.hash_header) {
+    let hash_header = match (args.routing, args.hash_header.clone()) {
         (RoutingArg::Hash, Some(header)) => {
             Some(http::HeaderName::try_from(header.as_str()).context("--hash-header")?)
         }
@@ -54,6 +54,11 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
     let partitions = args
         .queue_partitions
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // Each partition's share of the journal volume, when its size is given: halved with a
+    // federation queue, whose journal shares the volume.
+    let volume_share = args
+        .queue_max_disk_bytes
+        .map(|total| total / partitions as u64 / if federated { 2 } else { 1 });
     let journal = match (args.queue, args.queue_dir.clone()) {
         (QueueArg::Memory, None) => None,
         (QueueArg::Memory, Some(_)) | (QueueArg::Disk, None) => {
@@ -65,62 +70,13 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
                 FsyncArg::Interval => Fsync::Interval(args.fsync_interval),
                 FsyncArg::Always => Fsync::Always,
             },
-            // Each partition's share of the volume, when its size is given.
-            max_bytes: match args.queue_max_disk_bytes {
-                Some(total) => (total / partitions as u64).min(args.queue_max_bytes as u64),
-                None => args.queue_max_bytes as u64,
-            },
+            max_bytes: volume_share.map_or(args.queue_max_bytes as u64, |share| {
+                share.min(args.queue_max_bytes as u64)
+            }),
         }),
     };
-    // A federation journal shares the volume: each gets half of a partition's share.
-    let journal = journal.map(|journal| JournalConfig {
-        max_bytes: if federated && args.queue_max_disk_bytes.is_some() {
-            journal.max_bytes / 2
-        } else {
-            journal.max_bytes
-        },
-        ..journal
-    });
     let federation = federated
-        .then(|| -> anyhow::Result<FederationConfig> {
-            let volume_share = args
-                .queue_max_disk_bytes
-                .map_or(u64::MAX, |total| total / partitions as u64 / 2);
-            Ok(FederationConfig {
-                upstreams: match &args.federation_upstreams_file {
-                    Some(path) => UpstreamSource::File(path.clone()),
-                    None => UpstreamSource::Static(args.federation_upstreams.clone()),
-                },
-                protocols: skylift_proxy::federation::protocols(&args.federation_protocols)?,
-                queue: QueueConfig {
-                    partitions,
-                    capacity: args.federation_queue_capacity,
-                    max_bytes: args.federation_queue_max_bytes,
-                    batch_size: args.federation_batch_size,
-                    flush_interval: args.federation_flush_interval,
-                    overflow: Overflow::Drop,
-                    overflow_wait: Duration::ZERO,
-                    in_flight: args.send_concurrency,
-                },
-                journal: journal.as_ref().map(|local| JournalConfig {
-                    dir: local.dir.join("federation"),
-                    fsync: local.fsync,
-                    max_bytes: (args.federation_queue_max_bytes as u64).min(volume_share),
-                }),
-                compress: args.federation_compression == CompressionArg::Gzip,
-                tls: args.federation_tls_ca_file.clone().map(|ca| {
-                    skylift_proxy::upstream::tls::UpstreamTlsFiles {
-                        ca,
-                        client_cert: args
-                            .federation_tls_cert_file
-                            .clone()
-                            .zip(args.federation_tls_key_file.clone()),
-                        server_name: args.federation_tls_server_name.clone(),
-                    }
-                }),
-                authentication_file: args.federation_authentication_file.clone(),
-            })
-        })
+        .then(|| federation_config(&args, partitions, journal.as_ref(), volume_share))
         .transpose()?;
     let telemetry = args.telemetry_service.map(|service| TelemetryConfig {
         service,
@@ -206,6 +162,51 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
         },
         args.log_format,
     ))
+}
+
+/// The federation pool's settings; its journal (with `local`'s) in `federation/` of the
+/// queue folder, within `volume_share` per partition.
+fn federation_config(
+    args: &Args,
+    partitions: usize,
+    local: Option<&JournalConfig>,
+    volume_share: Option<u64>,
+) -> anyhow::Result<FederationConfig> {
+    let max_bytes = args.federation_queue_max_bytes as u64;
+    Ok(FederationConfig {
+        upstreams: match &args.federation_upstreams_file {
+            Some(path) => UpstreamSource::File(path.clone()),
+            None => UpstreamSource::Static(args.federation_upstreams.clone()),
+        },
+        protocols: skylift_proxy::federation::protocols(&args.federation_protocols)?,
+        queue: QueueConfig {
+            partitions,
+            capacity: args.federation_queue_capacity,
+            max_bytes: args.federation_queue_max_bytes,
+            batch_size: args.federation_batch_size,
+            flush_interval: args.federation_flush_interval,
+            overflow: Overflow::Drop,
+            overflow_wait: Duration::ZERO,
+            in_flight: args.send_concurrency,
+        },
+        journal: local.map(|local| JournalConfig {
+            dir: local.dir.join("federation"),
+            fsync: local.fsync,
+            max_bytes: volume_share.map_or(max_bytes, |share| share.min(max_bytes)),
+        }),
+        compress: args.federation_compression == CompressionArg::Gzip,
+        tls: args.federation_tls_ca_file.clone().map(|ca| {
+            skylift_proxy::upstream::tls::UpstreamTlsFiles {
+                ca,
+                client_cert: args
+                    .federation_tls_cert_file
+                    .clone()
+                    .zip(args.federation_tls_key_file.clone()),
+                server_name: args.federation_tls_server_name.clone(),
+            }
+        }),
+        authentication_file: args.federation_authentication_file.clone(),
+    })
 }
 
 /// Whether a federation pool is named.
@@ -296,6 +297,33 @@ mod tests {
             config.limits.max_connection_age,
             Some(Duration::from_secs(600))
         );
+    }
+
+    #[test]
+    fn a_federation_journal_shares_the_volume_and_each_keeps_its_own_cap() {
+        let journals = |disk: &str| {
+            let args = Args::try_parse_from([
+                "skylift-proxy",
+                "--upstream=10.0.0.7:11800",
+                "--federation-upstream=oap.central.example.com:11800",
+                "--queue=disk",
+                "--queue-dir=/var/lib/skylift/queue",
+                "--queue-partitions=2",
+                "--queue-max-bytes=67108864",
+                "--federation-queue-max-bytes=16777216",
+                &format!("--queue-max-disk-bytes={disk}"),
+            ])
+            .unwrap();
+            let config = config(args).unwrap().0;
+            let federation = config.federation.unwrap().journal.unwrap();
+            assert!(federation.dir.ends_with("federation"));
+            (config.journal.unwrap().max_bytes, federation.max_bytes)
+        };
+        // A large volume: each journal as large as its queue, neither halved.
+        assert_eq!(journals("10737418240"), (64 << 20, 16 << 20));
+        // A small one: each partition's share (100 MiB / 2) halved between the two.
+        assert_eq!(journals("104857600"), (25 << 20, 16 << 20));
+        assert_eq!(journals("20971520"), (5 << 20, 5 << 20));
     }
 
     #[test]
