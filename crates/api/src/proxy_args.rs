@@ -396,6 +396,15 @@ impl From<crate::pool::OverflowPolicy> for OverflowArg {
     }
 }
 
+impl From<crate::pool::FederationCompression> for CompressionArg {
+    fn from(compression: crate::pool::FederationCompression) -> Self {
+        match compression {
+            crate::pool::FederationCompression::Gzip => CompressionArg::Gzip,
+            crate::pool::FederationCompression::None => CompressionArg::None,
+        }
+    }
+}
+
 impl From<crate::pool::FsyncPolicy> for FsyncArg {
     fn from(policy: crate::pool::FsyncPolicy) -> Self {
         match policy {

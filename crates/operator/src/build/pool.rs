@@ -22,10 +22,8 @@ use skylift_api::common::ServiceAddress;
 use skylift_api::constants::proxy_paths as path;
 use skylift_api::constants::{self, metrics, ports, upstreams};
 use skylift_api::duration;
-use skylift_api::pool::{
-    Autoscaling, Federation, FederationCompression, PoolHardening, QueueSpec, quantity_bytes,
-};
-use skylift_api::proxy_args::{CompressionArg, MeterRoutingArg, ProxyArgs, QueueArg, RoutingArg};
+use skylift_api::pool::{Autoscaling, Federation, PoolHardening, QueueSpec, quantity_bytes};
+use skylift_api::proxy_args::{MeterRoutingArg, ProxyArgs, QueueArg, RoutingArg};
 use skylift_api::{PodTemplateOverrides, Proxy, Satellite, ServiceOptions, UpstreamEndpoints};
 
 use super::meta::{Labels, child_meta};
@@ -267,13 +265,8 @@ impl PoolView {
             if let Some(capacity) = queue.capacity_per_partition {
                 args.queue_capacity = count(capacity);
             }
-            // The proxy takes bytes; the schema only lets quantities through.
-            if let Some(bytes) = queue
-                .max_bytes_per_partition
-                .as_deref()
-                .and_then(quantity_bytes)
-            {
-                args.queue_max_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+            if let Some(bytes) = byte_count(&queue.max_bytes_per_partition) {
+                args.queue_max_bytes = bytes;
             }
             if let Some(batch) = queue.batch_size {
                 args.batch_size = count(batch);
@@ -399,19 +392,12 @@ impl PoolView {
             if let Some(capacity) = queue.capacity_per_partition {
                 args.federation_queue_capacity = count(capacity);
             }
-            if let Some(bytes) = queue
-                .max_bytes_per_partition
-                .as_deref()
-                .and_then(quantity_bytes)
-            {
-                args.federation_queue_max_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+            if let Some(bytes) = byte_count(&queue.max_bytes_per_partition) {
+                args.federation_queue_max_bytes = bytes;
             }
         }
         if let Some(compression) = federation.compression {
-            args.federation_compression = match compression {
-                FederationCompression::Gzip => CompressionArg::Gzip,
-                FederationCompression::None => CompressionArg::None,
-            };
+            args.federation_compression = compression.into();
         }
     }
 
@@ -738,6 +724,15 @@ fn port(number: i32) -> u16 {
 }
 
 /// A count from the spec (the schema keeps it at 0 or more).
+/// The bytes of a quantity setting, as the proxy takes them (the schema only lets
+/// quantities through).
+fn byte_count(quantity: &Option<String>) -> Option<usize> {
+    quantity
+        .as_deref()
+        .and_then(quantity_bytes)
+        .map(|bytes| usize::try_from(bytes).unwrap_or(usize::MAX))
+}
+
 fn count(value: i32) -> usize {
     usize::try_from(value).unwrap_or(0)
 }
@@ -951,7 +946,10 @@ mod tests {
             same_namespace.federation_upstreams,
             ["central-oap.obs.svc:11800"].map(String::from).to_vec()
         );
-        assert_eq!(same_namespace.federation_compression, CompressionArg::None);
+        assert_eq!(
+            same_namespace.federation_compression,
+            skylift_api::proxy_args::CompressionArg::None
+        );
     }
 
     #[test]

@@ -7,18 +7,16 @@
 use std::cell::RefCell;
 
 use bytes::Bytes;
-use flate2::{Compress, Compression, Crc, FlushCompress, Status};
+use flate2::{Compress, Compression, FlushCompress, Status};
 
 /// Messages smaller than this are sent as they are: gzip's 18 bytes of header and trailer
 /// and deflate's block overhead outweigh what it saves on them.
 pub const MIN_COMPRESSED_BYTES: usize = 256;
 
-/// gzip's fixed header: magic, deflate, no flags, no time, no extra flags, unknown OS.
-const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
-
 thread_local! {
-    // A deflate state is a few hundred KiB: made once per thread and reset per message.
-    static DEFLATE: RefCell<Compress> = RefCell::new(Compress::new(Compression::fast(), false));
+    // A gzip stream (header, deflate, CRC and length trailer written by zlib-rs), made
+    // once per thread and reset per message: making one allocates its window and tables.
+    static GZIP: RefCell<Compress> = RefCell::new(Compress::new_gzip(Compression::fast(), 15));
 }
 
 /// The gRPC frame (flag 1, length, gzip member) of `message`, or `None` when compressing
@@ -27,32 +25,27 @@ pub fn frame(message: &[u8]) -> Option<Bytes> {
     if message.len() < MIN_COMPRESSED_BYTES {
         return None;
     }
-    let mut out = Vec::with_capacity(5 + HEADER.len() + message.len() / 2 + 64);
+    let mut out = Vec::with_capacity(5 + message.len() / 2 + 64);
     out.extend_from_slice(&[1, 0, 0, 0, 0]); // the length, once known
-    out.extend_from_slice(&HEADER);
-    DEFLATE.with(|deflate| {
-        let mut deflate = deflate.borrow_mut();
-        deflate.reset();
+    GZIP.with(|gzip| {
+        let mut gzip = gzip.borrow_mut();
+        gzip.reset();
         let mut input = message;
         loop {
             // compress_vec writes into the spare capacity only.
             if out.capacity() - out.len() < 64 {
                 out.reserve(out.len().max(256));
             }
-            let before = deflate.total_in();
-            let status = deflate
+            let before = gzip.total_in();
+            let status = gzip
                 .compress_vec(input, &mut out, FlushCompress::Finish)
-                .expect("deflate of an in-memory buffer cannot fail");
-            input = &input[usize::try_from(deflate.total_in() - before).unwrap_or(0)..];
+                .expect("gzip of an in-memory buffer cannot fail");
+            input = &input[usize::try_from(gzip.total_in() - before).unwrap_or(0)..];
             if status == Status::StreamEnd {
                 break;
             }
         }
     });
-    let mut crc = Crc::new();
-    crc.update(message);
-    out.extend_from_slice(&crc.sum().to_le_bytes());
-    out.extend_from_slice(&(message.len() as u32).to_le_bytes());
     let length = out.len() - 5;
     if length >= message.len() {
         return None;

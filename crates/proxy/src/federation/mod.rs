@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::grpc::protocol::{METHODS, Policy, Shape};
+use crate::grpc::protocol::{METHODS, Policy};
 use crate::queue::{DropReason, Event, Queue, Route};
 use crate::upstream::Pool;
 
@@ -79,7 +79,7 @@ pub struct Federation {
     protocols: Vec<&'static str>,
     /// With compression, the gzip route of each path a copy may take (made once: the
     /// copies of one method share it, and batches group by route).
-    gzip_routes: Option<HashMap<&'static str, Arc<Route>>>,
+    gzip_routes: Option<HashMap<String, Arc<Route>>>,
 }
 
 impl Federation {
@@ -94,18 +94,13 @@ impl Federation {
                 .iter()
                 .filter(|m| protocols.contains(&m.protocol))
                 .map(|m| {
-                    // A meter set goes upstream as collectBatch, as locally.
-                    let path: &'static str = match m.shape {
-                        Shape::MeterSet => "/skywalking.v3.MeterReportService/collectBatch",
-                        _ => m.path,
-                    };
                     let route = Route {
-                        path: path.to_string(),
+                        path: m.upstream_path(),
                         protocol: m.protocol,
                         encoding: Some("gzip".into()),
                         alone: m.sends_alone(),
                     };
-                    (path, Arc::new(route))
+                    (route.path.clone(), Arc::new(route))
                 })
                 .collect()
         });
@@ -128,37 +123,32 @@ impl Federation {
         if !self.takes(event.route.protocol) {
             return None;
         }
-        if self.queue.looks_full_for(event) {
+        // Its run decides its partition: fixed here, so the room looked at is the room
+        // it is offered.
+        let run = event.run.unwrap_or_else(|| self.queue.next_run());
+        if self
+            .queue
+            .looks_full_for(event.key.as_deref(), run, event.cost())
+        {
             return Some(Copied::NoRoom(event.route.protocol));
         }
-        let (route, framed) = match (&self.gzip_routes, &event.route.encoding) {
-            // Compressed by its client already (gzip: the only encoding taken): as it came.
-            (_, Some(_)) | (None, None) => {
-                (event.route.clone(), Bytes::copy_from_slice(&event.framed))
-            }
-            (Some(routes), None) => {
-                let route = routes
-                    .get(event.route.path.as_str())
-                    .cloned()
-                    .unwrap_or_else(|| event.route.clone());
-                let compressed = route
-                    .encoding
-                    .is_some()
-                    .then(|| gzip::frame(&event.framed[5..]))
-                    .flatten();
-                (
-                    route,
-                    compressed.unwrap_or_else(|| Bytes::copy_from_slice(&event.framed)),
-                )
-            }
+        // Compressed here unless its client compressed it (gzip: the only encoding taken).
+        let gzip_route = match (&self.gzip_routes, &event.route.encoding) {
+            (Some(routes), None) => routes.get(event.route.path.as_str()),
+            _ => None,
         };
+        // A message gzip would not shrink goes as it is, flagged so, in the same stream.
+        let framed = gzip_route
+            .and_then(|_| gzip::frame(&event.framed[5..]))
+            .unwrap_or_else(|| Bytes::copy_from_slice(&event.framed));
+        let route = gzip_route.unwrap_or(&event.route).clone();
         Some(Copied::Event(Event {
             route,
             key: event.key.clone(),
             origin: event.origin.clone(),
             chunk: framed.clone(),
             framed,
-            run: event.run,
+            run: Some(run),
             seq: None,
             attempts: 0,
             unanswered_at: 0,

@@ -80,6 +80,15 @@ impl Method {
         self.path.rsplit_once('/').map_or("", |(_, name)| name)
     }
 
+    /// The path its reports are sent upstream on: its own, but a meter set goes as one
+    /// `collectBatch` message.
+    pub(crate) fn upstream_path(&self) -> String {
+        match self.shape {
+            Shape::MeterSet => format!("{}Batch", self.path),
+            _ => self.path.to_string(),
+        }
+    }
+
     /// A unary call: exactly one request message.
     pub(crate) fn is_unary(&self) -> bool {
         matches!(self.policy, Policy::AsyncUnary | Policy::Sync)

@@ -119,11 +119,7 @@ impl ReportStream {
         });
         let destination = Destination {
             route: Arc::new(Route {
-                path: match method.shape {
-                    // A meter set goes upstream as one collectBatch message.
-                    Shape::MeterSet => format!("{}Batch", method.path),
-                    _ => method.path.to_string(),
-                },
+                path: method.upstream_path(),
                 protocol: method.protocol,
                 encoding: encoding.map(Into::into),
                 alone: method.sends_alone(),

@@ -376,18 +376,20 @@ impl Calls {
             }
         }
         // The federation queue's journal too: its copy was acknowledged with the report.
-        let journals: Vec<_> = self.state.journals().cloned().collect();
-        for journal in journals.iter().filter(|_| queued_any) {
-            let durable = match (journal.write_out(), journal.fsync()) {
-                (Err(failed), _) => Err(failed),
-                (Ok(()), Fsync::Always) => {
-                    link.flush();
-                    journal.durable().await
+        if queued_any {
+            let state = self.state.clone();
+            for journal in state.journals() {
+                let durable = match (journal.write_out(), journal.fsync()) {
+                    (Err(failed), _) => Err(failed),
+                    (Ok(()), Fsync::Always) => {
+                        link.flush();
+                        journal.durable().await
+                    }
+                    (Ok(()), Fsync::Interval(_)) => Ok(()),
+                };
+                if durable.is_err() {
+                    return self.refuse(id, journal_refusal(), link.session);
                 }
-                (Ok(()), Fsync::Interval(_)) => Ok(()),
-            };
-            if durable.is_err() {
-                return self.refuse(id, journal_refusal(), link.session);
             }
         }
         acknowledge(id, link.session);

@@ -205,18 +205,27 @@ impl Queue {
 
     /// Keyed events always share a partition (their order is kept); others are spread.
     fn partition_for(&self, event: &Event) -> usize {
-        match &event.key {
+        let run = event
+            .run
+            .unwrap_or_else(|| self.next_partition.fetch_add(1, Ordering::Relaxed));
+        self.partition_of(event.key.as_deref(), run)
+    }
+
+    /// The partition of an event with routing key `key` received in run `run`.
+    fn partition_of(&self, key: Option<&str>, run: usize) -> usize {
+        match key {
             Some(key) => {
                 (crate::balance::route::stable_hash(key.as_bytes()) % self.partitions.len() as u64)
                     as usize
             }
-            None => {
-                let run = event
-                    .run
-                    .unwrap_or_else(|| self.next_partition.fetch_add(1, Ordering::Relaxed));
-                run % self.partitions.len()
-            }
+            None => run % self.partitions.len(),
         }
+    }
+
+    /// Whether `partition` holds room for one more event of `cost`.
+    fn has_room(&self, partition: &Partition, cost: usize) -> bool {
+        partition.pending.load(Ordering::Relaxed) < self.config.capacity
+            && partition.pending_bytes.load(Ordering::Relaxed) + cost <= self.config.max_bytes
     }
 
     /// A number for events received together (see [`Event::run`]).
@@ -242,9 +251,7 @@ impl Queue {
             .events
             .lock()
             .expect("queue lock is never poisoned");
-        let full = partition.pending.load(Ordering::Relaxed) >= self.config.capacity
-            || partition.pending_bytes.load(Ordering::Relaxed) + cost > self.config.max_bytes;
-        if full && admission == Admission::IfRoom {
+        if !self.has_room(partition, cost) && admission == Admission::IfRoom {
             return Err(event);
         }
         // On disk before it is queued (and so before its client hears it was taken); a
@@ -311,13 +318,11 @@ impl Queue {
         Ok(())
     }
 
-    /// Whether `event`'s partition looks full (a hint taken without the lock: by the time it
-    /// is offered, room may have come or gone).
-    pub(crate) fn looks_full_for(&self, event: &Event) -> bool {
-        let partition = &self.partitions[self.partition_for(event)];
-        partition.pending.load(Ordering::Relaxed) >= self.config.capacity
-            || partition.pending_bytes.load(Ordering::Relaxed) + event.cost()
-                > self.config.max_bytes
+    /// Whether the partition of an event with `key`, received in `run`, looks full for
+    /// `cost` more (a hint taken without the lock: by the time the event is offered, room
+    /// may have come or gone).
+    pub(crate) fn looks_full_for(&self, key: Option<&str>, run: usize, cost: usize) -> bool {
+        !self.has_room(&self.partitions[self.partition_of(key, run)], cost)
     }
 
     /// Counts an event dropped before it was offered: received, and dropped for `reason`.
