@@ -36,6 +36,10 @@ step "an application's own Python environment (the agent-injection tests)"
 hack/python-app.sh
 export SKYLIFT_PYTHON_APP="$PWD/target/python-app/bin/python"
 
+step "OpenTelemetry Python SDK with its OTLP exporters (a real OTLP client)"
+hack/python-otel.sh
+export SKYLIFT_PYTHON_OTEL="$PWD/target/python-otel/bin/python"
+
 step "SkyWalking Node.js agent (a second real client)"
 hack/node-agent.sh
 export SKYLIFT_NODE_AGENT="$PWD/target/node-agent/node_modules"

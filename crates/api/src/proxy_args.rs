@@ -270,6 +270,32 @@ pub struct ProxyArgs {
     /// Meter data: fixed (one upstream per service instance) or round-robin.
     #[arg(long, env = "SKYLIFT_PROXY_METER_ROUTING", value_enum, default_value_t = MeterRoutingArg::Fixed)]
     pub meter_routing: MeterRoutingArg,
+    /// OTLP exports balanced by affinity rather than call by call: a trace export is split
+    /// by trace ID and each part sent to the upstream its trace IDs hash to (every span of
+    /// a trace at one collector, for tail sampling); a metrics export by a resource
+    /// attribute (--otlp-metrics-attribute); logs as --otlp-logs-routing says. The client
+    /// is answered once every part is; parts refused are counted in OTLP's partial success.
+    #[arg(
+        long,
+        env = "SKYLIFT_PROXY_OTLP_AFFINITY",
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_value_t = false,
+        default_missing_value = "true"
+    )]
+    pub otlp_affinity: bool,
+    /// With --otlp-affinity: the resource attribute whose value picks the upstream of a
+    /// metrics export's resources (one service's series at one collector).
+    #[arg(
+        long,
+        env = "SKYLIFT_PROXY_OTLP_METRICS_ATTRIBUTE",
+        default_value = "service.name"
+    )]
+    pub otlp_metrics_attribute: String,
+    /// With --otlp-affinity: logs exports round-robin (whole), or split by their records'
+    /// trace IDs like spans (records outside a trace go together, round-robin).
+    #[arg(long, env = "SKYLIFT_PROXY_OTLP_LOGS_ROUTING", value_enum, default_value_t = OtlpLogsArg::RoundRobin)]
+    pub otlp_logs_routing: OtlpLogsArg,
     /// Service name the proxy reports its telemetry as (OAP shows satellite::<service>).
     #[arg(long, env = "SKYLIFT_PROXY_TELEMETRY_SERVICE")]
     pub telemetry_service: Option<String>,
@@ -378,6 +404,13 @@ pub enum RoutingArg {
 pub enum CompressionArg {
     Gzip,
     None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OtlpLogsArg {
+    RoundRobin,
+    TraceId,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -492,6 +525,9 @@ impl ProxyArgs {
             return Err(
                 "--federation-batch-size and --federation-queue-capacity must be at least 1".into(),
             );
+        }
+        if self.otlp_metrics_attribute.is_empty() {
+            return Err("--otlp-metrics-attribute must name an attribute".into());
         }
         if self.header_timeout.is_zero() {
             return Err("--header-timeout must be above 0".into());
@@ -704,6 +740,9 @@ mod tests {
             routing: RoutingArg::Hash,
             hash_header: Some("x-tenant".into()),
             meter_routing: MeterRoutingArg::RoundRobin,
+            otlp_affinity: true,
+            otlp_metrics_attribute: "k8s.deployment.name".into(),
+            otlp_logs_routing: OtlpLogsArg::TraceId,
             telemetry_service: Some("obs-ingest".into()),
             telemetry_instance: Some("$(POD_NAME)".into()),
             telemetry_interval: Duration::from_secs(90),

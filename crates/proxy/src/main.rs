@@ -4,13 +4,15 @@ use anyhow::Context;
 use clap::Parser;
 use skylift_api::logging::LogFormat;
 use skylift_api::proxy_args::{
-    CompressionArg, FsyncArg, MeterRoutingArg, OverflowArg, ProxyArgs as Args, QueueArg, RoutingArg,
+    CompressionArg, FsyncArg, MeterRoutingArg, OtlpLogsArg, OverflowArg, ProxyArgs as Args,
+    QueueArg, RoutingArg,
 };
 use skylift_proxy::balance::balancer::Policy;
 use skylift_proxy::listen::state::Limits;
 use skylift_proxy::ops::telemetry::TelemetryConfig;
 use skylift_proxy::queue::journal::{Fsync, JournalConfig};
 use skylift_proxy::queue::{Overflow, QueueConfig};
+use skylift_proxy::upstream::affinity::{LogsRouting, OtlpAffinity};
 use skylift_proxy::run::{Config, FederationConfig, UpstreamSource, run};
 
 // Every message passes through short-lived buffers of a few KiB: glibc's per-thread arenas
@@ -159,6 +161,13 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
             journal,
             telemetry,
             federation,
+            otlp_affinity: args.otlp_affinity.then(|| OtlpAffinity {
+                metrics_attribute: args.otlp_metrics_attribute.clone(),
+                logs: match args.otlp_logs_routing {
+                    OtlpLogsArg::RoundRobin => LogsRouting::RoundRobin,
+                    OtlpLogsArg::TraceId => LogsRouting::TraceId,
+                },
+            }),
         },
         args.log_format,
     ))

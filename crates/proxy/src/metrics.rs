@@ -50,6 +50,18 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OtlpItemLabels {
+    signal: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OtlpWholeLabels {
+    signal: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EjectionLabels {
     reason: String,
 }
@@ -75,6 +87,8 @@ pub struct Metrics {
     upstream_refusals: Family<RefusalLabels, Counter>,
     send_seconds: Family<UpstreamLabels, Histogram>,
     journal_bytes: Family<PartitionLabels, Gauge>,
+    otlp_items: Family<OtlpItemLabels, Counter>,
+    otlp_whole: Family<OtlpWholeLabels, Counter>,
     /// Counted by the journal itself.
     pub journal: JournalCounters,
 }
@@ -116,6 +130,8 @@ impl Metrics {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
             }),
             journal_bytes: Family::default(),
+            otlp_items: Family::default(),
+            otlp_whole: Family::default(),
             journal: JournalCounters::default(),
             registry: Registry::default(),
         };
@@ -155,6 +171,23 @@ impl Metrics {
                  (partly received messages of several streams filled the connection's budget; all but \
                  the stream holding the most were refused with RESOURCE_EXHAUSTED)",
                 metrics.calls_refused.clone(),
+            );
+            registry.register(
+                "otlp_items",
+                "With --otlp-affinity: spans, data points and log records of OTLP exports sent by \
+                 affinity, per signal and outcome: forwarded (taken by their collector), \
+                 refused (a collector refused them or answered a partial success counting them), \
+                 failed (no collector could be reached in time); the client's partial success \
+                 counts the last two",
+                metrics.otlp_items.clone(),
+            );
+            registry.register(
+                "otlp_forwarded_whole",
+                "With --otlp-affinity: OTLP exports the proxy could not take apart, forwarded whole \
+                 round-robin, per signal and reason: framing (not one gRPC message), encoding \
+                 (compressed other than gzip), corrupt (gzip that does not inflate), malformed \
+                 (not an export request)",
+                metrics.otlp_whole.clone(),
             );
             registry.register(
                 "tls_handshake_failures",
@@ -263,6 +296,20 @@ impl Metrics {
 
     pub fn refused(&self) {
         self.refused.inc();
+    }
+
+    pub(crate) fn otlp_items(&self, signal: &'static str, outcome: &'static str, n: u64) {
+        if n > 0 {
+            self.otlp_items
+                .get_or_create(&OtlpItemLabels { signal, outcome })
+                .inc_by(n);
+        }
+    }
+
+    pub(crate) fn otlp_forwarded_whole(&self, signal: &'static str, reason: &'static str) {
+        self.otlp_whole
+            .get_or_create(&OtlpWholeLabels { signal, reason })
+            .inc();
     }
 
     pub(crate) fn aged_out(&self) {

@@ -70,6 +70,8 @@ pub struct Config {
     pub telemetry: Option<crate::ops::telemetry::TelemetryConfig>,
     /// A second upstream pool that copies of some reports also go to.
     pub federation: Option<FederationConfig>,
+    /// OTLP exports routed by trace ID and resource rather than call by call.
+    pub otlp_affinity: Option<crate::upstream::affinity::OtlpAffinity>,
 }
 
 /// The federation pool: its upstreams, what it takes, its queue and how it is reached.
@@ -246,6 +248,9 @@ pub fn state(config: &Config) -> Result<(State, Recoveries), RunError> {
             .map_or(Duration::ZERO, |t| t.interval * 2),
     );
     let mut state = Shared::new(queue, pool, config.limits.clone(), tls, turned_away);
+    if let Some(affinity) = &config.otlp_affinity {
+        state = state.with_otlp_affinity(affinity.clone());
+    }
     if let Some(federation) = &config.federation {
         let metrics = Arc::new(crate::metrics::Metrics::federation());
         let queue = open_queue(

@@ -9,6 +9,8 @@
 //!   collection, CRD schema defaulting, pruning and validation including CEL rules);
 //! - [`sink`]: a strict double of an OAP node's gRPC port: OAP's methods and their gRPC kinds,
 //!   grpc-java's refusals, and what OAP's receivers attribute to whom;
+//! - [`collector`]: a strict stand-in for an OpenTelemetry collector's OTLP gRPC receiver,
+//!   recording spans by trace ID;
 //! - [`protobuf`]: the doubles' own protobuf reader, and a writer for tests;
 //! - [`reports`]: SkyWalking reports as agents send them;
 //! - [`http`]: a minimal HTTP GET for reading local endpoints in tests and load tools;
@@ -24,6 +26,7 @@ pub mod aggregation;
 pub mod aggregator;
 pub mod apiserver;
 pub mod cluster;
+pub mod collector;
 pub mod h2raw;
 pub mod hpa;
 pub mod http;

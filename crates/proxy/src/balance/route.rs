@@ -116,7 +116,12 @@ fn mix(mut x: u64) -> u64 {
 /// Rendezvous hashing: the upstream with the highest score for `key`. Upstreams of weight 0
 /// are never chosen.
 pub(crate) fn rendezvous(key: &str, upstreams: &[Upstream]) -> Option<usize> {
-    let key_hash = stable_hash(key.as_bytes());
+    rendezvous_bytes(key.as_bytes(), upstreams)
+}
+
+/// [`rendezvous`] for a key of bytes (a trace ID).
+pub(crate) fn rendezvous_bytes(key: &[u8], upstreams: &[Upstream]) -> Option<usize> {
+    let key_hash = stable_hash(key);
     upstreams
         .iter()
         .enumerate()

@@ -7,9 +7,11 @@
 //! - [`protocol`]: which policy each SkyWalking / Envoy method gets (async batch, sync,
 //!   pass-through) and the shape of its stream;
 //! - [`wire`]: the protobuf fields read for routing keys or rewritten by reshaping;
+//! - [`message`]: the one message of a buffered unary call, gunzipped within the limit;
 //! - [`otlp`]: OTLP exports split by trace ID or by service, and their partial success.
 
 pub mod framing;
+pub mod message;
 pub mod otlp;
 pub mod protocol;
 pub mod status;

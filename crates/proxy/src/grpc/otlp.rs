@@ -1,21 +1,30 @@
 //! OTLP export requests taken apart for affinity: a trace export split by trace ID, so that
-//! every span of a trace reaches one collector (tail sampling needs the whole trace), and a
-//! metrics export split by its resources' `service.name`, so that one service's series
-//! reach one collector (cumulative-to-delta and other stateful processors need it). Only
-//! the wire format is walked: resources, scopes and spans are copied as they came.
+//! every span of a trace reaches one collector (tail sampling needs the whole trace), a
+//! metrics export split by a resource attribute (`service.name` by default), so that one
+//! service's series reach one collector (cumulative-to-delta and other stateful processors
+//! need it), and a logs export split by its records' trace IDs when asked. Only the wire
+//! format is walked: resources, scopes, spans and records are copied as they came.
 //!
-//! The messages (opentelemetry-proto, `collector/*/v1` and `trace/v1`, `metrics/v1`):
+//! The messages (opentelemetry-proto, `collector/*/v1` and `trace/v1`, `metrics/v1`,
+//! `logs/v1`):
 //! - `ExportTraceServiceRequest { repeated ResourceSpans resource_spans = 1; }`;
 //!   `ResourceSpans { Resource resource = 1; repeated ScopeSpans scope_spans = 2;
 //!   string schema_url = 3; }`; `ScopeSpans { InstrumentationScope scope = 1;
 //!   repeated Span spans = 2; string schema_url = 3; }`; `Span { bytes trace_id = 1; ... }`;
+//! - `ExportLogsServiceRequest { repeated ResourceLogs resource_logs = 1; }` with the same
+//!   shape below it (`scope_logs = 2`, `log_records = 2`) and `LogRecord { bytes trace_id
+//!   = 9; ... }`;
 //! - `ExportMetricsServiceRequest { repeated ResourceMetrics resource_metrics = 1; }`;
-//!   `ResourceMetrics { Resource resource = 1; ... }`; `Resource { repeated KeyValue
-//!   attributes = 1; }`; `KeyValue { string key = 1; AnyValue value = 2; }`;
-//!   `AnyValue { oneof value { string string_value = 1; ... } }`;
+//!   `ResourceMetrics { Resource resource = 1; repeated ScopeMetrics scope_metrics = 2; }`;
+//!   `ScopeMetrics { repeated Metric metrics = 2; }`; `Metric { oneof data { Gauge gauge
+//!   = 5; Sum sum = 7; Histogram histogram = 9; ExponentialHistogram
+//!   exponential_histogram = 10; Summary summary = 11; } }`, each with `data_points = 1`;
+//!   `Resource { repeated KeyValue attributes = 1; }`; `KeyValue { string key = 1; AnyValue
+//!   value = 2; }`; `AnyValue { oneof value { string string_value = 1; ... } }`;
 //! - `ExportTraceServiceResponse { ExportTracePartialSuccess partial_success = 1; }`;
 //!   `ExportTracePartialSuccess { int64 rejected_spans = 1; string error_message = 2; }`
-//!   (the metrics one counts `rejected_data_points` the same way).
+//!   (the metrics and logs ones count `rejected_data_points` and `rejected_log_records`
+//!   the same way).
 
 use bytes::BytesMut;
 
@@ -23,12 +32,57 @@ use crate::grpc::wire::{self, WireError};
 
 pub const TRACE_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 pub const METRICS_EXPORT: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+pub const LOGS_EXPORT: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+
+/// The OTLP signal an export carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    Traces,
+    Metrics,
+    Logs,
+}
+
+impl Signal {
+    /// The signal of an export method's path.
+    pub fn of_path(path: &str) -> Option<Signal> {
+        match path {
+            TRACE_EXPORT => Some(Signal::Traces),
+            METRICS_EXPORT => Some(Signal::Metrics),
+            LOGS_EXPORT => Some(Signal::Logs),
+            _ => None,
+        }
+    }
+
+    /// The signal's name in metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Traces => "traces",
+            Signal::Metrics => "metrics",
+            Signal::Logs => "logs",
+        }
+    }
+
+    /// What the signal's partial success counts.
+    pub fn items(self) -> &'static str {
+        match self {
+            Signal::Traces => "spans",
+            Signal::Metrics => "data points",
+            Signal::Logs => "log records",
+        }
+    }
+}
 
 const RESOURCE_SPANS: u64 = 1;
 const SCOPE_SPANS: u64 = 2;
 const SPANS: u64 = 2;
 const TRACE_ID: u64 = 1;
+const LOG_TRACE_ID: u64 = 9;
 const RESOURCE_METRICS: u64 = 1;
+const SCOPE_METRICS: u64 = 2;
+const METRICS: u64 = 2;
+/// `Metric`'s data kinds: gauge, sum, histogram, exponential histogram, summary.
+const METRIC_DATA: [u64; 5] = [5, 7, 9, 10, 11];
+const DATA_POINTS: u64 = 1;
 const RESOURCE: u64 = 1;
 const ATTRIBUTES: u64 = 1;
 const KEY: u64 = 1;
@@ -77,6 +131,25 @@ fn share_of<T: Default>(shares: &mut Vec<(usize, T, u64)>, to: usize) -> &mut (u
 /// come in the order of their first span; within a part, spans keep their order.
 pub fn split_traces(
     request: &[u8],
+    target: impl FnMut(&[u8]) -> usize,
+) -> Result<Vec<Part>, WireError> {
+    split_by_trace_id(request, TRACE_ID, target)
+}
+
+/// Splits a logs export by its records' trace IDs, as [`split_traces`] does spans
+/// (`target` sees an empty ID for a record outside any trace).
+pub fn split_logs(
+    request: &[u8],
+    target: impl FnMut(&[u8]) -> usize,
+) -> Result<Vec<Part>, WireError> {
+    split_by_trace_id(request, LOG_TRACE_ID, target)
+}
+
+/// Traces and logs share their shape (resource → scope → item, each list field 2 under
+/// field 1); only the item's trace ID field differs.
+fn split_by_trace_id(
+    request: &[u8],
+    trace_id_field: u64,
     mut target: impl FnMut(&[u8]) -> usize,
 ) -> Result<Vec<Part>, WireError> {
     let resources = wire::values_of(request, RESOURCE_SPANS)?;
@@ -91,7 +164,7 @@ pub fn split_traces(
         for (s, scope) in scopes.iter().enumerate() {
             headers.push(wire::without_fields(scope, &[SPANS])?);
             for span in wire::values_of(scope, SPANS)? {
-                let trace_id = wire::last_value(span, TRACE_ID)?.unwrap_or_default();
+                let trace_id = wire::last_value(span, trace_id_field)?.unwrap_or_default();
                 let to = target(trace_id);
                 let (_, resources, count) = share_of(&mut shares, to);
                 *count += 1;
@@ -138,11 +211,11 @@ pub fn split_traces(
         .collect())
 }
 
-/// The `service.name` of a resource, if it has one as a string.
-fn service_name(resource: &[u8]) -> Result<Option<&str>, WireError> {
+/// The string value of a resource's attribute `key`, if it has one.
+fn attribute<'a>(resource: &'a [u8], key: &str) -> Result<Option<&'a str>, WireError> {
     let mut found = None;
     for attribute in wire::values_of(resource, ATTRIBUTES)? {
-        if wire::string_field(attribute, KEY)? == Some("service.name")
+        if wire::string_field(attribute, KEY)? == Some(key)
             && let Some(value) = wire::last_value(attribute, VALUE)?
             && let Some(name) = wire::string_field(value, STRING_VALUE)?
         {
@@ -152,19 +225,37 @@ fn service_name(resource: &[u8]) -> Result<Option<&str>, WireError> {
     Ok(found)
 }
 
-/// Splits a metrics export by each resource's `service.name`: `target` picks the part of
-/// each `ResourceMetrics` (whole) from it (`None` without one).
+/// The data points a `ResourceMetrics` carries (what a metrics partial success counts).
+fn data_points(resource_metrics: &[u8]) -> Result<u64, WireError> {
+    let mut count = 0;
+    for scope in wire::values_of(resource_metrics, SCOPE_METRICS)? {
+        for metric in wire::values_of(scope, METRICS)? {
+            for kind in METRIC_DATA {
+                if let Some(data) = wire::last_value(metric, kind)? {
+                    count += wire::values_of(data, DATA_POINTS)?.len() as u64;
+                }
+            }
+        }
+    }
+    Ok(count)
+}
+
+/// Splits a metrics export by each resource's attribute `key` (`service.name` by
+/// default): `target` picks the part of each `ResourceMetrics` (whole) from the
+/// attribute's string value (`None` without one). A part's items are its data points.
 pub fn split_metrics(
     request: &[u8],
+    key: &str,
     mut target: impl FnMut(Option<&str>) -> usize,
 ) -> Result<Vec<Part>, WireError> {
     let mut parts: Vec<(usize, BytesMut, u64)> = Vec::new();
     for resource_metrics in wire::values_of(request, RESOURCE_METRICS)? {
         let resource = wire::last_value(resource_metrics, RESOURCE)?.unwrap_or_default();
-        let to = target(service_name(resource)?);
+        let to = target(attribute(resource, key)?);
+        let points = data_points(resource_metrics)?;
         let (_, request, items) = share_of(&mut parts, to);
         wire::put_length_delimited(request, RESOURCE_METRICS, &[resource_metrics]);
-        *items += 1;
+        *items += points;
     }
     Ok(parts
         .into_iter()
@@ -326,7 +417,15 @@ mod tests {
                 }
                 None => message(&[]),
             };
-            message(&[(1, &resource), (2, b"scope metrics")])
+            // One gauge of two points and one sum of one: three data points.
+            let point = message(&[(7, b"attributes")]);
+            let gauge = message(&[(1, &point), (1, &point)]);
+            let sum = message(&[(1, &point), (2, &[])]);
+            let scope = message(&[
+                (2, &message(&[(1, b"cpu"), (5, &gauge)])),
+                (2, &message(&[(1, b"requests"), (7, &sum)])),
+            ]);
+            message(&[(1, &resource), (2, &scope)])
         };
         let original = message(&[
             (1, &metrics(Some("checkout"))),
@@ -335,7 +434,7 @@ mod tests {
             (1, &metrics(Some("checkout"))),
         ]);
         let mut seen = Vec::new();
-        let parts = split_metrics(&original, |service| {
+        let parts = split_metrics(&original, "service.name", |service| {
             seen.push(service.map(str::to_string));
             match service {
                 Some("checkout") => 0,
@@ -350,7 +449,7 @@ mod tests {
                 .map(|s| s.map(str::to_string))
         );
         let items: Vec<(usize, u64)> = parts.iter().map(|p| (p.target, p.items)).collect();
-        assert_eq!(items, [(0, 2), (1, 1), (2, 1)]);
+        assert_eq!(items, [(0, 6), (1, 3), (2, 3)], "data points per part");
         assert_eq!(
             wire::values_of(&parts[0].request, 1).unwrap(),
             [
@@ -358,6 +457,58 @@ mod tests {
                 &metrics(Some("checkout"))
             ]
         );
+    }
+
+    #[test]
+    fn metrics_split_by_another_attribute() {
+        let with = |key: &[u8], value: &str| {
+            let value = message(&[(1, value.as_bytes())]);
+            let attribute = message(&[(1, key), (2, &value)]);
+            message(&[(1, &message(&[(1, &attribute)]))])
+        };
+        let original = message(&[
+            (1, &with(b"service.name", "checkout")),
+            (1, &with(b"k8s.pod.name", "checkout-1")),
+        ]);
+        let mut seen = Vec::new();
+        split_metrics(&original, "k8s.pod.name", |value| {
+            seen.push(value.map(str::to_string));
+            0
+        })
+        .unwrap();
+        assert_eq!(seen, [None, Some("checkout-1".to_string())]);
+    }
+
+    #[test]
+    fn log_records_split_by_their_trace_id_field() {
+        let record = |trace: Option<u8>, body: &str| match trace {
+            Some(trace) => message(&[(5, body.as_bytes()), (9, &[trace; 16])]),
+            None => message(&[(5, body.as_bytes())]),
+        };
+        let original = request(&[resource(
+            "checkout",
+            &[scope(
+                "logger",
+                &[record(Some(1), "a"), record(None, "b"), record(Some(2), "c")],
+            )],
+        )]);
+        let parts = split_logs(&original, |trace_id| match trace_id.first() {
+            Some(1) => 1,
+            Some(_) => 2,
+            None => 0,
+        })
+        .unwrap();
+        let shape: Vec<(usize, u64)> = parts.iter().map(|p| (p.target, p.items)).collect();
+        assert_eq!(shape, [(1, 1), (0, 1), (2, 1)]);
+        assert_eq!(flatten(&parts[1].request)[0].2, record(None, "b"));
+    }
+
+    #[test]
+    fn signals_by_path() {
+        assert_eq!(Signal::of_path(TRACE_EXPORT), Some(Signal::Traces));
+        assert_eq!(Signal::of_path(METRICS_EXPORT), Some(Signal::Metrics));
+        assert_eq!(Signal::of_path(LOGS_EXPORT), Some(Signal::Logs));
+        assert_eq!(Signal::of_path("/skywalking.v3.TraceSegmentReportService/collect"), None);
     }
 
     #[test]

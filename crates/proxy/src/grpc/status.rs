@@ -25,6 +25,12 @@ pub enum Code {
     Unavailable = 14,
 }
 
+impl From<Code> for u16 {
+    fn from(code: Code) -> u16 {
+        code as u16
+    }
+}
+
 pub(crate) fn empty_body() -> Body {
     Empty::<Bytes>::new()
         .map_err(|never| match never {})
@@ -32,9 +38,9 @@ pub(crate) fn empty_body() -> Body {
 }
 
 /// The `grpc-status` (and `grpc-message`) fields that end a call.
-pub(crate) fn status_headers(code: Code, message: &str) -> HeaderMap {
+pub(crate) fn status_headers(code: impl Into<u16>, message: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    headers.insert("grpc-status", HeaderValue::from(code as u16));
+    headers.insert("grpc-status", HeaderValue::from(code.into()));
     if !message.is_empty() {
         // grpc-message is percent-encoded; keep it to safe printable ASCII.
         let encoded: String = message
@@ -55,7 +61,7 @@ pub(crate) fn status_headers(code: Code, message: &str) -> HeaderMap {
 }
 
 /// The fields of a trailers-only error answer: gRPC content type and the status.
-pub(crate) fn error_headers(code: Code, message: &str) -> HeaderMap {
+pub(crate) fn error_headers(code: impl Into<u16>, message: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(
         http::header::CONTENT_TYPE,
@@ -66,10 +72,26 @@ pub(crate) fn error_headers(code: Code, message: &str) -> HeaderMap {
 }
 
 /// A trailers-only error answer.
-pub fn error(code: Code, message: &str) -> Response<Body> {
+pub fn error(code: impl Into<u16>, message: &str) -> Response<Body> {
     let mut response = Response::new(empty_body());
     *response.status_mut() = StatusCode::OK;
     *response.headers_mut() = error_headers(code, message);
+    response
+}
+
+/// A successful unary answer: `message` (framed, uncompressed) and `grpc-status: 0` in the
+/// trailers.
+pub(crate) fn answer(message: &[u8]) -> Response<Body> {
+    let frames = [
+        Ok::<_, BoxError>(hyper::body::Frame::data(super::message::frame(message))),
+        Ok(hyper::body::Frame::trailers(status_headers(Code::Ok, ""))),
+    ];
+    let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+    let mut response = Response::new(BodyExt::boxed(body));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
     response
 }
 

@@ -24,7 +24,7 @@ use crate::ingest::stream::{self as ingest, ReportStream, StreamError};
 use crate::listen::state::State;
 use crate::queue;
 use crate::queue::journal::Fsync;
-use crate::upstream::forward;
+use crate::upstream::{affinity, forward};
 
 /// The answer's header block to every report: status 200, gRPC content.
 static REPORT_HEAD: LazyLock<Bytes> = LazyLock::new(|| {
@@ -590,6 +590,12 @@ pub(crate) async fn dispatch(
     request: Request<RequestBody>,
 ) -> http::Response<grpc::Body> {
     let path = method.map(|m| m.path);
+    if method.is_none()
+        && let Some(affinity) = &state.otlp_affinity
+        && let Some(signal) = grpc::otlp::Signal::of_path(request.uri().path())
+    {
+        return affinity::export(&state.pool, affinity, signal, request).await;
+    }
     match method.map(|m| m.policy) {
         Some(Policy::Sync) => forward::sync_call(&state.pool, path, request).await,
         _ => forward::pass_through(&state.pool, path, request).await,

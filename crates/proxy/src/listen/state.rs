@@ -13,6 +13,7 @@ use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::queue::journal::Journal;
 use crate::upstream::Pool;
+use crate::upstream::affinity::OtlpAffinity;
 
 /// Limits of the inbound side.
 #[derive(Clone, Debug)]
@@ -52,6 +53,8 @@ pub struct Shared {
     pub turned_away: TurnedAway,
     /// The federation pool copies of reports also go to, if any.
     pub federation: Option<Arc<Federation>>,
+    /// How OTLP exports are routed by affinity (`--otlp-affinity`), if they are.
+    pub otlp_affinity: Option<OtlpAffinity>,
 }
 
 pub type State = Arc<Shared>;
@@ -83,6 +86,7 @@ impl Shared {
             shutting_down: AtomicBool::new(false),
             turned_away,
             federation: None,
+            otlp_affinity: None,
         }
     }
 
@@ -90,6 +94,12 @@ impl Shared {
     pub fn with_federation(mut self, federation: Arc<Federation>) -> Shared {
         self.intake.federation = Some(federation.clone());
         self.federation = Some(federation);
+        self
+    }
+
+    /// The same, with OTLP exports routed by `affinity`.
+    pub fn with_otlp_affinity(mut self, affinity: OtlpAffinity) -> Shared {
+        self.otlp_affinity = Some(affinity);
         self
     }
 

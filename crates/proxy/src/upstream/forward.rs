@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Limited};
 
@@ -61,7 +62,7 @@ pub(crate) async fn pass_through(
 }
 
 /// What one try at an upstream gave.
-enum Attempt {
+pub(crate) enum Attempt {
     Answered(Response<Body>),
     DeadlineExceeded,
     /// The upstream could not be reached or broke off; the reason says which.
@@ -70,7 +71,7 @@ enum Attempt {
 
 /// Sends `request` to `upstream` within `deadline`, records the upstream's health, and
 /// relays its answer.
-async fn attempt(
+pub(crate) async fn attempt(
     pool: &Pool,
     upstream: &str,
     request: Request<UpstreamBody>,
@@ -97,11 +98,30 @@ async fn attempt(
     }
 }
 
-fn deadline_exceeded() -> Response<Body> {
+pub(crate) fn deadline_exceeded() -> Response<Body> {
     grpc::error(
         Code::DeadlineExceeded,
         "skylift-proxy: deadline exceeded waiting for the upstream",
     )
+}
+
+/// Reads a buffered call's whole body, within `--max-message-bytes` (and its header);
+/// `Err` is the answer when it cannot be.
+pub(crate) async fn read_body(pool: &Pool, body: RequestBody) -> Result<Bytes, Response<Body>> {
+    match Limited::new(body, pool.max_message_bytes + 5)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(grpc::error(
+            Code::ResourceExhausted,
+            "skylift-proxy: request larger than --max-message-bytes",
+        )),
+        Err(err) => Err(grpc::error(
+            Code::Internal,
+            &format!("skylift-proxy: reading the request: {err}"),
+        )),
+    }
 }
 
 /// Sends a unary or short client-streaming call to an upstream and relays its answer; an
@@ -115,32 +135,27 @@ pub(crate) async fn sync_call(
     let deadline = grpc::timeout(request.headers()).map(|d| tokio::time::Instant::now() + d);
     let key = pool.routing.hash_key(request.headers());
     let (parts, body) = request.into_parts();
-    let body = match Limited::new(body, pool.max_message_bytes + 5)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
-            return grpc::error(
-                Code::ResourceExhausted,
-                "skylift-proxy: request larger than --max-message-bytes",
-            );
-        }
-        Err(err) => {
-            return grpc::error(
-                Code::Internal,
-                &format!("skylift-proxy: reading the request: {err}"),
-            );
-        }
-    };
+    match read_body(pool, body).await {
+        Ok(body) => send_whole(pool, key.as_deref(), path, &parts, body, deadline).await,
+        Err(answer) => answer,
+    }
+}
+
+/// Sends a buffered call (`parts` and `body`) to the upstream `key` or the policy picks,
+/// and on to another (up to three) while the one tried cannot be reached.
+pub(crate) async fn send_whole(
+    pool: &Pool,
+    key: Option<&str>,
+    path: Option<&str>,
+    parts: &http::request::Parts,
+    body: Bytes,
+    deadline: Option<tokio::time::Instant>,
+) -> Response<Body> {
     let mut tried: Vec<String> = Vec::new();
     let mut last_error = String::from("no upstream is available");
     for _ in 0..3 {
         let remaining = untried(&pool.upstreams.snapshot(), &tried);
-        let Some(upstream) = pool
-            .balancer
-            .pick(key.as_deref(), &remaining, Instant::now())
-        else {
+        let Some(upstream) = pool.balancer.pick(key, &remaining, Instant::now()) else {
             break;
         };
         tried.push(upstream.address.clone());

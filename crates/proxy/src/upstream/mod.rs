@@ -7,6 +7,7 @@
 //! - [`delivery`]: the call's deadline and each event's budget of calls that may have
 //!   delivered it;
 //! - [`forward`]: sync and unknown calls relayed to an upstream, tried on another on failure;
+//! - [`affinity`]: OTLP exports split and sent by trace ID or resource (`--otlp-affinity`);
 //! - [`health`]: connections opened before data needs them, failed upstreams probed back;
 //! - [`pool`]: what they share: the upstream set, the balancer, the client;
 //! - [`client`]: the HTTP/2 client, more connections when one's streams saturate;
@@ -15,6 +16,7 @@
 //! - [`request`], [`payload`]: the calls it makes, their data gathered without copying;
 //! - [`authentication`]: the token file, read again when it changes.
 
+pub mod affinity;
 pub mod authentication;
 pub mod client;
 pub(crate) mod coalesce;

@@ -166,6 +166,20 @@ pub async fn proxy_with_delivery(
     delivery: Delivery,
 ) -> Proxy {
     let addresses = upstreams.iter().map(|s| s.address()).collect();
+    proxy_over(addresses, queue, client, limits, tls, delivery, |s| s).await
+}
+
+/// The proxy over upstreams at `addresses`, its state changed by `configure` before it
+/// starts (OTLP affinity, say).
+pub async fn proxy_over(
+    addresses: Vec<String>,
+    queue: QueueConfig,
+    client: UpstreamClient,
+    limits: Limits,
+    tls: Option<Arc<skylift_proxy::listen::tls::Termination>>,
+    delivery: Delivery,
+    configure: impl FnOnce(Shared) -> Shared,
+) -> Proxy {
     let pool = Arc::new(pool_of(
         addresses,
         client,
@@ -173,13 +187,13 @@ pub async fn proxy_with_delivery(
         delivery,
         Default::default(),
     ));
-    let state: State = Arc::new(Shared::new(
+    let state: State = Arc::new(configure(Shared::new(
         Arc::new(Queue::new(queue)),
         pool,
         limits,
         tls,
         skylift_proxy::listen::turned_away::TurnedAway::new(Duration::ZERO),
-    ));
+    )));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (close, closed) = tokio::sync::watch::channel(false);
@@ -329,9 +343,13 @@ pub async fn mutual_tls_sink(
 }
 
 pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    // As gRPC clients do (grpc-go, grpc-java's Netty): no Nagle delay between a call's
+    // HEADERS and DATA.
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
     Client::builder(TokioExecutor::new())
         .http2_only(true)
-        .build_http()
+        .build(connector)
 }
 
 pub fn framed(messages: &[Vec<u8>]) -> Bytes {
