@@ -35,7 +35,11 @@ async fn proxy(collectors: &[&Collector], affinity: bool, scratch: &Scratch) -> 
     if affinity {
         command.arg("--otlp-affinity");
     }
-    let process = Process::spawn(&format!("skylift-proxy-{affinity}"), command, scratch.path());
+    let process = Process::spawn(
+        &format!("skylift-proxy-{affinity}"),
+        command,
+        scratch.path(),
+    );
     skylift_e2e::wait_ready("the proxy", &format!("127.0.0.1:{admin}")).await;
     ProxyUnderTest {
         _process: process,
@@ -47,8 +51,12 @@ async fn proxy(collectors: &[&Collector], affinity: bool, scratch: &Scratch) -> 
 /// Runs the SDK: `TRACES` traces of five spans from `service`, exported through `port`.
 async fn send_traces(python: &std::path::Path, port: u16, service: &str, scratch: &Scratch) {
     let mut app = Command::new(python);
-    app.arg(repo_path("tests/python/otel_traces.py"))
-        .args([&format!("127.0.0.1:{port}"), "grpc", &TRACES.to_string(), service]);
+    app.arg(repo_path("tests/python/otel_traces.py")).args([
+        &format!("127.0.0.1:{port}"),
+        "grpc",
+        &TRACES.to_string(),
+        service,
+    ]);
     let mut app = Process::spawn(&format!("otel-{service}"), app, scratch.path());
     exited_ok(&mut app, Duration::from_secs(60)).await;
 }
@@ -94,7 +102,10 @@ async fn the_python_sdks_traces_are_whole_at_one_collector_with_otlp_affinity() 
     let (seen, spans) = where_traces_went(&three, "round-robin");
     assert_eq!((seen.len(), spans), (TRACES, TRACES * SPANS_PER_TRACE));
     let torn = seen.values().filter(|at| at.len() > 1).count();
-    assert!(torn > TRACES / 2, "only {torn} traces split without affinity");
+    assert!(
+        torn > TRACES / 2,
+        "only {torn} traces split without affinity"
+    );
     eprintln!("call by call: {torn} of {TRACES} traces split over collectors");
 
     // With affinity: each trace at one collector, the traces spread within ±20 %.
@@ -124,29 +135,44 @@ async fn the_python_sdks_traces_are_whole_at_one_collector_with_otlp_affinity() 
         skylift_e2e::endpoints_json(&all.iter().map(|c| c.address()).collect::<Vec<_>>()),
     )
     .unwrap();
-    skylift_e2e::wait_for("the fourth collector in use", Duration::from_secs(10), || async {
-        let probe = tokio::process::Command::new(&python)
-            .arg(repo_path("tests/python/otel_traces.py"))
-            .args([&format!("127.0.0.1:{}", affine.port), "grpc", "20", "probe"])
-            .output()
-            .await
-            .ok()?;
-        assert!(probe.status.success(), "{probe:?}");
-        (collectors[3].spans().iter().any(|s| s.service.as_deref() == Some("probe"))).then_some(())
-    })
+    skylift_e2e::wait_for(
+        "the fourth collector in use",
+        Duration::from_secs(10),
+        || async {
+            let probe = tokio::process::Command::new(&python)
+                .arg(repo_path("tests/python/otel_traces.py"))
+                .args([&format!("127.0.0.1:{}", affine.port), "grpc", "20", "probe"])
+                .output()
+                .await
+                .ok()?;
+            assert!(probe.status.success(), "{probe:?}");
+            (collectors[3]
+                .spans()
+                .iter()
+                .any(|s| s.service.as_deref() == Some("probe")))
+            .then_some(())
+        },
+    )
     .await;
     send_traces(&python, affine.port, "after", &scratch).await;
     let (seen, spans) = where_traces_went(&all, "after");
     assert_eq!((seen.len(), spans), (TRACES, TRACES * SPANS_PER_TRACE));
     assert!(seen.values().all(|at| at.len() == 1), "traces split");
     let moved = seen.values().filter(|at| at.contains(&3)).count() as f64 / TRACES as f64;
-    eprintln!("a fourth collector took {:.0} % of new traces", moved * 100.0);
+    eprintln!(
+        "a fourth collector took {:.0} % of new traces",
+        moved * 100.0
+    );
     assert!(
         moved <= 0.30,
         "the new collector took {:.0} % of new traces",
         moved * 100.0
     );
-    assert!(moved > 0.10, "the new collector took {:.0} %", moved * 100.0);
+    assert!(
+        moved > 0.10,
+        "the new collector took {:.0} %",
+        moved * 100.0
+    );
     for collector in &collectors {
         let refused: Vec<_> = collector
             .refusals()

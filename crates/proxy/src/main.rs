@@ -12,8 +12,8 @@ use skylift_proxy::listen::state::Limits;
 use skylift_proxy::ops::telemetry::TelemetryConfig;
 use skylift_proxy::queue::journal::{Fsync, JournalConfig};
 use skylift_proxy::queue::{Overflow, QueueConfig};
-use skylift_proxy::upstream::affinity::{LogsRouting, OtlpAffinity};
 use skylift_proxy::run::{Config, FederationConfig, UpstreamSource, run};
+use skylift_proxy::upstream::affinity::{LogsRouting, OtlpAffinity};
 
 // Every message passes through short-lived buffers of a few KiB: glibc's per-thread arenas
 // grow and trim their heaps for them (mprotect and page faults per buffer); jemalloc keeps

@@ -116,8 +116,14 @@ fn partial_success(answer: &Bytes) -> (u64, String) {
 }
 
 async fn export(proxy: &Proxy, path: &str, message: &[u8]) -> (u16, (u64, String), String) {
-    let (status, answer, trailers) =
-        call(&client(), proxy.address, path, framed(&[message.to_vec()]), &[]).await;
+    let (status, answer, trailers) = call(
+        &client(),
+        proxy.address,
+        path,
+        framed(&[message.to_vec()]),
+        &[],
+    )
+    .await;
     let said = trailers
         .get("grpc-message")
         .map(|v| v.to_str().unwrap().to_string())
@@ -185,14 +191,22 @@ async fn every_span_of_a_trace_reaches_one_collector_and_traces_spread() {
     let seen = where_traces_went(&all);
     assert_eq!(seen.len(), 400, "every trace arrived");
     let split: Vec<_> = seen.iter().filter(|(_, at)| at.len() > 1).collect();
-    assert!(split.is_empty(), "traces split over collectors: {}", split.len());
+    assert!(
+        split.is_empty(),
+        "traces split over collectors: {}",
+        split.len()
+    );
     let spans: usize = collectors.iter().map(|c| c.spans().len()).sum();
     assert_eq!(spans, 2000, "every span once");
     // Resource and scope came along: a span's service is its trace's.
     for collector in &collectors {
         for span in collector.spans() {
             let trace = u32::from_be_bytes(span.trace_id[12..].try_into().unwrap());
-            let service = if trace % 2 == 0 { "checkout" } else { "payment" };
+            let service = if trace % 2 == 0 {
+                "checkout"
+            } else {
+                "payment"
+            };
             assert_eq!(span.service.as_deref(), Some(service));
         }
     }
@@ -200,7 +214,10 @@ async fn every_span_of_a_trace_reaches_one_collector_and_traces_spread() {
     for (i, _) in collectors.iter().enumerate() {
         let traces = seen.values().filter(|at| at.contains(&i)).count() as f64;
         let share = traces / 400.0 * 3.0;
-        assert!((0.8..=1.2).contains(&share), "collector {i}: {traces} traces");
+        assert!(
+            (0.8..=1.2).contains(&share),
+            "collector {i}: {traces} traces"
+        );
     }
     assert_eq!(
         metric(
@@ -248,7 +265,10 @@ async fn a_fourth_collector_takes_about_a_quarter_of_the_traces_and_no_other_mov
     for (i, collector) in collectors.iter().enumerate() {
         for span in &collector.spans()[baseline[i]..] {
             let previous = after.insert(span.trace_id.clone(), i);
-            assert!(previous.is_none_or(|p| p == i), "a trace split after the change");
+            assert!(
+                previous.is_none_or(|p| p == i),
+                "a trace split after the change"
+            );
         }
     }
     let moved: Vec<_> = after
@@ -363,7 +383,10 @@ async fn traces_of_a_collector_that_cannot_be_reached_go_to_their_next_choice() 
     let seen = where_traces_went(&all);
     assert_eq!(seen.len(), 100);
     assert!(seen.values().all(|at| at.len() == 1), "no trace split");
-    assert!(ejections_total(&proxy) >= 1, "the dead collector was ejected");
+    assert!(
+        ejections_total(&proxy) >= 1,
+        "the dead collector was ejected"
+    );
 }
 
 #[tokio::test]
@@ -396,7 +419,10 @@ async fn a_services_metrics_reach_one_collector_and_logs_follow_their_routing() 
         }
     }
     assert_eq!(at.len(), 30);
-    assert!(at.values().all(|c| c.len() == 1), "a service at one collector");
+    assert!(
+        at.values().all(|c| c.len() == 1),
+        "a service at one collector"
+    );
     assert!(at.values().flatten().collect::<BTreeSet<_>>().len() > 1);
     assert_eq!(
         metric(
@@ -415,7 +441,12 @@ async fn a_services_metrics_reach_one_collector_and_logs_follow_their_routing() 
     // Logs by trace ID: a trace's records at one collector, with its spans.
     let by_trace = proxy_for(addresses, LogsRouting::TraceId).await;
     let traces: Vec<Option<u32>> = (0..40).map(Some).chain([None, None]).collect();
-    assert_eq!(export(&by_trace, collector::LOGS, &logs_export(&traces)).await.0, 0);
+    assert_eq!(
+        export(&by_trace, collector::LOGS, &logs_export(&traces))
+            .await
+            .0,
+        0
+    );
     assert_eq!(
         export(
             &by_trace,
@@ -437,7 +468,12 @@ async fn a_services_metrics_reach_one_collector_and_logs_follow_their_routing() 
     }
     let untraced: usize = collectors
         .iter()
-        .map(|c| c.log_records()[4..].iter().filter(|id| id.is_empty()).count())
+        .map(|c| {
+            c.log_records()[4..]
+                .iter()
+                .filter(|id| id.is_empty())
+                .count()
+        })
         .sum();
     assert_eq!(untraced, 2);
 }
@@ -486,7 +522,8 @@ async fn exports_that_cannot_be_taken_apart_go_whole_and_are_counted() {
     let exports_before: u64 = collectors.iter().map(Collector::exports).sum();
     // A gzip bomb: over the limit once inflated, refused before anything is sent.
     let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    gzip.write_all(&vec![0u8; limits().max_message_bytes + 1]).unwrap();
+    gzip.write_all(&vec![0u8; limits().max_message_bytes + 1])
+        .unwrap();
     let compressed = gzip.finish().unwrap();
     let mut body = vec![1];
     body.extend_from_slice(&(compressed.len() as u32).to_be_bytes());

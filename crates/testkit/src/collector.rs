@@ -131,7 +131,10 @@ impl Collector {
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Recorded) -> T) -> T {
-        f(&mut self.recorded.lock().expect("collector lock is never poisoned"))
+        f(&mut self
+            .recorded
+            .lock()
+            .expect("collector lock is never poisoned"))
     }
 
     /// Every span taken, in arrival order.
@@ -185,7 +188,11 @@ fn status_answer(status: &Status) -> Response<Body> {
 
 fn answer(message: Vec<u8>) -> Response<Body> {
     let mut framed = vec![0];
-    framed.extend_from_slice(&u32::try_from(message.len()).unwrap_or(u32::MAX).to_be_bytes());
+    framed.extend_from_slice(
+        &u32::try_from(message.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
     framed.extend_from_slice(&message);
     let mut trailers = http::HeaderMap::new();
     trailers.insert("grpc-status", 0.into());
@@ -209,7 +216,10 @@ fn refuse(recorded: &Mutex<Recorded>, path: &str, status: Status) -> Response<Bo
     status_answer(&status)
 }
 
-async fn serve(request: Request<hyper::body::Incoming>, recorded: &Mutex<Recorded>) -> Response<Body> {
+async fn serve(
+    request: Request<hyper::body::Incoming>,
+    recorded: &Mutex<Recorded>,
+) -> Response<Body> {
     let path = request.uri().path().to_string();
     let grpc = request
         .headers()
@@ -227,9 +237,12 @@ async fn serve(request: Request<hyper::body::Incoming>, recorded: &Mutex<Recorde
         .and_then(|p| p.rsplit_once('/'))
         .unwrap_or(("", ""));
     if ![TRACES, METRICS, LOGS].contains(&path.as_str()) {
-        let known = [TRACES, METRICS, LOGS]
-            .iter()
-            .any(|p| p.strip_prefix('/').and_then(|p| p.rsplit_once('/')).map(|(s, _)| s) == Some(service));
+        let known = [TRACES, METRICS, LOGS].iter().any(|p| {
+            p.strip_prefix('/')
+                .and_then(|p| p.rsplit_once('/'))
+                .map(|(s, _)| s)
+                == Some(service)
+        });
         let message = if known {
             format!("unknown method {method} for service {service}")
         } else {
@@ -260,7 +273,10 @@ async fn serve(request: Request<hyper::body::Incoming>, recorded: &Mutex<Recorde
             return refuse(
                 recorded,
                 &path,
-                Status::new(INTERNAL, format!("grpc: error unmarshalling request: {reason}")),
+                Status::new(
+                    INTERNAL,
+                    format!("grpc: error unmarshalling request: {reason}"),
+                ),
             );
         }
     };
@@ -293,7 +309,12 @@ enum Taken {
 
 /// The one message of a unary request, as grpc-go's `recvAndDecompress` reads it.
 fn deframe(body: &[u8], encoding: Option<&str>) -> Result<Vec<u8>, Status> {
-    let unmarshal = |what: &str| Status::new(INTERNAL, format!("grpc: error unmarshalling request: {what}"));
+    let unmarshal = |what: &str| {
+        Status::new(
+            INTERNAL,
+            format!("grpc: error unmarshalling request: {what}"),
+        )
+    };
     let header = body.get(..5).ok_or_else(|| unmarshal("unexpected EOF"))?;
     let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
     if length > MAX_RECEIVE_BYTES {
@@ -302,7 +323,9 @@ fn deframe(body: &[u8], encoding: Option<&str>) -> Result<Vec<u8>, Status> {
             format!("grpc: received message larger than max ({length} vs. {MAX_RECEIVE_BYTES})"),
         ));
     }
-    let message = body.get(5..5 + length).ok_or_else(|| unmarshal("unexpected EOF"))?;
+    let message = body
+        .get(5..5 + length)
+        .ok_or_else(|| unmarshal("unexpected EOF"))?;
     match header[0] {
         0 => Ok(message.to_vec()),
         1 => match encoding {
@@ -316,7 +339,10 @@ fn deframe(body: &[u8], encoding: Option<&str>) -> Result<Vec<u8>, Status> {
                     .take(MAX_RECEIVE_BYTES as u64 + 1)
                     .read_to_end(&mut out)
                     .map_err(|e| {
-                        Status::new(INTERNAL, format!("grpc: failed to decompress the received message: {e}"))
+                        Status::new(
+                            INTERNAL,
+                            format!("grpc: failed to decompress the received message: {e}"),
+                        )
                     })?;
                 if out.len() > MAX_RECEIVE_BYTES {
                     return Err(Status::new(
@@ -358,7 +384,10 @@ fn malformed(err: Malformed) -> String {
 fn attribute(resource: &[u8], key: &str) -> Result<Option<String>, String> {
     let mut found = None;
     for attribute in protobuf::messages(resource, 1).map_err(malformed)? {
-        if protobuf::string(attribute, 1).map_err(malformed)?.as_deref() == Some(key)
+        if protobuf::string(attribute, 1)
+            .map_err(malformed)?
+            .as_deref()
+            == Some(key)
             && let Some(value) = protobuf::merged(attribute, 2).map_err(malformed)?
         {
             found = protobuf::string(&value, 1).map_err(malformed)?;
@@ -394,7 +423,9 @@ fn read_traces(message: &[u8]) -> Result<Vec<Span>, String> {
         Ok(Span {
             trace_id: id(span, 1, 16)?,
             span_id: id(span, 2, 8)?,
-            name: protobuf::string(span, 5).map_err(malformed)?.unwrap_or_default(),
+            name: protobuf::string(span, 5)
+                .map_err(malformed)?
+                .unwrap_or_default(),
             service: service.map(str::to_string),
         })
     })

@@ -87,7 +87,10 @@ mod tests {
             single(&body, None, 100),
             Decoded::Message(Bytes::from_static(b"spans"))
         );
-        assert_eq!(single(&body, Some("gzip"), 100), Decoded::Message("spans".into()));
+        assert_eq!(
+            single(&body, Some("gzip"), 100),
+            Decoded::Message("spans".into())
+        );
         assert_eq!(single(&body, None, 4), Decoded::TooLarge);
         assert_eq!(single(&frame(b""), None, 4), Decoded::Message(Bytes::new()));
     }
@@ -96,7 +99,11 @@ mod tests {
     fn a_gzip_message_is_inflated_within_the_limit() {
         let message = vec![b'x'; 10_000];
         let body = gzipped(&message);
-        assert!(body.len() < 200, "a bomb in miniature: {} bytes", body.len());
+        assert!(
+            body.len() < 200,
+            "a bomb in miniature: {} bytes",
+            body.len()
+        );
         assert_eq!(
             single(&body, Some("gzip"), 10_000),
             Decoded::Message(Bytes::from(message))
@@ -107,13 +114,25 @@ mod tests {
     #[test]
     fn what_cannot_be_read_says_why() {
         let two = [frame(b"a"), frame(b"b")].concat();
-        assert_eq!(single(&two.into(), None, 100), Decoded::Unreadable("framing"));
+        assert_eq!(
+            single(&two.into(), None, 100),
+            Decoded::Unreadable("framing")
+        );
         let truncated = frame(b"spans").slice(..7);
-        assert_eq!(single(&truncated, None, 100), Decoded::Unreadable("framing"));
-        assert_eq!(single(&Bytes::new(), None, 100), Decoded::Unreadable("framing"));
+        assert_eq!(
+            single(&truncated, None, 100),
+            Decoded::Unreadable("framing")
+        );
+        assert_eq!(
+            single(&Bytes::new(), None, 100),
+            Decoded::Unreadable("framing")
+        );
         let body = gzipped(b"spans");
         assert_eq!(single(&body, None, 100), Decoded::Unreadable("framing"));
-        assert_eq!(single(&body, Some("zstd"), 100), Decoded::Unreadable("encoding"));
+        assert_eq!(
+            single(&body, Some("zstd"), 100),
+            Decoded::Unreadable("encoding")
+        );
         let mut corrupt = body.to_vec();
         let last = corrupt.len() - 1;
         corrupt[last] ^= 0xff; // the length in gzip's trailer
@@ -122,6 +141,9 @@ mod tests {
             Decoded::Unreadable("corrupt")
         );
         let flagged = [&[2u8, 0, 0, 0, 1][..], b"x"].concat();
-        assert_eq!(single(&flagged.into(), None, 100), Decoded::Unreadable("framing"));
+        assert_eq!(
+            single(&flagged.into(), None, 100),
+            Decoded::Unreadable("framing")
+        );
     }
 }

@@ -489,7 +489,11 @@ mod tests {
             "checkout",
             &[scope(
                 "logger",
-                &[record(Some(1), "a"), record(None, "b"), record(Some(2), "c")],
+                &[
+                    record(Some(1), "a"),
+                    record(None, "b"),
+                    record(Some(2), "c"),
+                ],
             )],
         )]);
         let parts = split_logs(&original, |trace_id| match trace_id.first() {
@@ -508,7 +512,10 @@ mod tests {
         assert_eq!(Signal::of_path(TRACE_EXPORT), Some(Signal::Traces));
         assert_eq!(Signal::of_path(METRICS_EXPORT), Some(Signal::Metrics));
         assert_eq!(Signal::of_path(LOGS_EXPORT), Some(Signal::Logs));
-        assert_eq!(Signal::of_path("/skywalking.v3.TraceSegmentReportService/collect"), None);
+        assert_eq!(
+            Signal::of_path("/skywalking.v3.TraceSegmentReportService/collect"),
+            None
+        );
     }
 
     #[test]

@@ -594,7 +594,7 @@ pub(crate) async fn dispatch(
         && let Some(affinity) = &state.otlp_affinity
         && let Some(signal) = grpc::otlp::Signal::of_path(request.uri().path())
     {
-        return affinity::export(&state.pool, affinity, signal, request).await;
+        return affinity::grpc::export(&state.pool, affinity, signal, request).await;
     }
     match method.map(|m| m.policy) {
         Some(Policy::Sync) => forward::sync_call(&state.pool, path, request).await,

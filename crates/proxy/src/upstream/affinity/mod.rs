@@ -14,21 +14,16 @@
 //! An export the proxy cannot read (several messages, an unknown compression, not an
 //! export request) is forwarded whole round-robin, as without affinity, and counted.
 
+pub(crate) mod grpc;
+
 use std::time::Instant;
 
-use http::{HeaderMap, Request, Response};
-use bytes::{Bytes, BytesMut};
-use http_body_util::BodyExt;
+use bytes::Bytes;
 
 use crate::balance::route::{Upstream, rendezvous_bytes};
 use crate::balance::upstream_set::untried;
-use crate::grpc::message::{self, Decoded};
 use crate::grpc::otlp::{self, Part, Signal};
-use crate::grpc::{self, Body, Code};
-use crate::h2::RequestBody;
 use crate::upstream::Pool;
-use crate::upstream::forward::{self, Attempt};
-use crate::upstream::request::upstream_body;
 
 /// How exports are routed with `--otlp-affinity`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,10 +48,10 @@ const ROUNDS: usize = 3;
 
 /// The largest answer read from a collector (an export answer is a few bytes, more only
 /// with a partial success's message).
-const MAX_ANSWER_BYTES: usize = 64 << 10;
+pub(crate) const MAX_ANSWER_BYTES: usize = 64 << 10;
 
 /// What one part's collector made of it.
-enum Sent {
+pub(crate) enum Sent {
     /// Taken, with what its partial success says was rejected (count, message).
     Taken(u64, Option<String>),
     /// Refused with a gRPC status.
@@ -69,7 +64,7 @@ enum Sent {
 
 /// What became of an export's items, and what the client is told.
 #[derive(Default)]
-struct Tally {
+pub(crate) struct Tally {
     taken_parts: usize,
     forwarded: u64,
     refused: u64,
@@ -111,23 +106,26 @@ impl Tally {
         }
     }
 
-    /// The client's answer.
-    fn answer(&self, signal: Signal) -> Response<Body> {
+    /// What the client is told, whatever the transport.
+    pub(crate) fn outcome(&self, signal: Signal) -> Outcome {
         let lost = self.refused + self.failed;
         if self.taken_parts == 0 {
-            // Nothing was taken: the status lets the client retry it all, as it would
+            // Nothing was taken: a failure lets the client retry it all, as it would
             // have without the proxy.
             if let Some((code, message)) = &self.first_refusal {
-                return grpc::error(*code, message);
+                return Outcome::Refused(*code, message.clone());
             }
             if self.late {
-                return forward::deadline_exceeded();
+                return Outcome::Late;
             }
-            let reason = self.unreachable.as_deref().unwrap_or("no upstream is available");
-            return grpc::error(Code::Unavailable, &format!("skylift-proxy: {reason}"));
+            let reason = self
+                .unreachable
+                .as_deref()
+                .unwrap_or("no upstream is available");
+            return Outcome::Unreachable(format!("skylift-proxy: {reason}"));
         }
         if lost == 0 && self.partial_messages.is_empty() {
-            return grpc::answer(&[]);
+            return Outcome::Taken;
         }
         let mut message = format!(
             "skylift-proxy: {lost} {} of {} not taken",
@@ -145,8 +143,23 @@ impl Tally {
             message.push_str("; ");
             message.push_str(&reason);
         }
-        grpc::answer(&otlp::response(lost, &message))
+        Outcome::Partial(lost, message)
     }
+}
+
+/// What an export sent by affinity comes to.
+pub(crate) enum Outcome {
+    /// Every item taken.
+    Taken,
+    /// Some taken: OTLP's partial success, with the count of the rest and why.
+    Partial(u64, String),
+    /// Nothing taken: the first collector's refusal (a gRPC code, or an HTTP status over
+    /// HTTP) and its message.
+    Refused(u16, String),
+    /// Nothing taken before the client's deadline.
+    Late,
+    /// No collector could be reached.
+    Unreachable(String),
 }
 
 /// Takes `message` apart for `candidates`: each part's target is an index into them.
@@ -191,50 +204,34 @@ fn choose_candidates(pool: &Pool, tried: &[String]) -> Option<(Vec<Upstream>, us
     Some((candidates, unkeyed))
 }
 
-/// Answers an OTLP export of `signal`, sent by affinity.
-pub(crate) async fn export(
+/// Why an export was not sent by affinity.
+pub(crate) enum NotSplit {
+    /// No upstream can be tried.
+    NoUpstream,
+    /// It is not an export request the proxy can take apart: sent whole instead.
+    Malformed,
+}
+
+/// Sends `message`'s parts by affinity, each with `send` (upstream, part), all at once,
+/// and the parts of collectors that could not be reached again over the others; the
+/// items' fate is counted in the proxy's metrics.
+pub(crate) async fn deliver<F, Fut>(
     pool: &Pool,
     affinity: &OtlpAffinity,
     signal: Signal,
-    request: Request<RequestBody>,
-) -> Response<Body> {
-    let deadline = grpc::timeout(request.headers()).map(|d| tokio::time::Instant::now() + d);
-    let (parts, body) = request.into_parts();
-    let body = match forward::read_body(pool, body).await {
-        Ok(body) => body,
-        Err(answer) => return answer,
-    };
-    let encoding = parts
-        .headers
-        .get("grpc-encoding")
-        .and_then(|v| v.to_str().ok());
-    let whole = |reason: &'static str| {
-        pool.metrics.otlp_forwarded_whole(signal.name(), reason);
-        forward::send_whole(pool, None, None, &parts, body.clone(), deadline)
-    };
-    let message = match message::single(&body, encoding, pool.max_message_bytes) {
-        Decoded::Message(message) => message,
-        Decoded::TooLarge => {
-            return grpc::error(
-                Code::ResourceExhausted,
-                "skylift-proxy: request larger than --max-message-bytes once decompressed",
-            );
-        }
-        Decoded::Unreadable(reason) => return whole(reason).await,
-    };
+    message: &[u8],
+    send: F,
+) -> Result<Tally, NotSplit>
+where
+    F: Fn(String, Bytes) -> Fut,
+    Fut: std::future::Future<Output = Sent>,
+{
     let Some((candidates, unkeyed)) = choose_candidates(pool, &[]) else {
-        return grpc::error(Code::Unavailable, "skylift-proxy: no upstream is available");
+        return Err(NotSplit::NoUpstream);
     };
-    let Ok(first) = split(affinity, signal, &message, &candidates, unkeyed) else {
-        return whole("malformed").await;
+    let Ok(first) = split(affinity, signal, message, &candidates, unkeyed) else {
+        return Err(NotSplit::Malformed);
     };
-    let headers = part_headers(&parts.headers);
-    let path = parts.uri.path();
-    // Parts are sent within the client's deadline, else within the pool's call and answer
-    // timeouts: a collector that never answers must not hold the client forever.
-    let deadline = deadline.unwrap_or_else(|| {
-        tokio::time::Instant::now() + pool.delivery.call_timeout + pool.delivery.answer_timeout
-    });
     let mut tally = Tally::default();
     let mut tried: Vec<String> = Vec::new();
     let mut round: Vec<(String, Part)> = first
@@ -244,14 +241,7 @@ pub(crate) async fn export(
     for attempt in 1..=ROUNDS {
         let mut sends = Vec::with_capacity(round.len());
         for (upstream, part) in &round {
-            sends.push(send_part(
-                pool,
-                upstream,
-                path,
-                &headers,
-                &part.request,
-                deadline,
-            ));
+            sends.push(send(upstream.clone(), Bytes::from(part.request.clone())));
         }
         let results = futures::future::join_all(sends).await;
         let mut again: Vec<Part> = Vec::new();
@@ -290,89 +280,5 @@ pub(crate) async fn export(
     metrics.otlp_items(signal.name(), "forwarded", tally.forwarded);
     metrics.otlp_items(signal.name(), "refused", tally.refused);
     metrics.otlp_items(signal.name(), "failed", tally.failed);
-    tally.answer(signal)
-}
-
-/// The client's headers for a part: its body is re-encoded uncompressed, so neither its
-/// length nor its encoding carry over, and the collector is asked for a plain answer.
-fn part_headers(client: &HeaderMap) -> HeaderMap {
-    let mut headers = client.clone();
-    headers.remove(http::header::CONTENT_LENGTH);
-    headers.remove("grpc-encoding");
-    headers.remove("grpc-accept-encoding");
-    headers
-}
-
-/// A collector's whole answer: its data (at most [`MAX_ANSWER_BYTES`]) and trailers.
-async fn read_answer(mut body: Body) -> Result<(Bytes, Option<HeaderMap>), String> {
-    let mut data = BytesMut::new();
-    let mut trailers = None;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|err| format!("broke off: {err}"))?;
-        match frame.into_data() {
-            Ok(chunk) if data.len() + chunk.len() > MAX_ANSWER_BYTES => {
-                return Err("answer larger than 64 KiB".into());
-            }
-            Ok(chunk) => data.extend_from_slice(&chunk),
-            Err(frame) => trailers = frame.into_trailers().ok(),
-        }
-    }
-    Ok((data.freeze(), trailers))
-}
-
-/// Sends one part to `upstream` and reads what it made of it.
-async fn send_part(
-    pool: &Pool,
-    upstream: &str,
-    path: &str,
-    headers: &HeaderMap,
-    part: &[u8],
-    deadline: tokio::time::Instant,
-) -> Sent {
-    let Ok(uri) = format!("http://{upstream}{path}").parse() else {
-        return Sent::Unreachable(format!("cannot address upstream {upstream}"));
-    };
-    let mut request = Request::new(upstream_body(message::frame(part)));
-    *request.method_mut() = http::Method::POST;
-    *request.uri_mut() = uri;
-    *request.headers_mut() = headers.clone();
-    let response = match forward::attempt(pool, upstream, request, Some(deadline)).await {
-        Attempt::Answered(response) => response,
-        Attempt::DeadlineExceeded => return Sent::Late,
-        Attempt::Failed(reason) => return Sent::Unreachable(reason),
-    };
-    let (head, body) = response.into_parts();
-    let (answer, trailers) = match tokio::time::timeout_at(deadline, read_answer(body)).await {
-        Ok(Ok(read)) => read,
-        Ok(Err(reason)) => return Sent::Unreachable(format!("upstream {upstream}: {reason}")),
-        Err(_) => return Sent::Late,
-    };
-    let code = grpc::status_of(&head.headers, trailers.as_ref());
-    let message = grpc::message_of(&head.headers, trailers.as_ref());
-    match code {
-        Some(0) => {}
-        Some(code) => return Sent::Refused(code, message),
-        None => {
-            return Sent::Refused(
-                grpc::status_of_http(head.status),
-                format!("answered HTTP {} without a gRPC status", head.status),
-            );
-        }
-    }
-    let encoding = head
-        .headers
-        .get("grpc-encoding")
-        .and_then(|v| v.to_str().ok());
-    // An empty body is an answer of defaults: full success.
-    if answer.is_empty() {
-        return Sent::Taken(0, None);
-    }
-    match message::single(&answer, encoding, MAX_ANSWER_BYTES) {
-        Decoded::Message(bytes) => match otlp::rejected(&bytes) {
-            Ok((rejected, message)) => Sent::Taken(rejected, message),
-            // The status said OK: the data was taken, whatever else the answer holds.
-            Err(_) => Sent::Taken(0, None),
-        },
-        _ => Sent::Taken(0, None),
-    }
+    Ok(tally)
 }
