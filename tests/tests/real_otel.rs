@@ -23,6 +23,15 @@ struct ProxyUnderTest {
 }
 
 async fn proxy(collectors: &[&Collector], affinity: bool, scratch: &Scratch) -> ProxyUnderTest {
+    proxy_with(collectors, affinity, None, scratch).await
+}
+
+async fn proxy_with(
+    collectors: &[&Collector],
+    affinity: bool,
+    http_port: Option<u16>,
+    scratch: &Scratch,
+) -> ProxyUnderTest {
     let endpoints = scratch.path().join(format!("endpoints-{affinity}.json"));
     let addresses: Vec<String> = collectors.iter().map(|c| c.address()).collect();
     std::fs::write(&endpoints, skylift_e2e::endpoints_json(&addresses)).unwrap();
@@ -34,6 +43,9 @@ async fn proxy(collectors: &[&Collector], affinity: bool, scratch: &Scratch) -> 
         .arg(format!("--upstreams-file={}", endpoints.display()));
     if affinity {
         command.arg("--otlp-affinity");
+    }
+    if let Some(port) = http_port {
+        command.arg(format!("--upstream-http-port={port}"));
     }
     let process = Process::spawn(
         &format!("skylift-proxy-{affinity}"),
@@ -50,10 +62,21 @@ async fn proxy(collectors: &[&Collector], affinity: bool, scratch: &Scratch) -> 
 
 /// Runs the SDK: `TRACES` traces of five spans from `service`, exported through `port`.
 async fn send_traces(python: &std::path::Path, port: u16, service: &str, scratch: &Scratch) {
+    send_traces_over(python, port, "grpc", service, scratch).await;
+}
+
+/// [`send_traces`] with the exporter of `protocol` (grpc or http).
+async fn send_traces_over(
+    python: &std::path::Path,
+    port: u16,
+    protocol: &str,
+    service: &str,
+    scratch: &Scratch,
+) {
     let mut app = Command::new(python);
     app.arg(repo_path("tests/python/otel_traces.py")).args([
         &format!("127.0.0.1:{port}"),
-        "grpc",
+        protocol,
         &TRACES.to_string(),
         service,
     ]);
@@ -180,5 +203,44 @@ async fn the_python_sdks_traces_are_whole_at_one_collector_with_otlp_affinity() 
             .filter(|(path, _)| !path.contains("grpc.health"))
             .collect();
         assert!(refused.is_empty(), "{refused:?}");
+    }
+}
+
+/// The SDK's OTLP/HTTP exporter (HTTP/1.1, keep-alive, protobuf) through the proxy's HTTP
+/// side (`--upstream-http-port`) to three collectors' OTLP/HTTP ports: each trace whole
+/// at one collector.
+#[tokio::test]
+async fn the_python_sdks_http_exports_are_whole_at_one_collector_with_otlp_affinity() {
+    let python = installed(
+        "SKYLIFT_PYTHON_OTEL",
+        "target/python-otel/bin/python",
+        "hack/python-otel.sh (opentelemetry-sdk 1.45)",
+    );
+    let scratch = Scratch::new("python-otel-http");
+    let http_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let mut collectors = Vec::new();
+    for i in 2..5 {
+        let ip = format!("127.0.0.{i}").parse().unwrap();
+        collectors.push(Collector::start_at(ip, http_port).await.unwrap());
+    }
+    let all: Vec<&Collector> = collectors.iter().collect();
+    let proxy = proxy_with(&all, true, Some(http_port), &scratch).await;
+    send_traces_over(&python, proxy.port, "http", "over-http", &scratch).await;
+    let (seen, spans) = where_traces_went(&all, "over-http");
+    assert_eq!((seen.len(), spans), (TRACES, TRACES * SPANS_PER_TRACE));
+    assert!(seen.values().all(|at| at.len() == 1), "traces split");
+    let shares: Vec<usize> = (0..3)
+        .map(|i| seen.values().filter(|at| at.contains(&i)).count())
+        .collect();
+    eprintln!("OTLP/HTTP with affinity: traces per collector {shares:?}, none split");
+    for share in shares {
+        let share = share as f64 / TRACES as f64;
+        assert!((0.8 / 3.0..=1.2 / 3.0).contains(&share), "{share}");
+    }
+    for collector in &collectors {
+        assert!(collector.http_exports().0 > 0, "exports arrived over HTTP");
     }
 }

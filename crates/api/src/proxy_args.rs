@@ -270,6 +270,13 @@ pub struct ProxyArgs {
     /// Meter data: fixed (one upstream per service instance) or round-robin.
     #[arg(long, env = "SKYLIFT_PROXY_METER_ROUTING", value_enum, default_value_t = MeterRoutingArg::Fixed)]
     pub meter_routing: MeterRoutingArg,
+    /// Serve HTTP/1.1 on the listen port beside gRPC (told apart by the first bytes, or by
+    /// ALPN over TLS), and HTTP/2 requests that are not gRPC: each request is forwarded to
+    /// an upstream's host at this port (OAP's REST port 12800, where the browser agent
+    /// and OAP's HTTP receivers are; an OpenTelemetry collector's OTLP/HTTP port 4318),
+    /// balanced per request with the same health and ejection as gRPC.
+    #[arg(long, env = "SKYLIFT_PROXY_UPSTREAM_HTTP_PORT")]
+    pub upstream_http_port: Option<u16>,
     /// OTLP exports balanced by affinity rather than call by call: a trace export is split
     /// by trace ID and each part sent to the upstream its trace IDs hash to (every span of
     /// a trace at one collector, for tail sampling); a metrics export by a resource
@@ -526,6 +533,12 @@ impl ProxyArgs {
                 "--federation-batch-size and --federation-queue-capacity must be at least 1".into(),
             );
         }
+        if self.upstream_http_port.is_some() && self.upstream_tls_ca_file.is_some() {
+            return Err(
+                "--upstream-http-port: HTTP requests go to upstreams in cleartext; it cannot be combined with --upstream-tls-ca-file yet"
+                    .into(),
+            );
+        }
         if self.otlp_metrics_attribute.is_empty() {
             return Err("--otlp-metrics-attribute must name an attribute".into());
         }
@@ -740,6 +753,7 @@ mod tests {
             routing: RoutingArg::Hash,
             hash_header: Some("x-tenant".into()),
             meter_routing: MeterRoutingArg::RoundRobin,
+            upstream_http_port: Some(4318),
             otlp_affinity: true,
             otlp_metrics_attribute: "k8s.deployment.name".into(),
             otlp_logs_routing: OtlpLogsArg::TraceId,

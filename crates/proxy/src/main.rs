@@ -138,6 +138,7 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
                     cert,
                     key,
                     client_ca: args.tls_client_ca_file,
+                    http1: args.upstream_http_port.is_some(),
                 }),
                 _ => None,
             },
@@ -161,6 +162,7 @@ fn config(args: Args) -> anyhow::Result<(Config, LogFormat)> {
             journal,
             telemetry,
             federation,
+            upstream_http_port: args.upstream_http_port,
             otlp_affinity: args.otlp_affinity.then(|| OtlpAffinity {
                 metrics_attribute: args.otlp_metrics_attribute.clone(),
                 logs: match args.otlp_logs_routing {

@@ -56,6 +56,11 @@ struct OtlpItemLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusClassLabels {
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OtlpWholeLabels {
     signal: &'static str,
     reason: &'static str,
@@ -88,6 +93,7 @@ pub struct Metrics {
     send_seconds: Family<UpstreamLabels, Histogram>,
     journal_bytes: Family<PartitionLabels, Gauge>,
     otlp_items: Family<OtlpItemLabels, Counter>,
+    http_requests: Family<StatusClassLabels, Counter>,
     otlp_whole: Family<OtlpWholeLabels, Counter>,
     /// Counted by the journal itself.
     pub journal: JournalCounters,
@@ -131,6 +137,7 @@ impl Metrics {
             }),
             journal_bytes: Family::default(),
             otlp_items: Family::default(),
+            http_requests: Family::default(),
             otlp_whole: Family::default(),
             journal: JournalCounters::default(),
             registry: Registry::default(),
@@ -171,6 +178,13 @@ impl Metrics {
                  (partly received messages of several streams filled the connection's budget; all but \
                  the stream holding the most were refused with RESOURCE_EXHAUSTED)",
                 metrics.calls_refused.clone(),
+            );
+            registry.register(
+                "http_requests",
+                "HTTP requests that are not gRPC calls (--upstream-http-port), per class of the status \
+                 the client was answered: 2xx, 3xx, 4xx (413: body over --max-message-bytes), 5xx \
+                 (502: no upstream could be reached, 504: none answered in time)",
+                metrics.http_requests.clone(),
             );
             registry.register(
                 "otlp_items",
@@ -304,6 +318,19 @@ impl Metrics {
                 .get_or_create(&OtlpItemLabels { signal, outcome })
                 .inc_by(n);
         }
+    }
+
+    pub(crate) fn http_answered(&self, status: http::StatusCode) {
+        let code = match status.as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.http_requests
+            .get_or_create(&StatusClassLabels { code })
+            .inc();
     }
 
     pub(crate) fn otlp_forwarded_whole(&self, signal: &'static str, reason: &'static str) {

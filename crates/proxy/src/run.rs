@@ -70,6 +70,8 @@ pub struct Config {
     pub telemetry: Option<crate::ops::telemetry::TelemetryConfig>,
     /// A second upstream pool that copies of some reports also go to.
     pub federation: Option<FederationConfig>,
+    /// HTTP requests served and forwarded to the upstreams at this port.
+    pub upstream_http_port: Option<u16>,
     /// OTLP exports routed by trace ID and resource rather than call by call.
     pub otlp_affinity: Option<crate::upstream::affinity::OtlpAffinity>,
 }
@@ -250,6 +252,9 @@ pub fn state(config: &Config) -> Result<(State, Recoveries), RunError> {
     let mut state = Shared::new(queue, pool, config.limits.clone(), tls, turned_away);
     if let Some(affinity) = &config.otlp_affinity {
         state = state.with_otlp_affinity(affinity.clone());
+    }
+    if let Some(port) = config.upstream_http_port {
+        state = state.with_http(port);
     }
     if let Some(federation) = &config.federation {
         let metrics = Arc::new(crate::metrics::Metrics::federation());

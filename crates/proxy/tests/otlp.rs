@@ -117,7 +117,7 @@ fn partial_success(answer: &Bytes) -> (u64, String) {
 
 async fn export(proxy: &Proxy, path: &str, message: &[u8]) -> (u16, (u64, String), String) {
     let (status, answer, trailers) = call(
-        &client(),
+        &nodelay_client(),
         proxy.address,
         path,
         framed(&[message.to_vec()]),
@@ -509,7 +509,7 @@ async fn exports_that_cannot_be_taken_apart_go_whole_and_are_counted() {
     body.extend_from_slice(&(compressed.len() as u32).to_be_bytes());
     body.extend_from_slice(&compressed);
     let (status, _, trailers) = call(
-        &client(),
+        &nodelay_client(),
         proxy.address,
         collector::TRACES,
         body.into(),
@@ -529,7 +529,7 @@ async fn exports_that_cannot_be_taken_apart_go_whole_and_are_counted() {
     body.extend_from_slice(&(compressed.len() as u32).to_be_bytes());
     body.extend_from_slice(&compressed);
     let (status, _, _) = call(
-        &client(),
+        &nodelay_client(),
         proxy.address,
         collector::TRACES,
         body.into(),
@@ -541,7 +541,14 @@ async fn exports_that_cannot_be_taken_apart_go_whole_and_are_counted() {
     assert_eq!(exports, exports_before, "the bomb reached no collector");
     // Two messages in a unary call: forwarded whole, and the collector answers for it.
     let two = framed(&[message.clone(), message]);
-    call(&client(), proxy.address, collector::TRACES, two, &[]).await;
+    call(
+        &nodelay_client(),
+        proxy.address,
+        collector::TRACES,
+        two,
+        &[],
+    )
+    .await;
     assert_eq!(
         metric(
             &proxy,

@@ -2068,6 +2068,7 @@ async fn clients_are_served_over_mutual_tls_and_renewed_certificates_are_picked_
         cert: dir.join("tls.crt"),
         key: dir.join("tls.key"),
         client_ca: Some(dir.join("ca.crt")),
+        http1: false,
     };
     std::fs::write(&files.cert, cert).unwrap();
     std::fs::write(&files.key, key).unwrap();

@@ -25,6 +25,13 @@
 //! It answers an empty `Export*ServiceResponse`, or a `partial_success` when told to
 //! reject some, or a status when told to refuse (as the memory limiter refuses with
 //! `UNAVAILABLE`).
+//!
+//! Started with an HTTP port ([`Collector::start_at`]) it also serves OTLP/HTTP (:4318,
+//! HTTP/1.1 and HTTP/2), with the receiver's rules (`receiver/otlpreceiver/otlphttp.go`):
+//! `POST` only (405), `application/x-protobuf` or `application/json` (415), a
+//! `Content-Encoding` it cannot read (400), protobuf that does not parse (400); taken
+//! exports are answered 200 with the response message in protobuf, refusals with 503
+//! (retryable) or 400. JSON exports are counted, not read.
 
 use std::convert::Infallible;
 use std::io::Read;
@@ -68,6 +75,9 @@ struct Recorded {
     /// Each log record's trace ID.
     log_records: Vec<Vec<u8>>,
     exports: u64,
+    /// Exports taken over HTTP (protobuf and JSON), and JSON ones.
+    http_exports: u64,
+    json_exports: u64,
     refusals: Vec<(String, Status)>,
     /// Refuse every export with this status.
     refusing: Option<Status>,
@@ -78,13 +88,18 @@ struct Recorded {
 /// A running collector stand-in; stops when dropped.
 pub struct Collector {
     address: SocketAddr,
+    http_address: Option<SocketAddr>,
     recorded: Arc<Mutex<Recorded>>,
     task: tokio::task::JoinHandle<()>,
+    http_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Collector {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(task) = &self.http_task {
+            task.abort();
+        }
     }
 }
 
@@ -99,31 +114,39 @@ impl Collector {
         let listener = tokio::net::TcpListener::bind(address).await?;
         let address = listener.local_addr()?;
         let recorded = Arc::new(Mutex::new(Recorded::default()));
-        let shared = recorded.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                // Go's TCP connections have Nagle off by default.
-                let _ = stream.set_nodelay(true);
-                let recorded = shared.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        let recorded = recorded.clone();
-                        async move { Ok::<_, Infallible>(serve(request, &recorded).await) }
-                    });
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let task = tokio::spawn(accept(listener, recorded.clone(), false));
         Ok(Collector {
             address,
+            http_address: None,
             recorded,
             task,
+            http_task: None,
         })
+    }
+
+    /// A collector on `ip` (a free gRPC port) that also serves OTLP/HTTP on `ip:http_port`:
+    /// collectors on different loopback addresses (127.0.0.2, 127.0.0.3, ...) share one
+    /// HTTP port, as a pool's pods do.
+    pub async fn start_at(ip: std::net::IpAddr, http_port: u16) -> std::io::Result<Collector> {
+        let mut collector = Self::start_on(SocketAddr::new(ip, 0)).await?;
+        let listener = tokio::net::TcpListener::bind(SocketAddr::new(ip, http_port)).await?;
+        collector.http_address = Some(listener.local_addr()?);
+        collector.http_task = Some(tokio::spawn(accept(
+            listener,
+            collector.recorded.clone(),
+            true,
+        )));
+        Ok(collector)
+    }
+
+    /// The OTLP/HTTP address, when it serves one.
+    pub fn http_address(&self) -> Option<String> {
+        self.http_address.map(|a| a.to_string())
+    }
+
+    /// Exports taken over HTTP, and how many of them were JSON.
+    pub fn http_exports(&self) -> (u64, u64) {
+        self.with(|r| (r.http_exports, r.json_exports))
     }
 
     pub fn address(&self) -> String {
@@ -171,6 +194,172 @@ impl Collector {
     pub fn reject_partially(&self, rejection: Option<(i64, &str)>) {
         self.with(|r| r.rejecting = rejection.map(|(n, m)| (n, m.to_string())));
     }
+}
+
+/// Serves the connections of `listener`: gRPC (HTTP/2), or OTLP/HTTP (HTTP/1.1 and
+/// HTTP/2) when `http`.
+async fn accept(listener: tokio::net::TcpListener, recorded: Arc<Mutex<Recorded>>, http: bool) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        // Go's TCP connections have Nagle off by default.
+        let _ = stream.set_nodelay(true);
+        let recorded = recorded.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let recorded = recorded.clone();
+                async move {
+                    Ok::<_, Infallible>(if http {
+                        serve_http(request, &recorded).await
+                    } else {
+                        serve(request, &recorded).await
+                    })
+                }
+            });
+            let io = TokioIo::new(stream);
+            if http {
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(io, service)
+                    .await;
+            } else {
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(io, service)
+                    .await;
+            }
+        });
+    }
+}
+
+fn http_answer(status: u16, content_type: &str, body: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)).boxed());
+    *response.status_mut() = http::StatusCode::from_u16(status).expect("a valid status");
+    response
+        .headers_mut()
+        .insert("content-type", content_type.parse().expect("a valid type"));
+    response
+}
+
+/// An OTLP/HTTP export, as the collector's `otlphttp.go` handles it.
+async fn serve_http(
+    request: Request<hyper::body::Incoming>,
+    recorded: &Mutex<Recorded>,
+) -> Response<Body> {
+    let path = request.uri().path().to_string();
+    let signal = match path.as_str() {
+        "/v1/traces" => TRACES,
+        "/v1/metrics" => METRICS,
+        "/v1/logs" => LOGS,
+        _ => return http_answer(404, "text/plain", b"404 page not found".to_vec()),
+    };
+    let refuse = |status: u16, message: String| {
+        recorded
+            .lock()
+            .expect("collector lock is never poisoned")
+            .refusals
+            .push((
+                path.clone(),
+                Status {
+                    code: 0,
+                    message: message.clone(),
+                    http: status,
+                },
+            ));
+        http_answer(status, "text/plain", message.into_bytes())
+    };
+    if request.method() != http::Method::POST {
+        return refuse(
+            405,
+            format!("{} method not allowed, supported: [POST]", request.method()),
+        );
+    }
+    let content_type = request
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let json = content_type.starts_with("application/json");
+    if !json && !content_type.starts_with("application/x-protobuf") {
+        return refuse(
+            415,
+            format!(
+                "{content_type} unsupported media type, supported: [application/json, application/x-protobuf]"
+            ),
+        );
+    }
+    let encoding = request
+        .headers()
+        .get("content-encoding")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let Ok(body) = request.into_body().collect().await else {
+        return refuse(400, "failed to read the request body".into());
+    };
+    let body = body.to_bytes();
+    let message = match encoding.as_deref() {
+        None | Some("identity") | Some("") => body.to_vec(),
+        Some("gzip") => {
+            let mut out = Vec::new();
+            if flate2::read::GzDecoder::new(&body[..])
+                .read_to_end(&mut out)
+                .is_err()
+            {
+                return refuse(400, "gzip: invalid header".into());
+            }
+            out
+        }
+        Some(other) => return refuse(400, format!("unsupported Content-Encoding: {other}")),
+    };
+    if json {
+        if serde_json::from_slice::<serde_json::Value>(&message).is_err() {
+            return refuse(400, "invalid JSON export".into());
+        }
+        let mut r = recorded.lock().expect("collector lock is never poisoned");
+        r.http_exports += 1;
+        r.json_exports += 1;
+        return http_answer(200, "application/json", b"{}".to_vec());
+    }
+    let read = match signal {
+        TRACES => read_traces(&message).map(Taken::Spans),
+        METRICS => read_metrics(&message).map(Taken::Metrics),
+        _ => read_logs(&message).map(Taken::Logs),
+    };
+    let taken = match read {
+        Ok(taken) => taken,
+        Err(reason) => return refuse(400, format!("proto: {reason}")),
+    };
+    let mut r = recorded.lock().expect("collector lock is never poisoned");
+    if let Some(status) = r.refusing.clone() {
+        // A retryable refusal is 503 over HTTP (`errors.GetHTTPStatusCodeFromStatus`).
+        let code = if status.code == crate::sink::grpc::UNAVAILABLE {
+            503
+        } else {
+            400
+        };
+        r.refusals.push((
+            path,
+            Status {
+                http: code,
+                ..status.clone()
+            },
+        ));
+        return http_answer(code, "text/plain", status.message.into_bytes());
+    }
+    r.exports += 1;
+    r.http_exports += 1;
+    match taken {
+        Taken::Spans(spans) => r.spans.extend(spans),
+        Taken::Metrics(resources) => r.metric_resources.extend(resources),
+        Taken::Logs(records) => r.log_records.extend(records),
+    }
+    let response = match &r.rejecting {
+        Some((count, message)) => Pb::new()
+            .msg(1, Pb::new().varint(1, *count as u64).str(2, message))
+            .done(),
+        None => Vec::new(),
+    };
+    http_answer(200, "application/x-protobuf", response)
 }
 
 fn status_answer(status: &Status) -> Response<Body> {

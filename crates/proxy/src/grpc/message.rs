@@ -44,7 +44,8 @@ pub fn single(body: &Bytes, encoding: Option<&str>, max_bytes: usize) -> Decoded
     }
 }
 
-fn gunzip(compressed: &[u8], max_bytes: usize) -> Decoded {
+/// `compressed` (a gzip member) inflated, within `max_bytes`.
+pub fn gunzip(compressed: &[u8], max_bytes: usize) -> Decoded {
     let mut out = Vec::with_capacity(compressed.len().saturating_mul(4).min(max_bytes + 1));
     let reader = flate2::read::GzDecoder::new(compressed);
     // One byte past the limit tells "at the limit" from "over it".

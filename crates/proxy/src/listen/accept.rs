@@ -1,5 +1,6 @@
-//! Accepting clients: gRPC over cleartext HTTP/2, at most `--max-connections` at once;
-//! each request goes to its method's policy.
+//! Accepting clients: gRPC over HTTP/2 (and HTTP/1.1 with `--upstream-http-port`), in
+//! cleartext or TLS, at most `--max-connections` at once; each request goes to its
+//! method's policy.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -7,6 +8,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::listen::calls::Calls;
+use crate::listen::http1;
+use crate::listen::sniff::{self, Spoken};
 
 use crate::h2::{self, Transport, frame};
 
@@ -88,6 +91,23 @@ pub async fn serve(
             }
         };
         match state.tls.clone() {
+            // HTTP/1.1 is served too: the first bytes say which.
+            None if state.http.is_some() => {
+                let (state, shutdown) = (state.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    match sniff::first_bytes(&stream, config.header_timeout).await {
+                        Spoken::Http2 => {
+                            let calls = Calls::new(state);
+                            let transport = Transport::Plain(stream);
+                            h2::serve(transport, calls, config, shutdown, closed).await;
+                        }
+                        Spoken::Http1 => {
+                            closed(http1::serve(stream, state, peer, false, shutdown).await);
+                        }
+                        Spoken::Closed => closed("client_closed"),
+                    }
+                });
+            }
             // The connection's future is the task: most of what an idle connection costs.
             None => {
                 let calls = Calls::new(state.clone());
@@ -106,6 +126,11 @@ pub async fn serve(
                     // Boxed: only during the handshake does a connection carry its state.
                     let handshake = Box::pin(tls.handshake(stream, config.header_timeout)).await;
                     let transport = match handshake {
+                        // The client chose HTTP/1.1 (offered with --upstream-http-port).
+                        Ok(stream) if stream.get_ref().1.alpn_protocol() == Some(b"http/1.1") => {
+                            closed(http1::serve(stream, state, peer, true, shutdown).await);
+                            return;
+                        }
                         Ok(stream) => {
                             let (tcp, connection) = stream.into_inner();
                             Transport::tls(tcp, connection)

@@ -96,6 +96,12 @@ impl Calls {
         end_stream: bool,
         link: &'a mut Link<'_>,
     ) -> Option<Wait<'a>> {
+        // With --upstream-http-port, HTTP/2 requests that are not gRPC are HTTP requests.
+        if self.state.http.is_some() && !is_grpc(&request) {
+            let kind = self.spawn_handler(id, request, None, end_stream);
+            self.streams.insert(id, kind);
+            return None;
+        }
         if let Some((status, code, message)) = grpc_request_error(&request) {
             let block = http_error_block(status, code, message);
             link.session
@@ -517,15 +523,7 @@ fn grpc_request_error(request: &Request<()>) -> Option<(StatusCode, Code, &'stat
             "skylift-proxy: gRPC calls use POST",
         ));
     }
-    let grpc_content = request
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.strip_prefix("application/grpc")
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']))
-        });
-    if !grpc_content {
+    if !is_grpc(request) {
         return Some((
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Code::Internal,
@@ -533,6 +531,18 @@ fn grpc_request_error(request: &Request<()>) -> Option<(StatusCode, Code, &'stat
         ));
     }
     None
+}
+
+/// Whether a request is a gRPC call: its content type is gRPC's.
+fn is_grpc<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.strip_prefix("application/grpc")
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']))
+        })
 }
 
 /// Answers an accepted report: status 200, an empty `Commands`, status OK.
@@ -589,6 +599,10 @@ pub(crate) async fn dispatch(
     method: Option<&'static protocol::Method>,
     request: Request<RequestBody>,
 ) -> http::Response<grpc::Body> {
+    if state.http.is_some() && !is_grpc(&request) {
+        let tls = state.tls.is_some();
+        return crate::listen::http::handle(&state, None, tls, request).await;
+    }
     let path = method.map(|m| m.path);
     if method.is_none()
         && let Some(affinity) = &state.otlp_affinity

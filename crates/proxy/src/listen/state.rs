@@ -14,6 +14,7 @@ use crate::queue::Queue;
 use crate::queue::journal::Journal;
 use crate::upstream::Pool;
 use crate::upstream::affinity::OtlpAffinity;
+use crate::upstream::http::HttpUpstreams;
 
 /// Limits of the inbound side.
 #[derive(Clone, Debug)]
@@ -55,6 +56,9 @@ pub struct Shared {
     pub federation: Option<Arc<Federation>>,
     /// How OTLP exports are routed by affinity (`--otlp-affinity`), if they are.
     pub otlp_affinity: Option<OtlpAffinity>,
+    /// HTTP requests (HTTP/1.1, and HTTP/2 ones that are not gRPC) and where they go
+    /// (`--upstream-http-port`), if they are served.
+    pub http: Option<HttpUpstreams>,
 }
 
 pub type State = Arc<Shared>;
@@ -87,6 +91,7 @@ impl Shared {
             turned_away,
             federation: None,
             otlp_affinity: None,
+            http: None,
         }
     }
 
@@ -100,6 +105,12 @@ impl Shared {
     /// The same, with OTLP exports routed by `affinity`.
     pub fn with_otlp_affinity(mut self, affinity: OtlpAffinity) -> Shared {
         self.otlp_affinity = Some(affinity);
+        self
+    }
+
+    /// The same, serving HTTP requests and forwarding them to the upstreams' `port`.
+    pub fn with_http(mut self, port: u16) -> Shared {
+        self.http = Some(HttpUpstreams::new(port));
         self
     }
 

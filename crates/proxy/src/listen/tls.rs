@@ -27,6 +27,8 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// Client certificates are required and must chain to this bundle.
     pub client_ca: Option<PathBuf>,
+    /// HTTP/1.1 is served beside HTTP/2 (ALPN `http/1.1` offered after `h2`).
+    pub http1: bool,
 }
 
 /// The server configuration the files make.
@@ -58,8 +60,12 @@ pub fn build(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_single_cert(chain, key)?;
-    // gRPC is HTTP/2 only.
+    // gRPC is HTTP/2 only; HTTP/1.1 clients are offered it when it is served. A client
+    // that offers neither gets HTTP/2, as before ALPN.
     config.alpn_protocols = vec![b"h2".to_vec()];
+    if files.http1 {
+        config.alpn_protocols.push(b"http/1.1".to_vec());
+    }
     Ok(Arc::new(config))
 }
 

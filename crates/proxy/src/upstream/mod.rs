@@ -8,6 +8,7 @@
 //!   delivered it;
 //! - [`forward`]: sync and unknown calls relayed to an upstream, tried on another on failure;
 //! - [`affinity`]: OTLP exports split and sent by trace ID or resource (`--otlp-affinity`);
+//! - [`http`]: HTTP requests forwarded to the upstreams' HTTP port, per request;
 //! - [`health`]: connections opened before data needs them, failed upstreams probed back;
 //! - [`pool`]: what they share: the upstream set, the balancer, the client;
 //! - [`client`]: the HTTP/2 client, more connections when one's streams saturate;
@@ -24,6 +25,7 @@ pub mod connector;
 pub mod delivery;
 pub(crate) mod forward;
 pub mod health;
+pub mod http;
 pub mod payload;
 pub mod pool;
 pub mod request;

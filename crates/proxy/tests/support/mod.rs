@@ -343,8 +343,14 @@ pub async fn mutual_tls_sink(
 }
 
 pub fn client() -> Client<HttpConnector, Full<Bytes>> {
-    // As gRPC clients do (grpc-go, grpc-java's Netty): no Nagle delay between a call's
-    // HEADERS and DATA.
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// A client with Nagle off, as gRPC's own clients have it (grpc-go, grpc-java's Netty):
+/// no 40 ms between a call's HEADERS and its DATA, for tests making many calls in turn.
+pub fn nodelay_client() -> Client<HttpConnector, Full<Bytes>> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     Client::builder(TokioExecutor::new())

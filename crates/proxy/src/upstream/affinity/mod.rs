@@ -15,6 +15,7 @@
 //! export request) is forwarded whole round-robin, as without affinity, and counted.
 
 pub(crate) mod grpc;
+pub(crate) mod http;
 
 use std::time::Instant;
 

@@ -1,0 +1,103 @@
+//! What becomes of an HTTP request that is not a gRPC call (`--upstream-http-port`), over
+//! HTTP/1.1 or HTTP/2: its body read whole within `--max-message-bytes` (413 beyond it),
+//! then an OTLP/HTTP export sent by affinity when `--otlp-affinity` is on, and anything
+//! else forwarded whole to the next upstream's HTTP port.
+
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+
+use crate::grpc::otlp::Signal;
+use crate::grpc::{Body, BoxError};
+use crate::listen::state::State;
+use crate::upstream::affinity;
+use crate::upstream::http::{forward_whole, plain};
+
+/// The OTLP/HTTP export paths and their signals.
+pub(crate) fn otlp_signal(path: &str) -> Option<Signal> {
+    match path {
+        "/v1/traces" => Some(Signal::Traces),
+        "/v1/metrics" => Some(Signal::Metrics),
+        "/v1/logs" => Some(Signal::Logs),
+        _ => None,
+    }
+}
+
+/// Answers one HTTP request from `peer` (over TLS when `tls`).
+pub(crate) async fn handle<B>(
+    state: &State,
+    peer: Option<IpAddr>,
+    tls: bool,
+    request: Request<B>,
+) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: Into<BoxError>,
+{
+    let response = answer(state, peer, tls, request).await;
+    state.metrics.http_answered(response.status());
+    response
+}
+
+async fn answer<B>(
+    state: &State,
+    peer: Option<IpAddr>,
+    tls: bool,
+    request: Request<B>,
+) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: Into<BoxError>,
+{
+    let Some(http) = &state.http else {
+        return plain(
+            StatusCode::NOT_FOUND,
+            "skylift-proxy: only gRPC is served here (no --upstream-http-port)",
+        );
+    };
+    let max = state.limits.max_message_bytes;
+    let declared = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    // Refused before the body is read (and before `100 Continue` is sent for it).
+    if declared.is_some_and(|length| length > max as u64) {
+        return too_large();
+    }
+    let (parts, body) = request.into_parts();
+    let body = match Limited::new(body, max).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Err(err) => {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                &format!("skylift-proxy: reading the request body: {err}"),
+            );
+        }
+    };
+    if let Some(affinity) = &state.otlp_affinity
+        && parts.method == Method::POST
+        && let Some(signal) = otlp_signal(parts.uri.path())
+    {
+        let export = affinity::http::Export {
+            pool: &state.pool,
+            http,
+            affinity,
+            signal,
+            peer,
+            tls,
+        };
+        return export.send(&parts, body).await;
+    }
+    forward_whole(&state.pool, http, &parts, body, peer, tls).await
+}
+
+fn too_large() -> Response<Body> {
+    plain(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "skylift-proxy: request body larger than --max-message-bytes",
+    )
+}
