@@ -166,6 +166,27 @@ fn refused_resources() -> Vec<(&'static str, Value, &'static str)> {
             "routing.hashHeader is required when routing.default is hash",
         ),
         (
+            "Proxy",
+            json!({"upstream": {"addresses": ["a:4317"]}, "listeners": {"http": {}}}),
+            "listeners.http.upstreamPort is required",
+        ),
+        (
+            "Proxy",
+            json!({"upstream": {"addresses": ["a:4317"]}, "listeners": {"http": {"upstreamPort": 4318}},
+                   "upstreamTls": {"secretName": "ca"}}),
+            "listeners.http cannot be combined with upstreamTls yet",
+        ),
+        (
+            "Satellite",
+            json!({"upstream": oap, "listeners": {"http": {}}, "upstreamTls": {"secretName": "ca"}}),
+            "listeners.http cannot be combined with upstreamTls yet",
+        ),
+        (
+            "Proxy",
+            json!({"upstream": {"addresses": ["a:4317"]}, "routing": {"otlp": {"logs": "byTrace"}}}),
+            "spec.routing.otlp.logs: Unsupported value: \"byTrace\"",
+        ),
+        (
             "UI",
             json!({"version": "10.2.0", "oap": {"oapServerRef": {"name": "oap"}, "url": "http://oap:12800"}}),
             "oap needs exactly one of oapServerRef or url",

@@ -375,6 +375,33 @@ pub struct UpstreamHealth {
     pub answer_timeout: Option<String>,
 }
 
+/// What a pool serves besides gRPC on its port.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Listeners {
+    /// Serve HTTP/1.1 (and HTTP/2 requests that are not gRPC) on the pool's port beside
+    /// gRPC, each request balanced on its own over the upstreams' HTTP port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpListener>,
+}
+
+/// HTTP beside gRPC.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpListener {
+    /// The upstreams' HTTP port requests are forwarded to (on each upstream's host).
+    /// Default for a Satellite: OAP's REST port 12800 (the browser agent's and OAP's HTTP
+    /// receivers); a Proxy must say (4318 for OpenTelemetry collectors' OTLP/HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub upstream_port: Option<i32>,
+    /// The Service port HTTP clients use (to the same pods' port as gRPC). Default: the
+    /// upstream port, so clients keep the port they know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub service_port: Option<i32>,
+}
+
 /// What a pool's proxies are hardened with; the same fields on `Satellite` and `Proxy`
 /// (flattened into their specs).
 #[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

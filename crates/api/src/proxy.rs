@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{PodTemplateOverrides, ServiceOptions, default_replicas};
 use crate::pool::{
-    Autoscaling, ConnectionLimit, Federation, PodSelectorUpstream, PoolHardening, PoolStatus,
-    QueueSpec,
+    Autoscaling, ConnectionLimit, Federation, Listeners, PodSelectorUpstream, PoolHardening,
+    PoolStatus, QueueSpec,
 };
 
 /// A pool of skylift-proxy replicas balancing every gRPC / HTTP/2 request over upstream
@@ -49,6 +49,8 @@ use crate::pool::{
 )]
 #[x_kube(validation = Rule::new("!has(self.autoscaling) || has(self.telemetry)").message("autoscaling needs telemetry: the autoscaler scales on the connection count the proxies report to OAP").reason(Reason::FieldValueRequired))]
 #[x_kube(validation = Rule::new("!has(self.autoscaling) || !has(self.connectionLimit) || self.autoscaling.targetConnectionsPerReplica <= self.connectionLimit.maxConnections").message("autoscaling.targetConnectionsPerReplica must not be greater than connectionLimit.maxConnections: a replica could never reach its target").reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new("!has(self.listeners) || !has(self.listeners.http) || has(self.listeners.http.upstreamPort)").message("listeners.http.upstreamPort is required: the upstreams' HTTP port (4318 for OpenTelemetry collectors' OTLP/HTTP)").reason(Reason::FieldValueRequired))]
+#[x_kube(validation = Rule::new("!has(self.listeners) || !has(self.listeners.http) || !has(self.upstreamTls)").message("listeners.http cannot be combined with upstreamTls yet: HTTP requests reach the upstreams in cleartext").reason(Reason::FieldValueForbidden))]
 #[serde(rename_all = "camelCase")]
 pub struct ProxySpec {
     /// Container image. Default: skylift's own image, which runs skylift-proxy.
@@ -71,6 +73,9 @@ pub struct ProxySpec {
     /// How requests are spread over the upstreams.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routing: Option<ProxyRouting>,
+    /// What the pool serves besides gRPC on its port (HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listeners: Option<Listeners>,
     /// Buffering of SkyWalking reports before they are sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<QueueSpec>,
@@ -131,6 +136,40 @@ pub struct ProxyRouting {
         regex(pattern = r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
     )]
     pub hash_header: Option<String>,
+    /// OTLP exports balanced by affinity rather than request by request (for pools of
+    /// OpenTelemetry collectors with tail sampling or other stateful processors): a trace
+    /// export is split by trace ID so every span of a trace reaches one collector, a
+    /// metrics export by a resource attribute. Over gRPC and, with `listeners.http`,
+    /// OTLP/HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<OtlpRouting>,
+}
+
+/// How OTLP exports are routed by affinity.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OtlpRouting {
+    /// The resource attribute whose value picks a metrics resource's collector (default
+    /// `service.name`: one service's series at one collector).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub metrics_attribute: Option<String>,
+    /// Logs: `roundRobin` (whole exports, default) or `traceID` (split by their records'
+    /// trace IDs, each trace's logs with its spans).
+    #[serde(default)]
+    pub logs: OtlpLogsRouting,
+}
+
+/// How OTLP logs are routed.
+#[derive(
+    schemars::JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize,
+)]
+pub enum OtlpLogsRouting {
+    #[default]
+    #[serde(rename = "roundRobin")]
+    RoundRobin,
+    #[serde(rename = "traceID")]
+    TraceId,
 }
 
 /// Per-request balancing policies of a Proxy.

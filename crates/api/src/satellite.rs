@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{PodTemplateOverrides, ServiceOptions, default_replicas};
 use crate::pool::{
-    Autoscaling, ConnectionLimit, Federation, PodSelectorUpstream, PoolHardening, PoolStatus,
-    QueueSpec,
+    Autoscaling, ConnectionLimit, Federation, Listeners, PodSelectorUpstream, PoolHardening,
+    PoolStatus, QueueSpec,
 };
 
 /// A pool of skylift-proxy replicas that SkyWalking agents and Envoy sidecars connect to;
@@ -48,6 +48,7 @@ use crate::pool::{
     )
 )]
 #[x_kube(validation = Rule::new("!has(self.autoscaling) || !has(self.connectionLimit) || self.autoscaling.targetConnectionsPerReplica <= self.connectionLimit.maxConnections").message("autoscaling.targetConnectionsPerReplica must not be greater than connectionLimit.maxConnections: a replica could never reach its target").reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new("!has(self.listeners) || !has(self.listeners.http) || !has(self.upstreamTls)").message("listeners.http cannot be combined with upstreamTls yet: HTTP requests reach OAP in cleartext").reason(Reason::FieldValueForbidden))]
 #[serde(rename_all = "camelCase")]
 pub struct SatelliteSpec {
     /// Container image. Default: skylift's own image, which runs skylift-proxy.
@@ -70,6 +71,10 @@ pub struct SatelliteSpec {
     /// How reports are spread over the OAP nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routing: Option<SatelliteRouting>,
+    /// What the pool serves besides gRPC on its port: HTTP, for the browser agent and
+    /// agents reporting to OAP's HTTP receivers (forwarded to OAP's REST port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listeners: Option<Listeners>,
     /// Buffering of reports before they are sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<QueueSpec>,

@@ -11,7 +11,8 @@ use k8s_openapi::api::autoscaling::v2::{
 };
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, EmptyDirVolumeSource, HTTPGetAction, KeyToPath, PodSpec, Probe,
-    ResourceRequirements, SecretVolumeSource, Service, ServiceAccount, Volume, VolumeMount,
+    ResourceRequirements, SecretVolumeSource, Service, ServiceAccount, ServicePort, Volume,
+    VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -22,8 +23,11 @@ use skylift_api::common::ServiceAddress;
 use skylift_api::constants::proxy_paths as path;
 use skylift_api::constants::{self, metrics, ports, upstreams};
 use skylift_api::duration;
-use skylift_api::pool::{Autoscaling, Federation, PoolHardening, QueueSpec, quantity_bytes};
-use skylift_api::proxy_args::{MeterRoutingArg, ProxyArgs, QueueArg, RoutingArg};
+use skylift_api::pool::{
+    Autoscaling, Federation, HttpListener, PoolHardening, QueueSpec, quantity_bytes,
+};
+use skylift_api::proxy::{OtlpLogsRouting, OtlpRouting};
+use skylift_api::proxy_args::{MeterRoutingArg, OtlpLogsArg, ProxyArgs, QueueArg, RoutingArg};
 use skylift_api::{PodTemplateOverrides, Proxy, Satellite, ServiceOptions, UpstreamEndpoints};
 
 use super::meta::{Labels, child_meta};
@@ -96,6 +100,28 @@ pub struct PoolView {
     pub hardening: PoolHardening,
     /// The federation pool copies of some reports also go to.
     pub federation: Option<Federation>,
+    /// HTTP served beside gRPC, and where it goes.
+    pub http: Option<HttpView>,
+    /// OTLP exports routed by affinity (a Proxy's `routing.otlp`).
+    pub otlp: Option<OtlpRouting>,
+}
+
+/// HTTP beside gRPC: the upstreams' HTTP port and the Service port clients use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpView {
+    pub upstream_port: i32,
+    pub service_port: i32,
+}
+
+impl HttpView {
+    /// `listener`'s ports, the upstream port defaulting to `default_upstream_port`.
+    fn of(listener: &HttpListener, default_upstream_port: Option<i32>) -> Option<HttpView> {
+        let upstream_port = listener.upstream_port.or(default_upstream_port)?;
+        Some(HttpView {
+            upstream_port,
+            service_port: listener.service_port.unwrap_or(upstream_port),
+        })
+    }
 }
 
 /// Where a Satellite's upstreams come from.
@@ -171,6 +197,12 @@ impl PoolView {
             pod_template: spec.pod_template.clone(),
             hardening: spec.hardening.clone(),
             federation: spec.federation.clone(),
+            http: spec
+                .listeners
+                .as_ref()
+                .and_then(|l| l.http.as_ref())
+                .and_then(|http| HttpView::of(http, Some(ports::OAP_HTTP))),
+            otlp: None,
         }
     }
 
@@ -202,6 +234,13 @@ impl PoolView {
             pod_template: spec.pod_template.clone(),
             hardening: spec.hardening.clone(),
             federation: spec.federation.clone(),
+            // The CRD requires a Proxy's upstream port.
+            http: spec
+                .listeners
+                .as_ref()
+                .and_then(|l| l.http.as_ref())
+                .and_then(|http| HttpView::of(http, None)),
+            otlp: spec.routing.as_ref().and_then(|r| r.otlp.clone()),
         }
     }
 }
@@ -293,6 +332,17 @@ impl PoolView {
         args.routing = self.routing;
         args.hash_header = self.hash_header.clone();
         args.meter_routing = self.meter_routing;
+        args.upstream_http_port = self.http.map(|http| port(http.upstream_port));
+        if let Some(otlp) = &self.otlp {
+            args.otlp_affinity = true;
+            if let Some(attribute) = &otlp.metrics_attribute {
+                args.otlp_metrics_attribute = attribute.clone();
+            }
+            args.otlp_logs_routing = match otlp.logs {
+                OtlpLogsRouting::RoundRobin => OtlpLogsArg::RoundRobin,
+                OtlpLogsRouting::TraceId => OtlpLogsArg::TraceId,
+            };
+        }
         self.set_hardening(&mut args);
         if let Some(federation) = &self.federation {
             self.set_federation(federation, &mut args);
@@ -584,14 +634,26 @@ pub fn build<K: Resource<DynamicType = ()>>(
         spec: Some(deployment_spec(pool.replicas, labels.selector(), template)),
         status: None,
     };
+    let mut service_ports = vec![
+        service_port("grpc", ports::GRPC),
+        service_port("admin", ports::ADMIN),
+    ];
+    if let Some(http) = pool.http {
+        // HTTP is served on the gRPC port; its own Service port keeps the port clients
+        // know (12800 for OAP's HTTP receivers, 4318 for OTLP/HTTP).
+        service_ports.push(ServicePort {
+            name: Some("http".into()),
+            port: http.service_port,
+            target_port: Some(IntOrString::String("grpc".into())),
+            protocol: Some("TCP".into()),
+            ..ServicePort::default()
+        });
+    }
     let service = service_for(
         meta(workload.clone()),
         pool.service.as_ref(),
         labels.selector(),
-        vec![
-            service_port("grpc", ports::GRPC),
-            service_port("admin", ports::ADMIN),
-        ],
+        service_ports,
     );
     let hpa =
         pool.autoscaling
@@ -873,6 +935,73 @@ mod tests {
         }));
         let pod = plain.deployment.spec.unwrap().template.spec.unwrap();
         assert!(pod.volumes.is_none() && pod.containers[0].volume_mounts.is_none());
+    }
+
+    #[test]
+    fn http_listeners_and_otlp_routing_become_flags_and_a_service_port() {
+        let http_port = |objects: &PoolObjects| {
+            objects
+                .service
+                .spec
+                .as_ref()
+                .unwrap()
+                .ports
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|p| p.name.as_deref() == Some("http"))
+                .map(|p| (p.port, p.target_port.clone()))
+        };
+        let parses = |args: Vec<String>| {
+            let parsed = <ProxyArgs as clap::Parser>::try_parse_from(
+                std::iter::once("skylift-proxy".to_string()).chain(args),
+            )
+            .unwrap();
+            assert_eq!(parsed.check(), Ok(()));
+            parsed
+        };
+        // A Satellite for the browser agent: OAP's REST port by default, on 12800.
+        let satellite = build_satellite(serde_json::json!({
+            "upstream": {"oapServerRef": {"name": "skywalking"}},
+            "listeners": {"http": {}},
+        }));
+        let parsed = parses(args(&satellite));
+        assert_eq!(parsed.upstream_http_port, Some(12800));
+        assert!(!parsed.otlp_affinity);
+        assert_eq!(
+            http_port(&satellite),
+            Some((12800, Some(IntOrString::String("grpc".into()))))
+        );
+        // Without listeners: gRPC only, no HTTP Service port.
+        let plain = build_satellite(serde_json::json!({
+            "upstream": {"oapServerRef": {"name": "skywalking"}},
+        }));
+        assert_eq!(parses(args(&plain)).upstream_http_port, None);
+        assert_eq!(http_port(&plain), None);
+        // A Proxy of collectors: OTLP/HTTP to 4318, clients on 80, traces by affinity.
+        let collectors = proxy(serde_json::json!({
+            "upstream": {"selector": {"matchLabels": {"app": "collector"}, "port": 4317}},
+            "listeners": {"http": {"upstreamPort": 4318, "servicePort": 80}},
+            "routing": {"otlp": {"metricsAttribute": "k8s.pod.name", "logs": "traceID"}},
+        }));
+        let objects = build(&collectors, &PoolView::from(&collectors), &endpoints());
+        let parsed = parses(args(&objects));
+        assert_eq!(parsed.upstream_http_port, Some(4318));
+        assert!(parsed.otlp_affinity);
+        assert_eq!(parsed.otlp_metrics_attribute, "k8s.pod.name");
+        assert_eq!(parsed.otlp_logs_routing, OtlpLogsArg::TraceId);
+        assert_eq!(http_port(&objects).map(|(port, _)| port), Some(80));
+        // routing.otlp alone: affinity over gRPC with the defaults.
+        let grpc_only = proxy(serde_json::json!({
+            "upstream": {"addresses": ["collector:4317"]},
+            "routing": {"otlp": {}},
+        }));
+        let objects = build(&grpc_only, &PoolView::from(&grpc_only), &endpoints());
+        let parsed = parses(args(&objects));
+        assert!(parsed.otlp_affinity);
+        assert_eq!(parsed.otlp_metrics_attribute, "service.name");
+        assert_eq!(parsed.otlp_logs_routing, OtlpLogsArg::RoundRobin);
+        assert_eq!(parsed.upstream_http_port, None);
     }
 
     #[test]
