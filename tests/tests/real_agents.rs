@@ -270,3 +270,121 @@ async fn python_agents_over_the_connection_limit_back_off_and_keep_their_memory(
         "the agent with the connection reports"
     );
 }
+
+/// The Python agent reporting over HTTP (`SW_AGENT_PROTOCOL=http`: OAP's REST receivers,
+/// one request per segment, heartbeat and log batch) and a browser agent's requests,
+/// through the proxy's HTTP side (`--upstream-http-port`) to two OAP nodes' HTTP ports:
+/// every report arrives, balanced per request over both nodes.
+#[tokio::test]
+async fn python_reports_over_http_and_browser_data_are_balanced_per_request() {
+    use skylift_testkit::oap_http::OapHttp;
+    const ORDERS: u64 = 30;
+    let python = installed(
+        "SKYLIFT_PYTHON_AGENT",
+        "target/python-agent/bin/python",
+        "hack/python-agent.sh (apache-skywalking==1.2.0)",
+    );
+    let scratch = Scratch::new("python-agent-http");
+    // Two OAP nodes on their own loopback addresses: gRPC (health checks) and HTTP on the
+    // one REST port they share, as OAP pods do.
+    let rest_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let mut nodes = Vec::new();
+    for ip in ["127.0.0.2", "127.0.0.3"] {
+        let grpc = Sink::start_keeping(format!("{ip}:0").parse().unwrap())
+            .await
+            .unwrap();
+        let http = OapHttp::start_on(format!("{ip}:{rest_port}").parse().unwrap())
+            .await
+            .unwrap();
+        nodes.push((grpc, http));
+    }
+    let (port, admin) = (free_port(), free_port());
+    let mut proxy = Command::new(binary("skylift-proxy"));
+    proxy
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .arg(format!(
+            "--upstream={},{}",
+            nodes[0].0.address(),
+            nodes[1].0.address()
+        ))
+        .arg(format!("--upstream-http-port={rest_port}"));
+    let _proxy = Process::spawn("skylift-proxy", proxy, scratch.path());
+    skylift_e2e::wait_ready("the proxy", &format!("127.0.0.1:{admin}")).await;
+
+    let mut app = Command::new(&python);
+    app.arg(repo_path("tests/python/instrumented_app.py"))
+        .args([&ORDERS.to_string(), "0", "3"])
+        .env(
+            "SW_AGENT_COLLECTOR_BACKEND_SERVICES",
+            format!("127.0.0.1:{port}"),
+        )
+        .env("SW_AGENT_PROTOCOL", "http")
+        .env("SW_AGENT_NAME", "storefront")
+        .env("SW_AGENT_INSTANCE_NAME", "storefront-1")
+        .env("SW_AGENT_COLLECTOR_HEARTBEAT_PERIOD", "1")
+        .env("SW_AGENT_METER_REPORTER_ACTIVE", "False")
+        .env("SW_AGENT_LOG_REPORTER_LEVEL", "WARNING");
+    let mut app = Process::spawn("python-http", app, scratch.path());
+    exited_ok(&mut app, Duration::from_secs(60)).await;
+
+    // A browser's reports (skywalking-client-js posts these as JSON).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::new();
+    for i in 0..10 {
+        let perf = serde_json::json!({"service": "web", "serviceVersion": "v1",
+            "pagePath": format!("/page/{i}"), "fmpTime": 120});
+        let errors = serde_json::json!([{"service": "web", "serviceVersion": "v1",
+            "pagePath": "/", "category": "js", "message": "boom"}]);
+        for (path, body) in [("/browser/perfData", perf), ("/browser/errorLogs", errors)] {
+            let response = client
+                .post(format!("http://127.0.0.1:{port}{path}"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "{path}");
+        }
+    }
+
+    let total = |path: &str, service: &str| -> (u64, Vec<u64>) {
+        let per: Vec<u64> = nodes
+            .iter()
+            .map(|(_, http)| http.reports(path).get(service).copied().unwrap_or(0))
+            .collect();
+        (per.iter().sum(), per)
+    };
+    let segments = wait_for(
+        "every segment over HTTP",
+        Duration::from_secs(10),
+        || async {
+            let (sum, per) = total("/v3/segment", "storefront");
+            (sum == ORDERS).then_some(per)
+        },
+    )
+    .await;
+    assert!(
+        segments.iter().all(|n| *n >= ORDERS / 4),
+        "segments balanced per request: {segments:?}"
+    );
+    let (logs, _) = total("/v3/logs", "storefront");
+    assert!(logs >= 1, "log batches arrived");
+    let (pings, _) = total("/v3/management/keepAlive", "storefront");
+    assert!(pings >= 2, "heartbeats arrived: {pings}");
+    let (perf, perf_per) = total("/browser/perfData", "web");
+    let (errors, errors_per) = total("/browser/errorLogs", "web");
+    assert_eq!((perf, errors), (10, 10));
+    // Taken in turns, the browser's twenty requests went ten to each node.
+    let per: Vec<u64> = perf_per
+        .iter()
+        .zip(&errors_per)
+        .map(|(a, b)| a + b)
+        .collect();
+    assert_eq!(per, [10, 10], "round-robin per request");
+    for (_, http) in &nodes {
+        assert!(http.refused().is_empty(), "{:?}", http.refused());
+    }
+}

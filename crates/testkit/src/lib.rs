@@ -16,6 +16,7 @@
 //! - [`http`]: a minimal HTTP GET for reading local endpoints in tests and load tools;
 //! - [`oap`]: an OAP cluster stand-in (reports counted, the meter pipeline, GraphQL),
 //!   also the binary `skylift-oap-standin`;
+//! - [`oap_http`]: an OAP node's HTTP port (REST receivers, the browser agent's paths);
 //! - [`pki`]: client certificates signed by a test CA;
 //! - [`cluster`]: a real control plane (etcd, kube-apiserver, kube-controller-manager from
 //!   `KUBEBUILDER_ASSETS`), the kubelet's part played by the test, network namespaces for
@@ -31,6 +32,7 @@ pub mod h2raw;
 pub mod hpa;
 pub mod http;
 pub mod oap;
+pub mod oap_http;
 pub mod pki;
 pub mod process;
 pub mod protobuf;
