@@ -69,6 +69,9 @@ pub struct Span {
 
 #[derive(Default)]
 struct Recorded {
+    /// Only count what is taken (for benchmarks): keep nothing.
+    counting: bool,
+    span_count: u64,
     spans: Vec<Span>,
     /// Each metrics resource's `service.name` and its data points.
     metric_resources: Vec<(Option<String>, u64)>,
@@ -128,7 +131,13 @@ impl Collector {
     /// collectors on different loopback addresses (127.0.0.2, 127.0.0.3, ...) share one
     /// HTTP port, as a pool's pods do.
     pub async fn start_at(ip: std::net::IpAddr, http_port: u16) -> std::io::Result<Collector> {
-        let mut collector = Self::start_on(SocketAddr::new(ip, 0)).await?;
+        Self::start_at_ports(SocketAddr::new(ip, 0), http_port).await
+    }
+
+    /// A collector on `address` that also serves OTLP/HTTP on its IP at `http_port`.
+    pub async fn start_at_ports(address: SocketAddr, http_port: u16) -> std::io::Result<Collector> {
+        let ip = address.ip();
+        let mut collector = Self::start_on(address).await?;
         let listener = tokio::net::TcpListener::bind(SocketAddr::new(ip, http_port)).await?;
         collector.http_address = Some(listener.local_addr()?);
         collector.http_task = Some(tokio::spawn(accept(
@@ -158,6 +167,16 @@ impl Collector {
             .recorded
             .lock()
             .expect("collector lock is never poisoned"))
+    }
+
+    /// Keep nothing from now on, only count (for benchmarks).
+    pub fn count_only(&self) {
+        self.with(|r| r.counting = true);
+    }
+
+    /// Spans taken (counted whether kept or not).
+    pub fn span_count(&self) -> u64 {
+        self.with(|r| r.span_count)
     }
 
     /// Every span taken, in arrival order.
@@ -346,13 +365,8 @@ async fn serve_http(
         ));
         return http_answer(code, "text/plain", status.message.into_bytes());
     }
-    r.exports += 1;
     r.http_exports += 1;
-    match taken {
-        Taken::Spans(spans) => r.spans.extend(spans),
-        Taken::Metrics(resources) => r.metric_resources.extend(resources),
-        Taken::Logs(records) => r.log_records.extend(records),
-    }
+    r.take(taken);
     let response = match &r.rejecting {
         Some((count, message)) => Pb::new()
             .msg(1, Pb::new().varint(1, *count as u64).str(2, message))
@@ -474,12 +488,7 @@ async fn serve(
         r.refusals.push((path, status.clone()));
         return status_answer(&status);
     }
-    r.exports += 1;
-    match taken {
-        Taken::Spans(spans) => r.spans.extend(spans),
-        Taken::Metrics(resources) => r.metric_resources.extend(resources),
-        Taken::Logs(records) => r.log_records.extend(records),
-    }
+    r.take(taken);
     let response = match &r.rejecting {
         // ExportTracePartialSuccess { rejected = 1; error_message = 2 } (all three signals).
         Some((count, message)) => Pb::new()
@@ -488,6 +497,24 @@ async fn serve(
         None => Vec::new(),
     };
     answer(response)
+}
+
+impl Recorded {
+    /// Records an export taken.
+    fn take(&mut self, taken: Taken) {
+        self.exports += 1;
+        if let Taken::Spans(spans) = &taken {
+            self.span_count += spans.len() as u64;
+        }
+        if self.counting {
+            return;
+        }
+        match taken {
+            Taken::Spans(spans) => self.spans.extend(spans),
+            Taken::Metrics(resources) => self.metric_resources.extend(resources),
+            Taken::Logs(records) => self.log_records.extend(records),
+        }
+    }
 }
 
 enum Taken {

@@ -116,26 +116,53 @@ fn mix(mut x: u64) -> u64 {
 /// Rendezvous hashing: the upstream with the highest score for `key`. Upstreams of weight 0
 /// are never chosen.
 pub(crate) fn rendezvous(key: &str, upstreams: &[Upstream]) -> Option<usize> {
-    rendezvous_bytes(key.as_bytes(), upstreams)
+    Rendezvous::new(upstreams).pick(key.as_bytes())
 }
 
-/// [`rendezvous`] for a key of bytes (a trace ID).
-pub(crate) fn rendezvous_bytes(key: &[u8], upstreams: &[Upstream]) -> Option<usize> {
-    let key_hash = stable_hash(key);
-    upstreams
-        .iter()
-        .enumerate()
-        .filter(|(_, u)| u.weight > 0)
-        .map(|(i, u)| {
-            (
-                mix(key_hash ^ stable_hash(u.address.as_bytes())),
-                i,
-                u.address.as_str(),
-            )
-        })
-        // Equal scores (practically never) fall to the smaller address, the same everywhere.
-        .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.2.cmp(a.2)))
-        .map(|(_, i, _)| i)
+/// Rendezvous hashing over one set of upstreams for many keys (the trace IDs of an
+/// export): each upstream's hash is computed once, not once per key.
+pub(crate) struct Rendezvous<'a> {
+    /// (address hash, index, address) of each upstream that may be chosen.
+    upstreams: Vec<(u64, usize, &'a str)>,
+}
+
+impl<'a> Rendezvous<'a> {
+    pub(crate) fn new(upstreams: &'a [Upstream]) -> Rendezvous<'a> {
+        Rendezvous {
+            upstreams: upstreams
+                .iter()
+                .enumerate()
+                .filter(|(_, u)| u.weight > 0)
+                .map(|(i, u)| (stable_hash(u.address.as_bytes()), i, u.address.as_str()))
+                .collect(),
+        }
+    }
+
+    /// The index of `key`'s upstream: the highest score; equal scores (practically never)
+    /// fall to the smaller address, the same everywhere.
+    pub(crate) fn pick(&self, key: &[u8]) -> Option<usize> {
+        self.pick_hashed(stable_hash(key))
+    }
+
+    /// [`Rendezvous::pick`] for a trace ID (random bytes already): hashed eight bytes at a
+    /// time, a few times cheaper than byte by byte, and as stable.
+    pub(crate) fn pick_trace(&self, trace_id: &[u8]) -> Option<usize> {
+        let mut hash: u64 = 0x9e37_79b9_7f4a_7c15 ^ trace_id.len() as u64;
+        for word in trace_id.chunks(8) {
+            let mut bytes = [0u8; 8];
+            bytes[..word.len()].copy_from_slice(word);
+            hash = mix(hash ^ u64::from_le_bytes(bytes));
+        }
+        self.pick_hashed(hash)
+    }
+
+    fn pick_hashed(&self, key_hash: u64) -> Option<usize> {
+        self.upstreams
+            .iter()
+            .map(|(hash, i, address)| (mix(key_hash ^ hash), *i, *address))
+            .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.2.cmp(a.2)))
+            .map(|(_, i, _)| i)
+    }
 }
 
 struct Remembered {
@@ -401,5 +428,41 @@ mod tests {
             "b was the least recently used"
         );
         assert!(state.entries.contains_key("a"));
+    }
+
+    #[test]
+    fn trace_ids_spread_evenly_and_a_new_upstream_takes_only_its_share() {
+        // Trace IDs as SDKs make them: 16 random bytes (here from a fixed generator).
+        let mut state = 0x1234_5678_9abc_def0_u64;
+        let ids: Vec<[u8; 16]> = (0..30_000)
+            .map(|_| {
+                let mut id = [0u8; 16];
+                for half in id.chunks_mut(8) {
+                    state = mix(state.wrapping_add(0x9e37_79b9_7f4a_7c15));
+                    half.copy_from_slice(&state.to_le_bytes());
+                }
+                id
+            })
+            .collect();
+        let three = upstreams(3);
+        let four = upstreams(4);
+        let before = Rendezvous::new(&three);
+        let after = Rendezvous::new(&four);
+        let mut counts = [0usize; 3];
+        let mut moved = 0;
+        for id in &ids {
+            let was = before.pick_trace(id).unwrap();
+            counts[was] += 1;
+            let now = after.pick_trace(id).unwrap();
+            if three[was].address != four[now].address {
+                assert_eq!(now, 3, "a trace moves only to the new upstream");
+                moved += 1;
+            }
+        }
+        for count in counts {
+            assert!((9_000..=11_000).contains(&count), "{counts:?}");
+        }
+        let share = moved as f64 / ids.len() as f64;
+        assert!((0.22..=0.28).contains(&share), "{share}");
     }
 }

@@ -56,20 +56,12 @@ pub fn gunzip(compressed: &[u8], max_bytes: usize) -> Decoded {
     }
 }
 
-/// `message` framed as an uncompressed gRPC message.
-pub fn frame(message: &[u8]) -> Bytes {
-    let mut framed = Vec::with_capacity(5 + message.len());
-    framed.push(0);
-    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    framed.extend_from_slice(message);
-    Bytes::from(framed)
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::Write;
 
     use super::*;
+    use crate::grpc::framing::frame;
 
     fn gzipped(message: &[u8]) -> Bytes {
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());

@@ -26,7 +26,7 @@
 //!   (the metrics and logs ones count `rejected_data_points` and `rejected_log_records`
 //!   the same way).
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use crate::grpc::wire::{self, WireError};
 
@@ -93,12 +93,29 @@ const REJECTED: u64 = 1;
 const ERROR_MESSAGE: u64 = 2;
 
 /// One part of a split export: the target it goes to, the export request carrying its
-/// share, and how many spans (or resources, for metrics) that is.
+/// share, and how many spans (data points, log records) that is.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Part {
     pub target: usize,
-    pub request: Vec<u8>,
+    /// The request framed as a gRPC message (a 5-byte header, uncompressed), written once:
+    /// each span's bytes are copied a single time, into the part they go to.
+    pub framed: Bytes,
     pub items: u64,
+}
+
+impl Part {
+    /// The export request alone (the body of an OTLP/HTTP export).
+    pub fn request(&self) -> Bytes {
+        self.framed.slice(5..)
+    }
+}
+
+/// A buffer for a message of `len` bytes, its gRPC frame header written.
+fn framed_buffer(len: usize) -> BytesMut {
+    let mut out = BytesMut::with_capacity(5 + len);
+    out.extend_from_slice(&[0]);
+    out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+    out
 }
 
 /// The spans of one scope that go to one target, in their order.
@@ -186,25 +203,47 @@ fn split_by_trace_id(
         }
         scope_headers.push(headers);
     }
+    // Sizes first, then each part written once into a buffer of its size.
+    let scope_len = |resource: usize, share: &ScopeShare| {
+        scope_headers[resource][share.scope].len()
+            + share
+                .spans
+                .iter()
+                .map(|span| wire::length_delimited_len(SPANS, span.len()))
+                .sum::<usize>()
+    };
+    let resource_len = |share: &ResourceShare| {
+        resource_headers[share.resource].len()
+            + share
+                .scopes
+                .iter()
+                .map(|scope| {
+                    wire::length_delimited_len(SCOPE_SPANS, scope_len(share.resource, scope))
+                })
+                .sum::<usize>()
+    };
     Ok(shares
         .into_iter()
         .map(|(target, resources, items)| {
-            let mut request = BytesMut::new();
-            for share in resources {
-                let mut resource = BytesMut::from(&resource_headers[share.resource][..]);
-                for scope_share in share.scopes {
-                    let header = &scope_headers[share.resource][scope_share.scope];
-                    let mut scope = BytesMut::from(&header[..]);
-                    for span in scope_share.spans {
-                        wire::put_length_delimited(&mut scope, SPANS, &[span]);
+            let total = resources
+                .iter()
+                .map(|share| wire::length_delimited_len(RESOURCE_SPANS, resource_len(share)))
+                .sum();
+            let mut out = framed_buffer(total);
+            for share in &resources {
+                wire::put_field_header(&mut out, RESOURCE_SPANS, resource_len(share));
+                out.extend_from_slice(&resource_headers[share.resource]);
+                for scope in &share.scopes {
+                    wire::put_field_header(&mut out, SCOPE_SPANS, scope_len(share.resource, scope));
+                    out.extend_from_slice(&scope_headers[share.resource][scope.scope]);
+                    for span in &scope.spans {
+                        wire::put_length_delimited(&mut out, SPANS, &[span]);
                     }
-                    wire::put_length_delimited(&mut resource, SCOPE_SPANS, &[&scope]);
                 }
-                wire::put_length_delimited(&mut request, RESOURCE_SPANS, &[&resource]);
             }
             Part {
                 target,
-                request: request.to_vec(),
+                framed: out.freeze(),
                 items,
             }
         })
@@ -248,21 +287,31 @@ pub fn split_metrics(
     key: &str,
     mut target: impl FnMut(Option<&str>) -> usize,
 ) -> Result<Vec<Part>, WireError> {
-    let mut parts: Vec<(usize, BytesMut, u64)> = Vec::new();
+    let mut parts: Vec<(usize, Vec<&[u8]>, u64)> = Vec::new();
     for resource_metrics in wire::values_of(request, RESOURCE_METRICS)? {
         let resource = wire::last_value(resource_metrics, RESOURCE)?.unwrap_or_default();
         let to = target(attribute(resource, key)?);
         let points = data_points(resource_metrics)?;
-        let (_, request, items) = share_of(&mut parts, to);
-        wire::put_length_delimited(request, RESOURCE_METRICS, &[resource_metrics]);
+        let (_, resources, items) = share_of(&mut parts, to);
+        resources.push(resource_metrics);
         *items += points;
     }
     Ok(parts
         .into_iter()
-        .map(|(target, request, items)| Part {
-            target,
-            request: request.to_vec(),
-            items,
+        .map(|(target, resources, items)| {
+            let total = resources
+                .iter()
+                .map(|r| wire::length_delimited_len(RESOURCE_METRICS, r.len()))
+                .sum();
+            let mut out = framed_buffer(total);
+            for resource_metrics in resources {
+                wire::put_length_delimited(&mut out, RESOURCE_METRICS, &[resource_metrics]);
+            }
+            Part {
+                target,
+                framed: out.freeze(),
+                items,
+            }
         })
         .collect())
 }
@@ -374,7 +423,7 @@ mod tests {
         assert_eq!(parts.iter().map(|p| p.items).sum::<u64>(), 8);
         let mut all = Vec::new();
         for part in &parts {
-            let spans = flatten(&part.request);
+            let spans = flatten(&part.request());
             assert_eq!(spans.len() as u64, part.items);
             for (_, _, span) in &spans {
                 let trace_id = wire::last_value(span, 1).unwrap().unwrap();
@@ -389,7 +438,7 @@ mod tests {
         assert_eq!(all, expected);
         // Trace 1's part: spans of both services, in their order.
         let first = parts.iter().find(|p| p.target == 1).unwrap();
-        let names: Vec<String> = flatten(&first.request)
+        let names: Vec<String> = flatten(&first.request())
             .iter()
             .map(|(_, _, span)| wire::string_field(span, 5).unwrap().unwrap().to_string())
             .collect();
@@ -401,7 +450,7 @@ mod tests {
         let original = request(&[resource("checkout", &[scope("http", &[span(1, "a")])])]);
         let parts = split_traces(&original, |_| 0).unwrap();
         assert_eq!(parts.len(), 1);
-        assert_eq!(flatten(&parts[0].request), flatten(&original));
+        assert_eq!(flatten(&parts[0].request()), flatten(&original));
         assert!(split_traces(&[0x0a, 0x05, 1], |_| 0).is_err());
         assert_eq!(split_traces(&[], |_| 0).unwrap(), Vec::new());
     }
@@ -451,7 +500,7 @@ mod tests {
         let items: Vec<(usize, u64)> = parts.iter().map(|p| (p.target, p.items)).collect();
         assert_eq!(items, [(0, 6), (1, 3), (2, 3)], "data points per part");
         assert_eq!(
-            wire::values_of(&parts[0].request, 1).unwrap(),
+            wire::values_of(&parts[0].request(), 1).unwrap(),
             [
                 metrics(Some("checkout")).as_slice(),
                 &metrics(Some("checkout"))
@@ -504,7 +553,7 @@ mod tests {
         .unwrap();
         let shape: Vec<(usize, u64)> = parts.iter().map(|p| (p.target, p.items)).collect();
         assert_eq!(shape, [(1, 1), (0, 1), (2, 1)]);
-        assert_eq!(flatten(&parts[1].request)[0].2, record(None, "b"));
+        assert_eq!(flatten(&parts[1].request())[0].2, record(None, "b"));
     }
 
     #[test]

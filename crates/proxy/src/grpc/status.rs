@@ -83,7 +83,7 @@ pub fn error(code: impl Into<u16>, message: &str) -> Response<Body> {
 /// trailers.
 pub(crate) fn answer(message: &[u8]) -> Response<Body> {
     let frames = [
-        Ok::<_, BoxError>(hyper::body::Frame::data(super::message::frame(message))),
+        Ok::<_, BoxError>(hyper::body::Frame::data(super::framing::frame(message))),
         Ok(hyper::body::Frame::trailers(status_headers(Code::Ok, ""))),
     ];
     let body = http_body_util::StreamBody::new(futures::stream::iter(frames));

@@ -46,11 +46,11 @@ fn spans(message: &[u8]) -> impl Iterator<Item = Result<Field<'_>, WireError>> {
         }
         let start = at;
         let step = (|| {
-            let key = varint(message, &mut at)?;
+            let key = fast_varint(message, &mut at)?;
             let (field, wire_type) = (key >> 3, key & 7);
             let value: &[u8] = match wire_type {
                 0 => {
-                    varint(message, &mut at)?;
+                    fast_varint(message, &mut at)?;
                     &[]
                 }
                 1 | 5 => {
@@ -62,7 +62,7 @@ fn spans(message: &[u8]) -> impl Iterator<Item = Result<Field<'_>, WireError>> {
                     &[]
                 }
                 2 => {
-                    let len = usize::try_from(varint(message, &mut at)?)
+                    let len = usize::try_from(fast_varint(message, &mut at)?)
                         .map_err(|_| WireError::Overrun { field })?;
                     let end = at
                         .checked_add(len)
@@ -148,7 +148,16 @@ fn fast_varint(bytes: &[u8], at: &mut usize) -> Result<u64, WireError> {
 
 /// The message without any occurrence of the given fields.
 pub(crate) fn without_fields(message: &[u8], numbers: &[u64]) -> Result<Vec<u8>, WireError> {
-    let mut out = Vec::with_capacity(message.len());
+    // Sized first: what is left may be most of the message (an Envoy message without its
+    // identifier) or a small part of it (an OTLP resource without its spans).
+    let mut kept = 0;
+    for field in spans(message) {
+        let field = field?;
+        if !numbers.contains(&field.number) {
+            kept += field.span.len();
+        }
+    }
+    let mut out = Vec::with_capacity(kept);
     for field in spans(message) {
         let field = field?;
         if !numbers.contains(&field.number) {
@@ -172,7 +181,14 @@ pub(crate) fn values_of(message: &[u8], number: u64) -> Result<Vec<&[u8]>, WireE
 
 /// The last value of length-delimited field `number` (protobuf's "last one wins").
 pub(crate) fn last_value(message: &[u8], number: u64) -> Result<Option<&[u8]>, WireError> {
-    Ok(values_of(message, number)?.pop())
+    let mut last = None;
+    for field in fields(message) {
+        let (field, value) = field?;
+        if field == number {
+            last = Some(value);
+        }
+    }
+    Ok(last)
 }
 
 /// The last value of varint field `number`, if present.
@@ -214,6 +230,13 @@ pub(crate) fn put_length_delimited(out: &mut bytes::BytesMut, number: u64, parts
     for part in parts {
         out.extend_from_slice(part);
     }
+}
+
+/// Appends the key and length of a length-delimited field `number` of `len` bytes (its
+/// value to follow).
+pub(crate) fn put_field_header(out: &mut bytes::BytesMut, number: u64, len: usize) {
+    put_varint(out, number << 3 | 2);
+    put_varint(out, len as u64);
 }
 
 fn put_varint(out: &mut bytes::BytesMut, mut value: u64) {

@@ -22,8 +22,10 @@ use crate::upstream::Pool;
 
 /// Longest a connection to an upstream's HTTP port may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Idle upstream connections kept per upstream, and for how long.
-const IDLE_PER_UPSTREAM: usize = 32;
+/// Idle upstream connections kept per upstream, and for how long. HTTP/1.1 carries one
+/// request at a time: as many connections as requests in flight to one upstream are
+/// kept for the next ones, or each burst would open (and close) connections anew.
+const IDLE_PER_UPSTREAM: usize = 1024;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The headers of one hop (RFC 9110 §7.6.1), never forwarded.

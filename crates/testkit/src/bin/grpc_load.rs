@@ -22,6 +22,12 @@ enum Mode {
     /// of about `--message-bytes`, each connection one instance as an agent is (a meter
     /// set's first MeterData names the service and instance, the routing key).
     Meters,
+    /// Unary OTLP `TraceService/Export` calls, each `--messages` spans of `--traces`
+    /// trace IDs (fresh ones call after call), about `--message-bytes` per span.
+    Otlp,
+    /// The same exports as OTLP/HTTP (`POST /v1/traces`, protobuf) over HTTP/1.1 with
+    /// keep-alive: `--connections` × `--concurrency` connections, one request at a time.
+    OtlpHttp,
     /// Open `--connections` HTTP/2 connections and hold them idle for `--seconds`.
     Idle,
 }
@@ -46,6 +52,152 @@ struct Args {
     /// Milliseconds each caller waits after each call (0: calls back to back).
     #[arg(long, default_value_t = 0)]
     pace_ms: u64,
+    /// With `otlp` modes: the trace IDs the spans of one export belong to.
+    #[arg(long, default_value_t = 20)]
+    traces: usize,
+}
+
+/// Distinct OTLP trace exports a caller rotates through.
+const OTLP_VARIANTS: u32 = 64;
+
+/// An `ExportTraceServiceRequest` of `spans` spans over `traces` trace IDs (unique to
+/// `seed`), each span about `size` bytes, in one resource and scope.
+fn otlp_export(seed: u32, spans: usize, traces: usize, size: usize) -> Bytes {
+    use skylift_testkit::protobuf::Pb;
+    let mut scope = Pb::new().msg(1, Pb::new().str(1, "skylift.bench"));
+    let padding = "x".repeat(size.saturating_sub(60));
+    for i in 0..spans {
+        let trace = (i % traces.max(1)) as u32;
+        let mut trace_id = seed.to_be_bytes().to_vec();
+        trace_id.extend_from_slice(&trace.to_be_bytes());
+        trace_id.extend_from_slice(&[0x5a; 8]);
+        scope = scope.msg(
+            2,
+            Pb::new()
+                .bytes(1, &trace_id)
+                .bytes(2, &(i as u64).to_be_bytes())
+                .str(5, "GET /checkout")
+                .varint(7, 1_700_000_000_000_000_000)
+                .varint(8, 1_700_000_000_001_000_000)
+                .str(9, &padding),
+        );
+    }
+    let resource = Pb::new().msg(
+        1,
+        Pb::new()
+            .str(1, "service.name")
+            .msg(2, Pb::new().str(1, "bench-service")),
+    );
+    Bytes::from(
+        Pb::new()
+            .msg(1, Pb::new().msg(1, resource).msg(2, scope))
+            .done(),
+    )
+}
+
+fn grpc_framed(message: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(5 + message.len());
+    out.extend_from_slice(&[0]);
+    out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    out.extend_from_slice(message);
+    out.freeze()
+}
+
+/// OTLP/HTTP exports over HTTP/1.1 keep-alive connections, one request at a time each.
+async fn otlp_http(args: &Args) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for caller in 0..args.connections * args.concurrency {
+        let exports: Vec<Bytes> = (0..OTLP_VARIANTS)
+            .map(|v| {
+                otlp_export(
+                    caller as u32 * OTLP_VARIANTS + v,
+                    args.messages,
+                    args.traces,
+                    args.message_bytes,
+                )
+            })
+            .collect();
+        let stream = tokio::net::TcpStream::connect(args.target).await?;
+        stream.set_nodelay(true)?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let target = args.target;
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut failures = 0u64;
+            let mut next = 0;
+            while Instant::now() < deadline {
+                let request = hyper::Request::post("/v1/traces")
+                    .header("host", target.to_string())
+                    .header("content-type", "application/x-protobuf")
+                    .body(Full::new(exports[next % exports.len()].clone()))
+                    .expect("a valid request");
+                next += 1;
+                let sent = Instant::now();
+                if sender.ready().await.is_err() {
+                    failures += 1;
+                    break;
+                }
+                let ok = match sender.send_request(request).await {
+                    Ok(response) => {
+                        let ok = response.status().is_success();
+                        ok && response.into_body().collect().await.is_ok()
+                    }
+                    Err(_) => false,
+                };
+                if ok {
+                    latencies.push(sent.elapsed());
+                } else {
+                    failures += 1;
+                }
+            }
+            (latencies, failures)
+        }));
+    }
+    report(args, "otlp-http", tasks, started).await
+}
+
+type CallerResult = (Vec<Duration>, u64);
+
+/// Prints the run's JSON line from the callers' latencies and failures.
+async fn report(
+    args: &Args,
+    mode: &str,
+    tasks: Vec<tokio::task::JoinHandle<CallerResult>>,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let per_call = match args.mode {
+        Mode::Unary => 1,
+        _ => args.messages,
+    };
+    let mut latencies = Vec::new();
+    let mut failures = 0;
+    for task in tasks {
+        let (l, f) = task.await?;
+        latencies.extend(l);
+        failures += f;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let calls = latencies.len();
+    println!(
+        "{}",
+        serde_json::json!({
+            "mode": mode,
+            "connections": args.connections,
+            "calls": calls,
+            "failed_calls": failures,
+            "messages": calls * per_call,
+            "seconds": elapsed,
+            "messages_per_second": (calls * per_call) as f64 / elapsed,
+            "p50_ms": percentile(&latencies, 0.50),
+            "p99_ms": percentile(&latencies, 0.99),
+        })
+    );
+    Ok(())
 }
 
 /// One framed `JVMMetricCollection` of about `size` bytes (JVMMetric entries added until
@@ -173,6 +325,11 @@ async fn main() -> anyhow::Result<()> {
             "/skywalking.v3.MeterReportService/collectBatch",
             args.messages,
         ),
+        Mode::Otlp => (
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            args.messages,
+        ),
+        Mode::OtlpHttp => return otlp_http(&args).await,
         Mode::Idle => return hold_idle(&args).await,
     };
     let payload = match args.mode {
@@ -185,9 +342,20 @@ async fn main() -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for connection in 0..args.connections {
         // Each connection an agent of its own, reporting its own instance's meters.
-        let payload = match args.mode {
-            Mode::Meters => meter_body(per_call, args.message_bytes, connection),
-            _ => payload.clone(),
+        let payloads: Vec<Bytes> = match args.mode {
+            Mode::Meters => vec![meter_body(per_call, args.message_bytes, connection)],
+            Mode::Otlp => (0..OTLP_VARIANTS)
+                .map(|v| {
+                    let seed = connection as u32 * OTLP_VARIANTS + v;
+                    grpc_framed(&otlp_export(
+                        seed,
+                        per_call,
+                        args.traces,
+                        args.message_bytes,
+                    ))
+                })
+                .collect(),
+            _ => vec![payload.clone()],
         };
         let stream = tokio::net::TcpStream::connect(args.target).await?;
         stream.set_nodelay(true)?;
@@ -197,18 +365,21 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
         tokio::spawn(connection);
-        for _ in 0..args.concurrency {
+        for caller in 0..args.concurrency {
             let mut sender = sender.clone();
-            let (payload, target) = (payload.clone(), args.target);
+            let (payloads, target) = (payloads.clone(), args.target);
             let pace = Duration::from_millis(args.pace_ms);
             tasks.push(tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut failures = 0u64;
+                let mut next = caller;
                 while Instant::now() < deadline {
+                    let payload = payloads[next % payloads.len()].clone();
+                    next += 1;
                     let request = hyper::Request::post(format!("http://{target}{path}"))
                         .header("content-type", "application/grpc")
                         .header("te", "trailers")
-                        .body(Full::new(payload.clone()))
+                        .body(Full::new(payload))
                         .expect("a valid request");
                     let sent = Instant::now();
                     if sender.ready().await.is_err() {
@@ -238,29 +409,6 @@ async fn main() -> anyhow::Result<()> {
             }));
         }
     }
-    let mut latencies = Vec::new();
-    let mut failures = 0;
-    for task in tasks {
-        let (l, f) = task.await?;
-        latencies.extend(l);
-        failures += f;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    latencies.sort();
-    let calls = latencies.len();
-    println!(
-        "{}",
-        serde_json::json!({
-            "mode": format!("{:?}", args.mode).to_lowercase(),
-            "connections": args.connections,
-            "calls": calls,
-            "failed_calls": failures,
-            "messages": calls * per_call,
-            "seconds": elapsed,
-            "messages_per_second": (calls * per_call) as f64 / elapsed,
-            "p50_ms": percentile(&latencies, 0.50),
-            "p99_ms": percentile(&latencies, 0.99),
-        })
-    );
-    Ok(())
+    let mode = format!("{:?}", args.mode).to_lowercase();
+    report(&args, &mode, tasks, started).await
 }

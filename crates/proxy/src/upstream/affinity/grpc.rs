@@ -54,7 +54,7 @@ pub(crate) async fn export(
     });
     let send = |upstream: String, part: Bytes| {
         let headers = &headers;
-        async move { send_part(pool, &upstream, path, headers, &part, deadline).await }
+        async move { send_part(pool, &upstream, path, headers, part, deadline).await }
     };
     match deliver(pool, affinity, signal, &message, send).await {
         Ok(tally) => match tally.outcome(signal) {
@@ -104,13 +104,13 @@ async fn send_part(
     upstream: &str,
     path: &str,
     headers: &HeaderMap,
-    part: &[u8],
+    framed: Bytes,
     deadline: tokio::time::Instant,
 ) -> Sent {
     let Ok(uri) = format!("http://{upstream}{path}").parse() else {
         return Sent::Unreachable(format!("cannot address upstream {upstream}"));
     };
-    let mut request = Request::new(upstream_body(message::frame(part)));
+    let mut request = Request::new(upstream_body(framed));
     *request.method_mut() = http::Method::POST;
     *request.uri_mut() = uri;
     *request.headers_mut() = headers.clone();

@@ -103,7 +103,8 @@ impl Export<'_> {
 
     /// Posts one part to `upstream`'s HTTP port and reads what it made of it.
     async fn send_part(&self, upstream: &str, parts: &http::request::Parts, part: Bytes) -> Sent {
-        let mut request = outgoing(parts, part, self.peer, self.tls);
+        // The part comes framed for gRPC; OTLP/HTTP posts the message alone.
+        let mut request = outgoing(parts, part.slice(5..), self.peer, self.tls);
         request.headers_mut().remove(header::CONTENT_ENCODING);
         request
             .headers_mut()

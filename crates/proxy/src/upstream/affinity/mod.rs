@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::balance::route::{Upstream, rendezvous_bytes};
+use crate::balance::route::{Rendezvous, Upstream};
 use crate::balance::upstream_set::untried;
 use crate::grpc::otlp::{self, Part, Signal};
 use crate::upstream::Pool;
@@ -173,19 +173,29 @@ fn split(
     candidates: &[Upstream],
     unkeyed: usize,
 ) -> Result<Vec<Part>, crate::grpc::wire::WireError> {
-    let by_key = |key: &[u8]| {
-        if key.is_empty() {
+    let rendezvous = Rendezvous::new(candidates);
+    let by_trace = |trace_id: &[u8]| {
+        if trace_id.is_empty() {
             unkeyed
         } else {
-            rendezvous_bytes(key, candidates).unwrap_or(unkeyed)
+            rendezvous.pick_trace(trace_id).unwrap_or(unkeyed)
+        }
+    };
+    let by_value = |value: &[u8]| {
+        if value.is_empty() {
+            unkeyed
+        } else {
+            rendezvous.pick(value).unwrap_or(unkeyed)
         }
     };
     match signal {
-        Signal::Traces => otlp::split_traces(message, by_key),
-        Signal::Logs if affinity.logs == LogsRouting::TraceId => otlp::split_logs(message, by_key),
+        Signal::Traces => otlp::split_traces(message, by_trace),
+        Signal::Logs if affinity.logs == LogsRouting::TraceId => {
+            otlp::split_logs(message, by_trace)
+        }
         Signal::Logs => otlp::split_logs(message, |_| unkeyed),
         Signal::Metrics => otlp::split_metrics(message, &affinity.metrics_attribute, |value| {
-            by_key(value.unwrap_or_default().as_bytes())
+            by_value(value.unwrap_or_default().as_bytes())
         }),
     }
 }
@@ -213,7 +223,8 @@ pub(crate) enum NotSplit {
     Malformed,
 }
 
-/// Sends `message`'s parts by affinity, each with `send` (upstream, part), all at once,
+/// Sends `message`'s parts by affinity, each with `send` (upstream, the part framed as a
+/// gRPC message: [`Part::framed`]), all at once,
 /// and the parts of collectors that could not be reached again over the others; the
 /// items' fate is counted in the proxy's metrics.
 pub(crate) async fn deliver<F, Fut>(
@@ -242,7 +253,7 @@ where
     for attempt in 1..=ROUNDS {
         let mut sends = Vec::with_capacity(round.len());
         for (upstream, part) in &round {
-            sends.push(send(upstream.clone(), Bytes::from(part.request.clone())));
+            sends.push(send(upstream.clone(), part.framed.clone()));
         }
         let results = futures::future::join_all(sends).await;
         let mut again: Vec<Part> = Vec::new();
@@ -267,7 +278,7 @@ where
         };
         for part in again {
             // Each part parsed once already; it parses again.
-            match split(affinity, signal, &part.request, &candidates, unkeyed) {
+            match split(affinity, signal, &part.request(), &candidates, unkeyed) {
                 Ok(parts) => round.extend(
                     parts
                         .into_iter()
