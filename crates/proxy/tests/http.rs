@@ -312,6 +312,26 @@ async fn http1_keep_alive_pipelining_chunked_bodies_and_expect_continue() {
     );
     assert_eq!(spans_taken(&collectors), 40, "nothing of it was sent");
 
+    // A body that stops arriving: 408 after --header-timeout, nothing sent.
+    let mut stream = TcpStream::connect(proxy.address).await.unwrap();
+    let mut buffered = Vec::new();
+    let body = trace_export(40..50, 0);
+    let request = post("/v1/traces", &body, "");
+    let started = std::time::Instant::now();
+    stream
+        .write_all(&request[..request.len() - body.len() / 2])
+        .await
+        .unwrap();
+    assert_eq!(
+        read_answer(&mut stream, &mut buffered)
+            .await
+            .unwrap()
+            .status,
+        408
+    );
+    assert!(started.elapsed() >= limits().header_timeout - Duration::from_millis(50));
+    assert_eq!(spans_taken(&collectors), 40);
+
     // Not HTTP: 400.
     let mut stream = TcpStream::connect(proxy.address).await.unwrap();
     let mut buffered = Vec::new();
@@ -329,10 +349,10 @@ async fn http1_keep_alive_pipelining_chunked_bodies_and_expect_continue() {
         metrics.contains("skylift_proxy_http_requests_total{code=\"2xx\"} 4"),
         "{metrics}"
     );
-    // The two 413s; hyper answers the 400 itself, and the connection counts as closed for
-    // a protocol error.
+    // The two 413s and the 408; hyper answers the 400 itself, and the connection counts as
+    // closed for a protocol error.
     assert!(
-        metrics.contains("skylift_proxy_http_requests_total{code=\"4xx\"} 2"),
+        metrics.contains("skylift_proxy_http_requests_total{code=\"4xx\"} 3"),
         "{metrics}"
     );
     eventually("the malformed connection closed", || {
