@@ -80,15 +80,7 @@ for name in "${!port[@]}"; do
 done
 sleep 1
 
-cpu_of() { # utime + stime in seconds, summed over the given pids
-  local total=0
-  for p in "$@"; do
-    read -r ut st < <(awk '{print $14, $15}' "/proc/$p/stat")
-    total=$((total + ut + st))
-  done
-  python3 -c "print($total / $(getconf CLK_TCK))"
-}
-nginx_pids() { pgrep -P "$(cat "$work/nginx.pid")" | tr '\n' ' '; cat "$work/nginx.pid"; }
+source hack/lib/bench.sh
 delivered() { # "spans exports refused" over the three collectors
   python3 - "$grpc" "${collectors[@]}" <<'PY'
 import json, sys, urllib.request
@@ -99,16 +91,6 @@ for ip in ips:
     total = [total[0] + c["spans"], total[1] + c["exports"], total[2] + c["refused"]]
 print(*total)
 PY
-}
-settled() {
-  local last now
-  last=$(delivered)
-  for _ in $(seq 100); do
-    sleep 0.3; now=$(delivered)
-    [[ $now == "$last" ]] && break
-    last=$now
-  done
-  echo "$now"
 }
 
 results="$work/results.txt"

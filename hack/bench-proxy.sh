@@ -147,15 +147,7 @@ taskset -c 0 haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
 haproxy_pid=$!; pids+=("$haproxy_pid")
 sleep 1
 
-cpu_of() { # utime + stime in seconds, summed over the given pids
-  local total=0
-  for pid in "$@"; do
-    read -r ut st < <(awk '{print $14, $15}' "/proc/$pid/stat")
-    total=$((total + ut + st))
-  done
-  python3 -c "print($total / $(getconf CLK_TCK))"
-}
-nginx_pids() { pgrep -P "$(cat "$work/nginx.pid")" | tr '\n' ' '; cat "$work/nginx.pid"; }
+source hack/lib/bench.sh
 # Messages and calls the two doubles accepted so far: "messages calls refused".
 delivered() {
   python3 - "$sink_a" "$sink_b" <<'PY'
@@ -166,18 +158,6 @@ for port in sys.argv[1:]:
     total = [total[0] + c["messages"], total[1] + c["calls"], total[2] + c["refused"]]
 print(*total)
 PY
-}
-# Waits until the doubles' counts stop moving (what was acknowledged has been forwarded).
-settled() {
-  local last now
-  last=$(delivered)
-  for _ in $(seq 100); do
-    sleep 0.3
-    now=$(delivered)
-    [[ $now == "$last" ]] && break
-    last=$now
-  done
-  echo "$now"
 }
 
 results="$work/results.txt"

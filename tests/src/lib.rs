@@ -168,6 +168,15 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// A port free on loopback address `ip` (127.0.0.2, ...): upstream stand-ins on different
+/// loopback addresses share one port, as a pool's pods do.
+pub fn free_port_on(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
+}
+
 /// A scratch directory removed when dropped.
 pub struct Scratch(PathBuf);
 

@@ -287,10 +287,7 @@ async fn python_reports_over_http_and_browser_data_are_balanced_per_request() {
     let scratch = Scratch::new("python-agent-http");
     // Two OAP nodes on their own loopback addresses: gRPC (health checks) and HTTP on the
     // one REST port they share, as OAP pods do.
-    let rest_port = {
-        let listener = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let rest_port = skylift_e2e::free_port_on("127.0.0.2");
     let mut nodes = Vec::new();
     for ip in ["127.0.0.2", "127.0.0.3"] {
         let grpc = Sink::start_keeping(format!("{ip}:0").parse().unwrap())

@@ -217,10 +217,7 @@ async fn the_python_sdks_http_exports_are_whole_at_one_collector_with_otlp_affin
         "hack/python-otel.sh (opentelemetry-sdk 1.45)",
     );
     let scratch = Scratch::new("python-otel-http");
-    let http_port = {
-        let listener = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let http_port = skylift_e2e::free_port_on("127.0.0.2");
     let mut collectors = Vec::new();
     for i in 2..5 {
         let ip = format!("127.0.0.{i}").parse().unwrap();

@@ -185,6 +185,14 @@ async fn read_answer(stream: &mut TcpStream, buffered: &mut Vec<u8>) -> Option<A
     })
 }
 
+/// The status of the next answer on `stream`.
+async fn status_of(stream: &mut TcpStream, buffered: &mut Vec<u8>) -> u16 {
+    read_answer(stream, buffered)
+        .await
+        .expect("an answer, not a closed connection")
+        .status
+}
+
 async fn fill(stream: &mut TcpStream, buffered: &mut Vec<u8>) {
     let mut chunk = [0u8; 4096];
     let n = stream.read(&mut chunk).await.unwrap();
@@ -200,6 +208,14 @@ fn post(path: &str, body: &[u8], extra: &str) -> Vec<u8> {
     .into_bytes();
     request.extend_from_slice(body);
     request
+}
+
+/// hyper's pooled HTTP/1.1 client.
+fn http1_client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+> {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
 }
 
 fn spans_taken(collectors: &[Collector]) -> usize {
@@ -241,13 +257,7 @@ async fn http1_keep_alive_pipelining_chunked_bodies_and_expect_continue() {
     }
     chunked.extend_from_slice(b"0\r\n\r\n");
     stream.write_all(&chunked).await.unwrap();
-    assert_eq!(
-        read_answer(&mut stream, &mut buffered)
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!(status_of(&mut stream, &mut buffered).await, 200);
     assert_eq!(spans_taken(&collectors), 30);
 
     // Expect: 100-continue: the proxy asks for the body, then answers.
@@ -255,21 +265,9 @@ async fn http1_keep_alive_pipelining_chunked_bodies_and_expect_continue() {
     let request = post("/v1/traces", &body, "Expect: 100-continue\r\n");
     let head_len = request.len() - body.len();
     stream.write_all(&request[..head_len]).await.unwrap();
-    assert_eq!(
-        read_answer(&mut stream, &mut buffered)
-            .await
-            .unwrap()
-            .status,
-        100
-    );
+    assert_eq!(status_of(&mut stream, &mut buffered).await, 100);
     stream.write_all(&body).await.unwrap();
-    assert_eq!(
-        read_answer(&mut stream, &mut buffered)
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!(status_of(&mut stream, &mut buffered).await, 200);
     assert_eq!(spans_taken(&collectors), 40);
 
     // Too large: 413 without asking for the body.
@@ -278,13 +276,7 @@ async fn http1_keep_alive_pipelining_chunked_bodies_and_expect_continue() {
         limits().max_message_bytes + 1
     );
     stream.write_all(huge.as_bytes()).await.unwrap();
-    assert_eq!(
-        read_answer(&mut stream, &mut buffered)
-            .await
-            .unwrap()
-            .status,
-        413
-    );
+    assert_eq!(status_of(&mut stream, &mut buffered).await, 413);
 
     // A chunked body that grows past the limit: 413 too.
     let mut stream = TcpStream::connect(proxy.address).await.unwrap();
@@ -303,13 +295,7 @@ async fn http1_keep_alive_pipelining_chunked_bodies_and_expect_continue() {
         }
     }
     let _ = stream.write_all(b"0\r\n\r\n").await;
-    assert_eq!(
-        read_answer(&mut stream, &mut buffered)
-            .await
-            .unwrap()
-            .status,
-        413
-    );
+    assert_eq!(status_of(&mut stream, &mut buffered).await, 413);
     assert_eq!(spans_taken(&collectors), 40, "nothing of it was sent");
 
     // A body that stops arriving: 408 after --header-timeout, nothing sent.
@@ -322,13 +308,7 @@ async fn http1_keep_alive_pipelining_chunked_bodies_and_expect_continue() {
         .write_all(&request[..request.len() - body.len() / 2])
         .await
         .unwrap();
-    assert_eq!(
-        read_answer(&mut stream, &mut buffered)
-            .await
-            .unwrap()
-            .status,
-        408
-    );
+    assert_eq!(status_of(&mut stream, &mut buffered).await, 408);
     assert!(started.elapsed() >= limits().header_timeout - Duration::from_millis(50));
     assert_eq!(spans_taken(&collectors), 40);
 
@@ -336,13 +316,7 @@ async fn http1_keep_alive_pipelining_chunked_bodies_and_expect_continue() {
     let mut stream = TcpStream::connect(proxy.address).await.unwrap();
     let mut buffered = Vec::new();
     stream.write_all(b"HELLO THERE\r\n\r\n").await.unwrap();
-    assert_eq!(
-        read_answer(&mut stream, &mut buffered)
-            .await
-            .unwrap()
-            .status,
-        400
-    );
+    assert_eq!(status_of(&mut stream, &mut buffered).await, 400);
 
     let metrics = proxy.state.metrics.encode();
     assert!(
@@ -370,8 +344,7 @@ async fn otlp_http_exports_are_split_by_trace_id_and_other_requests_go_round_rob
     let port = shared_http_port();
     let collectors = collectors(3, port).await;
     let proxy = http_proxy(&collectors, port, true, limits(), None).await;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
+    let client = http1_client();
     let send = |body: Vec<u8>, path: &str, headers: &[(&str, &str)]| {
         let mut request = http::Request::post(format!("http://{}{path}", proxy.address))
             .header("content-type", "application/x-protobuf");
@@ -475,8 +448,7 @@ async fn a_collector_that_cannot_be_reached_over_http_is_skipped_and_ejected() {
         |state| state.with_http(port),
     )
     .await;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
+    let client = http1_client();
     for _ in 0..6 {
         let request = http::Request::post(format!("http://{}/v1/traces", proxy.address))
             .header("content-type", "application/x-protobuf")
@@ -507,10 +479,7 @@ async fn http1_connections_count_against_the_connection_limit_and_drain() {
         .write_all(&post("/v1/traces", &trace_export(0..3, 0), ""))
         .await
         .unwrap();
-    assert_eq!(
-        read_answer(&mut first, &mut buffered).await.unwrap().status,
-        200
-    );
+    assert_eq!(status_of(&mut first, &mut buffered).await, 200);
     // The second connection is over the limit: closed without an answer.
     let mut second = TcpStream::connect(proxy.address).await.unwrap();
     let _ = second
@@ -667,13 +636,7 @@ async fn an_idle_kept_alive_connection_closes_after_the_header_timeout() {
         .write_all(&post("/v1/traces", &trace_export(0..3, 0), ""))
         .await
         .unwrap();
-    assert_eq!(
-        read_answer(&mut stream, &mut buffered)
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!(status_of(&mut stream, &mut buffered).await, 200);
     let idle = std::time::Instant::now();
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;

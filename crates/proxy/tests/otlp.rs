@@ -101,6 +101,17 @@ async fn proxy_for(collectors: Vec<String>, logs: LogsRouting) -> Proxy {
     .await
 }
 
+/// `count` collectors and a proxy with affinity in front of them (logs round-robin).
+async fn pool_of_collectors(count: usize) -> (Vec<Collector>, Proxy) {
+    let mut collectors = Vec::new();
+    for _ in 0..count {
+        collectors.push(Collector::start().await.unwrap());
+    }
+    let addresses = collectors.iter().map(Collector::address).collect();
+    let proxy = proxy_for(addresses, LogsRouting::RoundRobin).await;
+    (collectors, proxy)
+}
+
 /// What the answer's partial success says: (rejected, message).
 fn partial_success(answer: &Bytes) -> (u64, String) {
     if answer.len() <= 5 {
@@ -129,6 +140,24 @@ async fn export(proxy: &Proxy, path: &str, message: &[u8]) -> (u16, (u64, String
         .map(|v| v.to_str().unwrap().to_string())
         .unwrap_or_default();
     (status, partial_success(&answer), said)
+}
+
+/// `message` exported gzip-compressed (flag 1, `grpc-encoding: gzip`).
+async fn export_gzipped(proxy: &Proxy, message: &[u8]) -> (u16, Bytes, http::HeaderMap) {
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gzip.write_all(message).unwrap();
+    let compressed = gzip.finish().unwrap();
+    let mut body = vec![1];
+    body.extend_from_slice(&(compressed.len() as u32).to_be_bytes());
+    body.extend_from_slice(&compressed);
+    call(
+        &nodelay_client(),
+        proxy.address,
+        collector::TRACES,
+        body.into(),
+        &[("grpc-encoding", "gzip")],
+    )
+    .await
 }
 
 /// The collectors each trace's spans reached, by trace ID.
@@ -172,16 +201,7 @@ fn interleaved_exports(traces: u32) -> Vec<Vec<u8>> {
 
 #[tokio::test]
 async fn every_span_of_a_trace_reaches_one_collector_and_traces_spread() {
-    let collectors = [
-        Collector::start().await.unwrap(),
-        Collector::start().await.unwrap(),
-        Collector::start().await.unwrap(),
-    ];
-    let proxy = proxy_for(
-        collectors.iter().map(Collector::address).collect(),
-        LogsRouting::RoundRobin,
-    )
-    .await;
+    let (collectors, proxy) = pool_of_collectors(3).await;
     let exports = interleaved_exports(400);
     for message in &exports {
         let (status, partial, said) = export(&proxy, collector::TRACES, message).await;
@@ -289,16 +309,7 @@ async fn a_fourth_collector_takes_about_a_quarter_of_the_traces_and_no_other_mov
 
 #[tokio::test]
 async fn a_collector_refusing_its_part_is_a_partial_success_and_the_rest_is_kept() {
-    let collectors = [
-        Collector::start().await.unwrap(),
-        Collector::start().await.unwrap(),
-        Collector::start().await.unwrap(),
-    ];
-    let proxy = proxy_for(
-        collectors.iter().map(Collector::address).collect(),
-        LogsRouting::RoundRobin,
-    )
-    .await;
+    let (collectors, proxy) = pool_of_collectors(3).await;
     collectors[1].refuse_with(Some(Status::new(
         14,
         "data refused due to high memory usage",
@@ -480,15 +491,7 @@ async fn a_services_metrics_reach_one_collector_and_logs_follow_their_routing() 
 
 #[tokio::test]
 async fn exports_that_cannot_be_taken_apart_go_whole_and_are_counted() {
-    let collectors = [
-        Collector::start().await.unwrap(),
-        Collector::start().await.unwrap(),
-    ];
-    let proxy = proxy_for(
-        collectors.iter().map(Collector::address).collect(),
-        LogsRouting::RoundRobin,
-    )
-    .await;
+    let (collectors, proxy) = pool_of_collectors(2).await;
     // Not protobuf: the collector says so, the proxy counts it.
     let (status, _, said) = export(&proxy, collector::TRACES, &[0x0a, 0x7f, 1, 2]).await;
     assert_eq!(status, 13, "{said}");
@@ -502,40 +505,14 @@ async fn exports_that_cannot_be_taken_apart_go_whole_and_are_counted() {
     );
     // gzip is read (and each part sent plain).
     let message = trace_export(&[("checkout", (0..20).map(|t| span(t, 0)).collect())]);
-    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gzip.write_all(&message).unwrap();
-    let compressed = gzip.finish().unwrap();
-    let mut body = vec![1];
-    body.extend_from_slice(&(compressed.len() as u32).to_be_bytes());
-    body.extend_from_slice(&compressed);
-    let (status, _, trailers) = call(
-        &nodelay_client(),
-        proxy.address,
-        collector::TRACES,
-        body.into(),
-        &[("grpc-encoding", "gzip")],
-    )
-    .await;
+    let (status, _, trailers) = export_gzipped(&proxy, &message).await;
     assert_eq!(status, 0, "{trailers:?}");
     let spans: usize = collectors.iter().map(|c| c.spans().len()).sum();
     assert_eq!(spans, 20);
     let exports_before: u64 = collectors.iter().map(Collector::exports).sum();
     // A gzip bomb: over the limit once inflated, refused before anything is sent.
-    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    gzip.write_all(&vec![0u8; limits().max_message_bytes + 1])
-        .unwrap();
-    let compressed = gzip.finish().unwrap();
-    let mut body = vec![1];
-    body.extend_from_slice(&(compressed.len() as u32).to_be_bytes());
-    body.extend_from_slice(&compressed);
-    let (status, _, _) = call(
-        &nodelay_client(),
-        proxy.address,
-        collector::TRACES,
-        body.into(),
-        &[("grpc-encoding", "gzip")],
-    )
-    .await;
+    let bomb = vec![0u8; limits().max_message_bytes + 1];
+    let (status, _, _) = export_gzipped(&proxy, &bomb).await;
     assert_eq!(status, 8, "RESOURCE_EXHAUSTED");
     let exports: u64 = collectors.iter().map(Collector::exports).sum();
     assert_eq!(exports, exports_before, "the bomb reached no collector");

@@ -45,8 +45,8 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::protobuf::{self, Malformed, Pb};
-use crate::sink::Status;
 use crate::sink::grpc::{INTERNAL, RESOURCE_EXHAUSTED, UNIMPLEMENTED};
+use crate::sink::{Status, status_answer};
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
@@ -318,16 +318,10 @@ async fn serve_http(
     let body = body.to_bytes();
     let message = match encoding.as_deref() {
         None | Some("identity") | Some("") => body.to_vec(),
-        Some("gzip") => {
-            let mut out = Vec::new();
-            if flate2::read::GzDecoder::new(&body[..])
-                .read_to_end(&mut out)
-                .is_err()
-            {
-                return refuse(400, "gzip: invalid header".into());
-            }
-            out
-        }
+        Some("gzip") => match gunzip(&body) {
+            Ok(out) => out,
+            Err(_) => return refuse(400, "gzip: invalid header".into()),
+        },
         Some(other) => return refuse(400, format!("unsupported Content-Encoding: {other}")),
     };
     if json {
@@ -374,19 +368,6 @@ async fn serve_http(
         None => Vec::new(),
     };
     http_answer(200, "application/x-protobuf", response)
-}
-
-fn status_answer(status: &Status) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::new()).boxed());
-    *response.status_mut() =
-        http::StatusCode::from_u16(status.http).unwrap_or(http::StatusCode::OK);
-    let headers = response.headers_mut();
-    headers.insert("content-type", "application/grpc".parse().expect("static"));
-    headers.insert("grpc-status", status.code.into());
-    if let Ok(value) = status.message.parse() {
-        headers.insert("grpc-message", value);
-    }
-    response
 }
 
 fn answer(message: Vec<u8>) -> Response<Body> {
@@ -550,16 +531,12 @@ fn deframe(body: &[u8], encoding: Option<&str>) -> Result<Vec<u8>, Status> {
                 "grpc: compressed flag set with identity or empty encoding",
             )),
             Some("gzip") => {
-                let mut out = Vec::new();
-                flate2::read::GzDecoder::new(message)
-                    .take(MAX_RECEIVE_BYTES as u64 + 1)
-                    .read_to_end(&mut out)
-                    .map_err(|e| {
-                        Status::new(
-                            INTERNAL,
-                            format!("grpc: failed to decompress the received message: {e}"),
-                        )
-                    })?;
+                let out = gunzip(message).map_err(|e| {
+                    Status::new(
+                        INTERNAL,
+                        format!("grpc: failed to decompress the received message: {e}"),
+                    )
+                })?;
                 if out.len() > MAX_RECEIVE_BYTES {
                     return Err(Status::new(
                         RESOURCE_EXHAUSTED,
@@ -581,6 +558,16 @@ fn deframe(body: &[u8], encoding: Option<&str>) -> Result<Vec<u8>, Status> {
             format!("grpc: received unexpected payload format {flag}"),
         )),
     }
+}
+
+/// A gzip member inflated, to one byte past the largest message received (enough to tell
+/// it is too large).
+fn gunzip(compressed: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(compressed)
+        .take(MAX_RECEIVE_BYTES as u64 + 1)
+        .read_to_end(&mut out)?;
+    Ok(out)
 }
 
 /// An ID field: empty, or exactly `size` bytes (pdata's `TraceID`/`SpanID`).

@@ -101,7 +101,8 @@ fn trailers_only(status: u16, message: &str) -> Response<Body> {
 }
 
 /// A trailers-only answer closing a call with `status` (at its HTTP status).
-fn status_answer(status: &Status) -> Response<Body> {
+/// A trailers-only answer with `status` (and its HTTP status).
+pub(crate) fn status_answer(status: &Status) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::new()).boxed());
     *response.status_mut() =
         http::StatusCode::from_u16(status.http).unwrap_or(http::StatusCode::OK);
