@@ -6,6 +6,7 @@
 #   routing_key      the protobuf fields read for routing keys and spliced when reshaping
 #   request_headers  HPACK decoding and request validation of client header blocks
 #   journal_records  reading a damaged disk-queue segment back
+#   otlp_split       OTLP exports taken apart by trace ID or resource, and gzip inflated
 #
 #   hack/fuzz.sh                       # every target, 60 s each
 #   FUZZ_SECONDS=600 hack/fuzz.sh grpc_framing
@@ -24,7 +25,7 @@ cd "$(dirname "$0")/.."
 
 SECONDS_PER_TARGET=${FUZZ_SECONDS:-60}
 targets=("$@")
-(( ${#targets[@]} )) || targets=(grpc_framing routing_key request_headers journal_records h2_session)
+(( ${#targets[@]} )) || targets=(grpc_framing routing_key request_headers journal_records h2_session otlp_split)
 
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 cargo fuzz build --sanitizer none

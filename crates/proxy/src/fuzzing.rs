@@ -5,6 +5,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::grpc::framing::Decoder;
+use crate::grpc::message::{self, Decoded};
+use crate::grpc::otlp;
 use crate::grpc::protocol::Shape;
 use crate::grpc::wire;
 use crate::h2::headers;
@@ -109,13 +111,70 @@ pub fn journal_records(data: &[u8]) {
 pub type Check = fn(&[u8]);
 
 /// The targets by name, as `fuzz/` and `fuzz/regressions/` name them.
-pub const TARGETS: [(&str, Check); 5] = [
+pub const TARGETS: [(&str, Check); 6] = [
     ("h2_session", h2_session),
     ("grpc_framing", grpc_framing),
     ("routing_key", routing_key),
     ("request_headers", request_headers),
     ("journal_records", journal_records),
+    ("otlp_split", otlp_split),
 ];
+
+/// OTLP exports taken apart for affinity (`--otlp-affinity`), and the buffered message
+/// read before it: never a panic; a trace export that splits is in its parts whole, every
+/// span once, each part a framed export whose spans all belong to its target; metrics and
+/// logs split or fail without panicking; a gzip message inflates within its limit.
+pub fn otlp_split(data: &[u8]) {
+    let (targets, input) = match data {
+        [t, rest @ ..] => (usize::from(*t % 8) + 1, rest),
+        _ => return,
+    };
+    let target = |id: &[u8]| id.first().map_or(0, |b| usize::from(*b) % targets);
+    let spans_of = |request: &[u8]| -> Option<Vec<Vec<u8>>> {
+        let mut spans = Vec::new();
+        for resource in wire::values_of(request, 1).ok()? {
+            for scope in wire::values_of(resource, 2).ok()? {
+                for span in wire::values_of(scope, 2).ok()? {
+                    spans.push(span.to_vec());
+                }
+            }
+        }
+        Some(spans)
+    };
+    if let Ok(parts) = otlp::split_traces(input, target) {
+        let mut all = Vec::new();
+        for part in &parts {
+            let length = u32::from_be_bytes([
+                part.framed[1],
+                part.framed[2],
+                part.framed[3],
+                part.framed[4],
+            ]);
+            assert_eq!(part.framed.len(), 5 + length as usize, "framed whole");
+            let spans = spans_of(&part.request()).expect("a part is a well-formed export");
+            assert_eq!(spans.len() as u64, part.items);
+            for span in &spans {
+                let trace_id = wire::last_value(span, 1).unwrap().unwrap_or_default();
+                assert_eq!(target(trace_id), part.target, "a span in its trace's part");
+            }
+            all.extend(spans);
+        }
+        let mut expected = spans_of(input).expect("what splits parses");
+        expected.sort();
+        all.sort();
+        assert_eq!(all, expected, "every span once");
+    }
+    let _ = otlp::split_logs(input, target);
+    let _ = otlp::split_metrics(input, "service.name", |value| {
+        value.map_or(0, |v| v.len() % targets)
+    });
+    let limit = usize::from(data[0]) * 64;
+    if let Decoded::Message(message) =
+        message::single(&Bytes::copy_from_slice(input), Some("gzip"), limit)
+    {
+        assert!(message.len() <= limit, "inflated within the limit");
+    }
+}
 
 /// The HTTP/2 session, fed a client's bytes (after a valid preface and SETTINGS, so the
 /// frames reach the state machine) in chunks, with an application that answers, consumes
