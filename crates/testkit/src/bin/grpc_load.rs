@@ -15,6 +15,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 enum Mode {
     /// `TraceSegmentReportService/collect` client streams of `--messages` segments.
     Segments,
+    /// `TraceSegmentReportService/collect` client streams of `--messages` segments sent as
+    /// agents send them: each segment in a DATA frame of its own (grpc-java and grpcio
+    /// write each message as it is made), frames written as HTTP/2 coalesces them.
+    Agent,
     /// Unary `JVMMetricReportService/collect` calls, each one `JVMMetricCollection` of
     /// about `--message-bytes`.
     Unary,
@@ -55,6 +59,21 @@ struct Args {
     /// With `otlp` modes: the trace IDs the spans of one export belong to.
     #[arg(long, default_value_t = 20)]
     traces: usize,
+    /// Messages per second in all, spread over the callers (0: as fast as answered). A
+    /// fixed rate below saturation compares CPU per message at equal work.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+}
+
+type LoadBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+/// A request body of `chunks`, each a DATA frame of its own.
+fn load_body(chunks: &[Bytes]) -> LoadBody {
+    let frames: Vec<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>> = chunks
+        .iter()
+        .map(|chunk| Ok(hyper::body::Frame::data(chunk.clone())))
+        .collect();
+    http_body_util::StreamBody::new(futures::stream::iter(frames)).boxed()
 }
 
 /// Distinct OTLP trace exports a caller rotates through.
@@ -316,7 +335,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let (path, per_call) = match args.mode {
-        Mode::Segments => (
+        Mode::Segments | Mode::Agent => (
             "/skywalking.v3.TraceSegmentReportService/collect",
             args.messages,
         ),
@@ -335,31 +354,39 @@ async fn main() -> anyhow::Result<()> {
     let payload = match args.mode {
         Mode::Unary => jvm_body(args.message_bytes),
         Mode::Meters => Bytes::new(), // one per connection, below
+        Mode::Agent => body(1, args.message_bytes),
         _ => body(per_call, args.message_bytes),
     };
+    // Each caller's time between calls at --rate.
+    let callers = args.connections * args.concurrency;
+    let period = (args.rate > 0)
+        .then(|| Duration::from_secs_f64((callers * per_call) as f64 / args.rate as f64));
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for connection in 0..args.connections {
-        // Each connection an agent of its own, reporting its own instance's meters.
-        let payloads: Vec<Bytes> = match args.mode {
-            Mode::Meters => vec![meter_body(per_call, args.message_bytes, connection)],
+        let first_caller = connection * args.concurrency;
+        // The calls a caller rotates through, each as the DATA frames it is sent in. Each
+        // connection an agent of its own, reporting its own instance's meters.
+        let payloads: Vec<Vec<Bytes>> = match args.mode {
+            Mode::Meters => vec![vec![meter_body(per_call, args.message_bytes, connection)]],
             Mode::Otlp => (0..OTLP_VARIANTS)
                 .map(|v| {
                     let seed = connection as u32 * OTLP_VARIANTS + v;
-                    grpc_framed(&otlp_export(
+                    vec![grpc_framed(&otlp_export(
                         seed,
                         per_call,
                         args.traces,
                         args.message_bytes,
-                    ))
+                    ))]
                 })
                 .collect(),
-            _ => vec![payload.clone()],
+            Mode::Agent => vec![vec![payload.clone(); per_call]],
+            _ => vec![vec![payload.clone()]],
         };
         let stream = tokio::net::TcpStream::connect(args.target).await?;
         stream.set_nodelay(true)?;
-        let (sender, connection) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+        let (sender, connection) = hyper::client::conn::http2::handshake::<_, _, LoadBody>(
             TokioExecutor::new(),
             TokioIo::new(stream),
         )
@@ -373,13 +400,25 @@ async fn main() -> anyhow::Result<()> {
                 let mut latencies = Vec::new();
                 let mut failures = 0u64;
                 let mut next = caller;
+                // Callers start spread over one period, not all at once.
+                let mut ticks = period.map(|period| {
+                    let index = first_caller + caller;
+                    let offset = period.mul_f64(index as f64 / callers.max(1) as f64);
+                    let mut ticks =
+                        tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+                    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    ticks
+                });
                 while Instant::now() < deadline {
-                    let payload = payloads[next % payloads.len()].clone();
+                    if let Some(ticks) = &mut ticks {
+                        ticks.tick().await;
+                    }
+                    let payload = load_body(&payloads[next % payloads.len()]);
                     next += 1;
                     let request = hyper::Request::post(format!("http://{target}{path}"))
                         .header("content-type", "application/grpc")
                         .header("te", "trailers")
-                        .body(Full::new(payload))
+                        .body(payload)
                         .expect("a valid request");
                     let sent = Instant::now();
                     if sender.ready().await.is_err() {
