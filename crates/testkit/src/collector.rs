@@ -292,12 +292,7 @@ async fn serve_http(
             format!("{} method not allowed, supported: [POST]", request.method()),
         );
     }
-    let content_type = request
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    let content_type = header(&request, "content-type").unwrap_or_default();
     let json = content_type.starts_with("application/json");
     if !json && !content_type.starts_with("application/x-protobuf") {
         return refuse(
@@ -307,11 +302,7 @@ async fn serve_http(
             ),
         );
     }
-    let encoding = request
-        .headers()
-        .get("content-encoding")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let encoding = header(&request, "content-encoding");
     let Ok(body) = request.into_body().collect().await else {
         return refuse(400, "failed to read the request body".into());
     };
@@ -434,11 +425,7 @@ async fn serve(
         };
         return refuse(recorded, &path, Status::new(UNIMPLEMENTED, message));
     }
-    let encoding = request
-        .headers()
-        .get("grpc-encoding")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let encoding = header(&request, "grpc-encoding");
     let Ok(body) = request.into_body().collect().await else {
         return refuse(recorded, &path, Status::new(INTERNAL, "stream broke off"));
     };
@@ -558,6 +545,15 @@ fn deframe(body: &[u8], encoding: Option<&str>) -> Result<Vec<u8>, Status> {
             format!("grpc: received unexpected payload format {flag}"),
         )),
     }
+}
+
+/// A request header's value as text.
+fn header<B>(request: &Request<B>, name: &str) -> Option<String> {
+    request
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 /// A gzip member inflated, to one byte past the largest message received (enough to tell

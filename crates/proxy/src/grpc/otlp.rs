@@ -53,6 +53,16 @@ impl Signal {
         }
     }
 
+    /// The signal of an OTLP/HTTP export path.
+    pub fn of_http_path(path: &str) -> Option<Signal> {
+        match path {
+            "/v1/traces" => Some(Signal::Traces),
+            "/v1/metrics" => Some(Signal::Metrics),
+            "/v1/logs" => Some(Signal::Logs),
+            _ => None,
+        }
+    }
+
     /// The signal's name in metrics and logs.
     pub fn name(self) -> &'static str {
         match self {
@@ -561,6 +571,9 @@ mod tests {
         assert_eq!(Signal::of_path(TRACE_EXPORT), Some(Signal::Traces));
         assert_eq!(Signal::of_path(METRICS_EXPORT), Some(Signal::Metrics));
         assert_eq!(Signal::of_path(LOGS_EXPORT), Some(Signal::Logs));
+        assert_eq!(Signal::of_http_path("/v1/traces"), Some(Signal::Traces));
+        assert_eq!(Signal::of_http_path("/v1/logs"), Some(Signal::Logs));
+        assert_eq!(Signal::of_http_path("/v3/segments"), None);
         assert_eq!(
             Signal::of_path("/skywalking.v3.TraceSegmentReportService/collect"),
             None

@@ -17,16 +17,6 @@ use crate::listen::state::State;
 use crate::upstream::affinity;
 use crate::upstream::http::{forward_whole, plain};
 
-/// The OTLP/HTTP export paths and their signals.
-pub(crate) fn otlp_signal(path: &str) -> Option<Signal> {
-    match path {
-        "/v1/traces" => Some(Signal::Traces),
-        "/v1/metrics" => Some(Signal::Metrics),
-        "/v1/logs" => Some(Signal::Logs),
-        _ => None,
-    }
-}
-
 /// Answers one HTTP request from `peer` (over TLS when `tls`).
 pub(crate) async fn handle<B>(
     state: &State,
@@ -76,7 +66,7 @@ where
     };
     if let Some(affinity) = &state.otlp_affinity
         && parts.method == Method::POST
-        && let Some(signal) = otlp_signal(parts.uri.path())
+        && let Some(signal) = Signal::of_http_path(parts.uri.path())
     {
         let export = affinity::http::Export {
             pool: &state.pool,

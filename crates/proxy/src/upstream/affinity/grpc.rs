@@ -1,11 +1,12 @@
 //! OTLP/gRPC exports by affinity: the export's one message read (gunzipped), its parts
 //! sent as calls of the same method, the answer an `Export*ServiceResponse`.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
-use http_body_util::BodyExt;
 
-use super::{MAX_ANSWER_BYTES, NotSplit, OtlpAffinity, Outcome, Sent, deliver};
+use super::{
+    AnswerError, MAX_ANSWER_BYTES, NotSplit, OtlpAffinity, Outcome, Sent, deliver, read_answer,
+};
 use crate::grpc::message::{self, Decoded};
 use crate::grpc::otlp::{self, Signal};
 use crate::grpc::{self, Body, Code};
@@ -81,23 +82,6 @@ fn part_headers(client: &HeaderMap) -> HeaderMap {
     headers
 }
 
-/// A collector's whole answer: its data (at most [`MAX_ANSWER_BYTES`]) and trailers.
-async fn read_answer(mut body: Body) -> Result<(Bytes, Option<HeaderMap>), String> {
-    let mut data = BytesMut::new();
-    let mut trailers = None;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|err| format!("broke off: {err}"))?;
-        match frame.into_data() {
-            Ok(chunk) if data.len() + chunk.len() > MAX_ANSWER_BYTES => {
-                return Err("answer larger than 64 KiB".into());
-            }
-            Ok(chunk) => data.extend_from_slice(&chunk),
-            Err(frame) => trailers = frame.into_trailers().ok(),
-        }
-    }
-    Ok((data.freeze(), trailers))
-}
-
 /// Sends one part to `upstream` and reads what it made of it.
 async fn send_part(
     pool: &Pool,
@@ -122,7 +106,12 @@ async fn send_part(
     let (head, body) = response.into_parts();
     let (answer, trailers) = match tokio::time::timeout_at(deadline, read_answer(body)).await {
         Ok(Ok(read)) => read,
-        Ok(Err(reason)) => return Sent::Unreachable(format!("upstream {upstream}: {reason}")),
+        Ok(Err(AnswerError::BrokeOff(reason))) => {
+            return Sent::Unreachable(format!("upstream {upstream} broke off: {reason}"));
+        }
+        Ok(Err(AnswerError::TooLarge)) => {
+            return Sent::Unreachable(format!("upstream {upstream}: answer larger than 64 KiB"));
+        }
         Err(_) => return Sent::Late,
     };
     let code = grpc::status_of(&head.headers, trailers.as_ref());

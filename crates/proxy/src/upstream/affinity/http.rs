@@ -5,12 +5,12 @@
 
 use std::net::IpAddr;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
-use super::{MAX_ANSWER_BYTES, NotSplit, OtlpAffinity, Outcome, Sent, deliver};
+use super::{AnswerError, NotSplit, OtlpAffinity, Outcome, Sent, deliver, read_answer};
 use crate::grpc::Body;
 use crate::grpc::message::{self, Decoded};
 use crate::grpc::otlp::{self, Signal};
@@ -116,23 +116,15 @@ impl Export<'_> {
             Tried::TimedOut(_) => return Sent::Late,
         };
         let status = response.status();
-        let mut body = response.into_body();
-        let mut read = BytesMut::new();
-        while let Some(frame) = body.frame().await {
-            match frame {
-                Ok(frame) => {
-                    if let Ok(chunk) = frame.into_data() {
-                        if read.len() + chunk.len() > MAX_ANSWER_BYTES {
-                            break;
-                        }
-                        read.extend_from_slice(&chunk);
-                    }
-                }
-                Err(err) => {
-                    return Sent::Unreachable(format!("upstream {upstream} broke off: {err}"));
-                }
+        let read = match tokio::time::timeout(timeout, read_answer(response.into_body())).await {
+            Err(_) => return Sent::Late,
+            Ok(Err(AnswerError::BrokeOff(err))) => {
+                return Sent::Unreachable(format!("upstream {upstream} broke off: {err}"));
             }
-        }
+            // Only the start is read of an answer too long to be an export answer.
+            Ok(Err(AnswerError::TooLarge)) => Bytes::new(),
+            Ok(Ok((read, _))) => read,
+        };
         if !status.is_success() {
             let text = String::from_utf8_lossy(&read[..read.len().min(512)])
                 .trim()

@@ -19,7 +19,9 @@ pub(crate) mod http;
 
 use std::time::Instant;
 
-use bytes::Bytes;
+use ::http::HeaderMap;
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 
 use crate::balance::route::{Rendezvous, Upstream};
 use crate::balance::upstream_set::untried;
@@ -50,6 +52,37 @@ const ROUNDS: usize = 3;
 /// The largest answer read from a collector (an export answer is a few bytes, more only
 /// with a partial success's message).
 pub(crate) const MAX_ANSWER_BYTES: usize = 64 << 10;
+
+/// Why a collector's answer could not be read whole.
+pub(crate) enum AnswerError {
+    /// Over [`MAX_ANSWER_BYTES`].
+    TooLarge,
+    /// The connection broke off, and why.
+    BrokeOff(String),
+}
+
+/// A collector's whole answer (gRPC or HTTP): its data, at most [`MAX_ANSWER_BYTES`], and
+/// its trailers.
+pub(crate) async fn read_answer<B>(body: B) -> Result<(Bytes, Option<HeaderMap>), AnswerError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let mut body = std::pin::pin!(body);
+    let mut data = BytesMut::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|err| AnswerError::BrokeOff(err.to_string()))?;
+        match frame.into_data() {
+            Ok(chunk) if data.len() + chunk.len() > MAX_ANSWER_BYTES => {
+                return Err(AnswerError::TooLarge);
+            }
+            Ok(chunk) => data.extend_from_slice(&chunk),
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    Ok((data.freeze(), trailers))
+}
 
 /// What one part's collector made of it.
 pub(crate) enum Sent {
