@@ -30,8 +30,9 @@
 #   QUEUES="memory federation" MODES="segments meters" IDLE_CONNECTIONS=0 hack/bench-proxy.sh
 #
 # Agent-like load (MODES="agent agent-rate"): segment streams as grpc-java and grpcio send
-# them, each segment in a DATA frame of its own, at saturation (`agent`) and at a fixed
-# RATE messages/s below it (`agent-rate`, default 300000). QUEUES="defaults" adds a
+# them, each segment in a DATA frame of its own and the frames written since the last flush
+# coalesced into one socket write, at saturation (`agent`) and at a fixed RATE messages/s
+# below it (`agent-rate`, default 300000). QUEUES="defaults" adds a
 # skylift-proxy with the proxy's default queue flags (the others run with two partitions
 # of 100 000 messages); each skylift-proxy's peak RSS is printed:
 #

@@ -11,13 +11,16 @@ use clap::{Parser, ValueEnum};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+mod agent;
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Mode {
     /// `TraceSegmentReportService/collect` client streams of `--messages` segments.
     Segments,
     /// `TraceSegmentReportService/collect` client streams of `--messages` segments sent as
     /// agents send them: each segment in a DATA frame of its own (grpc-java and grpcio
-    /// write each message as it is made), frames written as HTTP/2 coalesces them.
+    /// write each message as it is made), the frames written since the last flush coalesced
+    /// into one socket write as their transports do.
     Agent,
     /// Unary `JVMMetricReportService/collect` calls, each one `JVMMetricCollection` of
     /// about `--message-bytes`.
@@ -214,6 +217,8 @@ async fn report(
             "messages_per_second": (calls * per_call) as f64 / elapsed,
             "p50_ms": percentile(&latencies, 0.50),
             "p99_ms": percentile(&latencies, 0.99),
+            // The agent-like load's socket writes (its coalescing, checked).
+            "socket_writes": agent::SOCKET_WRITES.load(std::sync::atomic::Ordering::Relaxed),
         })
     );
     Ok(())
@@ -363,6 +368,20 @@ async fn main() -> anyhow::Result<()> {
         .then(|| Duration::from_secs_f64((callers * per_call) as f64 / args.rate as f64));
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
+    if let Mode::Agent = args.mode {
+        let load = agent::Load {
+            target: args.target,
+            path,
+            connections: args.connections,
+            concurrency: args.concurrency,
+            segment: payload,
+            messages: per_call,
+            period,
+            deadline,
+        };
+        let tasks = agent::callers(&load).await?;
+        return report(&args, "agent", tasks, started).await;
+    }
     let mut tasks = Vec::new();
     for connection in 0..args.connections {
         let first_caller = connection * args.concurrency;
@@ -381,7 +400,6 @@ async fn main() -> anyhow::Result<()> {
                     ))]
                 })
                 .collect(),
-            Mode::Agent => vec![vec![payload.clone(); per_call]],
             _ => vec![vec![payload.clone()]],
         };
         let stream = tokio::net::TcpStream::connect(args.target).await?;
