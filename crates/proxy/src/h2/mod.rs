@@ -14,7 +14,8 @@
 //!   trait between the protocol and the application;
 //! - [`signal`], [`body`]: what a handler's tasks send back, and request bodies handed to them;
 //! - [`transport`]: the socket, or TLS on it, read and written by readiness;
-//! - [`used_ids`]: which recent stream ids the client opened (late frames told from bad ids).
+//! - [`used_ids`]: which recent stream ids the client opened (late frames told from bad ids);
+//! - [`stream_ids`]: maps keyed by stream id, with a hasher cheap enough for every frame.
 
 pub mod body;
 pub mod connection;
@@ -22,6 +23,7 @@ pub mod frame;
 pub mod headers;
 pub(crate) mod hpack;
 pub(crate) mod session;
+pub(crate) mod stream_ids;
 pub mod signal;
 pub(crate) mod transport;
 pub(crate) mod used_ids;

@@ -3,7 +3,7 @@
 //! calls (sync, pass-through) handed to a task each, which talks back through
 //! [`Signal`]s. gRPC's request rules are checked before either.
 
-use std::collections::HashMap;
+use crate::h2::stream_ids::StreamIdMap;
 use std::sync::{Arc, LazyLock};
 
 use bytes::{Bytes, BytesMut};
@@ -69,7 +69,7 @@ enum Kind {
 /// The proxy's calls on one connection.
 pub(crate) struct Calls {
     state: State,
-    streams: HashMap<u32, Kind>,
+    streams: StreamIdMap<Kind>,
     /// Handler tasks' signals; made when the first handler is.
     signals: Option<(UnboundedSender<Signal>, UnboundedReceiver<Signal>)>,
     /// Answer bytes handler tasks may have given the connection and not yet seen
@@ -82,7 +82,7 @@ impl Calls {
     pub fn new(state: State) -> Calls {
         Calls {
             state,
-            streams: HashMap::new(),
+            streams: StreamIdMap::default(),
             signals: None,
             credits: None,
         }

@@ -22,7 +22,9 @@
 //! SETTINGS, PING and WINDOW_UPDATE; [`flow`] the windows both ways; [`send`] answers;
 //! [`abuse`] the counts and limits; [`goaway`] draining and connection errors.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::h2::stream_ids::StreamIdMap;
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -169,7 +171,7 @@ pub struct Session {
     going_away: bool,
     decoder: hpack::Decoder,
     continuation: Option<Continuation>,
-    streams: HashMap<u32, Stream>,
+    streams: StreamIdMap<Stream>,
     /// The streams the client opened: the highest, and which recent ids it used.
     used_ids: UsedIds,
     /// What the client may still send on the connection.
@@ -210,7 +212,7 @@ impl Session {
             going_away: false,
             decoder: headers::decoder(),
             continuation: None,
-            streams: HashMap::new(),
+            streams: StreamIdMap::default(),
             used_ids: UsedIds::default(),
             recv_window: i64::from(settings.connection_window),
             recv_unacked: 0,
