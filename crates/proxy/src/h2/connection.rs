@@ -325,7 +325,10 @@ impl<H: Handler> Connection<H> {
         input.reserve(READ_CHUNK);
         match self.io.try_read_buf(input) {
             Ok(0) => self.eof = true,
-            Ok(_) => self.last_heard = Instant::now(),
+            Ok(_) => {
+                self.last_heard = Instant::now();
+                self.session.fit_input();
+            }
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
             Err(err) => return Err(io_error(err)),
         }

@@ -23,8 +23,8 @@ pub mod frame;
 pub mod headers;
 pub(crate) mod hpack;
 pub(crate) mod session;
-pub(crate) mod stream_ids;
 pub mod signal;
+pub(crate) mod stream_ids;
 pub(crate) mod transport;
 pub(crate) mod used_ids;
 

@@ -11,7 +11,9 @@
 //!   half-sent message slows its client down instead of filling memory;
 //! - a header list is kept only up to [`headers::MAX_LIST`] decoded bytes;
 //! - output is not added to while more than [`MAX_OUTPUT`] waits to be written;
-//! - the read buffer shrinks to what an incomplete frame holds ([`Session::compact_input`]).
+//! - the read buffer shrinks to what an incomplete frame holds ([`Session::compact_input`]),
+//!   and a read that fills little of it is copied out before messages are cut from it
+//!   ([`Session::fit_input`]).
 //!
 //! Abuse that costs work without data is counted and ends the connection with GOAWAY
 //! ENHANCE_YOUR_CALM ([`abuse`]), as nginx and the `h2` crate do.
@@ -255,11 +257,23 @@ impl Session {
     pub(crate) fn compact_input(&mut self) {
         if self.input.is_empty() {
             self.input = BytesMut::new();
-        } else if self.input.capacity() > 2 * self.input.len() + 4096 {
-            self.input = BytesMut::from(&self.input[..]);
+        } else {
+            self.fit_input();
         }
         if self.output.is_empty() {
             self.output = BytesMut::new();
+        }
+    }
+
+    /// Copies what was read out of a read buffer it fills less than half of, before any
+    /// message is cut from it. Queued messages are slices of the buffer they arrived in and
+    /// keep all of it alive: a client that sends a small message per read would otherwise
+    /// pin a whole read buffer (128 KiB) with each, far beyond what the queue's byte budget
+    /// counts. After this a queued message holds at most about twice its size; the large
+    /// buffer, let go of at once, is what the allocator hands the next read.
+    pub(crate) fn fit_input(&mut self) {
+        if self.input.capacity() > 2 * self.input.len() + 4096 {
+            self.input = BytesMut::from(&self.input[..]);
         }
     }
 

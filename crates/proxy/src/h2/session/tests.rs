@@ -221,6 +221,32 @@ fn a_connection_stuck_on_a_partial_frame_keeps_only_that_frame() {
 }
 
 #[test]
+fn a_read_that_fills_little_of_its_buffer_is_copied_out_and_a_full_one_is_not() {
+    // Messages are cut from the read buffer as slices: what a small read leaves in a large
+    // buffer must not go with them into the queue.
+    let mut session = started(Settings::default());
+    session.input().reserve(128 * 1024);
+    session.input().extend_from_slice(&[0; 1000]);
+    session.fit_input();
+    assert!(
+        session.input().capacity() <= 2 * 1000 + 4096,
+        "{}",
+        session.input().capacity()
+    );
+    assert_eq!(session.input().len(), 1000);
+    let mut full = started(Settings::default());
+    full.input().reserve(128 * 1024);
+    full.input().extend_from_slice(&[0; 100_000]);
+    let at = full.input().as_ptr();
+    full.fit_input();
+    assert_eq!(
+        full.input().as_ptr(),
+        at,
+        "a well-filled buffer is not copied"
+    );
+}
+
+#[test]
 fn rapid_resets_past_the_limit_end_the_connection() {
     let mut session = started(Settings::default());
     let now = Instant::now();
