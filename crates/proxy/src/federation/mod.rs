@@ -146,7 +146,6 @@ impl Federation {
             route,
             key: event.key.clone(),
             origin: event.origin.clone(),
-            chunk: framed.clone(),
             framed,
             run: Some(run),
             seq: None,

@@ -97,8 +97,7 @@ pub(crate) struct ReportStream {
     decoder: Decoder,
     /// Events made so far (a meter set counts once).
     pub received: u64,
-    /// The chunk last received, and the run number its events share.
-    chunk: Bytes,
+    /// The run number the events of the data last received share.
     run: usize,
     /// A unary report's one message, queued only once the call ends with no other.
     held: Option<Event>,
@@ -144,7 +143,6 @@ impl ReportStream {
             shape,
             decoder: Decoder::new(intake.max_message_bytes),
             received: 0,
-            chunk: Bytes::new(),
             run: 0,
             held: None,
             refused,
@@ -172,17 +170,8 @@ impl ReportStream {
 
     /// Data received on the stream.
     pub fn push(&mut self, intake: &Intake, data: Bytes) {
-        self.chunk = data.clone();
         self.run = intake.queue.next_run();
         self.decoder.push_bytes(data);
-    }
-
-    /// Ties an event to the chunk being received (whether its message is a slice of it
-    /// is for the batch that joins them to find out, see [`crate::upstream::payload::Joiner`]).
-    fn tie_to_chunk(&self, mut event: Event) -> Event {
-        event.run = Some(self.run);
-        event.chunk = self.chunk.clone();
-        event
     }
 
     /// The next event the data received so far makes, if any.
@@ -190,12 +179,7 @@ impl ReportStream {
         loop {
             let frame = match self.decoder.next_frame() {
                 Ok(Some(frame)) => frame,
-                Ok(None) => {
-                    // Every event of the chunk is made: the stream no longer needs the
-                    // read buffer the chunk was cut from.
-                    self.chunk = Bytes::new();
-                    return Ok(None);
-                }
+                Ok(None) => return Ok(None),
                 Err(err) => {
                     let code = if err.grpc_code() == 8 {
                         Code::ResourceExhausted
@@ -220,8 +204,8 @@ impl ReportStream {
                     .map_err(|err| malformed(&self.destination.route, err))?;
             }
             let made = next_event(intake, &self.destination, &mut self.shape, frame)?;
-            let Some(event) = made else { continue };
-            let event = self.tie_to_chunk(event);
+            let Some(mut event) = made else { continue };
+            event.run = Some(self.run);
             if self.method.is_unary() {
                 // UnaryServerCallHandler: a second message closes the call.
                 if self.held.is_some() {
@@ -277,7 +261,6 @@ fn event(
         route: destination.route.clone(),
         key: destination.header_key.clone().or(key),
         origin,
-        chunk: framed.clone(),
         framed,
         run: None,
         seq: None,

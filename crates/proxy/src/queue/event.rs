@@ -30,11 +30,9 @@ pub struct Event {
     /// sender from the first message (Envoy's identifier): events of different origins
     /// never share an upstream stream.
     pub origin: Option<Bytes>,
-    /// The message as sent upstream: gRPC's 5-byte header, then the message.
+    /// The message as sent upstream: gRPC's 5-byte header, then the message (usually a
+    /// slice of the buffer it was read into, written upstream from there).
     pub framed: Bytes,
-    /// The received chunk `framed` was (usually) sliced from, or `framed` itself:
-    /// messages that arrived side by side are written upstream as one piece.
-    pub chunk: Bytes,
     /// Events received together share this number and, without a key, their partition.
     pub run: Option<usize>,
     /// Its record's number in its partition's journal (with `--queue disk`).
@@ -66,7 +64,6 @@ impl Event {
             key: None,
             origin: None,
             framed,
-            chunk: Bytes::new(),
             run: None,
             seq: None,
             attempts: 0,

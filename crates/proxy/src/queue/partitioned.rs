@@ -559,7 +559,6 @@ mod tests {
     fn event(key: Option<&str>) -> Event {
         Event {
             key: key.map(Into::into),
-            chunk: Bytes::from_static(b"segment"),
             ..Event::segment(Bytes::from_static(b"segment"))
         }
     }
@@ -639,7 +638,6 @@ mod tests {
         });
         let big = Event {
             framed: Bytes::from(vec![0; 60]),
-            chunk: Bytes::new(),
             run: None,
             ..event(Some("k"))
         };

@@ -1,6 +1,7 @@
 //! What the proxy sends upstream: one buffer, or a batch of messages gathered from the
-//! buffers they arrived in. A gathered batch is never copied into one buffer: the HTTP/2
-//! client writes its parts with vectored writes straight from the clients' read buffers.
+//! buffers they arrived in. A gathered batch is not joined into one buffer: the HTTP/2
+//! client hands its parts to vectored writes straight from the clients' read buffers (and
+//! [`crate::upstream::coalesce`] gathers those writes into large ones).
 
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -144,50 +145,6 @@ impl Gathered {
     }
 }
 
-/// Pieces of received chunks, joining neighbours: a piece of `chunk` that starts where the
-/// previous piece of the same chunk ends extends it, so messages that arrived side by side
-/// go out as one slice (and a vectored write carries whole frames of them).
-#[derive(Default)]
-pub(crate) struct Joiner {
-    parts: Vec<Bytes>,
-    /// The chunk being extended and the byte range taken from it so far.
-    open: Option<(Bytes, usize, usize)>,
-}
-
-impl Joiner {
-    /// Adds `piece`, a slice of `chunk` (or `chunk` itself).
-    pub fn push(&mut self, piece: &Bytes, chunk: &Bytes) {
-        let start = (piece.as_ptr() as usize).wrapping_sub(chunk.as_ptr() as usize);
-        let inside = start <= chunk.len() && piece.len() <= chunk.len() - start;
-        if !inside {
-            self.close();
-            self.parts.push(piece.clone());
-            return;
-        }
-        if let Some((open, _, end)) = &mut self.open
-            && open.as_ptr() == chunk.as_ptr()
-            && open.len() == chunk.len()
-            && *end == start
-        {
-            *end += piece.len();
-            return;
-        }
-        self.close();
-        self.open = Some((chunk.clone(), start, start + piece.len()));
-    }
-
-    fn close(&mut self) {
-        if let Some((chunk, start, end)) = self.open.take() {
-            self.parts.push(chunk.slice(start..end));
-        }
-    }
-
-    pub fn finish(mut self) -> Gathered {
-        self.close();
-        Gathered::new(self.parts)
-    }
-}
-
 impl Buf for Gathered {
     fn remaining(&self) -> usize {
         self.remaining
@@ -305,22 +262,6 @@ mod tests {
             Bytes::from_static(b"defg"),
             Bytes::from_static(b"h"),
         ]
-    }
-
-    #[test]
-    fn neighbours_from_one_chunk_are_joined_and_others_kept_apart() {
-        let chunk = Bytes::from_static(b"aaabbbcccddd");
-        let other = Bytes::from_static(b"xyz");
-        let mut joiner = Joiner::default();
-        joiner.push(&chunk.slice(0..3), &chunk);
-        joiner.push(&chunk.slice(3..6), &chunk);
-        // A gap: a new piece.
-        joiner.push(&chunk.slice(9..12), &chunk);
-        joiner.push(&other, &other);
-        joiner.push(&chunk.slice(6..9), &chunk);
-        let gathered = joiner.finish();
-        let parts: Vec<&[u8]> = gathered.parts.iter().map(|p| &p[..]).collect();
-        assert_eq!(parts, [&b"aaabbb"[..], b"ddd", b"xyz", b"ccc"]);
     }
 
     #[test]

@@ -37,7 +37,7 @@ use crate::queue::{Batch, DropReason, Event};
 use crate::upstream::Pool;
 use crate::upstream::client::CallError;
 use crate::upstream::delivery::{Failures, timeout_bit};
-use crate::upstream::payload::{Joiner, Payload};
+use crate::upstream::payload::{Gathered, Payload};
 use crate::upstream::request;
 
 /// Attempts on different upstreams that fail before the data is put back.
@@ -277,13 +277,9 @@ async fn deliver(sender: &Sender, partition: usize, events: &[Event]) -> Deliver
     let body = match events {
         [one] => Payload::Contiguous(one.framed.clone()),
         // Gathered, not copied: each message is written from the buffer it arrived in.
-        _ => {
-            let mut joiner = Joiner::default();
-            for event in events {
-                joiner.push(&event.framed, &event.chunk);
-            }
-            Payload::Gathered(joiner.finish())
-        }
+        _ => Payload::Gathered(Gathered::new(
+            events.iter().map(|event| event.framed.clone()).collect(),
+        )),
     };
     let mut tried: Vec<Upstream> = Vec::new();
     let (mut failures, mut refusal) = (0, None::<(u16, String)>);

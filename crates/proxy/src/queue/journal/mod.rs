@@ -388,7 +388,6 @@ fn event(record: record::Record, routes: &mut Vec<Arc<Route>>) -> Event {
         route,
         key: record.key,
         origin: record.origin,
-        chunk: record.framed.clone(),
         framed: record.framed,
         run: None,
         seq: None,
