@@ -97,7 +97,10 @@ pub(crate) struct ReportStream {
     decoder: Decoder,
     /// Events made so far (a meter set counts once).
     pub received: u64,
-    /// The run number the events of the data last received share.
+    /// The run number the events of the data last received share: counted per stream
+    /// from a number the queue hands out as it opens, not asked of the queue for each DATA
+    /// frame (an atomic shared by every connection, and under agents' framing a frame is a
+    /// message).
     run: usize,
     /// A unary report's one message, queued only once the call ends with no other.
     held: Option<Event>,
@@ -143,7 +146,7 @@ impl ReportStream {
             shape,
             decoder: Decoder::new(intake.max_message_bytes),
             received: 0,
-            run: 0,
+            run: intake.queue.next_run(),
             held: None,
             refused,
         }
@@ -169,8 +172,8 @@ impl ReportStream {
     }
 
     /// Data received on the stream.
-    pub fn push(&mut self, intake: &Intake, data: Bytes) {
-        self.run = intake.queue.next_run();
+    pub fn push(&mut self, data: Bytes) {
+        self.run = self.run.wrapping_add(1);
         self.decoder.push_bytes(data);
     }
 

@@ -190,7 +190,7 @@ impl Calls {
                 answered: false,
             }) => {
                 *held += data.len();
-                report.push(&self.state.intake, data);
+                report.push(data);
                 match self.pump(id) {
                     Err(refusal) => {
                         self.refuse(id, refusal, link.session);
