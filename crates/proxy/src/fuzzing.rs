@@ -264,6 +264,6 @@ pub fn h2_session(data: &[u8]) {
         if mode & 32 != 0 {
             session.output().clear();
         }
-        session.compact_input();
+        session.compact();
     }
 }

@@ -5,6 +5,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Buf;
@@ -111,7 +112,7 @@ pub(crate) type Cause = &'static str;
 pub fn serve<H: Handler>(
     io: Transport,
     handler: H,
-    config: Config,
+    config: Arc<Config>,
     shutdown: watch::Receiver<bool>,
     closed: impl FnOnce(Cause) + Send,
 ) -> impl Future<Output = ()> + Send {
@@ -137,7 +138,7 @@ struct Connection<H: Handler> {
     io: Transport,
     session: Session,
     handler: H,
-    config: Config,
+    config: Arc<Config>,
     eof: bool,
     last_heard: Instant,
     ping_sent: Option<Instant>,
@@ -157,7 +158,7 @@ impl<H: Handler> Connection<H> {
     fn new(
         io: Transport,
         handler: H,
-        config: Config,
+        config: Arc<Config>,
         shutdown: watch::Receiver<bool>,
     ) -> Connection<H> {
         let now = Instant::now();
@@ -204,7 +205,7 @@ impl<H: Handler> Connection<H> {
                     "drained"
                 });
             }
-            self.session.compact_input();
+            self.session.compact();
             self.watch_stalls();
             self.arm_drain_timer();
             let reading = !self.session.output_full();

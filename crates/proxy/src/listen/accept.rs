@@ -2,6 +2,7 @@
 //! cleartext or TLS, at most `--max-connections` at once; each request goes to its
 //! method's policy.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -49,6 +50,9 @@ pub async fn serve(
     state: State,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    // One for all connections: each holds a reference, not a copy (an idle connection's
+    // task is most of what it costs).
+    let config = Arc::new(connection_config(&state));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -81,7 +85,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let config = connection_config(&state);
+        let config = config.clone();
         let closed = {
             let state = state.clone();
             move |cause| {

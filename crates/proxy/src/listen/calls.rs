@@ -435,7 +435,7 @@ impl Handler for Calls {
                 stream,
                 request,
                 end_stream,
-            } => self.open(stream, request, end_stream, link),
+            } => self.open(stream, *request, end_stream, link),
             Event::Data {
                 stream,
                 data,
@@ -444,7 +444,7 @@ impl Handler for Calls {
             Event::Trailers { stream, trailers } => match self.streams.get_mut(&stream) {
                 Some(Kind::Handled { body, .. }) => {
                     if let Some(body) = body.take() {
-                        let _ = body.send(Chunk::Trailers(trailers));
+                        let _ = body.send(Chunk::Trailers(*trailers));
                     }
                     None
                 }
@@ -454,6 +454,10 @@ impl Handler for Calls {
             Event::Closed { stream } => {
                 if let Some(kind) = self.streams.remove(&stream) {
                     self.retire(kind);
+                }
+                if self.streams.is_empty() {
+                    // Idle between reports: the table's room goes (as the session's does).
+                    self.streams = StreamIdMap::default();
                 }
                 None
             }

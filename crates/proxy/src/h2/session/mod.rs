@@ -11,7 +11,7 @@
 //!   half-sent message slows its client down instead of filling memory;
 //! - a header list is kept only up to [`headers::MAX_LIST`] decoded bytes;
 //! - output is not added to while more than [`MAX_OUTPUT`] waits to be written;
-//! - the read buffer shrinks to what an incomplete frame holds ([`Session::compact_input`]),
+//! - the read buffer shrinks to what an incomplete frame holds ([`Session::compact`]),
 //!   and a read that fills little of it is copied out before messages are cut from it
 //!   ([`Session::fit_input`]).
 //!
@@ -110,9 +110,12 @@ fn frame_size_error(message: impl Into<String>) -> ConnectionError {
 #[derive(Debug)]
 pub enum Event {
     /// A request: a new stream. Every opened stream ends with exactly one [`Event::Closed`].
+    /// (The request and trailers are boxed: an event is moved several times on its way,
+    /// once per DATA frame under agents' framing, and sits in the session's event queue,
+    /// whose room a connection keeps; a `Request` inline made every event 232 bytes.)
     Open {
         stream: u32,
-        request: Request<()>,
+        request: Box<Request<()>>,
         end_stream: bool,
     },
     /// Request data (padding removed). Held against the connection's budget until the
@@ -123,7 +126,10 @@ pub enum Event {
         end_stream: bool,
     },
     /// The request's trailers, which end it.
-    Trailers { stream: u32, trailers: HeaderMap },
+    Trailers {
+        stream: u32,
+        trailers: Box<HeaderMap>,
+    },
     /// The stream is gone: answered, reset by either side, or refused.
     Closed { stream: u32 },
 }
@@ -253,8 +259,12 @@ impl Session {
     }
 
     /// Drops buffers that hold nothing, and copies an incomplete frame out of a large read
-    /// buffer, so a connection waiting on the client holds only what it was sent.
-    pub(crate) fn compact_input(&mut self) {
+    /// buffer, so a connection waiting on the client holds only what it was sent. With no
+    /// stream open, the room of the per-stream tables goes too (not the recently closed
+    /// ids, by which late frames are told): agents' connections are idle between reports
+    /// most of their lives. Taken again with the next stream: a few small allocations
+    /// beside a report's messages.
+    pub(crate) fn compact(&mut self) {
         if self.input.is_empty() {
             self.input = BytesMut::new();
         } else {
@@ -262,6 +272,17 @@ impl Session {
         }
         if self.output.is_empty() {
             self.output = BytesMut::new();
+        }
+        if self.streams.is_empty() {
+            if self.streams.capacity() > 0 {
+                self.streams = StreamIdMap::default();
+            }
+            if self.events.is_empty() && self.events.capacity() > 0 {
+                self.events = VecDeque::new();
+            }
+            if self.blocked.is_empty() && self.blocked.capacity() > 0 {
+                self.blocked = VecDeque::new();
+            }
         }
     }
 

@@ -182,7 +182,7 @@ impl Session {
             stream.state = stream.state.end_received();
             self.events.push_back(Event::Trailers {
                 stream: id,
-                trailers,
+                trailers: Box::new(trailers),
             });
             return Ok(());
         }
@@ -274,7 +274,7 @@ impl Session {
         );
         self.events.push_back(Event::Open {
             stream: id,
-            request,
+            request: Box::new(request),
             end_stream,
         });
         Ok(())

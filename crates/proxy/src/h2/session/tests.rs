@@ -206,7 +206,7 @@ fn a_connection_stuck_on_a_partial_frame_keeps_only_that_frame() {
     session.input().extend_from_slice(&[0, 0, 8, kind::PING, 0]);
     assert!(feed(&mut session, &[]).unwrap().is_empty());
     assert!(session.incomplete());
-    session.compact_input();
+    session.compact();
     assert!(
         session.input().capacity() < 64,
         "{}",
@@ -218,6 +218,37 @@ fn a_connection_stuck_on_a_partial_frame_keeps_only_that_frame() {
     assert_eq!(session.frames(), frames_before + 1);
     assert!(!session.incomplete());
     assert_eq!(written(&mut session)[0].2, [1, 2, 3, 4, 5, 6, 7, 8]);
+}
+
+#[test]
+fn a_connection_whose_streams_are_done_keeps_no_room_for_them() {
+    let mut session = started(Settings::default());
+    let mut out = BytesMut::new();
+    for id in [1, 3, 5, 7] {
+        open(id, &mut out);
+        frame::data(id, b"hello", true, &mut out);
+    }
+    assert_eq!(feed(&mut session, &out).unwrap().len(), 8);
+    // Streams open: their tables keep their room.
+    session.compact();
+    assert!(session.streams.capacity() >= 4 && session.events.capacity() > 0);
+    for id in [1, 3, 5, 7] {
+        let block = Bytes::from_static(&[0x88]);
+        session.send(id, Outgoing::Headers { block, end: true });
+    }
+    written(&mut session);
+    assert_eq!(feed(&mut session, &[]).unwrap().len(), 4);
+    assert!(!session.has_streams());
+    session.compact();
+    assert_eq!(
+        (session.streams.capacity(), session.events.capacity()),
+        (0, 0)
+    );
+    assert_eq!(session.blocked.capacity(), 0);
+    assert_eq!(
+        (session.input().capacity(), session.output().capacity()),
+        (0, 0)
+    );
 }
 
 #[test]
