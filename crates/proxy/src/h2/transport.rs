@@ -5,10 +5,17 @@
 //! rustls already decrypted counts as readable even when the socket is not.
 
 use std::io::{self, Read, Write};
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use rustls::ServerConnection;
 use tokio::net::TcpStream;
+
+/// What the socket is ready for.
+pub(crate) enum Readiness {
+    Readable(io::Result<()>),
+    Writable(io::Result<()>),
+}
 
 /// A client connection's transport.
 pub enum Transport {
@@ -57,18 +64,35 @@ impl Transport {
         }))
     }
 
-    pub(crate) async fn readable(&self) -> io::Result<()> {
-        match self {
-            Transport::Plain(tcp) => tcp.readable().await,
-            Transport::Tls(t) if t.plaintext_waiting => Ok(()),
-            Transport::Tls(t) => t.tcp.readable().await,
+    /// Polls for what the connection loop waits on, writable first. Polled in place: the
+    /// futures of `TcpStream::readable` and `writable` would sit in the loop's state,
+    /// about 170 bytes each in every connection, idle ones included.
+    pub(crate) fn poll_ready(
+        &self,
+        cx: &mut Context<'_>,
+        read: bool,
+        write: bool,
+    ) -> Poll<Readiness> {
+        if write && let Poll::Ready(ready) = self.poll_writable(cx) {
+            return Poll::Ready(Readiness::Writable(ready));
         }
+        if read {
+            let ready = match self {
+                Transport::Plain(tcp) => tcp.poll_read_ready(cx),
+                Transport::Tls(t) if t.plaintext_waiting => Poll::Ready(Ok(())),
+                Transport::Tls(t) => t.tcp.poll_read_ready(cx),
+            };
+            if let Poll::Ready(ready) = ready {
+                return Poll::Ready(Readiness::Readable(ready));
+            }
+        }
+        Poll::Pending
     }
 
-    pub(crate) async fn writable(&self) -> io::Result<()> {
+    pub(crate) fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            Transport::Plain(tcp) => tcp.writable().await,
-            Transport::Tls(t) => t.tcp.writable().await,
+            Transport::Plain(tcp) => tcp.poll_write_ready(cx),
+            Transport::Tls(t) => t.tcp.poll_write_ready(cx),
         }
     }
 
