@@ -223,6 +223,9 @@ idle_rss() { # binary; sets idle_kb and idle_count (runs in this shell, so its p
     --upstream "127.0.0.1:$sink_a,127.0.0.1:$sink_b" >>"$work/skylift.log" 2>&1 &
   skylift_pid=$!; pids+=("$skylift_pid")
   for _ in $(seq 50); do curl -sf "http://127.0.0.1:$admin/healthz" >/dev/null && break; sleep 0.1; done
+  # Before any connection: what the connections add is the difference.
+  local empty
+  empty=$(awk '/^VmRSS:/ {print $2}' "/proc/$skylift_pid/status")
   rm -f "$work/idle.json"
   taskset -c 1 "$bin/skylift-grpc-load" --target "127.0.0.1:$skylift" --mode idle \
     --connections "$IDLE" --seconds 30 >"$work/idle.json" &
@@ -234,19 +237,21 @@ idle_rss() { # binary; sets idle_kb and idle_count (runs in this shell, so its p
   open=$(curl -s "http://127.0.0.1:$admin/metrics" | awk '/^skylift_proxy_connections / {print $2}')
   kill "$loader" 2>/dev/null || true
   wait "$loader" 2>/dev/null || true
-  idle_kb=$rss; idle_count=$open
+  idle_kb=$rss; idle_count=$open; idle_added_kb=$((rss - empty))
 }
-baseline_idle_kb=0
+baseline_idle_kb=0; idle_added_kb=0; baseline_added_kb=0
 if (( IDLE > 0 )); then
   idle_rss "$bin/skylift-proxy"
-  idle_rss_kb=$idle_kb; idle_open=$idle_count
+  idle_rss_kb=$idle_kb; idle_open=$idle_count; skylift_added_kb=$idle_added_kb
   if [[ -n $BASELINE_PROXY ]]; then
     idle_rss "$BASELINE_PROXY"
-    baseline_idle_kb=$idle_kb
+    baseline_idle_kb=$idle_kb; baseline_added_kb=$idle_added_kb
   fi
+  idle_added_kb=$skylift_added_kb
 fi
 
-python3 - "$results" "$idle_rss_kb" "$idle_open" "$IDLE" "$loaded_rss_kb" "$baseline_idle_kb" <<'PY'
+python3 - "$results" "$idle_rss_kb" "$idle_open" "$IDLE" "$loaded_rss_kb" "$baseline_idle_kb" \
+  "$idle_added_kb" "$baseline_added_kb" <<'PY'
 import json, statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
@@ -291,10 +296,13 @@ for mode in ("segments", "agent", "agent-rate", "unary", "meters"):
 if int(sys.argv[4]) == 0:
     sys.exit(0)
 rss_mb = int(sys.argv[2]) / 1024
-print(f"skylift-proxy RSS with {sys.argv[3]} of {sys.argv[4]} idle connections open: {rss_mb:.1f} MB (target <= 64 MB)")
+open_connections = max(int(sys.argv[3] or 0), 1)
+print(f"skylift-proxy RSS with {sys.argv[3]} of {sys.argv[4]} idle connections open: {rss_mb:.1f} MB (target <= 64 MB); "
+      f"{int(sys.argv[7]) * 1024 / open_connections:.0f} bytes per connection (target <= 1024)")
 print(f"(the benchmarked skylift-proxy's RSS after its load runs: {int(sys.argv[5]) / 1024:.1f} MB)")
 if int(sys.argv[6]) > 0:
-    print(f"skylift-baseline RSS with {sys.argv[4]} idle connections: {int(sys.argv[6]) / 1024:.1f} MB")
+    print(f"skylift-baseline RSS with {sys.argv[4]} idle connections: {int(sys.argv[6]) / 1024:.1f} MB; "
+          f"{int(sys.argv[8]) * 1024 / int(sys.argv[4]):.0f} bytes per connection")
 PY
 [[ -f $work/peak.txt ]] && sed 's/^/  /' "$work/peak.txt"
 if [[ -f $work/federated.txt ]]; then
