@@ -3,7 +3,6 @@
 //! calls (sync, pass-through) handed to a task each, which talks back through
 //! [`Signal`]s. gRPC's request rules are checked before either.
 
-use crate::h2::stream_ids::StreamIdMap;
 use std::sync::{Arc, LazyLock};
 
 use bytes::{Bytes, BytesMut};
@@ -20,6 +19,7 @@ use crate::h2::frame::Reason;
 use crate::h2::headers;
 use crate::h2::session::{Event, Flow, Outgoing, Session};
 use crate::h2::signal::{self, RESPONSE_CREDIT, Signal};
+use crate::h2::stream_ids::StreamIdMap;
 use crate::ingest::stream::{self as ingest, ReportStream, StreamError};
 use crate::listen::state::State;
 use crate::queue;

@@ -25,8 +25,6 @@
 //! [`abuse`] the counts and limits; [`goaway`] draining and connection errors.
 
 use std::collections::VecDeque;
-
-use crate::h2::stream_ids::StreamIdMap;
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -35,6 +33,7 @@ use http::{HeaderMap, Request};
 use super::frame::{self, Head, Reason, flag, kind, setting};
 use super::headers;
 use super::hpack;
+use super::stream_ids::StreamIdMap;
 use super::used_ids::{Used, UsedIds};
 
 mod abuse;
