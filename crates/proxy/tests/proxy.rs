@@ -17,7 +17,7 @@ use skylift_proxy::listen::state::{Limits, State};
 use skylift_proxy::queue::{DropReason, Overflow, QueueConfig};
 use skylift_proxy::upstream::client::UpstreamClient;
 use skylift_testkit::h2raw::{self, frame as raw_frame, grpc_request as request_block};
-use skylift_testkit::sink::Sink;
+use skylift_testkit::sink::{H2Limits, Sink};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -323,6 +323,65 @@ async fn oversized_and_malformed_streams_get_a_status_and_disturb_nothing_else()
         a.messages(SEGMENTS).len() == 1
     })
     .await;
+}
+
+/// The proxy's own HTTP/2 client (the driven connections) against servers that keep
+/// their windows small, take two streams at a time and send every connection away
+/// (GOAWAY) after three calls, as a restarting or rebalancing OAP does.
+#[tokio::test]
+async fn strict_upstreams_that_keep_sending_connections_away_get_every_report_once() {
+    let (a, b) = (Sink::start().await.unwrap(), Sink::start().await.unwrap());
+    for sink in [&a, &b] {
+        sink.set_h2_limits(H2Limits {
+            stream_window: Some(1024),
+            max_streams: Some(2),
+            goaway_after: Some(3),
+        });
+    }
+    let proxy = proxy(&[&a, &b], None).await;
+    let client = client();
+    // In waves, so the batches are many calls.
+    for wave in 0..10 {
+        let mut calls = Vec::new();
+        for stream in 0..3 {
+            // Larger than a window, so each batch waits for the server to open it.
+            let messages: Vec<Vec<u8>> = (0..10)
+                .map(|i| segment(&format!("segment {wave}-{stream}-{i} {}", "x".repeat(1500))))
+                .collect();
+            let (client, address) = (client.clone(), proxy.address);
+            calls.push(tokio::spawn(async move {
+                call(&client, address, SEGMENTS, framed(&messages), &[]).await
+            }));
+        }
+        for c in calls {
+            assert_eq!(c.await.unwrap().0, 0);
+        }
+        let acknowledged = 30 * (wave + 1);
+        eventually("the wave forwarded", || {
+            proxy.state.queue.totals().forwarded == acknowledged
+        })
+        .await;
+    }
+    let mut all: Vec<Bytes> = a
+        .messages(SEGMENTS)
+        .into_iter()
+        .chain(b.messages(SEGMENTS))
+        .collect();
+    assert_eq!(all.len(), 300, "every segment upstream, none twice");
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 300);
+    assert!(
+        a.connections() + b.connections() > 6,
+        "the servers sent connections away ({} connections)",
+        a.connections() + b.connections()
+    );
+    assert_eq!(
+        ejections_total(&proxy),
+        0,
+        "a server sending a connection away has not failed"
+    );
+    assert_eq!(proxy.state.queue.totals().dropped_total(), 0);
 }
 
 #[tokio::test]
@@ -1276,7 +1335,7 @@ async fn upstreams_added_and_removed_under_load_lose_nothing_and_removed_ones_ge
             .state
             .pool
             .client
-            .in_flight(&a.address())
+            .calls_in_flight(&a.address())
             .iter()
             .all(|n| *n == 0)
     })
@@ -1630,7 +1689,11 @@ async fn streams_beyond_a_connections_share_open_more_connections_to_the_upstrea
         proxy.state.pool.client.in_flight(&a.address()) == [2, 2, 1]
     })
     .await;
-    assert_eq!(a.connections(), 3, "the sink sees three connections");
+    assert_eq!(
+        a.connections(),
+        4,
+        "three connections for the forwarded streams, besides the one the proxy's own calls use"
+    );
     // Ending the calls frees the streams; the connections stay for later streams.
     drop(senders);
     for call in calls {
@@ -2353,7 +2416,7 @@ async fn an_upstream_much_slower_than_the_others_is_ejected_and_the_rest_take_it
             .state
             .pool
             .client
-            .in_flight(&slow.address())
+            .calls_in_flight(&slow.address())
             .iter()
             .all(|n| *n == 0)
     })
@@ -2399,7 +2462,7 @@ async fn a_draining_upstream_finishes_its_work_in_flight_and_gets_nothing_new() 
             .state
             .pool
             .client
-            .in_flight(&b.address())
+            .calls_in_flight(&b.address())
             .iter()
             .sum::<usize>()
             > 0

@@ -232,6 +232,57 @@ pub(crate) fn encode_response(status: StatusCode, headers: &HeaderMap, out: &mut
     encode_fields(headers, out);
 }
 
+/// Encodes a request of the proxy's own to an upstream: `POST` of `path` to `authority`,
+/// then `fields` (lowercase names, as HTTP/2 wants them).
+pub(crate) fn encode_request(
+    https: bool,
+    authority: &[u8],
+    path: &[u8],
+    fields: &[(&[u8], &[u8])],
+    out: &mut BytesMut,
+) {
+    // Static table: 3 `:method POST`, 6/7 `:scheme http`/`https`, 1 `:authority`, 4 `:path`.
+    out.put_u8(0x80 | 3);
+    out.put_u8(0x80 | if https { 7 } else { 6 });
+    // Literal without indexing, name from the static table.
+    integer(1, 4, 0, out);
+    string(authority, out);
+    integer(4, 4, 0, out);
+    string(path, out);
+    for (name, value) in fields {
+        literal(name, value, out);
+    }
+}
+
+/// An upstream's response or trailer block: its `:status` (when it has one) and its
+/// regular fields, those `http` cannot hold left out. Over [`MAX_LIST`], the fields past
+/// it are decoded (the table must follow) but not kept.
+pub(crate) fn decode_response(
+    decoder: &mut Decoder,
+    block: &[u8],
+) -> Result<(Option<u16>, HeaderMap), CompressionError> {
+    let mut status = None;
+    let mut fields = HeaderMap::new();
+    let mut size = ListSize::default();
+    decode(decoder, block, |name, value| {
+        if size.add(name, value) {
+            return;
+        }
+        if name == b":status" {
+            status = std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.parse::<u16>().ok());
+            return;
+        }
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+        {
+            fields.append(name, value);
+        }
+    })?;
+    Ok((status, fields))
+}
+
 /// Encodes header fields (trailers, or a response's regular headers).
 pub(crate) fn encode_fields(headers: &HeaderMap, out: &mut BytesMut) {
     for (name, value) in headers {
@@ -274,6 +325,48 @@ mod tests {
             );
             assert_eq!(fields[2].1.len(), 300);
         }
+    }
+
+    #[test]
+    fn the_proxys_requests_decode_as_a_server_reads_them() {
+        let mut block = BytesMut::new();
+        encode_request(
+            true,
+            b"oap-0:11800",
+            b"/skywalking.v3.TraceSegmentReportService/collect",
+            &[(b"content-type", b"application/grpc"), (b"te", b"trailers")],
+            &mut block,
+        );
+        let request = decode_request(&mut decoder(), &block).unwrap().unwrap();
+        assert_eq!(request.method(), Method::POST);
+        assert_eq!(
+            request.uri().path(),
+            "/skywalking.v3.TraceSegmentReportService/collect"
+        );
+        assert_eq!(request.headers()["te"], "trailers");
+        // And by an independent decoder.
+        let fields = loona_hpack::Decoder::new().decode(&block).unwrap();
+        assert_eq!(fields[0], (b":method".to_vec(), b"POST".to_vec()));
+        assert_eq!(fields[1], (b":scheme".to_vec(), b"https".to_vec()));
+        assert_eq!(fields[2], (b":authority".to_vec(), b"oap-0:11800".to_vec()));
+    }
+
+    #[test]
+    fn responses_and_trailers_decode_with_status_and_fields() {
+        let mut encoder = loona_hpack::Encoder::new();
+        let mut decoder = decoder();
+        let block = encoder.encode([
+            (&b":status"[..], &b"200"[..]),
+            (b"content-type", b"application/grpc"),
+        ]);
+        let (status, fields) = decode_response(&mut decoder, &block).unwrap();
+        assert_eq!(status, Some(200));
+        assert_eq!(fields["content-type"], "application/grpc");
+        let block = encoder.encode([(&b"grpc-status"[..], &b"3"[..]), (b"grpc-message", b"bad")]);
+        let (status, fields) = decode_response(&mut decoder, &block).unwrap();
+        assert_eq!(status, None);
+        assert_eq!(fields["grpc-status"], "3");
+        assert!(decode_response(&mut decoder, &[0xff, 0x40]).is_err());
     }
 
     /// A request block as grpc clients write it: indexed and incrementally indexed fields.

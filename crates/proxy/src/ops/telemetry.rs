@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::grpc::framing;
 use crate::listen::state::State;
 use crate::queue::DropReason;
-use crate::upstream::request;
+use crate::upstream::driven::Call;
 
 pub(crate) const PATH: &str = "/skywalking.v3.MeterReportService/collectBatch";
 
@@ -244,12 +244,16 @@ pub async fn report(state: State, config: TelemetryConfig) {
 }
 
 async fn send(state: &State, upstream: &str, message: &[u8]) -> Result<(), String> {
-    let request = request::request(upstream, PATH, None, framing::frame(message))
-        .ok_or_else(|| format!("{upstream} is not an address"))?;
+    let call = Call {
+        upstream,
+        path: PATH,
+        encoding: None,
+        payload: framing::frame(message).into(),
+    };
     let answer = state
         .pool
         .client
-        .call(request, Duration::from_secs(5))
+        .call(call, Duration::from_secs(5))
         .await
         .map_err(|err| err.to_string())?;
     match answer.code {

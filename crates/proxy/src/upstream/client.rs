@@ -1,5 +1,7 @@
 //! The HTTP/2 client to the upstreams: one multiplexed connection per upstream, and more
-//! when its streams saturate. A connection carries up to `--upstream-streams` streams at
+//! when its streams saturate. Forwarded calls go through hyper's client; the proxy's own
+//! calls (batches, reports, health checks, telemetry) through [`crate::upstream::driven`],
+//! with the same limits. A connection carries up to `--upstream-streams` streams at
 //! once; a stream beyond that opens (or uses) the upstream's next connection, up to
 //! `--upstream-connections`, so a busy OAP's per-connection stream limit (and its
 //! head-of-line blocking in one TCP connection) does not cap the proxy.
@@ -13,13 +15,14 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::grpc;
 use crate::upstream::connector::UpstreamConnector;
+use crate::upstream::driven::{Call, Connections};
+use crate::upstream::payload::Progress;
 use crate::upstream::request::UpstreamBody;
 use crate::upstream::tls::Origination;
 
@@ -27,6 +30,9 @@ use crate::upstream::tls::Origination;
 type InFlightCounts = Arc<Mutex<HashMap<Arc<str>, Vec<usize>>>>;
 
 pub struct UpstreamClient {
+    /// The proxy's own calls: batches, reports, health checks, telemetry.
+    driven: Connections,
+    /// Forwarded calls, their answers streamed back.
     pools: Vec<Client<UpstreamConnector, UpstreamBody>>,
     streams_per_connection: usize,
     /// Requests go over TLS (and say `https`).
@@ -82,6 +88,7 @@ impl UpstreamClient {
             })
             .collect();
         UpstreamClient {
+            driven: Connections::new(connector, connections, streams_per_connection),
             pools,
             streams_per_connection: streams_per_connection.max(1),
             tls,
@@ -156,59 +163,46 @@ impl UpstreamClient {
         }))
     }
 
-    /// Sends a call the proxy makes itself (a health check, its telemetry) and reads its
-    /// whole answer within `timeout`; `Err` says why there was none.
+    /// Makes a call of the proxy's own (a health check, its telemetry) on the driven
+    /// connections and reads its whole answer within `timeout`; `Err` says why there was
+    /// none.
     pub async fn call(
         &self,
-        request: Request<UpstreamBody>,
+        call: Call<'_>,
         timeout: std::time::Duration,
     ) -> Result<Answer, CallError> {
-        tokio::time::timeout(timeout, self.answer(request))
-            .await
-            .unwrap_or(Err(CallError::TimedOut))
+        let by = std::time::Instant::now() + timeout;
+        self.call_by(call, None, || by).await
     }
 
-    /// Sends a call and reads its whole answer by a deadline that may move while the call
-    /// runs: `deadline` is asked again whenever the one it gave passes, and the call times
-    /// out only when it says a time already past.
+    /// Makes a call of the proxy's own (a batch, a report) on the driven connections
+    /// ([`crate::upstream::driven`]) and reads its whole answer by a deadline that may
+    /// move while the call runs: `deadline` is asked again whenever the one it gave passes,
+    /// and the call times out only when it says a time already past. `progress` hears how
+    /// far the request got.
     pub async fn call_by(
         &self,
-        request: Request<UpstreamBody>,
+        call: Call<'_>,
+        progress: Option<Arc<Progress>>,
         deadline: impl Fn() -> std::time::Instant,
     ) -> Result<Answer, CallError> {
-        let answer = self.answer(request);
-        tokio::pin!(answer);
-        loop {
-            let at = deadline();
-            if at <= std::time::Instant::now() {
-                return Err(CallError::TimedOut);
-            }
-            tokio::select! {
-                answered = &mut answer => return answered,
-                () = tokio::time::sleep_until(at.into()) => {}
-            }
+        let mut fields = Vec::new();
+        if let Some(encoding) = call.encoding.and_then(|e| HeaderValue::from_str(e).ok()) {
+            fields.push(("grpc-encoding", encoding));
         }
+        if let Some(authentication) = &self.authentication {
+            fields.push(("authentication", authentication.current()));
+        }
+        self.driven.call_by(call, fields, progress, deadline).await
     }
 
-    async fn answer(&self, request: Request<UpstreamBody>) -> Result<Answer, CallError> {
-        let response = self
-            .request(request)
-            .await
-            .map_err(|err| CallError::Broken(describe(&err)))?;
-        let (parts, body) = response.into_parts();
-        let collected = http_body_util::BodyExt::collect(body)
-            .await
-            .map_err(|err| CallError::Broken(format!("reading the answer: {err}")))?;
-        let trailers = collected.trailers();
-        Ok(Answer {
-            code: grpc::status_of(&parts.headers, trailers)
-                .unwrap_or_else(|| grpc::status_of_http(parts.status)),
-            message: grpc::message_of(&parts.headers, trailers),
-            body: collected.to_bytes(),
-        })
+    /// The proxy's own calls open per driven connection to `upstream` (for tests and
+    /// metrics).
+    pub fn calls_in_flight(&self, upstream: &str) -> Vec<usize> {
+        self.driven.in_flight(upstream)
     }
 
-    /// Streams open per connection to `upstream` (for tests and metrics).
+    /// Forwarded calls' streams open per connection to `upstream` (for tests and metrics).
     pub fn in_flight(&self, upstream: &str) -> Vec<usize> {
         self.in_flight
             .lock()

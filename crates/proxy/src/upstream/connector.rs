@@ -58,6 +58,90 @@ impl UpstreamConnector {
     }
 }
 
+impl UpstreamConnector {
+    /// A connection for [`crate::upstream::driven`], opened as the HTTP/2 client's are:
+    /// the same TCP options, then TLS when configured.
+    pub(crate) async fn open(&self, uri: Uri) -> Result<DirectIo, BoxError> {
+        let mut tcp = self.tcp.clone();
+        let stream = tower_service::Service::call(&mut tcp, uri.clone())
+            .await?
+            .into_inner();
+        let Some(tls) = &self.tls else {
+            return Ok(DirectIo::Plain(stream));
+        };
+        let host = uri.host().unwrap_or_default();
+        let stream = tls.connect(host, stream, CONNECT_TIMEOUT).await?;
+        Ok(DirectIo::Tls(Box::new(stream)))
+    }
+
+    /// Requests say `https`.
+    pub(crate) fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+}
+
+/// A driven connection's socket, in cleartext or TLS.
+pub(crate) enum DirectIo {
+    Plain(TcpStream),
+    /// Boxed: a TLS session is a kilobyte.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for DirectIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            DirectIo::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            DirectIo::Tls(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for DirectIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            DirectIo::Plain(io) => Pin::new(io).poll_write(cx, buf),
+            DirectIo::Tls(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            DirectIo::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            DirectIo::Tls(io) => Pin::new(io.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            DirectIo::Plain(io) => Pin::new(io).poll_flush(cx),
+            DirectIo::Tls(io) => Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            DirectIo::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            DirectIo::Tls(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 impl tower_service::Service<Uri> for UpstreamConnector {
     type Response = Coalescing<UpstreamIo>;
     type Error = BoxError;

@@ -18,7 +18,7 @@ use crate::upstream::client::CallError;
 use bytes::Bytes;
 
 use crate::upstream::Pool;
-use crate::upstream::request;
+use crate::upstream::driven::Call;
 
 /// Active health checking of upstreams in use.
 #[derive(Clone, Copy, Debug)]
@@ -138,11 +138,13 @@ pub async fn keep_connected(pool: std::sync::Arc<Pool>, tick: Duration, checks: 
 async fn check(pool: &Pool, address: &str, timeout: Duration) -> Option<String> {
     // An empty HealthCheckRequest (the server as a whole), framed.
     let empty = Bytes::from_static(&[0, 0, 0, 0, 0]);
-    let Some(request) = request::request(address, "/grpc.health.v1.Health/Check", None, empty)
-    else {
-        return Some("not an address".into());
+    let call = Call {
+        upstream: address,
+        path: "/grpc.health.v1.Health/Check",
+        encoding: None,
+        payload: empty.into(),
     };
-    match pool.client.call(request, timeout).await {
+    match pool.client.call(call, timeout).await {
         Err(CallError::TimedOut) => Some("no answer to a health check in time".to_string()),
         Err(reason) => Some(reason.to_string()),
         Ok(answer) if answer.code == 14 => Some("health check answered UNAVAILABLE".into()),

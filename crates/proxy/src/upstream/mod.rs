@@ -12,6 +12,7 @@
 //! - [`health`]: connections opened before data needs them, failed upstreams probed back;
 //! - [`pool`]: what they share: the upstream set, the balancer, the client;
 //! - [`client`]: the HTTP/2 client, more connections when one's streams saturate;
+//! - [`driven`]: the connections the proxy's own calls go on, driven by the proxy itself;
 //! - [`connector`], [`tls`]: its connections, in cleartext or TLS (mutual TLS);
 //! - [`coalesce`]: small writes gathered into one, vectored writes kept;
 //! - [`request`], [`payload`]: the calls it makes, their data gathered without copying;
@@ -23,6 +24,7 @@ pub mod client;
 pub(crate) mod coalesce;
 pub mod connector;
 pub mod delivery;
+pub mod driven;
 pub(crate) mod forward;
 pub mod health;
 pub mod http;

@@ -1,7 +1,7 @@
 //! What the proxy sends upstream: one buffer, or a batch of messages gathered from the
-//! buffers they arrived in. A gathered batch is not joined into one buffer: the HTTP/2
-//! client hands its parts to vectored writes straight from the clients' read buffers (and
-//! [`crate::upstream::coalesce`] gathers those writes into large ones).
+//! buffers they arrived in. A gathered batch is not joined into one buffer: the driven
+//! connections ([`crate::upstream::driven`]) write its parts, sliced into DATA frames,
+//! straight from the clients' read buffers.
 
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,8 +15,6 @@ use bytes::{Buf, Bytes};
 pub enum Payload {
     Contiguous(Bytes),
     Gathered(Gathered),
-    /// Data that says when it has all been written ([`Tracked`]).
-    Tracked(Box<Tracked>),
 }
 
 /// How far an upstream call's request got: it left for the upstream (the stream was opened
@@ -58,7 +56,18 @@ impl Progress {
         self.started + Duration::from_nanos(self.moved.load(Ordering::Relaxed))
     }
 
-    fn set_moved(&self) {
+    /// The call was refused unprocessed (a stream the upstream refused, or beyond its
+    /// GOAWAY): it reached nobody after all.
+    pub(crate) fn set_unsent(&self) {
+        self.sent.store(false, Ordering::Relaxed);
+    }
+
+    /// The upstream was handed the whole request.
+    pub(crate) fn set_taken(&self) {
+        let _ = self.taken.set(Instant::now());
+    }
+
+    pub(crate) fn set_moved(&self) {
         let since = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.moved.store(since, Ordering::Relaxed);
     }
@@ -66,53 +75,6 @@ impl Progress {
     /// When the upstream took the whole request.
     pub fn taken(&self) -> Option<Instant> {
         self.taken.get().copied()
-    }
-}
-
-/// A payload that tells a call's [`Progress`]: its bytes moved whenever the HTTP/2 client
-/// writes some (h2 keeps a DATA payload queued until the upstream's flow-control windows
-/// let its bytes out, writes what they allow and puts the rest back), and it was all taken
-/// when the client lets go of it with nothing left (once the last byte went to the
-/// connection).
-#[derive(Debug)]
-pub struct Tracked {
-    payload: Payload,
-    progress: Option<Arc<Progress>>,
-}
-
-impl Tracked {
-    pub(crate) fn new(payload: Payload, progress: Arc<Progress>) -> Tracked {
-        Tracked {
-            payload,
-            progress: Some(progress),
-        }
-    }
-
-    fn advance(&mut self, cnt: usize) {
-        self.payload.advance(cnt);
-        if let Some(progress) = &self.progress {
-            progress.set_moved();
-        }
-    }
-}
-
-impl Clone for Tracked {
-    /// A copy reads the same data but does not speak for the call.
-    fn clone(&self) -> Self {
-        Tracked {
-            payload: self.payload.clone(),
-            progress: None,
-        }
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        if let Some(progress) = self.progress.take()
-            && !self.payload.has_remaining()
-        {
-            let _ = progress.taken.set(Instant::now());
-        }
     }
 }
 
@@ -141,6 +103,26 @@ impl Gathered {
             index: 0,
             offset: 0,
             remaining,
+        }
+    }
+}
+
+impl Gathered {
+    /// The next `n` bytes, as slices of the parts (no copy), handed to `part` in order.
+    fn take_parts(&mut self, mut n: usize, part: &mut impl FnMut(Bytes)) {
+        assert!(n <= self.remaining, "took past the end");
+        self.remaining -= n;
+        while n > 0 {
+            let current = &self.parts[self.index];
+            let end = current.len().min(self.offset + n);
+            part(current.slice(self.offset..end));
+            n -= end - self.offset;
+            if end == current.len() {
+                self.index += 1;
+                self.offset = 0;
+            } else {
+                self.offset = end;
+            }
         }
     }
 }
@@ -186,12 +168,26 @@ impl Buf for Gathered {
     }
 }
 
+impl Payload {
+    /// The next `n` bytes as slices of the buffers they are in (no copy), handed to `part`
+    /// in order.
+    pub(crate) fn take_parts(&mut self, n: usize, mut part: impl FnMut(Bytes)) {
+        match self {
+            Payload::Contiguous(b) => {
+                if n > 0 {
+                    part(b.split_to(n));
+                }
+            }
+            Payload::Gathered(g) => g.take_parts(n, &mut part),
+        }
+    }
+}
+
 impl Buf for Payload {
     fn remaining(&self) -> usize {
         match self {
             Payload::Contiguous(b) => b.remaining(),
             Payload::Gathered(g) => g.remaining(),
-            Payload::Tracked(t) => t.payload.remaining(),
         }
     }
 
@@ -199,7 +195,6 @@ impl Buf for Payload {
         match self {
             Payload::Contiguous(b) => b.chunk(),
             Payload::Gathered(g) => g.chunk(),
-            Payload::Tracked(t) => t.payload.chunk(),
         }
     }
 
@@ -207,7 +202,6 @@ impl Buf for Payload {
         match self {
             Payload::Contiguous(b) => b.advance(cnt),
             Payload::Gathered(g) => g.advance(cnt),
-            Payload::Tracked(t) => t.advance(cnt),
         }
     }
 
@@ -215,7 +209,6 @@ impl Buf for Payload {
         match self {
             Payload::Contiguous(b) => b.chunks_vectored(dst),
             Payload::Gathered(g) => g.chunks_vectored(dst),
-            Payload::Tracked(t) => t.payload.chunks_vectored(dst),
         }
     }
 }
@@ -223,37 +216,6 @@ impl Buf for Payload {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_tracked_payload_tells_when_its_bytes_move_and_when_all_were_taken() {
-        let progress = Arc::new(Progress::default());
-        let mut tracked = Payload::Tracked(Box::new(Tracked::new(
-            Payload::Gathered(Gathered::new(parts())),
-            progress.clone(),
-        )));
-        // A copy (a retry's) says nothing, written or not.
-        let mut copy = tracked.clone();
-        copy.advance(8);
-        drop(copy);
-        assert_eq!(progress.moved(), progress.started);
-        assert!(progress.taken().is_none());
-        std::thread::sleep(Duration::from_millis(2));
-        tracked.advance(7);
-        let moved = progress.moved();
-        assert!(moved > progress.started);
-        assert_eq!(tracked.chunk(), b"h");
-        assert!(progress.taken().is_none());
-        tracked.advance(1);
-        drop(tracked);
-        assert!(progress.taken().is_some_and(|taken| taken >= moved));
-        // Dropped with data unwritten (the stream was reset): not taken.
-        let cut = Arc::new(Progress::default());
-        drop(Payload::Tracked(Box::new(Tracked::new(
-            Payload::Contiguous(Bytes::from_static(b"abc")),
-            cut.clone(),
-        ))));
-        assert!(cut.taken().is_none());
-    }
 
     fn parts() -> Vec<Bytes> {
         vec![
@@ -276,6 +238,31 @@ mod tests {
             }
             assert_eq!(read, b"abcdefgh", "step {step}");
         }
+    }
+
+    #[test]
+    fn taking_slices_reads_the_parts_in_order_across_any_steps() {
+        for step in 1..=8 {
+            let mut payload = Payload::Gathered(Gathered::new(parts()));
+            let mut read = Vec::new();
+            while payload.has_remaining() {
+                let n = step.min(payload.remaining());
+                let mut slices = 0;
+                payload.take_parts(n, |bytes| {
+                    assert!(!bytes.is_empty());
+                    slices += 1;
+                    read.extend_from_slice(&bytes);
+                });
+                assert!(slices >= 1);
+            }
+            assert_eq!(read, b"abcdefgh", "step {step}");
+        }
+        let mut one = Payload::Contiguous(Bytes::from_static(b"xyz"));
+        let mut read = Vec::new();
+        one.take_parts(2, |b| read.push(b));
+        one.take_parts(1, |b| read.push(b));
+        assert_eq!(read, [&b"xy"[..], b"z"]);
+        assert_eq!(one.remaining(), 0);
     }
 
     #[test]

@@ -37,8 +37,8 @@ use crate::queue::{Batch, DropReason, Event};
 use crate::upstream::Pool;
 use crate::upstream::client::CallError;
 use crate::upstream::delivery::{Failures, timeout_bit};
-use crate::upstream::payload::{Gathered, Payload};
-use crate::upstream::request;
+use crate::upstream::driven::Call;
+use crate::upstream::payload::{Gathered, Payload, Progress};
 
 /// Attempts on different upstreams that fail before the data is put back.
 const FAILURE_ATTEMPTS: usize = 3;
@@ -471,19 +471,21 @@ async fn call(
     route: &crate::queue::Route,
     body: Payload,
 ) -> Outcome {
-    let Some(request) = request::request(upstream, &route.path, route.encoding.as_deref(), body)
-    else {
-        return Outcome::Broken {
-            reason: format!("{upstream} is not an address"),
-            sent: false,
-            timed_out: false,
-            taken: false,
-        };
-    };
-    let (request, progress) = request::watched(request);
+    let progress = Arc::new(Progress::default());
     let delivery = sender.pool.delivery;
     let deadline = || delivery.deadline(progress.moved(), progress.taken());
-    match sender.pool.client.call_by(request, deadline).await {
+    let call = Call {
+        upstream,
+        path: &route.path,
+        encoding: route.encoding.as_deref(),
+        payload: body,
+    };
+    match sender
+        .pool
+        .client
+        .call_by(call, Some(progress.clone()), deadline)
+        .await
+    {
         Ok(answer) => Outcome::Answered(
             grpc::verdict(answer.code, &answer.message),
             answer.code,

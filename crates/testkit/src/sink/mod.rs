@@ -84,6 +84,20 @@ struct Recorded {
     /// How long the sink waits after reading each DATA frame of a request (a node that
     /// takes data in slowly: its flow-control windows open at that pace).
     read_pace: std::time::Duration,
+    /// HTTP/2 settings of new connections, and their graceful end.
+    h2: H2Limits,
+}
+
+/// What a sink's new connections say and do in HTTP/2 (see [`Sink::set_h2_limits`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct H2Limits {
+    /// SETTINGS_INITIAL_WINDOW_SIZE (hyper's default when `None`).
+    pub stream_window: Option<u32>,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS (hyper's default when `None`).
+    pub max_streams: Option<u32>,
+    /// After this many calls a connection is shut down gracefully (GOAWAY, then the calls
+    /// under way finish), as a restarting or rebalancing server does.
+    pub goaway_after: Option<u64>,
 }
 
 /// A running sink.
@@ -262,15 +276,37 @@ impl Sink {
     ) where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
+        let limits = rec.lock().expect("sink lock is never poisoned").h2;
+        let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let enough = Arc::new(tokio::sync::Notify::new());
+        let (counted, told) = (calls.clone(), enough.clone());
         let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
             let (rec, fail, observer) = (rec.clone(), fail.clone(), observer.clone());
+            if limits
+                .goaway_after
+                .is_some_and(|after| counted.fetch_add(1, Ordering::Relaxed) + 1 == after)
+            {
+                told.notify_one();
+            }
             async move {
                 Ok::<_, Infallible>(Self::serve(request, &rec, &fail, observer.as_ref()).await)
             }
         });
-        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .serve_connection(io, service)
-            .await;
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        if let Some(window) = limits.stream_window {
+            builder.initial_stream_window_size(window);
+        }
+        if let Some(streams) = limits.max_streams {
+            builder.max_concurrent_streams(streams);
+        }
+        let connection = builder.serve_connection(io, service);
+        tokio::pin!(connection);
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            () = enough.notified() => {}
+        }
+        connection.as_mut().graceful_shutdown();
+        let _ = connection.await;
     }
 
     /// Reads a request body, at `pace` per DATA frame when it is not zero (hyper gives a
@@ -668,6 +704,15 @@ impl Sink {
             .lock()
             .expect("sink lock is never poisoned")
             .read_pace = pace;
+    }
+
+    /// From now on, new connections use these HTTP/2 settings and end gracefully after so
+    /// many calls (a strict or restarting server).
+    pub fn set_h2_limits(&self, limits: H2Limits) {
+        self.recorded
+            .lock()
+            .expect("sink lock is never poisoned")
+            .h2 = limits;
     }
 
     /// From now on, answer every call with `UNAVAILABLE` (or stop doing so).
