@@ -108,20 +108,110 @@ impl Gathered {
 }
 
 impl Gathered {
-    /// The next `n` bytes, as slices of the parts (no copy), handed to `part` in order.
-    fn take_parts(&mut self, mut n: usize, part: &mut impl FnMut(Bytes)) {
-        assert!(n <= self.remaining, "took past the end");
-        self.remaining -= n;
-        while n > 0 {
-            let current = &self.parts[self.index];
-            let end = current.len().min(self.offset + n);
-            part(current.slice(self.offset..end));
-            n -= end - self.offset;
-            if end == current.len() {
-                self.index += 1;
-                self.offset = 0;
-            } else {
-                self.offset = end;
+    /// Parts lent, in order (none empty), to be given back with [`Gathered::give_back`].
+    pub(crate) fn lend(parts: impl Iterator<Item = Bytes>) -> Gathered {
+        let parts: Arc<[Bytes]> = parts.collect();
+        debug_assert!(
+            parts.iter().all(|p| !p.is_empty()),
+            "lent parts are messages"
+        );
+        let remaining = parts.iter().map(Bytes::len).sum();
+        Gathered {
+            parts,
+            index: 0,
+            offset: 0,
+            remaining,
+        }
+    }
+
+    /// Gives the parts back to where they were lent from: moved when no copy of this
+    /// batch is left anywhere (a connection may still hold one for a moment), else
+    /// shared.
+    pub(crate) fn give_back<'a>(mut self, owners: impl Iterator<Item = &'a mut Bytes>) {
+        match Arc::get_mut(&mut self.parts) {
+            Some(parts) => {
+                for (owner, part) in owners.zip(parts.iter_mut()) {
+                    *owner = std::mem::take(part);
+                }
+            }
+            None => {
+                for (owner, part) in owners.zip(self.parts.iter()) {
+                    *owner = part.clone();
+                }
+            }
+        }
+    }
+
+    /// The next `n` bytes, as a span of the parts (one pointer to them, no copy).
+    fn take_span(&mut self, n: usize) -> Span {
+        let span = Span::Parts {
+            parts: self.parts.clone(),
+            index: self.index,
+            offset: self.offset,
+            len: n,
+        };
+        self.advance(n);
+        span
+    }
+}
+
+/// Bytes taken from a payload for one DATA frame: a buffer, or a run of a gathered batch's
+/// parts held by one pointer to the batch (not a reference count per message).
+#[derive(Clone, Debug)]
+pub(crate) enum Span {
+    One(Bytes),
+    Parts {
+        parts: Arc<[Bytes]>,
+        /// Where the run starts: a part, and an offset into it.
+        index: usize,
+        offset: usize,
+        len: usize,
+    },
+}
+
+impl Span {
+    pub fn len(&self) -> usize {
+        match self {
+            Span::One(bytes) => bytes.len(),
+            Span::Parts { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds the span's buffers after its first `skip` bytes to `out`, while `out` has
+    /// fewer than `max`.
+    pub fn slices<'a>(&'a self, mut skip: usize, out: &mut Vec<IoSlice<'a>>, max: usize) {
+        match self {
+            Span::One(bytes) => {
+                if skip < bytes.len() && out.len() < max {
+                    out.push(IoSlice::new(&bytes[skip..]));
+                }
+            }
+            Span::Parts {
+                parts,
+                index,
+                offset,
+                len,
+            } => {
+                let mut left = *len;
+                let mut offset = *offset;
+                for part in &parts[*index..] {
+                    if left == 0 || out.len() == max {
+                        return;
+                    }
+                    let take = (part.len() - offset).min(left);
+                    left -= take;
+                    if skip >= take {
+                        skip -= take;
+                    } else {
+                        out.push(IoSlice::new(&part[offset + skip..offset + take]));
+                        skip = 0;
+                    }
+                    offset = 0;
+                }
             }
         }
     }
@@ -169,16 +259,11 @@ impl Buf for Gathered {
 }
 
 impl Payload {
-    /// The next `n` bytes as slices of the buffers they are in (no copy), handed to `part`
-    /// in order.
-    pub(crate) fn take_parts(&mut self, n: usize, mut part: impl FnMut(Bytes)) {
+    /// The next `n` bytes, from the buffers they are in (no copy).
+    pub(crate) fn take_span(&mut self, n: usize) -> Span {
         match self {
-            Payload::Contiguous(b) => {
-                if n > 0 {
-                    part(b.split_to(n));
-                }
-            }
-            Payload::Gathered(g) => g.take_parts(n, &mut part),
+            Payload::Contiguous(b) => Span::One(b.split_to(n)),
+            Payload::Gathered(g) => g.take_span(n),
         }
     }
 }
@@ -240,29 +325,62 @@ mod tests {
         }
     }
 
-    #[test]
-    fn taking_slices_reads_the_parts_in_order_across_any_steps() {
-        for step in 1..=8 {
-            let mut payload = Payload::Gathered(Gathered::new(parts()));
-            let mut read = Vec::new();
-            while payload.has_remaining() {
-                let n = step.min(payload.remaining());
-                let mut slices = 0;
-                payload.take_parts(n, |bytes| {
-                    assert!(!bytes.is_empty());
-                    slices += 1;
-                    read.extend_from_slice(&bytes);
-                });
-                assert!(slices >= 1);
+    /// What a span's slices read, after `skip` bytes, `max` slices at a time.
+    fn spanned(span: &Span, skip: usize, max: usize) -> Vec<u8> {
+        let mut read = Vec::new();
+        let mut at = skip;
+        while at < span.len() {
+            let mut slices = Vec::new();
+            span.slices(at, &mut slices, max);
+            assert!(!slices.is_empty() && slices.len() <= max);
+            for slice in &slices {
+                assert!(!slice.is_empty());
+                read.extend_from_slice(slice);
+                at += slice.len();
             }
-            assert_eq!(read, b"abcdefgh", "step {step}");
+        }
+        read
+    }
+
+    #[test]
+    fn spans_read_the_parts_in_order_across_any_steps_skips_and_room() {
+        for step in 1..=8 {
+            for max in [1, 2, 8] {
+                let mut payload = Payload::Gathered(Gathered::new(parts()));
+                let mut read = Vec::new();
+                while payload.has_remaining() {
+                    let n = step.min(payload.remaining());
+                    let span = payload.take_span(n);
+                    assert_eq!(span.len(), n);
+                    for skip in 0..n {
+                        let tail = spanned(&span, skip, max);
+                        assert_eq!(tail, spanned(&span, 0, max)[skip..]);
+                    }
+                    read.extend(spanned(&span, 0, max));
+                }
+                assert_eq!(read, b"abcdefgh", "step {step}, {max} slices");
+            }
         }
         let mut one = Payload::Contiguous(Bytes::from_static(b"xyz"));
-        let mut read = Vec::new();
-        one.take_parts(2, |b| read.push(b));
-        one.take_parts(1, |b| read.push(b));
-        assert_eq!(read, [&b"xy"[..], b"z"]);
+        assert_eq!(spanned(&one.take_span(2), 0, 1), b"xy");
+        assert_eq!(spanned(&one.take_span(1), 0, 1), b"z");
         assert_eq!(one.remaining(), 0);
+    }
+
+    #[test]
+    fn lent_parts_come_back_moved_or_shared() {
+        let mut owners: Vec<Bytes> = parts().into_iter().filter(|p| !p.is_empty()).collect();
+        let original = owners.clone();
+        let lent = Gathered::lend(owners.iter_mut().map(std::mem::take));
+        assert!(owners.iter().all(Bytes::is_empty));
+        lent.give_back(owners.iter_mut());
+        assert_eq!(owners, original);
+        // A copy still held elsewhere (a connection's): the parts are shared back.
+        let lent = Gathered::lend(owners.iter_mut().map(std::mem::take));
+        let held = Payload::Gathered(lent.clone());
+        lent.give_back(owners.iter_mut());
+        assert_eq!(owners, original);
+        assert_eq!(held.remaining(), 8);
     }
 
     #[test]

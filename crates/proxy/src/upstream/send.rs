@@ -132,7 +132,8 @@ async fn send_group(sender: &Sender, partition: usize, events: Vec<Event>) -> bo
     if events[0].route.alone {
         return each_alone(sender, partition, events).await;
     }
-    match deliver(sender, partition, &events).await {
+    let mut events = events;
+    match deliver(sender, partition, &mut events).await {
         Delivery::Refused { code, message }
             if events.len() > 1 && !grpc::refuses_the_method(code) =>
         {
@@ -151,8 +152,8 @@ async fn send_group(sender: &Sender, partition: usize, events: Vec<Event>) -> bo
 /// Sends every event as a call of its own, many at once, and settles them together.
 async fn each_alone(sender: &Sender, partition: usize, events: Vec<Event>) -> bool {
     let deliveries: Vec<(Event, Delivery)> =
-        futures::stream::iter(events.into_iter().map(|event| async move {
-            let delivery = deliver(sender, partition, std::slice::from_ref(&event)).await;
+        futures::stream::iter(events.into_iter().map(|mut event| async move {
+            let delivery = deliver(sender, partition, std::slice::from_mut(&mut event)).await;
             (event, delivery)
         }))
         .buffer_unordered(UNARY_IN_FLIGHT)
@@ -272,15 +273,28 @@ fn settle(sender: &Sender, partition: usize, events: Vec<Event>, delivery: Deliv
 
 /// Sends `events` as one call, trying other upstreams while it fails, or while the
 /// method is refused.
-async fn deliver(sender: &Sender, partition: usize, events: &[Event]) -> Delivery {
+async fn deliver(sender: &Sender, partition: usize, events: &mut [Event]) -> Delivery {
+    if let [one] = events {
+        let body = Payload::Contiguous(one.framed.clone());
+        return deliver_body(sender, partition, events, body).await;
+    }
+    // Gathered, not copied: each message is written from the buffer it arrived in. The
+    // messages are lent to the batch for the delivery (a reference count apiece saved)
+    // and given back to their events after it.
+    let lent = Gathered::lend(events.iter_mut().map(|e| std::mem::take(&mut e.framed)));
+    let delivery = deliver_body(sender, partition, events, Payload::Gathered(lent.clone())).await;
+    lent.give_back(events.iter_mut().map(|e| &mut e.framed));
+    delivery
+}
+
+/// Sends `body`, the messages of `events`, as [`deliver`] says.
+async fn deliver_body(
+    sender: &Sender,
+    partition: usize,
+    events: &[Event],
+    body: Payload,
+) -> Delivery {
     let (route, key) = (&events[0].route, events[0].key.as_deref());
-    let body = match events {
-        [one] => Payload::Contiguous(one.framed.clone()),
-        // Gathered, not copied: each message is written from the buffer it arrived in.
-        _ => Payload::Gathered(Gathered::new(
-            events.iter().map(|event| event.framed.clone()).collect(),
-        )),
-    };
     let mut tried: Vec<Upstream> = Vec::new();
     let (mut failures, mut refusal) = (0, None::<(u16, String)>);
     let (mut refusals, mut reached) = (0, 0u16);

@@ -10,7 +10,9 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
+
+use crate::upstream::payload::Span;
 
 /// A DATA frame written out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,7 +23,7 @@ pub(crate) struct Mark {
 }
 
 struct Segment {
-    bytes: Bytes,
+    span: Span,
     mark: Option<Mark>,
 }
 
@@ -42,14 +44,14 @@ impl Outgoing {
         &mut self.tail
     }
 
-    /// Queues a message buffer (part of a DATA frame's payload) after the frames so far.
-    pub fn push_data(&mut self, bytes: Bytes) {
-        if bytes.is_empty() {
+    /// Queues message bytes (a DATA frame's payload) after the frames so far.
+    pub fn push_data(&mut self, span: Span) {
+        if span.is_empty() {
             return;
         }
         self.seal();
-        self.segment_bytes += bytes.len();
-        self.segments.push_back(Segment { bytes, mark: None });
+        self.segment_bytes += span.len();
+        self.segments.push_back(Segment { span, mark: None });
     }
 
     /// Marks what was queued last (the end of a DATA frame).
@@ -64,7 +66,10 @@ impl Outgoing {
         if !self.tail.is_empty() {
             let bytes = self.tail.split().freeze();
             self.segment_bytes += bytes.len();
-            self.segments.push_back(Segment { bytes, mark: None });
+            self.segments.push_back(Segment {
+                span: Span::One(bytes),
+                mark: None,
+            });
         }
     }
 
@@ -80,10 +85,14 @@ impl Outgoing {
     /// The next bytes to write, at most `max` slices.
     pub fn slices(&mut self, max: usize) -> Vec<IoSlice<'_>> {
         self.seal();
-        let mut slices = Vec::with_capacity(self.segments.len().min(max));
-        for (i, segment) in self.segments.iter().take(max).enumerate() {
-            let skip = if i == 0 { self.front_written } else { 0 };
-            slices.push(IoSlice::new(&segment.bytes[skip..]));
+        let mut slices = Vec::with_capacity(max.min(64));
+        let mut skip = self.front_written;
+        for segment in &self.segments {
+            if slices.len() == max {
+                break;
+            }
+            segment.span.slices(skip, &mut slices, max);
+            skip = 0;
         }
         slices
     }
@@ -96,14 +105,14 @@ impl Outgoing {
                 debug_assert!(false, "more written than queued");
                 return;
             };
-            let left = front.bytes.len() - self.front_written;
+            let left = front.span.len() - self.front_written;
             if written < left {
                 self.front_written += written;
                 return;
             }
             written -= left;
             self.front_written = 0;
-            self.segment_bytes -= front.bytes.len();
+            self.segment_bytes -= front.span.len();
             let mark = front.mark;
             self.segments.pop_front();
             if let Some(mark) = mark {
@@ -116,7 +125,11 @@ impl Outgoing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::BufMut;
+    use bytes::{BufMut, Bytes};
+
+    fn span(bytes: &'static [u8]) -> Span {
+        Span::One(Bytes::from_static(bytes))
+    }
 
     fn drain(out: &mut Outgoing, per_write: usize) -> (Vec<u8>, Vec<Mark>) {
         let mut wire = Vec::new();
@@ -142,14 +155,14 @@ mod tests {
         for per_write in [1, 4, 7, 1000] {
             let mut out = Outgoing::default();
             out.frames().put_slice(b"H1");
-            out.push_data(Bytes::from_static(b"aaa"));
-            out.push_data(Bytes::from_static(b"bb"));
+            out.push_data(span(b"aaa"));
+            out.push_data(span(b"bb"));
             out.mark(Mark {
                 stream: 1,
                 end: false,
             });
             out.frames().put_slice(b"H2");
-            out.push_data(Bytes::from_static(b"c"));
+            out.push_data(span(b"c"));
             out.mark(Mark {
                 stream: 1,
                 end: true,
@@ -188,7 +201,7 @@ mod tests {
     fn a_mark_is_not_reported_while_its_frame_is_partly_written() {
         let mut out = Outgoing::default();
         out.frames().put_slice(b"HEAD");
-        out.push_data(Bytes::from_static(b"payload"));
+        out.push_data(span(b"payload"));
         out.mark(Mark {
             stream: 5,
             end: true,

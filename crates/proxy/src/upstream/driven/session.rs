@@ -279,9 +279,8 @@ impl ClientSession {
             let end = n == remaining;
             let head_flags = if end { flag::END_STREAM } else { 0 };
             write_head(n, kind::DATA, head_flags, id, self.out.frames());
-            let out = &mut self.out;
-            stream.payload.take_parts(n, |part| out.push_data(part));
-            out.mark(Mark { stream: id, end });
+            self.out.push_data(stream.payload.take_span(n));
+            self.out.mark(Mark { stream: id, end });
             stream.window -= n as i64;
             self.window -= n as i64;
             if end {
@@ -461,6 +460,9 @@ impl ClientSession {
             message: grpc::message_of(&headers, trailers.as_ref()),
             body: stream.body.split().freeze(),
         };
+        // Let go of the request before its caller hears: a batch's messages can then go
+        // back to their events without a copy.
+        stream.payload = Payload::Contiguous(Bytes::new());
         if let Some(sender) = stream.answer.take() {
             let _ = sender.send(Ok(answer));
         }
