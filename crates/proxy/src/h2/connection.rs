@@ -144,16 +144,71 @@ struct Connection<H: Handler> {
     eof: bool,
     last_heard: Instant,
     ping_sent: Option<Instant>,
-    keepalive: Option<Pin<Box<Sleep>>>,
     shutdown: watch::Receiver<bool>,
-    drain_timer: Option<Pin<Box<Sleep>>>,
+    timers: Timers,
     /// The drain state the drain timer was set for.
     drain_armed: Drain,
+    stall_frames: u64,
+}
+
+/// When each of a connection's timers is due (`None`: not running). One sleep runs to
+/// the earliest of them: a sleep is a hundred-odd bytes on the heap, and an idle
+/// connection would otherwise keep two.
+struct Timers {
+    keepalive: Option<Instant>,
+    drain: Option<Instant>,
     /// Set while the client owes the rest of something it began (see
     /// [`Session::incomplete`]); reset whenever a frame completes.
-    stall_timer: Option<Pin<Box<Sleep>>>,
-    stall_frames: u64,
-    idle_timer: Option<Pin<Box<Sleep>>>,
+    stall: Option<Instant>,
+    idle: Option<Instant>,
+    /// The one sleep, and the deadline it is set to.
+    sleep: Option<Pin<Box<Sleep>>>,
+    sleep_at: Option<Instant>,
+}
+
+impl Timers {
+    /// The first timer due (keep-alive, drain, stall, and idle when `idle`), in that
+    /// order; else the sleep is set to the earliest deadline and polled.
+    fn poll<S>(&mut self, cx: &mut Context<'_>, idle: bool) -> Poll<Wake<S>> {
+        loop {
+            let now = Instant::now();
+            let due = |at: Option<Instant>| at.is_some_and(|at| at <= now);
+            if due(self.keepalive) {
+                return Poll::Ready(Wake::Keepalive);
+            }
+            if due(self.drain) {
+                return Poll::Ready(Wake::Drain);
+            }
+            if due(self.stall) {
+                return Poll::Ready(Wake::Stalled);
+            }
+            let idle_at = self.idle.filter(|_| idle);
+            if due(idle_at) {
+                return Poll::Ready(Wake::Idle);
+            }
+            let Some(next) = [self.keepalive, self.drain, self.stall, idle_at]
+                .into_iter()
+                .flatten()
+                .min()
+            else {
+                self.sleep = None;
+                self.sleep_at = None;
+                return Poll::Pending;
+            };
+            if self.sleep_at != Some(next) {
+                self.sleep_at = Some(next);
+                match self.sleep.as_mut() {
+                    Some(sleep) => sleep.as_mut().reset(next),
+                    None => self.sleep = Some(Box::pin(tokio::time::sleep_until(next))),
+                }
+            }
+            let sleep = self.sleep.as_mut().expect("set just above");
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // The sleep ended: what it was set for is due now.
+        }
+    }
 }
 
 impl<H: Handler> Connection<H> {
@@ -164,15 +219,6 @@ impl<H: Handler> Connection<H> {
         shutdown: watch::Receiver<bool>,
     ) -> Connection<H> {
         let now = Instant::now();
-        let keepalive = config
-            .keepalive
-            .map(|interval| Box::pin(tokio::time::sleep_until(now + interval)));
-        let drain_timer = config
-            .max_age
-            .map(|age| Box::pin(tokio::time::sleep_until(now + jittered(age))));
-        let idle_timer = config
-            .idle_timeout
-            .map(|idle| Box::pin(tokio::time::sleep_until(now + idle)));
         Connection {
             io,
             session: Session::new(config.settings.clone()),
@@ -180,15 +226,17 @@ impl<H: Handler> Connection<H> {
             eof: false,
             last_heard: now,
             ping_sent: None,
-            keepalive,
             shutdown,
-            drain_timer,
+            timers: Timers {
+                keepalive: config.keepalive.map(|interval| now + interval),
+                drain: config.max_age.map(|age| now + jittered(age)),
+                stall: Some(now + config.header_timeout),
+                idle: config.idle_timeout.map(|idle| now + idle),
+                sleep: None,
+                sleep_at: None,
+            },
             drain_armed: Drain::No,
-            stall_timer: Some(Box::pin(tokio::time::sleep_until(
-                now + config.header_timeout,
-            ))),
             stall_frames: 0,
-            idle_timer,
             config,
         }
     }
@@ -230,19 +278,7 @@ impl<H: Handler> Connection<H> {
                 },
                 // The timers polled in place, by one future (one future each was a few
                 // dozen bytes more in every connection's state).
-                wake = poll_fn(|cx| {
-                    if fired(&mut self.keepalive, cx) {
-                        Poll::Ready(Wake::Keepalive)
-                    } else if fired(&mut self.drain_timer, cx) {
-                        Poll::Ready(Wake::Drain)
-                    } else if fired(&mut self.stall_timer, cx) {
-                        Poll::Ready(Wake::Stalled)
-                    } else if idle && fired(&mut self.idle_timer, cx) {
-                        Poll::Ready(Wake::Idle)
-                    } else {
-                        Poll::Pending
-                    }
-                }) => wake,
+                wake = poll_fn(|cx| self.timers.poll(cx, idle)) => wake,
             };
             match wake {
                 Wake::Signal(Some(signal)) => {
@@ -272,10 +308,7 @@ impl<H: Handler> Connection<H> {
                                 format!("skylift-proxy: idle for {idle:?}"),
                             ));
                         }
-                        let next = self.last_heard + idle;
-                        if let Some(sleep) = self.idle_timer.as_mut() {
-                            sleep.as_mut().reset(next);
-                        }
+                        self.timers.idle = Some(self.last_heard + idle);
                     }
                 }
             }
@@ -309,15 +342,13 @@ impl<H: Handler> Connection<H> {
     /// Arms the stall timer while the client owes bytes, from the last frame it finished.
     fn watch_stalls(&mut self) {
         if !self.session.incomplete() {
-            self.stall_timer = None;
+            self.timers.stall = None;
             return;
         }
         let frames = self.session.frames();
-        if self.stall_timer.is_none() || frames != self.stall_frames {
+        if self.timers.stall.is_none() || frames != self.stall_frames {
             self.stall_frames = frames;
-            self.stall_timer = Some(Box::pin(tokio::time::sleep_until(
-                Instant::now() + self.config.header_timeout,
-            )));
+            self.timers.stall = Some(Instant::now() + self.config.header_timeout);
         }
     }
 
@@ -382,9 +413,7 @@ impl<H: Handler> Connection<H> {
                 self.last_heard + interval
             }
         };
-        if let Some(sleep) = self.keepalive.as_mut() {
-            sleep.as_mut().reset(next);
-        }
+        self.timers.keepalive = Some(next);
         Ok(())
     }
 
@@ -401,13 +430,13 @@ impl<H: Handler> Connection<H> {
             Drain::Announced => Duration::from_secs(1),
             Drain::Final => self.config.drain_grace,
         };
-        self.drain_timer = Some(Box::pin(tokio::time::sleep_until(Instant::now() + after)));
+        self.timers.drain = Some(Instant::now() + after);
     }
 
     fn on_drain_timer(&mut self) -> Result<(), ConnectionError> {
         match self.session.drain() {
             Drain::No => {
-                self.drain_timer = None;
+                self.timers.drain = None;
                 self.handler.on_aged_out();
                 self.session
                     .start_drain("skylift-proxy: max connection age reached; reconnect");
@@ -481,11 +510,4 @@ fn io_error(err: io::Error) -> ConnectionError {
         "io_error",
         format!("connection failed: {err}"),
     )
-}
-
-/// A timer that is set and has fired (else the task is woken when it does).
-fn fired(sleep: &mut Option<Pin<Box<Sleep>>>, cx: &mut Context<'_>) -> bool {
-    sleep
-        .as_mut()
-        .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready())
 }

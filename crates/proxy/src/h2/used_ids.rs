@@ -1,4 +1,5 @@
-//! Which of the client's recent stream ids it really opened, in a fixed 256 bytes.
+//! Which of the client's recent stream ids it really opened: nothing kept while the client
+//! skips none (as clients do), a fixed 256 bytes once it has.
 //!
 //! Client streams take odd ids in increasing order, and may skip some (RFC 9113 §5.1.1:
 //! the skipped ones are closed without ever being used). A frame on an id below the
@@ -23,7 +24,10 @@ pub(crate) enum Used {
 
 #[derive(Default)]
 pub(crate) struct UsedIds {
-    bits: [u64; WORDS],
+    /// One bit per recent odd id, set when it was opened; `None` while every id up to the
+    /// highest was opened (then there is nothing to remember, and every connection holds
+    /// this, idle ones included).
+    bits: Option<Box<[u64; WORDS]>>,
     /// The highest id opened; 0 before the first.
     highest: u32,
 }
@@ -44,8 +48,12 @@ impl UsedIds {
             self.highest + 2
         };
         let skipped = (id - from) / 2;
+        if skipped > 0 && self.bits.is_none() {
+            // The first skip: every id before it was opened.
+            self.bits = Some(Box::new([u64::MAX; WORDS]));
+        }
         if skipped >= SPAN {
-            self.bits = [0; WORDS];
+            self.bits = Some(Box::new([0; WORDS]));
         } else {
             for at in (0..skipped).map(|k| from + 2 * k) {
                 self.set(at, false);
@@ -61,8 +69,11 @@ impl UsedIds {
         if (self.highest - id) / 2 >= SPAN {
             return Used::Unknown;
         }
+        let Some(bits) = &self.bits else {
+            return Used::Yes;
+        };
         let slot = (id / 2) % SPAN;
-        if self.bits[(slot / 64) as usize] & (1 << (slot % 64)) != 0 {
+        if bits[(slot / 64) as usize] & (1 << (slot % 64)) != 0 {
             Used::Yes
         } else {
             Used::Never
@@ -70,12 +81,16 @@ impl UsedIds {
     }
 
     fn set(&mut self, id: u32, used: bool) {
+        let Some(bits) = self.bits.as_mut() else {
+            // Nothing skipped yet: every id is taken as used.
+            return;
+        };
         let slot = (id / 2) % SPAN;
         let (word, bit) = ((slot / 64) as usize, 1u64 << (slot % 64));
         if used {
-            self.bits[word] |= bit;
+            bits[word] |= bit;
         } else {
-            self.bits[word] &= !bit;
+            bits[word] &= !bit;
         }
     }
 }
@@ -83,6 +98,24 @@ impl UsedIds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_that_skips_no_id_costs_nothing_and_its_ids_all_read_used() {
+        let mut ids = UsedIds::default();
+        for id in (1..).step_by(2).take(3000) {
+            ids.open(id);
+        }
+        assert!(ids.bits.is_none());
+        let highest = ids.highest();
+        assert_eq!(ids.used(highest), Used::Yes);
+        assert_eq!(ids.used(highest - 2 * (SPAN - 1)), Used::Yes);
+        assert_eq!(ids.used(1), Used::Unknown);
+        // The first skip remembers from then on.
+        ids.open(highest + 4);
+        assert_eq!(ids.used(highest + 2), Used::Never);
+        assert_eq!(ids.used(highest), Used::Yes);
+        assert!(std::mem::size_of::<UsedIds>() <= 16);
+    }
 
     #[test]
     fn opened_skipped_and_forgotten_ids_are_told_apart() {
