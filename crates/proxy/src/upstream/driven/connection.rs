@@ -11,7 +11,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     inbox: Mutex<Inbox>,
     /// Calls handed here whose callers still wait (to pick the least busy connection).
     active: AtomicUsize,
+    /// [`Inbox::closed`], read without the lock when a connection is chosen.
+    closed: AtomicBool,
 }
 
 #[derive(Default)]
@@ -88,8 +90,10 @@ impl Shared {
         }
     }
 
+    /// The connection takes no more calls (a call handed over may still find it closed:
+    /// [`Shared::submit`] says so).
     pub fn is_closed(&self) -> bool {
-        self.inbox.lock().expect("never poisoned").closed
+        self.closed.load(Ordering::Relaxed)
     }
 
     pub fn active(&self) -> usize {
@@ -122,6 +126,7 @@ impl Shared {
         let left = {
             let mut inbox = self.inbox.lock().expect("never poisoned");
             inbox.closed = true;
+            self.closed.store(true, Ordering::Relaxed);
             inbox.waker = None;
             inbox.cancelled.clear();
             std::mem::take(&mut inbox.submissions)
