@@ -75,20 +75,17 @@ impl Connections {
     /// else a new one while fewer than `per_upstream` are open, else the least busy.
     fn connection(&self, upstream: &str) -> Arc<Shared> {
         let mut open = self.open.lock().expect("never poisoned");
-        open.retain(|_, slots| {
-            for slot in slots.iter_mut() {
-                if slot.as_ref().is_some_and(|c| c.is_closed()) {
-                    *slot = None;
-                }
-            }
-            slots.iter().any(Option::is_some)
-        });
-        let slots = match open.get_mut(upstream) {
-            Some(slots) => slots,
-            None => open
-                .entry(Arc::from(upstream))
-                .or_insert_with(|| vec![None; self.per_upstream]),
-        };
+        if !open.contains_key(upstream) {
+            // A new upstream (a pod replaced, say): forget those whose connections have
+            // all closed.
+            open.retain(|_, slots| {
+                forget_closed(slots);
+                slots.iter().any(Option::is_some)
+            });
+            open.insert(Arc::from(upstream), vec![None; self.per_upstream]);
+        }
+        let slots = open.get_mut(upstream).expect("present");
+        forget_closed(slots);
         let with_room = slots
             .iter()
             .flatten()
@@ -206,6 +203,15 @@ impl Connections {
                 }
                 Ended::Broken(why) => return Err(CallError::Broken(why)),
             }
+        }
+    }
+}
+
+/// Frees the slots of connections that closed.
+fn forget_closed(slots: &mut Slots) {
+    for slot in slots.iter_mut() {
+        if slot.as_ref().is_some_and(|c| c.is_closed()) {
+            *slot = None;
         }
     }
 }
