@@ -129,8 +129,12 @@ pub(crate) fn message_of(headers: &HeaderMap, trailers: Option<&HeaderMap>) -> S
     let raw = trailers
         .and_then(|t| t.get("grpc-message"))
         .or_else(|| headers.get("grpc-message"))
-        .map(|v| v.as_bytes().to_vec())
-        .unwrap_or_default();
+        .map_or(&[][..], |v| v.as_bytes());
+    percent_decoded(raw)
+}
+
+/// A grpc-message as its text: percent-decoded, invalid UTF-8 replaced.
+pub(crate) fn percent_decoded(raw: &[u8]) -> String {
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < raw.len() {

@@ -168,46 +168,42 @@ struct Timers {
 
 impl Timers {
     /// The first timer due (keep-alive, drain, stall, and idle when `idle`), in that
-    /// order; else the sleep is set to the earliest deadline and polled.
+    /// order, once the sleep set to the earliest deadline ends. The clock is read only
+    /// then: this is polled on every turn of the connection's loop.
     fn poll<S>(&mut self, cx: &mut Context<'_>, idle: bool) -> Poll<Wake<S>> {
-        loop {
-            let now = Instant::now();
-            let due = |at: Option<Instant>| at.is_some_and(|at| at <= now);
-            if due(self.keepalive) {
-                return Poll::Ready(Wake::Keepalive);
+        let idle_at = self.idle.filter(|_| idle);
+        let Some(next) = [self.keepalive, self.drain, self.stall, idle_at]
+            .into_iter()
+            .flatten()
+            .min()
+        else {
+            self.sleep = None;
+            self.sleep_at = None;
+            return Poll::Pending;
+        };
+        if self.sleep_at != Some(next) {
+            self.sleep_at = Some(next);
+            match self.sleep.as_mut() {
+                Some(sleep) => sleep.as_mut().reset(next),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(next))),
             }
-            if due(self.drain) {
-                return Poll::Ready(Wake::Drain);
-            }
-            if due(self.stall) {
-                return Poll::Ready(Wake::Stalled);
-            }
-            let idle_at = self.idle.filter(|_| idle);
-            if due(idle_at) {
-                return Poll::Ready(Wake::Idle);
-            }
-            let Some(next) = [self.keepalive, self.drain, self.stall, idle_at]
-                .into_iter()
-                .flatten()
-                .min()
-            else {
-                self.sleep = None;
-                self.sleep_at = None;
-                return Poll::Pending;
-            };
-            if self.sleep_at != Some(next) {
-                self.sleep_at = Some(next);
-                match self.sleep.as_mut() {
-                    Some(sleep) => sleep.as_mut().reset(next),
-                    None => self.sleep = Some(Box::pin(tokio::time::sleep_until(next))),
-                }
-            }
-            let sleep = self.sleep.as_mut().expect("set just above");
-            if sleep.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            // The sleep ended: what it was set for is due now.
         }
+        let sleep = self.sleep.as_mut().expect("set just above");
+        if sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        // The earliest deadline passed; which timers does that make due?
+        let now = Instant::now().max(next);
+        let due = |at: Option<Instant>| at.is_some_and(|at| at <= now);
+        Poll::Ready(if due(self.keepalive) {
+            Wake::Keepalive
+        } else if due(self.drain) {
+            Wake::Drain
+        } else if due(self.stall) {
+            Wake::Stalled
+        } else {
+            Wake::Idle
+        })
     }
 }
 

@@ -15,12 +15,12 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue};
+use http::HeaderValue;
 use tokio::sync::oneshot;
 
 use crate::grpc;
 use crate::h2::frame::{self, Head, Reason, flag, kind, setting};
-use crate::h2::headers;
+use crate::h2::headers::{self, AnswerFields};
 use crate::h2::hpack::Decoder;
 use crate::h2::stream_ids::StreamIdMap;
 use crate::upstream::client::Answer;
@@ -90,8 +90,8 @@ struct Stream {
     request_done: bool,
     progress: Option<Arc<Progress>>,
     answer: Option<oneshot::Sender<Result<Answer, Ended>>>,
-    /// The response's `:status` and fields, once its (final) header block came.
-    response: Option<(Option<u16>, HeaderMap)>,
+    /// What the response's (final) header block said, once it came.
+    response: Option<AnswerFields>,
     body: BytesMut,
     /// Received on this stream and not yet given back.
     unreturned: u32,
@@ -418,18 +418,18 @@ impl ClientSession {
 
     /// A whole header block: decoded whatever stream it is for (the table must follow).
     fn block(&mut self, id: u32, block: &[u8], end_stream: bool) -> Result<(), ConnectionError> {
-        let (status, fields) = headers::decode_response(&mut self.decoder, block)
+        let fields = headers::decode_answer(&mut self.decoder, block)
             .map_err(|_| connection_error(Reason::Compression, "an undecodable header block"))?;
         let Some(stream) = self.streams.get_mut(&id) else {
             return Ok(());
         };
         match &stream.response {
             None => {
-                if status.is_some_and(|s| (100..200).contains(&s)) && !end_stream {
+                if fields.status.is_some_and(|s| (100..200).contains(&s)) && !end_stream {
                     // Informational (RFC 9113 §8.1): the response is still to come.
                     return Ok(());
                 }
-                stream.response = Some((status, fields));
+                stream.response = Some(fields);
                 if end_stream {
                     // Trailers-only.
                     self.finish(id, None);
@@ -444,20 +444,29 @@ impl ClientSession {
     }
 
     /// The server ended the stream: the call is answered.
-    fn finish(&mut self, id: u32, trailers: Option<HeaderMap>) {
+    fn finish(&mut self, id: u32, trailers: Option<AnswerFields>) {
         let Some(mut stream) = self.streams.remove(&id) else {
             return;
         };
-        let (status, headers) = stream.response.take().unwrap_or_default();
-        let code = grpc::status_of(&headers, trailers.as_ref()).unwrap_or_else(|| {
-            let status = status
-                .and_then(|s| http::StatusCode::from_u16(s).ok())
-                .unwrap_or(http::StatusCode::BAD_GATEWAY);
-            grpc::status_of_http(status)
-        });
+        let headers = stream.response.take().unwrap_or_default();
+        let mut trailers = trailers.unwrap_or_default();
+        // From the trailers, else from the headers of a trailers-only answer (as
+        // grpc::status_of), else from the HTTP status.
+        let code = trailers
+            .grpc_status
+            .or(headers.grpc_status)
+            .flatten()
+            .unwrap_or_else(|| {
+                let status = headers
+                    .status
+                    .and_then(|s| http::StatusCode::from_u16(s).ok())
+                    .unwrap_or(http::StatusCode::BAD_GATEWAY);
+                grpc::status_of_http(status)
+            });
+        let message = trailers.grpc_message.take().or(headers.grpc_message);
         let answer = Answer {
             code,
-            message: grpc::message_of(&headers, trailers.as_ref()),
+            message: grpc::percent_decoded(message.as_deref().unwrap_or_default()),
             body: stream.body.split().freeze(),
         };
         // Let go of the request before its caller hears: a batch's messages can then go
