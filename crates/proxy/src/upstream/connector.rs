@@ -1,6 +1,7 @@
-//! How the upstream client opens a connection: TCP (no delay, 3 s to connect), then TLS
-//! when [`crate::upstream::tls`] is configured, with writes gathered by
-//! [`crate::upstream::coalesce`].
+//! How upstream connections are opened: TCP (no delay, 3 s to connect, keepalive), then
+//! TLS when [`crate::upstream::tls`] is configured. The driven connections
+//! ([`crate::upstream::driven`]) take the socket as it is; hyper's client (forwarded calls)
+//! gets it with its writes gathered by [`crate::upstream::coalesce`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -152,41 +153,20 @@ impl tower_service::Service<Uri> for UpstreamConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.tcp.call(uri.clone());
-        let tls = self.tls.clone();
-        Box::pin(async move {
-            let tcp = connecting.await?;
-            let Some(tls) = tls else {
-                return Ok(Coalescing::new(UpstreamIo::Plain(tcp)));
-            };
-            let host = uri.host().unwrap_or_default();
-            let stream = tls.connect(host, tcp.into_inner(), CONNECT_TIMEOUT).await?;
-            Ok(Coalescing::new(UpstreamIo::Tls(Box::new(TokioIo::new(
-                stream,
-            )))))
-        })
+        let connector = self.clone();
+        Box::pin(async move { Ok(Coalescing::new(TokioIo::new(connector.open(uri).await?))) })
     }
 }
 
-/// A connection to an upstream.
-pub(crate) enum UpstreamIo {
-    Plain(TokioIo<TcpStream>),
-    /// Boxed: a TLS session is a kilobyte; the connection lives as long as the pool keeps it.
-    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
-}
+/// A connection of hyper's client (forwarded calls).
+pub(crate) type UpstreamIo = TokioIo<DirectIo>;
 
-impl<T: Connection> Connection for Coalescing<T> {
+impl Connection for Coalescing<UpstreamIo> {
     fn connected(&self) -> Connected {
-        self.get_ref().connected()
-    }
-}
-
-impl Connection for UpstreamIo {
-    fn connected(&self) -> Connected {
-        match self {
-            UpstreamIo::Plain(io) => io.connected(),
-            UpstreamIo::Tls(io) => {
-                let (tcp, session) = io.inner().get_ref();
+        match self.get_ref().inner() {
+            DirectIo::Plain(tcp) => tcp.connected(),
+            DirectIo::Tls(tls) => {
+                let (tcp, session) = tls.get_ref();
                 let connected = tcp.connected();
                 if session.alpn_protocol() == Some(b"h2") {
                     connected.negotiated_h2()
@@ -194,64 +174,6 @@ impl Connection for UpstreamIo {
                     connected
                 }
             }
-        }
-    }
-}
-
-impl hyper::rt::Read for UpstreamIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(io) => Pin::new(io).poll_read(cx, buf),
-            UpstreamIo::Tls(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl hyper::rt::Write for UpstreamIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(io) => Pin::new(io).poll_write(cx, buf),
-            UpstreamIo::Tls(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
-            UpstreamIo::Tls(io) => Pin::new(io.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            UpstreamIo::Plain(io) => io.is_write_vectored(),
-            UpstreamIo::Tls(io) => io.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(io) => Pin::new(io).poll_flush(cx),
-            UpstreamIo::Tls(io) => Pin::new(io.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(io) => Pin::new(io).poll_shutdown(cx),
-            UpstreamIo::Tls(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -96,7 +96,10 @@ pub struct Gathered {
 
 impl Gathered {
     pub fn new(parts: Vec<Bytes>) -> Gathered {
-        let parts: Arc<[Bytes]> = parts.into_iter().filter(|p| !p.is_empty()).collect();
+        Gathered::of(parts.into_iter().filter(|p| !p.is_empty()).collect())
+    }
+
+    fn of(parts: Arc<[Bytes]>) -> Gathered {
         let remaining = parts.iter().map(Bytes::len).sum();
         Gathered {
             parts,
@@ -110,18 +113,12 @@ impl Gathered {
 impl Gathered {
     /// Parts lent, in order (none empty), to be given back with [`Gathered::give_back`].
     pub(crate) fn lend(parts: impl Iterator<Item = Bytes>) -> Gathered {
-        let parts: Arc<[Bytes]> = parts.collect();
+        let lent = Gathered::of(parts.collect());
         debug_assert!(
-            parts.iter().all(|p| !p.is_empty()),
+            lent.parts.iter().all(|p| !p.is_empty()),
             "lent parts are messages"
         );
-        let remaining = parts.iter().map(Bytes::len).sum();
-        Gathered {
-            parts,
-            index: 0,
-            offset: 0,
-            remaining,
-        }
+        lent
     }
 
     /// Gives the parts back to where they were lent from: moved when no copy of this
