@@ -89,7 +89,9 @@ impl Head {
     }
 }
 
-fn head(len: usize, kind: u8, flags: u8, stream: u32, out: &mut BytesMut) {
+/// A frame's 9-byte header; its payload is written after it (or, for the upstream client's
+/// DATA, handed to the socket from the buffers it is in).
+pub(crate) fn head(len: usize, kind: u8, flags: u8, stream: u32, out: &mut BytesMut) {
     debug_assert!(len < 1 << 24);
     let len = u32::try_from(len).expect("frame lengths fit 24 bits");
     out.put_slice(&len.to_be_bytes()[1..]);

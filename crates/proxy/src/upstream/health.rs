@@ -1,7 +1,8 @@
 //! Upstream connections opened before data needs them, and failed upstreams probed back.
 //!
 //! Each upstream that appears is called once at once with `grpc.health.v1.Health/Check`:
-//! that opens the pooled HTTP/2 connection, so the first batch does not pay for it, and an
+//! that opens the upstream's driven HTTP/2 connection ([`crate::upstream::driven`]), which
+//! batches and reports use too, so the first batch does not pay for it, and an
 //! upstream that cannot be reached is ejected before any data is sent its way. An ejected
 //! upstream is probed the same way when its ejection runs out, so it comes back as soon as
 //! it answers (and the ejection grows while it does not: reconnecting with backoff).

@@ -128,11 +128,10 @@ async fn send_batch(sender: &Sender, batch: Batch) -> bool {
 }
 
 /// Sends one group: as one stream, or call by call (see [`crate::queue::Route::alone`]).
-async fn send_group(sender: &Sender, partition: usize, events: Vec<Event>) -> bool {
+async fn send_group(sender: &Sender, partition: usize, mut events: Vec<Event>) -> bool {
     if events[0].route.alone {
         return each_alone(sender, partition, events).await;
     }
-    let mut events = events;
     match deliver(sender, partition, &mut events).await {
         Delivery::Refused { code, message }
             if events.len() > 1 && !grpc::refuses_the_method(code) =>

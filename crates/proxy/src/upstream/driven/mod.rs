@@ -151,35 +151,29 @@ impl Connections {
                 progress: progress.clone(),
                 answer,
             };
-            if connection.submit(submission).is_err() {
-                // It closed after it was chosen: choose again.
+            let ended = if connection.submit(submission).is_err() {
+                // It closed after it was chosen: as if it had sent the call away unopened.
                 waiting.done = true;
-                handed += 1;
-                if handed > REHANDED + 1 {
-                    return Err(CallError::Broken(format!(
-                        "no connection to {} took the call",
-                        call.upstream
-                    )));
-                }
-                continue;
-            }
-            tokio::pin!(answered);
-            let ended = loop {
-                let at = deadline();
-                if at <= Instant::now() {
-                    // `waiting` resets the stream as it drops.
-                    return Err(CallError::TimedOut);
-                }
-                tokio::select! {
-                    answered = &mut answered => {
-                        waiting.done = true;
-                        match answered {
-                            Ok(Ok(answer)) => return Ok(answer),
-                            Ok(Err(ended)) => break ended,
-                            Err(_) => break Ended::Broken("the connection's task ended".into()),
-                        }
+                Ended::Unopened
+            } else {
+                tokio::pin!(answered);
+                loop {
+                    let at = deadline();
+                    if at <= Instant::now() {
+                        // `waiting` resets the stream as it drops.
+                        return Err(CallError::TimedOut);
                     }
-                    () = tokio::time::sleep_until(at.into()) => {}
+                    tokio::select! {
+                        answered = &mut answered => {
+                            waiting.done = true;
+                            match answered {
+                                Ok(Ok(answer)) => return Ok(answer),
+                                Ok(Err(ended)) => break ended,
+                                Err(_) => break Ended::Broken("the connection's task ended".into()),
+                            }
+                        }
+                        () = tokio::time::sleep_until(at.into()) => {}
+                    }
                 }
             };
             match ended {

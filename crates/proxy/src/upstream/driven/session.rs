@@ -278,7 +278,7 @@ impl ClientSession {
             }
             let end = n == remaining;
             let head_flags = if end { flag::END_STREAM } else { 0 };
-            write_head(n, kind::DATA, head_flags, id, self.out.frames());
+            frame::head(n, kind::DATA, head_flags, id, self.out.frames());
             self.out.push_data(stream.payload.take_span(n));
             self.out.mark(Mark { stream: id, end });
             stream.window -= n as i64;
@@ -694,15 +694,6 @@ impl ClientSession {
     pub fn goodbye(&mut self, reason: Reason, debug: &str) {
         frame::goaway(0, reason, debug.as_bytes(), self.out.frames());
     }
-}
-
-/// A frame header alone (the payload follows as separate buffers).
-fn write_head(len: usize, kind: u8, flags: u8, stream: u32, out: &mut BytesMut) {
-    let len = u32::try_from(len).expect("frame lengths fit 24 bits");
-    out.put_slice(&len.to_be_bytes()[1..]);
-    out.put_u8(kind);
-    out.put_u8(flags);
-    out.put_u32(stream);
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
 use super::*;
+use crate::h2::frame::HEADER_LEN;
 use crate::upstream::payload::Gathered;
 
 /// The frames a session wrote, parsed back (after the preface).
@@ -29,8 +30,6 @@ fn frames_out(session: &mut ClientSession) -> Vec<(Head, Vec<u8>)> {
     }
     frames
 }
-
-use crate::h2::frame::HEADER_LEN;
 
 fn server_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> (Head, Bytes) {
     (
@@ -203,8 +202,8 @@ fn every_byte_arrives_in_order_however_the_windows_and_frame_sizes_fall() {
             if got_1.len() == expected.len() && got_3.len() == expected.len() {
                 break;
             }
-            for (stream, got) in [(0, 0), (1, 0), (3, 0)] {
-                let _ = got;
+            // The connection's window and both streams' open by `window` again.
+            for stream in [0, 1, 3] {
                 let (head, payload) =
                     server_frame(kind::WINDOW_UPDATE, 0, stream, &window.to_be_bytes());
                 session.receive(head, payload).unwrap();
