@@ -384,6 +384,77 @@ async fn strict_upstreams_that_keep_sending_connections_away_get_every_report_on
     assert_eq!(proxy.state.queue.totals().dropped_total(), 0);
 }
 
+/// An upstream that refuses a stream (REFUSED_STREAM), then sends the connection away
+/// before the retry's stream (GOAWAY below it), has processed neither: the proxy makes
+/// the call again, on a fresh connection after the GOAWAY, and gets its answer.
+#[tokio::test]
+async fn calls_an_upstream_refused_unprocessed_are_made_again_and_answered() {
+    use skylift_proxy::upstream::driven::Call;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = calls.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                socket.write_all(&raw_frame(0x4, 0, 0, &[])).await.unwrap();
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = socket.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buffer.extend_from_slice(&chunk[..n]);
+                    if buffer.starts_with(h2raw::PREFACE) {
+                        buffer.drain(..h2raw::PREFACE.len());
+                    }
+                    while let Some(frame) = h2raw::take_frame(&mut buffer) {
+                        if frame.kind != 0x1 {
+                            continue;
+                        }
+                        let reply = match seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                            // RST_STREAM, REFUSED_STREAM.
+                            0 => raw_frame(0x3, 0, frame.stream, &7u32.to_be_bytes()),
+                            // GOAWAY below this stream: not processed.
+                            1 => {
+                                let mut payload = (frame.stream - 2).to_be_bytes().to_vec();
+                                payload.extend_from_slice(&0u32.to_be_bytes());
+                                raw_frame(0x7, 0, 0, &payload)
+                            }
+                            _ => raw_frame(
+                                0x1,
+                                0x5,
+                                frame.stream,
+                                &h2raw::block(&[
+                                    (":status", "200"),
+                                    ("content-type", "application/grpc"),
+                                    ("grpc-status", "0"),
+                                ]),
+                            ),
+                        };
+                        socket.write_all(&reply).await.unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let client = UpstreamClient::new(1, 100);
+    let call = Call {
+        upstream: &address,
+        path: "/skywalking.v3.ManagementService/keepAlive",
+        encoding: None,
+        payload: Bytes::from_static(&[0, 0, 0, 0, 0]).into(),
+    };
+    let answer = client.call(call, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(answer.code, 0);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
 #[tokio::test]
 async fn reports_oap_would_refuse_are_refused_to_their_client_and_never_queued() {
     let a = Sink::start().await.unwrap();
