@@ -160,6 +160,17 @@ impl Decoder {
         }
     }
 
+    /// As made: nothing in the dynamic table, and its size as allowed.
+    pub(crate) fn is_fresh(&self) -> bool {
+        self.table.is_empty() && self.max_size == self.allowed
+    }
+
+    /// Lets go of the decoded literals kept for the next block (an idle connection need
+    /// not hold them).
+    pub(crate) fn forget_recent(&mut self) {
+        self.recent = HuffmanCache::default();
+    }
+
     fn entry(&self, index: usize) -> Result<(&[u8], &[u8]), HpackError> {
         match index {
             0 => Err(HpackError::BadIndex(0)),

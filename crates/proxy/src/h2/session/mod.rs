@@ -41,6 +41,7 @@ mod control;
 mod flow;
 mod goaway;
 mod recv;
+mod rest;
 mod send;
 mod stream;
 
@@ -50,6 +51,7 @@ use flow::MAX_EARNED_UPDATES;
 use goaway::DRAIN_PING;
 pub use goaway::Drain;
 use recv::Continuation;
+pub(crate) use rest::Parked;
 use stream::{Blocked, Closed, State, Stream};
 
 /// Above this much unwritten output, no more input is taken (a client that sends but does

@@ -551,3 +551,166 @@ fn a_streams_state_follows_both_ends_as_rfc_9113_names_them() {
         assert_eq!(state.end_queued().end_queued(), state.end_queued());
     }
 }
+
+/// Parks and unparks a session, as a connection coming to rest and woken does.
+fn rested(session: Session, settings: Settings) -> Session {
+    assert!(session.can_park());
+    Session::unpark(settings, session.park())
+}
+
+/// Answers stream `id` and takes what that writes and closes.
+fn answer(session: &mut Session, id: u32) {
+    session.send(
+        id,
+        Outgoing::Headers {
+            block: Bytes::from_static(&[0x88]),
+            end: true,
+        },
+    );
+    written(session);
+    assert!(matches!(
+        feed(session, &[]).unwrap()[..],
+        [Event::Closed { .. }]
+    ));
+}
+
+#[test]
+fn a_session_parked_between_streams_goes_on_as_it_was() {
+    let mut session = started(Settings::default());
+    // Stream 1 adds `x-tag: one` to the client's HPACK table (literal with incremental
+    // indexing, new name).
+    let mut block = request_block("/a/b");
+    block.extend_from_slice(&[0x40, 5]);
+    block.extend_from_slice(b"x-tag");
+    block.push(3);
+    block.extend_from_slice(b"one");
+    let mut out = BytesMut::new();
+    frame::headers(1, &block, true, 16_384, &mut out);
+    assert_eq!(feed(&mut session, &out).unwrap().len(), 1);
+    assert!(!session.can_park(), "a stream is open");
+    answer(&mut session, 1);
+
+    let mut session = rested(session, Settings::default());
+    // Stream 3 names the table's entry by index 62: the table was kept.
+    let mut block = request_block("/a/b");
+    block.push(0x80 | 62);
+    let mut out = BytesMut::new();
+    frame::headers(3, &block, true, 16_384, &mut out);
+    let events = feed(&mut session, &out).unwrap();
+    assert!(
+        matches!(&events[..], [Event::Open { stream: 3, request, .. }] if request.headers()["x-tag"] == "one"),
+        "{events:?}"
+    );
+    answer(&mut session, 3);
+    // Late frames on the closed stream are still told from new ones (ignored, not an error).
+    let session = rested(session, Settings::default());
+    let mut session = session;
+    let mut late = BytesMut::new();
+    frame::window_update(3, 1, &mut late);
+    assert!(feed(&mut session, &late).unwrap().is_empty());
+    assert!(
+        written(&mut session).is_empty(),
+        "no reset for a late frame"
+    );
+
+    // The stream ids went on: reopening 1 after a rest is the error it was (STREAM_CLOSED).
+    let mut session = rested(session, Settings::default());
+    let mut again = BytesMut::new();
+    open(1, &mut again);
+    let error = feed(&mut session, &again).unwrap_err();
+    assert_eq!(error.reason, Reason::StreamClosed, "{error:?}");
+}
+
+#[test]
+fn a_session_parks_only_with_nothing_under_way() {
+    let mut session = Session::new(Settings::default());
+    assert!(!session.can_park(), "the preface has not come");
+    feed(&mut session, &preface()).unwrap();
+    assert!(!session.can_park(), "its SETTINGS are not written");
+    written(&mut session);
+    assert!(session.can_park());
+    // Half a frame read.
+    session.input().extend_from_slice(&[0, 0, 8, kind::PING]);
+    assert!(!session.can_park(), "a frame is partly read");
+    feed(&mut session, &[0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+    assert!(!session.can_park(), "the PING's answer is not written");
+    written(&mut session);
+    assert!(session.can_park());
+    session.start_drain("test");
+    assert!(!session.can_park(), "draining");
+}
+
+#[test]
+fn abuse_counts_go_on_across_rests() {
+    let mut session = started(Settings::default());
+    let mut error = None;
+    for sent in 0..=MAX_CONTROL_FRAMES {
+        let mut ping = BytesMut::new();
+        frame::ping(
+            sent.to_be_bytes().repeat(2).try_into().unwrap(),
+            false,
+            &mut ping,
+        );
+        match feed(&mut session, &ping) {
+            Ok(_) => {
+                written(&mut session);
+                // Every tenth PING comes after a rest: the count is kept through it.
+                if sent % 10 == 9 {
+                    session = rested(session, Settings::default());
+                }
+            }
+            Err(err) => {
+                error = Some(err);
+                break;
+            }
+        }
+    }
+    assert_eq!(error.expect("a PING flood").cause, "ping_flood");
+}
+
+#[test]
+fn windows_and_the_peers_settings_are_kept_through_a_rest() {
+    let mut session = started(small());
+    // The client raises its streams' window and frame size, and sends data on stream 1.
+    let mut out = BytesMut::new();
+    frame::settings(
+        &[
+            (setting::INITIAL_WINDOW_SIZE, 100),
+            (setting::MAX_FRAME_SIZE, 20_000),
+        ],
+        &mut out,
+    );
+    open(1, &mut out);
+    frame::data(1, &[7; 15_000], false, &mut out);
+    frame::data(1, &[7; 15_000], true, &mut out);
+    feed(&mut session, &out).unwrap();
+    written(&mut session);
+    answer(&mut session, 1);
+    let mut session = rested(session, small());
+    // An answer on stream 3 is cut at the client's stream window (100 bytes), as before.
+    let mut out = BytesMut::new();
+    open(3, &mut out);
+    feed(&mut session, &out).unwrap();
+    session.send(
+        3,
+        Outgoing::Headers {
+            block: Bytes::from_static(&[0x88]),
+            end: false,
+        },
+    );
+    session.send(
+        3,
+        Outgoing::Data {
+            data: Bytes::from(vec![1; 500]),
+            end: true,
+            credit: 0,
+        },
+    );
+    let frames = written(&mut session);
+    let data: usize = frames
+        .iter()
+        .filter(|f| f.0 == kind::DATA)
+        .map(|f| f.2.len())
+        .sum();
+    assert_eq!(data, 100, "{frames:?}");
+}
