@@ -75,6 +75,7 @@ struct EjectionLabels {
 pub struct Metrics {
     registry: Registry,
     pub connections: Gauge,
+    resting: Gauge,
     pub turned_away: Gauge,
     refused: Counter,
     aged_out: Counter,
@@ -117,6 +118,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix(prefix);
         let metrics = Metrics {
             connections: Gauge::default(),
+            resting: Gauge::default(),
             turned_away: Gauge::default(),
             refused: Counter::default(),
             aged_out: Counter::default(),
@@ -147,6 +149,12 @@ impl Metrics {
                 "connections",
                 "Open client connections",
                 metrics.connections.clone(),
+            );
+            registry.register(
+                "connections_resting",
+                "Open client connections at rest: nothing under way for a second, so they keep only their \
+                 parked state until the client sends again",
+                metrics.resting.clone(),
             );
             registry.register(
                 "clients_turned_away",
@@ -337,6 +345,15 @@ impl Metrics {
         self.otlp_whole
             .get_or_create(&OtlpWholeLabels { signal, reason })
             .inc();
+    }
+
+    /// A connection rests (`true`) or is served again.
+    pub(crate) fn resting(&self, resting: bool) {
+        if resting {
+            self.resting.inc();
+        } else {
+            self.resting.dec();
+        }
     }
 
     pub(crate) fn aged_out(&self) {

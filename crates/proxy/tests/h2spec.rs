@@ -1284,6 +1284,18 @@ async fn partial_messages_that_fill_the_budget_leave_one_stream_to_finish() {
     );
 }
 
+/// A proxy before `sink` with these limits (the timeouts' tests).
+async fn proxy_timed(sink: &Sink, limits: skylift_proxy::listen::state::Limits) -> Proxy {
+    proxy_with_limits(
+        &[sink],
+        queue_config(),
+        skylift_proxy::upstream::client::UpstreamClient::new(4, 100),
+        limits,
+        None,
+    )
+    .await
+}
+
 /// A connection with no streams that stays silent is closed at `--idle-timeout`, with a
 /// GOAWAY, and counted; one that keeps talking is not.
 #[tokio::test]
@@ -1295,14 +1307,7 @@ async fn silent_connections_are_closed_at_the_idle_timeout() {
         idle_timeout: Some(Duration::from_millis(600)),
         ..limits()
     };
-    let proxy = proxy_with_limits(
-        &[&sink],
-        queue_config(),
-        skylift_proxy::upstream::client::UpstreamClient::new(4, 100),
-        limits,
-        None,
-    )
-    .await;
+    let proxy = proxy_timed(&sink, limits).await;
     let hello = || {
         let mut out = skylift_proxy::h2::frame::PREFACE.to_vec();
         out.extend(frame(SETTINGS, 0, 0, &[]));
@@ -1338,4 +1343,84 @@ async fn silent_connections_are_closed_at_the_idle_timeout() {
         metrics.contains("skylift_proxy_connections_closed_total{reason=\"idle\"} 1"),
         "{metrics}"
     );
+}
+
+/// A connection with nothing under way rests (its serving loop let go of, its session
+/// parked), and a client cannot tell: calls made after a rest are answered and delivered,
+/// the HPACK table it filled is still there, keep-alive pings still go out, and shutdown
+/// still sends it a GOAWAY.
+#[tokio::test]
+async fn a_resting_connection_serves_pings_and_drains_as_before() {
+    let sink = Sink::start().await.unwrap();
+    let limits = skylift_proxy::listen::state::Limits {
+        keepalive: Some(Duration::from_millis(1500)),
+        idle_timeout: Some(Duration::from_secs(60)),
+        ..limits()
+    };
+    let proxy = proxy_timed(&sink, limits).await;
+    let resting = |count: u32| {
+        let wanted = format!("skylift_proxy_connections_resting {count}\n");
+        let state = proxy.state.clone();
+        move || state.metrics.encode().contains(&wanted)
+    };
+    let mut conn = TcpStream::connect(proxy.address).await.unwrap();
+    let mut buffer = Vec::new();
+    let mut out = skylift_proxy::h2::frame::PREFACE.to_vec();
+    out.extend(frame(SETTINGS, 0, 0, &[]));
+    // Stream 1 puts `x-tag: kept` in the client's HPACK table (literal with incremental
+    // indexing, new name).
+    let mut first = request(SEGMENTS);
+    first.extend([0x40, 5]);
+    first.extend(b"x-tag");
+    first.push(4);
+    first.extend(b"kept");
+    out.extend(frame(HEADERS, END_HEADERS, 1, &first));
+    out.extend(frame(DATA, END_STREAM, 1, &report_body()));
+    conn.write_all(&out).await.unwrap();
+    let answered = |stream: u32| {
+        move |f: &Frame| f.kind == HEADERS && f.stream == stream && f.flags & END_STREAM != 0
+    };
+    read_until(&mut conn, &mut buffer, answered(1))
+        .await
+        .expect("stream 1 answered");
+    eventually("the connection rests", resting(1)).await;
+
+    // Stream 3 names the table's entry (index 62): answered, so the table was kept.
+    let mut third = request(SEGMENTS);
+    third.push(0x80 | 62);
+    let mut out = frame(HEADERS, END_HEADERS, 3, &third);
+    out.extend(frame(DATA, END_STREAM, 3, &report_body()));
+    conn.write_all(&out).await.unwrap();
+    let answer = read_until(&mut conn, &mut buffer, answered(3))
+        .await
+        .expect("stream 3 answered");
+    assert!(
+        answer.payload.windows(13).any(|w| w == b"grpc-status\x010"),
+        "{:02x?}",
+        answer.payload
+    );
+    eventually("both reports delivered", || {
+        sink.messages(SEGMENTS).len() == 2
+    })
+    .await;
+    eventually("the connection rests again", resting(1)).await;
+
+    // Silent for the keep-alive interval, the resting connection is pinged; answered, it
+    // rests again.
+    let ping = read_until(&mut conn, &mut buffer, |f| {
+        f.kind == PING && f.flags & ACK == 0
+    })
+    .await
+    .expect("a keep-alive ping");
+    conn.write_all(&frame(PING, ACK, 0, &ping.payload))
+        .await
+        .unwrap();
+    eventually("resting after the ping", resting(1)).await;
+
+    // Shutdown reaches it: GOAWAY, then the connection closes.
+    proxy._close.send(true).unwrap();
+    read_until(&mut conn, &mut buffer, |f| f.kind == GOAWAY)
+        .await
+        .expect("a GOAWAY at shutdown");
+    eventually("no connection rests", resting(0)).await;
 }

@@ -11,11 +11,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Buf;
-use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
+use super::Shutdown;
 use super::frame::Reason;
-use super::session::{ConnectionError, Drain, Event, Session, Settings};
+use super::session::{ConnectionError, Drain, Event, Parked, Session, Settings};
 use super::transport::{Readiness, Transport};
 
 /// How a connection is served.
@@ -56,6 +56,11 @@ impl Default for Config {
 /// Bytes asked of each read.
 const READ_CHUNK: usize = 128 * 1024;
 
+/// How long a connection with nothing under way stays ready before it rests (see
+/// [`serve`]): long enough that a client making calls one after another does not rest
+/// between them, short beside agents' report intervals.
+const REST_AFTER: Duration = Duration::from_secs(1);
+
 /// The application behind the protocol: it is told what the client does and answers
 /// through the session.
 pub trait Handler: Send {
@@ -83,6 +88,16 @@ pub trait Handler: Send {
     /// The connection is asked to reconnect for its age.
     fn on_aged_out(&mut self);
 
+    /// Holds nothing a task could wake the connection for (no stream, no task answering
+    /// one, no signal waiting): the connection may rest.
+    fn can_rest(&self) -> bool;
+
+    /// The connection rests: let go of what only served streams.
+    fn rest(&mut self);
+
+    /// The connection is served again after resting.
+    fn woken(&mut self);
+
     /// The connection ends: every stream still open is let go of.
     fn on_close(&mut self, session: &Session);
 }
@@ -108,25 +123,120 @@ impl Link<'_> {
 pub(crate) type Cause = &'static str;
 
 /// Serves one connection until the client leaves, breaks the protocol or abuses it, then
-/// calls `closed` with why. The future holds the connection's state once, and what the
-/// loop is waiting on: it is most of what an idle connection costs, so it is meant to be
-/// spawned as it is (awaiting it inside another future would hold it twice).
+/// calls `closed` with why.
+///
+/// A connection with nothing under way for [`REST_AFTER`] rests: its session parks into
+/// the little that differs from a fresh one ([`Parked`]), the loop's state is let go of,
+/// and the task only waits for the client's next bytes, a timer or shutdown, then is
+/// served again. The task's own future is therefore small (the serving loop lives in a
+/// box while it runs): agents' connections are idle most of their lives, and what an idle
+/// one keeps is what many clients cost. It is meant to be spawned as it is (awaiting it
+/// inside another future would hold it twice).
 pub fn serve<H: Handler>(
     io: Transport,
     handler: H,
     config: Arc<Config>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Arc<Shutdown>,
     closed: impl FnOnce(Cause) + Send,
 ) -> impl Future<Output = ()> + Send {
-    let mut connection = Connection::new(io, handler, config, shutdown);
+    let first = Box::pin(serve_until_rest(Connection::new(
+        io, handler, config, shutdown,
+    )));
     async move {
-        let outcome = connection.run().await;
-        closed(connection.close(outcome).await);
+        let mut running = first;
+        loop {
+            let mut resting = match running.await {
+                Turn::Closed(cause) => return closed(cause),
+                Turn::Rest(resting) => resting,
+            };
+            resting.wait().await;
+            running = Box::pin(serve_until_rest(Connection::woken(resting)));
+        }
+    }
+}
+
+/// How a stretch of serving ended.
+enum Turn<H> {
+    Closed(Cause),
+    Rest(Resting<H>),
+}
+
+/// Serves the connection until it closes or rests.
+async fn serve_until_rest<H: Handler>(mut connection: Connection<H>) -> Turn<H> {
+    let outcome = match connection.run().await {
+        Ok(Ran::Rested) => return Turn::Rest(connection.rest()),
+        Ok(Ran::Closed(cause)) => Ok(cause),
+        Err(error) => Err(error),
+    };
+    Turn::Closed(connection.close(outcome).await)
+}
+
+/// When a connection being served last heard from its client, and the deadlines it
+/// starts with (its age limit, and the client's preface when new).
+struct Heard {
+    at: Instant,
+    drain: Option<Instant>,
+    stall: Option<Instant>,
+}
+
+/// How the serving loop ended without an error.
+enum Ran {
+    Closed(Cause),
+    Rested,
+}
+
+/// What a resting connection keeps: the socket, the handler, the parked session, and
+/// what its timers are reckoned from.
+struct Resting<H> {
+    io: Transport,
+    handler: H,
+    session: Parked,
+    config: Arc<Config>,
+    shutdown: Arc<Shutdown>,
+    last_heard: Instant,
+    /// The age limit's deadline (the drain timer before any drain).
+    drain: Option<Instant>,
+}
+
+impl<H> Resting<H> {
+    /// Waits until the client sends something, a timer is due (keep-alive, age, idleness)
+    /// or shutdown begins; what it was is handled once serving again.
+    async fn wait(&mut self) {
+        let Resting {
+            io,
+            config,
+            shutdown,
+            last_heard,
+            drain,
+            ..
+        } = self;
+        let due = [
+            *drain,
+            config.keepalive.map(|interval| *last_heard + interval),
+            config.idle_timeout.map(|idle| *last_heard + idle),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let timed = due.is_some();
+        let timer = tokio::time::sleep_until(due.unwrap_or(*last_heard));
+        // Made before the flag is read, so a shutdown beginning between the two wakes it.
+        let shutdown_begins = shutdown.notified();
+        if shutdown.begun() {
+            return;
+        }
+        tokio::select! {
+            biased;
+            _ = poll_fn(|cx| io.poll_ready(cx, true, false)) => {}
+            () = shutdown_begins => {}
+            () = timer, if timed => {}
+        }
     }
 }
 
 enum Wake<S> {
     Signal(Option<S>),
+    Rest,
     Readable(io::Result<()>),
     Writable(io::Result<()>),
     Keepalive,
@@ -144,7 +254,7 @@ struct Connection<H: Handler> {
     eof: bool,
     last_heard: Instant,
     ping_sent: Option<Instant>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Arc<Shutdown>,
     timers: Timers,
     /// The drain state the drain timer was set for.
     drain_armed: Drain,
@@ -161,18 +271,20 @@ struct Timers {
     /// [`Session::incomplete`]); reset whenever a frame completes.
     stall: Option<Instant>,
     idle: Option<Instant>,
+    /// Set while the connection could rest: when it may (see [`REST_AFTER`]).
+    rest: Option<Instant>,
     /// The one sleep, and the deadline it is set to.
     sleep: Option<Pin<Box<Sleep>>>,
     sleep_at: Option<Instant>,
 }
 
 impl Timers {
-    /// The first timer due (keep-alive, drain, stall, and idle when `idle`), in that
+    /// The first timer due (keep-alive, drain, stall, idle when `idle`, rest), in that
     /// order, once the sleep set to the earliest deadline ends. The clock is read only
     /// then: this is polled on every turn of the connection's loop.
     fn poll<S>(&mut self, cx: &mut Context<'_>, idle: bool) -> Poll<Wake<S>> {
         let idle_at = self.idle.filter(|_| idle);
-        let Some(next) = [self.keepalive, self.drain, self.stall, idle_at]
+        let Some(next) = [self.keepalive, self.drain, self.stall, idle_at, self.rest]
             .into_iter()
             .flatten()
             .min()
@@ -201,8 +313,10 @@ impl Timers {
             Wake::Drain
         } else if due(self.stall) {
             Wake::Stalled
-        } else {
+        } else if due(idle_at) {
             Wake::Idle
+        } else {
+            Wake::Rest
         })
     }
 }
@@ -212,22 +326,63 @@ impl<H: Handler> Connection<H> {
         io: Transport,
         handler: H,
         config: Arc<Config>,
-        shutdown: watch::Receiver<bool>,
+        shutdown: Arc<Shutdown>,
     ) -> Connection<H> {
         let now = Instant::now();
+        let session = Session::new(config.settings.clone());
+        let drain = config.max_age.map(|age| now + jittered(age));
+        let stall = Some(now + config.header_timeout);
+        let heard = Heard {
+            at: now,
+            drain,
+            stall,
+        };
+        Connection::serving(io, handler, session, config, shutdown, heard)
+    }
+
+    /// A resting connection served again.
+    fn woken(resting: Resting<H>) -> Connection<H> {
+        let Resting {
+            io,
+            mut handler,
+            session,
+            config,
+            shutdown,
+            last_heard,
+            drain,
+        } = resting;
+        handler.woken();
+        let session = Session::unpark(config.settings.clone(), session);
+        let heard = Heard {
+            at: last_heard,
+            drain,
+            stall: None,
+        };
+        Connection::serving(io, handler, session, config, shutdown, heard)
+    }
+
+    fn serving(
+        io: Transport,
+        handler: H,
+        session: Session,
+        config: Arc<Config>,
+        shutdown: Arc<Shutdown>,
+        heard: Heard,
+    ) -> Connection<H> {
         Connection {
             io,
-            session: Session::new(config.settings.clone()),
+            session,
             handler,
             eof: false,
-            last_heard: now,
+            last_heard: heard.at,
             ping_sent: None,
             shutdown,
             timers: Timers {
-                keepalive: config.keepalive.map(|interval| now + interval),
-                drain: config.max_age.map(|age| now + jittered(age)),
-                stall: Some(now + config.header_timeout),
-                idle: config.idle_timeout.map(|idle| now + idle),
+                keepalive: config.keepalive.map(|interval| heard.at + interval),
+                drain: heard.drain,
+                stall: heard.stall,
+                idle: config.idle_timeout.map(|idle| heard.at + idle),
+                rest: None,
                 sleep: None,
                 sleep_at: None,
             },
@@ -237,19 +392,52 @@ impl<H: Handler> Connection<H> {
         }
     }
 
-    async fn run(&mut self) -> Result<Cause, ConnectionError> {
+    /// Nothing is under way on either side, and no keep-alive ping is unanswered.
+    fn can_rest(&self) -> bool {
+        !self.eof
+            && self.session.can_park()
+            && !self.io.wants_write()
+            && !self.io.holds_input()
+            && self.ping_sent.is_none_or(|sent| self.last_heard >= sent)
+            && self.handler.can_rest()
+    }
+
+    fn rest(self) -> Resting<H> {
+        let Connection {
+            io,
+            session,
+            mut handler,
+            config,
+            shutdown,
+            last_heard,
+            timers,
+            ..
+        } = self;
+        handler.rest();
+        Resting {
+            io,
+            handler,
+            session: session.park(),
+            config,
+            shutdown,
+            last_heard,
+            drain: timers.drain,
+        }
+    }
+
+    async fn run(&mut self) -> Result<Ran, ConnectionError> {
         loop {
             self.process().await?;
             self.flush()?;
             if self.eof {
-                return Ok("client_closed");
+                return Ok(Ran::Closed("client_closed"));
             }
             if self.session.finished() && !self.io.wants_write() {
-                return Ok(if self.session.drain() == Drain::No {
+                return Ok(Ran::Closed(if self.session.drain() == Drain::No {
                     "client_goaway"
                 } else {
                     "drained"
-                });
+                }));
             }
             self.session.compact();
             self.watch_stalls();
@@ -258,6 +446,7 @@ impl<H: Handler> Connection<H> {
             let writing = !self.session.output().is_empty() || self.io.wants_write();
             let draining = self.session.drain() != Drain::No;
             let idle = !self.session.has_streams();
+            self.timers.rest = (idle && self.can_rest()).then(|| self.last_heard + REST_AFTER);
             let wake = tokio::select! {
                 biased;
                 signal = self.handler.next_signal() => Wake::Signal(signal),
@@ -266,12 +455,7 @@ impl<H: Handler> Connection<H> {
                     Readiness::Writable(ready) => Wake::Writable(ready),
                     Readiness::Readable(ready) => Wake::Readable(ready),
                 },
-                changed = self.shutdown.changed(), if !draining => match changed {
-                    Ok(()) if *self.shutdown.borrow() => Wake::Shutdown,
-                    Ok(()) => Wake::Signal(None),
-                    // The proxy is gone without a shutdown: nothing to wait for.
-                    Err(_) => Wake::Shutdown,
-                },
+                () = self.shutdown.begins(), if !draining => Wake::Shutdown,
                 // The timers polled in place, by one future (one future each was a few
                 // dozen bytes more in every connection's state).
                 wake = poll_fn(|cx| self.timers.poll(cx, idle)) => wake,
@@ -284,6 +468,9 @@ impl<H: Handler> Connection<H> {
                     }
                 }
                 Wake::Signal(None) => {}
+                // Checked again: the timer may have been set on a turn before this one.
+                Wake::Rest if self.can_rest() => return Ok(Ran::Rested),
+                Wake::Rest => self.timers.rest = None,
                 Wake::Readable(ready) => {
                     ready.map_err(io_error)?;
                     self.read()?;

@@ -13,6 +13,7 @@
 //! - [`connection`]: the I/O loop around a session and its timers, and the [`Handler`]
 //!   trait between the protocol and the application;
 //! - [`signal`], [`body`]: what a handler's tasks send back, and request bodies handed to them;
+//! - [`shutdown`]: what connections wait on for shutdown;
 //! - [`transport`]: the socket, or TLS on it, read and written by readiness;
 //! - [`used_ids`]: which recent stream ids the client opened (late frames told from bad ids);
 //! - [`stream_ids`]: maps keyed by stream id, with a hasher cheap enough for every frame.
@@ -23,6 +24,7 @@ pub mod frame;
 pub mod headers;
 pub(crate) mod hpack;
 pub(crate) mod session;
+pub mod shutdown;
 pub mod signal;
 pub(crate) mod stream_ids;
 pub(crate) mod transport;
@@ -31,4 +33,5 @@ pub(crate) mod used_ids;
 pub(crate) use body::RequestBody;
 pub(crate) use connection::{Config, serve};
 pub(crate) use session::Settings;
+pub(crate) use shutdown::Shutdown;
 pub(crate) use transport::Transport;

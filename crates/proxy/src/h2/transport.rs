@@ -96,6 +96,14 @@ impl Transport {
         }
     }
 
+    /// Bytes already taken from the socket wait to be read (decrypted by rustls).
+    pub(crate) fn holds_input(&self) -> bool {
+        match self {
+            Transport::Plain(_) => false,
+            Transport::Tls(t) => t.plaintext_waiting,
+        }
+    }
+
     /// Encrypted bytes wait to be written (the socket was full).
     pub(crate) fn wants_write(&self) -> bool {
         match self {

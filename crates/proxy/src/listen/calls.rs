@@ -70,12 +70,20 @@ enum Kind {
 pub(crate) struct Calls {
     state: State,
     streams: StreamIdMap<Kind>,
-    /// Handler tasks' signals; made when the first handler is.
-    signals: Option<(UnboundedSender<Signal>, UnboundedReceiver<Signal>)>,
+    /// What handler tasks share with the connection; made when the first handler is
+    /// (boxed: reports need none of it, and every connection, idle ones included, holds
+    /// this field).
+    tasks: Option<Box<Tasks>>,
+}
+
+/// The connection's side of its handler tasks.
+struct Tasks {
+    /// Their signals.
+    signals: (UnboundedSender<Signal>, UnboundedReceiver<Signal>),
     /// Answer bytes handler tasks may have given the connection and not yet seen
     /// written: shared by the connection's calls, so a client that stops reading holds
     /// back at most this much.
-    credits: Option<Arc<Semaphore>>,
+    credits: Arc<Semaphore>,
 }
 
 impl Calls {
@@ -83,8 +91,7 @@ impl Calls {
         Calls {
             state,
             streams: StreamIdMap::default(),
-            signals: None,
-            credits: None,
+            tasks: None,
         }
     }
 
@@ -140,11 +147,13 @@ impl Calls {
         }
     }
 
-    fn signal_sender(&mut self) -> UnboundedSender<Signal> {
-        self.signals
-            .get_or_insert_with(mpsc::unbounded_channel)
-            .0
-            .clone()
+    fn tasks(&mut self) -> &Tasks {
+        self.tasks.get_or_insert_with(|| {
+            Box::new(Tasks {
+                signals: mpsc::unbounded_channel(),
+                credits: Arc::new(Semaphore::new(RESPONSE_CREDIT)),
+            })
+        })
     }
 
     fn spawn_handler(
@@ -154,7 +163,8 @@ impl Calls {
         method: Option<&'static protocol::Method>,
         end_stream: bool,
     ) -> Kind {
-        let signals = self.signal_sender();
+        let tasks = self.tasks();
+        let (signals, credits) = (tasks.signals.0.clone(), tasks.credits.clone());
         // The channel holds only what the connection's window let the client send.
         let (body, chunks) = if end_stream {
             (None, None)
@@ -163,10 +173,6 @@ impl Calls {
             (Some(tx), Some(rx))
         };
         let request = request.map(|()| RequestBody::new(id, chunks, signals.clone()));
-        let credits = self
-            .credits
-            .get_or_insert_with(|| Arc::new(Semaphore::new(RESPONSE_CREDIT)))
-            .clone();
         let response = Box::pin(dispatch(self.state.clone(), method, request));
         let task = tokio::spawn(signal::respond(id, response, signals, credits));
         Kind::Handled {
@@ -465,14 +471,16 @@ impl Handler for Calls {
     }
 
     async fn next_signal(&mut self) -> Option<Signal> {
-        match &mut self.signals {
-            Some((_, rx)) => rx.recv().await,
+        match &mut self.tasks {
+            Some(tasks) => tasks.signals.1.recv().await,
             None => std::future::pending().await,
         }
     }
 
     fn try_signal(&mut self) -> Option<Signal> {
-        self.signals.as_mut().and_then(|(_, rx)| rx.try_recv().ok())
+        self.tasks
+            .as_mut()
+            .and_then(|tasks| tasks.signals.1.try_recv().ok())
     }
 
     fn on_signal(&mut self, signal: Signal, session: &mut Session) {
@@ -500,13 +508,31 @@ impl Handler for Calls {
     }
 
     fn on_returned_credit(&mut self, credit: usize) {
-        if let Some(credits) = &self.credits {
-            credits.add_permits(credit);
+        if let Some(tasks) = &self.tasks {
+            tasks.credits.add_permits(credit);
         }
     }
 
     fn on_aged_out(&mut self) {
         self.state.metrics.aged_out();
+    }
+
+    fn can_rest(&self) -> bool {
+        self.streams.is_empty()
+            && self.tasks.as_ref().is_none_or(|tasks| {
+                let (tx, rx) = &tasks.signals;
+                tx.strong_count() == 1 && rx.is_empty()
+            })
+    }
+
+    fn rest(&mut self) {
+        self.streams = StreamIdMap::default();
+        self.tasks = None;
+        self.state.metrics.resting(true);
+    }
+
+    fn woken(&mut self) {
+        self.state.metrics.resting(false);
     }
 
     fn on_close(&mut self, _session: &Session) {
