@@ -17,7 +17,8 @@ use skylift_proxy::upstream::affinity::{LogsRouting, OtlpAffinity};
 
 // Every message passes through short-lived buffers of a few KiB: glibc's per-thread arenas
 // grow and trim their heaps for them (mprotect and page faults per buffer); jemalloc keeps
-// freed pages for reuse.
+// freed pages for reuse. Its options are built in (`.cargo/config.toml`): freed pages go
+// back to the system from a background thread.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
