@@ -50,6 +50,8 @@ RUN=${SECONDS_PER_RUN:-10}
 ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-16}
 IDLE=${IDLE_CONNECTIONS:-10000}
+# Seconds from the last idle connection opened to reading RSS.
+IDLE_SETTLE=${IDLE_SETTLE:-20}
 BASE=${PORT:-19400}
 QUEUES=${QUEUES:-memory}
 BASELINE_PROXY=${BASELINE_PROXY:-}
@@ -228,10 +230,12 @@ idle_rss() { # binary; sets idle_kb and idle_count (runs in this shell, so its p
   empty=$(awk '/^VmRSS:/ {print $2}' "/proc/$skylift_pid/status")
   rm -f "$work/idle.json"
   taskset -c 1 "$bin/skylift-grpc-load" --target "127.0.0.1:$skylift" --mode idle \
-    --connections "$IDLE" --seconds 30 >"$work/idle.json" &
+    --connections "$IDLE" --seconds $((IDLE_SETTLE + 40)) >"$work/idle.json" &
   local loader=$!; pids+=("$loader")
   for _ in $(seq 300); do [[ -s "$work/idle.json" ]] && break; sleep 0.1; done
-  sleep 1
+  # Connections rest after a second with nothing under way, and the allocator gives the
+  # pages they let go of back over about ten seconds: RSS is read once that has settled.
+  sleep "$IDLE_SETTLE"
   local rss open
   rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$skylift_pid/status")
   open=$(curl -s "http://127.0.0.1:$admin/metrics" | awk '/^skylift_proxy_connections / {print $2}')
