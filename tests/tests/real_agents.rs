@@ -287,17 +287,28 @@ async fn python_reports_over_http_and_browser_data_are_balanced_per_request() {
     let scratch = Scratch::new("python-agent-http");
     // Two OAP nodes on their own loopback addresses: gRPC (health checks) and HTTP on the
     // one REST port they share, as OAP pods do.
-    let rest_port = skylift_e2e::free_port_on("127.0.0.2");
-    let mut nodes = Vec::new();
-    for ip in ["127.0.0.2", "127.0.0.3"] {
-        let grpc = Sink::start_keeping(format!("{ip}:0").parse().unwrap())
-            .await
-            .unwrap();
-        let http = OapHttp::start_on(format!("{ip}:{rest_port}").parse().unwrap())
-            .await
-            .unwrap();
-        nodes.push((grpc, http));
+    // A port free on the first address may be taken on the second by the time it is bound
+    // there (the nodes' gRPC listeners take ports as they start): then both start again.
+    let mut started = None;
+    for _ in 0..20 {
+        let rest_port = skylift_e2e::free_port_on("127.0.0.2");
+        let mut nodes = Vec::new();
+        for ip in ["127.0.0.2", "127.0.0.3"] {
+            let grpc = Sink::start_keeping(format!("{ip}:0").parse().unwrap())
+                .await
+                .unwrap();
+            match OapHttp::start_on(format!("{ip}:{rest_port}").parse().unwrap()).await {
+                Ok(http) => nodes.push((grpc, http)),
+                Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => break,
+                Err(err) => panic!("OAP's REST port on {ip}: {err}"),
+            }
+        }
+        if nodes.len() == 2 {
+            started = Some((rest_port, nodes));
+            break;
+        }
     }
+    let (rest_port, nodes) = started.expect("a port free on 127.0.0.2 and .3 in 20 tries");
     let (port, admin) = (free_port(), free_port());
     let mut proxy = Command::new(binary("skylift-proxy"));
     proxy

@@ -206,6 +206,29 @@ async fn the_python_sdks_traces_are_whole_at_one_collector_with_otlp_affinity() 
     }
 }
 
+/// Three collectors on 127.0.0.2–4 serving OTLP/HTTP on one port (the proxy's
+/// `--upstream-http-port` is one for all upstreams). A port free on the first address may
+/// be taken on another by the time it is bound there (the collectors' own gRPC listeners
+/// take ports as they start, and so do other tests): then all three start again on another.
+async fn collectors_sharing_an_http_port() -> (Vec<Collector>, u16) {
+    for _ in 0..20 {
+        let http_port = skylift_e2e::free_port_on("127.0.0.2");
+        let mut collectors = Vec::new();
+        for i in 2..5 {
+            let ip = format!("127.0.0.{i}").parse().unwrap();
+            match Collector::start_at(ip, http_port).await {
+                Ok(collector) => collectors.push(collector),
+                Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => break,
+                Err(err) => panic!("a collector on {ip}: {err}"),
+            }
+        }
+        if collectors.len() == 3 {
+            return (collectors, http_port);
+        }
+    }
+    panic!("no port free on 127.0.0.2, .3 and .4 in 20 tries");
+}
+
 /// The SDK's OTLP/HTTP exporter (HTTP/1.1, keep-alive, protobuf) through the proxy's HTTP
 /// side (`--upstream-http-port`) to three collectors' OTLP/HTTP ports: each trace whole
 /// at one collector.
@@ -217,12 +240,7 @@ async fn the_python_sdks_http_exports_are_whole_at_one_collector_with_otlp_affin
         "hack/python-otel.sh (opentelemetry-sdk 1.45)",
     );
     let scratch = Scratch::new("python-otel-http");
-    let http_port = skylift_e2e::free_port_on("127.0.0.2");
-    let mut collectors = Vec::new();
-    for i in 2..5 {
-        let ip = format!("127.0.0.{i}").parse().unwrap();
-        collectors.push(Collector::start_at(ip, http_port).await.unwrap());
-    }
+    let (collectors, http_port) = collectors_sharing_an_http_port().await;
     let all: Vec<&Collector> = collectors.iter().collect();
     let proxy = proxy_with(&all, true, Some(http_port), &scratch).await;
     send_traces_over(&python, proxy.port, "http", "over-http", &scratch).await;
