@@ -1424,3 +1424,46 @@ async fn a_resting_connection_serves_pings_and_drains_as_before() {
         .expect("a GOAWAY at shutdown");
     eventually("no connection rests", resting(0)).await;
 }
+
+/// A resting connection is still closed at `--idle-timeout` (its timer runs while it
+/// rests), with a GOAWAY, and counted.
+#[tokio::test]
+async fn a_resting_connection_is_closed_at_the_idle_timeout() {
+    let sink = Sink::start().await.unwrap();
+    let limits = skylift_proxy::listen::state::Limits {
+        keepalive: None,
+        header_timeout: Duration::from_secs(5),
+        idle_timeout: Some(Duration::from_millis(2500)),
+        ..limits()
+    };
+    let proxy = proxy_timed(&sink, limits).await;
+    let mut conn = TcpStream::connect(proxy.address).await.unwrap();
+    let mut hello = skylift_proxy::h2::frame::PREFACE.to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    conn.write_all(&hello).await.unwrap();
+    let started = std::time::Instant::now();
+    let state = proxy.state.clone();
+    eventually("the connection rests", move || {
+        state
+            .metrics
+            .encode()
+            .contains("skylift_proxy_connections_resting 1\n")
+    })
+    .await;
+    let mut buffer = Vec::new();
+    let goaway = loop {
+        match read_until(&mut conn, &mut buffer, |f| f.kind == GOAWAY).await {
+            Ok(goaway) => break goaway,
+            // Quiet for 3 s is read_until's limit; the timeout is 2.5 s from the preface.
+            Err((_, false)) if started.elapsed() < Duration::from_secs(10) => continue,
+            Err(other) => panic!("no GOAWAY: {other:?}"),
+        }
+    };
+    assert_eq!(code_of(&goaway), 0, "GOAWAY NO_ERROR");
+    assert!(started.elapsed() >= Duration::from_millis(2000));
+    let metrics = proxy.state.metrics.encode();
+    assert!(
+        metrics.contains("skylift_proxy_connections_closed_total{reason=\"idle\"} 1"),
+        "{metrics}"
+    );
+}
