@@ -220,15 +220,10 @@ impl<H> Resting<H> {
         .min();
         let timed = due.is_some();
         let timer = tokio::time::sleep_until(due.unwrap_or(*last_heard));
-        // Made before the flag is read, so a shutdown beginning between the two wakes it.
-        let shutdown_begins = shutdown.notified();
-        if shutdown.begun() {
-            return;
-        }
         tokio::select! {
             biased;
             _ = poll_fn(|cx| io.poll_ready(cx, true, false)) => {}
-            () = shutdown_begins => {}
+            () = shutdown.begins() => {}
             () = timer, if timed => {}
         }
     }
