@@ -181,7 +181,7 @@ fn metric(proxy: &Proxy, line: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// 100 exports of 20 spans: traces of five spans each, spread over four exports and
+/// Exports of 20 spans (`traces` / 4 of them): traces of five spans each, spread over four exports and
 /// interleaved with others, from two services.
 fn interleaved_exports(traces: u32) -> Vec<Vec<u8>> {
     let spans: Vec<(u32, u32)> = (0..5)
@@ -201,15 +201,16 @@ fn interleaved_exports(traces: u32) -> Vec<Vec<u8>> {
 
 #[tokio::test]
 async fn every_span_of_a_trace_reaches_one_collector_and_traces_spread() {
+    const TRACES: usize = 1200;
     let (collectors, proxy) = pool_of_collectors(3).await;
-    let exports = interleaved_exports(400);
+    let exports = interleaved_exports(TRACES as u32);
     for message in &exports {
         let (status, partial, said) = export(&proxy, collector::TRACES, message).await;
         assert_eq!((status, partial), (0, (0, String::new())), "{said}");
     }
     let all: Vec<&Collector> = collectors.iter().collect();
     let seen = where_traces_went(&all);
-    assert_eq!(seen.len(), 400, "every trace arrived");
+    assert_eq!(seen.len(), TRACES, "every trace arrived");
     let split: Vec<_> = seen.iter().filter(|(_, at)| at.len() > 1).collect();
     assert!(
         split.is_empty(),
@@ -217,7 +218,7 @@ async fn every_span_of_a_trace_reaches_one_collector_and_traces_spread() {
         split.len()
     );
     let spans: usize = collectors.iter().map(|c| c.spans().len()).sum();
-    assert_eq!(spans, 2000, "every span once");
+    assert_eq!(spans, 5 * TRACES, "every span once");
     // Resource and scope came along: a span's service is its trace's.
     for collector in &collectors {
         for span in collector.spans() {
@@ -230,10 +231,13 @@ async fn every_span_of_a_trace_reaches_one_collector_and_traces_spread() {
             assert_eq!(span.service.as_deref(), Some(service));
         }
     }
-    // Spread: each collector within ±20 % of a third of the traces.
+    // Spread: each collector within ±20 % of a third of the traces. Rendezvous hashing
+    // over collectors on random ports makes each collector's count binomial (1200, 1/3):
+    // ±20 % is ±4.9 standard deviations (with 400 traces it was ±2.8, and CI once saw
+    // 104 of 400).
     for (i, _) in collectors.iter().enumerate() {
         let traces = seen.values().filter(|at| at.contains(&i)).count() as f64;
-        let share = traces / 400.0 * 3.0;
+        let share = traces / TRACES as f64 * 3.0;
         assert!(
             (0.8..=1.2).contains(&share),
             "collector {i}: {traces} traces"
@@ -244,7 +248,7 @@ async fn every_span_of_a_trace_reaches_one_collector_and_traces_spread() {
             &proxy,
             "skylift_proxy_otlp_items_total{signal=\"traces\",outcome=\"forwarded\"}"
         ),
-        2000
+        5 * TRACES as u64
     );
 }
 
@@ -299,9 +303,11 @@ async fn a_fourth_collector_takes_about_a_quarter_of_the_traces_and_no_other_mov
         moved.iter().all(|(_, at)| **at == 3),
         "traces moved only to the new collector"
     );
+    // Binomial (1000, 1/4): one standard deviation is 1.4 %, so a quarter ± 10 % is
+    // ± 7 of them (0.30 was 3.6, close enough to flake once in thousands of runs).
     let share = moved.len() as f64 / 1000.0;
     assert!(
-        (0.15..=0.30).contains(&share),
+        (0.15..=0.35).contains(&share),
         "{:.1} % of traces moved (about 1/4 expected)",
         share * 100.0
     );
