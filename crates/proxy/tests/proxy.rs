@@ -1726,6 +1726,63 @@ async fn a_stream_the_client_resets_keeps_what_it_sent_and_the_connection_goes_o
     );
 }
 
+/// Messages cut from one read are queued together (once per read, or every 64), not when
+/// their stream ends: a stream left open still has every message it sent delivered, and a
+/// stream ended in the same read is acknowledged only with its messages queued.
+#[tokio::test]
+async fn messages_of_a_read_reach_oap_while_their_stream_stays_open() {
+    let a = Sink::start().await.unwrap();
+    let proxy = proxy(&[&a], None).await;
+    let mut client = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
+    let block = request_block(SEGMENTS);
+    let mut out = skylift_proxy::h2::frame::PREFACE.to_vec();
+    out.extend(raw_frame(0x4, 0, 0, &[]));
+    out.extend(raw_frame(0x1, 0x4, 1, &block));
+    out.extend(raw_frame(0x1, 0x4, 3, &block));
+    // As agents send them: a DATA frame per message, the two streams interleaved (more
+    // messages than a connection stages before queueing), stream 3 ended halfway, stream
+    // 1 going on after it and never ended.
+    for i in 0..40 {
+        out.extend(raw_frame(
+            0x0,
+            0,
+            1,
+            &framed(&[segment(&format!("open-{i}"))]),
+        ));
+        out.extend(raw_frame(
+            0x0,
+            0,
+            3,
+            &framed(&[segment(&format!("ended-{i}"))]),
+        ));
+    }
+    out.extend(raw_frame(0x0, 0x1, 3, &[]));
+    for i in 40..70 {
+        out.extend(raw_frame(
+            0x0,
+            0,
+            1,
+            &framed(&[segment(&format!("open-{i}"))]),
+        ));
+    }
+    client.write_all(&out).await.unwrap();
+    let frames = read_frames(&mut client, |f| f.2 == 3 && f.1 & 0x1 != 0).await;
+    assert_eq!(frames.last().map(|f| (f.0, f.2)), Some((0x1, 3)));
+    assert!(
+        proxy.state.queue.totals().received >= 80,
+        "stream 3 was acknowledged with its messages queued"
+    );
+    // Nothing more is sent.
+    eventually("every message reached OAP", || {
+        a.messages(SEGMENTS).len() == 110
+    })
+    .await;
+    let totals = proxy.state.queue.totals();
+    assert_eq!((totals.received, totals.forwarded), (110, 110));
+    assert!(totals.balances(), "{totals:?}");
+    drop(client);
+}
+
 #[tokio::test]
 async fn streams_beyond_a_connections_share_open_more_connections_to_the_upstream() {
     let a = Sink::start().await.unwrap();

@@ -74,6 +74,11 @@ pub trait Handler: Send {
     /// connection costs.)
     fn on_event<'a>(&'a mut self, event: Event, link: &'a mut Link<'_>) -> Option<Wait<'a>>;
 
+    /// Every event of the input read so far was handed over (also before the connection
+    /// closes for an error found in it): what the handler does once per read rather than
+    /// per event is done now, and may wait as [`Handler::on_event`] may.
+    fn on_input_done<'a>(&'a mut self, link: &'a mut Link<'_>) -> Option<Wait<'a>>;
+
     /// The next signal; pending for ever when there can be none.
     fn next_signal(&mut self) -> impl Future<Output = Option<Self::Signal>> + Send;
 
@@ -496,11 +501,13 @@ impl<H: Handler> Connection<H> {
     /// Hands every event the input makes to the handler.
     async fn process(&mut self) -> Result<(), ConnectionError> {
         let now = std::time::Instant::now();
-        loop {
+        let found = loop {
             // Not `while let`: its scrutinee would stay in the future's state across the
             // await below, an event's worth of bytes in every connection.
-            let Some(event) = self.session.poll_event(now)? else {
-                break;
+            let event = match self.session.poll_event(now) {
+                Ok(Some(event)) => event,
+                Ok(None) => break Ok(()),
+                Err(err) => break Err(err),
             };
             let mut link = Link {
                 session: &mut self.session,
@@ -509,7 +516,15 @@ impl<H: Handler> Connection<H> {
             if let Some(wait) = self.handler.on_event(event, &mut link) {
                 wait.await;
             }
+        };
+        let mut link = Link {
+            session: &mut self.session,
+            io: &mut self.io,
+        };
+        if let Some(wait) = self.handler.on_input_done(&mut link) {
+            wait.await;
         }
+        found?;
         let credit = self.session.take_returned_credit();
         if credit > 0 {
             self.handler.on_returned_credit(credit);

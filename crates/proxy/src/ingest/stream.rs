@@ -31,19 +31,19 @@ pub struct Intake {
 }
 
 impl Intake {
-    /// Queues `event` if there is room now, without waiting; gives it back otherwise. A
-    /// queued event's copy goes to the federation pool, if it takes its protocol.
-    #[allow(clippy::result_large_err)] // as Queue::try_offer
-    pub(crate) fn try_offer(&self, event: Event) -> Result<(), Event> {
+    /// Queues events of one partition from the front as long as there is room, under one
+    /// lock (see [`Queue::try_offer_front`]); returns how many were queued. The queued
+    /// events' copies go to the federation pool, if it takes their protocol.
+    pub(crate) fn try_offer_front(&self, partition: usize, events: &mut Vec<Event>) -> usize {
         let Some(federation) = &self.federation else {
-            return self.queue.try_offer(event);
+            return self.queue.try_offer_front(partition, events);
         };
-        let copy = federation.copy(&event);
-        self.queue.try_offer(event)?;
-        if let Some(copy) = copy {
+        let copies: Vec<_> = events.iter().map(|event| federation.copy(event)).collect();
+        let queued = self.queue.try_offer_front(partition, events);
+        for copy in copies.into_iter().take(queued).flatten() {
             federation.offer(copy);
         }
-        Ok(())
+        queued
     }
 }
 

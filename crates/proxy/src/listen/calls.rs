@@ -21,9 +21,10 @@ use crate::h2::session::{Event, Flow, Outgoing, Session};
 use crate::h2::signal::{self, RESPONSE_CREDIT, Signal};
 use crate::h2::stream_ids::StreamIdMap;
 use crate::ingest::stream::{self as ingest, ReportStream, StreamError};
+use crate::listen::staged::Staged;
 use crate::listen::state::State;
-use crate::queue;
 use crate::queue::journal::Fsync;
+use crate::queue::{self, DropReason};
 use crate::upstream::{affinity, forward};
 
 /// The answer's header block to every report: status 200, gRPC content.
@@ -66,14 +67,30 @@ enum Kind {
     Refused,
 }
 
+/// Whether a report's data was all cut into events.
+enum Pumped {
+    All,
+    /// The queue had no room for the staged events: the rest waits in the stream.
+    Blocked,
+}
+
 /// The proxy's calls on one connection.
 pub(crate) struct Calls {
     state: State,
     streams: StreamIdMap<Kind>,
+    /// What the calls need once under way: made when first needed (boxed: every
+    /// connection, idle ones included, holds this field), let go of when it rests.
+    busy: Option<Box<Busy>>,
+}
+
+/// What a connection with calls under way holds besides their table.
+#[derive(Default)]
+struct Busy {
     /// What handler tasks share with the connection; made when the first handler is
-    /// (boxed: reports need none of it, and every connection, idle ones included, holds
-    /// this field).
-    tasks: Option<Box<Tasks>>,
+    /// (reports need none of it).
+    tasks: Option<Tasks>,
+    /// Report events cut and not yet queued.
+    staged: Staged,
 }
 
 /// The connection's side of its handler tasks.
@@ -91,7 +108,7 @@ impl Calls {
         Calls {
             state,
             streams: StreamIdMap::default(),
-            tasks: None,
+            busy: None,
         }
     }
 
@@ -148,11 +165,10 @@ impl Calls {
     }
 
     fn tasks(&mut self) -> &Tasks {
-        self.tasks.get_or_insert_with(|| {
-            Box::new(Tasks {
-                signals: mpsc::unbounded_channel(),
-                credits: Arc::new(Semaphore::new(RESPONSE_CREDIT)),
-            })
+        let busy = self.busy.get_or_insert_with(Box::default);
+        busy.tasks.get_or_insert_with(|| Tasks {
+            signals: mpsc::unbounded_channel(),
+            credits: Arc::new(Semaphore::new(RESPONSE_CREDIT)),
         })
     }
 
@@ -202,10 +218,8 @@ impl Calls {
                         self.refuse(id, refusal, link.session);
                         None
                     }
-                    Ok(Some(blocked)) => {
-                        Some(Box::pin(self.on_data_waiting(id, blocked, end, link)))
-                    }
-                    Ok(None) => {
+                    Ok(Pumped::Blocked) => Some(Box::pin(self.on_data_waiting(id, end, link))),
+                    Ok(Pumped::All) => {
                         self.release(id, link.session);
                         self.break_budget_deadlock(link.session);
                         if end { self.end_report(id, link) } else { None }
@@ -236,22 +250,15 @@ impl Calls {
 
     /// The rest of [`Calls::on_data`] once the queue was full: this connection waits for
     /// room (flow control holds its client back meanwhile), after sending what is answered.
-    async fn on_data_waiting(
-        &mut self,
-        id: u32,
-        blocked: queue::Event,
-        end: bool,
-        link: &mut Link<'_>,
-    ) {
-        let mut blocked = Some(blocked);
-        while let Some(event) = blocked.take() {
-            link.flush();
-            if let Err(refusal) = ingest::queue_waiting(&self.state.intake, event).await {
-                return self.refuse(id, refusal, link.session);
+    async fn on_data_waiting(&mut self, id: u32, end: bool, link: &mut Link<'_>) {
+        loop {
+            if self.queue_staged_waiting(link).await.contains(&id) {
+                return;
             }
             match self.pump(id) {
                 Err(refusal) => return self.refuse(id, refusal, link.session),
-                Ok(next) => blocked = next,
+                Ok(Pumped::Blocked) => continue,
+                Ok(Pumped::All) => break,
             }
         }
         self.release(id, link.session);
@@ -312,18 +319,91 @@ impl Calls {
         }
     }
 
-    /// Queues the events a report's data makes, as long as the queue has room; the event
-    /// that found it full is handed back.
-    fn pump(&mut self, id: u32) -> Result<Option<queue::Event>, StreamError> {
+    /// Stages the events a report's data makes (queued together later, see [`Staged`]);
+    /// when as many wait as a connection stages, they are queued then, and if the queue
+    /// has no room for them all, the rest of the data waits in the stream.
+    fn pump(&mut self, id: u32) -> Result<Pumped, StreamError> {
         let Some(Kind::Report { report, .. }) = self.streams.get_mut(&id) else {
-            return Ok(None);
+            return Ok(Pumped::All);
         };
-        while let Some(event) = report.next_event(&self.state.intake)? {
-            if let Err(event) = self.state.intake.try_offer(event) {
-                return Ok(Some(event));
+        let intake = &self.state.intake;
+        let staged = &mut self.busy.get_or_insert_with(Box::default).staged;
+        while let Some(event) = report.next_event(intake)? {
+            staged.push(&intake.queue, id, event);
+            if staged.is_full() && !staged.try_queue(intake) {
+                return Ok(Pumped::Blocked);
             }
         }
-        Ok(None)
+        Ok(Pumped::All)
+    }
+
+    /// Queues every staged event there is room for now; true when all were.
+    fn try_queue_staged(&mut self) -> bool {
+        let intake = &self.state.intake;
+        self.busy
+            .as_mut()
+            .is_none_or(|busy| busy.staged.try_queue(intake))
+    }
+
+    /// Queues the staged events the queue had no room for, each partition's in order,
+    /// waiting for room up to `--overflow-wait` (the connection reads nothing meanwhile,
+    /// so flow control holds its client back), then applying the overflow policy. A stream
+    /// whose event is rejected is refused with RESOURCE_EXHAUSTED, and its staged events
+    /// after it go with the rest of its data (see [`Calls::discard_refused`]). Returns the
+    /// streams refused.
+    async fn queue_staged_waiting(&mut self, link: &mut Link<'_>) -> Vec<u32> {
+        let mut refused = Vec::new();
+        let Some(busy) = self.busy.as_mut() else {
+            return refused;
+        };
+        let mut left = busy.staged.take_left();
+        if left.is_empty() {
+            return refused;
+        }
+        link.flush();
+        let intake = self.state.intake.clone();
+        for at in 0..left.len() {
+            while !left[at].events.is_empty() {
+                let part = &mut left[at];
+                let (event, id) = (part.events.remove(0), part.streams.remove(0));
+                if let Err(refusal) = ingest::queue_waiting(&intake, event).await {
+                    self.refuse(id, refusal, link.session);
+                    refused.push(id);
+                    for part in &mut left[at..] {
+                        let discarded = part.remove_stream(id);
+                        self.discard_refused(id, discarded);
+                    }
+                } else {
+                    // Room was made: as much of the rest as fits at once.
+                    left[at].try_queue(&intake);
+                }
+            }
+        }
+        refused
+    }
+
+    /// Staged events of a stream refused for want of room after an earlier one: not
+    /// taken, as the data still in the stream is not (the call's status tells the client
+    /// none of it need be). Its count of events goes down; only if it was retired
+    /// meanwhile (its count published), they are counted as dropped instead, so the
+    /// accounting still holds.
+    fn discard_refused(&mut self, id: u32, discarded: Vec<queue::Event>) {
+        if discarded.is_empty() {
+            return;
+        }
+        if let Some(Kind::Report { report, .. }) = self.streams.get_mut(&id) {
+            report.received -= discarded.len() as u64;
+            return;
+        }
+        let intake = &self.state.intake;
+        for event in discarded {
+            intake
+                .queue
+                .count_dropped_unoffered(DropReason::QueueFullRejected);
+            intake
+                .metrics
+                .dropped(event.route.protocol, DropReason::QueueFullRejected, 1);
+        }
     }
 
     /// The client ended a report stream: the last event is queued and the stream answered,
@@ -346,13 +426,20 @@ impl Calls {
             }
         };
         let queued_any = report.received > 0;
-        let blocked = last.and_then(|event| self.state.intake.try_offer(event).err());
+        if let Some(last) = last {
+            let queue = &self.state.intake.queue;
+            let busy = self.busy.get_or_insert_with(Box::default);
+            busy.staged.push(queue, id, last);
+        }
+        // This stream's events, and those staged before them, are queued before it is
+        // acknowledged.
+        let blocked = !self.try_queue_staged();
         let must_sync = queued_any
             && self
                 .state
                 .journals()
                 .any(|journal| matches!(journal.fsync(), Fsync::Always));
-        if blocked.is_some() || must_sync {
+        if blocked || must_sync {
             return Some(Box::pin(
                 self.end_report_waiting(id, blocked, queued_any, link),
             ));
@@ -377,15 +464,12 @@ impl Calls {
     async fn end_report_waiting(
         &mut self,
         id: u32,
-        blocked: Option<queue::Event>,
+        blocked: bool,
         queued_any: bool,
         link: &mut Link<'_>,
     ) {
-        if let Some(event) = blocked {
-            link.flush();
-            if let Err(refusal) = ingest::queue_waiting(&self.state.intake, event).await {
-                return self.refuse(id, refusal, link.session);
-            }
+        if blocked && self.queue_staged_waiting(link).await.contains(&id) {
+            return;
         }
         // The federation queue's journal too: its copy was acknowledged with the report.
         if queued_any {
@@ -471,15 +555,16 @@ impl Handler for Calls {
     }
 
     async fn next_signal(&mut self) -> Option<Signal> {
-        match &mut self.tasks {
+        match self.busy.as_mut().and_then(|busy| busy.tasks.as_mut()) {
             Some(tasks) => tasks.signals.1.recv().await,
             None => std::future::pending().await,
         }
     }
 
     fn try_signal(&mut self) -> Option<Signal> {
-        self.tasks
+        self.busy
             .as_mut()
+            .and_then(|busy| busy.tasks.as_mut())
             .and_then(|tasks| tasks.signals.1.try_recv().ok())
     }
 
@@ -508,7 +593,7 @@ impl Handler for Calls {
     }
 
     fn on_returned_credit(&mut self, credit: usize) {
-        if let Some(tasks) = &self.tasks {
+        if let Some(tasks) = self.busy.as_ref().and_then(|busy| busy.tasks.as_ref()) {
             tasks.credits.add_permits(credit);
         }
     }
@@ -519,15 +604,28 @@ impl Handler for Calls {
 
     fn can_rest(&self) -> bool {
         self.streams.is_empty()
-            && self.tasks.as_ref().is_none_or(|tasks| {
-                let (tx, rx) = &tasks.signals;
-                tx.strong_count() == 1 && rx.is_empty()
-            })
+            && self
+                .busy
+                .as_ref()
+                .and_then(|busy| busy.tasks.as_ref())
+                .is_none_or(|tasks| {
+                    let (tx, rx) = &tasks.signals;
+                    tx.strong_count() == 1 && rx.is_empty()
+                })
+    }
+
+    fn on_input_done<'a>(&'a mut self, link: &'a mut Link<'_>) -> Option<Wait<'a>> {
+        if self.try_queue_staged() {
+            return None;
+        }
+        Some(Box::pin(async move {
+            self.queue_staged_waiting(link).await;
+        }))
     }
 
     fn rest(&mut self) {
         self.streams = StreamIdMap::default();
-        self.tasks = None;
+        self.busy = None;
         self.state.metrics.resting(true);
     }
 

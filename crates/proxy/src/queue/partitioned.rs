@@ -246,18 +246,34 @@ impl Queue {
     fn admit(&self, mut event: Event, admission: Admission) -> Result<(), Event> {
         let index = self.partition_for(&event);
         let partition = &self.partitions[index];
-        let cost = event.cost();
         let mut events = partition
             .events
             .lock()
             .expect("queue lock is never poisoned");
-        if !self.has_room(partition, cost) && admission == Admission::IfRoom {
+        if !self.make_room_for(index, &mut event, admission) {
             return Err(event);
+        }
+        events.push_back(event);
+        let wake = self.wakes(events.len() - 1, events.len());
+        drop(events);
+        if wake {
+            partition.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Takes room in partition `index` for `event` (the caller holds its lock), journaling
+    /// it first with a journal; false when it does not fit.
+    fn make_room_for(&self, index: usize, event: &mut Event, admission: Admission) -> bool {
+        let partition = &self.partitions[index];
+        let cost = event.cost();
+        if !self.has_room(partition, cost) && admission == Admission::IfRoom {
+            return false;
         }
         // On disk before it is queued (and so before its client hears it was taken); a
         // journal out of room or failing is a full queue to the client.
         if let Some(journal) = &self.journal {
-            match (journal.append(index, &event), admission) {
+            match (journal.append(index, event), admission) {
                 (Ok(seq), _) => {
                     event.seq = Some(seq);
                     // A recovered event keeps the budget it spent before.
@@ -265,7 +281,7 @@ impl Queue {
                         journal.attempted(index, std::iter::once((seq, event.attempts)));
                     }
                 }
-                (Err(_), Admission::IfRoom) => return Err(event),
+                (Err(_), Admission::IfRoom) => return false,
                 // Kept in memory all the same: sent if this run lives long enough.
                 (Err(err), Admission::Recovered) => {
                     tracing::warn!(error = %err, "a recovered event could not be journaled again")
@@ -274,16 +290,57 @@ impl Queue {
         }
         partition.pending.fetch_add(1, Ordering::Relaxed);
         partition.pending_bytes.fetch_add(cost, Ordering::Relaxed);
-        events.push_back(event);
-        // Wake a sender when the partition stops being empty (its flush timer starts) and
-        // when a batch fills up; Notify keeps a permit, so no wake-up is lost. A sender that
-        // takes a batch wakes the next one itself while full batches remain.
-        let wake = events.len() == 1 || events.len() == self.config.batch_size;
-        drop(events);
-        if wake {
-            partition.ready.notify_one();
+        true
+    }
+
+    /// Whether to wake a sender once a partition went from `before` to `after` events:
+    /// when it stops being empty (its flush timer starts) and when a batch fills up; Notify
+    /// keeps a permit, so no wake-up is lost. A sender that takes a batch wakes the next
+    /// one itself while full batches remain.
+    fn wakes(&self, before: usize, after: usize) -> bool {
+        let batch = self.config.batch_size;
+        (before == 0 && after > 0) || (before < batch && after >= batch)
+    }
+
+    /// Queues a client's events of partition `partition` (each must belong to it, see
+    /// [`Queue::partition_of_event`]) under one lock, from the front, as long as there is
+    /// room; returns how many were queued, which leave `events`. What is left (the first
+    /// event that found no room and every one after it, so the partition's order holds)
+    /// stays, for the caller to wait for room.
+    pub(crate) fn try_offer_front(&self, partition: usize, events: &mut Vec<Event>) -> usize {
+        let part = &self.partitions[partition];
+        let mut queued = part.events.lock().expect("queue lock is never poisoned");
+        let mut fits = 0;
+        for event in events.iter_mut() {
+            debug_assert_eq!(self.partition_for_run(event), Some(partition));
+            if !self.make_room_for(partition, event, Admission::IfRoom) {
+                break;
+            }
+            fits += 1;
         }
-        Ok(())
+        let before = queued.len();
+        queued.extend(events.drain(..fits));
+        let wake = self.wakes(before, queued.len());
+        drop(queued);
+        if wake {
+            part.ready.notify_one();
+        }
+        self.accounting
+            .received
+            .fetch_add(fits as u64, Ordering::Relaxed);
+        fits
+    }
+
+    /// The partition of an event a client sent, as [`Queue::try_offer_front`] wants them
+    /// grouped (an event without a run is given the next one here).
+    pub(crate) fn partition_of_event(&self, event: &mut Event) -> usize {
+        let run = *event.run.get_or_insert_with(|| self.next_run());
+        self.partition_of(event.key.as_deref(), run)
+    }
+
+    /// The partition of an event whose run is set, if it is.
+    fn partition_for_run(&self, event: &Event) -> Option<usize> {
+        Some(self.partition_of(event.key.as_deref(), event.run?))
     }
 
     /// Applies the overflow policy to an event that found no room.
@@ -587,6 +644,60 @@ mod tests {
             );
             assert!(totals.balances());
         }
+    }
+
+    #[tokio::test]
+    async fn events_offered_together_are_queued_in_order_until_their_partition_is_full() {
+        let queue = Queue::new(QueueConfig {
+            capacity: 4,
+            batch_size: 3,
+            ..config(Overflow::Reject)
+        });
+        let (_close, closed) = tokio::sync::watch::channel(false);
+        let named = |n: usize| Event {
+            run: Some(0),
+            ..Event::segment(Bytes::from(format!("e{n}")))
+        };
+        let partition = queue.partition_of_event(&mut named(0));
+        assert_eq!(queue.offer(named(0)), Offered::Queued);
+        // Three more fit; the fourth and every one after it stay, in order.
+        let mut events: Vec<Event> = (1..7).map(named).collect();
+        assert_eq!(queue.try_offer_front(partition, &mut events), 3);
+        let left: Vec<_> = events.iter().map(|e| &e.framed[..]).collect();
+        assert_eq!(left, [b"e4", b"e5", b"e6"]);
+        let totals = queue.totals();
+        assert_eq!((totals.received, totals.pending), (4, 4));
+        // A sender takes them in the order offered.
+        let batch = queue.next_batch(partition, &closed).await.unwrap();
+        let taken: Vec<_> = batch.events.iter().map(|e| &e.framed[..]).collect();
+        assert_eq!(taken, [b"e0", b"e1", b"e2"]);
+        queue.forwarded(batch);
+        // With room again the rest goes behind what was there.
+        assert_eq!(queue.try_offer_front(partition, &mut events), 3);
+        assert!(events.is_empty());
+        let batch = queue.next_batch(partition, &closed).await.unwrap();
+        let taken: Vec<_> = batch.events.iter().map(|e| &e.framed[..]).collect();
+        assert_eq!(taken, [b"e3", b"e4", b"e5"]);
+        assert!(queue.totals().balances());
+    }
+
+    #[test]
+    fn events_offered_together_find_no_room_past_the_partitions_bytes() {
+        let queue = Queue::new(QueueConfig {
+            capacity: 100,
+            max_bytes: 3 * (64 + 10),
+            ..config(Overflow::Reject)
+        });
+        let sized = |len: usize| Event {
+            run: Some(1),
+            ..Event::segment(Bytes::from(vec![0; len]))
+        };
+        let partition = queue.partition_of_event(&mut sized(0));
+        let mut events = vec![sized(10), sized(10), sized(11), sized(1)];
+        // The third does not fit its bytes; the small fourth stays behind it.
+        assert_eq!(queue.try_offer_front(partition, &mut events), 2);
+        assert_eq!(events.len(), 2);
+        assert_eq!(queue.totals().pending, 2);
     }
 
     #[tokio::test(start_paused = true)]
