@@ -74,12 +74,6 @@ async fn federating(local: &Sink, federation: Vec<String>, queue: QueueConfig) -
     .await
 }
 
-/// A loopback address with nothing listening (yet).
-fn unused_address() -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
 fn federation_queue() -> QueueConfig {
     QueueConfig {
         batch_size: 500,
@@ -184,7 +178,7 @@ async fn copies_of_meters_reach_the_federation_oap_compressed_keyed_and_in_order
 async fn local_delivery_is_unchanged_while_the_federation_oap_is_down_and_it_drains_when_back() {
     let local = Sink::start().await.unwrap();
     // An address with nothing listening yet.
-    let address = unused_address();
+    let address = address_nobody_listens_on();
     let proxy = federating(&local, vec![address.to_string()], federation_queue()).await;
     report_rounds(&proxy, 0..20).await;
     delivered_locally(&proxy, &local, 20).await;
@@ -273,7 +267,7 @@ async fn a_federation_oap_refusing_the_data_costs_local_delivery_nothing() {
 #[tokio::test]
 async fn a_full_federation_queue_drops_copies_counted_while_local_delivery_goes_on() {
     let local = Sink::start().await.unwrap();
-    let address = unused_address();
+    let address = address_nobody_listens_on();
     let proxy = federating(
         &local,
         vec![address.to_string()],

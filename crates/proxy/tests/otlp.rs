@@ -385,10 +385,7 @@ async fn traces_of_a_collector_that_cannot_be_reached_go_to_their_next_choice() 
         Collector::start().await.unwrap(),
     ];
     // A third address with nothing listening.
-    let gone = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().to_string()
-    };
+    let gone = address_nobody_listens_on().to_string();
     let mut addresses: Vec<String> = collectors.iter().map(Collector::address).collect();
     addresses.push(gone);
     let proxy = proxy_for(addresses, LogsRouting::RoundRobin).await;

@@ -1498,10 +1498,7 @@ async fn a_full_queue_holds_clients_back_then_refuses_or_drops_and_counts_it() {
 async fn upstream_connections_open_before_data_and_unreachable_upstreams_are_ejected_first() {
     let sink = Sink::start().await.unwrap();
     // A port nothing listens on.
-    let unreachable = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().to_string()
-    };
+    let unreachable = address_nobody_listens_on().to_string();
     let proxy = proxy(&[&sink], None).await;
     proxy.state.pool.upstreams.replace(vec![
         Upstream {

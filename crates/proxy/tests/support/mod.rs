@@ -450,3 +450,13 @@ pub fn large_segment(id: &str, size: usize) -> Vec<u8> {
     message.extend(pb::Pb::new().bytes(3, &vec![b'x'; padding]).done());
     message
 }
+
+/// An address nothing listens on (yet): a port free on 127.0.0.77, a loopback address no
+/// test listens on otherwise. (A port taken on 127.0.0.1 and let go could be handed to
+/// the next listener a test starts there, another test's proxy or OAP stand-in, which would
+/// then be sent what was meant for nobody.)
+#[allow(dead_code)] // not every test binary using this module needs it
+pub fn address_nobody_listens_on() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.77:0").unwrap();
+    listener.local_addr().unwrap()
+}
