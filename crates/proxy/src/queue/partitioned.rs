@@ -310,14 +310,24 @@ impl Queue {
     pub(crate) fn try_offer_front(&self, partition: usize, events: &mut Vec<Event>) -> usize {
         let part = &self.partitions[partition];
         let mut queued = part.events.lock().expect("queue lock is never poisoned");
-        let mut fits = 0;
-        for event in events.iter_mut() {
-            debug_assert_eq!(self.partition_for_run(event), Some(partition));
-            if !self.make_room_for(partition, event, Admission::IfRoom) {
-                break;
+        debug_assert!(
+            events
+                .iter()
+                .all(|event| self.partition_for_run(event) == Some(partition))
+        );
+        let fits = if self.journal.is_some() {
+            // Each is journaled in turn, and one the journal refuses stops the rest.
+            let mut fits = 0;
+            for event in events.iter_mut() {
+                if !self.make_room_for(partition, event, Admission::IfRoom) {
+                    break;
+                }
+                fits += 1;
             }
-            fits += 1;
-        }
+            fits
+        } else {
+            self.take_room_for(part, events)
+        };
         let before = queued.len();
         queued.extend(events.drain(..fits));
         let wake = self.wakes(before, queued.len());
@@ -328,6 +338,28 @@ impl Queue {
         self.accounting
             .received
             .fetch_add(fits as u64, Ordering::Relaxed);
+        fits
+    }
+
+    /// Takes room in `part` (its lock held) for as many of `events` from the front as fit:
+    /// [`Queue::make_room_for`] without a journal, with one update of the counts. (Room
+    /// made meanwhile by a sender's release is only seen next time.)
+    fn take_room_for(&self, part: &Partition, events: &[Event]) -> usize {
+        let pending = part.pending.load(Ordering::Relaxed);
+        let pending_bytes = part.pending_bytes.load(Ordering::Relaxed);
+        let (mut fits, mut bytes) = (0, 0);
+        for event in events {
+            let cost = event.cost();
+            if pending + fits >= self.config.capacity
+                || pending_bytes + bytes + cost > self.config.max_bytes
+            {
+                break;
+            }
+            fits += 1;
+            bytes += cost;
+        }
+        part.pending.fetch_add(fits, Ordering::Relaxed);
+        part.pending_bytes.fetch_add(bytes, Ordering::Relaxed);
         fits
     }
 
