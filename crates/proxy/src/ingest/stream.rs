@@ -203,7 +203,7 @@ impl ReportStream {
             // stream at one that does not parse, after handling those before it: such a
             // message is refused to its client here rather than queued beside others.
             if !frame.compressed {
-                wire::check(&frame.message)
+                wire::check(frame.message())
                     .map_err(|err| malformed(&self.destination.route, err))?;
             }
             let made = next_event(intake, &self.destination, &mut self.shape, frame)?;
@@ -289,18 +289,16 @@ fn next_event(
     stream: &mut StreamState,
     frame: Frame,
 ) -> Result<Option<Event>, StreamError> {
-    let Frame {
-        message, framed, ..
-    } = frame;
+    let message = frame.message();
     let route = &destination.route;
     // With round-robin meter routing no key is wanted; a compressed message cannot be read.
     let keyed = intake.routing.fixed_meter_routing && !frame.compressed;
     Ok(match stream {
-        StreamState::Independent => Some(event(destination, None, None, framed)),
+        StreamState::Independent => Some(event(destination, None, None, frame.framed)),
         StreamState::Events => {
             // EventGrpcServiceHandler closes the whole stream at an event without a layer,
             // losing the events after it: refused here, to its own client only.
-            let layer = wire::string_field(&message, wire::EVENT_LAYER)
+            let layer = wire::string_field(message, wire::EVENT_LAYER)
                 .map_err(|err| malformed(route, err))?;
             if layer.unwrap_or_default().is_empty() {
                 return Err(StreamError(
@@ -308,37 +306,38 @@ fn next_event(
                     "skylift-proxy: Layer field is required since v9.0.0, please upgrade your event report tools".into(),
                 ));
             }
-            Some(event(destination, None, None, framed))
+            Some(event(destination, None, None, frame.framed))
         }
         StreamState::MeterBatch => {
             let key = if keyed {
-                wire::meter_batch_key(&message)
+                wire::meter_batch_key(message)
                     .map_err(|err| malformed(route, err))?
                     .map(Arc::<str>::from)
             } else {
                 None
             };
-            Some(event(destination, key, None, framed))
+            Some(event(destination, key, None, frame.framed))
         }
         StreamState::MeterSet { set, key } => {
             if keyed && key.is_none() {
-                *key = wire::meter_key(&message)
+                *key = wire::meter_key(message)
                     .map_err(|err| malformed(route, err))?
                     .map(Arc::<str>::from);
             }
-            set.add(&message)
+            set.add(message)
                 .map_err(|err| malformed(route, err))?
                 .map(|collection| {
                     event(destination, key.clone(), None, framing::frame(&collection))
                 })
         }
         StreamState::Carried(carried) => {
+            let message = frame.framed.slice(framing::HEADER_LEN..);
             let (queued, origin) = carried
                 .message(message.clone())
                 .map_err(|err| malformed(route, err))?;
             // Only messages that had something written in are new.
             let framed = if queued.as_ptr() == message.as_ptr() && queued.len() == message.len() {
-                framed
+                frame.framed
             } else {
                 framing::frame(&queued)
             };
