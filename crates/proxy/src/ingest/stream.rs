@@ -31,19 +31,27 @@ pub struct Intake {
 }
 
 impl Intake {
-    /// Queues events of one partition from the front as long as there is room, under one
-    /// lock (see [`Queue::try_offer_front`]); returns how many were queued. The queued
-    /// events' copies go to the federation pool, if it takes their protocol.
-    pub(crate) fn try_offer_front(&self, partition: usize, events: &mut Vec<Event>) -> usize {
+    /// Queues a connection's events if every one fits now (see [`Queue::try_offer_all`]);
+    /// false, with nothing queued, otherwise. The queued events' copies go to the
+    /// federation pool, if it takes their protocol.
+    pub(crate) fn try_offer_all(&self, by_partition: &mut [Vec<Event>]) -> bool {
         let Some(federation) = &self.federation else {
-            return self.queue.try_offer_front(partition, events);
+            return self.queue.try_offer_all(by_partition);
         };
-        let copies: Vec<_> = events.iter().map(|event| federation.copy(event)).collect();
-        let queued = self.queue.try_offer_front(partition, events);
-        for copy in copies.into_iter().take(queued).flatten() {
+        // Copied once queued (a copy may be compressed: not for events that wait).
+        let originals: Vec<Event> = by_partition
+            .iter()
+            .flatten()
+            .filter(|event| federation.takes(event.route.protocol))
+            .cloned()
+            .collect();
+        if !self.queue.try_offer_all(by_partition) {
+            return false;
+        }
+        for copy in originals.iter().filter_map(|event| federation.copy(event)) {
             federation.offer(copy);
         }
-        queued
+        true
     }
 }
 

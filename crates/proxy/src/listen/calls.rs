@@ -345,65 +345,50 @@ impl Calls {
             .is_none_or(|busy| busy.staged.try_queue(intake))
     }
 
-    /// Queues the staged events the queue had no room for, each partition's in order,
-    /// waiting for room up to `--overflow-wait` (the connection reads nothing meanwhile,
-    /// so flow control holds its client back), then applying the overflow policy. A stream
-    /// whose event is rejected is refused with RESOURCE_EXHAUSTED, and its staged events
-    /// after it go with the rest of its data (see [`Calls::discard_refused`]). Returns the
-    /// streams refused.
+    /// Queues the staged events one by one in the order received, once they did not all
+    /// fit: each waits for room up to `--overflow-wait` (the connection reads nothing
+    /// meanwhile, so flow control holds its client back), then the overflow policy applies.
+    /// A stream whose event is rejected is refused with RESOURCE_EXHAUSTED, and its
+    /// staged events after that one go with the rest of its data (see
+    /// [`Calls::discard_refused`]). Returns the streams refused.
     async fn queue_staged_waiting(&mut self, link: &mut Link<'_>) -> Vec<u32> {
         let mut refused = Vec::new();
         let Some(busy) = self.busy.as_mut() else {
             return refused;
         };
-        let mut left = busy.staged.take_left();
-        if left.is_empty() {
-            return refused;
-        }
-        link.flush();
+        let staged = busy.staged.take_in_order();
         let intake = self.state.intake.clone();
-        for at in 0..left.len() {
-            while !left[at].events.is_empty() {
-                let part = &mut left[at];
-                let (event, id) = (part.events.remove(0), part.streams.remove(0));
-                if let Err(refusal) = ingest::queue_waiting(&intake, event).await {
-                    self.refuse(id, refusal, link.session);
-                    refused.push(id);
-                    for part in &mut left[at..] {
-                        let discarded = part.remove_stream(id);
-                        self.discard_refused(id, discarded);
-                    }
-                } else {
-                    // Room was made: as much of the rest as fits at once.
-                    left[at].try_queue(&intake);
-                }
+        for (id, event) in staged {
+            if refused.contains(&id) {
+                self.discard_refused(id, event);
+                continue;
+            }
+            link.flush();
+            if let Err(refusal) = ingest::queue_waiting(&intake, event).await {
+                self.refuse(id, refusal, link.session);
+                refused.push(id);
             }
         }
         refused
     }
 
-    /// Staged events of a stream refused for want of room after an earlier one: not
+    /// A staged event of a stream refused for want of room after an earlier one: not
     /// taken, as the data still in the stream is not (the call's status tells the client
-    /// none of it need be). Its count of events goes down; only if it was retired
-    /// meanwhile (its count published), they are counted as dropped instead, so the
+    /// none of it need be). Its stream's count of events goes down; only if the stream was
+    /// retired meanwhile (its count published) it is counted as dropped instead, so the
     /// accounting still holds.
-    fn discard_refused(&mut self, id: u32, discarded: Vec<queue::Event>) {
-        if discarded.is_empty() {
-            return;
-        }
+    fn discard_refused(&mut self, id: u32, event: queue::Event) {
         if let Some(Kind::Report { report, .. }) = self.streams.get_mut(&id) {
-            report.received -= discarded.len() as u64;
+            report.received -= 1;
             return;
         }
         let intake = &self.state.intake;
-        for event in discarded {
-            intake
-                .queue
-                .count_dropped_unoffered(DropReason::QueueFullRejected);
-            intake
-                .metrics
-                .dropped(event.route.protocol, DropReason::QueueFullRejected, 1);
-        }
+        intake
+            .queue
+            .count_dropped_unoffered(DropReason::QueueFullRejected);
+        intake
+            .metrics
+            .dropped(event.route.protocol, DropReason::QueueFullRejected, 1);
     }
 
     /// The client ended a report stream: the last event is queued and the stream answered,

@@ -10,93 +10,116 @@ use crate::queue::{Event, Queue};
 /// is about 130 bytes each, kept while the connection is busy).
 pub(crate) const STAGED_AT_MOST: usize = 64;
 
-/// Events not yet offered to the queue, by partition, in the order they were received.
+/// Events not yet offered to the queue.
 #[derive(Default)]
 pub(crate) struct Staged {
-    partitions: Vec<Part>,
-    count: usize,
-}
-
-/// One partition's staged events and the streams they came on.
-#[derive(Default)]
-pub(crate) struct Part {
-    pub(crate) partition: usize,
-    pub(crate) events: Vec<Event>,
-    pub(crate) streams: Vec<u32>,
-}
-
-impl Part {
-    /// Queues what fits from the front; true when nothing is left.
-    pub(crate) fn try_queue(&mut self, intake: &Intake) -> bool {
-        if self.events.is_empty() {
-            return true;
-        }
-        let queued = intake.try_offer_front(self.partition, &mut self.events);
-        self.streams.drain(..queued);
-        self.events.is_empty()
-    }
-
-    /// Takes out the events of `stream`: its call was refused.
-    pub(crate) fn remove_stream(&mut self, stream: u32) -> Vec<Event> {
-        let mut removed = Vec::new();
-        let mut i = 0;
-        while i < self.streams.len() {
-            if self.streams[i] == stream {
-                self.streams.remove(i);
-                removed.push(self.events.remove(i));
-            } else {
-                i += 1;
-            }
-        }
-        removed
-    }
+    /// Per partition, its events in the order received.
+    by_partition: Vec<Vec<Event>>,
+    /// Each staged event's stream and partition, in the order received.
+    arrivals: Vec<(u32, usize)>,
 }
 
 impl Staged {
     pub(crate) fn push(&mut self, queue: &Queue, stream: u32, mut event: Event) {
-        if self.partitions.is_empty() {
-            self.partitions = (0..queue.partitions())
-                .map(|partition| Part {
-                    partition,
-                    ..Part::default()
-                })
-                .collect();
+        if self.by_partition.is_empty() {
+            self.by_partition = (0..queue.partitions()).map(|_| Vec::new()).collect();
         }
-        let part = &mut self.partitions[queue.partition_of_event(&mut event)];
-        part.events.push(event);
-        part.streams.push(stream);
-        self.count += 1;
+        let partition = queue.partition_of_event(&mut event);
+        self.by_partition[partition].push(event);
+        self.arrivals.push((stream, partition));
     }
 
     pub(crate) fn is_full(&self) -> bool {
-        self.count >= STAGED_AT_MOST
+        self.arrivals.len() >= STAGED_AT_MOST
     }
 
-    /// Queues every partition's events as far as there is room; true when all were.
+    /// Queues every staged event if all fit now; true when they were (or there were
+    /// none). Otherwise none is queued, and they wait for [`Staged::take_in_order`].
     pub(crate) fn try_queue(&mut self, intake: &Intake) -> bool {
-        if self.count == 0 {
+        if self.arrivals.is_empty() {
             return true;
         }
-        let mut left = 0;
-        for part in &mut self.partitions {
-            part.try_queue(intake);
-            left += part.events.len();
+        if !intake.try_offer_all(&mut self.by_partition) {
+            return false;
         }
-        self.count = left;
-        left == 0
+        self.arrivals.clear();
+        true
     }
 
-    /// Takes out what is left (partitions that were full), to wait for room.
-    pub(crate) fn take_left(&mut self) -> Vec<Part> {
-        self.count = 0;
-        self.partitions
-            .iter_mut()
-            .filter(|part| !part.events.is_empty())
-            .map(|part| Part {
-                partition: part.partition,
-                events: std::mem::take(&mut part.events),
-                streams: std::mem::take(&mut part.streams),
+    /// Takes out every staged event with its stream, in the order received, to be offered
+    /// one by one.
+    pub(crate) fn take_in_order(&mut self) -> Vec<(u32, Event)> {
+        for events in &mut self.by_partition {
+            events.reverse();
+        }
+        let by_partition = &mut self.by_partition;
+        self.arrivals
+            .drain(..)
+            .map(|(stream, partition)| {
+                let event = by_partition[partition]
+                    .pop()
+                    .expect("every arrival's event is staged");
+                (stream, event)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{Overflow, QueueConfig};
+    use bytes::Bytes;
+    use std::time::Duration;
+
+    #[test]
+    fn staged_events_come_back_in_the_order_they_arrived_whatever_their_partitions() {
+        let queue = Queue::new(QueueConfig {
+            partitions: 3,
+            capacity: 10,
+            max_bytes: 1 << 20,
+            batch_size: 10,
+            flush_interval: Duration::from_millis(100),
+            overflow: Overflow::Reject,
+            overflow_wait: Duration::ZERO,
+            in_flight: 1,
+        });
+        let mut staged = Staged::default();
+        let arrived: Vec<(u32, usize, String)> = (0..9)
+            .map(|i| (i % 2, i as usize % 3, format!("m{i}")))
+            .collect();
+        for (stream, run, name) in &arrived {
+            let event = Event {
+                run: Some(*run),
+                ..Event::segment(Bytes::from(name.clone()))
+            };
+            staged.push(&queue, *stream, event);
+        }
+        let back: Vec<(u32, String)> = staged
+            .take_in_order()
+            .into_iter()
+            .map(|(stream, event)| {
+                (
+                    stream,
+                    String::from_utf8(event.framed.to_vec()).expect("a name"),
+                )
+            })
+            .collect();
+        let expected: Vec<(u32, String)> = arrived
+            .into_iter()
+            .map(|(stream, _, name)| (stream, name))
+            .collect();
+        assert_eq!(back, expected);
+        assert!(staged.try_queue(&intake_for(queue)), "nothing is left");
+    }
+
+    fn intake_for(queue: Queue) -> Intake {
+        Intake {
+            queue: std::sync::Arc::new(queue),
+            metrics: std::sync::Arc::new(crate::metrics::Metrics::default()),
+            routing: crate::balance::routing::Routing::default(),
+            max_message_bytes: 1 << 20,
+            federation: None,
+        }
     }
 }

@@ -302,68 +302,60 @@ impl Queue {
         (before == 0 && after > 0) || (before < batch && after >= batch)
     }
 
-    /// Queues a client's events of partition `partition` (each must belong to it, see
-    /// [`Queue::partition_of_event`]) under one lock, from the front, as long as there is
-    /// room; returns how many were queued, which leave `events`. What is left (the first
-    /// event that found no room and every one after it, so the partition's order holds)
-    /// stays, for the caller to wait for room.
-    pub(crate) fn try_offer_front(&self, partition: usize, events: &mut Vec<Event>) -> usize {
-        let part = &self.partitions[partition];
-        let mut queued = part.events.lock().expect("queue lock is never poisoned");
-        debug_assert!(
+    /// Queues a client's events, `by_partition[p]` being partition `p`'s in the order
+    /// received, if every one fits now: all of them, each partition's under its lock, the
+    /// locks taken together (in partition order, so two connections cannot deadlock) so
+    /// that no other offer takes the room meanwhile; `by_partition` is left empty. False,
+    /// with nothing queued, when any does not fit, and always with a journal (each event is
+    /// journaled in turn, and the journal may refuse one): the caller then offers them one
+    /// by one in the order received, as a stream's order wants (a message refused for
+    /// want of room ends its stream, and none after it may have been queued).
+    pub(crate) fn try_offer_all(&self, by_partition: &mut [Vec<Event>]) -> bool {
+        if self.journal.is_some() {
+            return false;
+        }
+        debug_assert!(by_partition.iter().enumerate().all(|(index, events)| {
             events
                 .iter()
-                .all(|event| self.partition_for_run(event) == Some(partition))
-        );
-        let fits = if self.journal.is_some() {
-            // Each is journaled in turn, and one the journal refuses stops the rest.
-            let mut fits = 0;
-            for event in events.iter_mut() {
-                if !self.make_room_for(partition, event, Admission::IfRoom) {
-                    break;
-                }
-                fits += 1;
+                .all(|event| self.partition_for_run(event) == Some(index))
+        }));
+        let mut locked = Vec::with_capacity(by_partition.len());
+        for (index, events) in by_partition.iter().enumerate() {
+            if events.is_empty() {
+                continue;
             }
-            fits
-        } else {
-            self.take_room_for(part, events)
-        };
-        let before = queued.len();
-        queued.extend(events.drain(..fits));
-        let wake = self.wakes(before, queued.len());
-        drop(queued);
-        if wake {
-            part.ready.notify_one();
+            let part = &self.partitions[index];
+            let queued = part.events.lock().expect("queue lock is never poisoned");
+            let bytes: usize = events.iter().map(Event::cost).sum();
+            if part.pending.load(Ordering::Relaxed) + events.len() > self.config.capacity
+                || part.pending_bytes.load(Ordering::Relaxed) + bytes > self.config.max_bytes
+            {
+                return false;
+            }
+            locked.push((index, queued, bytes));
+        }
+        let mut received = 0;
+        for (index, mut queued, bytes) in locked {
+            let part = &self.partitions[index];
+            let events = &mut by_partition[index];
+            received += events.len();
+            part.pending.fetch_add(events.len(), Ordering::Relaxed);
+            part.pending_bytes.fetch_add(bytes, Ordering::Relaxed);
+            let before = queued.len();
+            queued.extend(events.drain(..));
+            let wake = self.wakes(before, queued.len());
+            drop(queued);
+            if wake {
+                part.ready.notify_one();
+            }
         }
         self.accounting
             .received
-            .fetch_add(fits as u64, Ordering::Relaxed);
-        fits
+            .fetch_add(received as u64, Ordering::Relaxed);
+        true
     }
 
-    /// Takes room in `part` (its lock held) for as many of `events` from the front as fit:
-    /// [`Queue::make_room_for`] without a journal, with one update of the counts. (Room
-    /// made meanwhile by a sender's release is only seen next time.)
-    fn take_room_for(&self, part: &Partition, events: &[Event]) -> usize {
-        let pending = part.pending.load(Ordering::Relaxed);
-        let pending_bytes = part.pending_bytes.load(Ordering::Relaxed);
-        let (mut fits, mut bytes) = (0, 0);
-        for event in events {
-            let cost = event.cost();
-            if pending + fits >= self.config.capacity
-                || pending_bytes + bytes + cost > self.config.max_bytes
-            {
-                break;
-            }
-            fits += 1;
-            bytes += cost;
-        }
-        part.pending.fetch_add(fits, Ordering::Relaxed);
-        part.pending_bytes.fetch_add(bytes, Ordering::Relaxed);
-        fits
-    }
-
-    /// The partition of an event a client sent, as [`Queue::try_offer_front`] wants them
+    /// The partition of an event a client sent, as [`Queue::try_offer_all`] wants them
     /// grouped (an event without a run is given the next one here).
     pub(crate) fn partition_of_event(&self, event: &mut Event) -> usize {
         let run = *event.run.get_or_insert_with(|| self.next_run());
@@ -678,38 +670,52 @@ mod tests {
         }
     }
 
+    /// Events of two partitions, grouped as a connection stages them.
+    fn grouped(queue: &Queue, names: &[(usize, &str)]) -> Vec<Vec<Event>> {
+        let mut by_partition: Vec<Vec<Event>> = vec![Vec::new(); queue.partitions()];
+        for (run, name) in names {
+            let mut event = Event {
+                run: Some(*run),
+                ..Event::segment(Bytes::copy_from_slice(name.as_bytes()))
+            };
+            by_partition[queue.partition_of_event(&mut event)].push(event);
+        }
+        by_partition
+    }
+
+    fn taken(batch: &Batch) -> Vec<&[u8]> {
+        batch.events.iter().map(|e| &e.framed[..]).collect()
+    }
+
     #[tokio::test]
-    async fn events_offered_together_are_queued_in_order_until_their_partition_is_full() {
+    async fn events_offered_together_are_all_queued_in_order_or_none_is() {
         let queue = Queue::new(QueueConfig {
             capacity: 4,
             batch_size: 3,
             ..config(Overflow::Reject)
         });
         let (_close, closed) = tokio::sync::watch::channel(false);
-        let named = |n: usize| Event {
-            run: Some(0),
-            ..Event::segment(Bytes::from(format!("e{n}")))
-        };
-        let partition = queue.partition_of_event(&mut named(0));
-        assert_eq!(queue.offer(named(0)), Offered::Queued);
-        // Three more fit; the fourth and every one after it stay, in order.
-        let mut events: Vec<Event> = (1..7).map(named).collect();
-        assert_eq!(queue.try_offer_front(partition, &mut events), 3);
-        let left: Vec<_> = events.iter().map(|e| &e.framed[..]).collect();
-        assert_eq!(left, [b"e4", b"e5", b"e6"]);
-        let totals = queue.totals();
-        assert_eq!((totals.received, totals.pending), (4, 4));
+        let mut events = grouped(&queue, &[(0, "a0"), (1, "b0"), (0, "a1"), (0, "a2")]);
+        assert!(queue.try_offer_all(&mut events));
+        assert!(events.iter().all(Vec::is_empty));
+        assert_eq!((queue.totals().received, queue.totals().pending), (4, 4));
+        // Partition 0 has room for one more: two offered together are both refused, and
+        // partition 1's event offered with them is not queued either.
+        let mut events = grouped(&queue, &[(1, "b1"), (0, "a3"), (0, "a4")]);
+        assert!(!queue.try_offer_all(&mut events));
+        assert_eq!(
+            events.iter().map(Vec::len).sum::<usize>(),
+            3,
+            "all handed back"
+        );
+        assert_eq!((queue.totals().received, queue.totals().pending), (4, 4));
         // A sender takes them in the order offered.
-        let batch = queue.next_batch(partition, &closed).await.unwrap();
-        let taken: Vec<_> = batch.events.iter().map(|e| &e.framed[..]).collect();
-        assert_eq!(taken, [b"e0", b"e1", b"e2"]);
+        let batch = queue.next_batch(0, &closed).await.unwrap();
+        assert_eq!(taken(&batch), [b"a0", b"a1", b"a2"]);
         queue.forwarded(batch);
-        // With room again the rest goes behind what was there.
-        assert_eq!(queue.try_offer_front(partition, &mut events), 3);
-        assert!(events.is_empty());
-        let batch = queue.next_batch(partition, &closed).await.unwrap();
-        let taken: Vec<_> = batch.events.iter().map(|e| &e.framed[..]).collect();
-        assert_eq!(taken, [b"e3", b"e4", b"e5"]);
+        assert!(queue.try_offer_all(&mut events));
+        let batch = queue.next_batch(0, &closed).await.unwrap();
+        assert_eq!(taken(&batch), [b"a3", b"a4"]);
         assert!(queue.totals().balances());
     }
 
@@ -717,19 +723,17 @@ mod tests {
     fn events_offered_together_find_no_room_past_the_partitions_bytes() {
         let queue = Queue::new(QueueConfig {
             capacity: 100,
-            max_bytes: 3 * (64 + 10),
+            max_bytes: 3 * (64 + 2) + 1,
             ..config(Overflow::Reject)
         });
-        let sized = |len: usize| Event {
-            run: Some(1),
-            ..Event::segment(Bytes::from(vec![0; len]))
-        };
-        let partition = queue.partition_of_event(&mut sized(0));
-        let mut events = vec![sized(10), sized(10), sized(11), sized(1)];
-        // The third does not fit its bytes; the small fourth stays behind it.
-        assert_eq!(queue.try_offer_front(partition, &mut events), 2);
-        assert_eq!(events.len(), 2);
-        assert_eq!(queue.totals().pending, 2);
+        let mut four = grouped(&queue, &[(0, "e0"), (0, "e1"), (0, "e2"), (0, "e3")]);
+        assert!(
+            !queue.try_offer_all(&mut four),
+            "four do not fit their bytes"
+        );
+        let mut three = grouped(&queue, &[(0, "e0"), (0, "e1"), (0, "e2")]);
+        assert!(queue.try_offer_all(&mut three));
+        assert_eq!(queue.totals().pending, 3);
     }
 
     #[tokio::test(start_paused = true)]
