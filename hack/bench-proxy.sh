@@ -269,6 +269,7 @@ print(f"{'mode':9} {'proxy':22} {'acked msgs':>11} {'delivered':>10} {'upstream 
       f"{'msgs/s':>9} {'p99 ms':>8} {'proxy CPU s':>12} {'msgs/CPU-s':>11} {'failed':>7} {'refused':>8}")
 targets = {"segments": {"nginx": 1.25}, "unary": {"nginx": 4.0, "haproxy": 1.5}, "meters": {},
            "agent": {"nginx": 1.25}, "agent-rate": {"nginx": 1.25}}
+shortfalls = []
 for mode in ("segments", "agent", "agent-rate", "unary", "meters"):
     per_cpu = {}
     for target in (t for t in order if (mode, t) in rows):
@@ -281,6 +282,11 @@ for mode in ("segments", "agent", "agent-rate", "unary", "meters"):
         p99 = median(d["p99_ms"] for *_, d in runs)
         cpu = median(cpu for cpu, *_ in runs)
         failed = sum(d["failed_calls"] for *_, d in runs)
+        # Acknowledged messages the OAP doubles did not receive, summed over rounds (the
+        # load's own probes make delivered a few more than acknowledged).
+        short = sum(max(0, d["messages"] - m) for _, m, _, _, d in runs)
+        if short:
+            shortfalls.append(f"{mode} {target}: {short} acknowledged messages not delivered")
         refused = sum(r for _, _, _, r, _ in runs)
         print(f"{mode:9} {target:22} {acked:>11.0f} {delivered:>10.0f} {calls:>15.0f} {rate:>9.0f} "
               f"{p99:>8.2f} {cpu:>12.2f} {per_cpu[target]:>11.0f} {failed:>7} {refused:>8}")
@@ -297,6 +303,8 @@ for mode in ("segments", "agent", "agent-rate", "unary", "meters"):
             if ours in per_cpu and peer in per_cpu:
                 ratio = per_cpu[ours] / per_cpu[peer]
                 print(f"{mode:9} {ours} / {peer} delivered messages per CPU-second: {ratio:.2f}x (target >= {target}x)")
+for line in shortfalls:
+    print(f"SHORT: {line}")
 if int(sys.argv[4]) == 0:
     sys.exit(0)
 rss_mb = int(sys.argv[2]) / 1024

@@ -19,12 +19,20 @@ nginx_pids() { pgrep -P "$(cat "$work/nginx.pid")" | tr '\n' ' '; cat "$work/ngi
 # Waits until the doubles' counts stop moving (what was acknowledged has been forwarded),
 # and prints them.
 settled() {
-  local last now
+  # Unchanged over three reads 0.3 s apart: a proxy's batch waiting out a retry's backoff
+  # or a flush interval can leave one 0.3 s gap, and what arrives after the reading would
+  # count for neither run.
+  local last now same=0
   last=$(delivered)
-  for _ in $(seq 100); do
+  for _ in $(seq 200); do
     sleep 0.3
     now=$(delivered)
-    [[ $now == "$last" ]] && break
+    if [[ $now == "$last" ]]; then
+      same=$((same + 1))
+      ((same >= 3)) && break
+    else
+      same=0
+    fi
     last=$now
   done
   echo "$now"
