@@ -1684,14 +1684,21 @@ async fn pings_are_answered_and_protocol_errors_close_with_a_reason() {
     assert_eq!(status, 0);
 }
 
-#[tokio::test]
-async fn a_stream_the_client_resets_keeps_what_it_sent_and_the_connection_goes_on() {
+/// A proxy in front of one OAP double, a raw client connection to it, and what that
+/// client writes first (the preface and empty SETTINGS).
+async fn raw_client_of_one_oap() -> (Sink, Proxy, tokio::net::TcpStream, Vec<u8>) {
     let a = Sink::start().await.unwrap();
     let proxy = proxy(&[&a], None).await;
-    let mut client = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
-    let block = request_block(SEGMENTS);
+    let client = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
     let mut out = skylift_proxy::h2::frame::PREFACE.to_vec();
     out.extend(raw_frame(0x4, 0, 0, &[]));
+    (a, proxy, client, out)
+}
+
+#[tokio::test]
+async fn a_stream_the_client_resets_keeps_what_it_sent_and_the_connection_goes_on() {
+    let (a, proxy, mut client, mut out) = raw_client_of_one_oap().await;
+    let block = request_block(SEGMENTS);
     out.extend(raw_frame(0x1, 0x4, 1, &block));
     out.extend(raw_frame(0x0, 0, 1, &framed(&[segment("kept")])));
     out.extend(raw_frame(0x3, 0, 1, &8u32.to_be_bytes())); // RST_STREAM CANCEL
@@ -1728,12 +1735,8 @@ async fn a_stream_the_client_resets_keeps_what_it_sent_and_the_connection_goes_o
 /// stream ended in the same read is acknowledged only with its messages queued.
 #[tokio::test]
 async fn messages_of_a_read_reach_oap_while_their_stream_stays_open() {
-    let a = Sink::start().await.unwrap();
-    let proxy = proxy(&[&a], None).await;
-    let mut client = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
+    let (a, proxy, mut client, mut out) = raw_client_of_one_oap().await;
     let block = request_block(SEGMENTS);
-    let mut out = skylift_proxy::h2::frame::PREFACE.to_vec();
-    out.extend(raw_frame(0x4, 0, 0, &[]));
     out.extend(raw_frame(0x1, 0x4, 1, &block));
     out.extend(raw_frame(0x1, 0x4, 3, &block));
     // As agents send them: a DATA frame per message, the two streams interleaved (more
