@@ -34,18 +34,17 @@ impl Intake {
     /// Queues a connection's events if every one fits now (see [`Queue::try_offer_all`]);
     /// false, with nothing queued, otherwise. The queued events' copies go to the
     /// federation pool, if it takes their protocol.
-    pub(crate) fn try_offer_all(&self, by_partition: &mut [Vec<Event>]) -> bool {
+    pub(crate) fn try_offer_all(&self, events: &mut Vec<Event>, partitions: &[usize]) -> bool {
         let Some(federation) = &self.federation else {
-            return self.queue.try_offer_all(by_partition);
+            return self.queue.try_offer_all(events, partitions);
         };
         // Copied once queued (a copy may be compressed: not for events that wait).
-        let originals: Vec<Event> = by_partition
+        let originals: Vec<Event> = events
             .iter()
-            .flatten()
             .filter(|event| federation.takes(event.route.protocol))
             .cloned()
             .collect();
-        if !self.queue.try_offer_all(by_partition) {
+        if !self.queue.try_offer_all(events, partitions) {
             return false;
         }
         for copy in originals.iter().filter_map(|event| federation.copy(event)) {

@@ -1,7 +1,9 @@
 //! The events cut from a connection's data, queued together: once the data of a read is
 //! handled, before a stream is acknowledged, or when [`STAGED_AT_MOST`] wait. One queue
 //! lock per partition and read rather than one per event: under agents' framing a DATA
-//! frame holds one message, so a read holds many.
+//! frame holds one message, so a read holds many. (One list in the order received,
+//! whatever the partition count: what a busy connection keeps of it stays under 64
+//! events.)
 
 use crate::ingest::stream::Intake;
 use crate::queue::{Event, Queue};
@@ -10,58 +12,46 @@ use crate::queue::{Event, Queue};
 /// is about 130 bytes each, kept while the connection is busy).
 pub(crate) const STAGED_AT_MOST: usize = 64;
 
-/// Events not yet offered to the queue.
+/// Events not yet offered to the queue, in the order received.
 #[derive(Default)]
 pub(crate) struct Staged {
-    /// Per partition, its events in the order received.
-    by_partition: Vec<Vec<Event>>,
-    /// Each staged event's stream and partition, in the order received.
-    arrivals: Vec<(u32, usize)>,
+    events: Vec<Event>,
+    /// Each staged event's partition.
+    partitions: Vec<usize>,
+    /// Each staged event's stream.
+    streams: Vec<u32>,
 }
 
 impl Staged {
     pub(crate) fn push(&mut self, queue: &Queue, stream: u32, mut event: Event) {
-        if self.by_partition.is_empty() {
-            self.by_partition = (0..queue.partitions()).map(|_| Vec::new()).collect();
-        }
-        let partition = queue.partition_of_event(&mut event);
-        self.by_partition[partition].push(event);
-        self.arrivals.push((stream, partition));
+        self.partitions.push(queue.partition_of_event(&mut event));
+        self.events.push(event);
+        self.streams.push(stream);
     }
 
     pub(crate) fn is_full(&self) -> bool {
-        self.arrivals.len() >= STAGED_AT_MOST
+        self.events.len() >= STAGED_AT_MOST
     }
 
     /// Queues every staged event if all fit now; true when they were (or there were
     /// none). Otherwise none is queued, and they wait for [`Staged::take_in_order`].
     pub(crate) fn try_queue(&mut self, intake: &Intake) -> bool {
-        if self.arrivals.is_empty() {
+        if self.events.is_empty() {
             return true;
         }
-        if !intake.try_offer_all(&mut self.by_partition) {
+        if !intake.try_offer_all(&mut self.events, &self.partitions) {
             return false;
         }
-        self.arrivals.clear();
+        self.partitions.clear();
+        self.streams.clear();
         true
     }
 
     /// Takes out every staged event with its stream, in the order received, to be offered
     /// one by one.
     pub(crate) fn take_in_order(&mut self) -> Vec<(u32, Event)> {
-        for events in &mut self.by_partition {
-            events.reverse();
-        }
-        let by_partition = &mut self.by_partition;
-        self.arrivals
-            .drain(..)
-            .map(|(stream, partition)| {
-                let event = by_partition[partition]
-                    .pop()
-                    .expect("every arrival's event is staged");
-                (stream, event)
-            })
-            .collect()
+        self.partitions.clear();
+        self.streams.drain(..).zip(self.events.drain(..)).collect()
     }
 }
 

@@ -302,47 +302,60 @@ impl Queue {
         (before == 0 && after > 0) || (before < batch && after >= batch)
     }
 
-    /// Queues a client's events, `by_partition[p]` being partition `p`'s in the order
-    /// received, if every one fits now: all of them, each partition's under its lock, the
-    /// locks taken together (in partition order, so two connections cannot deadlock) so
-    /// that no other offer takes the room meanwhile; `by_partition` is left empty. False,
-    /// with nothing queued, when any does not fit, and always with a journal (each event is
-    /// journaled in turn, and the journal may refuse one): the caller then offers them one
-    /// by one in the order received, as a stream's order wants (a message refused for
-    /// want of room ends its stream, and none after it may have been queued).
-    pub(crate) fn try_offer_all(&self, by_partition: &mut [Vec<Event>]) -> bool {
+    /// Queues a client's events (in the order received; `partitions[i]` is event `i`'s, see
+    /// [`Queue::partition_of_event`]) if every one fits now: all of them, the locks of the
+    /// partitions they go to taken together (in partition order, so two connections cannot
+    /// deadlock) so that no other offer takes the room meanwhile; `events` is left empty.
+    /// False, with nothing queued, when any does not fit, and always with a journal (each
+    /// event is journaled in turn, and the journal may refuse one): the caller then offers
+    /// them one by one in the order received, as a stream's order wants (a message refused
+    /// for want of room ends its stream, and none after it may have been queued).
+    pub(crate) fn try_offer_all(&self, events: &mut Vec<Event>, partitions: &[usize]) -> bool {
         if self.journal.is_some() {
             return false;
         }
-        debug_assert!(by_partition.iter().enumerate().all(|(index, events)| {
+        debug_assert_eq!(events.len(), partitions.len());
+        debug_assert!(
             events
                 .iter()
-                .all(|event| self.partition_for_run(event) == Some(index))
-        }));
-        let mut locked = Vec::with_capacity(by_partition.len());
-        for (index, events) in by_partition.iter().enumerate() {
-            if events.is_empty() {
+                .zip(partitions)
+                .all(|(event, &index)| self.partition_for_run(event) == Some(index))
+        );
+        // Per partition: what the events take of it, then its lock.
+        let mut wanted = vec![(0usize, 0usize); self.partitions.len()];
+        for (event, &index) in events.iter().zip(partitions) {
+            wanted[index].0 += 1;
+            wanted[index].1 += event.cost();
+        }
+        let mut locked: Vec<_> = (0..self.partitions.len()).map(|_| None).collect();
+        for (index, &(count, bytes)) in wanted.iter().enumerate() {
+            if count == 0 {
                 continue;
             }
             let part = &self.partitions[index];
             let queued = part.events.lock().expect("queue lock is never poisoned");
-            let bytes: usize = events.iter().map(Event::cost).sum();
-            if part.pending.load(Ordering::Relaxed) + events.len() > self.config.capacity
+            if part.pending.load(Ordering::Relaxed) + count > self.config.capacity
                 || part.pending_bytes.load(Ordering::Relaxed) + bytes > self.config.max_bytes
             {
                 return false;
             }
-            locked.push((index, queued, bytes));
-        }
-        let mut received = 0;
-        for (index, mut queued, bytes) in locked {
-            let part = &self.partitions[index];
-            let events = &mut by_partition[index];
-            received += events.len();
-            part.pending.fetch_add(events.len(), Ordering::Relaxed);
-            part.pending_bytes.fetch_add(bytes, Ordering::Relaxed);
             let before = queued.len();
-            queued.extend(events.drain(..));
+            locked[index] = Some((queued, before));
+        }
+        let received = events.len();
+        for (event, &index) in events.drain(..).zip(partitions) {
+            if let Some((queued, _)) = &mut locked[index] {
+                queued.push_back(event);
+            }
+        }
+        for (index, slot) in locked.into_iter().enumerate() {
+            let Some((queued, before)) = slot else {
+                continue;
+            };
+            let part = &self.partitions[index];
+            part.pending.fetch_add(wanted[index].0, Ordering::Relaxed);
+            part.pending_bytes
+                .fetch_add(wanted[index].1, Ordering::Relaxed);
             let wake = self.wakes(before, queued.len());
             drop(queued);
             if wake {
@@ -355,8 +368,8 @@ impl Queue {
         true
     }
 
-    /// The partition of an event a client sent, as [`Queue::try_offer_all`] wants them
-    /// grouped (an event without a run is given the next one here).
+    /// The partition of an event a client sent, as [`Queue::try_offer_all`] wants it
+    /// (an event without a run is given the next one here).
     pub(crate) fn partition_of_event(&self, event: &mut Event) -> usize {
         let run = *event.run.get_or_insert_with(|| self.next_run());
         self.partition_of(event.key.as_deref(), run)
@@ -670,17 +683,19 @@ mod tests {
         }
     }
 
-    /// Events of two partitions, grouped as a connection stages them.
-    fn grouped(queue: &Queue, names: &[(usize, &str)]) -> Vec<Vec<Event>> {
-        let mut by_partition: Vec<Vec<Event>> = vec![Vec::new(); queue.partitions()];
-        for (run, name) in names {
-            let mut event = Event {
-                run: Some(*run),
-                ..Event::segment(Bytes::copy_from_slice(name.as_bytes()))
-            };
-            by_partition[queue.partition_of_event(&mut event)].push(event);
-        }
-        by_partition
+    /// Events as a connection stages them, with their partitions.
+    fn staged(queue: &Queue, names: &[(usize, &str)]) -> (Vec<Event>, Vec<usize>) {
+        names
+            .iter()
+            .map(|(run, name)| {
+                let mut event = Event {
+                    run: Some(*run),
+                    ..Event::segment(Bytes::copy_from_slice(name.as_bytes()))
+                };
+                let partition = queue.partition_of_event(&mut event);
+                (event, partition)
+            })
+            .unzip()
     }
 
     fn taken(batch: &Batch) -> Vec<&[u8]> {
@@ -695,27 +710,26 @@ mod tests {
             ..config(Overflow::Reject)
         });
         let (_close, closed) = tokio::sync::watch::channel(false);
-        let mut events = grouped(&queue, &[(0, "a0"), (1, "b0"), (0, "a1"), (0, "a2")]);
-        assert!(queue.try_offer_all(&mut events));
-        assert!(events.iter().all(Vec::is_empty));
+        let (mut events, partitions) =
+            staged(&queue, &[(0, "a0"), (1, "b0"), (0, "a1"), (0, "a2")]);
+        assert!(queue.try_offer_all(&mut events, &partitions));
+        assert!(events.is_empty());
         assert_eq!((queue.totals().received, queue.totals().pending), (4, 4));
         // Partition 0 has room for one more: two offered together are both refused, and
         // partition 1's event offered with them is not queued either.
-        let mut events = grouped(&queue, &[(1, "b1"), (0, "a3"), (0, "a4")]);
-        assert!(!queue.try_offer_all(&mut events));
-        assert_eq!(
-            events.iter().map(Vec::len).sum::<usize>(),
-            3,
-            "all handed back"
-        );
+        let (mut events, partitions) = staged(&queue, &[(1, "b1"), (0, "a3"), (0, "a4")]);
+        assert!(!queue.try_offer_all(&mut events, &partitions));
+        assert_eq!(events.len(), 3, "all handed back");
         assert_eq!((queue.totals().received, queue.totals().pending), (4, 4));
         // A sender takes them in the order offered.
         let batch = queue.next_batch(0, &closed).await.unwrap();
         assert_eq!(taken(&batch), [b"a0", b"a1", b"a2"]);
         queue.forwarded(batch);
-        assert!(queue.try_offer_all(&mut events));
+        assert!(queue.try_offer_all(&mut events, &partitions));
         let batch = queue.next_batch(0, &closed).await.unwrap();
         assert_eq!(taken(&batch), [b"a3", b"a4"]);
+        let batch = queue.next_batch(1, &closed).await.unwrap();
+        assert_eq!(taken(&batch), [b"b0", b"b1"]);
         assert!(queue.totals().balances());
     }
 
@@ -726,13 +740,13 @@ mod tests {
             max_bytes: 3 * (64 + 2) + 1,
             ..config(Overflow::Reject)
         });
-        let mut four = grouped(&queue, &[(0, "e0"), (0, "e1"), (0, "e2"), (0, "e3")]);
+        let (mut four, partitions) = staged(&queue, &[(0, "e0"), (0, "e1"), (0, "e2"), (0, "e3")]);
         assert!(
-            !queue.try_offer_all(&mut four),
+            !queue.try_offer_all(&mut four, &partitions),
             "four do not fit their bytes"
         );
-        let mut three = grouped(&queue, &[(0, "e0"), (0, "e1"), (0, "e2")]);
-        assert!(queue.try_offer_all(&mut three));
+        let (mut three, partitions) = staged(&queue, &[(0, "e0"), (0, "e1"), (0, "e2")]);
+        assert!(queue.try_offer_all(&mut three, &partitions));
         assert_eq!(queue.totals().pending, 3);
     }
 

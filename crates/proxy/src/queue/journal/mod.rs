@@ -591,12 +591,12 @@ mod tests {
         let (journal, _) =
             Journal::open(&journal_config(&dir), 1, JournalCounters::default()).unwrap();
         let queue = Queue::with_journal(queue_config(1), Arc::new(journal));
-        let mut events = vec![vec![Event {
+        let mut events = vec![Event {
             run: Some(0),
             ..event(0, None)
-        }]];
-        assert!(!queue.try_offer_all(&mut events));
-        assert_eq!(events[0].len(), 1);
+        }];
+        assert!(!queue.try_offer_all(&mut events, &[0]));
+        assert_eq!(events.len(), 1);
         assert_eq!(queue.totals().received, 0);
     }
 }
