@@ -31,26 +31,28 @@ pub struct Intake {
 }
 
 impl Intake {
-    /// Queues a connection's events if every one fits now (see [`Queue::try_offer_all`]);
-    /// false, with nothing queued, otherwise. The queued events' copies go to the
-    /// federation pool, if it takes their protocol.
-    pub(crate) fn try_offer_all(&self, events: &mut Vec<Event>, partitions: &[usize]) -> bool {
+    /// Queues a connection's events from the first up to the first that does not fit (see
+    /// [`Queue::try_offer_prefix`]); returns how many were queued. The queued events'
+    /// copies go to the federation pool, if it takes their protocol.
+    pub(crate) fn try_offer_prefix(&self, events: &mut Vec<Event>, partitions: &[usize]) -> usize {
         let Some(federation) = &self.federation else {
-            return self.queue.try_offer_all(events, partitions);
+            return self.queue.try_offer_prefix(events, partitions);
         };
         // Copied once queued (a copy may be compressed: not for events that wait).
-        let originals: Vec<Event> = events
+        let originals: Vec<Option<Event>> = events
             .iter()
-            .filter(|event| federation.takes(event.route.protocol))
-            .cloned()
+            .map(|event| {
+                federation
+                    .takes(event.route.protocol)
+                    .then(|| event.clone())
+            })
             .collect();
-        if !self.queue.try_offer_all(events, partitions) {
-            return false;
-        }
-        for copy in originals.iter().filter_map(|event| federation.copy(event)) {
+        let queued = self.queue.try_offer_prefix(events, partitions);
+        let copies = originals.iter().take(queued).flatten();
+        for copy in copies.filter_map(|event| federation.copy(event)) {
             federation.offer(copy);
         }
-        true
+        queued
     }
 }
 

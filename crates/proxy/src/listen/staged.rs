@@ -33,22 +33,21 @@ impl Staged {
         self.events.len() >= STAGED_AT_MOST
     }
 
-    /// Queues every staged event if all fit now; true when they were (or there were
-    /// none). Otherwise none is queued, and they wait for [`Staged::take_in_order`].
+    /// Queues the staged events from the first up to the first that does not fit now;
+    /// true when all were (or there were none). What is left, from the one that did not
+    /// fit, waits for [`Staged::take_in_order`].
     pub(crate) fn try_queue(&mut self, intake: &Intake) -> bool {
         if self.events.is_empty() {
             return true;
         }
-        if !intake.try_offer_all(&mut self.events, &self.partitions) {
-            return false;
-        }
-        self.partitions.clear();
-        self.streams.clear();
-        true
+        let queued = intake.try_offer_prefix(&mut self.events, &self.partitions);
+        self.partitions.drain(..queued);
+        self.streams.drain(..queued);
+        self.events.is_empty()
     }
 
-    /// Takes out every staged event with its stream, in the order received, to be offered
-    /// one by one.
+    /// Takes out every staged event left with its stream, in the order received, to be
+    /// offered one by one.
     pub(crate) fn take_in_order(&mut self) -> Vec<(u32, Event)> {
         self.partitions.clear();
         self.streams.drain(..).zip(self.events.drain(..)).collect()

@@ -303,17 +303,13 @@ impl Queue {
     }
 
     /// Queues a client's events (in the order received; `partitions[i]` is event `i`'s, see
-    /// [`Queue::partition_of_event`]) if every one fits now: all of them, the locks of the
-    /// partitions they go to taken together (in partition order, so two connections cannot
-    /// deadlock) so that no other offer takes the room meanwhile; `events` is left empty.
-    /// False, with nothing queued, when any does not fit, and always with a journal (each
-    /// event is journaled in turn, and the journal may refuse one): the caller then offers
-    /// them one by one in the order received, as a stream's order wants (a message refused
-    /// for want of room ends its stream, and none after it may have been queued).
-    pub(crate) fn try_offer_all(&self, events: &mut Vec<Event>, partitions: &[usize]) -> bool {
-        if self.journal.is_some() {
-            return false;
-        }
+    /// [`Queue::partition_of_event`]) from the first up to the first that does not fit
+    /// (room, or the journal refusing it), as offering them one by one would, under the
+    /// locks of the partitions they go to, taken together (in partition order, so two
+    /// connections cannot deadlock). Returns how many were queued; they leave `events`.
+    /// The first left is the one to wait for room: a stream's order wants none after it
+    /// queued first (a message refused for want of room ends its stream).
+    pub(crate) fn try_offer_prefix(&self, events: &mut Vec<Event>, partitions: &[usize]) -> usize {
         debug_assert_eq!(events.len(), partitions.len());
         debug_assert!(
             events
@@ -321,41 +317,63 @@ impl Queue {
                 .zip(partitions)
                 .all(|(event, &index)| self.partition_for_run(event) == Some(index))
         );
-        // Per partition: what the events take of it, then its lock.
-        let mut wanted = vec![(0usize, 0usize); self.partitions.len()];
-        for (event, &index) in events.iter().zip(partitions) {
-            wanted[index].0 += 1;
-            wanted[index].1 += event.cost();
+        // Per partition: its lock, its length before, and what the events queued take.
+        let mut touched = vec![false; self.partitions.len()];
+        for &index in partitions {
+            touched[index] = true;
         }
-        let mut locked: Vec<_> = (0..self.partitions.len()).map(|_| None).collect();
-        for (index, &(count, bytes)) in wanted.iter().enumerate() {
-            if count == 0 {
-                continue;
-            }
+        let mut locked: Vec<_> = touched
+            .iter()
+            .enumerate()
+            .map(|(index, &touched)| {
+                touched.then(|| {
+                    let queued = self.partitions[index]
+                        .events
+                        .lock()
+                        .expect("queue lock is never poisoned");
+                    let before = queued.len();
+                    (queued, before, 0usize, 0usize)
+                })
+            })
+            .collect();
+        let mut fits = 0;
+        for (event, &index) in events.iter_mut().zip(partitions) {
+            let Some((.., count, bytes)) = &mut locked[index] else {
+                unreachable!("every partition the events go to is locked");
+            };
             let part = &self.partitions[index];
-            let queued = part.events.lock().expect("queue lock is never poisoned");
-            if part.pending.load(Ordering::Relaxed) + count > self.config.capacity
-                || part.pending_bytes.load(Ordering::Relaxed) + bytes > self.config.max_bytes
-            {
-                return false;
+            if self.journal.is_some() {
+                // Journaled in turn; the counts are taken as it is.
+                if !self.make_room_for(index, event, Admission::IfRoom) {
+                    break;
+                }
+            } else {
+                let cost = event.cost();
+                if part.pending.load(Ordering::Relaxed) + *count >= self.config.capacity
+                    || part.pending_bytes.load(Ordering::Relaxed) + *bytes + cost
+                        > self.config.max_bytes
+                {
+                    break;
+                }
+                *count += 1;
+                *bytes += cost;
             }
-            let before = queued.len();
-            locked[index] = Some((queued, before));
+            fits += 1;
         }
-        let received = events.len();
-        for (event, &index) in events.drain(..).zip(partitions) {
-            if let Some((queued, _)) = &mut locked[index] {
+        for (event, &index) in events.drain(..fits).zip(partitions) {
+            if let Some((queued, ..)) = &mut locked[index] {
                 queued.push_back(event);
             }
         }
         for (index, slot) in locked.into_iter().enumerate() {
-            let Some((queued, before)) = slot else {
+            let Some((queued, before, count, bytes)) = slot else {
                 continue;
             };
             let part = &self.partitions[index];
-            part.pending.fetch_add(wanted[index].0, Ordering::Relaxed);
-            part.pending_bytes
-                .fetch_add(wanted[index].1, Ordering::Relaxed);
+            if count > 0 {
+                part.pending.fetch_add(count, Ordering::Relaxed);
+                part.pending_bytes.fetch_add(bytes, Ordering::Relaxed);
+            }
             let wake = self.wakes(before, queued.len());
             drop(queued);
             if wake {
@@ -364,11 +382,11 @@ impl Queue {
         }
         self.accounting
             .received
-            .fetch_add(received as u64, Ordering::Relaxed);
-        true
+            .fetch_add(fits as u64, Ordering::Relaxed);
+        fits
     }
 
-    /// The partition of an event a client sent, as [`Queue::try_offer_all`] wants it
+    /// The partition of an event a client sent, as [`Queue::try_offer_prefix`] wants it
     /// (an event without a run is given the next one here).
     pub(crate) fn partition_of_event(&self, event: &mut Event) -> usize {
         let run = *event.run.get_or_insert_with(|| self.next_run());
@@ -703,7 +721,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn events_offered_together_are_all_queued_in_order_or_none_is() {
+    async fn events_offered_together_are_queued_in_order_up_to_the_first_without_room() {
         let queue = Queue::new(QueueConfig {
             capacity: 4,
             batch_size: 3,
@@ -712,20 +730,21 @@ mod tests {
         let (_close, closed) = tokio::sync::watch::channel(false);
         let (mut events, partitions) =
             staged(&queue, &[(0, "a0"), (1, "b0"), (0, "a1"), (0, "a2")]);
-        assert!(queue.try_offer_all(&mut events, &partitions));
+        assert_eq!(queue.try_offer_prefix(&mut events, &partitions), 4);
         assert!(events.is_empty());
         assert_eq!((queue.totals().received, queue.totals().pending), (4, 4));
-        // Partition 0 has room for one more: two offered together are both refused, and
-        // partition 1's event offered with them is not queued either.
-        let (mut events, partitions) = staged(&queue, &[(1, "b1"), (0, "a3"), (0, "a4")]);
-        assert!(!queue.try_offer_all(&mut events, &partitions));
-        assert_eq!(events.len(), 3, "all handed back");
-        assert_eq!((queue.totals().received, queue.totals().pending), (4, 4));
+        // Partition 0 has room for one more: a3 is queued, a4 is not, and b1 after it is
+        // not either although partition 1 has room (it came after the one refused).
+        let (mut events, partitions) = staged(&queue, &[(0, "a3"), (0, "a4"), (1, "b1")]);
+        assert_eq!(queue.try_offer_prefix(&mut events, &partitions), 1);
+        let left: Vec<_> = events.iter().map(|e| &e.framed[..]).collect();
+        assert_eq!(left, [b"a4", b"b1"]);
+        assert_eq!((queue.totals().received, queue.totals().pending), (5, 5));
         // A sender takes them in the order offered.
         let batch = queue.next_batch(0, &closed).await.unwrap();
         assert_eq!(taken(&batch), [b"a0", b"a1", b"a2"]);
         queue.forwarded(batch);
-        assert!(queue.try_offer_all(&mut events, &partitions));
+        assert_eq!(queue.try_offer_prefix(&mut events, &partitions[1..]), 2);
         let batch = queue.next_batch(0, &closed).await.unwrap();
         assert_eq!(taken(&batch), [b"a3", b"a4"]);
         let batch = queue.next_batch(1, &closed).await.unwrap();
@@ -741,12 +760,8 @@ mod tests {
             ..config(Overflow::Reject)
         });
         let (mut four, partitions) = staged(&queue, &[(0, "e0"), (0, "e1"), (0, "e2"), (0, "e3")]);
-        assert!(
-            !queue.try_offer_all(&mut four, &partitions),
-            "four do not fit their bytes"
-        );
-        let (mut three, partitions) = staged(&queue, &[(0, "e0"), (0, "e1"), (0, "e2")]);
-        assert!(queue.try_offer_all(&mut three, &partitions));
+        assert_eq!(queue.try_offer_prefix(&mut four, &partitions), 3);
+        assert_eq!(four.len(), 1, "the fourth does not fit the bytes");
         assert_eq!(queue.totals().pending, 3);
     }
 

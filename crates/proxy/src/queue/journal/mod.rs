@@ -583,20 +583,34 @@ mod tests {
         assert_eq!(counters.refused.get(), 1);
     }
 
-    #[test]
-    fn with_a_journal_events_are_not_offered_together() {
-        // Each is journaled in turn and the journal may refuse any: a connection offers
-        // them one by one, in the order received, so that a refusal stops its stream there.
+    #[tokio::test]
+    async fn events_offered_together_are_each_journaled_and_a_full_journal_stops_them() {
         let dir = log::tests::tempdir("together");
-        let (journal, _) =
-            Journal::open(&journal_config(&dir), 1, JournalCounters::default()).unwrap();
+        let record = record::Parts::of_event(&event(0, None)).encoded_len() as u64;
+        let counters = JournalCounters::default();
+        let (journal, _) = Journal::open(
+            &JournalConfig {
+                max_bytes: 3 * record,
+                ..journal_config(&dir)
+            },
+            1,
+            counters.clone(),
+        )
+        .unwrap();
         let queue = Queue::with_journal(queue_config(1), Arc::new(journal));
-        let mut events = vec![Event {
-            run: Some(0),
-            ..event(0, None)
-        }];
-        assert!(!queue.try_offer_all(&mut events, &[0]));
-        assert_eq!(events.len(), 1);
-        assert_eq!(queue.totals().received, 0);
+        let mut events: Vec<Event> = (0..4)
+            .map(|n| Event {
+                run: Some(0),
+                ..event(n, None)
+            })
+            .collect();
+        assert_eq!(queue.try_offer_prefix(&mut events, &[0; 4]), 3);
+        assert_eq!(events.len(), 1, "the one the journal had no room for stays");
+        assert_eq!(counters.refused.get(), 1);
+        let (_close, closed) = tokio::sync::watch::channel(true);
+        let batch = queue.next_batch(0, &closed).await.unwrap();
+        let seqs: Vec<_> = batch.events.iter().map(|e| e.seq).collect();
+        assert!(seqs.iter().all(Option::is_some), "{seqs:?}");
+        assert!(queue.totals().balances());
     }
 }
