@@ -203,14 +203,6 @@ impl Queue {
         &self.config
     }
 
-    /// Keyed events always share a partition (their order is kept); others are spread.
-    fn partition_for(&self, event: &Event) -> usize {
-        let run = event
-            .run
-            .unwrap_or_else(|| self.next_partition.fetch_add(1, Ordering::Relaxed));
-        self.partition_of(event.key.as_deref(), run)
-    }
-
     /// The partition of an event with routing key `key` received in run `run`.
     fn partition_of(&self, key: Option<&str>, run: usize) -> usize {
         match key {
@@ -244,7 +236,7 @@ impl Queue {
     /// Puts `event` at the back of its partition, journaled first with a journal.
     #[allow(clippy::result_large_err)] // see try_queue
     fn admit(&self, mut event: Event, admission: Admission) -> Result<(), Event> {
-        let index = self.partition_for(&event);
+        let index = self.partition_of_event(&mut event);
         let partition = &self.partitions[index];
         let mut events = partition
             .events
@@ -386,8 +378,9 @@ impl Queue {
         fits
     }
 
-    /// The partition of an event a client sent, as [`Queue::try_offer_prefix`] wants it
-    /// (an event without a run is given the next one here).
+    /// The partition of an event: keyed events always share one (their order is kept);
+    /// others are spread by their run (an event without one is given the next here). As
+    /// [`Queue::try_offer_prefix`] wants it for each event.
     pub(crate) fn partition_of_event(&self, event: &mut Event) -> usize {
         let run = *event.run.get_or_insert_with(|| self.next_run());
         self.partition_of(event.key.as_deref(), run)

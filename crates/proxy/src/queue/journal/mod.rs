@@ -561,9 +561,9 @@ mod tests {
         assert_eq!(corrupt, 1);
     }
 
-    #[tokio::test]
-    async fn a_full_journal_is_a_full_queue() {
-        let dir = log::tests::tempdir("full");
+    /// A one-partition queue whose journal has room for three records of [`event`].
+    fn queue_with_room_for_three(name: &str) -> (Queue, JournalCounters) {
+        let dir = log::tests::tempdir(name);
         let record = record::Parts::of_event(&event(0, None)).encoded_len() as u64;
         let counters = JournalCounters::default();
         let (journal, _) = Journal::open(
@@ -575,7 +575,15 @@ mod tests {
             counters.clone(),
         )
         .unwrap();
-        let queue = Queue::with_journal(queue_config(1), Arc::new(journal));
+        (
+            Queue::with_journal(queue_config(1), Arc::new(journal)),
+            counters,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_full_journal_is_a_full_queue() {
+        let (queue, counters) = queue_with_room_for_three("full");
         let outcomes: Vec<_> = (0..4).map(|n| queue.offer(event(n, None))).collect();
         use crate::queue::Offered::{Queued, Rejected};
         assert_eq!(outcomes, vec![Queued, Queued, Queued, Rejected]);
@@ -585,19 +593,7 @@ mod tests {
 
     #[tokio::test]
     async fn events_offered_together_are_each_journaled_and_a_full_journal_stops_them() {
-        let dir = log::tests::tempdir("together");
-        let record = record::Parts::of_event(&event(0, None)).encoded_len() as u64;
-        let counters = JournalCounters::default();
-        let (journal, _) = Journal::open(
-            &JournalConfig {
-                max_bytes: 3 * record,
-                ..journal_config(&dir)
-            },
-            1,
-            counters.clone(),
-        )
-        .unwrap();
-        let queue = Queue::with_journal(queue_config(1), Arc::new(journal));
+        let (queue, counters) = queue_with_room_for_three("together");
         let mut events: Vec<Event> = (0..4)
             .map(|n| Event {
                 run: Some(0),
