@@ -53,8 +53,28 @@ impl Default for Config {
     }
 }
 
-/// Bytes asked of each read.
+/// Bytes asked of a read when the last one filled what it was given: whole windows of
+/// streamed reports arrive in few reads.
 const READ_CHUNK: usize = 128 * 1024;
+
+/// The least asked of a read. A read asks for what the last one brought and a quarter
+/// more, rounded up to a power of two (see [`next_read_size`]), so a client whose reads
+/// bring a few small calls reads into a buffer of the allocator's small size classes,
+/// which its messages keep as they are, rather than into 128 KiB that
+/// [`Session::fit_input`] copies them out of: a large allocation, its release and a copy
+/// saved on every such read.
+const READ_AT_LEAST: usize = 4 * 1024;
+
+/// What the next read asks for, after one that brought `read` of the `room` it had.
+fn next_read_size(read: usize, room: usize) -> usize {
+    if read >= room {
+        READ_CHUNK
+    } else {
+        (read + read / 4)
+            .next_power_of_two()
+            .clamp(READ_AT_LEAST, READ_CHUNK)
+    }
+}
 
 /// How long a connection with nothing under way stays ready before it rests (see
 /// [`serve`]): long enough that a client making calls one after another does not rest
@@ -252,6 +272,8 @@ struct Connection<H: Handler> {
     handler: H,
     config: Arc<Config>,
     eof: bool,
+    /// Bytes the next read asks for (see [`next_read_size`]).
+    read_size: u32,
     last_heard: Instant,
     ping_sent: Option<Instant>,
     shutdown: Arc<Shutdown>,
@@ -374,6 +396,7 @@ impl<H: Handler> Connection<H> {
             session,
             handler,
             eof: false,
+            read_size: READ_CHUNK as u32,
             last_heard: heard.at,
             ping_sent: None,
             shutdown,
@@ -563,10 +586,12 @@ impl<H: Handler> Connection<H> {
 
     fn read(&mut self) -> Result<(), ConnectionError> {
         let input = self.session.input();
-        input.reserve(READ_CHUNK);
+        input.reserve(self.read_size as usize);
+        let room = input.capacity() - input.len();
         match self.io.try_read_buf(input) {
             Ok(0) => self.eof = true,
-            Ok(_) => {
+            Ok(read) => {
+                self.read_size = next_read_size(read, room) as u32;
                 self.last_heard = Instant::now();
                 self.session.fit_input();
             }
@@ -703,4 +728,24 @@ fn io_error(err: io::Error) -> ConnectionError {
         "io_error",
         format!("connection failed: {err}"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_ask_for_about_what_the_last_brought_and_all_after_a_full_one() {
+        // Four unary calls per read: 8 KiB (a small size class), with room for more.
+        assert_eq!(next_read_size(4364, READ_CHUNK), 8 * 1024);
+        assert_eq!(next_read_size(4364, 8 * 1024), 8 * 1024);
+        // A quarter more than came, at least.
+        assert_eq!(next_read_size(7000, 8 * 1024), 16 * 1024);
+        assert_eq!(next_read_size(90, READ_CHUNK), READ_AT_LEAST);
+        // A read that filled what it had may have left more behind: all of it next.
+        assert_eq!(next_read_size(8 * 1024, 8 * 1024), READ_CHUNK);
+        assert_eq!(next_read_size(READ_CHUNK, READ_CHUNK), READ_CHUNK);
+        // Never past the chunk however much came.
+        assert_eq!(next_read_size(100_000, READ_CHUNK), READ_CHUNK);
+    }
 }
