@@ -216,9 +216,12 @@ impl ClientSession {
         let id = self.next_id;
         self.next_id += 2;
         let mut block = BytesMut::new();
-        let mut fields: Vec<(&[u8], &[u8])> =
-            vec![(b"content-type", b"application/grpc"), (b"te", b"trailers")];
-        fields.extend(
+        let fields = [
+            (&b"content-type"[..], &b"application/grpc"[..]),
+            (b"te", b"trailers"),
+        ]
+        .into_iter()
+        .chain(
             submission
                 .fields
                 .iter()
@@ -228,7 +231,7 @@ impl ClientSession {
             self.https,
             &self.authority,
             submission.path.as_bytes(),
-            &fields,
+            fields,
             &mut block,
         );
         frame::headers(id, &block, false, self.peer.max_frame, self.out.frames());
