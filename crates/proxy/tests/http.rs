@@ -25,19 +25,34 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A port free on the loopback addresses the collectors use.
-fn shared_http_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-async fn collectors(count: u8, http_port: u16) -> Vec<Collector> {
-    let mut started = Vec::new();
-    for i in 0..count {
-        let ip: IpAddr = format!("127.0.0.{}", i + 2).parse().unwrap();
-        started.push(Collector::start_at(ip, http_port).await.unwrap());
+/// `count` collectors on 127.0.0.2, .3, …, all with their OTLP/HTTP listener on one port
+/// (the proxy's HTTP upstreams share a port), and that port. A port found free on the first
+/// address may be taken on another by a test running beside this one: then all of them
+/// start again on another port.
+async fn collectors(count: u8) -> (Vec<Collector>, u16) {
+    for _ in 0..20 {
+        let http_port = std::net::TcpListener::bind("127.0.0.2:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut started = Vec::new();
+        for i in 0..count {
+            let ip: IpAddr = format!("127.0.0.{}", i + 2).parse().unwrap();
+            match Collector::start_at(ip, http_port).await {
+                Ok(collector) => started.push(collector),
+                Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => break,
+                Err(err) => panic!("starting a collector on {ip}:{http_port}: {err}"),
+            }
+        }
+        if started.len() == usize::from(count) {
+            return (started, http_port);
+        }
     }
-    started
+    panic!(
+        "no port free on 127.0.0.2 to 127.0.0.{} in 20 tries",
+        count + 1
+    );
 }
 
 async fn http_proxy(
@@ -224,8 +239,7 @@ fn spans_taken(collectors: &[Collector]) -> usize {
 
 #[tokio::test]
 async fn http1_keep_alive_pipelining_chunked_bodies_and_expect_continue() {
-    let port = shared_http_port();
-    let collectors = collectors(3, port).await;
+    let (collectors, port) = collectors(3).await;
     let proxy = http_proxy(&collectors, port, true, limits(), None).await;
     let mut stream = TcpStream::connect(proxy.address).await.unwrap();
     let mut buffered = Vec::new();
@@ -341,8 +355,7 @@ async fn http1_keep_alive_pipelining_chunked_bodies_and_expect_continue() {
 
 #[tokio::test]
 async fn otlp_http_exports_are_split_by_trace_id_and_other_requests_go_round_robin() {
-    let port = shared_http_port();
-    let collectors = collectors(3, port).await;
+    let (collectors, port) = collectors(3).await;
     let proxy = http_proxy(&collectors, port, true, limits(), None).await;
     let client = http1_client();
     let send = |body: Vec<u8>, path: &str, headers: &[(&str, &str)]| {
@@ -433,8 +446,7 @@ async fn otlp_http_exports_are_split_by_trace_id_and_other_requests_go_round_rob
 
 #[tokio::test]
 async fn a_collector_that_cannot_be_reached_over_http_is_skipped_and_ejected() {
-    let port = shared_http_port();
-    let collectors = collectors(2, port).await;
+    let (collectors, port) = collectors(2).await;
     // A third pool member whose HTTP port has nothing listening.
     let mut addresses: Vec<String> = collectors.iter().map(Collector::address).collect();
     addresses.push("127.0.0.9:1".into());
@@ -466,8 +478,7 @@ async fn a_collector_that_cannot_be_reached_over_http_is_skipped_and_ejected() {
 
 #[tokio::test]
 async fn http1_connections_count_against_the_connection_limit_and_drain() {
-    let port = shared_http_port();
-    let collectors = collectors(1, port).await;
+    let (collectors, port) = collectors(1).await;
     let limits = Limits {
         max_connections: Some(1),
         ..limits()
@@ -511,8 +522,7 @@ async fn http1_connections_count_against_the_connection_limit_and_drain() {
 
 #[tokio::test]
 async fn http2_requests_that_are_not_grpc_are_http_requests() {
-    let port = shared_http_port();
-    let collectors = collectors(2, port).await;
+    let (collectors, port) = collectors(2).await;
     let proxy = http_proxy(&collectors, port, true, limits(), None).await;
     // HTTP/2 prior knowledge, an OTLP/HTTP export (as Go's exporter sends over h2).
     let request = http::Request::post(format!("http://{}/v1/traces", proxy.address))
@@ -537,8 +547,7 @@ async fn http2_requests_that_are_not_grpc_are_http_requests() {
 
 #[tokio::test]
 async fn over_tls_alpn_picks_http1_or_http2() {
-    let port = shared_http_port();
-    let collectors = collectors(2, port).await;
+    let (collectors, port) = collectors(2).await;
     let dir = std::env::temp_dir().join(format!("skylift-http-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let ca = skylift_testkit::pki::TestCa::new("server ca");
@@ -627,8 +636,7 @@ async fn over_tls_alpn_picks_http1_or_http2() {
 /// kept-alive connection has `--header-timeout` to begin its next request.
 #[tokio::test]
 async fn an_idle_kept_alive_connection_closes_after_the_header_timeout() {
-    let port = shared_http_port();
-    let collectors = collectors(1, port).await;
+    let (collectors, port) = collectors(1).await;
     let proxy = http_proxy(&collectors, port, false, limits(), None).await;
     let mut stream = TcpStream::connect(proxy.address).await.unwrap();
     let mut buffered = Vec::new();
