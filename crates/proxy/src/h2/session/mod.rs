@@ -259,7 +259,7 @@ impl Session {
         self.output.len() >= MAX_OUTPUT
     }
 
-    /// Drops buffers that hold nothing, and copies an incomplete frame out of a large read
+    /// Drops buffers that hold nothing, and copies an incomplete frame out of its read
     /// buffer, so a connection waiting on the client holds only what it was sent. With no
     /// stream open, the room of the per-stream tables goes too (not the recently closed
     /// ids, by which late frames are told): agents' connections are idle between reports
@@ -268,8 +268,10 @@ impl Session {
     pub(crate) fn compact(&mut self) {
         if self.input.is_empty() {
             self.input = BytesMut::new();
-        } else {
-            self.fit_input();
+        } else if self.input.capacity() > self.input.len() {
+            // Exactly the frame begun: reads are sized by the last one (h2::connection), so
+            // the room left may be only a few KiB, which `fit_input`'s rule for reads keeps.
+            self.input = BytesMut::from(&self.input[..]);
         }
         if self.output.is_empty() {
             self.output = BytesMut::new();

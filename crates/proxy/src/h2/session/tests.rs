@@ -212,6 +212,17 @@ fn a_connection_stuck_on_a_partial_frame_keeps_only_that_frame() {
         "{}",
         session.input().capacity()
     );
+    // From the smallest read buffer too (4 KiB: more than half of it is the frame's).
+    let mut small = started(Settings::default());
+    small.input().reserve(4 * 1024);
+    small.input().extend_from_slice(&[0, 0, 8, kind::PING, 0]);
+    assert!(feed(&mut small, &[]).unwrap().is_empty());
+    small.compact();
+    assert!(
+        small.input().capacity() < 64,
+        "{}",
+        small.input().capacity()
+    );
     let frames_before = session.frames();
     // The rest of the frame completes it.
     feed(&mut session, &[0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
