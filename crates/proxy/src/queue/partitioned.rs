@@ -216,8 +216,20 @@ impl Queue {
 
     /// Whether `partition` holds room for one more event of `cost`.
     fn has_room(&self, partition: &Partition, cost: usize) -> bool {
-        partition.pending.load(Ordering::Relaxed) < self.config.capacity
-            && partition.pending_bytes.load(Ordering::Relaxed) + cost <= self.config.max_bytes
+        self.has_room_beyond(partition, (0, 0), cost)
+    }
+
+    /// Whether `partition` holds room for one more event of `cost` beyond `promised`
+    /// (events, bytes) taken under its lock and not counted yet.
+    fn has_room_beyond(
+        &self,
+        partition: &Partition,
+        promised: (usize, usize),
+        cost: usize,
+    ) -> bool {
+        partition.pending.load(Ordering::Relaxed) + promised.0 < self.config.capacity
+            && partition.pending_bytes.load(Ordering::Relaxed) + promised.1 + cost
+                <= self.config.max_bytes
     }
 
     /// A number for events received together (see [`Event::run`]).
@@ -341,10 +353,7 @@ impl Queue {
                 }
             } else {
                 let cost = event.cost();
-                if part.pending.load(Ordering::Relaxed) + *count >= self.config.capacity
-                    || part.pending_bytes.load(Ordering::Relaxed) + *bytes + cost
-                        > self.config.max_bytes
-                {
+                if !self.has_room_beyond(part, (*count, *bytes), cost) {
                     break;
                 }
                 *count += 1;
