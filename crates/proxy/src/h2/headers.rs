@@ -242,13 +242,15 @@ pub(crate) fn encode_request<'a>(
     out: &mut BytesMut,
 ) {
     // Room for all of it at once: grown piece by piece, a block took several allocations
-    // on every unary report. (Lengths below 127 take one byte, longer ones a few.)
-    let strings = |name: &[u8], value: &[u8]| 1 + name.len() + 4 + value.len() + 4;
+    // on every unary report. A string is its length (at most 4 bytes here) and its bytes;
+    // each field starts with a byte saying how it is coded.
+    let room = |bytes: &[u8]| 4 + bytes.len();
     out.reserve(
-        2 + strings(authority, path)
+        2 + (1 + room(authority))
+            + (1 + room(path))
             + fields
                 .clone()
-                .map(|(name, value)| strings(name, value))
+                .map(|(name, value)| 1 + room(name) + room(value))
                 .sum::<usize>(),
     );
     // Static table: 3 `:method POST`, 6/7 `:scheme http`/`https`, 1 `:authority`, 4 `:path`.
